@@ -2,4 +2,7 @@
 //! original Go dtun. The binary in `main.rs` only parses the command line and calls into here.
 #![deny(unsafe_code)]
 
+pub mod consts;
+pub mod kdf;
 pub mod netlink;
+pub mod record;

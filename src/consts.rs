@@ -1,0 +1,69 @@
+//! Named constants in one place: first what the wire protocol fixes, then what dtun chose.
+
+use std::time::Duration;
+
+// ---- Fixed by DTLS 1.2 and the original dtun protocol (../shared/PROTOCOL.md) ----
+
+/// DTLS 1.2 record version on the wire.
+pub const DTLS12_VERSION: [u8; 2] = [0xfe, 0xfd];
+/// Record header: type(1) version(2) epoch(2) sequence(6) length(2).
+pub const RECORD_HEADER_LEN: usize = 13;
+/// Explicit per-record nonce carried by AES-CCM and AES-GCM suites.
+pub const EXPLICIT_NONCE_LEN: usize = 8;
+/// Where a record's plaintext starts inside a record buffer.
+pub const PAYLOAD_OFFSET: usize = RECORD_HEADER_LEN + EXPLICIT_NONCE_LEN;
+/// TLS content types.
+pub const CONTENT_CHANGE_CIPHER_SPEC: u8 = 20;
+pub const CONTENT_ALERT: u8 = 21;
+pub const CONTENT_HANDSHAKE: u8 = 22;
+pub const CONTENT_APPLICATION_DATA: u8 = 23;
+/// Alert description close_notify, sent at level warning (1).
+pub const ALERT_CLOSE_NOTIFY: u8 = 0;
+pub const ALERT_LEVEL_WARNING: u8 = 1;
+/// Largest TLS plaintext fragment (RFC 5246 §6.2.1): larger records are dropped as oversized.
+pub const MAX_RECORD_PLAINTEXT: usize = 1 << 14;
+/// The original reads records into 1500-byte buffers: never send it more plaintext than this.
+pub const MAX_COMPAT_PLAINTEXT: usize = 1500;
+/// The address message: client tunnel IPv4 ‖ server tunnel IPv4.
+pub const ADDRESS_MESSAGE_LEN: usize = 8;
+/// The peernet message when the client announces no LAN.
+pub const PEERNET_EMPTY: &str = "empty";
+/// Largest DTLS sequence number (48 bits).
+pub const MAX_SEQUENCE: u64 = (1 << 48) - 1;
+/// Defaults of the original's flags.
+pub const DEFAULT_PORT: u16 = 443;
+pub const DEFAULT_ID: &str = "dtun";
+
+// ---- Chosen by dtun ----
+
+/// First sequence number our record layer sends in epoch 1. The DTLS crate sends its Finished
+/// (and any retransmission of it) in epoch 1 from 0 upwards with the same keys; starting far
+/// above keeps the two from ever sharing a sequence number, hence a nonce, and keeps a peer's
+/// replay window from rejecting our first records.
+pub const FIRST_APP_SEQUENCE: u64 = 1 << 32;
+/// The server's default address pool.
+pub const DEFAULT_POOL: &str = "10.86.0.0/16";
+/// Default TUN name pattern; the kernel replaces %d.
+pub const DEFAULT_TUN_NAME: &str = "dtun%d";
+/// How long the server keeps an id's device after its session ended.
+pub const DEFAULT_LINGER: Duration = Duration::from_secs(120);
+/// A handshake that has not completed by then is abandoned.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long each side waits for the other's setup record (address / peernet message).
+pub const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the client's up script may run.
+pub const HOOK_TIMEOUT: Duration = Duration::from_secs(30);
+/// DTLS retransmission interval of the handshake crate.
+pub const FLIGHT_INTERVAL: Duration = Duration::from_secs(1);
+/// Half-open handshakes the server keeps at once, in total and per source IP.
+pub const MAX_HANDSHAKES: usize = 256;
+pub const MAX_HANDSHAKES_PER_IP: usize = 8;
+/// Datagrams queued towards one handshake before further ones are dropped.
+pub const HANDSHAKE_QUEUE: usize = 16;
+/// Size of every packet buffer: a whole UDP datagram or a TUN packet fits.
+pub const BUF_LEN: usize = 65536;
+/// Outer overhead: IPv4 + UDP, IPv6 + UDP.
+pub const UDP4_OVERHEAD: usize = 28;
+pub const UDP6_OVERHEAD: usize = 48;
+/// The path MTU we assume for the default tunnel MTU.
+pub const PATH_MTU: usize = 1500;
