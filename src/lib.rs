@@ -2,7 +2,17 @@
 //! original Go dtun. The binary in `main.rs` only parses the command line and calls into here.
 #![deny(unsafe_code)]
 
+pub mod cli;
+pub mod client;
+pub mod config;
 pub mod consts;
+pub mod dtls;
+pub mod hooks;
 pub mod kdf;
 pub mod netlink;
+pub mod pool;
+pub mod proto;
+pub mod pump;
 pub mod record;
+pub mod server;
+pub mod tun;

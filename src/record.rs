@@ -301,6 +301,12 @@ pub fn parse_header(buf: &[u8]) -> Result<Header, DropReason> {
     })
 }
 
+/// The byte range of the record that starts at `at` in a datagram.
+pub fn record_at(datagram: &[u8], at: usize) -> Result<Range<usize>, DropReason> {
+    let h = parse_header(datagram.get(at..).unwrap_or_default())?;
+    Ok(at..at + RECORD_HEADER_LEN + h.body_len)
+}
+
 /// Splits a datagram into its records' byte ranges; stops at the first malformed one.
 pub fn records(datagram: &[u8]) -> impl Iterator<Item = Result<Range<usize>, DropReason>> + '_ {
     let mut at = 0;

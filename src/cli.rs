@@ -1,0 +1,218 @@
+//! The command line: the original's single-dash Go-style flags (`-key foo`, `-port=443`) and the
+//! usual `--key foo` alike. Parsing only; `config` turns the result into a checked configuration.
+
+use std::ffi::OsString;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, CommandFactory, Parser};
+use ipnet::Ipv4Net;
+
+const EXAMPLES: &str = "\
+Examples:
+  server:  dtun -key-file /etc/dtun/key
+  client:  dtun -host vpn.example.com -key-file /etc/dtun/key -id laptop -peernet 192.168.1.0/24 -up /etc/dtun/up.sh
+
+The key can also come from the DTUN_KEY environment variable, so it never shows in `ps`.";
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "dtun",
+    version,
+    about = "A point-to-point VPN over DTLS 1.2 with a pre-shared key, compatible with the original Go dtun",
+    after_help = EXAMPLES
+)]
+pub struct Cli {
+    /// Server to connect to; selects client mode
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Pre-shared key (its bytes as written, never hex-decoded)
+    #[arg(
+        long,
+        env = "DTUN_KEY",
+        hide_env_values = true,
+        conflicts_with = "key_file"
+    )]
+    pub key: Option<String>,
+    /// Read the pre-shared key from a file (less one trailing newline)
+    #[arg(long = "key-file", value_name = "PATH")]
+    pub key_file: Option<PathBuf>,
+    /// UDP port
+    #[arg(long, default_value_t = crate::consts::DEFAULT_PORT)]
+    pub port: u16,
+    /// Server: listen on this IP only (default: every IPv4 and IPv6 address)
+    #[arg(long)]
+    pub listen: Option<IpAddr>,
+    /// Client: PSK identity the server knows us by. Server: identity hint it sends
+    #[arg(long, default_value = crate::consts::DEFAULT_ID)]
+    pub id: String,
+    /// Client: the LAN behind this client that the server should route to it, or `empty`
+    #[arg(long, default_value = crate::consts::PEERNET_EMPTY)]
+    pub peernet: String,
+    /// Client: script run once the tunnel is up, with TUN, PEER_IP and LOCAL_IP set
+    #[arg(long, value_name = "SCRIPT")]
+    pub up: Option<PathBuf>,
+    /// TUN MTU (default: 1500 less the outer IP/UDP and DTLS overhead, so nothing fragments)
+    #[arg(long, value_parser = clap::value_parser!(u16).range(576..=1500))]
+    pub mtu: Option<u16>,
+    /// TUN device name; %d is replaced by the kernel with a free number
+    #[arg(long, default_value = crate::consts::DEFAULT_TUN_NAME)]
+    pub name: String,
+    /// Server: tunnel address pool
+    #[arg(long, default_value = crate::consts::DEFAULT_POOL)]
+    pub pool: Ipv4Net,
+    /// Server: how long an id's device is kept after its session ended (e.g. 90s, 5m)
+    #[arg(long, value_parser = parse_duration, default_value = "120s")]
+    pub linger: Duration,
+    /// More logging (-v debug, -vv trace); RUST_LOG overrides
+    #[arg(short = 'v', action = ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// Parses `1500ms`, `90s`, `5m`, `1h` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration such as 30s or 5m"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// Rewrites Go-style `-flag` into `--flag` so clap can parse the original's command lines.
+/// A word that is the value of the flag before it is left alone, as are `-v` and `--` onwards.
+pub fn normalize_args<I: IntoIterator<Item = OsString>>(args: I) -> Vec<OsString> {
+    let cmd = Cli::command();
+    let takes_value = |name: &str| {
+        cmd.get_arguments()
+            .any(|a| a.get_long() == Some(name) && a.get_action().takes_values())
+    };
+    let mut out = Vec::new();
+    let mut value_next = false;
+    let mut rest_verbatim = false;
+    for (i, arg) in args.into_iter().enumerate() {
+        let s = arg.to_string_lossy().into_owned();
+        if i == 0 || rest_verbatim || value_next {
+            value_next = false;
+            out.push(arg);
+            continue;
+        }
+        if s == "--" {
+            rest_verbatim = true;
+            out.push(arg);
+            continue;
+        }
+        let long = if let Some(body) = s.strip_prefix("--") {
+            Some(body.to_string())
+        } else if s.starts_with('-') && s.len() > 2 && !s[1..].bytes().all(|b| b == b'v') {
+            Some(s[1..].to_string())
+        } else {
+            None
+        };
+        match long {
+            Some(body) => {
+                let name = body.split('=').next().unwrap_or_default();
+                value_next = !body.contains('=') && takes_value(name);
+                out.push(OsString::from(format!("--{body}")));
+            }
+            None => out.push(arg),
+        }
+    }
+    out
+}
+
+impl Cli {
+    /// Parses the process's arguments in either flag style.
+    pub fn from_env() -> Cli {
+        Cli::parse_from(normalize_args(std::env::args_os()))
+    }
+
+    pub fn try_from_args<I: IntoIterator<Item = &'static str>>(
+        args: I,
+    ) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(normalize_args(args.into_iter().map(OsString::from)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_style_and_gnu_style_agree() {
+        let a = Cli::try_from_args([
+            "dtun",
+            "-host",
+            "1.2.3.4",
+            "-key",
+            "foo",
+            "-id",
+            "demo",
+            "-port=4443",
+        ])
+        .unwrap();
+        let b = Cli::try_from_args([
+            "dtun",
+            "--host",
+            "1.2.3.4",
+            "--key=foo",
+            "--id",
+            "demo",
+            "--port",
+            "4443",
+        ])
+        .unwrap();
+        assert_eq!(a.host.as_deref(), Some("1.2.3.4"));
+        assert_eq!(a.key.as_deref(), Some("foo"));
+        assert_eq!((a.port, b.port), (4443, 4443));
+        assert_eq!(a.id, b.id);
+    }
+
+    #[test]
+    fn defaults_are_the_originals() {
+        let c = Cli::try_from_args(["dtun", "-key", "k"]).unwrap();
+        assert_eq!(c.port, 443);
+        assert_eq!(c.id, "dtun");
+        assert_eq!(c.peernet, "empty");
+        assert_eq!(c.pool.to_string(), "10.86.0.0/16");
+        assert!(c.host.is_none() && c.listen.is_none() && c.up.is_none() && c.mtu.is_none());
+    }
+
+    #[test]
+    fn a_value_that_starts_with_a_dash_is_a_value() {
+        let c = Cli::try_from_args(["dtun", "-key", "-secret-", "-v"]).unwrap();
+        assert_eq!(c.key.as_deref(), Some("-secret-"));
+        assert_eq!(c.verbose, 1);
+        let c = Cli::try_from_args(["dtun", "-key", "k", "-vv"]).unwrap();
+        assert_eq!(c.verbose, 2);
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(Cli::try_from_args(["dtun", "-key", "k", "-pool", "10.86.0.0"]).is_err());
+        assert!(Cli::try_from_args(["dtun", "-key", "k", "-mtu", "9000"]).is_err());
+        assert!(Cli::try_from_args(["dtun", "-key", "k", "-port", "70000"]).is_err());
+        assert!(Cli::try_from_args(["dtun", "-key", "k", "-linger", "5y"]).is_err());
+        assert!(Cli::try_from_args(["dtun", "-nosuchflag"]).is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert!(parse_duration("x").is_err());
+    }
+}

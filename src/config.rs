@@ -1,0 +1,261 @@
+//! Checked configuration of each role, built from the command line: the key loaded, addresses
+//! resolved, every user mistake turned into a message that says what to do.
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+
+use crate::cli::Cli;
+use crate::consts::{PATH_MTU, UDP4_OVERHEAD, UDP6_OVERHEAD};
+use crate::proto::Peernet;
+use crate::record::Suite;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("no key given: use -key KEY, -key-file PATH or the DTUN_KEY environment variable")]
+    NoKey,
+    #[error("the key is empty: give a non-empty -key, -key-file or DTUN_KEY")]
+    EmptyKey,
+    #[error("cannot read key file {0}: {1}")]
+    KeyFile(PathBuf, std::io::Error),
+    #[error("bad -peernet: {0}")]
+    Peernet(crate::proto::ProtoError),
+    #[error("cannot resolve server {host}:{port}: {why}; check -host")]
+    Resolve {
+        host: String,
+        port: u16,
+        why: String,
+    },
+    #[error("bad -name {0:?}: a TUN name has 1 to 15 characters and may contain one %d")]
+    TunName(String),
+    #[error("bad -id: the id must be 1 to 128 bytes")]
+    Id,
+}
+
+/// The pre-shared key's bytes. Never printed.
+#[derive(Clone)]
+pub struct Key(pub Vec<u8>);
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Key({} bytes)", self.0.len())
+    }
+}
+
+impl Key {
+    /// From -key / DTUN_KEY, or -key-file (its content less one trailing newline).
+    pub fn from_cli(cli: &Cli) -> Result<Key, ConfigError> {
+        let bytes = if let Some(path) = &cli.key_file {
+            let mut b = std::fs::read(path).map_err(|e| ConfigError::KeyFile(path.clone(), e))?;
+            if b.last() == Some(&b'\n') {
+                b.pop();
+                if b.last() == Some(&b'\r') {
+                    b.pop();
+                }
+            }
+            b
+        } else if let Some(k) = &cli.key {
+            k.as_bytes().to_vec()
+        } else {
+            return Err(ConfigError::NoKey);
+        };
+        if bytes.is_empty() {
+            return Err(ConfigError::EmptyKey);
+        }
+        Ok(Key(bytes))
+    }
+}
+
+/// Settings shared by both roles' TUN devices.
+#[derive(Clone, Debug)]
+pub struct TunSettings {
+    /// Name pattern such as `dtun%d`.
+    pub name: String,
+    /// Fixed MTU, or None for the default of the session's suite and address family.
+    pub mtu: Option<u16>,
+}
+
+impl TunSettings {
+    fn from_cli(cli: &Cli) -> Result<Self, ConfigError> {
+        let n = &cli.name;
+        if n.is_empty()
+            || n.len() > 15
+            || n.matches('%').count() > 1
+            || (n.contains('%') && !n.contains("%d"))
+        {
+            return Err(ConfigError::TunName(n.clone()));
+        }
+        Ok(TunSettings {
+            name: n.clone(),
+            mtu: cli.mtu,
+        })
+    }
+
+    /// The MTU for a session of `suite` whose outer packets go to `peer`.
+    pub fn mtu_for(&self, suite: Suite, peer: SocketAddr) -> u32 {
+        self.mtu
+            .map(u32::from)
+            .unwrap_or_else(|| default_mtu(suite, peer))
+    }
+}
+
+/// 1500 less outer IP/UDP less the record overhead (PROTOCOL.md "Decisions").
+pub fn default_mtu(suite: Suite, peer: SocketAddr) -> u32 {
+    let outer = if is_ipv4(peer.ip()) {
+        UDP4_OVERHEAD
+    } else {
+        UDP6_OVERHEAD
+    };
+    (PATH_MTU - outer - suite.overhead()) as u32
+}
+
+/// IPv4, or IPv4 seen through a dual-stack socket as ::ffff:a.b.c.d.
+pub fn is_ipv4(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(_) => true,
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().is_some(),
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub key: Key,
+    pub listen: SocketAddr,
+    /// Identity hint sent in ServerKeyExchange (the original sends its own -id).
+    pub hint: String,
+    pub pool: Ipv4Net,
+    pub linger: Duration,
+    pub tun: TunSettings,
+}
+
+impl ServerConfig {
+    pub fn from_cli(cli: &Cli) -> Result<Self, ConfigError> {
+        let ip = cli.listen.unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED));
+        Ok(ServerConfig {
+            key: Key::from_cli(cli)?,
+            listen: SocketAddr::new(ip, cli.port),
+            hint: cli.id.clone(),
+            pool: cli.pool,
+            linger: cli.linger,
+            tun: TunSettings::from_cli(cli)?,
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    pub key: Key,
+    pub host: String,
+    pub port: u16,
+    /// Our PSK identity.
+    pub id: String,
+    pub peernet: Peernet,
+    pub up: Option<PathBuf>,
+    pub tun: TunSettings,
+}
+
+impl ClientConfig {
+    pub fn from_cli(cli: &Cli, host: &str) -> Result<Self, ConfigError> {
+        if cli.id.is_empty() || cli.id.len() > 128 {
+            return Err(ConfigError::Id);
+        }
+        Ok(ClientConfig {
+            key: Key::from_cli(cli)?,
+            host: host.to_string(),
+            port: cli.port,
+            id: cli.id.clone(),
+            peernet: Peernet::parse_str(&cli.peernet).map_err(ConfigError::Peernet)?,
+            up: cli.up.clone(),
+            tun: TunSettings::from_cli(cli)?,
+        })
+    }
+
+    /// Resolves -host (a name or an IP literal) to the server's address.
+    pub async fn server_addr(&self) -> Result<SocketAddr, ConfigError> {
+        let err = |why: String| ConfigError::Resolve {
+            host: self.host.clone(),
+            port: self.port,
+            why,
+        };
+        let mut addrs = tokio::net::lookup_host((self.host.as_str(), self.port))
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        addrs.next().ok_or_else(|| err("no address found".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_mtus_follow_protocol_md() {
+        let v4: SocketAddr = "192.0.2.1:443".parse().unwrap();
+        let mapped: SocketAddr = "[::ffff:192.0.2.1]:443".parse().unwrap();
+        let v6: SocketAddr = "[2001:db8::1]:443".parse().unwrap();
+        assert_eq!(default_mtu(Suite::Aes128Ccm8, v4), 1443);
+        assert_eq!(default_mtu(Suite::Aes128Ccm8, mapped), 1443);
+        assert_eq!(default_mtu(Suite::Aes128Ccm8, v6), 1423);
+    }
+
+    #[test]
+    fn key_sources() {
+        let dir = std::env::temp_dir().join(format!("dtun-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("key");
+        std::fs::write(&f, "s3cret\n").unwrap();
+        let cli = Cli::try_from_args(["dtun"]).unwrap();
+        let with_file = Cli {
+            key_file: Some(f.clone()),
+            key: None,
+            ..cli.clone()
+        };
+        assert_eq!(Key::from_cli(&with_file).unwrap().0, b"s3cret");
+        std::fs::write(&f, "abc\n\n").unwrap();
+        assert_eq!(
+            Key::from_cli(&with_file).unwrap().0,
+            b"abc\n",
+            "only one newline is removed"
+        );
+        let none = Cli {
+            key: None,
+            key_file: None,
+            ..cli.clone()
+        };
+        assert!(matches!(Key::from_cli(&none), Err(ConfigError::NoKey)));
+        let empty = Cli {
+            key: Some(String::new()),
+            ..cli.clone()
+        };
+        assert!(matches!(Key::from_cli(&empty), Err(ConfigError::EmptyKey)));
+        let hexish = Cli {
+            key: Some("666f6f".into()),
+            ..cli
+        };
+        assert_eq!(
+            Key::from_cli(&hexish).unwrap().0,
+            b"666f6f",
+            "never hex-decoded"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn tun_names() {
+        let cli = Cli::try_from_args(["dtun", "-key", "k"]).unwrap();
+        for bad in ["", "waytoolongname_x", "a%s", "%d%d"] {
+            let c = Cli {
+                name: bad.into(),
+                ..cli.clone()
+            };
+            assert!(TunSettings::from_cli(&c).is_err(), "{bad}");
+        }
+        let ok = Cli {
+            name: "vpn%d".into(),
+            ..cli
+        };
+        assert!(TunSettings::from_cli(&ok).is_ok());
+    }
+}

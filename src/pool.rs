@@ -1,0 +1,146 @@
+//! Tunnel address allocation: each client id gets a point-to-point pair (server, client) from
+//! the pool. The pair is derived from a hash of the id, so an id gets the same addresses across
+//! reconnects and, unless two ids collide, across server restarts.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use ring::digest;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PoolError {
+    #[error("address pool {0} is too small: it needs room for at least one pair (a /30)")]
+    TooSmall(Ipv4Net),
+    #[error("address pool {0} is exhausted ({1} clients): use a larger -pool")]
+    Exhausted(Ipv4Net, usize),
+}
+
+/// One id's addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pair {
+    pub server: Ipv4Addr,
+    pub client: Ipv4Addr,
+}
+
+#[derive(Debug)]
+pub struct Pool {
+    net: Ipv4Net,
+    /// Number of pairs: slot i is (network + 2i + 1, network + 2i + 2).
+    slots: u32,
+    by_slot: HashMap<u32, String>,
+    by_id: HashMap<String, u32>,
+}
+
+impl Pool {
+    pub fn new(net: Ipv4Net) -> Result<Self, PoolError> {
+        let net = net.trunc();
+        let hosts: u64 = 1u64 << (32 - u32::from(net.prefix_len()));
+        // Leave out the network and broadcast addresses.
+        let slots = (hosts.saturating_sub(2) / 2) as u32;
+        if slots == 0 {
+            return Err(PoolError::TooSmall(net));
+        }
+        Ok(Pool {
+            net,
+            slots,
+            by_slot: HashMap::new(),
+            by_id: HashMap::new(),
+        })
+    }
+
+    fn pair(&self, slot: u32) -> Pair {
+        let base = u32::from(self.net.network());
+        Pair {
+            server: Ipv4Addr::from(base + 2 * slot + 1),
+            client: Ipv4Addr::from(base + 2 * slot + 2),
+        }
+    }
+
+    fn home_slot(&self, id: &str) -> u32 {
+        let h = digest::digest(&digest::SHA256, id.as_bytes());
+        let b = h.as_ref();
+        u32::from_be_bytes([b[0], b[1], b[2], b[3]]) % self.slots
+    }
+
+    /// The id's pair: the one it holds, else its hash slot or the next free one after it.
+    pub fn assign(&mut self, id: &str) -> Result<Pair, PoolError> {
+        if let Some(&slot) = self.by_id.get(id) {
+            return Ok(self.pair(slot));
+        }
+        if self.by_id.len() as u64 >= u64::from(self.slots) {
+            return Err(PoolError::Exhausted(self.net, self.by_id.len()));
+        }
+        let home = self.home_slot(id);
+        let slot = (0..self.slots)
+            .map(|i| (home + i) % self.slots)
+            .find(|s| !self.by_slot.contains_key(s))
+            .ok_or(PoolError::Exhausted(self.net, self.by_id.len()))?;
+        self.by_slot.insert(slot, id.to_string());
+        self.by_id.insert(id.to_string(), slot);
+        Ok(self.pair(slot))
+    }
+
+    /// Returns the id's pair to the pool.
+    pub fn release(&mut self, id: &str) {
+        if let Some(slot) = self.by_id.remove(id) {
+            self.by_slot.remove(&slot);
+        }
+    }
+
+    pub fn in_use(&self) -> usize {
+        self.by_id.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stable_per_id_and_distinct() {
+        let net: Ipv4Net = "10.86.0.0/16".parse().unwrap();
+        let mut p = Pool::new(net).unwrap();
+        let a = p.assign("demo").unwrap();
+        let b = p.assign("other").unwrap();
+        assert_ne!(a, b);
+        assert_eq!(p.assign("demo").unwrap(), a);
+        assert!(net.contains(&a.server) && net.contains(&a.client));
+        assert_eq!(u32::from(a.client), u32::from(a.server) + 1);
+        // A fresh pool (a restarted server) gives the same pair.
+        let mut q = Pool::new(net).unwrap();
+        assert_eq!(q.assign("demo").unwrap(), a);
+        p.release("demo");
+        assert_eq!(p.in_use(), 1);
+        assert_eq!(p.assign("demo").unwrap(), a);
+    }
+
+    #[test]
+    fn small_pools_fill_and_refuse() {
+        let net: Ipv4Net = "10.0.0.0/29".parse().unwrap(); // 8 addresses: 3 pairs
+        let mut p = Pool::new(net).unwrap();
+        let mut seen = std::collections::HashSet::new();
+        for id in ["a", "b", "c"] {
+            let pair = p.assign(id).unwrap();
+            assert!(seen.insert(pair.server));
+            assert_ne!(
+                pair.client,
+                Ipv4Addr::new(10, 0, 0, 7),
+                "broadcast never handed out"
+            );
+            assert_ne!(
+                pair.server,
+                Ipv4Addr::new(10, 0, 0, 0),
+                "network never handed out"
+            );
+        }
+        assert!(matches!(p.assign("d"), Err(PoolError::Exhausted(..))));
+        p.release("b");
+        assert!(p.assign("d").is_ok());
+        assert!(matches!(
+            Pool::new("10.0.0.0/31".parse().unwrap()),
+            Err(PoolError::TooSmall(_))
+        ));
+        assert!(Pool::new("10.0.0.0/30".parse().unwrap()).is_ok());
+    }
+}

@@ -1,0 +1,319 @@
+//! The data path: moves IP packets between a TUN device and DTLS records, and nothing else.
+//!
+//! Outbound flow (one task per session, [`outbound`]):
+//!   1. the kernel routes a packet to the session's TUN; the task reads it into its one buffer,
+//!      at `PAYLOAD_OFFSET` so the record header fits in front;
+//!   2. packets over the peer's limit (1500 bytes, the original's buffer) are counted and dropped;
+//!   3. the [`Sealer`] encrypts in place and writes header, nonce and tag around it;
+//!   4. one record, one datagram: `send_to` on the shared UDP socket.
+//!
+//! Inbound flow (the socket's reader, server demultiplexer or client loop, calls [`open`]):
+//!   1. a datagram arrives from the session's peer address;
+//!   2. each record in it is opened in place by the session's [`Opener`] (replay window, tag);
+//!   3. application data whose first nibble is 4 or 6 is written to the TUN by the caller;
+//!      alerts go to the control path; everything else is a counted drop.
+//!
+//! Buffers are allocated once per task; counters are relaxed atomics, no lock per packet.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use crate::consts::{
+    ALERT_CLOSE_NOTIFY, ALERT_LEVEL_WARNING, BUF_LEN, CONTENT_ALERT, CONTENT_APPLICATION_DATA,
+    MAX_COMPAT_PLAINTEXT, PAYLOAD_OFFSET,
+};
+use crate::record::{DropReason, Opener, SealError, Sealer};
+
+/// Why a packet or record was dropped, for counters and logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Drop {
+    Record(DropReason),
+    /// Authenticated application data that is not an IPv4/IPv6 packet.
+    NotIp,
+    /// A TUN packet larger than a peer may receive.
+    TooBig,
+    /// An authenticated record of a content type we do not expect.
+    Unexpected,
+}
+
+impl Drop {
+    const COUNT: usize = DropReason::ALL.len() + 3;
+
+    fn index(self) -> usize {
+        match self {
+            Drop::Record(r) => DropReason::ALL.iter().position(|x| *x == r).unwrap_or(0),
+            Drop::NotIp => DropReason::ALL.len(),
+            Drop::TooBig => DropReason::ALL.len() + 1,
+            Drop::Unexpected => DropReason::ALL.len() + 2,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Drop::Record(r) => r.as_str(),
+            Drop::NotIp => "not_ip",
+            Drop::TooBig => "too_big",
+            Drop::Unexpected => "unexpected_type",
+        }
+    }
+}
+
+/// Per-session traffic counters, shared with whoever reports them.
+#[derive(Default, Debug)]
+pub struct Counters {
+    pub tx_packets: AtomicU64,
+    pub tx_bytes: AtomicU64,
+    pub rx_packets: AtomicU64,
+    pub rx_bytes: AtomicU64,
+    drops: [AtomicU64; Drop::COUNT],
+}
+
+impl Counters {
+    pub fn count_drop(&self, d: Drop) {
+        self.drops[d.index()].fetch_add(1, Relaxed);
+    }
+
+    pub fn drops(&self, d: Drop) -> u64 {
+        self.drops[d.index()].load(Relaxed)
+    }
+
+    /// One line for logs: `tx 10 pkts/840 B, rx 9 pkts/756 B, drops replay=1`.
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "tx {} pkts/{} B, rx {} pkts/{} B",
+            self.tx_packets.load(Relaxed),
+            self.tx_bytes.load(Relaxed),
+            self.rx_packets.load(Relaxed),
+            self.rx_bytes.load(Relaxed)
+        );
+        let all = DropReason::ALL.iter().map(|r| Drop::Record(*r)).chain([
+            Drop::NotIp,
+            Drop::TooBig,
+            Drop::Unexpected,
+        ]);
+        let drops: Vec<String> = all
+            .filter(|d| self.drops(*d) > 0)
+            .map(|d| format!("{}={}", d.as_str(), self.drops(d)))
+            .collect();
+        if !drops.is_empty() {
+            s.push_str(", drops ");
+            s.push_str(&drops.join(" "));
+        }
+        s
+    }
+}
+
+/// Lets through at most `per_second` events a second (for logs about network input).
+pub struct RateLimit {
+    per_second: u32,
+    window: Instant,
+    used: u32,
+}
+
+impl RateLimit {
+    pub fn new(per_second: u32) -> Self {
+        RateLimit {
+            per_second,
+            window: Instant::now(),
+            used: 0,
+        }
+    }
+
+    pub fn allow(&mut self) -> bool {
+        if self.window.elapsed() >= Duration::from_secs(1) {
+            self.window = Instant::now();
+            self.used = 0;
+        }
+        self.used += 1;
+        self.used <= self.per_second
+    }
+}
+
+/// What an inbound record turned out to be.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Inbound {
+    /// Authenticated application data at this range of the record buffer.
+    Data(std::ops::Range<usize>),
+    /// An authenticated alert: (level, description).
+    Alert(u8, u8),
+    /// Counted and dropped.
+    Dropped(Drop),
+}
+
+/// Opens one record in place and classifies it; counts drops.
+pub fn open(opener: &mut Opener, counters: &Counters, record: &mut [u8]) -> Inbound {
+    let result = match opener.open(record) {
+        Ok((CONTENT_APPLICATION_DATA, r)) => Inbound::Data(r),
+        Ok((CONTENT_ALERT, r)) if r.len() == 2 => {
+            Inbound::Alert(record[r.start], record[r.start + 1])
+        }
+        Ok(_) => Inbound::Dropped(Drop::Unexpected),
+        Err(reason) => Inbound::Dropped(Drop::Record(reason)),
+    };
+    if let Inbound::Dropped(d) = result {
+        counters.count_drop(d);
+    }
+    result
+}
+
+/// Whether authenticated data is an IP packet the TUN will take; counts it either way.
+pub fn accept_packet(counters: &Counters, packet: &[u8]) -> bool {
+    match packet.first().map(|b| b >> 4) {
+        Some(4) | Some(6) => {
+            counters.rx_packets.fetch_add(1, Relaxed);
+            counters.rx_bytes.fetch_add(packet.len() as u64, Relaxed);
+            true
+        }
+        _ => {
+            counters.count_drop(Drop::NotIp);
+            false
+        }
+    }
+}
+
+/// Where a session's records go: the shared server socket and a peer, or a connected socket.
+#[derive(Clone)]
+pub struct Link {
+    pub sock: Arc<UdpSocket>,
+    /// None: the socket is connected to the peer.
+    pub peer: Option<SocketAddr>,
+}
+
+impl Link {
+    pub async fn send(&self, datagram: &[u8]) -> std::io::Result<usize> {
+        match self.peer {
+            Some(p) => self.sock.send_to(datagram, p).await,
+            None => self.sock.send(datagram).await,
+        }
+    }
+
+    /// Seals `payload` as one record of `content_type` and sends it (control path: allocates).
+    pub async fn send_record(
+        &self,
+        sealer: &mut Sealer,
+        content_type: u8,
+        payload: &[u8],
+    ) -> std::io::Result<()> {
+        let mut buf = vec![0u8; PAYLOAD_OFFSET + payload.len() + sealer.suite().tag_len()];
+        buf[PAYLOAD_OFFSET..PAYLOAD_OFFSET + payload.len()].copy_from_slice(payload);
+        let n = sealer
+            .seal(content_type, &mut buf, payload.len())
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        self.send(&buf[..n]).await.map(|_| ())
+    }
+
+    pub async fn send_close_notify(&self, sealer: &mut Sealer) -> std::io::Result<()> {
+        self.send_record(
+            sealer,
+            CONTENT_ALERT,
+            &[ALERT_LEVEL_WARNING, ALERT_CLOSE_NOTIFY],
+        )
+        .await
+    }
+}
+
+/// Commands from the control path to an outbound task.
+#[derive(Debug)]
+pub enum OutboundCmd {
+    /// Stop; send close_notify first if `notify`.
+    Stop { notify: bool },
+}
+
+/// Runs the outbound flow until told to stop (or the TUN fails). Returns the sealer so the
+/// caller can send more control records with the same sequence space.
+pub async fn outbound(
+    tun: Arc<tun::AsyncDevice>,
+    link: Link,
+    mut sealer: Sealer,
+    counters: Arc<Counters>,
+    mut ctl: mpsc::Receiver<OutboundCmd>,
+) -> Sealer {
+    let mut buf = vec![0u8; BUF_LEN];
+    let tag_len = sealer.suite().tag_len();
+    let mut log_limit = RateLimit::new(5);
+    loop {
+        let read_end = BUF_LEN - tag_len;
+        tokio::select! {
+            biased;
+            cmd = ctl.recv() => {
+                if let Some(OutboundCmd::Stop { notify: true }) = cmd
+                    && let Err(e) = link.send_close_notify(&mut sealer).await
+                {
+                    tracing::debug!("close_notify not sent: {e}");
+                }
+                return sealer;
+            }
+            r = tun.recv(&mut buf[PAYLOAD_OFFSET..read_end]) => {
+                let n = match r {
+                    Ok(n) => n,
+                    Err(e) => {
+                        tracing::warn!("reading the TUN device failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                if n > MAX_COMPAT_PLAINTEXT {
+                    counters.count_drop(Drop::TooBig);
+                    continue;
+                }
+                match sealer.seal(CONTENT_APPLICATION_DATA, &mut buf, n) {
+                    Ok(len) => {
+                        if let Err(e) = link.send(&buf[..len]).await {
+                            if log_limit.allow() {
+                                tracing::debug!("sending a record failed: {e}");
+                            }
+                            continue;
+                        }
+                        counters.tx_packets.fetch_add(1, Relaxed);
+                        counters.tx_bytes.fetch_add(n as u64, Relaxed);
+                    }
+                    Err(SealError::SequenceExhausted(_)) => {
+                        tracing::warn!("sequence numbers exhausted: the session must be renewed");
+                        return sealer;
+                    }
+                    Err(e) => {
+                        if log_limit.allow() {
+                            tracing::debug!("sealing failed: {e}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_summarise_drops() {
+        let c = Counters::default();
+        c.count_drop(Drop::Record(DropReason::Replay));
+        c.count_drop(Drop::Record(DropReason::Replay));
+        c.count_drop(Drop::NotIp);
+        assert_eq!(c.drops(Drop::Record(DropReason::Replay)), 2);
+        assert!(
+            c.summary().ends_with("drops replay=2 not_ip=1"),
+            "{}",
+            c.summary()
+        );
+        assert!(accept_packet(&c, &[0x45, 0]));
+        assert!(accept_packet(&c, &[0x60, 0]));
+        assert!(!accept_packet(&c, &[0x17, 0]));
+        assert!(!accept_packet(&c, &[]));
+        assert_eq!(c.rx_packets.load(Relaxed), 2);
+    }
+
+    #[test]
+    fn rate_limit_caps_a_burst() {
+        let mut r = RateLimit::new(3);
+        let allowed = (0..10).filter(|_| r.allow()).count();
+        assert_eq!(allowed, 3);
+    }
+}

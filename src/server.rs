@@ -1,0 +1,788 @@
+//! The server: one UDP socket, demultiplexed by us (never by the DTLS crate), one TUN device
+//! per client id that outlives its sessions for `-linger`.
+//!
+//! Two long-lived tasks share the work:
+//! - the **demultiplexer** owns the socket's read side and the address → peer table. It opens
+//!   records of live sessions and writes their packets to the TUN (data path), and hands
+//!   handshake datagrams to the crate's per-peer handshake tasks;
+//! - the **manager** owns the devices, the pool and the sessions' lifecycles (control path): it
+//!   turns a completed handshake into a session, installs routes, ends sessions and removes
+//!   idle devices. It talks to the demultiplexer through [`DemuxCmd`] messages.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::config::ServerConfig;
+use crate::consts::{
+    BUF_LEN, CONTENT_ALERT, CONTENT_APPLICATION_DATA, CONTENT_HANDSHAKE, FIRST_APP_SEQUENCE,
+    HANDSHAKE_QUEUE, MAX_HANDSHAKES, MAX_HANDSHAKES_PER_IP, SETUP_TIMEOUT,
+};
+use crate::dtls::{self, ChannelConn, Established, KeyLookup, Role};
+use crate::netlink::{Netlink, NetlinkError};
+use crate::pool::{Pair, Pool, PoolError};
+use crate::proto::{AddressMessage, Peernet, ProtoError};
+use crate::pump::{self, Counters, Inbound, Link, OutboundCmd, RateLimit};
+use crate::record::{self, Opener, Sealer};
+use crate::tun::{self, Tun, TunError};
+
+/// Log line prefix of a new session (tests look for it).
+pub const LOG_CONNECTED: &str = "connected";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(
+        "UDP port {port} is already in use on {ip}: stop the other program or choose another -port"
+    )]
+    PortInUse { ip: IpAddr, port: u16 },
+    #[error("cannot listen on {addr}: {source}{hint}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+        hint: &'static str,
+    },
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+}
+
+/// Binds the server socket; dual-stack when the address is `[::]`.
+pub fn bind(addr: SocketAddr) -> Result<UdpSocket, ServerError> {
+    let map = |source: std::io::Error| match source.kind() {
+        std::io::ErrorKind::AddrInUse => ServerError::PortInUse {
+            ip: addr.ip(),
+            port: addr.port(),
+        },
+        std::io::ErrorKind::PermissionDenied => ServerError::Bind {
+            addr,
+            source,
+            hint: ": ports below 1024 need root or CAP_NET_BIND_SERVICE",
+        },
+        std::io::ErrorKind::AddrNotAvailable => ServerError::Bind {
+            addr,
+            source,
+            hint: ": -listen must be an address of this machine",
+        },
+        _ => ServerError::Bind {
+            addr,
+            source,
+            hint: "",
+        },
+    };
+    let domain = socket2::Domain::for_address(addr);
+    let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))
+        .map_err(map)?;
+    if addr.is_ipv6() && addr.ip().is_unspecified() {
+        s.set_only_v6(false).map_err(map)?;
+    }
+    // Larger buffers absorb bursts; failure to grow them is harmless.
+    let _ = s.set_recv_buffer_size(4 << 20);
+    let _ = s.set_send_buffer_size(4 << 20);
+    s.set_nonblocking(true).map_err(map)?;
+    s.bind(&addr.into()).map_err(map)?;
+    UdpSocket::from_std(s.into()).map_err(map)
+}
+
+/// Runs the server on `sock` until `shutdown` resolves; then closes every session
+/// (close_notify) and removes every device this server made.
+pub async fn run(
+    sock: UdpSocket,
+    cfg: ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let nl = Netlink::new()?;
+    let sock = Arc::new(sock);
+    let pool = Pool::new(cfg.pool)?;
+    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+    let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+    let key = cfg.key.0.clone();
+    let lookup: KeyLookup = Arc::new(move |_identity: &[u8]| Some(key.clone()));
+    let demux = Demux {
+        sock: Arc::clone(&sock),
+        peers: HashMap::new(),
+        cmd_rx,
+        cmd_tx: cmd_tx.clone(),
+        ev_tx: ev_tx.clone(),
+        lookup,
+        hint: cfg.hint.as_bytes().to_vec(),
+        next_token: 0,
+        handshakes: 0,
+        log_limit: RateLimit::new(10),
+        unknown_peer: 0,
+    };
+    let demux_task = tokio::spawn(demux.run());
+    tracing::info!(
+        "listening on {} (pool {}, linger {:?})",
+        sock.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        cfg.pool,
+        cfg.linger
+    );
+    let mut mgr = Manager {
+        cfg,
+        nl,
+        sock,
+        pool,
+        cmd_tx,
+        devices: HashMap::new(),
+        next_session: 0,
+    };
+    mgr.run(ev_rx, shutdown).await;
+    demux_task.abort();
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Demultiplexer (data path side)
+
+/// Control path → demultiplexer.
+enum DemuxCmd {
+    /// A handshake task ended without a session.
+    HandshakeEnded { addr: SocketAddr, token: u64 },
+    /// Start routing this peer's records to a new session.
+    Install {
+        addr: SocketAddr,
+        token: u64,
+        session: SessionRx,
+    },
+    /// Stop routing to session `session_id` at `addr`.
+    Remove { addr: SocketAddr, session_id: u64 },
+}
+
+/// What the demultiplexer needs of a live session.
+struct SessionRx {
+    session_id: u64,
+    opener: Opener,
+    tun: Arc<::tun::AsyncDevice>,
+    counters: Arc<Counters>,
+    /// The first application record is the peernet message, not a packet.
+    awaiting_peernet: bool,
+    /// The crate's input while it may still need to answer a retransmitted final flight;
+    /// dropped at the first authenticated record from the peer.
+    handshake_tx: Option<mpsc::Sender<Vec<u8>>>,
+}
+
+#[derive(Default)]
+struct Peer {
+    session: Option<SessionRx>,
+    /// A handshake in progress from this address (also beside a live session).
+    handshake: Option<(u64, mpsc::Sender<Vec<u8>>)>,
+}
+
+struct Demux {
+    sock: Arc<UdpSocket>,
+    peers: HashMap<SocketAddr, Peer>,
+    cmd_rx: mpsc::UnboundedReceiver<DemuxCmd>,
+    cmd_tx: mpsc::UnboundedSender<DemuxCmd>,
+    ev_tx: mpsc::UnboundedSender<Event>,
+    lookup: KeyLookup,
+    hint: Vec<u8>,
+    next_token: u64,
+    /// Handshakes in progress, for the total limit.
+    handshakes: usize,
+    log_limit: RateLimit,
+    /// Datagrams from addresses with neither session nor handshake that were no ClientHello.
+    unknown_peer: u64,
+}
+
+/// Whether a record is a ClientHello in epoch 0 (handshake type 1).
+fn is_client_hello(rec: &[u8]) -> bool {
+    rec.len() > 13 && rec[0] == CONTENT_HANDSHAKE && rec[3..5] == [0, 0] && rec[13] == 1
+}
+
+impl Demux {
+    async fn run(mut self) {
+        let mut buf = vec![0u8; BUF_LEN];
+        loop {
+            tokio::select! {
+                biased;
+                cmd = self.cmd_rx.recv() => match cmd {
+                    Some(cmd) => self.apply(cmd),
+                    None => return,
+                },
+                r = self.sock.recv_from(&mut buf) => match r {
+                    Ok((n, addr)) => self.datagram(&mut buf[..n], addr).await,
+                    Err(e) => {
+                        // ICMP errors from earlier sends surface here; they are not ours to act on.
+                        tracing::trace!("recv_from: {e}");
+                    }
+                },
+            }
+        }
+    }
+
+    fn apply(&mut self, cmd: DemuxCmd) {
+        match cmd {
+            DemuxCmd::HandshakeEnded { addr, token } => {
+                if let Some(p) = self.peers.get_mut(&addr)
+                    && p.handshake.as_ref().is_some_and(|(t, _)| *t == token)
+                {
+                    p.handshake = None;
+                    self.handshakes -= 1;
+                }
+            }
+            DemuxCmd::Install {
+                addr,
+                token,
+                mut session,
+            } => {
+                let p = self.peers.entry(addr).or_default();
+                if p.handshake.as_ref().is_some_and(|(t, _)| *t == token) {
+                    session.handshake_tx = p.handshake.take().map(|(_, tx)| tx);
+                    self.handshakes -= 1;
+                }
+                p.session = Some(session);
+            }
+            DemuxCmd::Remove { addr, session_id } => {
+                if let Some(p) = self.peers.get_mut(&addr)
+                    && p.session
+                        .as_ref()
+                        .is_some_and(|s| s.session_id == session_id)
+                {
+                    p.session = None;
+                }
+            }
+        }
+        self.peers
+            .retain(|_, p| p.session.is_some() || p.handshake.is_some());
+    }
+
+    fn drop_log(&mut self, addr: SocketAddr, reason: &str) {
+        if self.log_limit.allow() {
+            tracing::debug!("drop reason={reason} from {addr}");
+        }
+    }
+
+    async fn datagram(&mut self, dg: &mut [u8], addr: SocketAddr) {
+        let Some(&first) = dg.first() else { return };
+        let epoch = if dg.len() >= 5 {
+            u16::from_be_bytes([dg[3], dg[4]])
+        } else {
+            0
+        };
+        let is_record = first == CONTENT_APPLICATION_DATA || (first == CONTENT_ALERT && epoch > 0);
+        let peer = self.peers.get_mut(&addr);
+        match peer {
+            Some(p) if is_record && p.session.is_some() => {
+                if let Some(s) = p.session.as_mut() {
+                    Self::session_records(s, dg, addr, &self.ev_tx, &mut self.log_limit).await;
+                }
+            }
+            Some(p) if !is_record && (p.handshake.is_some() || !is_client_hello(dg)) => {
+                let tx = p
+                    .handshake
+                    .as_ref()
+                    .map(|(_, tx)| tx)
+                    .or(p.session.as_ref().and_then(|s| s.handshake_tx.as_ref()));
+                match tx {
+                    // A full queue means the crate is behind: losing a datagram is what UDP does.
+                    Some(tx) => {
+                        let _ = tx.try_send(dg.to_vec());
+                    }
+                    None => self.drop_log(addr, "unexpected_handshake"),
+                }
+            }
+            _ if !is_record && is_client_hello(dg) => self.start_handshake(dg, addr),
+            _ => {
+                self.unknown_peer += 1;
+                self.drop_log(addr, "unknown_peer");
+            }
+        }
+    }
+
+    async fn session_records(
+        s: &mut SessionRx,
+        dg: &mut [u8],
+        addr: SocketAddr,
+        ev_tx: &mpsc::UnboundedSender<Event>,
+        log_limit: &mut RateLimit,
+    ) {
+        let mut at = 0;
+        while at < dg.len() {
+            let range = match record::record_at(dg, at) {
+                Ok(range) => range,
+                Err(r) => {
+                    s.counters.count_drop(pump::Drop::Record(r));
+                    if log_limit.allow() {
+                        tracing::debug!("drop reason={} from {addr}", r.as_str());
+                    }
+                    return;
+                }
+            };
+            at = range.end;
+            let rec = &mut dg[range];
+            match pump::open(&mut s.opener, &s.counters, rec) {
+                Inbound::Data(r) => {
+                    s.handshake_tx = None;
+                    if s.awaiting_peernet {
+                        s.awaiting_peernet = false;
+                        let peernet = Peernet::parse(&rec[r]);
+                        let _ = ev_tx.send(Event::Peernet {
+                            session_id: s.session_id,
+                            peernet,
+                        });
+                    } else if pump::accept_packet(&s.counters, &rec[r.clone()]) {
+                        if let Err(e) = s.tun.send(&rec[r]).await
+                            && log_limit.allow()
+                        {
+                            tracing::debug!("writing to TUN failed: {e}");
+                        }
+                    } else if log_limit.allow() {
+                        tracing::debug!("drop reason=not_ip from {addr}");
+                    }
+                }
+                Inbound::Alert(level, desc) => {
+                    let _ = ev_tx.send(Event::Closed {
+                        session_id: s.session_id,
+                        level,
+                        desc,
+                    });
+                }
+                Inbound::Dropped(d) => {
+                    if log_limit.allow() {
+                        tracing::debug!("drop reason={} from {addr}", d.as_str());
+                    }
+                }
+            }
+        }
+    }
+
+    fn start_handshake(&mut self, dg: &[u8], addr: SocketAddr) {
+        let per_ip = self
+            .peers
+            .iter()
+            .filter(|(a, p)| a.ip() == addr.ip() && p.handshake.is_some())
+            .count();
+        if self.handshakes >= MAX_HANDSHAKES || per_ip >= MAX_HANDSHAKES_PER_IP {
+            self.drop_log(addr, "handshake_limit");
+            return;
+        }
+        let (tx, rx) = mpsc::channel(HANDSHAKE_QUEUE);
+        let _ = tx.try_send(dg.to_vec());
+        self.next_token += 1;
+        let token = self.next_token;
+        self.peers.entry(addr).or_default().handshake = Some((token, tx));
+        self.handshakes += 1;
+        let role = Role::Server {
+            hint: self.hint.clone(),
+            lookup: Arc::clone(&self.lookup),
+        };
+        let conn = ChannelConn::new(rx, Arc::clone(&self.sock), addr, false);
+        let (ev_tx, cmd_tx) = (self.ev_tx.clone(), self.cmd_tx.clone());
+        tokio::spawn(async move {
+            match dtls::handshake(role, conn).await {
+                Ok(est) => {
+                    let _ = ev_tx.send(Event::Authenticated {
+                        addr,
+                        token,
+                        est: Box::new(est),
+                    });
+                }
+                Err(f) => {
+                    tracing::warn!(
+                        "handshake with {addr} (claimed id {:?}) failed: {}; a client with the wrong -key looks like this",
+                        String::from_utf8_lossy(&f.peer_identity),
+                        f.error
+                    );
+                    let _ = cmd_tx.send(DemuxCmd::HandshakeEnded { addr, token });
+                }
+            }
+        });
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Manager (control path side)
+
+/// Handshake tasks and the demultiplexer → manager.
+enum Event {
+    Authenticated {
+        addr: SocketAddr,
+        token: u64,
+        est: Box<Established>,
+    },
+    Peernet {
+        session_id: u64,
+        peernet: Result<Peernet, ProtoError>,
+    },
+    Closed {
+        session_id: u64,
+        level: u8,
+        desc: u8,
+    },
+}
+
+/// One id's device, with or without a session.
+struct Device {
+    tun: Tun,
+    pair: Pair,
+    /// Routes we added through this device (the client's peernet).
+    routes: Vec<IpNet>,
+    session: Option<Session>,
+    /// When the last session ended; the device goes after `-linger`.
+    idle_since: Option<Instant>,
+}
+
+struct Session {
+    session_id: u64,
+    addr: SocketAddr,
+    out_tx: mpsc::Sender<OutboundCmd>,
+    out_task: JoinHandle<Sealer>,
+    counters: Arc<Counters>,
+    /// Deadline for the client's peernet message.
+    setup_deadline: Option<Instant>,
+    /// Kept alive so the crate can answer a retransmitted final flight.
+    _dtls: dtls_conn::Holder,
+}
+
+mod dtls_conn {
+    /// Owns the crate's connection; dropping it stops the crate's tasks.
+    pub struct Holder(#[allow(dead_code)] pub ::dtls::conn::DTLSConn);
+}
+
+struct Manager {
+    cfg: ServerConfig,
+    nl: Netlink,
+    sock: Arc<UdpSocket>,
+    pool: Pool,
+    cmd_tx: mpsc::UnboundedSender<DemuxCmd>,
+    devices: HashMap<String, Device>,
+    next_session: u64,
+}
+
+impl Manager {
+    async fn run(
+        &mut self,
+        mut ev_rx: mpsc::UnboundedReceiver<Event>,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                ev = ev_rx.recv() => match ev {
+                    Some(ev) => self.event(ev).await,
+                    None => break,
+                },
+                _ = tick.tick() => self.timers().await,
+            }
+        }
+        tracing::info!(
+            "shutting down: closing {} session(s)",
+            self.devices
+                .values()
+                .filter(|d| d.session.is_some())
+                .count()
+        );
+        let ids: Vec<String> = self.devices.keys().cloned().collect();
+        for id in ids {
+            self.end_session(&id, true, "server shutting down").await;
+            self.remove_device(&id).await;
+        }
+    }
+
+    async fn event(&mut self, ev: Event) {
+        match ev {
+            Event::Authenticated { addr, token, est } => {
+                let id = String::from_utf8_lossy(&est.peer_identity).into_owned();
+                if let Err(e) = self.start_session(&id, addr, token, *est).await {
+                    tracing::error!("client {id} from {addr}: cannot set up its tunnel: {e}");
+                    let _ = self.cmd_tx.send(DemuxCmd::HandshakeEnded { addr, token });
+                }
+            }
+            Event::Peernet {
+                session_id,
+                peernet,
+            } => {
+                let Some(id) = self.id_of(session_id) else {
+                    return;
+                };
+                match peernet {
+                    Ok(p) => self.set_peernet(&id, p).await,
+                    Err(e) => {
+                        tracing::warn!("client {id}: {e}; the tunnel stays up without a route")
+                    }
+                }
+                if let Some(s) = self.devices.get_mut(&id).and_then(|d| d.session.as_mut()) {
+                    s.setup_deadline = None;
+                }
+            }
+            Event::Closed {
+                session_id,
+                level,
+                desc,
+            } => {
+                let Some(id) = self.id_of(session_id) else {
+                    return;
+                };
+                let why = if desc == 0 {
+                    "close_notify".to_string()
+                } else {
+                    format!("alert {level}/{desc}")
+                };
+                self.end_session(&id, false, &format!("peer sent {why}"))
+                    .await;
+            }
+        }
+    }
+
+    fn id_of(&self, session_id: u64) -> Option<String> {
+        self.devices
+            .iter()
+            .find(|(_, d)| {
+                d.session
+                    .as_ref()
+                    .is_some_and(|s| s.session_id == session_id)
+            })
+            .map(|(id, _)| id.clone())
+    }
+
+    async fn start_session(
+        &mut self,
+        id: &str,
+        addr: SocketAddr,
+        token: u64,
+        est: Established,
+    ) -> Result<(), SessionError> {
+        if !self.devices.contains_key(id) {
+            let dev = self.create_device(id, est.suite, addr).await?;
+            self.devices.insert(id.to_string(), dev);
+        } else {
+            self.end_session(id, true, &format!("replaced by a new session from {addr}"))
+                .await;
+        }
+        let Some(dev) = self.devices.get_mut(id) else {
+            return Ok(());
+        };
+        self.next_session += 1;
+        let session_id = self.next_session;
+        let (mut sealer, opener) =
+            record::session_pair(est.suite, &est.keys, false, 1, FIRST_APP_SEQUENCE);
+        let counters = Arc::new(Counters::default());
+        let _ = self.cmd_tx.send(DemuxCmd::Install {
+            addr,
+            token,
+            session: SessionRx {
+                session_id,
+                opener,
+                tun: Arc::clone(&dev.tun.dev),
+                counters: Arc::clone(&counters),
+                awaiting_peernet: true,
+                handshake_tx: None,
+            },
+        });
+        let link = Link {
+            sock: Arc::clone(&self.sock),
+            peer: Some(addr),
+        };
+        let msg = AddressMessage {
+            client: dev.pair.client,
+            server: dev.pair.server,
+        };
+        link.send_record(&mut sealer, CONTENT_APPLICATION_DATA, &msg.to_bytes())
+            .await
+            .map_err(|e| SessionError::Send(addr, e))?;
+        let (out_tx, out_rx) = mpsc::channel(4);
+        let out_task = tokio::spawn(pump::outbound(
+            Arc::clone(&dev.tun.dev),
+            link,
+            sealer,
+            Arc::clone(&counters),
+            out_rx,
+        ));
+        dev.idle_since = None;
+        dev.session = Some(Session {
+            session_id,
+            addr,
+            out_tx,
+            out_task,
+            counters,
+            setup_deadline: Some(Instant::now() + SETUP_TIMEOUT),
+            _dtls: dtls_conn::Holder(est.conn),
+        });
+        tracing::info!(
+            "client {id} {LOG_CONNECTED} from {addr} on {} (local {} peer {})",
+            dev.tun.name,
+            dev.pair.server,
+            dev.pair.client
+        );
+        Ok(())
+    }
+
+    async fn create_device(
+        &mut self,
+        id: &str,
+        suite: record::Suite,
+        addr: SocketAddr,
+    ) -> Result<Device, SessionError> {
+        let pair = self.pool.assign(id)?;
+        let mtu = self.cfg.tun.mtu_for(suite, addr);
+        let made = async {
+            let tun = tun::create(&self.nl, &self.cfg.tun.name, mtu).await?;
+            self.nl
+                .add_p2p_address(tun.index, pair.server, pair.client)
+                .await?;
+            Ok::<_, SessionError>(tun)
+        }
+        .await;
+        match made {
+            Ok(tun) => Ok(Device {
+                tun,
+                pair,
+                routes: Vec::new(),
+                session: None,
+                idle_since: None,
+            }),
+            Err(e) => {
+                self.pool.release(id);
+                Err(e)
+            }
+        }
+    }
+
+    async fn set_peernet(&mut self, id: &str, peernet: Peernet) {
+        let Some(dev) = self.devices.get_mut(id) else {
+            return;
+        };
+        let wanted: Vec<IpNet> = match peernet {
+            Peernet::Empty => vec![],
+            Peernet::Net(n) => vec![n],
+        };
+        for old in dev.routes.clone() {
+            if !wanted.contains(&old) {
+                let _ = self.nl.del_route(old, dev.tun.index).await;
+                dev.routes.retain(|r| *r != old);
+            }
+        }
+        for net in wanted {
+            if dev.routes.contains(&net) {
+                continue;
+            }
+            let via = match net {
+                IpNet::V4(_) => Some(IpAddr::V4(dev.pair.client)),
+                IpNet::V6(_) => None,
+            };
+            match self.nl.add_route(net, via, dev.tun.index).await {
+                Ok(()) => {
+                    tracing::info!(
+                        "client {id}: route {net} via {} dev {}",
+                        dev.pair.client,
+                        dev.tun.name
+                    );
+                    dev.routes.push(net);
+                }
+                Err(e) => {
+                    tracing::warn!("client {id}: {e}; the tunnel stays up without that route")
+                }
+            }
+        }
+    }
+
+    /// Ends the id's session, if any; the device stays for `-linger`.
+    async fn end_session(&mut self, id: &str, notify: bool, why: &str) {
+        let Some(dev) = self.devices.get_mut(id) else {
+            return;
+        };
+        let Some(s) = dev.session.take() else { return };
+        let _ = self.cmd_tx.send(DemuxCmd::Remove {
+            addr: s.addr,
+            session_id: s.session_id,
+        });
+        let _ = s.out_tx.send(OutboundCmd::Stop { notify }).await;
+        let _ = s.out_task.await;
+        dev.idle_since = Some(Instant::now());
+        tracing::info!(
+            "client {id} from {} disconnected: {why} ({})",
+            s.addr,
+            s.counters.summary()
+        );
+    }
+
+    async fn remove_device(&mut self, id: &str) {
+        let Some(dev) = self.devices.remove(id) else {
+            return;
+        };
+        for r in &dev.routes {
+            let _ = self.nl.del_route(*r, dev.tun.index).await;
+        }
+        if let Err(e) = self.nl.del_link(dev.tun.index).await {
+            tracing::warn!("removing {}: {e}", dev.tun.name);
+        }
+        self.pool.release(id);
+        tracing::info!("client {id}: removed {} and its routes", dev.tun.name);
+    }
+
+    async fn timers(&mut self) {
+        let now = Instant::now();
+        let late: Vec<String> = self
+            .devices
+            .iter()
+            .filter(|(_, d)| {
+                d.session
+                    .as_ref()
+                    .and_then(|s| s.setup_deadline)
+                    .is_some_and(|t| now >= t)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in late {
+            self.end_session(
+                &id,
+                true,
+                &format!("no peernet message within {SETUP_TIMEOUT:?}"),
+            )
+            .await;
+        }
+        let linger = self.cfg.linger;
+        let expired: Vec<String> = self
+            .devices
+            .iter()
+            .filter(|(_, d)| {
+                d.session.is_none()
+                    && d.idle_since
+                        .is_some_and(|t| now.duration_since(t) >= linger)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            self.remove_device(&id).await;
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    #[error(transparent)]
+    Tun(#[from] TunError),
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error("sending to {0} failed: {1}")]
+    Send(SocketAddr, std::io::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_hello_detection() {
+        let mut rec = vec![22, 0xfe, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 10, 1, 0, 0];
+        assert!(is_client_hello(&rec));
+        rec[13] = 2;
+        assert!(!is_client_hello(&rec));
+        rec[13] = 1;
+        rec[4] = 1; // epoch 1
+        assert!(!is_client_hello(&rec));
+        assert!(!is_client_hello(&[22, 0xfe]));
+    }
+}
