@@ -98,13 +98,20 @@ pub fn normalize_args<I: IntoIterator<Item = OsString>>(args: I) -> Vec<OsString
         cmd.get_arguments()
             .any(|a| a.get_long() == Some(name) && a.get_action().takes_values())
     };
-    let mut out = Vec::new();
-    let mut value_next = false;
+    let mut out: Vec<OsString> = Vec::new();
+    // A value-taking flag written without `=`: its value is the next word, whatever it looks
+    // like, so the two are joined as `--flag=value` (clap would take `-x` for a flag).
+    let mut pending: Option<String> = None;
     let mut rest_verbatim = false;
     for (i, arg) in args.into_iter().enumerate() {
+        if let Some(flag) = pending.take() {
+            let mut joined = OsString::from(format!("{flag}="));
+            joined.push(&arg);
+            out.push(joined);
+            continue;
+        }
         let s = arg.to_string_lossy().into_owned();
-        if i == 0 || rest_verbatim || value_next {
-            value_next = false;
+        if i == 0 || rest_verbatim {
             out.push(arg);
             continue;
         }
@@ -121,13 +128,15 @@ pub fn normalize_args<I: IntoIterator<Item = OsString>>(args: I) -> Vec<OsString
             None
         };
         match long {
-            Some(body) => {
-                let name = body.split('=').next().unwrap_or_default();
-                value_next = !body.contains('=') && takes_value(name);
-                out.push(OsString::from(format!("--{body}")));
+            Some(body) if !body.contains('=') && takes_value(&body) => {
+                pending = Some(format!("--{body}"))
             }
+            Some(body) => out.push(OsString::from(format!("--{body}"))),
             None => out.push(arg),
         }
+    }
+    if let Some(flag) = pending {
+        out.push(OsString::from(flag));
     }
     out
 }

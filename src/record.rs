@@ -108,11 +108,12 @@ impl Cipher {
 }
 
 /// The 13-byte additional data: seq_num(epoch ‖ seq48) ‖ type ‖ version ‖ plaintext length.
-fn aad(epoch_seq: u64, content_type: u8, len: usize) -> [u8; 13] {
+/// The version is the record's own, as pion does, so a changed version fails the tag.
+fn aad(epoch_seq: u64, content_type: u8, version: [u8; 2], len: usize) -> [u8; 13] {
     let mut a = [0u8; 13];
     a[..8].copy_from_slice(&epoch_seq.to_be_bytes());
     a[8] = content_type;
-    a[9..11].copy_from_slice(&DTLS12_VERSION);
+    a[9..11].copy_from_slice(&version);
     a[11..13].copy_from_slice(&(len as u16).to_be_bytes());
     a
 }
@@ -185,7 +186,7 @@ impl Sealer {
         }
         let epoch_seq = (u64::from(self.epoch) << 48) | (seq & MAX_SEQUENCE);
         let nonce = nonce(&self.salt, &explicit);
-        let aad = aad(epoch_seq, content_type, len);
+        let aad = aad(epoch_seq, content_type, DTLS12_VERSION, len);
         let (head, rest) = buf.split_at_mut(PAYLOAD_OFFSET);
         let (payload, tag_out) = rest.split_at_mut(len);
         match &self.cipher {
@@ -250,7 +251,7 @@ impl Opener {
             return Err(DropReason::Replay);
         }
         let epoch_seq = (u64::from(header.epoch) << 48) | header.seq;
-        let aad = aad(epoch_seq, header.content_type, len);
+        let aad = aad(epoch_seq, header.content_type, [record[1], record[2]], len);
         let (head, rest) = record[..RECORD_HEADER_LEN + body_len].split_at_mut(PAYLOAD_OFFSET);
         let nonce = nonce(&self.salt, &head[RECORD_HEADER_LEN..PAYLOAD_OFFSET]);
         let (payload, tag) = rest.split_at_mut(len);
