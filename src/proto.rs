@@ -1,5 +1,6 @@
-//! The original dtun's two setup messages, built and parsed without I/O: the server's 8-byte
-//! address message and the client's peernet message (`empty` or a CIDR as text).
+//! The messages of the protocol, built and parsed without I/O: the original dtun's two setup
+//! messages (the server's 8-byte address message, the client's peernet message) and dtun's own
+//! control messages, which only ever go to a peer that negotiated them (see [`Control`]).
 
 use std::net::Ipv4Addr;
 
@@ -15,6 +16,8 @@ pub enum ProtoError {
     PeernetNotText,
     #[error("peernet message {0:?} is neither `empty` nor a CIDR such as 10.200.0.0/24")]
     PeernetNotCidr(String),
+    #[error("malformed control message")]
+    Control,
 }
 
 /// Server → client, first record: the client's tunnel address, then the server's.
@@ -75,6 +78,93 @@ impl Peernet {
     }
 }
 
+/// First byte of every control record. An IP packet starts with 0x4_ or 0x6_, so a control
+/// record can never be mistaken for one (and is never sent to a peer that did not negotiate).
+pub const CONTROL_MARKER: u8 = 0x00;
+/// Marker appended to the server's PSK identity hint: a dtun client that sees it sends
+/// [`Control::Hello`]; the original client only logs the hint. An original server never sends
+/// it, so a dtun client never sends it a control message.
+pub const HINT_MARKER: &str = ";dtun-ctl=1";
+/// Version of the control protocol carried in Hello.
+pub const CONTROL_VERSION: u8 = 1;
+/// Longest detail text of a Close message.
+pub const MAX_CLOSE_DETAIL: usize = 200;
+
+/// Why a session was closed, told to a dtun peer just before close_notify.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    Shutdown = 1,
+    /// Another holder of the id connected; the detail names its address.
+    Replaced = 2,
+    /// The peer was declared dead (missed keepalives) or failed setup.
+    Timeout = 3,
+}
+
+/// dtun's control messages (between dtun peers only).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Control {
+    /// Client → server after the peernet message; server → client as the answer. Both sides
+    /// may then send control messages; `keepalive_ms` is the sender's keepalive period.
+    Hello { version: u8, keepalive_ms: u32 },
+    Ping,
+    Pong,
+    Close { reason: CloseReason, detail: String },
+}
+
+impl Control {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut b = vec![CONTROL_MARKER];
+        match self {
+            Control::Hello { version, keepalive_ms } => {
+                b.push(1);
+                b.push(*version);
+                b.extend_from_slice(&keepalive_ms.to_be_bytes());
+            }
+            Control::Ping => b.push(2),
+            Control::Pong => b.push(3),
+            Control::Close { reason, detail } => {
+                b.push(4);
+                b.push(*reason as u8);
+                let mut end = detail.len().min(MAX_CLOSE_DETAIL);
+                while !detail.is_char_boundary(end) {
+                    end -= 1;
+                }
+                b.extend_from_slice(&detail.as_bytes()[..end]);
+            }
+        }
+        b
+    }
+
+    /// Parses a control record; unknown types and bad lengths are errors (counted drops).
+    /// Extra bytes after a Hello are allowed, so later versions can extend it.
+    pub fn parse(b: &[u8]) -> Result<Control, ProtoError> {
+        match b {
+            [CONTROL_MARKER, 1, version, k0, k1, k2, k3, ..] => Ok(Control::Hello {
+                version: *version,
+                keepalive_ms: u32::from_be_bytes([*k0, *k1, *k2, *k3]),
+            }),
+            [CONTROL_MARKER, 2] => Ok(Control::Ping),
+            [CONTROL_MARKER, 3] => Ok(Control::Pong),
+            [CONTROL_MARKER, 4, reason, detail @ ..] if detail.len() <= MAX_CLOSE_DETAIL => {
+                let reason = match reason {
+                    1 => CloseReason::Shutdown,
+                    2 => CloseReason::Replaced,
+                    3 => CloseReason::Timeout,
+                    _ => return Err(ProtoError::Control),
+                };
+                let detail = String::from_utf8_lossy(detail).into_owned();
+                Ok(Control::Close { reason, detail })
+            }
+            _ => Err(ProtoError::Control),
+        }
+    }
+
+    /// Whether a record's plaintext is a control message rather than an IP packet.
+    pub fn is_control(b: &[u8]) -> bool {
+        b.first() == Some(&CONTROL_MARKER)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,5 +203,29 @@ mod tests {
             Err(ProtoError::PeernetNotText)
         );
         assert!(Peernet::parse(b"").is_err());
+    }
+
+    #[test]
+    fn control_round_trips_and_rejects_garbage() {
+        let all = [
+            Control::Hello { version: CONTROL_VERSION, keepalive_ms: 10_000 },
+            Control::Ping,
+            Control::Pong,
+            Control::Close { reason: CloseReason::Replaced, detail: "192.0.2.7:4000".into() },
+            Control::Close { reason: CloseReason::Shutdown, detail: String::new() },
+        ];
+        for c in all {
+            let b = c.to_bytes();
+            assert!(Control::is_control(&b));
+            assert_eq!(Control::parse(&b), Ok(c));
+        }
+        for bad in [&[][..], &[0], &[0, 9], &[0, 2, 0], &[0, 1, 1, 0], &[0, 4, 9], &[0x45, 2]] {
+            assert_eq!(Control::parse(bad), Err(ProtoError::Control), "{bad:?}");
+        }
+        let long = Control::Close { reason: CloseReason::Timeout, detail: "é".repeat(150) };
+        let b = long.to_bytes();
+        assert!(b.len() <= 3 + MAX_CLOSE_DETAIL);
+        assert!(Control::parse(&b).is_ok());
+        assert!(!Control::is_control(&[0x45]));
     }
 }
