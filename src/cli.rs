@@ -50,9 +50,21 @@ pub struct Cli {
     /// Client: the LAN behind this client that the server should route to it, or `empty`
     #[arg(long, default_value = crate::consts::PEERNET_EMPTY)]
     pub peernet: String,
-    /// Client: script run once the tunnel is up, with TUN, PEER_IP and LOCAL_IP set
+    /// Script run once a tunnel is up, with TUN, PEER_IP and LOCAL_IP set (server: per device)
     #[arg(long, value_name = "SCRIPT")]
     pub up: Option<PathBuf>,
+    /// Script run when a tunnel is torn down, with the same environment as -up
+    #[arg(long, value_name = "SCRIPT")]
+    pub down: Option<PathBuf>,
+    /// Keepalive period between dtun peers; 3 missed means the peer is dead; 0 turns it off
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub keepalive: Duration,
+    /// Behave exactly as the original dtun on the wire: AES-128-CCM_8 only, no control messages
+    #[arg(long)]
+    pub compat: bool,
+    /// Client: exit when the session fails or ends instead of reconnecting
+    #[arg(long)]
+    pub once: bool,
     /// TUN MTU (default: 1500 less the outer IP/UDP and DTLS overhead, so nothing fragments)
     #[arg(long, value_parser = clap::value_parser!(u16).range(576..=1500))]
     pub mtu: Option<u16>,
@@ -196,6 +208,12 @@ mod tests {
         assert_eq!(c.peernet, "empty");
         assert_eq!(c.pool.to_string(), "10.86.0.0/16");
         assert!(c.host.is_none() && c.listen.is_none() && c.up.is_none() && c.mtu.is_none());
+        assert_eq!(c.keepalive, Duration::from_secs(10));
+        assert!(!c.compat && !c.once);
+        let c = Cli::try_from_args(["dtun", "-key", "k", "-compat", "-keepalive", "0", "-once"])
+            .unwrap();
+        assert!(c.compat && c.once);
+        assert_eq!(c.keepalive, Duration::ZERO);
     }
 
     #[test]

@@ -1,26 +1,31 @@
 //! The client: handshake with the server, receive the address message, bring up the TUN,
-//! announce the peernet, run the up script, then forward packets until the session ends.
+//! announce the peernet, run the up script, then forward packets; when the session dies,
+//! reconnect with capped exponential backoff, keeping the TUN, its addresses and routes.
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use crate::config::{ClientConfig, ConfigError};
 use crate::consts::{
-    BUF_LEN, CONTENT_APPLICATION_DATA, FIRST_APP_SEQUENCE, HANDSHAKE_QUEUE, HANDSHAKE_TIMEOUT,
-    SETUP_TIMEOUT,
+    BUF_LEN, CONTENT_ALERT, CONTENT_APPLICATION_DATA, FIRST_APP_SEQUENCE, HANDSHAKE_QUEUE,
+    HANDSHAKE_TIMEOUT, KEEPALIVE_MISSES, MAX_BACKOFF, MIN_BACKOFF, REPLACED_BACKOFF, SETUP_TIMEOUT,
 };
 use crate::dtls::{self, ChannelConn, HandshakeError, Role};
 use crate::hooks::{self, HookError, TunnelEnv};
 use crate::netlink::{Netlink, NetlinkError};
-use crate::proto::{AddressMessage, ProtoError};
+use crate::proto::{
+    AddressMessage, CONTROL_VERSION, CloseReason, Control, HINT_MARKER, ProtoError,
+};
 use crate::pump::{self, Counters, Inbound, Link, OutboundCmd, RateLimit};
 use crate::record::{self, Opener};
-use crate::tun::{self, TunError};
+use crate::tun::{self, Tun, TunError};
 
 /// Log line once forwarding starts (tests look for it).
 pub const LOG_TUNNEL_UP: &str = "tunnel up";
@@ -53,23 +58,151 @@ pub enum ClientError {
     Send(SocketAddr, std::io::Error),
     #[error("the server closed the session ({0})")]
     Closed(String),
+    #[error("id {0} in use from {1}: another client holds this id")]
+    Replaced(String, String),
+    #[error("no sign of life from {0} for {1:?}: the server is gone or the path is down")]
+    Dead(SocketAddr, Duration),
+    #[error("server {0} is unreachable: {1}")]
+    Unreachable(SocketAddr, std::io::Error),
 }
 
-/// Runs one client session until it ends or `shutdown` resolves (then: close_notify, Ok).
+impl ClientError {
+    /// Errors that retrying cannot cure: the user must act.
+    fn is_fatal(&self) -> bool {
+        match self {
+            ClientError::Config(_) | ClientError::Hook(_) => true,
+            ClientError::Tun(e) => !matches!(e, TunError::Netlink(n) if !n.is_permission_denied()),
+            ClientError::Netlink(e) => e.is_permission_denied(),
+            _ => false,
+        }
+    }
+}
+
+/// The TUN device and what it was set up with; it outlives sessions.
+struct Tunnel {
+    tun: Tun,
+    addrs: AddressMessage,
+}
+
+impl Tunnel {
+    fn env(&self) -> TunnelEnv {
+        TunnelEnv {
+            tun: self.tun.name.clone(),
+            peer_ip: self.addrs.server,
+            local_ip: self.addrs.client,
+        }
+    }
+}
+
+/// How a session ended.
+enum End {
+    Shutdown,
+    /// `was_up`: forwarding had started (the backoff starts over).
+    Lost {
+        error: ClientError,
+        was_up: bool,
+    },
+}
+
+/// Capped exponential backoff with ±20 % jitter.
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { next: MIN_BACKOFF }
+    }
+}
+
+impl Backoff {
+    pub fn reset(&mut self) {
+        self.next = MIN_BACKOFF;
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(MAX_BACKOFF);
+        let mut b = [0u8; 1];
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+        // 0.8 .. 1.2 of the base
+        base.mul_f64(0.8 + 0.4 * f64::from(b[0]) / 255.0)
+    }
+}
+
+/// Runs the client until `shutdown` resolves (then: close_notify, down script, Ok), or until
+/// an error retrying cannot cure (or, with `-once`, the first failure).
 pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Result<(), ClientError> {
-    tokio::pin!(shutdown);
-    let server = cfg.server_addr().await?;
-    let local: SocketAddr = match server.ip() {
-        IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-        IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    let mut shutdown = std::pin::pin!(shutdown);
+    let nl = Netlink::new()?;
+    let mut tunnel: Option<Tunnel> = None;
+    let mut backoff = Backoff::default();
+    let mut last_error = String::new();
+    let result = loop {
+        match session(&cfg, &nl, &mut tunnel, shutdown.as_mut()).await {
+            End::Shutdown => break Ok(()),
+            End::Lost { error, was_up } => {
+                if cfg.once || error.is_fatal() {
+                    break Err(error);
+                }
+                if was_up {
+                    backoff.reset();
+                }
+                let delay = match error {
+                    ClientError::Replaced(..) => REPLACED_BACKOFF,
+                    _ => backoff.next_delay(),
+                };
+                let msg = error.to_string();
+                if msg != last_error {
+                    tracing::warn!(
+                        "{msg}; reconnecting (next try in {:.1}s)",
+                        delay.as_secs_f64()
+                    );
+                    last_error = msg;
+                } else {
+                    tracing::debug!("{msg}; next try in {:.1}s", delay.as_secs_f64());
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.as_mut() => break Ok(()),
+                }
+            }
+        }
     };
-    let sock = UdpSocket::bind(local)
-        .await
-        .map_err(|e| ClientError::Socket(server, e))?;
-    sock.connect(server)
-        .await
-        .map_err(|e| ClientError::Socket(server, e))?;
-    let sock = Arc::new(sock);
+    if let Some(t) = tunnel.take() {
+        if let Some(down) = &cfg.common.down
+            && let Err(e) = hooks::run("down", down, &t.env()).await
+        {
+            tracing::warn!("{e}");
+        }
+        tracing::info!("removing {}", t.tun.name);
+        let _ = nl.del_link(t.tun.index).await;
+    }
+    result
+}
+
+fn lost(error: ClientError) -> End {
+    End::Lost {
+        error,
+        was_up: false,
+    }
+}
+
+/// One session, from a fresh socket to its end.
+async fn session(
+    cfg: &ClientConfig,
+    nl: &Netlink,
+    tunnel: &mut Option<Tunnel>,
+    mut shutdown: Pin<&mut impl Future<Output = ()>>,
+) -> End {
+    let server = match cfg.server_addr().await {
+        Ok(s) => s,
+        Err(e) => return lost(ClientError::Config(e)),
+    };
+    let sock = match connect(server).await {
+        Ok(s) => Arc::new(s),
+        Err(e) => return lost(e),
+    };
     let mut buf = vec![0u8; BUF_LEN];
 
     // 1. Handshake. Records that overtake the end of our handshake (the address message when
@@ -101,18 +234,31 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => refused = true,
                 Err(e) => tracing::debug!("recv: {e}"),
             },
-            _ = &mut shutdown => return Ok(()),
+            _ = shutdown.as_mut() => return End::Shutdown,
         }
     };
-    let est = est.map_err(|f| match f.error {
-        HandshakeError::Timeout(_) if refused && !answered => ClientError::Refused(server),
-        HandshakeError::Timeout(d) if !answered => ClientError::NoAnswer(server, d),
-        e => ClientError::Handshake(server, e, cfg.id.clone()),
-    })?;
+    let est = match est {
+        Ok(est) => est,
+        Err(f) => {
+            return lost(match f.error {
+                HandshakeError::Timeout(_) if refused && !answered => ClientError::Refused(server),
+                HandshakeError::Timeout(d) if !answered => ClientError::NoAnswer(server, d),
+                HandshakeError::Failed(why) if why.contains("Alert is Fatal") => {
+                    ClientError::Handshake(
+                        server,
+                        HandshakeError::Failed("the server refused it with a fatal alert".into()),
+                        cfg.id.clone(),
+                    )
+                }
+                e => ClientError::Handshake(server, e, cfg.id.clone()),
+            });
+        }
+    };
     drop(hs_tx);
-    tracing::info!(
-        "handshake with {server} done (server hint {:?})",
-        String::from_utf8_lossy(&est.peer_identity)
+    let hint = String::from_utf8_lossy(&est.peer_identity).into_owned();
+    let negotiated = !cfg.common.compat && hint.ends_with(HINT_MARKER);
+    tracing::debug!(
+        "handshake with {server} done (server hint {hint:?}, control messages: {negotiated})"
     );
     let (mut sealer, mut opener) =
         record::session_pair(est.suite, &est.keys, true, 1, FIRST_APP_SEQUENCE);
@@ -124,110 +270,287 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
 
     // 2. The address message.
     let addrs = match first_data(&mut opener, &counters, &sock, &mut buf, early).await {
-        Some(msg) => AddressMessage::parse(&msg).map_err(ClientError::BadAddress)?,
+        Some(msg) => match AddressMessage::parse(&msg) {
+            Ok(a) => a,
+            Err(e) => return lost(ClientError::BadAddress(e)),
+        },
         None => {
             let _ = link.send_close_notify(&mut sealer).await;
-            return Err(ClientError::NoAddress(SETUP_TIMEOUT));
+            return lost(ClientError::NoAddress(SETUP_TIMEOUT));
         }
     };
     drop(est.conn);
 
-    // 3. The TUN device.
-    let nl = Netlink::new()?;
-    let mtu = cfg.tun.mtu_for(est.suite, server);
-    let tun = tun::create(&nl, &cfg.tun.name, mtu).await?;
-    nl.add_p2p_address(tun.index, addrs.client, addrs.server)
-        .await?;
-
-    // 4. Our LAN, then the up script, then forwarding.
-    link.send_record(
-        &mut sealer,
-        CONTENT_APPLICATION_DATA,
-        cfg.peernet.to_wire().as_bytes(),
-    )
-    .await
-    .map_err(|e| ClientError::Send(server, e))?;
-    let env = TunnelEnv {
-        tun: tun.name.clone(),
-        peer_ip: addrs.server,
-        local_ip: addrs.client,
+    // 3. The TUN device: made once, kept across sessions; readdressed if the server moved us.
+    let run_up = match setup_tunnel(cfg, nl, tunnel, addrs, est.suite, server).await {
+        Ok(run_up) => run_up,
+        Err(e) => {
+            let _ = link.send_close_notify(&mut sealer).await;
+            return lost(e);
+        }
     };
-    if let Some(up) = &cfg.up
-        && let Err(e) = hooks::run("up", up, &env).await
+    let Some(t) = tunnel.as_ref() else {
+        return lost(ClientError::NoAddress(SETUP_TIMEOUT));
+    };
+
+    // 4. Our LAN, our hello (dtun servers only), the up script, then forwarding.
+    let mut hello = vec![];
+    if negotiated {
+        let keepalive_ms = u32::try_from(cfg.common.keepalive.as_millis()).unwrap_or(u32::MAX);
+        hello = Control::Hello {
+            version: CONTROL_VERSION,
+            keepalive_ms,
+        }
+        .to_bytes();
+    }
+    for msg in [cfg.peernet.to_wire().into_bytes(), hello] {
+        if msg.is_empty() {
+            continue;
+        }
+        if let Err(e) = link
+            .send_record(&mut sealer, CONTENT_APPLICATION_DATA, &msg)
+            .await
+        {
+            return lost(ClientError::Send(server, e));
+        }
+    }
+    if run_up
+        && let Some(up) = &cfg.common.up
+        && let Err(e) = hooks::run("up", up, &t.env()).await
     {
         let _ = link.send_close_notify(&mut sealer).await;
-        return Err(e.into());
+        return lost(e.into());
     }
     tracing::info!(
-        "{LOG_TUNNEL_UP}: dev {} local {} peer {} mtu {mtu}, server {server}",
-        tun.name,
+        "{LOG_TUNNEL_UP}: dev {} local {} peer {} mtu {}, server {server}",
+        t.tun.name,
         addrs.client,
-        addrs.server
+        addrs.server,
+        cfg.tun.mtu_for(est.suite, server)
     );
 
-    let (out_tx, out_rx) = mpsc::channel(4);
+    let (out_tx, out_rx) = mpsc::channel(8);
     let out_task = tokio::spawn(pump::outbound(
-        Arc::clone(&tun.dev),
+        Arc::clone(&t.tun.dev),
         link,
         sealer,
         Arc::clone(&counters),
         out_rx,
     ));
-    let mut log_limit = RateLimit::new(5);
-    let result = loop {
-        tokio::select! {
-            _ = &mut shutdown => {
-                let _ = out_tx.send(OutboundCmd::Stop { notify: true }).await;
-                break Ok(());
+    let keepalive = if negotiated {
+        cfg.common.keepalive
+    } else {
+        Duration::ZERO
+    };
+    let error = forward(
+        &t.tun,
+        &sock,
+        server,
+        &mut opener,
+        &counters,
+        &out_tx,
+        keepalive,
+        &mut buf,
+        shutdown,
+    )
+    .await;
+    let farewell = match &error {
+        None => Some(Control::Close {
+            reason: CloseReason::Shutdown,
+            detail: String::new(),
+        }),
+        Some(ClientError::Dead(..)) => Some(Control::Close {
+            reason: CloseReason::Timeout,
+            detail: String::new(),
+        }),
+        _ => None,
+    };
+    let notify = !matches!(
+        error,
+        Some(ClientError::Closed(_)) | Some(ClientError::Replaced(..))
+    );
+    let farewell = farewell.filter(|_| negotiated).map(|c| c.to_bytes());
+    let _ = out_tx.send(OutboundCmd::Stop { notify, farewell }).await;
+    let _ = out_task.await;
+    tracing::info!("session with {server} ended ({})", counters.summary());
+    match error {
+        None => End::Shutdown,
+        Some(ClientError::Replaced(_, by)) => End::Lost {
+            error: ClientError::Replaced(cfg.id.clone(), by),
+            was_up: true,
+        },
+        Some(error) => End::Lost {
+            error,
+            was_up: true,
+        },
+    }
+}
+
+async fn connect(server: SocketAddr) -> Result<UdpSocket, ClientError> {
+    let local: SocketAddr = match server.ip() {
+        IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let sock = UdpSocket::bind(local)
+        .await
+        .map_err(|e| ClientError::Socket(server, e))?;
+    sock.connect(server)
+        .await
+        .map_err(|e| ClientError::Socket(server, e))?;
+    Ok(sock)
+}
+
+/// Makes the TUN on the first session; on a later one with other addresses runs the down
+/// script with the old values, readdresses, and asks for the up script. Returns whether the
+/// up script must run.
+async fn setup_tunnel(
+    cfg: &ClientConfig,
+    nl: &Netlink,
+    tunnel: &mut Option<Tunnel>,
+    addrs: AddressMessage,
+    suite: record::Suite,
+    server: SocketAddr,
+) -> Result<bool, ClientError> {
+    match tunnel {
+        Some(t) if t.addrs == addrs => Ok(false),
+        Some(t) => {
+            tracing::info!(
+                "the server moved us from {} to {}: readdressing {}",
+                t.addrs.client,
+                addrs.client,
+                t.tun.name
+            );
+            if let Some(down) = &cfg.common.down
+                && let Err(e) = hooks::run("down", down, &t.env()).await
+            {
+                tracing::warn!("{e}");
             }
-            r = sock.recv(&mut buf) => {
+            nl.flush_addresses(t.tun.index).await?;
+            nl.add_p2p_address(t.tun.index, addrs.client, addrs.server)
+                .await?;
+            t.addrs = addrs;
+            Ok(true)
+        }
+        None => {
+            let tun = tun::create(nl, &cfg.tun.name, cfg.tun.mtu_for(suite, server)).await?;
+            nl.add_p2p_address(tun.index, addrs.client, addrs.server)
+                .await?;
+            *tunnel = Some(Tunnel { tun, addrs });
+            Ok(true)
+        }
+    }
+}
+
+/// Forwards server → TUN (the other way is the outbound task) and keeps the session alive.
+/// Returns None on shutdown, else why the session ended.
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    tun: &Tun,
+    sock: &UdpSocket,
+    server: SocketAddr,
+    opener: &mut Opener,
+    counters: &Counters,
+    out_tx: &mpsc::Sender<OutboundCmd>,
+    keepalive: Duration,
+    buf: &mut [u8],
+    mut shutdown: Pin<&mut impl Future<Output = ()>>,
+) -> Option<ClientError> {
+    let mut log_limit = RateLimit::new(5);
+    let mut last_rx = Instant::now();
+    let mut last_ping = Instant::now();
+    let tick_every = if keepalive.is_zero() {
+        Duration::from_secs(3600)
+    } else {
+        keepalive / 4
+    };
+    let mut tick = tokio::time::interval(tick_every.max(Duration::from_millis(50)));
+    loop {
+        tokio::select! {
+            _ = shutdown.as_mut() => return None,
+            _ = tick.tick(), if !keepalive.is_zero() => {
+                let quiet = last_rx.elapsed();
+                if quiet >= keepalive * KEEPALIVE_MISSES {
+                    return Some(ClientError::Dead(server, quiet));
+                }
+                // One ping per period while quiet; four once a reply is overdue.
+                let every = if quiet >= keepalive + keepalive / 2 { keepalive / 4 } else { keepalive };
+                if quiet >= keepalive && last_ping.elapsed() >= every {
+                    last_ping = Instant::now();
+                    let _ = out_tx.try_send(OutboundCmd::Send(Control::Ping.to_bytes()));
+                }
+            }
+            r = sock.recv(buf) => {
                 let n = match r {
                     Ok(n) => n,
+                    // The server's host answers ICMP unreachable: nobody listens any more.
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                        return Some(ClientError::Unreachable(server, e));
+                    }
                     Err(e) => {
                         if log_limit.allow() {
-                            tracing::warn!("server {server} unreachable: {e}");
+                            tracing::debug!("recv from {server}: {e}");
                         }
                         continue;
                     }
                 };
-                if let Some(why) = inbound(&mut opener, &counters, &tun.dev, &mut buf[..n], &mut log_limit).await {
-                    let _ = out_tx.send(OutboundCmd::Stop { notify: false }).await;
-                    break Err(ClientError::Closed(why));
+                let (authenticated, event) = inbound(opener, counters, &tun.dev, &mut buf[..n], &mut log_limit).await;
+                if authenticated {
+                    last_rx = Instant::now();
+                }
+                match event {
+                    None => {}
+                    Some(Ok(Control::Ping)) => {
+                        let _ = out_tx.try_send(OutboundCmd::Send(Control::Pong.to_bytes()));
+                    }
+                    Some(Ok(Control::Close { reason: CloseReason::Replaced, detail })) => {
+                        return Some(ClientError::Replaced(String::new(), detail));
+                    }
+                    Some(Ok(Control::Close { reason, detail })) => {
+                        tracing::info!("the server is closing the session: {reason:?} {detail}");
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(why)) => return Some(ClientError::Closed(why)),
                 }
             }
         }
-    };
-    let _ = out_task.await;
-    tracing::info!("session with {server} ended ({})", counters.summary());
-    result
+    }
 }
 
-/// Handles one datagram of a live session; returns why the session ended, if it did.
+/// Handles one datagram of a live session. Returns whether any record in it authenticated,
+/// and a control message (Ok) or the end of the session (Err: why) if one came.
 async fn inbound(
     opener: &mut Opener,
     counters: &Counters,
     tun: &::tun::AsyncDevice,
     dg: &mut [u8],
     log_limit: &mut RateLimit,
-) -> Option<String> {
+) -> (bool, Option<Result<Control, String>>) {
     let mut at = 0;
+    let mut authenticated = false;
     while at < dg.len() {
         let r = match record::record_at(dg, at) {
             Ok(r) => r,
             Err(reason) => {
                 counters.count_drop(pump::Drop::Record(reason));
-                return None;
+                break;
             }
         };
         at = r.end;
         let rec = &mut dg[r];
-        if rec[0] != CONTENT_APPLICATION_DATA && rec[0] != crate::consts::CONTENT_ALERT {
+        if rec[0] != CONTENT_APPLICATION_DATA && rec[0] != CONTENT_ALERT {
             continue; // a late handshake retransmission: the crate is done with it
         }
         match pump::open(opener, counters, rec) {
             Inbound::Data(r) => {
-                if pump::accept_packet(counters, &rec[r.clone()]) {
-                    if let Err(e) = tun.send(&rec[r]).await
+                authenticated = true;
+                let data = &rec[r];
+                if Control::is_control(data) {
+                    match Control::parse(data) {
+                        Ok(c) => return (true, Some(Ok(c))),
+                        Err(_) => counters.count_drop(pump::Drop::Unexpected),
+                    }
+                } else if pump::accept_packet(counters, data) {
+                    if let Err(e) = tun.send(data).await
                         && log_limit.allow()
                     {
                         tracing::debug!("writing to TUN failed: {e}");
@@ -236,8 +559,10 @@ async fn inbound(
                     tracing::debug!("drop reason=not_ip");
                 }
             }
-            Inbound::Alert(_, 0) => return Some("close_notify".into()),
-            Inbound::Alert(level, desc) => return Some(format!("alert {level}/{desc}")),
+            Inbound::Alert(_, 0) => return (true, Some(Err("close_notify".into()))),
+            Inbound::Alert(level, desc) => {
+                return (true, Some(Err(format!("alert {level}/{desc}"))));
+            }
             Inbound::Dropped(d) => {
                 if log_limit.allow() {
                     tracing::debug!("drop reason={}", d.as_str());
@@ -245,7 +570,7 @@ async fn inbound(
             }
         }
     }
-    None
+    (authenticated, None)
 }
 
 /// Waits (up to the setup timeout) for the first application record and returns its plaintext.
@@ -261,7 +586,7 @@ async fn first_data(
             return Some(msg);
         }
     }
-    let deadline = tokio::time::Instant::now() + SETUP_TIMEOUT.max(HANDSHAKE_TIMEOUT);
+    let deadline = Instant::now() + SETUP_TIMEOUT.max(HANDSHAKE_TIMEOUT);
     loop {
         let n = match tokio::time::timeout_at(deadline, sock.recv(buf)).await {
             Err(_) => return None,
@@ -287,4 +612,23 @@ fn open_first(opener: &mut Opener, counters: &Counters, dg: &mut [u8]) -> Option
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_with_jitter() {
+        let mut b = Backoff::default();
+        let first = b.next_delay();
+        assert!(first >= MIN_BACKOFF.mul_f64(0.79) && first <= MIN_BACKOFF.mul_f64(1.21));
+        let mut last = first;
+        for _ in 0..20 {
+            last = b.next_delay();
+        }
+        assert!(last <= MAX_BACKOFF.mul_f64(1.21) && last >= MAX_BACKOFF.mul_f64(0.79));
+        b.reset();
+        assert!(b.next_delay() <= MIN_BACKOFF.mul_f64(1.21));
+    }
 }

@@ -119,6 +119,28 @@ pub fn is_ipv4(ip: IpAddr) -> bool {
     }
 }
 
+/// What both roles share beyond the key: scripts, keepalive, compatibility.
+#[derive(Clone, Debug)]
+pub struct Common {
+    pub up: Option<PathBuf>,
+    pub down: Option<PathBuf>,
+    /// Zero: no keepalive.
+    pub keepalive: Duration,
+    /// Original protocol only: CCM_8, no hint marker, no control messages.
+    pub compat: bool,
+}
+
+impl Common {
+    fn from_cli(cli: &Cli) -> Self {
+        Common {
+            up: cli.up.clone(),
+            down: cli.down.clone(),
+            keepalive: cli.keepalive,
+            compat: cli.compat,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     pub key: Key,
@@ -128,6 +150,7 @@ pub struct ServerConfig {
     pub pool: Ipv4Net,
     pub linger: Duration,
     pub tun: TunSettings,
+    pub common: Common,
 }
 
 impl ServerConfig {
@@ -140,6 +163,7 @@ impl ServerConfig {
             pool: cli.pool,
             linger: cli.linger,
             tun: TunSettings::from_cli(cli)?,
+            common: Common::from_cli(cli),
         })
     }
 }
@@ -152,8 +176,10 @@ pub struct ClientConfig {
     /// Our PSK identity.
     pub id: String,
     pub peernet: Peernet,
-    pub up: Option<PathBuf>,
     pub tun: TunSettings,
+    pub common: Common,
+    /// Exit at the first failure or end of session instead of reconnecting.
+    pub once: bool,
 }
 
 impl ClientConfig {
@@ -167,8 +193,9 @@ impl ClientConfig {
             port: cli.port,
             id: cli.id.clone(),
             peernet: Peernet::parse_str(&cli.peernet).map_err(ConfigError::Peernet)?,
-            up: cli.up.clone(),
             tun: TunSettings::from_cli(cli)?,
+            common: Common::from_cli(cli),
+            once: cli.once,
         })
     }
 

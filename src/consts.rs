@@ -53,6 +53,13 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the client's up script may run.
 pub const HOOK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Keepalive periods missed before a peer counts as dead.
+pub const KEEPALIVE_MISSES: u32 = 3;
+/// Client reconnect backoff: first delay, cap, and the delay after being replaced by another
+/// holder of the id (so two clients with one id do not flap).
+pub const MIN_BACKOFF: Duration = Duration::from_secs(1);
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+pub const REPLACED_BACKOFF: Duration = Duration::from_secs(60);
 /// DTLS retransmission interval of the handshake crate.
 pub const FLIGHT_INTERVAL: Duration = Duration::from_secs(1);
 /// Half-open handshakes the server keeps at once, in total and per source IP.

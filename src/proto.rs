@@ -105,17 +105,26 @@ pub enum CloseReason {
 pub enum Control {
     /// Client → server after the peernet message; server → client as the answer. Both sides
     /// may then send control messages; `keepalive_ms` is the sender's keepalive period.
-    Hello { version: u8, keepalive_ms: u32 },
+    Hello {
+        version: u8,
+        keepalive_ms: u32,
+    },
     Ping,
     Pong,
-    Close { reason: CloseReason, detail: String },
+    Close {
+        reason: CloseReason,
+        detail: String,
+    },
 }
 
 impl Control {
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut b = vec![CONTROL_MARKER];
         match self {
-            Control::Hello { version, keepalive_ms } => {
+            Control::Hello {
+                version,
+                keepalive_ms,
+            } => {
                 b.push(1);
                 b.push(*version);
                 b.extend_from_slice(&keepalive_ms.to_be_bytes());
@@ -208,21 +217,41 @@ mod tests {
     #[test]
     fn control_round_trips_and_rejects_garbage() {
         let all = [
-            Control::Hello { version: CONTROL_VERSION, keepalive_ms: 10_000 },
+            Control::Hello {
+                version: CONTROL_VERSION,
+                keepalive_ms: 10_000,
+            },
             Control::Ping,
             Control::Pong,
-            Control::Close { reason: CloseReason::Replaced, detail: "192.0.2.7:4000".into() },
-            Control::Close { reason: CloseReason::Shutdown, detail: String::new() },
+            Control::Close {
+                reason: CloseReason::Replaced,
+                detail: "192.0.2.7:4000".into(),
+            },
+            Control::Close {
+                reason: CloseReason::Shutdown,
+                detail: String::new(),
+            },
         ];
         for c in all {
             let b = c.to_bytes();
             assert!(Control::is_control(&b));
             assert_eq!(Control::parse(&b), Ok(c));
         }
-        for bad in [&[][..], &[0], &[0, 9], &[0, 2, 0], &[0, 1, 1, 0], &[0, 4, 9], &[0x45, 2]] {
+        for bad in [
+            &[][..],
+            &[0],
+            &[0, 9],
+            &[0, 2, 0],
+            &[0, 1, 1, 0],
+            &[0, 4, 9],
+            &[0x45, 2],
+        ] {
             assert_eq!(Control::parse(bad), Err(ProtoError::Control), "{bad:?}");
         }
-        let long = Control::Close { reason: CloseReason::Timeout, detail: "é".repeat(150) };
+        let long = Control::Close {
+            reason: CloseReason::Timeout,
+            detail: "é".repeat(150),
+        };
         let b = long.to_bytes();
         assert!(b.len() <= 3 + MAX_CLOSE_DETAIL);
         assert!(Control::parse(&b).is_ok());

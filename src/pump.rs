@@ -70,12 +70,18 @@ pub struct Counters {
     pub tx_bytes: AtomicU64,
     pub rx_packets: AtomicU64,
     pub rx_bytes: AtomicU64,
+    /// Every record whose tag verified (packets, control, alerts): the peer's signs of life.
+    authenticated: AtomicU64,
     drops: [AtomicU64; Drop::COUNT],
 }
 
 impl Counters {
     pub fn count_drop(&self, d: Drop) {
         self.drops[d.index()].fetch_add(1, Relaxed);
+    }
+
+    pub fn authenticated(&self) -> u64 {
+        self.authenticated.load(Relaxed)
     }
 
     pub fn drops(&self, d: Drop) -> u64 {
@@ -155,6 +161,12 @@ pub fn open(opener: &mut Opener, counters: &Counters, record: &mut [u8]) -> Inbo
         Ok(_) => Inbound::Dropped(Drop::Unexpected),
         Err(reason) => Inbound::Dropped(Drop::Record(reason)),
     };
+    match result {
+        Inbound::Dropped(Drop::Record(_)) => {}
+        _ => {
+            counters.authenticated.fetch_add(1, Relaxed);
+        }
+    }
     if let Inbound::Dropped(d) = result {
         counters.count_drop(d);
     }
@@ -220,8 +232,13 @@ impl Link {
 /// Commands from the control path to an outbound task.
 #[derive(Debug)]
 pub enum OutboundCmd {
-    /// Stop; send close_notify first if `notify`.
-    Stop { notify: bool },
+    /// Send this plaintext as one application record (a control message).
+    Send(Vec<u8>),
+    /// Stop; send `farewell` (a control message) and close_notify first if `notify`.
+    Stop {
+        notify: bool,
+        farewell: Option<Vec<u8>>,
+    },
 }
 
 /// Runs the outbound flow until told to stop (or the TUN fails). Returns the sealer so the
@@ -240,14 +257,23 @@ pub async fn outbound(
         let read_end = BUF_LEN - tag_len;
         tokio::select! {
             biased;
-            cmd = ctl.recv() => {
-                if let Some(OutboundCmd::Stop { notify: true }) = cmd
-                    && let Err(e) = link.send_close_notify(&mut sealer).await
-                {
-                    tracing::debug!("close_notify not sent: {e}");
+            cmd = ctl.recv() => match cmd {
+                Some(OutboundCmd::Send(msg)) => {
+                    if let Err(e) = link.send_record(&mut sealer, CONTENT_APPLICATION_DATA, &msg).await {
+                        tracing::debug!("control message not sent: {e}");
+                    }
                 }
-                return sealer;
-            }
+                Some(OutboundCmd::Stop { notify: true, farewell }) => {
+                    if let Some(msg) = farewell {
+                        let _ = link.send_record(&mut sealer, CONTENT_APPLICATION_DATA, &msg).await;
+                    }
+                    if let Err(e) = link.send_close_notify(&mut sealer).await {
+                        tracing::debug!("close_notify not sent: {e}");
+                    }
+                    return sealer;
+                }
+                Some(OutboundCmd::Stop { notify: false, .. }) | None => return sealer,
+            },
             r = tun.recv(&mut buf[PAYLOAD_OFFSET..read_end]) => {
                 let n = match r {
                     Ok(n) => n,

@@ -23,12 +23,15 @@ use tokio::task::JoinHandle;
 use crate::config::ServerConfig;
 use crate::consts::{
     BUF_LEN, CONTENT_ALERT, CONTENT_APPLICATION_DATA, CONTENT_HANDSHAKE, FIRST_APP_SEQUENCE,
-    HANDSHAKE_QUEUE, MAX_HANDSHAKES, MAX_HANDSHAKES_PER_IP, SETUP_TIMEOUT,
+    HANDSHAKE_QUEUE, KEEPALIVE_MISSES, MAX_HANDSHAKES, MAX_HANDSHAKES_PER_IP, SETUP_TIMEOUT,
 };
 use crate::dtls::{self, ChannelConn, Established, KeyLookup, Role};
+use crate::hooks::{self, TunnelEnv};
 use crate::netlink::{Netlink, NetlinkError};
 use crate::pool::{Pair, Pool, PoolError};
-use crate::proto::{AddressMessage, Peernet, ProtoError};
+use crate::proto::{
+    AddressMessage, CONTROL_VERSION, CloseReason, Control, HINT_MARKER, Peernet, ProtoError,
+};
 use crate::pump::{self, Counters, Inbound, Link, OutboundCmd, RateLimit};
 use crate::record::{self, Opener, Sealer};
 use crate::tun::{self, Tun, TunError};
@@ -112,7 +115,11 @@ pub async fn run(
         cmd_tx: cmd_tx.clone(),
         ev_tx: ev_tx.clone(),
         lookup,
-        hint: cfg.hint.as_bytes().to_vec(),
+        hint: if cfg.common.compat {
+            cfg.hint.as_bytes().to_vec()
+        } else {
+            format!("{}{HINT_MARKER}", cfg.hint).into_bytes()
+        },
         next_token: 0,
         handshakes: 0,
         log_limit: RateLimit::new(10),
@@ -328,6 +335,16 @@ impl Demux {
                             session_id: s.session_id,
                             peernet,
                         });
+                    } else if Control::is_control(&rec[r.clone()]) {
+                        match Control::parse(&rec[r]) {
+                            Ok(msg) => {
+                                let _ = ev_tx.send(Event::Control {
+                                    session_id: s.session_id,
+                                    msg,
+                                });
+                            }
+                            Err(_) => s.counters.count_drop(pump::Drop::Unexpected),
+                        }
                     } else if pump::accept_packet(&s.counters, &rec[r.clone()]) {
                         if let Err(e) = s.tun.send(&rec[r]).await
                             && log_limit.allow()
@@ -417,6 +434,10 @@ enum Event {
         level: u8,
         desc: u8,
     },
+    Control {
+        session_id: u64,
+        msg: Control,
+    },
 }
 
 /// One id's device, with or without a session.
@@ -438,6 +459,13 @@ struct Session {
     counters: Arc<Counters>,
     /// Deadline for the client's peernet message.
     setup_deadline: Option<Instant>,
+    /// The client said Hello: it is a dtun peer and may get control messages.
+    negotiated: bool,
+    /// The client's keepalive period (zero: none); it pings, we answer.
+    keepalive: Duration,
+    /// Authenticated records seen at the last check, and when that count last moved.
+    seen: u64,
+    alive_at: Instant,
     /// Kept alive so the crate can answer a retransmitted final flight.
     _dtls: dtls_conn::Holder,
 }
@@ -484,7 +512,8 @@ impl Manager {
         );
         let ids: Vec<String> = self.devices.keys().cloned().collect();
         for id in ids {
-            self.end_session(&id, true, "server shutting down").await;
+            self.end_session(&id, Some(CloseReason::Shutdown), "server shutting down")
+                .await;
             self.remove_device(&id).await;
         }
     }
@@ -528,8 +557,14 @@ impl Manager {
                 } else {
                     format!("alert {level}/{desc}")
                 };
-                self.end_session(&id, false, &format!("peer sent {why}"))
+                self.end_session(&id, None, &format!("peer sent {why}"))
                     .await;
+            }
+            Event::Control { session_id, msg } => {
+                let Some(id) = self.id_of(session_id) else {
+                    return;
+                };
+                self.control(&id, msg).await;
             }
         }
     }
@@ -556,8 +591,13 @@ impl Manager {
             let dev = self.create_device(id, est.suite, addr).await?;
             self.devices.insert(id.to_string(), dev);
         } else {
-            self.end_session(id, true, &format!("replaced by a new session from {addr}"))
-                .await;
+            self.end_session_because(
+                id,
+                Some(CloseReason::Replaced),
+                &addr.to_string(),
+                &format!("replaced by a new session from {addr}"),
+            )
+            .await;
         }
         let Some(dev) = self.devices.get_mut(id) else {
             return Ok(());
@@ -606,6 +646,10 @@ impl Manager {
             out_task,
             counters,
             setup_deadline: Some(Instant::now() + SETUP_TIMEOUT),
+            negotiated: false,
+            keepalive: Duration::ZERO,
+            seen: 0,
+            alive_at: Instant::now(),
             _dtls: dtls_conn::Holder(est.conn),
         });
         tracing::info!(
@@ -633,6 +677,12 @@ impl Manager {
             Ok::<_, SessionError>(tun)
         }
         .await;
+        if let Ok(tun) = &made
+            && let Some(up) = &self.cfg.common.up
+            && let Err(e) = hooks::run("up", up, &device_env(&tun.name, pair)).await
+        {
+            tracing::warn!("client {id}: {e}");
+        }
         match made {
             Ok(tun) => Ok(Device {
                 tun,
@@ -686,8 +736,47 @@ impl Manager {
         }
     }
 
-    /// Ends the id's session, if any; the device stays for `-linger`.
-    async fn end_session(&mut self, id: &str, notify: bool, why: &str) {
+    /// Answers a dtun client's control message.
+    async fn control(&mut self, id: &str, msg: Control) {
+        let Some(s) = self.devices.get_mut(id).and_then(|d| d.session.as_mut()) else {
+            return;
+        };
+        let reply = match msg {
+            Control::Hello { keepalive_ms, .. } => {
+                s.negotiated = true;
+                s.keepalive = Duration::from_millis(u64::from(keepalive_ms));
+                let ours = u32::try_from(self.cfg.common.keepalive.as_millis()).unwrap_or(u32::MAX);
+                tracing::debug!("client {id} is a dtun peer (keepalive {:?})", s.keepalive);
+                Some(Control::Hello {
+                    version: CONTROL_VERSION,
+                    keepalive_ms: ours,
+                })
+            }
+            Control::Ping if s.negotiated => Some(Control::Pong),
+            Control::Close { reason, detail } => {
+                tracing::debug!("client {id} is closing: {reason:?} {detail}");
+                None
+            }
+            _ => None,
+        };
+        if let Some(r) = reply {
+            let _ = s.out_tx.try_send(OutboundCmd::Send(r.to_bytes()));
+        }
+    }
+
+    /// Ends the id's session, if any; the device stays for `-linger`. `reason`: say so and
+    /// send close_notify (None: the peer already closed).
+    async fn end_session(&mut self, id: &str, reason: Option<CloseReason>, why: &str) {
+        self.end_session_because(id, reason, "", why).await
+    }
+
+    async fn end_session_because(
+        &mut self,
+        id: &str,
+        reason: Option<CloseReason>,
+        detail: &str,
+        why: &str,
+    ) {
         let Some(dev) = self.devices.get_mut(id) else {
             return;
         };
@@ -696,7 +785,18 @@ impl Manager {
             addr: s.addr,
             session_id: s.session_id,
         });
-        let _ = s.out_tx.send(OutboundCmd::Stop { notify }).await;
+        let farewell = reason.filter(|_| s.negotiated).map(|reason| {
+            Control::Close {
+                reason,
+                detail: detail.to_string(),
+            }
+            .to_bytes()
+        });
+        let stop = OutboundCmd::Stop {
+            notify: reason.is_some(),
+            farewell,
+        };
+        let _ = s.out_tx.send(stop).await;
         let _ = s.out_task.await;
         dev.idle_since = Some(Instant::now());
         tracing::info!(
@@ -718,6 +818,11 @@ impl Manager {
         }
         self.pool.release(id);
         tracing::info!("client {id}: removed {} and its routes", dev.tun.name);
+        if let Some(down) = &self.cfg.common.down
+            && let Err(e) = hooks::run("down", down, &device_env(&dev.tun.name, dev.pair)).await
+        {
+            tracing::warn!("client {id}: {e}");
+        }
     }
 
     async fn timers(&mut self) {
@@ -736,10 +841,35 @@ impl Manager {
         for id in late {
             self.end_session(
                 &id,
-                true,
+                Some(CloseReason::Timeout),
                 &format!("no peernet message within {SETUP_TIMEOUT:?}"),
             )
             .await;
+        }
+        // Keepalive: a dtun client pings when quiet; no authenticated record for
+        // KEEPALIVE_MISSES of its periods means it is gone.
+        let check = !self.cfg.common.keepalive.is_zero();
+        let mut dead = Vec::new();
+        for (id, d) in self.devices.iter_mut() {
+            let Some(s) = d.session.as_mut() else {
+                continue;
+            };
+            let seen = s.counters.authenticated();
+            if seen != s.seen {
+                s.seen = seen;
+                s.alive_at = now;
+            } else if check
+                && s.negotiated
+                && !s.keepalive.is_zero()
+                && now.duration_since(s.alive_at) >= s.keepalive * KEEPALIVE_MISSES
+            {
+                dead.push((id.clone(), now.duration_since(s.alive_at)));
+            }
+        }
+        for (id, quiet) in dead {
+            let why = format!("no keepalive for {:.1}s", quiet.as_secs_f64());
+            self.end_session(&id, Some(CloseReason::Timeout), &why)
+                .await;
         }
         let linger = self.cfg.linger;
         let expired: Vec<String> = self
@@ -755,6 +885,15 @@ impl Manager {
         for id in expired {
             self.remove_device(&id).await;
         }
+    }
+}
+
+/// A script's view of a server-side device: PEER_IP is the client's tunnel address.
+fn device_env(tun: &str, pair: Pair) -> TunnelEnv {
+    TunnelEnv {
+        tun: tun.to_string(),
+        peer_ip: pair.client,
+        local_ip: pair.server,
     }
 }
 
