@@ -1,0 +1,628 @@
+//! Test harness for end-to-end tests: network namespaces joined by veth pairs, processes run
+//! inside them with their output in per-test log files, and polling helpers with deadlines.
+//!
+//! Every test builds its own namespaces, named uniquely per process and per call, so tests run
+//! in parallel threads and several test binaries may run at once. Everything made here is torn
+//! down by `Drop`, also when the test panics; then the logs of its processes and the addresses
+//! and routes of its namespaces are printed, so a failure shows what happened.
+//!
+//! `Topo::pair`:
+//!
+//! ```text
+//!  ┌──── ns "server" ─────┐              ┌──── ns "client" ─────┐
+//!  │ lo                   │              │ lo                   │
+//!  │ eth0 172.31.250.1/24 ├── veth ──────┤ eth0 172.31.250.2/24 │
+//!  │ (dtun server, TUNs)  │              │ (dtun client, TUN)   │
+//!  └──────────────────────┘              └──────────────────────┘
+//! ```
+//!
+//! `Topo::star(n)`: one veth pair per client; client `i` reaches the server on its own subnet.
+//!
+//! ```text
+//!                 ┌──── ns "server" ──────┐
+//!   client 0 ─────┤ eth0 172.31.250.1/24  │   client i: eth0 172.31.(250+i).2/24
+//!   client 1 ─────┤ eth1 172.31.251.1/24  │
+//!   client i ─────┤ ethi 172.31.(250+i).1 │
+//!                 └───────────────────────┘
+//! ```
+//!
+//! Nothing here runs in, or sends to, the root namespace: the `ip` commands issued from the root
+//! namespace only create, configure (`ip -n`) and delete the test's own namespaces.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// Distinguishes the namespaces, directories and logs made by one test process.
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+fn next_id() -> usize {
+    COUNTER.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Polls `cond` every 50 ms until it holds; panics with `what` once `timeout` has passed.
+pub fn wait_for(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs a command in the root namespace (only `ip netns add/del` and `ip -n NS ...`), panicking
+/// with its stderr when it fails.
+fn check(program: &str, args: &[&str]) -> Output {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program} {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {} failed ({}): {}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A per-test temporary directory, removed when the last holder drops it.
+pub struct TestDir {
+    path: PathBuf,
+}
+
+impl TestDir {
+    pub fn new(tag: &str) -> Arc<TestDir> {
+        let path = std::env::temp_dir().join(format!(
+            "dtun-e2e-{tag}-{}-{}",
+            std::process::id(),
+            next_id()
+        ));
+        fs::create_dir_all(&path)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+        Arc::new(TestDir { path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes an executable file (a script) into the directory and returns its path.
+    pub fn script(&self, name: &str, text: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.path.join(name);
+        fs::write(&path, text).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    /// Writes a plain file into the directory and returns its path.
+    pub fn file(&self, name: &str, contents: &[u8]) -> PathBuf {
+        let path = self.path.join(name);
+        fs::write(&path, contents).unwrap();
+        path
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+/// An owned network namespace, deleted on drop.
+pub struct Netns {
+    name: String,
+    dir: Arc<TestDir>,
+}
+
+impl Netns {
+    /// Creates a namespace named `dt{tag}{pid%100000}n{counter}` with loopback up.
+    pub fn new(tag: &str, dir: &Arc<TestDir>) -> Netns {
+        let name = format!("dt{tag}{}n{}", std::process::id() % 100_000, next_id());
+        check("ip", &["netns", "add", &name]);
+        let ns = Netns {
+            name,
+            dir: dir.clone(),
+        };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn dir(&self) -> &Arc<TestDir> {
+        &self.dir
+    }
+
+    /// `ip -n NS args...`, panicking on failure.
+    pub fn ip(&self, args: &[&str]) -> String {
+        let mut all = vec!["-n", &self.name];
+        all.extend_from_slice(args);
+        String::from_utf8_lossy(&check("ip", &all).stdout).into_owned()
+    }
+
+    /// Runs `program args` inside the namespace and waits for it.
+    pub fn run(&self, program: &str, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name, program])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {program} in {}: {e}", self.name))
+    }
+
+    /// Runs a `sh -c` script inside the namespace and waits for it.
+    pub fn sh(&self, script: &str) -> Output {
+        self.run("sh", &["-c", script])
+    }
+
+    /// Starts building a background process inside the namespace.
+    pub fn command(&self, program: &str) -> Spawn<'_> {
+        Spawn {
+            ns: self,
+            program: program.to_string(),
+            args: Vec::new(),
+            envs: Vec::new(),
+            stdin_piped: false,
+            stdout_apart: false,
+        }
+    }
+
+    /// Starts `program args` in the background with extra environment `envs`; stdout and
+    /// stderr go to one log file.
+    pub fn spawn(&self, program: &str, args: &[&str], envs: &[(&str, &str)]) -> Proc {
+        self.command(program).args(args).envs(envs).spawn()
+    }
+
+    /// `ping -c count -W 1 -i 0.2 addr` succeeds (every reply may not be needed: ping exits 0
+    /// when at least one reply came back).
+    pub fn ping_ok(&self, addr: &str, count: u32) -> bool {
+        let count = count.to_string();
+        self.run(
+            "ping",
+            &["-n", "-q", "-c", &count, "-W", "1", "-i", "0.2", addr],
+        )
+        .status
+        .success()
+    }
+
+    /// Pings `addr` `count` times (0.2 s apart, 1 s reply timeout) and returns
+    /// (transmitted, received).
+    pub fn ping_stats(&self, addr: &str, count: u32) -> (u32, u32) {
+        let count = count.to_string();
+        let out = self.run(
+            "ping",
+            &["-n", "-q", "-c", &count, "-W", "1", "-i", "0.2", addr],
+        );
+        parse_ping_stats(&String::from_utf8_lossy(&out.stdout))
+            .unwrap_or_else(|| panic!("no ping statistics: {out:?}"))
+    }
+
+    /// Names of the TUN devices in the namespace.
+    pub fn links(&self) -> Vec<String> {
+        self.ip(&["-o", "link", "show", "type", "tun"])
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap_or(n).to_string())
+            .collect()
+    }
+
+    /// Interface index of `name`, if it exists.
+    pub fn ifindex(&self, name: &str) -> Option<u32> {
+        let out = self.run("ip", &["-o", "link", "show", "dev", name]);
+        if !out.status.success() {
+            return None;
+        }
+        String::from_utf8_lossy(&out.stdout)
+            .split(':')
+            .next()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// `ip route` (IPv4 main table).
+    pub fn routes(&self) -> String {
+        self.ip(&["route"])
+    }
+
+    /// `ip -o addr show dev DEV`, empty when the device does not exist.
+    pub fn addrs(&self, dev: &str) -> String {
+        let out = self.run("ip", &["-o", "addr", "show", "dev", dev]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The point-to-point IPv4 address of `dev` as (local, peer), if it has one.
+    pub fn p2p(&self, dev: &str) -> Option<(Ipv4Addr, Ipv4Addr)> {
+        let out = self.run("ip", &["-o", "-4", "addr", "show", "dev", dev]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let words: Vec<&str> = text.split_whitespace().collect();
+        let at = words.iter().position(|w| *w == "inet")?;
+        let local = words.get(at + 1)?.parse().ok()?;
+        if words.get(at + 2) != Some(&"peer") {
+            return None;
+        }
+        let peer = words.get(at + 3)?.split('/').next()?.parse().ok()?;
+        Some((local, peer))
+    }
+
+    /// Some UDP socket in the namespace is bound to `port`.
+    pub fn udp_listening(&self, port: u16) -> bool {
+        let out = self.run("ss", &["-H", "-u", "-l", "-n"]);
+        let suffix = format!(":{port}");
+        String::from_utf8_lossy(&out.stdout).lines().any(|l| {
+            l.split_whitespace()
+                .nth(3)
+                .is_some_and(|local| local.ends_with(&suffix))
+        })
+    }
+
+    /// Addresses and routes, for failure reports.
+    fn describe(&self) -> String {
+        let a = self.run("ip", &["-br", "addr"]);
+        let r = self.run("ip", &["route"]);
+        format!(
+            "--- namespace {} ---\n{}{}",
+            self.name,
+            String::from_utf8_lossy(&a.stdout),
+            String::from_utf8_lossy(&r.stdout)
+        )
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Joins `a` (interface `a_if`, address `a_addr`) and `b` (`b_if`, `b_addr`) with a veth pair
+/// made inside `a`, so the names only need to be unique within each namespace.
+fn veth(a: &Netns, a_if: &str, a_addr: &str, b: &Netns, b_if: &str, b_addr: &str) {
+    a.ip(&[
+        "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", &b.name,
+    ]);
+    a.ip(&["addr", "add", a_addr, "dev", a_if]);
+    b.ip(&["addr", "add", b_addr, "dev", b_if]);
+    a.ip(&["link", "set", a_if, "up"]);
+    b.ip(&["link", "set", b_if, "up"]);
+}
+
+/// A server namespace and its client namespaces, with the test's temp directory.
+pub struct Topo {
+    pub server: Netns,
+    pub clients: Vec<Netns>,
+    pub dir: Arc<TestDir>,
+}
+
+impl Topo {
+    /// Two namespaces joined by one veth pair: server 172.31.250.1/24, client 172.31.250.2/24.
+    pub fn pair(tag: &str) -> Topo {
+        Topo::star(tag, 1)
+    }
+
+    /// One server namespace and `n` client namespaces, one veth pair each: client `i` is
+    /// 172.31.(250+i).2/24 and sees the server as 172.31.(250+i).1.
+    pub fn star(tag: &str, n: usize) -> Topo {
+        assert!((1..=5).contains(&n), "star supports 1 to 5 clients");
+        let dir = TestDir::new(tag);
+        let server = Netns::new(&format!("{tag}s"), &dir);
+        let mut topo = Topo {
+            server,
+            clients: Vec::new(),
+            dir,
+        };
+        for i in 0..n {
+            let client = Netns::new(&format!("{tag}c"), &topo.dir);
+            topo.clients.push(client);
+            let client = &topo.clients[i];
+            veth(
+                &topo.server,
+                &format!("eth{i}"),
+                &format!("{}/24", Topo::server_ip(i)),
+                client,
+                "eth0",
+                &format!("{}/24", Topo::client_ip(i)),
+            );
+        }
+        topo
+    }
+
+    /// The first (or only) client namespace.
+    pub fn client(&self) -> &Netns {
+        &self.clients[0]
+    }
+
+    /// The server's address as seen from client `i`.
+    pub fn server_ip(i: usize) -> String {
+        format!("172.31.{}.1", 250 + i)
+    }
+
+    /// Client `i`'s own address.
+    pub fn client_ip(i: usize) -> String {
+        format!("172.31.{}.2", 250 + i)
+    }
+}
+
+impl Drop for Topo {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let mut report = self.server.describe();
+            for c in &self.clients {
+                report.push_str(&c.describe());
+            }
+            eprintln!("{report}");
+        }
+    }
+}
+
+/// Builder for a background process in a namespace.
+pub struct Spawn<'a> {
+    ns: &'a Netns,
+    program: String,
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
+    stdin_piped: bool,
+    stdout_apart: bool,
+}
+
+impl Spawn<'_> {
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.args.push(arg.to_string());
+        self
+    }
+
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.envs.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    pub fn envs(mut self, envs: &[(&str, &str)]) -> Self {
+        for (k, v) in envs {
+            self.envs.push((k.to_string(), v.to_string()));
+        }
+        self
+    }
+
+    /// Keep a pipe to the process's stdin (otherwise stdin is /dev/null).
+    pub fn stdin_piped(mut self) -> Self {
+        self.stdin_piped = true;
+        self
+    }
+
+    /// Write stdout to its own file (see `Proc::stdout_bytes`); stderr stays in the log.
+    pub fn stdout_apart(mut self) -> Self {
+        self.stdout_apart = true;
+        self
+    }
+
+    pub fn spawn(self) -> Proc {
+        let base = Path::new(&self.program)
+            .file_name()
+            .map(|b| b.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let label = format!("{}-{}-{}", self.ns.name, base, next_id());
+        let dir = self.ns.dir.path();
+        let log_path = dir.join(format!("{label}.log"));
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap();
+        let out_path = self
+            .stdout_apart
+            .then(|| dir.join(format!("{label}.stdout")));
+        let stdout = match &out_path {
+            Some(p) => File::create(p).unwrap(),
+            None => log.try_clone().unwrap(),
+        };
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns.name, &self.program])
+            .args(&self.args)
+            // A key in the test runner's environment must never leak into a test.
+            .env_remove("DTUN_KEY")
+            // Log levels come from the test's flags (-v), not from the runner's RUST_LOG.
+            .env_remove("RUST_LOG")
+            .stdin(if self.stdin_piped {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(stdout)
+            .stderr(log);
+        for (k, v) in &self.envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {} in {}: {e}", self.program, self.ns.name));
+        let stdin = child.stdin.take();
+        Proc {
+            label,
+            command: format!("{} {}", self.program, self.args.join(" ")),
+            child,
+            log_path,
+            out_path,
+            stdin,
+            _dir: self.ns.dir.clone(),
+        }
+    }
+}
+
+/// A process running inside a namespace. `ip netns exec` execs the program, so the pid is the
+/// program's own. Dropping it stops the process (SIGTERM, then SIGKILL after 5 s); when the
+/// test is failing its log is printed.
+pub struct Proc {
+    label: String,
+    command: String,
+    child: Child,
+    log_path: PathBuf,
+    out_path: Option<PathBuf>,
+    stdin: Option<ChildStdin>,
+    /// Keeps the log directory alive as long as the process.
+    _dir: Arc<TestDir>,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// stdout and stderr (only stderr with `stdout_apart`) so far, as text.
+    pub fn log(&self) -> String {
+        String::from_utf8_lossy(&fs::read(&self.log_path).unwrap_or_default()).into_owned()
+    }
+
+    /// stdout so far, as bytes, for a process started with `stdout_apart`.
+    pub fn stdout_bytes(&self) -> Vec<u8> {
+        let path = self
+            .out_path
+            .as_ref()
+            .expect("process not started with stdout_apart");
+        fs::read(path).unwrap_or_default()
+    }
+
+    /// Writes `bytes` to the process's stdin in one write (started with `stdin_piped`).
+    pub fn write_stdin(&mut self, bytes: &[u8]) {
+        let stdin = self
+            .stdin
+            .as_mut()
+            .expect("process not started with stdin_piped");
+        stdin.write_all(bytes).unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Sends a signal by name (`TERM`, `KILL`, `INT`, ...) to this process only.
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .stderr(Stdio::null())
+            .status();
+    }
+
+    /// The exit status, if the process has exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.exited() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until the log contains `needle`; panics on timeout or if the process exits first.
+    pub fn wait_log(&mut self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.log().contains(needle) {
+                return;
+            }
+            if let Some(status) = self.exited() {
+                // It may have written the line just before exiting.
+                if self.log().contains(needle) {
+                    return;
+                }
+                panic!(
+                    "{} exited ({status}) before logging {needle:?}; log:\n{}",
+                    self.label,
+                    self.log()
+                );
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting for {} to log {needle:?}; log:\n{}",
+                    self.label,
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the process: SIGTERM, then SIGKILL if it has not exited within `grace`.
+    pub fn stop(&mut self, grace: Duration) -> ExitStatus {
+        if let Some(status) = self.exited() {
+            return status;
+        }
+        self.signal("TERM");
+        if let Some(status) = self.wait_exit(grace) {
+            return status;
+        }
+        let _ = self.child.kill();
+        self.child.wait().expect("wait after SIGKILL")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // Closing stdin first lets tools that stop on EOF (openssl) end by themselves.
+        drop(self.stdin.take());
+        let status = self.stop(Duration::from_secs(5));
+        if std::thread::panicking() {
+            let mut text = format!(
+                "===== {} ({}) exit {status} =====\n",
+                self.label, self.command
+            );
+            let log = self.log();
+            let tail = log.len().saturating_sub(64 * 1024);
+            text.push_str(log.get(tail..).unwrap_or(&log));
+            if self.out_path.is_some() {
+                text.push_str("----- stdout -----\n");
+                text.push_str(&String::from_utf8_lossy(&self.stdout_bytes()));
+            }
+            eprintln!("{text}");
+        }
+    }
+}
+
+/// Parses `KEY=VALUE` lines into a map (for up-script environment dumps).
+pub fn parse_env(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| match l.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => (l.to_string(), String::new()),
+        })
+        .collect()
+}
+
+/// Reads (transmitted, received) from ping's summary line.
+pub fn parse_ping_stats(text: &str) -> Option<(u32, u32)> {
+    let line = text.lines().find(|l| l.contains("packets transmitted"))?;
+    let mut nums = line
+        .split(',')
+        .filter_map(|part| part.split_whitespace().next()?.parse().ok());
+    Some((nums.next()?, nums.next()?))
+}
