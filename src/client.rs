@@ -337,11 +337,9 @@ async fn session(
         Arc::clone(&counters),
         out_rx,
     ));
-    let keepalive = if negotiated {
-        cfg.common.keepalive
-    } else {
-        Duration::ZERO
-    };
+    // Without negotiation (an original server, or -compat) no control message goes out or
+    // is understood, so no keepalive either.
+    let keepalive = negotiated.then_some(cfg.common.keepalive);
     let error = forward(
         &t.tun,
         &sock,
@@ -451,10 +449,12 @@ async fn forward(
     opener: &mut Opener,
     counters: &Counters,
     out_tx: &mpsc::Sender<OutboundCmd>,
-    keepalive: Duration,
+    keepalive: Option<Duration>,
     buf: &mut [u8],
     mut shutdown: Pin<&mut impl Future<Output = ()>>,
 ) -> Option<ClientError> {
+    let controls = keepalive.is_some();
+    let keepalive = keepalive.unwrap_or_default();
     let mut log_limit = RateLimit::new(5);
     let mut last_rx = Instant::now();
     let mut last_ping = Instant::now();
@@ -493,7 +493,7 @@ async fn forward(
                         continue;
                     }
                 };
-                let (authenticated, event) = inbound(opener, counters, &tun.dev, &mut buf[..n], &mut log_limit).await;
+                let (authenticated, event) = inbound(opener, counters, &tun.dev, &mut buf[..n], &mut log_limit, controls).await;
                 if authenticated {
                     last_rx = Instant::now();
                 }
@@ -524,6 +524,7 @@ async fn inbound(
     tun: &::tun::AsyncDevice,
     dg: &mut [u8],
     log_limit: &mut RateLimit,
+    controls: bool,
 ) -> (bool, Option<Result<Control, String>>) {
     let mut at = 0;
     let mut authenticated = false;
@@ -544,7 +545,7 @@ async fn inbound(
             Inbound::Data(r) => {
                 authenticated = true;
                 let data = &rec[r];
-                if Control::is_control(data) {
+                if controls && Control::is_control(data) {
                     match Control::parse(data) {
                         Ok(c) => return (true, Some(Ok(c))),
                         Err(_) => counters.count_drop(pump::Drop::Unexpected),

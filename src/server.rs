@@ -171,6 +171,9 @@ struct SessionRx {
     counters: Arc<Counters>,
     /// The first application record is the peernet message, not a packet.
     awaiting_peernet: bool,
+    /// Control messages are understood (not -compat); else they are non-IP drops, which is
+    /// the closest we come to what the original does with them.
+    controls: bool,
     /// The crate's input while it may still need to answer a retransmitted final flight;
     /// dropped at the first authenticated record from the peer.
     handshake_tx: Option<mpsc::Sender<Vec<u8>>>,
@@ -335,7 +338,7 @@ impl Demux {
                             session_id: s.session_id,
                             peernet,
                         });
-                    } else if Control::is_control(&rec[r.clone()]) {
+                    } else if s.controls && Control::is_control(&rec[r.clone()]) {
                         match Control::parse(&rec[r]) {
                             Ok(msg) => {
                                 let _ = ev_tx.send(Event::Control {
@@ -616,6 +619,7 @@ impl Manager {
                 tun: Arc::clone(&dev.tun.dev),
                 counters: Arc::clone(&counters),
                 awaiting_peernet: true,
+                controls: !self.cfg.common.compat,
                 handshake_tx: None,
             },
         });
@@ -817,7 +821,11 @@ impl Manager {
             tracing::warn!("removing {}: {e}", dev.tun.name);
         }
         self.pool.release(id);
-        tracing::info!("client {id}: removed {} and its routes", dev.tun.name);
+        tracing::info!(
+            "client {id}: removed {} and its routes ({} pool pairs in use)",
+            dev.tun.name,
+            self.pool.in_use()
+        );
         if let Some(down) = &self.cfg.common.down
             && let Err(e) = hooks::run("down", down, &device_env(&dev.tun.name, dev.pair)).await
         {
