@@ -2,6 +2,7 @@
 //! original Go dtun. The binary in `main.rs` only parses the command line and calls into here.
 #![deny(unsafe_code)]
 
+pub mod authz;
 pub mod cli;
 pub mod client;
 pub mod config;

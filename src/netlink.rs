@@ -317,6 +317,63 @@ impl Netlink {
         Ok(destinations)
     }
 
+    /// The networks this host reaches other than through the links in `exclude`: the prefix
+    /// of every address, and every main-table route but the default ones (both families;
+    /// link-local and multicast left out). Route authorisation refuses a peernet that
+    /// overlaps any of them.
+    pub async fn networks_elsewhere(&self, exclude: &[u32]) -> Result<Vec<IpNet>, NetlinkError> {
+        let op = || "list this host's addresses and routes".to_string();
+        let mut nets = Vec::new();
+        let addrs: Vec<AddressMessage> = self
+            .handle
+            .address()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| NetlinkError::new(op(), e))?;
+        for message in &addrs {
+            if exclude.contains(&message.header.index) {
+                continue;
+            }
+            if let (Some(local), _) = local_and_peer(message)
+                && let Ok(net) = IpNet::new(local, message.header.prefix_len)
+            {
+                nets.push(net.trunc());
+            }
+        }
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut query = RouteMessageBuilder::<IpAddr>::new().build();
+            query.header.address_family = family;
+            let routes: Vec<RouteMessage> = self
+                .handle
+                .route()
+                .get(query)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|e| NetlinkError::new(op(), e))?;
+            nets.extend(
+                routes
+                    .iter()
+                    .filter(|r| route_table(r) == u32::from(RouteHeader::RT_TABLE_MAIN))
+                    .filter(|r| route_oif(r).is_none_or(|oif| !exclude.contains(&oif)))
+                    .filter_map(route_destination)
+                    .filter(|n| n.prefix_len() > 0),
+            );
+        }
+        nets.retain(|n| match n {
+            IpNet::V4(_) => true,
+            IpNet::V6(v6) => {
+                let seg = v6.addr().segments()[0];
+                seg & 0xffc0 != 0xfe80 && seg & 0xff00 != 0xff00
+            }
+        });
+        nets.sort();
+        nets.dedup();
+        Ok(nets)
+    }
+
     /// Deletes a link; Ok(()) if already gone.
     pub async fn del_link(&self, index: u32) -> Result<(), NetlinkError> {
         match self.handle.link().del(index).execute().await {

@@ -39,10 +39,12 @@ pub enum Drop {
     TooBig,
     /// An authenticated record of a content type we do not expect.
     Unexpected,
+    /// A client's packet whose inner source address it may not use.
+    ForgedSource,
 }
 
 impl Drop {
-    const COUNT: usize = DropReason::ALL.len() + 3;
+    const COUNT: usize = DropReason::ALL.len() + 4;
 
     fn index(self) -> usize {
         match self {
@@ -50,6 +52,7 @@ impl Drop {
             Drop::NotIp => DropReason::ALL.len(),
             Drop::TooBig => DropReason::ALL.len() + 1,
             Drop::Unexpected => DropReason::ALL.len() + 2,
+            Drop::ForgedSource => DropReason::ALL.len() + 3,
         }
     }
 
@@ -59,6 +62,7 @@ impl Drop {
             Drop::NotIp => "not_ip",
             Drop::TooBig => "too_big",
             Drop::Unexpected => "unexpected_type",
+            Drop::ForgedSource => "forged_source",
         }
     }
 }
@@ -101,6 +105,7 @@ impl Counters {
             Drop::NotIp,
             Drop::TooBig,
             Drop::Unexpected,
+            Drop::ForgedSource,
         ]);
         let drops: Vec<String> = all
             .filter(|d| self.drops(*d) > 0)

@@ -20,6 +20,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::authz;
 use crate::config::ServerConfig;
 use crate::consts::{
     BUF_LEN, CONTENT_ALERT, CONTENT_APPLICATION_DATA, CONTENT_HANDSHAKE, FIRST_APP_SEQUENCE,
@@ -159,6 +160,12 @@ enum DemuxCmd {
         token: u64,
         session: SessionRx,
     },
+    /// The LANs session `session_id` may now send from.
+    Allow {
+        addr: SocketAddr,
+        session_id: u64,
+        nets: Vec<IpNet>,
+    },
     /// Stop routing to session `session_id` at `addr`.
     Remove { addr: SocketAddr, session_id: u64 },
 }
@@ -171,6 +178,9 @@ struct SessionRx {
     counters: Arc<Counters>,
     /// The first application record is the peernet message, not a packet.
     awaiting_peernet: bool,
+    /// The client's tunnel address and accepted LANs: the only inner sources it may use.
+    tunnel_ip: std::net::Ipv4Addr,
+    allowed: Vec<IpNet>,
     /// Control messages are understood (not -compat); else they are non-IP drops, which is
     /// the closest we come to what the original does with them.
     controls: bool,
@@ -249,6 +259,17 @@ impl Demux {
                     self.handshakes -= 1;
                 }
                 p.session = Some(session);
+            }
+            DemuxCmd::Allow {
+                addr,
+                session_id,
+                nets,
+            } => {
+                if let Some(s) = self.peers.get_mut(&addr).and_then(|p| p.session.as_mut())
+                    && s.session_id == session_id
+                {
+                    s.allowed = nets;
+                }
             }
             DemuxCmd::Remove { addr, session_id } => {
                 if let Some(p) = self.peers.get_mut(&addr)
@@ -347,6 +368,11 @@ impl Demux {
                                 });
                             }
                             Err(_) => s.counters.count_drop(pump::Drop::Unexpected),
+                        }
+                    } else if !authz::source_allowed(&rec[r.clone()], s.tunnel_ip, &s.allowed) {
+                        s.counters.count_drop(pump::Drop::ForgedSource);
+                        if log_limit.allow() {
+                            tracing::debug!("drop reason=forged_source from {addr}");
                         }
                     } else if pump::accept_packet(&s.counters, &rec[r.clone()]) {
                         if let Err(e) = s.tun.send(&rec[r]).await
@@ -619,6 +645,8 @@ impl Manager {
                 tun: Arc::clone(&dev.tun.dev),
                 counters: Arc::clone(&counters),
                 awaiting_peernet: true,
+                tunnel_ip: dev.pair.client,
+                allowed: dev.routes.clone(),
                 controls: !self.cfg.common.compat,
                 handshake_tx: None,
             },
@@ -702,13 +730,30 @@ impl Manager {
         }
     }
 
+    /// Routes the client's announced LAN through its device, if authorisation allows it, and
+    /// lets its packets come from there.
     async fn set_peernet(&mut self, id: &str, peernet: Peernet) {
-        let Some(dev) = self.devices.get_mut(id) else {
-            return;
-        };
         let wanted: Vec<IpNet> = match peernet {
             Peernet::Empty => vec![],
             Peernet::Net(n) => vec![n],
+        };
+        let ours: Vec<u32> = self.devices.values().map(|d| d.tun.index).collect();
+        let host = match self.nl.networks_elsewhere(&ours).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!("client {id}: {e}; not routing its peernet");
+                return;
+            }
+        };
+        let others: Vec<(String, IpNet)> = self
+            .devices
+            .iter()
+            .filter(|(other, _)| other.as_str() != id)
+            .flat_map(|(other, d)| d.routes.iter().map(|r| (other.clone(), *r)))
+            .collect();
+        let pool = self.cfg.pool;
+        let Some(dev) = self.devices.get_mut(id) else {
+            return;
         };
         for old in dev.routes.clone() {
             if !wanted.contains(&old) {
@@ -718,6 +763,12 @@ impl Manager {
         }
         for net in wanted {
             if dev.routes.contains(&net) {
+                continue;
+            }
+            if let Err(refusal) = authz::check_peernet(net, &host, &others, pool, None) {
+                tracing::warn!(
+                    "client {id}: refused peernet {net}: {refusal}; the tunnel stays up without that route"
+                );
                 continue;
             }
             let via = match net {
@@ -737,6 +788,13 @@ impl Manager {
                     tracing::warn!("client {id}: {e}; the tunnel stays up without that route")
                 }
             }
+        }
+        if let Some(s) = &dev.session {
+            let _ = self.cmd_tx.send(DemuxCmd::Allow {
+                addr: s.addr,
+                session_id: s.session_id,
+                nets: dev.routes.clone(),
+            });
         }
     }
 
