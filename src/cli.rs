@@ -13,6 +13,8 @@ const EXAMPLES: &str = "\
 Examples:
   server:  dtun -key-file /etc/dtun/key
   client:  dtun -host vpn.example.com -key-file /etc/dtun/key -id laptop -peernet 192.168.1.0/24 -up /etc/dtun/up.sh
+  keys:    dtun genkey > /etc/dtun/key
+           dtun key derive -key-file /etc/dtun/master -id laptop   # for a server with -master-key-file
 
 The key can also come from the DTUN_KEY environment variable, so it never shows in `ps`.";
 
@@ -71,6 +73,15 @@ pub struct Cli {
     /// TUN device name; %d is replaced by the kernel with a free number
     #[arg(long, default_value = crate::consts::DEFAULT_TUN_NAME)]
     pub name: String,
+    /// Server: per-client credentials, one per line: `ID key=KEY [addr=IP] [lans=CIDR,...]`
+    #[arg(long, value_name = "FILE")]
+    pub clients: Option<PathBuf>,
+    /// Server: derive each id's key as hex(HMAC-SHA256(secret, id)) (see `dtun key derive`)
+    #[arg(long = "master-key-file", value_name = "FILE")]
+    pub master_key_file: Option<PathBuf>,
+    /// Server: with -clients, ids not in the file may still use -key
+    #[arg(long = "allow-unlisted")]
+    pub allow_unlisted: bool,
     /// Server: tunnel address pool
     #[arg(long, default_value = crate::consts::DEFAULT_POOL)]
     pub pool: Ipv4Net,
@@ -157,6 +168,13 @@ impl Cli {
     /// Parses the process's arguments in either flag style.
     pub fn from_env() -> Cli {
         Cli::parse_from(normalize_args(std::env::args_os()))
+    }
+
+    /// Parses already-split arguments in either flag style.
+    pub fn try_parse_normalized<I: IntoIterator<Item = OsString>>(
+        args: I,
+    ) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(normalize_args(args))
     }
 
     pub fn try_from_args<I: IntoIterator<Item = &'static str>>(

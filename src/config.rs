@@ -32,6 +32,8 @@ pub enum ConfigError {
     TunName(String),
     #[error("bad -id: the id must be 1 to 128 bytes")]
     Id,
+    #[error(transparent)]
+    Credentials(crate::keys::KeyError),
 }
 
 /// The pre-shared key's bytes. Never printed.
@@ -48,14 +50,7 @@ impl Key {
     /// From -key / DTUN_KEY, or -key-file (its content less one trailing newline).
     pub fn from_cli(cli: &Cli) -> Result<Key, ConfigError> {
         let bytes = if let Some(path) = &cli.key_file {
-            let mut b = std::fs::read(path).map_err(|e| ConfigError::KeyFile(path.clone(), e))?;
-            if b.last() == Some(&b'\n') {
-                b.pop();
-                if b.last() == Some(&b'\r') {
-                    b.pop();
-                }
-            }
-            b
+            read_key_file(path)?
         } else if let Some(k) = &cli.key {
             k.as_bytes().to_vec()
         } else {
@@ -66,6 +61,19 @@ impl Key {
         }
         Ok(Key(bytes))
     }
+}
+
+/// A key file's content less one trailing newline; warns if others can read it.
+pub fn read_key_file(path: &std::path::Path) -> Result<Vec<u8>, ConfigError> {
+    crate::keys::warn_if_readable(path);
+    let mut b = std::fs::read(path).map_err(|e| ConfigError::KeyFile(path.to_path_buf(), e))?;
+    if b.last() == Some(&b'\n') {
+        b.pop();
+        if b.last() == Some(&b'\r') {
+            b.pop();
+        }
+    }
+    Ok(b)
 }
 
 /// Settings shared by both roles' TUN devices.
@@ -143,7 +151,7 @@ impl Common {
 
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
-    pub key: Key,
+    pub keys: crate::keys::KeyStore,
     pub listen: SocketAddr,
     /// Identity hint sent in ServerKeyExchange (the original sends its own -id).
     pub hint: String,
@@ -156,8 +164,29 @@ pub struct ServerConfig {
 impl ServerConfig {
     pub fn from_cli(cli: &Cli) -> Result<Self, ConfigError> {
         let ip = cli.listen.unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED));
+        let clients = match &cli.clients {
+            Some(p) => crate::keys::load_credentials(p).map_err(ConfigError::Credentials)?,
+            None => Default::default(),
+        };
+        let master = match &cli.master_key_file {
+            Some(p) => Some(read_key_file(p)?),
+            None => None,
+        };
+        let shared = match Key::from_cli(cli) {
+            Ok(k) => Some(k.0),
+            Err(ConfigError::NoKey) if !clients.is_empty() || master.is_some() => None,
+            Err(e) => return Err(e),
+        };
+        if let Some(k) = &shared {
+            crate::keys::warn_if_short(k, "the key");
+        }
         Ok(ServerConfig {
-            key: Key::from_cli(cli)?,
+            keys: crate::keys::KeyStore {
+                shared,
+                master,
+                clients,
+                allow_unlisted: cli.allow_unlisted,
+            },
             listen: SocketAddr::new(ip, cli.port),
             hint: cli.id.clone(),
             pool: cli.pool,

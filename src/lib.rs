@@ -10,6 +10,7 @@ pub mod consts;
 pub mod dtls;
 pub mod hooks;
 pub mod kdf;
+pub mod keys;
 pub mod netlink;
 pub mod pool;
 pub mod proto;

@@ -5,12 +5,45 @@ use dtun::cli::Cli;
 use dtun::config::{ClientConfig, ServerConfig};
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("genkey") => {
+            return exit_on(
+                dtun::keys::genkey()
+                    .map_err(Into::into)
+                    .map(|k| println!("{k}")),
+            );
+        }
+        Some("key") if args.get(2).map(String::as_str) == Some("derive") => {
+            return exit_on(key_derive(&args[3..]));
+        }
+        _ => {}
+    }
     let cli = Cli::from_env();
     init_logging(cli.verbose);
     if let Err(e) = run(cli) {
         eprintln!("dtun: {e:#}");
         std::process::exit(1);
     }
+}
+
+fn exit_on(r: anyhow::Result<()>) {
+    if let Err(e) = r {
+        eprintln!("dtun: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// `dtun key derive -key-file MASTER -id ID`: the key a server with `-master-key-file MASTER`
+/// expects from client ID.
+fn key_derive(rest: &[String]) -> anyhow::Result<()> {
+    let args = std::iter::once("dtun".to_string())
+        .chain(rest.iter().cloned())
+        .map(Into::into);
+    let cli = Cli::try_parse_normalized(args)?;
+    let master = dtun::config::Key::from_cli(&cli)?;
+    println!("{}", dtun::keys::derive(&master.0, cli.id.as_bytes()));
+    Ok(())
 }
 
 fn init_logging(verbose: u8) {

@@ -14,6 +14,10 @@ pub enum PoolError {
     TooSmall(Ipv4Net),
     #[error("address pool {0} is exhausted ({1} clients): use a larger -pool")]
     Exhausted(Ipv4Net, usize),
+    #[error("fixed address {0} is not a client address of pool {1} (the even addresses .2, .4, …)")]
+    NotAClientAddress(Ipv4Addr, Ipv4Net),
+    #[error("fixed address {0} is held by client {1}")]
+    Taken(Ipv4Addr, String),
 }
 
 /// One id's addresses.
@@ -81,6 +85,26 @@ impl Pool {
         Ok(self.pair(slot))
     }
 
+    /// The pair whose client address is `client` (a fixed address from the credentials file).
+    pub fn assign_fixed(&mut self, id: &str, client: Ipv4Addr) -> Result<Pair, PoolError> {
+        let off = u32::from(client).wrapping_sub(u32::from(self.net.network()));
+        if !self.net.contains(&client) || off < 2 || off % 2 != 0 || (off - 2) / 2 >= self.slots {
+            return Err(PoolError::NotAClientAddress(client, self.net));
+        }
+        let slot = (off - 2) / 2;
+        match self.by_slot.get(&slot) {
+            Some(holder) if holder != id => return Err(PoolError::Taken(client, holder.clone())),
+            _ => {}
+        }
+        if let Some(old) = self.by_id.insert(id.to_string(), slot)
+            && old != slot
+        {
+            self.by_slot.remove(&old);
+        }
+        self.by_slot.insert(slot, id.to_string());
+        Ok(self.pair(slot))
+    }
+
     /// Returns the id's pair to the pool.
     pub fn release(&mut self, id: &str) {
         if let Some(slot) = self.by_id.remove(id) {
@@ -113,6 +137,26 @@ mod tests {
         p.release("demo");
         assert_eq!(p.in_use(), 1);
         assert_eq!(p.assign("demo").unwrap(), a);
+    }
+
+    #[test]
+    fn fixed_addresses() {
+        let mut p = Pool::new("10.86.0.0/16".parse().unwrap()).unwrap();
+        let pair = p.assign_fixed("a", Ipv4Addr::new(10, 86, 0, 10)).unwrap();
+        assert_eq!(pair.server, Ipv4Addr::new(10, 86, 0, 9));
+        assert_eq!(p.assign("a").unwrap(), pair);
+        assert!(matches!(
+            p.assign_fixed("b", Ipv4Addr::new(10, 86, 0, 10)),
+            Err(PoolError::Taken(..))
+        ));
+        assert!(matches!(
+            p.assign_fixed("b", Ipv4Addr::new(10, 86, 0, 9)),
+            Err(PoolError::NotAClientAddress(..))
+        ));
+        assert!(matches!(
+            p.assign_fixed("b", Ipv4Addr::new(10, 87, 0, 2)),
+            Err(PoolError::NotAClientAddress(..))
+        ));
     }
 
     #[test]

@@ -104,11 +104,17 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     let nl = Netlink::new()?;
     let sock = Arc::new(sock);
-    let pool = Pool::new(cfg.pool)?;
+    let mut pool = Pool::new(cfg.pool)?;
+    // Fixed addresses are held from the start, so no other id's hash can take them.
+    for (id, c) in &cfg.keys.clients {
+        if let Some(addr) = c.addr {
+            pool.assign_fixed(id, addr)?;
+        }
+    }
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
-    let key = cfg.key.0.clone();
-    let lookup: KeyLookup = Arc::new(move |_identity: &[u8]| Some(key.clone()));
+    let keys = cfg.keys.clone();
+    let lookup: KeyLookup = Arc::new(move |identity: &[u8]| keys.key_for(identity));
     let demux = Demux {
         sock: Arc::clone(&sock),
         peers: HashMap::new(),
@@ -699,7 +705,11 @@ impl Manager {
         suite: record::Suite,
         addr: SocketAddr,
     ) -> Result<Device, SessionError> {
-        let pair = self.pool.assign(id)?;
+        let fixed = self.cfg.keys.clients.get(id).and_then(|c| c.addr);
+        let pair = match fixed {
+            Some(addr) => self.pool.assign_fixed(id, addr)?,
+            None => self.pool.assign(id)?,
+        };
         let mtu = self.cfg.tun.mtu_for(suite, addr);
         let made = async {
             let tun = tun::create(&self.nl, &self.cfg.tun.name, mtu).await?;
@@ -765,7 +775,13 @@ impl Manager {
             if dev.routes.contains(&net) {
                 continue;
             }
-            if let Err(refusal) = authz::check_peernet(net, &host, &others, pool, None) {
+            let listed = self
+                .cfg
+                .keys
+                .clients
+                .get(id)
+                .and_then(|c| c.lans.as_deref());
+            if let Err(refusal) = authz::check_peernet(net, &host, &others, pool, listed) {
                 tracing::warn!(
                     "client {id}: refused peernet {net}: {refusal}; the tunnel stays up without that route"
                 );
@@ -878,7 +894,15 @@ impl Manager {
         if let Err(e) = self.nl.del_link(dev.tun.index).await {
             tracing::warn!("removing {}: {e}", dev.tun.name);
         }
-        self.pool.release(id);
+        if !self
+            .cfg
+            .keys
+            .clients
+            .get(id)
+            .is_some_and(|c| c.addr.is_some())
+        {
+            self.pool.release(id);
+        }
         tracing::info!(
             "client {id}: removed {} and its routes ({} pool pairs in use)",
             dev.tun.name,

@@ -1,0 +1,234 @@
+//! Key material: `genkey`, per-id key derivation from one server secret, the server's
+//! credentials file, and the PSK lookup that puts them together. Keys are always the exact
+//! bytes of their text (PROTOCOL.md "Decisions"), so derived and generated keys, being hex
+//! text, also work with an original peer.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use ipnet::IpNet;
+use ring::hmac;
+use ring::rand::{SecureRandom, SystemRandom};
+
+/// Keys shorter than this get a warning.
+pub const MIN_KEY_LEN: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("cannot read credentials file {0}: {1}")]
+    Read(String, std::io::Error),
+    #[error("credentials file line {line}: {why}")]
+    Syntax { line: usize, why: String },
+    #[error("no randomness available from the system")]
+    Random,
+}
+
+/// A random 256-bit key as 64 lowercase hex characters.
+pub fn genkey() -> Result<String, KeyError> {
+    let mut b = [0u8; 32];
+    SystemRandom::new()
+        .fill(&mut b)
+        .map_err(|_| KeyError::Random)?;
+    Ok(hex::encode(b))
+}
+
+/// The key of `id` under a master secret: hex(HMAC-SHA256(master, id)).
+pub fn derive(master: &[u8], id: &[u8]) -> String {
+    let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, master), id);
+    hex::encode(tag.as_ref())
+}
+
+/// One client of the credentials file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Client {
+    pub key: Vec<u8>,
+    /// Fixed tunnel address of the client (the pool pair that holds it).
+    pub addr: Option<Ipv4Addr>,
+    /// The only LANs this id may announce (None: the default rules).
+    pub lans: Option<Vec<IpNet>>,
+}
+
+/// `id key=KEY [addr=A.B.C.D] [lans=CIDR,CIDR]` per line; `#` starts a comment.
+pub fn parse_credentials(text: &str) -> Result<HashMap<String, Client>, KeyError> {
+    let mut out = HashMap::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.split('#').next().unwrap_or_default().trim();
+        if line.is_empty() {
+            continue;
+        }
+        let err = |why: String| KeyError::Syntax { line: i + 1, why };
+        let mut words = line.split_whitespace();
+        let id = words.next().unwrap_or_default().to_string();
+        let mut client = Client {
+            key: Vec::new(),
+            addr: None,
+            lans: None,
+        };
+        for w in words {
+            let (k, v) = w
+                .split_once('=')
+                .ok_or_else(|| err(format!("{w:?} is not key=value")))?;
+            match k {
+                "key" => client.key = v.as_bytes().to_vec(),
+                "addr" => {
+                    client.addr = Some(
+                        v.parse()
+                            .map_err(|_| err(format!("addr {v:?} is not an IPv4 address")))?,
+                    )
+                }
+                "lans" => {
+                    let lans = v
+                        .split(',')
+                        .map(|n| n.parse::<IpNet>().map(|n| n.trunc()))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|_| {
+                            err(format!("lans {v:?} must be CIDRs separated by commas"))
+                        })?;
+                    client.lans = Some(lans);
+                }
+                _ => return Err(err(format!("unknown field {k:?} (key, addr, lans)"))),
+            }
+        }
+        if client.key.is_empty() {
+            return Err(err(format!("id {id:?} has no key=")));
+        }
+        if out.insert(id.clone(), client).is_some() {
+            return Err(err(format!("id {id:?} appears twice")));
+        }
+    }
+    Ok(out)
+}
+
+/// Reads a credentials file, warning if others can read it.
+pub fn load_credentials(path: &Path) -> Result<HashMap<String, Client>, KeyError> {
+    warn_if_readable(path);
+    let text =
+        std::fs::read_to_string(path).map_err(|e| KeyError::Read(path.display().to_string(), e))?;
+    let creds = parse_credentials(&text)?;
+    for (id, c) in &creds {
+        warn_if_short(&c.key, &format!("the key of {id} in {}", path.display()));
+    }
+    Ok(creds)
+}
+
+/// Where the server finds a client's key.
+#[derive(Clone, Debug, Default)]
+pub struct KeyStore {
+    /// `-key`: for every id when there is no credentials file, else only with `-allow-unlisted`.
+    pub shared: Option<Vec<u8>>,
+    /// `-master-key-file`: derive per-id keys.
+    pub master: Option<Vec<u8>>,
+    pub clients: HashMap<String, Client>,
+    pub allow_unlisted: bool,
+}
+
+impl KeyStore {
+    /// The key for a PSK identity, or None to refuse it.
+    pub fn key_for(&self, id: &[u8]) -> Option<Vec<u8>> {
+        if let Some(c) = std::str::from_utf8(id)
+            .ok()
+            .and_then(|s| self.clients.get(s))
+        {
+            return Some(c.key.clone());
+        }
+        if let Some(m) = &self.master {
+            return Some(derive(m, id).into_bytes());
+        }
+        if self.clients.is_empty() || self.allow_unlisted {
+            return self.shared.clone();
+        }
+        None
+    }
+}
+
+/// Warns about a file holding keys that users other than its owner can read.
+pub fn warn_if_readable(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = std::fs::metadata(path)
+        && m.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(
+            "{} is readable by other users: chmod 600 {}",
+            path.display(),
+            path.display()
+        );
+    }
+}
+
+/// Warns about a key too short to resist guessing.
+pub fn warn_if_short(key: &[u8], what: &str) {
+    if key.len() < MIN_KEY_LEN {
+        tracing::warn!(
+            "{what} is only {} bytes: use at least {MIN_KEY_LEN} (`dtun genkey` makes a strong one)",
+            key.len()
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn genkey_is_64_hex() {
+        let k = genkey().unwrap();
+        assert_eq!(k.len(), 64);
+        assert!(
+            k.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
+        assert_ne!(k, genkey().unwrap());
+    }
+
+    #[test]
+    fn derive_is_hmac_sha256_hex() {
+        // RFC 4231 test case 2: key "Jefe", data "what do ya want for nothing?".
+        assert_eq!(
+            derive(b"Jefe", b"what do ya want for nothing?"),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn credentials_and_lookup() {
+        let text = "# clients\nlaptop key=abc addr=10.86.0.10 lans=10.200.0.0/24,10.201.0.1/24\nphone key=xyz # no LAN\n";
+        let c = parse_credentials(text).unwrap();
+        assert_eq!(c["laptop"].addr, Some(Ipv4Addr::new(10, 86, 0, 10)));
+        assert_eq!(
+            c["laptop"].lans.as_ref().unwrap()[1].to_string(),
+            "10.201.0.0/24"
+        );
+        assert_eq!(c["phone"].key, b"xyz");
+        for bad in [
+            "x",
+            "x key",
+            "x key=a key2=b",
+            "x key=a addr=1",
+            "x key=a lans=1.2.3.4",
+            "x key=a\nx key=b",
+        ] {
+            assert!(parse_credentials(bad).is_err(), "{bad}");
+        }
+        let mut ks = KeyStore {
+            shared: Some(b"shared".to_vec()),
+            clients: c,
+            ..Default::default()
+        };
+        assert_eq!(ks.key_for(b"laptop").unwrap(), b"abc");
+        assert_eq!(ks.key_for(b"stranger"), None);
+        ks.allow_unlisted = true;
+        assert_eq!(ks.key_for(b"stranger").unwrap(), b"shared");
+        ks.master = Some(b"m".to_vec());
+        assert_eq!(
+            ks.key_for(b"stranger").unwrap(),
+            derive(b"m", b"stranger").into_bytes()
+        );
+        assert_eq!(ks.key_for(b"phone").unwrap(), b"xyz");
+        let only_shared = KeyStore {
+            shared: Some(b"s".to_vec()),
+            ..Default::default()
+        };
+        assert_eq!(only_shared.key_for(b"any").unwrap(), b"s");
+    }
+}
