@@ -894,13 +894,8 @@ impl Manager {
         if let Err(e) = self.nl.del_link(dev.tun.index).await {
             tracing::warn!("removing {}: {e}", dev.tun.name);
         }
-        if !self
-            .cfg
-            .keys
-            .clients
-            .get(id)
-            .is_some_and(|c| c.addr.is_some())
-        {
+        let fixed = self.cfg.keys.clients.get(id).and_then(|c| c.addr);
+        if fixed.is_none() {
             self.pool.release(id);
         }
         tracing::info!(
