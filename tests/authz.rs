@@ -97,7 +97,7 @@ fn another_ids_key_cannot_take_the_id() {
     server.stop(Duration::from_secs(5));
 
     // A server with a master secret accepts the key `dtun key derive` prints for an id.
-    let mut server = start_server(
+    let server = start_server(
         &topo.server,
         &["-master-key-file", master.to_str().unwrap(), "-port", "443"],
     );
