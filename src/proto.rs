@@ -161,7 +161,8 @@ impl Control {
                     3 => CloseReason::Timeout,
                     _ => return Err(ProtoError::Control),
                 };
-                let detail = String::from_utf8_lossy(detail).into_owned();
+                // Strict UTF-8, so what parses also encodes back to the same bytes.
+                let detail = String::from_utf8(detail.to_vec()).map_err(|_| ProtoError::Control)?;
                 Ok(Control::Close { reason, detail })
             }
             _ => Err(ProtoError::Control),
