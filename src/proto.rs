@@ -249,6 +249,10 @@ mod tests {
         ] {
             assert_eq!(Control::parse(bad), Err(ProtoError::Control), "{bad:?}");
         }
+        // Invalid UTF-8 in a Close detail is refused (found by the fuzzer: lossy decoding grew
+        // the detail past its limit, so it no longer round-tripped).
+        let bad = [&[0, 4, 1][..], &[0xff; 67]].concat();
+        assert_eq!(Control::parse(&bad), Err(ProtoError::Control));
         let long = Control::Close {
             reason: CloseReason::Timeout,
             detail: "é".repeat(150),

@@ -1,0 +1,136 @@
+//! The checks behind each fuzz target, one function per target, shared by three users: the
+//! targets in `fuzz_targets/`, the seed generator `examples/gen_seeds.rs`, and the main crate's
+//! corpus replay test (which includes this file with `#[path]`), so CI runs every corpus file
+//! through exactly what the fuzzer ran, on stable and without libFuzzer.
+//!
+//! Each function takes bytes as they arrive from the network, must never panic on them, and
+//! panics only when a parser contradicts itself.
+
+#![allow(dead_code)]
+
+use std::net::Ipv4Addr;
+
+use dtun::authz::source_allowed;
+use dtun::consts::RECORD_HEADER_LEN;
+use dtun::proto::{AddressMessage, Control, Peernet};
+use dtun::pump::{Counters, accept_packet};
+use dtun::record::{Opener, Suite, parse_header, record_at, records};
+use ipnet::IpNet;
+
+/// Keys of the `record_open` target; the seeds in `corpus/record_open/seed-*` are sealed with
+/// them, the only way an input ever gets past the tag check.
+pub const SUITE: Suite = Suite::Aes128Ccm8;
+pub const KEY: [u8; 16] = *b"dtun-fuzz-key-01";
+pub const SALT: [u8; 4] = *b"salt";
+pub const EPOCH: u16 = 1;
+
+/// The client of the `packet` target: its tunnel address and the LANs it may send from.
+pub const TUNNEL: Ipv4Addr = Ipv4Addr::new(10, 86, 0, 2);
+pub const LANS: [&str; 2] = ["10.200.0.0/24", "fd00:1::/64"];
+
+/// Opens the input as one record, then every record `records` finds in it, all through one
+/// `Opener` so the replay window sees a sequence (a lone valid record is opened, then replayed).
+/// Returns how many records authenticated.
+pub fn record_open(data: &[u8]) -> usize {
+    let mut opener = Opener::new(SUITE, &KEY, &SALT, EPOCH);
+    let mut opened = usize::from(open_one(&mut opener, data));
+    for r in records(data).flatten() {
+        opened += usize::from(open_one(&mut opener, &data[r]));
+    }
+    opened
+}
+
+fn open_one(opener: &mut Opener, record: &[u8]) -> bool {
+    let mut buf = record.to_vec();
+    match opener.open(&mut buf) {
+        Ok((content_type, plain)) => {
+            assert_eq!(content_type, record[0], "content type of an opened record");
+            assert!(
+                plain.start <= plain.end && plain.end <= buf.len(),
+                "plaintext {plain:?}"
+            );
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// `parse_header`, `records` and `record_at` over a whole datagram: every range lies inside it,
+/// ranges follow each other from 0, an error ends the iteration, `record_at` agrees at each
+/// record start and answers at any offset, even past the end.
+pub fn records_split(data: &[u8]) {
+    if let Ok(h) = parse_header(data) {
+        assert!(RECORD_HEADER_LEN + h.body_len <= data.len(), "header {h:?}");
+        assert!(h.seq < 1 << 48, "header {h:?}");
+    }
+    let mut at = 0;
+    let mut failed = false;
+    for item in records(data) {
+        assert!(!failed, "records yielded after an error");
+        match item {
+            Ok(r) => {
+                assert_eq!(r.start, at);
+                assert!(
+                    r.end <= data.len() && r.end - r.start >= RECORD_HEADER_LEN,
+                    "{r:?}"
+                );
+                assert_eq!(record_at(data, at), Ok(r.clone()));
+                at = r.end;
+            }
+            Err(e) => {
+                assert_eq!(record_at(data, at), Err(e));
+                failed = true;
+            }
+        }
+    }
+    assert!(
+        failed || at == data.len(),
+        "records stopped at {at} of {}",
+        data.len()
+    );
+    for i in 0..=data.len() + 1 {
+        if let Ok(r) = record_at(data, i) {
+            assert!(
+                r.start == i && r.end <= data.len(),
+                "record_at({i}) = {r:?}"
+            );
+        }
+    }
+}
+
+/// Every parser of setup and control records; whatever parses must survive a round trip
+/// through its own wire form.
+pub fn proto(data: &[u8]) {
+    if let Ok(m) = AddressMessage::parse(data) {
+        assert_eq!(&m.to_bytes()[..], data);
+    }
+    if let Ok(p) = Peernet::parse(data) {
+        assert_eq!(Peernet::parse(p.to_wire().as_bytes()), Ok(p));
+    }
+    if let Ok(c) = Control::parse(data) {
+        assert!(Control::is_control(data));
+        let wire = c.to_bytes();
+        assert_eq!(
+            Control::parse(&wire),
+            Ok(c),
+            "round trip of {data:02x?} via {wire:02x?}"
+        );
+    }
+}
+
+/// What the server does with an authenticated packet before the TUN: `authz::source_allowed`
+/// reads its source address, `pump::accept_packet` its version. An allowed source is always
+/// a whole enough IPv4 or IPv6 header, and an IP packet is what the pump accepts.
+pub fn packet(data: &[u8]) {
+    let lans: Vec<IpNet> = LANS.iter().map(|n| n.parse().expect("LANS")).collect();
+    let allowed = source_allowed(data, TUNNEL, &lans);
+    let version = data.first().map(|b| b >> 4);
+    if allowed {
+        assert!(
+            (version == Some(4) && data.len() >= 20) || (version == Some(6) && data.len() >= 40),
+            "source allowed for a packet that is not a whole IP header"
+        );
+    }
+    let accepted = accept_packet(&Counters::default(), data);
+    assert_eq!(accepted, matches!(version, Some(4) | Some(6)));
+}
