@@ -119,7 +119,12 @@ impl Conn for ChannelConn {
         } else {
             self.sock.send_to(buf, target).await
         };
-        r.map_err(webrtc_util::Error::from)
+        match r {
+            // Dropped locally (firewall, full queue): lost like any datagram; the crate's
+            // retransmission deals with it.
+            Err(e) if crate::pump::is_lost_datagram(&e) => Ok(buf.len()),
+            r => r.map_err(webrtc_util::Error::from),
+        }
     }
 
     fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {

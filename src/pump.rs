@@ -178,6 +178,11 @@ pub fn open(opener: &mut Opener, counters: &Counters, record: &mut [u8]) -> Inbo
     result
 }
 
+/// Whether data starts like an IPv4 or IPv6 packet.
+pub fn is_ip(packet: &[u8]) -> bool {
+    matches!(packet.first().map(|b| b >> 4), Some(4) | Some(6))
+}
+
 /// Whether authenticated data is an IP packet the TUN will take; counts it either way.
 pub fn accept_packet(counters: &Counters, packet: &[u8]) -> bool {
     match packet.first().map(|b| b >> 4) {
@@ -193,6 +198,18 @@ pub fn accept_packet(counters: &Counters, packet: &[u8]) -> bool {
     }
 }
 
+/// Send errors that mean "this datagram was dropped locally", not "the peer is gone".
+pub fn is_lost_datagram(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EPERM)
+            | Some(libc::ENOBUFS)
+            | Some(libc::EAGAIN)
+            | Some(libc::ENETUNREACH)
+            | Some(libc::EHOSTUNREACH)
+    )
+}
+
 /// Where a session's records go: the shared server socket and a peer, or a connected socket.
 #[derive(Clone)]
 pub struct Link {
@@ -202,10 +219,16 @@ pub struct Link {
 }
 
 impl Link {
+    /// Sends one datagram. A local drop (a firewall's EPERM, a full queue's ENOBUFS, no route
+    /// for a moment) is a lost datagram, as on the wire: Ok(0), not an error.
     pub async fn send(&self, datagram: &[u8]) -> std::io::Result<usize> {
-        match self.peer {
+        let r = match self.peer {
             Some(p) => self.sock.send_to(datagram, p).await,
             None => self.sock.send(datagram).await,
+        };
+        match r {
+            Err(e) if is_lost_datagram(&e) => Ok(0),
+            r => r,
         }
     }
 

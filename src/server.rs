@@ -375,6 +375,11 @@ impl Demux {
                             }
                             Err(_) => s.counters.count_drop(pump::Drop::Unexpected),
                         }
+                    } else if !pump::is_ip(&rec[r.clone()]) {
+                        s.counters.count_drop(pump::Drop::NotIp);
+                        if log_limit.allow() {
+                            tracing::debug!("drop reason=not_ip from {addr}");
+                        }
                     } else if !authz::source_allowed(&rec[r.clone()], s.tunnel_ip, &s.allowed) {
                         s.counters.count_drop(pump::Drop::ForgedSource);
                         if log_limit.allow() {
@@ -830,7 +835,14 @@ impl Manager {
                     keepalive_ms: ours,
                 })
             }
-            Control::Ping if s.negotiated => Some(Control::Pong),
+            // Only a dtun client pings: a lost Hello must not leave it unanswered.
+            Control::Ping if !self.cfg.common.compat => {
+                if !s.negotiated {
+                    s.negotiated = true;
+                    s.keepalive = self.cfg.common.keepalive;
+                }
+                Some(Control::Pong)
+            }
             Control::Close { reason, detail } => {
                 tracing::debug!("client {id} is closing: {reason:?} {detail}");
                 None
