@@ -183,6 +183,16 @@ pub fn is_ip(packet: &[u8]) -> bool {
     matches!(packet.first().map(|b| b >> 4), Some(4) | Some(6))
 }
 
+/// Whether data is an IPv4 or IPv6 packet whose header length field matches its size (so a
+/// setup message, which is text, is never taken for one).
+pub fn is_whole_ip_packet(p: &[u8]) -> bool {
+    match p.first().map(|b| b >> 4) {
+        Some(4) => p.len() >= 20 && usize::from(u16::from_be_bytes([p[2], p[3]])) == p.len(),
+        Some(6) => p.len() >= 40 && usize::from(u16::from_be_bytes([p[4], p[5]])) + 40 == p.len(),
+        _ => false,
+    }
+}
+
 /// Whether authenticated data is an IP packet the TUN will take; counts it either way.
 pub fn accept_packet(counters: &Counters, packet: &[u8]) -> bool {
     match packet.first().map(|b| b >> 4) {
@@ -362,6 +372,20 @@ mod tests {
         assert!(!accept_packet(&c, &[0x17, 0]));
         assert!(!accept_packet(&c, &[]));
         assert_eq!(c.rx_packets.load(Relaxed), 2);
+    }
+
+    #[test]
+    fn setup_text_is_never_a_whole_ip_packet() {
+        assert!(!is_whole_ip_packet(b"empty"));
+        assert!(!is_whole_ip_packet(
+            b"fd00:1:2:3:4:5:6::/112_padding_to_forty_bytes"
+        ));
+        let mut v4 = [0u8; 28];
+        v4[0] = 0x45;
+        v4[3] = 28;
+        assert!(is_whole_ip_packet(&v4));
+        v4[3] = 29;
+        assert!(!is_whole_ip_packet(&v4));
     }
 
     #[test]

@@ -360,11 +360,24 @@ impl Demux {
                     s.handshake_tx = None;
                     if s.awaiting_peernet {
                         s.awaiting_peernet = false;
-                        let peernet = Peernet::parse(&rec[r]);
-                        let _ = ev_tx.send(Event::Peernet {
-                            session_id: s.session_id,
-                            peernet,
-                        });
+                        let data = &rec[r];
+                        let peernet = Peernet::parse(data);
+                        // A control message or a whole IP packet where the peernet message
+                        // should be: that message was lost. Close, so the client starts over.
+                        let lost = peernet.is_err()
+                            && ((s.controls && Control::is_control(data))
+                                || pump::is_whole_ip_packet(data));
+                        let ev = if lost {
+                            Event::SetupLost {
+                                session_id: s.session_id,
+                            }
+                        } else {
+                            Event::Peernet {
+                                session_id: s.session_id,
+                                peernet,
+                            }
+                        };
+                        let _ = ev_tx.send(ev);
                     } else if s.controls && Control::is_control(&rec[r.clone()]) {
                         match Control::parse(&rec[r]) {
                             Ok(msg) => {
@@ -477,6 +490,10 @@ enum Event {
     Control {
         session_id: u64,
         msg: Control,
+    },
+    /// The client's peernet message was lost (something else came first).
+    SetupLost {
+        session_id: u64,
     },
 }
 
@@ -599,6 +616,17 @@ impl Manager {
                 };
                 self.end_session(&id, None, &format!("peer sent {why}"))
                     .await;
+            }
+            Event::SetupLost { session_id } => {
+                let Some(id) = self.id_of(session_id) else {
+                    return;
+                };
+                self.end_session(
+                    &id,
+                    Some(CloseReason::Timeout),
+                    "its peernet message was lost",
+                )
+                .await;
             }
             Event::Control { session_id, msg } => {
                 let Some(id) = self.id_of(session_id) else {
