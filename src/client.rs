@@ -329,14 +329,8 @@ async fn session(
         cfg.tun.mtu_for(est.suite, server)
     );
 
-    let (out_tx, out_rx) = mpsc::channel(8);
-    let out_task = tokio::spawn(pump::outbound(
-        Arc::clone(&t.tun.dev),
-        link,
-        sealer,
-        Arc::clone(&counters),
-        out_rx,
-    ));
+    let (out_tx, out_task) =
+        pump::spawn_outbound(Arc::clone(&t.tun.dev), link, sealer, Arc::clone(&counters));
     // Without negotiation (an original server, or -compat) no control message goes out or
     // is understood, so no keepalive either.
     let keepalive = negotiated.then_some(cfg.common.keepalive);

@@ -84,6 +84,12 @@ impl Counters {
         self.drops[d.index()].fetch_add(1, Relaxed);
     }
 
+    /// Counts one packet delivered to the TUN.
+    pub fn count_rx(&self, len: usize) {
+        self.rx_packets.fetch_add(1, Relaxed);
+        self.rx_bytes.fetch_add(len as u64, Relaxed);
+    }
+
     pub fn authenticated(&self) -> u64 {
         self.authenticated.load(Relaxed)
     }
@@ -195,16 +201,12 @@ pub fn is_whole_ip_packet(p: &[u8]) -> bool {
 
 /// Whether authenticated data is an IP packet the TUN will take; counts it either way.
 pub fn accept_packet(counters: &Counters, packet: &[u8]) -> bool {
-    match packet.first().map(|b| b >> 4) {
-        Some(4) | Some(6) => {
-            counters.rx_packets.fetch_add(1, Relaxed);
-            counters.rx_bytes.fetch_add(packet.len() as u64, Relaxed);
-            true
-        }
-        _ => {
-            counters.count_drop(Drop::NotIp);
-            false
-        }
+    if is_ip(packet) {
+        counters.count_rx(packet.len());
+        true
+    } else {
+        counters.count_drop(Drop::NotIp);
+        false
     }
 }
 
@@ -277,6 +279,17 @@ pub enum OutboundCmd {
         notify: bool,
         farewell: Option<Vec<u8>>,
     },
+}
+
+/// Spawns [`outbound`] with its command channel: the sender and the task's handle.
+pub fn spawn_outbound(
+    tun: Arc<tun::AsyncDevice>,
+    link: Link,
+    sealer: Sealer,
+    counters: Arc<Counters>,
+) -> (mpsc::Sender<OutboundCmd>, tokio::task::JoinHandle<Sealer>) {
+    let (tx, rx) = mpsc::channel(8);
+    (tx, tokio::spawn(outbound(tun, link, sealer, counters, rx)))
 }
 
 /// Runs the outbound flow until told to stop (or the TUN fails). Returns the sealer so the

@@ -398,14 +398,13 @@ impl Demux {
                         if log_limit.allow() {
                             tracing::debug!("drop reason=forged_source from {addr}");
                         }
-                    } else if pump::accept_packet(&s.counters, &rec[r.clone()]) {
+                    } else {
+                        s.counters.count_rx(r.len());
                         if let Err(e) = s.tun.send(&rec[r]).await
                             && log_limit.allow()
                         {
                             tracing::debug!("writing to TUN failed: {e}");
                         }
-                    } else if log_limit.allow() {
-                        tracing::debug!("drop reason=not_ip from {addr}");
                     }
                 }
                 Inbound::Alert(level, desc) => {
@@ -701,14 +700,12 @@ impl Manager {
         link.send_record(&mut sealer, CONTENT_APPLICATION_DATA, &msg.to_bytes())
             .await
             .map_err(|e| SessionError::Send(addr, e))?;
-        let (out_tx, out_rx) = mpsc::channel(4);
-        let out_task = tokio::spawn(pump::outbound(
+        let (out_tx, out_task) = pump::spawn_outbound(
             Arc::clone(&dev.tun.dev),
             link,
             sealer,
             Arc::clone(&counters),
-            out_rx,
-        ));
+        );
         dev.idle_since = None;
         dev.session = Some(Session {
             session_id,

@@ -5,20 +5,8 @@
 
 mod common;
 
-use common::{Netns, Proc, Topo, wait_for};
+use common::{DTUN, Netns, Proc, Topo, UP, start_server};
 use std::time::Duration;
-
-const DTUN: &str = env!("CARGO_BIN_EXE_dtun");
-const UP: Duration = Duration::from_secs(20);
-
-fn start_server(ns: &Netns, args: &[&str]) -> Proc {
-    let mut p = ns.spawn(DTUN, args, &[]);
-    wait_for(UP, "server listening on UDP 443", || {
-        assert!(p.exited().is_none(), "server exited:\n{}", p.log());
-        ns.udp_listening(443)
-    });
-    p
-}
 
 fn client(ns: &Netns, server_ip: &str, id: &str, key: &str, extra: &[&str]) -> Proc {
     let mut args = vec![
@@ -46,7 +34,11 @@ fn another_ids_key_cannot_take_the_id() {
         "clients",
         b"alice key=alice-key-0123456789\nbob key=bob-key-0123456789 lans=10.200.0.0/24\n",
     );
-    let mut server = start_server(&topo.server, &["-clients", creds.to_str().unwrap(), "-v"]);
+    let mut server = start_server(
+        &topo.server,
+        443,
+        &["-clients", creds.to_str().unwrap(), "-v"],
+    );
 
     // bob's key, alice's id: the handshake fails, alice gets no device.
     let mut thief = client(
@@ -99,6 +91,7 @@ fn another_ids_key_cannot_take_the_id() {
     // A server with a master secret accepts the key `dtun key derive` prints for an id.
     let server = start_server(
         &topo.server,
+        443,
         &["-master-key-file", master.to_str().unwrap(), "-port", "443"],
     );
     let out = std::process::Command::new(DTUN)
@@ -136,7 +129,7 @@ fn another_ids_key_cannot_take_the_id() {
 #[test]
 fn default_route_refused_and_forged_sources_dropped() {
     let topo = Topo::star("az2", 1);
-    let mut server = start_server(&topo.server, &["-key", "shared-key-0123456789", "-v"]);
+    let mut server = start_server(&topo.server, 443, &["-key", "shared-key-0123456789", "-v"]);
     let mut c = client(
         &topo.clients[0],
         &Topo::server_ip(0),

@@ -6,9 +6,12 @@
 
 mod common;
 
-use common::{Netns, Proc, Topo, parse_env, parse_ping_stats, wait_for};
+use common::{
+    DTUN, Netns, Proc, Topo, UP, assert_running, only_tun, parse_env, parse_ping_stats, path_str,
+    start_client_env, start_server, wait_for, wait_p2p,
+};
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 // Substrings of dtun's log lines that the tests look for: one place to follow src/'s wording.
@@ -21,64 +24,17 @@ const WRONG_KEY_WORDS: [&str; 3] = ["handshake", "failed", "-key"];
 /// With `-v`, every dropped record is logged with this followed by its reason.
 const DROP_REASON: &str = "drop reason=";
 
-const DTUN: &str = env!("CARGO_BIN_EXE_dtun");
 const INJECT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tools/inject.py");
 
 /// The server's address as the client of `Topo::pair` sees it.
 const SERVER_IP: &str = "172.31.250.1";
 const DEFAULT_PORT: u16 = 443;
-/// Deadline for a tunnel to come up (handshake, address exchange, devices, up script).
-const UP: Duration = Duration::from_secs(20);
 /// The server's default address pool.
 const POOL: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 86, 0, 0), 16);
 
 fn in_pool(ip: Ipv4Addr) -> bool {
     let mask = u32::MAX << (32 - POOL.1);
     u32::from(ip) & mask == u32::from(POOL.0)
-}
-
-/// Panics with the process's log if it has exited.
-fn assert_running(p: &mut Proc, what: &str) {
-    if let Some(status) = p.exited() {
-        panic!("{what} exited early ({status}); log:\n{}", p.log());
-    }
-}
-
-/// Starts a dtun server in `ns` and waits until its UDP port is bound.
-fn start_server(ns: &Netns, port: u16, args: &[&str]) -> Proc {
-    let mut p = ns.spawn(DTUN, args, &[]);
-    wait_for(UP, &format!("server listening on UDP port {port}"), || {
-        assert_running(&mut p, "dtun server");
-        ns.udp_listening(port)
-    });
-    p
-}
-
-/// Starts a dtun client in `ns` and waits until it logs that the tunnel is up.
-fn start_client(ns: &Netns, args: &[&str], envs: &[(&str, &str)]) -> Proc {
-    let mut p = ns.spawn(DTUN, args, envs);
-    p.wait_log(CLIENT_TUNNEL_UP, UP);
-    p
-}
-
-/// Waits until `ns` has exactly one TUN device and returns its name.
-fn only_tun(ns: &Netns) -> String {
-    let mut links = Vec::new();
-    wait_for(UP, &format!("exactly one TUN in {}", ns.name()), || {
-        links = ns.links();
-        links.len() == 1
-    });
-    links.remove(0)
-}
-
-/// Waits until `dev` in `ns` has a point-to-point address and returns (local, peer).
-fn p2p(ns: &Netns, dev: &str) -> (Ipv4Addr, Ipv4Addr) {
-    let mut got = None;
-    wait_for(UP, &format!("point-to-point address on {dev}"), || {
-        got = ns.p2p(dev);
-        got.is_some()
-    });
-    got.unwrap()
 }
 
 /// An up script that dumps the environment it was started with (not the shell's, which adds
@@ -93,10 +49,6 @@ fn env_dump_script(dir: &common::TestDir, name: &str) -> (PathBuf, PathBuf) {
         ),
     );
     (script, out)
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
 }
 
 /// Waits until the server's log has a drop line for every reason, then asserts.
@@ -129,21 +81,21 @@ fn ping_both_ways_and_up_script_env() {
     let key = "e2e-Xq9-not-in-env";
     let mut server = start_server(&topo.server, DEFAULT_PORT, &["-key", key, "-v"]);
     let (script, env_file) = env_dump_script(&topo.dir, "up");
-    let client = start_client(
+    let client = start_client_env(
         topo.client(),
-        &["-host", SERVER_IP, "-up", s(&script)],
+        &["-host", SERVER_IP, "-up", path_str(&script)],
         &[("DTUN_KEY", key)],
     );
 
     let cdev = only_tun(topo.client());
-    let (c_local, c_peer) = p2p(topo.client(), &cdev);
+    let (c_local, c_peer) = wait_p2p(topo.client(), &cdev);
     assert!(
         in_pool(c_local) && in_pool(c_peer) && c_local != c_peer,
         "client addresses {c_local} peer {c_peer}"
     );
     let sdev = only_tun(&topo.server);
     assert_eq!(
-        p2p(&topo.server, &sdev),
+        wait_p2p(&topo.server, &sdev),
         (c_peer, c_local),
         "server TUN must be local=server peer=client"
     );
@@ -189,20 +141,20 @@ fn peernet_route_then_linger_cleanup() {
     );
     // A key file's trailing newline is not part of the key.
     let key_file = topo.dir.file("key", b"foo\n");
-    let mut client = start_client(
+    let mut client = start_client_env(
         topo.client(),
         &[
             "-host",
             SERVER_IP,
             "-key-file",
-            s(&key_file),
+            path_str(&key_file),
             "-peernet",
             "10.200.0.0/24",
         ],
         &[],
     );
     let cdev = only_tun(topo.client());
-    let (c_local, c_peer) = p2p(topo.client(), &cdev);
+    let (c_local, c_peer) = wait_p2p(topo.client(), &cdev);
     let sdev = only_tun(&topo.server);
     let want = format!("10.200.0.0/24 via {c_local} dev {sdev}");
     wait_for(UP, &format!("server route `{want}`"), || {
@@ -237,11 +189,11 @@ fn reconnect_same_id_reuses_tun() {
     let args = [
         "--host", SERVER_IP, "--port", "4443", "--key", "foo", "--id", "carol",
     ];
-    let mut first = start_client(topo.client(), &args, &[]);
+    let mut first = start_client_env(topo.client(), &args, &[]);
     let sdev = only_tun(&topo.server);
     let sindex = topo.server.ifindex(&sdev).expect("server TUN ifindex");
-    let saddrs = p2p(&topo.server, &sdev);
-    let caddrs = p2p(topo.client(), &only_tun(topo.client()));
+    let saddrs = wait_p2p(&topo.server, &sdev);
+    let caddrs = wait_p2p(topo.client(), &only_tun(topo.client()));
     assert!(topo.client().ping_ok(&caddrs.1.to_string(), 2));
 
     first.signal("KILL");
@@ -254,10 +206,10 @@ fn reconnect_same_id_reuses_tun() {
         || topo.client().links().is_empty(),
     );
 
-    let _second = start_client(topo.client(), &args, &[]);
+    let _second = start_client_env(topo.client(), &args, &[]);
     let cdev = only_tun(topo.client());
     assert_eq!(
-        p2p(topo.client(), &cdev),
+        wait_p2p(topo.client(), &cdev),
         caddrs,
         "client addresses changed"
     );
@@ -271,7 +223,11 @@ fn reconnect_same_id_reuses_tun() {
         Some(sindex),
         "server TUN replaced"
     );
-    assert_eq!(p2p(&topo.server, &sdev), saddrs, "server addresses changed");
+    assert_eq!(
+        wait_p2p(&topo.server, &sdev),
+        saddrs,
+        "server addresses changed"
+    );
     assert!(
         topo.client().ping_ok(&caddrs.1.to_string(), 3),
         "client -> server"
@@ -288,18 +244,18 @@ fn reconnect_same_id_reuses_tun() {
 fn two_clients_and_a_wrong_key() {
     let topo = Topo::star("w", 3);
     let server = start_server(&topo.server, DEFAULT_PORT, &["-key", "good", "-v"]);
-    let _alpha = start_client(
+    let _alpha = start_client_env(
         &topo.clients[0],
         &["-host", &Topo::server_ip(0), "-key", "good", "-id", "alpha"],
         &[],
     );
-    let _beta = start_client(
+    let _beta = start_client_env(
         &topo.clients[1],
         &["-host", &Topo::server_ip(1), "-key", "good", "-id", "beta"],
         &[],
     );
-    let a = p2p(&topo.clients[0], &only_tun(&topo.clients[0]));
-    let b = p2p(&topo.clients[1], &only_tun(&topo.clients[1]));
+    let a = wait_p2p(&topo.clients[0], &only_tun(&topo.clients[0]));
+    let b = wait_p2p(&topo.clients[1], &only_tun(&topo.clients[1]));
     assert_ne!(a.0, b.0, "two ids got the same address");
     wait_for(UP, "two TUNs on the server", || {
         topo.server.links().len() == 2
@@ -336,7 +292,7 @@ fn two_clients_and_a_wrong_key() {
             // Without -once a client retries for ever (issue 4); here it must give up.
             "-once",
             "-up",
-            s(&script),
+            path_str(&script),
         ],
         &[],
     );
@@ -429,7 +385,7 @@ fn openssl_client_against_server() {
 
     ossl.write_stdin(b"empty");
     let sdev = only_tun(&topo.server);
-    assert_eq!(p2p(&topo.server, &sdev), (server_ip, client_ip));
+    assert_eq!(wait_p2p(&topo.server, &sdev), (server_ip, client_ip));
 }
 
 /// `openssl s_server` as the server: our client completes the handshake with it, takes the
@@ -498,7 +454,7 @@ fn openssl_server_against_client() {
     client.wait_log(CLIENT_TUNNEL_UP, UP);
     let cdev = only_tun(topo.client());
     assert_eq!(
-        p2p(topo.client(), &cdev),
+        wait_p2p(topo.client(), &cdev),
         (Ipv4Addr::new(10, 86, 0, 2), Ipv4Addr::new(10, 86, 0, 1))
     );
 }
@@ -508,8 +464,8 @@ fn openssl_server_against_client() {
 fn verbose_tunnel(tag: &str) -> (Topo, Proc, Proc, Ipv4Addr, Ipv4Addr) {
     let topo = Topo::pair(tag);
     let server = start_server(&topo.server, DEFAULT_PORT, &["-key", "foo", "-v"]);
-    let client = start_client(topo.client(), &["-host", SERVER_IP, "-key", "foo"], &[]);
-    let (c_local, c_peer) = p2p(topo.client(), &only_tun(topo.client()));
+    let client = start_client_env(topo.client(), &["-host", SERVER_IP, "-key", "foo"], &[]);
+    let (c_local, c_peer) = wait_p2p(topo.client(), &only_tun(topo.client()));
     assert!(topo.client().ping_ok(&c_peer.to_string(), 2));
     (topo, server, client, c_peer, c_local)
 }

@@ -8,13 +8,14 @@
 
 mod common;
 
-use common::{Netns, Proc, TestDir, Topo, parse_env, wait_for};
+use common::{
+    DTUN, Netns, Proc, TestDir, Topo, UP, assert_running, only_tun, parse_env, path_str,
+    start_client, start_server, wait_for, wait_p2p,
+};
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
-
-const DTUN: &str = env!("CARGO_BIN_EXE_dtun");
 
 // Substrings of dtun's log lines that the tests look for (see src/client.rs, src/server.rs).
 /// The client logs this (with device and addresses) once forwarding starts.
@@ -36,56 +37,6 @@ const ID_IN_USE: &str = "in use from";
 /// The server's address as the client of `Topo::pair` sees it.
 const SERVER_IP: &str = "172.31.250.1";
 const DEFAULT_PORT: u16 = 443;
-/// Deadline for a tunnel to come up (handshake, address exchange, devices, up script).
-const UP: Duration = Duration::from_secs(20);
-
-/// Panics with the process's log if it has exited.
-fn assert_running(p: &mut Proc, what: &str) {
-    if let Some(status) = p.exited() {
-        panic!("{what} exited early ({status}); log:\n{}", p.log());
-    }
-}
-
-/// Starts a dtun server in `ns` and waits until its UDP port is bound.
-fn start_server(ns: &Netns, args: &[&str]) -> Proc {
-    let mut p = ns.spawn(DTUN, args, &[]);
-    wait_for(UP, "server listening on UDP port 443", || {
-        assert_running(&mut p, "dtun server");
-        ns.udp_listening(DEFAULT_PORT)
-    });
-    p
-}
-
-/// Starts a dtun client in `ns` and waits until it logs that the tunnel is up.
-fn start_client(ns: &Netns, args: &[&str]) -> Proc {
-    let mut p = ns.spawn(DTUN, args, &[]);
-    p.wait_log(CLIENT_TUNNEL_UP, UP);
-    p
-}
-
-/// Waits until `ns` has exactly one TUN device and returns its name.
-fn only_tun(ns: &Netns) -> String {
-    let mut links = Vec::new();
-    wait_for(UP, &format!("exactly one TUN in {}", ns.name()), || {
-        links = ns.links();
-        links.len() == 1
-    });
-    links.remove(0)
-}
-
-/// Waits until `dev` in `ns` has a point-to-point address and returns (local, peer).
-fn p2p(ns: &Netns, dev: &str) -> (Ipv4Addr, Ipv4Addr) {
-    let mut got = None;
-    wait_for(UP, &format!("point-to-point address on {dev}"), || {
-        got = ns.p2p(dev);
-        got.is_some()
-    });
-    got.unwrap()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
 
 /// How many times `needle` occurs in `text`.
 fn count(text: &str, needle: &str) -> usize {
@@ -187,7 +138,7 @@ fn vm_rss_kib(pid: u32) -> u64 {
 fn server_restart_client_comes_back() {
     let topo = Topo::pair("k");
     let server_args = ["-key", "foo", "-keepalive", "1s", "-v"];
-    let mut server = start_server(&topo.server, &server_args);
+    let mut server = start_server(&topo.server, DEFAULT_PORT, &server_args);
     let up = hook_script(&topo.dir, "c-up");
     let mut client = start_client(
         topo.client(),
@@ -201,13 +152,13 @@ fn server_restart_client_comes_back() {
             "-peernet",
             "10.200.0.0/24",
             "-up",
-            s(&up),
+            path_str(&up),
             "-v",
         ],
     );
     let cdev = only_tun(topo.client());
     let cindex = topo.client().ifindex(&cdev).expect("client TUN ifindex");
-    let (c_local, c_peer) = p2p(topo.client(), &cdev);
+    let (c_local, c_peer) = wait_p2p(topo.client(), &cdev);
     let sdev = only_tun(&topo.server);
     let want = format!("10.200.0.0/24 via {c_local} dev {sdev}");
     wait_for(UP, &format!("server route `{want}`"), || {
@@ -221,7 +172,7 @@ fn server_restart_client_comes_back() {
     server
         .wait_exit(Duration::from_secs(5))
         .expect("server killed");
-    let mut server = start_server(&topo.server, &server_args);
+    let mut server = start_server(&topo.server, DEFAULT_PORT, &server_args);
 
     // 3 keepalive periods + the first backoff (1 s ± 20 %) + handshake: ~5 s; 15 s is ample.
     let limit = Duration::from_secs(15);
@@ -256,7 +207,7 @@ fn server_restart_client_comes_back() {
         "client TUN was replaced"
     );
     assert_eq!(
-        p2p(topo.client(), &cdev),
+        wait_p2p(topo.client(), &cdev),
         (c_local, c_peer),
         "client addresses changed (the pool is deterministic per id)"
     );
@@ -317,10 +268,14 @@ fn lossy_underlay() {
          (scripts/test.sh installs it)"
     );
     let rules = topo.dir.file("lossy.nft", LOSSY_NFT.as_bytes());
-    let out = topo.client().run("nft", &["-f", s(&rules)]);
+    let out = topo.client().run("nft", &["-f", path_str(&rules)]);
     assert!(out.status.success(), "nft -f: {out:?}");
 
-    let server = start_server(&topo.server, &["-key", "foo", "-keepalive", "1s", "-v"]);
+    let server = start_server(
+        &topo.server,
+        DEFAULT_PORT,
+        &["-key", "foo", "-keepalive", "1s", "-v"],
+    );
     let mut client = topo.client().spawn(
         DTUN,
         &[
@@ -342,7 +297,7 @@ fn lossy_underlay() {
     // reconnect (PROTOCOL.md: setup messages are datagrams and can be lost).
     client.wait_log(CLIENT_TUNNEL_UP, Duration::from_secs(60));
     let cdev = only_tun(topo.client());
-    let (_, c_peer) = p2p(topo.client(), &cdev);
+    let (_, c_peer) = wait_p2p(topo.client(), &cdev);
     // The route shows that a peernet message reached the server: the setup is over.
     wait_for(
         Duration::from_secs(60),
@@ -506,7 +461,11 @@ fn connect_disconnect_cycles() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(SAME_ID_CYCLES);
     let topo = Topo::pair("c");
-    let server = start_server(&topo.server, &["-key", "foo", "-linger", "1s"]);
+    let server = start_server(
+        &topo.server,
+        DEFAULT_PORT,
+        &["-key", "foo", "-linger", "1s"],
+    );
     let pid = server.pid();
     // `ip netns exec` execs the program: the pid must be dtun's own, or the fd count would be
     // that of a wrapper.
@@ -583,7 +542,16 @@ fn sigterm_either_side_leaves_nothing() {
     let (c_up, c_down) = (hook_script(dir, "c-up"), hook_script(dir, "c-down"));
     let mut server = start_server(
         &topo.server,
-        &["-key", "foo", "-up", s(&s_up), "-down", s(&s_down), "-v"],
+        DEFAULT_PORT,
+        &[
+            "-key",
+            "foo",
+            "-up",
+            path_str(&s_up),
+            "-down",
+            path_str(&s_down),
+            "-v",
+        ],
     );
     let mut alpha = start_client(
         &topo.clients[0],
@@ -597,9 +565,9 @@ fn sigterm_either_side_leaves_nothing() {
             "-peernet",
             "10.201.0.0/24",
             "-up",
-            s(&c_up),
+            path_str(&c_up),
             "-down",
-            s(&c_down),
+            path_str(&c_down),
         ],
     );
     let _beta = start_client(
@@ -616,7 +584,7 @@ fn sigterm_either_side_leaves_nothing() {
         ],
     );
     let a_dev = only_tun(&topo.clients[0]);
-    let (a_local, a_peer) = p2p(&topo.clients[0], &a_dev);
+    let (a_local, a_peer) = wait_p2p(&topo.clients[0], &a_dev);
     wait_for(UP, "two TUNs and two routes on the server", || {
         let r = topo.server.routes();
         topo.server.links().len() == 2 && r.contains("10.201.0.0/24") && r.contains("10.202.0.0/24")
@@ -627,7 +595,7 @@ fn sigterm_either_side_leaves_nothing() {
         .links()
         .into_iter()
         .map(|d| {
-            let (local, peer) = p2p(&topo.server, &d);
+            let (local, peer) = wait_p2p(&topo.server, &d);
             (d, local, peer)
         })
         .collect();
@@ -712,7 +680,11 @@ fn pairing(server_compat: bool, client_compat: bool) {
     // The -compat side stands in for the original, which has no -keepalive; the new side pings
     // (client) or checks (server) every second.
     let role = |compat: bool| if compat { "-compat" } else { "-keepalive=1s" };
-    let mut server = start_server(&topo.server, &["-key", "foo", "-v", role(server_compat)]);
+    let mut server = start_server(
+        &topo.server,
+        DEFAULT_PORT,
+        &["-key", "foo", "-v", role(server_compat)],
+    );
     let client_args = [
         "-host",
         SERVER_IP,
@@ -724,7 +696,7 @@ fn pairing(server_compat: bool, client_compat: bool) {
         role(client_compat),
     ];
     let mut client = start_client(topo.client(), &client_args);
-    let (c_local, c_peer) = p2p(topo.client(), &only_tun(topo.client()));
+    let (c_local, c_peer) = wait_p2p(topo.client(), &only_tun(topo.client()));
     server.wait_log(SERVER_CLIENT_CONNECTED, UP);
 
     let negotiated = !server_compat && !client_compat;
@@ -809,7 +781,7 @@ fn original_and_new_pairings() {
 #[test]
 fn replaced_client_backs_off() {
     let topo = Topo::star("b", 2);
-    let server = start_server(&topo.server, &["-key", "foo", "-v"]);
+    let server = start_server(&topo.server, DEFAULT_PORT, &["-key", "foo", "-v"]);
     let args = |i: usize| {
         vec![
             "-host".to_string(),
@@ -832,7 +804,7 @@ fn replaced_client_backs_off() {
     let second_args: Vec<&str> = second_args.iter().map(String::as_str).collect();
     let mut second = start_client(&topo.clients[1], &second_args);
     first.wait_log(ID_IN_USE, Duration::from_secs(10));
-    let (_, peer) = p2p(&topo.clients[1], &only_tun(&topo.clients[1]));
+    let (_, peer) = wait_p2p(&topo.clients[1], &only_tun(&topo.clients[1]));
 
     // 10 s of pings from the second client: meanwhile the first must stay away.
     let (tx, rx) = topo.clients[1].ping_stats(&peer.to_string(), 50);

@@ -626,3 +626,64 @@ pub fn parse_ping_stats(text: &str) -> Option<(u32, u32)> {
         .filter_map(|part| part.split_whitespace().next()?.parse().ok());
     Some((nums.next()?, nums.next()?))
 }
+
+// ---- Driving the dtun binary (shared by every end-to-end test file) ----
+
+/// The binary under test.
+pub const DTUN: &str = env!("CARGO_BIN_EXE_dtun");
+/// Deadline for a tunnel to come up (handshake, address exchange, devices, up script).
+pub const UP: Duration = Duration::from_secs(20);
+
+/// Panics with the process's log if it has exited.
+pub fn assert_running(p: &mut Proc, what: &str) {
+    if let Some(status) = p.exited() {
+        panic!("{what} exited early ({status}); log:\n{}", p.log());
+    }
+}
+
+/// Starts a dtun server in `ns` and waits until its UDP port is bound.
+pub fn start_server(ns: &Netns, port: u16, args: &[&str]) -> Proc {
+    let mut p = ns.spawn(DTUN, args, &[]);
+    wait_for(UP, &format!("server listening on UDP port {port}"), || {
+        assert_running(&mut p, "dtun server");
+        ns.udp_listening(port)
+    });
+    p
+}
+
+/// Starts a dtun client in `ns` and waits until it logs that the tunnel is up.
+pub fn start_client(ns: &Netns, args: &[&str]) -> Proc {
+    start_client_env(ns, args, &[])
+}
+
+/// Like [`start_client`], with extra environment variables.
+pub fn start_client_env(ns: &Netns, args: &[&str], envs: &[(&str, &str)]) -> Proc {
+    let mut p = ns.spawn(DTUN, args, envs);
+    p.wait_log(dtun::client::LOG_TUNNEL_UP, UP);
+    p
+}
+
+/// Waits until `ns` has exactly one TUN device and returns its name.
+pub fn only_tun(ns: &Netns) -> String {
+    let mut links = Vec::new();
+    wait_for(UP, &format!("exactly one TUN in {}", ns.name()), || {
+        links = ns.links();
+        links.len() == 1
+    });
+    links.remove(0)
+}
+
+/// Waits until `dev` in `ns` has a point-to-point address and returns (local, peer).
+pub fn wait_p2p(ns: &Netns, dev: &str) -> (Ipv4Addr, Ipv4Addr) {
+    let mut got = None;
+    wait_for(UP, &format!("point-to-point address on {dev}"), || {
+        got = ns.p2p(dev);
+        got.is_some()
+    });
+    got.expect("point-to-point address")
+}
+
+/// A path as the &str a command line takes.
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
