@@ -18,6 +18,17 @@ Examples:
 
 The key can also come from the DTUN_KEY environment variable, so it never shows in `ps`.";
 
+/// The `-cipher` choice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Cipher {
+    /// AES-128-GCM first, then AES-128-CCM_8
+    Auto,
+    /// AES-128-GCM only (dtun peers only)
+    Gcm,
+    /// AES-128-CCM_8 only (what the original speaks)
+    Ccm8,
+}
+
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "dtun",
@@ -64,6 +75,10 @@ pub struct Cli {
     /// Behave exactly as the original dtun on the wire: AES-128-CCM_8 only, no control messages
     #[arg(long)]
     pub compat: bool,
+    /// Cipher: auto offers AES-128-GCM, then AES-128-CCM_8 (what the original speaks); ccm8 or
+    /// gcm offers only that one
+    #[arg(long, value_enum, default_value = "auto")]
+    pub cipher: Cipher,
     /// Client: exit when the session fails or ends instead of reconnecting
     #[arg(long)]
     pub once: bool,

@@ -213,7 +213,7 @@ async fn session(
         identity: cfg.id.as_bytes().to_vec(),
         key: cfg.key.0.clone(),
     };
-    let hs = dtls::handshake(role, conn);
+    let hs = dtls::handshake(role, &cfg.common.suites, conn);
     tokio::pin!(hs);
     let mut early: Vec<Vec<u8>> = Vec::new();
     let (mut refused, mut answered) = (false, false);
@@ -322,11 +322,12 @@ async fn session(
         return lost(e.into());
     }
     tracing::info!(
-        "{LOG_TUNNEL_UP}: dev {} local {} peer {} mtu {}, server {server}",
+        "{LOG_TUNNEL_UP}: dev {} local {} peer {} mtu {}, server {server}, {}",
         t.tun.name,
         addrs.client,
         addrs.server,
-        cfg.tun.mtu_for(est.suite, server)
+        t.tun.mtu,
+        est.suite.name()
     );
 
     let (out_tx, out_task) =
@@ -403,6 +404,9 @@ async fn setup_tunnel(
     suite: record::Suite,
     server: SocketAddr,
 ) -> Result<bool, ClientError> {
+    if let Some(t) = tunnel {
+        t.tun.follow_mtu(nl, cfg.tun.mtu_for(suite, server)).await?;
+    }
     match tunnel {
         Some(t) if t.addrs == addrs => Ok(false),
         Some(t) => {

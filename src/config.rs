@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use ipnet::Ipv4Net;
 
-use crate::cli::Cli;
+use crate::cli::{Cipher, Cli};
 use crate::consts::{PATH_MTU, UDP4_OVERHEAD, UDP6_OVERHEAD};
 use crate::proto::Peernet;
 use crate::record::Suite;
@@ -30,6 +30,8 @@ pub enum ConfigError {
     },
     #[error("bad -name {0:?}: a TUN name has 1 to 15 characters and may contain one %d")]
     TunName(String),
+    #[error("-compat speaks only the original's AES-128-CCM_8: drop -cipher gcm or -compat")]
+    CompatCipher,
     #[error("bad -id: the id must be 1 to 128 bytes")]
     Id,
     #[error(transparent)]
@@ -136,16 +138,25 @@ pub struct Common {
     pub keepalive: Duration,
     /// Original protocol only: CCM_8, no hint marker, no control messages.
     pub compat: bool,
+    /// Cipher suites offered, in order of preference.
+    pub suites: Vec<Suite>,
 }
 
 impl Common {
-    fn from_cli(cli: &Cli) -> Self {
-        Common {
+    fn from_cli(cli: &Cli) -> Result<Self, ConfigError> {
+        let suites = match (cli.cipher, cli.compat) {
+            (Cipher::Gcm, true) => return Err(ConfigError::CompatCipher),
+            (Cipher::Ccm8, _) | (Cipher::Auto, true) => vec![Suite::Aes128Ccm8],
+            (Cipher::Gcm, false) => vec![Suite::Aes128Gcm],
+            (Cipher::Auto, false) => vec![Suite::Aes128Gcm, Suite::Aes128Ccm8],
+        };
+        Ok(Common {
             up: cli.up.clone(),
             down: cli.down.clone(),
             keepalive: cli.keepalive,
             compat: cli.compat,
-        }
+            suites,
+        })
     }
 }
 
@@ -192,7 +203,7 @@ impl ServerConfig {
             pool: cli.pool,
             linger: cli.linger,
             tun: TunSettings::from_cli(cli)?,
-            common: Common::from_cli(cli),
+            common: Common::from_cli(cli)?,
         })
     }
 }
@@ -223,7 +234,7 @@ impl ClientConfig {
             id: cli.id.clone(),
             peernet: Peernet::parse_str(&cli.peernet).map_err(ConfigError::Peernet)?,
             tun: TunSettings::from_cli(cli)?,
-            common: Common::from_cli(cli),
+            common: Common::from_cli(cli)?,
             once: cli.once,
         })
     }
@@ -254,6 +265,26 @@ mod tests {
         assert_eq!(default_mtu(Suite::Aes128Ccm8, v4), 1443);
         assert_eq!(default_mtu(Suite::Aes128Ccm8, mapped), 1443);
         assert_eq!(default_mtu(Suite::Aes128Ccm8, v6), 1423);
+        assert_eq!(default_mtu(Suite::Aes128Gcm, v4), 1435);
+        assert_eq!(default_mtu(Suite::Aes128Gcm, v6), 1415);
+    }
+
+    #[test]
+    fn cipher_choice_and_compat() {
+        let suites = |args: &[&'static str]| {
+            let mut v = vec!["dtun", "-key", "k"];
+            v.extend_from_slice(args);
+            ServerConfig::from_cli(&Cli::try_from_args(v).unwrap()).map(|c| c.common.suites)
+        };
+        use Suite::*;
+        assert_eq!(suites(&[]).unwrap(), [Aes128Gcm, Aes128Ccm8]);
+        assert_eq!(suites(&["-cipher", "ccm8"]).unwrap(), [Aes128Ccm8]);
+        assert_eq!(suites(&["-cipher", "gcm"]).unwrap(), [Aes128Gcm]);
+        assert_eq!(suites(&["-compat"]).unwrap(), [Aes128Ccm8]);
+        assert!(matches!(
+            suites(&["-compat", "-cipher", "gcm"]),
+            Err(ConfigError::CompatCipher)
+        ));
     }
 
     #[test]

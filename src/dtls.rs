@@ -7,6 +7,7 @@
 //! retransmitted final flight after the handover.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -17,9 +18,9 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use webrtc_util::conn::Conn;
 
-use crate::consts::{FLIGHT_INTERVAL, HANDSHAKE_TIMEOUT};
+use crate::consts::{CONTENT_HANDSHAKE, FLIGHT_INTERVAL, HANDSHAKE_TIMEOUT, RECORD_HEADER_LEN};
 use crate::kdf::{KeyBlock, RANDOM_LEN, key_block};
-use crate::record::Suite;
+use crate::record::{self, Suite};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HandshakeError {
@@ -67,6 +68,9 @@ pub struct ChannelConn {
     peer: SocketAddr,
     /// The socket is connected to `peer` (client): use send, not send_to.
     connected: bool,
+    /// Cipher suite of the last ServerHello that went through (0: none yet). The crate does
+    /// not tell which suite it negotiated, so we read it off the wire as it passes.
+    suite: Arc<AtomicU16>,
 }
 
 impl ChannelConn {
@@ -81,8 +85,44 @@ impl ChannelConn {
             sock,
             peer,
             connected,
+            suite: Arc::default(),
         }
     }
+
+    fn sniff(&self, datagram: &[u8]) {
+        if let Some(id) = server_hello_suite(datagram) {
+            self.suite.store(id, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The cipher suite a ServerHello in this datagram chose, if the datagram carries one
+/// (unencrypted, epoch 0, first fragment).
+pub fn server_hello_suite(datagram: &[u8]) -> Option<u16> {
+    const SERVER_HELLO: u8 = 2;
+    /// msg_type(1) length(3) message_seq(2) fragment_offset(3) fragment_length(3).
+    const HS_HEADER: usize = 12;
+    for range in record::records(datagram) {
+        let rec = datagram.get(range.ok()?)?;
+        if rec[0] != CONTENT_HANDSHAKE || rec[3..5] != [0, 0] {
+            continue;
+        }
+        let mut body = &rec[RECORD_HEADER_LEN..];
+        while body.len() >= HS_HEADER {
+            let u24 =
+                |b: &[u8]| usize::from(b[0]) << 16 | usize::from(b[1]) << 8 | usize::from(b[2]);
+            let (offset, len) = (u24(&body[6..9]), u24(&body[9..12]));
+            let frag = body.get(HS_HEADER..HS_HEADER + len)?;
+            if body[0] == SERVER_HELLO && offset == 0 {
+                // server_version(2) random(32) session_id<0..32> cipher_suite(2)
+                let sid = usize::from(*frag.get(34)?);
+                let cs = frag.get(35 + sid..37 + sid)?;
+                return Some(u16::from_be_bytes([cs[0], cs[1]]));
+            }
+            body = &body[HS_HEADER + len..];
+        }
+    }
+    None
 }
 
 #[async_trait]
@@ -94,6 +134,7 @@ impl Conn for ChannelConn {
     async fn recv(&self, buf: &mut [u8]) -> webrtc_util::Result<usize> {
         match self.rx.lock().await.recv().await {
             Some(d) => {
+                self.sniff(&d);
                 let n = d.len().min(buf.len());
                 buf[..n].copy_from_slice(&d[..n]);
                 Ok(n)
@@ -114,6 +155,7 @@ impl Conn for ChannelConn {
     }
 
     async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
+        self.sniff(buf);
         let r = if self.connected {
             self.sock.send(buf).await
         } else {
@@ -151,10 +193,15 @@ pub struct Failure {
     pub peer_identity: Vec<u8>,
 }
 
-/// Runs one handshake over `conn` with a deadline.
-pub async fn handshake(role: Role, conn: ChannelConn) -> Result<Established, Failure> {
+/// Runs one handshake over `conn` with a deadline, offering `suites` in order of preference
+/// (a client's order decides).
+pub async fn handshake(
+    role: Role,
+    suites: &[Suite],
+    conn: ChannelConn,
+) -> Result<Established, Failure> {
     let seen: Arc<Mutex<Vec<u8>>> = Arc::default();
-    run_handshake(role, conn, &seen)
+    run_handshake(role, suites, conn, &seen)
         .await
         .map_err(|error| Failure {
             error,
@@ -164,6 +211,7 @@ pub async fn handshake(role: Role, conn: ChannelConn) -> Result<Established, Fai
 
 async fn run_handshake(
     role: Role,
+    suites: &[Suite],
     conn: ChannelConn,
     seen: &Arc<Mutex<Vec<u8>>>,
 ) -> Result<Established, HandshakeError> {
@@ -194,13 +242,20 @@ async fn run_handshake(
         ),
     };
     let config = Config {
-        cipher_suites: vec![CipherSuiteId::Tls_Psk_With_Aes_128_Ccm_8],
+        cipher_suites: suites
+            .iter()
+            .map(|s| match s {
+                Suite::Aes128Ccm8 => CipherSuiteId::Tls_Psk_With_Aes_128_Ccm_8,
+                Suite::Aes128Gcm => CipherSuiteId::Tls_Psk_With_Aes_128_Gcm_Sha256,
+            })
+            .collect(),
         extended_master_secret: ExtendedMasterSecretType::Require,
         flight_interval: FLIGHT_INTERVAL,
         psk: Some(psk),
         psk_identity_hint: Some(hint),
         ..Default::default()
     };
+    let chosen = Arc::clone(&conn.suite);
     let dtls_conn = tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
         DTLSConn::new(Arc::new(conn), config, is_client, None),
@@ -209,6 +264,11 @@ async fn run_handshake(
     .map_err(|_| HandshakeError::Timeout(HANDSHAKE_TIMEOUT))?
     .map_err(|e| HandshakeError::Failed(e.to_string()))?;
 
+    let suite = Suite::from_id(chosen.load(Ordering::Relaxed))
+        .filter(|s| suites.contains(s))
+        .ok_or(HandshakeError::KeyMaterial(
+            "no ServerHello with an offered suite was seen",
+        ))?;
     let state = dtls_conn.connection_state().await;
     let kl = state
         .key_log_data()
@@ -229,7 +289,7 @@ async fn run_handshake(
     let keys = key_block(&kl.master_secret, &client_random, &server_random);
     let peer_identity = seen.lock().map(|s| s.clone()).unwrap_or_default();
     Ok(Established {
-        suite: Suite::Aes128Ccm8,
+        suite,
         keys,
         peer_identity,
         conn: dtls_conn,

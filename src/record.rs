@@ -18,6 +18,8 @@ use crate::consts::{
     DTLS12_VERSION, EXPLICIT_NONCE_LEN, MAX_RECORD_PLAINTEXT, MAX_SEQUENCE, PAYLOAD_OFFSET,
     RECORD_HEADER_LEN,
 };
+use ring::aead::{AES_128_GCM, Aad, LessSafeKey, Nonce, Tag, UnboundKey};
+
 use crate::kdf::KeyBlock;
 
 type Aes128Ccm8 = Ccm<Aes128, U8, U12>;
@@ -27,6 +29,9 @@ type Aes128Ccm8 = Ccm<Aes128, U8, U12>;
 pub enum Suite {
     /// TLS_PSK_WITH_AES_128_CCM_8 (0xc0a8), the original's only suite.
     Aes128Ccm8,
+    /// TLS_PSK_WITH_AES_128_GCM_SHA256 (0x00a8, RFC 5487): what two dtun peers negotiate,
+    /// several times faster than CCM_8 (ring's AES-NI/CLMUL code).
+    Aes128Gcm,
 }
 
 impl Suite {
@@ -34,6 +39,24 @@ impl Suite {
     pub fn id(self) -> u16 {
         match self {
             Suite::Aes128Ccm8 => 0xc0a8,
+            Suite::Aes128Gcm => 0x00a8,
+        }
+    }
+
+    /// The suite with IANA id `id`, if the record layer implements it.
+    pub fn from_id(id: u16) -> Option<Suite> {
+        match id {
+            0xc0a8 => Some(Suite::Aes128Ccm8),
+            0x00a8 => Some(Suite::Aes128Gcm),
+            _ => None,
+        }
+    }
+
+    /// Short name for logs and the `-cipher` flag.
+    pub fn name(self) -> &'static str {
+        match self {
+            Suite::Aes128Ccm8 => "aes-128-ccm8",
+            Suite::Aes128Gcm => "aes-128-gcm",
         }
     }
 
@@ -41,6 +64,7 @@ impl Suite {
     pub fn tag_len(self) -> usize {
         match self {
             Suite::Aes128Ccm8 => 8,
+            Suite::Aes128Gcm => 16,
         }
     }
 
@@ -97,12 +121,17 @@ pub enum SealError {
 
 enum Cipher {
     Ccm8(Box<Aes128Ccm8>),
+    Gcm(Box<LessSafeKey>),
 }
 
 impl Cipher {
     fn new(suite: Suite, key: &[u8; 16]) -> Cipher {
         match suite {
             Suite::Aes128Ccm8 => Cipher::Ccm8(Box::new(Aes128Ccm8::new(&Array::from(*key)))),
+            Suite::Aes128Gcm => Cipher::Gcm(Box::new(LessSafeKey::new(
+                // A 16-byte key is always valid for AES-128-GCM.
+                UnboundKey::new(&AES_128_GCM, key).expect("AES-128 key is 16 bytes"),
+            ))),
         }
     }
 }
@@ -196,6 +225,16 @@ impl Sealer {
                     .map_err(|_| SealError::BufferTooSmall(len))?;
                 tag_out[..tag_len].copy_from_slice(&tag);
             }
+            Cipher::Gcm(k) => {
+                let tag = k
+                    .seal_in_place_separate_tag(
+                        Nonce::assume_unique_for_key(nonce),
+                        Aad::from(aad),
+                        payload,
+                    )
+                    .map_err(|_| SealError::BufferTooSmall(len))?;
+                tag_out[..tag_len].copy_from_slice(tag.as_ref());
+            }
         }
         head[0] = content_type;
         head[1..3].copy_from_slice(&DTLS12_VERSION);
@@ -264,6 +303,17 @@ impl Opener {
                     &Array::try_from(&tag[..]).map_err(|_| DropReason::Truncated)?,
                 )
                 .is_ok(),
+            Cipher::Gcm(k) => {
+                let tag: [u8; 16] = tag[..].try_into().map_err(|_| DropReason::Truncated)?;
+                k.open_in_place_separate_tag(
+                    Nonce::assume_unique_for_key(nonce),
+                    Aad::from(aad),
+                    Tag::from(tag),
+                    payload,
+                    0..,
+                )
+                .is_ok()
+            }
         };
         if !ok {
             return Err(DropReason::BadTag);
@@ -399,16 +449,22 @@ mod tests {
     use super::*;
     use crate::consts::CONTENT_APPLICATION_DATA;
 
-    fn pair() -> (Sealer, Opener) {
+    const SUITES: [Suite; 2] = [Suite::Aes128Ccm8, Suite::Aes128Gcm];
+
+    fn pair_of(suite: Suite) -> (Sealer, Opener) {
         let kb = KeyBlock {
             client_key: [1; 16],
             server_key: [2; 16],
             client_iv: [3; 4],
             server_iv: [4; 4],
         };
-        let (s, _) = session_pair(Suite::Aes128Ccm8, &kb, true, 1, 7);
-        let (_, o) = session_pair(Suite::Aes128Ccm8, &kb, false, 1, 0);
+        let (s, _) = session_pair(suite, &kb, true, 1, 7);
+        let (_, o) = session_pair(suite, &kb, false, 1, 0);
         (s, o)
+    }
+
+    fn pair() -> (Sealer, Opener) {
+        pair_of(Suite::Aes128Ccm8)
     }
 
     fn seal(s: &mut Sealer, msg: &[u8]) -> Vec<u8> {
@@ -423,19 +479,45 @@ mod tests {
 
     #[test]
     fn round_trip_and_nonce_is_epoch_and_sequence() {
-        let (mut s, mut o) = pair();
+        for suite in SUITES {
+            let (mut s, mut o) = pair_of(suite);
+            let mut rec = seal(&mut s, b"hello");
+            assert_eq!(rec.len(), 5 + suite.overhead());
+            assert_eq!(&rec[3..11], &[0, 1, 0, 0, 0, 0, 0, 7]);
+            assert_eq!(&rec[13..21], &[0, 1, 0, 0, 0, 0, 0, 7]);
+            assert_ne!(
+                &rec[21..26],
+                b"hello",
+                "{suite:?} left the plaintext in clear"
+            );
+            let (ct, r) = o.open(&mut rec).unwrap();
+            assert_eq!(ct, CONTENT_APPLICATION_DATA);
+            assert_eq!(&rec[r], b"hello");
+        }
+        assert_eq!(Suite::Aes128Gcm.overhead(), 37);
+        assert_eq!(Suite::from_id(0x00a8), Some(Suite::Aes128Gcm));
+        assert_eq!(Suite::from_id(0xc0a8), Some(Suite::Aes128Ccm8));
+        assert_eq!(Suite::from_id(0xc0a4), None);
+    }
+
+    /// A record sealed under one suite never opens under the other with the same keys.
+    #[test]
+    fn suites_do_not_cross() {
+        let (mut s, _) = pair_of(Suite::Aes128Gcm);
+        let (_, mut o) = pair_of(Suite::Aes128Ccm8);
         let mut rec = seal(&mut s, b"hello");
-        assert_eq!(rec.len(), 5 + 29);
-        assert_eq!(&rec[3..11], &[0, 1, 0, 0, 0, 0, 0, 7]);
-        assert_eq!(&rec[13..21], &[0, 1, 0, 0, 0, 0, 0, 7]);
-        let (ct, r) = o.open(&mut rec).unwrap();
-        assert_eq!(ct, CONTENT_APPLICATION_DATA);
-        assert_eq!(&rec[r], b"hello");
+        assert!(o.open(&mut rec).is_err());
     }
 
     #[test]
     fn replay_corruption_truncation_and_epoch_are_drops() {
-        let (mut s, mut o) = pair();
+        for suite in SUITES {
+            drops(suite);
+        }
+    }
+
+    fn drops(suite: Suite) {
+        let (mut s, mut o) = pair_of(suite);
         let rec = seal(&mut s, b"packet");
         let mut bad = rec.clone();
         bad[25] ^= 1;

@@ -34,7 +34,7 @@ use crate::proto::{
     AddressMessage, CONTROL_VERSION, CloseReason, Control, HINT_MARKER, Peernet, ProtoError,
 };
 use crate::pump::{self, Counters, Inbound, Link, OutboundCmd, RateLimit};
-use crate::record::{self, Opener, Sealer};
+use crate::record::{self, Opener, Sealer, Suite};
 use crate::tun::{self, Tun, TunError};
 
 /// Log line prefix of a new session (tests look for it).
@@ -122,6 +122,7 @@ pub async fn run(
         cmd_tx: cmd_tx.clone(),
         ev_tx: ev_tx.clone(),
         lookup,
+        suites: cfg.common.suites.clone().into(),
         hint: if cfg.common.compat {
             cfg.hint.as_bytes().to_vec()
         } else {
@@ -210,6 +211,8 @@ struct Demux {
     ev_tx: mpsc::UnboundedSender<Event>,
     lookup: KeyLookup,
     hint: Vec<u8>,
+    /// Cipher suites we accept, in order of preference.
+    suites: Arc<[Suite]>,
     next_token: u64,
     /// Handshakes in progress, for the total limit.
     handshakes: usize,
@@ -445,8 +448,9 @@ impl Demux {
         };
         let conn = ChannelConn::new(rx, Arc::clone(&self.sock), addr, false);
         let (ev_tx, cmd_tx) = (self.ev_tx.clone(), self.cmd_tx.clone());
+        let suites = Arc::clone(&self.suites);
         tokio::spawn(async move {
-            match dtls::handshake(role, conn).await {
+            match dtls::handshake(role, &suites, conn).await {
                 Ok(est) => {
                     let _ = ev_tx.send(Event::Authenticated {
                         addr,
@@ -665,6 +669,10 @@ impl Manager {
                 &format!("replaced by a new session from {addr}"),
             )
             .await;
+            let mtu = self.cfg.tun.mtu_for(est.suite, addr);
+            if let Some(dev) = self.devices.get_mut(id) {
+                dev.tun.follow_mtu(&self.nl, mtu).await?;
+            }
         }
         let Some(dev) = self.devices.get_mut(id) else {
             return Ok(());
@@ -721,10 +729,11 @@ impl Manager {
             _dtls: dtls_conn::Holder(est.conn),
         });
         tracing::info!(
-            "client {id} {LOG_CONNECTED} from {addr} on {} (local {} peer {})",
+            "client {id} {LOG_CONNECTED} from {addr} on {} (local {} peer {}, {})",
             dev.tun.name,
             dev.pair.server,
-            dev.pair.client
+            dev.pair.client,
+            est.suite.name()
         );
         Ok(())
     }

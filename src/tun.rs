@@ -26,6 +26,20 @@ pub struct Tun {
     pub dev: Arc<tun::AsyncDevice>,
     pub name: String,
     pub index: u32,
+    /// The MTU we set; it follows the session's cipher suite unless `-mtu` fixes it.
+    pub mtu: u32,
+}
+
+impl Tun {
+    /// Sets a new MTU if it differs (a reconnect negotiated another suite or address family).
+    pub async fn follow_mtu(&mut self, nl: &Netlink, mtu: u32) -> Result<(), TunError> {
+        if mtu != self.mtu {
+            tracing::info!("{}: MTU {} -> {mtu}", self.name, self.mtu);
+            nl.set_link_up(self.index, mtu).await?;
+            self.mtu = mtu;
+        }
+        Ok(())
+    }
 }
 
 /// Creates a device from `pattern` (e.g. `dtun%d`), sets its MTU and brings it up.
@@ -56,5 +70,6 @@ pub async fn create(nl: &Netlink, pattern: &str, mtu: u32) -> Result<Tun, TunErr
         dev: Arc::new(dev),
         name,
         index,
+        mtu,
     })
 }

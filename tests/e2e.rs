@@ -345,9 +345,18 @@ fn two_clients_and_a_wrong_key() {
 /// and receives the 8-byte address message; after it answers `empty`, the server's TUN carries
 /// exactly those addresses.
 #[test]
-fn openssl_client_against_server() {
-    let topo = Topo::pair("o");
-    let _server = start_server(&topo.server, 4433, &["-key", "foo", "-port", "4433", "-v"]);
+fn openssl_client_against_server_ccm8() {
+    openssl_client_against_server("o", "PSK-AES128-CCM8", "aes-128-ccm8");
+}
+
+#[test]
+fn openssl_client_against_server_gcm() {
+    openssl_client_against_server("og", "PSK-AES128-GCM-SHA256", "aes-128-gcm");
+}
+
+fn openssl_client_against_server(tag: &str, ossl_cipher: &str, ours: &str) {
+    let topo = Topo::pair(tag);
+    let server = start_server(&topo.server, 4433, &["-key", "foo", "-port", "4433", "-v"]);
     let mut ossl = topo
         .client()
         .command("openssl")
@@ -359,7 +368,7 @@ fn openssl_client_against_server() {
             "-psk_identity",
             "osslc",
             "-cipher",
-            "PSK-AES128-CCM8",
+            ossl_cipher,
             "-connect",
             &format!("{SERVER_IP}:4433"),
             "-quiet",
@@ -386,13 +395,28 @@ fn openssl_client_against_server() {
     ossl.write_stdin(b"empty");
     let sdev = only_tun(&topo.server);
     assert_eq!(wait_p2p(&topo.server, &sdev), (server_ip, client_ip));
+    let log = server.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains(SERVER_CLIENT_CONNECTED) && l.contains(ours)),
+        "server should log the negotiated suite {ours}:\n{log}"
+    );
 }
 
 /// `openssl s_server` as the server: our client completes the handshake with it, takes the
 /// address message typed into s_server, answers with its peernet and brings its TUN up.
 #[test]
-fn openssl_server_against_client() {
-    let topo = Topo::pair("s");
+fn openssl_server_against_client_ccm8() {
+    openssl_server_against_client("s", "PSK-AES128-CCM8", "aes-128-ccm8");
+}
+
+#[test]
+fn openssl_server_against_client_gcm() {
+    openssl_server_against_client("sg", "PSK-AES128-GCM-SHA256", "aes-128-gcm");
+}
+
+fn openssl_server_against_client(tag: &str, ossl_cipher: &str, ours: &str) {
+    let topo = Topo::pair(tag);
     let mut ossl = topo
         .server
         .command("openssl")
@@ -405,7 +429,7 @@ fn openssl_server_against_client() {
             "-psk_hint",
             "dtun",
             "-cipher",
-            "PSK-AES128-CCM8",
+            ossl_cipher,
             "-accept",
             "4433",
         ])
@@ -437,7 +461,7 @@ fn openssl_server_against_client() {
     wait_for(UP, "handshake completed at s_server", || {
         assert_running(&mut ossl, "openssl s_server");
         assert_running(&mut client, "dtun client");
-        seen(&ossl, "CIPHER is PSK-AES128-CCM8")
+        seen(&ossl, &format!("CIPHER is {ossl_cipher}"))
     });
     assert!(
         seen(&ossl, "got 'dtun'"),
@@ -452,6 +476,12 @@ fn openssl_server_against_client() {
         String::from_utf8_lossy(&ossl.stdout_bytes()).contains("10.200.0.0/24")
     });
     client.wait_log(CLIENT_TUNNEL_UP, UP);
+    let log = client.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains(CLIENT_TUNNEL_UP) && l.contains(ours)),
+        "client should log the negotiated suite {ours}:\n{log}"
+    );
     let cdev = only_tun(topo.client());
     assert_eq!(
         wait_p2p(topo.client(), &cdev),

@@ -812,6 +812,30 @@ fn check_drops(cap: &Capture) {
     );
 }
 
+/// `dtls::server_hello_suite`, which tells us the suite the DTLS crate negotiated, finds
+/// CCM_8 in the one datagram carrying the ServerHello and nothing in any other datagram.
+fn check_server_hello_sniff(cap: &Capture) {
+    let mut frames: Vec<usize> = cap.records.iter().map(|r| r.frame).collect();
+    frames.dedup();
+    let mut found = Vec::new();
+    for f in frames {
+        let datagram: Vec<u8> = cap.frame(f).iter().flat_map(|r| r.bytes.clone()).collect();
+        if let Some(id) = dtun::dtls::server_hello_suite(&datagram) {
+            found.push((f, id));
+        }
+    }
+    assert_eq!(found.len(), 1, "{}: {found:?}", cap.name);
+    assert_eq!(found[0].1, 0xc0a8, "{}", cap.name);
+    assert!(
+        cap.frame(found[0].0).iter().any(|r| !r.from_client
+            && r.content_type() == CONTENT_HANDSHAKE
+            && r.body()[0] == HS_SERVER_HELLO),
+        "{}: frame {} holds no ServerHello",
+        cap.name,
+        found[0].0
+    );
+}
+
 macro_rules! known_answers {
     ($module:ident, $file:literal, $records:literal, $first:expr, $second:expr) => {
         mod $module {
@@ -849,6 +873,11 @@ macro_rules! known_answers {
             #[test]
             fn tampered_replayed_and_wrong_key_records_are_dropped() {
                 check_drops(&cap());
+            }
+
+            #[test]
+            fn the_server_hello_suite_is_read_off_the_wire() {
+                check_server_hello_sniff(&cap());
             }
         }
     };

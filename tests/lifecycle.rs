@@ -710,6 +710,21 @@ fn pairing(server_compat: bool, client_compat: bool) {
         clog.contains(want),
         "{what}: the client log should say `{want}`:\n{clog}"
     );
+    // Two of ours agree on AES-128-GCM; the original only knows AES-128-CCM_8.
+    let suite = if negotiated {
+        "aes-128-gcm"
+    } else {
+        "aes-128-ccm8"
+    };
+    client.wait_log(CLIENT_TUNNEL_UP, UP);
+    assert!(
+        client
+            .log()
+            .lines()
+            .any(|l| l.contains(CLIENT_TUNNEL_UP) && l.contains(suite)),
+        "{what}: the client should use {suite}:\n{}",
+        client.log()
+    );
 
     let ping_both = |when: &str| {
         assert!(

@@ -16,7 +16,7 @@ Modes, each one datagram, sent in the order given:
                 moved its window for it would reject the records that follow).
   truncated     the first record cut to half its body: its length field points past the end.
   bad_epoch     the first record with epoch + 1 and a fresh sequence number.
-  oversized     a record whose body is larger than TLS allows (16 KiB plaintext + 17), sent as
+  oversized     a record whose body is larger than TLS allows (16 KiB plaintext + 25), sent as
                 hand-made IP fragments.
   unknown_peer  the datagram verbatim from another source port, where no session exists.
 
@@ -38,8 +38,9 @@ RECORD_HEADER_LEN = 13
 MAX_SEQ = (1 << 48) - 1
 # Far enough ahead of the real sequence numbers that they never reach it during a test.
 SEQ_JUMP = 1_000_000
-# Largest plaintext TLS allows, plus 8 bytes explicit nonce and 8 bytes CCM_8 tag, plus one.
-OVERSIZED_BODY = (1 << 14) + 8 + 8 + 1
+# Largest plaintext TLS allows, plus 8 bytes explicit nonce and a 16-byte tag (GCM; CCM_8's is
+# 8), plus one: oversized under either suite.
+OVERSIZED_BODY = (1 << 14) + 8 + 16 + 1
 # IP payload bytes per fragment: a multiple of 8 that fits a 1500-byte MTU.
 FRAGMENT_PAYLOAD = 1480
 
