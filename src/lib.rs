@@ -11,6 +11,7 @@ pub mod dtls;
 pub mod hooks;
 pub mod kdf;
 pub mod keys;
+pub mod mss;
 pub mod netlink;
 pub mod pool;
 pub mod proto;
