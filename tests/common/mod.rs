@@ -687,3 +687,35 @@ pub fn wait_p2p(ns: &Netns, dev: &str) -> (Ipv4Addr, Ipv4Addr) {
 pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
+
+// ---- Process and kernel figures (appended for the hostile-input test) ----
+
+impl Netns {
+    /// The namespace's UDP counters from /proc/net/snmp (`InDatagrams`, `RcvbufErrors`, ...).
+    pub fn udp_counters(&self) -> BTreeMap<String, u64> {
+        let out = self.run("cat", &["/proc/net/snmp"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut rows = text.lines().filter(|l| l.starts_with("Udp: "));
+        let (Some(names), Some(values)) = (rows.next(), rows.next()) else {
+            panic!("no Udp lines in /proc/net/snmp of {}:\n{text}", self.name);
+        };
+        names
+            .split_whitespace()
+            .zip(values.split_whitespace())
+            .skip(1)
+            .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+            .collect()
+    }
+}
+
+/// Resident set size of process `pid` in KiB (`VmRSS` in /proc/PID/status), if it is running.
+pub fn vm_rss_kib(pid: u32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}

@@ -1,0 +1,313 @@
+#!/usr/bin/env python3
+"""Hostile input for a dtun server, for tests/attack.rs. Run each mode inside a test's own
+network namespace (root needed for raw and packet sockets); it never sends anywhere else than
+--dst.
+
+  attack.py catch-hello --port P --out FILE [--timeout 10]
+      Listens on 127.0.0.1:P (UDP), takes the first datagram, checks that it is a DTLS
+      ClientHello (handshake record, epoch 0, handshake type 1, lengths consistent), writes it
+      as hex to FILE and exits 0; exits 1 on timeout or if it is no ClientHello.
+
+  attack.py flood --dst IP --port P --garbage N [--hello FILE --hello-srcs IP,IP,...
+                  --hellos M] [--rate R] [--seed S]
+      Sends N garbage datagrams from a few source ports: random bytes, DTLS-shaped records
+      with bad epochs, bad length fields and bad versions, datagrams of one record followed by
+      a truncated one, and ClientHello-shaped handshake records with garbage bodies (these
+      reach the server's DTLS crate). Interleaved with them, M copies of the captured
+      ClientHello, each from a fresh socket (a new source port), round-robin over
+      --hello-srcs. At most R datagrams a second. Prints one summary line and exits 0.
+
+  attack.py spoof --iface IF --dport P --each N [--hello FILE --hellos M] [--rate R]
+      Captures one application-data datagram leaving IF towards port P (a live session's
+      traffic), then forges N records of each kind below from that datagram's own source
+      address and port, with raw IP packets, and prints one line per kind; with --hello, also
+      M copies of the captured ClientHello from that address and port (a handshake beside the
+      live session, which the attacker cannot complete). Each record is built to be dropped
+      for exactly one reason by the receiver's record layer:
+        replay      the captured record verbatim
+        bad_tag     application data, fresh sequence number, random ciphertext
+        alert       an epoch-1 alert, fresh sequence number, random ciphertext (bad_tag too)
+        bad_epoch   application data in epoch 0 or epoch + 1
+        truncated   a length field that points past the datagram's end
+        oversized   a body larger than TLS allows (sent as IP fragments)
+
+Python standard library only; shares the capture and raw-packet helpers of inject.py.
+"""
+
+import argparse
+import os
+import random
+import socket
+import struct
+import sys
+import time
+
+import inject
+
+RECORD_HEADER_LEN = inject.RECORD_HEADER_LEN
+CONTENT_CCS, CONTENT_ALERT, CONTENT_HANDSHAKE, CONTENT_APP = 20, 21, 22, 23
+HANDSHAKE_CLIENT_HELLO = 1
+DTLS12, DTLS10 = b"\xfe\xfd", b"\xfe\xff"
+# Sequence numbers of forged records start this far above the captured one, so that the
+# replay window never rejects them before their tag is checked.
+SEQ_JUMP = 10_000_000
+
+
+def record(ctype, version, epoch, seq, body, length=None):
+    """One DTLS record; `length` overrides the length field (a lie about the body)."""
+    if length is None:
+        length = len(body)
+    return (
+        bytes([ctype])
+        + version
+        + struct.pack("!H", epoch & 0xFFFF)
+        + (seq & inject.MAX_SEQ).to_bytes(6, "big")
+        + struct.pack("!H", length & 0xFFFF)
+        + body
+    )
+
+
+def is_client_hello(dg):
+    if len(dg) < RECORD_HEADER_LEN + 12:
+        return False
+    length = struct.unpack("!H", dg[11:13])[0]
+    hs_len = int.from_bytes(dg[14:17], "big")
+    return (
+        dg[0] == CONTENT_HANDSHAKE
+        and dg[1] == 0xFE
+        and dg[3:5] == b"\0\0"
+        and dg[13] == HANDSHAKE_CLIENT_HELLO
+        and RECORD_HEADER_LEN + length <= len(dg)
+        and hs_len + 12 <= length + 12
+    )
+
+
+def catch_hello(args):
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", args.port))
+    sock.settimeout(args.timeout)
+    print(f"listening on 127.0.0.1:{args.port}", flush=True)
+    try:
+        dg, addr = sock.recvfrom(65535)
+    except socket.timeout:
+        print("no datagram", flush=True)
+        return 1
+    if not is_client_hello(dg):
+        print(f"not a ClientHello from {addr}: {dg[:32].hex()}", flush=True)
+        return 1
+    tmp = args.out + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(dg.hex())
+    os.rename(tmp, args.out)
+    print(f"ClientHello of {len(dg)} bytes from {addr[0]}:{addr[1]}", flush=True)
+    return 0
+
+
+class Pacer:
+    """Sleeps as needed to keep to `rate` datagrams a second, checked every 100 datagrams."""
+
+    def __init__(self, rate):
+        self.rate = rate
+        self.start = time.monotonic()
+        self.sent = 0
+
+    def tick(self):
+        self.sent += 1
+        if self.rate and self.sent % 100 == 0:
+            ahead = self.sent / self.rate - (time.monotonic() - self.start)
+            if ahead > 0:
+                time.sleep(ahead)
+
+
+def garbage(rng, noise):
+    """(kind, datagram) of one garbage datagram."""
+
+    def rand_bytes(n):
+        at = rng.randrange(0, len(noise) - n)
+        return noise[at : at + n]
+
+    roll = rng.random()
+    if roll < 0.40:
+        return "random", rand_bytes(rng.randint(1, 1400))
+    if roll < 0.85:
+        body = rand_bytes(rng.randint(0, 1200))
+        ctype = rng.choice([CONTENT_APP, CONTENT_APP, CONTENT_ALERT, CONTENT_CCS, CONTENT_HANDSHAKE, rng.randrange(256)])
+        version = rng.choice([DTLS12, DTLS12, DTLS10, rand_bytes(2)])
+        # Epochs that are never right for a peer without a session, and rarely 0 for a
+        # handshake record (those would be ClientHello-shaped, which the next kind covers).
+        epoch = rng.choice([1, 2, 0xFFFF, rng.randrange(1, 0x10000)])
+        length = rng.choice(
+            [0, len(body) + rng.randint(1, 500), 0xFFFF, max(len(body) - 1, 0), (1 << 14) + 100, len(body)]
+        )
+        return "record", record(ctype, version, epoch, rng.randrange(1 << 48), body, length)
+    if roll < 0.95:
+        first = record(CONTENT_APP, DTLS12, 1, rng.randrange(1 << 48), rand_bytes(rng.randint(0, 200)))
+        second = record(CONTENT_APP, DTLS12, 1, rng.randrange(1 << 48), rand_bytes(10), 500)
+        return "multi", first + second
+    # ClientHello-shaped: handshake header (type 1, then lengths, message_seq, fragment
+    # offset and length) with lies in it, and a random body.
+    body = rand_bytes(rng.randint(0, 300))
+    hs_len = rng.choice([len(body), len(body) + 1, 0xFFFFFF, 0, rng.randrange(1 << 24)])
+    frag_off = rng.choice([0, 0, rng.randrange(1 << 24)])
+    frag_len = rng.choice([len(body), 0xFFFFFF, rng.randrange(1 << 24)])
+    hs = (
+        bytes([HANDSHAKE_CLIENT_HELLO])
+        + hs_len.to_bytes(3, "big")
+        + struct.pack("!H", rng.randrange(1 << 16))
+        + frag_off.to_bytes(3, "big")
+        + frag_len.to_bytes(3, "big")
+        + body
+    )
+    length = rng.choice([len(hs), len(hs), len(hs) + 7, 12])
+    return "hello_shaped", record(CONTENT_HANDSHAKE, DTLS12, 0, rng.randrange(1 << 48), hs, length)
+
+
+def flood(args):
+    rng = random.Random(args.seed)
+    noise = os.urandom(1 << 20)
+    dst = (args.dst, args.port)
+    socks = []
+    for _ in range(8):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        socks.append(s)
+    hello = None
+    srcs = []
+    if args.hellos:
+        with open(args.hello) as f:
+            hello = bytes.fromhex(f.read().strip())
+        if not is_client_hello(hello):
+            print("the --hello file holds no ClientHello", flush=True)
+            return 1
+        srcs = args.hello_srcs.split(",")
+    every = args.garbage // args.hellos if args.hellos else 0
+    kept = []
+    kinds = {}
+    hellos = 0
+    ports = set()
+    pacer = Pacer(args.rate)
+    started = time.monotonic()
+    for n in range(args.garbage):
+        kind, dg = garbage(rng, noise)
+        kinds[kind] = kinds.get(kind, 0) + 1
+        sock = socks[n % len(socks)]
+        while True:
+            try:
+                sock.sendto(dg, dst)
+                break
+            except BlockingIOError:
+                time.sleep(0.001)
+        pacer.tick()
+        if hello is not None and hellos < args.hellos and n % every == every - 1:
+            # A fresh socket, so a fresh source port; kept open so that the server's answer
+            # finds a socket rather than making an ICMP error.
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind((srcs[hellos % len(srcs)], 0))
+            s.sendto(hello, dst)
+            ports.add(s.getsockname())
+            kept.append(s)
+            hellos += 1
+            pacer.tick()
+    took = time.monotonic() - started
+    detail = " ".join(f"{k}={v}" for k, v in sorted(kinds.items()))
+    print(
+        f"sent garbage={args.garbage} ({detail}) hellos={hellos} from {len(ports)} source addresses "
+        f"to {args.dst}:{args.port} in {took:.2f}s",
+        flush=True,
+    )
+    for s in socks + kept:
+        s.close()
+    return 0 if hellos == args.hellos else 1
+
+
+def spoof(args):
+    got = inject.capture(args.iface, args.dport, 10.0)
+    if got is None:
+        print(f"no application-data datagram to port {args.dport} seen on {args.iface}", flush=True)
+        return 1
+    src, dst, sport, dport, datagram = got
+    rec = inject.first_record(datagram)
+    epoch = int.from_bytes(rec[3:5], "big")
+    seq = inject.seq_of(rec)
+    print(f"captured {len(rec)}-byte record {src}:{sport} -> {dst}:{dport} epoch={epoch} seq={seq}", flush=True)
+    # The captured record's own body length keeps forged ones plausible (above nonce + tag).
+    body_len = max(len(rec) - RECORD_HEADER_LEN, 64)
+    fresh = iter(range(seq + SEQ_JUMP, seq + SEQ_JUMP + 10 * args.each))
+
+    def forged(kind, i):
+        if kind == "replay":
+            return bytes(rec)
+        if kind == "bad_tag":
+            return record(CONTENT_APP, DTLS12, epoch, next(fresh), os.urandom(body_len))
+        if kind == "alert":
+            return record(CONTENT_ALERT, DTLS12, epoch, next(fresh), os.urandom(26))
+        if kind == "bad_epoch":
+            wrong = 0 if i % 2 else epoch + 1
+            return record(CONTENT_APP, DTLS12, wrong, next(fresh), os.urandom(body_len))
+        if kind == "truncated":
+            body = os.urandom(body_len)
+            return record(CONTENT_APP, DTLS12, epoch, next(fresh), body, len(body) + 1 + i)
+        if kind == "oversized":
+            return record(CONTENT_APP, DTLS12, epoch, next(fresh), os.urandom((1 << 14) + 8 + 16 + 1 + i))
+        raise ValueError(kind)
+
+    kinds = ["replay", "bad_tag", "alert", "bad_epoch", "truncated", "oversized"]
+    sent = {k: 0 for k in kinds}
+    hello = None
+    if args.hellos:
+        with open(args.hello) as f:
+            hello = bytes.fromhex(f.read().strip())
+        if not is_client_hello(hello):
+            print("the --hello file holds no ClientHello", flush=True)
+            return 1
+    raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    pacer = Pacer(args.rate)
+
+    def send(payload):
+        for packet in inject.ip_packets(src, dst, inject.udp_datagram(src, dst, sport, dport, payload)):
+            raw.sendto(packet, (dst, 0))
+        pacer.tick()
+
+    for i in range(args.each):
+        if hello is not None and i < args.hellos:
+            send(hello)
+        for kind in kinds:
+            send(forged(kind, i))
+            sent[kind] += 1
+    raw.close()
+    for kind in kinds:
+        print(f"spoofed {kind}={sent[kind]} from {src}:{sport}", flush=True)
+    if hello is not None:
+        print(f"spoofed client_hello={min(args.hellos, args.each)} from {src}:{sport}", flush=True)
+    return 0
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="mode", required=True)
+    c = sub.add_parser("catch-hello")
+    c.add_argument("--port", type=int, required=True)
+    c.add_argument("--out", required=True)
+    c.add_argument("--timeout", type=float, default=10.0)
+    f = sub.add_parser("flood")
+    f.add_argument("--dst", required=True)
+    f.add_argument("--port", type=int, required=True)
+    f.add_argument("--garbage", type=int, required=True)
+    f.add_argument("--hello")
+    f.add_argument("--hello-srcs", default="0.0.0.0")
+    f.add_argument("--hellos", type=int, default=0)
+    f.add_argument("--rate", type=float, default=0)
+    f.add_argument("--seed", type=int, default=None)
+    s = sub.add_parser("spoof")
+    s.add_argument("--iface", required=True)
+    s.add_argument("--dport", type=int, required=True)
+    s.add_argument("--each", type=int, required=True)
+    s.add_argument("--hello")
+    s.add_argument("--hellos", type=int, default=0)
+    s.add_argument("--rate", type=float, default=0)
+    args = ap.parse_args()
+    return {"catch-hello": catch_hello, "flood": flood, "spoof": spoof}[args.mode](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
