@@ -68,6 +68,9 @@ pub const FLIGHT_INTERVAL: Duration = Duration::from_secs(1);
 /// Half-open handshakes the server keeps at once, in total and per source IP.
 pub const MAX_HANDSHAKES: usize = 256;
 pub const MAX_HANDSHAKES_PER_IP: usize = 8;
+/// A handshake whose peer has not answered the HelloVerifyRequest by then is dropped (its
+/// source may be spoofed); a real client's next ClientHello retransmission starts afresh.
+pub const UNPROVEN_TIMEOUT: Duration = Duration::from_secs(4);
 /// Datagrams queued towards one handshake before further ones are dropped.
 pub const HANDSHAKE_QUEUE: usize = 16;
 /// Size of every packet buffer: a whole UDP datagram or a TUN packet fits.

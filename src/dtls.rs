@@ -7,7 +7,7 @@
 //! retransmitted final flight after the handover.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -71,6 +71,11 @@ pub struct ChannelConn {
     /// Cipher suite of the last ServerHello that went through (0: none yet). The crate does
     /// not tell which suite it negotiated, so we read it off the wire as it passes.
     suite: Arc<AtomicU16>,
+    /// Server: the cookie of the HelloVerifyRequest the crate sent.
+    cookie: Mutex<Option<Vec<u8>>>,
+    /// Server: a ClientHello came back with that cookie, so the peer really receives at its
+    /// address (a spoofed source cannot). Unproven handshakes are the first to be evicted.
+    proven: Arc<AtomicBool>,
 }
 
 impl ChannelConn {
@@ -86,43 +91,104 @@ impl ChannelConn {
             peer,
             connected,
             suite: Arc::default(),
+            cookie: Mutex::default(),
+            proven: Arc::default(),
         }
     }
 
-    fn sniff(&self, datagram: &[u8]) {
+    /// Set once the peer has answered a HelloVerifyRequest with its cookie.
+    pub fn proven(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.proven)
+    }
+
+    /// Reads what the crate does not tell: the negotiated suite, and whether the peer's
+    /// address is proven. Only handshake datagrams pass here.
+    fn sniff(&self, datagram: &[u8], outgoing: bool) {
         if let Some(id) = server_hello_suite(datagram) {
             self.suite.store(id, Ordering::Relaxed);
+        }
+        if self.connected {
+            return;
+        }
+        let Some(cookie) = hello_cookie(datagram, outgoing) else {
+            return;
+        };
+        if let Ok(mut sent) = self.cookie.lock() {
+            if outgoing {
+                *sent = Some(cookie);
+            } else if !cookie.is_empty() && sent.as_ref() == Some(&cookie) {
+                self.proven.store(true, Ordering::Relaxed);
+            }
         }
     }
 }
 
-/// The cipher suite a ServerHello in this datagram chose, if the datagram carries one
-/// (unencrypted, epoch 0, first fragment).
-pub fn server_hello_suite(datagram: &[u8]) -> Option<u16> {
-    const SERVER_HELLO: u8 = 2;
+const CLIENT_HELLO: u8 = 1;
+const SERVER_HELLO: u8 = 2;
+const HELLO_VERIFY_REQUEST: u8 = 3;
+
+/// Calls `f(msg_type, fragment)` for each unencrypted (epoch 0) handshake message in a
+/// datagram whose fragment starts the message.
+fn for_each_hello(datagram: &[u8], mut f: impl FnMut(u8, &[u8])) {
     /// msg_type(1) length(3) message_seq(2) fragment_offset(3) fragment_length(3).
     const HS_HEADER: usize = 12;
+    let u24 = |b: &[u8]| usize::from(b[0]) << 16 | usize::from(b[1]) << 8 | usize::from(b[2]);
     for range in record::records(datagram) {
-        let rec = datagram.get(range.ok()?)?;
+        let Some(rec) = range.ok().and_then(|r| datagram.get(r)) else {
+            return;
+        };
         if rec[0] != CONTENT_HANDSHAKE || rec[3..5] != [0, 0] {
             continue;
         }
         let mut body = &rec[RECORD_HEADER_LEN..];
         while body.len() >= HS_HEADER {
-            let u24 =
-                |b: &[u8]| usize::from(b[0]) << 16 | usize::from(b[1]) << 8 | usize::from(b[2]);
             let (offset, len) = (u24(&body[6..9]), u24(&body[9..12]));
-            let frag = body.get(HS_HEADER..HS_HEADER + len)?;
-            if body[0] == SERVER_HELLO && offset == 0 {
-                // server_version(2) random(32) session_id<0..32> cipher_suite(2)
-                let sid = usize::from(*frag.get(34)?);
-                let cs = frag.get(35 + sid..37 + sid)?;
-                return Some(u16::from_be_bytes([cs[0], cs[1]]));
+            let Some(frag) = body.get(HS_HEADER..HS_HEADER + len) else {
+                return;
+            };
+            if offset == 0 {
+                f(body[0], frag);
             }
             body = &body[HS_HEADER + len..];
         }
     }
-    None
+}
+
+/// The cipher suite a ServerHello in this datagram chose, if the datagram carries one.
+pub fn server_hello_suite(datagram: &[u8]) -> Option<u16> {
+    let mut found = None;
+    for_each_hello(datagram, |t, frag| {
+        if t == SERVER_HELLO {
+            // server_version(2) random(32) session_id<0..32> cipher_suite(2)
+            let sid = frag.get(34).map(|n| usize::from(*n));
+            if let Some(cs) = sid.and_then(|sid| frag.get(35 + sid..37 + sid)) {
+                found = Some(u16::from_be_bytes([cs[0], cs[1]]));
+            }
+        }
+    });
+    found
+}
+
+/// The cookie of a HelloVerifyRequest (`from_server`) or of a ClientHello in this datagram.
+fn hello_cookie(datagram: &[u8], from_server: bool) -> Option<Vec<u8>> {
+    let mut found = None;
+    for_each_hello(datagram, |t, frag| {
+        // HelloVerifyRequest: server_version(2) cookie<0..255>
+        // ClientHello: client_version(2) random(32) session_id<0..32> cookie<0..255> ...
+        let at = match t {
+            HELLO_VERIFY_REQUEST if from_server => Some(2),
+            CLIENT_HELLO if !from_server => frag.get(34).map(|n| 35 + usize::from(*n)),
+            _ => None,
+        };
+        let cookie = at.and_then(|at| {
+            let n = usize::from(*frag.get(at)?);
+            frag.get(at + 1..at + 1 + n)
+        });
+        if let Some(c) = cookie {
+            found = Some(c.to_vec());
+        }
+    });
+    found
 }
 
 #[async_trait]
@@ -134,7 +200,7 @@ impl Conn for ChannelConn {
     async fn recv(&self, buf: &mut [u8]) -> webrtc_util::Result<usize> {
         match self.rx.lock().await.recv().await {
             Some(d) => {
-                self.sniff(&d);
+                self.sniff(&d, false);
                 let n = d.len().min(buf.len());
                 buf[..n].copy_from_slice(&d[..n]);
                 Ok(n)
@@ -155,7 +221,7 @@ impl Conn for ChannelConn {
     }
 
     async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
-        self.sniff(buf);
+        self.sniff(buf, true);
         let r = if self.connected {
             self.sock.send(buf).await
         } else {

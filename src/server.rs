@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
@@ -25,6 +26,7 @@ use crate::config::ServerConfig;
 use crate::consts::{
     BUF_LEN, CONTENT_ALERT, CONTENT_APPLICATION_DATA, CONTENT_HANDSHAKE, FIRST_APP_SEQUENCE,
     HANDSHAKE_QUEUE, KEEPALIVE_MISSES, MAX_HANDSHAKES, MAX_HANDSHAKES_PER_IP, SETUP_TIMEOUT,
+    UNPROVEN_TIMEOUT,
 };
 use crate::dtls::{self, ChannelConn, Established, KeyLookup, Role};
 use crate::hooks::{self, TunnelEnv};
@@ -115,6 +117,7 @@ pub async fn run(
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
     let keys = cfg.keys.clone();
     let lookup: KeyLookup = Arc::new(move |identity: &[u8]| keys.key_for(identity));
+    let demux_counters = Arc::new(DemuxCounters::default());
     let demux = Demux {
         sock: Arc::clone(&sock),
         peers: HashMap::new(),
@@ -131,7 +134,7 @@ pub async fn run(
         next_token: 0,
         handshakes: 0,
         log_limit: RateLimit::new(10),
-        unknown_peer: 0,
+        counters: Arc::clone(&demux_counters),
     };
     let demux_task = tokio::spawn(demux.run());
     tracing::info!(
@@ -151,6 +154,7 @@ pub async fn run(
     };
     mgr.run(ev_rx, shutdown).await;
     demux_task.abort();
+    tracing::info!("server totals: {}", demux_counters.summary());
     Ok(())
 }
 
@@ -200,7 +204,47 @@ struct SessionRx {
 struct Peer {
     session: Option<SessionRx>,
     /// A handshake in progress from this address (also beside a live session).
-    handshake: Option<(u64, mpsc::Sender<Vec<u8>>)>,
+    handshake: Option<Handshake>,
+}
+
+/// A handshake in progress: the crate runs in its own task, fed through `tx`.
+struct Handshake {
+    token: u64,
+    tx: mpsc::Sender<Vec<u8>>,
+    started: Instant,
+    /// The peer echoed the HelloVerifyRequest cookie: its source address is real.
+    proven: Arc<AtomicBool>,
+    task: tokio::task::AbortHandle,
+}
+
+impl Handshake {
+    fn is_proven(&self) -> bool {
+        self.proven.load(Relaxed)
+    }
+}
+
+/// What the demultiplexer saw that belongs to no session, for the shutdown summary.
+#[derive(Default)]
+pub struct DemuxCounters {
+    /// Datagrams from addresses with neither session nor handshake that were no ClientHello.
+    unknown_peer: AtomicU64,
+    handshakes_started: AtomicU64,
+    /// ClientHellos refused because every slot held a proven handshake.
+    handshake_limit: AtomicU64,
+    /// Unproven handshakes dropped for a newcomer or after `UNPROVEN_TIMEOUT`.
+    handshake_evicted: AtomicU64,
+}
+
+impl DemuxCounters {
+    pub fn summary(&self) -> String {
+        format!(
+            "unknown_peer={} handshakes={} handshake_evicted={} handshake_limit={}",
+            self.unknown_peer.load(Relaxed),
+            self.handshakes_started.load(Relaxed),
+            self.handshake_evicted.load(Relaxed),
+            self.handshake_limit.load(Relaxed)
+        )
+    }
 }
 
 struct Demux {
@@ -217,8 +261,7 @@ struct Demux {
     /// Handshakes in progress, for the total limit.
     handshakes: usize,
     log_limit: RateLimit,
-    /// Datagrams from addresses with neither session nor handshake that were no ClientHello.
-    unknown_peer: u64,
+    counters: Arc<DemuxCounters>,
 }
 
 /// Whether a record is a ClientHello in epoch 0 (handshake type 1).
@@ -229,6 +272,7 @@ fn is_client_hello(rec: &[u8]) -> bool {
 impl Demux {
     async fn run(mut self) {
         let mut buf = vec![0u8; BUF_LEN];
+        let mut sweep = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
                 biased;
@@ -236,6 +280,7 @@ impl Demux {
                     Some(cmd) => self.apply(cmd),
                     None => return,
                 },
+                _ = sweep.tick() => self.sweep(),
                 r = self.sock.recv_from(&mut buf) => match r {
                     Ok((n, addr)) => self.datagram(&mut buf[..n], addr).await,
                     Err(e) => {
@@ -251,7 +296,7 @@ impl Demux {
         match cmd {
             DemuxCmd::HandshakeEnded { addr, token } => {
                 if let Some(p) = self.peers.get_mut(&addr)
-                    && p.handshake.as_ref().is_some_and(|(t, _)| *t == token)
+                    && p.handshake.as_ref().is_some_and(|h| h.token == token)
                 {
                     p.handshake = None;
                     self.handshakes -= 1;
@@ -263,8 +308,8 @@ impl Demux {
                 mut session,
             } => {
                 let p = self.peers.entry(addr).or_default();
-                if p.handshake.as_ref().is_some_and(|(t, _)| *t == token) {
-                    session.handshake_tx = p.handshake.take().map(|(_, tx)| tx);
+                if p.handshake.as_ref().is_some_and(|h| h.token == token) {
+                    session.handshake_tx = p.handshake.take().map(|h| h.tx);
                     self.handshakes -= 1;
                 }
                 p.session = Some(session);
@@ -319,7 +364,7 @@ impl Demux {
                 let tx = p
                     .handshake
                     .as_ref()
-                    .map(|(_, tx)| tx)
+                    .map(|h| &h.tx)
                     .or(p.session.as_ref().and_then(|s| s.handshake_tx.as_ref()));
                 match tx {
                     // A full queue means the crate is behind: losing a datagram is what UDP does.
@@ -331,7 +376,7 @@ impl Demux {
             }
             _ if !is_record && is_client_hello(dg) => self.start_handshake(dg, addr),
             _ => {
-                self.unknown_peer += 1;
+                self.counters.unknown_peer.fetch_add(1, Relaxed);
                 self.drop_log(addr, "unknown_peer");
             }
         }
@@ -426,30 +471,81 @@ impl Demux {
         }
     }
 
+    /// The oldest handshake not yet proven (among those from `ip` if given).
+    fn oldest_unproven(&self, ip: Option<IpAddr>) -> Option<SocketAddr> {
+        self.peers
+            .iter()
+            .filter(|(a, _)| ip.is_none_or(|ip| a.ip() == ip))
+            .filter_map(|(a, p)| p.handshake.as_ref().map(|h| (a, h)))
+            .filter(|(_, h)| !h.is_proven())
+            .min_by_key(|(_, h)| h.started)
+            .map(|(a, _)| *a)
+    }
+
+    /// Ends a handshake the crate has not finished: its task is aborted, which drops the
+    /// crate's connection and with it the crate's own tasks.
+    fn evict(&mut self, addr: SocketAddr) {
+        if let Some(h) = self.peers.get_mut(&addr).and_then(|p| p.handshake.take()) {
+            h.task.abort();
+            self.handshakes -= 1;
+            self.counters.handshake_evicted.fetch_add(1, Relaxed);
+        }
+        self.peers
+            .retain(|_, p| p.session.is_some() || p.handshake.is_some());
+    }
+
+    /// Drops handshakes whose peer never answered the HelloVerifyRequest.
+    fn sweep(&mut self) {
+        let stale: Vec<SocketAddr> = self
+            .peers
+            .iter()
+            .filter_map(|(a, p)| p.handshake.as_ref().map(|h| (a, h)))
+            .filter(|(_, h)| !h.is_proven() && h.started.elapsed() >= UNPROVEN_TIMEOUT)
+            .map(|(a, _)| *a)
+            .collect();
+        for a in stale {
+            self.evict(a);
+        }
+    }
+
+    /// Admits a ClientHello under the caps. When full, the oldest handshake whose peer has not
+    /// proven its address makes room: spoofed ClientHellos can never prove theirs, so they
+    /// cannot lock out a real client, whose handshake is proven one round trip in.
     fn start_handshake(&mut self, dg: &[u8], addr: SocketAddr) {
         let per_ip = self
             .peers
             .iter()
             .filter(|(a, p)| a.ip() == addr.ip() && p.handshake.is_some())
             .count();
-        if self.handshakes >= MAX_HANDSHAKES || per_ip >= MAX_HANDSHAKES_PER_IP {
-            self.drop_log(addr, "handshake_limit");
-            return;
+        for (full, scope) in [
+            (per_ip >= MAX_HANDSHAKES_PER_IP, Some(addr.ip())),
+            (self.handshakes >= MAX_HANDSHAKES, None),
+        ] {
+            if !full {
+                continue;
+            }
+            match self.oldest_unproven(scope) {
+                Some(victim) => self.evict(victim),
+                None => {
+                    self.counters.handshake_limit.fetch_add(1, Relaxed);
+                    self.drop_log(addr, "handshake_limit");
+                    return;
+                }
+            }
         }
         let (tx, rx) = mpsc::channel(HANDSHAKE_QUEUE);
         let _ = tx.try_send(dg.to_vec());
         self.next_token += 1;
         let token = self.next_token;
-        self.peers.entry(addr).or_default().handshake = Some((token, tx));
-        self.handshakes += 1;
         let role = Role::Server {
             hint: self.hint.clone(),
             lookup: Arc::clone(&self.lookup),
         };
         let conn = ChannelConn::new(rx, Arc::clone(&self.sock), addr, false);
+        let proven = conn.proven();
         let (ev_tx, cmd_tx) = (self.ev_tx.clone(), self.cmd_tx.clone());
         let suites = Arc::clone(&self.suites);
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             match dtls::handshake(role, &suites, conn).await {
                 Ok(est) => {
                     let _ = ev_tx.send(Event::Authenticated {
@@ -468,6 +564,15 @@ impl Demux {
                 }
             }
         });
+        self.peers.entry(addr).or_default().handshake = Some(Handshake {
+            token,
+            tx,
+            started: Instant::now(),
+            proven,
+            task: task.abort_handle(),
+        });
+        self.handshakes += 1;
+        self.counters.handshakes_started.fetch_add(1, Relaxed);
     }
 }
 
