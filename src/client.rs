@@ -25,7 +25,8 @@ use crate::proto::{
 };
 use crate::pump::{self, Counters, Inbound, Link, OutboundCmd, RateLimit};
 use crate::record::{self, Opener};
-use crate::tun::{self, Tun, TunError};
+use crate::tun::{self, Tun, TunError, TunWriter};
+use crate::udp::{Receiver, Udp};
 
 /// Log line once forwarding starts (tests look for it).
 pub const LOG_TUNNEL_UP: &str = "tunnel up";
@@ -203,6 +204,12 @@ async fn session(
         Ok(s) => Arc::new(s),
         Err(e) => return lost(e),
     };
+    // Batched UDP, but GRO only from step 4 on: the handshake and setup read datagram by
+    // datagram.
+    let udp = match Udp::new(Arc::clone(&sock)).and_then(|u| u.set_gro(false).map(|_| u)) {
+        Ok(u) => u,
+        Err(e) => return lost(ClientError::Socket(server, e)),
+    };
     let mut buf = vec![0u8; BUF_LEN];
 
     // 1. Handshake. Records that overtake the end of our handshake (the address message when
@@ -264,8 +271,9 @@ async fn session(
         record::session_pair(est.suite, &est.keys, true, 1, FIRST_APP_SEQUENCE);
     let counters = Arc::new(Counters::default());
     let link = Link {
-        sock: Arc::clone(&sock),
-        peer: None,
+        udp: udp.clone(),
+        peer: server,
+        connected: true,
     };
 
     // 2. The address message.
@@ -330,20 +338,27 @@ async fn session(
         est.suite.name()
     );
 
-    let (out_tx, out_task) =
-        pump::spawn_outbound(Arc::clone(&t.tun.dev), link, sealer, Arc::clone(&counters));
+    if let Err(e) = udp.set_gro(true) {
+        tracing::debug!("UDP GRO unavailable: {e}");
+    }
+    let (out_tx, out_task) = pump::spawn_outbound(
+        Arc::clone(&t.tun.dev),
+        t.tun.mtu,
+        link,
+        sealer,
+        Arc::clone(&counters),
+    );
     // Without negotiation (an original server, or -compat) no control message goes out or
     // is understood, so no keepalive either.
     let keepalive = negotiated.then_some(cfg.common.keepalive);
     let error = forward(
         &t.tun,
-        &sock,
+        &udp,
         server,
         &mut opener,
         &counters,
         &out_tx,
         keepalive,
-        &mut buf,
         shutdown,
     )
     .await;
@@ -442,15 +457,20 @@ async fn setup_tunnel(
 #[allow(clippy::too_many_arguments)]
 async fn forward(
     tun: &Tun,
-    sock: &UdpSocket,
+    udp: &Udp,
     server: SocketAddr,
     opener: &mut Opener,
     counters: &Counters,
     out_tx: &mpsc::Sender<OutboundCmd>,
     keepalive: Option<Duration>,
-    buf: &mut [u8],
     mut shutdown: Pin<&mut impl Future<Output = ()>>,
 ) -> Option<ClientError> {
+    let mut rx = Receiver::default();
+    let mut sink = Sink {
+        dev: &tun.dev,
+        writer: TunWriter::default(),
+        mss: pump::mss_clamps(tun.mtu),
+    };
     let controls = keepalive.is_some();
     let keepalive = keepalive.unwrap_or_default();
     let mut log_limit = RateLimit::new(5);
@@ -477,7 +497,7 @@ async fn forward(
                     let _ = out_tx.try_send(OutboundCmd::Send(Control::Ping.to_bytes()));
                 }
             }
-            r = sock.recv(buf) => {
+            r = rx.recv(udp) => {
                 let n = match r {
                     Ok(n) => n,
                     // The server's host answers ICMP unreachable: nobody listens any more.
@@ -491,25 +511,61 @@ async fn forward(
                         continue;
                     }
                 };
-                let (authenticated, event) = inbound(opener, counters, &tun.dev, &mut buf[..n], &mut log_limit, controls).await;
-                if authenticated {
-                    last_rx = Instant::now();
+                for i in 0..n {
+                    let (_, datagrams) = rx.datagrams(i);
+                    for dg in datagrams {
+                        let (authenticated, event) =
+                            inbound(opener, counters, &mut sink, dg, &mut log_limit, controls).await;
+                        if authenticated {
+                            last_rx = Instant::now();
+                        }
+                        let end = match event {
+                            None => None,
+                            Some(Ok(Control::Ping)) => {
+                                let _ = out_tx.try_send(OutboundCmd::Send(Control::Pong.to_bytes()));
+                                None
+                            }
+                            Some(Ok(Control::Close { reason: CloseReason::Replaced, detail })) => {
+                                Some(ClientError::Replaced(String::new(), detail))
+                            }
+                            Some(Ok(Control::Close { reason, detail })) => {
+                                tracing::info!("the server is closing the session: {reason:?} {detail}");
+                                None
+                            }
+                            Some(Ok(_)) => None,
+                            Some(Err(why)) => Some(ClientError::Closed(why)),
+                        };
+                        if end.is_some() {
+                            sink.flush().await;
+                            return end;
+                        }
+                    }
                 }
-                match event {
-                    None => {}
-                    Some(Ok(Control::Ping)) => {
-                        let _ = out_tx.try_send(OutboundCmd::Send(Control::Pong.to_bytes()));
-                    }
-                    Some(Ok(Control::Close { reason: CloseReason::Replaced, detail })) => {
-                        return Some(ClientError::Replaced(String::new(), detail));
-                    }
-                    Some(Ok(Control::Close { reason, detail })) => {
-                        tracing::info!("the server is closing the session: {reason:?} {detail}");
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(why)) => return Some(ClientError::Closed(why)),
-                }
+                sink.flush().await;
             }
+        }
+    }
+}
+
+/// Where a session's packets go: the TUN, in coalesced batches.
+struct Sink<'a> {
+    dev: &'a tun_rs::AsyncDevice,
+    writer: TunWriter,
+    /// MSS clamps (IPv4, IPv6) for SYNs from the server's side.
+    mss: (u16, u16),
+}
+
+impl Sink<'_> {
+    async fn push(&mut self, packet: &mut [u8]) {
+        crate::mss::clamp(packet, self.mss.0, self.mss.1);
+        if self.writer.push(packet) {
+            self.flush().await;
+        }
+    }
+
+    async fn flush(&mut self) {
+        if let Err(e) = self.writer.flush(self.dev).await {
+            tracing::debug!("writing to TUN failed: {e}");
         }
     }
 }
@@ -519,7 +575,7 @@ async fn forward(
 async fn inbound(
     opener: &mut Opener,
     counters: &Counters,
-    tun: &::tun::AsyncDevice,
+    sink: &mut Sink<'_>,
     dg: &mut [u8],
     log_limit: &mut RateLimit,
     controls: bool,
@@ -542,18 +598,14 @@ async fn inbound(
         match pump::open(opener, counters, rec) {
             Inbound::Data(r) => {
                 authenticated = true;
-                let data = &rec[r];
+                let data = &mut rec[r];
                 if controls && Control::is_control(data) {
                     match Control::parse(data) {
                         Ok(c) => return (true, Some(Ok(c))),
                         Err(_) => counters.count_drop(pump::Drop::Unexpected),
                     }
                 } else if pump::accept_packet(counters, data) {
-                    if let Err(e) = tun.send(data).await
-                        && log_limit.allow()
-                    {
-                        tracing::debug!("writing to TUN failed: {e}");
-                    }
+                    sink.push(data).await;
                 } else if log_limit.allow() {
                     tracing::debug!("drop reason=not_ip");
                 }

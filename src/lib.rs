@@ -18,4 +18,6 @@ pub mod proto;
 pub mod pump;
 pub mod record;
 pub mod server;
+pub mod sys;
 pub mod tun;
+pub mod udp;

@@ -1,17 +1,24 @@
 //! The data path: moves IP packets between a TUN device and DTLS records, and nothing else.
 //!
 //! Outbound flow (one task per session, [`outbound`]):
-//!   1. the kernel routes a packet to the session's TUN; the task reads it into its one buffer,
-//!      at `PAYLOAD_OFFSET` so the record header fits in front;
-//!   2. packets over the peer's limit (1500 bytes, the original's buffer) are counted and dropped;
-//!   3. the [`Sealer`] encrypts in place and writes header, nonce and tag around it;
-//!   4. one record, one datagram: `send_to` on the shared UDP socket.
+//!   1. the kernel routes packets to the session's TUN; with offload one read brings a TCP
+//!      super-packet of up to 64 KB, which `recv_multiple` splits into MTU-sized packets, each
+//!      into its own slot at `PAYLOAD_OFFSET` so the record header fits in front; what is
+//!      already queued is drained without waiting;
+//!   2. packets over the peer's limit (1500 bytes, the original's buffer) are counted and
+//!      dropped; a TCP SYN gets its MSS clamped to the tunnel ([`crate::mss`]);
+//!   3. the [`Sealer`] encrypts each in place and writes header, nonce and tag around it;
+//!   4. one record, one datagram: runs of equal-sized records leave in one `sendmsg` (UDP GSO,
+//!      [`crate::udp::Batcher`]).
 //!
 //! Inbound flow (the socket's reader, server demultiplexer or client loop, calls [`open`]):
-//!   1. a datagram arrives from the session's peer address;
-//!   2. each record in it is opened in place by the session's [`Opener`] (replay window, tag);
-//!   3. application data whose first nibble is 4 or 6 is written to the TUN by the caller;
-//!      alerts go to the control path; everything else is a counted drop.
+//!   1. `recvmmsg` with UDP GRO brings buffers of same-sized datagrams from one source, split
+//!      by stride into datagrams ([`crate::udp::Receiver`]);
+//!   2. each record in a datagram is opened in place by the session's [`Opener`] (replay
+//!      window, tag);
+//!   3. application data whose first nibble is 4 or 6 goes into a [`crate::tun::TunWriter`]
+//!      batch, written coalesced at the end of the receive batch; alerts go to the control
+//!      path; everything else is a counted drop.
 //!
 //! Buffers are allocated once per task; counters are relaxed atomics, no lock per packet.
 
@@ -20,14 +27,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
+use tun_rs::{AsyncDevice, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
 use crate::consts::{
-    ALERT_CLOSE_NOTIFY, ALERT_LEVEL_WARNING, BUF_LEN, CONTENT_ALERT, CONTENT_APPLICATION_DATA,
+    ALERT_CLOSE_NOTIFY, ALERT_LEVEL_WARNING, CONTENT_ALERT, CONTENT_APPLICATION_DATA,
     MAX_COMPAT_PLAINTEXT, PAYLOAD_OFFSET,
 };
 use crate::record::{DropReason, Opener, SealError, Sealer};
+use crate::udp::{Batcher, Udp};
+
+/// One outbound slot: record header and nonce, a packet of at most 1500 bytes, the tag.
+const SLOT: usize = PAYLOAD_OFFSET + MAX_COMPAT_PLAINTEXT + 16;
+/// Slots per outbound task: two read batches, so a whole super-packet always fits after a read.
+const SLOTS: usize = 2 * IDEAL_BATCH_SIZE;
 
 /// Why a packet or record was dropped, for counters and logs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -222,21 +235,24 @@ pub fn is_lost_datagram(e: &std::io::Error) -> bool {
     )
 }
 
-/// Where a session's records go: the shared server socket and a peer, or a connected socket.
+/// Where a session's records go: a peer through a (possibly shared) socket.
 #[derive(Clone)]
 pub struct Link {
-    pub sock: Arc<UdpSocket>,
-    /// None: the socket is connected to the peer.
-    pub peer: Option<SocketAddr>,
+    pub udp: Udp,
+    pub peer: SocketAddr,
+    /// The socket is connected to `peer` (client): plain `send` for single records.
+    pub connected: bool,
 }
 
 impl Link {
     /// Sends one datagram. A local drop (a firewall's EPERM, a full queue's ENOBUFS, no route
     /// for a moment) is a lost datagram, as on the wire: Ok(0), not an error.
     pub async fn send(&self, datagram: &[u8]) -> std::io::Result<usize> {
-        let r = match self.peer {
-            Some(p) => self.sock.send_to(datagram, p).await,
-            None => self.sock.send(datagram).await,
+        let sock = &self.udp.sock;
+        let r = if self.connected {
+            sock.send(datagram).await
+        } else {
+            sock.send_to(datagram, self.peer).await
         };
         match r {
             Err(e) if is_lost_datagram(&e) => Ok(0),
@@ -283,85 +299,156 @@ pub enum OutboundCmd {
 
 /// Spawns [`outbound`] with its command channel: the sender and the task's handle.
 pub fn spawn_outbound(
-    tun: Arc<tun::AsyncDevice>,
+    tun: Arc<AsyncDevice>,
+    mtu: u32,
     link: Link,
     sealer: Sealer,
     counters: Arc<Counters>,
 ) -> (mpsc::Sender<OutboundCmd>, tokio::task::JoinHandle<Sealer>) {
     let (tx, rx) = mpsc::channel(8);
-    (tx, tokio::spawn(outbound(tun, link, sealer, counters, rx)))
+    let task = Outbound::new(tun, mtu, link, counters);
+    (tx, tokio::spawn(task.run(sealer, rx)))
 }
 
-/// Runs the outbound flow until told to stop (or the TUN fails). Returns the sealer so the
-/// caller can send more control records with the same sequence space.
-pub async fn outbound(
-    tun: Arc<tun::AsyncDevice>,
+/// The outbound task's state: its buffers, allocated once.
+struct Outbound {
+    tun: Arc<AsyncDevice>,
     link: Link,
-    mut sealer: Sealer,
     counters: Arc<Counters>,
-    mut ctl: mpsc::Receiver<OutboundCmd>,
-) -> Sealer {
-    let mut buf = vec![0u8; BUF_LEN];
-    let tag_len = sealer.suite().tag_len();
-    let mut log_limit = RateLimit::new(5);
-    loop {
-        let read_end = BUF_LEN - tag_len;
-        tokio::select! {
-            biased;
-            cmd = ctl.recv() => match cmd {
-                Some(OutboundCmd::Send(msg)) => {
-                    if let Err(e) = link.send_record(&mut sealer, CONTENT_APPLICATION_DATA, &msg).await {
-                        tracing::debug!("control message not sent: {e}");
-                    }
-                }
-                Some(OutboundCmd::Stop { notify: true, farewell }) => {
-                    if let Some(msg) = farewell {
-                        let _ = link.send_record(&mut sealer, CONTENT_APPLICATION_DATA, &msg).await;
-                    }
-                    if let Err(e) = link.send_close_notify(&mut sealer).await {
-                        tracing::debug!("close_notify not sent: {e}");
-                    }
-                    return sealer;
-                }
-                Some(OutboundCmd::Stop { notify: false, .. }) | None => return sealer,
-            },
-            r = tun.recv(&mut buf[PAYLOAD_OFFSET..read_end]) => {
-                let n = match r {
-                    Ok(n) => n,
-                    Err(e) => {
-                        tracing::warn!("reading the TUN device failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                if n > MAX_COMPAT_PLAINTEXT {
-                    counters.count_drop(Drop::TooBig);
-                    continue;
-                }
-                match sealer.seal(CONTENT_APPLICATION_DATA, &mut buf, n) {
-                    Ok(len) => {
-                        if let Err(e) = link.send(&buf[..len]).await {
-                            if log_limit.allow() {
-                                tracing::debug!("sending a record failed: {e}");
-                            }
-                            continue;
+    /// The TUN's raw read: a virtio-net header and up to a 64 KB super-packet.
+    raw: Vec<u8>,
+    slots: Vec<Vec<u8>>,
+    sizes: Vec<usize>,
+    batcher: Batcher,
+    /// MSS clamps for IPv4 and IPv6 SYNs, from the TUN MTU.
+    mss: (u16, u16),
+    log_limit: RateLimit,
+}
+
+impl Outbound {
+    fn new(tun: Arc<AsyncDevice>, mtu: u32, link: Link, counters: Arc<Counters>) -> Self {
+        Outbound {
+            batcher: Batcher::new(&link.udp),
+            tun,
+            link,
+            counters,
+            raw: vec![0u8; VIRTIO_NET_HDR_LEN + 65535],
+            slots: vec![vec![0u8; SLOT]; SLOTS],
+            sizes: vec![0; SLOTS],
+            mss: mss_clamps(mtu),
+            log_limit: RateLimit::new(5),
+        }
+    }
+
+    /// Runs the outbound flow until told to stop (or the sequence space runs out). Returns
+    /// the sealer so the caller can send more control records in the same sequence space.
+    async fn run(mut self, mut sealer: Sealer, mut ctl: mpsc::Receiver<OutboundCmd>) -> Sealer {
+        let link = self.link.clone();
+        loop {
+            tokio::select! {
+                biased;
+                cmd = ctl.recv() => match cmd {
+                    Some(OutboundCmd::Send(msg)) => {
+                        if let Err(e) = link.send_record(&mut sealer, CONTENT_APPLICATION_DATA, &msg).await {
+                            tracing::debug!("control message not sent: {e}");
                         }
-                        counters.tx_packets.fetch_add(1, Relaxed);
-                        counters.tx_bytes.fetch_add(n as u64, Relaxed);
                     }
-                    Err(SealError::SequenceExhausted(_)) => {
-                        tracing::warn!("sequence numbers exhausted: the session must be renewed");
+                    Some(OutboundCmd::Stop { notify: true, farewell }) => {
+                        if let Some(msg) = farewell {
+                            let _ = link.send_record(&mut sealer, CONTENT_APPLICATION_DATA, &msg).await;
+                        }
+                        if let Err(e) = link.send_close_notify(&mut sealer).await {
+                            tracing::debug!("close_notify not sent: {e}");
+                        }
                         return sealer;
                     }
-                    Err(e) => {
-                        if log_limit.allow() {
-                            tracing::debug!("sealing failed: {e}");
+                    Some(OutboundCmd::Stop { notify: false, .. }) | None => return sealer,
+                },
+                r = self.tun.recv_multiple(
+                    &mut self.raw,
+                    &mut self.slots[..IDEAL_BATCH_SIZE],
+                    &mut self.sizes[..IDEAL_BATCH_SIZE],
+                    PAYLOAD_OFFSET,
+                ) => {
+                    let first = match r {
+                        Ok(n) => n,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                        Err(e) => {
+                            if self.log_limit.allow() {
+                                tracing::warn!("reading the TUN device failed: {e}");
+                            }
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
                         }
+                    };
+                    let n = self.drain(first);
+                    if !self.seal_and_send(&mut sealer, n).await {
+                        return sealer;
                     }
                 }
             }
         }
     }
+
+    /// Reads what the TUN already holds, without waiting, while a whole split still fits.
+    fn drain(&mut self, mut n: usize) -> usize {
+        while n + IDEAL_BATCH_SIZE <= SLOTS {
+            match self.tun.try_recv_multiple(
+                &mut self.raw,
+                &mut self.slots[n..n + IDEAL_BATCH_SIZE],
+                &mut self.sizes[n..n + IDEAL_BATCH_SIZE],
+                PAYLOAD_OFFSET,
+            ) {
+                Ok(k) => n += k,
+                Err(_) => break,
+            }
+        }
+        n
+    }
+
+    /// Seals slots `..n` and sends them in GSO runs. False: the sequence space is exhausted.
+    async fn seal_and_send(&mut self, sealer: &mut Sealer, n: usize) -> bool {
+        let peer = self.link.peer;
+        for i in 0..n {
+            let len = self.sizes[i];
+            if len > MAX_COMPAT_PLAINTEXT {
+                self.counters.count_drop(Drop::TooBig);
+                continue;
+            }
+            let slot = &mut self.slots[i];
+            crate::mss::clamp(
+                &mut slot[PAYLOAD_OFFSET..PAYLOAD_OFFSET + len],
+                self.mss.0,
+                self.mss.1,
+            );
+            match sealer.seal(CONTENT_APPLICATION_DATA, slot, len) {
+                Ok(rec) => {
+                    self.batcher.push(&self.link.udp, peer, &slot[..rec]).await;
+                    self.counters.tx_packets.fetch_add(1, Relaxed);
+                    self.counters.tx_bytes.fetch_add(len as u64, Relaxed);
+                }
+                Err(SealError::SequenceExhausted(_)) => {
+                    tracing::warn!("sequence numbers exhausted: the session must be renewed");
+                    return false;
+                }
+                Err(e) => {
+                    if self.log_limit.allow() {
+                        tracing::debug!("sealing failed: {e}");
+                    }
+                }
+            }
+        }
+        self.batcher.flush(&self.link.udp, peer).await;
+        true
+    }
+}
+
+/// MSS clamps (IPv4, IPv6) for a tunnel of `mtu`.
+pub fn mss_clamps(mtu: u32) -> (u16, u16) {
+    (
+        crate::mss::mss_for_mtu(mtu, false),
+        crate::mss::mss_for_mtu(mtu, true),
+    )
 }
 
 #[cfg(test)]

@@ -9,8 +9,8 @@
 use std::ops::Range;
 
 use aes::Aes128;
-use ccm::aead::AeadInOut;
-use ccm::aead::array::Array;
+use ccm::aead::AeadInPlace;
+use ccm::aead::generic_array::GenericArray;
 use ccm::consts::{U8, U12};
 use ccm::{Ccm, KeyInit};
 
@@ -127,7 +127,9 @@ enum Cipher {
 impl Cipher {
     fn new(suite: Suite, key: &[u8; 16]) -> Cipher {
         match suite {
-            Suite::Aes128Ccm8 => Cipher::Ccm8(Box::new(Aes128Ccm8::new(&Array::from(*key)))),
+            Suite::Aes128Ccm8 => {
+                Cipher::Ccm8(Box::new(Aes128Ccm8::new(GenericArray::from_slice(key))))
+            }
             Suite::Aes128Gcm => Cipher::Gcm(Box::new(LessSafeKey::new(
                 // A 16-byte key is always valid for AES-128-GCM.
                 UnboundKey::new(&AES_128_GCM, key).expect("AES-128 key is 16 bytes"),
@@ -221,7 +223,7 @@ impl Sealer {
         match &self.cipher {
             Cipher::Ccm8(c) => {
                 let tag = c
-                    .encrypt_inout_detached(&Array::from(nonce), &aad, payload.into())
+                    .encrypt_in_place_detached(GenericArray::from_slice(&nonce), &aad, payload)
                     .map_err(|_| SealError::BufferTooSmall(len))?;
                 tag_out[..tag_len].copy_from_slice(&tag);
             }
@@ -295,14 +297,18 @@ impl Opener {
         let nonce = nonce(&self.salt, &head[RECORD_HEADER_LEN..PAYLOAD_OFFSET]);
         let (payload, tag) = rest.split_at_mut(len);
         let ok = match &self.cipher {
-            Cipher::Ccm8(c) => c
-                .decrypt_inout_detached(
-                    &Array::from(nonce),
+            Cipher::Ccm8(c) => {
+                if tag.len() != 8 {
+                    return Err(DropReason::Truncated);
+                }
+                c.decrypt_in_place_detached(
+                    GenericArray::from_slice(&nonce),
                     &aad,
-                    payload.into(),
-                    &Array::try_from(&tag[..]).map_err(|_| DropReason::Truncated)?,
+                    payload,
+                    GenericArray::from_slice(tag),
                 )
-                .is_ok(),
+                .is_ok()
+            }
             Cipher::Gcm(k) => {
                 let tag: [u8; 16] = tag[..].try_into().map_err(|_| DropReason::Truncated)?;
                 k.open_in_place_separate_tag(

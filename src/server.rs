@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 use crate::authz;
 use crate::config::ServerConfig;
 use crate::consts::{
-    BUF_LEN, CONTENT_ALERT, CONTENT_APPLICATION_DATA, CONTENT_HANDSHAKE, FIRST_APP_SEQUENCE,
+    CONTENT_ALERT, CONTENT_APPLICATION_DATA, CONTENT_HANDSHAKE, FIRST_APP_SEQUENCE,
     HANDSHAKE_QUEUE, KEEPALIVE_MISSES, MAX_HANDSHAKES, MAX_HANDSHAKES_PER_IP, SETUP_TIMEOUT,
     UNPROVEN_TIMEOUT,
 };
@@ -37,7 +37,8 @@ use crate::proto::{
 };
 use crate::pump::{self, Counters, Inbound, Link, OutboundCmd, RateLimit};
 use crate::record::{self, Opener, Sealer, Suite};
-use crate::tun::{self, Tun, TunError};
+use crate::tun::{self, Tun, TunBatch, TunError};
+use crate::udp::{Receiver, Udp};
 
 /// Log line prefix of a new session (tests look for it).
 pub const LOG_CONNECTED: &str = "connected";
@@ -54,6 +55,8 @@ pub enum ServerError {
         source: std::io::Error,
         hint: &'static str,
     },
+    #[error("cannot set up batched UDP on the server socket: {0}")]
+    Udp(std::io::Error),
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
     #[error(transparent)]
@@ -106,6 +109,7 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     let nl = Netlink::new()?;
     let sock = Arc::new(sock);
+    let udp = Udp::new(Arc::clone(&sock)).map_err(ServerError::Udp)?;
     let mut pool = Pool::new(cfg.pool)?;
     // Fixed addresses are held from the start, so no other id's hash can take them.
     for (id, c) in &cfg.keys.clients {
@@ -119,7 +123,8 @@ pub async fn run(
     let lookup: KeyLookup = Arc::new(move |identity: &[u8]| keys.key_for(identity));
     let demux_counters = Arc::new(DemuxCounters::default());
     let demux = Demux {
-        sock: Arc::clone(&sock),
+        udp: udp.clone(),
+        tun_batch: TunBatch::default(),
         peers: HashMap::new(),
         cmd_rx,
         cmd_tx: cmd_tx.clone(),
@@ -146,7 +151,7 @@ pub async fn run(
     let mut mgr = Manager {
         cfg,
         nl,
-        sock,
+        udp,
         pool,
         cmd_tx,
         devices: HashMap::new(),
@@ -185,7 +190,9 @@ enum DemuxCmd {
 struct SessionRx {
     session_id: u64,
     opener: Opener,
-    tun: Arc<::tun::AsyncDevice>,
+    tun: Arc<tun_rs::AsyncDevice>,
+    /// MSS clamps (IPv4, IPv6) for SYNs into this TUN.
+    mss: (u16, u16),
     counters: Arc<Counters>,
     /// The first application record is the peernet message, not a packet.
     awaiting_peernet: bool,
@@ -248,7 +255,9 @@ impl DemuxCounters {
 }
 
 struct Demux {
-    sock: Arc<UdpSocket>,
+    udp: Udp,
+    /// Packets on their way into the sessions' TUNs, written once per receive batch.
+    tun_batch: TunBatch,
     peers: HashMap<SocketAddr, Peer>,
     cmd_rx: mpsc::UnboundedReceiver<DemuxCmd>,
     cmd_tx: mpsc::UnboundedSender<DemuxCmd>,
@@ -271,7 +280,7 @@ fn is_client_hello(rec: &[u8]) -> bool {
 
 impl Demux {
     async fn run(mut self) {
-        let mut buf = vec![0u8; BUF_LEN];
+        let mut rx = Receiver::default();
         let mut sweep = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
@@ -281,8 +290,16 @@ impl Demux {
                     None => return,
                 },
                 _ = sweep.tick() => self.sweep(),
-                r = self.sock.recv_from(&mut buf) => match r {
-                    Ok((n, addr)) => self.datagram(&mut buf[..n], addr).await,
+                r = rx.recv(&self.udp) => match r {
+                    Ok(n) => {
+                        for i in 0..n {
+                            let (addr, datagrams) = rx.datagrams(i);
+                            for dg in datagrams {
+                                self.datagram(dg, addr).await;
+                            }
+                        }
+                        self.tun_batch.flush().await;
+                    }
                     Err(e) => {
                         // ICMP errors from earlier sends surface here; they are not ours to act on.
                         tracing::trace!("recv_from: {e}");
@@ -357,7 +374,15 @@ impl Demux {
         match peer {
             Some(p) if is_record && p.session.is_some() => {
                 if let Some(s) = p.session.as_mut() {
-                    Self::session_records(s, dg, addr, &self.ev_tx, &mut self.log_limit).await;
+                    Self::session_records(
+                        s,
+                        dg,
+                        addr,
+                        &self.ev_tx,
+                        &mut self.log_limit,
+                        &mut self.tun_batch,
+                    )
+                    .await;
                 }
             }
             Some(p) if !is_record && (p.handshake.is_some() || !is_client_hello(dg)) => {
@@ -388,6 +413,7 @@ impl Demux {
         addr: SocketAddr,
         ev_tx: &mpsc::UnboundedSender<Event>,
         log_limit: &mut RateLimit,
+        tun_batch: &mut TunBatch,
     ) {
         let mut at = 0;
         while at < dg.len() {
@@ -448,11 +474,9 @@ impl Demux {
                         }
                     } else {
                         s.counters.count_rx(r.len());
-                        if let Err(e) = s.tun.send(&rec[r]).await
-                            && log_limit.allow()
-                        {
-                            tracing::debug!("writing to TUN failed: {e}");
-                        }
+                        let packet = &mut rec[r];
+                        crate::mss::clamp(packet, s.mss.0, s.mss.1);
+                        tun_batch.push(&s.tun, packet).await;
                     }
                 }
                 Inbound::Alert(level, desc) => {
@@ -541,7 +565,7 @@ impl Demux {
             hint: self.hint.clone(),
             lookup: Arc::clone(&self.lookup),
         };
-        let conn = ChannelConn::new(rx, Arc::clone(&self.sock), addr, false);
+        let conn = ChannelConn::new(rx, Arc::clone(&self.udp.sock), addr, false);
         let proven = conn.proven();
         let (ev_tx, cmd_tx) = (self.ev_tx.clone(), self.cmd_tx.clone());
         let suites = Arc::clone(&self.suites);
@@ -643,7 +667,7 @@ mod dtls_conn {
 struct Manager {
     cfg: ServerConfig,
     nl: Netlink,
-    sock: Arc<UdpSocket>,
+    udp: Udp,
     pool: Pool,
     cmd_tx: mpsc::UnboundedSender<DemuxCmd>,
     devices: HashMap<String, Device>,
@@ -794,6 +818,7 @@ impl Manager {
                 session_id,
                 opener,
                 tun: Arc::clone(&dev.tun.dev),
+                mss: pump::mss_clamps(dev.tun.mtu),
                 counters: Arc::clone(&counters),
                 awaiting_peernet: true,
                 tunnel_ip: dev.pair.client,
@@ -803,8 +828,9 @@ impl Manager {
             },
         });
         let link = Link {
-            sock: Arc::clone(&self.sock),
-            peer: Some(addr),
+            udp: self.udp.clone(),
+            peer: addr,
+            connected: false,
         };
         let msg = AddressMessage {
             client: dev.pair.client,
@@ -815,6 +841,7 @@ impl Manager {
             .map_err(|e| SessionError::Send(addr, e))?;
         let (out_tx, out_task) = pump::spawn_outbound(
             Arc::clone(&dev.tun.dev),
+            dev.tun.mtu,
             link,
             sealer,
             Arc::clone(&counters),

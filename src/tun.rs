@@ -1,11 +1,21 @@
-//! TUN devices: created through the `tun` crate (a non-persistent device lives exactly as long
-//! as its file descriptor), then MTU and link state set over netlink.
+//! TUN devices through `tun-rs`, with offload: the kernel hands us 64 KB TCP super-packets
+//! (which `recv_multiple` splits into MTU-sized packets) and takes coalesced ones back
+//! ([`TunWriter`], a GRO batch). A non-persistent device lives exactly as long as its file
+//! descriptor; MTU and link state are set over netlink.
 
 use std::sync::Arc;
 
-use tun::AbstractDevice;
+use tun_rs::{AsyncDevice, DeviceBuilder, GROTable};
 
 use crate::netlink::{Netlink, NetlinkError};
+
+/// Packets gathered before one coalesced write to the TUN.
+pub const WRITE_BATCH: usize = 64;
+/// Room in front of each packet of a write batch for the virtio-net header (10 bytes); also
+/// where a record's plaintext is copied from, so it only has to fit the header.
+pub const HEADROOM: usize = 16;
+/// Capacity of each write-batch buffer: coalescing appends up to 64 KB to a flow's first packet.
+const WRITE_CAPACITY: usize = 2 * HEADROOM + 65536;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TunError {
@@ -23,7 +33,7 @@ pub enum TunError {
 
 /// A TUN device that is up.
 pub struct Tun {
-    pub dev: Arc<tun::AsyncDevice>,
+    pub dev: Arc<AsyncDevice>,
     pub name: String,
     pub index: u32,
     /// The MTU we set; it follows the session's cipher suite unless `-mtu` fixes it.
@@ -42,25 +52,36 @@ impl Tun {
     }
 }
 
-/// Creates a device from `pattern` (e.g. `dtun%d`), sets its MTU and brings it up.
+fn build(pattern: &str, offload: bool) -> std::io::Result<AsyncDevice> {
+    DeviceBuilder::new()
+        .name(pattern)
+        .offload(offload)
+        .build_async()
+}
+
+/// Creates a device from `pattern` (e.g. `dtun%d`), sets its MTU and brings it up. Offload is
+/// asked for; a kernel without it gets a plain device (same behaviour, more system calls).
 pub async fn create(nl: &Netlink, pattern: &str, mtu: u32) -> Result<Tun, TunError> {
     if !std::path::Path::new("/dev/net/tun").exists() {
         return Err(TunError::NoTunDevice);
     }
-    let mut cfg = tun::Configuration::default();
-    cfg.tun_name(pattern);
-    let dev = tun::create_as_async(&cfg).map_err(|e| {
-        let why = e.to_string();
-        if why.contains("ermission") || why.contains("not permitted") {
-            TunError::Permission(pattern.to_string())
-        } else {
-            TunError::Create {
-                name: pattern.to_string(),
-                why,
+    let dev = build(pattern, true)
+        .or_else(|e| {
+            tracing::debug!("TUN offload unavailable ({e}); using a plain device");
+            build(pattern, false)
+        })
+        .map_err(|e| {
+            let why = e.to_string();
+            if e.kind() == std::io::ErrorKind::PermissionDenied || why.contains("not permitted") {
+                TunError::Permission(pattern.to_string())
+            } else {
+                TunError::Create {
+                    name: pattern.to_string(),
+                    why,
+                }
             }
-        }
-    })?;
-    let name = dev.tun_name().map_err(|e| TunError::Create {
+        })?;
+    let name = dev.name().map_err(|e| TunError::Create {
         name: pattern.to_string(),
         why: e.to_string(),
     })?;
@@ -72,4 +93,84 @@ pub async fn create(nl: &Netlink, pattern: &str, mtu: u32) -> Result<Tun, TunErr
         index,
         mtu,
     })
+}
+
+/// Packets on their way into a TUN, written together so the kernel gets coalesced TCP
+/// segments (GRO) through an offload device. Buffers are allocated once and reused.
+pub struct TunWriter {
+    pkts: Vec<Vec<u8>>,
+    len: usize,
+    gro: GROTable,
+}
+
+impl Default for TunWriter {
+    fn default() -> Self {
+        TunWriter {
+            pkts: (0..WRITE_BATCH)
+                .map(|_| Vec::with_capacity(WRITE_CAPACITY))
+                .collect(),
+            len: 0,
+            gro: GROTable::default(),
+        }
+    }
+}
+
+impl TunWriter {
+    /// Queues a copy of `packet`; returns true when the batch is full and must be flushed.
+    pub fn push(&mut self, packet: &[u8]) -> bool {
+        if let Some(v) = self.pkts.get_mut(self.len) {
+            v.clear();
+            v.resize(HEADROOM, 0);
+            v.extend_from_slice(packet);
+            self.len += 1;
+        }
+        self.len >= WRITE_BATCH
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Writes the queued packets to `dev`: through an offload device coalesced, each with a
+    /// virtio-net header; otherwise one write per packet.
+    pub async fn flush(&mut self, dev: &AsyncDevice) -> std::io::Result<()> {
+        let n = std::mem::take(&mut self.len);
+        if n == 0 {
+            return Ok(());
+        }
+        dev.send_multiple(&mut self.gro, &mut self.pkts[..n], HEADROOM)
+            .await
+            .map(|_| ())
+    }
+}
+
+/// A [`TunWriter`] for a reader that feeds several devices (the server's demultiplexer): the
+/// batch is written whenever the next packet is for another device, when it is full, and at
+/// the end of each receive batch ([`TunBatch::flush`]).
+#[derive(Default)]
+pub struct TunBatch {
+    writer: TunWriter,
+    dev: Option<Arc<AsyncDevice>>,
+}
+
+impl TunBatch {
+    pub async fn push(&mut self, dev: &Arc<AsyncDevice>, packet: &[u8]) {
+        if self.dev.as_ref().is_some_and(|d| !Arc::ptr_eq(d, dev)) {
+            self.flush().await;
+        }
+        if self.dev.is_none() {
+            self.dev = Some(Arc::clone(dev));
+        }
+        if self.writer.push(packet) {
+            self.flush().await;
+        }
+    }
+
+    pub async fn flush(&mut self) {
+        if let Some(dev) = self.dev.take()
+            && let Err(e) = self.writer.flush(&dev).await
+        {
+            tracing::debug!("writing to TUN failed: {e}");
+        }
+    }
 }

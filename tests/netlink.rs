@@ -21,7 +21,6 @@ use futures::TryStreamExt;
 use ipnet::IpNet;
 use nix::sched::{CloneFlags, unshare};
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags};
-use tun::AbstractDevice;
 
 /// Runs `test` on a current-thread runtime in a thread that has its own network namespace.
 fn in_netns<F, Fut>(test: F)
@@ -43,12 +42,14 @@ where
 }
 
 /// A TUN device named `dtnl%d` in the current namespace; it lives as long as the value.
-fn tun_device() -> (tun::AsyncDevice, String, u32) {
-    let mut config = tun::Configuration::default();
-    config.tun_name("dtnl%d");
-    let device = tun::create_as_async(&config).expect("create TUN device");
-    let name = device.tun_name().expect("TUN name");
-    let index = device.tun_index().expect("TUN index") as u32;
+fn tun_device() -> (tun_rs::AsyncDevice, String, u32) {
+    let device = tun_rs::DeviceBuilder::new()
+        .name("dtnl%d")
+        .enable(false)
+        .build_async()
+        .expect("create TUN device");
+    let name = device.name().expect("TUN name");
+    let index = device.if_index().expect("TUN index");
     (device, name, index)
 }
 

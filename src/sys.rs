@@ -1,0 +1,53 @@
+//! The one place with `unsafe`: socket options that neither std, socket2 nor quinn-udp offer.
+#![allow(unsafe_code)]
+
+use std::os::fd::AsRawFd;
+
+/// Sets IP_MTU_DISCOVER (and IPV6_MTU_DISCOVER on an IPv6 socket) to "want": don't-fragment is
+/// set while a datagram fits the path MTU, and the kernel fragments one that does not (the
+/// default for UDP, which quinn-udp replaces with "probe").
+pub fn set_pmtudisc_want(sock: &socket2::SockRef<'_>) -> std::io::Result<()> {
+    let v4 = setsockopt_int(
+        sock,
+        libc::IPPROTO_IP,
+        libc::IP_MTU_DISCOVER,
+        libc::IP_PMTUDISC_WANT,
+    );
+    let v6 = setsockopt_int(
+        sock,
+        libc::IPPROTO_IPV6,
+        libc::IPV6_MTU_DISCOVER,
+        libc::IPV6_PMTUDISC_WANT,
+    );
+    v4.or(v6)
+}
+
+/// Turns UDP GRO on or off: while on, the kernel may hand over several same-sized datagrams
+/// of one sender as one buffer, with their size in a control message.
+pub fn set_udp_gro(sock: &socket2::SockRef<'_>, on: bool) -> std::io::Result<()> {
+    setsockopt_int(sock, libc::SOL_UDP, libc::UDP_GRO, libc::c_int::from(on))
+}
+
+fn setsockopt_int(
+    sock: &socket2::SockRef<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> std::io::Result<()> {
+    // SAFETY: the fd is a live socket borrowed for the call; the option value is a c_int on
+    // the stack whose size is passed along, as setsockopt(2) requires.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}

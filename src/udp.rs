@@ -1,0 +1,192 @@
+//! Batched UDP through `quinn-udp`: records go out in runs of equal-sized datagrams handed to
+//! the kernel in one `sendmsg` (UDP GSO), and come in through `recvmmsg` with UDP GRO, which
+//! glues same-sized datagrams of one sender into one buffer with a stride. On the wire nothing
+//! changes: every record is still its own datagram, so a peer without any of this (the
+//! original dtun) sees the same packets.
+
+use std::io::IoSliceMut;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+
+use crate::pump::is_lost_datagram;
+
+/// Largest UDP payload of one GSO send over IPv4 (65535 less IP and UDP headers).
+const MAX_GSO_PAYLOAD: usize = 65507;
+/// Receive buffers per `recvmmsg`, each up to 64 KB of coalesced datagrams.
+pub const RECV_BUFS: usize = 8;
+const RECV_BUF_LEN: usize = 65536;
+
+/// A UDP socket with its batching state.
+#[derive(Clone)]
+pub struct Udp {
+    pub sock: Arc<UdpSocket>,
+    state: Arc<UdpSocketState>,
+}
+
+impl Udp {
+    /// Turns on GRO (and IP_PKTINFO) for `sock`: from now on every reader must split what it
+    /// receives by stride ([`Receiver`]).
+    pub fn new(sock: Arc<UdpSocket>) -> std::io::Result<Udp> {
+        let state = UdpSocketState::new((&*sock).into())?;
+        // quinn-udp sets "don't fragment" for path MTU probing; a tunnel whose -mtu is larger
+        // than the path needs the kernel to fragment, as it did before batching.
+        allow_fragmentation(&sock);
+        Ok(Udp {
+            sock,
+            state: Arc::new(state),
+        })
+    }
+
+    /// Turns GRO off (a reader that does not split by stride yet) or back on.
+    pub fn set_gro(&self, on: bool) -> std::io::Result<()> {
+        crate::sys::set_udp_gro(&socket2::SockRef::from(&*self.sock), on)
+    }
+
+    fn max_segments(&self) -> usize {
+        self.state.max_gso_segments().max(1)
+    }
+
+    /// Sends `count` datagrams laid end to end in `buf`, each `segment` bytes but the last,
+    /// which may be shorter. A local drop is a lost datagram (Ok). If the kernel refuses
+    /// segmentation for this size (EINVAL/EMSGSIZE/EIO: a datagram above the path MTU, a
+    /// device without it), the datagrams go one by one.
+    pub async fn send_run(
+        &self,
+        peer: SocketAddr,
+        buf: &[u8],
+        segment: usize,
+        count: usize,
+    ) -> std::io::Result<()> {
+        let t = Transmit {
+            destination: peer,
+            ecn: None,
+            contents: buf,
+            segment_size: (count > 1).then_some(segment),
+            src_ip: None,
+        };
+        let r = self
+            .sock
+            .async_io(Interest::WRITABLE, || {
+                self.state.try_send((&*self.sock).into(), &t)
+            })
+            .await;
+        match r {
+            Ok(()) => Ok(()),
+            Err(e) if is_lost_datagram(&e) => Ok(()),
+            Err(e) if count > 1 => {
+                tracing::trace!("GSO send of {count} x {segment} refused ({e}); sending singly");
+                for d in buf.chunks(segment) {
+                    match self.sock.send_to(d, peer).await {
+                        Err(e) if !is_lost_datagram(&e) => return Err(e),
+                        _ => {}
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Best effort: IP_PMTUDISC_WANT / IPV6_PMTUDISC_WANT (the kernel default for UDP).
+fn allow_fragmentation(sock: &UdpSocket) {
+    let s = socket2::SockRef::from(sock);
+    let _ = crate::sys::set_pmtudisc_want(&s);
+}
+
+/// Gathers records into runs of equal-sized datagrams for [`Udp::send_run`]. One per
+/// sending task; its buffer is allocated once.
+pub struct Batcher {
+    buf: Vec<u8>,
+    segment: usize,
+    count: usize,
+    max_segments: usize,
+}
+
+impl Batcher {
+    pub fn new(udp: &Udp) -> Batcher {
+        Batcher {
+            buf: Vec::with_capacity(MAX_GSO_PAYLOAD + RECV_BUF_LEN),
+            segment: 0,
+            count: 0,
+            max_segments: udp.max_segments(),
+        }
+    }
+
+    /// Adds one datagram, first sending what is queued if `datagram` cannot join the run.
+    pub async fn push(&mut self, udp: &Udp, peer: SocketAddr, datagram: &[u8]) {
+        let len = datagram.len();
+        if self.count > 0
+            && (len > self.segment
+                || self.count == self.max_segments
+                || self.buf.len() + len > MAX_GSO_PAYLOAD)
+        {
+            self.flush(udp, peer).await;
+        }
+        if self.count == 0 {
+            self.segment = len;
+        }
+        self.buf.extend_from_slice(datagram);
+        self.count += 1;
+        // A shorter datagram can only end a run.
+        if len < self.segment {
+            self.flush(udp, peer).await;
+        }
+    }
+
+    pub async fn flush(&mut self, udp: &Udp, peer: SocketAddr) {
+        if self.count > 0
+            && let Err(e) = udp
+                .send_run(peer, &self.buf, self.segment, self.count)
+                .await
+        {
+            tracing::debug!("sending {} record(s) to {peer} failed: {e}", self.count);
+        }
+        self.buf.clear();
+        self.count = 0;
+    }
+}
+
+/// Receive buffers for [`Udp`]: each call returns datagrams as (source, bytes) via a callback.
+pub struct Receiver {
+    bufs: Vec<Vec<u8>>,
+    metas: [RecvMeta; RECV_BUFS],
+}
+
+impl Default for Receiver {
+    fn default() -> Self {
+        Receiver {
+            bufs: vec![vec![0u8; RECV_BUF_LEN]; RECV_BUFS],
+            metas: [RecvMeta::default(); RECV_BUFS],
+        }
+    }
+}
+
+impl Receiver {
+    /// Waits for datagrams and returns how many buffers were filled; read them with
+    /// [`Receiver::datagrams`].
+    pub async fn recv(&mut self, udp: &Udp) -> std::io::Result<usize> {
+        let Receiver { bufs, metas } = self;
+        udp.sock
+            .async_io(Interest::READABLE, || {
+                let mut it = bufs.iter_mut();
+                let mut iovs: [IoSliceMut; RECV_BUFS] = std::array::from_fn(|_| {
+                    IoSliceMut::new(it.next().map(|b| &mut b[..]).unwrap_or_default())
+                });
+                udp.state.recv((&*udp.sock).into(), &mut iovs, metas)
+            })
+            .await
+    }
+
+    /// Buffer `i` of the last receive: its source and its datagrams (split by stride).
+    pub fn datagrams(&mut self, i: usize) -> (SocketAddr, impl Iterator<Item = &mut [u8]> + '_) {
+        let m = self.metas[i];
+        let stride = m.stride.max(1);
+        let end = m.len.min(RECV_BUF_LEN);
+        (m.addr, self.bufs[i][..end].chunks_mut(stride))
+    }
+}
