@@ -131,6 +131,11 @@ impl TunWriter {
         self.len == 0
     }
 
+    /// Forgets the queued packets without writing them.
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
     /// Writes the queued packets to `dev`: through an offload device coalesced, each with a
     /// virtio-net header; otherwise one write per packet.
     pub async fn flush(&mut self, dev: &AsyncDevice) -> std::io::Result<()> {
