@@ -81,7 +81,7 @@ fn fill_packet(buf: &mut [u8], len: usize, i: usize) {
     p[12..16].copy_from_slice(&[10, 86, 0, 2]);
     p[16..20].copy_from_slice(&[10, 86, 0, 1]);
     p[32] = 6 << 4; // data offset 24: one option
-    p[33] = if i % 10 == 0 { 0x02 } else { 0x10 };
+    p[33] = if i.is_multiple_of(10) { 0x02 } else { 0x10 };
     p[40..44].copy_from_slice(&[2, 4, 0x05, 0xb4]); // MSS 1460
 }
 
