@@ -15,7 +15,20 @@ network namespace (root needed for raw and packet sockets); it never sends anywh
       a truncated one, and ClientHello-shaped handshake records with garbage bodies (these
       reach the server's DTLS crate). Interleaved with them, M copies of the captured
       ClientHello, each from a fresh socket (a new source port), round-robin over
-      --hello-srcs. At most R datagrams a second. Prints one summary line and exits 0.
+      --hello-srcs. At most R datagrams a second. Prints one summary line and exits 0; the
+      line also sorts the garbage the way the server's demultiplexer does (`demux_*=`, see
+      demux_class), so a test can tell how much of it was bound to count as unknown_peer:
+      the records, and `demux_other_unopened`, the `other` datagrams a socket sent before
+      its first ClientHello-shaped one (no handshake can be open from its port yet).
+
+  attack.py hello-flood --dst IP --port P --hello FILE --first-src IP --sources N
+                        --rate R --seconds S
+      Sends the captured ClientHello with raw IPv4 packets (IP_HDRINCL) from N spoofed
+      source addresses, --first-src and the N - 1 after it, round-robin, for S seconds at R
+      datagrams a second. Each datagram comes from a source address and port never used
+      before, so each asks the server for a handshake of its own, which can never complete:
+      the server's HelloVerifyRequest goes to an address where nothing listens. Prints
+      "flooding" when it starts, one summary line at the end, and exits 0.
 
   attack.py spoof --iface IF --dport P --each N [--hello FILE --hellos M] [--rate R]
       Captures one application-data datagram leaving IF towards port P (a live session's
@@ -80,6 +93,22 @@ def is_client_hello(dg):
         and RECORD_HEADER_LEN + length <= len(dg)
         and hs_len + 12 <= length + 12
     )
+
+
+def demux_class(dg):
+    """How the server's demultiplexer (src/server.rs `Demux::datagram`) takes a datagram from
+    an address that has no session: `record` (application data, or an alert past epoch 0:
+    always an unknown_peer drop), `hello` (ClientHello-shaped: starts a handshake, or feeds
+    the one already open from that address), `other` (fed to an open handshake from that
+    address, else an unknown_peer drop) or `empty` (ignored)."""
+    if not dg:
+        return "empty"
+    epoch = struct.unpack("!H", dg[3:5])[0] if len(dg) >= 5 else 0
+    if dg[0] == CONTENT_APP or (dg[0] == CONTENT_ALERT and epoch > 0):
+        return "record"
+    if len(dg) > 13 and dg[0] == CONTENT_HANDSHAKE and dg[3:5] == b"\0\0" and dg[13] == HANDSHAKE_CLIENT_HELLO:
+        return "hello"
+    return "other"
 
 
 def catch_hello(args):
@@ -183,6 +212,8 @@ def flood(args):
     every = args.garbage // args.hellos if args.hellos else 0
     kept = []
     kinds = {}
+    classes = {c: 0 for c in ["record", "hello", "other", "empty", "other_unopened"]}
+    opened = [False] * len(socks)
     hellos = 0
     ports = set()
     pacer = Pacer(args.rate)
@@ -190,6 +221,11 @@ def flood(args):
     for n in range(args.garbage):
         kind, dg = garbage(rng, noise)
         kinds[kind] = kinds.get(kind, 0) + 1
+        cls = demux_class(dg)
+        classes[cls] += 1
+        if cls == "other" and not opened[n % len(socks)]:
+            classes["other_unopened"] += 1
+        opened[n % len(socks)] |= cls == "hello"
         sock = socks[n % len(socks)]
         while True:
             try:
@@ -210,14 +246,50 @@ def flood(args):
             pacer.tick()
     took = time.monotonic() - started
     detail = " ".join(f"{k}={v}" for k, v in sorted(kinds.items()))
+    demux = " ".join(f"demux_{k}={v}" for k, v in classes.items())
     print(
-        f"sent garbage={args.garbage} ({detail}) hellos={hellos} from {len(ports)} source addresses "
-        f"to {args.dst}:{args.port} in {took:.2f}s",
+        f"sent garbage={args.garbage} ({detail}) ({demux}) hellos={hellos} from {len(ports)} "
+        f"source addresses to {args.dst}:{args.port} in {took:.2f}s (took_ms={int(took * 1000)})",
         flush=True,
     )
     for s in socks + kept:
         s.close()
     return 0 if hellos == args.hellos else 1
+
+
+def hello_flood(args):
+    with open(args.hello) as f:
+        hello = bytes.fromhex(f.read().strip())
+    if not is_client_hello(hello):
+        print("the --hello file holds no ClientHello", flush=True)
+        return 1
+    first = struct.unpack("!I", socket.inet_aton(args.first_src))[0]
+    srcs = [socket.inet_ntoa(struct.pack("!I", first + i)) for i in range(args.sources)]
+    total = int(args.rate * args.seconds)
+    raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    print(f"flooding {args.dst}:{args.port} from {srcs[0]} to {srcs[-1]}", flush=True)
+    used = set()
+    started = time.monotonic()
+    for n in range(total):
+        # Evenly spaced, not in bursts: the server sees a steady stream of newcomers.
+        ahead = started + n / args.rate - time.monotonic()
+        if ahead > 0:
+            time.sleep(ahead)
+        src = srcs[n % len(srcs)]
+        # A new port on every round over the addresses: no (address, port) repeats.
+        sport = 20000 + n // len(srcs)
+        used.add(src)
+        udp = inject.udp_datagram(src, args.dst, sport, args.port, hello)
+        for packet in inject.ip_packets(src, args.dst, udp):
+            raw.sendto(packet, (args.dst, 0))
+    took = time.monotonic() - started
+    raw.close()
+    print(
+        f"sent hellos={total} from {len(used)} source addresses to {args.dst}:{args.port} "
+        f"in {took:.2f}s ({total / took:.0f}/s)",
+        flush=True,
+    )
+    return 0
 
 
 def spoof(args):
@@ -298,6 +370,14 @@ def main():
     f.add_argument("--hellos", type=int, default=0)
     f.add_argument("--rate", type=float, default=0)
     f.add_argument("--seed", type=int, default=None)
+    h = sub.add_parser("hello-flood")
+    h.add_argument("--dst", required=True)
+    h.add_argument("--port", type=int, required=True)
+    h.add_argument("--hello", required=True)
+    h.add_argument("--first-src", required=True)
+    h.add_argument("--sources", type=int, required=True)
+    h.add_argument("--rate", type=float, required=True)
+    h.add_argument("--seconds", type=float, required=True)
     s = sub.add_parser("spoof")
     s.add_argument("--iface", required=True)
     s.add_argument("--dport", type=int, required=True)
@@ -306,7 +386,8 @@ def main():
     s.add_argument("--hellos", type=int, default=0)
     s.add_argument("--rate", type=float, default=0)
     args = ap.parse_args()
-    return {"catch-hello": catch_hello, "flood": flood, "spoof": spoof}[args.mode](args)
+    modes = {"catch-hello": catch_hello, "flood": flood, "hello-flood": hello_flood, "spoof": spoof}
+    return modes[args.mode](args)
 
 
 if __name__ == "__main__":
