@@ -3,8 +3,9 @@
 //!
 //! Two long-lived tasks share the work:
 //! - the **demultiplexer** owns the socket's read side and the address → peer table. It opens
-//!   records of live sessions and writes their packets to the TUN (data path), and hands
-//!   handshake datagrams to the crate's per-peer handshake tasks;
+//!   records of live sessions and writes their packets to the TUN in coalesced batches (data
+//!   path), admits ClientHellos under the half-open caps (evicting unproven handshakes first),
+//!   and hands handshake datagrams to the crate's per-peer handshake tasks;
 //! - the **manager** owns the devices, the pool and the sessions' lifecycles (control path): it
 //!   turns a completed handshake into a session, installs routes, ends sessions and removes
 //!   idle devices. It talks to the demultiplexer through [`DemuxCmd`] messages.
@@ -302,7 +303,7 @@ impl Demux {
                     }
                     Err(e) => {
                         // ICMP errors from earlier sends surface here; they are not ours to act on.
-                        tracing::trace!("recv_from: {e}");
+                        tracing::trace!("recvmmsg: {e}");
                     }
                 },
             }

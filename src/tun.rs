@@ -127,10 +127,6 @@ impl TunWriter {
         self.len >= WRITE_BATCH
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// Forgets the queued packets without writing them.
     pub fn clear(&mut self) {
         self.len = 0;

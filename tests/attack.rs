@@ -50,7 +50,7 @@
 mod common;
 
 use common::{
-    DTUN, Netns, Proc, Topo, UP, assert_running, only_tun, parse_ping_stats, path_str,
+    DTUN, Netns, Proc, Topo, UP, assert_running, lines_with, only_tun, parse_ping_stats, path_str,
     start_client, start_server, vm_rss_kib, wait_p2p,
 };
 use dtun::client::LOG_TUNNEL_UP;
@@ -155,12 +155,6 @@ fn names_ip(line: &str, ip: &str) -> bool {
 }
 
 /// Lines of `log` that contain every one of `needles`.
-fn lines_with(log: &str, needles: &[&str]) -> usize {
-    log.lines()
-        .filter(|l| needles.iter().all(|n| l.contains(n)))
-        .count()
-}
-
 /// The server's failed-handshake lines for peers at `ip`.
 fn handshakes_failed(log: &str, ip: &str) -> usize {
     log.lines()

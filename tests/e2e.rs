@@ -397,8 +397,7 @@ fn openssl_client_against_server(tag: &str, ossl_cipher: &str, ours: &str) {
     assert_eq!(wait_p2p(&topo.server, &sdev), (server_ip, client_ip));
     let log = server.log();
     assert!(
-        log.lines()
-            .any(|l| l.contains(SERVER_CLIENT_CONNECTED) && l.contains(ours)),
+        common::lines_with(&log, &[SERVER_CLIENT_CONNECTED, ours]) > 0,
         "server should log the negotiated suite {ours}:\n{log}"
     );
 }
@@ -478,8 +477,7 @@ fn openssl_server_against_client(tag: &str, ossl_cipher: &str, ours: &str) {
     client.wait_log(CLIENT_TUNNEL_UP, UP);
     let log = client.log();
     assert!(
-        log.lines()
-            .any(|l| l.contains(CLIENT_TUNNEL_UP) && l.contains(ours)),
+        common::lines_with(&log, &[CLIENT_TUNNEL_UP, ours]) > 0,
         "client should log the negotiated suite {ours}:\n{log}"
     );
     let cdev = only_tun(topo.client());

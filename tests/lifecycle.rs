@@ -718,10 +718,7 @@ fn pairing(server_compat: bool, client_compat: bool) {
     };
     client.wait_log(CLIENT_TUNNEL_UP, UP);
     assert!(
-        client
-            .log()
-            .lines()
-            .any(|l| l.contains(CLIENT_TUNNEL_UP) && l.contains(suite)),
+        common::lines_with(&client.log(), &[CLIENT_TUNNEL_UP, suite]) > 0,
         "{what}: the client should use {suite}:\n{}",
         client.log()
     );

@@ -47,6 +47,13 @@ fn next_id() -> usize {
     COUNTER.fetch_add(1, Ordering::Relaxed)
 }
 
+/// How many lines of `log` contain every one of `needles`.
+pub fn lines_with(log: &str, needles: &[&str]) -> usize {
+    log.lines()
+        .filter(|l| needles.iter().all(|n| l.contains(n)))
+        .count()
+}
+
 /// Polls `cond` every 50 ms until it holds; panics with `what` once `timeout` has passed.
 pub fn wait_for(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
