@@ -23,7 +23,7 @@ use crate::netlink::{Netlink, NetlinkError};
 use crate::proto::{
     AddressMessage, CONTROL_VERSION, CloseReason, Control, HINT_MARKER, ProtoError,
 };
-use crate::pump::{self, Counters, Inbound, Link, OutboundCmd, RateLimit};
+use crate::pump::{self, Counters, Inbound, Inbox, Link, OutboundCmd, RateLimit};
 use crate::record::{self, Opener};
 use crate::tun::{self, Tun, TunError, TunWriter};
 use crate::udp::{Receiver, Udp};
@@ -466,6 +466,7 @@ async fn forward(
     mut shutdown: Pin<&mut impl Future<Output = ()>>,
 ) -> Option<ClientError> {
     let mut rx = Receiver::default();
+    let mut inbox = Inbox::default();
     let mut sink = Sink {
         dev: &tun.dev,
         writer: TunWriter::default(),
@@ -512,33 +513,21 @@ async fn forward(
                     }
                 };
                 for i in 0..n {
-                    let (_, datagrams) = rx.datagrams(i);
-                    for dg in datagrams {
-                        let (authenticated, event) =
-                            inbound(opener, counters, &mut sink, dg, &mut log_limit, controls).await;
-                        if authenticated {
-                            last_rx = Instant::now();
-                        }
-                        let end = match event {
-                            None => None,
-                            Some(Ok(Control::Ping)) => {
-                                let _ = out_tx.try_send(OutboundCmd::Send(Control::Pong.to_bytes()));
-                                None
-                            }
-                            Some(Ok(Control::Close { reason: CloseReason::Replaced, detail })) => {
-                                Some(ClientError::Replaced(String::new(), detail))
-                            }
-                            Some(Ok(Control::Close { reason, detail })) => {
-                                tracing::info!("the server is closing the session: {reason:?} {detail}");
-                                None
-                            }
-                            Some(Ok(_)) => None,
-                            Some(Err(why)) => Some(ClientError::Closed(why)),
-                        };
-                        if end.is_some() {
-                            sink.flush().await;
-                            return end;
-                        }
+                    let (_, stride, buf) = rx.buffer(i);
+                    let (authenticated, end) = inbound(
+                        &mut Session { opener, counters, sink: &mut sink, inbox: &mut inbox, out_tx },
+                        buf,
+                        stride,
+                        &mut log_limit,
+                        controls,
+                    )
+                    .await;
+                    if authenticated {
+                        last_rx = Instant::now();
+                    }
+                    if end.is_some() {
+                        sink.flush().await;
+                        return end;
                     }
                 }
                 sink.flush().await;
@@ -570,49 +559,55 @@ impl Sink<'_> {
     }
 }
 
-/// Handles one datagram of a live session. Returns whether any record in it authenticated,
-/// and a control message (Ok) or the end of the session (Err: why) if one came.
+/// What a live session's inbound records act on.
+struct Session<'a, 's> {
+    opener: &'a mut Opener,
+    counters: &'a Counters,
+    sink: &'a mut Sink<'s>,
+    inbox: &'a mut Inbox,
+    out_tx: &'a mpsc::Sender<OutboundCmd>,
+}
+
+/// Handles one receive buffer of a live session (its datagrams, `stride` bytes each). Returns
+/// whether any record in it authenticated, and the end of the session if a record said so.
 async fn inbound(
-    opener: &mut Opener,
-    counters: &Counters,
-    sink: &mut Sink<'_>,
-    dg: &mut [u8],
+    s: &mut Session<'_, '_>,
+    buf: &mut [u8],
+    stride: usize,
     log_limit: &mut RateLimit,
     controls: bool,
-) -> (bool, Option<Result<Control, String>>) {
-    let mut at = 0;
+) -> (bool, Option<ClientError>) {
     let mut authenticated = false;
-    while at < dg.len() {
-        let r = match record::record_at(dg, at) {
-            Ok(r) => r,
-            Err(reason) => {
-                counters.count_drop(pump::Drop::Record(reason));
-                break;
-            }
-        };
-        at = r.end;
-        let rec = &mut dg[r];
-        if rec[0] != CONTENT_APPLICATION_DATA && rec[0] != CONTENT_ALERT {
-            continue; // a late handshake retransmission: the crate is done with it
-        }
-        match pump::open(opener, counters, rec) {
+    // Other content types are late handshake retransmissions: the crate is done with them.
+    let records = s.inbox.open(s.opener, s.counters, buf, stride, |ct| {
+        ct == CONTENT_APPLICATION_DATA || ct == CONTENT_ALERT
+    });
+    for record in records {
+        match record {
             Inbound::Data(r) => {
                 authenticated = true;
-                let data = &mut rec[r];
+                let data = &mut buf[r.clone()];
                 if controls && Control::is_control(data) {
                     match Control::parse(data) {
-                        Ok(c) => return (true, Some(Ok(c))),
-                        Err(_) => counters.count_drop(pump::Drop::Unexpected),
+                        Ok(c) => {
+                            if let Some(end) = on_control(c, s.out_tx) {
+                                return (true, Some(end));
+                            }
+                        }
+                        Err(_) => s.counters.count_drop(pump::Drop::Unexpected),
                     }
-                } else if pump::accept_packet(counters, data) {
-                    sink.push(data).await;
+                } else if pump::accept_packet(s.counters, data) {
+                    s.sink.push(data).await;
                 } else if log_limit.allow() {
                     tracing::debug!("drop reason=not_ip");
                 }
             }
-            Inbound::Alert(_, 0) => return (true, Some(Err("close_notify".into()))),
+            Inbound::Alert(_, 0) => {
+                return (true, Some(ClientError::Closed("close_notify".into())));
+            }
             Inbound::Alert(level, desc) => {
-                return (true, Some(Err(format!("alert {level}/{desc}"))));
+                let why = format!("alert {level}/{desc}");
+                return (true, Some(ClientError::Closed(why)));
             }
             Inbound::Dropped(d) => {
                 if log_limit.allow() {
@@ -622,6 +617,25 @@ async fn inbound(
         }
     }
     (authenticated, None)
+}
+
+/// Acts on a control message from the server; returns the end of the session if it is one.
+fn on_control(msg: Control, out_tx: &mpsc::Sender<OutboundCmd>) -> Option<ClientError> {
+    match msg {
+        Control::Ping => {
+            let _ = out_tx.try_send(OutboundCmd::Send(Control::Pong.to_bytes()));
+            None
+        }
+        Control::Close {
+            reason: CloseReason::Replaced,
+            detail,
+        } => Some(ClientError::Replaced(String::new(), detail)),
+        Control::Close { reason, detail } => {
+            tracing::info!("the server is closing the session: {reason:?} {detail}");
+            None
+        }
+        _ => None,
+    }
 }
 
 /// Waits (up to the setup timeout) for the first application record and returns its plaintext.

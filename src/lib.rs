@@ -3,6 +3,7 @@
 #![deny(unsafe_code)]
 
 pub mod authz;
+pub mod ccm8;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -23,6 +23,7 @@
 //! Buffers are allocated once per task; counters are relaxed atomics, no lock per packet.
 
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -34,7 +35,7 @@ use crate::consts::{
     ALERT_CLOSE_NOTIFY, ALERT_LEVEL_WARNING, CONTENT_ALERT, CONTENT_APPLICATION_DATA,
     MAX_COMPAT_PLAINTEXT, PAYLOAD_OFFSET,
 };
-use crate::record::{DropReason, Opener, SealError, Sealer};
+use crate::record::{DropReason, Opener, Sealer};
 use crate::udp::{Batcher, Udp};
 
 /// One outbound slot: record header and nonce, a packet of at most 1500 bytes, the tag.
@@ -167,8 +168,8 @@ impl RateLimit {
 /// What an inbound record turned out to be.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Inbound {
-    /// Authenticated application data at this range of the record buffer.
-    Data(std::ops::Range<usize>),
+    /// Authenticated application data at this range of the record (or receive buffer).
+    Data(Range<usize>),
     /// An authenticated alert: (level, description).
     Alert(u8, u8),
     /// Counted and dropped.
@@ -177,24 +178,77 @@ pub enum Inbound {
 
 /// Opens one record in place and classifies it; counts drops.
 pub fn open(opener: &mut Opener, counters: &Counters, record: &mut [u8]) -> Inbound {
-    let result = match opener.open(record) {
+    let result = opener.open(record);
+    classify(result, record, counters)
+}
+
+/// What an opened record is (`buf` holds its plaintext); counts it.
+fn classify(
+    result: Result<(u8, Range<usize>), DropReason>,
+    buf: &[u8],
+    counters: &Counters,
+) -> Inbound {
+    let inbound = match result {
         Ok((CONTENT_APPLICATION_DATA, r)) => Inbound::Data(r),
-        Ok((CONTENT_ALERT, r)) if r.len() == 2 => {
-            Inbound::Alert(record[r.start], record[r.start + 1])
-        }
+        Ok((CONTENT_ALERT, r)) if r.len() == 2 => Inbound::Alert(buf[r.start], buf[r.start + 1]),
         Ok(_) => Inbound::Dropped(Drop::Unexpected),
         Err(reason) => Inbound::Dropped(Drop::Record(reason)),
     };
-    match result {
+    match inbound {
         Inbound::Dropped(Drop::Record(_)) => {}
         _ => {
             counters.authenticated.fetch_add(1, Relaxed);
         }
     }
-    if let Inbound::Dropped(d) = result {
+    if let Inbound::Dropped(d) = inbound {
         counters.count_drop(d);
     }
-    result
+    inbound
+}
+
+/// Opens the records of one receive buffer at a time, so CCM_8 records share AES passes
+/// ([`Opener::open_many`]). Its vectors are kept: once grown, a buffer allocates nothing.
+#[derive(Default)]
+pub struct Inbox {
+    ranges: Vec<Result<Range<usize>, DropReason>>,
+    opened: Vec<Result<(u8, Range<usize>), DropReason>>,
+    inbound: Vec<Inbound>,
+}
+
+impl Inbox {
+    /// Opens, in order, the records of the datagrams in `buf` (`stride` bytes each, the last
+    /// one maybe shorter) whose content type `keep` accepts, and classifies each like [`open`]
+    /// (drops counted). Data ranges index `buf`. A malformed record ends its datagram.
+    pub fn open(
+        &mut self,
+        opener: &mut Opener,
+        counters: &Counters,
+        buf: &mut [u8],
+        stride: usize,
+        keep: impl Fn(u8) -> bool,
+    ) -> &[Inbound] {
+        let stride = stride.max(1);
+        self.ranges.clear();
+        for (d, dg) in buf.chunks(stride).enumerate() {
+            let base = d * stride;
+            for r in crate::record::records(dg) {
+                match r {
+                    Ok(r) if !keep(dg[r.start]) => {}
+                    Ok(r) => self.ranges.push(Ok(base + r.start..base + r.end)),
+                    Err(e) => self.ranges.push(Err(e)),
+                }
+            }
+        }
+        self.opened.clear();
+        self.opened
+            .resize(self.ranges.len(), Err(DropReason::Truncated));
+        opener.open_many(buf, &self.ranges, &mut self.opened);
+        self.inbound.clear();
+        for o in self.opened.drain(..) {
+            self.inbound.push(classify(o, buf, counters));
+        }
+        &self.inbound
+    }
 }
 
 /// Whether data starts like an IPv4 or IPv6 packet.
@@ -318,7 +372,9 @@ struct Outbound {
     /// The TUN's raw read: a virtio-net header and up to a 64 KB super-packet.
     raw: Vec<u8>,
     slots: Vec<Vec<u8>>,
+    /// Packet lengths in the slots, then what [`Sealer::seal_many`] made of them.
     sizes: Vec<usize>,
+    records: Vec<usize>,
     batcher: Batcher,
     /// MSS clamps for IPv4 and IPv6 SYNs, from the TUN MTU.
     mss: (u16, u16),
@@ -335,6 +391,7 @@ impl Outbound {
             raw: vec![0u8; VIRTIO_NET_HDR_LEN + 65535],
             slots: vec![vec![0u8; SLOT]; SLOTS],
             sizes: vec![0; SLOTS],
+            records: vec![0; SLOTS],
             mss: mss_clamps(mtu),
             log_limit: RateLimit::new(5),
         }
@@ -413,32 +470,39 @@ impl Outbound {
             let len = self.sizes[i];
             if len > MAX_COMPAT_PLAINTEXT {
                 self.counters.count_drop(Drop::TooBig);
+                self.sizes[i] = usize::MAX; // does not fit a slot: left unsealed
                 continue;
             }
-            let slot = &mut self.slots[i];
             crate::mss::clamp(
-                &mut slot[PAYLOAD_OFFSET..PAYLOAD_OFFSET + len],
+                &mut self.slots[i][PAYLOAD_OFFSET..PAYLOAD_OFFSET + len],
                 self.mss.0,
                 self.mss.1,
             );
-            match sealer.seal(CONTENT_APPLICATION_DATA, slot, len) {
-                Ok(rec) => {
-                    self.batcher.push(&self.link.udp, peer, &slot[..rec]).await;
-                    self.counters.tx_packets.fetch_add(1, Relaxed);
-                    self.counters.tx_bytes.fetch_add(len as u64, Relaxed);
-                }
-                Err(SealError::SequenceExhausted(_)) => {
-                    tracing::warn!("sequence numbers exhausted: the session must be renewed");
-                    return false;
-                }
-                Err(e) => {
-                    if self.log_limit.allow() {
-                        tracing::debug!("sealing failed: {e}");
-                    }
-                }
+        }
+        let sealed = sealer.seal_many(
+            CONTENT_APPLICATION_DATA,
+            &mut self.slots[..n],
+            &self.sizes[..n],
+            &mut self.records[..n],
+        );
+        for i in 0..n {
+            let rec = self.records[i];
+            if rec == 0 {
+                continue;
             }
+            self.batcher
+                .push(&self.link.udp, peer, &self.slots[i][..rec])
+                .await;
+            self.counters.tx_packets.fetch_add(1, Relaxed);
+            self.counters
+                .tx_bytes
+                .fetch_add(self.sizes[i] as u64, Relaxed);
         }
         self.batcher.flush(&self.link.udp, peer).await;
+        if let Err(e) = sealed {
+            tracing::warn!("{e}: the session must be renewed");
+            return false;
+        }
         true
     }
 }

@@ -8,12 +8,7 @@
 
 use std::ops::Range;
 
-use aes::Aes128;
-use ccm::aead::AeadInPlace;
-use ccm::aead::generic_array::GenericArray;
-use ccm::consts::{U8, U12};
-use ccm::{Ccm, KeyInit};
-
+use crate::ccm8::{self, Ccm8, Job};
 use crate::consts::{
     DTLS12_VERSION, EXPLICIT_NONCE_LEN, MAX_RECORD_PLAINTEXT, MAX_SEQUENCE, PAYLOAD_OFFSET,
     RECORD_HEADER_LEN,
@@ -21,8 +16,6 @@ use crate::consts::{
 use ring::aead::{AES_128_GCM, Aad, LessSafeKey, Nonce, Tag, UnboundKey};
 
 use crate::kdf::KeyBlock;
-
-type Aes128Ccm8 = Ccm<Aes128, U8, U12>;
 
 /// A negotiated cipher suite of the record layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,16 +113,14 @@ pub enum SealError {
 }
 
 enum Cipher {
-    Ccm8(Box<Aes128Ccm8>),
+    Ccm8(Box<Ccm8>),
     Gcm(Box<LessSafeKey>),
 }
 
 impl Cipher {
     fn new(suite: Suite, key: &[u8; 16]) -> Cipher {
         match suite {
-            Suite::Aes128Ccm8 => {
-                Cipher::Ccm8(Box::new(Aes128Ccm8::new(GenericArray::from_slice(key))))
-            }
+            Suite::Aes128Ccm8 => Cipher::Ccm8(Box::new(Ccm8::new(key))),
             Suite::Aes128Gcm => Cipher::Gcm(Box::new(LessSafeKey::new(
                 // A 16-byte key is always valid for AES-128-GCM.
                 UnboundKey::new(&AES_128_GCM, key).expect("AES-128 key is 16 bytes"),
@@ -210,22 +201,30 @@ impl Sealer {
         seq: u64,
         explicit: [u8; EXPLICIT_NONCE_LEN],
     ) -> Result<usize, SealError> {
+        if len > MAX_RECORD_PLAINTEXT {
+            return Err(SealError::BufferTooSmall(len));
+        }
         let tag_len = self.suite.tag_len();
         let total = PAYLOAD_OFFSET + len + tag_len;
-        if buf.len() < total || len > MAX_RECORD_PLAINTEXT {
+        if buf.len() < total {
             return Err(SealError::BufferTooSmall(len));
         }
         let epoch_seq = (u64::from(self.epoch) << 48) | (seq & MAX_SEQUENCE);
         let nonce = nonce(&self.salt, &explicit);
         let aad = aad(epoch_seq, content_type, DTLS12_VERSION, len);
-        let (head, rest) = buf.split_at_mut(PAYLOAD_OFFSET);
+        let (head, rest) = buf[..total].split_at_mut(PAYLOAD_OFFSET);
+        write_header(head, content_type, epoch_seq, explicit, len + tag_len);
         let (payload, tag_out) = rest.split_at_mut(len);
         match &self.cipher {
             Cipher::Ccm8(c) => {
-                let tag = c
-                    .encrypt_in_place_detached(GenericArray::from_slice(&nonce), &aad, payload)
-                    .map_err(|_| SealError::BufferTooSmall(len))?;
-                tag_out[..tag_len].copy_from_slice(&tag);
+                let mut job = [Job {
+                    nonce,
+                    aad,
+                    data: payload,
+                    tag: [0; ccm8::TAG_LEN],
+                }];
+                c.seal(&mut job);
+                tag_out.copy_from_slice(&job[0].tag);
             }
             Cipher::Gcm(k) => {
                 let tag = k
@@ -235,16 +234,100 @@ impl Sealer {
                         payload,
                     )
                     .map_err(|_| SealError::BufferTooSmall(len))?;
-                tag_out[..tag_len].copy_from_slice(tag.as_ref());
+                tag_out.copy_from_slice(tag.as_ref());
             }
         }
-        head[0] = content_type;
-        head[1..3].copy_from_slice(&DTLS12_VERSION);
-        head[3..11].copy_from_slice(&epoch_seq.to_be_bytes());
-        head[11..13].copy_from_slice(&((EXPLICIT_NONCE_LEN + len + tag_len) as u16).to_be_bytes());
-        head[RECORD_HEADER_LEN..PAYLOAD_OFFSET].copy_from_slice(&explicit);
         Ok(total)
     }
+
+    /// Seals a batch of packets: slot i holds `sizes[i]` plaintext bytes at `PAYLOAD_OFFSET`,
+    /// and `records[i]` gets the length of its record, or 0 if the packet does not fit its slot
+    /// or is over `MAX_RECORD_PLAINTEXT` (not sent). CCM_8 records are sealed [`ccm8::LANES`] at a time. Fails, leaving the rest
+    /// unsealed, once the sequence numbers run out.
+    pub fn seal_many<S: AsMut<[u8]>>(
+        &mut self,
+        content_type: u8,
+        slots: &mut [S],
+        sizes: &[usize],
+        records: &mut [usize],
+    ) -> Result<(), SealError> {
+        records.fill(0);
+        let ccm = match &self.cipher {
+            Cipher::Ccm8(c) => c,
+            Cipher::Gcm(_) => {
+                for ((slot, &len), rec) in slots.iter_mut().zip(sizes).zip(records.iter_mut()) {
+                    match self.seal(content_type, slot.as_mut(), len) {
+                        Ok(n) => *rec = n,
+                        Err(SealError::BufferTooSmall(_)) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                return Ok(());
+            }
+        };
+        let mut jobs: [Job; ccm8::LANES] = std::array::from_fn(|_| Job::default());
+        let mut tags: [&mut [u8]; ccm8::LANES] = std::array::from_fn(|_| Default::default());
+        let mut n = 0;
+        let mut result = Ok(());
+        for ((slot, &len), rec) in slots.iter_mut().zip(sizes).zip(records.iter_mut()) {
+            let buf = slot.as_mut();
+            if len > MAX_RECORD_PLAINTEXT {
+                continue;
+            }
+            let total = PAYLOAD_OFFSET + len + ccm8::TAG_LEN;
+            if buf.len() < total {
+                continue;
+            }
+            if self.next_seq > MAX_SEQUENCE {
+                result = Err(SealError::SequenceExhausted(self.epoch));
+                break;
+            }
+            let epoch_seq = (u64::from(self.epoch) << 48) | self.next_seq;
+            self.next_seq += 1;
+            let explicit = epoch_seq.to_be_bytes();
+            let (head, rest) = buf[..total].split_at_mut(PAYLOAD_OFFSET);
+            write_header(head, content_type, epoch_seq, explicit, len + ccm8::TAG_LEN);
+            let (payload, tag) = rest.split_at_mut(len);
+            jobs[n] = Job {
+                nonce: nonce(&self.salt, &explicit),
+                aad: aad(epoch_seq, content_type, DTLS12_VERSION, len),
+                data: payload,
+                tag: [0; ccm8::TAG_LEN],
+            };
+            tags[n] = tag;
+            *rec = total;
+            n += 1;
+            if n == ccm8::LANES {
+                seal_pass(ccm, &mut jobs, &mut tags);
+                n = 0;
+            }
+        }
+        seal_pass(ccm, &mut jobs[..n], &mut tags[..n]);
+        result
+    }
+}
+
+fn seal_pass(ccm: &Ccm8, jobs: &mut [Job<'_>], tags: &mut [&mut [u8]]) {
+    ccm.seal(jobs);
+    for (job, tag) in jobs.iter().zip(tags.iter_mut()) {
+        tag.copy_from_slice(&job.tag);
+    }
+}
+
+/// Writes a record header and explicit nonce in front of a body of `sealed_len` bytes
+/// (ciphertext and tag).
+fn write_header(
+    head: &mut [u8],
+    content_type: u8,
+    epoch_seq: u64,
+    explicit: [u8; EXPLICIT_NONCE_LEN],
+    sealed_len: usize,
+) {
+    head[0] = content_type;
+    head[1..3].copy_from_slice(&DTLS12_VERSION);
+    head[3..11].copy_from_slice(&epoch_seq.to_be_bytes());
+    head[11..13].copy_from_slice(&((EXPLICIT_NONCE_LEN + sealed_len) as u16).to_be_bytes());
+    head[RECORD_HEADER_LEN..PAYLOAD_OFFSET].copy_from_slice(&explicit);
 }
 
 /// Receives records: owns the read key and the replay window of one epoch.
@@ -275,6 +358,119 @@ impl Opener {
     /// and where its plaintext now lies inside `record`. The replay window moves only after the
     /// tag verified.
     pub fn open(&mut self, record: &mut [u8]) -> Result<(u8, Range<usize>), DropReason> {
+        let c = self.check(record)?;
+        let tag_len = self.suite.tag_len();
+        let (payload, tag) =
+            record[PAYLOAD_OFFSET..PAYLOAD_OFFSET + c.len + tag_len].split_at_mut(c.len);
+        let ok = match &self.cipher {
+            Cipher::Ccm8(ccm) => {
+                let mut job = [Job {
+                    nonce: c.nonce,
+                    aad: c.aad,
+                    data: payload,
+                    tag: tag.try_into().map_err(|_| DropReason::Truncated)?,
+                }];
+                ccm.open(&mut job) == 1
+            }
+            Cipher::Gcm(k) => {
+                let tag: [u8; 16] = tag[..].try_into().map_err(|_| DropReason::Truncated)?;
+                k.open_in_place_separate_tag(
+                    Nonce::assume_unique_for_key(c.nonce),
+                    Aad::from(c.aad),
+                    Tag::from(tag),
+                    payload,
+                    0..,
+                )
+                .is_ok()
+            }
+        };
+        if !ok {
+            return Err(DropReason::BadTag);
+        }
+        self.window.accept(c.seq);
+        Ok((c.content_type, PAYLOAD_OFFSET..PAYLOAD_OFFSET + c.len))
+    }
+
+    /// Opens the records at `ranges` of `buf` in place and in order: `out[i]` gets record i's
+    /// content type and where its plaintext lies in `buf`, or why it was dropped. The ranges
+    /// ascend and do not overlap; an `Err` among them (a record that did not parse) passes
+    /// through. CCM_8 records are opened [`ccm8::LANES`] at a time; each record still moves
+    /// the replay window in order, after its own tag verified.
+    pub fn open_many(
+        &mut self,
+        buf: &mut [u8],
+        ranges: &[Result<Range<usize>, DropReason>],
+        out: &mut [Result<(u8, Range<usize>), DropReason>],
+    ) {
+        let Cipher::Ccm8(ccm) = &self.cipher else {
+            for (r, o) in ranges.iter().zip(out.iter_mut()) {
+                *o = match r {
+                    Ok(r) => match buf.get_mut(r.clone()) {
+                        Some(rec) => self
+                            .open(rec)
+                            .map(|(ct, p)| (ct, r.start + p.start..r.start + p.end)),
+                        None => Err(DropReason::Truncated),
+                    },
+                    Err(e) => Err(*e),
+                };
+            }
+            return;
+        };
+        let mut jobs: [Job; ccm8::LANES] = std::array::from_fn(|_| Job::default());
+        let mut pending = [Pending::default(); ccm8::LANES];
+        let mut n = 0;
+        let mut rest: &mut [u8] = buf;
+        let mut base = 0;
+        for (i, r) in ranges.iter().enumerate() {
+            out[i] = Err(DropReason::Truncated);
+            let r = match r {
+                Ok(r) if r.start >= base && r.end <= base + rest.len() => r.clone(),
+                Ok(_) => continue,
+                Err(e) => {
+                    out[i] = Err(*e);
+                    continue;
+                }
+            };
+            let (_, tail) = std::mem::take(&mut rest).split_at_mut(r.start - base);
+            let (rec, after) = tail.split_at_mut(r.len());
+            rest = after;
+            base = r.end;
+            let c = match self.check(rec) {
+                Ok(c) => c,
+                Err(e) => {
+                    out[i] = Err(e);
+                    continue;
+                }
+            };
+            let (payload, tag) =
+                rec[PAYLOAD_OFFSET..PAYLOAD_OFFSET + c.len + ccm8::TAG_LEN].split_at_mut(c.len);
+            let Ok(tag) = <[u8; ccm8::TAG_LEN]>::try_from(&*tag) else {
+                continue;
+            };
+            jobs[n] = Job {
+                nonce: c.nonce,
+                aad: c.aad,
+                data: payload,
+                tag,
+            };
+            let start = r.start + PAYLOAD_OFFSET;
+            pending[n] = Pending {
+                index: i,
+                seq: c.seq,
+                content_type: c.content_type,
+                plaintext: (start, start + c.len),
+            };
+            n += 1;
+            if n == ccm8::LANES {
+                open_pass(ccm, &mut self.window, &mut jobs, &pending, out);
+                n = 0;
+            }
+        }
+        open_pass(ccm, &mut self.window, &mut jobs[..n], &pending[..n], out);
+    }
+
+    /// The checks before decryption: header, epoch, lengths, replay window.
+    fn check(&self, record: &[u8]) -> Result<Checked, DropReason> {
         let tag_len = self.suite.tag_len();
         let header = parse_header(record)?;
         if header.epoch != self.epoch {
@@ -292,40 +488,53 @@ impl Opener {
             return Err(DropReason::Replay);
         }
         let epoch_seq = (u64::from(header.epoch) << 48) | header.seq;
-        let aad = aad(epoch_seq, header.content_type, [record[1], record[2]], len);
-        let (head, rest) = record[..RECORD_HEADER_LEN + body_len].split_at_mut(PAYLOAD_OFFSET);
-        let nonce = nonce(&self.salt, &head[RECORD_HEADER_LEN..PAYLOAD_OFFSET]);
-        let (payload, tag) = rest.split_at_mut(len);
-        let ok = match &self.cipher {
-            Cipher::Ccm8(c) => {
-                if tag.len() != 8 {
-                    return Err(DropReason::Truncated);
-                }
-                c.decrypt_in_place_detached(
-                    GenericArray::from_slice(&nonce),
-                    &aad,
-                    payload,
-                    GenericArray::from_slice(tag),
-                )
-                .is_ok()
-            }
-            Cipher::Gcm(k) => {
-                let tag: [u8; 16] = tag[..].try_into().map_err(|_| DropReason::Truncated)?;
-                k.open_in_place_separate_tag(
-                    Nonce::assume_unique_for_key(nonce),
-                    Aad::from(aad),
-                    Tag::from(tag),
-                    payload,
-                    0..,
-                )
-                .is_ok()
-            }
+        Ok(Checked {
+            content_type: header.content_type,
+            seq: header.seq,
+            len,
+            nonce: nonce(&self.salt, &record[RECORD_HEADER_LEN..PAYLOAD_OFFSET]),
+            aad: aad(epoch_seq, header.content_type, [record[1], record[2]], len),
+        })
+    }
+}
+
+/// A record that passed [`Opener::check`].
+struct Checked {
+    content_type: u8,
+    seq: u64,
+    len: usize,
+    nonce: [u8; 12],
+    aad: [u8; 13],
+}
+
+/// A record of a CCM_8 pass awaiting its tag.
+#[derive(Clone, Copy, Default)]
+struct Pending {
+    index: usize,
+    seq: u64,
+    content_type: u8,
+    plaintext: (usize, usize),
+}
+
+/// Opens one pass of records and settles each in order: a verified tag and a sequence number
+/// still new (two copies of one record can share a pass) moves the window.
+fn open_pass(
+    ccm: &Ccm8,
+    window: &mut ReplayWindow,
+    jobs: &mut [Job<'_>],
+    pending: &[Pending],
+    out: &mut [Result<(u8, Range<usize>), DropReason>],
+) {
+    let verified = ccm.open(jobs);
+    for (j, p) in pending.iter().enumerate() {
+        out[p.index] = if verified & (1 << j) == 0 {
+            Err(DropReason::BadTag)
+        } else if !window.check(p.seq) {
+            Err(DropReason::Replay)
+        } else {
+            window.accept(p.seq);
+            Ok((p.content_type, p.plaintext.0..p.plaintext.1))
         };
-        if !ok {
-            return Err(DropReason::BadTag);
-        }
-        self.window.accept(header.seq);
-        Ok((header.content_type, PAYLOAD_OFFSET..PAYLOAD_OFFSET + len))
     }
 }
 
@@ -557,6 +766,70 @@ mod tests {
         assert!(!w.check(164));
         assert!(w.check(165));
         assert!(!w.check(MAX_SEQUENCE + 1));
+    }
+
+    /// A batch seals to the same bytes as one record at a time, and opens back in a batch
+    /// with drops for exactly the damaged, duplicated and unparsed entries.
+    #[test]
+    fn batches_match_single_records_and_drop_per_record() {
+        for suite in SUITES {
+            let (mut one, _) = pair_of(suite);
+            let (mut many, mut opener) = pair_of(suite);
+            let sizes: Vec<usize> = (0..21)
+                .map(|i| [1400, 1400, 1400, 60, 0, 1][i % 6])
+                .collect();
+            let mut slots: Vec<Vec<u8>> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| {
+                    let mut b = vec![0u8; PAYLOAD_OFFSET + n + 16];
+                    b[PAYLOAD_OFFSET..PAYLOAD_OFFSET + n].fill(i as u8);
+                    b
+                })
+                .collect();
+            let singles: Vec<Vec<u8>> = slots
+                .iter()
+                .zip(&sizes)
+                .map(|(b, &n)| seal(&mut one, &b[PAYLOAD_OFFSET..PAYLOAD_OFFSET + n]))
+                .collect();
+            let mut records = vec![0; sizes.len()];
+            many.seal_many(CONTENT_APPLICATION_DATA, &mut slots, &sizes, &mut records)
+                .unwrap();
+            for (i, slot) in slots.iter().enumerate() {
+                assert_eq!(&slot[..records[i]], &singles[i][..], "{suite:?} record {i}");
+            }
+            // One buffer of all records; damage record 5, repeat record 7 as record 8, and
+            // put an unparsed entry last.
+            let mut buf = Vec::new();
+            let mut ranges = Vec::new();
+            for (i, rec) in singles.iter().enumerate() {
+                let rec = if i == 8 { &singles[7] } else { rec };
+                ranges.push(Ok(buf.len()..buf.len() + rec.len()));
+                buf.extend_from_slice(rec);
+            }
+            let last = buf.len() - 1;
+            buf[ranges[5].clone().unwrap().end - 1] ^= 1;
+            ranges.push(Err(DropReason::Truncated));
+            let mut out = vec![Err(DropReason::Oversized); ranges.len()];
+            opener.open_many(&mut buf, &ranges, &mut out);
+            assert!(last < buf.len());
+            for (i, o) in out.iter().enumerate() {
+                match i {
+                    5 => assert_eq!(o, &Err(DropReason::BadTag), "{suite:?}"),
+                    8 => assert_eq!(o, &Err(DropReason::Replay), "{suite:?}"),
+                    21 => assert_eq!(o, &Err(DropReason::Truncated), "{suite:?}"),
+                    _ => {
+                        let (ct, p) = o.clone().unwrap();
+                        assert_eq!(ct, CONTENT_APPLICATION_DATA);
+                        assert_eq!(p.len(), sizes[i], "{suite:?} record {i}");
+                        assert!(buf[p].iter().all(|b| *b == i as u8), "{suite:?} record {i}");
+                    }
+                }
+            }
+            // Record 5's sequence number was not taken by its forgery.
+            let mut good = singles[5].clone();
+            assert!(opener.open(&mut good).is_ok(), "{suite:?}");
+        }
     }
 
     #[test]

@@ -36,7 +36,7 @@ use crate::pool::{Pair, Pool, PoolError};
 use crate::proto::{
     AddressMessage, CONTROL_VERSION, CloseReason, Control, HINT_MARKER, Peernet, ProtoError,
 };
-use crate::pump::{self, Counters, Inbound, Link, OutboundCmd, RateLimit};
+use crate::pump::{self, Counters, Inbound, Inbox, Link, OutboundCmd, RateLimit};
 use crate::record::{self, Opener, Sealer, Suite};
 use crate::tun::{self, Tun, TunBatch, TunError};
 use crate::udp::{Receiver, Udp};
@@ -125,11 +125,15 @@ pub async fn run(
     let demux_counters = Arc::new(DemuxCounters::default());
     let demux = Demux {
         udp: udp.clone(),
-        tun_batch: TunBatch::default(),
+        out: Delivery {
+            ev_tx: ev_tx.clone(),
+            log_limit: RateLimit::new(10),
+            tun_batch: TunBatch::default(),
+            inbox: Inbox::default(),
+        },
         peers: HashMap::new(),
         cmd_rx,
         cmd_tx: cmd_tx.clone(),
-        ev_tx: ev_tx.clone(),
         lookup,
         suites: cfg.common.suites.clone().into(),
         hint: if cfg.common.compat {
@@ -139,7 +143,6 @@ pub async fn run(
         },
         next_token: 0,
         handshakes: 0,
-        log_limit: RateLimit::new(10),
         counters: Arc::clone(&demux_counters),
     };
     let demux_task = tokio::spawn(demux.run());
@@ -255,14 +258,21 @@ impl DemuxCounters {
     }
 }
 
-struct Demux {
-    udp: Udp,
+/// Where the demultiplexer's session records go, and what it needs to open them.
+struct Delivery {
+    ev_tx: mpsc::UnboundedSender<Event>,
+    log_limit: RateLimit,
     /// Packets on their way into the sessions' TUNs, written once per receive batch.
     tun_batch: TunBatch,
+    inbox: Inbox,
+}
+
+struct Demux {
+    udp: Udp,
+    out: Delivery,
     peers: HashMap<SocketAddr, Peer>,
     cmd_rx: mpsc::UnboundedReceiver<DemuxCmd>,
     cmd_tx: mpsc::UnboundedSender<DemuxCmd>,
-    ev_tx: mpsc::UnboundedSender<Event>,
     lookup: KeyLookup,
     hint: Vec<u8>,
     /// Cipher suites we accept, in order of preference.
@@ -270,8 +280,17 @@ struct Demux {
     next_token: u64,
     /// Handshakes in progress, for the total limit.
     handshakes: usize,
-    log_limit: RateLimit,
     counters: Arc<DemuxCounters>,
+}
+
+/// Whether a datagram starts with a record of the record layer: application data, or an
+/// alert after the handshake (epoch 0 alerts are the crate's).
+fn is_record(dg: &[u8]) -> bool {
+    match dg {
+        [CONTENT_APPLICATION_DATA, ..] => true,
+        [CONTENT_ALERT, _, _, e0, e1, ..] => u16::from_be_bytes([*e0, *e1]) > 0,
+        _ => false,
+    }
 }
 
 /// Whether a record is a ClientHello in epoch 0 (handshake type 1).
@@ -294,12 +313,10 @@ impl Demux {
                 r = rx.recv(&self.udp) => match r {
                     Ok(n) => {
                         for i in 0..n {
-                            let (addr, datagrams) = rx.datagrams(i);
-                            for dg in datagrams {
-                                self.datagram(dg, addr).await;
-                            }
+                            let (addr, stride, buf) = rx.buffer(i);
+                            self.buffer(buf, stride, addr).await;
                         }
-                        self.tun_batch.flush().await;
+                        self.out.tun_batch.flush().await;
                     }
                     Err(e) => {
                         // ICMP errors from earlier sends surface here; they are not ours to act on.
@@ -358,32 +375,36 @@ impl Demux {
     }
 
     fn drop_log(&mut self, addr: SocketAddr, reason: &str) {
-        if self.log_limit.allow() {
+        if self.out.log_limit.allow() {
             tracing::debug!("drop reason={reason} from {addr}");
         }
     }
 
+    /// One receive buffer: datagrams of `stride` bytes from `addr`. A session's records are
+    /// opened a whole buffer at a time; anything else goes datagram by datagram.
+    async fn buffer(&mut self, buf: &mut [u8], stride: usize, addr: SocketAddr) {
+        if let Some(s) = self.peers.get_mut(&addr).and_then(|p| p.session.as_mut())
+            && buf.chunks(stride).all(is_record)
+        {
+            Self::session_records(s, buf, stride, addr, &mut self.out).await;
+            return;
+        }
+        for dg in buf.chunks_mut(stride) {
+            self.datagram(dg, addr).await;
+        }
+    }
+
     async fn datagram(&mut self, dg: &mut [u8], addr: SocketAddr) {
-        let Some(&first) = dg.first() else { return };
-        let epoch = if dg.len() >= 5 {
-            u16::from_be_bytes([dg[3], dg[4]])
-        } else {
-            0
-        };
-        let is_record = first == CONTENT_APPLICATION_DATA || (first == CONTENT_ALERT && epoch > 0);
+        if dg.is_empty() {
+            return;
+        }
+        let is_record = is_record(dg);
         let peer = self.peers.get_mut(&addr);
         match peer {
             Some(p) if is_record && p.session.is_some() => {
                 if let Some(s) = p.session.as_mut() {
-                    Self::session_records(
-                        s,
-                        dg,
-                        addr,
-                        &self.ev_tx,
-                        &mut self.log_limit,
-                        &mut self.tun_batch,
-                    )
-                    .await;
+                    let stride = dg.len();
+                    Self::session_records(s, dg, stride, addr, &mut self.out).await;
                 }
             }
             Some(p) if !is_record && (p.handshake.is_some() || !is_client_hello(dg)) => {
@@ -408,34 +429,25 @@ impl Demux {
         }
     }
 
+    /// The records of a session's datagrams (`stride` bytes each), opened together.
     async fn session_records(
         s: &mut SessionRx,
-        dg: &mut [u8],
+        buf: &mut [u8],
+        stride: usize,
         addr: SocketAddr,
-        ev_tx: &mpsc::UnboundedSender<Event>,
-        log_limit: &mut RateLimit,
-        tun_batch: &mut TunBatch,
+        out: &mut Delivery,
     ) {
-        let mut at = 0;
-        while at < dg.len() {
-            let range = match record::record_at(dg, at) {
-                Ok(range) => range,
-                Err(r) => {
-                    s.counters.count_drop(pump::Drop::Record(r));
-                    if log_limit.allow() {
-                        tracing::debug!("drop reason={} from {addr}", r.as_str());
-                    }
-                    return;
-                }
-            };
-            at = range.end;
-            let rec = &mut dg[range];
-            match pump::open(&mut s.opener, &s.counters, rec) {
+        let records = out
+            .inbox
+            .open(&mut s.opener, &s.counters, buf, stride, |_| true);
+        let (ev_tx, log_limit, tun_batch) = (&out.ev_tx, &mut out.log_limit, &mut out.tun_batch);
+        for record in records {
+            match record {
                 Inbound::Data(r) => {
                     s.handshake_tx = None;
                     if s.awaiting_peernet {
                         s.awaiting_peernet = false;
-                        let data = &rec[r];
+                        let data = &buf[r.clone()];
                         let peernet = Peernet::parse(data);
                         // A control message or a whole IP packet where the peernet message
                         // should be: that message was lost. Close, so the client starts over.
@@ -453,8 +465,8 @@ impl Demux {
                             }
                         };
                         let _ = ev_tx.send(ev);
-                    } else if s.controls && Control::is_control(&rec[r.clone()]) {
-                        match Control::parse(&rec[r]) {
+                    } else if s.controls && Control::is_control(&buf[r.clone()]) {
+                        match Control::parse(&buf[r.clone()]) {
                             Ok(msg) => {
                                 let _ = ev_tx.send(Event::Control {
                                     session_id: s.session_id,
@@ -463,19 +475,19 @@ impl Demux {
                             }
                             Err(_) => s.counters.count_drop(pump::Drop::Unexpected),
                         }
-                    } else if !pump::is_ip(&rec[r.clone()]) {
+                    } else if !pump::is_ip(&buf[r.clone()]) {
                         s.counters.count_drop(pump::Drop::NotIp);
                         if log_limit.allow() {
                             tracing::debug!("drop reason=not_ip from {addr}");
                         }
-                    } else if !authz::source_allowed(&rec[r.clone()], s.tunnel_ip, &s.allowed) {
+                    } else if !authz::source_allowed(&buf[r.clone()], s.tunnel_ip, &s.allowed) {
                         s.counters.count_drop(pump::Drop::ForgedSource);
                         if log_limit.allow() {
                             tracing::debug!("drop reason=forged_source from {addr}");
                         }
                     } else {
                         s.counters.count_rx(r.len());
-                        let packet = &mut rec[r];
+                        let packet = &mut buf[r.clone()];
                         crate::mss::clamp(packet, s.mss.0, s.mss.1);
                         tun_batch.push(&s.tun, packet).await;
                     }
@@ -483,8 +495,8 @@ impl Demux {
                 Inbound::Alert(level, desc) => {
                     let _ = ev_tx.send(Event::Closed {
                         session_id: s.session_id,
-                        level,
-                        desc,
+                        level: *level,
+                        desc: *desc,
                     });
                 }
                 Inbound::Dropped(d) => {
@@ -568,7 +580,7 @@ impl Demux {
         };
         let conn = ChannelConn::new(rx, Arc::clone(&self.udp.sock), addr, false);
         let proven = conn.proven();
-        let (ev_tx, cmd_tx) = (self.ev_tx.clone(), self.cmd_tx.clone());
+        let (ev_tx, cmd_tx) = (self.out.ev_tx.clone(), self.cmd_tx.clone());
         let suites = Arc::clone(&self.suites);
         let task = tokio::spawn(async move {
             match dtls::handshake(role, &suites, conn).await {

@@ -182,11 +182,11 @@ impl Receiver {
             .await
     }
 
-    /// Buffer `i` of the last receive: its source and its datagrams (split by stride).
-    pub fn datagrams(&mut self, i: usize) -> (SocketAddr, impl Iterator<Item = &mut [u8]> + '_) {
+    /// Buffer `i` of the last receive: its source, its stride (the size of each datagram in
+    /// it, the last one maybe shorter) and its bytes.
+    pub fn buffer(&mut self, i: usize) -> (SocketAddr, usize, &mut [u8]) {
         let m = self.metas[i];
-        let stride = m.stride.max(1);
         let end = m.len.min(RECV_BUF_LEN);
-        (m.addr, self.bufs[i][..end].chunks_mut(stride))
+        (m.addr, m.stride.max(1), &mut self.bufs[i][..end])
     }
 }

@@ -4,8 +4,8 @@
 //!
 //! ```text
 //!   test thread ── unshare(CLONE_NEWNET) ──> fresh netns, lo up
-//!     sender:   MSS clamp -> Sealer::seal -> Batcher (UDP GSO runs) -> 127.0.0.1:A
-//!     receiver: Receiver (recvmmsg + GRO, split by stride) -> pump::open -> accept_packet
+//!     sender:   MSS clamp -> Sealer::seal_many -> Batcher (UDP GSO runs) -> 127.0.0.1:A
+//!     receiver: Receiver (recvmmsg + GRO) -> Inbox::open (Opener::open_many) -> accept_packet
 //!               -> MSS clamp -> TunWriter::push
 //! ```
 //!
@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use dtun::consts::{CONTENT_APPLICATION_DATA, PAYLOAD_OFFSET};
 use dtun::kdf::KeyBlock;
-use dtun::pump::{self, Counters, Inbound};
+use dtun::pump::{self, Counters, Inbound, Inbox};
 use dtun::record::{Suite, session_pair};
 use dtun::tun::TunWriter;
 use dtun::udp::{Batcher, Receiver, Udp};
@@ -98,14 +98,21 @@ async fn rounds(
     let mtu = 1435;
     let mut delivered = 0;
     for _ in 0..batches {
-        for i in 0..per_batch {
-            let slot = &mut state.slot;
+        for (i, slot) in state.slots[..per_batch].iter_mut().enumerate() {
             fill_packet(&mut slot[PAYLOAD_OFFSET..], mtu, i);
             dtun::mss::clamp(&mut slot[PAYLOAD_OFFSET..PAYLOAD_OFFSET + mtu], 1395, 1375);
-            let n = state
-                .sealer
-                .seal(CONTENT_APPLICATION_DATA, slot, mtu)
-                .expect("seal");
+            state.sizes[i] = mtu;
+        }
+        state
+            .sealer
+            .seal_many(
+                CONTENT_APPLICATION_DATA,
+                &mut state.slots[..per_batch],
+                &state.sizes[..per_batch],
+                &mut state.records[..per_batch],
+            )
+            .expect("seal");
+        for (slot, &n) in state.slots.iter().zip(&state.records[..per_batch]) {
             state.batcher.push(a, to_b, &slot[..n]).await;
         }
         state.batcher.flush(a, to_b).await;
@@ -113,11 +120,15 @@ async fn rounds(
         while got < per_batch {
             let n = state.rx.recv(b).await.expect("recv");
             for i in 0..n {
-                let (_, datagrams) = state.rx.datagrams(i);
-                for dg in datagrams {
+                let (_, stride, buf) = state.rx.buffer(i);
+                let records =
+                    state
+                        .inbox
+                        .open(&mut state.opener, &state.counters, buf, stride, |_| true);
+                for record in records {
                     got += 1;
-                    if let Inbound::Data(r) = pump::open(&mut state.opener, &state.counters, dg) {
-                        let packet = &mut dg[r];
+                    if let Inbound::Data(r) = record {
+                        let packet = &mut buf[r.clone()];
                         if pump::accept_packet(&state.counters, packet) {
                             dtun::mss::clamp(packet, 1395, 1375);
                             assert!(!state.writer.push(packet), "batch of 40 fills no writer");
@@ -134,7 +145,10 @@ async fn rounds(
 }
 
 struct State {
-    slot: Vec<u8>,
+    slots: Vec<Vec<u8>>,
+    sizes: Vec<usize>,
+    records: Vec<usize>,
+    inbox: Inbox,
     sealer: dtun::record::Sealer,
     opener: dtun::record::Opener,
     batcher: Batcher,
@@ -171,7 +185,10 @@ fn the_data_path_allocates_nothing_per_packet() {
                 let (sealer, _) = session_pair(suite, &kb, true, 1, 1 << 32);
                 let (_, opener) = session_pair(suite, &kb, false, 1, 1 << 32);
                 let mut state = State {
-                    slot: vec![0u8; 2048],
+                    slots: vec![vec![0u8; 2048]; 40],
+                    sizes: vec![0; 40],
+                    records: vec![0; 40],
+                    inbox: Inbox::default(),
                     sealer,
                     opener,
                     batcher: Batcher::new(&a),
