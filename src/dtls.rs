@@ -3,8 +3,14 @@
 //!
 //! The crate reads from a [`ChannelConn`]: the socket's owner (server demultiplexer or client
 //! loop) pushes each datagram of this peer into a channel, and the crate's replies go straight
-//! out of the shared socket. Keeping the returned `DTLSConn` alive lets the crate answer a
-//! retransmitted final flight after the handover.
+//! out of the shared socket.
+//!
+//! The crate does not answer a retransmitted final flight: its handshake state machine stops
+//! at the first FINISHED state (`DTLSConn::handshake` in its handshaker.rs returns there, and
+//! `finish()`, which would resend, never runs). So a server whose ChangeCipherSpec + Finished
+//! was lost would leave the client retransmitting its own last flight until it times out. We
+//! keep the datagrams of our last flight ([`Established::final_flight`]) and the server resends
+//! them itself when the client repeats its last flight (RFC 6347 4.2.4).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
@@ -18,7 +24,10 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use webrtc_util::conn::Conn;
 
-use crate::consts::{CONTENT_HANDSHAKE, FLIGHT_INTERVAL, HANDSHAKE_TIMEOUT, RECORD_HEADER_LEN};
+use crate::consts::{
+    CONTENT_CHANGE_CIPHER_SPEC, CONTENT_HANDSHAKE, FLIGHT_INTERVAL, HANDSHAKE_TIMEOUT,
+    RECORD_HEADER_LEN,
+};
 use crate::kdf::{KeyBlock, RANDOM_LEN, key_block};
 use crate::record::{self, Suite};
 
@@ -59,7 +68,13 @@ pub struct Established {
     pub peer_identity: Vec<u8>,
     /// The crate's connection; dropping it stops the crate's tasks.
     pub conn: DTLSConn,
+    /// The datagrams of our last flight (ChangeCipherSpec + Finished) as they went out, to
+    /// send again when the peer repeats its own last flight: the crate never does.
+    pub final_flight: Vec<Vec<u8>>,
 }
+
+/// Datagrams of a last flight kept for resending; one is what the crate sends.
+const MAX_FINAL_FLIGHT: usize = 4;
 
 /// The datagram "connection" the crate reads and writes.
 pub struct ChannelConn {
@@ -76,6 +91,8 @@ pub struct ChannelConn {
     /// Server: a ClientHello came back with that cookie, so the peer really receives at its
     /// address (a spoofed source cannot). Unproven handshakes are the first to be evicted.
     proven: Arc<AtomicBool>,
+    /// Outgoing datagrams that are part of a last flight (see [`is_final_flight`]).
+    final_flight: Arc<Mutex<Vec<Vec<u8>>>>,
 }
 
 impl ChannelConn {
@@ -93,6 +110,7 @@ impl ChannelConn {
             suite: Arc::default(),
             cookie: Mutex::default(),
             proven: Arc::default(),
+            final_flight: Arc::default(),
         }
     }
 
@@ -104,6 +122,13 @@ impl ChannelConn {
     /// Reads what the crate does not tell: the negotiated suite, and whether the peer's
     /// address is proven. Only handshake datagrams pass here.
     fn sniff(&self, datagram: &[u8], outgoing: bool) {
+        if outgoing
+            && is_final_flight(datagram)
+            && let Ok(mut kept) = self.final_flight.lock()
+            && kept.len() < MAX_FINAL_FLIGHT
+        {
+            kept.push(datagram.to_vec());
+        }
         if let Some(id) = server_hello_suite(datagram) {
             self.suite.store(id, Ordering::Relaxed);
         }
@@ -152,6 +177,19 @@ fn for_each_hello(datagram: &[u8], mut f: impl FnMut(u8, &[u8])) {
             body = &body[HS_HEADER + len..];
         }
     }
+}
+
+/// Whether a datagram carries part of a last handshake flight: a ChangeCipherSpec record or
+/// an encrypted handshake record (the Finished, the only one in epoch 1). Only the last flight
+/// of each side has either: the server's ChangeCipherSpec + Finished, the client's
+/// ClientKeyExchange + ChangeCipherSpec + Finished.
+pub fn is_final_flight(datagram: &[u8]) -> bool {
+    record::records(datagram).any(|r| {
+        r.ok().and_then(|r| datagram.get(r)).is_some_and(|rec| {
+            rec[0] == CONTENT_CHANGE_CIPHER_SPEC
+                || (rec[0] == CONTENT_HANDSHAKE && rec[3..5] != [0, 0])
+        })
+    })
 }
 
 /// The cipher suite a ServerHello in this datagram chose, if the datagram carries one.
@@ -322,6 +360,7 @@ async fn run_handshake(
         ..Default::default()
     };
     let chosen = Arc::clone(&conn.suite);
+    let final_flight = Arc::clone(&conn.final_flight);
     let dtls_conn = tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
         DTLSConn::new(Arc::new(conn), config, is_client, None),
@@ -354,10 +393,12 @@ async fn run_handshake(
     }
     let keys = key_block(&kl.master_secret, &client_random, &server_random);
     let peer_identity = seen.lock().map(|s| s.clone()).unwrap_or_default();
+    let final_flight = final_flight.lock().map(|f| f.clone()).unwrap_or_default();
     Ok(Established {
         suite,
         keys,
         peer_identity,
         conn: dtls_conn,
+        final_flight,
     })
 }

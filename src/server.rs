@@ -206,9 +206,10 @@ struct SessionRx {
     /// Control messages are understood (not -compat); else they are non-IP drops, which is
     /// the closest we come to what the original does with them.
     controls: bool,
-    /// The crate's input while it may still need to answer a retransmitted final flight;
-    /// dropped at the first authenticated record from the peer.
-    handshake_tx: Option<mpsc::Sender<Vec<u8>>>,
+    /// Our last handshake flight, resent whenever the client repeats its own: until the
+    /// client has it, it cannot finish (the crate never resends it). Emptied at the first
+    /// authenticated record from the peer, which proves the client finished.
+    final_flight: Vec<Vec<u8>>,
 }
 
 #[derive(Default)]
@@ -340,11 +341,11 @@ impl Demux {
             DemuxCmd::Install {
                 addr,
                 token,
-                mut session,
+                session,
             } => {
                 let p = self.peers.entry(addr).or_default();
                 if p.handshake.as_ref().is_some_and(|h| h.token == token) {
-                    session.handshake_tx = p.handshake.take().map(|h| h.tx);
+                    p.handshake = None;
                     self.handshakes -= 1;
                 }
                 p.session = Some(session);
@@ -408,17 +409,28 @@ impl Demux {
                 }
             }
             Some(p) if !is_record && (p.handshake.is_some() || !is_client_hello(dg)) => {
-                let tx = p
-                    .handshake
+                let resend = p
+                    .session
                     .as_ref()
-                    .map(|h| &h.tx)
-                    .or(p.session.as_ref().and_then(|s| s.handshake_tx.as_ref()));
-                match tx {
+                    .map(|s| &s.final_flight)
+                    .filter(|f| !f.is_empty() && dtls::is_final_flight(dg));
+                if let Some(h) = &p.handshake {
                     // A full queue means the crate is behind: losing a datagram is what UDP does.
-                    Some(tx) => {
-                        let _ = tx.try_send(dg.to_vec());
+                    let _ = h.tx.try_send(dg.to_vec());
+                } else if let Some(flight) = resend {
+                    // The client repeats its last flight, so ours was lost (RFC 6347 4.2.4).
+                    for d in flight {
+                        if let Err(e) = self.udp.sock.send_to(d, addr).await
+                            && !pump::is_lost_datagram(&e)
+                        {
+                            tracing::debug!("resending the last handshake flight to {addr}: {e}");
+                        }
                     }
-                    None => self.drop_log(addr, "unexpected_handshake"),
+                    if self.log_limit.allow() {
+                        tracing::debug!("{addr} repeated its last handshake flight: resent ours");
+                    }
+                } else {
+                    self.drop_log(addr, "unexpected_handshake");
                 }
             }
             _ if !is_record && is_client_hello(dg) => self.start_handshake(dg, addr),
@@ -444,7 +456,9 @@ impl Demux {
         for record in records {
             match record {
                 Inbound::Data(r) => {
-                    s.handshake_tx = None;
+                    if !s.final_flight.is_empty() {
+                        s.final_flight = Vec::new();
+                    }
                     if s.awaiting_peernet {
                         s.awaiting_peernet = false;
                         let data = &buf[r.clone()];
@@ -668,13 +682,6 @@ struct Session {
     /// Authenticated records seen at the last check, and when that count last moved.
     seen: u64,
     alive_at: Instant,
-    /// Kept alive so the crate can answer a retransmitted final flight.
-    _dtls: dtls_conn::Holder,
-}
-
-mod dtls_conn {
-    /// Owns the crate's connection; dropping it stops the crate's tasks.
-    pub struct Holder(#[allow(dead_code)] pub ::dtls::conn::DTLSConn);
 }
 
 struct Manager {
@@ -837,7 +844,7 @@ impl Manager {
                 tunnel_ip: dev.pair.client,
                 allowed: dev.routes.clone(),
                 controls: !self.cfg.common.compat,
-                handshake_tx: None,
+                final_flight: est.final_flight,
             },
         });
         let link = Link {
@@ -871,7 +878,6 @@ impl Manager {
             keepalive: Duration::ZERO,
             seen: 0,
             alive_at: Instant::now(),
-            _dtls: dtls_conn::Holder(est.conn),
         });
         tracing::info!(
             "client {id} {LOG_CONNECTED} from {addr} on {} (local {} peer {}, {})",
