@@ -71,7 +71,7 @@ fi
 # ---------------------------------------------------------------- tools
 packages=(iperf3 iproute2 iputils-ping procps python3 coreutils)
 selected openvpn && packages+=(openvpn openssl)
-selected boringtun && packages+=(wireguard-tools)
+{ selected boringtun || selected boringtun-1t; } && packages+=(wireguard-tools)
 selected wireguard-go && packages+=(wireguard-go wireguard-tools)
 missing=()
 for p in "${packages[@]}"; do
@@ -91,7 +91,7 @@ command -v cargo >/dev/null 2>&1 || die "cargo not found; install a Rust toolcha
 
 boringtun=""
 boringtun_error=""
-if selected boringtun; then
+if selected boringtun || selected boringtun-1t; then
     if command -v boringtun-cli >/dev/null 2>&1; then
         boringtun=$(command -v boringtun-cli)
     elif [[ -x $BENCH_TOOLS/bin/boringtun-cli ]]; then

@@ -25,9 +25,9 @@ use tokio::task::JoinHandle;
 use crate::authz;
 use crate::config::ServerConfig;
 use crate::consts::{
-    CONTENT_ALERT, CONTENT_APPLICATION_DATA, CONTENT_HANDSHAKE, FIRST_APP_SEQUENCE,
-    HANDSHAKE_QUEUE, KEEPALIVE_MISSES, MAX_HANDSHAKES, MAX_HANDSHAKES_PER_IP, SETUP_TIMEOUT,
-    UNPROVEN_TIMEOUT,
+    CONTENT_ALERT, CONTENT_APPLICATION_DATA, CONTENT_HANDSHAKE, FINAL_FLIGHT_RESEND,
+    FIRST_APP_SEQUENCE, HANDSHAKE_QUEUE, KEEPALIVE_MISSES, MAX_HANDSHAKES, MAX_HANDSHAKES_PER_IP,
+    SETUP_TIMEOUT, UNPROVEN_TIMEOUT,
 };
 use crate::dtls::{self, ChannelConn, Established, KeyLookup, Role};
 use crate::hooks::{self, TunnelEnv};
@@ -210,6 +210,8 @@ struct SessionRx {
     /// client has it, it cannot finish (the crate never resends it). Emptied at the first
     /// authenticated record from the peer, which proves the client finished.
     final_flight: Vec<Vec<u8>>,
+    /// When `final_flight` was last resent.
+    resent_at: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -409,11 +411,20 @@ impl Demux {
                 }
             }
             Some(p) if !is_record && (p.handshake.is_some() || !is_client_hello(dg)) => {
+                // At most one resend per FINAL_FLIGHT_RESEND: the client repeats its flight
+                // once a second at most, and a spoofed trigger gains little.
                 let resend = p
                     .session
-                    .as_ref()
-                    .map(|s| &s.final_flight)
-                    .filter(|f| !f.is_empty() && dtls::is_final_flight(dg));
+                    .as_mut()
+                    .filter(|s| !s.final_flight.is_empty() && dtls::is_final_flight(dg))
+                    .filter(|s| {
+                        s.resent_at
+                            .is_none_or(|t| t.elapsed() >= FINAL_FLIGHT_RESEND)
+                    })
+                    .map(|s| {
+                        s.resent_at = Some(Instant::now());
+                        &s.final_flight
+                    });
                 if let Some(h) = &p.handshake {
                     // A full queue means the crate is behind: losing a datagram is what UDP does.
                     let _ = h.tx.try_send(dg.to_vec());
@@ -426,7 +437,7 @@ impl Demux {
                             tracing::debug!("resending the last handshake flight to {addr}: {e}");
                         }
                     }
-                    if self.log_limit.allow() {
+                    if self.out.log_limit.allow() {
                         tracing::debug!("{addr} repeated its last handshake flight: resent ours");
                     }
                 } else {
@@ -845,6 +856,7 @@ impl Manager {
                 allowed: dev.routes.clone(),
                 controls: !self.cfg.common.compat,
                 final_flight: est.final_flight,
+                resent_at: None,
             },
         });
         let link = Link {
