@@ -76,7 +76,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         match cli.host.clone() {
             Some(host) => {
                 let cfg = ClientConfig::from_cli(&cli, &host)?;
-                dtun::client::run(cfg, shutdown_signal()).await?;
+                // On a worker, not on this thread: the worker that sees a datagram arrive
+                // then runs the client loop itself instead of waking this thread (a context
+                // switch, often to another CPU, on every packet towards the TUN).
+                tokio::spawn(dtun::client::run(cfg, shutdown_signal()))
+                    .await
+                    .context("the client task failed")??;
             }
             None => {
                 let cfg = ServerConfig::from_cli(&cli)?;
