@@ -147,7 +147,7 @@ def table(results, elapsed):
             notes.append(f"{r.label} server VmRSS with one client: {r.rss_mib:.1f} MiB")
     notes.append("forward runs (Mbit/s): " + "; ".join(
         f"{r.label} " + "/".join(f"{x[0]:.0f}" for x in r.runs) for r in rows if r.runs))
-    out.append("RTT: median of 20 pings through the tunnel (added: less the bare veth's). "
+    out.append("RTT: median of 100 pings, 50 ms apart, through the tunnel (added: less the bare veth's). "
                "CPU-s/Gbit: utime+stime of both tunnel processes (all threads) over the "
                "three forward runs, per Gbit received. × columns: that dtun row's forward "
                "median over this row's.")
