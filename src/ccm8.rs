@@ -191,6 +191,19 @@ mod tests {
         (0..len).map(|x| (x * 31 + seed * 7) as u8).collect()
     }
 
+    /// Lane l's job: nonce l + 1, additional data `base`, the given tag.
+    fn lane_jobs<'a>(bufs: &'a mut [Vec<u8>], base: usize, tags: &[[u8; TAG_LEN]]) -> Vec<Job<'a>> {
+        bufs.iter_mut()
+            .enumerate()
+            .map(|(l, d)| Job {
+                nonce: [l as u8 + 1; 12],
+                aad: [base as u8; 13],
+                data: d.as_mut_slice(),
+                tag: tags[l],
+            })
+            .collect()
+    }
+
     /// Every pass width and mixed lengths (0..=130, so partial and whole last blocks and
     /// lanes that finish early) against RustCrypto's `ccm`, then opened back.
     #[test]
@@ -204,16 +217,7 @@ mod tests {
                 let plain: Vec<Vec<u8>> =
                     lens.iter().enumerate().map(|(l, n)| data(*n, l)).collect();
                 let mut bufs = plain.clone();
-                let mut jobs: Vec<Job> = bufs
-                    .iter_mut()
-                    .enumerate()
-                    .map(|(l, d)| Job {
-                        nonce: [l as u8 + 1; 12],
-                        aad: [base as u8; 13],
-                        data: d.as_mut_slice(),
-                        tag: [0; TAG_LEN],
-                    })
-                    .collect();
+                let mut jobs = lane_jobs(&mut bufs, base, &[[0; TAG_LEN]; LANES]);
                 ours.seal(&mut jobs);
                 let tags: Vec<[u8; 8]> = jobs.iter().map(|j| j.tag).collect();
                 drop(jobs);
@@ -233,16 +237,7 @@ mod tests {
                     );
                     assert_eq!(t.as_slice(), tags[l], "tag: {count} jobs, lane {l}");
                 }
-                let mut jobs: Vec<Job> = bufs
-                    .iter_mut()
-                    .enumerate()
-                    .map(|(l, d)| Job {
-                        nonce: [l as u8 + 1; 12],
-                        aad: [base as u8; 13],
-                        data: d.as_mut_slice(),
-                        tag: tags[l],
-                    })
-                    .collect();
+                let mut jobs = lane_jobs(&mut bufs, base, &tags);
                 assert_eq!(ours.open(&mut jobs), ((1u16 << count) - 1) as u8);
                 drop(jobs);
                 assert_eq!(bufs, plain);
