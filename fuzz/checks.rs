@@ -14,7 +14,7 @@ use dtun::authz::source_allowed;
 use dtun::consts::RECORD_HEADER_LEN;
 use dtun::proto::{AddressMessage, Control, Peernet};
 use dtun::pump::{Counters, accept_packet};
-use dtun::record::{Opener, Suite, parse_header, record_at, records};
+use dtun::record::{DropReason, Opener, Suite, parse_header, record_at, records};
 use ipnet::IpNet;
 
 /// Keys of the `record_open` target; the seeds in `corpus/record_open/seed-*` are sealed with
@@ -31,13 +31,44 @@ pub const LANS: [&str; 2] = ["10.200.0.0/24", "fd00:1::/64"];
 /// Opens the input as one record, then every record `records` finds in it, all through one
 /// `Opener` so the replay window sees a sequence (a lone valid record is opened, then replayed).
 /// Returns how many records authenticated.
+///
+/// Then the batch path (`Opener::open_many`, CCM_8 passes of up to eight records) must agree
+/// with the one-record path, record for record: same verdicts, same plaintexts.
 pub fn record_open(data: &[u8]) -> usize {
     let mut opener = Opener::new(SUITE, &KEY, &SALT, EPOCH);
     let mut opened = usize::from(open_one(&mut opener, data));
     for r in records(data).flatten() {
         opened += usize::from(open_one(&mut opener, &data[r]));
     }
+    batch_agrees(data);
     opened
+}
+
+fn batch_agrees(data: &[u8]) {
+    let ranges: Vec<_> = records(data).collect();
+    let mut one = Opener::new(SUITE, &KEY, &SALT, EPOCH);
+    let mut serial = data.to_vec();
+    let expected: Vec<_> = ranges
+        .iter()
+        .map(|r| match r {
+            Ok(r) => one
+                .open(&mut serial[r.clone()])
+                .map(|(ct, p)| (ct, r.start + p.start..r.start + p.end)),
+            Err(e) => Err(*e),
+        })
+        .collect();
+    let mut many = Opener::new(SUITE, &KEY, &SALT, EPOCH);
+    let mut batched = data.to_vec();
+    let mut got = vec![Err(DropReason::Truncated); ranges.len()];
+    many.open_many(&mut batched, &ranges, &mut got);
+    assert_eq!(got, expected, "open_many disagrees with open");
+    for (ct, p) in got.into_iter().flatten() {
+        assert_eq!(
+            batched[p.clone()],
+            serial[p.clone()],
+            "plaintext of a type-{ct} record"
+        );
+    }
 }
 
 fn open_one(opener: &mut Opener, record: &[u8]) -> bool {

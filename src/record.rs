@@ -516,8 +516,9 @@ struct Pending {
     plaintext: (usize, usize),
 }
 
-/// Opens one pass of records and settles each in order: a verified tag and a sequence number
-/// still new (two copies of one record can share a pass) moves the window.
+/// Opens one pass of records and settles each in order, as [`Opener::open`] would have one
+/// after the other: a sequence number still new (two copies of one record can share a pass)
+/// and a verified tag moves the window.
 fn open_pass(
     ccm: &Ccm8,
     window: &mut ReplayWindow,
@@ -527,10 +528,12 @@ fn open_pass(
 ) {
     let verified = ccm.open(jobs);
     for (j, p) in pending.iter().enumerate() {
-        out[p.index] = if verified & (1 << j) == 0 {
-            Err(DropReason::BadTag)
-        } else if !window.check(p.seq) {
+        // The window first, as for one record: a copy of a record accepted earlier in the
+        // pass is a replay, whatever its tag.
+        out[p.index] = if !window.check(p.seq) {
             Err(DropReason::Replay)
+        } else if verified & (1 << j) == 0 {
+            Err(DropReason::BadTag)
         } else {
             window.accept(p.seq);
             Ok((p.content_type, p.plaintext.0..p.plaintext.1))
