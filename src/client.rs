@@ -30,6 +30,12 @@ use crate::udp::{Receiver, Udp};
 
 /// Log line once forwarding starts (tests look for it).
 pub const LOG_TUNNEL_UP: &str = "tunnel up";
+/// Log line when the path MTU changes the TCP MSS clamp: `path MTU P: TCP MSS clamped to N`.
+pub const LOG_MSS_CLAMPED: &str = "TCP MSS clamped to";
+/// How often the client re-reads the path MTU the kernel knows for its socket.
+const PATH_MTU_EVERY: Duration = Duration::from_secs(1);
+/// Path MTUs below this (the smallest datagram every IPv4 host must take) are ignored.
+const MIN_PATH_MTU: u32 = 576;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -341,9 +347,15 @@ async fn session(
     if let Err(e) = udp.set_gro(true) {
         tracing::debug!("UDP GRO unavailable: {e}");
     }
+    let outer = if crate::config::is_ipv4(server.ip()) {
+        crate::consts::UDP4_OVERHEAD
+    } else {
+        crate::consts::UDP6_OVERHEAD
+    };
+    let path = PathMss::new(t.tun.mtu, outer + est.suite.overhead());
     let (out_tx, out_task) = pump::spawn_outbound(
         Arc::clone(&t.tun.dev),
-        t.tun.mtu,
+        path.clamp.clone(),
         link,
         sealer,
         Arc::clone(&counters),
@@ -359,6 +371,7 @@ async fn session(
         &counters,
         &out_tx,
         keepalive,
+        path,
         shutdown,
     )
     .await;
@@ -463,6 +476,7 @@ async fn forward(
     counters: &Counters,
     out_tx: &mpsc::Sender<OutboundCmd>,
     keepalive: Option<Duration>,
+    mut path: PathMss,
     mut shutdown: Pin<&mut impl Future<Output = ()>>,
 ) -> Option<ClientError> {
     let mut rx = Receiver::default();
@@ -470,7 +484,7 @@ async fn forward(
     let mut sink = Sink {
         dev: &tun.dev,
         writer: TunWriter::default(),
-        mss: pump::mss_clamps(tun.mtu),
+        mss: path.clamp.get(),
     };
     let controls = keepalive.is_some();
     let keepalive = keepalive.unwrap_or_default();
@@ -483,9 +497,12 @@ async fn forward(
         keepalive / 4
     };
     let mut tick = tokio::time::interval(tick_every.max(Duration::from_millis(50)));
+    let mut pmtu_tick = tokio::time::interval(PATH_MTU_EVERY);
+    pmtu_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.as_mut() => return None,
+            _ = pmtu_tick.tick() => path.refresh(&udp.sock),
             _ = tick.tick(), if !keepalive.is_zero() => {
                 let quiet = last_rx.elapsed();
                 if quiet >= keepalive * KEEPALIVE_MISSES {
@@ -512,6 +529,7 @@ async fn forward(
                         continue;
                     }
                 };
+                sink.mss = path.clamp.get();
                 for i in 0..n {
                     let (_, stride, buf) = rx.buffer(i);
                     let (authenticated, end) = inbound(
@@ -540,8 +558,68 @@ async fn forward(
 struct Sink<'a> {
     dev: &'a tun_rs::AsyncDevice,
     writer: TunWriter,
-    /// MSS clamps (IPv4, IPv6) for SYNs from the server's side.
+    /// MSS clamps (IPv4, IPv6) for SYNs from the server's side, read from the session's
+    /// [`PathMss`] once per receive batch.
     mss: (u16, u16),
+}
+
+/// The session's MSS clamp, following the path MTU: the smaller of what the TUN MTU allows and
+/// what fits the path MTU the kernel knows for the connected socket (lowered by ICMP
+/// "fragmentation needed" after a too-big datagram with don't-fragment). Clamping on the client
+/// covers both directions: both the SYN and the SYN-ACK of a connection pass it.
+struct PathMss {
+    clamp: pump::MssClamp,
+    /// The clamps from the TUN MTU: the path never raises the clamp above them.
+    tun: (u16, u16),
+    /// Outer IP and UDP headers plus the record overhead of the session's suite.
+    overhead: usize,
+    /// The path MTU last read, 0 before the first reading.
+    last: u32,
+}
+
+impl PathMss {
+    fn new(tun_mtu: u32, overhead: usize) -> PathMss {
+        PathMss {
+            clamp: pump::MssClamp::new(tun_mtu),
+            tun: pump::mss_clamps(tun_mtu),
+            overhead,
+            last: 0,
+        }
+    }
+
+    /// The clamps for a path MTU of `path_mtu`.
+    fn for_path(&self, path_mtu: u32) -> (u16, u16) {
+        let path = crate::mss::mss_for_path(path_mtu, self.overhead);
+        (self.tun.0.min(path.0), self.tun.1.min(path.1))
+    }
+
+    /// Re-reads the path MTU of `sock` and updates the clamp, logging when it changes.
+    fn refresh(&mut self, sock: &UdpSocket) {
+        let path_mtu = match crate::sys::path_mtu(&socket2::SockRef::from(sock)) {
+            Ok(m) if m >= MIN_PATH_MTU => m,
+            Ok(_) => return,
+            Err(e) => {
+                if self.last == 0 {
+                    tracing::debug!("path MTU unknown: {e}");
+                    self.last = 1;
+                }
+                return;
+            }
+        };
+        if path_mtu == self.last {
+            return;
+        }
+        self.last = path_mtu;
+        let mss = self.for_path(path_mtu);
+        if mss != self.clamp.get() {
+            self.clamp.set(mss);
+            tracing::info!(
+                "path MTU {path_mtu}: {LOG_MSS_CLAMPED} {} (IPv6 {})",
+                mss.0,
+                mss.1
+            );
+        }
+    }
 }
 
 impl Sink<'_> {
@@ -682,6 +760,17 @@ fn open_first(opener: &mut Opener, counters: &Counters, dg: &mut [u8]) -> Option
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn path_mss_is_the_smaller_of_tun_and_path() {
+        // Default TUN MTU for a 16-byte tag over IPv4: 1500 - 28 - 37.
+        let p = PathMss::new(1435, 28 + 37);
+        assert_eq!(p.clamp.get(), (1395, 1375));
+        assert_eq!(p.for_path(1500), (1395, 1375));
+        assert_eq!(p.for_path(9000), (1395, 1375));
+        assert_eq!(p.for_path(1280), (1175, 1155));
+        assert_eq!(p.for_path(1492), (1387, 1367));
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_cap_with_jitter() {

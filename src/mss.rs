@@ -16,6 +16,15 @@ pub fn mss_for_mtu(mtu: u32, ipv6: bool) -> u16 {
     mtu.saturating_sub(headers).min(u32::from(u16::MAX)) as u16
 }
 
+/// The MSS clamps (IPv4, IPv6) that keep a tunnelled TCP segment within a path of
+/// `path_mtu` bytes: the inner MTU is the path MTU less `overhead`, the outer IP and UDP
+/// headers plus the record overhead of the session's suite.
+pub fn mss_for_path(path_mtu: u32, overhead: usize) -> (u16, u16) {
+    let overhead = u32::try_from(overhead).unwrap_or(u32::MAX);
+    let inner = path_mtu.saturating_sub(overhead);
+    (mss_for_mtu(inner, false), mss_for_mtu(inner, true))
+}
+
 /// Lowers the MSS option of a TCP SYN (or SYN-ACK) in `packet` to at most `max_mss` (the
 /// family's value: `v4` for IPv4, `v6` for IPv6) and fixes the TCP checksum incrementally.
 /// Returns whether the packet was changed. Anything that is not a well-formed, unfragmented
@@ -202,5 +211,19 @@ mod tests {
         assert_eq!(mss_for_mtu(1435, false), 1395);
         assert_eq!(mss_for_mtu(1415, true), 1355);
         assert_eq!(mss_for_mtu(10, false), 0);
+    }
+
+    #[test]
+    fn mss_follows_the_path_mtu() {
+        // 1280 over IPv4 (28) with a 16-byte tag (13 + 8 + 16 = 37): inner MTU 1215.
+        assert_eq!(mss_for_path(1280, 28 + 37), (1175, 1155));
+        // CCM8's 8-byte tag (29) over IPv6 (48): inner MTU 1203.
+        assert_eq!(mss_for_path(1280, 48 + 29), (1163, 1143));
+        // A 1500-byte path gives what the default TUN MTU (1500 - 28 - 37) gives.
+        assert_eq!(
+            mss_for_path(1500, 28 + 37),
+            (mss_for_mtu(1435, false), mss_for_mtu(1435, true))
+        );
+        assert_eq!(mss_for_path(50, 28 + 37), (0, 0));
     }
 }

@@ -6,7 +6,8 @@
 //!      into its own slot at `PAYLOAD_OFFSET` so the record header fits in front; what is
 //!      already queued is drained without waiting;
 //!   2. packets over the peer's limit (1500 bytes, the original's buffer) are counted and
-//!      dropped; a TCP SYN gets its MSS clamped to the tunnel ([`crate::mss`]);
+//!      dropped; a TCP SYN gets its MSS clamped to the tunnel, on the client also to the
+//!      path MTU ([`crate::mss`], [`MssClamp`]);
 //!   3. the [`Sealer`] encrypts each in place and writes header, nonce and tag around it;
 //!   4. one record, one datagram: runs of equal-sized records leave in one `sendmsg` (UDP GSO,
 //!      [`crate::udp::Batcher`]).
@@ -25,7 +26,7 @@
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -354,13 +355,13 @@ pub enum OutboundCmd {
 /// Spawns [`outbound`] with its command channel: the sender and the task's handle.
 pub fn spawn_outbound(
     tun: Arc<AsyncDevice>,
-    mtu: u32,
+    mss: MssClamp,
     link: Link,
     sealer: Sealer,
     counters: Arc<Counters>,
 ) -> (mpsc::Sender<OutboundCmd>, tokio::task::JoinHandle<Sealer>) {
     let (tx, rx) = mpsc::channel(8);
-    let task = Outbound::new(tun, mtu, link, counters);
+    let task = Outbound::new(tun, mss, link, counters);
     (tx, tokio::spawn(task.run(sealer, rx)))
 }
 
@@ -376,13 +377,14 @@ struct Outbound {
     sizes: Vec<usize>,
     records: Vec<usize>,
     batcher: Batcher,
-    /// MSS clamps for IPv4 and IPv6 SYNs, from the TUN MTU.
-    mss: (u16, u16),
+    /// MSS clamps for IPv4 and IPv6 SYNs: from the TUN MTU, lowered by the client to the
+    /// path MTU when that is smaller.
+    mss: MssClamp,
     log_limit: RateLimit,
 }
 
 impl Outbound {
-    fn new(tun: Arc<AsyncDevice>, mtu: u32, link: Link, counters: Arc<Counters>) -> Self {
+    fn new(tun: Arc<AsyncDevice>, mss: MssClamp, link: Link, counters: Arc<Counters>) -> Self {
         Outbound {
             batcher: Batcher::new(&link.udp),
             tun,
@@ -392,7 +394,7 @@ impl Outbound {
             slots: vec![vec![0u8; SLOT]; SLOTS],
             sizes: vec![0; SLOTS],
             records: vec![0; SLOTS],
-            mss: mss_clamps(mtu),
+            mss,
             log_limit: RateLimit::new(5),
         }
     }
@@ -466,6 +468,7 @@ impl Outbound {
     /// Seals slots `..n` and sends them in GSO runs. False: the sequence space is exhausted.
     async fn seal_and_send(&mut self, sealer: &mut Sealer, n: usize) -> bool {
         let peer = self.link.peer;
+        let (mss4, mss6) = self.mss.get();
         for i in 0..n {
             let len = self.sizes[i];
             if len > MAX_COMPAT_PLAINTEXT {
@@ -475,8 +478,8 @@ impl Outbound {
             }
             crate::mss::clamp(
                 &mut self.slots[i][PAYLOAD_OFFSET..PAYLOAD_OFFSET + len],
-                self.mss.0,
-                self.mss.1,
+                mss4,
+                mss6,
             );
         }
         let sealed = sealer.seal_many(
@@ -515,6 +518,31 @@ pub fn mss_clamps(mtu: u32) -> (u16, u16) {
     )
 }
 
+/// The MSS clamps (IPv4, IPv6) of a session, shared by its tasks: both values packed into one
+/// atomic, so a reader gets a consistent pair with one relaxed load per batch, no lock.
+#[derive(Clone, Debug)]
+pub struct MssClamp(Arc<AtomicU32>);
+
+impl MssClamp {
+    /// Clamps for a tunnel of `mtu` ([`mss_clamps`]).
+    pub fn new(mtu: u32) -> MssClamp {
+        MssClamp(Arc::new(AtomicU32::new(Self::pack(mss_clamps(mtu)))))
+    }
+
+    pub fn get(&self) -> (u16, u16) {
+        let v = self.0.load(Relaxed);
+        ((v >> 16) as u16, v as u16)
+    }
+
+    pub fn set(&self, mss: (u16, u16)) {
+        self.0.store(Self::pack(mss), Relaxed);
+    }
+
+    fn pack((v4, v6): (u16, u16)) -> u32 {
+        (u32::from(v4) << 16) | u32::from(v6)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -550,6 +578,15 @@ mod tests {
         assert!(is_whole_ip_packet(&v4));
         v4[3] = 29;
         assert!(!is_whole_ip_packet(&v4));
+    }
+
+    #[test]
+    fn mss_clamp_packs_both_families() {
+        let c = MssClamp::new(1400);
+        assert_eq!(c.get(), (1360, 1340));
+        let other = c.clone();
+        other.set((1240, 65535));
+        assert_eq!(c.get(), (1240, 65535));
     }
 
     #[test]

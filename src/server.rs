@@ -873,7 +873,7 @@ impl Manager {
             .map_err(|e| SessionError::Send(addr, e))?;
         let (out_tx, out_task) = pump::spawn_outbound(
             Arc::clone(&dev.tun.dev),
-            dev.tun.mtu,
+            pump::MssClamp::new(dev.tun.mtu),
             link,
             sealer,
             Arc::clone(&counters),

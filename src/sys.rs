@@ -51,3 +51,32 @@ fn setsockopt_int(
         Err(std::io::Error::last_os_error())
     }
 }
+
+/// The path MTU the kernel currently knows for a connected UDP socket: IP_MTU for an IPv4
+/// socket, IPV6_MTU for an IPv6 one (which also covers v4-mapped peers). It starts at the
+/// route's MTU and drops once an ICMP "fragmentation needed" / "packet too big" came back for
+/// a datagram sent with don't-fragment. Fails with ENOTCONN on an unconnected socket.
+pub fn path_mtu(sock: &socket2::SockRef<'_>) -> std::io::Result<u32> {
+    let (level, name) = if sock.local_addr()?.is_ipv6() {
+        (libc::IPPROTO_IPV6, libc::IPV6_MTU)
+    } else {
+        (libc::IPPROTO_IP, libc::IP_MTU)
+    };
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: the fd is a live socket borrowed for the call; the kernel writes at most `len`
+    // bytes into the c_int on the stack and stores the size it wrote back into `len`.
+    let r = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            level,
+            name,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    u32::try_from(value).map_err(|_| std::io::Error::other("negative path MTU"))
+}
