@@ -1,6 +1,6 @@
 //! The data path: moves IP packets between a TUN device and DTLS records, and nothing else.
 //!
-//! Outbound flow (one task per session, [`outbound`]):
+//! Outbound flow (one task per session, [`spawn_outbound`]):
 //!   1. the kernel routes packets to the session's TUN; with offload one read brings a TCP
 //!      super-packet of up to 64 KB, which `recv_multiple` splits into MTU-sized packets, each
 //!      into its own slot at `PAYLOAD_OFFSET` so the record header fits in front; what is
@@ -8,15 +8,16 @@
 //!   2. packets over the peer's limit (1500 bytes, the original's buffer) are counted and
 //!      dropped; a TCP SYN gets its MSS clamped to the tunnel, on the client also to the
 //!      path MTU ([`crate::mss`], [`MssClamp`]);
-//!   3. the [`Sealer`] encrypts each in place and writes header, nonce and tag around it;
+//!   3. the [`Sealer`] encrypts the whole batch in place and writes header, nonce and tag
+//!      around each packet (`seal_many`: CCM_8 records share AES passes, [`crate::ccm8`]);
 //!   4. one record, one datagram: runs of equal-sized records leave in one `sendmsg` (UDP GSO,
 //!      [`crate::udp::Batcher`]).
 //!
-//! Inbound flow (the socket's reader, server demultiplexer or client loop, calls [`open`]):
-//!   1. `recvmmsg` with UDP GRO brings buffers of same-sized datagrams from one source, split
-//!      by stride into datagrams ([`crate::udp::Receiver`]);
-//!   2. each record in a datagram is opened in place by the session's [`Opener`] (replay
-//!      window, tag);
+//! Inbound flow (the socket's reader, server demultiplexer or client loop, uses [`Inbox`]):
+//!   1. `recvmmsg` with UDP GRO brings buffers of same-sized datagrams from one source
+//!      ([`crate::udp::Receiver`]);
+//!   2. the records of a whole buffer are opened in place by the session's [`Opener`]
+//!      (`open_many`: replay window and tag per record, CCM_8 records in shared passes);
 //!   3. application data whose first nibble is 4 or 6 goes into a [`crate::tun::TunWriter`]
 //!      batch, written coalesced at the end of the receive batch; alerts go to the control
 //!      path; everything else is a counted drop.
@@ -352,7 +353,7 @@ pub enum OutboundCmd {
     },
 }
 
-/// Spawns [`outbound`] with its command channel: the sender and the task's handle.
+/// Spawns the outbound task with its command channel: the sender and the task's handle.
 pub fn spawn_outbound(
     tun: Arc<AsyncDevice>,
     mss: MssClamp,

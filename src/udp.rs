@@ -151,7 +151,8 @@ impl Batcher {
     }
 }
 
-/// Receive buffers for [`Udp`]: each call returns datagrams as (source, bytes) via a callback.
+/// Receive buffers for [`Udp`]: `recvmmsg` with GRO fills up to `RECV_BUFS` buffers, each with
+/// same-sized datagrams from one source.
 pub struct Receiver {
     bufs: Vec<Vec<u8>>,
     metas: [RecvMeta; RECV_BUFS],
@@ -168,7 +169,7 @@ impl Default for Receiver {
 
 impl Receiver {
     /// Waits for datagrams and returns how many buffers were filled; read them with
-    /// [`Receiver::datagrams`].
+    /// [`Receiver::buffer`].
     pub async fn recv(&mut self, udp: &Udp) -> std::io::Result<usize> {
         let Receiver { bufs, metas } = self;
         udp.sock
