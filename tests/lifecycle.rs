@@ -51,6 +51,20 @@ fn connects(server: &Proc, id: &str) -> usize {
     )
 }
 
+/// Asserts the server's namespace holds no dtun device and no route to the tunnels or LANs.
+fn assert_server_ns_clean(server_ns: &Netns) {
+    let links = server_ns.links();
+    assert!(
+        links.is_empty(),
+        "TUNs left in the server namespace: {links:?}"
+    );
+    let routes = server_ns.routes();
+    assert!(
+        !routes.contains("dtun") && !routes.contains("10.20"),
+        "routes left in the server namespace:\n{routes}"
+    );
+}
+
 /// Stops `p` with SIGTERM and asserts that it exits 0 within 10 s.
 fn sigterm_exits_zero(p: &mut Proc, what: &str) -> ExitStatus {
     p.signal("TERM");
@@ -560,16 +574,7 @@ fn connect_disconnect_cycles() {
     );
     wait_linger_cleanup(&topo.server, &server);
 
-    let links = topo.server.links();
-    assert!(
-        links.is_empty(),
-        "TUNs left in the server namespace: {links:?}"
-    );
-    let routes = topo.server.routes();
-    assert!(
-        !routes.contains("dtun") && !routes.contains("10.20"),
-        "routes left in the server namespace:\n{routes}"
-    );
+    assert_server_ns_clean(&topo.server);
     let fds_after = fd_count(pid);
     let rss_after = vm_rss_kib(pid);
     eprintln!("server fds {fds_before} -> {fds_after}, VmRSS {rss_before} -> {rss_after} KiB");
@@ -697,16 +702,7 @@ fn sigterm_either_side_leaves_nothing() {
 
     // The server side, with beta still connected and alpha's device lingering.
     sigterm_exits_zero(&mut server, "server");
-    let links = topo.server.links();
-    assert!(
-        links.is_empty(),
-        "TUNs left in the server namespace: {links:?}"
-    );
-    let routes = topo.server.routes();
-    assert!(
-        !routes.contains("dtun") && !routes.contains("10.20"),
-        "routes left in the server namespace:\n{routes}"
-    );
+    assert_server_ns_clean(&topo.server);
     let log = server.log();
     for (dev, _, _) in &s_devs {
         assert!(
