@@ -55,6 +55,7 @@ class Row:
         rev = iperf(os.path.join(d, "rev.json"))
         self.rev = rev[0] if rev else None
         self.rtt = ping_ms(os.path.join(d, "ping.txt"))
+        self.bare_rtt = ping_ms(os.path.join(d, "bare-ping.txt"))
         self.cpu_per_gbit = None
         ticks, hz = read(os.path.join(d, "cpu_ticks")), read(os.path.join(d, "clk_tck"))
         if ticks and hz and len(self.runs) == 3:
@@ -125,8 +126,9 @@ def table(results, elapsed):
             reason = r.status[len("failed: "):] if r.status.startswith("failed: ") else r.status
             out.append(f"| {r.label} | failed ({reason}) | | | | | |")
             continue
-        if r.rtt is not None and veth_rtt is not None:
-            rtt = f"{r.rtt:.3f} (+{r.rtt - veth_rtt:.3f})"
+        base = r.bare_rtt if r.bare_rtt is not None else veth_rtt
+        if r.rtt is not None and base is not None:
+            rtt = f"{r.rtt:.3f} (+{r.rtt - base:.3f})"
         else:
             rtt = fmt(r.rtt, ".3f")
         out.append(f"| {r.label} | {r.fwd:.0f} | {fmt(r.rev, '.0f')} | {rtt} "
@@ -142,12 +144,17 @@ def table(results, elapsed):
     if veth_fwd or veth_rtt is not None:
         notes.append(f"bare veth (no tunnel): {fmt(veth_fwd[0] if veth_fwd else None, '.0f')} "
                      f"Mbit/s, RTT {fmt(veth_rtt, '.3f')} ms")
+    bare = [f"{r.label} {r.bare_rtt:.3f}" for r in rows if r.bare_rtt is not None]
+    if bare:
+        notes.append("bare veth RTT during each row's pings (ms): " + "; ".join(bare))
     for r in rows:
         if r.rss_mib is not None:
             notes.append(f"{r.label} server VmRSS with one client: {r.rss_mib:.1f} MiB")
     notes.append("forward runs (Mbit/s): " + "; ".join(
         f"{r.label} " + "/".join(f"{x[0]:.0f}" for x in r.runs) for r in rows if r.runs))
-    out.append("RTT: median of 100 pings, 50 ms apart, through the tunnel (added: less the bare veth's). "
+    pings = os.environ.get("BENCH_PINGS", "200")
+    out.append(f"RTT: median of {pings} pings, 50 ms apart, through the tunnel (added: less the "
+               "median of the bare veth's, pinged during the same seconds, 25 ms out of step). "
                "CPU-s/Gbit: utime+stime of both tunnel processes (all threads) over the "
                "three forward runs, per Gbit received. × columns: that dtun row's forward "
                "median over this row's.")
