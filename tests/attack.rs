@@ -217,23 +217,8 @@ fn all_handshakes_failed(log: &str) -> usize {
 /// Stops the server with SIGTERM, checks it exits 0, and returns its whole log.
 fn terminate(server: &mut Proc) -> String {
     server.signal("TERM");
-    let status = server
-        .wait_exit(Duration::from_secs(10))
-        .expect("server exits after SIGTERM");
-    assert!(status.success(), "server exited {status}");
+    server.expect_success("server after SIGTERM", Duration::from_secs(10));
     server.log()
-}
-
-/// Asserts that `p` exited 0 within `timeout`, with its log on failure.
-fn wait_success(p: &mut Proc, what: &str, timeout: Duration) {
-    let status = p
-        .wait_exit(timeout)
-        .unwrap_or_else(|| panic!("{what} still running after {timeout:?}; log:\n{}", p.log()));
-    assert!(
-        status.success(),
-        "{what} failed ({status}); log:\n{}",
-        p.log()
-    );
 }
 
 /// Catches the first datagram of a real dtun client (a ClientHello) on loopback in `ns` and
@@ -260,11 +245,7 @@ fn catch_client_hello(topo: &Topo, ns: &Netns) -> std::path::PathBuf {
         ],
         &[],
     );
-    wait_success(
-        &mut catcher,
-        "attack.py catch-hello",
-        Duration::from_secs(15),
-    );
+    catcher.expect_success("attack.py catch-hello", Duration::from_secs(15));
     drop(client);
     out
 }
@@ -433,7 +414,7 @@ fn hostile_input_leaves_bystander_and_server_standing() {
         std::thread::sleep(Duration::from_millis(250));
     }
     for (p, what) in attackers.iter_mut() {
-        wait_success(p, what, Duration::ZERO);
+        p.expect_success(what, Duration::ZERO);
     }
     wrong.stop(Duration::from_secs(5));
     greedy.stop(Duration::from_secs(5));
@@ -797,7 +778,7 @@ fn spoofed_hello_flood_cannot_lock_out_a_client() {
         std::thread::sleep(Duration::from_millis(250));
     }
     let flood_took = flood_started.elapsed();
-    wait_success(&mut flood, "attack.py hello-flood", Duration::ZERO);
+    flood.expect_success("attack.py hello-flood", Duration::ZERO);
     let udp_after = topo.server.udp_counters();
     let answers = rx_packets(attacker, "eth0") - answers_before;
     assert!(

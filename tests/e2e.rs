@@ -8,7 +8,7 @@ mod common;
 
 use common::{
     DTUN, Netns, Proc, Topo, UP, assert_running, only_tun, parse_env, parse_ping_stats, path_str,
-    start_client_env, start_server, wait_for, wait_p2p,
+    start_client_env, start_server, wait_for, wait_p2p, wait_peernet_up,
 };
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -153,14 +153,7 @@ fn peernet_route_then_linger_cleanup() {
         ],
         &[],
     );
-    let cdev = only_tun(topo.client());
-    let (c_local, c_peer) = wait_p2p(topo.client(), &cdev);
-    let sdev = only_tun(&topo.server);
-    let want = format!("10.200.0.0/24 via {c_local} dev {sdev}");
-    wait_for(UP, &format!("server route `{want}`"), || {
-        topo.server.routes().contains(&want)
-    });
-    assert!(topo.client().ping_ok(&c_peer.to_string(), 2));
+    wait_peernet_up(topo.client(), &topo.server, "10.200.0.0/24");
 
     let status = client.stop(Duration::from_secs(10));
     let stopped = Instant::now();
@@ -517,14 +510,7 @@ fn inject(ns: &Netns, s_tun: Ipv4Addr, modes: &str) {
     inj.wait_log("listening on", Duration::from_secs(10));
     // Traffic through the tunnel for the injector to capture.
     assert!(ns.ping_ok(&s_tun.to_string(), 2));
-    let status = inj
-        .wait_exit(Duration::from_secs(15))
-        .unwrap_or_else(|| panic!("inject.py still running; log:\n{}", inj.log()));
-    assert!(
-        status.success(),
-        "inject.py failed ({status}):\n{}",
-        inj.log()
-    );
+    inj.expect_success("inject.py", Duration::from_secs(15));
 }
 
 /// A replayed record and a corrupted one (fresh sequence number, one ciphertext byte flipped)

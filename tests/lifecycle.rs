@@ -10,7 +10,7 @@ mod common;
 
 use common::{
     DTUN, Netns, Proc, TestDir, Topo, UP, assert_running, lines_with, only_tun, parse_env,
-    path_str, start_client, start_server, wait_for, wait_p2p,
+    path_str, start_client, start_server, wait_for, wait_p2p, wait_peernet_up,
 };
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -68,15 +68,7 @@ fn assert_server_ns_clean(server_ns: &Netns) {
 /// Stops `p` with SIGTERM and asserts that it exits 0 within 10 s.
 fn sigterm_exits_zero(p: &mut Proc, what: &str) -> ExitStatus {
     p.signal("TERM");
-    let status = p
-        .wait_exit(Duration::from_secs(10))
-        .unwrap_or_else(|| panic!("{what} still running 10 s after SIGTERM; log:\n{}", p.log()));
-    assert!(
-        status.success(),
-        "{what} exited with {status} after SIGTERM; log:\n{}",
-        p.log()
-    );
-    status
+    p.expect_success(&format!("{what} after SIGTERM"), Duration::from_secs(10))
 }
 
 /// A hook script that, on every run, appends `TUN PEER_IP LOCAL_IP` to `NAME.log` and dumps
@@ -170,15 +162,8 @@ fn server_restart_client_comes_back() {
             "-v",
         ],
     );
-    let cdev = only_tun(topo.client());
+    let (cdev, c_local, c_peer) = wait_peernet_up(topo.client(), &topo.server, "10.200.0.0/24");
     let cindex = topo.client().ifindex(&cdev).expect("client TUN ifindex");
-    let (c_local, c_peer) = wait_p2p(topo.client(), &cdev);
-    let sdev = only_tun(&topo.server);
-    let want = format!("10.200.0.0/24 via {c_local} dev {sdev}");
-    wait_for(UP, &format!("server route `{want}`"), || {
-        topo.server.routes().contains(&want)
-    });
-    assert!(topo.client().ping_ok(&c_peer.to_string(), 2));
     assert_eq!(hook_runs(&topo.dir, "c-up").len(), 1, "up script runs");
 
     server.signal("KILL");

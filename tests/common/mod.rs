@@ -549,6 +549,23 @@ impl Proc {
         }
     }
 
+    /// Waits up to `timeout` for the process to exit and asserts that it exited 0; panics with
+    /// its log otherwise.
+    pub fn expect_success(&mut self, what: &str, timeout: Duration) -> ExitStatus {
+        let status = self.wait_exit(timeout).unwrap_or_else(|| {
+            panic!(
+                "{what} still running after {timeout:?}; log:\n{}",
+                self.log()
+            )
+        });
+        assert!(
+            status.success(),
+            "{what} exited with {status}; log:\n{}",
+            self.log()
+        );
+        status
+    }
+
     /// Waits until the log contains `needle`; panics on timeout or if the process exits first.
     pub fn wait_log(&mut self, needle: &str, timeout: Duration) {
         let deadline = Instant::now() + timeout;
@@ -688,6 +705,27 @@ pub fn wait_p2p(ns: &Netns, dev: &str) -> (Ipv4Addr, Ipv4Addr) {
         got.is_some()
     });
     got.expect("point-to-point address")
+}
+
+/// Waits until a client's tunnel is up, the server routes `peernet` through it and a ping
+/// crosses it; returns the client's TUN name and its (local, peer) addresses.
+pub fn wait_peernet_up(
+    client: &Netns,
+    server: &Netns,
+    peernet: &str,
+) -> (String, Ipv4Addr, Ipv4Addr) {
+    let cdev = only_tun(client);
+    let (local, peer) = wait_p2p(client, &cdev);
+    let sdev = only_tun(server);
+    let want = format!("{peernet} via {local} dev {sdev}");
+    wait_for(UP, &format!("server route `{want}`"), || {
+        server.routes().contains(&want)
+    });
+    assert!(
+        client.ping_ok(&peer.to_string(), 2),
+        "no ping through the tunnel to {peer}"
+    );
+    (cdev, local, peer)
 }
 
 /// A path as the &str a command line takes.
