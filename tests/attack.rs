@@ -319,12 +319,12 @@ fn hostile_input_leaves_bystander_and_server_standing() {
     let (garbage, rate) = (GARBAGE_EACH.to_string(), FLOOD_RATE.to_string());
     let (hellos, srcs) = (HELLO_REPLAYS.to_string(), hello_srcs.join(","));
     let (ip_a, ip_b) = (server_ip(FLOODER_A), server_ip(FLOODER_B));
-    let mut flood_a = attack_tool(
-        ns(FLOODER_A),
-        &[
+    // Both flooders send garbage at the same rate, each with its own seed; A replays hellos too.
+    let flood = |who: usize, ip: &str, seed: &str, extra: &[&str]| {
+        let mut args = vec![
             "flood",
             "--dst",
-            &ip_a,
+            ip,
             "--port",
             "443",
             "--garbage",
@@ -332,7 +332,16 @@ fn hostile_input_leaves_bystander_and_server_standing() {
             "--rate",
             &rate,
             "--seed",
-            "1",
+            seed,
+        ];
+        args.extend_from_slice(extra);
+        attack_tool(ns(who), &args)
+    };
+    let mut flood_a = flood(
+        FLOODER_A,
+        &ip_a,
+        "1",
+        &[
             "--hello",
             path_str(&hello),
             "--hello-srcs",
@@ -341,22 +350,7 @@ fn hostile_input_leaves_bystander_and_server_standing() {
             &hellos,
         ],
     );
-    let mut flood_b = attack_tool(
-        ns(FLOODER_B),
-        &[
-            "flood",
-            "--dst",
-            &ip_b,
-            "--port",
-            "443",
-            "--garbage",
-            &garbage,
-            "--rate",
-            &rate,
-            "--seed",
-            "2",
-        ],
-    );
+    let mut flood_b = flood(FLOODER_B, &ip_b, "2", &[]);
     let (each, spoof_hellos) = (SPOOF_EACH.to_string(), SPOOF_HELLOS.to_string());
     let mut spoof = attack_tool(
         ns(BYSTANDER),
