@@ -36,9 +36,10 @@ ip -n "$ns_b" link set vw0 up
 port=7000
 # one X Y: X and Y echo servers, their clients 25 ms out of step; prints both medians.
 one() {
-    local x=$1 y=$2 px=$((port += 1)) py=$((port += 1)) cx cy out
-    ip netns exec "$ns_a" "$bin" "$x" "172.31.251.1:$px" & pids+=($!)
-    ip netns exec "$ns_a" "$bin" "$y" "172.31.251.1:$py" & pids+=($!)
+    local x=$1 y=$2 px=$((port += 1)) py=$((port += 1)) sx sy cx cy out
+    ip netns exec "$ns_a" "$bin" "$x" "172.31.251.1:$px" & sx=$!
+    ip netns exec "$ns_a" "$bin" "$y" "172.31.251.1:$py" & sy=$!
+    pids=("$sx" "$sy")
     sleep 0.3
     out=$(mktemp -d)
     ip netns exec "$ns_b" "$bin" client "172.31.251.1:$px" "$count" >"$out/x" & cx=$!
@@ -47,6 +48,9 @@ one() {
     wait "$cx" "$cy"
     printf '%-9s %s   |   %-9s %s\n' "$x" "$(cat "$out/x")" "$y" "$(cat "$out/y")"
     rm -rf "$out"
+    kill "$sx" "$sy" 2>/dev/null
+    wait "$sx" "$sy" 2>/dev/null
+    pids=()
 }
 for pair in $pairs; do
     x=${pair%%:*} y=${pair#*:}

@@ -80,6 +80,16 @@ def record(ctype, version, epoch, seq, body, length=None):
     )
 
 
+def load_hello(path):
+    """The ClientHello in the hex dump at `path`, or None (said on stdout) if it holds none."""
+    with open(path) as f:
+        hello = bytes.fromhex(f.read().strip())
+    if not is_client_hello(hello):
+        print("the --hello file holds no ClientHello", flush=True)
+        return None
+    return hello
+
+
 def is_client_hello(dg):
     if len(dg) < RECORD_HEADER_LEN + 12:
         return False
@@ -200,15 +210,10 @@ def flood(args):
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
         socks.append(s)
-    hello = None
-    srcs = []
-    if args.hellos:
-        with open(args.hello) as f:
-            hello = bytes.fromhex(f.read().strip())
-        if not is_client_hello(hello):
-            print("the --hello file holds no ClientHello", flush=True)
-            return 1
-        srcs = args.hello_srcs.split(",")
+    hello = load_hello(args.hello) if args.hellos else None
+    if args.hellos and hello is None:
+        return 1
+    srcs = args.hello_srcs.split(",") if args.hellos else []
     every = args.garbage // args.hellos if args.hellos else 0
     kept = []
     kinds = {}
@@ -325,13 +330,9 @@ def spoof(args):
 
     kinds = ["replay", "bad_tag", "alert", "bad_epoch", "truncated", "oversized"]
     sent = {k: 0 for k in kinds}
-    hello = None
-    if args.hellos:
-        with open(args.hello) as f:
-            hello = bytes.fromhex(f.read().strip())
-        if not is_client_hello(hello):
-            print("the --hello file holds no ClientHello", flush=True)
-            return 1
+    hello = load_hello(args.hello) if args.hellos else None
+    if args.hellos and hello is None:
+        return 1
     raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
     pacer = Pacer(args.rate)
 
