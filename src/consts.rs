@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-// ---- Fixed by DTLS 1.2 and the original dtun protocol (../shared/PROTOCOL.md) ----
+// ---- Fixed by DTLS 1.2 and the original dtun protocol (docs/PROTOCOL.md) ----
 
 /// DTLS 1.2 record version on the wire.
 pub const DTLS12_VERSION: [u8; 2] = [0xfe, 0xfd];

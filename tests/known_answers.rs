@@ -1,5 +1,5 @@
 //! Known-answer tests against two real sessions of the original Go dtun (pion/dtls 2.0.8 and
-//! 2.2.6 clients), captured on the wire: `../shared/captures/` (see its README.md).
+//! 2.2.6 clients), captured on the wire: `tests/data/captures/` (see its README.md).
 //!
 //! Given only the key `foo`, each test rebuilds the handshake transcript from the capture,
 //! derives the keys with `dtun::kdf` (PSK premaster, RFC 7627 extended master secret, RFC 5246
@@ -125,12 +125,12 @@ impl Capture {
 
 fn load(name: &'static str) -> Capture {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/captures")
+        .join("tests/data/captures")
         .join(name);
     let file = std::fs::read(&path).unwrap_or_else(|e| {
         panic!(
-            "known-answer capture {} is missing or unreadable ({e}); the tests need the \
-             shared/ directory checked out beside the crate",
+            "known-answer capture {} is missing or unreadable ({e}); it is part of the \
+             repository (tests/data/captures/)",
             path.display()
         )
     });

@@ -1,0 +1,593 @@
+//! The manager: devices, the pool and the sessions' lifecycles (control path side).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::LOG_CONNECTED;
+use super::demux::{DemuxCmd, SessionRx};
+use crate::authz;
+use crate::config::ServerConfig;
+use crate::consts::{
+    CONTENT_APPLICATION_DATA, FIRST_APP_SEQUENCE, KEEPALIVE_MISSES, SETUP_TIMEOUT,
+};
+use crate::dtls::Established;
+use crate::hooks::{self, TunnelEnv};
+use crate::netlink::{Netlink, NetlinkError};
+use crate::pool::{Pair, Pool, PoolError};
+use crate::proto::{AddressMessage, CONTROL_VERSION, CloseReason, Control, Peernet, ProtoError};
+use crate::pump::{self, Counters, Link, OutboundCmd};
+use crate::record::{self, Sealer};
+use crate::tun::{self, Tun, TunError};
+use crate::udp::Udp;
+
+// ---------------------------------------------------------------------------------------------
+// Manager (control path side)
+
+/// Handshake tasks and the demultiplexer → manager.
+pub(super) enum Event {
+    Authenticated {
+        addr: SocketAddr,
+        token: u64,
+        est: Box<Established>,
+    },
+    Peernet {
+        session_id: u64,
+        peernet: Result<Peernet, ProtoError>,
+    },
+    Closed {
+        session_id: u64,
+        level: u8,
+        desc: u8,
+    },
+    Control {
+        session_id: u64,
+        msg: Control,
+    },
+    /// The client's peernet message was lost (something else came first).
+    SetupLost {
+        session_id: u64,
+    },
+}
+
+/// One id's device, with or without a session.
+pub(super) struct Device {
+    tun: Tun,
+    pair: Pair,
+    /// Routes we added through this device (the client's peernet).
+    routes: Vec<IpNet>,
+    session: Option<Session>,
+    /// When the last session ended; the device goes after `-linger`.
+    idle_since: Option<Instant>,
+}
+
+pub(super) struct Session {
+    session_id: u64,
+    addr: SocketAddr,
+    out_tx: mpsc::Sender<OutboundCmd>,
+    out_task: JoinHandle<Sealer>,
+    counters: Arc<Counters>,
+    /// Deadline for the client's peernet message.
+    setup_deadline: Option<Instant>,
+    /// The client said Hello: it is a dtun peer and may get control messages.
+    negotiated: bool,
+    /// The client's keepalive period (zero: none); it pings, we answer.
+    keepalive: Duration,
+    /// Authenticated records seen at the last check, and when that count last moved.
+    seen: u64,
+    alive_at: Instant,
+}
+
+pub(super) struct Manager {
+    pub(super) cfg: ServerConfig,
+    pub(super) nl: Netlink,
+    pub(super) udp: Udp,
+    pub(super) pool: Pool,
+    pub(super) cmd_tx: mpsc::UnboundedSender<DemuxCmd>,
+    pub(super) devices: HashMap<String, Device>,
+    pub(super) next_session: u64,
+}
+
+impl Manager {
+    pub(super) async fn run(
+        &mut self,
+        mut ev_rx: mpsc::UnboundedReceiver<Event>,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                ev = ev_rx.recv() => match ev {
+                    Some(ev) => self.event(ev).await,
+                    None => break,
+                },
+                _ = tick.tick() => self.timers().await,
+            }
+        }
+        tracing::info!(
+            "shutting down: closing {} session(s)",
+            self.devices
+                .values()
+                .filter(|d| d.session.is_some())
+                .count()
+        );
+        let ids: Vec<String> = self.devices.keys().cloned().collect();
+        for id in ids {
+            self.end_session(&id, Some(CloseReason::Shutdown), "server shutting down")
+                .await;
+            self.remove_device(&id).await;
+        }
+    }
+
+    async fn event(&mut self, ev: Event) {
+        match ev {
+            Event::Authenticated { addr, token, est } => {
+                let id = String::from_utf8_lossy(&est.peer_identity).into_owned();
+                if let Err(e) = self.start_session(&id, addr, token, *est).await {
+                    tracing::error!("client {id} from {addr}: cannot set up its tunnel: {e}");
+                    let _ = self.cmd_tx.send(DemuxCmd::HandshakeEnded { addr, token });
+                }
+            }
+            Event::Peernet {
+                session_id,
+                peernet,
+            } => {
+                let Some(id) = self.id_of(session_id) else {
+                    return;
+                };
+                match peernet {
+                    Ok(p) => self.set_peernet(&id, p).await,
+                    Err(e) => {
+                        tracing::warn!("client {id}: {e}; the tunnel stays up without a route")
+                    }
+                }
+                if let Some(s) = self.devices.get_mut(&id).and_then(|d| d.session.as_mut()) {
+                    s.setup_deadline = None;
+                }
+            }
+            Event::Closed {
+                session_id,
+                level,
+                desc,
+            } => {
+                let Some(id) = self.id_of(session_id) else {
+                    return;
+                };
+                let why = if desc == 0 {
+                    "close_notify".to_string()
+                } else {
+                    format!("alert {level}/{desc}")
+                };
+                self.end_session(&id, None, &format!("peer sent {why}"))
+                    .await;
+            }
+            Event::SetupLost { session_id } => {
+                let Some(id) = self.id_of(session_id) else {
+                    return;
+                };
+                self.end_session(
+                    &id,
+                    Some(CloseReason::Timeout),
+                    "its peernet message was lost",
+                )
+                .await;
+            }
+            Event::Control { session_id, msg } => {
+                let Some(id) = self.id_of(session_id) else {
+                    return;
+                };
+                self.control(&id, msg).await;
+            }
+        }
+    }
+
+    fn id_of(&self, session_id: u64) -> Option<String> {
+        self.devices
+            .iter()
+            .find(|(_, d)| {
+                d.session
+                    .as_ref()
+                    .is_some_and(|s| s.session_id == session_id)
+            })
+            .map(|(id, _)| id.clone())
+    }
+
+    async fn start_session(
+        &mut self,
+        id: &str,
+        addr: SocketAddr,
+        token: u64,
+        est: Established,
+    ) -> Result<(), SessionError> {
+        if !self.devices.contains_key(id) {
+            let dev = self.create_device(id, est.suite, addr).await?;
+            self.devices.insert(id.to_string(), dev);
+        } else {
+            self.end_session_because(
+                id,
+                Some(CloseReason::Replaced),
+                &addr.to_string(),
+                &format!("replaced by a new session from {addr}"),
+            )
+            .await;
+            let mtu = self.cfg.tun.mtu_for(est.suite, addr);
+            if let Some(dev) = self.devices.get_mut(id) {
+                dev.tun.follow_mtu(&self.nl, mtu).await?;
+            }
+        }
+        let Some(dev) = self.devices.get_mut(id) else {
+            return Ok(());
+        };
+        self.next_session += 1;
+        let session_id = self.next_session;
+        let (mut sealer, opener) =
+            record::session_pair(est.suite, &est.keys, false, 1, FIRST_APP_SEQUENCE);
+        let counters = Arc::new(Counters::default());
+        let _ = self.cmd_tx.send(DemuxCmd::Install {
+            addr,
+            token,
+            session: SessionRx {
+                session_id,
+                opener,
+                tun: Arc::clone(&dev.tun.dev),
+                mss: pump::mss_clamps(dev.tun.mtu),
+                counters: Arc::clone(&counters),
+                awaiting_peernet: true,
+                tunnel_ip: dev.pair.client,
+                allowed: dev.routes.clone(),
+                controls: !self.cfg.common.compat,
+                final_flight: est.final_flight,
+                resent_at: None,
+            },
+        });
+        let link = Link {
+            udp: self.udp.clone(),
+            peer: addr,
+            connected: false,
+        };
+        let msg = AddressMessage {
+            client: dev.pair.client,
+            server: dev.pair.server,
+        };
+        link.send_record(&mut sealer, CONTENT_APPLICATION_DATA, &msg.to_bytes())
+            .await
+            .map_err(|e| SessionError::Send(addr, e))?;
+        let (out_tx, out_task) = pump::spawn_outbound(
+            Arc::clone(&dev.tun.dev),
+            pump::MssClamp::new(dev.tun.mtu),
+            link,
+            sealer,
+            Arc::clone(&counters),
+        );
+        dev.idle_since = None;
+        dev.session = Some(Session {
+            session_id,
+            addr,
+            out_tx,
+            out_task,
+            counters,
+            setup_deadline: Some(Instant::now() + SETUP_TIMEOUT),
+            negotiated: false,
+            keepalive: Duration::ZERO,
+            seen: 0,
+            alive_at: Instant::now(),
+        });
+        tracing::info!(
+            "client {id} {LOG_CONNECTED} from {addr} on {} (local {} peer {}, {})",
+            dev.tun.name,
+            dev.pair.server,
+            dev.pair.client,
+            est.suite.name()
+        );
+        Ok(())
+    }
+
+    async fn create_device(
+        &mut self,
+        id: &str,
+        suite: record::Suite,
+        addr: SocketAddr,
+    ) -> Result<Device, SessionError> {
+        let fixed = self.cfg.keys.clients.get(id).and_then(|c| c.addr);
+        let pair = match fixed {
+            Some(addr) => self.pool.assign_fixed(id, addr)?,
+            None => self.pool.assign(id)?,
+        };
+        let mtu = self.cfg.tun.mtu_for(suite, addr);
+        let made = async {
+            let tun = tun::create(&self.nl, &self.cfg.tun.name, mtu).await?;
+            self.nl
+                .add_p2p_address(tun.index, pair.server, pair.client)
+                .await?;
+            Ok::<_, SessionError>(tun)
+        }
+        .await;
+        if let Ok(tun) = &made
+            && let Some(up) = &self.cfg.common.up
+            && let Err(e) = hooks::run("up", up, &device_env(&tun.name, pair)).await
+        {
+            tracing::warn!("client {id}: {e}");
+        }
+        match made {
+            Ok(tun) => Ok(Device {
+                tun,
+                pair,
+                routes: Vec::new(),
+                session: None,
+                idle_since: None,
+            }),
+            Err(e) => {
+                self.pool.release(id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Routes the client's announced LAN through its device, if authorisation allows it, and
+    /// lets its packets come from there.
+    async fn set_peernet(&mut self, id: &str, peernet: Peernet) {
+        let wanted: Vec<IpNet> = match peernet {
+            Peernet::Empty => vec![],
+            Peernet::Net(n) => vec![n],
+        };
+        let ours: Vec<u32> = self.devices.values().map(|d| d.tun.index).collect();
+        let host = match self.nl.networks_elsewhere(&ours).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!("client {id}: {e}; not routing its peernet");
+                return;
+            }
+        };
+        let others: Vec<(String, IpNet)> = self
+            .devices
+            .iter()
+            .filter(|(other, _)| other.as_str() != id)
+            .flat_map(|(other, d)| d.routes.iter().map(|r| (other.clone(), *r)))
+            .collect();
+        let pool = self.cfg.pool;
+        let Some(dev) = self.devices.get_mut(id) else {
+            return;
+        };
+        for old in dev.routes.clone() {
+            if !wanted.contains(&old) {
+                let _ = self.nl.del_route(old, dev.tun.index).await;
+                dev.routes.retain(|r| *r != old);
+            }
+        }
+        for net in wanted {
+            if dev.routes.contains(&net) {
+                continue;
+            }
+            let listed = self
+                .cfg
+                .keys
+                .clients
+                .get(id)
+                .and_then(|c| c.lans.as_deref());
+            if let Err(refusal) = authz::check_peernet(net, &host, &others, pool, listed) {
+                tracing::warn!(
+                    "client {id}: refused peernet {net}: {refusal}; the tunnel stays up without that route"
+                );
+                continue;
+            }
+            let via = match net {
+                IpNet::V4(_) => Some(IpAddr::V4(dev.pair.client)),
+                IpNet::V6(_) => None,
+            };
+            match self.nl.add_route(net, via, dev.tun.index).await {
+                Ok(()) => {
+                    tracing::info!(
+                        "client {id}: route {net} via {} dev {}",
+                        dev.pair.client,
+                        dev.tun.name
+                    );
+                    dev.routes.push(net);
+                }
+                Err(e) => {
+                    tracing::warn!("client {id}: {e}; the tunnel stays up without that route")
+                }
+            }
+        }
+        if let Some(s) = &dev.session {
+            let _ = self.cmd_tx.send(DemuxCmd::Allow {
+                addr: s.addr,
+                session_id: s.session_id,
+                nets: dev.routes.clone(),
+            });
+        }
+    }
+
+    /// Answers a dtun client's control message.
+    async fn control(&mut self, id: &str, msg: Control) {
+        let Some(s) = self.devices.get_mut(id).and_then(|d| d.session.as_mut()) else {
+            return;
+        };
+        let reply = match msg {
+            Control::Hello { keepalive_ms, .. } => {
+                s.negotiated = true;
+                s.keepalive = Duration::from_millis(u64::from(keepalive_ms));
+                let ours = u32::try_from(self.cfg.common.keepalive.as_millis()).unwrap_or(u32::MAX);
+                tracing::debug!("client {id} is a dtun peer (keepalive {:?})", s.keepalive);
+                Some(Control::Hello {
+                    version: CONTROL_VERSION,
+                    keepalive_ms: ours,
+                })
+            }
+            // Only a dtun client pings: a lost Hello must not leave it unanswered.
+            Control::Ping if !self.cfg.common.compat => {
+                if !s.negotiated {
+                    s.negotiated = true;
+                    s.keepalive = self.cfg.common.keepalive;
+                }
+                Some(Control::Pong)
+            }
+            Control::Close { reason, detail } => {
+                tracing::debug!("client {id} is closing: {reason:?} {detail}");
+                None
+            }
+            _ => None,
+        };
+        if let Some(r) = reply {
+            let _ = s.out_tx.try_send(OutboundCmd::Send(r.to_bytes()));
+        }
+    }
+
+    /// Ends the id's session, if any; the device stays for `-linger`. `reason`: say so and
+    /// send close_notify (None: the peer already closed).
+    async fn end_session(&mut self, id: &str, reason: Option<CloseReason>, why: &str) {
+        self.end_session_because(id, reason, "", why).await
+    }
+
+    async fn end_session_because(
+        &mut self,
+        id: &str,
+        reason: Option<CloseReason>,
+        detail: &str,
+        why: &str,
+    ) {
+        let Some(dev) = self.devices.get_mut(id) else {
+            return;
+        };
+        let Some(s) = dev.session.take() else { return };
+        let _ = self.cmd_tx.send(DemuxCmd::Remove {
+            addr: s.addr,
+            session_id: s.session_id,
+        });
+        let farewell = reason.filter(|_| s.negotiated).map(|reason| {
+            Control::Close {
+                reason,
+                detail: detail.to_string(),
+            }
+            .to_bytes()
+        });
+        let stop = OutboundCmd::Stop {
+            notify: reason.is_some(),
+            farewell,
+        };
+        let _ = s.out_tx.send(stop).await;
+        let _ = s.out_task.await;
+        dev.idle_since = Some(Instant::now());
+        tracing::info!(
+            "client {id} from {} disconnected: {why} ({})",
+            s.addr,
+            s.counters.summary()
+        );
+    }
+
+    async fn remove_device(&mut self, id: &str) {
+        let Some(dev) = self.devices.remove(id) else {
+            return;
+        };
+        for r in &dev.routes {
+            let _ = self.nl.del_route(*r, dev.tun.index).await;
+        }
+        if let Err(e) = self.nl.del_link(dev.tun.index).await {
+            tracing::warn!("removing {}: {e}", dev.tun.name);
+        }
+        let fixed = self.cfg.keys.clients.get(id).and_then(|c| c.addr);
+        if fixed.is_none() {
+            self.pool.release(id);
+        }
+        tracing::info!(
+            "client {id}: removed {} and its routes ({} pool pairs in use)",
+            dev.tun.name,
+            self.pool.in_use()
+        );
+        if let Some(down) = &self.cfg.common.down
+            && let Err(e) = hooks::run("down", down, &device_env(&dev.tun.name, dev.pair)).await
+        {
+            tracing::warn!("client {id}: {e}");
+        }
+    }
+
+    async fn timers(&mut self) {
+        let now = Instant::now();
+        let late: Vec<String> = self
+            .devices
+            .iter()
+            .filter(|(_, d)| {
+                d.session
+                    .as_ref()
+                    .and_then(|s| s.setup_deadline)
+                    .is_some_and(|t| now >= t)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in late {
+            self.end_session(
+                &id,
+                Some(CloseReason::Timeout),
+                &format!("no peernet message within {SETUP_TIMEOUT:?}"),
+            )
+            .await;
+        }
+        // Keepalive: a dtun client pings when quiet; no authenticated record for
+        // KEEPALIVE_MISSES of its periods means it is gone.
+        let check = !self.cfg.common.keepalive.is_zero();
+        let mut dead = Vec::new();
+        for (id, d) in self.devices.iter_mut() {
+            let Some(s) = d.session.as_mut() else {
+                continue;
+            };
+            let seen = s.counters.authenticated();
+            if seen != s.seen {
+                s.seen = seen;
+                s.alive_at = now;
+            } else if check
+                && s.negotiated
+                && !s.keepalive.is_zero()
+                && now.duration_since(s.alive_at) >= s.keepalive * KEEPALIVE_MISSES
+            {
+                dead.push((id.clone(), now.duration_since(s.alive_at)));
+            }
+        }
+        for (id, quiet) in dead {
+            let why = format!("no keepalive for {:.1}s", quiet.as_secs_f64());
+            self.end_session(&id, Some(CloseReason::Timeout), &why)
+                .await;
+        }
+        let linger = self.cfg.linger;
+        let expired: Vec<String> = self
+            .devices
+            .iter()
+            .filter(|(_, d)| {
+                d.session.is_none()
+                    && d.idle_since
+                        .is_some_and(|t| now.duration_since(t) >= linger)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            self.remove_device(&id).await;
+        }
+    }
+}
+
+/// A script's view of a server-side device: PEER_IP is the client's tunnel address.
+fn device_env(tun: &str, pair: Pair) -> TunnelEnv {
+    TunnelEnv {
+        tun: tun.to_string(),
+        peer_ip: pair.client,
+        local_ip: pair.server,
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    #[error(transparent)]
+    Tun(#[from] TunError),
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error("sending to {0} failed: {1}")]
+    Send(SocketAddr, std::io::Error),
+}

@@ -1,0 +1,160 @@
+//! The server: one UDP socket, demultiplexed by us (never by the DTLS crate), one TUN device
+//! per client id that outlives its sessions for `-linger`.
+//!
+//! Two long-lived tasks share the work:
+//! - the **demultiplexer** owns the socket's read side and the address → peer table. It opens
+//!   records of live sessions and writes their packets to the TUN in coalesced batches (data
+//!   path), admits ClientHellos under the half-open caps (evicting unproven handshakes first),
+//!   and hands handshake datagrams to the crate's per-peer handshake tasks;
+//! - the **manager** owns the devices, the pool and the sessions' lifecycles (control path): it
+//!   turns a completed handshake into a session, installs routes, ends sessions and removes
+//!   idle devices. It talks to the demultiplexer through [`DemuxCmd`] messages.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use crate::config::ServerConfig;
+use crate::dtls::KeyLookup;
+use crate::netlink::{Netlink, NetlinkError};
+use crate::pool::{Pool, PoolError};
+use crate::proto::HINT_MARKER;
+use crate::pump::{Inbox, RateLimit};
+use crate::tun::TunBatch;
+use crate::udp::Udp;
+
+/// Log line prefix of a new session (tests look for it).
+pub const LOG_CONNECTED: &str = "connected";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(
+        "UDP port {port} is already in use on {ip}: stop the other program or choose another -port"
+    )]
+    PortInUse { ip: IpAddr, port: u16 },
+    #[error("cannot listen on {addr}: {source}{hint}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+        hint: &'static str,
+    },
+    #[error("cannot set up batched UDP on the server socket: {0}")]
+    Udp(std::io::Error),
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+}
+
+/// Binds the server socket; dual-stack when the address is `[::]`.
+pub fn bind(addr: SocketAddr) -> Result<UdpSocket, ServerError> {
+    let map = |source: std::io::Error| match source.kind() {
+        std::io::ErrorKind::AddrInUse => ServerError::PortInUse {
+            ip: addr.ip(),
+            port: addr.port(),
+        },
+        std::io::ErrorKind::PermissionDenied => ServerError::Bind {
+            addr,
+            source,
+            hint: ": ports below 1024 need root or CAP_NET_BIND_SERVICE",
+        },
+        std::io::ErrorKind::AddrNotAvailable => ServerError::Bind {
+            addr,
+            source,
+            hint: ": -listen must be an address of this machine",
+        },
+        _ => ServerError::Bind {
+            addr,
+            source,
+            hint: "",
+        },
+    };
+    let domain = socket2::Domain::for_address(addr);
+    let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))
+        .map_err(map)?;
+    if addr.is_ipv6() && addr.ip().is_unspecified() {
+        s.set_only_v6(false).map_err(map)?;
+    }
+    // Larger buffers absorb bursts; failure to grow them is harmless.
+    let _ = s.set_recv_buffer_size(4 << 20);
+    let _ = s.set_send_buffer_size(4 << 20);
+    s.set_nonblocking(true).map_err(map)?;
+    s.bind(&addr.into()).map_err(map)?;
+    UdpSocket::from_std(s.into()).map_err(map)
+}
+
+/// Runs the server on `sock` until `shutdown` resolves; then closes every session
+/// (close_notify) and removes every device this server made.
+pub async fn run(
+    sock: UdpSocket,
+    cfg: ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let nl = Netlink::new()?;
+    let sock = Arc::new(sock);
+    let udp = Udp::new(Arc::clone(&sock)).map_err(ServerError::Udp)?;
+    let mut pool = Pool::new(cfg.pool)?;
+    // Fixed addresses are held from the start, so no other id's hash can take them.
+    for (id, c) in &cfg.keys.clients {
+        if let Some(addr) = c.addr {
+            pool.assign_fixed(id, addr)?;
+        }
+    }
+    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+    let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+    let keys = cfg.keys.clone();
+    let lookup: KeyLookup = Arc::new(move |identity: &[u8]| keys.key_for(identity));
+    let demux_counters = Arc::new(DemuxCounters::default());
+    let demux = Demux {
+        udp: udp.clone(),
+        out: Delivery {
+            ev_tx: ev_tx.clone(),
+            log_limit: RateLimit::new(10),
+            tun_batch: TunBatch::default(),
+            inbox: Inbox::default(),
+        },
+        peers: HashMap::new(),
+        cmd_rx,
+        cmd_tx: cmd_tx.clone(),
+        lookup,
+        suites: cfg.common.suites.clone().into(),
+        hint: if cfg.common.compat {
+            cfg.hint.as_bytes().to_vec()
+        } else {
+            format!("{}{HINT_MARKER}", cfg.hint).into_bytes()
+        },
+        next_token: 0,
+        handshakes: 0,
+        counters: Arc::clone(&demux_counters),
+    };
+    let demux_task = tokio::spawn(demux.run());
+    tracing::info!(
+        "listening on {} (pool {}, linger {:?})",
+        sock.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        cfg.pool,
+        cfg.linger
+    );
+    let mut mgr = Manager {
+        cfg,
+        nl,
+        udp,
+        pool,
+        cmd_tx,
+        devices: HashMap::new(),
+        next_session: 0,
+    };
+    mgr.run(ev_rx, shutdown).await;
+    demux_task.abort();
+    tracing::info!("server totals: {}", demux_counters.summary());
+    Ok(())
+}
+
+mod demux;
+pub use demux::DemuxCounters;
+use demux::{Delivery, Demux};
+mod manager;
+use manager::Manager;
