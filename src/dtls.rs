@@ -1,19 +1,13 @@
-//! The DTLS 1.2 handshake, done by the webrtc-rs `dtls` crate over datagrams that we route to
-//! it ourselves; afterwards only its key material is used (our `record` layer takes over).
+//! The client's DTLS 1.2 handshake, done by the webrtc-rs `dtls` crate over datagrams that we
+//! route to it ourselves; afterwards only its key material is used (our `record` layer takes
+//! over). The server's side is our own (`crate::handshake`), so that admission under a flood
+//! is ours from the first byte.
 //!
-//! The crate reads from a [`ChannelConn`]: the socket's owner (server demultiplexer or client
-//! loop) pushes each datagram of this peer into a channel, and the crate's replies go straight
-//! out of the shared socket.
-//!
-//! The crate does not answer a retransmitted final flight: its handshake state machine stops
-//! at the first FINISHED state (`DTLSConn::handshake` in its handshaker.rs returns there, and
-//! `finish()`, which would resend, never runs). So a server whose ChangeCipherSpec + Finished
-//! was lost would leave the client retransmitting its own last flight until it times out. We
-//! keep the datagrams of our last flight ([`Established::final_flight`]) and the server resends
-//! them itself when the client repeats its last flight (RFC 6347 4.2.4).
+//! The crate reads from a [`ChannelConn`]: the client loop pushes each datagram of the server
+//! into a channel, and the crate's replies go straight out of the socket.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -51,12 +45,11 @@ type PskCallback = Arc<
         + Sync,
 >;
 
-/// Looks up the key for a client's PSK identity; None refuses the identity.
+/// Looks up the key for a client's PSK identity; None: unknown.
 pub type KeyLookup = Arc<dyn Fn(&[u8]) -> Option<Vec<u8>> + Send + Sync>;
 
-/// Which side of the handshake we are, with what it needs.
+/// What our side of the handshake needs: the client's identity and key.
 pub enum Role {
-    Server { hint: Vec<u8>, lookup: KeyLookup },
     Client { identity: Vec<u8>, key: Vec<u8> },
 }
 
@@ -66,10 +59,11 @@ pub struct Established {
     pub keys: KeyBlock,
     /// Server: the client's PSK identity. Client: the server's identity hint.
     pub peer_identity: Vec<u8>,
-    /// The crate's connection; dropping it stops the crate's tasks.
-    pub conn: DTLSConn,
-    /// The datagrams of our last flight (ChangeCipherSpec + Finished) as they went out, to
-    /// send again when the peer repeats its own last flight: the crate never does.
+    /// The crate's connection (client side; the server's handshake is ours); dropping it
+    /// stops the crate's tasks.
+    pub conn: Option<DTLSConn>,
+    /// The datagrams of our last flight (ChangeCipherSpec + Finished) as they went out; the
+    /// server sends them again when the client repeats its own last flight (RFC 6347 4.2.4).
     pub final_flight: Vec<Vec<u8>>,
 }
 
@@ -81,16 +75,11 @@ pub struct ChannelConn {
     rx: tokio::sync::Mutex<mpsc::Receiver<Vec<u8>>>,
     sock: Arc<UdpSocket>,
     peer: SocketAddr,
-    /// The socket is connected to `peer` (client): use send, not send_to.
+    /// The socket is connected to `peer`: use send, not send_to.
     connected: bool,
-    /// Cipher suite of the last ServerHello that went through (0: none yet). The crate does
-    /// not tell which suite it negotiated, so we read it off the wire as it passes.
+    /// Cipher suite of the first ServerHello that came in (0: none yet). The crate does not
+    /// tell which suite it negotiated, so we read it off the wire as it passes.
     suite: Arc<AtomicU16>,
-    /// Server: the cookie of the HelloVerifyRequest the crate sent.
-    cookie: Mutex<Option<Vec<u8>>>,
-    /// Server: a ClientHello came back with that cookie, so the peer really receives at its
-    /// address (a spoofed source cannot). Unproven handshakes are the first to be evicted.
-    proven: Arc<AtomicBool>,
     /// Outgoing datagrams that are part of a last flight (see [`is_final_flight`]).
     final_flight: Arc<Mutex<Vec<Vec<u8>>>>,
 }
@@ -108,19 +97,12 @@ impl ChannelConn {
             peer,
             connected,
             suite: Arc::default(),
-            cookie: Mutex::default(),
-            proven: Arc::default(),
             final_flight: Arc::default(),
         }
     }
 
-    /// Set once the peer has answered a HelloVerifyRequest with its cookie.
-    pub fn proven(&self) -> Arc<AtomicBool> {
-        Arc::clone(&self.proven)
-    }
-
-    /// Reads what the crate does not tell: the negotiated suite, and whether the peer's
-    /// address is proven. Only handshake datagrams pass here.
+    /// Reads what the crate does not tell: the negotiated suite, and our last flight. Only
+    /// handshake datagrams pass here.
     fn sniff(&self, datagram: &[u8], outgoing: bool) {
         if outgoing
             && is_final_flight(datagram)
@@ -129,28 +111,17 @@ impl ChannelConn {
         {
             kept.push(datagram.to_vec());
         }
-        if let Some(id) = server_hello_suite(datagram) {
-            self.suite.store(id, Ordering::Relaxed);
-        }
-        if self.connected {
-            return;
-        }
-        let Some(cookie) = hello_cookie(datagram, outgoing) else {
-            return;
-        };
-        if let Ok(mut sent) = self.cookie.lock() {
-            if outgoing {
-                *sent = Some(cookie);
-            } else if !cookie.is_empty() && sent.as_ref() == Some(&cookie) {
-                self.proven.store(true, Ordering::Relaxed);
-            }
+        // Only the peer's ServerHello says what was negotiated, and only the first one: a
+        // spoofed one arriving later must not switch the record layer.
+        if !outgoing && let Some(id) = server_hello_suite(datagram) {
+            let _ = self
+                .suite
+                .compare_exchange(0, id, Ordering::Relaxed, Ordering::Relaxed);
         }
     }
 }
 
-const CLIENT_HELLO: u8 = 1;
 const SERVER_HELLO: u8 = 2;
-const HELLO_VERIFY_REQUEST: u8 = 3;
 
 /// Calls `f(msg_type, fragment)` for each unencrypted (epoch 0) handshake message in a
 /// datagram whose fragment starts the message.
@@ -202,28 +173,6 @@ pub fn server_hello_suite(datagram: &[u8]) -> Option<u16> {
             if let Some(cs) = sid.and_then(|sid| frag.get(35 + sid..37 + sid)) {
                 found = Some(u16::from_be_bytes([cs[0], cs[1]]));
             }
-        }
-    });
-    found
-}
-
-/// The cookie of a HelloVerifyRequest (`from_server`) or of a ClientHello in this datagram.
-fn hello_cookie(datagram: &[u8], from_server: bool) -> Option<Vec<u8>> {
-    let mut found = None;
-    for_each_hello(datagram, |t, frag| {
-        // HelloVerifyRequest: server_version(2) cookie<0..255>
-        // ClientHello: client_version(2) random(32) session_id<0..32> cookie<0..255> ...
-        let at = match t {
-            HELLO_VERIFY_REQUEST if from_server => Some(2),
-            CLIENT_HELLO if !from_server => frag.get(34).map(|n| 35 + usize::from(*n)),
-            _ => None,
-        };
-        let cookie = at.and_then(|at| {
-            let n = usize::from(*frag.get(at)?);
-            frag.get(at + 1..at + 1 + n)
-        });
-        if let Some(c) = cookie {
-            found = Some(c.to_vec());
         }
     });
     found
@@ -322,18 +271,6 @@ async fn run_handshake(
     let is_client = matches!(role, Role::Client { .. });
     let seen_cb = Arc::clone(seen);
     let (psk, hint): (PskCallback, Vec<u8>) = match role {
-        Role::Server { hint, lookup } => (
-            Arc::new(move |identity: &[u8]| {
-                if let Ok(mut s) = seen_cb.lock() {
-                    *s = identity.to_vec();
-                }
-                let key = lookup(identity);
-                Box::pin(async move {
-                    key.ok_or_else(|| dtls::Error::Other("unknown PSK identity".into()))
-                })
-            }),
-            hint,
-        ),
         Role::Client { identity, key } => (
             Arc::new(move |server_hint: &[u8]| {
                 if let Ok(mut s) = seen_cb.lock() {
@@ -398,7 +335,7 @@ async fn run_handshake(
         suite,
         keys,
         peer_identity,
-        conn: dtls_conn,
+        conn: Some(dtls_conn),
         final_flight,
     })
 }

@@ -9,6 +9,7 @@ pub mod client;
 pub mod config;
 pub mod consts;
 pub mod dtls;
+pub mod handshake;
 pub mod hooks;
 pub mod kdf;
 pub mod keys;

@@ -1,24 +1,24 @@
-//! The demultiplexer: owns the socket's read side and the address → peer table (data path side).
+//! The demultiplexer: owns the socket's read side and the address → session table (data path
+//! side). It opens the records of live sessions and writes their packets to the TUNs in
+//! coalesced batches, and hands every other datagram to handshake [`Admission`].
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use tokio::sync::mpsc;
 
+use super::admission::{Admission, AdmissionCounters, Outcome};
 use super::manager::Event;
 use crate::authz;
-use crate::consts::{
-    CONTENT_ALERT, CONTENT_APPLICATION_DATA, CONTENT_HANDSHAKE, FINAL_FLIGHT_RESEND,
-    HANDSHAKE_QUEUE, MAX_HANDSHAKES, MAX_HANDSHAKES_PER_IP, UNPROVEN_TIMEOUT,
-};
-use crate::dtls::{self, ChannelConn, KeyLookup, Role};
+use crate::consts::{CONTENT_ALERT, CONTENT_APPLICATION_DATA, FINAL_FLIGHT_RESEND};
+use crate::dtls::{self, Established, KeyLookup};
 use crate::proto::{Control, Peernet};
 use crate::pump::{self, Counters, Inbound, Inbox, RateLimit};
-use crate::record::{Opener, Suite};
+use crate::record::Opener;
 use crate::tun::TunBatch;
 use crate::udp::{Receiver, Udp};
 
@@ -27,12 +27,9 @@ use crate::udp::{Receiver, Udp};
 
 /// Control path → demultiplexer.
 pub(super) enum DemuxCmd {
-    /// A handshake task ended without a session.
-    HandshakeEnded { addr: SocketAddr, token: u64 },
     /// Start routing this peer's records to a new session.
     Install {
         addr: SocketAddr,
-        token: u64,
         session: SessionRx,
     },
     /// The LANs session `session_id` may now send from.
@@ -62,56 +59,34 @@ pub(super) struct SessionRx {
     /// the closest we come to what the original does with them.
     pub(super) controls: bool,
     /// Our last handshake flight, resent whenever the client repeats its own: until the
-    /// client has it, it cannot finish (the crate never resends it). Emptied at the first
-    /// authenticated record from the peer, which proves the client finished.
+    /// client has it, it cannot finish. Emptied at the first authenticated record from the
+    /// peer, which proves the client finished.
     pub(super) final_flight: Vec<Vec<u8>>,
     /// When `final_flight` was last resent.
     pub(super) resent_at: Option<Instant>,
 }
 
-#[derive(Default)]
-pub(super) struct Peer {
-    session: Option<SessionRx>,
-    /// A handshake in progress from this address (also beside a live session).
-    handshake: Option<Handshake>,
-}
-
-/// A handshake in progress: the crate runs in its own task, fed through `tx`.
-struct Handshake {
-    token: u64,
-    tx: mpsc::Sender<Vec<u8>>,
-    started: Instant,
-    /// The peer echoed the HelloVerifyRequest cookie: its source address is real.
-    proven: Arc<AtomicBool>,
-    task: tokio::task::AbortHandle,
-}
-
-impl Handshake {
-    fn is_proven(&self) -> bool {
-        self.proven.load(Relaxed)
-    }
-}
-
 /// What the demultiplexer saw that belongs to no session, for the shutdown summary.
 #[derive(Default)]
 pub struct DemuxCounters {
-    /// Datagrams from addresses with neither session nor handshake that were no ClientHello.
+    /// Datagrams from addresses without a session that were neither a ClientHello nor part of
+    /// a handshake in progress.
     unknown_peer: AtomicU64,
-    handshakes_started: AtomicU64,
-    /// ClientHellos refused because every slot held a proven handshake.
-    handshake_limit: AtomicU64,
-    /// Unproven handshakes dropped for a newcomer or after `UNPROVEN_TIMEOUT`.
-    handshake_evicted: AtomicU64,
+    /// A copy of admission's counters, refreshed every sweep and at shutdown.
+    admission: std::sync::Mutex<AdmissionCounters>,
 }
 
 impl DemuxCounters {
     pub fn summary(&self) -> String {
+        let a = self.admission.lock().map(|a| *a).unwrap_or_default();
         format!(
-            "unknown_peer={} handshakes={} handshake_evicted={} handshake_limit={}",
+            "unknown_peer={} cookies={} handshakes={} handshake_failed={} handshake_evicted={} handshake_limit={}",
             self.unknown_peer.load(Relaxed),
-            self.handshakes_started.load(Relaxed),
-            self.handshake_evicted.load(Relaxed),
-            self.handshake_limit.load(Relaxed)
+            a.cookies,
+            a.started,
+            a.failed,
+            a.evicted,
+            a.limit
         )
     }
 }
@@ -128,32 +103,25 @@ pub(super) struct Delivery {
 pub(super) struct Demux {
     pub(super) udp: Udp,
     pub(super) out: Delivery,
-    pub(super) peers: HashMap<SocketAddr, Peer>,
+    pub(super) sessions: HashMap<SocketAddr, SessionRx>,
+    pub(super) admission: Admission,
     pub(super) cmd_rx: mpsc::UnboundedReceiver<DemuxCmd>,
-    pub(super) cmd_tx: mpsc::UnboundedSender<DemuxCmd>,
     pub(super) lookup: KeyLookup,
-    pub(super) hint: Vec<u8>,
-    /// Cipher suites we accept, in order of preference.
-    pub(super) suites: Arc<[Suite]>,
-    pub(super) next_token: u64,
-    /// Handshakes in progress, for the total limit.
-    pub(super) handshakes: usize,
+    /// Dummy keys for unknown identities (RFC 4279 §2): they fail like a wrong key.
+    pub(super) dummy: ring::hmac::Key,
+    /// Warnings about failed handshakes, at most a few a second.
+    pub(super) fail_log: RateLimit,
     pub(super) counters: Arc<DemuxCounters>,
 }
 
 /// Whether a datagram starts with a record of the record layer: application data, or an
-/// alert after the handshake (epoch 0 alerts are the crate's).
+/// alert after the handshake (epoch 0 alerts belong to a handshake).
 fn is_record(dg: &[u8]) -> bool {
     match dg {
         [CONTENT_APPLICATION_DATA, ..] => true,
         [CONTENT_ALERT, _, _, e0, e1, ..] => u16::from_be_bytes([*e0, *e1]) > 0,
         _ => false,
     }
-}
-
-/// Whether a record is a ClientHello in epoch 0 (handshake type 1).
-fn is_client_hello(rec: &[u8]) -> bool {
-    rec.len() > 13 && rec[0] == CONTENT_HANDSHAKE && rec[3..5] == [0, 0] && rec[13] == 1
 }
 
 impl Demux {
@@ -167,7 +135,7 @@ impl Demux {
                     Some(cmd) => self.apply(cmd),
                     None => return,
                 },
-                _ = sweep.tick() => self.sweep(),
+                _ = sweep.tick() => self.sweep(Instant::now()),
                 r = rx.recv(&self.udp) => match r {
                     Ok(n) => {
                         for i in 0..n {
@@ -187,49 +155,30 @@ impl Demux {
 
     fn apply(&mut self, cmd: DemuxCmd) {
         match cmd {
-            DemuxCmd::HandshakeEnded { addr, token } => {
-                if let Some(p) = self.peers.get_mut(&addr)
-                    && p.handshake.as_ref().is_some_and(|h| h.token == token)
-                {
-                    p.handshake = None;
-                    self.handshakes -= 1;
-                }
-            }
-            DemuxCmd::Install {
-                addr,
-                token,
-                session,
-            } => {
-                let p = self.peers.entry(addr).or_default();
-                if p.handshake.as_ref().is_some_and(|h| h.token == token) {
-                    p.handshake = None;
-                    self.handshakes -= 1;
-                }
-                p.session = Some(session);
+            DemuxCmd::Install { addr, session } => {
+                self.sessions.insert(addr, session);
             }
             DemuxCmd::Allow {
                 addr,
                 session_id,
                 nets,
             } => {
-                if let Some(s) = self.peers.get_mut(&addr).and_then(|p| p.session.as_mut())
+                if let Some(s) = self.sessions.get_mut(&addr)
                     && s.session_id == session_id
                 {
                     s.allowed = nets;
                 }
             }
             DemuxCmd::Remove { addr, session_id } => {
-                if let Some(p) = self.peers.get_mut(&addr)
-                    && p.session
-                        .as_ref()
-                        .is_some_and(|s| s.session_id == session_id)
+                if self
+                    .sessions
+                    .get(&addr)
+                    .is_some_and(|s| s.session_id == session_id)
                 {
-                    p.session = None;
+                    self.sessions.remove(&addr);
                 }
             }
         }
-        self.peers
-            .retain(|_, p| p.session.is_some() || p.handshake.is_some());
     }
 
     fn drop_log(&mut self, addr: SocketAddr, reason: &str) {
@@ -241,7 +190,7 @@ impl Demux {
     /// One receive buffer: datagrams of `stride` bytes from `addr`. A session's records are
     /// opened a whole buffer at a time; anything else goes datagram by datagram.
     async fn buffer(&mut self, buf: &mut [u8], stride: usize, addr: SocketAddr) {
-        if let Some(s) = self.peers.get_mut(&addr).and_then(|p| p.session.as_mut())
+        if let Some(s) = self.sessions.get_mut(&addr)
             && buf.chunks(stride).all(is_record)
         {
             Self::session_records(s, buf, stride, addr, &mut self.out).await;
@@ -256,54 +205,105 @@ impl Demux {
         if dg.is_empty() {
             return;
         }
-        let is_record = is_record(dg);
-        let peer = self.peers.get_mut(&addr);
-        match peer {
-            Some(p) if is_record && p.session.is_some() => {
-                if let Some(s) = p.session.as_mut() {
-                    let stride = dg.len();
-                    Self::session_records(s, dg, stride, addr, &mut self.out).await;
+        if is_record(dg)
+            && let Some(s) = self.sessions.get_mut(&addr)
+        {
+            let stride = dg.len();
+            Self::session_records(s, dg, stride, addr, &mut self.out).await;
+            return;
+        }
+        let (lookup, dummy) = (&self.lookup, &self.dummy);
+        let key =
+            |id: &[u8]| lookup(id).unwrap_or_else(|| ring::hmac::sign(dummy, id).as_ref().to_vec());
+        let outcome = self.admission.datagram(dg, addr, Instant::now(), key);
+        if let Ok(mut a) = self.counters.admission.lock() {
+            *a = self.admission.counters;
+        }
+        match outcome {
+            Outcome::Reply => self.send(addr, "handshake").await,
+            Outcome::Quiet => {}
+            Outcome::Refused => self.drop_log(addr, "handshake_limit"),
+            Outcome::Failed {
+                why,
+                identity,
+                alert,
+            } => {
+                if alert {
+                    self.send(addr, "alert").await;
+                }
+                if self.fail_log.allow() {
+                    tracing::warn!(
+                        "handshake with {addr} (claimed id {:?}) failed: {why}; a client with the wrong -key looks like this",
+                        String::from_utf8_lossy(&identity)
+                    );
                 }
             }
-            Some(p) if !is_record && (p.handshake.is_some() || !is_client_hello(dg)) => {
-                // At most one resend per FINAL_FLIGHT_RESEND: the client repeats its flight
-                // once a second at most, and a spoofed trigger gains little.
-                let resend = p
-                    .session
-                    .as_mut()
-                    .filter(|s| !s.final_flight.is_empty() && dtls::is_final_flight(dg))
-                    .filter(|s| {
-                        s.resent_at
-                            .is_none_or(|t| t.elapsed() >= FINAL_FLIGHT_RESEND)
-                    })
-                    .map(|s| {
-                        s.resent_at = Some(Instant::now());
-                        &s.final_flight
-                    });
-                if let Some(h) = &p.handshake {
-                    // A full queue means the crate is behind: losing a datagram is what UDP does.
-                    let _ = h.tx.try_send(dg.to_vec());
-                } else if let Some(flight) = resend {
-                    // The client repeats its last flight, so ours was lost (RFC 6347 4.2.4).
-                    for d in flight {
-                        if let Err(e) = self.udp.sock.send_to(d, addr).await
-                            && !pump::is_lost_datagram(&e)
-                        {
-                            tracing::debug!("resending the last handshake flight to {addr}: {e}");
-                        }
-                    }
-                    if self.out.log_limit.allow() {
-                        tracing::debug!("{addr} repeated its last handshake flight: resent ours");
-                    }
-                } else {
-                    self.drop_log(addr, "unexpected_handshake");
-                }
+            Outcome::Completed(c) => {
+                self.admission.reply.clone_from(&c.final_flight);
+                self.send(addr, "final flight").await;
+                let est = Established {
+                    suite: c.suite,
+                    keys: c.keys,
+                    peer_identity: c.identity,
+                    conn: None,
+                    final_flight: vec![c.final_flight],
+                };
+                let _ = self.out.ev_tx.send(Event::Authenticated {
+                    addr,
+                    est: Box::new(est),
+                });
             }
-            _ if !is_record && is_client_hello(dg) => self.start_handshake(dg, addr),
-            _ => {
-                self.counters.unknown_peer.fetch_add(1, Relaxed);
-                self.drop_log(addr, "unknown_peer");
+            Outcome::NotOurs => self.not_ours(dg, addr).await,
+        }
+    }
+
+    /// A datagram that is no part of a handshake in progress nor a ClientHello.
+    async fn not_ours(&mut self, dg: &[u8], addr: SocketAddr) {
+        let Some(s) = self.sessions.get_mut(&addr) else {
+            self.counters.unknown_peer.fetch_add(1, Relaxed);
+            self.drop_log(addr, "unknown_peer");
+            return;
+        };
+        // The client repeats its last flight, so ours was lost (RFC 6347 4.2.4). At most one
+        // resend per FINAL_FLIGHT_RESEND: the client repeats its flight once a second at most,
+        // and a spoofed trigger gains little.
+        if s.final_flight.is_empty()
+            || !dtls::is_final_flight(dg)
+            || s.resent_at
+                .is_some_and(|t| t.elapsed() < FINAL_FLIGHT_RESEND)
+        {
+            self.drop_log(addr, "unexpected_handshake");
+            return;
+        }
+        s.resent_at = Some(Instant::now());
+        for d in &s.final_flight {
+            if let Err(e) = self.udp.sock.send_to(d, addr).await
+                && !pump::is_lost_datagram(&e)
+            {
+                tracing::debug!("resending the last handshake flight to {addr}: {e}");
             }
+        }
+        if self.out.log_limit.allow() {
+            tracing::debug!("{addr} repeated its last handshake flight: resent ours");
+        }
+    }
+
+    /// Sends admission's reply to `addr`.
+    async fn send(&mut self, addr: SocketAddr, what: &str) {
+        if let Err(e) = self.udp.sock.send_to(&self.admission.reply, addr).await
+            && !pump::is_lost_datagram(&e)
+            && self.out.log_limit.allow()
+        {
+            tracing::debug!("sending {what} to {addr}: {e}");
+        }
+    }
+
+    /// Once a second: drops handshakes past their time, rotates the cookie secret and
+    /// publishes admission's counters.
+    fn sweep(&mut self, now: Instant) {
+        self.admission.sweep(now);
+        if let Ok(mut a) = self.counters.admission.lock() {
+            *a = self.admission.counters;
         }
     }
 
@@ -387,110 +387,6 @@ impl Demux {
             }
         }
     }
-
-    /// The oldest handshake not yet proven (among those from `ip` if given).
-    fn oldest_unproven(&self, ip: Option<IpAddr>) -> Option<SocketAddr> {
-        self.peers
-            .iter()
-            .filter(|(a, _)| ip.is_none_or(|ip| a.ip() == ip))
-            .filter_map(|(a, p)| p.handshake.as_ref().map(|h| (a, h)))
-            .filter(|(_, h)| !h.is_proven())
-            .min_by_key(|(_, h)| h.started)
-            .map(|(a, _)| *a)
-    }
-
-    /// Ends a handshake the crate has not finished: its task is aborted, which drops the
-    /// crate's connection and with it the crate's own tasks.
-    fn evict(&mut self, addr: SocketAddr) {
-        if let Some(h) = self.peers.get_mut(&addr).and_then(|p| p.handshake.take()) {
-            h.task.abort();
-            self.handshakes -= 1;
-            self.counters.handshake_evicted.fetch_add(1, Relaxed);
-        }
-        self.peers
-            .retain(|_, p| p.session.is_some() || p.handshake.is_some());
-    }
-
-    /// Drops handshakes whose peer never answered the HelloVerifyRequest.
-    fn sweep(&mut self) {
-        let stale: Vec<SocketAddr> = self
-            .peers
-            .iter()
-            .filter_map(|(a, p)| p.handshake.as_ref().map(|h| (a, h)))
-            .filter(|(_, h)| !h.is_proven() && h.started.elapsed() >= UNPROVEN_TIMEOUT)
-            .map(|(a, _)| *a)
-            .collect();
-        for a in stale {
-            self.evict(a);
-        }
-    }
-
-    /// Admits a ClientHello under the caps. When full, the oldest handshake whose peer has not
-    /// proven its address makes room: spoofed ClientHellos can never prove theirs, so they
-    /// cannot lock out a real client, whose handshake is proven one round trip in.
-    fn start_handshake(&mut self, dg: &[u8], addr: SocketAddr) {
-        let per_ip = self
-            .peers
-            .iter()
-            .filter(|(a, p)| a.ip() == addr.ip() && p.handshake.is_some())
-            .count();
-        for (full, scope) in [
-            (per_ip >= MAX_HANDSHAKES_PER_IP, Some(addr.ip())),
-            (self.handshakes >= MAX_HANDSHAKES, None),
-        ] {
-            if !full {
-                continue;
-            }
-            match self.oldest_unproven(scope) {
-                Some(victim) => self.evict(victim),
-                None => {
-                    self.counters.handshake_limit.fetch_add(1, Relaxed);
-                    self.drop_log(addr, "handshake_limit");
-                    return;
-                }
-            }
-        }
-        let (tx, rx) = mpsc::channel(HANDSHAKE_QUEUE);
-        let _ = tx.try_send(dg.to_vec());
-        self.next_token += 1;
-        let token = self.next_token;
-        let role = Role::Server {
-            hint: self.hint.clone(),
-            lookup: Arc::clone(&self.lookup),
-        };
-        let conn = ChannelConn::new(rx, Arc::clone(&self.udp.sock), addr, false);
-        let proven = conn.proven();
-        let (ev_tx, cmd_tx) = (self.out.ev_tx.clone(), self.cmd_tx.clone());
-        let suites = Arc::clone(&self.suites);
-        let task = tokio::spawn(async move {
-            match dtls::handshake(role, &suites, conn).await {
-                Ok(est) => {
-                    let _ = ev_tx.send(Event::Authenticated {
-                        addr,
-                        token,
-                        est: Box::new(est),
-                    });
-                }
-                Err(f) => {
-                    tracing::warn!(
-                        "handshake with {addr} (claimed id {:?}) failed: {}; a client with the wrong -key looks like this",
-                        String::from_utf8_lossy(&f.peer_identity),
-                        f.error
-                    );
-                    let _ = cmd_tx.send(DemuxCmd::HandshakeEnded { addr, token });
-                }
-            }
-        });
-        self.peers.entry(addr).or_default().handshake = Some(Handshake {
-            token,
-            tx,
-            started: Instant::now(),
-            proven,
-            task: task.abort_handle(),
-        });
-        self.handshakes += 1;
-        self.counters.handshakes_started.fetch_add(1, Relaxed);
-    }
 }
 
 #[cfg(test)]
@@ -498,14 +394,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn client_hello_detection() {
-        let mut rec = vec![22, 0xfe, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 10, 1, 0, 0];
-        assert!(is_client_hello(&rec));
-        rec[13] = 2;
-        assert!(!is_client_hello(&rec));
-        rec[13] = 1;
-        rec[4] = 1; // epoch 1
-        assert!(!is_client_hello(&rec));
-        assert!(!is_client_hello(&[22, 0xfe]));
+    fn records_of_the_record_layer() {
+        assert!(is_record(&[CONTENT_APPLICATION_DATA, 0xfe, 0xfd, 0, 1]));
+        assert!(is_record(&[CONTENT_ALERT, 0xfe, 0xfd, 0, 1]));
+        assert!(!is_record(&[CONTENT_ALERT, 0xfe, 0xfd, 0, 0]));
+        assert!(!is_record(&[22, 0xfe, 0xfd, 0, 0]));
+        assert!(!is_record(&[]));
     }
 }

@@ -34,7 +34,6 @@ use crate::udp::Udp;
 pub(super) enum Event {
     Authenticated {
         addr: SocketAddr,
-        token: u64,
         est: Box<Established>,
     },
     Peernet {
@@ -129,11 +128,10 @@ impl Manager {
 
     async fn event(&mut self, ev: Event) {
         match ev {
-            Event::Authenticated { addr, token, est } => {
+            Event::Authenticated { addr, est } => {
                 let id = String::from_utf8_lossy(&est.peer_identity).into_owned();
-                if let Err(e) = self.start_session(&id, addr, token, *est).await {
+                if let Err(e) = self.start_session(&id, addr, *est).await {
                     tracing::error!("client {id} from {addr}: cannot set up its tunnel: {e}");
-                    let _ = self.cmd_tx.send(DemuxCmd::HandshakeEnded { addr, token });
                 }
             }
             Event::Peernet {
@@ -204,7 +202,6 @@ impl Manager {
         &mut self,
         id: &str,
         addr: SocketAddr,
-        token: u64,
         est: Established,
     ) -> Result<(), SessionError> {
         if !self.devices.contains_key(id) {
@@ -233,7 +230,6 @@ impl Manager {
         let counters = Arc::new(Counters::default());
         let _ = self.cmd_tx.send(DemuxCmd::Install {
             addr,
-            token,
             session: SessionRx {
                 session_id,
                 opener,

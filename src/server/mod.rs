@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -109,6 +110,11 @@ pub async fn run(
     let keys = cfg.keys.clone();
     let lookup: KeyLookup = Arc::new(move |identity: &[u8]| keys.key_for(identity));
     let demux_counters = Arc::new(DemuxCounters::default());
+    let hint = if cfg.common.compat {
+        cfg.hint.as_bytes().to_vec()
+    } else {
+        format!("{}{HINT_MARKER}", cfg.hint).into_bytes()
+    };
     let demux = Demux {
         udp: udp.clone(),
         out: Delivery {
@@ -117,18 +123,13 @@ pub async fn run(
             tun_batch: TunBatch::default(),
             inbox: Inbox::default(),
         },
-        peers: HashMap::new(),
+        sessions: HashMap::new(),
+        admission: Admission::new(cfg.common.suites.clone(), hint, Instant::now()),
         cmd_rx,
-        cmd_tx: cmd_tx.clone(),
         lookup,
-        suites: cfg.common.suites.clone().into(),
-        hint: if cfg.common.compat {
-            cfg.hint.as_bytes().to_vec()
-        } else {
-            format!("{}{HINT_MARKER}", cfg.hint).into_bytes()
-        },
-        next_token: 0,
-        handshakes: 0,
+        dummy: ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &ring::rand::SystemRandom::new())
+            .map_err(|_| ServerError::Udp(std::io::Error::other("no system randomness")))?,
+        fail_log: RateLimit::new(5),
         counters: Arc::clone(&demux_counters),
     };
     let demux_task = tokio::spawn(demux.run());
@@ -153,7 +154,9 @@ pub async fn run(
     Ok(())
 }
 
+mod admission;
 mod demux;
+use admission::Admission;
 pub use demux::DemuxCounters;
 use demux::{Delivery, Demux};
 mod manager;
