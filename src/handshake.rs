@@ -553,4 +553,4 @@ impl ServerHandshake {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -154,7 +154,7 @@ pub async fn run(
     Ok(())
 }
 
-mod admission;
+pub mod admission;
 mod demux;
 use admission::Admission;
 pub use demux::DemuxCounters;
