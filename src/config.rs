@@ -18,6 +18,10 @@ pub enum ConfigError {
     NoKey,
     #[error("the key is empty: give a non-empty -key, -key-file or DTUN_KEY")]
     EmptyKey,
+    #[error(
+        "the master key in {0} is empty or only whitespace, so every derived key would be one anyone can compute: put a secret in it (`dtun genkey > {0}`)"
+    )]
+    EmptyMasterKey(String),
     #[error("cannot read key file {0}: {1}")]
     KeyFile(PathBuf, std::io::Error),
     #[error("bad -peernet: {0}")]
@@ -76,6 +80,24 @@ pub fn read_key_file(path: &std::path::Path) -> Result<Vec<u8>, ConfigError> {
         }
     }
     Ok(b)
+}
+
+/// The `-master-key-file` secret: refused when empty or blank (HMAC under it would be public),
+/// warned about when short.
+pub fn read_master_key(path: &std::path::Path) -> Result<Vec<u8>, ConfigError> {
+    let b = read_key_file(path)?;
+    check_master_key(&b, &path.display().to_string())?;
+    Ok(b)
+}
+
+/// Refuses a master secret that is empty or whitespace only; warns under
+/// [`crate::keys::MIN_KEY_LEN`] bytes. `source` names where it came from.
+pub fn check_master_key(key: &[u8], source: &str) -> Result<(), ConfigError> {
+    if key.trim_ascii().is_empty() {
+        return Err(ConfigError::EmptyMasterKey(source.to_string()));
+    }
+    crate::keys::warn_if_short(key, &format!("the master key in {source}"));
+    Ok(())
 }
 
 /// Settings shared by both roles' TUN devices.
@@ -180,7 +202,7 @@ impl ServerConfig {
             None => Default::default(),
         };
         let master = match &cli.master_key_file {
-            Some(p) => Some(read_key_file(p)?),
+            Some(p) => Some(read_master_key(p)?),
             None => None,
         };
         let shared = match Key::from_cli(cli) {
@@ -326,6 +348,38 @@ mod tests {
             b"666f6f",
             "never hex-decoded"
         );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// An empty or blank master secret makes every derived key public: hex(HMAC("", id)).
+    #[test]
+    fn empty_master_key_is_refused() {
+        let dir = std::env::temp_dir().join(format!("dtun-cfg-master-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("master");
+        let cli = Cli::try_from_args(["dtun"]).unwrap();
+        let with_master = Cli {
+            master_key_file: Some(f.clone()),
+            key: None,
+            ..cli
+        };
+        for blank in ["", "\n", "\r\n", "  \t \n", "\n\n"] {
+            std::fs::write(&f, blank).unwrap();
+            match ServerConfig::from_cli(&with_master) {
+                Err(e) => {
+                    let msg = e.to_string();
+                    assert!(
+                        msg.contains("master") && msg.contains("dtun genkey"),
+                        "{blank:?}: {msg}"
+                    );
+                }
+                Ok(_) => panic!("master key file holding {blank:?} was accepted"),
+            }
+        }
+        // Short but not empty: accepted with a warning, as -key is.
+        std::fs::write(&f, "short\n").unwrap();
+        let cfg = ServerConfig::from_cli(&with_master).unwrap();
+        assert!(cfg.keys.master.is_some_and(|m| m[..] == b"short"[..]));
         std::fs::remove_dir_all(dir).unwrap();
     }
 
