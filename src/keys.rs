@@ -18,8 +18,12 @@ pub const MIN_KEY_LEN: usize = 16;
 pub enum KeyError {
     #[error("cannot read credentials file {0}: {1}")]
     Read(String, std::io::Error),
-    #[error("credentials file line {line}: {why}")]
-    Syntax { line: usize, why: String },
+    #[error("{file} line {line}: {why}")]
+    Syntax {
+        file: String,
+        line: usize,
+        why: String,
+    },
     #[error("no randomness available from the system")]
     Random,
 }
@@ -49,15 +53,27 @@ pub struct Client {
     pub lans: Option<Vec<IpNet>>,
 }
 
-/// `id key=KEY [addr=A.B.C.D] [lans=CIDR,CIDR]` per line; `#` starts a comment.
+/// `id key=KEY [addr=A.B.C.D] [lans=CIDR,CIDR]` per line. A line whose first non-blank
+/// character is `#` is a comment; there are no trailing comments, so a `#` inside a word (a key
+/// such as `key=ab#cd`) is kept, and a word that starts with `#` after other words is refused
+/// as ambiguous rather than silently cutting the line.
 pub fn parse_credentials(text: &str) -> Result<HashMap<String, Client>, KeyError> {
     let mut out = HashMap::new();
     for (i, raw) in text.lines().enumerate() {
-        let line = raw.split('#').next().unwrap_or_default().trim();
-        if line.is_empty() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let err = |why: String| KeyError::Syntax { line: i + 1, why };
+        let err = |why: String| KeyError::Syntax {
+            file: "credentials file".into(),
+            line: i + 1,
+            why,
+        };
+        if let Some(w) = line.split_whitespace().find(|w| w.starts_with('#')) {
+            return Err(err(format!(
+                "{w:?} looks like a trailing comment, which this file does not have: put comments on their own line (first non-blank character `#`); a `#` inside a value, as in key=ab#cd, is part of it"
+            )));
+        }
         let mut words = line.split_whitespace();
         let id = words.next().unwrap_or_default().to_string();
         let mut client = Client {
@@ -105,7 +121,14 @@ pub fn load_credentials(path: &Path) -> Result<HashMap<String, Client>, KeyError
     warn_if_readable(path);
     let text =
         std::fs::read_to_string(path).map_err(|e| KeyError::Read(path.display().to_string(), e))?;
-    let creds = parse_credentials(&text)?;
+    let creds = parse_credentials(&text).map_err(|e| match e {
+        KeyError::Syntax { line, why, .. } => KeyError::Syntax {
+            file: path.display().to_string(),
+            line,
+            why,
+        },
+        e => e,
+    })?;
     for (id, c) in &creds {
         warn_if_short(&c.key, &format!("the key of {id} in {}", path.display()));
     }
@@ -190,9 +213,47 @@ mod tests {
         );
     }
 
+    /// Only whole lines are comments: a `#` inside a key is part of the key, and a `#` that
+    /// starts a word after other fields (a trailing comment?) is refused, naming the line.
+    #[test]
+    fn hash_in_keys_is_kept_and_trailing_comments_refused() {
+        let c =
+            parse_credentials("# all\n   # indented\nx key=ab#cd addr=10.86.0.10\ny key=#start\n")
+                .unwrap();
+        assert_eq!(&c["x"].key[..], b"ab#cd");
+        assert_eq!(c["x"].addr, Some(Ipv4Addr::new(10, 86, 0, 10)));
+        assert_eq!(&c["y"].key[..], b"#start");
+        assert_eq!(c.len(), 2);
+        for (text, line) in [
+            ("x key=abc #note\n", 1),
+            ("# ok\nx key=abc\t#note\n", 2),
+            ("x key=abc # note\n", 1),
+            ("x #key=abc\n", 1),
+        ] {
+            match parse_credentials(text) {
+                Err(e @ KeyError::Syntax { line: l, .. }) => {
+                    assert_eq!(l, line, "{text:?}");
+                    let msg = e.to_string();
+                    assert!(msg.contains("own line"), "{text:?}: {msg}");
+                }
+                other => panic!("{text:?}: expected a syntax error, got {other:?}"),
+            }
+        }
+        let dir = std::env::temp_dir().join(format!("dtun-keys-hash-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("clients");
+        std::fs::write(&f, "a key=0123456789abcdef\nb key=0123456789abcdef #x\n").unwrap();
+        let msg = load_credentials(&f).unwrap_err().to_string();
+        assert!(
+            msg.contains(&f.display().to_string()) && msg.contains("line 2"),
+            "{msg}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
     #[test]
     fn credentials_and_lookup() {
-        let text = "# clients\nlaptop key=abc addr=10.86.0.10 lans=10.200.0.0/24,10.201.0.1/24\nphone key=xyz # no LAN\n";
+        let text = "# clients\nlaptop key=abc addr=10.86.0.10 lans=10.200.0.0/24,10.201.0.1/24\n# no LAN:\nphone key=xyz\n";
         let c = parse_credentials(text).unwrap();
         assert_eq!(c["laptop"].addr, Some(Ipv4Addr::new(10, 86, 0, 10)));
         assert_eq!(
