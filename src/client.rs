@@ -707,9 +707,12 @@ fn on_control(msg: Control, out_tx: &mpsc::Sender<OutboundCmd>) -> Option<Client
         Control::Close {
             reason: CloseReason::Replaced,
             detail,
-        } => Some(ClientError::Replaced(String::new(), detail)),
+        } => Some(ClientError::Replaced(
+            String::new(),
+            detail.escape_debug().to_string(),
+        )),
         Control::Close { reason, detail } => {
-            tracing::info!("the server is closing the session: {reason:?} {detail}");
+            tracing::info!("the server is closing the session: {reason:?} {detail:?}");
             None
         }
         _ => None,

@@ -36,7 +36,7 @@ pub enum ConfigError {
     TunName(String),
     #[error("-compat speaks only the original's AES-128-CCM_8: drop -cipher gcm or -compat")]
     CompatCipher,
-    #[error("bad -id: the id must be 1 to 128 bytes")]
+    #[error("bad -id: the id must be 1 to 128 bytes of UTF-8 without control characters")]
     Id,
     #[error(transparent)]
     Credentials(crate::keys::KeyError),
@@ -246,7 +246,7 @@ pub struct ClientConfig {
 
 impl ClientConfig {
     pub fn from_cli(cli: &Cli, host: &str) -> Result<Self, ConfigError> {
-        if cli.id.is_empty() || cli.id.len() > 128 {
+        if crate::keys::valid_identity(cli.id.as_bytes()).is_none() {
             return Err(ConfigError::Id);
         }
         Ok(ClientConfig {

@@ -14,6 +14,24 @@ use ring::rand::{SecureRandom, SystemRandom};
 /// Keys shorter than this get a warning.
 pub const MIN_KEY_LEN: usize = 16;
 
+/// Longest PSK identity (client id) accepted; the client's `-id` has the same limit.
+pub const MAX_ID_LEN: usize = 128;
+
+/// A PSK identity as an id, if it is one: 1 to [`MAX_ID_LEN`] bytes of UTF-8 without control
+/// characters. Everything else is refused before any lookup, so two byte strings never become
+/// one id (as `from_utf8_lossy` would make them), and an id is safe to log as it is (no
+/// newline to forge a log line with). Every lookup of a key by identity goes through this.
+pub fn valid_identity(id: &[u8]) -> Option<&str> {
+    if id.is_empty() || id.len() > MAX_ID_LEN {
+        return None;
+    }
+    let s = std::str::from_utf8(id).ok()?;
+    if s.chars().any(char::is_control) {
+        return None;
+    }
+    Some(s)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("cannot read credentials file {0}: {1}")]
@@ -147,16 +165,15 @@ pub struct KeyStore {
 }
 
 impl KeyStore {
-    /// The key for a PSK identity, or None to refuse it.
+    /// The key for a PSK identity, or None to refuse it. An invalid identity
+    /// ([`valid_identity`]) is refused exactly as an unknown one is.
     pub fn key_for(&self, id: &[u8]) -> Option<Vec<u8>> {
-        if let Some(c) = std::str::from_utf8(id)
-            .ok()
-            .and_then(|s| self.clients.get(s))
-        {
+        let id = valid_identity(id)?;
+        if let Some(c) = self.clients.get(id) {
             return Some(c.key.clone());
         }
         if let Some(m) = &self.master {
-            return Some(derive(m, id).into_bytes());
+            return Some(derive(m, id.as_bytes()).into_bytes());
         }
         if self.clients.is_empty() || self.allow_unlisted {
             return self.shared.clone();
@@ -249,6 +266,50 @@ mod tests {
             "{msg}"
         );
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Invalid identities (not UTF-8, control characters, empty, over 128 bytes) get no key,
+    /// whatever the store holds: they behave as unknown ids.
+    #[test]
+    fn invalid_identities_get_no_key() {
+        let long = "a".repeat(MAX_ID_LEN + 1);
+        let max = "a".repeat(MAX_ID_LEN);
+        let invalid: [&[u8]; 7] = [
+            b"caf\xc3",
+            b"caf\xff",
+            b"a\nINFO forged",
+            b"tab\there",
+            b"del\x7f",
+            b"",
+            long.as_bytes(),
+        ];
+        let stores = [
+            KeyStore {
+                shared: Some(b"shared-key-0123456789".to_vec()),
+                ..Default::default()
+            },
+            KeyStore {
+                master: Some(b"master-secret-0123456789".to_vec()),
+                ..Default::default()
+            },
+        ];
+        for ks in &stores {
+            for id in invalid {
+                assert_eq!(ks.key_for(id), None, "{:?}", id.escape_ascii().to_string());
+                assert!(valid_identity(id).is_none());
+            }
+            assert!(ks.key_for(max.as_bytes()).is_some());
+            assert!(ks.key_for("laptop é".as_bytes()).is_some());
+        }
+        // Two distinct byte strings that from_utf8_lossy would both turn into "caf\u{fffd}".
+        assert_eq!(
+            String::from_utf8_lossy(b"caf\xc3"),
+            String::from_utf8_lossy(b"caf\xff")
+        );
+        assert_eq!(
+            valid_identity("caf\u{fffd}".as_bytes()),
+            Some("caf\u{fffd}")
+        );
     }
 
     #[test]

@@ -5,7 +5,8 @@
 
 mod common;
 
-use common::{DTUN, Netns, TestDir, UP, path_str};
+use common::{DTUN, Netns, Proc, TestDir, Topo, UP, lines_with, path_str, start_server};
+use std::time::Duration;
 
 /// A server given an empty (or blank) master key file refuses to start and says what to do:
 /// with it, every unlisted id's key would be hex(HMAC-SHA256("", id)), which anyone can compute.
@@ -26,4 +27,48 @@ fn empty_master_key_file_refused_at_startup() {
             "{name}: {log}"
         );
     }
+}
+
+fn client(ns: &Netns, server_ip: &str, id: &str, key: &str, extra: &[&str]) -> Proc {
+    let mut args = vec![
+        "-host",
+        server_ip,
+        "-id",
+        id,
+        "-key",
+        key,
+        "-keepalive",
+        "1s",
+    ];
+    args.extend_from_slice(extra);
+    ns.spawn(DTUN, &args, &[])
+}
+
+/// An id with a newline would forge lines in the server's log: the client refuses it at
+/// startup (the server's lookup refuses it too: `keys::tests::invalid_identities_get_no_key`).
+#[test]
+fn id_with_control_characters_refused() {
+    let topo = Topo::pair("hB1i");
+    let server = start_server(&topo.server, 443, &["-key", "shared-key-0123456789", "-v"]);
+    let mut evil = client(
+        topo.client(),
+        &Topo::server_ip(0),
+        "evil\nINFO forged line",
+        "shared-key-0123456789",
+        &["-once"],
+    );
+    let status = evil.wait_exit(Duration::from_secs(10));
+    let slog = server.log();
+    assert_eq!(
+        lines_with(&slog, &["connected"]),
+        0,
+        "the server took the id:\n{slog}"
+    );
+    assert!(
+        !slog.lines().any(|l| l.starts_with("INFO forged")),
+        "forged log line:\n{slog}"
+    );
+    let status = status.expect("client with a bad id still running");
+    assert!(!status.success());
+    assert!(evil.log().contains("-id"), "{}", evil.log());
 }

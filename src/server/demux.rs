@@ -473,8 +473,8 @@ impl Demux {
                 }
                 Err(f) => {
                     tracing::warn!(
-                        "handshake with {addr} (claimed id {:?}) failed: {}; a client with the wrong -key looks like this",
-                        String::from_utf8_lossy(&f.peer_identity),
+                        "handshake with {addr} (claimed id \"{}\") failed: {}; a client with the wrong -key looks like this",
+                        f.peer_identity.escape_ascii(),
                         f.error
                     );
                     let _ = cmd_tx.send(DemuxCmd::HandshakeEnded { addr, token });

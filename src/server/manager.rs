@@ -130,7 +130,16 @@ impl Manager {
     async fn event(&mut self, ev: Event) {
         match ev {
             Event::Authenticated { addr, token, est } => {
-                let id = String::from_utf8_lossy(&est.peer_identity).into_owned();
+                // The key lookup refused invalid ids already; never merge or log raw bytes.
+                let Some(id) = crate::keys::valid_identity(&est.peer_identity).map(String::from)
+                else {
+                    tracing::warn!(
+                        "client from {addr}: refused invalid id \"{}\"",
+                        est.peer_identity.escape_ascii()
+                    );
+                    let _ = self.cmd_tx.send(DemuxCmd::HandshakeEnded { addr, token });
+                    return;
+                };
                 if let Err(e) = self.start_session(&id, addr, token, *est).await {
                     tracing::error!("client {id} from {addr}: cannot set up its tunnel: {e}");
                     let _ = self.cmd_tx.send(DemuxCmd::HandshakeEnded { addr, token });
@@ -430,7 +439,7 @@ impl Manager {
                 Some(Control::Pong)
             }
             Control::Close { reason, detail } => {
-                tracing::debug!("client {id} is closing: {reason:?} {detail}");
+                tracing::debug!("client {id} is closing: {reason:?} {detail:?}");
                 None
             }
             _ => None,
