@@ -224,7 +224,7 @@ async fn session(
     let conn = ChannelConn::new(hs_rx, Arc::clone(&sock), server, true);
     let role = Role::Client {
         identity: cfg.id.as_bytes().to_vec(),
-        key: cfg.key.0.clone(),
+        key: cfg.key.0.to_vec(),
     };
     let hs = dtls::handshake(role, &cfg.common.suites, conn);
     tokio::pin!(hs);

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
+use zeroize::Zeroizing;
 
 use crate::cli::{Cipher, Cli};
 use crate::consts::{PATH_MTU, UDP4_OVERHEAD, UDP6_OVERHEAD};
@@ -42,9 +43,9 @@ pub enum ConfigError {
     Credentials(crate::keys::KeyError),
 }
 
-/// The pre-shared key's bytes. Never printed.
+/// The pre-shared key's bytes. Never printed; wiped when dropped.
 #[derive(Clone)]
-pub struct Key(pub Vec<u8>);
+pub struct Key(pub Zeroizing<Vec<u8>>);
 
 impl std::fmt::Debug for Key {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -58,7 +59,7 @@ impl Key {
         let bytes = if let Some(path) = &cli.key_file {
             read_key_file(path)?
         } else if let Some(k) = &cli.key {
-            k.as_bytes().to_vec()
+            Zeroizing::new(k.as_bytes().to_vec())
         } else {
             return Err(ConfigError::NoKey);
         };
@@ -70,9 +71,11 @@ impl Key {
 }
 
 /// A key file's content less one trailing newline; warns if others can read it.
-pub fn read_key_file(path: &std::path::Path) -> Result<Vec<u8>, ConfigError> {
+pub fn read_key_file(path: &std::path::Path) -> Result<Zeroizing<Vec<u8>>, ConfigError> {
     crate::keys::warn_if_readable(path);
-    let mut b = std::fs::read(path).map_err(|e| ConfigError::KeyFile(path.to_path_buf(), e))?;
+    let mut b = Zeroizing::new(
+        std::fs::read(path).map_err(|e| ConfigError::KeyFile(path.to_path_buf(), e))?,
+    );
     if b.last() == Some(&b'\n') {
         b.pop();
         if b.last() == Some(&b'\r') {
@@ -84,7 +87,7 @@ pub fn read_key_file(path: &std::path::Path) -> Result<Vec<u8>, ConfigError> {
 
 /// The `-master-key-file` secret: refused when empty or blank (HMAC under it would be public),
 /// warned about when short.
-pub fn read_master_key(path: &std::path::Path) -> Result<Vec<u8>, ConfigError> {
+pub fn read_master_key(path: &std::path::Path) -> Result<Zeroizing<Vec<u8>>, ConfigError> {
     let b = read_key_file(path)?;
     check_master_key(&b, &path.display().to_string())?;
     Ok(b)
@@ -321,11 +324,11 @@ mod tests {
             key: None,
             ..cli.clone()
         };
-        assert_eq!(Key::from_cli(&with_file).unwrap().0, b"s3cret");
+        assert_eq!(Key::from_cli(&with_file).unwrap().0[..], b"s3cret"[..]);
         std::fs::write(&f, "abc\n\n").unwrap();
         assert_eq!(
-            Key::from_cli(&with_file).unwrap().0,
-            b"abc\n",
+            Key::from_cli(&with_file).unwrap().0[..],
+            b"abc\n"[..],
             "only one newline is removed"
         );
         let none = Cli {
@@ -335,7 +338,7 @@ mod tests {
         };
         assert!(matches!(Key::from_cli(&none), Err(ConfigError::NoKey)));
         let empty = Cli {
-            key: Some(String::new()),
+            key: Some("".into()),
             ..cli.clone()
         };
         assert!(matches!(Key::from_cli(&empty), Err(ConfigError::EmptyKey)));
@@ -344,8 +347,8 @@ mod tests {
             ..cli
         };
         assert_eq!(
-            Key::from_cli(&hexish).unwrap().0,
-            b"666f6f",
+            Key::from_cli(&hexish).unwrap().0[..],
+            b"666f6f"[..],
             "never hex-decoded"
         );
         std::fs::remove_dir_all(dir).unwrap();
@@ -380,6 +383,60 @@ mod tests {
         std::fs::write(&f, "short\n").unwrap();
         let cfg = ServerConfig::from_cli(&with_master).unwrap();
         assert!(cfg.keys.master.is_some_and(|m| m[..] == b"short"[..]));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// No struct that holds key bytes shows them in its Debug output.
+    #[test]
+    fn debug_output_never_shows_keys() {
+        let dir = std::env::temp_dir().join(format!("dtun-cfg-debug-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let master = dir.join("master");
+        std::fs::write(&master, "MASTERSECRET-0123456789\n").unwrap();
+        let creds = dir.join("clients");
+        std::fs::write(&creds, "alice key=ALICESECRET-0123456789\n").unwrap();
+        let secrets = ["SHAREDSECRET", "MASTERSECRET", "ALICESECRET"];
+        let cli = Cli::try_parse_normalized(
+            [
+                "dtun",
+                "-key",
+                "SHAREDSECRET-0123456789",
+                "-master-key-file",
+                master.to_str().unwrap(),
+                "-clients",
+                creds.to_str().unwrap(),
+            ]
+            .map(std::ffi::OsString::from),
+        )
+        .unwrap();
+        let server = ServerConfig::from_cli(&cli).unwrap();
+        let client_cli = Cli {
+            host: Some("192.0.2.1".into()),
+            ..cli.clone()
+        };
+        let client = ClientConfig::from_cli(&client_cli, "192.0.2.1").unwrap();
+        let shown = [
+            format!("{cli:?}"),
+            format!("{cli:#?}"),
+            format!("{server:?}"),
+            format!("{:?}", server.keys),
+            format!("{:?}", server.keys.clients["alice"]),
+            format!("{client:?}"),
+            format!("{:?}", client.key),
+        ];
+        for text in &shown {
+            for secret in secrets {
+                assert!(!text.contains(secret), "{secret} shown in {text}");
+            }
+        }
+        assert!(shown[0].contains("<redacted>"), "{}", shown[0]);
+        // And the key bytes are wiped when dropped: a compile-time fact of their types.
+        fn wiped_on_drop<T: zeroize::ZeroizeOnDrop>(_: &T) {}
+        wiped_on_drop(&client.key.0);
+        wiped_on_drop(cli.key.as_ref().unwrap());
+        wiped_on_drop(server.keys.shared.as_ref().unwrap());
+        wiped_on_drop(server.keys.master.as_ref().unwrap());
+        wiped_on_drop(&server.keys.clients["alice"].key);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -10,6 +10,7 @@ use std::path::Path;
 use ipnet::IpNet;
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
+use zeroize::Zeroizing;
 
 /// Keys shorter than this get a warning.
 pub const MIN_KEY_LEN: usize = 16;
@@ -61,14 +62,25 @@ pub fn derive(master: &[u8], id: &[u8]) -> String {
     hex::encode(tag.as_ref())
 }
 
-/// One client of the credentials file.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One client of the credentials file. Its Debug output leaves the key out.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Client {
-    pub key: Vec<u8>,
+    /// Wiped when dropped.
+    pub key: Zeroizing<Vec<u8>>,
     /// Fixed tunnel address of the client (the pool pair that holds it).
     pub addr: Option<Ipv4Addr>,
     /// The only LANs this id may announce (None: the default rules).
     pub lans: Option<Vec<IpNet>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("key", &format_args!("<redacted>"))
+            .field("addr", &self.addr)
+            .field("lans", &self.lans)
+            .finish()
+    }
 }
 
 /// `id key=KEY [addr=A.B.C.D] [lans=CIDR,CIDR]` per line. A line whose first non-blank
@@ -95,7 +107,7 @@ pub fn parse_credentials(text: &str) -> Result<HashMap<String, Client>, KeyError
         let mut words = line.split_whitespace();
         let id = words.next().unwrap_or_default().to_string();
         let mut client = Client {
-            key: Vec::new(),
+            key: Zeroizing::new(Vec::new()),
             addr: None,
             lans: None,
         };
@@ -104,7 +116,7 @@ pub fn parse_credentials(text: &str) -> Result<HashMap<String, Client>, KeyError
                 .split_once('=')
                 .ok_or_else(|| err(format!("{w:?} is not key=value")))?;
             match k {
-                "key" => client.key = v.as_bytes().to_vec(),
+                "key" => client.key = Zeroizing::new(v.as_bytes().to_vec()),
                 "addr" => {
                     client.addr = Some(
                         v.parse()
@@ -153,15 +165,28 @@ pub fn load_credentials(path: &Path) -> Result<HashMap<String, Client>, KeyError
     Ok(creds)
 }
 
-/// Where the server finds a client's key.
-#[derive(Clone, Debug, Default)]
+/// Where the server finds a client's key. Its Debug output leaves the keys out; they are
+/// wiped when dropped.
+#[derive(Clone, Default)]
 pub struct KeyStore {
     /// `-key`: for every id when there is no credentials file, else only with `-allow-unlisted`.
-    pub shared: Option<Vec<u8>>,
+    pub shared: Option<Zeroizing<Vec<u8>>>,
     /// `-master-key-file`: derive per-id keys.
-    pub master: Option<Vec<u8>>,
+    pub master: Option<Zeroizing<Vec<u8>>>,
     pub clients: HashMap<String, Client>,
     pub allow_unlisted: bool,
+}
+
+impl std::fmt::Debug for KeyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |k: &Option<Zeroizing<Vec<u8>>>| k.as_ref().map(|_| "<redacted>");
+        f.debug_struct("KeyStore")
+            .field("shared", &redacted(&self.shared))
+            .field("master", &redacted(&self.master))
+            .field("clients", &self.clients)
+            .field("allow_unlisted", &self.allow_unlisted)
+            .finish()
+    }
 }
 
 impl KeyStore {
@@ -170,13 +195,13 @@ impl KeyStore {
     pub fn key_for(&self, id: &[u8]) -> Option<Vec<u8>> {
         let id = valid_identity(id)?;
         if let Some(c) = self.clients.get(id) {
-            return Some(c.key.clone());
+            return Some(c.key.to_vec());
         }
         if let Some(m) = &self.master {
             return Some(derive(m, id.as_bytes()).into_bytes());
         }
         if self.clients.is_empty() || self.allow_unlisted {
-            return self.shared.clone();
+            return self.shared.as_ref().map(|k| k.to_vec());
         }
         None
     }
@@ -285,11 +310,11 @@ mod tests {
         ];
         let stores = [
             KeyStore {
-                shared: Some(b"shared-key-0123456789".to_vec()),
+                shared: Some(b"shared-key-0123456789".to_vec().into()),
                 ..Default::default()
             },
             KeyStore {
-                master: Some(b"master-secret-0123456789".to_vec()),
+                master: Some(b"master-secret-0123456789".to_vec().into()),
                 ..Default::default()
             },
         ];
@@ -321,7 +346,7 @@ mod tests {
             c["laptop"].lans.as_ref().unwrap()[1].to_string(),
             "10.201.0.0/24"
         );
-        assert_eq!(c["phone"].key, b"xyz");
+        assert_eq!(c["phone"].key[..], b"xyz"[..]);
         for bad in [
             "x",
             "x key",
@@ -333,7 +358,7 @@ mod tests {
             assert!(parse_credentials(bad).is_err(), "{bad}");
         }
         let mut ks = KeyStore {
-            shared: Some(b"shared".to_vec()),
+            shared: Some(b"shared".to_vec().into()),
             clients: c,
             ..Default::default()
         };
@@ -341,14 +366,14 @@ mod tests {
         assert_eq!(ks.key_for(b"stranger"), None);
         ks.allow_unlisted = true;
         assert_eq!(ks.key_for(b"stranger").unwrap(), b"shared");
-        ks.master = Some(b"m".to_vec());
+        ks.master = Some(b"m".to_vec().into());
         assert_eq!(
             ks.key_for(b"stranger").unwrap(),
             derive(b"m", b"stranger").into_bytes()
         );
         assert_eq!(ks.key_for(b"phone").unwrap(), b"xyz");
         let only_shared = KeyStore {
-            shared: Some(b"s".to_vec()),
+            shared: Some(b"s".to_vec().into()),
             ..Default::default()
         };
         assert_eq!(only_shared.key_for(b"any").unwrap(), b"s");
