@@ -140,6 +140,10 @@ pub struct Cli {
     /// Server: tunnel address pool
     #[arg(long, default_value = crate::consts::DEFAULT_POOL)]
     pub pool: Ipv4Net,
+    /// Server: at most this many devices (lingering ones included); beyond it, ids not listed
+    /// in -clients are refused (listed ids always get in)
+    #[arg(long = "max-clients", value_name = "N", default_value_t = crate::consts::DEFAULT_MAX_CLIENTS)]
+    pub max_clients: usize,
     /// Server: how long an id's device is kept after its session ended (e.g. 90s, 5m)
     #[arg(long, value_parser = parse_duration, default_value = "120s")]
     pub linger: Duration,

@@ -193,6 +193,8 @@ pub struct ServerConfig {
     pub hint: String,
     pub pool: Ipv4Net,
     pub linger: Duration,
+    /// Devices beyond which unlisted ids are refused.
+    pub max_clients: usize,
     pub tun: TunSettings,
     pub common: Common,
 }
@@ -227,6 +229,7 @@ impl ServerConfig {
             hint: cli.id.clone(),
             pool: cli.pool,
             linger: cli.linger,
+            max_clients: cli.max_clients,
             tun: TunSettings::from_cli(cli)?,
             common: Common::from_cli(cli)?,
         })

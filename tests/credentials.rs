@@ -5,7 +5,10 @@
 
 mod common;
 
-use common::{DTUN, Netns, Proc, TestDir, Topo, UP, lines_with, path_str, start_server};
+use common::{
+    DTUN, Netns, Proc, TestDir, Topo, UP, assert_running, lines_with, only_tun, path_str,
+    start_server, wait_p2p,
+};
 use std::time::Duration;
 
 /// A server given an empty (or blank) master key file refuses to start and says what to do:
@@ -71,4 +74,94 @@ fn id_with_control_characters_refused() {
     let status = status.expect("client with a bad id still running");
     assert!(!status.success());
     assert!(evil.log().contains("-id"), "{}", evil.log());
+}
+
+/// `-max-clients 1`: a second unlisted id is refused (Close reason 5 to a dtun client, logged
+/// on the server); an id listed in the credentials file still gets in; the first keeps working.
+#[test]
+fn max_clients_refuses_unlisted_newcomers() {
+    let topo = Topo::star("hB1c", 3);
+    let creds = topo
+        .dir
+        .file("clients", b"listed key=listed-key-0123456789\n");
+    let shared = "shared-key-0123456789";
+    let mut server = start_server(
+        &topo.server,
+        443,
+        &[
+            "-clients",
+            path_str(&creds),
+            "-allow-unlisted",
+            "-key",
+            shared,
+            "-max-clients",
+            "1",
+            "-v",
+        ],
+    );
+    let mut first = client(&topo.clients[0], &Topo::server_ip(0), "first", shared, &[]);
+    first.wait_log(dtun::client::LOG_TUNNEL_UP, UP);
+
+    let mut second = client(
+        &topo.clients[1],
+        &Topo::server_ip(1),
+        "second",
+        shared,
+        &["-once"],
+    );
+    let status = second
+        .wait_exit(UP)
+        .expect("the refused client is still running");
+    assert!(!status.success(), "{status}");
+    assert!(
+        second.log().contains("refused"),
+        "the client was not told:\n{}",
+        second.log()
+    );
+    server.wait_log("-max-clients", UP);
+    // A client that speaks only CCM_8 (`-compat` stands in for the original) may not be a dtun
+    // peer: it gets a plain close_notify, no control record.
+    let mut original = client(
+        &topo.clients[1],
+        &Topo::server_ip(1),
+        "original",
+        shared,
+        &["-once", "-compat"],
+    );
+    let status = original
+        .wait_exit(UP)
+        .expect("the refused original still running");
+    assert!(!status.success(), "{status}");
+    assert!(
+        original
+            .log()
+            .contains("close_notify before the address message"),
+        "expected a plain close_notify:\n{}",
+        original.log()
+    );
+    assert_eq!(
+        lines_with(&server.log(), &["connected"]),
+        1,
+        "only the first got in:\n{}",
+        server.log()
+    );
+
+    let mut listed = client(
+        &topo.clients[2],
+        &Topo::server_ip(2),
+        "listed",
+        "listed-key-0123456789",
+        &[],
+    );
+    listed.wait_log(dtun::client::LOG_TUNNEL_UP, UP);
+    assert_eq!(topo.server.links().len(), 2, "{:?}", topo.server.links());
+
+    let dev = only_tun(&topo.clients[0]);
+    let (_, peer) = wait_p2p(&topo.clients[0], &dev);
+    assert!(
+        topo.clients[0].ping_ok(&peer.to_string(), 3),
+        "the first client's tunnel stopped working"
+    );
+    assert_running(&mut first, "first client");
+    assert_running(&mut server, "server");
 }

@@ -92,6 +92,22 @@ pub(super) struct Manager {
     pub(super) cmd_tx: mpsc::UnboundedSender<DemuxCmd>,
     pub(super) devices: HashMap<String, Device>,
     pub(super) next_session: u64,
+    pub(super) refusals: Refusals,
+}
+
+/// Clients refused at the `-max-clients` limit: counted, and logged at most once a second.
+pub(super) struct Refusals {
+    log: pump::RateLimit,
+    count: u64,
+}
+
+impl Default for Refusals {
+    fn default() -> Self {
+        Refusals {
+            log: pump::RateLimit::new(1),
+            count: 0,
+        }
+    }
 }
 
 impl Manager {
@@ -217,6 +233,11 @@ impl Manager {
         est: Established,
     ) -> Result<(), SessionError> {
         if !self.devices.contains_key(id) {
+            if self.devices.len() >= self.cfg.max_clients && !self.cfg.keys.clients.contains_key(id)
+            {
+                self.refuse(id, addr, token, &est).await;
+                return Ok(());
+            }
             let dev = self.create_device(id, est.suite, addr).await?;
             self.devices.insert(id.to_string(), dev);
         } else {
@@ -297,6 +318,38 @@ impl Manager {
             est.suite.name()
         );
         Ok(())
+    }
+
+    /// Turns away a new id at the `-max-clients` limit, before it gets a device or runs a
+    /// script: Close "refused" to a dtun client (only dtun clients offer AES-128-GCM, and they
+    /// read it where the address message would be), then close_notify.
+    async fn refuse(&mut self, id: &str, addr: SocketAddr, token: u64, est: &Established) {
+        self.refusals.count += 1;
+        if self.refusals.log.allow() {
+            tracing::warn!(
+                "client {id} from {addr} refused: {} devices, the -max-clients limit ({} refused so far; ids in -clients still get in)",
+                self.devices.len(),
+                self.refusals.count
+            );
+        }
+        let (mut sealer, _) =
+            record::session_pair(est.suite, &est.keys, false, 1, FIRST_APP_SEQUENCE);
+        let link = Link {
+            udp: self.udp.clone(),
+            peer: addr,
+            connected: false,
+        };
+        if est.suite == record::Suite::Aes128Gcm && !self.cfg.common.compat {
+            let close = Control::Close {
+                reason: CloseReason::Refused,
+                detail: format!("-max-clients {}", self.cfg.max_clients),
+            };
+            let _ = link
+                .send_record(&mut sealer, CONTENT_APPLICATION_DATA, &close.to_bytes())
+                .await;
+        }
+        let _ = link.send_close_notify(&mut sealer).await;
+        let _ = self.cmd_tx.send(DemuxCmd::HandshakeEnded { addr, token });
     }
 
     async fn create_device(
