@@ -223,7 +223,7 @@ async fn session(
     let mut buf = vec![0u8; BUF_LEN];
 
     // 1. Handshake. Records that overtake the end of our handshake (the address message when
-    //    the server's last flight was lost) are kept for step 2.
+    //    the server's last flight was lost, or a close_notify right after it) are kept for step 2.
     let (hs_tx, hs_rx) = mpsc::channel(HANDSHAKE_QUEUE);
     let conn = ChannelConn::new(hs_rx, Arc::clone(&sock), server, true);
     let role = Role::Client {
@@ -240,7 +240,14 @@ async fn session(
             r = sock.recv(&mut buf) => match r {
                 Ok(n) => {
                     answered = true;
-                    if buf[..n].first() == Some(&CONTENT_APPLICATION_DATA) {
+                    // Application data, and encrypted (epoch ≥ 1) alerts: a server refusing
+                    // us at its -max-clients limit sends close_notify right after Finished.
+                    let ours = match buf[..n] {
+                        [CONTENT_APPLICATION_DATA, ..] => true,
+                        [CONTENT_ALERT, _, _, e0, e1, ..] => (e0, e1) != (0, 0),
+                        _ => false,
+                    };
+                    if ours {
                         if early.len() < 4 {
                             early.push(buf[..n].to_vec());
                         }
