@@ -43,6 +43,9 @@ pub const DEFAULT_ID: &str = "dtun";
 pub const FIRST_APP_SEQUENCE: u64 = 1 << 32;
 /// The server's default address pool.
 pub const DEFAULT_POOL: &str = "10.86.0.0/16";
+/// Default `-max-clients`: devices (lingering ones included) beyond which ids not listed in
+/// the credentials file are refused.
+pub const DEFAULT_MAX_CLIENTS: usize = 1024;
 /// Default TUN name pattern; the kernel replaces %d.
 pub const DEFAULT_TUN_NAME: &str = "dtun%d";
 /// How long the server keeps an id's device after its session ended.

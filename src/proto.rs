@@ -98,6 +98,9 @@ pub enum CloseReason {
     Replaced = 2,
     /// The peer was declared dead (missed keepalives) or failed setup.
     Timeout = 3,
+    /// The server is at its `-max-clients` limit. Sent instead of the address message, and
+    /// only when the session's suite is AES-128-GCM (which only dtun clients offer).
+    Refused = 5,
 }
 
 /// dtun's control messages (between dtun peers only).
@@ -159,6 +162,7 @@ impl Control {
                     1 => CloseReason::Shutdown,
                     2 => CloseReason::Replaced,
                     3 => CloseReason::Timeout,
+                    5 => CloseReason::Refused,
                     _ => return Err(ProtoError::Control),
                 };
                 // Strict UTF-8, so what parses also encodes back to the same bytes.

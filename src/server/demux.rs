@@ -233,8 +233,8 @@ impl Demux {
                 }
                 if self.fail_log.allow() {
                     tracing::warn!(
-                        "handshake with {addr} (claimed id {:?}) failed: {why}; a client with the wrong -key looks like this",
-                        String::from_utf8_lossy(&identity)
+                        "handshake with {addr} (claimed id \"{}\") failed: {why}; a client with the wrong -key looks like this",
+                        identity.escape_ascii()
                     );
                 }
             }

@@ -91,6 +91,22 @@ pub(super) struct Manager {
     pub(super) cmd_tx: mpsc::UnboundedSender<DemuxCmd>,
     pub(super) devices: HashMap<String, Device>,
     pub(super) next_session: u64,
+    pub(super) refusals: Refusals,
+}
+
+/// Clients refused at the `-max-clients` limit: counted, and logged at most once a second.
+pub(super) struct Refusals {
+    log: pump::RateLimit,
+    count: u64,
+}
+
+impl Default for Refusals {
+    fn default() -> Self {
+        Refusals {
+            log: pump::RateLimit::new(1),
+            count: 0,
+        }
+    }
 }
 
 impl Manager {
@@ -129,7 +145,15 @@ impl Manager {
     async fn event(&mut self, ev: Event) {
         match ev {
             Event::Authenticated { addr, est } => {
-                let id = String::from_utf8_lossy(&est.peer_identity).into_owned();
+                // The key lookup refused invalid ids already; never merge or log raw bytes.
+                let Some(id) = crate::keys::valid_identity(&est.peer_identity).map(String::from)
+                else {
+                    tracing::warn!(
+                        "client from {addr}: refused invalid id \"{}\"",
+                        est.peer_identity.escape_ascii()
+                    );
+                    return;
+                };
                 if let Err(e) = self.start_session(&id, addr, *est).await {
                     tracing::error!("client {id} from {addr}: cannot set up its tunnel: {e}");
                 }
@@ -205,6 +229,11 @@ impl Manager {
         est: Established,
     ) -> Result<(), SessionError> {
         if !self.devices.contains_key(id) {
+            if self.devices.len() >= self.cfg.max_clients && !self.cfg.keys.clients.contains_key(id)
+            {
+                self.refuse(id, addr, &est).await;
+                return Ok(());
+            }
             let dev = self.create_device(id, est.suite, addr).await?;
             self.devices.insert(id.to_string(), dev);
         } else {
@@ -284,6 +313,37 @@ impl Manager {
             est.suite.name()
         );
         Ok(())
+    }
+
+    /// Turns away a new id at the `-max-clients` limit, before it gets a device or runs a
+    /// script: Close "refused" to a dtun client (only dtun clients offer AES-128-GCM, and they
+    /// read it where the address message would be), then close_notify.
+    async fn refuse(&mut self, id: &str, addr: SocketAddr, est: &Established) {
+        self.refusals.count += 1;
+        if self.refusals.log.allow() {
+            tracing::warn!(
+                "client {id} from {addr} refused: {} devices, the -max-clients limit ({} refused so far; ids in -clients still get in)",
+                self.devices.len(),
+                self.refusals.count
+            );
+        }
+        let (mut sealer, _) =
+            record::session_pair(est.suite, &est.keys, false, 1, FIRST_APP_SEQUENCE);
+        let link = Link {
+            udp: self.udp.clone(),
+            peer: addr,
+            connected: false,
+        };
+        if est.suite == record::Suite::Aes128Gcm && !self.cfg.common.compat {
+            let close = Control::Close {
+                reason: CloseReason::Refused,
+                detail: format!("-max-clients {}", self.cfg.max_clients),
+            };
+            let _ = link
+                .send_record(&mut sealer, CONTENT_APPLICATION_DATA, &close.to_bytes())
+                .await;
+        }
+        let _ = link.send_close_notify(&mut sealer).await;
     }
 
     async fn create_device(
@@ -426,7 +486,7 @@ impl Manager {
                 Some(Control::Pong)
             }
             Control::Close { reason, detail } => {
-                tracing::debug!("client {id} is closing: {reason:?} {detail}");
+                tracing::debug!("client {id} is closing: {reason:?} {detail:?}");
                 None
             }
             _ => None,

@@ -147,6 +147,7 @@ pub async fn run(
         cmd_tx,
         devices: HashMap::new(),
         next_session: 0,
+        refusals: Default::default(),
     };
     mgr.run(ev_rx, shutdown).await;
     demux_task.abort();
