@@ -346,6 +346,24 @@ impl Manager {
                 return;
             }
         };
+        let (own, gateways) = match self.nl.own_addresses_and_gateways(&ours).await {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::warn!("client {id}: {e}; not routing its peernet");
+                return;
+            }
+        };
+        // Every live session's outer address (this client's own too: its records would loop).
+        let guarded: Vec<(IpAddr, authz::Guarded)> = self
+            .devices
+            .iter()
+            .filter_map(|(other, d)| {
+                let s = d.session.as_ref()?;
+                Some((s.addr.ip(), authz::Guarded::Underlay(other.clone())))
+            })
+            .chain(own.into_iter().map(|ip| (ip, authz::Guarded::Own)))
+            .chain(gateways.into_iter().map(|ip| (ip, authz::Guarded::Gateway)))
+            .collect();
         let others: Vec<(String, IpNet)> = self
             .devices
             .iter()
@@ -372,7 +390,8 @@ impl Manager {
                 .clients
                 .get(id)
                 .and_then(|c| c.lans.as_deref());
-            if let Err(refusal) = authz::check_peernet(net, &host, &others, pool, listed) {
+            if let Err(refusal) = authz::check_peernet(net, &host, &guarded, &others, pool, listed)
+            {
                 tracing::warn!(
                     "client {id}: refused peernet {net}: {refusal}; the tunnel stays up without that route"
                 );
