@@ -17,7 +17,7 @@ use crate::consts::{
 };
 use crate::dtls::{self, ChannelConn, KeyLookup, Role};
 use crate::proto::{Control, Peernet};
-use crate::pump::{self, Counters, Inbound, Inbox, RateLimit};
+use crate::pump::{self, Counters, Inbound, Inbox, OutboundCmd, RateLimit};
 use crate::record::{Opener, Suite};
 use crate::tun::TunBatch;
 use crate::udp::{Receiver, Udp};
@@ -67,6 +67,10 @@ pub(super) struct SessionRx {
     pub(super) final_flight: Vec<Vec<u8>>,
     /// When `final_flight` was last resent.
     pub(super) resent_at: Option<Instant>,
+    /// The session's outbound task: Pings are answered here, not by the manager.
+    pub(super) out_tx: mpsc::Sender<OutboundCmd>,
+    /// A Ping was seen (the first one goes to the manager: the client is a dtun peer).
+    pub(super) pinged: bool,
 }
 
 #[derive(Default)]
@@ -102,23 +106,31 @@ pub struct DemuxCounters {
     handshake_limit: AtomicU64,
     /// Unproven handshakes dropped for a newcomer or after `UNPROVEN_TIMEOUT`.
     handshake_evicted: AtomicU64,
+    /// Session events dropped because the manager's queue was full.
+    events_dropped: AtomicU64,
 }
 
 impl DemuxCounters {
     pub fn summary(&self) -> String {
         format!(
-            "unknown_peer={} handshakes={} handshake_evicted={} handshake_limit={}",
+            "unknown_peer={} handshakes={} handshake_evicted={} handshake_limit={} events_dropped={}",
             self.unknown_peer.load(Relaxed),
             self.handshakes_started.load(Relaxed),
             self.handshake_evicted.load(Relaxed),
-            self.handshake_limit.load(Relaxed)
+            self.handshake_limit.load(Relaxed),
+            self.events_dropped.load(Relaxed)
         )
     }
 }
 
 /// Where the demultiplexer's session records go, and what it needs to open them.
 pub(super) struct Delivery {
+    /// For the handshake tasks' Authenticated events: at most one per handshake, and the
+    /// handshakes are capped, so this queue is bounded by `MAX_HANDSHAKES` in practice.
     pub(super) ev_tx: mpsc::UnboundedSender<Event>,
+    /// Session events to the manager: bounded, never awaited; a full queue is a counted drop.
+    pub(super) events: mpsc::Sender<Event>,
+    pub(super) counters: Arc<DemuxCounters>,
     pub(super) log_limit: RateLimit,
     /// Packets on their way into the sessions' TUNs, written once per receive batch.
     pub(super) tun_batch: TunBatch,
@@ -154,6 +166,14 @@ fn is_record(dg: &[u8]) -> bool {
 /// Whether a record is a ClientHello in epoch 0 (handshake type 1).
 fn is_client_hello(rec: &[u8]) -> bool {
     rec.len() > 13 && rec[0] == CONTENT_HANDSHAKE && rec[3..5] == [0, 0] && rec[13] == 1
+}
+
+/// Queues a session event for the manager without ever waiting: a full queue (the manager is
+/// behind, or a peer floods) drops it and counts the drop.
+fn report(events: &mpsc::Sender<Event>, counters: &DemuxCounters, ev: Event) {
+    if events.try_send(ev).is_err() {
+        counters.events_dropped.fetch_add(1, Relaxed);
+    }
 }
 
 impl Demux {
@@ -318,7 +338,8 @@ impl Demux {
         let records = out
             .inbox
             .open(&mut s.opener, &s.counters, buf, stride, |_| true);
-        let (ev_tx, log_limit, tun_batch) = (&out.ev_tx, &mut out.log_limit, &mut out.tun_batch);
+        let (events, dc) = (&out.events, &*out.counters);
+        let (log_limit, tun_batch) = (&mut out.log_limit, &mut out.tun_batch);
         for record in records {
             match record {
                 Inbound::Data(r) => {
@@ -344,14 +365,30 @@ impl Demux {
                                 peernet,
                             }
                         };
-                        let _ = ev_tx.send(ev);
+                        report(events, dc, ev);
                     } else if s.controls && Control::is_control(&buf[r.clone()]) {
                         match Control::parse(&buf[r.clone()]) {
+                            // Answered here, so a ping flood never reaches the manager; only
+                            // the first Ping goes on (it makes the client a dtun peer).
+                            Ok(Control::Ping) => {
+                                // A full queue: the peer pings faster than we send.
+                                let pong = OutboundCmd::Send(Control::Pong.to_bytes());
+                                let _ = s.out_tx.try_send(pong);
+                                if !s.pinged {
+                                    s.pinged = true;
+                                    let ev = Event::Control {
+                                        session_id: s.session_id,
+                                        msg: Control::Ping,
+                                    };
+                                    report(events, dc, ev);
+                                }
+                            }
                             Ok(msg) => {
-                                let _ = ev_tx.send(Event::Control {
+                                let ev = Event::Control {
                                     session_id: s.session_id,
                                     msg,
-                                });
+                                };
+                                report(events, dc, ev);
                             }
                             Err(_) => s.counters.count_drop(pump::Drop::Unexpected),
                         }
@@ -373,11 +410,12 @@ impl Demux {
                     }
                 }
                 Inbound::Alert(level, desc) => {
-                    let _ = ev_tx.send(Event::Closed {
+                    let ev = Event::Closed {
                         session_id: s.session_id,
                         level: *level,
                         desc: *desc,
-                    });
+                    };
+                    report(events, dc, ev);
                 }
                 Inbound::Dropped(d) => {
                     if log_limit.allow() {
@@ -496,6 +534,39 @@ impl Demux {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::consts::EVENT_QUEUE;
+
+    /// A peer's flood of session events (alerts, control messages) neither grows the queue to
+    /// the manager past EVENT_QUEUE nor waits: the rest are counted drops, in the summary.
+    #[test]
+    fn session_events_are_bounded_and_drops_counted() {
+        let (tx, mut rx) = mpsc::channel(EVENT_QUEUE);
+        let counters = DemuxCounters::default();
+        let flood = 10_000u64;
+        for session_id in 0..flood {
+            report(&tx, &counters, Event::SetupLost { session_id });
+        }
+        let dropped = flood - EVENT_QUEUE as u64;
+        assert_eq!(counters.events_dropped.load(Relaxed), dropped);
+        assert!(
+            counters
+                .summary()
+                .ends_with(&format!("events_dropped={dropped}")),
+            "{}",
+            counters.summary()
+        );
+        let mut queued = 0u64;
+        while let Ok(ev) = rx.try_recv() {
+            // The first ones are kept, in order.
+            assert!(matches!(ev, Event::SetupLost { session_id } if session_id == queued));
+            queued += 1;
+        }
+        assert_eq!(queued, EVENT_QUEUE as u64);
+        // Once the manager catches up, events flow again.
+        report(&tx, &counters, Event::SetupLost { session_id: 7 });
+        assert!(rx.try_recv().is_ok());
+        assert_eq!(counters.events_dropped.load(Relaxed), dropped);
+    }
 
     #[test]
     fn client_hello_detection() {

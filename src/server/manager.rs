@@ -65,6 +65,8 @@ pub(super) struct Device {
     session: Option<Session>,
     /// When the last session ended; the device goes after `-linger`.
     idle_since: Option<Instant>,
+    /// The device's up script, running beside the manager (the down script waits for it).
+    up: Option<JoinHandle<()>>,
 }
 
 pub(super) struct Session {
@@ -92,12 +94,15 @@ pub(super) struct Manager {
     pub(super) cmd_tx: mpsc::UnboundedSender<DemuxCmd>,
     pub(super) devices: HashMap<String, Device>,
     pub(super) next_session: u64,
+    /// Down scripts (each after its device's up script) still running; awaited at shutdown.
+    pub(super) scripts: Vec<JoinHandle<()>>,
 }
 
 impl Manager {
     pub(super) async fn run(
         &mut self,
         mut ev_rx: mpsc::UnboundedReceiver<Event>,
+        mut session_rx: mpsc::Receiver<Event>,
         shutdown: impl Future<Output = ()>,
     ) {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -106,6 +111,10 @@ impl Manager {
             tokio::select! {
                 _ = &mut shutdown => break,
                 ev = ev_rx.recv() => match ev {
+                    Some(ev) => self.event(ev).await,
+                    None => break,
+                },
+                ev = session_rx.recv() => match ev {
                     Some(ev) => self.event(ev).await,
                     None => break,
                 },
@@ -121,9 +130,16 @@ impl Manager {
         );
         let ids: Vec<String> = self.devices.keys().cloned().collect();
         for id in ids {
+            // An up script still running is stopped (killed), so its down script runs now.
+            if let Some(up) = self.devices.get(&id).and_then(|d| d.up.as_ref()) {
+                up.abort();
+            }
             self.end_session(&id, Some(CloseReason::Shutdown), "server shutting down")
                 .await;
             self.remove_device(&id).await;
+        }
+        for script in self.scripts.drain(..) {
+            let _ = script.await;
         }
     }
 
@@ -231,6 +247,9 @@ impl Manager {
         let (mut sealer, opener) =
             record::session_pair(est.suite, &est.keys, false, 1, FIRST_APP_SEQUENCE);
         let counters = Arc::new(Counters::default());
+        // The demultiplexer answers Pings through the outbound task's channel, which must
+        // exist before the session can receive anything.
+        let (out_tx, out_rx) = pump::outbound_channel();
         let _ = self.cmd_tx.send(DemuxCmd::Install {
             addr,
             token,
@@ -246,6 +265,8 @@ impl Manager {
                 controls: !self.cfg.common.compat,
                 final_flight: est.final_flight,
                 resent_at: None,
+                out_tx: out_tx.clone(),
+                pinged: false,
             },
         });
         let link = Link {
@@ -260,7 +281,8 @@ impl Manager {
         link.send_record(&mut sealer, CONTENT_APPLICATION_DATA, &msg.to_bytes())
             .await
             .map_err(|e| SessionError::Send(addr, e))?;
-        let (out_tx, out_task) = pump::spawn_outbound(
+        let out_task = pump::spawn_outbound_on(
+            out_rx,
             Arc::clone(&dev.tun.dev),
             pump::MssClamp::new(dev.tun.mtu),
             link,
@@ -310,14 +332,17 @@ impl Manager {
             Ok::<_, SessionError>(tun)
         }
         .await;
-        if let Ok(tun) = &made
-            && let Some(up) = &self.cfg.common.up
-            && let Err(e) = hooks::run("up", up, &device_env(&tun.name, pair)).await
-        {
-            tracing::warn!("client {id}: {e}");
-        }
         match made {
             Ok(tun) => Ok(Device {
+                // Beside the manager: a slow script must not hold up anyone else's setup.
+                up: self.cfg.common.up.clone().map(|up| {
+                    let (id, env) = (id.to_string(), device_env(&tun.name, pair));
+                    tokio::spawn(async move {
+                        if let Err(e) = hooks::run("up", &up, &env).await {
+                            tracing::warn!("client {id}: {e}");
+                        }
+                    })
+                }),
                 tun,
                 pair,
                 routes: Vec::new(),
@@ -440,13 +465,14 @@ impl Manager {
                     keepalive_ms: ours,
                 })
             }
-            // Only a dtun client pings: a lost Hello must not leave it unanswered.
+            // Only a dtun client pings: a lost Hello must not leave it unanswered. The
+            // demultiplexer answers every Ping and passes on only the first.
             Control::Ping if !self.cfg.common.compat => {
                 if !s.negotiated {
                     s.negotiated = true;
                     s.keepalive = self.cfg.common.keepalive;
                 }
-                Some(Control::Pong)
+                None
             }
             Control::Close { reason, detail } => {
                 tracing::debug!("client {id} is closing: {reason:?} {detail}");
@@ -520,10 +546,18 @@ impl Manager {
             dev.tun.name,
             self.pool.in_use()
         );
-        if let Some(down) = &self.cfg.common.down
-            && let Err(e) = hooks::run("down", down, &device_env(&dev.tun.name, dev.pair)).await
-        {
-            tracing::warn!("client {id}: {e}");
+        if let Some(down) = self.cfg.common.down.clone() {
+            // After the device's up script (if still running), beside the manager.
+            let (id, env, up) = (id.to_string(), device_env(&dev.tun.name, dev.pair), dev.up);
+            self.scripts.retain(|s| !s.is_finished());
+            self.scripts.push(tokio::spawn(async move {
+                if let Some(up) = up {
+                    let _ = up.await;
+                }
+                if let Err(e) = hooks::run("down", &down, &env).await {
+                    tracing::warn!("client {id}: {e}");
+                }
+            }));
         }
     }
 
