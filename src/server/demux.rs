@@ -168,6 +168,46 @@ fn is_client_hello(rec: &[u8]) -> bool {
     rec.len() > 13 && rec[0] == CONTENT_HANDSHAKE && rec[3..5] == [0, 0] && rec[13] == 1
 }
 
+/// What a session's control record may touch: its outbound queue (Pongs), its counters, and
+/// the manager's event queue.
+struct SessionControl<'a> {
+    session_id: u64,
+    out_tx: &'a mpsc::Sender<OutboundCmd>,
+    counters: &'a Counters,
+    events: &'a mpsc::Sender<Event>,
+    demux: &'a DemuxCounters,
+}
+
+impl SessionControl<'_> {
+    /// One control record: a Ping is answered here, so a ping flood never reaches the manager
+    /// (only the first goes on: it makes the client a dtun peer); other messages go to the
+    /// manager; malformed ones and unknown types are counted drops.
+    fn record(&self, data: &[u8], pinged: &mut bool) {
+        match Control::parse(data) {
+            Ok(Control::Ping) => {
+                // A full queue: the peer pings faster than we send; UDP would lose it too.
+                let _ = self
+                    .out_tx
+                    .try_send(OutboundCmd::Send(Control::Pong.to_bytes()));
+                if !*pinged {
+                    *pinged = true;
+                    self.report(Control::Ping);
+                }
+            }
+            Ok(msg) => self.report(msg),
+            Err(_) => self.counters.count_drop(pump::Drop::Unexpected),
+        }
+    }
+
+    fn report(&self, msg: Control) {
+        let ev = Event::Control {
+            session_id: self.session_id,
+            msg,
+        };
+        report(self.events, self.demux, ev);
+    }
+}
+
 /// Queues a session event for the manager without ever waiting: a full queue (the manager is
 /// behind, or a peer floods) drops it and counts the drop.
 fn report(events: &mpsc::Sender<Event>, counters: &DemuxCounters, ev: Event) {
@@ -367,31 +407,14 @@ impl Demux {
                         };
                         report(events, dc, ev);
                     } else if s.controls && Control::is_control(&buf[r.clone()]) {
-                        match Control::parse(&buf[r.clone()]) {
-                            // Answered here, so a ping flood never reaches the manager; only
-                            // the first Ping goes on (it makes the client a dtun peer).
-                            Ok(Control::Ping) => {
-                                // A full queue: the peer pings faster than we send.
-                                let pong = OutboundCmd::Send(Control::Pong.to_bytes());
-                                let _ = s.out_tx.try_send(pong);
-                                if !s.pinged {
-                                    s.pinged = true;
-                                    let ev = Event::Control {
-                                        session_id: s.session_id,
-                                        msg: Control::Ping,
-                                    };
-                                    report(events, dc, ev);
-                                }
-                            }
-                            Ok(msg) => {
-                                let ev = Event::Control {
-                                    session_id: s.session_id,
-                                    msg,
-                                };
-                                report(events, dc, ev);
-                            }
-                            Err(_) => s.counters.count_drop(pump::Drop::Unexpected),
-                        }
+                        let sc = SessionControl {
+                            session_id: s.session_id,
+                            out_tx: &s.out_tx,
+                            counters: &s.counters,
+                            events,
+                            demux: dc,
+                        };
+                        sc.record(&buf[r.clone()], &mut s.pinged);
                     } else if !pump::is_ip(&buf[r.clone()]) {
                         s.counters.count_drop(pump::Drop::NotIp);
                         if log_limit.allow() {
@@ -535,6 +558,68 @@ impl Demux {
 mod tests {
     use super::*;
     use crate::consts::EVENT_QUEUE;
+
+    /// A ping flood is answered in the demultiplexer: one event reaches the manager, the
+    /// Pongs queue on the session's (bounded) outbound channel; unknown control types and
+    /// malformed control records are counted drops; an unknown Close reason is still a Close.
+    #[test]
+    fn pings_answered_here_and_unknown_controls_counted() {
+        let (out_tx, mut out_rx) = pump::outbound_channel();
+        let (events, mut ev_rx) = mpsc::channel(EVENT_QUEUE);
+        let counters = Counters::default();
+        let demux = DemuxCounters::default();
+        let sc = SessionControl {
+            session_id: 42,
+            out_tx: &out_tx,
+            counters: &counters,
+            events: &events,
+            demux: &demux,
+        };
+        let mut pinged = false;
+        let ping = Control::Ping.to_bytes();
+        for _ in 0..10_000 {
+            sc.record(&ping, &mut pinged);
+        }
+        assert!(pinged);
+        assert!(matches!(
+            ev_rx.try_recv(),
+            Ok(Event::Control {
+                session_id: 42,
+                msg: Control::Ping
+            })
+        ));
+        assert!(
+            ev_rx.try_recv().is_err(),
+            "more than one Ping reached the manager"
+        );
+        let mut pongs = 0;
+        while let Ok(cmd) = out_rx.try_recv() {
+            assert!(matches!(cmd, OutboundCmd::Send(b) if b == Control::Pong.to_bytes()));
+            pongs += 1;
+        }
+        assert!((1..=8).contains(&pongs), "{pongs} pongs queued");
+        // The next Ping after the queue drained is answered again.
+        sc.record(&ping, &mut pinged);
+        assert!(out_rx.try_recv().is_ok());
+
+        for bad in [&[0u8, 9][..], &[0, 0xff, 1], &[0, 2, 0], &[0, 4]] {
+            sc.record(bad, &mut pinged);
+        }
+        assert_eq!(counters.drops(pump::Drop::Unexpected), 4);
+        assert!(ev_rx.try_recv().is_err());
+        sc.record(&[0, 4, 9, b'x'], &mut pinged);
+        assert!(matches!(
+            ev_rx.try_recv(),
+            Ok(Event::Control {
+                msg: Control::Close {
+                    reason: crate::proto::CloseReason::Other(9),
+                    ..
+                },
+                ..
+            })
+        ));
+        assert_eq!(demux.events_dropped.load(Relaxed), 0);
+    }
 
     /// A peer's flood of session events (alerts, control messages) neither grows the queue to
     /// the manager past EVENT_QUEUE nor waits: the rest are counted drops, in the summary.
