@@ -77,6 +77,10 @@ pub const MAX_HANDSHAKES_PER_IP: usize = 8;
 pub const UNPROVEN_TIMEOUT: Duration = Duration::from_secs(4);
 /// Datagrams queued towards one handshake before further ones are dropped.
 pub const HANDSHAKE_QUEUE: usize = 16;
+/// Session events (peernet, alerts, control messages) queued from the demultiplexer to the
+/// server's manager; past this they are counted drops (`events_dropped`), so a peer's flood
+/// never grows memory nor blocks the data path.
+pub const EVENT_QUEUE: usize = 256;
 /// Size of every packet buffer: a whole UDP datagram or a TUN packet fits.
 pub const BUF_LEN: usize = 65536;
 /// Outer overhead: IPv4 + UDP, IPv6 + UDP.
