@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use crate::consts::{CONTENT_ALERT, CONTENT_APPLICATION_DATA};
 use crate::handshake::{
     self, COOKIE_LEN, ClientHello, Completed, Cookies, HVR_LEN, ServerHandshake, Step,
 };
@@ -88,6 +89,16 @@ pub struct Admission {
     pub counters: AdmissionCounters,
     /// Filled with the bytes to send when an [`Outcome`] says so.
     pub reply: Vec<u8>,
+}
+
+/// Whether a datagram belongs to a session rather than to admission: it starts with an
+/// application data record, or an alert past epoch 0 (epoch 0 alerts belong to a handshake).
+pub fn is_session_record(dg: &[u8]) -> bool {
+    match dg {
+        [CONTENT_APPLICATION_DATA, ..] => true,
+        [CONTENT_ALERT, _, _, e0, e1, ..] => u16::from_be_bytes([*e0, *e1]) > 0,
+        _ => false,
+    }
 }
 
 /// The network an address counts against: its /24 (IPv4, also IPv4-mapped) or /64.

@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 use tokio::sync::mpsc;
 
-use super::admission::{Admission, AdmissionCounters, Outcome};
+use super::admission::{Admission, AdmissionCounters, Outcome, is_session_record as is_record};
 use super::manager::Event;
 use crate::authz;
-use crate::consts::{CONTENT_ALERT, CONTENT_APPLICATION_DATA, FINAL_FLIGHT_RESEND};
+use crate::consts::FINAL_FLIGHT_RESEND;
 use crate::dtls::{self, Established, KeyLookup};
 use crate::proto::{Control, Peernet};
 use crate::pump::{self, Counters, Inbound, Inbox, OutboundCmd, RateLimit};
@@ -100,8 +100,8 @@ impl DemuxCounters {
 
 /// Where the demultiplexer's session records go, and what it needs to open them.
 pub(super) struct Delivery {
-    /// For the handshake tasks' Authenticated events: at most one per handshake, and the
-    /// handshakes are capped, so this queue is bounded by `MAX_HANDSHAKES` in practice.
+    /// For Authenticated events: one per completed handshake, each of which took a client with a
+    /// valid key two round trips from a proven address.
     pub(super) ev_tx: mpsc::UnboundedSender<Event>,
     /// Session events to the manager: bounded, never awaited; a full queue is a counted drop.
     pub(super) events: mpsc::Sender<Event>,
@@ -124,16 +124,6 @@ pub(super) struct Demux {
     /// Warnings about failed handshakes, at most a few a second.
     pub(super) fail_log: RateLimit,
     pub(super) counters: Arc<DemuxCounters>,
-}
-
-/// Whether a datagram starts with a record of the record layer: application data, or an
-/// alert after the handshake (epoch 0 alerts belong to a handshake).
-fn is_record(dg: &[u8]) -> bool {
-    match dg {
-        [CONTENT_APPLICATION_DATA, ..] => true,
-        [CONTENT_ALERT, _, _, e0, e1, ..] => u16::from_be_bytes([*e0, *e1]) > 0,
-        _ => false,
-    }
 }
 
 /// What a session's control record may touch: its outbound queue (Pongs), its counters, and
@@ -453,7 +443,7 @@ impl Demux {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::consts::EVENT_QUEUE;
+    use crate::consts::{CONTENT_ALERT, CONTENT_APPLICATION_DATA, EVENT_QUEUE};
 
     /// A ping flood is answered in the demultiplexer: one event reaches the manager, the
     /// Pongs queue on the session's (bounded) outbound channel; unknown control types and
