@@ -102,3 +102,74 @@ fn unknown_ids_fail_like_known_ids_with_a_wrong_key() {
     }
     server.stop(Duration::from_secs(5));
 }
+
+/// Failed handshakes are logged at most a few a second (review item 12): a burst of wrong-key
+/// clients must not flood the server's log.
+#[test]
+fn failed_handshake_warnings_are_rate_limited() {
+    const CLIENTS: usize = 30;
+    const PER_SECOND: usize = 5;
+    let topo = Topo::pair("idrl");
+    let mut server = start_server(&topo.server, 443, &["-key", "the-right-key-0123456789"]);
+    let started = Instant::now();
+    let mut clients: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            topo.client().spawn(
+                DTUN,
+                &[
+                    "-host",
+                    &Topo::server_ip(0),
+                    "-key",
+                    "the-wrong-key-0123456789",
+                    "-id",
+                    &format!("c{i}"),
+                    "-once",
+                ],
+                &[],
+            )
+        })
+        .collect();
+    for c in &mut clients {
+        let status = c
+            .wait_exit(Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("a wrong-key client still running; log:\n{}", c.log()));
+        assert!(!status.success());
+    }
+    let took = started.elapsed();
+    let log = server.log();
+    // Seconds of the day of each warning (log lines start with an RFC 3339 time).
+    let times: Vec<f64> = log
+        .lines()
+        .filter(|l| l.contains("handshake with") && l.contains("failed"))
+        .filter_map(|l| {
+            let t = l.get(11..26)?;
+            let (h, m, s) = (t.get(0..2)?, t.get(3..5)?, t.get(6..)?);
+            Some(
+                h.parse::<f64>().ok()? * 3600.0
+                    + m.parse::<f64>().ok()? * 60.0
+                    + s.parse::<f64>().ok()?,
+            )
+        })
+        .collect();
+    // The most warnings within any one second.
+    let burst = times
+        .iter()
+        .map(|t0| {
+            times
+                .iter()
+                .filter(|t| **t >= *t0 && **t < t0 + 1.0)
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    eprintln!(
+        "{CLIENTS} failed handshakes in {took:?}: {} warnings logged, at most {burst} within a second",
+        times.len()
+    );
+    assert!(!times.is_empty(), "no failed handshake logged at all");
+    assert!(
+        burst <= 2 * PER_SECOND,
+        "{burst} failure warnings within one second (at most {PER_SECOND} a second, two windows)"
+    );
+    server.stop(Duration::from_secs(5));
+}

@@ -6,9 +6,11 @@
 //!   kept, so spoofed ClientHellos, however many, take no slot and evict nobody.
 //! - A handshake exists only for a peer that echoed its cookie (it receives at its address).
 //!   Caps: [`MAX_HANDSHAKES`] in all, [`MAX_HANDSHAKES_PER_PREFIX`] per IPv4 /24 or IPv6 /64
-//!   and [`MAX_HANDSHAKES_PER_IP`] per address: a full prefix or address recycles its own
-//!   oldest slot, so one network cannot hold the table; when the whole table is full, a
-//!   handshake that has stalled for [`STALL_TIMEOUT`] makes room.
+//!   and [`MAX_HANDSHAKES_PER_IP`] per address, so one network cannot hold the table. Where a
+//!   cap is reached, the oldest handshake under it makes room if it has stalled for
+//!   [`STALL_TIMEOUT`]; otherwise the newcomer is refused for now (no state: its next
+//!   ClientHello, a second later, asks again), so a burst of real clients behind one NAT
+//!   finish in turn instead of evicting each other.
 //! - Each handshake has a budget of [`HANDSHAKE_MAX_DATAGRAMS`] datagrams and
 //!   [`HANDSHAKE_MAX_BYTES`] bytes (a real client needs two or three); past it, it is dropped.
 //!   Every datagram costs one pass over its records, whatever came before.
@@ -214,26 +216,25 @@ impl Admission {
         };
         let same_ip = |a: &SocketAddr| a.ip() == addr.ip();
         let same_net = |a: &SocketAddr| prefix(a.ip()) == net;
+        let all = |_: &SocketAddr| true;
         for (cap, pick) in [
             (
                 MAX_HANDSHAKES_PER_IP,
                 &same_ip as &dyn Fn(&SocketAddr) -> bool,
             ),
             (MAX_HANDSHAKES_PER_PREFIX, &same_net),
+            (MAX_HANDSHAKES, &all),
         ] {
-            if self.pending.keys().filter(|a| pick(a)).count() >= cap
-                && let Some((victim, _)) = oldest(&self.pending, pick)
-            {
-                self.pending.remove(&victim);
-                self.counters.evicted += 1;
+            if self.pending.keys().filter(|a| pick(a)).count() < cap {
+                continue;
             }
-        }
-        if self.pending.len() >= MAX_HANDSHAKES {
-            match oldest(&self.pending, &|_| true) {
+            match oldest(&self.pending, pick) {
                 Some((victim, started)) if now.duration_since(started) >= STALL_TIMEOUT => {
                     self.pending.remove(&victim);
                     self.counters.evicted += 1;
                 }
+                // Handshakes in progress keep their slots; this client's next ClientHello
+                // (it repeats it every second) asks again.
                 _ => {
                     self.counters.limit += 1;
                     return Outcome::Refused;
