@@ -1,4 +1,5 @@
 use super::*;
+use std::net::SocketAddr;
 
 /// A DTLS 1.2 ClientHello datagram as pion and OpenSSL send it: one record, one message.
 pub(crate) fn client_hello(random: [u8; 32], cookie: &[u8], msg_seq: u16, rec_seq: u64) -> Vec<u8> {
