@@ -325,14 +325,7 @@ impl Netlink {
     pub async fn networks_elsewhere(&self, exclude: &[u32]) -> Result<Vec<IpNet>, NetlinkError> {
         let op = || "list this host's addresses and routes".to_string();
         let mut nets = Vec::new();
-        let addrs: Vec<AddressMessage> = self
-            .handle
-            .address()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| NetlinkError::new(op(), e))?;
+        let addrs = self.all_addresses(op).await?;
         for message in &addrs {
             if exclude.contains(&message.header.index) {
                 continue;
@@ -344,16 +337,7 @@ impl Netlink {
             }
         }
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
-            let mut query = RouteMessageBuilder::<IpAddr>::new().build();
-            query.header.address_family = family;
-            let routes: Vec<RouteMessage> = self
-                .handle
-                .route()
-                .get(query)
-                .execute()
-                .try_collect()
-                .await
-                .map_err(|e| NetlinkError::new(op(), e))?;
+            let routes = self.routes(family, op).await?;
             nets.extend(
                 routes
                     .iter()
@@ -375,6 +359,37 @@ impl Netlink {
         Ok(nets)
     }
 
+    /// Every route of `family`, in every table; `op` names what it is for in an error.
+    async fn routes(
+        &self,
+        family: AddressFamily,
+        op: impl Fn() -> String,
+    ) -> Result<Vec<RouteMessage>, NetlinkError> {
+        let mut query = RouteMessageBuilder::<IpAddr>::new().build();
+        query.header.address_family = family;
+        self.handle
+            .route()
+            .get(query)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| NetlinkError::new(op(), e))
+    }
+
+    /// Every address of every link; `op` names what it is for in an error.
+    async fn all_addresses(
+        &self,
+        op: impl Fn() -> String,
+    ) -> Result<Vec<AddressMessage>, NetlinkError> {
+        self.handle
+            .address()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| NetlinkError::new(op(), e))
+    }
+
     /// This host's own addresses and the gateways (next hops) of its routes, in every table,
     /// leaving out the links in `exclude` (our TUNs). Route authorisation refuses a peernet
     /// that covers any of them: routing one into a client's TUN would take the server's own
@@ -384,14 +399,7 @@ impl Netlink {
         exclude: &[u32],
     ) -> Result<(Vec<IpAddr>, Vec<IpAddr>), NetlinkError> {
         let op = || "list this host's addresses and gateways".to_string();
-        let addrs: Vec<AddressMessage> = self
-            .handle
-            .address()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| NetlinkError::new(op(), e))?;
+        let addrs = self.all_addresses(op).await?;
         let mut own = Vec::new();
         for message in addrs.iter().filter(|m| !exclude.contains(&m.header.index)) {
             let (local, peer) = local_and_peer(message);
@@ -401,16 +409,7 @@ impl Netlink {
         }
         let mut gateways = Vec::new();
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
-            let mut query = RouteMessageBuilder::<IpAddr>::new().build();
-            query.header.address_family = family;
-            let routes: Vec<RouteMessage> = self
-                .handle
-                .route()
-                .get(query)
-                .execute()
-                .try_collect()
-                .await
-                .map_err(|e| NetlinkError::new(op(), e))?;
+            let routes = self.routes(family, op).await?;
             for route in routes
                 .iter()
                 .filter(|r| route_oif(r).is_none_or(|oif| !exclude.contains(&oif)))

@@ -9,18 +9,7 @@ use common::{DTUN, Netns, Proc, Topo, UP, start_server};
 use std::time::Duration;
 
 fn client(ns: &Netns, server_ip: &str, id: &str, key: &str, extra: &[&str]) -> Proc {
-    let mut args = vec![
-        "-host",
-        server_ip,
-        "-id",
-        id,
-        "-key",
-        key,
-        "-keepalive",
-        "0",
-    ];
-    args.extend_from_slice(extra);
-    ns.spawn(DTUN, &args, &[])
+    common::spawn_client(ns, server_ip, id, key, "0", extra)
 }
 
 /// With a credentials file, an id is bound to its own key: holding bob's key does not let a

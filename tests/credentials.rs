@@ -33,18 +33,7 @@ fn empty_master_key_file_refused_at_startup() {
 }
 
 fn client(ns: &Netns, server_ip: &str, id: &str, key: &str, extra: &[&str]) -> Proc {
-    let mut args = vec![
-        "-host",
-        server_ip,
-        "-id",
-        id,
-        "-key",
-        key,
-        "-keepalive",
-        "1s",
-    ];
-    args.extend_from_slice(extra);
-    ns.spawn(DTUN, &args, &[])
+    common::spawn_client(ns, server_ip, id, key, "1s", extra)
 }
 
 /// An id with a newline would forge lines in the server's log: the client refuses it at
