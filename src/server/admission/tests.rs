@@ -124,9 +124,9 @@ fn one_prefix_cannot_hold_more_than_its_share() {
 fn a_full_table_refuses_until_a_handshake_stalls() {
     let t0 = Instant::now();
     let mut a = adm(t0);
-    // MAX_HANDSHAKES live handshakes from as many /24s.
+    // MAX_HANDSHAKES live handshakes from as many /16s.
     for i in 0..MAX_HANDSHAKES as u32 {
-        let from = SocketAddr::new(std::net::Ipv4Addr::from(0x0b00_0000 + (i << 8)).into(), 1);
+        let from = SocketAddr::new(std::net::Ipv4Addr::from(0x0b00_0000 + (i << 16)).into(), 1);
         let mut random = [0u8; 32];
         random[..4].copy_from_slice(&i.to_be_bytes());
         assert!(matches!(prove(&mut a, from, random, t0), Outcome::Reply));
@@ -209,4 +209,32 @@ fn handshakes_expire_and_resends_are_paced() {
     ));
     assert_eq!(a.sweep(t0 + HANDSHAKE_STATE_TIMEOUT), 1);
     assert_eq!(a.pending.len(), 0);
+}
+
+#[test]
+fn a_network_that_fills_the_table_gives_way() {
+    let t0 = Instant::now();
+    let mut a = adm(t0);
+    // One IPv6 /48: 64 /64s of 16 fresh handshakes each fill the table.
+    let site = (0..64u16).flat_map(|net| {
+        (0..16u16).map(move |h| {
+            SocketAddr::new(
+                std::net::Ipv6Addr::new(0x2001, 0xdb8, 7, net, 0, 0, 0, h + 1).into(),
+                40_000,
+            )
+        })
+    });
+    let admitted = prove_all(&mut a, site, t0).iter().filter(|ok| **ok).count();
+    assert_eq!(admitted, MAX_HANDSHAKES);
+    // A newcomer from elsewhere gets a slot at once, from that /48.
+    assert!(matches!(
+        prove(&mut a, addr("192.0.2.9:9"), [1; 32], t0),
+        Outcome::Reply
+    ));
+    assert_eq!(a.counters.evicted, 1);
+    // Another address of the same /48 does not.
+    assert!(matches!(
+        prove(&mut a, addr("[2001:db8:7:ffff::1]:9"), [2; 32], t0),
+        Outcome::Refused
+    ));
 }
