@@ -1,0 +1,218 @@
+//! What an authenticated but hostile peer (or an off-path spoofer) can do to the other end,
+//! end to end: the review's findings of issue 11 that need a real tunnel. Needs root,
+//! /dev/net/tun, iproute2, iputils-ping, openssl and python3.
+//!
+//! The hostile peer is OpenSSL (`s_client` / `s_server` with the tunnel's key): it completes a
+//! real handshake and then sends, as application data, exactly the bytes the test writes to
+//! its stdin (one write, one record): an inner packet no dtun peer would ever send.
+
+mod common;
+
+use common::{
+    DTUN, Proc, Topo, UP, assert_running, only_tun, start_client, start_server, wait_for, wait_p2p,
+};
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+const PORT: u16 = 4433;
+
+/// One's-complement checksum.
+fn csum(data: &[u8]) -> u16 {
+    let mut acc: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    !(acc as u16)
+}
+
+/// An IPv4 ICMP echo request from `src` to `dst` with valid checksums.
+fn echo_request(src: Ipv4Addr, dst: Ipv4Addr, seq: u16) -> Vec<u8> {
+    let mut p = vec![0u8; 20 + 8 + 16];
+    p[0] = 0x45;
+    let len = p.len() as u16;
+    p[2..4].copy_from_slice(&len.to_be_bytes());
+    p[8] = 64;
+    p[9] = 1;
+    p[12..16].copy_from_slice(&src.octets());
+    p[16..20].copy_from_slice(&dst.octets());
+    let sum = csum(&p[..20]);
+    p[10..12].copy_from_slice(&sum.to_be_bytes());
+    p[20] = 8;
+    p[24..26].copy_from_slice(&0x4841u16.to_be_bytes());
+    p[26..28].copy_from_slice(&seq.to_be_bytes());
+    p[28..].fill(0x5a);
+    let sum = csum(&p[20..]);
+    p[22..24].copy_from_slice(&sum.to_be_bytes());
+    p
+}
+
+/// How many ICMP echo replies from `src` to `dst` with sequence number `seq` are in `out`.
+fn echo_replies(out: &[u8], src: Ipv4Addr, dst: Ipv4Addr, seq: u16) -> usize {
+    out.windows(28)
+        .filter(|w| {
+            w[0] == 0x45
+                && w[9] == 1
+                && w[12..16] == src.octets()
+                && w[16..20] == dst.octets()
+                && w[20] == 0
+                && w[26..28] == seq.to_be_bytes()
+        })
+        .count()
+}
+
+/// The review's packet: first byte 0x4f (IHL 15, a 60-byte header) in a 40-byte IPv4
+/// packet, protocol TCP, from the sender's own tunnel address. Before the fix, `mss::clamp`
+/// indexed past its end.
+fn bad_ihl_packet(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
+    let mut p = vec![0u8; 40];
+    p[0] = 0x4f;
+    p[2..4].copy_from_slice(&40u16.to_be_bytes());
+    p[8] = 64;
+    p[9] = 6;
+    p[12..16].copy_from_slice(&src.octets());
+    p[16..20].copy_from_slice(&dst.octets());
+    p
+}
+
+/// Writes an echo request through `ossl` (a hostile peer), once a second, until the dtun
+/// side's kernel answers it through the tunnel.
+fn echo_through(ossl: &mut Proc, other: &mut Proc, src: Ipv4Addr, dst: Ipv4Addr, seq: u16) {
+    let mut sent: Option<Instant> = None;
+    wait_for(UP, &format!("echo reply {seq} at openssl"), || {
+        assert_running(ossl, "openssl");
+        assert_running(other, "dtun");
+        if sent.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            ossl.write_stdin(&echo_request(src, dst, seq));
+            sent = Some(Instant::now());
+        }
+        echo_replies(&ossl.stdout_bytes(), dst, src, seq) > 0
+    });
+}
+
+fn openssl_psk(role: &str) -> Vec<&str> {
+    vec![
+        role,
+        "-dtls1_2",
+        "-psk",
+        "666f6f", // "foo"
+        "-cipher",
+        "PSK-AES128-GCM-SHA256",
+    ]
+}
+
+/// A client that completed its handshake sends the review's packet (IHL 15 in 40 bytes, TCP,
+/// its own tunnel address as source). The server drops nothing it should keep: a bystander's
+/// pings all come back, the attacker's own session still answers, and a newcomer connects.
+/// Before the fix the server's demultiplexer panicked on it: every session and every new
+/// handshake stopped while the process stayed up.
+#[test]
+fn an_authenticated_client_cannot_stop_the_server_with_a_bad_header() {
+    let topo = Topo::star("hAm", 3);
+    let port = PORT.to_string();
+    let mut server = start_server(&topo.server, PORT, &["-key", "foo", "-port", &port, "-v"]);
+    let bystander_args = |i: usize, id: &'static str| {
+        vec![
+            "-host".to_string(),
+            Topo::server_ip(i),
+            "-port".into(),
+            port.clone(),
+            "-key".into(),
+            "foo".into(),
+            "-id".into(),
+            id.into(),
+        ]
+    };
+    let args: Vec<String> = bystander_args(1, "bystander");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let _bystander = start_client(&topo.clients[1], &args);
+    let (_, b_peer) = wait_p2p(&topo.clients[1], &only_tun(&topo.clients[1]));
+    assert!(topo.clients[1].ping_ok(&b_peer.to_string(), 2));
+
+    let mut args = openssl_psk("s_client");
+    let connect = format!("{}:{PORT}", Topo::server_ip(0));
+    args.extend(["-psk_identity", "hostile", "-connect", &connect, "-quiet"]);
+    let mut ossl = topo.clients[0]
+        .command("openssl")
+        .args(&args)
+        .stdin_piped()
+        .stdout_apart()
+        .spawn();
+    let mut msg = None;
+    wait_for(UP, "address message at s_client", || {
+        assert_running(&mut ossl, "openssl s_client");
+        msg = ossl
+            .stdout_bytes()
+            .windows(8)
+            .find(|w| w[0] == 10 && w[1] == 86 && w[4] == 10 && w[5] == 86)
+            .map(|w| w.to_vec());
+        msg.is_some()
+    });
+    let msg = msg.unwrap();
+    let me = Ipv4Addr::new(msg[0], msg[1], msg[2], msg[3]);
+    let them = Ipv4Addr::new(msg[4], msg[5], msg[6], msg[7]);
+    ossl.write_stdin(b"empty");
+    // A real packet first: the session carries data, so the peernet record has been taken.
+    echo_through(&mut ossl, &mut server, me, them, 1);
+
+    ossl.write_stdin(&bad_ihl_packet(me, them));
+    echo_through(&mut ossl, &mut server, me, them, 2);
+    let (tx, rx) = topo.clients[1].ping_stats(&b_peer.to_string(), 5);
+    assert_eq!(rx, tx, "the bystander's pings after the bad packet");
+    let args: Vec<String> = bystander_args(2, "newcomer");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let _newcomer = start_client(&topo.clients[2], &args);
+    let (_, n_peer) = wait_p2p(&topo.clients[2], &only_tun(&topo.clients[2]));
+    assert!(
+        topo.clients[2].ping_ok(&n_peer.to_string(), 3),
+        "the newcomer's pings"
+    );
+    assert_running(&mut server, "dtun server");
+    assert!(!server.log().contains("panicked"), "{}", server.log());
+}
+
+/// The other direction: a server (OpenSSL with the key) sends the review's packet to a dtun
+/// client. The client keeps its session: an echo request sent after it is answered. Before
+/// the fix the client's loop panicked and the client exited.
+#[test]
+fn an_authenticated_server_cannot_stop_the_client_with_a_bad_header() {
+    let topo = Topo::pair("hAr");
+    let mut args = openssl_psk("s_server");
+    let port = PORT.to_string();
+    args.extend(["-nocert", "-psk_hint", "dtun", "-accept", &port]);
+    let mut ossl = topo
+        .server
+        .command("openssl")
+        .args(&args)
+        .stdin_piped()
+        .stdout_apart()
+        .spawn();
+    wait_for(UP, "s_server listening", || {
+        assert_running(&mut ossl, "openssl s_server");
+        topo.server.udp_listening(PORT)
+    });
+    let mut client = topo.client().spawn(
+        DTUN,
+        &["-host", "172.31.250.1", "-port", &port, "-key", "foo", "-v"],
+        &[],
+    );
+    wait_for(UP, "handshake at s_server", || {
+        assert_running(&mut ossl, "openssl s_server");
+        assert_running(&mut client, "dtun client");
+        String::from_utf8_lossy(&ossl.stdout_bytes()).contains("CIPHER is")
+    });
+    let (me, them) = (Ipv4Addr::new(10, 86, 0, 1), Ipv4Addr::new(10, 86, 0, 2));
+    ossl.write_stdin(&[them.octets(), me.octets()].concat());
+    client.wait_log(dtun::client::LOG_TUNNEL_UP, UP);
+    // The peernet record arrives before anything else the client sends.
+    wait_for(UP, "peernet record at s_server", || {
+        String::from_utf8_lossy(&ossl.stdout_bytes()).contains("empty")
+    });
+    echo_through(&mut ossl, &mut client, me, them, 1);
+    ossl.write_stdin(&bad_ihl_packet(me, them));
+    echo_through(&mut ossl, &mut client, me, them, 2);
+    assert_running(&mut client, "dtun client");
+    assert!(!client.log().contains("panicked"), "{}", client.log());
+}
