@@ -675,6 +675,7 @@ async fn inbound(
                         Err(_) => s.counters.count_drop(pump::Drop::Unexpected),
                     }
                 } else if pump::accept_packet(s.counters, data) {
+                    crate::supervise::fault_point(crate::supervise::Site::Client, data);
                     s.sink.push(data).await;
                 } else if log_limit.allow() {
                     tracing::debug!("drop reason=not_ip");

@@ -477,6 +477,10 @@ impl Outbound {
                 self.sizes[i] = usize::MAX; // does not fit a slot: left unsealed
                 continue;
             }
+            crate::supervise::fault_point(
+                crate::supervise::Site::Outbound,
+                &self.slots[i][PAYLOAD_OFFSET..PAYLOAD_OFFSET + len],
+            );
             crate::mss::clamp(
                 &mut self.slots[i][PAYLOAD_OFFSET..PAYLOAD_OFFSET + len],
                 mss4,

@@ -216,3 +216,83 @@ fn an_authenticated_server_cannot_stop_the_client_with_a_bad_header() {
     assert_running(&mut client, "dtun client");
     assert!(!client.log().contains("panicked"), "{}", client.log());
 }
+
+/// Sends one IPv4 packet of protocol 253 carrying `payload` from `ns` to `dst` (a raw socket:
+/// the kernel routes it into the tunnel).
+fn send_proto253(ns: &common::Netns, dst: Ipv4Addr, payload: &[u8]) {
+    let script = "import socket, sys\n\
+                  s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 253)\n\
+                  s.sendto(bytes.fromhex(sys.argv[2]), (sys.argv[1], 0))\n";
+    let hex: String = payload.iter().map(|b| format!("{b:02x}")).collect();
+    let out = ns.run("python3", &["-c", script, &dst.to_string(), &hex]);
+    assert!(out.status.success(), "raw send failed: {out:?}");
+}
+
+/// A fault injected (test-only feature `fault-injection`) into `site` of a live tunnel: the
+/// process that runs that task exits with status 70 and an error line, within 10 s.
+fn fault_ends_the_process(tag: &str, site: dtun::supervise::Site) {
+    use dtun::supervise::{EXIT_INTERNAL, FAULT_MAGIC, LOG_PANIC, Site};
+    let topo = Topo::pair(tag);
+    let port = PORT.to_string();
+    let mut server = start_server(&topo.server, PORT, &["-key", "foo", "-port", &port]);
+    let mut client = start_client(
+        topo.client(),
+        &["-host", "172.31.250.1", "-port", &port, "-key", "foo"],
+    );
+    let (local, peer) = wait_p2p(topo.client(), &only_tun(topo.client()));
+    assert!(topo.client().ping_ok(&peer.to_string(), 2));
+    let payload = [FAULT_MAGIC, site.name().as_bytes()].concat();
+    // The demultiplexer sees the client's packets; the server's outbound task and the client's
+    // loop see the server's.
+    let (victim, other) = match site {
+        Site::Demux => {
+            send_proto253(topo.client(), peer, &payload);
+            (&mut server, &mut client)
+        }
+        Site::Outbound | Site::Client => {
+            send_proto253(&topo.server, local, &payload);
+            if site == Site::Outbound {
+                (&mut server, &mut client)
+            } else {
+                (&mut client, &mut server)
+            }
+        }
+    };
+    let status = victim
+        .wait_exit(Duration::from_secs(10))
+        .unwrap_or_else(|| {
+            panic!(
+                "still running 10 s after a fault in the {}; log:\n{}",
+                site.name(),
+                victim.log()
+            )
+        });
+    assert_eq!(
+        status.code(),
+        Some(EXIT_INTERNAL),
+        "exit status after a fault in the {}; log:\n{}",
+        site.name(),
+        victim.log()
+    );
+    let log = victim.log();
+    assert!(
+        common::lines_with(&log, &["ERROR", LOG_PANIC, site.name()]) > 0,
+        "no error line naming the panic:\n{log}"
+    );
+    assert_running(other, "the other end");
+}
+
+#[test]
+fn a_panic_in_the_demultiplexer_ends_the_server() {
+    fault_ends_the_process("hAfd", dtun::supervise::Site::Demux);
+}
+
+#[test]
+fn a_panic_in_an_outbound_task_ends_the_server() {
+    fault_ends_the_process("hAfo", dtun::supervise::Site::Outbound);
+}
+
+#[test]
+fn a_panic_in_the_client_loop_ends_the_client() {
+    fault_ends_the_process("hAfc", dtun::supervise::Site::Client);
+}

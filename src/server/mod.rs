@@ -48,6 +48,8 @@ pub enum ServerError {
     Netlink(#[from] NetlinkError),
     #[error(transparent)]
     Pool(#[from] PoolError),
+    #[error(transparent)]
+    TaskEnded(#[from] crate::supervise::TaskEnded),
 }
 
 /// Binds the server socket; dual-stack when the address is `[::]`.
@@ -131,7 +133,7 @@ pub async fn run(
         handshakes: 0,
         counters: Arc::clone(&demux_counters),
     };
-    let demux_task = tokio::spawn(demux.run());
+    let mut demux_task = tokio::spawn(demux.run());
     tracing::info!(
         "listening on {} (pool {}, linger {:?})",
         sock.local_addr().map(|a| a.to_string()).unwrap_or_default(),
@@ -147,10 +149,26 @@ pub async fn run(
         devices: HashMap::new(),
         next_session: 0,
     };
-    mgr.run(ev_rx, shutdown).await;
+    // The demultiplexer never ends while the manager runs: if it does (a panic when the hook
+    // that exits is not installed), the manager shuts down as on a signal and run fails.
+    let mut ended = None;
+    let stop = async {
+        tokio::select! {
+            _ = shutdown => {}
+            r = &mut demux_task => {
+                let e = crate::supervise::TaskEnded::from_join("demultiplexer", r);
+                tracing::error!("{e}");
+                ended = Some(e);
+            }
+        }
+    };
+    mgr.run(ev_rx, stop).await;
     demux_task.abort();
     tracing::info!("server totals: {}", demux_counters.summary());
-    Ok(())
+    match ended {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
 }
 
 mod demux;
