@@ -15,7 +15,8 @@ use tokio::time::Instant;
 use crate::config::{ClientConfig, ConfigError};
 use crate::consts::{
     BUF_LEN, CONTENT_ALERT, CONTENT_APPLICATION_DATA, FIRST_APP_SEQUENCE, HANDSHAKE_QUEUE,
-    HANDSHAKE_TIMEOUT, KEEPALIVE_MISSES, MAX_BACKOFF, MIN_BACKOFF, REPLACED_BACKOFF, SETUP_TIMEOUT,
+    HANDSHAKE_TIMEOUT, KEEPALIVE_MISSES, MAX_BACKOFF, MIN_BACKOFF, REFUSED_GRACE, REPLACED_BACKOFF,
+    SETUP_TIMEOUT,
 };
 use crate::dtls::{self, ChannelConn, HandshakeError, Role};
 use crate::hooks::{self, HookError, TunnelEnv};
@@ -69,8 +70,10 @@ pub enum ClientError {
     Replaced(String, String),
     #[error("no sign of life from {0} for {1:?}: the server is gone or the path is down")]
     Dead(SocketAddr, Duration),
-    #[error("server {0} is unreachable: {1}")]
-    Unreachable(SocketAddr, std::io::Error),
+    #[error(
+        "server {0} is unreachable: an ICMP port unreachable came and nothing from the server within {1:?}"
+    )]
+    Unreachable(SocketAddr, Duration),
 }
 
 impl ClientError {
@@ -499,11 +502,36 @@ async fn forward(
     let mut tick = tokio::time::interval(tick_every.max(Duration::from_millis(50)));
     let mut pmtu_tick = tokio::time::interval(PATH_MTU_EVERY);
     pmtu_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // An ICMP port unreachable is unauthenticated (anyone who guesses our port can send one):
+    // a hint, never proof. Ping at once; the session ends only if nothing authenticated comes
+    // within a keepalive period (REFUSED_GRACE when we cannot ping).
+    let grace = if controls && !keepalive.is_zero() {
+        keepalive
+    } else {
+        REFUSED_GRACE
+    };
+    let mut refused = Refused {
+        since: None,
+        timer: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
+        grace,
+        controls,
+    };
     loop {
         tokio::select! {
             _ = shutdown.as_mut() => return None,
-            _ = pmtu_tick.tick() => path.refresh(&udp.sock),
+            () = &mut refused.timer, if refused.since.is_some() => {
+                return Some(ClientError::Unreachable(server, grace));
+            }
+            _ = pmtu_tick.tick() => {
+                path.refresh(&udp.sock);
+                if udp.take_refused() {
+                    refused.hint(server, out_tx, &mut last_ping, &mut log_limit);
+                }
+            }
             _ = tick.tick(), if !keepalive.is_zero() => {
+                if udp.take_refused() {
+                    refused.hint(server, out_tx, &mut last_ping, &mut log_limit);
+                }
                 let quiet = last_rx.elapsed();
                 if quiet >= keepalive * KEEPALIVE_MISSES {
                     return Some(ClientError::Dead(server, quiet));
@@ -518,9 +546,10 @@ async fn forward(
             r = rx.recv(udp) => {
                 let n = match r {
                     Ok(n) => n,
-                    // The server's host answers ICMP unreachable: nobody listens any more.
+                    // ICMP port unreachable: the server may be gone, or someone spoofs it.
                     Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                        return Some(ClientError::Unreachable(server, e));
+                        refused.hint(server, out_tx, &mut last_ping, &mut log_limit);
+                        continue;
                     }
                     Err(e) => {
                         if log_limit.allow() {
@@ -542,6 +571,7 @@ async fn forward(
                     .await;
                     if authenticated {
                         last_rx = Instant::now();
+                        refused.since = None;
                     }
                     if end.is_some() {
                         sink.flush().await;
@@ -550,6 +580,46 @@ async fn forward(
                 }
                 sink.flush().await;
             }
+        }
+    }
+}
+
+/// The state of an ICMP port unreachable the client is checking (see [`forward`]).
+struct Refused {
+    /// When the first unanswered hint came.
+    since: Option<Instant>,
+    /// Fires `grace` after `since`.
+    timer: Pin<Box<tokio::time::Sleep>>,
+    grace: Duration,
+    /// Control messages were negotiated: the client can ping.
+    controls: bool,
+}
+
+impl Refused {
+    /// An ICMP port unreachable arrived: ping at once and start the grace period, unless one
+    /// is already running.
+    fn hint(
+        &mut self,
+        server: SocketAddr,
+        out_tx: &mpsc::Sender<OutboundCmd>,
+        last_ping: &mut Instant,
+        log_limit: &mut RateLimit,
+    ) {
+        if self.since.is_some() {
+            return;
+        }
+        let now = Instant::now();
+        self.since = Some(now);
+        self.timer.as_mut().reset(now + self.grace);
+        if self.controls {
+            *last_ping = now;
+            let _ = out_tx.try_send(OutboundCmd::Send(Control::Ping.to_bytes()));
+        }
+        if log_limit.allow() {
+            tracing::info!(
+                "ICMP port unreachable from {server}: checking that the server is still there (the session ends if nothing comes within {:?})",
+                self.grace
+            );
         }
     }
 }

@@ -57,6 +57,10 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 pub const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the client's up script may run.
 pub const HOOK_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client waits for a sign of life after an ICMP port unreachable when it cannot
+/// ping (keepalive 0, or a server without control messages). ICMP errors are unauthenticated:
+/// one is a hint that the server is gone, never proof.
+pub const REFUSED_GRACE: Duration = Duration::from_secs(10);
 /// Keepalive periods missed before a peer counts as dead.
 pub const KEEPALIVE_MISSES: u32 = 3;
 /// Client reconnect backoff: first delay, cap, and the delay after being replaced by another

@@ -312,6 +312,10 @@ impl Link {
         };
         match r {
             Err(e) if is_lost_datagram(&e) => Ok(0),
+            Err(e) => {
+                self.udp.note_send_error(&e);
+                Err(e)
+            }
             r => r,
         }
     }

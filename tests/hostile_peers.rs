@@ -296,3 +296,141 @@ fn a_panic_in_an_outbound_task_ends_the_server() {
 fn a_panic_in_the_client_loop_ends_the_client() {
     fault_ends_the_process("hAfc", dtun::supervise::Site::Client);
 }
+
+const ICMP_SPOOF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tools/icmp_spoof.py");
+
+/// The local UDP port of the client's socket towards `server:port` (from `ss` in `ns`).
+fn client_port(ns: &common::Netns, server: &str, port: u16) -> u16 {
+    let peer = format!("{server}:{port}");
+    let out = ns.run("ss", &["-H", "-u", "-n", "-a"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            (w.get(4) == Some(&peer.as_str()))
+                .then(|| w.get(3)?.rsplit(':').next()?.parse().ok())
+                .flatten()
+        })
+        .unwrap_or_else(|| panic!("no UDP socket towards {peer} in:\n{text}"))
+}
+
+/// One spoofed ICMP port unreachable (an off-path attacker who guessed the client's port)
+/// does not end a live session: the client pings the server at once, the answer comes, and
+/// the tunnel carries on without a reconnect. Before the fix the session ended at once.
+#[test]
+fn a_spoofed_port_unreachable_does_not_end_the_session() {
+    let topo = Topo::pair("hAi");
+    let port = PORT.to_string();
+    let _server = start_server(&topo.server, PORT, &["-key", "foo", "-port", &port]);
+    let mut client = start_client(
+        topo.client(),
+        &["-host", "172.31.250.1", "-port", &port, "-key", "foo", "-v"],
+    );
+    let (_, peer) = wait_p2p(topo.client(), &only_tun(topo.client()));
+    assert!(topo.client().ping_ok(&peer.to_string(), 2));
+    let cport = client_port(topo.client(), "172.31.250.1", PORT);
+    let out = topo.server.run(
+        "python3",
+        &[
+            ICMP_SPOOF,
+            "--to",
+            "172.31.250.2",
+            "--src",
+            "172.31.250.2",
+            "--sport",
+            &cport.to_string(),
+            "--dst",
+            "172.31.250.1",
+            "--dport",
+            &port,
+            "--count",
+            "3",
+        ],
+    );
+    assert!(out.status.success(), "icmp_spoof.py: {out:?}");
+    // The error waits on the socket until the client next receives (or sends): a ping from
+    // the server's side makes it receive. The client saw it once it logs the word (the old
+    // and the new code both do).
+    let (s_local, _) = wait_p2p(&topo.server, &only_tun(&topo.server));
+    assert_eq!(s_local, peer);
+    let (c_local, _) = wait_p2p(topo.client(), &only_tun(topo.client()));
+    let _ = topo.server.ping_ok(&c_local.to_string(), 1);
+    client.wait_log("unreachable", Duration::from_secs(10));
+    let (tx, rx) = topo.client().ping_stats(&peer.to_string(), 10);
+    assert_eq!(rx, tx, "pings after the spoofed ICMP error");
+    assert_running(&mut client, "dtun client");
+    let log = client.log();
+    assert_eq!(
+        common::lines_with(&log, &[dtun::client::LOG_TUNNEL_UP]),
+        1,
+        "the session must not have been restarted:\n{log}"
+    );
+    assert!(!log.contains("reconnecting"), "{log}");
+}
+
+/// A server that really died still ends the session promptly: the ICMP port unreachable its
+/// host sends is a hint, the ping that follows goes unanswered, and the client gives up after
+/// one keepalive period (2 s here), before the three missed keepalives (6 s) would.
+#[test]
+fn a_dead_server_still_ends_the_session_within_a_keepalive_period() {
+    let topo = Topo::pair("hAk");
+    let port = PORT.to_string();
+    let mut server = start_server(
+        &topo.server,
+        PORT,
+        &["-key", "foo", "-port", &port, "-keepalive", "2s"],
+    );
+    let client = start_client(
+        topo.client(),
+        &[
+            "-host",
+            "172.31.250.1",
+            "-port",
+            &port,
+            "-key",
+            "foo",
+            "-keepalive",
+            "2s",
+        ],
+    );
+    let (_, peer) = wait_p2p(topo.client(), &only_tun(topo.client()));
+    assert!(topo.client().ping_ok(&peer.to_string(), 2));
+    server.signal("KILL");
+    server
+        .wait_exit(Duration::from_secs(5))
+        .expect("server killed");
+    let killed = Instant::now();
+    // Traffic into the tunnel makes the client send, and the server's host answer.
+    let pinger = topo.client().spawn(
+        "ping",
+        &[
+            "-n",
+            "-q",
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            "-w",
+            "8",
+            &peer.to_string(),
+        ],
+        &[],
+    );
+    wait_for(
+        Duration::from_secs(8),
+        "the client to give up the session",
+        || client.log().contains("reconnecting"),
+    );
+    let took = killed.elapsed();
+    drop(pinger);
+    eprintln!(
+        "session ended {:.2} s after the server died",
+        took.as_secs_f64()
+    );
+    assert!(
+        took < Duration::from_millis(4000),
+        "took {took:?}; log:\n{}",
+        client.log()
+    );
+    assert!(client.log().contains("unreachable"), "{}", client.log());
+}
