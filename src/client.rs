@@ -14,9 +14,8 @@ use tokio::time::Instant;
 
 use crate::config::{ClientConfig, ConfigError};
 use crate::consts::{
-    BUF_LEN, CONTENT_ALERT, CONTENT_APPLICATION_DATA, FIRST_APP_SEQUENCE, HANDSHAKE_QUEUE,
-    HANDSHAKE_TIMEOUT, KEEPALIVE_MISSES, MAX_BACKOFF, MIN_BACKOFF, REFUSED_GRACE, REPLACED_BACKOFF,
-    SETUP_TIMEOUT,
+    BUF_LEN, CONTENT_ALERT, CONTENT_APPLICATION_DATA, HANDSHAKE_QUEUE, HANDSHAKE_TIMEOUT,
+    KEEPALIVE_MISSES, MAX_BACKOFF, MIN_BACKOFF, REFUSED_GRACE, REPLACED_BACKOFF, SETUP_TIMEOUT,
 };
 use crate::dtls::{self, ChannelConn, HandshakeError, Role};
 use crate::hooks::{self, HookError, TunnelEnv};
@@ -25,7 +24,8 @@ use crate::proto::{
     AddressMessage, CONTROL_VERSION, CloseReason, Control, HINT_MARKER, ProtoError,
 };
 use crate::pump::{self, Counters, Inbound, Inbox, Link, OutboundCmd, RateLimit};
-use crate::record::{self, Opener};
+use crate::record::{self, Opener, Sealer};
+use crate::supervise::{TaskEnded, first_app_sequence};
 use crate::tun::{self, Tun, TunError, TunWriter};
 use crate::udp::{Receiver, Udp};
 
@@ -74,13 +74,19 @@ pub enum ClientError {
         "server {0} is unreachable: an ICMP port unreachable came and nothing from the server within {1:?}"
     )]
     Unreachable(SocketAddr, Duration),
+    #[error(
+        "our record sequence numbers are nearly used up (almost 2^48 records in one session): a new session brings fresh keys"
+    )]
+    Exhausted,
+    #[error(transparent)]
+    Internal(#[from] TaskEnded),
 }
 
 impl ClientError {
     /// Errors that retrying cannot cure: the user must act.
     fn is_fatal(&self) -> bool {
         match self {
-            ClientError::Config(_) | ClientError::Hook(_) => true,
+            ClientError::Config(_) | ClientError::Hook(_) | ClientError::Internal(_) => true,
             ClientError::Tun(e) => !matches!(e, TunError::Netlink(n) if !n.is_permission_denied()),
             ClientError::Netlink(e) => e.is_permission_denied(),
             _ => false,
@@ -277,7 +283,7 @@ async fn session(
         "handshake with {server} done (server hint {hint:?}, control messages: {negotiated})"
     );
     let (mut sealer, mut opener) =
-        record::session_pair(est.suite, &est.keys, true, 1, FIRST_APP_SEQUENCE);
+        record::session_pair(est.suite, &est.keys, true, 1, first_app_sequence());
     let counters = Arc::new(Counters::default());
     let link = Link {
         udp: udp.clone(),
@@ -356,13 +362,15 @@ async fn session(
         crate::consts::UDP6_OVERHEAD
     };
     let path = PathMss::new(t.tun.mtu, outer + est.suite.overhead());
-    let (out_tx, out_task) = pump::spawn_outbound(
+    let (out_tx, mut out_task) = pump::spawn_outbound(
         Arc::clone(&t.tun.dev),
         path.clamp.clone(),
-        link,
+        link.clone(),
         sealer,
         Arc::clone(&counters),
     );
+    // The outbound task's sealer, if the task ended by itself (sequence numbers used up).
+    let mut ended: Option<Sealer> = None;
     // Without negotiation (an original server, or -compat) no control message goes out or
     // is understood, so no keepalive either.
     let keepalive = negotiated.then_some(cfg.common.keepalive);
@@ -373,6 +381,7 @@ async fn session(
         &mut opener,
         &counters,
         &out_tx,
+        (&mut out_task, &mut ended),
         keepalive,
         path,
         shutdown,
@@ -387,6 +396,10 @@ async fn session(
             reason: CloseReason::Timeout,
             detail: String::new(),
         }),
+        Some(ClientError::Exhausted) => Some(Control::Close {
+            reason: CloseReason::Exhausted,
+            detail: String::new(),
+        }),
         _ => None,
     };
     let notify = !matches!(
@@ -394,8 +407,18 @@ async fn session(
         Some(ClientError::Closed(_)) | Some(ClientError::Replaced(..))
     );
     let farewell = farewell.filter(|_| negotiated).map(|c| c.to_bytes());
-    let _ = out_tx.send(OutboundCmd::Stop { notify, farewell }).await;
-    let _ = out_task.await;
+    if let Some(mut sealer) = ended {
+        // The task is gone: the farewell goes from here, in the reserve it left.
+        if let Some(msg) = farewell {
+            let _ = link
+                .send_record(&mut sealer, CONTENT_APPLICATION_DATA, &msg)
+                .await;
+        }
+        let _ = link.send_close_notify(&mut sealer).await;
+    } else if !matches!(error, Some(ClientError::Internal(_))) {
+        let _ = out_tx.send(OutboundCmd::Stop { notify, farewell }).await;
+        let _ = out_task.await;
+    }
     tracing::info!("session with {server} ended ({})", counters.summary());
     match error {
         None => End::Shutdown,
@@ -469,7 +492,8 @@ async fn setup_tunnel(
 }
 
 /// Forwards server → TUN (the other way is the outbound task) and keeps the session alive.
-/// Returns None on shutdown, else why the session ended.
+/// Returns None on shutdown, else why the session ended; if the outbound task ended by itself,
+/// its sealer is in `ended`.
 #[allow(clippy::too_many_arguments)]
 async fn forward(
     tun: &Tun,
@@ -478,6 +502,7 @@ async fn forward(
     opener: &mut Opener,
     counters: &Counters,
     out_tx: &mpsc::Sender<OutboundCmd>,
+    (out_task, ended): (&mut pump::OutboundTask, &mut Option<Sealer>),
     keepalive: Option<Duration>,
     mut path: PathMss,
     mut shutdown: Pin<&mut impl Future<Output = ()>>,
@@ -521,6 +546,16 @@ async fn forward(
             _ = shutdown.as_mut() => return None,
             () = &mut refused.timer, if refused.since.is_some() => {
                 return Some(ClientError::Unreachable(server, grace));
+            }
+            // The outbound task ends by itself only when its sequence numbers run out.
+            r = &mut *out_task => {
+                return Some(match r {
+                    Ok((sealer, _)) => {
+                        *ended = Some(sealer);
+                        ClientError::Exhausted
+                    }
+                    Err(e) => TaskEnded::from_join("outbound task", Err::<(), _>(e)).into(),
+                });
             }
             _ = pmtu_tick.tick() => {
                 path.refresh(&udp.sock);

@@ -41,6 +41,10 @@ pub const DEFAULT_ID: &str = "dtun";
 /// above keeps the two from ever sharing a sequence number, hence a nonce, and keeps a peer's
 /// replay window from rejecting our first records.
 pub const FIRST_APP_SEQUENCE: u64 = 1 << 32;
+/// Sequence numbers kept in reserve at the end of an epoch: once no more than this many are
+/// left, a sender stops sending packets and closes the session (Close reason 4, exhausted,
+/// then close_notify), so the client reconnects with fresh keys before the space runs out.
+pub const EXHAUSTION_MARGIN: u64 = 1 << 16;
 /// The server's default address pool.
 pub const DEFAULT_POOL: &str = "10.86.0.0/16";
 /// Default TUN name pattern; the kernel replaces %d.

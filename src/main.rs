@@ -26,6 +26,10 @@ fn main() {
     if let Err(e) = run(cli) {
         if e.downcast_ref::<TaskEnded>().is_some()
             || matches!(
+                e.downcast_ref::<dtun::client::ClientError>(),
+                Some(dtun::client::ClientError::Internal(_))
+            )
+            || matches!(
                 e.downcast_ref::<dtun::server::ServerError>(),
                 Some(dtun::server::ServerError::TaskEnded(_))
             )

@@ -98,6 +98,8 @@ pub enum CloseReason {
     Replaced = 2,
     /// The peer was declared dead (missed keepalives) or failed setup.
     Timeout = 3,
+    /// The sender's record sequence numbers are nearly used up: reconnect for fresh keys.
+    Exhausted = 4,
 }
 
 /// dtun's control messages (between dtun peers only).
@@ -159,6 +161,7 @@ impl Control {
                     1 => CloseReason::Shutdown,
                     2 => CloseReason::Replaced,
                     3 => CloseReason::Timeout,
+                    4 => CloseReason::Exhausted,
                     _ => return Err(ProtoError::Control),
                 };
                 // Strict UTF-8, so what parses also encodes back to the same bytes.

@@ -10,8 +10,8 @@ use std::ops::Range;
 
 use crate::ccm8::{self, Ccm8, Job};
 use crate::consts::{
-    DTLS12_VERSION, EXPLICIT_NONCE_LEN, MAX_RECORD_PLAINTEXT, MAX_SEQUENCE, PAYLOAD_OFFSET,
-    RECORD_HEADER_LEN,
+    DTLS12_VERSION, EXHAUSTION_MARGIN, EXPLICIT_NONCE_LEN, MAX_RECORD_PLAINTEXT, MAX_SEQUENCE,
+    PAYLOAD_OFFSET, RECORD_HEADER_LEN,
 };
 use ring::aead::{AES_128_GCM, Aad, LessSafeKey, Nonce, Tag, UnboundKey};
 
@@ -169,6 +169,17 @@ impl Sealer {
 
     pub fn suite(&self) -> Suite {
         self.suite
+    }
+
+    /// Sequence numbers not used yet in this epoch.
+    pub fn remaining(&self) -> u64 {
+        (MAX_SEQUENCE + 1).saturating_sub(self.next_seq)
+    }
+
+    /// At most [`EXHAUSTION_MARGIN`] sequence numbers are left: time to close the session
+    /// (the margin is for the close itself).
+    pub fn nearly_exhausted(&self) -> bool {
+        self.remaining() <= EXHAUSTION_MARGIN
     }
 
     /// Seals the `len` plaintext bytes at `buf[PAYLOAD_OFFSET..]` into one record starting at
@@ -832,6 +843,48 @@ mod tests {
             // Record 5's sequence number was not taken by its forgery.
             let mut good = singles[5].clone();
             assert!(opener.open(&mut good).is_ok(), "{suite:?}");
+        }
+    }
+
+    /// A sealer started near the end of the sequence space says when to close (the last
+    /// EXHAUSTION_MARGIN numbers are kept for the close), can still seal the close in that
+    /// reserve, and refuses once the space is gone, in one record and in a batch.
+    #[test]
+    fn a_sealer_near_the_end_of_the_sequence_space() {
+        let kb = KeyBlock {
+            client_key: [1; 16],
+            server_key: [2; 16],
+            client_iv: [3; 4],
+            server_iv: [4; 4],
+        };
+        for suite in SUITES {
+            let first = MAX_SEQUENCE + 1 - EXHAUSTION_MARGIN - 2;
+            let (mut s, _) = session_pair(suite, &kb, true, 1, first);
+            assert_eq!(s.remaining(), EXHAUSTION_MARGIN + 2);
+            assert!(!s.nearly_exhausted());
+            seal(&mut s, b"a");
+            assert!(!s.nearly_exhausted());
+            seal(&mut s, b"b");
+            assert!(s.nearly_exhausted(), "{suite:?}");
+            // The reserve carries a Close and a close_notify.
+            seal(&mut s, b"close");
+            seal(&mut s, b"notify");
+            let (mut last, _) = session_pair(suite, &kb, true, 1, MAX_SEQUENCE);
+            let rec = seal(&mut last, b"x");
+            assert_eq!(&rec[5..11], &[0xff; 6]);
+            assert_eq!(last.remaining(), 0);
+            let mut buf = vec![0u8; 64];
+            assert_eq!(
+                last.seal(CONTENT_APPLICATION_DATA, &mut buf, 1),
+                Err(SealError::SequenceExhausted(1))
+            );
+            let mut slots = vec![vec![0u8; 64]; 2];
+            let mut records = [0; 2];
+            assert_eq!(
+                last.seal_many(CONTENT_APPLICATION_DATA, &mut slots, &[1, 1], &mut records),
+                Err(SealError::SequenceExhausted(1))
+            );
+            assert_eq!(records, [0, 0]);
         }
     }
 

@@ -107,6 +107,22 @@ pub fn fault_point(site: Site, packet: &[u8]) {
     }
 }
 
+/// The first sequence number of our application records in epoch 1: [`FIRST_APP_SEQUENCE`];
+/// with the test-only feature `fault-injection`, `DTUN_TEST_FIRST_SEQUENCE` if set, so a test
+/// can start a session near the end of the sequence space.
+///
+/// [`FIRST_APP_SEQUENCE`]: crate::consts::FIRST_APP_SEQUENCE
+pub fn first_app_sequence() -> u64 {
+    #[cfg(feature = "fault-injection")]
+    if let Some(seq) = std::env::var("DTUN_TEST_FIRST_SEQUENCE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        return seq;
+    }
+    crate::consts::FIRST_APP_SEQUENCE
+}
+
 /// Without the test-only feature: nothing.
 #[cfg(not(feature = "fault-injection"))]
 #[inline(always)]

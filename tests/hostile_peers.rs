@@ -434,3 +434,120 @@ fn a_dead_server_still_ends_the_session_within_a_keepalive_period() {
     );
     assert!(client.log().contains("unreachable"), "{}", client.log());
 }
+
+/// Sequence numbers left when a test session starts (test-only `DTUN_TEST_FIRST_SEQUENCE`):
+/// this many records above the point where a peer must close (2^16 before the end).
+const RECORDS_BEFORE_EXHAUSTION: u64 = 40;
+
+fn near_exhaustion() -> String {
+    ((1u64 << 48) - (1 << 16) - RECORDS_BEFORE_EXHAUSTION).to_string()
+}
+
+/// A session whose sequence numbers run out (started near the end by a test-only variable)
+/// is closed with reason 4 (exhausted) by the side that runs out, and the client reconnects.
+/// `server_side`: the server runs out (else the client). `compat`: the server behaves as the
+/// original (no control messages): no Close, only close_notify and the log line. Before the
+/// fix the outbound task ended silently at the last sequence number and the session stayed
+/// half dead (until missed keepalives, if any, ended it).
+fn exhaustion_closes_and_reconnects(tag: &str, server_side: bool, compat: bool) {
+    let topo = Topo::pair(tag);
+    let port = PORT.to_string();
+    let near = near_exhaustion();
+    let s_env: &[(&str, &str)] = if server_side {
+        &[("DTUN_TEST_FIRST_SEQUENCE", near.as_str())]
+    } else {
+        &[]
+    };
+    let mut s_args = vec!["-key", "foo", "-port", &port, "-keepalive", "1s", "-v"];
+    if compat {
+        s_args.push("-compat");
+    }
+    let mut server = topo.server.spawn(DTUN, &s_args, s_env);
+    wait_for(UP, "server listening", || {
+        assert_running(&mut server, "dtun server");
+        topo.server.udp_listening(PORT)
+    });
+    let c_env: &[(&str, &str)] = if server_side {
+        &[]
+    } else {
+        &[("DTUN_TEST_FIRST_SEQUENCE", near.as_str())]
+    };
+    let mut client = common::start_client_env(
+        topo.client(),
+        &[
+            "-host",
+            "172.31.250.1",
+            "-port",
+            &port,
+            "-key",
+            "foo",
+            "-keepalive",
+            "1s",
+            "-v",
+        ],
+        c_env,
+    );
+    let (_, peer) = wait_p2p(topo.client(), &only_tun(topo.client()));
+    let started = Instant::now();
+    // Pings use up the sequence numbers (one record each way per ping).
+    let _pinger = topo.client().spawn(
+        "ping",
+        &[
+            "-n",
+            "-q",
+            "-i",
+            "0.05",
+            "-W",
+            "1",
+            "-w",
+            "25",
+            &peer.to_string(),
+        ],
+        &[],
+    );
+    wait_for(Duration::from_secs(25), "a second `tunnel up`", || {
+        assert_running(&mut client, "dtun client");
+        assert_running(&mut server, "dtun server");
+        common::lines_with(&client.log(), &[dtun::client::LOG_TUNNEL_UP]) >= 2
+    });
+    eprintln!(
+        "reconnected {:.2} s after the first session started",
+        started.elapsed().as_secs_f64()
+    );
+    let (closer, other) = if server_side {
+        (&server, &client)
+    } else {
+        (&client, &server)
+    };
+    let (c_log, o_log) = (closer.log(), other.log());
+    assert!(
+        c_log.contains("sequence numbers are nearly used up"),
+        "the side that ran out says why:\n{c_log}"
+    );
+    if compat {
+        assert!(
+            !o_log.contains("Exhausted"),
+            "no control message to an original peer"
+        );
+    } else {
+        assert!(
+            o_log.contains("Exhausted"),
+            "the peer got Close reason 4:\n{o_log}"
+        );
+    }
+}
+
+#[test]
+fn a_server_out_of_sequence_numbers_closes_and_the_client_reconnects() {
+    exhaustion_closes_and_reconnects("hAxs", true, false);
+}
+
+#[test]
+fn a_compat_server_out_of_sequence_numbers_ends_the_session_with_a_log_line() {
+    exhaustion_closes_and_reconnects("hAxo", true, true);
+}
+
+#[test]
+fn a_client_out_of_sequence_numbers_closes_and_reconnects() {
+    exhaustion_closes_and_reconnects("hAxc", false, false);
+}

@@ -148,6 +148,7 @@ pub async fn run(
         cmd_tx,
         devices: HashMap::new(),
         next_session: 0,
+        fatal: None,
     };
     // The demultiplexer never ends while the manager runs: if it does (a panic when the hook
     // that exits is not installed), the manager shuts down as on a signal and run fails.
@@ -164,6 +165,9 @@ pub async fn run(
     };
     mgr.run(ev_rx, stop).await;
     demux_task.abort();
+    if let Some(e) = mgr.fatal.take() {
+        ended = Some(e);
+    }
     tracing::info!("server totals: {}", demux_counters.summary());
     match ended {
         Some(e) => Err(e.into()),
