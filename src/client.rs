@@ -14,8 +14,9 @@ use tokio::time::Instant;
 
 use crate::config::{ClientConfig, ConfigError};
 use crate::consts::{
-    BUF_LEN, CONTENT_ALERT, CONTENT_APPLICATION_DATA, HANDSHAKE_QUEUE, HANDSHAKE_TIMEOUT,
-    KEEPALIVE_MISSES, MAX_BACKOFF, MIN_BACKOFF, REFUSED_GRACE, REPLACED_BACKOFF, SETUP_TIMEOUT,
+    ADDRESS_MESSAGE_LEN, BUF_LEN, CONTENT_ALERT, CONTENT_APPLICATION_DATA, HANDSHAKE_QUEUE,
+    HANDSHAKE_TIMEOUT, KEEPALIVE_MISSES, MAX_BACKOFF, MIN_BACKOFF, REFUSED_GRACE, REPLACED_BACKOFF,
+    SETUP_TIMEOUT,
 };
 use crate::dtls::{self, ChannelConn, HandshakeError, Role};
 use crate::hooks::{self, HookError, TunnelEnv};
@@ -237,7 +238,7 @@ async fn session(
     };
     let hs = dtls::handshake(role, &cfg.common.suites, conn);
     tokio::pin!(hs);
-    let mut early: Vec<Vec<u8>> = Vec::new();
+    let mut early = EarlyRecords::default();
     let (mut refused, mut answered) = (false, false);
     let est = loop {
         tokio::select! {
@@ -246,9 +247,7 @@ async fn session(
                 Ok(n) => {
                     answered = true;
                     if buf[..n].first() == Some(&CONTENT_APPLICATION_DATA) {
-                        if early.len() < 4 {
-                            early.push(buf[..n].to_vec());
-                        }
+                        early.push(&buf[..n]);
                     } else {
                         let _ = hs_tx.try_send(buf[..n].to_vec());
                     }
@@ -822,15 +821,79 @@ fn on_control(msg: Control, out_tx: &mpsc::Sender<OutboundCmd>) -> Option<Client
     }
 }
 
+/// Most early candidates kept (at most 45 bytes each).
+const EARLY_CANDIDATES: usize = 64;
+
+/// Application-data datagrams that arrive before our handshake has ended: the address message
+/// overtakes the server's last flight when that is lost. They cannot be authenticated until
+/// the crate hands over the keys (it tells them only once the handshake is done), so they are
+/// kept as candidates and opened then; what a spoofer sends must not crowd out the real one:
+/// - only a datagram of exactly one record shaped like the address message (application data,
+///   epoch 1, 8 bytes of plaintext under CCM_8 or GCM) is a candidate;
+/// - a copy of a kept datagram takes no second place;
+/// - past [`EARLY_CANDIDATES`], reservoir sampling: every candidate seen so far stays with the
+///   same chance, so a flood before the real record cannot push it out for sure (keeping the
+///   first few did), nor can one after it (keeping the last few would).
+///
+/// A flood of well-shaped forgeries can still lower the real record's chance (to 64 in the
+/// number of candidates); then the setup times out and the client reconnects. Only keys known
+/// before the handshake returns (derived from the transcript as our Finished goes out) would
+/// let us keep nothing but verified records.
+#[derive(Default)]
+struct EarlyRecords {
+    kept: Vec<Vec<u8>>,
+    /// Distinct candidates seen.
+    seen: u64,
+}
+
+impl EarlyRecords {
+    fn push(&mut self, datagram: &[u8]) {
+        if !could_be_address_message(datagram) || self.kept.iter().any(|k| k == datagram) {
+            return;
+        }
+        self.seen += 1;
+        if self.kept.len() < EARLY_CANDIDATES {
+            self.kept.push(datagram.to_vec());
+            return;
+        }
+        let mut r = [0u8; 8];
+        if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut r).is_err() {
+            return;
+        }
+        let slot = u64::from_le_bytes(r) % self.seen;
+        if let Some(k) = usize::try_from(slot)
+            .ok()
+            .and_then(|s| self.kept.get_mut(s))
+        {
+            k.clear();
+            k.extend_from_slice(datagram);
+        }
+    }
+}
+
+/// Whether a datagram is one record shaped like the address message: application data in
+/// epoch 1 with 8 bytes of plaintext under CCM_8 or GCM.
+fn could_be_address_message(datagram: &[u8]) -> bool {
+    let Ok(h) = record::parse_header(datagram) else {
+        return false;
+    };
+    let bodies = [record::Suite::Aes128Ccm8, record::Suite::Aes128Gcm]
+        .map(|s| s.overhead() - crate::consts::RECORD_HEADER_LEN + ADDRESS_MESSAGE_LEN);
+    h.content_type == CONTENT_APPLICATION_DATA
+        && h.epoch == 1
+        && bodies.contains(&h.body_len)
+        && datagram.len() == crate::consts::RECORD_HEADER_LEN + h.body_len
+}
+
 /// Waits (up to the setup timeout) for the first application record and returns its plaintext.
 async fn first_data(
     opener: &mut Opener,
     counters: &Counters,
     sock: &UdpSocket,
     buf: &mut [u8],
-    early: Vec<Vec<u8>>,
+    early: EarlyRecords,
 ) -> Option<Vec<u8>> {
-    for mut dg in early {
+    for mut dg in early.kept {
         if let Some(msg) = open_first(opener, counters, &mut dg) {
             return Some(msg);
         }
@@ -866,6 +929,75 @@ fn open_first(opener: &mut Opener, counters: &Counters, dg: &mut [u8]) -> Option
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::consts::{FIRST_APP_SEQUENCE, PAYLOAD_OFFSET};
+    use crate::kdf::KeyBlock;
+    use crate::record::Suite;
+
+    /// A datagram shaped like the server's address message under `suite` (application data,
+    /// epoch 1, 8 bytes of plaintext) whose tag does not verify: what a spoofer sends.
+    fn spoofed(suite: Suite, seq: u64) -> Vec<u8> {
+        let body = 8 + 8 + suite.tag_len();
+        let mut d = vec![CONTENT_APPLICATION_DATA, 0xfe, 0xfd, 0, 1];
+        d.extend_from_slice(&seq.to_be_bytes()[2..]);
+        d.extend_from_slice(&(body as u16).to_be_bytes());
+        d.extend((0..body).map(|i| (i as u8).wrapping_mul(37) ^ seq as u8));
+        d
+    }
+
+    /// Spoofed records that arrive before the server's real address message (during the
+    /// handshake) must not crowd it out of the early buffer: 2000 of other shapes, 62 of its
+    /// own shape and 2000 copies of one; the real one still opens once the keys are known.
+    /// Before the fix the buffer kept the first 4 datagrams of any kind.
+    #[tokio::test]
+    async fn spoofed_early_records_do_not_crowd_out_the_address_message() {
+        let kb = KeyBlock {
+            client_key: [1; 16],
+            server_key: [2; 16],
+            client_iv: [3; 4],
+            server_iv: [4; 4],
+        };
+        let msg = AddressMessage {
+            client: Ipv4Addr::new(10, 86, 0, 2),
+            server: Ipv4Addr::new(10, 86, 0, 1),
+        };
+        for suite in [Suite::Aes128Gcm, Suite::Aes128Ccm8] {
+            let (mut server, _) = record::session_pair(suite, &kb, false, 1, FIRST_APP_SEQUENCE);
+            let (_, opener) = record::session_pair(suite, &kb, true, 1, FIRST_APP_SEQUENCE);
+            let mut real = vec![0u8; PAYLOAD_OFFSET + 8 + suite.tag_len()];
+            real[PAYLOAD_OFFSET..PAYLOAD_OFFSET + 8].copy_from_slice(&msg.to_bytes());
+            let n = server.seal(CONTENT_APPLICATION_DATA, &mut real, 8).unwrap();
+            real.truncate(n);
+            // Spoofed records of every other shape, then of the address message's own shape
+            // (under both suites), then the real one.
+            let mut early = EarlyRecords::default();
+            for i in 0..2000u64 {
+                let mut junk = spoofed(suite, i);
+                match i % 4 {
+                    0 => junk.push(0),                  // another length
+                    1 => junk[4] = 2,                   // another epoch
+                    2 => junk[0] = 22,                  // a handshake record
+                    _ => junk.truncate(junk.len() - 1), // truncated
+                }
+                early.push(&junk);
+            }
+            for i in 0..EARLY_CANDIDATES as u64 / 2 - 1 {
+                early.push(&spoofed(Suite::Aes128Gcm, FIRST_APP_SEQUENCE + i));
+                early.push(&spoofed(Suite::Aes128Ccm8, FIRST_APP_SEQUENCE + i));
+            }
+            early.push(&real);
+            // The same spoofed record again and again takes one place at most.
+            for _ in 0..2000 {
+                early.push(&spoofed(suite, 7));
+            }
+            let mut opener = opener;
+            let counters = Counters::default();
+            let found = early
+                .kept
+                .into_iter()
+                .find_map(|mut dg| open_first(&mut opener, &counters, &mut dg));
+            assert_eq!(found.as_deref(), Some(&msg.to_bytes()[..]), "{suite:?}");
+        }
+    }
 
     #[test]
     fn path_mss_is_the_smaller_of_tun_and_path() {

@@ -196,15 +196,31 @@ impl Sealer {
         }
         let seq = self.next_seq;
         let explicit = ((u64::from(self.epoch) << 48) | seq).to_be_bytes();
-        let n = self.seal_with_explicit_nonce(content_type, buf, len, seq, explicit)?;
+        let n = self.seal_at(content_type, buf, len, seq, explicit)?;
         self.next_seq += 1;
         Ok(n)
     }
 
     /// Like [`Sealer::seal`] with a caller-chosen sequence number and explicit nonce, so the
-    /// known-answer tests can rebuild records of peers that send random nonces. Never use it to
-    /// send: reusing a nonce under one key breaks the cipher.
+    /// known-answer tests can rebuild records of peers that send random nonces. Reusing a
+    /// nonce under one key breaks the cipher, so this exists only in test builds: with
+    /// `cfg(test)` or the test-only feature `test-util` (which only the self dev-dependency
+    /// in Cargo.toml turns on); a normal build of the crate has no such method.
+    #[cfg(any(test, feature = "test-util"))]
     pub fn seal_with_explicit_nonce(
+        &self,
+        content_type: u8,
+        buf: &mut [u8],
+        len: usize,
+        seq: u64,
+        explicit: [u8; EXPLICIT_NONCE_LEN],
+    ) -> Result<usize, SealError> {
+        self.seal_at(content_type, buf, len, seq, explicit)
+    }
+
+    /// Seals one record with sequence number `seq` and explicit nonce `explicit`; the caller
+    /// guarantees both are used once.
+    fn seal_at(
         &self,
         content_type: u8,
         buf: &mut [u8],
