@@ -948,8 +948,8 @@ mod tests {
     /// handshake) must not crowd it out of the early buffer: 2000 of other shapes, 62 of its
     /// own shape and 2000 copies of one; the real one still opens once the keys are known.
     /// Before the fix the buffer kept the first 4 datagrams of any kind.
-    #[tokio::test]
-    async fn spoofed_early_records_do_not_crowd_out_the_address_message() {
+    #[test]
+    fn spoofed_early_records_do_not_crowd_out_the_address_message() {
         let kb = KeyBlock {
             client_key: [1; 16],
             server_key: [2; 16],
