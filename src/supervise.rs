@@ -127,3 +127,40 @@ pub fn first_app_sequence() -> u64 {
 #[cfg(not(feature = "fault-injection"))]
 #[inline(always)]
 pub fn fault_point(_site: Site, _packet: &[u8]) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A task's panic becomes a TaskEnded that names the task and the panic's message (what
+    /// the server logs and exits 70 with when the exiting hook is not installed).
+    #[tokio::test]
+    async fn a_panicking_task_is_reported_with_its_message() {
+        let r = tokio::spawn(async { panic!("boom") }).await;
+        let e = TaskEnded::from_join("demultiplexer", r);
+        assert_eq!(e.task, "demultiplexer");
+        assert_eq!(e.why, "panicked: boom");
+        assert!(e.to_string().contains("the demultiplexer stopped"), "{e}");
+        let e = TaskEnded::from_join("client loop", Ok::<(), tokio::task::JoinError>(()));
+        assert_eq!(e.why, "it returned");
+    }
+
+    /// The fault trigger fires only on its exact shape and site.
+    #[cfg(feature = "fault-injection")]
+    #[test]
+    fn faults_fire_only_on_the_crafted_packet() {
+        let mut p = vec![0u8; 20];
+        p[0] = 0x45;
+        p[9] = FAULT_PROTOCOL;
+        p.extend_from_slice(FAULT_MAGIC);
+        p.extend_from_slice(b"demux");
+        fault_point(Site::Client, &p);
+        fault_point(Site::Outbound, &p);
+        fault_point(Site::Demux, &p[..p.len() - 1]);
+        let mut other = p.clone();
+        other[9] = 6;
+        fault_point(Site::Demux, &other);
+        let fired = std::panic::catch_unwind(|| fault_point(Site::Demux, &p));
+        assert!(fired.is_err());
+    }
+}
