@@ -12,6 +12,7 @@ use std::net::Ipv4Addr;
 
 use dtun::authz::source_allowed;
 use dtun::consts::RECORD_HEADER_LEN;
+use dtun::mss;
 use dtun::proto::{AddressMessage, Control, Peernet};
 use dtun::pump::{Counters, accept_packet};
 use dtun::record::{DropReason, Opener, Suite, parse_header, record_at, records};
@@ -149,9 +150,13 @@ pub fn proto(data: &[u8]) {
     }
 }
 
-/// What the server does with an authenticated packet before the TUN: `authz::source_allowed`
-/// reads its source address, `pump::accept_packet` its version. An allowed source is always
-/// a whole enough IPv4 or IPv6 header, and an IP packet is what the pump accepts.
+/// What dtun does with an authenticated packet before the TUN, and with a TUN packet before
+/// sealing: `authz::source_allowed` reads its source address, `pump::accept_packet` its
+/// version, and `mss::clamp` its IPv4 or IPv6 and TCP headers. An allowed source is always a
+/// whole enough IPv4 or IPv6 header, an IP packet is what the pump accepts, and the clamp
+/// never panics, changes at most the MSS option and the checksum (4 bytes), and is idempotent.
+/// The clamp runs on the input as it is and with its first nibble made 4 and 6, so both
+/// header parsers see every input.
 pub fn packet(data: &[u8]) {
     let lans: Vec<IpNet> = LANS.iter().map(|n| n.parse().expect("LANS")).collect();
     let allowed = source_allowed(data, TUNNEL, &lans);
@@ -164,6 +169,27 @@ pub fn packet(data: &[u8]) {
     }
     let accepted = accept_packet(&Counters::default(), data);
     assert_eq!(accepted, matches!(version, Some(4) | Some(6)));
+    for nibble in [None, Some(0x40u8), Some(0x60)] {
+        let mut input = data.to_vec();
+        if let (Some(n), Some(first)) = (nibble, input.first_mut()) {
+            *first = n | (*first & 0x0f);
+        }
+        for (v4, v6) in [(1395u16, 1375u16), (536, 1220), (0, 0)] {
+            let mut p = input.clone();
+            let changed = mss::clamp(&mut p, v4, v6);
+            assert_eq!(p.len(), input.len());
+            let differ = p.iter().zip(&input).filter(|(a, b)| a != b).count();
+            if changed {
+                assert!(differ <= 4, "clamp changed {differ} bytes");
+                assert!(
+                    !mss::clamp(&mut p.clone(), v4, v6),
+                    "clamp is not idempotent"
+                );
+            } else {
+                assert_eq!(differ, 0, "clamp changed a packet it said it left alone");
+            }
+        }
+    }
 }
 
 /// A whole DTLS 1.2 ClientHello datagram (GCM and CCM_8, extended master secret), as a dtun

@@ -14,8 +14,9 @@ use tokio::time::Instant;
 
 use crate::config::{ClientConfig, ConfigError};
 use crate::consts::{
-    BUF_LEN, CONTENT_ALERT, CONTENT_APPLICATION_DATA, FIRST_APP_SEQUENCE, HANDSHAKE_QUEUE,
-    HANDSHAKE_TIMEOUT, KEEPALIVE_MISSES, MAX_BACKOFF, MIN_BACKOFF, REPLACED_BACKOFF, SETUP_TIMEOUT,
+    ADDRESS_MESSAGE_LEN, BUF_LEN, CONTENT_ALERT, CONTENT_APPLICATION_DATA, HANDSHAKE_QUEUE,
+    HANDSHAKE_TIMEOUT, KEEPALIVE_MISSES, MAX_BACKOFF, MIN_BACKOFF, REFUSED_GRACE, REPLACED_BACKOFF,
+    SETUP_TIMEOUT,
 };
 use crate::dtls::{self, ChannelConn, HandshakeError, Role};
 use crate::hooks::{self, HookError, TunnelEnv};
@@ -24,7 +25,8 @@ use crate::proto::{
     AddressMessage, CONTROL_VERSION, CloseReason, Control, HINT_MARKER, ProtoError,
 };
 use crate::pump::{self, Counters, Inbound, Inbox, Link, OutboundCmd, RateLimit};
-use crate::record::{self, Opener};
+use crate::record::{self, Opener, Sealer};
+use crate::supervise::{TaskEnded, first_app_sequence};
 use crate::tun::{self, Tun, TunError, TunWriter};
 use crate::udp::{Receiver, Udp};
 
@@ -73,15 +75,23 @@ pub enum ClientError {
     Replaced(String, String),
     #[error("no sign of life from {0} for {1:?}: the server is gone or the path is down")]
     Dead(SocketAddr, Duration),
-    #[error("server {0} is unreachable: {1}")]
-    Unreachable(SocketAddr, std::io::Error),
+    #[error(
+        "server {0} is unreachable: an ICMP port unreachable came and nothing from the server within {1:?}"
+    )]
+    Unreachable(SocketAddr, Duration),
+    #[error(
+        "our record sequence numbers are nearly used up (almost 2^48 records in one session): a new session brings fresh keys"
+    )]
+    Exhausted,
+    #[error(transparent)]
+    Internal(#[from] TaskEnded),
 }
 
 impl ClientError {
     /// Errors that retrying cannot cure: the user must act.
     fn is_fatal(&self) -> bool {
         match self {
-            ClientError::Config(_) | ClientError::Hook(_) => true,
+            ClientError::Config(_) | ClientError::Hook(_) | ClientError::Internal(_) => true,
             ClientError::Tun(e) => !matches!(e, TunError::Netlink(n) if !n.is_permission_denied()),
             ClientError::Netlink(e) => e.is_permission_denied(),
             _ => false,
@@ -232,7 +242,7 @@ async fn session(
     };
     let hs = dtls::handshake(role, &cfg.common.suites, conn);
     tokio::pin!(hs);
-    let mut early: Vec<Vec<u8>> = Vec::new();
+    let mut early = EarlyRecords::default();
     let (mut refused, mut answered) = (false, false);
     let est = loop {
         tokio::select! {
@@ -240,17 +250,10 @@ async fn session(
             r = sock.recv(&mut buf) => match r {
                 Ok(n) => {
                     answered = true;
-                    // Application data, and encrypted (epoch ≥ 1) alerts: a server refusing
-                    // us at its -max-clients limit sends close_notify right after Finished.
-                    let ours = match buf[..n] {
-                        [CONTENT_APPLICATION_DATA, ..] => true,
-                        [CONTENT_ALERT, _, _, e0, e1, ..] => (e0, e1) != (0, 0),
-                        _ => false,
-                    };
-                    if ours {
-                        if early.len() < 4 {
-                            early.push(buf[..n].to_vec());
-                        }
+                    // The address message, or an encrypted alert: a server refusing us at its
+                    // -max-clients limit sends close_notify right after Finished.
+                    if could_be_first(&buf[..n]) {
+                        early.push(&buf[..n]);
                     } else {
                         let _ = hs_tx.try_send(buf[..n].to_vec());
                     }
@@ -285,7 +288,7 @@ async fn session(
         "handshake with {server} done (server hint {hint:?}, control messages: {negotiated})"
     );
     let (mut sealer, mut opener) =
-        record::session_pair(est.suite, &est.keys, true, 1, FIRST_APP_SEQUENCE);
+        record::session_pair(est.suite, &est.keys, true, 1, first_app_sequence());
     let counters = Arc::new(Counters::default());
     let link = Link {
         udp: udp.clone(),
@@ -378,13 +381,15 @@ async fn session(
         crate::consts::UDP6_OVERHEAD
     };
     let path = PathMss::new(t.tun.mtu, outer + est.suite.overhead());
-    let (out_tx, out_task) = pump::spawn_outbound(
+    let (out_tx, mut out_task) = pump::spawn_outbound(
         Arc::clone(&t.tun.dev),
         path.clamp.clone(),
-        link,
+        link.clone(),
         sealer,
         Arc::clone(&counters),
     );
+    // The outbound task's sealer, if the task ended by itself (sequence numbers used up).
+    let mut ended: Option<Sealer> = None;
     // Without negotiation (an original server, or -compat) no control message goes out or
     // is understood, so no keepalive either.
     let keepalive = negotiated.then_some(cfg.common.keepalive);
@@ -395,6 +400,7 @@ async fn session(
         &mut opener,
         &counters,
         &out_tx,
+        (&mut out_task, &mut ended),
         keepalive,
         path,
         shutdown,
@@ -409,6 +415,10 @@ async fn session(
             reason: CloseReason::Timeout,
             detail: String::new(),
         }),
+        Some(ClientError::Exhausted) => Some(Control::Close {
+            reason: CloseReason::Exhausted,
+            detail: String::new(),
+        }),
         _ => None,
     };
     let notify = !matches!(
@@ -416,8 +426,18 @@ async fn session(
         Some(ClientError::Closed(_)) | Some(ClientError::Replaced(..))
     );
     let farewell = farewell.filter(|_| negotiated).map(|c| c.to_bytes());
-    let _ = out_tx.send(OutboundCmd::Stop { notify, farewell }).await;
-    let _ = out_task.await;
+    if let Some(mut sealer) = ended {
+        // The task is gone: the farewell goes from here, in the reserve it left.
+        if let Some(msg) = farewell {
+            let _ = link
+                .send_record(&mut sealer, CONTENT_APPLICATION_DATA, &msg)
+                .await;
+        }
+        let _ = link.send_close_notify(&mut sealer).await;
+    } else if !matches!(error, Some(ClientError::Internal(_))) {
+        let _ = out_tx.send(OutboundCmd::Stop { notify, farewell }).await;
+        let _ = out_task.await;
+    }
     tracing::info!("session with {server} ended ({})", counters.summary());
     match error {
         None => End::Shutdown,
@@ -491,7 +511,8 @@ async fn setup_tunnel(
 }
 
 /// Forwards server → TUN (the other way is the outbound task) and keeps the session alive.
-/// Returns None on shutdown, else why the session ended.
+/// Returns None on shutdown, else why the session ended; if the outbound task ended by itself,
+/// its sealer is in `ended`.
 #[allow(clippy::too_many_arguments)]
 async fn forward(
     tun: &Tun,
@@ -500,6 +521,7 @@ async fn forward(
     opener: &mut Opener,
     counters: &Counters,
     out_tx: &mpsc::Sender<OutboundCmd>,
+    (out_task, ended): (&mut pump::OutboundTask, &mut Option<Sealer>),
     keepalive: Option<Duration>,
     mut path: PathMss,
     mut shutdown: Pin<&mut impl Future<Output = ()>>,
@@ -524,11 +546,46 @@ async fn forward(
     let mut tick = tokio::time::interval(tick_every.max(Duration::from_millis(50)));
     let mut pmtu_tick = tokio::time::interval(PATH_MTU_EVERY);
     pmtu_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // An ICMP port unreachable is unauthenticated (anyone who guesses our port can send one):
+    // a hint, never proof. Ping at once; the session ends only if nothing authenticated comes
+    // within a keepalive period (REFUSED_GRACE when we cannot ping).
+    let grace = if controls && !keepalive.is_zero() {
+        keepalive
+    } else {
+        REFUSED_GRACE
+    };
+    let mut refused = Refused {
+        since: None,
+        timer: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
+        grace,
+        controls,
+    };
     loop {
         tokio::select! {
             _ = shutdown.as_mut() => return None,
-            _ = pmtu_tick.tick() => path.refresh(&udp.sock),
+            () = &mut refused.timer, if refused.since.is_some() => {
+                return Some(ClientError::Unreachable(server, grace));
+            }
+            // The outbound task ends by itself only when its sequence numbers run out.
+            r = &mut *out_task => {
+                return Some(match r {
+                    Ok((sealer, _)) => {
+                        *ended = Some(sealer);
+                        ClientError::Exhausted
+                    }
+                    Err(e) => TaskEnded::from_join("outbound task", Err::<(), _>(e)).into(),
+                });
+            }
+            _ = pmtu_tick.tick() => {
+                path.refresh(&udp.sock);
+                if udp.take_refused() {
+                    refused.hint(server, out_tx, &mut last_ping, &mut log_limit);
+                }
+            }
             _ = tick.tick(), if !keepalive.is_zero() => {
+                if udp.take_refused() {
+                    refused.hint(server, out_tx, &mut last_ping, &mut log_limit);
+                }
                 let quiet = last_rx.elapsed();
                 if quiet >= keepalive * KEEPALIVE_MISSES {
                     return Some(ClientError::Dead(server, quiet));
@@ -543,9 +600,10 @@ async fn forward(
             r = rx.recv(udp) => {
                 let n = match r {
                     Ok(n) => n,
-                    // The server's host answers ICMP unreachable: nobody listens any more.
+                    // ICMP port unreachable: the server may be gone, or someone spoofs it.
                     Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                        return Some(ClientError::Unreachable(server, e));
+                        refused.hint(server, out_tx, &mut last_ping, &mut log_limit);
+                        continue;
                     }
                     Err(e) => {
                         if log_limit.allow() {
@@ -567,6 +625,7 @@ async fn forward(
                     .await;
                     if authenticated {
                         last_rx = Instant::now();
+                        refused.since = None;
                     }
                     if end.is_some() {
                         sink.flush().await;
@@ -575,6 +634,46 @@ async fn forward(
                 }
                 sink.flush().await;
             }
+        }
+    }
+}
+
+/// The state of an ICMP port unreachable the client is checking (see [`forward`]).
+struct Refused {
+    /// When the first unanswered hint came.
+    since: Option<Instant>,
+    /// Fires `grace` after `since`.
+    timer: Pin<Box<tokio::time::Sleep>>,
+    grace: Duration,
+    /// Control messages were negotiated: the client can ping.
+    controls: bool,
+}
+
+impl Refused {
+    /// An ICMP port unreachable arrived: ping at once and start the grace period, unless one
+    /// is already running.
+    fn hint(
+        &mut self,
+        server: SocketAddr,
+        out_tx: &mpsc::Sender<OutboundCmd>,
+        last_ping: &mut Instant,
+        log_limit: &mut RateLimit,
+    ) {
+        if self.since.is_some() {
+            return;
+        }
+        let now = Instant::now();
+        self.since = Some(now);
+        self.timer.as_mut().reset(now + self.grace);
+        if self.controls {
+            *last_ping = now;
+            let _ = out_tx.try_send(OutboundCmd::Send(Control::Ping.to_bytes()));
+        }
+        if log_limit.allow() {
+            tracing::info!(
+                "ICMP port unreachable from {server}: checking that the server is still there (the session ends if nothing comes within {:?})",
+                self.grace
+            );
         }
     }
 }
@@ -700,6 +799,7 @@ async fn inbound(
                         Err(_) => s.counters.count_drop(pump::Drop::Unexpected),
                     }
                 } else if pump::accept_packet(s.counters, data) {
+                    crate::supervise::fault_point(crate::supervise::Site::Client, data);
                     s.sink.push(data).await;
                 } else if log_limit.allow() {
                     tracing::debug!("drop reason=not_ip");
@@ -744,15 +844,88 @@ fn on_control(msg: Control, out_tx: &mpsc::Sender<OutboundCmd>) -> Option<Client
     }
 }
 
+/// Most early candidates kept (at most 45 bytes each).
+const EARLY_CANDIDATES: usize = 64;
+
+/// Application-data datagrams that arrive before our handshake has ended: the address message
+/// overtakes the server's last flight when that is lost. They cannot be authenticated until
+/// the crate hands over the keys (it tells them only once the handshake is done), so they are
+/// kept as candidates and opened then; what a spoofer sends must not crowd out the real one:
+/// - only a datagram of exactly one record shaped like the address message (application data,
+///   epoch 1, 8 bytes of plaintext under CCM_8 or GCM) is a candidate;
+/// - a copy of a kept datagram takes no second place;
+/// - past [`EARLY_CANDIDATES`], reservoir sampling: every candidate seen so far stays with the
+///   same chance, so a flood before the real record cannot push it out for sure (keeping the
+///   first few did), nor can one after it (keeping the last few would).
+///
+/// A flood of well-shaped forgeries can still lower the real record's chance (to 64 in the
+/// number of candidates); then the setup times out and the client reconnects. Only keys known
+/// before the handshake returns (derived from the transcript as our Finished goes out) would
+/// let us keep nothing but verified records.
+#[derive(Default)]
+struct EarlyRecords {
+    kept: Vec<Vec<u8>>,
+    /// Distinct candidates seen.
+    seen: u64,
+}
+
+impl EarlyRecords {
+    fn push(&mut self, datagram: &[u8]) {
+        if !could_be_first(datagram) || self.kept.iter().any(|k| k == datagram) {
+            return;
+        }
+        self.seen += 1;
+        if self.kept.len() < EARLY_CANDIDATES {
+            self.kept.push(datagram.to_vec());
+            return;
+        }
+        let mut r = [0u8; 8];
+        if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut r).is_err() {
+            return;
+        }
+        let slot = u64::from_le_bytes(r) % self.seen;
+        if let Some(k) = usize::try_from(slot)
+            .ok()
+            .and_then(|s| self.kept.get_mut(s))
+        {
+            k.clear();
+            k.extend_from_slice(datagram);
+        }
+    }
+}
+
+/// Whether a datagram is one record shaped like the server's first: the address message
+/// (application data in epoch 1 with 8 bytes of plaintext under CCM_8 or GCM), or what a
+/// server refusing us sends instead: a Close control record (at most 3 + 200 bytes) and an
+/// encrypted alert (2 bytes: close_notify).
+fn could_be_first(datagram: &[u8]) -> bool {
+    let Ok(h) = record::parse_header(datagram) else {
+        return false;
+    };
+    let plain = [record::Suite::Aes128Ccm8, record::Suite::Aes128Gcm].map(|s| {
+        h.body_len
+            .checked_sub(s.overhead() - crate::consts::RECORD_HEADER_LEN)
+    });
+    let fits = |ok: &dyn Fn(usize) -> bool| plain.iter().flatten().any(|n| ok(*n));
+    let shaped = match h.content_type {
+        CONTENT_APPLICATION_DATA => fits(&|n| {
+            n == ADDRESS_MESSAGE_LEN || (3..=3 + crate::proto::MAX_CLOSE_DETAIL).contains(&n)
+        }),
+        CONTENT_ALERT => fits(&|n| n == 2),
+        _ => false,
+    };
+    shaped && h.epoch == 1 && datagram.len() == crate::consts::RECORD_HEADER_LEN + h.body_len
+}
+
 /// Waits (up to the setup timeout) for the first application record and returns its plaintext.
 async fn first_data(
     opener: &mut Opener,
     counters: &Counters,
     sock: &UdpSocket,
     buf: &mut [u8],
-    early: Vec<Vec<u8>>,
+    early: EarlyRecords,
 ) -> Option<First> {
-    for mut dg in early {
+    for mut dg in early.kept {
         if let Some(msg) = open_first(opener, counters, &mut dg) {
             return Some(msg);
         }
@@ -803,6 +976,79 @@ fn open_first(opener: &mut Opener, counters: &Counters, dg: &mut [u8]) -> Option
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::consts::{FIRST_APP_SEQUENCE, PAYLOAD_OFFSET};
+    use crate::kdf::KeyBlock;
+    use crate::record::Suite;
+
+    /// A datagram shaped like the server's address message under `suite` (application data,
+    /// epoch 1, 8 bytes of plaintext) whose tag does not verify: what a spoofer sends.
+    fn spoofed(suite: Suite, seq: u64) -> Vec<u8> {
+        let body = 8 + 8 + suite.tag_len();
+        let mut d = vec![CONTENT_APPLICATION_DATA, 0xfe, 0xfd, 0, 1];
+        d.extend_from_slice(&seq.to_be_bytes()[2..]);
+        d.extend_from_slice(&(body as u16).to_be_bytes());
+        d.extend((0..body).map(|i| (i as u8).wrapping_mul(37) ^ seq as u8));
+        d
+    }
+
+    /// Spoofed records that arrive before the server's real address message (during the
+    /// handshake) must not crowd it out of the early buffer: 2000 of other shapes, 62 of its
+    /// own shape and 2000 copies of one; the real one still opens once the keys are known.
+    /// Before the fix the buffer kept the first 4 datagrams of any kind.
+    #[test]
+    fn spoofed_early_records_do_not_crowd_out_the_address_message() {
+        let kb = KeyBlock {
+            client_key: [1; 16],
+            server_key: [2; 16],
+            client_iv: [3; 4],
+            server_iv: [4; 4],
+        };
+        let msg = AddressMessage {
+            client: Ipv4Addr::new(10, 86, 0, 2),
+            server: Ipv4Addr::new(10, 86, 0, 1),
+        };
+        for suite in [Suite::Aes128Gcm, Suite::Aes128Ccm8] {
+            let (mut server, _) = record::session_pair(suite, &kb, false, 1, FIRST_APP_SEQUENCE);
+            let (_, opener) = record::session_pair(suite, &kb, true, 1, FIRST_APP_SEQUENCE);
+            let mut real = vec![0u8; PAYLOAD_OFFSET + 8 + suite.tag_len()];
+            real[PAYLOAD_OFFSET..PAYLOAD_OFFSET + 8].copy_from_slice(&msg.to_bytes());
+            let n = server.seal(CONTENT_APPLICATION_DATA, &mut real, 8).unwrap();
+            real.truncate(n);
+            // Spoofed records of every other shape, then of the address message's own shape
+            // (under both suites), then the real one.
+            let mut early = EarlyRecords::default();
+            for i in 0..2000u64 {
+                let mut junk = spoofed(suite, i);
+                match i % 4 {
+                    0 => junk.push(0),                  // another length
+                    1 => junk[4] = 2,                   // another epoch
+                    2 => junk[0] = 22,                  // a handshake record
+                    _ => junk.truncate(junk.len() - 1), // truncated
+                }
+                early.push(&junk);
+            }
+            for i in 0..EARLY_CANDIDATES as u64 / 2 - 1 {
+                early.push(&spoofed(Suite::Aes128Gcm, FIRST_APP_SEQUENCE + i));
+                early.push(&spoofed(Suite::Aes128Ccm8, FIRST_APP_SEQUENCE + i));
+            }
+            early.push(&real);
+            // The same spoofed record again and again takes one place at most.
+            for _ in 0..2000 {
+                early.push(&spoofed(suite, 7));
+            }
+            let mut opener = opener;
+            let counters = Counters::default();
+            let found = early
+                .kept
+                .into_iter()
+                .find_map(|mut dg| open_first(&mut opener, &counters, &mut dg));
+            let data = match found {
+                Some(First::Data(d)) => Some(d),
+                _ => None,
+            };
+            assert_eq!(data.as_deref(), Some(&msg.to_bytes()[..]), "{suite:?}");
+        }
+    }
 
     #[test]
     fn path_mss_is_the_smaller_of_tun_and_path() {

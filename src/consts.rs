@@ -41,6 +41,10 @@ pub const DEFAULT_ID: &str = "dtun";
 /// above keeps the two from ever sharing a sequence number, hence a nonce, and keeps a peer's
 /// replay window from rejecting our first records.
 pub const FIRST_APP_SEQUENCE: u64 = 1 << 32;
+/// Sequence numbers kept in reserve at the end of an epoch: once no more than this many are
+/// left, a sender stops sending packets and closes the session (Close reason 4, exhausted,
+/// then close_notify), so the client reconnects with fresh keys before the space runs out.
+pub const EXHAUSTION_MARGIN: u64 = 1 << 16;
 /// The server's default address pool.
 pub const DEFAULT_POOL: &str = "10.86.0.0/16";
 /// Default `-max-clients`: devices (lingering ones included) beyond which ids not listed in
@@ -60,6 +64,10 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 pub const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the client's up script may run.
 pub const HOOK_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client waits for a sign of life after an ICMP port unreachable when it cannot
+/// ping (keepalive 0, or a server without control messages). ICMP errors are unauthenticated:
+/// one is a hint that the server is gone, never proof.
+pub const REFUSED_GRACE: Duration = Duration::from_secs(10);
 /// Keepalive periods missed before a peer counts as dead.
 pub const KEEPALIVE_MISSES: u32 = 3;
 /// Client reconnect backoff: first delay, cap, and the delay after being replaced by another

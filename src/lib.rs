@@ -20,6 +20,7 @@ pub mod proto;
 pub mod pump;
 pub mod record;
 pub mod server;
+pub mod supervise;
 pub mod sys;
 pub mod tun;
 pub mod udp;

@@ -3,6 +3,7 @@
 use anyhow::Context;
 use dtun::cli::Cli;
 use dtun::config::{ClientConfig, ServerConfig};
+use dtun::supervise::TaskEnded;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -21,7 +22,21 @@ fn main() {
     }
     let cli = Cli::from_env();
     init_logging(cli.verbose);
+    dtun::supervise::install_panic_hook();
     if let Err(e) = run(cli) {
+        if e.downcast_ref::<TaskEnded>().is_some()
+            || matches!(
+                e.downcast_ref::<dtun::client::ClientError>(),
+                Some(dtun::client::ClientError::Internal(_))
+            )
+            || matches!(
+                e.downcast_ref::<dtun::server::ServerError>(),
+                Some(dtun::server::ServerError::TaskEnded(_))
+            )
+        {
+            tracing::error!("{e:#}");
+            std::process::exit(dtun::supervise::EXIT_INTERNAL);
+        }
         eprintln!("dtun: {e:#}");
         std::process::exit(1);
     }
@@ -84,9 +99,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 // On a worker, not on this thread: the worker that sees a datagram arrive
                 // then runs the client loop itself instead of waking this thread (a context
                 // switch, often to another CPU, on every packet towards the TUN).
-                tokio::spawn(dtun::client::run(cfg, shutdown_signal()))
-                    .await
-                    .context("the client task failed")??;
+                match tokio::spawn(dtun::client::run(cfg, shutdown_signal())).await {
+                    Ok(r) => r?,
+                    Err(e) => {
+                        return Err(TaskEnded::from_join("client loop", Err::<(), _>(e)).into());
+                    }
+                }
             }
             None => {
                 let cfg = ServerConfig::from_cli(&cli)?;

@@ -30,10 +30,12 @@ pub fn mss_for_path(path_mtu: u32, overhead: usize) -> (u16, u16) {
 /// Returns whether the packet was changed. Anything that is not a well-formed, unfragmented
 /// TCP SYN is left alone.
 pub fn clamp(packet: &mut [u8], v4: u16, v6: u16) -> bool {
-    let Some((tcp_at, max_mss)) = tcp_offset(packet, v4, v6) else {
+    let Some((tcp_range, max_mss)) = tcp_offset(packet, v4, v6) else {
         return false;
     };
-    let tcp = &mut packet[tcp_at..];
+    let Some(tcp) = packet.get_mut(tcp_range) else {
+        return false;
+    };
     if tcp.len() < 20 || tcp[13] & TCP_FLAG_SYN == 0 {
         return false;
     }
@@ -78,12 +80,20 @@ pub fn clamp(packet: &mut [u8], v4: u16, v6: u16) -> bool {
     false
 }
 
-/// Where the TCP header starts and which clamp applies, for an unfragmented TCP packet.
-fn tcp_offset(p: &[u8], v4: u16, v6: u16) -> Option<(usize, u16)> {
+/// Where the TCP segment lies and which clamp applies, for an unfragmented TCP packet whose
+/// header lengths agree with the buffer: an IPv4 IHL of at least 5 (20 bytes) and a total
+/// length from the header's end to at most the buffer's end; an IPv6 payload length that fits
+/// the buffer. A packet is untrusted input (a peer's, or a local program's through the TUN):
+/// every length is checked before it is used as an index.
+fn tcp_offset(p: &[u8], v4: u16, v6: u16) -> Option<(std::ops::Range<usize>, u16)> {
     match p.first()? >> 4 {
         4 => {
+            if p.len() < 20 || p[9] != IPPROTO_TCP {
+                return None;
+            }
             let ihl = usize::from(p[0] & 0x0f) * 4;
-            if p.len() < 20 || ihl < 20 || p[9] != IPPROTO_TCP {
+            let total = usize::from(u16::from_be_bytes([p[2], p[3]]));
+            if ihl < 20 || total < ihl || total > p.len() {
                 return None;
             }
             // Only the first fragment carries the TCP header; a fragmented SYN is left alone.
@@ -91,10 +101,13 @@ fn tcp_offset(p: &[u8], v4: u16, v6: u16) -> Option<(usize, u16)> {
             if frag & 0x3fff != 0 {
                 return None;
             }
-            Some((ihl, v4))
+            Some((ihl..total, v4))
         }
         // Extension headers before TCP are rare on a SYN; those packets are left alone.
-        6 if p.len() >= 40 && p[6] == IPPROTO_TCP => Some((40, v6)),
+        6 if p.len() >= 40 && p[6] == IPPROTO_TCP => {
+            let end = 40 + usize::from(u16::from_be_bytes([p[4], p[5]]));
+            (end <= p.len()).then_some((40..end, v6))
+        }
         _ => None,
     }
 }
@@ -186,6 +199,63 @@ mod tests {
         bad_off[32] = 15 << 4;
         assert!(!clamp(&mut bad_off, 1395, 1375));
         assert!(!clamp(&mut [], 1395, 1375));
+    }
+
+    /// The review's packet: first byte 0x4f (IHL 15, a 60-byte header), protocol 6, 20 to 59
+    /// bytes long. Before the fix `clamp` sliced past the end and panicked.
+    #[test]
+    fn a_header_longer_than_the_packet_is_left_alone() {
+        for len in 20..60 {
+            let mut p = vec![0u8; len];
+            p[0] = 0x4f;
+            p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+            p[9] = IPPROTO_TCP;
+            p[12..16].copy_from_slice(&[10, 86, 0, 2]);
+            assert!(!clamp(&mut p, 1395, 1375), "length {len}");
+        }
+        // IHL below 5, and a total length that disagrees with the buffer.
+        for ihl in 0..5u8 {
+            let mut p = syn_v4(1460);
+            p[0] = 0x40 | ihl;
+            assert!(!clamp(&mut p, 1395, 1375), "IHL {ihl}");
+        }
+        for total in [0u16, 19, 47, 49, 1500] {
+            let mut p = syn_v4(1460);
+            p[2..4].copy_from_slice(&total.to_be_bytes());
+            assert!(!clamp(&mut p, 1395, 1375), "total length {total}");
+        }
+        // An IPv6 header whose payload length disagrees with the buffer, and short ones.
+        let v4 = syn_v4(1440);
+        let mut v6 = vec![0u8; 40];
+        v6[0] = 0x60;
+        v6[4..6].copy_from_slice(&28u16.to_be_bytes());
+        v6[6] = IPPROTO_TCP;
+        v6.extend_from_slice(&v4[20..]);
+        for payload in [0u16, 27, 29, 1000] {
+            let mut p = v6.clone();
+            p[4..6].copy_from_slice(&payload.to_be_bytes());
+            assert!(!clamp(&mut p, 1395, 1375), "IPv6 payload length {payload}");
+        }
+        for cut in 0..v6.len() {
+            let mut p = v6[..cut].to_vec();
+            assert!(!clamp(&mut p, 1395, 1375), "IPv6 cut to {cut}");
+        }
+        // Every first byte and length up to 80: never a panic.
+        for first in 0..=255u8 {
+            for len in 0..80 {
+                let mut p = vec![0u8; len];
+                if len > 0 {
+                    p[0] = first;
+                }
+                if len > 9 {
+                    p[9] = IPPROTO_TCP;
+                }
+                if len > 6 {
+                    p[6] = IPPROTO_TCP;
+                }
+                clamp(&mut p, 1395, 1375);
+            }
+        }
     }
 
     #[test]

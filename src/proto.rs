@@ -131,6 +131,8 @@ close_reasons! {
     Replaced = 2,
     /// The peer was declared dead (missed keepalives) or failed setup.
     Timeout = 3,
+    /// The sender's record sequence numbers are nearly used up: reconnect for fresh keys.
+    Exhausted = 4,
     /// The server is at its `-max-clients` limit. Sent instead of the address message, and
     /// only when the session's suite is AES-128-GCM (which only dtun clients offer).
     Refused = 5,
@@ -319,7 +321,7 @@ mod tests {
         for code in 0..=u8::MAX {
             let r = CloseReason::from_code(code);
             assert_eq!(r.code(), code);
-            let known = matches!(code, 1..=3 | 5);
+            let known = matches!(code, 1..=5);
             assert_eq!(!matches!(r, CloseReason::Other(_)), known, "{code}");
         }
         assert_eq!(CloseReason::from_code(1), CloseReason::Shutdown);

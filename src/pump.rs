@@ -312,6 +312,10 @@ impl Link {
         };
         match r {
             Err(e) if is_lost_datagram(&e) => Ok(0),
+            Err(e) => {
+                self.udp.note_send_error(&e);
+                Err(e)
+            }
             r => r,
         }
     }
@@ -353,6 +357,21 @@ pub enum OutboundCmd {
     },
 }
 
+/// Why an outbound task returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutboundEnd {
+    /// Told to stop (or its command channel closed).
+    Stopped,
+    /// Its sequence numbers are nearly used up ([`Sealer::nearly_exhausted`]): it sent
+    /// nothing more, and the owner must close the session (Close reason 4, exhausted, and
+    /// close_notify, with the sealer returned) so the client reconnects with fresh keys.
+    Exhausted,
+}
+
+/// The outbound task's handle: it returns its sealer, so the caller can send more control
+/// records in the same sequence space, and why it ended.
+pub type OutboundTask = tokio::task::JoinHandle<(Sealer, OutboundEnd)>;
+
 /// Spawns the outbound task with its command channel: the sender and the task's handle.
 pub fn spawn_outbound(
     tun: Arc<AsyncDevice>,
@@ -360,7 +379,7 @@ pub fn spawn_outbound(
     link: Link,
     sealer: Sealer,
     counters: Arc<Counters>,
-) -> (mpsc::Sender<OutboundCmd>, tokio::task::JoinHandle<Sealer>) {
+) -> (mpsc::Sender<OutboundCmd>, OutboundTask) {
     let (tx, rx) = outbound_channel();
     (tx, spawn_outbound_on(rx, tun, mss, link, sealer, counters))
 }
@@ -379,7 +398,7 @@ pub fn spawn_outbound_on(
     link: Link,
     sealer: Sealer,
     counters: Arc<Counters>,
-) -> tokio::task::JoinHandle<Sealer> {
+) -> OutboundTask {
     let task = Outbound::new(tun, mss, link, counters);
     tokio::spawn(task.run(sealer, rx))
 }
@@ -418,11 +437,21 @@ impl Outbound {
         }
     }
 
-    /// Runs the outbound flow until told to stop (or the sequence space runs out). Returns
-    /// the sealer so the caller can send more control records in the same sequence space.
-    async fn run(mut self, mut sealer: Sealer, mut ctl: mpsc::Receiver<OutboundCmd>) -> Sealer {
+    /// Runs the outbound flow until told to stop or the sequence space is nearly used up.
+    async fn run(
+        mut self,
+        mut sealer: Sealer,
+        mut ctl: mpsc::Receiver<OutboundCmd>,
+    ) -> (Sealer, OutboundEnd) {
         let link = self.link.clone();
         loop {
+            if sealer.nearly_exhausted() {
+                tracing::warn!(
+                    "{} record sequence numbers left: closing the session for fresh keys",
+                    sealer.remaining()
+                );
+                return (sealer, OutboundEnd::Exhausted);
+            }
             tokio::select! {
                 biased;
                 cmd = ctl.recv() => match cmd {
@@ -438,9 +467,11 @@ impl Outbound {
                         if let Err(e) = link.send_close_notify(&mut sealer).await {
                             tracing::debug!("close_notify not sent: {e}");
                         }
-                        return sealer;
+                        return (sealer, OutboundEnd::Stopped);
                     }
-                    Some(OutboundCmd::Stop { notify: false, .. }) | None => return sealer,
+                    Some(OutboundCmd::Stop { notify: false, .. }) | None => {
+                        return (sealer, OutboundEnd::Stopped);
+                    }
                 },
                 r = self.tun.recv_multiple(
                     &mut self.raw,
@@ -461,7 +492,7 @@ impl Outbound {
                     };
                     let n = self.drain(first);
                     if !self.seal_and_send(&mut sealer, n).await {
-                        return sealer;
+                        return (sealer, OutboundEnd::Exhausted);
                     }
                 }
             }
@@ -495,6 +526,10 @@ impl Outbound {
                 self.sizes[i] = usize::MAX; // does not fit a slot: left unsealed
                 continue;
             }
+            crate::supervise::fault_point(
+                crate::supervise::Site::Outbound,
+                &self.slots[i][PAYLOAD_OFFSET..PAYLOAD_OFFSET + len],
+            );
             crate::mss::clamp(
                 &mut self.slots[i][PAYLOAD_OFFSET..PAYLOAD_OFFSET + len],
                 mss4,

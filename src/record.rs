@@ -10,8 +10,8 @@ use std::ops::Range;
 
 use crate::ccm8::{self, Ccm8, Job};
 use crate::consts::{
-    DTLS12_VERSION, EXPLICIT_NONCE_LEN, MAX_RECORD_PLAINTEXT, MAX_SEQUENCE, PAYLOAD_OFFSET,
-    RECORD_HEADER_LEN,
+    DTLS12_VERSION, EXHAUSTION_MARGIN, EXPLICIT_NONCE_LEN, MAX_RECORD_PLAINTEXT, MAX_SEQUENCE,
+    PAYLOAD_OFFSET, RECORD_HEADER_LEN,
 };
 use ring::aead::{AES_128_GCM, Aad, LessSafeKey, Nonce, Tag, UnboundKey};
 
@@ -171,6 +171,17 @@ impl Sealer {
         self.suite
     }
 
+    /// Sequence numbers not used yet in this epoch.
+    pub fn remaining(&self) -> u64 {
+        (MAX_SEQUENCE + 1).saturating_sub(self.next_seq)
+    }
+
+    /// At most [`EXHAUSTION_MARGIN`] sequence numbers are left: time to close the session
+    /// (the margin is for the close itself).
+    pub fn nearly_exhausted(&self) -> bool {
+        self.remaining() <= EXHAUSTION_MARGIN
+    }
+
     /// Seals the `len` plaintext bytes at `buf[PAYLOAD_OFFSET..]` into one record starting at
     /// `buf[0]` and returns the record's length. The explicit nonce is epoch ‖ sequence number
     /// (never random: see PROTOCOL.md "Decisions").
@@ -185,15 +196,31 @@ impl Sealer {
         }
         let seq = self.next_seq;
         let explicit = ((u64::from(self.epoch) << 48) | seq).to_be_bytes();
-        let n = self.seal_with_explicit_nonce(content_type, buf, len, seq, explicit)?;
+        let n = self.seal_at(content_type, buf, len, seq, explicit)?;
         self.next_seq += 1;
         Ok(n)
     }
 
     /// Like [`Sealer::seal`] with a caller-chosen sequence number and explicit nonce, so the
-    /// known-answer tests can rebuild records of peers that send random nonces. Never use it to
-    /// send: reusing a nonce under one key breaks the cipher.
+    /// known-answer tests can rebuild records of peers that send random nonces. Reusing a
+    /// nonce under one key breaks the cipher, so this exists only in test builds: with
+    /// `cfg(test)` or the test-only feature `test-util` (which only the self dev-dependency
+    /// in Cargo.toml turns on); a normal build of the crate has no such method.
+    #[cfg(any(test, feature = "test-util"))]
     pub fn seal_with_explicit_nonce(
+        &self,
+        content_type: u8,
+        buf: &mut [u8],
+        len: usize,
+        seq: u64,
+        explicit: [u8; EXPLICIT_NONCE_LEN],
+    ) -> Result<usize, SealError> {
+        self.seal_at(content_type, buf, len, seq, explicit)
+    }
+
+    /// Seals one record with sequence number `seq` and explicit nonce `explicit`; the caller
+    /// guarantees both are used once.
+    fn seal_at(
         &self,
         content_type: u8,
         buf: &mut [u8],
@@ -832,6 +859,48 @@ mod tests {
             // Record 5's sequence number was not taken by its forgery.
             let mut good = singles[5].clone();
             assert!(opener.open(&mut good).is_ok(), "{suite:?}");
+        }
+    }
+
+    /// A sealer started near the end of the sequence space says when to close (the last
+    /// EXHAUSTION_MARGIN numbers are kept for the close), can still seal the close in that
+    /// reserve, and refuses once the space is gone, in one record and in a batch.
+    #[test]
+    fn a_sealer_near_the_end_of_the_sequence_space() {
+        let kb = KeyBlock {
+            client_key: [1; 16],
+            server_key: [2; 16],
+            client_iv: [3; 4],
+            server_iv: [4; 4],
+        };
+        for suite in SUITES {
+            let first = MAX_SEQUENCE + 1 - EXHAUSTION_MARGIN - 2;
+            let (mut s, _) = session_pair(suite, &kb, true, 1, first);
+            assert_eq!(s.remaining(), EXHAUSTION_MARGIN + 2);
+            assert!(!s.nearly_exhausted());
+            seal(&mut s, b"a");
+            assert!(!s.nearly_exhausted());
+            seal(&mut s, b"b");
+            assert!(s.nearly_exhausted(), "{suite:?}");
+            // The reserve carries a Close and a close_notify.
+            seal(&mut s, b"close");
+            seal(&mut s, b"notify");
+            let (mut last, _) = session_pair(suite, &kb, true, 1, MAX_SEQUENCE);
+            let rec = seal(&mut last, b"x");
+            assert_eq!(&rec[5..11], &[0xff; 6]);
+            assert_eq!(last.remaining(), 0);
+            let mut buf = vec![0u8; 64];
+            assert_eq!(
+                last.seal(CONTENT_APPLICATION_DATA, &mut buf, 1),
+                Err(SealError::SequenceExhausted(1))
+            );
+            let mut slots = vec![vec![0u8; 64]; 2];
+            let mut records = [0; 2];
+            assert_eq!(
+                last.seal_many(CONTENT_APPLICATION_DATA, &mut slots, &[1, 1], &mut records),
+                Err(SealError::SequenceExhausted(1))
+            );
+            assert_eq!(records, [0, 0]);
         }
     }
 

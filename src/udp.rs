@@ -7,6 +7,7 @@
 use std::io::IoSliceMut;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use tokio::io::Interest;
@@ -25,6 +26,9 @@ const RECV_BUF_LEN: usize = 65536;
 pub struct Udp {
     pub sock: Arc<UdpSocket>,
     state: Arc<UdpSocketState>,
+    /// A send failed with ECONNREFUSED (an ICMP port unreachable came back on a connected
+    /// socket, and the send took the error before a receive could): see [`Udp::take_refused`].
+    refused: Arc<AtomicBool>,
 }
 
 impl Udp {
@@ -38,12 +42,25 @@ impl Udp {
         Ok(Udp {
             sock,
             state: Arc::new(state),
+            refused: Arc::default(),
         })
     }
 
     /// Turns GRO off (a reader that does not split by stride yet) or back on.
     pub fn set_gro(&self, on: bool) -> std::io::Result<()> {
         crate::sys::set_udp_gro(&socket2::SockRef::from(&*self.sock), on)
+    }
+
+    /// Notes a send error: ECONNREFUSED is remembered for [`Udp::take_refused`].
+    pub fn note_send_error(&self, e: &std::io::Error) {
+        if e.kind() == std::io::ErrorKind::ConnectionRefused {
+            self.refused.store(true, Relaxed);
+        }
+    }
+
+    /// Whether a send saw ECONNREFUSED since the last call.
+    pub fn take_refused(&self) -> bool {
+        self.refused.swap(false, Relaxed)
     }
 
     fn max_segments(&self) -> usize {
@@ -144,6 +161,7 @@ impl Batcher {
                 .send_run(peer, &self.buf, self.segment, self.count)
                 .await
         {
+            udp.note_send_error(&e);
             tracing::debug!("sending {} record(s) to {peer} failed: {e}", self.count);
         }
         self.buf.clear();

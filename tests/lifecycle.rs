@@ -136,7 +136,7 @@ fn vm_rss_kib(pid: u32) -> u64 {
         .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
 }
 
-/// After SIGKILL of a server, the client notices within 3 keepalive periods (or at once from
+/// After SIGKILL of a server, the client notices within 3 keepalive periods (or one after an
 /// ICMP port unreachable), reconnects to the new server with backoff, and keeps its TUN
 /// (same ifindex, same addresses): ping works again, the server has the peernet route again,
 /// and the up script did not run a second time.

@@ -182,6 +182,30 @@ fn main() {
     write(&packet, "v6-link-local", &v6(link_local));
     write(&packet, "v6-spoofed", &v6(outside6));
     write(&packet, "control-ping", &Control::Ping.to_bytes());
+    // The review's crash of `mss::clamp`: IHL 15 (a 60-byte header) in a shorter TCP packet
+    // from the sender's own tunnel address; and IPv6 TCP whose payload length passes the end.
+    let ihl_past_end = |len: usize| {
+        let mut p = vec![0u8; len];
+        p[0] = 0x4f;
+        p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        p[9] = 6;
+        p[12..16].copy_from_slice(&checks::TUNNEL.octets());
+        p
+    };
+    let mut with_dst = ihl_past_end(40);
+    with_dst[8] = 64;
+    with_dst[16..20].copy_from_slice(&[10, 86, 0, 1]);
+    write(&packet, "mss-v4-ihl-past-end", &with_dst);
+    write(&packet, "mss-v4-ihl-59", &ihl_past_end(59));
+    let mut syn6 = vec![0x60, 0, 0, 0, 0, 28, 6, 0];
+    syn6.resize(40, 0);
+    let mut tcp = [0u8; 28];
+    tcp[12] = 7 << 4;
+    tcp[13] = 2;
+    tcp[20..26].copy_from_slice(&[1, 1, 2, 4, 0x05, 0xa0]);
+    syn6.extend_from_slice(&tcp);
+    write(&packet, "mss-v6-syn", &syn6);
+    write(&packet, "mss-v6-payload-past-end", &syn6[..60]);
 
     for target in ["record_open", "records", "proto", "packet"] {
         drop_copies_of_seeds(&root.join(target));

@@ -418,6 +418,7 @@ impl Demux {
                     } else {
                         s.counters.count_rx(r.len());
                         let packet = &mut buf[r.clone()];
+                        crate::supervise::fault_point(crate::supervise::Site::Demux, packet);
                         crate::mss::clamp(packet, s.mss.0, s.mss.1);
                         tun_batch.push(&s.tun, packet).await;
                     }

@@ -14,16 +14,15 @@ use super::LOG_CONNECTED;
 use super::demux::{DemuxCmd, SessionRx};
 use crate::authz;
 use crate::config::ServerConfig;
-use crate::consts::{
-    CONTENT_APPLICATION_DATA, FIRST_APP_SEQUENCE, KEEPALIVE_MISSES, SETUP_TIMEOUT,
-};
+use crate::consts::{CONTENT_APPLICATION_DATA, KEEPALIVE_MISSES, SETUP_TIMEOUT};
 use crate::dtls::Established;
 use crate::hooks::{self, TunnelEnv};
 use crate::netlink::{Netlink, NetlinkError};
 use crate::pool::{Pair, Pool, PoolError};
 use crate::proto::{AddressMessage, CONTROL_VERSION, CloseReason, Control, Peernet, ProtoError};
-use crate::pump::{self, Counters, Link, OutboundCmd};
-use crate::record::{self, Sealer};
+use crate::pump::{self, Counters, Link, OutboundCmd, OutboundEnd};
+use crate::record;
+use crate::supervise::first_app_sequence;
 use crate::tun::{self, Tun, TunError};
 use crate::udp::Udp;
 
@@ -72,7 +71,7 @@ pub(super) struct Session {
     session_id: u64,
     addr: SocketAddr,
     out_tx: mpsc::Sender<OutboundCmd>,
-    out_task: JoinHandle<Sealer>,
+    out_task: pump::OutboundTask,
     counters: Arc<Counters>,
     /// Deadline for the client's peernet message.
     setup_deadline: Option<Instant>,
@@ -96,6 +95,9 @@ pub(super) struct Manager {
     pub(super) refusals: Refusals,
     /// Down scripts (each after its device's up script) still running; awaited at shutdown.
     pub(super) scripts: Vec<JoinHandle<()>>,
+    /// A task the server needs ended (an outbound task panicked without the exiting panic
+    /// hook): the manager stops and the server exits.
+    pub(super) fatal: Option<crate::supervise::TaskEnded>,
 }
 
 /// Clients refused at the `-max-clients` limit: counted, and logged at most once a second.
@@ -134,6 +136,9 @@ impl Manager {
                     None => break,
                 },
                 _ = tick.tick() => self.timers().await,
+            }
+            if self.fatal.is_some() {
+                break;
             }
         }
         tracing::info!(
@@ -271,7 +276,7 @@ impl Manager {
         self.next_session += 1;
         let session_id = self.next_session;
         let (mut sealer, opener) =
-            record::session_pair(est.suite, &est.keys, false, 1, FIRST_APP_SEQUENCE);
+            record::session_pair(est.suite, &est.keys, false, 1, first_app_sequence());
         let counters = Arc::new(Counters::default());
         // The demultiplexer answers Pings through the outbound task's channel, which must
         // exist before the session can receive anything.
@@ -350,7 +355,7 @@ impl Manager {
             );
         }
         let (mut sealer, _) =
-            record::session_pair(est.suite, &est.keys, false, 1, FIRST_APP_SEQUENCE);
+            record::session_pair(est.suite, &est.keys, false, 1, first_app_sequence());
         let link = Link {
             udp: self.udp.clone(),
             peer: addr,
@@ -571,10 +576,32 @@ impl Manager {
         });
         let stop = OutboundCmd::Stop {
             notify: reason.is_some(),
-            farewell,
+            farewell: farewell.clone(),
         };
         let _ = s.out_tx.send(stop).await;
-        let _ = s.out_task.await;
+        match s.out_task.await {
+            // The task ended by itself (its sequence numbers are nearly used up) before it
+            // could take the stop: the farewell goes from here, in the reserve it left.
+            Ok((mut sealer, OutboundEnd::Exhausted)) if reason.is_some() => {
+                let link = Link {
+                    udp: self.udp.clone(),
+                    peer: s.addr,
+                    connected: false,
+                };
+                if let Some(msg) = farewell {
+                    let _ = link
+                        .send_record(&mut sealer, CONTENT_APPLICATION_DATA, &msg)
+                        .await;
+                }
+                let _ = link.send_close_notify(&mut sealer).await;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let e = crate::supervise::TaskEnded::from_join("outbound task", Err::<(), _>(e));
+                tracing::error!("client {id}: {e}");
+                self.fatal = Some(e);
+            }
+        }
         dev.idle_since = Some(Instant::now());
         tracing::info!(
             "client {id} from {} disconnected: {why} ({})",
@@ -619,6 +646,21 @@ impl Manager {
 
     async fn timers(&mut self) {
         let now = Instant::now();
+        // An outbound task ends by itself only when its sequence numbers are nearly used up.
+        let exhausted: Vec<String> = self
+            .devices
+            .iter()
+            .filter(|(_, d)| d.session.as_ref().is_some_and(|s| s.out_task.is_finished()))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in exhausted {
+            self.end_session(
+                &id,
+                Some(CloseReason::Exhausted),
+                "its record sequence numbers are nearly used up: the client must reconnect for fresh keys",
+            )
+            .await;
+        }
         let late: Vec<String> = self
             .devices
             .iter()

@@ -50,6 +50,8 @@ pub enum ServerError {
     Netlink(#[from] NetlinkError),
     #[error(transparent)]
     Pool(#[from] PoolError),
+    #[error(transparent)]
+    TaskEnded(#[from] crate::supervise::TaskEnded),
 }
 
 /// Binds the server socket; dual-stack when the address is `[::]`.
@@ -136,7 +138,7 @@ pub async fn run(
         fail_log: RateLimit::new(5),
         counters: Arc::clone(&demux_counters),
     };
-    let demux_task = tokio::spawn(demux.run());
+    let mut demux_task = tokio::spawn(demux.run());
     tracing::info!(
         "listening on {} (pool {}, linger {:?})",
         sock.local_addr().map(|a| a.to_string()).unwrap_or_default(),
@@ -153,11 +155,31 @@ pub async fn run(
         next_session: 0,
         refusals: Default::default(),
         scripts: Vec::new(),
+        fatal: None,
     };
-    mgr.run(ev_rx, session_rx, shutdown).await;
+    // The demultiplexer never ends while the manager runs: if it does (a panic when the hook
+    // that exits is not installed), the manager shuts down as on a signal and run fails.
+    let mut ended = None;
+    let stop = async {
+        tokio::select! {
+            _ = shutdown => {}
+            r = &mut demux_task => {
+                let e = crate::supervise::TaskEnded::from_join("demultiplexer", r);
+                tracing::error!("{e}");
+                ended = Some(e);
+            }
+        }
+    };
+    mgr.run(ev_rx, session_rx, stop).await;
     demux_task.abort();
+    if let Some(e) = mgr.fatal.take() {
+        ended = Some(e);
+    }
     tracing::info!("server totals: {}", demux_counters.summary());
-    Ok(())
+    match ended {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
 }
 
 pub mod admission;
