@@ -6,13 +6,13 @@
 //!   kept, so spoofed ClientHellos, however many, take no slot and evict nobody.
 //! - A handshake exists only for a peer that echoed its cookie (it receives at its address).
 //!   Caps: [`MAX_HANDSHAKES`] in all, [`MAX_HANDSHAKES_PER_PREFIX`] per IPv4 /24 or IPv6 /64
-//!   and [`MAX_HANDSHAKES_PER_IP`] per address, so one network cannot hold the table. Where a
-//!   cap is reached, the oldest handshake under it makes room if it has stalled for
-//!   [`STALL_TIMEOUT`]; otherwise the newcomer is refused for now (no state: its next
-//!   ClientHello, a second later, asks again), so a burst of real clients behind one NAT
-//!   finish in turn instead of evicting each other. When the whole table is full of fresh
-//!   handshakes, the IPv4 /16 or IPv6 /48 holding the most slots gives one up to a newcomer
-//!   from a network that holds fewer.
+//!   and [`MAX_HANDSHAKES_PER_IP`] per address, so one network cannot hold the table. Where
+//!   the address's or the network's cap is reached, a random handshake under it makes room:
+//!   a neighbour behind the same NAT can slow others down, never lock them out. When the
+//!   whole table is full, the oldest handshake makes room if it has stalled for
+//!   [`STALL_TIMEOUT`]; else the IPv4 /16 or IPv6 /48 holding the most slots gives up its
+//!   oldest to a newcomer from a network that holds fewer; else the newcomer is refused for
+//!   now (no state: its next ClientHello, a second later, asks again).
 //! - Each handshake has a budget of [`HANDSHAKE_MAX_DATAGRAMS`] datagrams and
 //!   [`HANDSHAKE_MAX_BYTES`] bytes (a real client needs two or three); past it, it is dropped.
 //!   Every datagram costs one pass over its records, whatever came before.
@@ -20,6 +20,8 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
+
+use ring::rand::SecureRandom;
 
 use crate::consts::{CONTENT_ALERT, CONTENT_APPLICATION_DATA};
 use crate::handshake::{
@@ -103,6 +105,14 @@ pub fn is_session_record(dg: &[u8]) -> bool {
         [CONTENT_ALERT, _, _, e0, e1, ..] => u16::from_be_bytes([*e0, *e1]) > 0,
         _ => false,
     }
+}
+
+/// A uniformly random index below `n` (n > 0), from the system's RNG (cheap enough: it runs
+/// only when a cap is reached, which takes a proven address).
+fn random_below(n: usize) -> usize {
+    let mut b = [0u8; 8];
+    let _ = ring::rand::SystemRandom::new().fill(&mut b);
+    (u64::from_le_bytes(b) % n as u64) as usize
 }
 
 /// The handshake under `pick` that started first, and when.
@@ -241,21 +251,16 @@ impl Admission {
             ),
             (MAX_HANDSHAKES_PER_PREFIX, &same_net),
         ] {
-            if self.pending.keys().filter(|a| pick(a)).count() < cap {
+            let under: Vec<SocketAddr> = self.pending.keys().filter(|a| pick(a)).copied().collect();
+            if under.len() < cap {
                 continue;
             }
-            match oldest(&self.pending, pick) {
-                Some((victim, started)) if now.duration_since(started) >= STALL_TIMEOUT => {
-                    self.pending.remove(&victim);
-                    self.counters.evicted += 1;
-                }
-                // Handshakes in progress keep their slots; this client's next ClientHello
-                // (it repeats it every second) asks again.
-                _ => {
-                    self.counters.limit += 1;
-                    return Outcome::Refused;
-                }
-            }
+            // One of them at random makes room: whoever shares the address or network (a NAT,
+            // a neighbour) can slow the others down but never lock them out, and a burst of
+            // real clients from one NAT still gets through in a few rounds.
+            let victim = under[random_below(under.len())];
+            self.pending.remove(&victim);
+            self.counters.evicted += 1;
         }
         if self.pending.len() >= MAX_HANDSHAKES {
             match self.room_for(addr, now) {
