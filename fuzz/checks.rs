@@ -165,3 +165,91 @@ pub fn packet(data: &[u8]) {
     let accepted = accept_packet(&Counters::default(), data);
     assert_eq!(accepted, matches!(version, Some(4) | Some(6)));
 }
+
+/// A whole DTLS 1.2 ClientHello datagram (GCM and CCM_8, extended master secret), as a dtun
+/// client sends it, with `cookie`.
+pub fn client_hello(random: [u8; 32], cookie: &[u8], msg_seq: u16, rec_seq: u8) -> Vec<u8> {
+    let mut body = vec![0xfe, 0xfd];
+    body.extend_from_slice(&random);
+    body.push(0);
+    body.push(cookie.len() as u8);
+    body.extend_from_slice(cookie);
+    body.extend_from_slice(&[0, 4, 0x00, 0xa8, 0xc0, 0xa8, 1, 0]);
+    body.extend_from_slice(&[0, 9, 0x00, 0x17, 0, 0, 0xff, 0x01, 0, 1, 0]);
+    let len = (body.len() as u32).to_be_bytes();
+    let mut msg = vec![1, len[1], len[2], len[3]];
+    msg.extend_from_slice(&msg_seq.to_be_bytes());
+    msg.extend_from_slice(&[0, 0, 0, len[1], len[2], len[3]]);
+    msg.extend_from_slice(&body);
+    let mut dg = vec![22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, rec_seq];
+    dg.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+    dg.extend_from_slice(&msg);
+    dg
+}
+
+/// The server's handshake admission, before any authentication: the input is a sequence of
+/// datagrams (each: a source byte, a length byte pair, the bytes) fed to one `Admission`, after
+/// one client has proven its address (so the bytes also reach a handshake in progress). Every
+/// datagram also goes through the demultiplexer's classification and the ClientHello parser.
+///
+/// Must hold: no panic; a HelloVerifyRequest is sent for a ClientHello without a valid cookie
+/// and no state is kept for it; the table never exceeds its caps; a reply is never larger than
+/// our own flight.
+pub fn admission(data: &[u8]) -> usize {
+    use dtun::handshake::parse_client_hello;
+    use dtun::server::admission::{Admission, Outcome, is_session_record};
+    use std::net::SocketAddr;
+    use std::time::{Duration, Instant};
+
+    let t0 = Instant::now();
+    let mut adm = Admission::new(
+        vec![Suite::Aes128Gcm, Suite::Aes128Ccm8],
+        b"dtun".to_vec(),
+        t0,
+    );
+    let proven: SocketAddr = "192.0.2.1:4000".parse().unwrap();
+    let sources: [SocketAddr; 4] = [
+        proven,
+        "192.0.2.2:4000".parse().unwrap(),
+        "[2001:db8::1]:4000".parse().unwrap(),
+        "[::ffff:192.0.2.1]:4001".parse().unwrap(),
+    ];
+    let random = [7u8; 32];
+    adm.datagram(&client_hello(random, b"", 0, 0), proven, t0, |_| vec![]);
+    let cookie = adm.reply[adm.reply.len() - 20..].to_vec();
+    let second = client_hello(random, &cookie, 1, 1);
+    assert!(matches!(
+        adm.datagram(&second, proven, t0, |_| vec![]),
+        Outcome::Reply
+    ));
+    let flight_len = adm.reply.len();
+
+    let mut rest = data;
+    let mut n = 0;
+    while rest.len() >= 3 {
+        let from = sources[usize::from(rest[0]) % sources.len()];
+        let len = usize::from(u16::from_be_bytes([rest[1], rest[2]]));
+        let dg = &rest[3..(3 + len).min(rest.len())];
+        rest = &rest[(3 + len).min(rest.len())..];
+        let _ = is_session_record(dg);
+        let hello = parse_client_hello(dg).map(|ch| ch.cookie.is_empty());
+        let now = t0 + Duration::from_millis(300 * n as u64);
+        let before = adm.counters;
+        match adm.datagram(dg, from, now, |id| id.to_vec()) {
+            Outcome::Reply => {
+                assert!(!adm.reply.is_empty() && adm.reply.len() <= flight_len.max(64) + 64);
+                if hello == Some(true) && adm.counters.cookies > before.cookies {
+                    assert_eq!(
+                        adm.counters.started, before.started,
+                        "state for a cookieless hello"
+                    );
+                }
+            }
+            Outcome::Completed(_) => panic!("a handshake completed without a valid Finished"),
+            _ => {}
+        }
+        assert!(adm.counters.started <= before.started + 1);
+        n += 1;
+    }
+    n
+}

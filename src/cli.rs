@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{ArgAction, CommandFactory, Parser};
 use ipnet::Ipv4Net;
+use zeroize::Zeroizing;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -17,6 +18,44 @@ Examples:
            dtun key derive -key-file /etc/dtun/master -id laptop   # for a server with -master-key-file
 
 The key can also come from the DTUN_KEY environment variable, so it never shows in `ps`.";
+
+/// A secret given on the command line (`-key`, `DTUN_KEY`): its Debug output is `<redacted>`
+/// and its bytes are wiped when it is dropped. (The copies clap and the process's own argument
+/// and environment blocks hold are out of our reach: `-key-file` keeps the key out of them.)
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretArg(Zeroizing<String>);
+
+impl std::fmt::Debug for SecretArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// The inner `Zeroizing` wipes the bytes when a `SecretArg` is dropped.
+impl zeroize::ZeroizeOnDrop for SecretArg {}
+
+impl std::ops::Deref for SecretArg {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for SecretArg {
+    fn from(s: &str) -> Self {
+        SecretArg(Zeroizing::new(s.to_string()))
+    }
+}
+
+impl From<String> for SecretArg {
+    fn from(s: String) -> Self {
+        SecretArg(Zeroizing::new(s))
+    }
+}
+
+fn parse_secret(s: &str) -> Result<SecretArg, String> {
+    Ok(SecretArg::from(s))
+}
 
 /// The `-cipher` choice.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -45,9 +84,10 @@ pub struct Cli {
         long,
         env = "DTUN_KEY",
         hide_env_values = true,
-        conflicts_with = "key_file"
+        conflicts_with = "key_file",
+        value_parser = parse_secret
     )]
-    pub key: Option<String>,
+    pub key: Option<SecretArg>,
     /// Read the pre-shared key from a file (less one trailing newline)
     #[arg(long = "key-file", value_name = "PATH")]
     pub key_file: Option<PathBuf>,
@@ -100,6 +140,10 @@ pub struct Cli {
     /// Server: tunnel address pool
     #[arg(long, default_value = crate::consts::DEFAULT_POOL)]
     pub pool: Ipv4Net,
+    /// Server: at most this many devices (lingering ones included); beyond it, ids not listed
+    /// in -clients are refused (listed ids always get in)
+    #[arg(long = "max-clients", value_name = "N", default_value_t = crate::consts::DEFAULT_MAX_CLIENTS)]
+    pub max_clients: usize,
     /// Server: how long an id's device is kept after its session ended (e.g. 90s, 5m)
     #[arg(long, value_parser = parse_duration, default_value = "120s")]
     pub linger: Duration,

@@ -65,6 +65,10 @@ pub enum ClientError {
     Send(SocketAddr, std::io::Error),
     #[error("the server closed the session ({0})")]
     Closed(String),
+    #[error(
+        "the server refused the session ({0}): it is at its -max-clients limit; try later, or ask for an id in its -clients file"
+    )]
+    Full(String),
     #[error("id {0} in use from {1}: another client holds this id")]
     Replaced(String, String),
     #[error("no sign of life from {0} for {1:?}: the server is gone or the path is down")]
@@ -156,7 +160,7 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
                     backoff.reset();
                 }
                 let delay = match error {
-                    ClientError::Replaced(..) => REPLACED_BACKOFF,
+                    ClientError::Replaced(..) | ClientError::Full(_) => REPLACED_BACKOFF,
                     _ => backoff.next_delay(),
                 };
                 let msg = error.to_string();
@@ -219,12 +223,12 @@ async fn session(
     let mut buf = vec![0u8; BUF_LEN];
 
     // 1. Handshake. Records that overtake the end of our handshake (the address message when
-    //    the server's last flight was lost) are kept for step 2.
+    //    the server's last flight was lost, or a close_notify right after it) are kept for step 2.
     let (hs_tx, hs_rx) = mpsc::channel(HANDSHAKE_QUEUE);
     let conn = ChannelConn::new(hs_rx, Arc::clone(&sock), server, true);
     let role = Role::Client {
         identity: cfg.id.as_bytes().to_vec(),
-        key: cfg.key.0.clone(),
+        key: cfg.key.0.to_vec(),
     };
     let hs = dtls::handshake(role, &cfg.common.suites, conn);
     tokio::pin!(hs);
@@ -236,7 +240,14 @@ async fn session(
             r = sock.recv(&mut buf) => match r {
                 Ok(n) => {
                     answered = true;
-                    if buf[..n].first() == Some(&CONTENT_APPLICATION_DATA) {
+                    // Application data, and encrypted (epoch ≥ 1) alerts: a server refusing
+                    // us at its -max-clients limit sends close_notify right after Finished.
+                    let ours = match buf[..n] {
+                        [CONTENT_APPLICATION_DATA, ..] => true,
+                        [CONTENT_ALERT, _, _, e0, e1, ..] => (e0, e1) != (0, 0),
+                        _ => false,
+                    };
+                    if ours {
                         if early.len() < 4 {
                             early.push(buf[..n].to_vec());
                         }
@@ -284,9 +295,23 @@ async fn session(
 
     // 2. The address message.
     let addrs = match first_data(&mut opener, &counters, &sock, &mut buf, early).await {
-        Some(msg) => match AddressMessage::parse(&msg) {
+        Some(First::Closed(why)) => {
+            return lost(ClientError::Closed(format!(
+                "{why} before the address message"
+            )));
+        }
+        Some(First::Data(msg)) => match AddressMessage::parse(&msg) {
             Ok(a) => a,
-            Err(e) => return lost(ClientError::BadAddress(e)),
+            // A full server says so where the address message would be (dtun peers only).
+            Err(e) => match Control::parse(&msg) {
+                Ok(Control::Close {
+                    reason: CloseReason::Refused,
+                    detail,
+                }) if negotiated => {
+                    return lost(ClientError::Full(detail.escape_debug().to_string()));
+                }
+                _ => return lost(ClientError::BadAddress(e)),
+            },
         },
         None => {
             let _ = link.send_close_notify(&mut sealer).await;
@@ -707,9 +732,12 @@ fn on_control(msg: Control, out_tx: &mpsc::Sender<OutboundCmd>) -> Option<Client
         Control::Close {
             reason: CloseReason::Replaced,
             detail,
-        } => Some(ClientError::Replaced(String::new(), detail)),
+        } => Some(ClientError::Replaced(
+            String::new(),
+            detail.escape_debug().to_string(),
+        )),
         Control::Close { reason, detail } => {
-            tracing::info!("the server is closing the session: {reason:?} {detail}");
+            tracing::info!("the server is closing the session: {reason:?} {detail:?}");
             None
         }
         _ => None,
@@ -723,7 +751,7 @@ async fn first_data(
     sock: &UdpSocket,
     buf: &mut [u8],
     early: Vec<Vec<u8>>,
-) -> Option<Vec<u8>> {
+) -> Option<First> {
     for mut dg in early {
         if let Some(msg) = open_first(opener, counters, &mut dg) {
             return Some(msg);
@@ -742,16 +770,31 @@ async fn first_data(
     }
 }
 
-fn open_first(opener: &mut Opener, counters: &Counters, dg: &mut [u8]) -> Option<Vec<u8>> {
+/// The first authenticated record of a session: its data, or an alert that ends it (a server
+/// at its `-max-clients` limit sends only close_notify to a client that may be an original).
+enum First {
+    Data(Vec<u8>),
+    Closed(String),
+}
+
+fn open_first(opener: &mut Opener, counters: &Counters, dg: &mut [u8]) -> Option<First> {
     let mut at = 0;
     while at < dg.len() {
         let r = record::record_at(dg, at).ok()?;
         at = r.end;
-        if dg[r.start] != CONTENT_APPLICATION_DATA {
+        let ct = dg[r.start];
+        if ct != CONTENT_APPLICATION_DATA && ct != CONTENT_ALERT {
             continue;
         }
-        if let Inbound::Data(p) = pump::open(opener, counters, &mut dg[r.clone()]) {
-            return Some(dg[r.start + p.start..r.start + p.end].to_vec());
+        match pump::open(opener, counters, &mut dg[r.clone()]) {
+            Inbound::Data(p) if ct == CONTENT_APPLICATION_DATA => {
+                return Some(First::Data(dg[r.start + p.start..r.start + p.end].to_vec()));
+            }
+            Inbound::Alert(_, 0) => return Some(First::Closed("close_notify".into())),
+            Inbound::Alert(level, desc) => {
+                return Some(First::Closed(format!("alert {level}/{desc}")));
+            }
+            _ => {}
         }
     }
     None

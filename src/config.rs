@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
+use zeroize::Zeroizing;
 
 use crate::cli::{Cipher, Cli};
 use crate::consts::{PATH_MTU, UDP4_OVERHEAD, UDP6_OVERHEAD};
@@ -18,6 +19,10 @@ pub enum ConfigError {
     NoKey,
     #[error("the key is empty: give a non-empty -key, -key-file or DTUN_KEY")]
     EmptyKey,
+    #[error(
+        "the master key in {0} is empty or only whitespace, so every derived key would be one anyone can compute: put a secret in it (`dtun genkey > {0}`)"
+    )]
+    EmptyMasterKey(String),
     #[error("cannot read key file {0}: {1}")]
     KeyFile(PathBuf, std::io::Error),
     #[error("bad -peernet: {0}")]
@@ -32,15 +37,15 @@ pub enum ConfigError {
     TunName(String),
     #[error("-compat speaks only the original's AES-128-CCM_8: drop -cipher gcm or -compat")]
     CompatCipher,
-    #[error("bad -id: the id must be 1 to 128 bytes")]
+    #[error("bad -id: the id must be 1 to 128 bytes of UTF-8 without control characters")]
     Id,
     #[error(transparent)]
     Credentials(crate::keys::KeyError),
 }
 
-/// The pre-shared key's bytes. Never printed.
+/// The pre-shared key's bytes. Never printed; wiped when dropped.
 #[derive(Clone)]
-pub struct Key(pub Vec<u8>);
+pub struct Key(pub Zeroizing<Vec<u8>>);
 
 impl std::fmt::Debug for Key {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -54,7 +59,7 @@ impl Key {
         let bytes = if let Some(path) = &cli.key_file {
             read_key_file(path)?
         } else if let Some(k) = &cli.key {
-            k.as_bytes().to_vec()
+            Zeroizing::new(k.as_bytes().to_vec())
         } else {
             return Err(ConfigError::NoKey);
         };
@@ -66,9 +71,11 @@ impl Key {
 }
 
 /// A key file's content less one trailing newline; warns if others can read it.
-pub fn read_key_file(path: &std::path::Path) -> Result<Vec<u8>, ConfigError> {
+pub fn read_key_file(path: &std::path::Path) -> Result<Zeroizing<Vec<u8>>, ConfigError> {
     crate::keys::warn_if_readable(path);
-    let mut b = std::fs::read(path).map_err(|e| ConfigError::KeyFile(path.to_path_buf(), e))?;
+    let mut b = Zeroizing::new(
+        std::fs::read(path).map_err(|e| ConfigError::KeyFile(path.to_path_buf(), e))?,
+    );
     if b.last() == Some(&b'\n') {
         b.pop();
         if b.last() == Some(&b'\r') {
@@ -76,6 +83,24 @@ pub fn read_key_file(path: &std::path::Path) -> Result<Vec<u8>, ConfigError> {
         }
     }
     Ok(b)
+}
+
+/// The `-master-key-file` secret: refused when empty or blank (HMAC under it would be public),
+/// warned about when short.
+pub fn read_master_key(path: &std::path::Path) -> Result<Zeroizing<Vec<u8>>, ConfigError> {
+    let b = read_key_file(path)?;
+    check_master_key(&b, &path.display().to_string())?;
+    Ok(b)
+}
+
+/// Refuses a master secret that is empty or whitespace only; warns under
+/// [`crate::keys::MIN_KEY_LEN`] bytes. `source` names where it came from.
+pub fn check_master_key(key: &[u8], source: &str) -> Result<(), ConfigError> {
+    if key.trim_ascii().is_empty() {
+        return Err(ConfigError::EmptyMasterKey(source.to_string()));
+    }
+    crate::keys::warn_if_short(key, &format!("the master key in {source}"));
+    Ok(())
 }
 
 /// Settings shared by both roles' TUN devices.
@@ -168,6 +193,8 @@ pub struct ServerConfig {
     pub hint: String,
     pub pool: Ipv4Net,
     pub linger: Duration,
+    /// Devices beyond which unlisted ids are refused.
+    pub max_clients: usize,
     pub tun: TunSettings,
     pub common: Common,
 }
@@ -180,7 +207,7 @@ impl ServerConfig {
             None => Default::default(),
         };
         let master = match &cli.master_key_file {
-            Some(p) => Some(read_key_file(p)?),
+            Some(p) => Some(read_master_key(p)?),
             None => None,
         };
         let shared = match Key::from_cli(cli) {
@@ -202,6 +229,7 @@ impl ServerConfig {
             hint: cli.id.clone(),
             pool: cli.pool,
             linger: cli.linger,
+            max_clients: cli.max_clients,
             tun: TunSettings::from_cli(cli)?,
             common: Common::from_cli(cli)?,
         })
@@ -224,7 +252,7 @@ pub struct ClientConfig {
 
 impl ClientConfig {
     pub fn from_cli(cli: &Cli, host: &str) -> Result<Self, ConfigError> {
-        if cli.id.is_empty() || cli.id.len() > 128 {
+        if crate::keys::valid_identity(cli.id.as_bytes()).is_none() {
             return Err(ConfigError::Id);
         }
         Ok(ClientConfig {
@@ -299,11 +327,11 @@ mod tests {
             key: None,
             ..cli.clone()
         };
-        assert_eq!(Key::from_cli(&with_file).unwrap().0, b"s3cret");
+        assert_eq!(Key::from_cli(&with_file).unwrap().0[..], b"s3cret"[..]);
         std::fs::write(&f, "abc\n\n").unwrap();
         assert_eq!(
-            Key::from_cli(&with_file).unwrap().0,
-            b"abc\n",
+            Key::from_cli(&with_file).unwrap().0[..],
+            b"abc\n"[..],
             "only one newline is removed"
         );
         let none = Cli {
@@ -313,7 +341,7 @@ mod tests {
         };
         assert!(matches!(Key::from_cli(&none), Err(ConfigError::NoKey)));
         let empty = Cli {
-            key: Some(String::new()),
+            key: Some("".into()),
             ..cli.clone()
         };
         assert!(matches!(Key::from_cli(&empty), Err(ConfigError::EmptyKey)));
@@ -322,10 +350,96 @@ mod tests {
             ..cli
         };
         assert_eq!(
-            Key::from_cli(&hexish).unwrap().0,
-            b"666f6f",
+            Key::from_cli(&hexish).unwrap().0[..],
+            b"666f6f"[..],
             "never hex-decoded"
         );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// An empty or blank master secret makes every derived key public: hex(HMAC("", id)).
+    #[test]
+    fn empty_master_key_is_refused() {
+        let dir = std::env::temp_dir().join(format!("dtun-cfg-master-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("master");
+        let cli = Cli::try_from_args(["dtun"]).unwrap();
+        let with_master = Cli {
+            master_key_file: Some(f.clone()),
+            key: None,
+            ..cli
+        };
+        for blank in ["", "\n", "\r\n", "  \t \n", "\n\n"] {
+            std::fs::write(&f, blank).unwrap();
+            match ServerConfig::from_cli(&with_master) {
+                Err(e) => {
+                    let msg = e.to_string();
+                    assert!(
+                        msg.contains("master") && msg.contains("dtun genkey"),
+                        "{blank:?}: {msg}"
+                    );
+                }
+                Ok(_) => panic!("master key file holding {blank:?} was accepted"),
+            }
+        }
+        // Short but not empty: accepted with a warning, as -key is.
+        std::fs::write(&f, "short\n").unwrap();
+        let cfg = ServerConfig::from_cli(&with_master).unwrap();
+        assert!(cfg.keys.master.is_some_and(|m| m[..] == b"short"[..]));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// No struct that holds key bytes shows them in its Debug output.
+    #[test]
+    fn debug_output_never_shows_keys() {
+        let dir = std::env::temp_dir().join(format!("dtun-cfg-debug-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let master = dir.join("master");
+        std::fs::write(&master, "MASTERSECRET-0123456789\n").unwrap();
+        let creds = dir.join("clients");
+        std::fs::write(&creds, "alice key=ALICESECRET-0123456789\n").unwrap();
+        let secrets = ["SHAREDSECRET", "MASTERSECRET", "ALICESECRET"];
+        let cli = Cli::try_parse_normalized(
+            [
+                "dtun",
+                "-key",
+                "SHAREDSECRET-0123456789",
+                "-master-key-file",
+                master.to_str().unwrap(),
+                "-clients",
+                creds.to_str().unwrap(),
+            ]
+            .map(std::ffi::OsString::from),
+        )
+        .unwrap();
+        let server = ServerConfig::from_cli(&cli).unwrap();
+        let client_cli = Cli {
+            host: Some("192.0.2.1".into()),
+            ..cli.clone()
+        };
+        let client = ClientConfig::from_cli(&client_cli, "192.0.2.1").unwrap();
+        let shown = [
+            format!("{cli:?}"),
+            format!("{cli:#?}"),
+            format!("{server:?}"),
+            format!("{:?}", server.keys),
+            format!("{:?}", server.keys.clients["alice"]),
+            format!("{client:?}"),
+            format!("{:?}", client.key),
+        ];
+        for text in &shown {
+            for secret in secrets {
+                assert!(!text.contains(secret), "{secret} shown in {text}");
+            }
+        }
+        assert!(shown[0].contains("<redacted>"), "{}", shown[0]);
+        // And the key bytes are wiped when dropped: a compile-time fact of their types.
+        fn wiped_on_drop<T: zeroize::ZeroizeOnDrop>(_: &T) {}
+        wiped_on_drop(&client.key.0);
+        wiped_on_drop(cli.key.as_ref().unwrap());
+        wiped_on_drop(server.keys.shared.as_ref().unwrap());
+        wiped_on_drop(server.keys.master.as_ref().unwrap());
+        wiped_on_drop(&server.keys.clients["alice"].key);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

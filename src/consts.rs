@@ -43,15 +43,18 @@ pub const DEFAULT_ID: &str = "dtun";
 pub const FIRST_APP_SEQUENCE: u64 = 1 << 32;
 /// The server's default address pool.
 pub const DEFAULT_POOL: &str = "10.86.0.0/16";
+/// Default `-max-clients`: devices (lingering ones included) beyond which ids not listed in
+/// the credentials file are refused.
+pub const DEFAULT_MAX_CLIENTS: usize = 1024;
 /// Default TUN name pattern; the kernel replaces %d.
 pub const DEFAULT_TUN_NAME: &str = "dtun%d";
 /// How long the server keeps an id's device after its session ended.
 pub const DEFAULT_LINGER: Duration = Duration::from_secs(120);
-/// A handshake that has not completed by then is abandoned. The crate retransmits a flight
-/// every second without backoff and a handshake takes 3 round trips, so 20 s leaves room on
-/// very lossy links; the half-open state stays bounded by the per-source and total caps. (The
-/// lossy-underlay runs that once outlasted 10 s were a lost final flight, which the server
-/// now resends: see `dtls`.)
+/// The client abandons a handshake that has not completed by then. The crate retransmits a
+/// flight every second without backoff and a handshake takes 3 round trips, so 20 s leaves
+/// room on very lossy links. (The server keeps a proven handshake's state for at most
+/// `server::admission::HANDSHAKE_STATE_TIMEOUT`; a client that is still trying then starts
+/// over with a fresh ClientHello.)
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long each side waits for the other's setup record (address / peernet message).
 pub const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -66,14 +69,12 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 pub const REPLACED_BACKOFF: Duration = Duration::from_secs(60);
 /// DTLS retransmission interval of the handshake crate.
 pub const FLIGHT_INTERVAL: Duration = Duration::from_secs(1);
-/// Half-open handshakes the server keeps at once, in total and per source IP.
-pub const MAX_HANDSHAKES: usize = 256;
-pub const MAX_HANDSHAKES_PER_IP: usize = 8;
-/// A handshake whose peer has not answered the HelloVerifyRequest by then is dropped (its
-/// source may be spoofed); a real client's next ClientHello retransmission starts afresh.
-pub const UNPROVEN_TIMEOUT: Duration = Duration::from_secs(4);
-/// Datagrams queued towards one handshake before further ones are dropped.
+/// Datagrams queued towards the client's handshake before further ones are dropped.
 pub const HANDSHAKE_QUEUE: usize = 16;
+/// Session events (peernet, alerts, control messages) queued from the demultiplexer to the
+/// server's manager; past this they are counted drops (`events_dropped`), so a peer's flood
+/// never grows memory nor blocks the data path.
+pub const EVENT_QUEUE: usize = 256;
 /// Size of every packet buffer: a whole UDP datagram or a TUN packet fits.
 pub const BUF_LEN: usize = 65536;
 /// Outer overhead: IPv4 + UDP, IPv6 + UDP.

@@ -339,3 +339,44 @@ async fn run_handshake(
         final_flight,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handshake::{ServerHandshake, parse_client_hello, tests::client_hello};
+
+    /// A datagram with a ServerHello choosing `suite` (our server's flight).
+    fn server_hello(suite: Suite) -> Vec<u8> {
+        let ch = client_hello([1; 32], b"c", 1, 1);
+        let ch = parse_client_hello(&ch).unwrap();
+        ServerHandshake::start(&ch, &[suite], b"", std::time::Instant::now())
+            .unwrap()
+            .flight()
+    }
+
+    /// Review item 7: a ServerHello spoofed after the real one (or one seen going out) must not
+    /// switch the suite the record layer uses.
+    #[tokio::test]
+    async fn only_the_first_incoming_server_hello_sets_the_suite() {
+        let sock = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let (_tx, rx) = mpsc::channel(1);
+        let conn = ChannelConn::new(rx, sock, "127.0.0.1:9".parse().unwrap(), true);
+        let (gcm, ccm8) = (
+            server_hello(Suite::Aes128Gcm),
+            server_hello(Suite::Aes128Ccm8),
+        );
+        conn.sniff(&ccm8, true);
+        assert_eq!(
+            conn.suite.load(Ordering::Relaxed),
+            0,
+            "outgoing ServerHellos are not ours"
+        );
+        conn.sniff(&gcm, false);
+        conn.sniff(&ccm8, false);
+        assert_eq!(
+            conn.suite.load(Ordering::Relaxed),
+            Suite::Aes128Gcm.id(),
+            "a later ServerHello switched the suite"
+        );
+    }
+}

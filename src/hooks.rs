@@ -4,6 +4,7 @@
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::time::Duration;
 
 use crate::consts::HOOK_TIMEOUT;
 
@@ -35,22 +36,39 @@ pub enum HookError {
         status: std::process::ExitStatus,
         output: String,
     },
-    #[error(
-        "{what} script {path} did not finish within {0:?}; it was killed",
-        HOOK_TIMEOUT
-    )]
-    Timeout { what: &'static str, path: PathBuf },
+    #[error("{what} script {path} did not finish within {timeout:?}; it was killed")]
+    Timeout {
+        what: &'static str,
+        path: PathBuf,
+        timeout: Duration,
+    },
 }
 
 /// Runs `path` (labelled `what`, e.g. "up") with exactly TUN, PEER_IP, LOCAL_IP and PATH.
 pub async fn run(what: &'static str, path: &Path, env: &TunnelEnv) -> Result<(), HookError> {
+    run_with_timeout(what, path, env, HOOK_TIMEOUT).await
+}
+
+/// [`run`] with its own deadline instead of [`HOOK_TIMEOUT`].
+pub async fn run_with_timeout(
+    what: &'static str,
+    path: &Path,
+    env: &TunnelEnv,
+    timeout: Duration,
+) -> Result<(), HookError> {
     if !path.exists() {
         return Err(HookError::Missing {
             what,
             path: path.to_path_buf(),
         });
     }
-    let child = tokio::process::Command::new(path)
+    let spawn_err = |source| HookError::Spawn {
+        what,
+        path: path.to_path_buf(),
+        source,
+    };
+    // Its own process group, so a timeout can end the script and everything it started.
+    let mut child = tokio::process::Command::new(path)
         .env_clear()
         .env("TUN", &env.tun)
         .env("PEER_IP", env.peer_ip.to_string())
@@ -59,25 +77,36 @@ pub async fn run(what: &'static str, path: &Path, env: &TunnelEnv) -> Result<(),
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
-        .map_err(|source| HookError::Spawn {
-            what,
-            path: path.to_path_buf(),
-            source,
-        })?;
-    let out = match tokio::time::timeout(HOOK_TIMEOUT, child.wait_with_output()).await {
-        Ok(r) => r.map_err(|source| HookError::Spawn {
-            what,
-            path: path.to_path_buf(),
-            source,
-        })?,
+        .map_err(spawn_err)?;
+    // Until the script has exited, dropping this (a timeout, or our caller giving up) kills
+    // its whole group; the script's pid, hence the group id, cannot be reused before we reap it.
+    let mut group = GroupGuard(child.id());
+    let stdout = Capture::start(child.stdout.take());
+    let stderr = Capture::start(child.stderr.take());
+    let status = match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(r) => r.map_err(spawn_err)?,
         Err(_) => {
+            drop(group);
+            let _ = child.wait().await;
             return Err(HookError::Timeout {
                 what,
                 path: path.to_path_buf(),
+                timeout,
             });
         }
+    };
+    // It exited: what it started in the background is the user's (a daemon, say) and stays.
+    group.0 = None;
+    // Its output is complete unless a background process still holds the pipes: then take
+    // what came so far and stop waiting.
+    let (stdout, stderr) = tokio::join!(stdout.finish(), stderr.finish());
+    let out = Output {
+        stdout,
+        stderr,
+        status,
     };
     let mut output = String::from_utf8_lossy(&out.stdout).into_owned();
     output.push_str(&String::from_utf8_lossy(&out.stderr));
@@ -94,6 +123,63 @@ pub async fn run(what: &'static str, path: &Path, env: &TunnelEnv) -> Result<(),
         tracing::info!("{what} script {}: {output}", path.display());
     }
     Ok(())
+}
+
+/// How long to wait for a script's pipes to close once it has exited.
+const PIPE_GRACE: Duration = Duration::from_millis(100);
+/// Output kept per pipe; the rest is read and dropped.
+const MAX_OUTPUT: usize = 64 * 1024;
+
+struct Output {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    status: std::process::ExitStatus,
+}
+
+/// Kills the process group it names when dropped.
+struct GroupGuard(Option<u32>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0 {
+            let _ = crate::sys::kill_process_group(pgid, libc::SIGKILL);
+        }
+    }
+}
+
+/// One of a script's output pipes, read to its end by a task of its own, which keeps reading
+/// (and dropping) after we stopped waiting, so a background process that writes to it never
+/// blocks on a full pipe nor gets SIGPIPE.
+struct Capture {
+    buf: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Capture {
+    fn start(pipe: Option<impl tokio::io::AsyncRead + Unpin + Send + 'static>) -> Capture {
+        let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let task = pipe.map(|mut pipe| {
+            let buf = std::sync::Arc::clone(&buf);
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                let mut chunk = [0u8; 4096];
+                while let Ok(n @ 1..) = pipe.read(&mut chunk).await {
+                    let mut b = buf.lock().unwrap_or_else(|e| e.into_inner());
+                    let room = MAX_OUTPUT.saturating_sub(b.len()).min(n);
+                    b.extend_from_slice(&chunk[..room]);
+                }
+            })
+        });
+        Capture { buf, task }
+    }
+
+    /// What was read by the end of the pipe, or by [`PIPE_GRACE`] from now.
+    async fn finish(mut self) -> Vec<u8> {
+        if let Some(task) = self.task.as_mut() {
+            let _ = tokio::time::timeout(PIPE_GRACE, task).await;
+        }
+        std::mem::take(&mut *self.buf.lock().unwrap_or_else(|e| e.into_inner()))
+    }
 }
 
 #[cfg(test)]
@@ -147,5 +233,123 @@ mod tests {
             Err(HookError::Missing { .. })
         ));
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn test_env() -> TunnelEnv {
+        TunnelEnv {
+            tun: "dtun7".into(),
+            peer_ip: "10.86.0.1".parse().unwrap(),
+            local_ip: "10.86.0.2".parse().unwrap(),
+        }
+    }
+
+    /// Whether `pid` is gone (or a zombie waiting for its reaper).
+    fn dead(pid: u32) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(stat) => stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        }
+    }
+
+    /// Live processes whose process group is `pgid`.
+    fn group_members(pgid: u32) -> Vec<u32> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            let Some((_, rest)) = stat.rsplit_once(')') else {
+                continue;
+            };
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            if f.first() != Some(&"Z") && f.get(2).and_then(|g| g.parse().ok()) == Some(pgid) {
+                out.push(pid);
+            }
+        }
+        out
+    }
+
+    fn read_pid(p: &Path) -> u32 {
+        std::fs::read_to_string(p).unwrap().trim().parse().unwrap()
+    }
+
+    /// A script that leaves a background process behind (holding our pipes) is done when it
+    /// exits: we neither wait for the background process nor kill it.
+    #[tokio::test]
+    async fn background_child_does_not_hold_us() {
+        let dir = std::env::temp_dir().join(format!("dtun-hooks-bg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bg = dir.join("bg.pid");
+        let up = script(
+            &dir,
+            "up",
+            &format!("sleep 30 &\necho $! > {}\necho started", bg.display()),
+        );
+        let t0 = std::time::Instant::now();
+        let r = run_with_timeout("up", &up, &test_env(), Duration::from_secs(10)).await;
+        let took = t0.elapsed();
+        eprintln!("run returned after {took:?}");
+        let bg = read_pid(&bg);
+        let alive = !dead(bg);
+        // The test's own cleanup: the background sleep is ours to stop.
+        let _ = std::process::Command::new("kill")
+            .arg(bg.to_string())
+            .status();
+        std::fs::remove_dir_all(dir).unwrap();
+        r.unwrap();
+        assert!(
+            took < Duration::from_secs(2),
+            "run took {took:?} for a script that exits at once"
+        );
+        assert!(alive, "the script's background process was killed");
+    }
+
+    /// On timeout the script's whole process group goes, its background children included.
+    #[tokio::test]
+    async fn timeout_kills_the_whole_group() {
+        let dir = std::env::temp_dir().join(format!("dtun-hooks-to-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (me, bg) = (dir.join("me.pid"), dir.join("bg.pid"));
+        let up = script(
+            &dir,
+            "up",
+            &format!(
+                "echo $$ > {}\nsleep 30 &\necho $! > {}\nsleep 30",
+                me.display(),
+                bg.display()
+            ),
+        );
+        let t0 = std::time::Instant::now();
+        let r = run_with_timeout("up", &up, &test_env(), Duration::from_millis(700)).await;
+        let took = t0.elapsed();
+        eprintln!("timed out after {took:?}");
+        let (me, bg) = (read_pid(&me), read_pid(&bg));
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while !(dead(me) && dead(bg) && group_members(me).is_empty())
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let (me_dead, bg_dead, left) = (dead(me), dead(bg), group_members(me));
+        let _ = std::process::Command::new("kill")
+            .arg(bg.to_string())
+            .status();
+        std::fs::remove_dir_all(dir).unwrap();
+        assert!(
+            matches!(r, Err(HookError::Timeout { .. })),
+            "expected a timeout, got {r:?}"
+        );
+        assert!(took < Duration::from_secs(3), "timeout took {took:?}");
+        assert!(me_dead, "the script itself survived its timeout");
+        assert!(
+            bg_dead,
+            "the script's background child survived its timeout"
+        );
+        assert!(left.is_empty(), "group {me} still has {left:?}");
     }
 }

@@ -5,6 +5,7 @@
 //! of our own record layer, and let the known-answer tests redo the whole derivation from a key.
 
 use ring::hmac;
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 /// Length of a TLS 1.2 master secret.
 pub const MASTER_SECRET_LEN: usize = 48;
@@ -33,10 +34,11 @@ pub fn prf_sha256(secret: &[u8], label: &[u8], seed: &[u8], out: &mut [u8]) {
     }
 }
 
-/// The plain-PSK premaster secret of RFC 4279 §2: `N ‖ 0^N ‖ N ‖ psk`, N = len(psk).
-pub fn psk_premaster(psk: &[u8]) -> Vec<u8> {
+/// The plain-PSK premaster secret of RFC 4279 §2: `N ‖ 0^N ‖ N ‖ psk`, N = len(psk); wiped
+/// when dropped.
+pub fn psk_premaster(psk: &[u8]) -> Zeroizing<Vec<u8>> {
     let n = u16::try_from(psk.len()).unwrap_or(u16::MAX).to_be_bytes();
-    let mut pms = Vec::with_capacity(4 + 2 * psk.len());
+    let mut pms = Zeroizing::new(Vec::with_capacity(4 + 2 * psk.len()));
     pms.extend_from_slice(&n);
     pms.resize(2 + psk.len(), 0);
     pms.extend_from_slice(&n);
@@ -52,8 +54,9 @@ pub fn extended_master_secret(premaster: &[u8], session_hash: &[u8]) -> [u8; MAS
 }
 
 /// Write keys and implicit IV salts of both directions for an AEAD suite with 16-byte keys and
-/// 4-byte salts (AES-128-CCM_8 and AES-128-GCM alike: no MAC keys).
-#[derive(Clone, PartialEq, Eq)]
+/// 4-byte salts (AES-128-CCM_8 and AES-128-GCM alike: no MAC keys). Wiped when dropped; its
+/// Debug output shows nothing of it.
+#[derive(Clone, PartialEq, Eq, Zeroize, ZeroizeOnDrop)]
 pub struct KeyBlock {
     pub client_key: [u8; 16],
     pub server_key: [u8; 16],
@@ -88,6 +91,7 @@ pub fn key_block(
     kb.server_key.copy_from_slice(&block[16..32]);
     kb.client_iv.copy_from_slice(&block[32..36]);
     kb.server_iv.copy_from_slice(&block[36..40]);
+    block.zeroize();
     kb
 }
 
@@ -108,10 +112,22 @@ mod tests {
         );
     }
 
+    /// Zeroize on drop is a property of the types, checked here at compile time.
+    #[test]
+    fn key_material_is_wiped_on_drop() {
+        fn wiped_on_drop<T: ZeroizeOnDrop>(_: &T) {}
+        wiped_on_drop(&key_block(
+            &[0; MASTER_SECRET_LEN],
+            &[1; RANDOM_LEN],
+            &[2; RANDOM_LEN],
+        ));
+        wiped_on_drop(&psk_premaster(b"k"));
+    }
+
     #[test]
     fn psk_premaster_layout() {
         assert_eq!(
-            psk_premaster(b"foo"),
+            psk_premaster(b"foo").to_vec(),
             vec![0, 3, 0, 0, 0, 0, 3, b'f', b'o', b'o']
         );
     }

@@ -10,16 +10,39 @@ use std::path::Path;
 use ipnet::IpNet;
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
+use zeroize::Zeroizing;
 
 /// Keys shorter than this get a warning.
 pub const MIN_KEY_LEN: usize = 16;
+
+/// Longest PSK identity (client id) accepted; the client's `-id` has the same limit.
+pub const MAX_ID_LEN: usize = 128;
+
+/// A PSK identity as an id, if it is one: 1 to [`MAX_ID_LEN`] bytes of UTF-8 without control
+/// characters. Everything else is refused before any lookup, so two byte strings never become
+/// one id (as `from_utf8_lossy` would make them), and an id is safe to log as it is (no
+/// newline to forge a log line with). Every lookup of a key by identity goes through this.
+pub fn valid_identity(id: &[u8]) -> Option<&str> {
+    if id.is_empty() || id.len() > MAX_ID_LEN {
+        return None;
+    }
+    let s = std::str::from_utf8(id).ok()?;
+    if s.chars().any(char::is_control) {
+        return None;
+    }
+    Some(s)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("cannot read credentials file {0}: {1}")]
     Read(String, std::io::Error),
-    #[error("credentials file line {line}: {why}")]
-    Syntax { line: usize, why: String },
+    #[error("{file} line {line}: {why}")]
+    Syntax {
+        file: String,
+        line: usize,
+        why: String,
+    },
     #[error("no randomness available from the system")]
     Random,
 }
@@ -39,29 +62,52 @@ pub fn derive(master: &[u8], id: &[u8]) -> String {
     hex::encode(tag.as_ref())
 }
 
-/// One client of the credentials file.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One client of the credentials file. Its Debug output leaves the key out.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Client {
-    pub key: Vec<u8>,
+    /// Wiped when dropped.
+    pub key: Zeroizing<Vec<u8>>,
     /// Fixed tunnel address of the client (the pool pair that holds it).
     pub addr: Option<Ipv4Addr>,
     /// The only LANs this id may announce (None: the default rules).
     pub lans: Option<Vec<IpNet>>,
 }
 
-/// `id key=KEY [addr=A.B.C.D] [lans=CIDR,CIDR]` per line; `#` starts a comment.
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("key", &format_args!("<redacted>"))
+            .field("addr", &self.addr)
+            .field("lans", &self.lans)
+            .finish()
+    }
+}
+
+/// `id key=KEY [addr=A.B.C.D] [lans=CIDR,CIDR]` per line. A line whose first non-blank
+/// character is `#` is a comment; there are no trailing comments, so a `#` inside a word (a key
+/// such as `key=ab#cd`) is kept, and a word that starts with `#` after other words is refused
+/// as ambiguous rather than silently cutting the line.
 pub fn parse_credentials(text: &str) -> Result<HashMap<String, Client>, KeyError> {
     let mut out = HashMap::new();
     for (i, raw) in text.lines().enumerate() {
-        let line = raw.split('#').next().unwrap_or_default().trim();
-        if line.is_empty() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let err = |why: String| KeyError::Syntax { line: i + 1, why };
+        let err = |why: String| KeyError::Syntax {
+            file: "credentials file".into(),
+            line: i + 1,
+            why,
+        };
+        if let Some(w) = line.split_whitespace().find(|w| w.starts_with('#')) {
+            return Err(err(format!(
+                "{w:?} looks like a trailing comment, which this file does not have: put comments on their own line (first non-blank character `#`); a `#` inside a value, as in key=ab#cd, is part of it"
+            )));
+        }
         let mut words = line.split_whitespace();
         let id = words.next().unwrap_or_default().to_string();
         let mut client = Client {
-            key: Vec::new(),
+            key: Zeroizing::new(Vec::new()),
             addr: None,
             lans: None,
         };
@@ -70,7 +116,7 @@ pub fn parse_credentials(text: &str) -> Result<HashMap<String, Client>, KeyError
                 .split_once('=')
                 .ok_or_else(|| err(format!("{w:?} is not key=value")))?;
             match k {
-                "key" => client.key = v.as_bytes().to_vec(),
+                "key" => client.key = Zeroizing::new(v.as_bytes().to_vec()),
                 "addr" => {
                     client.addr = Some(
                         v.parse()
@@ -105,38 +151,57 @@ pub fn load_credentials(path: &Path) -> Result<HashMap<String, Client>, KeyError
     warn_if_readable(path);
     let text =
         std::fs::read_to_string(path).map_err(|e| KeyError::Read(path.display().to_string(), e))?;
-    let creds = parse_credentials(&text)?;
+    let creds = parse_credentials(&text).map_err(|e| match e {
+        KeyError::Syntax { line, why, .. } => KeyError::Syntax {
+            file: path.display().to_string(),
+            line,
+            why,
+        },
+        e => e,
+    })?;
     for (id, c) in &creds {
         warn_if_short(&c.key, &format!("the key of {id} in {}", path.display()));
     }
     Ok(creds)
 }
 
-/// Where the server finds a client's key.
-#[derive(Clone, Debug, Default)]
+/// Where the server finds a client's key. Its Debug output leaves the keys out; they are
+/// wiped when dropped.
+#[derive(Clone, Default)]
 pub struct KeyStore {
     /// `-key`: for every id when there is no credentials file, else only with `-allow-unlisted`.
-    pub shared: Option<Vec<u8>>,
+    pub shared: Option<Zeroizing<Vec<u8>>>,
     /// `-master-key-file`: derive per-id keys.
-    pub master: Option<Vec<u8>>,
+    pub master: Option<Zeroizing<Vec<u8>>>,
     pub clients: HashMap<String, Client>,
     pub allow_unlisted: bool,
 }
 
+impl std::fmt::Debug for KeyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |k: &Option<Zeroizing<Vec<u8>>>| k.as_ref().map(|_| "<redacted>");
+        f.debug_struct("KeyStore")
+            .field("shared", &redacted(&self.shared))
+            .field("master", &redacted(&self.master))
+            .field("clients", &self.clients)
+            .field("allow_unlisted", &self.allow_unlisted)
+            .finish()
+    }
+}
+
 impl KeyStore {
-    /// The key for a PSK identity, or None to refuse it.
+    /// The key for a PSK identity, or None to refuse it. An invalid identity
+    /// ([`valid_identity`]) is refused exactly as an unknown one is.
     pub fn key_for(&self, id: &[u8]) -> Option<Vec<u8>> {
-        if let Some(c) = std::str::from_utf8(id)
-            .ok()
-            .and_then(|s| self.clients.get(s))
-        {
-            return Some(c.key.clone());
+        let id = valid_identity(id)?;
+        if let Some(c) = self.clients.get(id) {
+            return Some(c.key.to_vec());
         }
         if let Some(m) = &self.master {
-            return Some(derive(m, id).into_bytes());
+            return Some(derive(m, id.as_bytes()).into_bytes());
         }
         if self.clients.is_empty() || self.allow_unlisted {
-            return self.shared.clone();
+            return self.shared.as_ref().map(|k| k.to_vec());
         }
         None
     }
@@ -190,16 +255,98 @@ mod tests {
         );
     }
 
+    /// Only whole lines are comments: a `#` inside a key is part of the key, and a `#` that
+    /// starts a word after other fields (a trailing comment?) is refused, naming the line.
+    #[test]
+    fn hash_in_keys_is_kept_and_trailing_comments_refused() {
+        let c =
+            parse_credentials("# all\n   # indented\nx key=ab#cd addr=10.86.0.10\ny key=#start\n")
+                .unwrap();
+        assert_eq!(&c["x"].key[..], b"ab#cd");
+        assert_eq!(c["x"].addr, Some(Ipv4Addr::new(10, 86, 0, 10)));
+        assert_eq!(&c["y"].key[..], b"#start");
+        assert_eq!(c.len(), 2);
+        for (text, line) in [
+            ("x key=abc #note\n", 1),
+            ("# ok\nx key=abc\t#note\n", 2),
+            ("x key=abc # note\n", 1),
+            ("x #key=abc\n", 1),
+        ] {
+            match parse_credentials(text) {
+                Err(e @ KeyError::Syntax { line: l, .. }) => {
+                    assert_eq!(l, line, "{text:?}");
+                    let msg = e.to_string();
+                    assert!(msg.contains("own line"), "{text:?}: {msg}");
+                }
+                other => panic!("{text:?}: expected a syntax error, got {other:?}"),
+            }
+        }
+        let dir = std::env::temp_dir().join(format!("dtun-keys-hash-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("clients");
+        std::fs::write(&f, "a key=0123456789abcdef\nb key=0123456789abcdef #x\n").unwrap();
+        let msg = load_credentials(&f).unwrap_err().to_string();
+        assert!(
+            msg.contains(&f.display().to_string()) && msg.contains("line 2"),
+            "{msg}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Invalid identities (not UTF-8, control characters, empty, over 128 bytes) get no key,
+    /// whatever the store holds: they behave as unknown ids.
+    #[test]
+    fn invalid_identities_get_no_key() {
+        let long = "a".repeat(MAX_ID_LEN + 1);
+        let max = "a".repeat(MAX_ID_LEN);
+        let invalid: [&[u8]; 7] = [
+            b"caf\xc3",
+            b"caf\xff",
+            b"a\nINFO forged",
+            b"tab\there",
+            b"del\x7f",
+            b"",
+            long.as_bytes(),
+        ];
+        let stores = [
+            KeyStore {
+                shared: Some(b"shared-key-0123456789".to_vec().into()),
+                ..Default::default()
+            },
+            KeyStore {
+                master: Some(b"master-secret-0123456789".to_vec().into()),
+                ..Default::default()
+            },
+        ];
+        for ks in &stores {
+            for id in invalid {
+                assert_eq!(ks.key_for(id), None, "{:?}", id.escape_ascii().to_string());
+                assert!(valid_identity(id).is_none());
+            }
+            assert!(ks.key_for(max.as_bytes()).is_some());
+            assert!(ks.key_for("laptop é".as_bytes()).is_some());
+        }
+        // Two distinct byte strings that from_utf8_lossy would both turn into "caf\u{fffd}".
+        assert_eq!(
+            String::from_utf8_lossy(b"caf\xc3"),
+            String::from_utf8_lossy(b"caf\xff")
+        );
+        assert_eq!(
+            valid_identity("caf\u{fffd}".as_bytes()),
+            Some("caf\u{fffd}")
+        );
+    }
+
     #[test]
     fn credentials_and_lookup() {
-        let text = "# clients\nlaptop key=abc addr=10.86.0.10 lans=10.200.0.0/24,10.201.0.1/24\nphone key=xyz # no LAN\n";
+        let text = "# clients\nlaptop key=abc addr=10.86.0.10 lans=10.200.0.0/24,10.201.0.1/24\n# no LAN:\nphone key=xyz\n";
         let c = parse_credentials(text).unwrap();
         assert_eq!(c["laptop"].addr, Some(Ipv4Addr::new(10, 86, 0, 10)));
         assert_eq!(
             c["laptop"].lans.as_ref().unwrap()[1].to_string(),
             "10.201.0.0/24"
         );
-        assert_eq!(c["phone"].key, b"xyz");
+        assert_eq!(c["phone"].key[..], b"xyz"[..]);
         for bad in [
             "x",
             "x key",
@@ -211,7 +358,7 @@ mod tests {
             assert!(parse_credentials(bad).is_err(), "{bad}");
         }
         let mut ks = KeyStore {
-            shared: Some(b"shared".to_vec()),
+            shared: Some(b"shared".to_vec().into()),
             clients: c,
             ..Default::default()
         };
@@ -219,14 +366,14 @@ mod tests {
         assert_eq!(ks.key_for(b"stranger"), None);
         ks.allow_unlisted = true;
         assert_eq!(ks.key_for(b"stranger").unwrap(), b"shared");
-        ks.master = Some(b"m".to_vec());
+        ks.master = Some(b"m".to_vec().into());
         assert_eq!(
             ks.key_for(b"stranger").unwrap(),
             derive(b"m", b"stranger").into_bytes()
         );
         assert_eq!(ks.key_for(b"phone").unwrap(), b"xyz");
         let only_shared = KeyStore {
-            shared: Some(b"s".to_vec()),
+            shared: Some(b"s".to_vec().into()),
             ..Default::default()
         };
         assert_eq!(only_shared.key_for(b"any").unwrap(), b"s");

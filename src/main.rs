@@ -42,6 +42,11 @@ fn key_derive(rest: &[String]) -> anyhow::Result<()> {
         .map(Into::into);
     let cli = Cli::try_parse_normalized(args)?;
     let master = dtun::config::Key::from_cli(&cli)?;
+    let source = match &cli.key_file {
+        Some(p) => p.display().to_string(),
+        None => "-key".to_string(),
+    };
+    dtun::config::check_master_key(&master.0, &source)?;
     println!("{}", dtun::keys::derive(&master.0, cli.id.as_bytes()));
     Ok(())
 }

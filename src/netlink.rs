@@ -10,6 +10,7 @@ use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+    RouteVia,
 };
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 
@@ -324,14 +325,7 @@ impl Netlink {
     pub async fn networks_elsewhere(&self, exclude: &[u32]) -> Result<Vec<IpNet>, NetlinkError> {
         let op = || "list this host's addresses and routes".to_string();
         let mut nets = Vec::new();
-        let addrs: Vec<AddressMessage> = self
-            .handle
-            .address()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| NetlinkError::new(op(), e))?;
+        let addrs = self.all_addresses(op).await?;
         for message in &addrs {
             if exclude.contains(&message.header.index) {
                 continue;
@@ -343,16 +337,7 @@ impl Netlink {
             }
         }
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
-            let mut query = RouteMessageBuilder::<IpAddr>::new().build();
-            query.header.address_family = family;
-            let routes: Vec<RouteMessage> = self
-                .handle
-                .route()
-                .get(query)
-                .execute()
-                .try_collect()
-                .await
-                .map_err(|e| NetlinkError::new(op(), e))?;
+            let routes = self.routes(family, op).await?;
             nets.extend(
                 routes
                     .iter()
@@ -372,6 +357,79 @@ impl Netlink {
         nets.sort();
         nets.dedup();
         Ok(nets)
+    }
+
+    /// Every route of `family`, in every table; `op` names what it is for in an error.
+    async fn routes(
+        &self,
+        family: AddressFamily,
+        op: impl Fn() -> String,
+    ) -> Result<Vec<RouteMessage>, NetlinkError> {
+        let mut query = RouteMessageBuilder::<IpAddr>::new().build();
+        query.header.address_family = family;
+        self.handle
+            .route()
+            .get(query)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| NetlinkError::new(op(), e))
+    }
+
+    /// Every address of every link; `op` names what it is for in an error.
+    async fn all_addresses(
+        &self,
+        op: impl Fn() -> String,
+    ) -> Result<Vec<AddressMessage>, NetlinkError> {
+        self.handle
+            .address()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| NetlinkError::new(op(), e))
+    }
+
+    /// This host's own addresses and the gateways (next hops) of its routes, in every table,
+    /// leaving out the links in `exclude` (our TUNs). Route authorisation refuses a peernet
+    /// that covers any of them: routing one into a client's TUN would take the server's own
+    /// traffic with it.
+    pub async fn own_addresses_and_gateways(
+        &self,
+        exclude: &[u32],
+    ) -> Result<(Vec<IpAddr>, Vec<IpAddr>), NetlinkError> {
+        let op = || "list this host's addresses and gateways".to_string();
+        let addrs = self.all_addresses(op).await?;
+        let mut own = Vec::new();
+        for message in addrs.iter().filter(|m| !exclude.contains(&m.header.index)) {
+            let (local, peer) = local_and_peer(message);
+            own.extend(local);
+            // The far end of another point-to-point link is a next hop too.
+            own.extend(peer.filter(|p| Some(*p) != local));
+        }
+        let mut gateways = Vec::new();
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let routes = self.routes(family, op).await?;
+            for route in routes
+                .iter()
+                .filter(|r| route_oif(r).is_none_or(|oif| !exclude.contains(&oif)))
+            {
+                gateways.extend(route_gateways(&route.attributes));
+                for hop in route.attributes.iter().filter_map(|a| match a {
+                    RouteAttribute::MultiPath(hops) => Some(hops),
+                    _ => None,
+                }) {
+                    for h in hop.iter().filter(|h| !exclude.contains(&h.interface_index)) {
+                        gateways.extend(route_gateways(&h.attributes));
+                    }
+                }
+            }
+        }
+        own.sort();
+        own.dedup();
+        gateways.sort();
+        gateways.dedup();
+        Ok((own, gateways))
     }
 
     /// Deletes a link; Ok(()) if already gone.
@@ -486,6 +544,17 @@ fn route_oif(route: &RouteMessage) -> Option<u32> {
             RouteAttribute::Oif(index) => Some(*index),
             _ => None,
         })
+}
+
+/// The gateways (RTA_GATEWAY, RTA_VIA) among a route's or a next hop's attributes.
+fn route_gateways(attributes: &[RouteAttribute]) -> impl Iterator<Item = IpAddr> + '_ {
+    attributes.iter().filter_map(|attribute| match attribute {
+        RouteAttribute::Gateway(RouteAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
+        RouteAttribute::Gateway(RouteAddress::Inet6(ip)) => Some(IpAddr::V6(*ip)),
+        RouteAttribute::Via(RouteVia::Inet(ip)) => Some(IpAddr::V4(*ip)),
+        RouteAttribute::Via(RouteVia::Inet6(ip)) => Some(IpAddr::V6(*ip)),
+        _ => None,
+    })
 }
 
 /// A route's destination prefix; a route without RTA_DST is the family's default route.

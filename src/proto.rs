@@ -90,14 +90,50 @@ pub const CONTROL_VERSION: u8 = 1;
 /// Longest detail text of a Close message.
 pub const MAX_CLOSE_DETAIL: usize = 200;
 
-/// Why a session was closed, told to a dtun peer just before close_notify.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CloseReason {
+/// Defines [`CloseReason`] from one list of `Name = code` lines (the numbers of
+/// docs/PROTOCOL.md), with its `code` and `from_code`: a new reason is one more line.
+macro_rules! close_reasons {
+    ($($(#[$doc:meta])* $name:ident = $code:literal,)*) => {
+        /// Why a session was closed, told to a dtun peer just before close_notify.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum CloseReason {
+            $($(#[$doc])* $name,)*
+            /// A reason this build does not know (a newer peer's): the Close still closes,
+            /// and logs show its number. [`CloseReason::from_code`] never makes one of a
+            /// known code.
+            Other(u8),
+        }
+
+        impl CloseReason {
+            /// The reason's number on the wire.
+            pub fn code(self) -> u8 {
+                match self {
+                    $(CloseReason::$name => $code,)*
+                    CloseReason::Other(code) => code,
+                }
+            }
+
+            /// The reason a number stands for; an unknown number is [`CloseReason::Other`].
+            pub fn from_code(code: u8) -> CloseReason {
+                match code {
+                    $($code => CloseReason::$name,)*
+                    other => CloseReason::Other(other),
+                }
+            }
+        }
+    };
+}
+
+close_reasons! {
+    /// The peer is stopping.
     Shutdown = 1,
     /// Another holder of the id connected; the detail names its address.
     Replaced = 2,
     /// The peer was declared dead (missed keepalives) or failed setup.
     Timeout = 3,
+    /// The server is at its `-max-clients` limit. Sent instead of the address message, and
+    /// only when the session's suite is AES-128-GCM (which only dtun clients offer).
+    Refused = 5,
 }
 
 /// dtun's control messages (between dtun peers only).
@@ -133,7 +169,7 @@ impl Control {
             Control::Pong => b.push(3),
             Control::Close { reason, detail } => {
                 b.push(4);
-                b.push(*reason as u8);
+                b.push(reason.code());
                 let mut end = detail.len().min(MAX_CLOSE_DETAIL);
                 while !detail.is_char_boundary(end) {
                     end -= 1;
@@ -145,7 +181,8 @@ impl Control {
     }
 
     /// Parses a control record; unknown types and bad lengths are errors (counted drops).
-    /// Extra bytes after a Hello are allowed, so later versions can extend it.
+    /// Extra bytes after a Hello are allowed, so later versions can extend it; a Close with a
+    /// reason this build does not know is still a Close ([`CloseReason::Other`]).
     pub fn parse(b: &[u8]) -> Result<Control, ProtoError> {
         match b {
             [CONTROL_MARKER, 1, version, k0, k1, k2, k3, ..] => Ok(Control::Hello {
@@ -155,12 +192,7 @@ impl Control {
             [CONTROL_MARKER, 2] => Ok(Control::Ping),
             [CONTROL_MARKER, 3] => Ok(Control::Pong),
             [CONTROL_MARKER, 4, reason, detail @ ..] if detail.len() <= MAX_CLOSE_DETAIL => {
-                let reason = match reason {
-                    1 => CloseReason::Shutdown,
-                    2 => CloseReason::Replaced,
-                    3 => CloseReason::Timeout,
-                    _ => return Err(ProtoError::Control),
-                };
+                let reason = CloseReason::from_code(*reason);
                 // Strict UTF-8, so what parses also encodes back to the same bytes.
                 let detail = String::from_utf8(detail.to_vec()).map_err(|_| ProtoError::Control)?;
                 Ok(Control::Close { reason, detail })
@@ -244,7 +276,7 @@ mod tests {
             &[0, 9],
             &[0, 2, 0],
             &[0, 1, 1, 0],
-            &[0, 4, 9],
+            &[0, 4],
             &[0x45, 2],
         ] {
             assert_eq!(Control::parse(bad), Err(ProtoError::Control), "{bad:?}");
@@ -261,5 +293,58 @@ mod tests {
         assert!(b.len() <= 3 + MAX_CLOSE_DETAIL);
         assert!(Control::parse(&b).is_ok());
         assert!(!Control::is_control(&[0x45]));
+    }
+
+    /// Forward compatibility: a Close with a reason this build does not know is still a Close
+    /// (its number kept for the log and a round trip); known codes never become Other.
+    #[test]
+    fn close_with_unknown_reason_still_closes() {
+        assert_eq!(
+            Control::parse(&[0, 4, 9]),
+            Ok(Control::Close {
+                reason: CloseReason::Other(9),
+                detail: String::new(),
+            })
+        );
+        let c = Control::parse(b"\x00\x04\xc8later").unwrap();
+        assert_eq!(
+            c,
+            Control::Close {
+                reason: CloseReason::Other(200),
+                detail: "later".into(),
+            }
+        );
+        assert_eq!(c.to_bytes(), b"\x00\x04\xc8later");
+        assert_eq!(format!("{:?}", CloseReason::Other(200)), "Other(200)");
+        for code in 0..=u8::MAX {
+            let r = CloseReason::from_code(code);
+            assert_eq!(r.code(), code);
+            let known = matches!(code, 1..=3 | 5);
+            assert_eq!(!matches!(r, CloseReason::Other(_)), known, "{code}");
+        }
+        assert_eq!(CloseReason::from_code(1), CloseReason::Shutdown);
+        assert_eq!(CloseReason::from_code(2), CloseReason::Replaced);
+        assert_eq!(CloseReason::from_code(3), CloseReason::Timeout);
+        // A detail that is too long or not UTF-8 is still malformed, whatever the reason.
+        let long = [&[0, 4, 9][..], &[b'x'; MAX_CLOSE_DETAIL + 1]].concat();
+        assert_eq!(Control::parse(&long), Err(ProtoError::Control));
+    }
+
+    /// Forward compatibility: a control record of a type this build does not know is an error,
+    /// which both receivers count as a drop (pump::Drop::Unexpected) and otherwise ignore.
+    #[test]
+    fn unknown_control_types_are_errors() {
+        for t in [0u8, 5, 6, 9, 0x7f, 0xff] {
+            assert_eq!(
+                Control::parse(&[0, t]),
+                Err(ProtoError::Control),
+                "type {t}"
+            );
+            assert_eq!(
+                Control::parse(&[0, t, 1, 2, 3]),
+                Err(ProtoError::Control),
+                "type {t}"
+            );
+        }
     }
 }

@@ -361,9 +361,27 @@ pub fn spawn_outbound(
     sealer: Sealer,
     counters: Arc<Counters>,
 ) -> (mpsc::Sender<OutboundCmd>, tokio::task::JoinHandle<Sealer>) {
-    let (tx, rx) = mpsc::channel(8);
+    let (tx, rx) = outbound_channel();
+    (tx, spawn_outbound_on(rx, tun, mss, link, sealer, counters))
+}
+
+/// An outbound task's command channel, made before the task (the server hands the sender to
+/// the demultiplexer before the session's first record is sent).
+pub fn outbound_channel() -> (mpsc::Sender<OutboundCmd>, mpsc::Receiver<OutboundCmd>) {
+    mpsc::channel(8)
+}
+
+/// Spawns the outbound task on a channel from [`outbound_channel`].
+pub fn spawn_outbound_on(
+    rx: mpsc::Receiver<OutboundCmd>,
+    tun: Arc<AsyncDevice>,
+    mss: MssClamp,
+    link: Link,
+    sealer: Sealer,
+    counters: Arc<Counters>,
+) -> tokio::task::JoinHandle<Sealer> {
     let task = Outbound::new(tun, mss, link, counters);
-    (tx, tokio::spawn(task.run(sealer, rx)))
+    tokio::spawn(task.run(sealer, rx))
 }
 
 /// The outbound task's state: its buffers, allocated once.

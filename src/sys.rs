@@ -1,4 +1,5 @@
-//! The one place with `unsafe`: socket options that neither std, socket2 nor quinn-udp offer.
+//! The one place with `unsafe`: socket options that neither std, socket2 nor quinn-udp offer,
+//! and killpg(2) for the scripts' process groups.
 #![allow(unsafe_code)]
 
 use std::os::fd::AsRawFd;
@@ -79,4 +80,20 @@ pub fn path_mtu(sock: &socket2::SockRef<'_>) -> std::io::Result<u32> {
         return Err(std::io::Error::last_os_error());
     }
     u32::try_from(value).map_err(|_| std::io::Error::other("negative path MTU"))
+}
+
+/// Sends `signal` to every process of process group `pgid` (killpg(2)). Refuses group ids 0
+/// and 1, which would mean our own group or init's.
+pub fn kill_process_group(pgid: u32, signal: libc::c_int) -> std::io::Result<()> {
+    let pgid = libc::pid_t::try_from(pgid)
+        .ok()
+        .filter(|&g| g > 1)
+        .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: killpg takes plain integers and touches no memory of ours.
+    let r = unsafe { libc::killpg(pgid, signal) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }

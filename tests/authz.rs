@@ -9,18 +9,7 @@ use common::{DTUN, Netns, Proc, Topo, UP, start_server};
 use std::time::Duration;
 
 fn client(ns: &Netns, server_ip: &str, id: &str, key: &str, extra: &[&str]) -> Proc {
-    let mut args = vec![
-        "-host",
-        server_ip,
-        "-id",
-        id,
-        "-key",
-        key,
-        "-keepalive",
-        "0",
-    ];
-    args.extend_from_slice(extra);
-    ns.spawn(DTUN, &args, &[])
+    common::spawn_client(ns, server_ip, id, key, "0", extra)
 }
 
 /// With a credentials file, an id is bound to its own key: holding bob's key does not let a
@@ -173,5 +162,171 @@ fn default_route_refused_and_forged_sources_dropped() {
     assert!(
         topo.clients[0].ping_ok(&peer.to_string(), 2),
         "tunnel still works"
+    );
+}
+
+/// A client must not route another client's outer (underlay) address into its own TUN: that
+/// would send the victim's DTLS records to the attacker and cut the victim off. The victim's
+/// underlay address here is 10.77.0.2, private and reached through the server's default route
+/// (so it is none of the server's own networks): exactly what a real attacker would announce.
+/// Refused without a `lans=` entry, and refused even when the operator listed a LAN that
+/// covers it; the victim keeps pinging through its tunnel throughout.
+#[test]
+fn another_clients_underlay_is_never_routed() {
+    let topo = Topo::star("hB2u", 2);
+    let (attacker_ns, victim_ns) = (&topo.clients[0], &topo.clients[1]);
+    // The victim talks to the server from 10.77.0.2; the server reaches it by default route.
+    victim_ns.ip(&["addr", "add", "10.77.0.2/32", "dev", "eth0"]);
+    victim_ns.ip(&[
+        "route",
+        "add",
+        &format!("{}/32", Topo::server_ip(1)),
+        "dev",
+        "eth0",
+        "src",
+        "10.77.0.2",
+    ]);
+    topo.server
+        .ip(&["route", "add", "default", "via", &Topo::client_ip(1)]);
+    let creds = topo.dir.file(
+        "clients",
+        b"mallory key=mallory-key-0123456789 lans=10.0.0.0/8\n",
+    );
+    let mut server = start_server(
+        &topo.server,
+        443,
+        &[
+            "-clients",
+            creds.to_str().unwrap(),
+            "-key",
+            "shared-key-0123456789",
+            "-allow-unlisted",
+            "-v",
+        ],
+    );
+    let mut victim = client(
+        victim_ns,
+        &Topo::server_ip(1),
+        "victim",
+        "shared-key-0123456789",
+        &[],
+    );
+    victim.wait_log(dtun::client::LOG_TUNNEL_UP, UP);
+    server.wait_log("10.77.0.2", UP);
+    let dev = common::only_tun(victim_ns);
+    let (_, peer) = common::wait_p2p(victim_ns, &dev);
+    let peer = peer.to_string();
+    assert!(victim_ns.ping_ok(&peer, 3), "victim tunnel not working");
+
+    // No lans= entry: the victim's underlay /32 is private, but it is a live session's.
+    let mut eve = client(
+        attacker_ns,
+        &Topo::server_ip(0),
+        "eve",
+        "shared-key-0123456789",
+        &["-peernet", "10.77.0.2/32"],
+    );
+    eve.wait_log(dtun::client::LOG_TUNNEL_UP, UP);
+    common::wait_for(UP, "the server to decide on 10.77.0.2/32", || {
+        server.log().contains("peernet 10.77.0.2/32") || server.log().contains("route 10.77.0.2/32")
+    });
+    assert!(
+        victim_ns.ping_ok(&peer, 3),
+        "victim cut off after eve announced its underlay address:\n{}",
+        topo.server.routes()
+    );
+    assert!(
+        server
+            .log()
+            .contains("refused peernet 10.77.0.2/32: it covers 10.77.0.2"),
+        "not refused for covering the victim's outer address:\n{}",
+        server.log()
+    );
+    assert!(!topo.server.routes().contains("10.77.0.2 via"));
+    drop(eve);
+
+    // A listed LAN that covers the victim's underlay address does not make it routable.
+    let mut mallory = client(
+        attacker_ns,
+        &Topo::server_ip(0),
+        "mallory",
+        "mallory-key-0123456789",
+        &["-peernet", "10.77.0.0/16"],
+    );
+    mallory.wait_log(dtun::client::LOG_TUNNEL_UP, UP);
+    common::wait_for(UP, "the server to decide on 10.77.0.0/16", || {
+        server.log().contains("peernet 10.77.0.0/16") || server.log().contains("route 10.77.0.0/16")
+    });
+    assert!(
+        victim_ns.ping_ok(&peer, 3),
+        "victim cut off after mallory announced a listed LAN covering its underlay:\n{}",
+        topo.server.routes()
+    );
+    assert!(
+        server
+            .log()
+            .contains("refused peernet 10.77.0.0/16: it covers 10.77.0.2"),
+        "{}",
+        server.log()
+    );
+    common::assert_running(&mut victim, "victim");
+}
+
+/// Without a `lans=` entry only private (RFC 1918), CGNAT and ULA ranges are routed: half the
+/// IPv4 Internet, a quarter of it, a public /32 (TEST-NET-2, never sent to) and 2000::/3 are
+/// refused; a private LAN is still routed and reachable.
+#[test]
+fn public_prefixes_need_a_lans_entry() {
+    let topo = Topo::star("hB2p", 5);
+    let server = start_server(&topo.server, 443, &["-key", "shared-key-0123456789", "-v"]);
+    let public = ["198.51.100.7/32", "2000::/3", "192.0.0.0/2", "128.0.0.0/1"];
+    let mut clients = Vec::new();
+    for (i, net) in public.iter().enumerate() {
+        clients.push(client(
+            &topo.clients[i],
+            &Topo::server_ip(i),
+            &format!("pub{i}"),
+            "shared-key-0123456789",
+            &["-peernet", net],
+        ));
+    }
+    let lan_ns = &topo.clients[4];
+    lan_ns.ip(&["addr", "add", "10.201.0.1/32", "dev", "lo"]);
+    let mut lan = client(
+        lan_ns,
+        &Topo::server_ip(4),
+        "lan",
+        "shared-key-0123456789",
+        &["-peernet", "10.201.0.0/24"],
+    );
+    for c in clients.iter_mut().chain([&mut lan]) {
+        c.wait_log(dtun::client::LOG_TUNNEL_UP, UP);
+    }
+    for net in public {
+        common::wait_for(UP, &format!("the server to decide on {net}"), || {
+            let log = server.log();
+            log.contains(&format!("peernet {net}")) || log.contains(&format!("route {net}"))
+        });
+        // 128.0.0.0/1 also covers the server's own 172.31.x addresses: either reason will do.
+        let log = server.log();
+        assert!(
+            log.contains(&format!(
+                "refused peernet {net}: without a lans= entry only private"
+            )) || log.contains(&format!("refused peernet {net}: it covers")),
+            "{net} not refused as public:\n{log}"
+        );
+    }
+    let v4 = topo.server.routes();
+    let v6 = topo.server.ip(&["-6", "route"]);
+    for bad in ["198.51.100.7", "192.0.0.0/2", "128.0.0.0/1"] {
+        assert!(!v4.contains(bad), "{bad} routed:\n{v4}");
+    }
+    assert!(!v6.contains("2000::/3"), "2000::/3 routed:\n{v6}");
+    common::wait_for(UP, "server route to 10.201.0.0/24", || {
+        topo.server.routes().contains("10.201.0.0/24 via")
+    });
+    assert!(
+        topo.server.ping_ok("10.201.0.1", 3),
+        "private LAN not reachable"
     );
 }

@@ -59,3 +59,12 @@ fn fuzz_corpus_proto() {
 fn fuzz_corpus_packet() {
     replay("packet", checks::packet);
 }
+
+#[test]
+fn fuzz_corpus_admission() {
+    let fed: usize = replay("admission", checks::admission)
+        .iter()
+        .map(|(_, n)| *n)
+        .sum();
+    assert!(fed > 0, "the admission corpus feeds no datagram");
+}

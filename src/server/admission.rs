@@ -6,9 +6,13 @@
 //!   kept, so spoofed ClientHellos, however many, take no slot and evict nobody.
 //! - A handshake exists only for a peer that echoed its cookie (it receives at its address).
 //!   Caps: [`MAX_HANDSHAKES`] in all, [`MAX_HANDSHAKES_PER_PREFIX`] per IPv4 /24 or IPv6 /64
-//!   and [`MAX_HANDSHAKES_PER_IP`] per address: a full prefix or address recycles its own
-//!   oldest slot, so one network cannot hold the table; when the whole table is full, a
-//!   handshake that has stalled for [`STALL_TIMEOUT`] makes room.
+//!   and [`MAX_HANDSHAKES_PER_IP`] per address, so one network cannot hold the table. Where a
+//!   cap is reached, the oldest handshake under it makes room if it has stalled for
+//!   [`STALL_TIMEOUT`]; otherwise the newcomer is refused for now (no state: its next
+//!   ClientHello, a second later, asks again), so a burst of real clients behind one NAT
+//!   finish in turn instead of evicting each other. When the whole table is full of fresh
+//!   handshakes, the IPv4 /16 or IPv6 /48 holding the most slots gives one up to a newcomer
+//!   from a network that holds fewer.
 //! - Each handshake has a budget of [`HANDSHAKE_MAX_DATAGRAMS`] datagrams and
 //!   [`HANDSHAKE_MAX_BYTES`] bytes (a real client needs two or three); past it, it is dropped.
 //!   Every datagram costs one pass over its records, whatever came before.
@@ -17,6 +21,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use crate::consts::{CONTENT_ALERT, CONTENT_APPLICATION_DATA};
 use crate::handshake::{
     self, COOKIE_LEN, ClientHello, Completed, Cookies, HVR_LEN, ServerHandshake, Step,
 };
@@ -88,6 +93,40 @@ pub struct Admission {
     pub counters: AdmissionCounters,
     /// Filled with the bytes to send when an [`Outcome`] says so.
     pub reply: Vec<u8>,
+}
+
+/// Whether a datagram belongs to a session rather than to admission: it starts with an
+/// application data record, or an alert past epoch 0 (epoch 0 alerts belong to a handshake).
+pub fn is_session_record(dg: &[u8]) -> bool {
+    match dg {
+        [CONTENT_APPLICATION_DATA, ..] => true,
+        [CONTENT_ALERT, _, _, e0, e1, ..] => u16::from_be_bytes([*e0, *e1]) > 0,
+        _ => false,
+    }
+}
+
+/// The handshake under `pick` that started first, and when.
+fn oldest(
+    pending: &HashMap<SocketAddr, Pending>,
+    pick: &dyn Fn(&SocketAddr) -> bool,
+) -> Option<(SocketAddr, Instant)> {
+    pending
+        .iter()
+        .filter(|(a, _)| pick(a))
+        .min_by_key(|(_, p)| p.hs.started)
+        .map(|(a, p)| (*a, p.hs.started))
+}
+
+/// The wider network an address belongs to when the whole table is full: its IPv4 /16 or
+/// IPv6 /48 (a site's usual allocation).
+fn aggregate(ip: IpAddr) -> (u8, u128) {
+    match ip {
+        IpAddr::V4(v4) => (4, u128::from(u32::from(v4) >> 16)),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => (4, u128::from(u32::from(v4) >> 16)),
+            None => (6, u128::from(v6) >> 80),
+        },
+    }
 }
 
 /// The network an address counts against: its /24 (IPv4, also IPv4-mapped) or /64.
@@ -193,14 +232,6 @@ impl Admission {
     fn start(&mut self, ch: &ClientHello, addr: SocketAddr, now: Instant) -> Outcome {
         self.pending.remove(&addr);
         let net = prefix(addr.ip());
-        let oldest = |pending: &HashMap<SocketAddr, Pending>,
-                      pick: &dyn Fn(&SocketAddr) -> bool| {
-            pending
-                .iter()
-                .filter(|(a, _)| pick(a))
-                .min_by_key(|(_, p)| p.hs.started)
-                .map(|(a, p)| (*a, p.hs.started))
-        };
         let same_ip = |a: &SocketAddr| a.ip() == addr.ip();
         let same_net = |a: &SocketAddr| prefix(a.ip()) == net;
         for (cap, pick) in [
@@ -210,20 +241,29 @@ impl Admission {
             ),
             (MAX_HANDSHAKES_PER_PREFIX, &same_net),
         ] {
-            if self.pending.keys().filter(|a| pick(a)).count() >= cap
-                && let Some((victim, _)) = oldest(&self.pending, pick)
-            {
-                self.pending.remove(&victim);
-                self.counters.evicted += 1;
+            if self.pending.keys().filter(|a| pick(a)).count() < cap {
+                continue;
             }
-        }
-        if self.pending.len() >= MAX_HANDSHAKES {
-            match oldest(&self.pending, &|_| true) {
+            match oldest(&self.pending, pick) {
                 Some((victim, started)) if now.duration_since(started) >= STALL_TIMEOUT => {
                     self.pending.remove(&victim);
                     self.counters.evicted += 1;
                 }
+                // Handshakes in progress keep their slots; this client's next ClientHello
+                // (it repeats it every second) asks again.
                 _ => {
+                    self.counters.limit += 1;
+                    return Outcome::Refused;
+                }
+            }
+        }
+        if self.pending.len() >= MAX_HANDSHAKES {
+            match self.room_for(addr, now) {
+                Some(victim) => {
+                    self.pending.remove(&victim);
+                    self.counters.evicted += 1;
+                }
+                None => {
                     self.counters.limit += 1;
                     return Outcome::Refused;
                 }
@@ -255,6 +295,28 @@ impl Admission {
                 }
             }
         }
+    }
+
+    /// Which handshake makes room in a full table for a newcomer from `addr`: the oldest that
+    /// has stalled; else the oldest of the network aggregate (IPv4 /16, IPv6 /48) holding the
+    /// most slots, if that holds more than the newcomer's own. So a network that fills the
+    /// table with fresh handshakes from many of its /24s or /64s gives way to everyone else.
+    fn room_for(&self, addr: SocketAddr, now: Instant) -> Option<SocketAddr> {
+        if let Some((victim, started)) = oldest(&self.pending, &|_| true)
+            && now.duration_since(started) >= STALL_TIMEOUT
+        {
+            return Some(victim);
+        }
+        let mut held: HashMap<(u8, u128), usize> = HashMap::new();
+        for a in self.pending.keys() {
+            *held.entry(aggregate(a.ip())).or_default() += 1;
+        }
+        let ours = held.get(&aggregate(addr.ip())).copied().unwrap_or(0);
+        let (&big, &n) = held.iter().max_by_key(|(_, n)| **n)?;
+        if n <= ours + 1 {
+            return None;
+        }
+        oldest(&self.pending, &|a| aggregate(a.ip()) == big).map(|(a, _)| a)
     }
 
     /// Rotates the cookie secret and drops handshakes past [`HANDSHAKE_STATE_TIMEOUT`];

@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 use tokio::sync::mpsc;
 
-use super::admission::{Admission, AdmissionCounters, Outcome};
+use super::admission::{Admission, AdmissionCounters, Outcome, is_session_record as is_record};
 use super::manager::Event;
 use crate::authz;
-use crate::consts::{CONTENT_ALERT, CONTENT_APPLICATION_DATA, FINAL_FLIGHT_RESEND};
+use crate::consts::FINAL_FLIGHT_RESEND;
 use crate::dtls::{self, Established, KeyLookup};
 use crate::proto::{Control, Peernet};
-use crate::pump::{self, Counters, Inbound, Inbox, RateLimit};
+use crate::pump::{self, Counters, Inbound, Inbox, OutboundCmd, RateLimit};
 use crate::record::Opener;
 use crate::tun::TunBatch;
 use crate::udp::{Receiver, Udp};
@@ -64,6 +64,10 @@ pub(super) struct SessionRx {
     pub(super) final_flight: Vec<Vec<u8>>,
     /// When `final_flight` was last resent.
     pub(super) resent_at: Option<Instant>,
+    /// The session's outbound task: Pings are answered here, not by the manager.
+    pub(super) out_tx: mpsc::Sender<OutboundCmd>,
+    /// A Ping was seen (the first one goes to the manager: the client is a dtun peer).
+    pub(super) pinged: bool,
 }
 
 /// What the demultiplexer saw that belongs to no session, for the shutdown summary.
@@ -74,26 +78,34 @@ pub struct DemuxCounters {
     unknown_peer: AtomicU64,
     /// A copy of admission's counters, refreshed every sweep and at shutdown.
     admission: std::sync::Mutex<AdmissionCounters>,
+    /// Session events dropped because the manager's queue was full.
+    events_dropped: AtomicU64,
 }
 
 impl DemuxCounters {
     pub fn summary(&self) -> String {
         let a = self.admission.lock().map(|a| *a).unwrap_or_default();
         format!(
-            "unknown_peer={} cookies={} handshakes={} handshake_failed={} handshake_evicted={} handshake_limit={}",
+            "unknown_peer={} cookies={} handshakes={} handshake_failed={} handshake_evicted={} handshake_limit={} events_dropped={}",
             self.unknown_peer.load(Relaxed),
             a.cookies,
             a.started,
             a.failed,
             a.evicted,
-            a.limit
+            a.limit,
+            self.events_dropped.load(Relaxed)
         )
     }
 }
 
 /// Where the demultiplexer's session records go, and what it needs to open them.
 pub(super) struct Delivery {
+    /// For Authenticated events: one per completed handshake, each of which took a client with a
+    /// valid key two round trips from a proven address.
     pub(super) ev_tx: mpsc::UnboundedSender<Event>,
+    /// Session events to the manager: bounded, never awaited; a full queue is a counted drop.
+    pub(super) events: mpsc::Sender<Event>,
+    pub(super) counters: Arc<DemuxCounters>,
     pub(super) log_limit: RateLimit,
     /// Packets on their way into the sessions' TUNs, written once per receive batch.
     pub(super) tun_batch: TunBatch,
@@ -114,13 +126,51 @@ pub(super) struct Demux {
     pub(super) counters: Arc<DemuxCounters>,
 }
 
-/// Whether a datagram starts with a record of the record layer: application data, or an
-/// alert after the handshake (epoch 0 alerts belong to a handshake).
-fn is_record(dg: &[u8]) -> bool {
-    match dg {
-        [CONTENT_APPLICATION_DATA, ..] => true,
-        [CONTENT_ALERT, _, _, e0, e1, ..] => u16::from_be_bytes([*e0, *e1]) > 0,
-        _ => false,
+/// What a session's control record may touch: its outbound queue (Pongs), its counters, and
+/// the manager's event queue.
+struct SessionControl<'a> {
+    session_id: u64,
+    out_tx: &'a mpsc::Sender<OutboundCmd>,
+    counters: &'a Counters,
+    events: &'a mpsc::Sender<Event>,
+    demux: &'a DemuxCounters,
+}
+
+impl SessionControl<'_> {
+    /// One control record: a Ping is answered here, so a ping flood never reaches the manager
+    /// (only the first goes on: it makes the client a dtun peer); other messages go to the
+    /// manager; malformed ones and unknown types are counted drops.
+    fn record(&self, data: &[u8], pinged: &mut bool) {
+        match Control::parse(data) {
+            Ok(Control::Ping) => {
+                // A full queue: the peer pings faster than we send; UDP would lose it too.
+                let _ = self
+                    .out_tx
+                    .try_send(OutboundCmd::Send(Control::Pong.to_bytes()));
+                if !*pinged {
+                    *pinged = true;
+                    self.report(Control::Ping);
+                }
+            }
+            Ok(msg) => self.report(msg),
+            Err(_) => self.counters.count_drop(pump::Drop::Unexpected),
+        }
+    }
+
+    fn report(&self, msg: Control) {
+        let ev = Event::Control {
+            session_id: self.session_id,
+            msg,
+        };
+        report(self.events, self.demux, ev);
+    }
+}
+
+/// Queues a session event for the manager without ever waiting: a full queue (the manager is
+/// behind, or a peer floods) drops it and counts the drop.
+fn report(events: &mpsc::Sender<Event>, counters: &DemuxCounters, ev: Event) {
+    if events.try_send(ev).is_err() {
+        counters.events_dropped.fetch_add(1, Relaxed);
     }
 }
 
@@ -233,8 +283,8 @@ impl Demux {
                 }
                 if self.fail_log.allow() {
                     tracing::warn!(
-                        "handshake with {addr} (claimed id {:?}) failed: {why}; a client with the wrong -key looks like this",
-                        String::from_utf8_lossy(&identity)
+                        "handshake with {addr} (claimed id \"{}\") failed: {why}; a client with the wrong -key looks like this",
+                        identity.escape_ascii()
                     );
                 }
             }
@@ -318,7 +368,8 @@ impl Demux {
         let records = out
             .inbox
             .open(&mut s.opener, &s.counters, buf, stride, |_| true);
-        let (ev_tx, log_limit, tun_batch) = (&out.ev_tx, &mut out.log_limit, &mut out.tun_batch);
+        let (events, dc) = (&out.events, &*out.counters);
+        let (log_limit, tun_batch) = (&mut out.log_limit, &mut out.tun_batch);
         for record in records {
             match record {
                 Inbound::Data(r) => {
@@ -344,17 +395,16 @@ impl Demux {
                                 peernet,
                             }
                         };
-                        let _ = ev_tx.send(ev);
+                        report(events, dc, ev);
                     } else if s.controls && Control::is_control(&buf[r.clone()]) {
-                        match Control::parse(&buf[r.clone()]) {
-                            Ok(msg) => {
-                                let _ = ev_tx.send(Event::Control {
-                                    session_id: s.session_id,
-                                    msg,
-                                });
-                            }
-                            Err(_) => s.counters.count_drop(pump::Drop::Unexpected),
-                        }
+                        let sc = SessionControl {
+                            session_id: s.session_id,
+                            out_tx: &s.out_tx,
+                            counters: &s.counters,
+                            events,
+                            demux: dc,
+                        };
+                        sc.record(&buf[r.clone()], &mut s.pinged);
                     } else if !pump::is_ip(&buf[r.clone()]) {
                         s.counters.count_drop(pump::Drop::NotIp);
                         if log_limit.allow() {
@@ -373,11 +423,12 @@ impl Demux {
                     }
                 }
                 Inbound::Alert(level, desc) => {
-                    let _ = ev_tx.send(Event::Closed {
+                    let ev = Event::Closed {
                         session_id: s.session_id,
                         level: *level,
                         desc: *desc,
-                    });
+                    };
+                    report(events, dc, ev);
                 }
                 Inbound::Dropped(d) => {
                     if log_limit.allow() {
@@ -392,6 +443,101 @@ impl Demux {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::consts::{CONTENT_ALERT, CONTENT_APPLICATION_DATA, EVENT_QUEUE};
+
+    /// A ping flood is answered in the demultiplexer: one event reaches the manager, the
+    /// Pongs queue on the session's (bounded) outbound channel; unknown control types and
+    /// malformed control records are counted drops; an unknown Close reason is still a Close.
+    #[test]
+    fn pings_answered_here_and_unknown_controls_counted() {
+        let (out_tx, mut out_rx) = pump::outbound_channel();
+        let (events, mut ev_rx) = mpsc::channel(EVENT_QUEUE);
+        let counters = Counters::default();
+        let demux = DemuxCounters::default();
+        let sc = SessionControl {
+            session_id: 42,
+            out_tx: &out_tx,
+            counters: &counters,
+            events: &events,
+            demux: &demux,
+        };
+        let mut pinged = false;
+        let ping = Control::Ping.to_bytes();
+        for _ in 0..10_000 {
+            sc.record(&ping, &mut pinged);
+        }
+        assert!(pinged);
+        assert!(matches!(
+            ev_rx.try_recv(),
+            Ok(Event::Control {
+                session_id: 42,
+                msg: Control::Ping
+            })
+        ));
+        assert!(
+            ev_rx.try_recv().is_err(),
+            "more than one Ping reached the manager"
+        );
+        let mut pongs = 0;
+        while let Ok(cmd) = out_rx.try_recv() {
+            assert!(matches!(cmd, OutboundCmd::Send(b) if b == Control::Pong.to_bytes()));
+            pongs += 1;
+        }
+        assert!((1..=8).contains(&pongs), "{pongs} pongs queued");
+        // The next Ping after the queue drained is answered again.
+        sc.record(&ping, &mut pinged);
+        assert!(out_rx.try_recv().is_ok());
+
+        for bad in [&[0u8, 9][..], &[0, 0xff, 1], &[0, 2, 0], &[0, 4]] {
+            sc.record(bad, &mut pinged);
+        }
+        assert_eq!(counters.drops(pump::Drop::Unexpected), 4);
+        assert!(ev_rx.try_recv().is_err());
+        sc.record(&[0, 4, 9, b'x'], &mut pinged);
+        assert!(matches!(
+            ev_rx.try_recv(),
+            Ok(Event::Control {
+                msg: Control::Close {
+                    reason: crate::proto::CloseReason::Other(9),
+                    ..
+                },
+                ..
+            })
+        ));
+        assert_eq!(demux.events_dropped.load(Relaxed), 0);
+    }
+
+    /// A peer's flood of session events (alerts, control messages) neither grows the queue to
+    /// the manager past EVENT_QUEUE nor waits: the rest are counted drops, in the summary.
+    #[test]
+    fn session_events_are_bounded_and_drops_counted() {
+        let (tx, mut rx) = mpsc::channel(EVENT_QUEUE);
+        let counters = DemuxCounters::default();
+        let flood = 10_000u64;
+        for session_id in 0..flood {
+            report(&tx, &counters, Event::SetupLost { session_id });
+        }
+        let dropped = flood - EVENT_QUEUE as u64;
+        assert_eq!(counters.events_dropped.load(Relaxed), dropped);
+        assert!(
+            counters
+                .summary()
+                .ends_with(&format!("events_dropped={dropped}")),
+            "{}",
+            counters.summary()
+        );
+        let mut queued = 0u64;
+        while let Ok(ev) = rx.try_recv() {
+            // The first ones are kept, in order.
+            assert!(matches!(ev, Event::SetupLost { session_id } if session_id == queued));
+            queued += 1;
+        }
+        assert_eq!(queued, EVENT_QUEUE as u64);
+        // Once the manager catches up, events flow again.
+        report(&tx, &counters, Event::SetupLost { session_id: 7 });
+        assert!(rx.try_recv().is_ok());
+        assert_eq!(counters.events_dropped.load(Relaxed), dropped);
+    }
 
     #[test]
     fn records_of_the_record_layer() {

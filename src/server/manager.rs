@@ -64,6 +64,8 @@ pub(super) struct Device {
     session: Option<Session>,
     /// When the last session ended; the device goes after `-linger`.
     idle_since: Option<Instant>,
+    /// The device's up script, running beside the manager (the down script waits for it).
+    up: Option<JoinHandle<()>>,
 }
 
 pub(super) struct Session {
@@ -91,12 +93,31 @@ pub(super) struct Manager {
     pub(super) cmd_tx: mpsc::UnboundedSender<DemuxCmd>,
     pub(super) devices: HashMap<String, Device>,
     pub(super) next_session: u64,
+    pub(super) refusals: Refusals,
+    /// Down scripts (each after its device's up script) still running; awaited at shutdown.
+    pub(super) scripts: Vec<JoinHandle<()>>,
+}
+
+/// Clients refused at the `-max-clients` limit: counted, and logged at most once a second.
+pub(super) struct Refusals {
+    log: pump::RateLimit,
+    count: u64,
+}
+
+impl Default for Refusals {
+    fn default() -> Self {
+        Refusals {
+            log: pump::RateLimit::new(1),
+            count: 0,
+        }
+    }
 }
 
 impl Manager {
     pub(super) async fn run(
         &mut self,
         mut ev_rx: mpsc::UnboundedReceiver<Event>,
+        mut session_rx: mpsc::Receiver<Event>,
         shutdown: impl Future<Output = ()>,
     ) {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -105,6 +126,10 @@ impl Manager {
             tokio::select! {
                 _ = &mut shutdown => break,
                 ev = ev_rx.recv() => match ev {
+                    Some(ev) => self.event(ev).await,
+                    None => break,
+                },
+                ev = session_rx.recv() => match ev {
                     Some(ev) => self.event(ev).await,
                     None => break,
                 },
@@ -120,16 +145,31 @@ impl Manager {
         );
         let ids: Vec<String> = self.devices.keys().cloned().collect();
         for id in ids {
+            // An up script still running is stopped (killed), so its down script runs now.
+            if let Some(up) = self.devices.get(&id).and_then(|d| d.up.as_ref()) {
+                up.abort();
+            }
             self.end_session(&id, Some(CloseReason::Shutdown), "server shutting down")
                 .await;
             self.remove_device(&id).await;
+        }
+        for script in self.scripts.drain(..) {
+            let _ = script.await;
         }
     }
 
     async fn event(&mut self, ev: Event) {
         match ev {
             Event::Authenticated { addr, est } => {
-                let id = String::from_utf8_lossy(&est.peer_identity).into_owned();
+                // The key lookup refused invalid ids already; never merge or log raw bytes.
+                let Some(id) = crate::keys::valid_identity(&est.peer_identity).map(String::from)
+                else {
+                    tracing::warn!(
+                        "client from {addr}: refused invalid id \"{}\"",
+                        est.peer_identity.escape_ascii()
+                    );
+                    return;
+                };
                 if let Err(e) = self.start_session(&id, addr, *est).await {
                     tracing::error!("client {id} from {addr}: cannot set up its tunnel: {e}");
                 }
@@ -205,6 +245,11 @@ impl Manager {
         est: Established,
     ) -> Result<(), SessionError> {
         if !self.devices.contains_key(id) {
+            if self.devices.len() >= self.cfg.max_clients && !self.cfg.keys.clients.contains_key(id)
+            {
+                self.refuse(id, addr, &est).await;
+                return Ok(());
+            }
             let dev = self.create_device(id, est.suite, addr).await?;
             self.devices.insert(id.to_string(), dev);
         } else {
@@ -228,6 +273,9 @@ impl Manager {
         let (mut sealer, opener) =
             record::session_pair(est.suite, &est.keys, false, 1, FIRST_APP_SEQUENCE);
         let counters = Arc::new(Counters::default());
+        // The demultiplexer answers Pings through the outbound task's channel, which must
+        // exist before the session can receive anything.
+        let (out_tx, out_rx) = pump::outbound_channel();
         let _ = self.cmd_tx.send(DemuxCmd::Install {
             addr,
             session: SessionRx {
@@ -242,6 +290,8 @@ impl Manager {
                 controls: !self.cfg.common.compat,
                 final_flight: est.final_flight,
                 resent_at: None,
+                out_tx: out_tx.clone(),
+                pinged: false,
             },
         });
         let link = Link {
@@ -256,7 +306,8 @@ impl Manager {
         link.send_record(&mut sealer, CONTENT_APPLICATION_DATA, &msg.to_bytes())
             .await
             .map_err(|e| SessionError::Send(addr, e))?;
-        let (out_tx, out_task) = pump::spawn_outbound(
+        let out_task = pump::spawn_outbound_on(
+            out_rx,
             Arc::clone(&dev.tun.dev),
             pump::MssClamp::new(dev.tun.mtu),
             link,
@@ -286,6 +337,37 @@ impl Manager {
         Ok(())
     }
 
+    /// Turns away a new id at the `-max-clients` limit, before it gets a device or runs a
+    /// script: Close "refused" to a dtun client (only dtun clients offer AES-128-GCM, and they
+    /// read it where the address message would be), then close_notify.
+    async fn refuse(&mut self, id: &str, addr: SocketAddr, est: &Established) {
+        self.refusals.count += 1;
+        if self.refusals.log.allow() {
+            tracing::warn!(
+                "client {id} from {addr} refused: {} devices, the -max-clients limit ({} refused so far; ids in -clients still get in)",
+                self.devices.len(),
+                self.refusals.count
+            );
+        }
+        let (mut sealer, _) =
+            record::session_pair(est.suite, &est.keys, false, 1, FIRST_APP_SEQUENCE);
+        let link = Link {
+            udp: self.udp.clone(),
+            peer: addr,
+            connected: false,
+        };
+        if est.suite == record::Suite::Aes128Gcm && !self.cfg.common.compat {
+            let close = Control::Close {
+                reason: CloseReason::Refused,
+                detail: format!("-max-clients {}", self.cfg.max_clients),
+            };
+            let _ = link
+                .send_record(&mut sealer, CONTENT_APPLICATION_DATA, &close.to_bytes())
+                .await;
+        }
+        let _ = link.send_close_notify(&mut sealer).await;
+    }
+
     async fn create_device(
         &mut self,
         id: &str,
@@ -306,14 +388,17 @@ impl Manager {
             Ok::<_, SessionError>(tun)
         }
         .await;
-        if let Ok(tun) = &made
-            && let Some(up) = &self.cfg.common.up
-            && let Err(e) = hooks::run("up", up, &device_env(&tun.name, pair)).await
-        {
-            tracing::warn!("client {id}: {e}");
-        }
         match made {
             Ok(tun) => Ok(Device {
+                // Beside the manager: a slow script must not hold up anyone else's setup.
+                up: self.cfg.common.up.clone().map(|up| {
+                    let (id, env) = (id.to_string(), device_env(&tun.name, pair));
+                    tokio::spawn(async move {
+                        if let Err(e) = hooks::run("up", &up, &env).await {
+                            tracing::warn!("client {id}: {e}");
+                        }
+                    })
+                }),
                 tun,
                 pair,
                 routes: Vec::new(),
@@ -342,6 +427,24 @@ impl Manager {
                 return;
             }
         };
+        let (own, gateways) = match self.nl.own_addresses_and_gateways(&ours).await {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::warn!("client {id}: {e}; not routing its peernet");
+                return;
+            }
+        };
+        // Every live session's outer address (this client's own too: its records would loop).
+        let guarded: Vec<(IpAddr, authz::Guarded)> = self
+            .devices
+            .iter()
+            .filter_map(|(other, d)| {
+                let s = d.session.as_ref()?;
+                Some((s.addr.ip(), authz::Guarded::Underlay(other.clone())))
+            })
+            .chain(own.into_iter().map(|ip| (ip, authz::Guarded::Own)))
+            .chain(gateways.into_iter().map(|ip| (ip, authz::Guarded::Gateway)))
+            .collect();
         let others: Vec<(String, IpNet)> = self
             .devices
             .iter()
@@ -368,7 +471,8 @@ impl Manager {
                 .clients
                 .get(id)
                 .and_then(|c| c.lans.as_deref());
-            if let Err(refusal) = authz::check_peernet(net, &host, &others, pool, listed) {
+            if let Err(refusal) = authz::check_peernet(net, &host, &guarded, &others, pool, listed)
+            {
                 tracing::warn!(
                     "client {id}: refused peernet {net}: {refusal}; the tunnel stays up without that route"
                 );
@@ -417,16 +521,17 @@ impl Manager {
                     keepalive_ms: ours,
                 })
             }
-            // Only a dtun client pings: a lost Hello must not leave it unanswered.
+            // Only a dtun client pings: a lost Hello must not leave it unanswered. The
+            // demultiplexer answers every Ping and passes on only the first.
             Control::Ping if !self.cfg.common.compat => {
                 if !s.negotiated {
                     s.negotiated = true;
                     s.keepalive = self.cfg.common.keepalive;
                 }
-                Some(Control::Pong)
+                None
             }
             Control::Close { reason, detail } => {
-                tracing::debug!("client {id} is closing: {reason:?} {detail}");
+                tracing::debug!("client {id} is closing: {reason:?} {detail:?}");
                 None
             }
             _ => None,
@@ -497,10 +602,18 @@ impl Manager {
             dev.tun.name,
             self.pool.in_use()
         );
-        if let Some(down) = &self.cfg.common.down
-            && let Err(e) = hooks::run("down", down, &device_env(&dev.tun.name, dev.pair)).await
-        {
-            tracing::warn!("client {id}: {e}");
+        if let Some(down) = self.cfg.common.down.clone() {
+            // After the device's up script (if still running), beside the manager.
+            let (id, env, up) = (id.to_string(), device_env(&dev.tun.name, dev.pair), dev.up);
+            self.scripts.retain(|s| !s.is_finished());
+            self.scripts.push(tokio::spawn(async move {
+                if let Some(up) = up {
+                    let _ = up.await;
+                }
+                if let Err(e) = hooks::run("down", &down, &env).await {
+                    tracing::warn!("client {id}: {e}");
+                }
+            }));
         }
     }
 

@@ -20,6 +20,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use crate::config::ServerConfig;
+use crate::consts::EVENT_QUEUE;
 use crate::dtls::KeyLookup;
 use crate::netlink::{Netlink, NetlinkError};
 use crate::pool::{Pool, PoolError};
@@ -107,6 +108,7 @@ pub async fn run(
     }
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+    let (session_tx, session_rx) = mpsc::channel(EVENT_QUEUE);
     let keys = cfg.keys.clone();
     let lookup: KeyLookup = Arc::new(move |identity: &[u8]| keys.key_for(identity));
     let demux_counters = Arc::new(DemuxCounters::default());
@@ -119,6 +121,8 @@ pub async fn run(
         udp: udp.clone(),
         out: Delivery {
             ev_tx: ev_tx.clone(),
+            events: session_tx,
+            counters: Arc::clone(&demux_counters),
             log_limit: RateLimit::new(10),
             tun_batch: TunBatch::default(),
             inbox: Inbox::default(),
@@ -147,14 +151,16 @@ pub async fn run(
         cmd_tx,
         devices: HashMap::new(),
         next_session: 0,
+        refusals: Default::default(),
+        scripts: Vec::new(),
     };
-    mgr.run(ev_rx, shutdown).await;
+    mgr.run(ev_rx, session_rx, shutdown).await;
     demux_task.abort();
     tracing::info!("server totals: {}", demux_counters.summary());
     Ok(())
 }
 
-mod admission;
+pub mod admission;
 mod demux;
 use admission::Admission;
 pub use demux::DemuxCounters;

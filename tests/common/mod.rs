@@ -687,6 +687,30 @@ pub fn start_client_env(ns: &Netns, args: &[&str], envs: &[(&str, &str)]) -> Pro
     p
 }
 
+/// Spawns a dtun client in `ns` for server `server_ip` with `id`, `key` and `-keepalive
+/// keepalive`, plus `extra` flags; does not wait for its tunnel.
+pub fn spawn_client(
+    ns: &Netns,
+    server_ip: &str,
+    id: &str,
+    key: &str,
+    keepalive: &str,
+    extra: &[&str],
+) -> Proc {
+    let mut args = vec![
+        "-host",
+        server_ip,
+        "-id",
+        id,
+        "-key",
+        key,
+        "-keepalive",
+        keepalive,
+    ];
+    args.extend_from_slice(extra);
+    ns.spawn(DTUN, &args, &[])
+}
+
 /// Waits until `ns` has exactly one TUN device and returns its name.
 pub fn only_tun(ns: &Netns) -> String {
     let mut links = Vec::new();

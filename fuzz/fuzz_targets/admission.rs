@@ -1,0 +1,9 @@
+//! Fuzzed datagrams into the server's handshake admission: see `checks::admission`.
+#![no_main]
+
+#[path = "../checks.rs"]
+mod checks;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    checks::admission(data);
+});
