@@ -20,10 +20,12 @@
 //! ```
 //!
 //! `stalled_proven_handshakes_from_one_prefix_cannot_fill_the_table` (item 3): 256 sockets on
-//! 64 addresses of one /24 (4 ports each) each prove their address (ClientHello, then the
-//! ClientHello again with the server's cookie) and stop there, holding a proven handshake that
-//! never finishes. A newcomer from another network must still get its tunnel up within 5 s;
-//! the totals show the per-prefix cap at work (handshakes ≥ 256, evictions ≥ 240).
+//! 64 addresses of one /24 (4 ports each) each try for 4 s to prove their address (ClientHello,
+//! then the ClientHello again with the server's cookie, again every second while refused) and
+//! stop there, holding a proven handshake that never finishes. A newcomer from another network
+//! must still get its tunnel up within 5 s; the totals show the per-prefix cap at work: all
+//! but 16 of the 256 were evicted or refused (the old server took all 256, proven, and refused
+//! everyone else for its 20 s handshake timeout).
 //!
 //! `fragment_junk_after_an_echoed_cookie_is_bounded` (item 2): one proven handshake (a
 //! ClientHello, then the ClientHello with the server's cookie), then 8 000 datagrams of 8 KiB
@@ -478,16 +480,18 @@ fn stalled_proven_handshakes_from_one_prefix_cannot_fill_the_table() {
             &each,
             "--hold",
             "45",
+            "--prove-for",
+            "4",
         ],
     );
     stall.wait_log("proven=", Duration::from_secs(25));
     let stalled_at = Instant::now();
-    let proven = figure(&stall.log(), "proven=") as usize;
-    let want = STALL_ADDRS * STALL_PORTS_EACH;
-    assert_eq!(
-        proven,
-        want,
-        "stalled handshakes proven; attack.py:\n{}",
+    let proven = figure(&stall.log(), "proven=") as u64;
+    let want = (STALL_ADDRS * STALL_PORTS_EACH) as u64;
+    assert!(
+        proven >= PER_PREFIX,
+        "only {proven} of {want} stalled handshakes proven (want at least the /24's \
+         {PER_PREFIX}); attack.py:\n{}",
         stall.log()
     );
 
@@ -522,15 +526,20 @@ fn stalled_proven_handshakes_from_one_prefix_cannot_fill_the_table() {
     );
     let handshakes = total(&totals, "handshakes");
     assert!(
-        handshakes > want as u64,
-        "handshakes={handshakes}: want the {want} stalled ones and the newcomer's"
+        handshakes > PER_PREFIX,
+        "handshakes={handshakes}: want the /24's {PER_PREFIX} and the newcomer's"
     );
-    let evicted = total(&totals, "handshake_evicted");
+    // The /24 held at most its cap: every other proven ClientHello of it either recycled one
+    // of its own slots or was refused.
+    let (evicted, refused) = (
+        total(&totals, "handshake_evicted"),
+        total(&totals, "handshake_limit"),
+    );
     assert!(
-        evicted >= want as u64 - PER_PREFIX,
-        "handshake_evicted={evicted}: one /24 should keep at most {PER_PREFIX} of its {want}"
+        evicted + refused >= want - PER_PREFIX,
+        "handshake_evicted={evicted} handshake_limit={refused}: one /24 should hold at most \
+         {PER_PREFIX} of its {want}"
     );
-    assert_eq!(total(&totals, "handshake_limit"), 0, "ClientHellos refused");
     assert_eq!(
         lines_with(&log, &[CONNECTED]),
         1,
@@ -678,14 +687,13 @@ const V6_CHURN_SECONDS: u32 = 25;
 const V6_ROUND_EVERY: &str = "2";
 const V6_UP_WITHIN: Duration = Duration::from_secs(10);
 
-/// Known to fail on b31e502 (kept out of the default run until the server is fixed): the
-/// caps are per address, per /24 or /64 and in all (1024), and a full table refuses a
-/// newcomer unless some handshake has stalled for 3 s. One host with an IPv6 /48 (what many
-/// home connections get) has 65 536 /64s: 64 of them hold 16 proven handshakes each, 1 024 in
-/// all, and restarting each one more often than every 3 s (here all 1 024 every 2 s, 512
-/// handshakes a second) keeps every newcomer out with `handshake_limit`.
+/// One host with an IPv6 /48 (what many home connections get) has 65 536 /64s: 64 of them
+/// hold 16 proven handshakes each, 1 024 in all, the whole table, and each is restarted more
+/// often than every 3 s (all 1 024 every 2 s, 512 handshakes a second), so none ever stalls.
+/// A newcomer from another network must still get in within 10 s. Failed on b31e502, where
+/// a full table of fresh handshakes refused every newcomer (`handshake_limit`, no tunnel for
+/// 10 s); b98edc3 makes the /48 holding the most slots give way.
 #[test]
-#[ignore = "fails on b31e502: one IPv6 /48 fills the handshake table and locks out newcomers"]
 fn handshakes_from_one_ipv6_48_cannot_fill_the_table() {
     let _serial = serial();
     let test_started = Instant::now();
@@ -783,5 +791,8 @@ fn handshakes_from_one_ipv6_48_cannot_fill_the_table() {
     if let Err(e) = up {
         std::panic::resume_unwind(e);
     }
-    assert_eq!(total(&totals, "handshake_limit"), 0, "ClientHellos refused");
+    assert!(
+        total(&totals, "handshake_evicted") >= 1,
+        "nothing gave way to the newcomer: {totals:?}"
+    );
 }
