@@ -796,3 +796,76 @@ fn handshakes_from_one_ipv6_48_cannot_fill_the_table() {
         "nothing gave way to the newcomer: {totals:?}"
     );
 }
+
+/// Test E: proven handshakes from one address, restarted every 2 s, beside a real client at
+/// the same address (two customers behind one NAT or CGNAT address).
+const NAT_PORTS: usize = 8;
+const NAT_CHURN_SECONDS: u32 = 20;
+const NAT_UP_WITHIN: Duration = Duration::from_secs(10);
+
+/// Known to fail since c557cb7 (ignored until the server is fixed): at the per-address cap
+/// (8) a newcomer is refused unless one of that address's handshakes has stalled for 3 s, so
+/// one customer behind a shared NAT address who keeps 8 proven handshakes fresh (8 every 2 s:
+/// 4 a second) locks every other customer at that address out (seen: no tunnel in 10 s,
+/// handshake_limit=13, 64 handshakes of the attacker's). The same holds for a /24 at 16. On
+/// b31e502 the address's oldest handshake made room instead (by reading the code; not run
+/// there), so an attacker had to out-race the neighbour's two round trips instead.
+#[test]
+#[ignore = "fails since c557cb7: 8 fresh handshakes from one address lock out its other clients"]
+fn fresh_handshakes_from_one_address_cannot_lock_out_its_neighbours() {
+    let _serial = serial();
+    let test_started = Instant::now();
+    let topo = Topo::pair("hCe");
+    let shared = topo.client();
+    let mut server = start_server(&topo.server, PORT, &["-key", KEY, "-keepalive", "1s", "-v"]);
+    let hello = catch_client_hello(&topo, shared);
+    let mut rss_peak = 0;
+    sample_rss(&mut server, &mut rss_peak);
+    let (src, sip) = (Topo::client_ip(0), Topo::server_ip(0));
+    let (ports, churn) = (NAT_PORTS.to_string(), NAT_CHURN_SECONDS.to_string());
+    let mut stall = attack_tool(
+        shared,
+        &[
+            "stall",
+            "--dst",
+            &sip,
+            "--port",
+            "443",
+            "--hello",
+            path_str(&hello),
+            "--srcs",
+            &src,
+            "--ports-each",
+            &ports,
+            "--churn",
+            &churn,
+            "--round-every",
+            "2",
+        ],
+    );
+    stall.wait_log("churning", Duration::from_secs(30));
+    let mut neighbour = shared.spawn(DTUN, &client_args(&sip, "neighbour"), &[]);
+    let up = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_up(
+            &mut neighbour,
+            NAT_UP_WITHIN,
+            &mut server,
+            &mut rss_peak,
+            &mut [(&mut stall, "attack.py stall --churn")],
+            "a client beside 8 fresh handshakes from its own address",
+        )
+    }));
+    stall.stop(Duration::from_secs(5));
+    neighbour.stop(Duration::from_secs(5));
+    let log = terminate(&mut server);
+    let totals = server_totals(&log);
+    eprintln!(
+        "shared-address figures: {}; neighbour {up:?}; server RSS peak {rss_peak} KiB; totals \
+         {totals:?}; test {:?}",
+        stall.log().trim().replace('\n', "; "),
+        test_started.elapsed()
+    );
+    if let Err(e) = up {
+        std::panic::resume_unwind(e);
+    }
+}
