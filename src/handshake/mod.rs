@@ -341,7 +341,9 @@ impl ServerHandshake {
         };
         copy.copy_from_slice(rec);
         let Ok((content, range)) = opener.open(copy) else {
-            return fail("the client's Finished did not decrypt: wrong key or unknown identity");
+            return fail(
+                "its Finished did not decrypt: the client has another -key, or its id is unknown",
+            );
         };
         let Some(fin) = (content == CONTENT_HANDSHAKE)
             .then(|| messages(&copy[range]).next())
@@ -354,7 +356,9 @@ impl ServerHandshake {
         let hash = digest::digest(&digest::SHA256, &hashed);
         kdf::prf_sha256(&ms, b"client finished", hash.as_ref(), &mut expect);
         if !ct_eq(&expect, fin.body) {
-            return fail("the client's Finished did not verify: wrong key or unknown identity");
+            return fail(
+                "its Finished did not verify: the client has another -key, or its id is unknown",
+            );
         }
         hashed.extend_from_slice(fin.whole);
         let mut ours = [0u8; VERIFY_DATA_LEN];

@@ -283,7 +283,7 @@ impl Demux {
                 }
                 if self.fail_log.allow() {
                     tracing::warn!(
-                        "handshake with {addr} (claimed id \"{}\") failed: {why}; a client with the wrong -key looks like this",
+                        "handshake with {addr} (claimed id \"{}\") failed: {why}",
                         identity.escape_ascii()
                     );
                 }
