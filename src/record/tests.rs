@@ -1,0 +1,226 @@
+use super::*;
+use crate::consts::CONTENT_APPLICATION_DATA;
+
+const SUITES: [Suite; 2] = [Suite::Aes128Ccm8, Suite::Aes128Gcm];
+
+fn pair_of(suite: Suite) -> (Sealer, Opener) {
+    let kb = KeyBlock {
+        client_key: [1; 16],
+        server_key: [2; 16],
+        client_iv: [3; 4],
+        server_iv: [4; 4],
+    };
+    let (s, _) = session_pair(suite, &kb, true, 1, 7);
+    let (_, o) = session_pair(suite, &kb, false, 1, 0);
+    (s, o)
+}
+
+fn pair() -> (Sealer, Opener) {
+    pair_of(Suite::Aes128Ccm8)
+}
+
+fn seal(s: &mut Sealer, msg: &[u8]) -> Vec<u8> {
+    let mut buf = vec![0u8; 2048];
+    buf[PAYLOAD_OFFSET..PAYLOAD_OFFSET + msg.len()].copy_from_slice(msg);
+    let n = s
+        .seal(CONTENT_APPLICATION_DATA, &mut buf, msg.len())
+        .unwrap();
+    buf.truncate(n);
+    buf
+}
+
+#[test]
+fn round_trip_and_nonce_is_epoch_and_sequence() {
+    for suite in SUITES {
+        let (mut s, mut o) = pair_of(suite);
+        let mut rec = seal(&mut s, b"hello");
+        assert_eq!(rec.len(), 5 + suite.overhead());
+        assert_eq!(&rec[3..11], &[0, 1, 0, 0, 0, 0, 0, 7]);
+        assert_eq!(&rec[13..21], &[0, 1, 0, 0, 0, 0, 0, 7]);
+        assert_ne!(
+            &rec[21..26],
+            b"hello",
+            "{suite:?} left the plaintext in clear"
+        );
+        let (ct, r) = o.open(&mut rec).unwrap();
+        assert_eq!(ct, CONTENT_APPLICATION_DATA);
+        assert_eq!(&rec[r], b"hello");
+    }
+    assert_eq!(Suite::Aes128Gcm.overhead(), 37);
+    assert_eq!(Suite::from_id(0x00a8), Some(Suite::Aes128Gcm));
+    assert_eq!(Suite::from_id(0xc0a8), Some(Suite::Aes128Ccm8));
+    assert_eq!(Suite::from_id(0xc0a4), None);
+}
+
+/// A record sealed under one suite never opens under the other with the same keys.
+#[test]
+fn suites_do_not_cross() {
+    let (mut s, _) = pair_of(Suite::Aes128Gcm);
+    let (_, mut o) = pair_of(Suite::Aes128Ccm8);
+    let mut rec = seal(&mut s, b"hello");
+    assert!(o.open(&mut rec).is_err());
+}
+
+#[test]
+fn replay_corruption_truncation_and_epoch_are_drops() {
+    for suite in SUITES {
+        drops(suite);
+    }
+}
+
+fn drops(suite: Suite) {
+    let (mut s, mut o) = pair_of(suite);
+    let rec = seal(&mut s, b"packet");
+    let mut bad = rec.clone();
+    bad[25] ^= 1;
+    assert_eq!(o.open(&mut bad), Err(DropReason::BadTag));
+    // The bad record must not have moved the window.
+    let mut good = rec.clone();
+    assert!(o.open(&mut good).is_ok());
+    let mut again = rec.clone();
+    assert_eq!(o.open(&mut again), Err(DropReason::Replay));
+    let mut short = rec[..rec.len() - 1].to_vec();
+    assert_eq!(o.open(&mut short), Err(DropReason::Truncated));
+    let mut tiny = rec[..10].to_vec();
+    assert_eq!(o.open(&mut tiny), Err(DropReason::Truncated));
+    let mut epoch = seal(&mut s, b"x");
+    epoch[4] = 2;
+    assert_eq!(o.open(&mut epoch), Err(DropReason::BadEpoch));
+}
+
+#[test]
+fn window_accepts_reordering_within_64() {
+    let mut w = ReplayWindow::default();
+    for seq in [100u64, 90, 99, 37, 101, 164] {
+        if w.check(seq) {
+            w.accept(seq);
+        }
+    }
+    assert!(!w.check(100));
+    assert!(!w.check(101));
+    assert!(!w.check(100)); // left behind: 164 - 100 = 64
+    assert!(w.check(120));
+    assert!(!w.check(164));
+    assert!(w.check(165));
+    assert!(!w.check(MAX_SEQUENCE + 1));
+}
+
+/// A batch seals to the same bytes as one record at a time, and opens back in a batch
+/// with drops for exactly the damaged, duplicated and unparsed entries.
+#[test]
+fn batches_match_single_records_and_drop_per_record() {
+    for suite in SUITES {
+        let (mut one, _) = pair_of(suite);
+        let (mut many, mut opener) = pair_of(suite);
+        let sizes: Vec<usize> = (0..21)
+            .map(|i| [1400, 1400, 1400, 60, 0, 1][i % 6])
+            .collect();
+        let mut slots: Vec<Vec<u8>> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                let mut b = vec![0u8; PAYLOAD_OFFSET + n + 16];
+                b[PAYLOAD_OFFSET..PAYLOAD_OFFSET + n].fill(i as u8);
+                b
+            })
+            .collect();
+        let singles: Vec<Vec<u8>> = slots
+            .iter()
+            .zip(&sizes)
+            .map(|(b, &n)| seal(&mut one, &b[PAYLOAD_OFFSET..PAYLOAD_OFFSET + n]))
+            .collect();
+        let mut records = vec![0; sizes.len()];
+        many.seal_many(CONTENT_APPLICATION_DATA, &mut slots, &sizes, &mut records)
+            .unwrap();
+        for (i, slot) in slots.iter().enumerate() {
+            assert_eq!(&slot[..records[i]], &singles[i][..], "{suite:?} record {i}");
+        }
+        // One buffer of all records; damage record 5, repeat record 7 as record 8, and
+        // put an unparsed entry last.
+        let mut buf = Vec::new();
+        let mut ranges = Vec::new();
+        for (i, rec) in singles.iter().enumerate() {
+            let rec = if i == 8 { &singles[7] } else { rec };
+            ranges.push(Ok(buf.len()..buf.len() + rec.len()));
+            buf.extend_from_slice(rec);
+        }
+        let last = buf.len() - 1;
+        buf[ranges[5].clone().unwrap().end - 1] ^= 1;
+        ranges.push(Err(DropReason::Truncated));
+        let mut out = vec![Err(DropReason::Oversized); ranges.len()];
+        opener.open_many(&mut buf, &ranges, &mut out);
+        assert!(last < buf.len());
+        for (i, o) in out.iter().enumerate() {
+            match i {
+                5 => assert_eq!(o, &Err(DropReason::BadTag), "{suite:?}"),
+                8 => assert_eq!(o, &Err(DropReason::Replay), "{suite:?}"),
+                21 => assert_eq!(o, &Err(DropReason::Truncated), "{suite:?}"),
+                _ => {
+                    let (ct, p) = o.clone().unwrap();
+                    assert_eq!(ct, CONTENT_APPLICATION_DATA);
+                    assert_eq!(p.len(), sizes[i], "{suite:?} record {i}");
+                    assert!(buf[p].iter().all(|b| *b == i as u8), "{suite:?} record {i}");
+                }
+            }
+        }
+        // Record 5's sequence number was not taken by its forgery.
+        let mut good = singles[5].clone();
+        assert!(opener.open(&mut good).is_ok(), "{suite:?}");
+    }
+}
+
+/// A sealer started near the end of the sequence space says when to close (the last
+/// EXHAUSTION_MARGIN numbers are kept for the close), can still seal the close in that
+/// reserve, and refuses once the space is gone, in one record and in a batch.
+#[test]
+fn a_sealer_near_the_end_of_the_sequence_space() {
+    let kb = KeyBlock {
+        client_key: [1; 16],
+        server_key: [2; 16],
+        client_iv: [3; 4],
+        server_iv: [4; 4],
+    };
+    for suite in SUITES {
+        let first = MAX_SEQUENCE + 1 - EXHAUSTION_MARGIN - 2;
+        let (mut s, _) = session_pair(suite, &kb, true, 1, first);
+        assert_eq!(s.remaining(), EXHAUSTION_MARGIN + 2);
+        assert!(!s.nearly_exhausted());
+        seal(&mut s, b"a");
+        assert!(!s.nearly_exhausted());
+        seal(&mut s, b"b");
+        assert!(s.nearly_exhausted(), "{suite:?}");
+        // The reserve carries a Close and a close_notify.
+        seal(&mut s, b"close");
+        seal(&mut s, b"notify");
+        let (mut last, _) = session_pair(suite, &kb, true, 1, MAX_SEQUENCE);
+        let rec = seal(&mut last, b"x");
+        assert_eq!(&rec[5..11], &[0xff; 6]);
+        assert_eq!(last.remaining(), 0);
+        let mut buf = vec![0u8; 64];
+        assert_eq!(
+            last.seal(CONTENT_APPLICATION_DATA, &mut buf, 1),
+            Err(SealError::SequenceExhausted(1))
+        );
+        let mut slots = vec![vec![0u8; 64]; 2];
+        let mut records = [0; 2];
+        assert_eq!(
+            last.seal_many(CONTENT_APPLICATION_DATA, &mut slots, &[1, 1], &mut records),
+            Err(SealError::SequenceExhausted(1))
+        );
+        assert_eq!(records, [0, 0]);
+    }
+}
+
+#[test]
+fn records_splits_and_stops_on_garbage() {
+    let (mut s, _) = pair();
+    let mut dg = seal(&mut s, b"a");
+    let second = seal(&mut s, b"bc");
+    dg.extend_from_slice(&second);
+    dg.extend_from_slice(&[23, 0xfe]);
+    let v: Vec<_> = records(&dg).collect();
+    assert_eq!(v.len(), 3);
+    assert_eq!(v[0], Ok(0..30));
+    assert_eq!(v[1], Ok(30..61));
+    assert_eq!(v[2], Err(DropReason::Truncated));
+}
