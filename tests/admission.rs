@@ -51,21 +51,21 @@
 
 mod common;
 
+use common::hostile::{attack_tool, catch_client_hello, sample_rss, server_totals, terminate};
+
 use common::{
     DTUN, Netns, Proc, Topo, assert_running, lines_with, parse_ping_stats, path_str, start_client,
-    start_server, veth, vm_rss_kib, wait_p2p,
+    start_server, veth, wait_p2p,
 };
 use dtun::client::LOG_TUNNEL_UP;
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-const ATTACK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tools/attack.py");
 const RELAY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tools/relay.py");
 const PORT: u16 = 443;
 const KEY: &str = "admission-shared-key-0123456789";
 const MAX_RSS_KIB: u64 = 64 * 1024;
-const TOTALS: &str = "server totals: ";
 const CONNECTED: &str = " connected from ";
 
 /// Test A: the flood, and the newcomer behind the relay.
@@ -109,12 +109,6 @@ fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn attack_tool(ns: &Netns, args: &[&str]) -> Proc {
-    let mut all = vec![ATTACK];
-    all.extend_from_slice(args);
-    ns.spawn("python3", &all, &[])
-}
-
 /// A dtun client's arguments, with a 1 s keepalive.
 fn client_args<'a>(server_ip: &'a str, id: &'a str) -> Vec<&'a str> {
     vec![
@@ -136,70 +130,10 @@ fn figure(log: &str, key: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {key}N in:\n{log}"))
 }
 
-/// The counters of the server's `server totals:` line at shutdown.
-fn server_totals(log: &str) -> BTreeMap<String, u64> {
-    let line = log
-        .lines()
-        .find_map(|l| Some(&l[l.find(TOTALS)? + TOTALS.len()..]))
-        .unwrap_or_else(|| panic!("no {TOTALS:?} line in the server log:\n{log}"));
-    line.split_whitespace()
-        .filter_map(|kv| {
-            let (k, v) = kv.split_once('=')?;
-            Some((k.to_string(), v.parse().ok()?))
-        })
-        .collect()
-}
-
 fn total(totals: &BTreeMap<String, u64>, key: &str) -> u64 {
     *totals
         .get(key)
         .unwrap_or_else(|| panic!("no {key} in the server totals {totals:?}"))
-}
-
-/// Stops the server with SIGTERM, checks it exits 0, and returns its whole log.
-fn terminate(server: &mut Proc) -> String {
-    server.signal("TERM");
-    server.expect_success("server after SIGTERM", Duration::from_secs(10));
-    let log = server.log();
-    assert!(!log.contains("panicked"), "server panicked:\n{log}");
-    log
-}
-
-/// Catches the first datagram of a real dtun client (a ClientHello) on loopback in `ns` and
-/// returns the path of its hex dump.
-fn catch_client_hello(topo: &Topo, ns: &Netns) -> std::path::PathBuf {
-    let out = topo.dir.path().join("client-hello.hex");
-    let mut catcher = attack_tool(
-        ns,
-        &["catch-hello", "--port", "4444", "--out", path_str(&out)],
-    );
-    catcher.wait_log("listening on", Duration::from_secs(10));
-    let client = ns.spawn(
-        DTUN,
-        &[
-            "-host",
-            "127.0.0.1",
-            "-port",
-            "4444",
-            "-key",
-            "catch-me",
-            "-id",
-            "hello-catch",
-            "-once",
-        ],
-        &[],
-    );
-    catcher.expect_success("attack.py catch-hello", Duration::from_secs(15));
-    drop(client);
-    out
-}
-
-/// The server's RSS now, folded into `peak`; panics if the server has exited.
-fn sample_rss(server: &mut Proc, peak: &mut u64) -> u64 {
-    assert_running(server, "dtun server");
-    let rss = vm_rss_kib(server.pid()).expect("server VmRSS");
-    *peak = (*peak).max(rss);
-    rss
 }
 
 /// CPU time (user + system) process `pid` has used, from /proc/PID/stat (clock ticks of

@@ -36,15 +36,16 @@
 
 mod common;
 
+use common::hostile::{attack_tool, catch_client_hello, sample_rss, server_totals, terminate};
+
 use common::{
-    DTUN, Netns, Proc, Topo, UP, assert_running, lines_with, only_tun, parse_ping_stats, path_str,
-    start_client, start_server, vm_rss_kib, wait_p2p,
+    DTUN, Netns, Topo, UP, assert_running, lines_with, only_tun, parse_ping_stats, path_str,
+    start_client, start_server, wait_p2p,
 };
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-const ATTACK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tools/attack.py");
 const PORT: u16 = 443;
 const KEY: &str = "attack-shared-key-0123456789";
 
@@ -87,13 +88,6 @@ const DROP_REASON: &str = "drop reason=";
 const REFUSED_DEFAULT: &str = "refused peernet 0.0.0.0/0";
 const SHUTDOWN_WHY: &str = "disconnected: server shutting down (";
 const CONNECTED: &str = " connected from ";
-const TOTALS: &str = "server totals: ";
-
-fn attack_tool(ns: &Netns, args: &[&str]) -> Proc {
-    let mut all = vec![ATTACK];
-    all.extend_from_slice(args);
-    ns.spawn("python3", &all, &[])
-}
 
 /// A dtun client's arguments, with a 1 s keepalive so the server notices a silent peer fast.
 fn client_args<'a>(server_ip: &'a str, id: &'a str, key: &'a str) -> Vec<&'a str> {
@@ -151,74 +145,6 @@ fn figure(log: &str, key: &str) -> u64 {
     log.split(|c: char| c.is_whitespace() || "(),".contains(c))
         .find_map(|w| w.strip_prefix(key)?.parse().ok())
         .unwrap_or_else(|| panic!("no {key}N in:\n{log}"))
-}
-
-/// The demultiplexer's counters from the server's `server totals:` line at shutdown.
-fn server_totals(log: &str) -> BTreeMap<String, u64> {
-    let line = log
-        .lines()
-        .find_map(|l| Some(&l[l.find(TOTALS)? + TOTALS.len()..]))
-        .unwrap_or_else(|| panic!("no {TOTALS:?} line in the server log:\n{log}"));
-    let totals: BTreeMap<String, u64> = line
-        .split_whitespace()
-        .filter_map(|kv| {
-            let (k, v) = kv.split_once('=')?;
-            Some((k.to_string(), v.parse().ok()?))
-        })
-        .collect();
-    for key in [
-        "unknown_peer",
-        "handshakes",
-        "handshake_evicted",
-        "handshake_limit",
-    ] {
-        assert!(totals.contains_key(key), "no {key} in {line:?}");
-    }
-    totals
-}
-
-/// Stops the server with SIGTERM, checks it exits 0, and returns its whole log.
-fn terminate(server: &mut Proc) -> String {
-    server.signal("TERM");
-    server.expect_success("server after SIGTERM", Duration::from_secs(10));
-    server.log()
-}
-
-/// Catches the first datagram of a real dtun client (a ClientHello) on loopback in `ns` and
-/// returns the path of its hex dump.
-fn catch_client_hello(topo: &Topo, ns: &Netns) -> std::path::PathBuf {
-    let out = topo.dir.path().join("client-hello.hex");
-    let mut catcher = attack_tool(
-        ns,
-        &["catch-hello", "--port", "4444", "--out", path_str(&out)],
-    );
-    catcher.wait_log("listening on", Duration::from_secs(10));
-    let client = ns.spawn(
-        DTUN,
-        &[
-            "-host",
-            "127.0.0.1",
-            "-port",
-            "4444",
-            "-key",
-            "catch-me",
-            "-id",
-            "hello-catch",
-            "-once",
-        ],
-        &[],
-    );
-    catcher.expect_success("attack.py catch-hello", Duration::from_secs(15));
-    drop(client);
-    out
-}
-
-/// The server's RSS now, folded into `peak`; panics if the server has exited.
-fn sample_rss(server: &mut Proc, peak: &mut u64) -> u64 {
-    assert_running(server, "dtun server");
-    let rss = vm_rss_kib(server.pid()).expect("server VmRSS");
-    *peak = (*peak).max(rss);
-    rss
 }
 
 fn assert_no_default_route(ns: &Netns) {

@@ -30,6 +30,8 @@
 //! namespace only create, configure (`ip -n`) and delete the test's own namespaces.
 #![allow(dead_code)]
 
+pub mod hostile;
+
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
