@@ -171,6 +171,35 @@ impl Net {
     }
 }
 
+/// `/etc/netns/NS/hosts` for the client (`ip netns exec` bind-mounts it over /etc/hosts),
+/// removed on drop.
+struct Hosts(std::path::PathBuf);
+
+impl Hosts {
+    fn new(ns: &Netns, text: &str) -> Hosts {
+        let dir = std::path::PathBuf::from(format!("/etc/netns/{}", ns.name()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let hosts = Hosts(dir);
+        hosts.set(text);
+        hosts
+    }
+
+    /// Rewrites the file in place (a bind-mounted file cannot be renamed over).
+    fn set(&self, text: &str) {
+        std::fs::write(
+            self.0.join("hosts"),
+            format!("127.0.0.1 localhost\n{text}\n"),
+        )
+        .unwrap();
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn wait_tun(net: &Net) -> String {
     let tun = only_tun(&net.client);
     wait_p2p(&net.client, &tun);
@@ -452,21 +481,8 @@ fn routes_left_by_kill_9_are_cleaned_at_the_next_start() {
 fn example_split_scripts_with_a_compat_client() {
     let net = Net::new("fRe");
     let _server = net.start_server();
-    // The server's name, for this namespace only (`ip netns exec` bind-mounts the file).
-    let etc = std::path::PathBuf::from(format!("/etc/netns/{}", net.client.name()));
-    std::fs::create_dir_all(&etc).unwrap();
-    struct Cleanup(std::path::PathBuf);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _cleanup = Cleanup(etc.clone());
-    std::fs::write(
-        etc.join("hosts"),
-        "127.0.0.1 localhost\n10.77.0.1 vpn.fr.test\n",
-    )
-    .unwrap();
+    // The server's name, for this namespace only.
+    let _hosts = Hosts::new(&net.client, "10.77.0.1 vpn.fr.test");
     let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/split-routing");
     let scripts = net.dir.path().join("scripts");
     std::fs::create_dir_all(&scripts).unwrap();
@@ -519,4 +535,54 @@ fn example_split_scripts_with_a_compat_client() {
     client.stop(Duration::from_secs(10));
     assert_eq!(net.client.ip(&["route"]), routes_before);
     let _ = &net.inet;
+}
+
+/// A reconnect, to another address of the server (its name now resolves elsewhere): the routes
+/// stay (installed once), the server's throw route moves to the new address, and the full
+/// tunnel works again. Fails if the routes were dropped or re-made per session, or if the
+/// new address were routed into the tunnel (the session could not come back).
+#[test]
+fn routes_stay_across_a_reconnect_to_another_server_address() {
+    let net = Net::new("fRr");
+    net.server.ip(&["addr", "add", "10.77.0.2/32", "dev", "lo"]);
+    let hosts = Hosts::new(&net.client, "10.77.0.1 vpn.fr.test");
+    let mut server = net.start_server();
+    let args = [
+        "-host",
+        "vpn.fr.test",
+        "-port",
+        PORT,
+        "-key",
+        KEY,
+        "-keepalive",
+        "1s",
+        "-route",
+        "all",
+    ];
+    let mut client = start_client(&net.client, &args);
+    let tun = wait_tun(&net);
+    ping_through(&net, &tun, INET, true);
+    let table = net.client.ip(&["route", "show", "table", TABLE]);
+    assert!(table.contains("throw 10.77.0.1 "), "{table}");
+    server.stop(Duration::from_secs(10));
+    hosts.set("10.77.0.2 vpn.fr.test");
+    let _server = start_server(
+        &net.server,
+        4443,
+        &["-key", KEY, "-port", PORT, "-listen", "10.77.0.2"],
+    );
+    wait_for(Duration::from_secs(30), "the client to reconnect", || {
+        lines_with(&client.log(), &[dtun::client::LOG_TUNNEL_UP, "10.77.0.2"]) == 1
+    });
+    assert_eq!(net.client.links(), vec![tun.clone()], "the TUN was kept");
+    ping_through(&net, &tun, INET, true);
+    let table = net.client.ip(&["route", "show", "table", TABLE]);
+    assert!(table.contains("throw 10.77.0.2 "), "{table}");
+    assert!(!table.contains("10.77.0.1"), "{table}");
+    let log = client.log();
+    assert_eq!(lines_with(&log, &[dtun::routes::LOG_INSTALLED]), 1, "{log}");
+    let rules = net.client.ip(&["rule"]);
+    assert_eq!(lines_with(&rules, &["25717:"]), 1, "{rules}");
+    client.stop(Duration::from_secs(10));
+    assert_eq!(net.leftovers(), "");
 }
