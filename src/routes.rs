@@ -392,13 +392,25 @@ impl Routes {
             let handle = handle.clone();
             async move {
                 let what = describe(&m);
+                let v6 = m.header.address_family == AddressFamily::Inet6;
                 handle
                     .route()
                     .add(m)
                     .replace()
                     .execute()
                     .await
-                    .map_err(|e| NetlinkError::new(format!("add route {what}"), e))
+                    .map_err(|e| {
+                        let op = format!("add route {what}");
+                        // EPERM is a missing CAP_NET_ADMIN; EACCES on an IPv6 route is the
+                        // kernel's "IPv6 is disabled on nexthop device".
+                        if v6 && raw_errno(&e) == Some(libc::EACCES) {
+                            return NetlinkError::Other {
+                                op,
+                                reason: "IPv6 is disabled on the TUN (net.ipv6.conf.default.disable_ipv6 or .all is 1): enable it, or leave IPv6 prefixes out of -route".into(),
+                            };
+                        }
+                        NetlinkError::new(op, e)
+                    })
             }
         }))
         .buffer_unordered(IN_FLIGHT)

@@ -411,7 +411,8 @@ fn route_all_blocks_ipv6_unless_told_otherwise() {
 }
 
 /// Bad CIDRs in -route and -exclude and a bad line in an exclude file: the client refuses to
-/// start with a message naming the culprit (the file and line), and leaves nothing behind.
+/// start with a message naming the culprit (the file and line), and leaves nothing behind;
+/// nor does a route the kernel refuses halfway through installing them.
 #[test]
 fn bad_route_input_is_refused_and_nothing_is_left() {
     let net = Net::new("fRb");
@@ -441,6 +442,29 @@ fn bad_route_input_is_refused_and_nothing_is_left() {
         assert!(net.client.links().is_empty(), "{extra:?} made a TUN");
         assert_eq!(net.leftovers(), "", "{extra:?}");
     }
+    // A route the kernel refuses once the tunnel is up (IPv6 is off on new devices, so on
+    // the TUN): the client says so and exits, and takes back the routes and rules it had
+    // already added.
+    let _server = net.start_server();
+    let out = net
+        .client
+        .sh("sysctl -qw net.ipv6.conf.default.disable_ipv6=1");
+    assert!(out.status.success(), "{out:?}");
+    let extra = [
+        "-route",
+        "10.99.0.0/16,2001:db8::/32",
+        "-exclude",
+        "10.99.1.0/24",
+    ];
+    let mut p = net.client.spawn(DTUN, &net.client_args(&extra), &[]);
+    let status = p.wait_exit(Duration::from_secs(30)).expect("exits");
+    let log = p.log();
+    assert!(!status.success(), "{log}");
+    assert!(log.contains("cannot set up -route/-exclude"), "{log}");
+    assert!(log.contains("2001:db8::/32"), "{log}");
+    assert!(log.contains("IPv6 is disabled on the TUN"), "{log}");
+    assert!(net.client.links().is_empty(), "the TUN stayed");
+    assert_eq!(net.leftovers(), "", "half-applied routes");
 }
 
 /// After a `kill -9` the rules and the table's routes stay; the next start removes them and
