@@ -147,6 +147,18 @@ pub struct Cli {
     /// Server: how long an id's device is kept after its session ended (e.g. 90s, 5m)
     #[arg(long, value_parser = parse_duration, default_value = "120s")]
     pub linger: Duration,
+    /// Client: send through the tunnel `all` (0.0.0.0/1 and 128.0.0.0/1; dtun's own datagrams
+    /// keep their path) or only these CIDRs, separated by commas
+    #[arg(long, value_name = "all|CIDR,...")]
+    pub route: Option<String>,
+    /// Client, with -route: keep these on the old path: CIDRs separated by commas, or @FILE
+    /// (one CIDR a line, # comments); may be given more than once
+    #[arg(long, value_name = "CIDR,...|@FILE", action = ArgAction::Append)]
+    pub exclude: Vec<String>,
+    /// Client, with -route all: let IPv6 go the old way (by default it is blocked, since the
+    /// tunnel carries none)
+    #[arg(long = "allow-ipv6-leak")]
+    pub allow_ipv6_leak: bool,
     /// More logging (-v debug, -vv trace); RUST_LOG overrides
     #[arg(short = 'v', action = ArgAction::Count)]
     pub verbose: u8,

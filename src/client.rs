@@ -26,6 +26,7 @@ use crate::proto::{
 };
 use crate::pump::{self, Counters, Inbound, Inbox, Link, OutboundCmd, RateLimit};
 use crate::record::{self, Opener, Sealer};
+use crate::routes::Routes;
 use crate::supervise::{TaskEnded, first_app_sequence};
 use crate::tun::{self, Tun, TunError, TunWriter};
 use crate::udp::{Receiver, Udp};
@@ -61,6 +62,8 @@ pub enum ClientError {
     Tun(#[from] TunError),
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
+    #[error("cannot set up -route/-exclude: {0}; dtun removed what it had added of them")]
+    Routes(NetlinkError),
     #[error("{0}; the tunnel is closed")]
     Hook(#[from] HookError),
     #[error("sending to {0} failed: {1}")]
@@ -91,7 +94,10 @@ impl ClientError {
     /// Errors that retrying cannot cure: the user must act.
     fn is_fatal(&self) -> bool {
         match self {
-            ClientError::Config(_) | ClientError::Hook(_) | ClientError::Internal(_) => true,
+            ClientError::Config(_)
+            | ClientError::Hook(_)
+            | ClientError::Internal(_)
+            | ClientError::Routes(_) => true,
             ClientError::Tun(e) => !matches!(e, TunError::Netlink(n) if !n.is_permission_denied()),
             ClientError::Netlink(e) => e.is_permission_denied(),
             _ => false,
@@ -157,10 +163,21 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
     let mut shutdown = std::pin::pin!(shutdown);
     let nl = Netlink::new()?;
     let mut tunnel: Option<Tunnel> = None;
+    // -route: what an earlier dtun left behind (a kill -9) goes first.
+    let mut routes = None;
+    if cfg.routes.is_active() {
+        let r = Routes::new(nl.clone(), cfg.routes.clone());
+        match r.clean_stale().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("removed {n} routes and rules an earlier dtun left behind"),
+            Err(e) => return Err(ClientError::Routes(e)),
+        }
+        routes = Some(r);
+    }
     let mut backoff = Backoff::default();
     let mut last_error = String::new();
     let result = loop {
-        match session(&cfg, &nl, &mut tunnel, shutdown.as_mut()).await {
+        match session(&cfg, &nl, &mut tunnel, &mut routes, shutdown.as_mut()).await {
             End::Shutdown => break Ok(()),
             End::Lost { error, was_up } => {
                 if cfg.once || error.is_fatal() {
@@ -196,6 +213,11 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
         {
             tracing::warn!("{e}");
         }
+        if let Some(r) = routes.as_mut()
+            && let Err(e) = r.remove().await
+        {
+            tracing::warn!("{e}");
+        }
         tracing::info!("removing {}", t.tun.name);
         let _ = nl.del_link(t.tun.index).await;
     }
@@ -214,13 +236,19 @@ async fn session(
     cfg: &ClientConfig,
     nl: &Netlink,
     tunnel: &mut Option<Tunnel>,
+    routes: &mut Option<Routes>,
     mut shutdown: Pin<&mut impl Future<Output = ()>>,
 ) -> End {
     let server = match cfg.server_addr().await {
         Ok(s) => s,
         Err(e) => return lost(ClientError::Config(e)),
     };
-    let sock = match connect(server).await {
+    if let Some(r) = routes.as_mut()
+        && let Err(e) = r.set_server(server.ip()).await
+    {
+        return lost(ClientError::Routes(e));
+    }
+    let sock = match connect(server, routes.is_some()).await {
         Ok(s) => Arc::new(s),
         Err(e) => return lost(e),
     };
@@ -335,7 +363,14 @@ async fn session(
         return lost(ClientError::NoAddress(SETUP_TIMEOUT));
     };
 
-    // 4. Our LAN, our hello (dtun servers only), the up script, then forwarding.
+    // 4. -route (before the up script, which may build on it), our LAN, our hello (dtun
+    //    servers only), the up script, then forwarding.
+    if let Some(r) = routes.as_mut()
+        && let Err(e) = r.apply(t.tun.index).await
+    {
+        let _ = link.send_close_notify(&mut sealer).await;
+        return lost(ClientError::Routes(e));
+    }
     let mut hello = vec![];
     if negotiated {
         let keepalive_ms = u32::try_from(cfg.common.keepalive.as_millis()).unwrap_or(u32::MAX);
@@ -452,7 +487,9 @@ async fn session(
     }
 }
 
-async fn connect(server: SocketAddr) -> Result<UdpSocket, ClientError> {
+/// A UDP socket connected to the server; with `-route` it carries [`crate::routes::FWMARK`],
+/// so its datagrams skip dtun's routing table and keep the old path.
+async fn connect(server: SocketAddr, mark: bool) -> Result<UdpSocket, ClientError> {
     let local: SocketAddr = match server.ip() {
         IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
         IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
@@ -460,6 +497,10 @@ async fn connect(server: SocketAddr) -> Result<UdpSocket, ClientError> {
     let sock = UdpSocket::bind(local)
         .await
         .map_err(|e| ClientError::Socket(server, e))?;
+    if mark {
+        crate::sys::set_mark(&socket2::SockRef::from(&sock), crate::routes::FWMARK)
+            .map_err(|e| ClientError::Socket(server, e))?;
+    }
     sock.connect(server)
         .await
         .map_err(|e| ClientError::Socket(server, e))?;

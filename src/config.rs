@@ -41,6 +41,9 @@ pub enum ConfigError {
     Id,
     #[error(transparent)]
     Credentials(crate::keys::KeyError),
+    /// A bad -route, -exclude (or a line of its file), -allow-ipv6-leak.
+    #[error("{0}")]
+    Routes(String),
 }
 
 /// The pre-shared key's bytes. Never printed; wiped when dropped.
@@ -248,6 +251,8 @@ pub struct ClientConfig {
     pub common: Common,
     /// Exit at the first failure or end of session instead of reconnecting.
     pub once: bool,
+    /// -route, -exclude, -allow-ipv6-leak.
+    pub routes: crate::routes::RouteSpec,
 }
 
 impl ClientConfig {
@@ -264,6 +269,12 @@ impl ClientConfig {
             tun: TunSettings::from_cli(cli)?,
             common: Common::from_cli(cli)?,
             once: cli.once,
+            routes: crate::routes::RouteSpec::from_flags(
+                cli.route.as_deref(),
+                &cli.exclude,
+                cli.allow_ipv6_leak,
+            )
+            .map_err(ConfigError::Routes)?,
         })
     }
 

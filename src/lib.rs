@@ -19,6 +19,7 @@ pub mod pool;
 pub mod proto;
 pub mod pump;
 pub mod record;
+pub mod routes;
 pub mod server;
 pub mod supervise;
 pub mod sys;

@@ -54,7 +54,7 @@ pub enum NetlinkError {
 
 impl NetlinkError {
     /// Wraps an rtnetlink error with a description of the operation.
-    fn new(op: String, err: rtnetlink::Error) -> Self {
+    pub(crate) fn new(op: String, err: rtnetlink::Error) -> Self {
         match raw_errno(&err) {
             Some(errno) if errno == libc::EPERM || errno == libc::EACCES => {
                 NetlinkError::PermissionDenied { op, errno }
@@ -99,14 +99,14 @@ impl NetlinkError {
 }
 
 /// The positive errno inside an rtnetlink error, if it carries one.
-fn raw_errno(err: &rtnetlink::Error) -> Option<i32> {
+pub(crate) fn raw_errno(err: &rtnetlink::Error) -> Option<i32> {
     match err {
         rtnetlink::Error::NetlinkError(msg) => msg.code.map(|code| code.get().abs()),
         _ => None,
     }
 }
 
-fn is_not_found_errno(errno: i32) -> bool {
+pub(crate) fn is_not_found_errno(errno: i32) -> bool {
     matches!(errno, libc::ENOENT | libc::ESRCH | libc::ENODEV)
 }
 
@@ -130,6 +130,11 @@ impl Netlink {
         let (connection, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Socket)?;
         runtime.spawn(connection);
         Ok(Netlink { handle })
+    }
+
+    /// The rtnetlink handle, for the modules that build their own requests (src/routes.rs).
+    pub(crate) fn handle(&self) -> &Handle {
+        &self.handle
     }
 
     /// The interface index of the link called `name`.
@@ -525,7 +530,7 @@ fn local_and_peer(message: &AddressMessage) -> (Option<IpAddr>, Option<IpAddr>) 
 }
 
 /// The table a route is in: RTA_TABLE when present (tables above 255), else the header's.
-fn route_table(route: &RouteMessage) -> u32 {
+pub(crate) fn route_table(route: &RouteMessage) -> u32 {
     route
         .attributes
         .iter()
@@ -558,7 +563,7 @@ fn route_gateways(attributes: &[RouteAttribute]) -> impl Iterator<Item = IpAddr>
 }
 
 /// A route's destination prefix; a route without RTA_DST is the family's default route.
-fn route_destination(route: &RouteMessage) -> Option<IpNet> {
+pub(crate) fn route_destination(route: &RouteMessage) -> Option<IpNet> {
     let addr = route
         .attributes
         .iter()

@@ -29,6 +29,12 @@ pub fn set_udp_gro(sock: &socket2::SockRef<'_>, on: bool) -> std::io::Result<()>
     setsockopt_int(sock, libc::SOL_UDP, libc::UDP_GRO, libc::c_int::from(on))
 }
 
+/// Sets SO_MARK: the firewall mark every packet of the socket carries, which policy routing
+/// rules can match (`-route`: dtun's own datagrams skip its routing table). Needs CAP_NET_ADMIN.
+pub fn set_mark(sock: &socket2::SockRef<'_>, mark: u32) -> std::io::Result<()> {
+    setsockopt_int(sock, libc::SOL_SOCKET, libc::SO_MARK, mark as libc::c_int)
+}
+
 fn setsockopt_int(
     sock: &socket2::SockRef<'_>,
     level: libc::c_int,

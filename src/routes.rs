@@ -1,0 +1,551 @@
+//! Client routing: `-route all|CIDR,…`, `-exclude CIDR,…|@FILE` and the IPv6 leak block, over
+//! rtnetlink (never by running `ip`).
+//!
+//! Everything dtun routes lives in its own routing table [`TABLE`], consulted by policy rules:
+//!
+//! ```text
+//! 25716: from all lookup main suppress_prefixlength 0      (-route all only)
+//! 25717: not from all fwmark 0x6474 lookup 25716
+//! table 25716: 0.0.0.0/1 dev TUN, 128.0.0.0/1 dev TUN      (-route all; else the -route CIDRs)
+//!              throw EXCLUDED…, throw SERVER/32             (fall back to the main table)
+//!              unreachable ::/1, unreachable 8000::/1       (-route all without IPv6 in the tunnel)
+//! ```
+//!
+//! - The main table's routes more specific than a default route (the LAN, the underlay subnet,
+//!   the TUN's own peer) win over the tunnel with `-route all`, as with the original recipe's
+//!   0/1 + 128/1 (wg-quick's `suppress_prefixlength 0`).
+//! - dtun's own UDP socket carries the mark [`FWMARK`] (SO_MARK), so its datagrams never look
+//!   at this table: they take whatever the main table says *now*, which follows a new default
+//!   gateway (DHCP renew, another Wi-Fi) and a reconnect to another server address with no
+//!   state of ours to update. The server's address also gets a `throw` route, so that other
+//!   traffic to it, and the reverse-path check of its datagrams under a strict `rp_filter`,
+//!   go the old way too.
+//! - An excluded prefix is a `throw` route: the lookup falls back to the main table, whatever
+//!   gateway it has at the moment.
+//! - Every route carries the protocol number [`ROUTE_PROTOCOL`] and every rule one of two
+//!   priorities, so a start after a `kill -9` finds and removes what is left.
+//! - Routes are added and removed in pipelined batches of netlink requests (not one round trip
+//!   each): a national list of 10 000 prefixes takes well under a second.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use ipnet::IpNet;
+use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::packet_route::route::{
+    RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleFlags, RuleMessage};
+use rtnetlink::{IpVersion, RouteMessageBuilder};
+
+use crate::netlink::{Netlink, NetlinkError, is_not_found_errno, raw_errno, route_table};
+
+/// dtun's routing table ("dt").
+pub const TABLE: u32 = 0x6474;
+/// The firewall mark on dtun's own socket: its datagrams skip [`TABLE`].
+pub const FWMARK: u32 = 0x6474;
+/// Priority of the `lookup main suppress_prefixlength 0` rule (`-route all`).
+pub const PRIO_SUPPRESS: u32 = 25716;
+/// Priority of the `not fwmark FWMARK lookup TABLE` rule.
+pub const PRIO_TABLE: u32 = 25717;
+/// The `proto` of every route dtun adds for `-route` (shown as `proto 116` by `ip route`).
+pub const ROUTE_PROTOCOL: u8 = 116;
+/// Netlink requests in flight at once while adding or removing many routes.
+const IN_FLIGHT: usize = 256;
+
+/// Log line after the routes went in: `routes: installed N in X ms`.
+pub const LOG_INSTALLED: &str = "routes: installed";
+/// Log line after they were removed: `routes: removed N in X ms`.
+pub const LOG_REMOVED: &str = "routes: removed";
+/// Log line when IPv6 is blocked with `-route all`.
+pub const LOG_IPV6_BLOCKED: &str = "IPv6 is blocked";
+
+/// What the client routes through the tunnel, from `-route`, `-exclude`, `-allow-ipv6-leak`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RouteSpec {
+    /// `-route all`: 0.0.0.0/1 and 128.0.0.0/1.
+    pub all: bool,
+    /// `-route CIDR,…`.
+    pub routes: Vec<IpNet>,
+    /// `-exclude`: kept on the old path.
+    pub exclude: Vec<IpNet>,
+    /// With `-route all`: do not block IPv6.
+    pub allow_ipv6_leak: bool,
+}
+
+impl RouteSpec {
+    /// Builds and checks the spec from the flags' values (`-exclude` may be given many times).
+    pub fn from_flags(
+        route: Option<&str>,
+        exclude: &[String],
+        allow_ipv6_leak: bool,
+    ) -> Result<RouteSpec, String> {
+        let mut spec = RouteSpec {
+            allow_ipv6_leak,
+            ..RouteSpec::default()
+        };
+        if let Some(route) = route {
+            if route.trim() == "all" {
+                spec.all = true;
+            } else {
+                spec.routes = parse_list(route).map_err(|e| {
+                    format!("bad -route: {e} (give `all` or CIDRs separated by commas)")
+                })?;
+            }
+        }
+        for ex in exclude {
+            let nets = match ex.strip_prefix('@') {
+                Some(path) => read_exclude_file(Path::new(path))?,
+                None => parse_list(ex).map_err(|e| format!("bad -exclude: {e}"))?,
+            };
+            spec.exclude.extend(nets);
+        }
+        spec.exclude.sort();
+        spec.exclude.dedup();
+        if !spec.exclude.is_empty() && !spec.is_active() {
+            return Err(
+                "-exclude needs -route (all or CIDRs): without it nothing goes through the tunnel to exclude from".into(),
+            );
+        }
+        if allow_ipv6_leak && !spec.all {
+            return Err("-allow-ipv6-leak only means something with -route all".into());
+        }
+        Ok(spec)
+    }
+
+    /// Whether dtun manages routes at all.
+    pub fn is_active(&self) -> bool {
+        self.all || !self.routes.is_empty()
+    }
+
+    /// Whether IPv6 is blocked (`-route all` without `-allow-ipv6-leak`).
+    pub fn blocks_ipv6(&self) -> bool {
+        self.all && !self.allow_ipv6_leak
+    }
+
+    /// What goes into the tunnel.
+    fn tunnel_routes(&self) -> Vec<IpNet> {
+        if self.all {
+            vec![
+                IpNet::new(Ipv4Addr::UNSPECIFIED.into(), 1).expect("valid /1"),
+                IpNet::new(Ipv4Addr::new(128, 0, 0, 0).into(), 1).expect("valid /1"),
+            ]
+        } else {
+            self.routes.clone()
+        }
+    }
+}
+
+/// One CIDR (`10.0.0.0/8`, `2001:db8::/32`) or a bare address (a /32 or /128). Host bits set
+/// are refused: `10.1.2.3/8` is most likely a typo for something else than `10.0.0.0/8`.
+pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    let net = if s.contains('/') {
+        s.parse::<IpNet>()
+            .map_err(|_| format!("{s:?} is not a CIDR such as 10.0.0.0/8 or 2001:db8::/32"))?
+    } else {
+        let ip: IpAddr = s
+            .parse()
+            .map_err(|_| format!("{s:?} is not a CIDR such as 10.0.0.0/8 or 2001:db8::/32"))?;
+        IpNet::from(ip)
+    };
+    if net.trunc() != net {
+        return Err(format!(
+            "{s:?} has bits set past its prefix length: did you mean {}?",
+            net.trunc()
+        ));
+    }
+    Ok(net)
+}
+
+/// CIDRs separated by commas.
+pub fn parse_list(s: &str) -> Result<Vec<IpNet>, String> {
+    s.split(',').map(parse_cidr).collect()
+}
+
+/// An exclude file: one CIDR a line, `#` starts a comment, blank lines are skipped. A bad
+/// line's error names the file and the line.
+pub fn read_exclude_file(path: &Path) -> Result<Vec<IpNet>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read -exclude file {}: {e}", path.display()))?;
+    let mut nets = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        nets.push(parse_cidr(line).map_err(|e| {
+            format!(
+                "{}:{}: {e}; fix or remove that line of the -exclude file",
+                path.display(),
+                i + 1
+            )
+        })?);
+    }
+    Ok(nets)
+}
+
+/// The routes and rules of one client, installed once the TUN exists, kept across sessions,
+/// removed on exit.
+pub struct Routes {
+    nl: Netlink,
+    spec: RouteSpec,
+    /// The rules and the table's throw/unreachable routes are in place.
+    installed: bool,
+    /// The server address that has a throw route (or will get one at install).
+    server: Option<IpAddr>,
+}
+
+impl Routes {
+    pub fn new(nl: Netlink, spec: RouteSpec) -> Routes {
+        Routes {
+            nl,
+            spec,
+            installed: false,
+            server: None,
+        }
+    }
+
+    /// Removes what an earlier dtun left behind (after a `kill -9`): every rule at our
+    /// priorities and every route in our table or with our protocol. Returns how many.
+    pub async fn clean_stale(&self) -> Result<usize, NetlinkError> {
+        self.flush().await
+    }
+
+    /// The server we are about to talk to: its address gets a throw route (and an earlier one
+    /// loses its own) if the routes are in place.
+    pub async fn set_server(&mut self, server: IpAddr) -> Result<(), NetlinkError> {
+        let old = self.server.replace(server);
+        if !self.installed || old == Some(server) {
+            return Ok(());
+        }
+        self.add_batch(vec![throw(IpNet::from(server))]).await?;
+        if let Some(old) = old {
+            let stale = route_message(IpNet::from(old), RouteType::Throw, None);
+            self.del_batch(vec![stale]).await?;
+        }
+        Ok(())
+    }
+
+    /// Puts the routes in place for the TUN `tun` (again after a reconnect: replacing a route
+    /// that is there already changes nothing, and a TUN made anew gets its routes back). On
+    /// failure everything dtun had added is removed again.
+    pub async fn apply(&mut self, tun: u32) -> Result<(), NetlinkError> {
+        match self.try_apply(tun).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                if let Err(e2) = self.remove().await {
+                    tracing::warn!("{e2}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn try_apply(&mut self, tun: u32) -> Result<(), NetlinkError> {
+        let tunnel: Vec<RouteMessage> = self
+            .spec
+            .tunnel_routes()
+            .into_iter()
+            .map(|dst| route_message(dst, RouteType::Unicast, Some(tun)))
+            .collect();
+        if self.installed {
+            return self.add_batch(tunnel).await;
+        }
+        let started = Instant::now();
+        let mut messages: Vec<RouteMessage> = self.spec.exclude.iter().map(|n| throw(*n)).collect();
+        messages.extend(self.server.map(|s| throw(IpNet::from(s))));
+        if self.spec.blocks_ipv6() {
+            for half in [
+                Ipv6Addr::UNSPECIFIED,
+                Ipv6Addr::new(0x8000, 0, 0, 0, 0, 0, 0, 0),
+            ] {
+                let net = IpNet::new(half.into(), 1).expect("valid /1");
+                messages.push(route_message(net, RouteType::Unreachable, None));
+            }
+        }
+        messages.extend(tunnel);
+        let count = messages.len();
+        self.installed = true;
+        self.add_batch(messages).await?;
+        self.add_rules().await?;
+        tracing::info!(
+            "{LOG_INSTALLED} {count} in {} ms (table {TABLE}: {}{} excluded)",
+            started.elapsed().as_millis(),
+            if self.spec.all {
+                "everything through the tunnel, ".to_string()
+            } else {
+                format!("{} prefixes through the tunnel, ", self.spec.routes.len())
+            },
+            self.spec.exclude.len()
+        );
+        if self.spec.blocks_ipv6() {
+            tracing::info!(
+                "{LOG_IPV6_BLOCKED}: the tunnel carries none, so ::/1 and 8000::/1 are unreachable while it is up; -allow-ipv6-leak lets IPv6 go the old way"
+            );
+        } else if self.spec.all {
+            tracing::warn!("IPv6 bypasses the tunnel (-allow-ipv6-leak)");
+        }
+        Ok(())
+    }
+
+    /// Removes every rule and route dtun added. Logs how many and how long it took.
+    pub async fn remove(&mut self) -> Result<(), NetlinkError> {
+        if !self.installed {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let n = self.flush().await?;
+        self.installed = false;
+        let took: Duration = started.elapsed();
+        tracing::info!("{LOG_REMOVED} {n} in {} ms", took.as_millis());
+        Ok(())
+    }
+
+    async fn add_rules(&self) -> Result<(), NetlinkError> {
+        let handle = self.nl.handle();
+        for v6 in [false, true] {
+            let family = if v6 { "IPv6" } else { "IPv4" };
+            if self.spec.all {
+                let mut req = handle
+                    .rule()
+                    .add()
+                    .table_id(u32::from(RouteHeader::RT_TABLE_MAIN))
+                    .priority(PRIO_SUPPRESS)
+                    .action(RuleAction::ToTable);
+                req.message_mut()
+                    .attributes
+                    .push(RuleAttribute::SuppressPrefixLen(0));
+                let op = || format!("add {family} rule `lookup main suppress_prefixlength 0`");
+                if v6 {
+                    ok_if_exists(req.v6().execute().await, op)?;
+                } else {
+                    ok_if_exists(req.v4().execute().await, op)?;
+                }
+            }
+            let mut req = handle
+                .rule()
+                .add()
+                .table_id(TABLE)
+                .priority(PRIO_TABLE)
+                .fw_mark(FWMARK)
+                .action(RuleAction::ToTable);
+            req.message_mut().header.flags = RuleFlags::Invert;
+            let op = || format!("add {family} rule `not fwmark {FWMARK:#x} lookup {TABLE}`");
+            if v6 {
+                ok_if_exists(req.v6().execute().await, op)?;
+            } else {
+                ok_if_exists(req.v4().execute().await, op)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes our rules, then our routes; returns how many there were.
+    async fn flush(&self) -> Result<usize, NetlinkError> {
+        let handle = self.nl.handle();
+        let mut count = 0;
+        for version in [IpVersion::V4, IpVersion::V6] {
+            let rules: Vec<RuleMessage> = handle
+                .rule()
+                .get(version)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|e| NetlinkError::new("list routing rules".into(), e))?;
+            for rule in rules.into_iter().filter(is_our_rule) {
+                match handle.rule().del(rule).execute().await {
+                    Ok(()) => count += 1,
+                    Err(e) if raw_errno(&e).is_some_and(is_not_found_errno) => {}
+                    Err(e) => {
+                        return Err(NetlinkError::new("delete a dtun routing rule".into(), e));
+                    }
+                }
+            }
+        }
+        let mut ours = Vec::new();
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut query = RouteMessageBuilder::<IpAddr>::new().build();
+            query.header.address_family = family;
+            let routes: Vec<RouteMessage> = handle
+                .route()
+                .get(query)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|e| NetlinkError::new("list routes".into(), e))?;
+            ours.extend(routes.into_iter().filter(|r| {
+                route_table(r) == TABLE || u8::from(r.header.protocol) == ROUTE_PROTOCOL
+            }));
+        }
+        count += ours.len();
+        self.del_batch(ours).await?;
+        Ok(count)
+    }
+
+    /// Adds (or replaces) routes, [`IN_FLIGHT`] requests at a time.
+    async fn add_batch(&self, messages: Vec<RouteMessage>) -> Result<(), NetlinkError> {
+        let handle = self.nl.handle().clone();
+        futures::stream::iter(messages.into_iter().map(|m| {
+            let handle = handle.clone();
+            async move {
+                let what = describe(&m);
+                let v6 = m.header.address_family == AddressFamily::Inet6;
+                handle
+                    .route()
+                    .add(m)
+                    .replace()
+                    .execute()
+                    .await
+                    .map_err(|e| {
+                        let op = format!("add route {what}");
+                        // EPERM is a missing CAP_NET_ADMIN; EACCES on an IPv6 route is the
+                        // kernel's "IPv6 is disabled on nexthop device".
+                        if v6 && raw_errno(&e) == Some(libc::EACCES) {
+                            return NetlinkError::Other {
+                                op,
+                                reason: "IPv6 is disabled on the TUN (net.ipv6.conf.default.disable_ipv6 or .all is 1): enable it, or leave IPv6 prefixes out of -route".into(),
+                            };
+                        }
+                        NetlinkError::new(op, e)
+                    })
+            }
+        }))
+        .buffer_unordered(IN_FLIGHT)
+        .try_for_each(|()| async { Ok(()) })
+        .await
+    }
+
+    /// Deletes routes, [`IN_FLIGHT`] requests at a time; one already gone is no error.
+    async fn del_batch(&self, messages: Vec<RouteMessage>) -> Result<(), NetlinkError> {
+        let handle = self.nl.handle().clone();
+        futures::stream::iter(messages.into_iter().map(|m| {
+            let handle = handle.clone();
+            async move {
+                let what = describe(&m);
+                match handle.route().del(m).execute().await {
+                    Ok(()) => Ok(()),
+                    Err(e) if raw_errno(&e).is_some_and(is_not_found_errno) => Ok(()),
+                    Err(e) => Err(NetlinkError::new(format!("delete route {what}"), e)),
+                }
+            }
+        }))
+        .buffer_unordered(IN_FLIGHT)
+        .try_for_each(|()| async { Ok(()) })
+        .await
+    }
+}
+
+fn ok_if_exists(
+    r: Result<(), rtnetlink::Error>,
+    op: impl Fn() -> String,
+) -> Result<(), NetlinkError> {
+    match r {
+        Ok(()) => Ok(()),
+        Err(e) if raw_errno(&e) == Some(libc::EEXIST) => Ok(()),
+        Err(e) => Err(NetlinkError::new(op(), e)),
+    }
+}
+
+/// A rule dtun made: one of its two priorities.
+fn is_our_rule(rule: &RuleMessage) -> bool {
+    rule.attributes
+        .iter()
+        .any(|a| matches!(a, RuleAttribute::Priority(p) if *p == PRIO_SUPPRESS || *p == PRIO_TABLE))
+}
+
+fn throw(dst: IpNet) -> RouteMessage {
+    route_message(dst, RouteType::Throw, None)
+}
+
+/// A route in [`TABLE`] with dtun's protocol: `dst dev OIF` (unicast) or `throw dst`,
+/// `unreachable dst`.
+fn route_message(dst: IpNet, kind: RouteType, oif: Option<u32>) -> RouteMessage {
+    let mut message = RouteMessageBuilder::<IpAddr>::new().build();
+    let family = match dst {
+        IpNet::V4(_) => AddressFamily::Inet,
+        IpNet::V6(_) => AddressFamily::Inet6,
+    };
+    message.header.address_family = family;
+    message.header.destination_prefix_length = dst.prefix_len();
+    message.header.table = RouteHeader::RT_TABLE_UNSPEC;
+    message.header.protocol = RouteProtocol::from(ROUTE_PROTOCOL);
+    message.header.kind = kind;
+    message.header.scope = RouteScope::Universe;
+    message.attributes.push(RouteAttribute::Table(TABLE));
+    // A /0 has no destination attribute (never made here, but harmless).
+    if dst.prefix_len() > 0 {
+        message
+            .attributes
+            .push(RouteAttribute::Destination(dst.addr().into()));
+    }
+    if let Some(oif) = oif {
+        message.attributes.push(RouteAttribute::Oif(oif));
+        if dst.addr().is_ipv4() {
+            message.header.scope = RouteScope::Link;
+        }
+    }
+    message
+}
+
+/// `10.0.0.0/8 (throw)` and the like, for an error message.
+fn describe(m: &RouteMessage) -> String {
+    let dst = crate::netlink::route_destination(m)
+        .map(|d| d.to_string())
+        .unwrap_or_else(|| "?".into());
+    format!("{dst} ({:?}) in table {TABLE}", m.header.kind)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidrs() {
+        assert_eq!(parse_cidr("10.0.0.0/8").unwrap().to_string(), "10.0.0.0/8");
+        assert_eq!(parse_cidr(" 1.2.3.4 ").unwrap().to_string(), "1.2.3.4/32");
+        assert_eq!(
+            parse_cidr("2001:db8::/32").unwrap().to_string(),
+            "2001:db8::/32"
+        );
+        let e = parse_cidr("10.1.2.3/8").unwrap_err();
+        assert!(e.contains("did you mean 10.0.0.0/8"), "{e}");
+        assert!(parse_cidr("10.0.0.0/33").is_err());
+        assert!(parse_cidr("example.com").is_err());
+        assert!(parse_list("10.0.0.0/8,,1.2.3.0/24").is_err());
+    }
+
+    #[test]
+    fn specs() {
+        let s = RouteSpec::from_flags(Some("all"), &["10.0.0.0/8,192.168.0.0/16".into()], false)
+            .unwrap();
+        assert!(s.all && s.blocks_ipv6() && s.exclude.len() == 2);
+        assert_eq!(s.tunnel_routes().len(), 2);
+        let s = RouteSpec::from_flags(Some("all"), &[], true).unwrap();
+        assert!(!s.blocks_ipv6());
+        let s = RouteSpec::from_flags(Some("10.1.0.0/16,10.2.0.0/16"), &[], false).unwrap();
+        assert!(!s.all && s.routes.len() == 2 && !s.blocks_ipv6());
+        assert!(RouteSpec::from_flags(None, &["10.0.0.0/8".into()], false).is_err());
+        assert!(RouteSpec::from_flags(Some("10.0.0.0/8"), &[], true).is_err());
+        let e = RouteSpec::from_flags(Some("10.0.0.0/80"), &[], false).unwrap_err();
+        assert!(e.starts_with("bad -route"), "{e}");
+        assert!(!RouteSpec::default().is_active());
+    }
+
+    #[test]
+    fn exclude_file_errors_name_file_and_line() {
+        let dir = std::env::temp_dir().join(format!("dtun-routes-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("list");
+        std::fs::write(&f, "# comment\n10.0.0.0/8  # ten\n\n1.2.3.0/24\n").unwrap();
+        let nets = read_exclude_file(&f).unwrap();
+        assert_eq!(nets.len(), 2);
+        std::fs::write(&f, "10.0.0.0/8\nnonsense\n").unwrap();
+        let e = read_exclude_file(&f).unwrap_err();
+        assert!(e.contains(&format!("{}:2:", f.display())), "{e}");
+        assert!(read_exclude_file(&dir.join("missing")).is_err());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
