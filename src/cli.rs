@@ -147,6 +147,13 @@ pub struct Cli {
     /// Server: how long an id's device is kept after its session ended (e.g. 90s, 5m)
     #[arg(long, value_parser = parse_duration, default_value = "120s")]
     pub linger: Duration,
+    /// Server: DNS servers pushed to dtun clients. Client: DNS servers used while the tunnel is
+    /// up (/etc/resolv.conf rewritten in place, restored on exit)
+    #[arg(long, value_name = "IP[,IP...]", value_delimiter = ',')]
+    pub dns: Vec<IpAddr>,
+    /// Client: use the DNS servers the server pushes (its -dns) while the tunnel is up
+    #[arg(long = "accept-dns")]
+    pub accept_dns: bool,
     /// More logging (-v debug, -vv trace); RUST_LOG overrides
     #[arg(short = 'v', action = ArgAction::Count)]
     pub verbose: u8,

@@ -41,6 +41,16 @@ pub enum ConfigError {
     Id,
     #[error(transparent)]
     Credentials(crate::keys::KeyError),
+    #[error("-dns takes at most {max} servers, got {0}: keep the first {max}", max = crate::proto::MAX_DNS_SERVERS)]
+    TooManyDns(usize),
+}
+
+/// The `-dns` list, checked.
+fn dns_servers(cli: &Cli) -> Result<Vec<IpAddr>, ConfigError> {
+    if cli.dns.len() > crate::proto::MAX_DNS_SERVERS {
+        return Err(ConfigError::TooManyDns(cli.dns.len()));
+    }
+    Ok(cli.dns.clone())
 }
 
 /// The pre-shared key's bytes. Never printed; wiped when dropped.
@@ -197,6 +207,8 @@ pub struct ServerConfig {
     pub max_clients: usize,
     pub tun: TunSettings,
     pub common: Common,
+    /// `-dns`: pushed to dtun clients after their Hello.
+    pub dns: Vec<IpAddr>,
 }
 
 impl ServerConfig {
@@ -232,6 +244,7 @@ impl ServerConfig {
             max_clients: cli.max_clients,
             tun: TunSettings::from_cli(cli)?,
             common: Common::from_cli(cli)?,
+            dns: dns_servers(cli)?,
         })
     }
 }
@@ -248,6 +261,10 @@ pub struct ClientConfig {
     pub common: Common,
     /// Exit at the first failure or end of session instead of reconnecting.
     pub once: bool,
+    /// `-dns`: our own DNS servers while the tunnel is up.
+    pub dns: Vec<IpAddr>,
+    /// `-accept-dns`: take the servers the server pushes (see [`crate::dns::use_pushed_dns`]).
+    pub accept_dns: bool,
 }
 
 impl ClientConfig {
@@ -264,6 +281,8 @@ impl ClientConfig {
             tun: TunSettings::from_cli(cli)?,
             common: Common::from_cli(cli)?,
             once: cli.once,
+            dns: dns_servers(cli)?,
+            accept_dns: cli.accept_dns,
         })
     }
 
