@@ -463,6 +463,24 @@ mod tests {
     }
 
     #[test]
+    fn dns_flags() {
+        let cfg = |args: &[&'static str]| {
+            let mut v = vec!["dtun", "-key", "k", "-host", "192.0.2.1"];
+            v.extend_from_slice(args);
+            ClientConfig::from_cli(&Cli::try_from_args(v).unwrap(), "192.0.2.1")
+        };
+        let c = cfg(&["-dns", "203.0.113.10,2001:db8::53", "-accept-dns"]).unwrap();
+        assert_eq!(c.dns.len(), 2);
+        assert!(c.accept_dns && crate::dns::use_pushed_dns(&c));
+        let c = cfg(&[]).unwrap();
+        assert!(c.dns.is_empty() && !crate::dns::use_pushed_dns(&c));
+        let nine = "1.1.1.1,1.1.1.2,1.1.1.3,1.1.1.4,1.1.1.5,1.1.1.6,1.1.1.7,1.1.1.8,1.1.1.9";
+        let e = cfg(&["-dns", nine]).unwrap_err().to_string();
+        assert!(e.contains("at most 8"), "{e}");
+        assert!(Cli::try_from_args(["dtun", "-key", "k", "-dns", "not-an-ip"]).is_err());
+    }
+
+    #[test]
     fn tun_names() {
         let cli = Cli::try_from_args(["dtun", "-key", "k"]).unwrap();
         for bad in ["", "waytoolongname_x", "a%s", "%d%d"] {

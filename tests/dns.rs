@@ -277,3 +277,21 @@ fn compat_client_gets_no_dns_record() {
     assert_eq!(w.etc.content(), ORIGINAL);
     host.assert_unchanged();
 }
+
+/// The client's own `-dns` applies with a server that pushes nothing, and is restored.
+#[test]
+fn own_dns_applies_without_a_push() {
+    let host = HostResolv::snapshot();
+    let w = World::new();
+    let server = w.server(&[]);
+    let mut client = w.client(&["-dns", INET_IP]);
+    w.route_inet_through_tunnel();
+    wait_for(Duration::from_secs(15), "getent through the tunnel", || {
+        w.resolves()
+    });
+    assert_eq!(lines_with(&client.log(), &[LOG_DNS_SET, "from -dns"]), 1);
+    assert_eq!(lines_with(&server.log(), &[LOG_DNS_PUSHED]), 0);
+    client.stop(Duration::from_secs(5));
+    assert_eq!(w.etc.content(), ORIGINAL, "restored byte for byte");
+    host.assert_unchanged();
+}
