@@ -141,6 +141,11 @@ pub fn proto(data: &[u8]) {
     }
     if let Ok(c) = Control::parse(data) {
         assert!(Control::is_control(data));
+        // A Dns message holds 1 to MAX_DNS_SERVERS servers and is exactly its own bytes.
+        if let Control::Dns(servers) = &c {
+            assert!((1..=dtun::proto::MAX_DNS_SERVERS).contains(&servers.len()));
+            assert_eq!(c.to_bytes(), data);
+        }
         let wire = c.to_bytes();
         assert_eq!(
             Control::parse(&wire),

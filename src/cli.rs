@@ -159,6 +159,13 @@ pub struct Cli {
     /// tunnel carries none)
     #[arg(long = "allow-ipv6-leak")]
     pub allow_ipv6_leak: bool,
+    /// Server: DNS servers pushed to dtun clients. Client: DNS servers used while the tunnel is
+    /// up (/etc/resolv.conf rewritten in place, restored on exit)
+    #[arg(long, value_name = "IP[,IP...]", value_delimiter = ',')]
+    pub dns: Vec<IpAddr>,
+    /// Client: use the DNS servers the server pushes (its -dns) while the tunnel is up
+    #[arg(long = "accept-dns")]
+    pub accept_dns: bool,
     /// More logging (-v debug, -vv trace); RUST_LOG overrides
     #[arg(short = 'v', action = ArgAction::Count)]
     pub verbose: u8,

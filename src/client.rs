@@ -162,6 +162,8 @@ impl Backoff {
 pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Result<(), ClientError> {
     let mut shutdown = std::pin::pin!(shutdown);
     let nl = Netlink::new()?;
+    // DNS (src/dns.rs): restores what a killed dtun left; set once the tunnel is up.
+    let dns = crate::dns::Dns::new(&cfg);
     let mut tunnel: Option<Tunnel> = None;
     // -route: what an earlier dtun left behind (a kill -9) goes first.
     let mut routes = None;
@@ -177,7 +179,7 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
     let mut backoff = Backoff::default();
     let mut last_error = String::new();
     let result = loop {
-        match session(&cfg, &nl, &mut tunnel, &mut routes, shutdown.as_mut()).await {
+        match session(&cfg, &nl, &mut tunnel, &mut routes, &dns, shutdown.as_mut()).await {
             End::Shutdown => break Ok(()),
             End::Lost { error, was_up } => {
                 if cfg.once || error.is_fatal() {
@@ -207,6 +209,7 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
             }
         }
     };
+    dns.restore();
     if let Some(t) = tunnel.take() {
         if let Some(down) = &cfg.common.down
             && let Err(e) = hooks::run("down", down, &t.env()).await
@@ -237,6 +240,7 @@ async fn session(
     nl: &Netlink,
     tunnel: &mut Option<Tunnel>,
     routes: &mut Option<Routes>,
+    dns: &crate::dns::Dns,
     mut shutdown: Pin<&mut impl Future<Output = ()>>,
 ) -> End {
     let server = match cfg.server_addr().await {
@@ -398,6 +402,7 @@ async fn session(
         let _ = link.send_close_notify(&mut sealer).await;
         return lost(e.into());
     }
+    dns.tunnel_up(&t.tun.name);
     tracing::info!(
         "{LOG_TUNNEL_UP}: dev {} local {} peer {} mtu {}, server {server}, {}",
         t.tun.name,
@@ -438,6 +443,7 @@ async fn session(
         (&mut out_task, &mut ended),
         keepalive,
         path,
+        dns,
         shutdown,
     )
     .await;
@@ -565,6 +571,7 @@ async fn forward(
     (out_task, ended): (&mut pump::OutboundTask, &mut Option<Sealer>),
     keepalive: Option<Duration>,
     mut path: PathMss,
+    dns: &crate::dns::Dns,
     mut shutdown: Pin<&mut impl Future<Output = ()>>,
 ) -> Option<ClientError> {
     let mut rx = Receiver::default();
@@ -657,7 +664,7 @@ async fn forward(
                 for i in 0..n {
                     let (_, stride, buf) = rx.buffer(i);
                     let (authenticated, end) = inbound(
-                        &mut Session { opener, counters, sink: &mut sink, inbox: &mut inbox, out_tx },
+                        &mut Session { opener, counters, sink: &mut sink, inbox: &mut inbox, out_tx, dns },
                         buf,
                         stride,
                         &mut log_limit,
@@ -809,6 +816,7 @@ struct Session<'a, 's> {
     sink: &'a mut Sink<'s>,
     inbox: &'a mut Inbox,
     out_tx: &'a mpsc::Sender<OutboundCmd>,
+    dns: &'a crate::dns::Dns,
 }
 
 /// Handles one receive buffer of a live session (its datagrams, `stride` bytes each). Returns
@@ -831,13 +839,8 @@ async fn inbound(
                 authenticated = true;
                 let data = &mut buf[r.clone()];
                 if controls && Control::is_control(data) {
-                    match Control::parse(data) {
-                        Ok(c) => {
-                            if let Some(end) = on_control(c, s.out_tx) {
-                                return (true, Some(end));
-                            }
-                        }
-                        Err(_) => s.counters.count_drop(pump::Drop::Unexpected),
+                    if let Some(end) = control_record(data, s.counters, s.out_tx, s.dns) {
+                        return (true, Some(end));
                     }
                 } else if pump::accept_packet(s.counters, data) {
                     crate::supervise::fault_point(crate::supervise::Site::Client, data);
@@ -863,9 +866,34 @@ async fn inbound(
     (authenticated, None)
 }
 
+/// Parses and acts on a control record from the server: a malformed one is a counted drop
+/// (the session goes on). Returns the end of the session if the record says so.
+fn control_record(
+    data: &[u8],
+    counters: &Counters,
+    out_tx: &mpsc::Sender<OutboundCmd>,
+    dns: &crate::dns::Dns,
+) -> Option<ClientError> {
+    match Control::parse(data) {
+        Ok(c) => on_control(c, out_tx, dns),
+        Err(_) => {
+            counters.count_drop(pump::Drop::Unexpected);
+            None
+        }
+    }
+}
+
 /// Acts on a control message from the server; returns the end of the session if it is one.
-fn on_control(msg: Control, out_tx: &mpsc::Sender<OutboundCmd>) -> Option<ClientError> {
+fn on_control(
+    msg: Control,
+    out_tx: &mpsc::Sender<OutboundCmd>,
+    dns: &crate::dns::Dns,
+) -> Option<ClientError> {
     match msg {
+        Control::Dns(servers) => {
+            dns.pushed(&servers);
+            None
+        }
         Control::Ping => {
             let _ = out_tx.try_send(OutboundCmd::Send(Control::Pong.to_bytes()));
             None
@@ -1089,6 +1117,42 @@ mod tests {
             };
             assert_eq!(data.as_deref(), Some(&msg.to_bytes()[..]), "{suite:?}");
         }
+    }
+
+    /// A garbage Dns record is a counted drop that ends nothing and changes no DNS; a good one
+    /// reaches the DNS state.
+    #[test]
+    fn garbage_dns_record_is_a_counted_drop() {
+        let dir = std::env::temp_dir().join(format!("dtun-client-dns-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let resolv = dir.join("resolv.conf");
+        std::fs::write(&resolv, b"nameserver 192.0.2.1\n").unwrap();
+        let dns = crate::dns::Dns::with_paths(&resolv, &dir.join("run"), vec![], true);
+        dns.tunnel_up("dtun0");
+        let (tx, _rx) = mpsc::channel(4);
+        let counters = Counters::default();
+        for garbage in [
+            &[0u8, 5][..],
+            &[0, 5, 0],
+            &[0, 5, 1, 4, 203, 0, 113],
+            &[0, 5, 1, 7, 203, 0, 113, 10],
+            &[0, 5, 1, 4, 203, 0, 113, 10, 0xff],
+            &[0, 5, 9, 4, 1, 1, 1, 1],
+        ] {
+            assert!(control_record(garbage, &counters, &tx, &dns).is_none());
+        }
+        assert_eq!(counters.drops(pump::Drop::Unexpected), 6);
+        assert!(counters.summary().contains("unexpected_type=6"));
+        assert_eq!(std::fs::read(&resolv).unwrap(), b"nameserver 192.0.2.1\n");
+        let good = Control::Dns(vec!["203.0.113.10".parse().unwrap()]).to_bytes();
+        assert!(control_record(&good, &counters, &tx, &dns).is_none());
+        assert_eq!(counters.drops(pump::Drop::Unexpected), 6);
+        let now = std::fs::read_to_string(&resolv).unwrap();
+        assert!(now.contains("nameserver 203.0.113.10"), "{now}");
+        drop(dns);
+        assert_eq!(std::fs::read(&resolv).unwrap(), b"nameserver 192.0.2.1\n");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -44,6 +44,16 @@ pub enum ConfigError {
     /// A bad -route, -exclude (or a line of its file), -allow-ipv6-leak.
     #[error("{0}")]
     Routes(String),
+    #[error("-dns takes at most {max} servers, got {0}: keep the first {max}", max = crate::proto::MAX_DNS_SERVERS)]
+    TooManyDns(usize),
+}
+
+/// The `-dns` list, checked.
+fn dns_servers(cli: &Cli) -> Result<Vec<IpAddr>, ConfigError> {
+    if cli.dns.len() > crate::proto::MAX_DNS_SERVERS {
+        return Err(ConfigError::TooManyDns(cli.dns.len()));
+    }
+    Ok(cli.dns.clone())
 }
 
 /// The pre-shared key's bytes. Never printed; wiped when dropped.
@@ -200,6 +210,8 @@ pub struct ServerConfig {
     pub max_clients: usize,
     pub tun: TunSettings,
     pub common: Common,
+    /// `-dns`: pushed to dtun clients after their Hello.
+    pub dns: Vec<IpAddr>,
 }
 
 impl ServerConfig {
@@ -235,6 +247,7 @@ impl ServerConfig {
             max_clients: cli.max_clients,
             tun: TunSettings::from_cli(cli)?,
             common: Common::from_cli(cli)?,
+            dns: dns_servers(cli)?,
         })
     }
 }
@@ -253,6 +266,10 @@ pub struct ClientConfig {
     pub once: bool,
     /// -route, -exclude, -allow-ipv6-leak.
     pub routes: crate::routes::RouteSpec,
+    /// `-dns`: our own DNS servers while the tunnel is up.
+    pub dns: Vec<IpAddr>,
+    /// `-accept-dns`: take the servers the server pushes (see [`crate::dns::use_pushed_dns`]).
+    pub accept_dns: bool,
 }
 
 impl ClientConfig {
@@ -275,6 +292,8 @@ impl ClientConfig {
                 cli.allow_ipv6_leak,
             )
             .map_err(ConfigError::Routes)?,
+            dns: dns_servers(cli)?,
+            accept_dns: cli.accept_dns,
         })
     }
 
@@ -452,6 +471,31 @@ mod tests {
         wiped_on_drop(server.keys.master.as_ref().unwrap());
         wiped_on_drop(&server.keys.clients["alice"].key);
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn dns_flags() {
+        let cfg = |args: &[&'static str]| {
+            let mut v = vec!["dtun", "-key", "k", "-host", "192.0.2.1"];
+            v.extend_from_slice(args);
+            ClientConfig::from_cli(&Cli::try_from_args(v).unwrap(), "192.0.2.1")
+        };
+        let c = cfg(&["-dns", "203.0.113.10,2001:db8::53", "-accept-dns"]).unwrap();
+        assert_eq!(c.dns.len(), 2);
+        assert!(c.accept_dns && crate::dns::use_pushed_dns(&c));
+        let c = cfg(&[]).unwrap();
+        assert!(c.dns.is_empty() && !crate::dns::use_pushed_dns(&c));
+        // A full tunnel takes the server's DNS; a split one does not.
+        assert!(crate::dns::use_pushed_dns(
+            &cfg(&["-route", "all"]).unwrap()
+        ));
+        assert!(!crate::dns::use_pushed_dns(
+            &cfg(&["-route", "10.20.0.0/16"]).unwrap()
+        ));
+        let nine = "1.1.1.1,1.1.1.2,1.1.1.3,1.1.1.4,1.1.1.5,1.1.1.6,1.1.1.7,1.1.1.8,1.1.1.9";
+        let e = cfg(&["-dns", nine]).unwrap_err().to_string();
+        assert!(e.contains("at most 8"), "{e}");
+        assert!(Cli::try_from_args(["dtun", "-key", "k", "-dns", "not-an-ip"]).is_err());
     }
 
     #[test]

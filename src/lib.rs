@@ -8,6 +8,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod consts;
+pub mod dns;
 pub mod dtls;
 pub mod handshake;
 pub mod hooks;

@@ -2,7 +2,7 @@
 //! messages (the server's 8-byte address message, the client's peernet message) and dtun's own
 //! control messages, which only ever go to a peer that negotiated them (see [`Control`]).
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 
@@ -89,6 +89,8 @@ pub const HINT_MARKER: &str = ";dtun-ctl=1";
 pub const CONTROL_VERSION: u8 = 1;
 /// Longest detail text of a Close message.
 pub const MAX_CLOSE_DETAIL: usize = 200;
+/// Most DNS servers in one Dns message.
+pub const MAX_DNS_SERVERS: usize = 8;
 
 /// Defines [`CloseReason`] from one list of `Name = code` lines (the numbers of
 /// docs/PROTOCOL.md), with its `code` and `from_code`: a new reason is one more line.
@@ -153,6 +155,9 @@ pub enum Control {
         reason: CloseReason,
         detail: String,
     },
+    /// Server → client after the Hello answer: the DNS servers of the server's `-dns` (1 to
+    /// [`MAX_DNS_SERVERS`], IPv4 or IPv6). Sent only to a client that said Hello.
+    Dns(Vec<IpAddr>),
 }
 
 impl Control {
@@ -178,6 +183,23 @@ impl Control {
                 }
                 b.extend_from_slice(&detail.as_bytes()[..end]);
             }
+            Control::Dns(servers) => {
+                b.push(5);
+                let servers = &servers[..servers.len().min(MAX_DNS_SERVERS)];
+                b.push(servers.len() as u8);
+                for ip in servers {
+                    match ip {
+                        IpAddr::V4(v4) => {
+                            b.push(4);
+                            b.extend_from_slice(&v4.octets());
+                        }
+                        IpAddr::V6(v6) => {
+                            b.push(6);
+                            b.extend_from_slice(&v6.octets());
+                        }
+                    }
+                }
+            }
         }
         b
     }
@@ -199,6 +221,7 @@ impl Control {
                 let detail = String::from_utf8(detail.to_vec()).map_err(|_| ProtoError::Control)?;
                 Ok(Control::Close { reason, detail })
             }
+            [CONTROL_MARKER, 5, count, body @ ..] => parse_dns(*count, body),
             _ => Err(ProtoError::Control),
         }
     }
@@ -207,6 +230,33 @@ impl Control {
     pub fn is_control(b: &[u8]) -> bool {
         b.first() == Some(&CONTROL_MARKER)
     }
+}
+
+/// A Dns body after its count: exactly `count` (1 to [`MAX_DNS_SERVERS`]) entries of a family
+/// byte (4 or 6) and that family's address, and nothing after them.
+fn parse_dns(count: u8, mut body: &[u8]) -> Result<Control, ProtoError> {
+    let count = usize::from(count);
+    if count == 0 || count > MAX_DNS_SERVERS {
+        return Err(ProtoError::Control);
+    }
+    let mut servers = Vec::with_capacity(count);
+    for _ in 0..count {
+        let (ip, rest) = match body {
+            [4, a, b, c, d, rest @ ..] => (IpAddr::V4(Ipv4Addr::new(*a, *b, *c, *d)), rest),
+            [6, rest @ ..] if rest.len() >= 16 => {
+                let (addr, rest) = rest.split_at(16);
+                let octets: [u8; 16] = addr.try_into().map_err(|_| ProtoError::Control)?;
+                (IpAddr::V6(Ipv6Addr::from(octets)), rest)
+            }
+            _ => return Err(ProtoError::Control),
+        };
+        servers.push(ip);
+        body = rest;
+    }
+    if !body.is_empty() {
+        return Err(ProtoError::Control);
+    }
+    Ok(Control::Dns(servers))
 }
 
 #[cfg(test)]
@@ -266,6 +316,11 @@ mod tests {
                 reason: CloseReason::Shutdown,
                 detail: String::new(),
             },
+            Control::Dns(vec!["203.0.113.10".parse().unwrap()]),
+            Control::Dns(vec![
+                "192.0.2.53".parse().unwrap(),
+                "2001:db8::53".parse().unwrap(),
+            ]),
         ];
         for c in all {
             let b = c.to_bytes();
@@ -336,7 +391,7 @@ mod tests {
     /// which both receivers count as a drop (pump::Drop::Unexpected) and otherwise ignore.
     #[test]
     fn unknown_control_types_are_errors() {
-        for t in [0u8, 5, 6, 9, 0x7f, 0xff] {
+        for t in [0u8, 6, 9, 0x7f, 0xff] {
             assert_eq!(
                 Control::parse(&[0, t]),
                 Err(ProtoError::Control),
@@ -348,5 +403,39 @@ mod tests {
                 "type {t}"
             );
         }
+    }
+
+    /// The Dns message (type 5): its exact bytes, and every malformed shape refused.
+    #[test]
+    fn dns_message_bytes_and_garbage() {
+        let m = Control::Dns(vec![
+            "203.0.113.10".parse().unwrap(),
+            "2001:db8::1".parse().unwrap(),
+        ]);
+        let mut want = vec![0, 5, 2, 4, 203, 0, 113, 10, 6, 0x20, 0x01, 0x0d, 0xb8];
+        want.extend_from_slice(&[0; 11]);
+        want.push(1);
+        assert_eq!(m.to_bytes(), want);
+        assert_eq!(Control::parse(&want), Ok(m));
+        let nine = [&[0u8, 5, 9][..], &[4, 1, 1, 1, 1].repeat(9)].concat();
+        for bad in [
+            &[0, 5][..],                  // no count
+            &[0, 5, 0],                   // no servers
+            &[0, 5, 1],                   // count without entries
+            &[0, 5, 1, 4, 1, 2, 3],       // short IPv4
+            &[0, 5, 1, 5, 1, 2, 3, 4],    // unknown family
+            &[0, 5, 1, 4, 1, 2, 3, 4, 0], // trailing byte
+            &[0, 5, 2, 4, 1, 2, 3, 4],    // fewer entries than counted
+            &[0, 5, 1, 6, 1, 2, 3, 4],    // short IPv6
+            &nine,                        // too many
+        ] {
+            assert_eq!(Control::parse(bad), Err(ProtoError::Control), "{bad:?}");
+        }
+        // More than the limit is cut on the way out, so it always parses back.
+        let many = Control::Dns(vec!["192.0.2.1".parse().unwrap(); 12]);
+        assert_eq!(
+            Control::parse(&many.to_bytes()),
+            Ok(Control::Dns(vec!["192.0.2.1".parse().unwrap(); 8]))
+        );
     }
 }

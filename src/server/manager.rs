@@ -541,8 +541,24 @@ impl Manager {
             }
             _ => None,
         };
+        // Our -dns right after the Hello answer: only a client that said Hello gets it.
+        let dns = matches!(reply, Some(Control::Hello { .. })) && !self.cfg.dns.is_empty();
         if let Some(r) = reply {
             let _ = s.out_tx.try_send(OutboundCmd::Send(r.to_bytes()));
+        }
+        if dns {
+            let servers = &self.cfg.dns;
+            tracing::info!(
+                "client {id}: {} {}",
+                crate::dns::LOG_DNS_PUSHED,
+                servers
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+            let msg = Control::Dns(servers.clone()).to_bytes();
+            let _ = s.out_tx.try_send(OutboundCmd::Send(msg));
         }
     }
 

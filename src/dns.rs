@@ -1,0 +1,447 @@
+//! The client's DNS while its tunnel is up: its own `-dns`, else the servers the server pushed
+//! (a [`crate::proto::Control::Dns`] message) when [`use_pushed_dns`] says so.
+//!
+//! One method exists: /etc/resolv.conf is rewritten *in place* (truncated and written, never
+//! renamed over: `ip netns exec` and containers bind-mount a file there, and a rename onto a
+//! mount point fails). The original bytes are first saved in [`BACKUP_DIR`] under a name made
+//! of the file's device and inode, so a dtun that was killed (`kill -9`) finds and restores
+//! them on its next start, whatever its TUN is called. Our content starts with [`MARKER`]:
+//! a file that no longer does was rewritten by someone else (DHCP, NetworkManager) while the
+//! tunnel was up and is left alone on restore. systemd-resolved is not configured (no per-link
+//! DNS over D-Bus yet): when /etc/resolv.conf is its stub, dtun says so and changes nothing.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::net::IpAddr;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use crate::config::ClientConfig;
+
+/// The file rewritten.
+pub const RESOLV_CONF: &str = "/etc/resolv.conf";
+/// Where the original is kept while dtun's content is in place.
+pub const BACKUP_DIR: &str = "/run/dtun";
+/// First bytes of the resolv.conf dtun writes.
+pub const MARKER: &str = "# dtun: ";
+/// Log line when the servers are in place (tests look for it).
+pub const LOG_DNS_SET: &str = "DNS set";
+/// Log line when the original resolv.conf is back.
+pub const LOG_DNS_RESTORED: &str = "DNS restored";
+/// Log line of a client that got servers it does not use.
+pub const LOG_DNS_IGNORED: &str = "DNS pushed by the server not applied";
+/// Server log line when it sends its `-dns` to a client.
+pub const LOG_DNS_PUSHED: &str = "pushing DNS";
+
+/// Whether the client takes the DNS servers the server pushes (its own `-dns` wins anyway).
+/// A split-routing client does not: only `-accept-dns` or `-route all`.
+pub fn use_pushed_dns(cfg: &ClientConfig) -> bool {
+    cfg.accept_dns || cfg.routes.all
+}
+
+/// The client's DNS state; every method is quick file I/O, called from the session's task.
+pub struct Dns {
+    state: Mutex<State>,
+}
+
+struct State {
+    resolv: PathBuf,
+    backup_dir: PathBuf,
+    /// The client's own `-dns`.
+    own: Vec<IpAddr>,
+    accept_pushed: bool,
+    /// The TUN named in our resolv.conf's first line.
+    tun: String,
+    /// What is in place now, and the backup that holds the original.
+    applied: Option<(Vec<IpAddr>, PathBuf)>,
+}
+
+impl Dns {
+    /// For the client of `cfg`, on the real /etc/resolv.conf; restores what a dtun that did
+    /// not exit cleanly left there.
+    pub fn new(cfg: &ClientConfig) -> Dns {
+        Dns::with_paths(
+            Path::new(RESOLV_CONF),
+            Path::new(BACKUP_DIR),
+            cfg.dns.clone(),
+            use_pushed_dns(cfg),
+        )
+    }
+
+    /// Like [`Dns::new`] on other files (tests).
+    pub fn with_paths(
+        resolv: &Path,
+        backup_dir: &Path,
+        own: Vec<IpAddr>,
+        accept_pushed: bool,
+    ) -> Dns {
+        let mut st = State {
+            resolv: resolv.to_path_buf(),
+            backup_dir: backup_dir.to_path_buf(),
+            own,
+            accept_pushed,
+            tun: String::new(),
+            applied: None,
+        };
+        st.recover();
+        Dns {
+            state: Mutex::new(st),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The tunnel `tun` is up: puts the client's own `-dns` in place (once; kept across
+    /// reconnects).
+    pub fn tunnel_up(&self, tun: &str) {
+        let mut st = self.lock();
+        st.tun = tun.to_string();
+        if !st.own.is_empty() {
+            let own = st.own.clone();
+            st.apply(&own, "-dns");
+        }
+    }
+
+    /// The server pushed `servers`: applied if this client takes pushed DNS and has no
+    /// `-dns` of its own; otherwise only logged.
+    pub fn pushed(&self, servers: &[IpAddr]) {
+        let mut st = self.lock();
+        let list = join(servers);
+        if !st.own.is_empty() {
+            tracing::info!("{LOG_DNS_IGNORED} ({list}): -dns {} wins", join(&st.own));
+        } else if !st.accept_pushed {
+            tracing::info!(
+                "{LOG_DNS_IGNORED} ({list}): use -accept-dns (or -route all) to take it"
+            );
+        } else {
+            st.apply(servers, "the server");
+        }
+    }
+
+    /// Puts the original resolv.conf back (tunnel down, dtun exiting).
+    pub fn restore(&self) {
+        self.lock().restore();
+    }
+}
+
+impl Drop for Dns {
+    fn drop(&mut self) {
+        self.lock().restore();
+    }
+}
+
+impl State {
+    /// The backup's path for the resolv.conf in place now: named after its device and inode,
+    /// which a rewrite in place keeps.
+    fn backup_path(&self) -> std::io::Result<PathBuf> {
+        let m = fs::metadata(&self.resolv)?;
+        Ok(self
+            .backup_dir
+            .join(format!("resolv.conf.{}-{}.bak", m.dev(), m.ino())))
+    }
+
+    /// At start: a backup for our resolv.conf means a dtun died with its DNS in place.
+    fn recover(&mut self) {
+        let Ok(backup) = self.backup_path() else {
+            return;
+        };
+        if backup.exists() {
+            tracing::info!(
+                "{} holds DNS a dtun that did not exit cleanly left behind: restoring it from {}",
+                self.resolv.display(),
+                backup.display()
+            );
+            self.applied = Some((Vec::new(), backup));
+            self.restore();
+        }
+    }
+
+    fn apply(&mut self, servers: &[IpAddr], from: &str) {
+        if self.applied.as_ref().is_some_and(|(s, _)| s == servers) {
+            return;
+        }
+        if let Some(stub) = resolved_stub(&self.resolv) {
+            tracing::warn!(
+                "DNS {} from {from} not applied: {} is systemd-resolved's ({}), which dtun does not configure; set it in an -up script: resolvectl dns \"$TUN\" {}; resolvectl domain \"$TUN\" '~.'",
+                join(servers),
+                self.resolv.display(),
+                stub.display(),
+                servers
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+            return;
+        }
+        match self.write(servers) {
+            Ok(backup) => {
+                tracing::info!(
+                    "{LOG_DNS_SET}: {} from {from}, by rewriting {} in place (original saved in {}, restored on exit; systemd-resolved not used)",
+                    join(servers),
+                    self.resolv.display(),
+                    backup.display()
+                );
+                self.applied = Some((servers.to_vec(), backup));
+            }
+            Err(e) => tracing::warn!(
+                "cannot set DNS {} from {from} in {}: {e}; the tunnel stays up with the system's DNS",
+                join(servers),
+                self.resolv.display()
+            ),
+        }
+    }
+
+    /// Saves the original (unless ours is already in place) and writes ours; on an error
+    /// nothing is left changed. Returns the backup's path.
+    fn write(&self, servers: &[IpAddr]) -> std::io::Result<PathBuf> {
+        let current = fs::read(&self.resolv)?;
+        let backup = self.backup_path()?;
+        let ours = current.starts_with(MARKER.as_bytes());
+        let original = match (&self.applied, ours) {
+            (Some(_), true) => fs::read(&backup)?,
+            _ => {
+                save(&self.backup_dir, &backup, &current)?;
+                current
+            }
+        };
+        let text = render(&original, servers, &self.tun, &backup);
+        if let Err(e) = write_in_place(&self.resolv, text.as_bytes()) {
+            if self.applied.is_none() {
+                let _ = write_in_place(&self.resolv, &original);
+                let _ = fs::remove_file(&backup);
+            }
+            return Err(e);
+        }
+        Ok(backup)
+    }
+
+    fn restore(&mut self) {
+        let Some((_, backup)) = self.applied.take() else {
+            return;
+        };
+        let original = match fs::read(&backup) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(
+                    "cannot restore {}: its backup {} is unreadable: {e}",
+                    self.resolv.display(),
+                    backup.display()
+                );
+                return;
+            }
+        };
+        let current = fs::read(&self.resolv).unwrap_or_default();
+        if !current.starts_with(MARKER.as_bytes()) {
+            tracing::warn!(
+                "{} was rewritten by something else since dtun set it: left as it is",
+                self.resolv.display()
+            );
+        } else if let Err(e) = write_in_place(&self.resolv, &original) {
+            tracing::warn!(
+                "cannot restore {}: {e}; its original is in {}",
+                self.resolv.display(),
+                backup.display()
+            );
+            return;
+        } else {
+            tracing::info!(
+                "{LOG_DNS_RESTORED}: {} is back as it was",
+                self.resolv.display()
+            );
+        }
+        let _ = fs::remove_file(&backup);
+    }
+}
+
+/// The file systemd-resolved manages that `resolv` links to, if it does.
+fn resolved_stub(resolv: &Path) -> Option<PathBuf> {
+    let target = fs::canonicalize(resolv).ok()?;
+    target.starts_with("/run/systemd/resolve").then_some(target)
+}
+
+/// Writes `backup` whole or not at all (a temporary file renamed over it).
+fn save(dir: &Path, backup: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let tmp = backup.with_extension("tmp");
+    let mut f = fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    fs::rename(&tmp, backup)
+}
+
+/// Truncates and writes `path` in place: a bind-mounted file cannot be renamed over.
+fn write_in_place(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut f = OpenOptions::new().write(true).truncate(true).open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// Our resolv.conf: the marker line, the servers, and the original's `options` lines.
+fn render(original: &[u8], servers: &[IpAddr], tun: &str, backup: &Path) -> String {
+    let mut s = format!(
+        "{MARKER}DNS of the tunnel {tun}, set while it is up; the original is restored on exit (copy in {})\n",
+        backup.display()
+    );
+    for ip in servers {
+        s.push_str(&format!("nameserver {ip}\n"));
+    }
+    for line in String::from_utf8_lossy(original).lines() {
+        if line.trim_start().starts_with("options") {
+            s.push_str(line);
+            s.push('\n');
+        }
+    }
+    s
+}
+
+fn join(servers: &[IpAddr]) -> String {
+    servers
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Files {
+        dir: PathBuf,
+    }
+
+    impl Files {
+        fn new(tag: &str) -> Files {
+            let dir = std::env::temp_dir().join(format!("dtun-dns-{tag}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(&dir).unwrap();
+            Files { dir }
+        }
+        fn resolv(&self) -> PathBuf {
+            self.dir.join("resolv.conf")
+        }
+        fn backups(&self) -> PathBuf {
+            self.dir.join("run")
+        }
+        fn dns(&self, own: &[&str], accept: bool) -> Dns {
+            let own = own.iter().map(|s| s.parse().unwrap()).collect();
+            Dns::with_paths(&self.resolv(), &self.backups(), own, accept)
+        }
+        fn backup_count(&self) -> usize {
+            fs::read_dir(self.backups()).map(|d| d.count()).unwrap_or(0)
+        }
+    }
+
+    impl Drop for Files {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    const ORIGINAL: &[u8] = b"# site\nnameserver 192.0.2.1\nsearch corp.example\noptions edns0\n";
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn pushed_dns_applies_in_place_and_restores_byte_for_byte() {
+        let f = Files::new("apply");
+        fs::write(f.resolv(), ORIGINAL).unwrap();
+        let ino = fs::metadata(f.resolv()).unwrap().ino();
+        let dns = f.dns(&[], true);
+        dns.tunnel_up("dtun0");
+        assert_eq!(
+            fs::read(f.resolv()).unwrap(),
+            ORIGINAL,
+            "nothing before a push"
+        );
+        dns.pushed(&[ip("203.0.113.10"), ip("2001:db8::53")]);
+        let now = fs::read_to_string(f.resolv()).unwrap();
+        assert!(now.starts_with(MARKER), "{now}");
+        assert!(now.contains("nameserver 203.0.113.10\nnameserver 2001:db8::53\n"));
+        assert!(
+            now.contains("options edns0") && !now.contains("192.0.2.1"),
+            "{now}"
+        );
+        assert_eq!(fs::metadata(f.resolv()).unwrap().ino(), ino, "in place");
+        assert_eq!(f.backup_count(), 1);
+        // Another push replaces the servers; the backup still holds the original.
+        dns.pushed(&[ip("198.51.100.53")]);
+        assert!(
+            fs::read_to_string(f.resolv())
+                .unwrap()
+                .contains("198.51.100.53")
+        );
+        dns.restore();
+        assert_eq!(fs::read(f.resolv()).unwrap(), ORIGINAL);
+        assert_eq!(f.backup_count(), 0);
+    }
+
+    #[test]
+    fn pushed_dns_is_ignored_without_accept_and_own_dns_wins() {
+        let f = Files::new("ignore");
+        fs::write(f.resolv(), ORIGINAL).unwrap();
+        let dns = f.dns(&[], false);
+        dns.tunnel_up("dtun0");
+        dns.pushed(&[ip("203.0.113.10")]);
+        assert_eq!(fs::read(f.resolv()).unwrap(), ORIGINAL);
+        drop(dns);
+        let dns = f.dns(&["192.0.2.99"], true);
+        dns.tunnel_up("dtun0");
+        dns.pushed(&[ip("203.0.113.10")]);
+        let now = fs::read_to_string(f.resolv()).unwrap();
+        assert!(
+            now.contains("192.0.2.99") && !now.contains("203.0.113.10"),
+            "{now}"
+        );
+        drop(dns);
+        assert_eq!(fs::read(f.resolv()).unwrap(), ORIGINAL, "restored on drop");
+    }
+
+    /// A dtun killed with its DNS in place: the next one restores the original at start.
+    #[test]
+    fn a_crash_is_repaired_on_the_next_start() {
+        let f = Files::new("crash");
+        fs::write(f.resolv(), ORIGINAL).unwrap();
+        let dns = f.dns(&["192.0.2.99"], false);
+        dns.tunnel_up("dtun0");
+        std::mem::forget(dns); // as kill -9: no restore
+        assert!(fs::read_to_string(f.resolv()).unwrap().starts_with(MARKER));
+        let _dns = f.dns(&[], false);
+        assert_eq!(fs::read(f.resolv()).unwrap(), ORIGINAL);
+        assert_eq!(f.backup_count(), 0);
+    }
+
+    /// Someone else rewrote the file while the tunnel was up: theirs stays.
+    #[test]
+    fn a_file_rewritten_by_others_is_left_alone() {
+        let f = Files::new("others");
+        fs::write(f.resolv(), ORIGINAL).unwrap();
+        let dns = f.dns(&["192.0.2.99"], false);
+        dns.tunnel_up("dtun0");
+        fs::write(f.resolv(), b"nameserver 192.0.2.7\n").unwrap();
+        dns.restore();
+        assert_eq!(fs::read(f.resolv()).unwrap(), b"nameserver 192.0.2.7\n");
+        assert_eq!(f.backup_count(), 0);
+    }
+
+    /// A backup that cannot be written leaves the file untouched.
+    #[test]
+    fn nothing_changes_when_the_backup_cannot_be_saved() {
+        let f = Files::new("nobackup");
+        fs::write(f.resolv(), ORIGINAL).unwrap();
+        fs::write(f.backups(), b"a file where the directory should be").unwrap();
+        let dns = f.dns(&["192.0.2.99"], false);
+        dns.tunnel_up("dtun0");
+        assert_eq!(fs::read(f.resolv()).unwrap(), ORIGINAL);
+    }
+}
