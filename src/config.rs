@@ -41,6 +41,12 @@ pub enum ConfigError {
     Id,
     #[error(transparent)]
     Credentials(crate::keys::KeyError),
+    #[error("{0}")]
+    Instance(String),
+    #[error(
+        "-nat and -client-to-client match dtun's TUNs by the fixed start of -name; {0:?} has none: use a name such as vpn%d"
+    )]
+    NatTunName(String),
 }
 
 /// The pre-shared key's bytes. Never printed; wiped when dropped.
@@ -197,6 +203,10 @@ pub struct ServerConfig {
     pub max_clients: usize,
     pub tun: TunSettings,
     pub common: Common,
+    /// `-instance`: names the nftables table.
+    pub instance: String,
+    /// `-nat` / `-client-to-client`: None when neither is given (no nftables table).
+    pub firewall: Option<crate::nft::Policy>,
 }
 
 impl ServerConfig {
@@ -232,6 +242,19 @@ impl ServerConfig {
             max_clients: cli.max_clients,
             tun: TunSettings::from_cli(cli)?,
             common: Common::from_cli(cli)?,
+            instance: cli.instance.clone(),
+            firewall: {
+                crate::nft::check_instance(&cli.instance)
+                    .map_err(|e| ConfigError::Instance(e.to_string()))?;
+                let policy = crate::nft::Policy {
+                    nat: cli.nat,
+                    client_to_client: cli.client_to_client.map(|c| c == crate::cli::OnOff::On),
+                };
+                if policy.needs_table() && crate::nft::tun_prefix(&cli.name).is_empty() {
+                    return Err(ConfigError::NatTunName(cli.name.clone()));
+                }
+                policy.needs_table().then_some(policy)
+            },
         })
     }
 }
