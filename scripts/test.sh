@@ -7,8 +7,10 @@ cd "$(dirname "$0")/.."
 
 # iproute2: ip netns/veth/ss; iputils-ping: ping; openssl: s_client/s_server interop tests;
 # python3: tests/tools/inject.py; iperf3 and nftables: throughput and firewall checks;
-# procps: pgrep/kill; dnsmasq-base: the DNS server of tests/dns.rs.
-packages=(iproute2 iputils-ping openssl iperf3 nftables python3 procps dnsmasq-base)
+# procps: pgrep/kill; dnsmasq-base: the DNS server of tests/dns.rs; libclang-dev: the rustables
+# crate generates its nf_tables constants with bindgen at build time (nothing of it at run
+# time); util-linux: setpriv (tests/nat.rs).
+packages=(iproute2 iputils-ping openssl iperf3 nftables python3 procps dnsmasq-base libclang-dev util-linux)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -68,6 +68,13 @@ pub enum Cipher {
     Ccm8,
 }
 
+/// An `on|off` switch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "dtun",
@@ -166,6 +173,17 @@ pub struct Cli {
     /// Client: use the DNS servers the server pushes (its -dns) while the tunnel is up
     #[arg(long = "accept-dns")]
     pub accept_dns: bool,
+    /// Server: masquerade what clients send out of the server's other interfaces and turn on
+    /// IPv4 forwarding while dtun runs (an nftables table dtun-INSTANCE, removed on exit)
+    #[arg(long)]
+    pub nat: bool,
+    /// Server: `on` lets clients reach each other through the server, `off` drops traffic
+    /// between two clients' TUNs; unset leaves it to the host
+    #[arg(long = "client-to-client", value_enum, value_name = "on|off")]
+    pub client_to_client: Option<OnOff>,
+    /// Name of this dtun on the host (its nftables table is dtun-NAME)
+    #[arg(long, value_name = "NAME", default_value = "dtun")]
+    pub instance: String,
     /// More logging (-v debug, -vv trace); RUST_LOG overrides
     #[arg(short = 'v', action = ArgAction::Count)]
     pub verbose: u8,

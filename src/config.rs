@@ -46,6 +46,12 @@ pub enum ConfigError {
     Routes(String),
     #[error("-dns takes at most {max} servers, got {0}: keep the first {max}", max = crate::proto::MAX_DNS_SERVERS)]
     TooManyDns(usize),
+    #[error("{0}")]
+    Instance(String),
+    #[error(
+        "-nat and -client-to-client match dtun's TUNs by the fixed start of -name; {0:?} has none: use a name such as vpn%d"
+    )]
+    NatTunName(String),
 }
 
 /// The `-dns` list, checked.
@@ -212,6 +218,10 @@ pub struct ServerConfig {
     pub common: Common,
     /// `-dns`: pushed to dtun clients after their Hello.
     pub dns: Vec<IpAddr>,
+    /// `-instance`: names the nftables table.
+    pub instance: String,
+    /// `-nat` / `-client-to-client`: None when neither is given (no nftables table).
+    pub firewall: Option<crate::nft::Policy>,
 }
 
 impl ServerConfig {
@@ -248,6 +258,19 @@ impl ServerConfig {
             tun: TunSettings::from_cli(cli)?,
             common: Common::from_cli(cli)?,
             dns: dns_servers(cli)?,
+            instance: cli.instance.clone(),
+            firewall: {
+                crate::nft::check_instance(&cli.instance)
+                    .map_err(|e| ConfigError::Instance(e.to_string()))?;
+                let policy = crate::nft::Policy {
+                    nat: cli.nat,
+                    client_to_client: cli.client_to_client.map(|c| c == crate::cli::OnOff::On),
+                };
+                if policy.needs_table() && crate::nft::tun_prefix(&cli.name).is_empty() {
+                    return Err(ConfigError::NatTunName(cli.name.clone()));
+                }
+                policy.needs_table().then_some(policy)
+            },
         })
     }
 }

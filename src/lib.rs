@@ -16,6 +16,7 @@ pub mod kdf;
 pub mod keys;
 pub mod mss;
 pub mod netlink;
+pub mod nft;
 pub mod pool;
 pub mod proto;
 pub mod pump;

@@ -116,16 +116,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     })
 }
 
-/// Resolves at the first SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// Resolves at the first SIGINT or SIGTERM. The handlers are installed at once, not at the
+/// first poll, so a signal during start-up (after the server made its nftables table, say)
+/// still takes the clean shutdown path instead of the default action.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let term = signal(SignalKind::terminate()).ok();
+    let int = signal(SignalKind::interrupt()).ok();
+    async move {
+        let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+            match s {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = wait(int) => {}
+            _ = wait(term) => {}
+        }
+        tracing::info!("signal received, shutting down");
     }
-    tracing::info!("signal received, shutting down");
 }

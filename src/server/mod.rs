@@ -52,6 +52,8 @@ pub enum ServerError {
     Pool(#[from] PoolError),
     #[error(transparent)]
     TaskEnded(#[from] crate::supervise::TaskEnded),
+    #[error(transparent)]
+    Firewall(#[from] crate::nft::NftError),
 }
 
 /// Binds the server socket; dual-stack when the address is `[::]`.
@@ -138,6 +140,15 @@ pub async fn run(
         fail_log: RateLimit::new(5),
         counters: Arc::clone(&demux_counters),
     };
+    // Last of the fallible steps before the tasks start, so an error leaves nothing behind.
+    let firewall = match cfg.firewall {
+        Some(policy) => Some(crate::nft::Firewall::apply(
+            &cfg.instance,
+            &cfg.tun.name,
+            policy,
+        )?),
+        None => None,
+    };
     let mut demux_task = tokio::spawn(demux.run());
     tracing::info!(
         "listening on {} (pool {}, linger {:?})",
@@ -174,6 +185,9 @@ pub async fn run(
     demux_task.abort();
     if let Some(e) = mgr.fatal.take() {
         ended = Some(e);
+    }
+    if let Some(fw) = firewall {
+        fw.remove();
     }
     tracing::info!("server totals: {}", demux_counters.summary());
     match ended {
