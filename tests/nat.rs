@@ -367,3 +367,52 @@ fn bad_instances_and_missing_capability_are_refused_cleanly() {
     assert_eq!(net.forward(), "0");
     client.stop(Duration::from_secs(5));
 }
+
+/// Issue 12's main case end to end, both halves together: a client with `-route all` and a
+/// server with `-nat`. The inet host sees the server's address; the client still reaches the
+/// server's underlay address; each side leaves nothing behind when it exits.
+#[test]
+fn route_all_and_nat_make_a_full_tunnel() {
+    let net = Net::new("fNf", 1);
+    net.set_forward(0);
+    let ns = &net.topo.clients[0];
+    let routes_before = ns.ip(&["route", "show", "table", "main"]);
+    let mut server = net.start_server(4606, &["-nat"]);
+    let host = Topo::server_ip(0);
+    let mut client = start_client(
+        ns,
+        &[
+            "-host", &host, "-port", "4606", "-key", KEY, "-id", "full", "-route", "all",
+        ],
+    );
+    assert_eq!(
+        reaches_inet(&net, 0),
+        "203.0.113.1",
+        "the inet host must see the server"
+    );
+    assert!(
+        ns.ping_ok(&host, 2),
+        "the server's underlay address through the old path"
+    );
+    client.stop(Duration::from_secs(5));
+    let rules = ns.ip(&["rule", "show"]);
+    assert!(
+        !rules.contains("25716") && !rules.contains("25717"),
+        "rules left: {rules}"
+    );
+    assert_eq!(
+        ns.ip(&["route", "show", "table", "main"]),
+        routes_before,
+        "the client's main table changed"
+    );
+    assert!(
+        net.ask(0).is_none(),
+        "the inet host is still reachable after the client left"
+    );
+    server.stop(Duration::from_secs(10));
+    assert!(
+        !net.tables().contains("dtun-dtun"),
+        "dtun's table left behind"
+    );
+    assert_eq!(net.forward(), "0", "ip_forward not restored");
+}
