@@ -2,29 +2,28 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ipnet::IpNet;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::LOG_CONNECTED;
 use super::demux::{DemuxCmd, SessionRx};
-use crate::authz;
 use crate::config::ServerConfig;
 use crate::consts::{CONTENT_APPLICATION_DATA, KEEPALIVE_MISSES, SETUP_TIMEOUT};
 use crate::dtls::Established;
-use crate::hooks::{self, TunnelEnv};
 use crate::netlink::{Netlink, NetlinkError};
-use crate::pool::{Pair, Pool, PoolError};
+use crate::pool::{Pool, PoolError};
 use crate::proto::{AddressMessage, CONTROL_VERSION, CloseReason, Control, Peernet, ProtoError};
 use crate::pump::{self, Counters, Link, OutboundCmd, OutboundEnd};
 use crate::record;
 use crate::supervise::first_app_sequence;
-use crate::tun::{self, Tun, TunError};
+use crate::tun::TunError;
 use crate::udp::Udp;
+
+use super::device::Device;
 
 // ---------------------------------------------------------------------------------------------
 // Manager (control path side)
@@ -54,22 +53,9 @@ pub(super) enum Event {
     },
 }
 
-/// One id's device, with or without a session.
-pub(super) struct Device {
-    tun: Tun,
-    pair: Pair,
-    /// Routes we added through this device (the client's peernet).
-    routes: Vec<IpNet>,
-    session: Option<Session>,
-    /// When the last session ended; the device goes after `-linger`.
-    idle_since: Option<Instant>,
-    /// The device's up script, running beside the manager (the down script waits for it).
-    up: Option<JoinHandle<()>>,
-}
-
 pub(super) struct Session {
-    session_id: u64,
-    addr: SocketAddr,
+    pub(super) session_id: u64,
+    pub(super) addr: SocketAddr,
     out_tx: mpsc::Sender<OutboundCmd>,
     out_task: pump::OutboundTask,
     counters: Arc<Counters>,
@@ -373,143 +359,6 @@ impl Manager {
         let _ = link.send_close_notify(&mut sealer).await;
     }
 
-    async fn create_device(
-        &mut self,
-        id: &str,
-        suite: record::Suite,
-        addr: SocketAddr,
-    ) -> Result<Device, SessionError> {
-        let fixed = self.cfg.keys.clients.get(id).and_then(|c| c.addr);
-        let pair = match fixed {
-            Some(addr) => self.pool.assign_fixed(id, addr)?,
-            None => self.pool.assign(id)?,
-        };
-        let mtu = self.cfg.tun.mtu_for(suite, addr);
-        let made = async {
-            let tun = tun::create(&self.nl, &self.cfg.tun.name, mtu).await?;
-            self.nl
-                .add_p2p_address(tun.index, pair.server, pair.client)
-                .await?;
-            Ok::<_, SessionError>(tun)
-        }
-        .await;
-        match made {
-            Ok(tun) => Ok(Device {
-                // Beside the manager: a slow script must not hold up anyone else's setup.
-                up: self.cfg.common.up.clone().map(|up| {
-                    let (id, env) = (id.to_string(), device_env(&tun.name, pair));
-                    tokio::spawn(async move {
-                        if let Err(e) = hooks::run("up", &up, &env).await {
-                            tracing::warn!("client {id}: {e}");
-                        }
-                    })
-                }),
-                tun,
-                pair,
-                routes: Vec::new(),
-                session: None,
-                idle_since: None,
-            }),
-            Err(e) => {
-                self.pool.release(id);
-                Err(e)
-            }
-        }
-    }
-
-    /// Routes the client's announced LAN through its device, if authorisation allows it, and
-    /// lets its packets come from there.
-    async fn set_peernet(&mut self, id: &str, peernet: Peernet) {
-        let wanted: Vec<IpNet> = match peernet {
-            Peernet::Empty => vec![],
-            Peernet::Net(n) => vec![n],
-        };
-        let ours: Vec<u32> = self.devices.values().map(|d| d.tun.index).collect();
-        let host = match self.nl.networks_elsewhere(&ours).await {
-            Ok(h) => h,
-            Err(e) => {
-                tracing::warn!("client {id}: {e}; not routing its peernet");
-                return;
-            }
-        };
-        let (own, gateways) = match self.nl.own_addresses_and_gateways(&ours).await {
-            Ok(g) => g,
-            Err(e) => {
-                tracing::warn!("client {id}: {e}; not routing its peernet");
-                return;
-            }
-        };
-        // Every live session's outer address (this client's own too: its records would loop).
-        let guarded: Vec<(IpAddr, authz::Guarded)> = self
-            .devices
-            .iter()
-            .filter_map(|(other, d)| {
-                let s = d.session.as_ref()?;
-                Some((s.addr.ip(), authz::Guarded::Underlay(other.clone())))
-            })
-            .chain(own.into_iter().map(|ip| (ip, authz::Guarded::Own)))
-            .chain(gateways.into_iter().map(|ip| (ip, authz::Guarded::Gateway)))
-            .collect();
-        let others: Vec<(String, IpNet)> = self
-            .devices
-            .iter()
-            .filter(|(other, _)| other.as_str() != id)
-            .flat_map(|(other, d)| d.routes.iter().map(|r| (other.clone(), *r)))
-            .collect();
-        let pool = self.cfg.pool;
-        let Some(dev) = self.devices.get_mut(id) else {
-            return;
-        };
-        for old in dev.routes.clone() {
-            if !wanted.contains(&old) {
-                let _ = self.nl.del_route(old, dev.tun.index).await;
-                dev.routes.retain(|r| *r != old);
-            }
-        }
-        for net in wanted {
-            if dev.routes.contains(&net) {
-                continue;
-            }
-            let listed = self
-                .cfg
-                .keys
-                .clients
-                .get(id)
-                .and_then(|c| c.lans.as_deref());
-            if let Err(refusal) = authz::check_peernet(net, &host, &guarded, &others, pool, listed)
-            {
-                tracing::warn!(
-                    "client {id}: refused peernet {net}: {refusal}; the tunnel stays up without that route"
-                );
-                continue;
-            }
-            let via = match net {
-                IpNet::V4(_) => Some(IpAddr::V4(dev.pair.client)),
-                IpNet::V6(_) => None,
-            };
-            match self.nl.add_route(net, via, dev.tun.index).await {
-                Ok(()) => {
-                    tracing::info!(
-                        "client {id}: route {net} via {} dev {}",
-                        dev.pair.client,
-                        dev.tun.name
-                    );
-                    dev.routes.push(net);
-                }
-                Err(e) => {
-                    tracing::warn!("client {id}: {e}; the tunnel stays up without that route")
-                }
-            }
-        }
-        if let Some(s) = &dev.session {
-            let _ = self.cmd_tx.send(DemuxCmd::Allow {
-                addr: s.addr,
-                session_id: s.session_id,
-                nets: dev.routes.clone(),
-            });
-        }
-    }
-
     /// Answers a dtun client's control message.
     async fn control(&mut self, id: &str, msg: Control) {
         let Some(s) = self.devices.get_mut(id).and_then(|d| d.session.as_mut()) else {
@@ -626,40 +475,6 @@ impl Manager {
         );
     }
 
-    async fn remove_device(&mut self, id: &str) {
-        let Some(dev) = self.devices.remove(id) else {
-            return;
-        };
-        for r in &dev.routes {
-            let _ = self.nl.del_route(*r, dev.tun.index).await;
-        }
-        if let Err(e) = self.nl.del_link(dev.tun.index).await {
-            tracing::warn!("removing {}: {e}", dev.tun.name);
-        }
-        let fixed = self.cfg.keys.clients.get(id).and_then(|c| c.addr);
-        if fixed.is_none() {
-            self.pool.release(id);
-        }
-        tracing::info!(
-            "client {id}: removed {} and its routes ({} pool pairs in use)",
-            dev.tun.name,
-            self.pool.in_use()
-        );
-        if let Some(down) = self.cfg.common.down.clone() {
-            // After the device's up script (if still running), beside the manager.
-            let (id, env, up) = (id.to_string(), device_env(&dev.tun.name, dev.pair), dev.up);
-            self.scripts.retain(|s| !s.is_finished());
-            self.scripts.push(tokio::spawn(async move {
-                if let Some(up) = up {
-                    let _ = up.await;
-                }
-                if let Err(e) = hooks::run("down", &down, &env).await {
-                    tracing::warn!("client {id}: {e}");
-                }
-            }));
-        }
-    }
-
     async fn timers(&mut self) {
         let now = Instant::now();
         // An outbound task ends by itself only when its sequence numbers are nearly used up.
@@ -738,17 +553,8 @@ impl Manager {
     }
 }
 
-/// A script's view of a server-side device: PEER_IP is the client's tunnel address.
-fn device_env(tun: &str, pair: Pair) -> TunnelEnv {
-    TunnelEnv {
-        tun: tun.to_string(),
-        peer_ip: pair.client,
-        local_ip: pair.server,
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
-enum SessionError {
+pub(super) enum SessionError {
     #[error(transparent)]
     Pool(#[from] PoolError),
     #[error(transparent)]

@@ -198,6 +198,7 @@ pub async fn run(
 
 pub mod admission;
 mod demux;
+mod device;
 use admission::Admission;
 pub use demux::DemuxCounters;
 use demux::{Delivery, Demux};

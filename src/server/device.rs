@@ -1,0 +1,212 @@
+//! A client id's device: its TUN and address pair, the LAN routes the client announced, and
+//! the up/down scripts that run with it (the manager's half that touches the kernel).
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use ipnet::IpNet;
+use tokio::task::JoinHandle;
+
+use super::demux::DemuxCmd;
+use super::manager::{Manager, Session, SessionError};
+use crate::authz;
+use crate::hooks::{self, TunnelEnv};
+use crate::pool::Pair;
+use crate::proto::Peernet;
+use crate::record;
+use crate::tun::{self, Tun};
+
+/// One id's device, with or without a session.
+pub(super) struct Device {
+    pub(super) tun: Tun,
+    pub(super) pair: Pair,
+    /// Routes we added through this device (the client's peernet).
+    pub(super) routes: Vec<IpNet>,
+    pub(super) session: Option<Session>,
+    /// When the last session ended; the device goes after `-linger`.
+    pub(super) idle_since: Option<Instant>,
+    /// The device's up script, running beside the manager (the down script waits for it).
+    pub(super) up: Option<JoinHandle<()>>,
+}
+
+impl Manager {
+    pub(super) async fn create_device(
+        &mut self,
+        id: &str,
+        suite: record::Suite,
+        addr: SocketAddr,
+    ) -> Result<Device, SessionError> {
+        let fixed = self.cfg.keys.clients.get(id).and_then(|c| c.addr);
+        let pair = match fixed {
+            Some(addr) => self.pool.assign_fixed(id, addr)?,
+            None => self.pool.assign(id)?,
+        };
+        let mtu = self.cfg.tun.mtu_for(suite, addr);
+        let made = async {
+            let tun = tun::create(&self.nl, &self.cfg.tun.name, mtu).await?;
+            self.nl
+                .add_p2p_address(tun.index, pair.server, pair.client)
+                .await?;
+            Ok::<_, SessionError>(tun)
+        }
+        .await;
+        match made {
+            Ok(tun) => Ok(Device {
+                // Beside the manager: a slow script must not hold up anyone else's setup.
+                up: self.cfg.common.up.clone().map(|up| {
+                    let (id, env) = (id.to_string(), device_env(&tun.name, pair));
+                    tokio::spawn(async move {
+                        if let Err(e) = hooks::run("up", &up, &env).await {
+                            tracing::warn!("client {id}: {e}");
+                        }
+                    })
+                }),
+                tun,
+                pair,
+                routes: Vec::new(),
+                session: None,
+                idle_since: None,
+            }),
+            Err(e) => {
+                self.pool.release(id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Routes the client's announced LAN through its device, if authorisation allows it, and
+    /// lets its packets come from there.
+    pub(super) async fn set_peernet(&mut self, id: &str, peernet: Peernet) {
+        let wanted: Vec<IpNet> = match peernet {
+            Peernet::Empty => vec![],
+            Peernet::Net(n) => vec![n],
+        };
+        let ours: Vec<u32> = self.devices.values().map(|d| d.tun.index).collect();
+        let host = match self.nl.networks_elsewhere(&ours).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!("client {id}: {e}; not routing its peernet");
+                return;
+            }
+        };
+        let (own, gateways) = match self.nl.own_addresses_and_gateways(&ours).await {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::warn!("client {id}: {e}; not routing its peernet");
+                return;
+            }
+        };
+        // Every live session's outer address (this client's own too: its records would loop).
+        let guarded: Vec<(IpAddr, authz::Guarded)> = self
+            .devices
+            .iter()
+            .filter_map(|(other, d)| {
+                let s = d.session.as_ref()?;
+                Some((s.addr.ip(), authz::Guarded::Underlay(other.clone())))
+            })
+            .chain(own.into_iter().map(|ip| (ip, authz::Guarded::Own)))
+            .chain(gateways.into_iter().map(|ip| (ip, authz::Guarded::Gateway)))
+            .collect();
+        let others: Vec<(String, IpNet)> = self
+            .devices
+            .iter()
+            .filter(|(other, _)| other.as_str() != id)
+            .flat_map(|(other, d)| d.routes.iter().map(|r| (other.clone(), *r)))
+            .collect();
+        let pool = self.cfg.pool;
+        let Some(dev) = self.devices.get_mut(id) else {
+            return;
+        };
+        for old in dev.routes.clone() {
+            if !wanted.contains(&old) {
+                let _ = self.nl.del_route(old, dev.tun.index).await;
+                dev.routes.retain(|r| *r != old);
+            }
+        }
+        for net in wanted {
+            if dev.routes.contains(&net) {
+                continue;
+            }
+            let listed = self
+                .cfg
+                .keys
+                .clients
+                .get(id)
+                .and_then(|c| c.lans.as_deref());
+            if let Err(refusal) = authz::check_peernet(net, &host, &guarded, &others, pool, listed)
+            {
+                tracing::warn!(
+                    "client {id}: refused peernet {net}: {refusal}; the tunnel stays up without that route"
+                );
+                continue;
+            }
+            let via = match net {
+                IpNet::V4(_) => Some(IpAddr::V4(dev.pair.client)),
+                IpNet::V6(_) => None,
+            };
+            match self.nl.add_route(net, via, dev.tun.index).await {
+                Ok(()) => {
+                    tracing::info!(
+                        "client {id}: route {net} via {} dev {}",
+                        dev.pair.client,
+                        dev.tun.name
+                    );
+                    dev.routes.push(net);
+                }
+                Err(e) => {
+                    tracing::warn!("client {id}: {e}; the tunnel stays up without that route")
+                }
+            }
+        }
+        if let Some(s) = &dev.session {
+            let _ = self.cmd_tx.send(DemuxCmd::Allow {
+                addr: s.addr,
+                session_id: s.session_id,
+                nets: dev.routes.clone(),
+            });
+        }
+    }
+
+    pub(super) async fn remove_device(&mut self, id: &str) {
+        let Some(dev) = self.devices.remove(id) else {
+            return;
+        };
+        for r in &dev.routes {
+            let _ = self.nl.del_route(*r, dev.tun.index).await;
+        }
+        if let Err(e) = self.nl.del_link(dev.tun.index).await {
+            tracing::warn!("removing {}: {e}", dev.tun.name);
+        }
+        let fixed = self.cfg.keys.clients.get(id).and_then(|c| c.addr);
+        if fixed.is_none() {
+            self.pool.release(id);
+        }
+        tracing::info!(
+            "client {id}: removed {} and its routes ({} pool pairs in use)",
+            dev.tun.name,
+            self.pool.in_use()
+        );
+        if let Some(down) = self.cfg.common.down.clone() {
+            // After the device's up script (if still running), beside the manager.
+            let (id, env, up) = (id.to_string(), device_env(&dev.tun.name, dev.pair), dev.up);
+            self.scripts.retain(|s| !s.is_finished());
+            self.scripts.push(tokio::spawn(async move {
+                if let Some(up) = up {
+                    let _ = up.await;
+                }
+                if let Err(e) = hooks::run("down", &down, &env).await {
+                    tracing::warn!("client {id}: {e}");
+                }
+            }));
+        }
+    }
+}
+
+/// A script's view of a server-side device: PEER_IP is the client's tunnel address.
+pub(super) fn device_env(tun: &str, pair: Pair) -> TunnelEnv {
+    TunnelEnv {
+        tun: tun.to_string(),
+        peer_ip: pair.client,
+        local_ip: pair.server,
+    }
+}
