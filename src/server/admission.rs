@@ -19,6 +19,8 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use ring::rand::SecureRandom;
@@ -73,18 +75,45 @@ pub enum Outcome {
     Refused,
 }
 
-/// Counters for the shutdown summary and the status output.
-#[derive(Default, Debug, Clone, Copy)]
+/// Counters for the shutdown summary and the status output, shared with whoever reports them
+/// (atomics: the demultiplexer counts, another task reads).
+#[derive(Default, Debug)]
 pub struct AdmissionCounters {
     /// Stateless HelloVerifyRequests sent.
-    pub cookies: u64,
+    pub cookies: AtomicU64,
     /// Proven handshakes started.
-    pub started: u64,
+    pub started: AtomicU64,
     /// Handshakes dropped for a newcomer, over budget, or stalled past the state timeout.
-    pub evicted: u64,
+    pub evicted: AtomicU64,
     /// ClientHellos refused because every slot held a live handshake.
+    pub limit: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+/// The values of [`AdmissionCounters`] at one moment.
+#[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdmissionTotals {
+    pub cookies: u64,
+    pub started: u64,
+    pub evicted: u64,
     pub limit: u64,
     pub failed: u64,
+}
+
+impl AdmissionCounters {
+    pub fn snapshot(&self) -> AdmissionTotals {
+        AdmissionTotals {
+            cookies: self.cookies.load(Relaxed),
+            started: self.started.load(Relaxed),
+            evicted: self.evicted.load(Relaxed),
+            limit: self.limit.load(Relaxed),
+            failed: self.failed.load(Relaxed),
+        }
+    }
+}
+
+fn bump(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Relaxed);
 }
 
 pub struct Admission {
@@ -92,7 +121,7 @@ pub struct Admission {
     pending: HashMap<SocketAddr, Pending>,
     suites: Vec<Suite>,
     hint: Vec<u8>,
-    pub counters: AdmissionCounters,
+    pub counters: Arc<AdmissionCounters>,
     /// Filled with the bytes to send when an [`Outcome`] says so.
     pub reply: Vec<u8>,
 }
@@ -157,7 +186,7 @@ impl Admission {
             pending: HashMap::new(),
             suites,
             hint,
-            counters: AdmissionCounters::default(),
+            counters: Arc::default(),
             reply: Vec::with_capacity(512),
         }
     }
@@ -178,7 +207,7 @@ impl Admission {
             if p.datagrams > HANDSHAKE_MAX_DATAGRAMS || p.bytes > HANDSHAKE_MAX_BYTES {
                 let identity = p.hs.identity().unwrap_or_default().to_vec();
                 self.pending.remove(&addr);
-                self.counters.evicted += 1;
+                bump(&self.counters.evicted, 1);
                 return Outcome::Failed {
                     why: "it sent more than a handshake's budget".into(),
                     identity,
@@ -210,7 +239,7 @@ impl Admission {
                             self.reply.extend_from_slice(&handshake::alert(a, seq));
                         }
                         self.pending.remove(&addr);
-                        self.counters.failed += 1;
+                        bump(&self.counters.failed, 1);
                         Outcome::Failed {
                             why,
                             identity,
@@ -235,7 +264,7 @@ impl Admission {
         let mut hvr = [0u8; HVR_LEN];
         handshake::hello_verify_request(ch, &cookie, &mut hvr);
         self.reply.extend_from_slice(&hvr);
-        self.counters.cookies += 1;
+        bump(&self.counters.cookies, 1);
     }
 
     /// A proven ClientHello: make room under the caps and start its handshake.
@@ -260,16 +289,16 @@ impl Admission {
             // real clients from one NAT still gets through in a few rounds.
             let victim = under[random_below(under.len())];
             self.pending.remove(&victim);
-            self.counters.evicted += 1;
+            bump(&self.counters.evicted, 1);
         }
         if self.pending.len() >= MAX_HANDSHAKES {
             match self.room_for(addr, now) {
                 Some(victim) => {
                     self.pending.remove(&victim);
-                    self.counters.evicted += 1;
+                    bump(&self.counters.evicted, 1);
                 }
                 None => {
-                    self.counters.limit += 1;
+                    bump(&self.counters.limit, 1);
                     return Outcome::Refused;
                 }
             }
@@ -286,11 +315,11 @@ impl Admission {
                         resent_at: now,
                     },
                 );
-                self.counters.started += 1;
+                bump(&self.counters.started, 1);
                 Outcome::Reply
             }
             Err(alert) => {
-                self.counters.failed += 1;
+                bump(&self.counters.failed, 1);
                 self.reply
                     .extend_from_slice(&handshake::alert(alert, ch.record_seq));
                 Outcome::Failed {
@@ -332,7 +361,7 @@ impl Admission {
         self.pending
             .retain(|_, p| now.duration_since(p.hs.started) < HANDSHAKE_STATE_TIMEOUT);
         let gone = before - self.pending.len();
-        self.counters.evicted += gone as u64;
+        bump(&self.counters.evicted, gone as u64);
         gone
     }
 }

@@ -76,15 +76,23 @@ pub struct DemuxCounters {
     /// Datagrams from addresses without a session that were neither a ClientHello nor part of
     /// a handshake in progress.
     unknown_peer: AtomicU64,
-    /// A copy of admission's counters, refreshed every sweep and at shutdown.
-    admission: std::sync::Mutex<AdmissionCounters>,
+    /// Admission's counters (shared: admission counts, the summary reads).
+    admission: Arc<AdmissionCounters>,
     /// Session events dropped because the manager's queue was full.
     events_dropped: AtomicU64,
 }
 
 impl DemuxCounters {
+    pub(super) fn new(admission: Arc<AdmissionCounters>) -> Self {
+        DemuxCounters {
+            unknown_peer: AtomicU64::default(),
+            events_dropped: AtomicU64::default(),
+            admission,
+        }
+    }
+
     pub fn summary(&self) -> String {
-        let a = self.admission.lock().map(|a| *a).unwrap_or_default();
+        let a = self.admission.snapshot();
         format!(
             "unknown_peer={} cookies={} handshakes={} handshake_failed={} handshake_evicted={} handshake_limit={} events_dropped={}",
             self.unknown_peer.load(Relaxed),
@@ -266,9 +274,6 @@ impl Demux {
         let key =
             |id: &[u8]| lookup(id).unwrap_or_else(|| ring::hmac::sign(dummy, id).as_ref().to_vec());
         let outcome = self.admission.datagram(dg, addr, Instant::now(), key);
-        if let Ok(mut a) = self.counters.admission.lock() {
-            *a = self.admission.counters;
-        }
         match outcome {
             Outcome::Reply => self.send(addr, "handshake").await,
             Outcome::Quiet => {}
@@ -348,13 +353,9 @@ impl Demux {
         }
     }
 
-    /// Once a second: drops handshakes past their time, rotates the cookie secret and
-    /// publishes admission's counters.
+    /// Once a second: drops handshakes past their time and rotates the cookie secret.
     fn sweep(&mut self, now: Instant) {
         self.admission.sweep(now);
-        if let Ok(mut a) = self.counters.admission.lock() {
-            *a = self.admission.counters;
-        }
     }
 
     /// The records of a session's datagrams (`stride` bytes each), opened together.

@@ -115,12 +115,13 @@ pub async fn run(
     let (session_tx, session_rx) = mpsc::channel(EVENT_QUEUE);
     let keys = cfg.keys.clone();
     let lookup: KeyLookup = Arc::new(move |identity: &[u8]| keys.key_for(identity));
-    let demux_counters = Arc::new(DemuxCounters::default());
     let hint = if cfg.common.compat {
         cfg.hint.as_bytes().to_vec()
     } else {
         format!("{}{HINT_MARKER}", cfg.hint).into_bytes()
     };
+    let admission = Admission::new(cfg.common.suites.clone(), hint, Instant::now());
+    let demux_counters = Arc::new(DemuxCounters::new(Arc::clone(&admission.counters)));
     let demux = Demux {
         udp: udp.clone(),
         out: Delivery {
@@ -132,7 +133,7 @@ pub async fn run(
             inbox: Inbox::default(),
         },
         sessions: HashMap::new(),
-        admission: Admission::new(cfg.common.suites.clone(), hint, Instant::now()),
+        admission,
         cmd_rx,
         lookup,
         dummy: ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &ring::rand::SystemRandom::new())

@@ -36,8 +36,8 @@ fn spoofed_hellos_leave_no_state() {
         ));
     }
     assert_eq!(a.pending.len(), 0);
-    assert_eq!(a.counters.cookies, 10_000);
-    assert_eq!(a.counters.started, 0);
+    assert_eq!(a.counters.snapshot().cookies, 10_000);
+    assert_eq!(a.counters.snapshot().started, 0);
 }
 
 #[test]
@@ -90,7 +90,10 @@ fn one_prefix_cannot_hold_more_than_its_share() {
     });
     prove_all(&mut a, v4, t0);
     assert_eq!(a.pending.len(), MAX_HANDSHAKES_PER_PREFIX);
-    assert_eq!(a.counters.evicted, 256 - MAX_HANDSHAKES_PER_PREFIX as u64);
+    assert_eq!(
+        a.counters.snapshot().evicted,
+        256 - MAX_HANDSHAKES_PER_PREFIX as u64
+    );
     // The same from one IPv6 /64.
     let v6 = (0..256u16).map(|i| {
         SocketAddr::new(
@@ -174,7 +177,7 @@ fn a_full_table_refuses_until_a_handshake_stalls() {
         prove(&mut a, newcomer, [1; 32], t0 + Duration::from_secs(1)),
         Outcome::Refused
     ));
-    assert_eq!(a.counters.limit, 1);
+    assert_eq!(a.counters.snapshot().limit, 1);
     assert!(matches!(
         prove(&mut a, newcomer, [1; 32], t0 + STALL_TIMEOUT),
         Outcome::Reply
@@ -269,7 +272,7 @@ fn a_network_that_fills_the_table_gives_way() {
         prove(&mut a, addr("192.0.2.9:9"), [1; 32], t0),
         Outcome::Reply
     ));
-    assert_eq!(a.counters.evicted, 1);
+    assert_eq!(a.counters.snapshot().evicted, 1);
     // Another address of the same /48 does not.
     assert!(matches!(
         prove(&mut a, addr("[2001:db8:7:ffff::1]:9"), [2; 32], t0),
