@@ -71,7 +71,7 @@ if [[ -n $BENCH_ONLY ]]; then
 fi
 
 # ---------------------------------------------------------------- tools
-packages=(iperf3 iproute2 iputils-ping procps python3 coreutils)
+packages=(iperf3 iproute2 iputils-ping procps python3 coreutils libclang-dev)  # libclang-dev: building dtun (bindgen)
 selected openvpn && packages+=(openvpn openssl)
 { selected boringtun || selected boringtun-1t; } && packages+=(wireguard-tools)
 selected wireguard-go && packages+=(wireguard-go wireguard-tools)

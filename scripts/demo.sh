@@ -17,8 +17,9 @@ if [[ $(id -u) -ne 0 ]]; then
     echo "demo.sh: run as root (it makes network namespaces and TUN devices)" >&2
     exit 1
 fi
+# libclang-dev: building dtun runs bindgen for the nftables crate (nothing of it at run time).
 missing=()
-for p in iproute2 iputils-ping; do
+for p in iproute2 iputils-ping libclang-dev; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 done
 if ((${#missing[@]})); then
