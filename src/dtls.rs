@@ -53,22 +53,15 @@ pub enum Role {
     Client { identity: Vec<u8>, key: Vec<u8> },
 }
 
-/// A completed handshake.
+/// A completed client handshake.
 pub struct Established {
     pub suite: Suite,
     pub keys: KeyBlock,
-    /// Server: the client's PSK identity. Client: the server's identity hint.
+    /// The server's identity hint.
     pub peer_identity: Vec<u8>,
-    /// The crate's connection (client side; the server's handshake is ours); dropping it
-    /// stops the crate's tasks.
-    pub conn: Option<DTLSConn>,
-    /// The datagrams of our last flight (ChangeCipherSpec + Finished) as they went out; the
-    /// server sends them again when the client repeats its own last flight (RFC 6347 4.2.4).
-    pub final_flight: Vec<Vec<u8>>,
+    /// The crate's connection; dropping it stops the crate's tasks.
+    pub conn: DTLSConn,
 }
-
-/// Datagrams of a last flight kept for resending; one is what the crate sends.
-const MAX_FINAL_FLIGHT: usize = 4;
 
 /// The datagram "connection" the crate reads and writes.
 pub struct ChannelConn {
@@ -80,8 +73,6 @@ pub struct ChannelConn {
     /// Cipher suite of the first ServerHello that came in (0: none yet). The crate does not
     /// tell which suite it negotiated, so we read it off the wire as it passes.
     suite: Arc<AtomicU16>,
-    /// Outgoing datagrams that are part of a last flight (see [`is_final_flight`]).
-    final_flight: Arc<Mutex<Vec<Vec<u8>>>>,
 }
 
 impl ChannelConn {
@@ -97,20 +88,12 @@ impl ChannelConn {
             peer,
             connected,
             suite: Arc::default(),
-            final_flight: Arc::default(),
         }
     }
 
-    /// Reads what the crate does not tell: the negotiated suite, and our last flight. Only
-    /// handshake datagrams pass here.
+    /// Reads what the crate does not tell: the negotiated suite. Only handshake datagrams
+    /// pass here.
     fn sniff(&self, datagram: &[u8], outgoing: bool) {
-        if outgoing
-            && is_final_flight(datagram)
-            && let Ok(mut kept) = self.final_flight.lock()
-            && kept.len() < MAX_FINAL_FLIGHT
-        {
-            kept.push(datagram.to_vec());
-        }
         // Only the peer's ServerHello says what was negotiated, and only the first one: a
         // spoofed one arriving later must not switch the record layer.
         if !outgoing && let Some(id) = server_hello_suite(datagram) {
@@ -268,7 +251,6 @@ async fn run_handshake(
     conn: ChannelConn,
     seen: &Arc<Mutex<Vec<u8>>>,
 ) -> Result<Established, HandshakeError> {
-    let is_client = matches!(role, Role::Client { .. });
     let seen_cb = Arc::clone(seen);
     let (psk, hint): (PskCallback, Vec<u8>) = match role {
         Role::Client { identity, key } => (
@@ -297,10 +279,9 @@ async fn run_handshake(
         ..Default::default()
     };
     let chosen = Arc::clone(&conn.suite);
-    let final_flight = Arc::clone(&conn.final_flight);
     let dtls_conn = tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
-        DTLSConn::new(Arc::new(conn), config, is_client, None),
+        DTLSConn::new(Arc::new(conn), config, true, None),
     )
     .await
     .map_err(|_| HandshakeError::Timeout(HANDSHAKE_TIMEOUT))?
@@ -320,23 +301,17 @@ async fn run_handshake(
             .map_err(|_| HandshakeError::KeyMaterial("hello random is not 32 bytes"))
     };
     let (local, remote) = (random(&kl.local_random)?, random(&kl.remote_random)?);
-    let (client_random, server_random) = if is_client {
-        (local, remote)
-    } else {
-        (remote, local)
-    };
+    let (client_random, server_random) = (local, remote);
     if kl.master_secret.len() != crate::kdf::MASTER_SECRET_LEN {
         return Err(HandshakeError::KeyMaterial("master secret is not 48 bytes"));
     }
     let keys = key_block(&kl.master_secret, &client_random, &server_random);
     let peer_identity = seen.lock().map(|s| s.clone()).unwrap_or_default();
-    let final_flight = final_flight.lock().map(|f| f.clone()).unwrap_or_default();
     Ok(Established {
         suite,
         keys,
         peer_identity,
-        conn: Some(dtls_conn),
-        final_flight,
+        conn: dtls_conn,
     })
 }
 

@@ -15,7 +15,7 @@ use super::admission::{Admission, AdmissionCounters, Outcome, is_session_record 
 use super::manager::Event;
 use crate::authz;
 use crate::consts::FINAL_FLIGHT_RESEND;
-use crate::dtls::{self, Established, KeyLookup};
+use crate::dtls::{self, KeyLookup};
 use crate::proto::{Control, Peernet};
 use crate::pump::{self, Counters, Inbound, Inbox, OutboundCmd, RateLimit};
 use crate::record::Opener;
@@ -61,7 +61,7 @@ pub(super) struct SessionRx {
     /// Our last handshake flight, resent whenever the client repeats its own: until the
     /// client has it, it cannot finish. Emptied at the first authenticated record from the
     /// peer, which proves the client finished.
-    pub(super) final_flight: Vec<Vec<u8>>,
+    pub(super) final_flight: Vec<u8>,
     /// When `final_flight` was last resent.
     pub(super) resent_at: Option<Instant>,
     /// The session's outbound task: Pings are answered here, not by the manager.
@@ -275,7 +275,10 @@ impl Demux {
             |id: &[u8]| lookup(id).unwrap_or_else(|| ring::hmac::sign(dummy, id).as_ref().to_vec());
         let outcome = self.admission.datagram(dg, addr, Instant::now(), key);
         match outcome {
-            Outcome::Reply => self.send(addr, "handshake").await,
+            Outcome::Reply => {
+                let reply = &self.admission.reply;
+                Self::send(&self.udp, &mut self.out.log_limit, reply, addr, "handshake").await;
+            }
             Outcome::Quiet => {}
             Outcome::Refused => self.drop_log(addr, "handshake_limit"),
             Outcome::Failed {
@@ -284,7 +287,8 @@ impl Demux {
                 alert,
             } => {
                 if alert {
-                    self.send(addr, "alert").await;
+                    let reply = &self.admission.reply;
+                    Self::send(&self.udp, &mut self.out.log_limit, reply, addr, "alert").await;
                 }
                 if self.fail_log.allow() {
                     tracing::warn!(
@@ -294,19 +298,16 @@ impl Demux {
                 }
             }
             Outcome::Completed(c) => {
-                self.admission.reply.clone_from(&c.final_flight);
-                self.send(addr, "final flight").await;
-                let est = Established {
-                    suite: c.suite,
-                    keys: c.keys,
-                    peer_identity: c.identity,
-                    conn: None,
-                    final_flight: vec![c.final_flight],
-                };
-                let _ = self.out.ev_tx.send(Event::Authenticated {
+                let flight = &c.final_flight;
+                Self::send(
+                    &self.udp,
+                    &mut self.out.log_limit,
+                    flight,
                     addr,
-                    est: Box::new(est),
-                });
+                    "final flight",
+                )
+                .await;
+                let _ = self.out.ev_tx.send(Event::Authenticated { addr, est: c });
             }
             Outcome::NotOurs => self.not_ours(dg, addr).await,
         }
@@ -331,23 +332,21 @@ impl Demux {
             return;
         }
         s.resent_at = Some(Instant::now());
-        for d in &s.final_flight {
-            if let Err(e) = self.udp.sock.send_to(d, addr).await
-                && !pump::is_lost_datagram(&e)
-            {
-                tracing::debug!("resending the last handshake flight to {addr}: {e}");
-            }
+        if let Err(e) = self.udp.sock.send_to(&s.final_flight, addr).await
+            && !pump::is_lost_datagram(&e)
+        {
+            tracing::debug!("resending the last handshake flight to {addr}: {e}");
         }
         if self.out.log_limit.allow() {
             tracing::debug!("{addr} repeated its last handshake flight: resent ours");
         }
     }
 
-    /// Sends admission's reply to `addr`.
-    async fn send(&mut self, addr: SocketAddr, what: &str) {
-        if let Err(e) = self.udp.sock.send_to(&self.admission.reply, addr).await
+    /// Sends `bytes` (admission's reply, or a final flight) to `addr`.
+    async fn send(udp: &Udp, log: &mut RateLimit, bytes: &[u8], addr: SocketAddr, what: &str) {
+        if let Err(e) = udp.sock.send_to(bytes, addr).await
             && !pump::is_lost_datagram(&e)
-            && self.out.log_limit.allow()
+            && log.allow()
         {
             tracing::debug!("sending {what} to {addr}: {e}");
         }

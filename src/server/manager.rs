@@ -13,7 +13,7 @@ use super::LOG_CONNECTED;
 use super::demux::{DemuxCmd, SessionRx};
 use crate::config::ServerConfig;
 use crate::consts::{CONTENT_APPLICATION_DATA, KEEPALIVE_MISSES, SETUP_TIMEOUT};
-use crate::dtls::Established;
+use crate::handshake::Completed;
 use crate::netlink::{Netlink, NetlinkError};
 use crate::pool::{Pool, PoolError};
 use crate::proto::{AddressMessage, CONTROL_VERSION, CloseReason, Control, Peernet, ProtoError};
@@ -32,7 +32,7 @@ use super::device::Device;
 pub(super) enum Event {
     Authenticated {
         addr: SocketAddr,
-        est: Box<Established>,
+        est: Box<Completed>,
     },
     Peernet {
         session_id: u64,
@@ -153,11 +153,10 @@ impl Manager {
         match ev {
             Event::Authenticated { addr, est } => {
                 // The key lookup refused invalid ids already; never merge or log raw bytes.
-                let Some(id) = crate::keys::valid_identity(&est.peer_identity).map(String::from)
-                else {
+                let Some(id) = crate::keys::valid_identity(&est.identity).map(String::from) else {
                     tracing::warn!(
                         "client from {addr}: refused invalid id \"{}\"",
-                        est.peer_identity.escape_ascii()
+                        est.identity.escape_ascii()
                     );
                     return;
                 };
@@ -233,7 +232,7 @@ impl Manager {
         &mut self,
         id: &str,
         addr: SocketAddr,
-        est: Established,
+        est: Completed,
     ) -> Result<(), SessionError> {
         if !self.devices.contains_key(id) {
             if self.devices.len() >= self.cfg.max_clients && !self.cfg.keys.clients.contains_key(id)
@@ -331,7 +330,7 @@ impl Manager {
     /// Turns away a new id at the `-max-clients` limit, before it gets a device or runs a
     /// script: Close "refused" to a dtun client (only dtun clients offer AES-128-GCM, and they
     /// read it where the address message would be), then close_notify.
-    async fn refuse(&mut self, id: &str, addr: SocketAddr, est: &Established) {
+    async fn refuse(&mut self, id: &str, addr: SocketAddr, est: &Completed) {
         self.refusals.count += 1;
         if self.refusals.log.allow() {
             tracing::warn!(
