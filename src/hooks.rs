@@ -1,5 +1,7 @@
-//! The user's scripts (`-up`): run with a clean environment holding only the tunnel's facts,
-//! a timeout, their output in our log, and a failure that says what went wrong.
+//! The user's scripts (`-up`, `-down`): run in a process group of their own with a clean
+//! environment holding only the tunnel's facts, a timeout that kills the whole group, their
+//! output in our log, and a failure that says what went wrong. We wait for the script, not for
+//! whatever it left running.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};

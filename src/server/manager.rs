@@ -1,4 +1,5 @@
-//! The manager: devices, the pool and the sessions' lifecycles (control path side).
+//! The manager: the pool, the sessions' lifecycles (start, replace, keepalive, close, sequence
+//! exhaustion) and the timers (control path side); a device's own plumbing is in `device`.
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -2,13 +2,18 @@
 //! per client id that outlives its sessions for `-linger`.
 //!
 //! Two long-lived tasks share the work:
-//! - the **demultiplexer** owns the socket's read side and the address → peer table. It opens
-//!   records of live sessions and writes their packets to the TUN in coalesced batches (data
-//!   path), admits ClientHellos under the half-open caps (evicting unproven handshakes first),
-//!   and hands handshake datagrams to the crate's per-peer handshake tasks;
-//! - the **manager** owns the devices, the pool and the sessions' lifecycles (control path): it
-//!   turns a completed handshake into a session, installs routes, ends sessions and removes
-//!   idle devices. It talks to the demultiplexer through [`DemuxCmd`] messages.
+//! - the **demultiplexer** (`demux`) owns the socket's read side and the address → session
+//!   table. It opens records of live sessions and writes their packets to the TUNs in
+//!   coalesced batches (data path), answers Pings, and hands every other datagram to
+//!   **admission** (`admission`, over the handshake in `crate::handshake`): stateless cookies,
+//!   then a capped, budgeted handshake per proven peer;
+//! - the **manager** (`manager`, with `device`) owns the devices, the pool and the sessions'
+//!   lifecycles (control path): it turns a completed handshake into a session, installs
+//!   routes, runs scripts beside itself, ends sessions and removes idle devices. It talks to
+//!   the demultiplexer through [`DemuxCmd`] messages and hears from it through events (a
+//!   bounded queue for sessions' events).
+//!
+//! With `-nat` or `-client-to-client`, the server also keeps its nftables table (`crate::nft`).
 
 use std::collections::HashMap;
 use std::future::Future;
