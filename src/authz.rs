@@ -64,7 +64,7 @@ const PRIVATE: [&str; 5] = [
     "fc00::/7",
 ];
 
-/// Whether `net` lies wholly inside one of the [`PRIVATE`] ranges.
+/// Whether `net` lies wholly inside one of the private ranges (RFC 1918, CGNAT, ULA).
 pub fn is_private(net: &IpNet) -> bool {
     PRIVATE
         .iter()

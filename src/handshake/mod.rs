@@ -9,12 +9,12 @@
 //! ([`ServerHandshake`]), every datagram costs one pass over its records, and nothing is
 //! reassembled or queued. The crate still does the client side.
 //!
-//! Flights (message_seq in brackets; the HelloVerifyRequest is 0, so ours go on from 1):
-//! 1. client: ClientHello [0] → we: HelloVerifyRequest [0], stateless;
-//! 2. client: ClientHello [1] with the cookie → we: ServerHello [1], ServerKeyExchange [2]
-//!    (the identity hint), ServerHelloDone [3], in one datagram;
-//! 3. client: ClientKeyExchange [2] (the identity), ChangeCipherSpec, Finished [3] (epoch 1)
-//!    → we: ChangeCipherSpec, Finished [4] (epoch 1), kept for resending (see `server::demux`).
+//! Flights (message_seq in parentheses; the HelloVerifyRequest is 0, so ours go on from 1):
+//! 1. client: ClientHello (0) → we: HelloVerifyRequest (0), stateless;
+//! 2. client: ClientHello (1) with the cookie → we: ServerHello (1), ServerKeyExchange (2,
+//!    the identity hint), ServerHelloDone (3), in one datagram;
+//! 3. client: ClientKeyExchange (2, the identity), ChangeCipherSpec, Finished (3, epoch 1)
+//!    → we: ChangeCipherSpec, Finished (4, epoch 1), kept for resending (see `server::demux`).
 //!
 //! An unknown identity gets a dummy key derived from a per-process secret (RFC 4279 §2), so it
 //! fails at the Finished exactly like a known identity with a wrong key: same alert, same work.
