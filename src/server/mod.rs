@@ -10,7 +10,7 @@
 //! - the **manager** (`manager`, with `device`) owns the devices, the pool and the sessions'
 //!   lifecycles (control path): it turns a completed handshake into a session, installs
 //!   routes, runs scripts beside itself, ends sessions and removes idle devices. It talks to
-//!   the demultiplexer through [`DemuxCmd`] messages and hears from it through events (a
+//!   the demultiplexer through `DemuxCmd` messages and hears from it through events (a
 //!   bounded queue for sessions' events).
 //!
 //! With `-nat` or `-client-to-client`, the server also keeps its nftables table (`crate::nft`).
