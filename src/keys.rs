@@ -62,6 +62,14 @@ pub fn derive(master: &[u8], id: &[u8]) -> String {
     hex::encode(tag.as_ref())
 }
 
+/// An isolation group's name: 1 to 32 ASCII letters, digits, `-` or `_`.
+pub fn valid_group(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// One client of the credentials file. Its Debug output leaves the key out.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Client {
@@ -71,6 +79,9 @@ pub struct Client {
     pub addr: Option<Ipv4Addr>,
     /// The only LANs this id may announce (None: the default rules).
     pub lans: Option<Vec<IpNet>>,
+    /// Isolation group: with groups in use, client-to-client traffic passes only between ids
+    /// of the same group (None: the ungrouped ids, which form a group of their own).
+    pub group: Option<String>,
 }
 
 impl std::fmt::Debug for Client {
@@ -79,6 +90,7 @@ impl std::fmt::Debug for Client {
             .field("key", &format_args!("<redacted>"))
             .field("addr", &self.addr)
             .field("lans", &self.lans)
+            .field("group", &self.group)
             .finish()
     }
 }
@@ -110,6 +122,7 @@ pub fn parse_credentials(text: &str) -> Result<HashMap<String, Client>, KeyError
             key: Zeroizing::new(Vec::new()),
             addr: None,
             lans: None,
+            group: None,
         };
         for w in words {
             let (k, v) = w
@@ -133,7 +146,17 @@ pub fn parse_credentials(text: &str) -> Result<HashMap<String, Client>, KeyError
                         })?;
                     client.lans = Some(lans);
                 }
-                _ => return Err(err(format!("unknown field {k:?} (key, addr, lans)"))),
+                "group" => {
+                    if !valid_group(v) {
+                        return Err(err(format!(
+                            "group {v:?} must be 1 to 32 letters, digits, '-' or '_'"
+                        )));
+                    }
+                    client.group = Some(v.to_string());
+                }
+                _ => {
+                    return Err(err(format!("unknown field {k:?} (key, addr, lans, group)")));
+                }
             }
         }
         if client.key.is_empty() {
@@ -291,6 +314,21 @@ mod tests {
             "{msg}"
         );
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn groups_are_parsed_and_checked() {
+        let c = parse_credentials("a key=k group=red\nb key=k\n").unwrap();
+        assert_eq!(c["a"].group.as_deref(), Some("red"));
+        assert_eq!(c["b"].group, None);
+        for bad in [
+            "a key=k group=",
+            "a key=k group=r/d",
+            &format!("a key=k group={}", "g".repeat(33)),
+        ] {
+            let msg = parse_credentials(bad).unwrap_err().to_string();
+            assert!(msg.contains("group"), "{bad}: {msg}");
+        }
     }
 
     /// Invalid identities (not UTF-8, control characters, empty, over 128 bytes) get no key,
