@@ -181,9 +181,14 @@ pub struct Cli {
     /// between two clients' TUNs; unset leaves it to the host
     #[arg(long = "client-to-client", value_enum, value_name = "on|off")]
     pub client_to_client: Option<OnOff>,
-    /// Name of this dtun on the host (its nftables table is dtun-NAME)
+    /// Name of this dtun in its network namespace: `dtun status NAME` asks it over the socket
+    /// @dtun/NAME (a server's nftables table is dtun-NAME)
     #[arg(long, value_name = "NAME", default_value = "dtun")]
     pub instance: String,
+    /// Serve Prometheus/OpenMetrics counters over HTTP at http://ADDR/metrics (e.g.
+    /// 127.0.0.1:9586); off by default
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
     /// More logging (-v debug, -vv trace); RUST_LOG overrides
     #[arg(short = 'v', action = ArgAction::Count)]
     pub verbose: u8,

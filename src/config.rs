@@ -293,6 +293,8 @@ pub struct ClientConfig {
     pub dns: Vec<IpAddr>,
     /// `-accept-dns`: take the servers the server pushes (see [`crate::dns::use_pushed_dns`]).
     pub accept_dns: bool,
+    /// `-instance`: names the status socket `@dtun/INSTANCE`.
+    pub instance: String,
 }
 
 impl ClientConfig {
@@ -317,6 +319,11 @@ impl ClientConfig {
             .map_err(ConfigError::Routes)?,
             dns: dns_servers(cli)?,
             accept_dns: cli.accept_dns,
+            instance: {
+                crate::nft::check_instance(&cli.instance)
+                    .map_err(|e| ConfigError::Instance(e.to_string()))?;
+                cli.instance.clone()
+            },
         })
     }
 

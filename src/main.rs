@@ -18,6 +18,7 @@ fn main() {
         Some("key") if args.get(2).map(String::as_str) == Some("derive") => {
             return exit_on(key_derive(&args[3..]));
         }
+        Some("status") => return exit_on(status(&args[2..])),
         _ => {}
     }
     let cli = Cli::from_env();
@@ -66,6 +67,33 @@ fn key_derive(rest: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `dtun status [-json] [INSTANCE]`: asks the dtun named INSTANCE (default `dtun`) in this
+/// network namespace over its control socket and prints its answer.
+fn status(rest: &[String]) -> anyhow::Result<()> {
+    const USAGE: &str = "usage: dtun status [-json] [INSTANCE]";
+    let mut json = false;
+    let mut instance = None;
+    for a in rest {
+        match a.as_str() {
+            "-json" | "--json" => json = true,
+            "-h" | "-help" | "--help" => {
+                println!(
+                    "{USAGE}\n\nShows what the dtun named INSTANCE (its -instance, default dtun) in this network\nnamespace is doing; -json prints it as JSON (docs/STATUS.md)."
+                );
+                return Ok(());
+            }
+            f if f.starts_with('-') => anyhow::bail!("unknown flag {f}: {USAGE}"),
+            name if instance.is_none() => instance = Some(name.to_string()),
+            extra => anyhow::bail!("one instance at a time, not also {extra:?}: {USAGE}"),
+        }
+    }
+    let instance = instance.unwrap_or_else(|| "dtun".to_string());
+    dtun::nft::check_instance(&instance)?;
+    let request = if json { "status json" } else { "status" };
+    print!("{}", dtun::ops::control::query(&instance, request)?);
+    Ok(())
+}
+
 fn init_logging(verbose: u8) {
     let level = match verbose {
         0 => "info",
@@ -96,10 +124,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         match cli.host.clone() {
             Some(host) => {
                 let cfg = ClientConfig::from_cli(&cli, &host)?;
+                let control = dtun::ops::control::bind(&cfg.instance)?;
+                let board = std::sync::Arc::new(dtun::ops::ClientBoard::new(
+                    &cfg.instance,
+                    &cfg.id,
+                    &cfg.host,
+                ));
+                let source = dtun::ops::Source::Client(std::sync::Arc::clone(&board));
+                let _ops = ops(control, cli.metrics, source).await?;
                 // On a worker, not on this thread: the worker that sees a datagram arrive
                 // then runs the client loop itself instead of waking this thread (a context
                 // switch, often to another CPU, on every packet towards the TUN).
-                match tokio::spawn(dtun::client::run(cfg, shutdown_signal())).await {
+                let client = dtun::client::run_with(cfg, board, shutdown_signal());
+                match tokio::spawn(client).await {
                     Ok(r) => r?,
                     Err(e) => {
                         return Err(TaskEnded::from_join("client loop", Err::<(), _>(e)).into());
@@ -108,12 +145,39 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             None => {
                 let cfg = ServerConfig::from_cli(&cli)?;
+                let control = dtun::ops::control::bind(&cfg.instance)?;
+                let (source, status) = dtun::ops::Source::server();
                 let sock = dtun::server::bind(cfg.listen)?;
-                dtun::server::run(sock, cfg, shutdown_signal()).await?;
+                let _ops = ops(control, cli.metrics, source).await?;
+                dtun::server::run_with(sock, cfg, Some(status), shutdown_signal()).await?;
             }
         }
         Ok(())
     })
+}
+
+/// Starts the status socket (already bound) and `-metrics` (if asked for); they stop when the
+/// returned handle is dropped.
+async fn ops(
+    control: tokio::net::UnixListener,
+    metrics: Option<std::net::SocketAddr>,
+    source: dtun::ops::Source,
+) -> anyhow::Result<AbortOnDrop> {
+    let metrics = match metrics {
+        Some(addr) => Some(dtun::ops::metrics::bind(addr).await?),
+        None => None,
+    };
+    Ok(AbortOnDrop(tokio::spawn(dtun::ops::serve(
+        control, metrics, source,
+    ))))
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Resolves at the first SIGINT or SIGTERM. The handlers are installed at once, not at the

@@ -72,6 +72,16 @@ impl Drop {
         }
     }
 
+    /// Every reason, in a fixed order (for status and metrics).
+    pub fn all() -> impl Iterator<Item = Drop> {
+        DropReason::ALL.iter().map(|r| Drop::Record(*r)).chain([
+            Drop::NotIp,
+            Drop::TooBig,
+            Drop::Unexpected,
+            Drop::ForgedSource,
+        ])
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Drop::Record(r) => r.as_str(),
@@ -123,13 +133,7 @@ impl Counters {
             self.rx_packets.load(Relaxed),
             self.rx_bytes.load(Relaxed)
         );
-        let all = DropReason::ALL.iter().map(|r| Drop::Record(*r)).chain([
-            Drop::NotIp,
-            Drop::TooBig,
-            Drop::Unexpected,
-            Drop::ForgedSource,
-        ]);
-        let drops: Vec<String> = all
+        let drops: Vec<String> = Drop::all()
             .filter(|d| self.drops(*d) > 0)
             .map(|d| format!("{}={}", d.as_str(), self.drops(d)))
             .collect();

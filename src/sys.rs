@@ -103,3 +103,9 @@ pub fn kill_process_group(pgid: u32, signal: libc::c_int) -> std::io::Result<()>
         Err(std::io::Error::last_os_error())
     }
 }
+
+/// Our effective user id (geteuid(2)): the one user besides root the status socket admits.
+pub fn euid() -> u32 {
+    // SAFETY: geteuid takes nothing, touches no memory and cannot fail.
+    unsafe { libc::geteuid() }
+}

@@ -124,6 +124,9 @@ fn failed_handshake_warnings_are_rate_limited() {
                     "-id",
                     &format!("c{i}"),
                     "-once",
+                    // 30 dtuns in one namespace: each needs its own status socket name.
+                    "-instance",
+                    &format!("c{i}"),
                 ],
                 &[],
             )

@@ -352,7 +352,9 @@ fn bad_instances_and_missing_capability_are_refused_cleanly() {
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        !out.status.success() && err.contains("another dtun runs as instance \"one\""),
+        !out.status.success()
+            && err.contains("another dtun named one runs in this network namespace")
+            && err.contains("-instance"),
         "{err}"
     );
     let (mut client, _) = net.start_client(0, 4605, &[]);

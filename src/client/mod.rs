@@ -21,6 +21,7 @@ use crate::consts::{
 use crate::dtls::{self, ChannelConn, HandshakeError, Role};
 use crate::hooks::{self, HookError, TunnelEnv};
 use crate::netlink::{Netlink, NetlinkError};
+use crate::ops::{ClientBoard, LiveSession};
 use crate::proto::{
     AddressMessage, CONTROL_VERSION, CloseReason, Control, HINT_MARKER, ProtoError,
 };
@@ -160,6 +161,16 @@ impl Backoff {
 /// Runs the client until `shutdown` resolves (then: close_notify, down script, Ok), or until
 /// an error retrying cannot cure (or, with `-once`, the first failure).
 pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Result<(), ClientError> {
+    let board = ClientBoard::new(&cfg.instance, &cfg.id, &cfg.host);
+    run_with(cfg, Arc::new(board), shutdown).await
+}
+
+/// [`run`], publishing its state on `board` (for `dtun status` and `-metrics`).
+pub async fn run_with(
+    cfg: ClientConfig,
+    board: Arc<ClientBoard>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ClientError> {
     let mut shutdown = std::pin::pin!(shutdown);
     let nl = Netlink::new()?;
     // DNS (src/dns.rs): restores what a killed dtun left; set once the tunnel is up.
@@ -179,7 +190,19 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
     let mut backoff = Backoff::default();
     let mut last_error = String::new();
     let result = loop {
-        match session(&cfg, &nl, &mut tunnel, &mut routes, &dns, shutdown.as_mut()).await {
+        board.connecting();
+        let end = session(
+            &cfg,
+            &nl,
+            &mut tunnel,
+            &mut routes,
+            &dns,
+            &board,
+            shutdown.as_mut(),
+        )
+        .await;
+        board.ended();
+        match end {
             End::Shutdown => break Ok(()),
             End::Lost { error, was_up } => {
                 if cfg.once || error.is_fatal() {
@@ -193,6 +216,7 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
                     _ => backoff.next_delay(),
                 };
                 let msg = error.to_string();
+                board.backing_off(delay, msg.clone());
                 if msg != last_error {
                     tracing::warn!(
                         "{msg}; reconnecting (next try in {:.1}s)",
@@ -241,12 +265,14 @@ async fn session(
     tunnel: &mut Option<Tunnel>,
     routes: &mut Option<Routes>,
     dns: &crate::dns::Dns,
+    board: &ClientBoard,
     mut shutdown: Pin<&mut impl Future<Output = ()>>,
 ) -> End {
     let server = match cfg.server_addr().await {
         Ok(s) => s,
         Err(e) => return lost(ClientError::Config(e)),
     };
+    board.server(server);
     if let Some(r) = routes.as_mut()
         && let Err(e) = r.set_server(server.ip()).await
     {
@@ -412,6 +438,15 @@ async fn session(
         est.suite.name()
     );
 
+    board.up(LiveSession {
+        counters: Arc::clone(&counters),
+        suite: est.suite,
+        device: t.tun.name.clone(),
+        local_ip: addrs.client,
+        peer_ip: addrs.server,
+        started: std::time::Instant::now(),
+        keepalive: negotiated.then_some(cfg.common.keepalive),
+    });
     if let Err(e) = udp.set_gro(true) {
         tracing::debug!("UDP GRO unavailable: {e}");
     }

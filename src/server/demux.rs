@@ -91,6 +91,15 @@ impl DemuxCounters {
         }
     }
 
+    /// Admission's totals, datagrams from unknown peers, session events dropped.
+    pub fn totals(&self) -> (super::admission::AdmissionTotals, u64, u64) {
+        (
+            self.admission.snapshot(),
+            self.unknown_peer.load(Relaxed),
+            self.events_dropped.load(Relaxed),
+        )
+    }
+
     pub fn summary(&self) -> String {
         let a = self.admission.snapshot();
         format!(

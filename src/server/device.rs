@@ -27,6 +27,9 @@ pub(super) struct Device {
     pub(super) idle_since: Option<Instant>,
     /// The device's up script, running beside the manager (the down script waits for it).
     pub(super) up: Option<JoinHandle<()>>,
+    /// When it was made, and its ended sessions' counters added up (for status and metrics).
+    pub(super) created: Instant,
+    pub(super) past: crate::ops::status::Traffic,
 }
 
 impl Manager {
@@ -66,6 +69,8 @@ impl Manager {
                 routes: Vec::new(),
                 session: None,
                 idle_since: None,
+                created: Instant::now(),
+                past: crate::ops::status::Traffic::zero(),
             }),
             Err(e) => {
                 self.pool.release(id);
@@ -171,6 +176,7 @@ impl Manager {
         let Some(dev) = self.devices.remove(id) else {
             return;
         };
+        self.removed.add(&dev.past);
         for r in &dev.routes {
             let _ = self.nl.del_route(*r, dev.tun.index).await;
         }

@@ -59,16 +59,19 @@ pub(super) struct Session {
     pub(super) addr: SocketAddr,
     out_tx: mpsc::Sender<OutboundCmd>,
     out_task: pump::OutboundTask,
-    counters: Arc<Counters>,
+    pub(super) counters: Arc<Counters>,
     /// Deadline for the client's peernet message.
     setup_deadline: Option<Instant>,
     /// The client said Hello: it is a dtun peer and may get control messages.
-    negotiated: bool,
+    pub(super) negotiated: bool,
     /// The client's keepalive period (zero: none); it pings, we answer.
-    keepalive: Duration,
+    pub(super) keepalive: Duration,
     /// Authenticated records seen at the last check, and when that count last moved.
     seen: u64,
-    alive_at: Instant,
+    pub(super) alive_at: Instant,
+    /// The session's suite and when its handshake completed (for status).
+    pub(super) suite: record::Suite,
+    pub(super) started: Instant,
 }
 
 pub(super) struct Manager {
@@ -85,12 +88,17 @@ pub(super) struct Manager {
     /// A task the server needs ended (an outbound task panicked without the exiting panic
     /// hook): the manager stops and the server exits.
     pub(super) fatal: Option<crate::supervise::TaskEnded>,
+    /// For status and metrics: the demultiplexer's counters, removed devices' traffic added
+    /// up, and the requests for a snapshot (`crate::ops`).
+    pub(super) counters: Arc<super::DemuxCounters>,
+    pub(super) removed: crate::ops::status::Traffic,
+    pub(super) status_rx: Option<mpsc::Receiver<crate::ops::ServerRequest>>,
 }
 
 /// Clients refused at the `-max-clients` limit: counted, and logged at most once a second.
 pub(super) struct Refusals {
     log: pump::RateLimit,
-    count: u64,
+    pub(super) count: u64,
 }
 
 impl Default for Refusals {
@@ -111,9 +119,18 @@ impl Manager {
     ) {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         tokio::pin!(shutdown);
+        let mut status_rx = self.status_rx.take();
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
+                Some(reply) = async {
+                    match status_rx.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    let _ = reply.send(self.status_view());
+                }
                 ev = ev_rx.recv() => match ev {
                     Some(ev) => self.event(ev).await,
                     None => break,
@@ -317,6 +334,8 @@ impl Manager {
             keepalive: Duration::ZERO,
             seen: 0,
             alive_at: Instant::now(),
+            suite: est.suite,
+            started: Instant::now(),
         });
         tracing::info!(
             "client {id} {LOG_CONNECTED} from {addr} on {} (local {} peer {}, {})",
@@ -468,6 +487,7 @@ impl Manager {
             }
         }
         dev.idle_since = Some(Instant::now());
+        dev.past.add(&crate::ops::status::Traffic::of(&s.counters));
         tracing::info!(
             "client {id} from {} disconnected: {why} ({})",
             s.addr,

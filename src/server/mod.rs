@@ -105,6 +105,16 @@ pub async fn run(
     cfg: ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
+    run_with(sock, cfg, None, shutdown).await
+}
+
+/// [`run`], answering requests for its snapshot on `status` (`crate::ops`).
+pub async fn run_with(
+    sock: UdpSocket,
+    cfg: ServerConfig,
+    status: Option<mpsc::Receiver<crate::ops::ServerRequest>>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
     let nl = Netlink::new()?;
     let sock = Arc::new(sock);
     let udp = Udp::new(Arc::clone(&sock)).map_err(ServerError::Udp)?;
@@ -173,6 +183,9 @@ pub async fn run(
         refusals: Default::default(),
         scripts: Vec::new(),
         fatal: None,
+        counters: Arc::clone(&demux_counters),
+        removed: crate::ops::status::Traffic::zero(),
+        status_rx: status,
     };
     // The demultiplexer never ends while the manager runs: if it does (a panic when the hook
     // that exits is not installed), the manager shuts down as on a signal and run fails.
@@ -210,3 +223,4 @@ pub use demux::DemuxCounters;
 use demux::{Delivery, Demux};
 mod manager;
 use manager::Manager;
+mod status;

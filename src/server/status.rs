@@ -1,0 +1,111 @@
+//! The manager's snapshot for `dtun status` and `-metrics` (`crate::ops`): its devices and
+//! sessions, read between its other events (the counters are relaxed atomics).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::manager::Manager;
+use crate::ops::status::{
+    AdmissionView, Clock, Keepalive, LingeringView, PeerView, ServerView, SessionView, Traffic,
+};
+
+/// An IPv4 peer seen through the dual-stack socket (::ffff:a.b.c.d) as plain IPv4.
+fn plain(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => a,
+        },
+        a => a,
+    }
+}
+
+impl Manager {
+    pub(super) fn status_view(&self) -> ServerView {
+        let clock = Clock::now();
+        let mut clients = Vec::new();
+        let mut lingering = Vec::new();
+        let mut traffic = self.removed.clone();
+        for (id, d) in &self.devices {
+            let live = d.session.as_ref().map(|s| Traffic::of(&s.counters));
+            let t = match &live {
+                Some(l) => d.past.clone().plus(l),
+                None => d.past.clone(),
+            };
+            traffic.add(&t);
+            match &d.session {
+                Some(s) => clients.push(PeerView {
+                    id: id.clone(),
+                    endpoint: plain(s.addr).to_string(),
+                    device: d.tun.name.clone(),
+                    local_ip: d.pair.server,
+                    peer_ip: d.pair.client,
+                    routes: d.routes.iter().map(|r| r.to_string()).collect(),
+                    connected_since: clock.unix(d.created),
+                    connected_since_age: clock.age(d.created),
+                    session: SessionView {
+                        cipher: s.suite.name(),
+                        last_handshake: clock.unix(s.started),
+                        last_handshake_age: clock.age(s.started),
+                        last_authenticated: clock.unix(s.alive_at),
+                        last_authenticated_age: clock.age(s.alive_at),
+                        keepalive: Keepalive::new(
+                            s.negotiated,
+                            if self.cfg.common.keepalive.is_zero() {
+                                Duration::ZERO
+                            } else {
+                                s.keepalive
+                            },
+                        ),
+                    },
+                    traffic: t,
+                }),
+                None => {
+                    let idle = d.idle_since.unwrap_or(d.created);
+                    let expires = idle + self.cfg.linger;
+                    lingering.push(LingeringView {
+                        id: id.clone(),
+                        device: d.tun.name.clone(),
+                        local_ip: d.pair.server,
+                        peer_ip: d.pair.client,
+                        idle_since: clock.unix(idle),
+                        idle_since_age: clock.age(idle),
+                        expires: clock.unix(expires),
+                        expires_in: clock.until(expires),
+                        traffic: t,
+                    });
+                }
+            }
+        }
+        clients.sort_by(|a, b| a.id.cmp(&b.id));
+        lingering.sort_by(|a, b| a.id.cmp(&b.id));
+        let (a, unknown_peer, events_dropped) = self.counters.totals();
+        ServerView {
+            role: "server",
+            instance: self.cfg.instance.clone(),
+            version: env!("CARGO_PKG_VERSION"),
+            pid: std::process::id(),
+            now: clock.unix_now(),
+            listen: self
+                .udp
+                .sock
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            pool: self.cfg.pool.to_string(),
+            clients,
+            lingering,
+            admission: AdmissionView {
+                cookies: a.cookies,
+                handshakes: a.started,
+                handshake_failed: a.failed,
+                handshake_evicted: a.evicted,
+                handshake_limit: a.limit,
+                unknown_peer,
+                events_dropped,
+                refused_max_clients: self.refusals.count,
+            },
+            traffic,
+        }
+    }
+}
