@@ -320,8 +320,7 @@ impl ClientConfig {
             dns: dns_servers(cli)?,
             accept_dns: cli.accept_dns,
             instance: {
-                crate::nft::check_instance(&cli.instance)
-                    .map_err(|e| ConfigError::Instance(e.to_string()))?;
+                crate::ops::control::check_name(&cli.instance).map_err(ConfigError::Instance)?;
                 cli.instance.clone()
             },
         })

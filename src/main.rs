@@ -88,7 +88,8 @@ fn status(rest: &[String]) -> anyhow::Result<()> {
         }
     }
     let instance = instance.unwrap_or_else(|| "dtun".to_string());
-    dtun::nft::check_instance(&instance)?;
+    dtun::ops::control::check_name(&instance)
+        .map_err(|e| anyhow::anyhow!("{}", e.replacen("-instance", "dtun status", 1)))?;
     let request = if json { "status json" } else { "status" };
     print!("{}", dtun::ops::control::query(&instance, request)?);
     Ok(())

@@ -48,6 +48,16 @@ pub enum ControlError {
     Bind(String, std::io::Error),
 }
 
+/// Checks an instance name (the rule of `crate::nft::check_instance`, which a server's table
+/// name shares), with a message about the status socket.
+pub fn check_name(name: &str) -> Result<(), String> {
+    crate::nft::check_instance(name).map_err(|_| {
+        format!(
+            "-instance {name:?}: use 1 to 32 letters, digits, '-' or '_' (it names the status socket @dtun/NAME)"
+        )
+    })
+}
+
 /// Takes `@dtun/INSTANCE`; refuses if another dtun holds it in this network namespace.
 pub fn bind(instance: &str) -> Result<UnixListener, ControlError> {
     let err = |e: std::io::Error| match e.kind() {
@@ -244,5 +254,15 @@ mod tests {
             "{e}"
         );
         assert!(!e.contains('\u{1b}'));
+    }
+
+    #[test]
+    fn names() {
+        assert!(check_name("office_2-b").is_ok());
+        for bad in ["", "a b", "../x", &"x".repeat(33)] {
+            let e = check_name(bad).unwrap_err();
+            assert!(e.contains("-instance") && e.contains("@dtun/NAME"), "{e}");
+        }
+        assert_eq!(socket_name("edge"), "dtun/edge");
     }
 }
