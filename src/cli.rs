@@ -16,6 +16,7 @@ Examples:
   client:  dtun -host vpn.example.com -key-file /etc/dtun/key -id laptop -peernet 192.168.1.0/24 -up /etc/dtun/up.sh
   keys:    dtun genkey > /etc/dtun/key
            dtun key derive -key-file /etc/dtun/master -id laptop   # for a server with -master-key-file
+  status:  dtun status [-json] [INSTANCE]   # what the running dtun (-instance, default dtun) does
 
 The key can also come from the DTUN_KEY environment variable, so it never shows in `ps`.";
 

@@ -337,7 +337,9 @@ fn client_status_up_then_backing_off() {
     assert!(u(&v["traffic"]["tx_packets"]) >= 3, "{v}");
     let human = stdout(&status(topo.client(), &[]));
     assert!(
-        human.contains("backing off, next try in") && human.contains("last error:"),
+        squash(&human).contains("state: backing off until ")
+            && human.contains("UTC (next try in ")
+            && human.contains("last error:"),
         "{human}"
     );
     eprintln!("{human}");

@@ -293,6 +293,12 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
+/// `09:52:13 UTC` of a unix time.
+pub fn time_of_day(unix: u64) -> String {
+    let s = unix % 86_400;
+    format!("{:02}:{:02}:{:02} UTC", s / 3600, s % 3600 / 60, s % 60)
+}
+
 /// Label column width of the human view.
 const W: usize = 20;
 
@@ -428,10 +434,14 @@ fn human_client(v: &ClientView) -> String {
         _ => v.server_host.clone(),
     };
     line(&mut out, "server", &server);
-    let state = match (v.state, v.backoff_until_in) {
-        ("backing_off", Some(s)) => format!("backing off, next try in {}", span(s)),
-        ("up", _) => format!("up for {}", span(v.state_since_age)),
-        (s, _) => format!("{s} for {}", span(v.state_since_age)),
+    let state = match (v.state, v.backoff_until, v.backoff_until_in) {
+        ("backing_off", Some(t), Some(s)) => format!(
+            "backing off until {} (next try in {})",
+            time_of_day(t),
+            span(s)
+        ),
+        ("up", ..) => format!("up for {}", span(v.state_since_age)),
+        (s, ..) => format!("{s} for {}", span(v.state_since_age)),
     };
     line(&mut out, "state", &state);
     if let Some(e) = &v.last_error {
@@ -467,6 +477,7 @@ mod tests {
         assert_eq!(bytes(812), "812 B");
         assert_eq!(bytes(1536), "1.50 KiB");
         assert_eq!(bytes(3 << 20), "3.00 MiB");
+        assert_eq!(time_of_day(1_796_118_217), "09:43:37 UTC");
     }
 
     #[test]
