@@ -369,6 +369,9 @@ fn missing_refused_and_duplicate_instances() {
     );
 
     let mut server = start_server(&ns, 443, &["-key", KEY, "-v"]);
+    // A copy uid 4242 can run wherever the build is (a checkout under /root, say).
+    let copy = dir.path().join("dtun");
+    std::fs::copy(DTUN, &copy).unwrap();
     let o = ns.run(
         "setpriv",
         &[
@@ -377,7 +380,7 @@ fn missing_refused_and_duplicate_instances() {
             "--regid",
             "4242",
             "--clear-groups",
-            DTUN,
+            common::path_str(&copy),
             "status",
         ],
     );
