@@ -2,7 +2,6 @@
 
 use anyhow::Context;
 use dtun::cli::Cli;
-use dtun::config::{ClientConfig, ServerConfig};
 use dtun::supervise::TaskEnded;
 
 fn main() {
@@ -20,10 +19,25 @@ fn main() {
         }
         _ => {}
     }
-    let cli = Cli::from_env();
-    init_logging(cli.verbose);
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let (cli, matches) = dtun::ops::config_file::parse_args(&argv).unwrap_or_else(|e| e.exit());
+    let loaded = match dtun::ops::config_file::apply(cli, &matches) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("dtun: {e}");
+            std::process::exit(1);
+        }
+    };
+    init_logging(loaded.cli.verbose);
+    if loaded.cli.check {
+        return exit_on(
+            dtun::ops::check::check(&loaded)
+                .map(|ok| println!("{ok}"))
+                .map_err(|e| anyhow::anyhow!(e)),
+        );
+    }
     dtun::supervise::install_panic_hook();
-    if let Err(e) = run(cli) {
+    if let Err(e) = run(loaded, argv) {
         if e.downcast_ref::<TaskEnded>().is_some()
             || matches!(
                 e.downcast_ref::<dtun::client::ClientError>(),
@@ -87,15 +101,19 @@ fn init_logging(verbose: u8) {
         .init();
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(
+    loaded: dtun::ops::config_file::Loaded,
+    argv: Vec<std::ffi::OsString>,
+) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async move {
-        match cli.host.clone() {
+        match loaded.cli.host.clone() {
             Some(host) => {
-                let cfg = ClientConfig::from_cli(&cli, &host)?;
+                let cfg = loaded.client_config(&host)?;
+                dtun::ops::reload::client_sighup().context("cannot handle SIGHUP")?;
                 // On a worker, not on this thread: the worker that sees a datagram arrive
                 // then runs the client loop itself instead of waking this thread (a context
                 // switch, often to another CPU, on every packet towards the TUN).
@@ -107,9 +125,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
             None => {
-                let cfg = ServerConfig::from_cli(&cli)?;
+                let cfg = loaded.server_config()?;
+                let (reload, reloads) = dtun::ops::reload::ReloadHandle::new(argv, &cfg);
+                dtun::ops::reload::on_sighup(reload).context("cannot handle SIGHUP")?;
                 let sock = dtun::server::bind(cfg.listen)?;
-                dtun::server::run(sock, cfg, shutdown_signal()).await?;
+                dtun::server::run_with_reload(sock, cfg, shutdown_signal(), reloads).await?;
             }
         }
         Ok(())

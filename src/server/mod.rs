@@ -105,6 +105,17 @@ pub async fn run(
     cfg: ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
+    run_with_reload(sock, cfg, shutdown, mpsc::channel(1).1).await
+}
+
+/// As [`run`], taking new credentials and settings from `reloads` while it runs (see
+/// `crate::ops::reload`).
+pub async fn run_with_reload(
+    sock: UdpSocket,
+    cfg: ServerConfig,
+    shutdown: impl Future<Output = ()>,
+    reloads: mpsc::Receiver<Reconfigure>,
+) -> Result<(), ServerError> {
     let nl = Netlink::new()?;
     let sock = Arc::new(sock);
     let udp = Udp::new(Arc::clone(&sock)).map_err(ServerError::Udp)?;
@@ -118,8 +129,15 @@ pub async fn run(
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
     let (session_tx, session_rx) = mpsc::channel(EVENT_QUEUE);
-    let keys = cfg.keys.clone();
-    let lookup: KeyLookup = Arc::new(move |identity: &[u8]| keys.key_for(identity));
+    // Shared with the manager, which swaps it on a reload.
+    let keys = Arc::new(std::sync::RwLock::new(cfg.keys.clone()));
+    let lookup: KeyLookup = {
+        let keys = Arc::clone(&keys);
+        Arc::new(move |identity: &[u8]| {
+            let keys = keys.read().unwrap_or_else(|e| e.into_inner());
+            keys.key_for(identity)
+        })
+    };
     let hint = if cfg.common.compat {
         cfg.hint.as_bytes().to_vec()
     } else {
@@ -173,6 +191,8 @@ pub async fn run(
         refusals: Default::default(),
         scripts: Vec::new(),
         fatal: None,
+        keys,
+        stale_addr: Default::default(),
     };
     // The demultiplexer never ends while the manager runs: if it does (a panic when the hook
     // that exits is not installed), the manager shuts down as on a signal and run fails.
@@ -187,7 +207,7 @@ pub async fn run(
             }
         }
     };
-    mgr.run(ev_rx, session_rx, stop).await;
+    mgr.run(ev_rx, session_rx, reloads, stop).await;
     demux_task.abort();
     if let Some(e) = mgr.fatal.take() {
         ended = Some(e);
@@ -210,3 +230,5 @@ pub use demux::DemuxCounters;
 use demux::{Delivery, Demux};
 mod manager;
 use manager::Manager;
+mod reconfigure;
+pub use reconfigure::{Applied, Reconfigure};
