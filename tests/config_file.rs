@@ -180,6 +180,16 @@ fn flags_override_the_file_and_the_instance_comes_from_the_stem() {
     // Go-style `-flag=value` too, and a -key on the command line replaces the file's key_file.
     let (ok, out) = check(&["-config", &conf, "-port=6000", "-key", "cli-key-0123456789"]);
     assert!(ok && out.contains("port 6000"), "{out}");
+    // DTUN_KEY beats the file's key_file too (here one that does not exist).
+    let missing = write(dir.path(), "sub/m.toml", "key_file = \"no-such-key\"\n");
+    let (ok, out) = check(&["-config", &missing]);
+    assert!(!ok && out.contains("no-such-key"), "{out}");
+    let out = Command::new(DTUN)
+        .args(["-config", &missing, "-check"])
+        .env("DTUN_KEY", "env-key-0123456789")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
     // The file's own instance key beats the stem; no file: `dtun`.
     let named = write(
         dir.path(),
