@@ -193,6 +193,14 @@ pub struct Cli {
     /// More logging (-v debug, -vv trace); RUST_LOG overrides
     #[arg(short = 'v', action = ArgAction::Count)]
     pub verbose: u8,
+    /// Read the settings (and a server's [clients.ID]) from this TOML file; flags given on the
+    /// command line override it; the instance name defaults to the file's stem
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Check the configuration (keys, credentials, CIDRs, files, scripts) and exit: 0 with one
+    /// line OK, or 1 with the error; nothing is set up
+    #[arg(long)]
+    pub check: bool,
 }
 
 /// Parses `1500ms`, `90s`, `5m`, `1h` or a bare number of seconds.

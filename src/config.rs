@@ -52,6 +52,10 @@ pub enum ConfigError {
         "-nat and -client-to-client match dtun's TUNs by the fixed start of -name; {0:?} has none: use a name such as vpn%d"
     )]
     NatTunName(String),
+    /// A client of the config file's `[clients.ID]` that clashes with `-clients`, or a config
+    /// file setting that does not fit the role.
+    #[error("{0}")]
+    ConfigFile(String),
 }
 
 /// The `-dns` list, checked.
@@ -218,7 +222,7 @@ pub struct ServerConfig {
     pub common: Common,
     /// `-dns`: pushed to dtun clients after their Hello.
     pub dns: Vec<IpAddr>,
-    /// `-instance`: names the nftables table.
+    /// `-instance`, else the `-config` file's stem, else `dtun`: names the nftables table.
     pub instance: String,
     /// `-nat` / `-client-to-client`: None when neither is given (no nftables table).
     pub firewall: Option<crate::nft::Policy>,
@@ -226,11 +230,33 @@ pub struct ServerConfig {
 
 impl ServerConfig {
     pub fn from_cli(cli: &Cli) -> Result<Self, ConfigError> {
+        Self::from_cli_with(cli, Default::default())
+    }
+
+    /// As [`ServerConfig::from_cli`], with the clients of a config file (`-config`) beside
+    /// those of `-clients`; an id in both is an error.
+    pub fn from_cli_with(
+        cli: &Cli,
+        file_clients: std::collections::HashMap<String, crate::keys::Client>,
+    ) -> Result<Self, ConfigError> {
         let ip = cli.listen.unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED));
-        let clients = match &cli.clients {
+        let mut clients = match &cli.clients {
             Some(p) => crate::keys::load_credentials(p).map_err(ConfigError::Credentials)?,
             None => Default::default(),
         };
+        for (id, c) in file_clients {
+            if clients.contains_key(&id) {
+                let listed = cli
+                    .clients
+                    .as_deref()
+                    .unwrap_or(std::path::Path::new("-clients"));
+                return Err(ConfigError::ConfigFile(format!(
+                    "client {id:?} is both in {} and in the config file's [clients.{id}]: keep one",
+                    listed.display()
+                )));
+            }
+            clients.insert(id, c);
+        }
         let master = match &cli.master_key_file {
             Some(p) => Some(read_master_key(p)?),
             None => None,
@@ -293,7 +319,8 @@ pub struct ClientConfig {
     pub dns: Vec<IpAddr>,
     /// `-accept-dns`: take the servers the server pushes (see [`crate::dns::use_pushed_dns`]).
     pub accept_dns: bool,
-    /// `-instance`: names the status socket `@dtun/INSTANCE`.
+    /// `-instance`, else the `-config` file's stem, else `dtun` (see `ops::config_file`); names
+    /// the status socket `@dtun/INSTANCE`.
     pub instance: String,
 }
 

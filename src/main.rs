@@ -2,7 +2,6 @@
 
 use anyhow::Context;
 use dtun::cli::Cli;
-use dtun::config::{ClientConfig, ServerConfig};
 use dtun::supervise::TaskEnded;
 
 fn main() {
@@ -19,12 +18,28 @@ fn main() {
             return exit_on(key_derive(&args[3..]));
         }
         Some("status") => return exit_on(status(&args[2..])),
+        Some("reload") => return exit_on(reload(&args[2..])),
         _ => {}
     }
-    let cli = Cli::from_env();
-    init_logging(cli.verbose);
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let (cli, matches) = dtun::ops::config_file::parse_args(&argv).unwrap_or_else(|e| e.exit());
+    let loaded = match dtun::ops::config_file::apply(cli, &matches) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("dtun: {e}");
+            std::process::exit(1);
+        }
+    };
+    init_logging(loaded.cli.verbose);
+    if loaded.cli.check {
+        return exit_on(
+            dtun::ops::check::check(&loaded)
+                .map(|ok| println!("{ok}"))
+                .map_err(|e| anyhow::anyhow!(e)),
+        );
+    }
     dtun::supervise::install_panic_hook();
-    if let Err(e) = run(cli) {
+    if let Err(e) = run(loaded, argv) {
         if e.downcast_ref::<TaskEnded>().is_some()
             || matches!(
                 e.downcast_ref::<dtun::client::ClientError>(),
@@ -95,6 +110,27 @@ fn status(rest: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `dtun reload [INSTANCE]`: as `kill -HUP`, but waits for the outcome and prints it (exit 1
+/// when the new configuration was refused and the running one kept).
+fn reload(rest: &[String]) -> anyhow::Result<()> {
+    const USAGE: &str = "usage: dtun reload [INSTANCE]";
+    let instance = match rest {
+        [] => "dtun",
+        [h] if matches!(h.as_str(), "-h" | "-help" | "--help") => {
+            println!(
+                "{USAGE}\n\nMakes the dtun server named INSTANCE (its -instance, default dtun) in this network\nnamespace read its configuration again, as SIGHUP does, and prints what changed."
+            );
+            return Ok(());
+        }
+        [name] if !name.starts_with('-') => name.as_str(),
+        _ => anyhow::bail!("{USAGE}"),
+    };
+    dtun::ops::control::check_name(instance)
+        .map_err(|e| anyhow::anyhow!("{}", e.replacen("-instance", "dtun reload", 1)))?;
+    print!("{}", dtun::ops::control::query(instance, "reload")?);
+    Ok(())
+}
+
 fn init_logging(verbose: u8) {
     let level = match verbose {
         0 => "info",
@@ -116,23 +152,27 @@ fn init_logging(verbose: u8) {
         .init();
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(
+    loaded: dtun::ops::config_file::Loaded,
+    argv: Vec<std::ffi::OsString>,
+) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async move {
-        match cli.host.clone() {
+        match loaded.cli.host.clone() {
             Some(host) => {
-                let cfg = ClientConfig::from_cli(&cli, &host)?;
+                let cfg = loaded.client_config(&host)?;
                 let control = dtun::ops::control::bind(&cfg.instance)?;
+                dtun::ops::reload::client_sighup().context("cannot handle SIGHUP")?;
                 let board = std::sync::Arc::new(dtun::ops::ClientBoard::new(
                     &cfg.instance,
                     &cfg.id,
                     &cfg.host,
                 ));
                 let source = dtun::ops::Source::Client(std::sync::Arc::clone(&board));
-                let _ops = ops(control, cli.metrics, source).await?;
+                let _ops = ops(control, loaded.cli.metrics, source, None).await?;
                 // On a worker, not on this thread: the worker that sees a datagram arrive
                 // then runs the client loop itself instead of waking this thread (a context
                 // switch, often to another CPU, on every packet towards the TUN).
@@ -145,12 +185,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
             None => {
-                let cfg = ServerConfig::from_cli(&cli)?;
+                let cfg = loaded.server_config()?;
                 let control = dtun::ops::control::bind(&cfg.instance)?;
+                let (reload, reloads) = dtun::ops::reload::ReloadHandle::new(argv, &cfg);
+                dtun::ops::reload::on_sighup(reload.clone()).context("cannot handle SIGHUP")?;
                 let (source, status) = dtun::ops::Source::server();
                 let sock = dtun::server::bind(cfg.listen)?;
-                let _ops = ops(control, cli.metrics, source).await?;
-                dtun::server::run_with(sock, cfg, Some(status), shutdown_signal()).await?;
+                let _ops = ops(control, loaded.cli.metrics, source, Some(reload.clone())).await?;
+                dtun::server::run_with(sock, cfg, Some(status), reloads, shutdown_signal()).await?;
             }
         }
         Ok(())
@@ -163,13 +205,14 @@ async fn ops(
     control: tokio::net::UnixListener,
     metrics: Option<std::net::SocketAddr>,
     source: dtun::ops::Source,
+    reload: Option<dtun::ops::reload::ReloadHandle>,
 ) -> anyhow::Result<AbortOnDrop> {
     let metrics = match metrics {
         Some(addr) => Some(dtun::ops::metrics::bind(addr).await?),
         None => None,
     };
     Ok(AbortOnDrop(tokio::spawn(dtun::ops::serve(
-        control, metrics, source,
+        control, metrics, source, reload,
     ))))
 }
 

@@ -138,6 +138,8 @@ close_reasons! {
     /// The server is at its `-max-clients` limit. Sent instead of the address message, and
     /// only when the session's suite is AES-128-GCM (which only dtun clients offer).
     Refused = 5,
+    /// The server's configuration was reloaded and this id was removed or its key changed.
+    Revoked = 6,
 }
 
 /// dtun's control messages (between dtun peers only).
@@ -376,7 +378,7 @@ mod tests {
         for code in 0..=u8::MAX {
             let r = CloseReason::from_code(code);
             assert_eq!(r.code(), code);
-            let known = matches!(code, 1..=5);
+            let known = matches!(code, 1..=6);
             assert_eq!(!matches!(r, CloseReason::Other(_)), known, "{code}");
         }
         assert_eq!(CloseReason::from_code(1), CloseReason::Shutdown);

@@ -423,7 +423,7 @@ def conn():
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.connect("\0dtun/dtun")
     return s
-s = conn(); s.sendall(b"reload\n"); print(s.recv(4096).decode().strip(), flush=True)
+s = conn(); s.sendall(b"frobnicate\n"); print(s.recv(4096).decode().strip(), flush=True)
 s = conn(); s.sendall(b"x" * 4096)
 try:
     print("long:", s.recv(4096), flush=True)

@@ -351,6 +351,15 @@ pub(super) fn on_control(
             String::new(),
             detail.escape_debug().to_string(),
         )),
+        Control::Close {
+            reason: CloseReason::Revoked,
+            ..
+        } => {
+            tracing::warn!(
+                "the server revoked this id (Revoked: removed, or its key changed, at a reload): check -id and the key with the server's operator"
+            );
+            None
+        }
         Control::Close { reason, detail } => {
             tracing::info!("the server is closing the session: {reason:?} {detail:?}");
             None

@@ -11,6 +11,7 @@
 //! [`MAX_REQUEST`] bytes within [`READ_TIMEOUT`], a whole connection within
 //! [`CONNECTION_TIMEOUT`], one task each.
 
+use crate::ops::reload::ReloadHandle;
 use std::io::{Read, Write};
 use std::os::linux::net::SocketAddrExt;
 use std::sync::Arc;
@@ -74,7 +75,11 @@ pub fn bind(instance: &str) -> Result<UnixListener, ControlError> {
 /// A request line, parsed.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Request {
-    Status { json: bool },
+    Status {
+        json: bool,
+    },
+    /// As SIGHUP: the server reads its configuration again (`crate::ops::reload`).
+    Reload,
 }
 
 impl Request {
@@ -83,8 +88,9 @@ impl Request {
         match words.as_slice() {
             ["status"] => Ok(Request::Status { json: false }),
             ["status", "json"] => Ok(Request::Status { json: true }),
+            ["reload"] => Ok(Request::Reload),
             _ => Err(format!(
-                "error: unknown request {:?}: this dtun answers `status` and `status json`\n",
+                "error: unknown request {:?}: this dtun answers `status`, `status json` and `reload`\n",
                 line.escape_debug().to_string()
             )),
         }
@@ -92,7 +98,7 @@ impl Request {
 }
 
 /// Serves the control socket for ever (until the task is aborted).
-pub async fn serve(listener: UnixListener, source: Source) {
+pub async fn serve(listener: UnixListener, source: Source, reload: Option<ReloadHandle>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let own = crate::sys::euid();
     loop {
@@ -110,9 +116,11 @@ pub async fn serve(listener: UnixListener, source: Source) {
             continue;
         };
         let source = source.clone();
+        let reload = reload.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            match tokio::time::timeout(CONNECTION_TIMEOUT, handle(stream, &source, own)).await {
+            let handled = handle(stream, &source, reload.as_ref(), own);
+            match tokio::time::timeout(CONNECTION_TIMEOUT, handled).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::debug!("status socket: {e}"),
                 Err(_) => tracing::debug!("status socket: a connection took too long, closed"),
@@ -121,7 +129,12 @@ pub async fn serve(listener: UnixListener, source: Source) {
     }
 }
 
-async fn handle(mut stream: UnixStream, source: &Source, own: u32) -> std::io::Result<()> {
+async fn handle(
+    mut stream: UnixStream,
+    source: &Source,
+    reload: Option<&ReloadHandle>,
+    own: u32,
+) -> std::io::Result<()> {
     let uid = stream.peer_cred()?.uid();
     // Read first, also from a peer about to be refused: a socket closed with unread input
     // resets the connection, and the peer would lose the reply that says why.
@@ -136,6 +149,16 @@ async fn handle(mut stream: UnixStream, source: &Source, own: u32) -> std::io::R
             Some(s) if json => s.json(),
             Some(s) => s.human(),
             None => "error: dtun is too busy to answer: try again\n".to_string(),
+        },
+        Ok(Request::Reload) => match reload {
+            Some(r) => match r.reload_logged("dtun reload").await {
+                Ok(summary) => format!("reloaded: {summary}\n"),
+                Err(e) => format!("error: reload failed, keeping the running configuration: {e}\n"),
+            },
+            None => {
+                "error: reload is a server feature: restart the client to change its settings\n"
+                    .to_string()
+            }
         },
         Err(e) => e,
     };

@@ -1,4 +1,5 @@
-//! Seeing what runs: the control socket `@dtun/INSTANCE` behind `dtun status` (`control`),
+//! Operating dtun: the configuration file (`-config`, `config_file`), checking it (`-check`,
+//! `check`) and reloading a running server (SIGHUP, `reload`); seeing what runs: the control socket `@dtun/INSTANCE` behind `dtun status` (`control`),
 //! the snapshot it shows (`status`), and `-metrics` over HTTP (`metrics`).
 //!
 //! Both read the same snapshots, taken off the data path: the server's manager answers a
@@ -6,9 +7,13 @@
 //! passing); the client publishes its state changes on a [`ClientBoard`] (a mutex taken at
 //! each change of state and by readers, never per packet).
 
+pub mod check;
+pub mod config_file;
 pub mod control;
 pub mod metrics;
+pub mod reload;
 pub mod status;
+mod values;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -62,6 +67,7 @@ pub async fn serve(
     control: tokio::net::UnixListener,
     metrics: Option<tokio::net::TcpListener>,
     source: Source,
+    reload: Option<reload::ReloadHandle>,
 ) {
     let _sampler = match &source {
         Source::Client(board) => {
@@ -79,7 +85,7 @@ pub async fn serve(
         Source::Server(_) => None,
     };
     let _metrics = metrics.map(|l| AbortOnDrop(tokio::spawn(metrics::serve(l, source.clone()))));
-    control::serve(control, source).await;
+    control::serve(control, source, reload).await;
 }
 
 /// Aborts its task when dropped (when `serve` is aborted, what it started ends with it).

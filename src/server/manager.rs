@@ -93,6 +93,11 @@ pub(super) struct Manager {
     pub(super) counters: Arc<super::DemuxCounters>,
     pub(super) removed: crate::ops::status::Traffic,
     pub(super) status_rx: Option<mpsc::Receiver<crate::ops::ServerRequest>>,
+    /// The key store the handshakes look keys up in; a reload replaces it (`reconfigure`).
+    pub(super) keys: Arc<std::sync::RwLock<crate::keys::KeyStore>>,
+    /// Ids whose fixed address a reload changed while they had a device: a new device at
+    /// their next connect.
+    pub(super) stale_addr: std::collections::HashSet<String>,
 }
 
 /// Clients refused at the `-max-clients` limit: counted, and logged at most once a second.
@@ -115,9 +120,11 @@ impl Manager {
         &mut self,
         mut ev_rx: mpsc::UnboundedReceiver<Event>,
         mut session_rx: mpsc::Receiver<Event>,
+        mut reloads: mpsc::Receiver<super::Reconfigure>,
         shutdown: impl Future<Output = ()>,
     ) {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let mut reloadable = true;
         tokio::pin!(shutdown);
         let mut status_rx = self.status_rx.take();
         loop {
@@ -140,6 +147,10 @@ impl Manager {
                     None => break,
                 },
                 _ = tick.tick() => self.timers().await,
+                r = reloads.recv(), if reloadable => match r {
+                    Some(r) => self.reconfigure(r).await,
+                    None => reloadable = false,
+                },
             }
             if self.fatal.is_some() {
                 break;
@@ -252,6 +263,7 @@ impl Manager {
         addr: SocketAddr,
         est: Completed,
     ) -> Result<(), SessionError> {
+        self.readdress_if_stale(id, addr).await;
         if !self.devices.contains_key(id) {
             if self.devices.len() >= self.cfg.max_clients && !self.cfg.keys.clients.contains_key(id)
             {
@@ -432,11 +444,11 @@ impl Manager {
 
     /// Ends the id's session, if any; the device stays for `-linger`. `reason`: say so and
     /// send close_notify (None: the peer already closed).
-    async fn end_session(&mut self, id: &str, reason: Option<CloseReason>, why: &str) {
+    pub(super) async fn end_session(&mut self, id: &str, reason: Option<CloseReason>, why: &str) {
         self.end_session_because(id, reason, "", why).await
     }
 
-    async fn end_session_because(
+    pub(super) async fn end_session_because(
         &mut self,
         id: &str,
         reason: Option<CloseReason>,

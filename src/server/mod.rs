@@ -105,14 +105,16 @@ pub async fn run(
     cfg: ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
-    run_with(sock, cfg, None, shutdown).await
+    run_with(sock, cfg, None, mpsc::channel(1).1, shutdown).await
 }
 
-/// [`run`], answering requests for its snapshot on `status` (`crate::ops`).
+/// As [`run`], answering requests for its snapshot on `status` (`crate::ops`) and taking new
+/// credentials and settings from `reloads` while it runs (see `crate::ops::reload`).
 pub async fn run_with(
     sock: UdpSocket,
     cfg: ServerConfig,
     status: Option<mpsc::Receiver<crate::ops::ServerRequest>>,
+    reloads: mpsc::Receiver<Reconfigure>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     let nl = Netlink::new()?;
@@ -128,8 +130,15 @@ pub async fn run_with(
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
     let (session_tx, session_rx) = mpsc::channel(EVENT_QUEUE);
-    let keys = cfg.keys.clone();
-    let lookup: KeyLookup = Arc::new(move |identity: &[u8]| keys.key_for(identity));
+    // Shared with the manager, which swaps it on a reload.
+    let keys = Arc::new(std::sync::RwLock::new(cfg.keys.clone()));
+    let lookup: KeyLookup = {
+        let keys = Arc::clone(&keys);
+        Arc::new(move |identity: &[u8]| {
+            let keys = keys.read().unwrap_or_else(|e| e.into_inner());
+            keys.key_for(identity)
+        })
+    };
     let hint = if cfg.common.compat {
         cfg.hint.as_bytes().to_vec()
     } else {
@@ -186,6 +195,8 @@ pub async fn run_with(
         counters: Arc::clone(&demux_counters),
         removed: crate::ops::status::Traffic::zero(),
         status_rx: status,
+        keys,
+        stale_addr: Default::default(),
     };
     // The demultiplexer never ends while the manager runs: if it does (a panic when the hook
     // that exits is not installed), the manager shuts down as on a signal and run fails.
@@ -200,7 +211,7 @@ pub async fn run_with(
             }
         }
     };
-    mgr.run(ev_rx, session_rx, stop).await;
+    mgr.run(ev_rx, session_rx, reloads, stop).await;
     demux_task.abort();
     if let Some(e) = mgr.fatal.take() {
         ended = Some(e);
@@ -223,4 +234,6 @@ pub use demux::DemuxCounters;
 use demux::{Delivery, Demux};
 mod manager;
 use manager::Manager;
+mod reconfigure;
 mod status;
+pub use reconfigure::{Applied, Reconfigure};

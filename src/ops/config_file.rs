@@ -1,0 +1,335 @@
+//! `-config FILE`: every flag as a TOML key (`key_file`, `max_clients`, `client_to_client =
+//! "on"`, lists as arrays), and a server's clients as `[clients.ID]` tables with the fields of a
+//! credentials line. Flags given on the command line (or DTUN_KEY) override the file; a
+//! relative path in the file is relative to the file's directory. Two names differ from the
+//! flags: `clients` holds the `[clients.ID]` tables, so the `-clients FILE` flag is
+//! `clients_file`; and `-config`/`-check` have no key.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsString;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches};
+use ipnet::{IpNet, Ipv4Net};
+use serde::Deserialize;
+use toml::Spanned;
+use zeroize::Zeroizing;
+
+use super::values;
+use crate::cli::{Cipher, Cli, OnOff, SecretArg};
+use crate::config::{ClientConfig, ConfigError, ServerConfig};
+use crate::keys::Client;
+
+/// The instance name when neither `-instance` nor `-config` gives one.
+pub const DEFAULT_INSTANCE: &str = "dtun";
+
+/// The file, as written. Every value is checked as it is read (`values`).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileConfig {
+    host: Option<String>,
+    #[serde(default, deserialize_with = "values::secret")]
+    key: Option<SecretArg>,
+    key_file: Option<Spanned<PathBuf>>,
+    port: Option<u16>,
+    listen: Option<IpAddr>,
+    id: Option<String>,
+    #[serde(default, deserialize_with = "values::peernet")]
+    peernet: Option<String>,
+    up: Option<PathBuf>,
+    down: Option<PathBuf>,
+    #[serde(default, deserialize_with = "values::duration")]
+    keepalive: Option<Duration>,
+    compat: Option<bool>,
+    #[serde(default, deserialize_with = "values::choice")]
+    cipher: Option<Cipher>,
+    once: Option<bool>,
+    #[serde(default, deserialize_with = "values::mtu")]
+    mtu: Option<u16>,
+    name: Option<String>,
+    clients_file: Option<PathBuf>,
+    #[serde(default)]
+    clients: BTreeMap<Spanned<String>, FileClient>,
+    master_key_file: Option<PathBuf>,
+    allow_unlisted: Option<bool>,
+    #[serde(default, deserialize_with = "values::parsed")]
+    pool: Option<Ipv4Net>,
+    max_clients: Option<usize>,
+    #[serde(default, deserialize_with = "values::duration")]
+    linger: Option<Duration>,
+    #[serde(default, deserialize_with = "values::route")]
+    route: Option<String>,
+    #[serde(default, deserialize_with = "values::exclude")]
+    exclude: Option<Vec<String>>,
+    allow_ipv6_leak: Option<bool>,
+    dns: Option<Vec<IpAddr>>,
+    accept_dns: Option<bool>,
+    nat: Option<bool>,
+    #[serde(default, deserialize_with = "values::choice")]
+    client_to_client: Option<OnOff>,
+    #[serde(default, deserialize_with = "values::instance")]
+    instance: Option<String>,
+    verbose: Option<u8>,
+    metrics: Option<std::net::SocketAddr>,
+}
+
+/// `[clients.ID]`: the fields of a credentials file line (`keys::parse_credentials`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileClient {
+    #[serde(default, deserialize_with = "values::secret")]
+    key: Option<SecretArg>,
+    key_file: Option<PathBuf>,
+    addr: Option<Ipv4Addr>,
+    #[serde(default, deserialize_with = "values::lans")]
+    lans: Option<Vec<IpNet>>,
+    #[serde(default, deserialize_with = "values::group")]
+    group: Option<String>,
+}
+
+/// The command line with the config file folded in.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    pub cli: Cli,
+    /// The file's `[clients.ID]` (server only).
+    pub clients: HashMap<String, Client>,
+    /// The `-config` file, if any.
+    pub file: Option<PathBuf>,
+    /// The line of each `[clients.ID]` in it, for messages.
+    pub client_lines: HashMap<String, usize>,
+}
+
+/// Parses the command line (either flag style) keeping what clap knows of where each value
+/// came from.
+pub fn parse_args(args: &[OsString]) -> Result<(Cli, ArgMatches), clap::Error> {
+    let m =
+        Cli::command().try_get_matches_from(crate::cli::normalize_args(args.iter().cloned()))?;
+    let cli = Cli::from_arg_matches(&m)?;
+    Ok((cli, m))
+}
+
+/// The command line `args` with its `-config` file, if any, read and folded in: the whole
+/// configuration a start (or a reload) works from.
+pub fn load(args: &[OsString]) -> Result<Loaded, String> {
+    let (cli, m) = parse_args(args).map_err(|e| e.to_string().trim().to_string())?;
+    apply(cli, &m)
+}
+
+/// Folds the `-config` file (if any) into `cli`; `m` tells which flags were given.
+pub fn apply(mut cli: Cli, m: &ArgMatches) -> Result<Loaded, String> {
+    let given = |id: &str| {
+        matches!(
+            m.value_source(id),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        )
+    };
+    let Some(path) = cli.config.clone() else {
+        return Ok(Loaded {
+            cli,
+            clients: HashMap::new(),
+            file: None,
+            client_lines: HashMap::new(),
+        });
+    };
+    let text = Zeroizing::new(std::fs::read_to_string(&path).map_err(|e| {
+        format!(
+            "cannot read config file {}: {e}: check the path given to -config",
+            path.display()
+        )
+    })?);
+    let file: FileConfig = toml::from_str(&text).map_err(|e| values::describe(&path, &text, &e))?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let rel = |p: PathBuf| if p.is_relative() { dir.join(p) } else { p };
+    let at = |span: std::ops::Range<usize>| values::line_of(&text, span.start);
+
+    if file.key.is_some() || file.clients.values().any(|c| c.key.is_some()) {
+        crate::keys::warn_if_readable(&path);
+    }
+    // The key: -key, -key-file or DTUN_KEY on the command line replace the file's pair.
+    if !given("key") && !given("key_file") {
+        if let (Some(_), Some(kf)) = (&file.key, &file.key_file) {
+            return Err(format!(
+                "{} line {}: key key_file: key and key_file are both set: keep one",
+                path.display(),
+                at(kf.span())
+            ));
+        }
+        if let Some(k) = file.key {
+            cli.key = Some(k);
+        }
+        if let Some(kf) = file.key_file {
+            cli.key_file = Some(rel(kf.into_inner()));
+        }
+    }
+    macro_rules! take {
+        ($($field:ident),* $(,)?) => {$(
+            if !given(stringify!($field)) && let Some(v) = file.$field {
+                cli.$field = v.into();
+            }
+        )*};
+    }
+    take!(
+        port,
+        id,
+        name,
+        keepalive,
+        compat,
+        cipher,
+        once,
+        allow_unlisted,
+        pool,
+        max_clients
+    );
+    take!(linger, allow_ipv6_leak, accept_dns, nat, verbose, peernet);
+    take!(host, listen, mtu, route, client_to_client, metrics);
+    if !given("dns")
+        && let Some(v) = file.dns
+    {
+        cli.dns = v;
+    }
+    if !given("exclude")
+        && let Some(v) = file.exclude
+    {
+        cli.exclude = v
+            .into_iter()
+            .map(|e| match e.strip_prefix('@') {
+                Some(p) => format!("@{}", rel(PathBuf::from(p)).display()),
+                None => e,
+            })
+            .collect();
+    }
+    if !given("up")
+        && let Some(p) = file.up
+    {
+        cli.up = Some(rel(p));
+    }
+    if !given("down")
+        && let Some(p) = file.down
+    {
+        cli.down = Some(rel(p));
+    }
+    if !given("clients")
+        && let Some(p) = file.clients_file
+    {
+        cli.clients = Some(rel(p));
+    }
+    if !given("master_key_file")
+        && let Some(p) = file.master_key_file
+    {
+        cli.master_key_file = Some(rel(p));
+    }
+    if !given("instance") {
+        cli.instance = match file.instance {
+            Some(i) => i,
+            None => instance_from_stem(&path)?,
+        };
+    }
+    let mut clients = HashMap::new();
+    let mut client_lines = HashMap::new();
+    for (id, c) in file.clients {
+        let line = at(id.span());
+        let id = id.into_inner();
+        client_lines.insert(id.clone(), line);
+        let err = |why: String| format!("{} line {line}: [clients.{id}]: {why}", path.display());
+        if crate::keys::valid_identity(id.as_bytes()).is_none() {
+            return Err(err(
+                "an id is 1 to 128 bytes of UTF-8 without control characters".into(),
+            ));
+        }
+        let key = match (c.key, c.key_file) {
+            (Some(k), None) => Zeroizing::new(k.as_bytes().to_vec()),
+            (None, Some(kf)) => {
+                let kf = rel(kf);
+                let k = crate::config::read_key_file(&kf).map_err(|e| err(e.to_string()))?;
+                if k.is_empty() {
+                    return Err(err(format!("key file {} is empty", kf.display())));
+                }
+                k
+            }
+            (Some(_), Some(_)) => {
+                return Err(err("key and key_file are both set: keep one".into()));
+            }
+            (None, None) => return Err(err("no key: give key = \"…\" or key_file = \"…\"".into())),
+        };
+        crate::keys::warn_if_short(&key, &format!("the key of {id} in {}", path.display()));
+        clients.insert(
+            id,
+            Client {
+                key,
+                addr: c.addr,
+                lans: c.lans,
+                group: c.group,
+            },
+        );
+    }
+    Ok(Loaded {
+        cli,
+        clients,
+        file: Some(path),
+        client_lines,
+    })
+}
+
+/// `/etc/dtun/server.toml` → `server` (as `wg-quick@wg0`).
+fn instance_from_stem(path: &Path) -> Result<String, String> {
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default()
+        .to_string();
+    crate::nft::check_instance(&stem).map_err(|_| {
+        format!(
+            "the config file's name {stem:?} is not an instance name (1 to 32 letters, digits, '-' or '_'): rename the file, or set instance = \"NAME\" in it or -instance NAME"
+        )
+    })?;
+    Ok(stem)
+}
+
+impl Loaded {
+    /// The server's checked configuration.
+    pub fn server_config(&self) -> Result<ServerConfig, ConfigError> {
+        ServerConfig::from_cli_with(&self.cli, self.clients.clone())
+    }
+
+    /// The client's checked configuration (`-host` given).
+    pub fn client_config(&self, host: &str) -> Result<ClientConfig, ConfigError> {
+        if !self.clients.is_empty() {
+            return Err(ConfigError::ConfigFile(format!(
+                "{}: [clients.ID] tables are a server's; this configuration has a host, so it is a client's: remove them (or the host)",
+                self.file
+                    .as_deref()
+                    .unwrap_or(Path::new("-config"))
+                    .display()
+            )));
+        }
+        ClientConfig::from_cli(&self.cli, host)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every flag has a key of the same name (`-` as `_`); `-clients` is `clients_file`.
+    #[test]
+    fn every_flag_has_a_key() {
+        for a in Cli::command().get_arguments() {
+            let id = a.get_id().as_str();
+            if matches!(id, "config" | "check" | "help" | "version") {
+                continue;
+            }
+            let key = if id == "clients" { "clients_file" } else { id };
+            let text = format!("{key} = 0\n");
+            if let Err(e) = toml::from_str::<FileConfig>(&text) {
+                assert!(!e.message().contains("unknown field"), "{key}: {e}");
+            }
+        }
+    }
+}

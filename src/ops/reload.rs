@@ -1,0 +1,192 @@
+//! Reload (SIGHUP on the server; the control socket's `dtun reload` calls the same
+//! [`ReloadHandle::reload`]): the command line and its `-config` file are read again with
+//! `-clients` and `-master-key-file`; a configuration that fails to load or check keeps the
+//! running one. Credentials and `linger`, `max_clients`, `dns` apply at once (the server's half
+//! is `crate::server::Reconfigure`); any other changed setting is logged as needing a restart
+//! and ignored.
+
+use std::ffi::OsString;
+use std::sync::Arc;
+
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use crate::config::ServerConfig;
+use crate::server::{Applied, Reconfigure};
+
+/// Log line of a reload that applied (tests look for it).
+pub const LOG_RELOADED: &str = "reloaded";
+/// Log line of a reload that failed and kept the running configuration.
+pub const LOG_RELOAD_FAILED: &str = "reload failed";
+
+/// Reloads a running server. Cheap to clone; reloads run one at a time.
+#[derive(Clone)]
+pub struct ReloadHandle {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// The process's command line, read again at each reload.
+    args: Vec<OsString>,
+    /// The configuration running now (settings that need a restart keep their start value).
+    running: Mutex<ServerConfig>,
+    tx: mpsc::Sender<Reconfigure>,
+}
+
+/// What a reload did.
+#[derive(Clone, Debug, Default)]
+pub struct Summary {
+    pub applied: Applied,
+    /// Settings that changed but apply only at the next start.
+    pub needs_restart: Vec<&'static str>,
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let a = &self.applied;
+        let mut parts = Vec::new();
+        for (what, ids) in [
+            ("added", &a.added),
+            ("removed", &a.removed),
+            ("key changed", &a.rekeyed),
+            ("fixed address changed (at next connect)", &a.readdressed),
+            ("sessions ended", &a.ended),
+        ] {
+            if !ids.is_empty() {
+                parts.push(format!("{what}: {}", ids.join(", ")));
+            }
+        }
+        if parts.is_empty() {
+            parts.push("no credential changed".into());
+        }
+        if !self.needs_restart.is_empty() {
+            parts.push(format!(
+                "changed but needs a restart (ignored): {}",
+                self.needs_restart.join(", ")
+            ));
+        }
+        f.write_str(&parts.join("; "))
+    }
+}
+
+impl ReloadHandle {
+    /// A handle for a server started from `args` (the whole command line, program name
+    /// first) with `running`; the receiver goes to `crate::server::run_with_reload`.
+    pub fn new(
+        args: Vec<OsString>,
+        running: &ServerConfig,
+    ) -> (ReloadHandle, mpsc::Receiver<Reconfigure>) {
+        let (tx, rx) = mpsc::channel(4);
+        let inner = Inner {
+            args,
+            running: Mutex::new(running.clone()),
+            tx,
+        };
+        (
+            ReloadHandle {
+                inner: Arc::new(inner),
+            },
+            rx,
+        )
+    }
+
+    /// [`reload`](Self::reload), logged and announced to systemd; `trigger` says who asked
+    /// (`SIGHUP`, `dtun reload`).
+    pub async fn reload_logged(&self, trigger: &str) -> Result<Summary, String> {
+        tracing::info!("{trigger}: reloading the configuration");
+        notify_reloading();
+        let r = self.reload().await;
+        match &r {
+            Ok(summary) => tracing::info!("{LOG_RELOADED}: {summary}"),
+            Err(e) => {
+                tracing::error!("{LOG_RELOAD_FAILED}, keeping the running configuration: {e}")
+            }
+        }
+        notify_reloaded();
+        r
+    }
+
+    /// Reads the configuration again and applies what can change while running. On an error
+    /// (the text says what and where) nothing changes.
+    pub async fn reload(&self) -> Result<Summary, String> {
+        let mut running = self.inner.running.lock().await;
+        let loaded = super::config_file::load(&self.inner.args)?;
+        let new = loaded.server_config().map_err(|e| e.to_string())?;
+        super::check::pool_fits(&new).map_err(|e| e.to_string())?;
+        let needs_restart = needs_restart(&running, &new);
+        let (done, applied) = oneshot::channel();
+        let msg = Reconfigure {
+            keys: new.keys.clone(),
+            linger: new.linger,
+            max_clients: new.max_clients,
+            dns: new.dns.clone(),
+            done,
+        };
+        let gone = || "the server is shutting down".to_string();
+        self.inner.tx.send(msg).await.map_err(|_| gone())?;
+        let applied = applied.await.map_err(|_| gone())?;
+        running.keys = new.keys;
+        running.linger = new.linger;
+        running.max_clients = new.max_clients;
+        running.dns = new.dns;
+        Ok(Summary {
+            applied,
+            needs_restart,
+        })
+    }
+}
+
+/// The settings that differ and cannot change while running.
+fn needs_restart(old: &ServerConfig, new: &ServerConfig) -> Vec<&'static str> {
+    let d = |v: &dyn std::fmt::Debug| format!("{v:?}");
+    let (oc, nc) = (&old.common, &new.common);
+    [
+        ("port/listen", d(&old.listen) != d(&new.listen)),
+        ("id (hint)", old.hint != new.hint),
+        ("pool", old.pool != new.pool),
+        ("name", old.tun.name != new.tun.name),
+        ("mtu", old.tun.mtu != new.tun.mtu),
+        ("up", oc.up != nc.up),
+        ("down", oc.down != nc.down),
+        ("keepalive", oc.keepalive != nc.keepalive),
+        ("compat", oc.compat != nc.compat),
+        ("cipher", oc.suites != nc.suites),
+        ("instance", old.instance != new.instance),
+        ("nat/client_to_client", d(&old.firewall) != d(&new.firewall)),
+    ]
+    .into_iter()
+    .filter(|(_, changed)| *changed)
+    .map(|(name, _)| name)
+    .collect()
+}
+
+/// systemd: where the lead adds `RELOADING=1` (with `MONOTONIC_USEC`) once sd_notify is in.
+fn notify_reloading() {}
+
+/// systemd: where the lead adds `READY=1` after a reload, applied or not.
+fn notify_reloaded() {}
+
+/// Runs a reload at every SIGHUP until the process ends, logging what it did or why it kept
+/// the running configuration. Install before the server starts (a SIGHUP would kill it).
+pub fn on_sighup(handle: ReloadHandle) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup())?;
+    Ok(tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let _ = handle.reload_logged("SIGHUP").await;
+        }
+    }))
+}
+
+/// On a client a SIGHUP only says that reload is a server feature (its default action would
+/// end the process).
+pub fn client_sighup() -> std::io::Result<tokio::task::JoinHandle<()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup())?;
+    Ok(tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!(
+                "SIGHUP ignored: reload is a server feature; restart the client to change its settings"
+            );
+        }
+    }))
+}

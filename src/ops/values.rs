@@ -1,0 +1,239 @@
+//! How the config file's values are read: each is checked while it is deserialized, so a bad
+//! one is an error at its own line (toml gives the span); and how such an error is told.
+
+use std::fmt::Display;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer};
+
+use crate::cli::SecretArg;
+
+/// A string value parsed with `FromStr`.
+pub(super) fn parsed<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr,
+    T::Err: Display,
+{
+    let s = String::deserialize(d)?;
+    s.parse()
+        .map(Some)
+        .map_err(|e| D::Error::custom(format!("{s:?}: {e}")))
+}
+
+/// A secret: its bytes go straight into a [`SecretArg`] (wiped when dropped).
+pub(super) fn secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SecretArg>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.is_empty() {
+        return Err(D::Error::custom("the key is empty"));
+    }
+    Ok(Some(SecretArg::from(s)))
+}
+
+/// `"30s"`, `"5m"`, `"250ms"` or a number of seconds.
+pub(super) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Dur {
+        Secs(u64),
+        Text(String),
+    }
+    match Dur::deserialize(d)
+        .map_err(|_: D::Error| D::Error::custom("expected a duration such as \"30s\" or \"5m\""))?
+    {
+        Dur::Secs(n) => Ok(Some(Duration::from_secs(n))),
+        Dur::Text(s) => crate::cli::parse_duration(&s)
+            .map(Some)
+            .map_err(D::Error::custom),
+    }
+}
+
+/// One of a clap value enum's names (`cipher = "gcm"`, `client_to_client = "on"`).
+pub(super) fn choice<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: clap::ValueEnum,
+{
+    let s = String::deserialize(d)?;
+    T::from_str(&s, false).map(Some).map_err(|_| {
+        let names: Vec<String> = T::value_variants()
+            .iter()
+            .filter_map(|v| v.to_possible_value().map(|p| format!("{:?}", p.get_name())))
+            .collect();
+        D::Error::custom(format!("{s:?} is not one of {}", names.join(", ")))
+    })
+}
+
+/// `mtu`: 576 to 1500, as the flag.
+pub(super) fn mtu<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u16>, D::Error> {
+    let n = i64::deserialize(d)?;
+    match u16::try_from(n) {
+        Ok(m) if (576..=1500).contains(&m) => Ok(Some(m)),
+        _ => Err(D::Error::custom(format!(
+            "{n} is not an MTU from 576 to 1500"
+        ))),
+    }
+}
+
+/// `peernet`: a CIDR or `empty`.
+pub(super) fn peernet<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = String::deserialize(d)?;
+    crate::proto::Peernet::parse_str(&s).map_err(D::Error::custom)?;
+    Ok(Some(s))
+}
+
+/// `route`: `"all"`, or CIDRs as one comma-separated string or as an array.
+pub(super) fn route<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Route {
+        One(String),
+        Many(Vec<String>),
+    }
+    let r = Route::deserialize(d).map_err(|_: D::Error| {
+        D::Error::custom("expected \"all\" or CIDRs (a string or an array of strings)")
+    })?;
+    let text = match r {
+        Route::One(s) => s,
+        Route::Many(v) => v.join(","),
+    };
+    if text.trim() != "all" {
+        crate::routes::parse_list(&text)
+            .map_err(|e| D::Error::custom(format!("{e} (give \"all\" or CIDRs)")))?;
+    }
+    Ok(Some(text))
+}
+
+/// `exclude`: CIDRs, or `@FILE` entries (a file of CIDRs, read when the role's config is built).
+pub(super) fn exclude<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    let v = Vec::<String>::deserialize(d)?;
+    for e in &v {
+        if !e.starts_with('@') {
+            crate::routes::parse_list(e).map_err(D::Error::custom)?;
+        }
+    }
+    Ok(Some(v))
+}
+
+/// A client's `lans`: an array of CIDRs (host bits cleared, as in the credentials file).
+pub(super) fn lans<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<IpNet>>, D::Error> {
+    let v = Vec::<String>::deserialize(d)?;
+    v.iter()
+        .map(|s| {
+            s.parse::<IpNet>().map(|n| n.trunc()).map_err(|_| {
+                D::Error::custom(format!("{s:?} is not a CIDR such as 192.168.1.0/24"))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+/// A client's `group`.
+pub(super) fn group<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = String::deserialize(d)?;
+    if !crate::keys::valid_group(&s) {
+        return Err(D::Error::custom(format!(
+            "group {s:?} must be 1 to 32 letters, digits, '-' or '_'"
+        )));
+    }
+    Ok(Some(s))
+}
+
+/// `instance`: a valid instance name.
+pub(super) fn instance<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = String::deserialize(d)?;
+    crate::nft::check_instance(&s).map_err(D::Error::custom)?;
+    Ok(Some(s))
+}
+
+/// The 1-based line of byte offset `at` in `text`.
+pub(super) fn line_of(text: &str, at: usize) -> usize {
+    text[..at.min(text.len())].matches('\n').count() + 1
+}
+
+/// The key a toml error's span points at: the key itself (an unknown key), or the key whose
+/// value it is, with the table it is in (`clients.laptop.addr`).
+fn key_at(text: &str, span: std::ops::Range<usize>) -> Option<String> {
+    let bare = |k: &str| {
+        !k.is_empty()
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+    };
+    let start = span.start.min(text.len());
+    let spanned = text
+        .get(span.clone())
+        .unwrap_or("")
+        .trim()
+        .trim_matches('"');
+    let upto = &text[..start];
+    // Lines up to and including the one the span starts on, last first.
+    let line_start = upto.rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+    let current = &text[line_start..line_end];
+    let mut key = None;
+    let mut table = None;
+    let before = std::iter::once(current).chain(text[..line_start].lines().rev());
+    for line in before {
+        let l = line.trim();
+        if l.starts_with('[') {
+            table = Some(l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+            break;
+        }
+        if key.is_none()
+            && let Some((k, _)) = l.split_once('=')
+            && bare(k.trim().trim_matches('"'))
+        {
+            key = Some(k.trim().trim_matches('"').to_string());
+        }
+    }
+    // An unknown key's span is the key itself.
+    if bare(spanned) && current.trim_start().starts_with(spanned) {
+        key = Some(spanned.to_string());
+    }
+    if current.trim_start().starts_with('[') {
+        return table;
+    }
+    let key = key?;
+    Some(match table {
+        Some(t) if !t.is_empty() => format!("{t}.{key}"),
+        _ => key,
+    })
+}
+
+/// `FILE line N: key K: what is wrong`, from a toml error.
+pub(super) fn describe(path: &Path, text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().trim().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let line = line_of(text, span.start);
+            match key_at(text, span) {
+                Some(key) => format!("{} line {line}: key {key}: {msg}", path.display()),
+                None => format!("{} line {line}: {msg}", path.display()),
+            }
+        }
+        None => format!("{}: {msg}", path.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_found_from_spans() {
+        let t = "port = 1\n\n[clients.laptop]\naddr = \"x\"\nbogus = 1\n";
+        let at = |needle: &str| {
+            let i = t.find(needle).unwrap();
+            key_at(t, i..i + needle.len())
+        };
+        assert_eq!(at("1\n").as_deref(), Some("port"));
+        assert_eq!(at("\"x\"").as_deref(), Some("clients.laptop.addr"));
+        assert_eq!(at("bogus").as_deref(), Some("clients.laptop.bogus"));
+        assert_eq!(at("laptop").as_deref(), Some("clients.laptop"));
+        assert_eq!(line_of(t, t.find("bogus").unwrap()), 5);
+    }
+}

@@ -1,0 +1,125 @@
+//! A reload, the manager's half: new credentials (and the few settings that can change while
+//! running) replace the old ones; sessions whose id was removed or whose key changed end with
+//! Close "revoked"; a changed fixed address applies at the id's next connect. Reading and
+//! checking the new configuration is `crate::ops::reload`'s half.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use super::manager::Manager;
+use crate::keys::KeyStore;
+use crate::proto::CloseReason;
+
+/// What a reload hands the running server.
+pub struct Reconfigure {
+    pub keys: KeyStore,
+    pub linger: Duration,
+    pub max_clients: usize,
+    pub dns: Vec<IpAddr>,
+    /// What was done, once it is.
+    pub done: oneshot::Sender<Applied>,
+}
+
+/// What a reload changed; ids sorted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Ids listed now and not before.
+    pub added: Vec<String>,
+    /// Ids listed before and not now.
+    pub removed: Vec<String>,
+    /// Listed ids whose key changed.
+    pub rekeyed: Vec<String>,
+    /// Listed ids whose fixed address changed (applies at their next connect).
+    pub readdressed: Vec<String>,
+    /// Ids whose session was ended (Close "revoked").
+    pub ended: Vec<String>,
+}
+
+impl Manager {
+    pub(super) async fn reconfigure(&mut self, r: Reconfigure) {
+        let old = std::mem::replace(&mut self.cfg.keys, r.keys.clone());
+        let new = &r.keys;
+        let mut applied = Applied::default();
+        let ids: BTreeSet<&String> = old.clients.keys().chain(new.clients.keys()).collect();
+        for id in ids {
+            match (old.clients.get(id), new.clients.get(id)) {
+                (None, Some(_)) => applied.added.push(id.clone()),
+                (Some(_), None) => applied.removed.push(id.clone()),
+                (Some(a), Some(b)) if a.key != b.key => applied.rekeyed.push(id.clone()),
+                _ => {}
+            }
+            let before = old.clients.get(id).and_then(|c| c.addr);
+            let after = new.clients.get(id).and_then(|c| c.addr);
+            if before != after {
+                if old.clients.contains_key(id) && new.clients.contains_key(id) {
+                    applied.readdressed.push(id.clone());
+                }
+                if self.devices.contains_key(id) {
+                    self.stale_addr.insert(id.clone());
+                } else {
+                    self.pool.release(id);
+                }
+            }
+        }
+        // New fixed addresses are held at once where no device is in the way.
+        for (id, c) in &new.clients {
+            if let Some(a) = c.addr
+                && !self.devices.contains_key(id)
+                && let Err(e) = self.pool.assign_fixed(id, a)
+            {
+                tracing::warn!("reload: client {id}: fixed address {a}: {e}; it applies once free");
+            }
+        }
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = new.clone();
+        self.cfg.linger = r.linger;
+        self.cfg.max_clients = r.max_clients;
+        self.cfg.dns = r.dns;
+        // Every id with a device whose key is no longer the one it connected with (a removed or
+        // changed entry, or a changed -key / master key for unlisted ids).
+        let revoked: Vec<(String, bool)> = self
+            .devices
+            .keys()
+            .filter_map(|id| {
+                let now = new.key_for(id.as_bytes());
+                (old.key_for(id.as_bytes()) != now).then(|| (id.clone(), now.is_none()))
+            })
+            .collect();
+        for (id, gone) in revoked {
+            let live = self.devices.get(&id).is_some_and(|d| d.session.is_some());
+            let why = if gone {
+                "its credentials were removed (reload)"
+            } else {
+                "its key changed (reload)"
+            };
+            if live {
+                self.end_session_because(&id, Some(CloseReason::Revoked), "reload", why)
+                    .await;
+                applied.ended.push(id.clone());
+            }
+            if gone {
+                self.remove_device(&id).await;
+            }
+        }
+        applied.ended.sort();
+        let _ = r.done.send(applied);
+    }
+
+    /// A device made before a reload changed the id's fixed address is replaced at the id's
+    /// next connect (its session, if any, is ended as by any new session of the id).
+    pub(super) async fn readdress_if_stale(&mut self, id: &str, addr: SocketAddr) {
+        if !self.stale_addr.remove(id) || !self.devices.contains_key(id) {
+            return;
+        }
+        self.end_session_because(
+            id,
+            Some(CloseReason::Replaced),
+            &addr.to_string(),
+            &format!("replaced by a new session from {addr}"),
+        )
+        .await;
+        self.remove_device(id).await;
+    }
+}

@@ -1,0 +1,257 @@
+//! `-config FILE` and `-check`: the examples pass, bad files are refused naming the file, the
+//! line and the key, flags override the file, the instance comes from the file's stem; and a
+//! server and a client started from config files only, in network namespaces of the test's
+//! own (`common/mod.rs`, prefix `cf`).
+//!
+//! Run one test: `cargo test --test config_file examples -- --nocapture`.
+
+mod common;
+
+use common::{DTUN, TestDir, Topo, UP, path_str, wait_for};
+use std::path::Path;
+use std::process::Command;
+
+/// `dtun ARGS -check`: (success, stdout + stderr).
+fn check(args: &[&str]) -> (bool, String) {
+    let out = Command::new(DTUN)
+        .args(args)
+        .arg("-check")
+        .env_remove("DTUN_KEY")
+        .output()
+        .expect("run dtun");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    if let Some(parent) = p.parent() {
+        std::fs::create_dir_all(parent).unwrap();
+    }
+    std::fs::write(&p, text).unwrap();
+    path_str(&p).to_string()
+}
+
+/// Each example in `examples/` passes `-check` once the files it names exist: the test puts
+/// them in a temp dir and points the example's `/etc/dtun/` there. Without them, the check
+/// fails and names the missing file (so the check does look at them).
+#[test]
+fn examples_pass_check() {
+    let dir = TestDir::new("cfex");
+    let etc = dir.path().join("etc");
+    let root = env!("CARGO_MANIFEST_DIR");
+    for (example, files) in [
+        (
+            "server.toml",
+            &["master.key", "clients/laptop.key", "clients/office.key"][..],
+        ),
+        (
+            "full-tunnel-client.toml",
+            &["laptop.key", "exclude.txt"][..],
+        ),
+        (
+            "site-to-site-client.toml",
+            &["office.key", "office-up.sh"][..],
+        ),
+    ] {
+        let text = std::fs::read_to_string(format!("{root}/examples/{example}")).unwrap();
+        let text = text.replace("/etc/dtun/", &format!("{}/", etc.display()));
+        let conf = write(dir.path(), example, &text);
+        let (ok, out) = check(&["-config", &conf]);
+        assert!(!ok, "{example} passed without {files:?}: {out}");
+        assert!(files.iter().any(|f| out.contains(f)), "{example}: {out}");
+        for f in files {
+            let body = match *f {
+                "exclude.txt" => "# kept local\n10.99.0.0/16\n",
+                "office-up.sh" => "#!/bin/sh\nexit 0\n",
+                _ => "0123456789abcdef0123456789abcdef\n",
+            };
+            let p = write(&etc, f, body);
+            use std::os::unix::fs::PermissionsExt;
+            let mode = if f.ends_with(".sh") { 0o755 } else { 0o600 };
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        let (ok, out) = check(&["-config", &conf]);
+        assert!(ok, "{example}: {out}");
+        assert_eq!(out.lines().count(), 1, "{example}: one line: {out}");
+        assert!(out.contains("is OK"), "{example}: {out}");
+        let stem = example.trim_end_matches(".toml");
+        assert!(
+            out.contains(&format!("instance {stem}")),
+            "{example}: {out}"
+        );
+    }
+}
+
+/// An unknown key, a wrong type, a bad CIDR (at the top and in a client), a bad value and a
+/// fixed address outside the pool: each refused with the file, the line and the key.
+#[test]
+fn bad_files_name_the_file_line_and_key() {
+    let dir = TestDir::new("cfbad");
+    let head = "key = \"shared-key-0123456789\"\n# a comment\n";
+    for (name, body, line, key) in [
+        ("unknown", "port = 443\nbogus = 1\n", 4, "bogus"),
+        ("type", "port = \"443\"\n", 3, "port"),
+        ("cidr", "port = 443\npool = \"10.86.0.0/33\"\n", 4, "pool"),
+        (
+            "lans",
+            "[clients.laptop]\nkey = \"laptop-key-0123456789\"\nlans = [\"192.168.1.0/24\", \"192.168.300.0/24\"]\n",
+            5,
+            "clients.laptop.lans",
+        ),
+        (
+            "ckey",
+            "[clients.laptop]\nkey = \"laptop-key-0123456789\"\nadr = \"10.86.0.10\"\n",
+            5,
+            "clients.laptop.adr",
+        ),
+        ("dur", "linger = \"2 weeks\"\n", 3, "linger"),
+        (
+            "onoff",
+            "client_to_client = \"yes\"\n",
+            3,
+            "client_to_client",
+        ),
+        ("mtu", "mtu = 9000\n", 3, "mtu"),
+        (
+            "addr",
+            "[clients.laptop]\nkey = \"laptop-key-0123456789\"\naddr = \"10.86.0.11\"\n",
+            3,
+            "[clients.laptop]",
+        ),
+    ] {
+        let conf = write(
+            dir.path(),
+            &format!("{name}.toml"),
+            &format!("{head}{body}"),
+        );
+        let (ok, out) = check(&["-config", &conf]);
+        assert!(!ok, "{name}: accepted: {out}");
+        let want = format!("{conf} line {line}: ");
+        assert!(out.contains(&want), "{name}: want {want:?} in {out}");
+        assert!(out.contains(key), "{name}: want key {key:?} in {out}");
+    }
+    // A client in the config file and in -clients: an error naming both.
+    let creds = write(dir.path(), "clients", "laptop key=laptop-key-0123456789\n");
+    let conf = write(
+        dir.path(),
+        "both.toml",
+        "clients_file = \"clients\"\n[clients.laptop]\nkey = \"other-key-0123456789\"\n",
+    );
+    let (ok, out) = check(&["-config", &conf]);
+    assert!(
+        !ok && out.contains("laptop") && out.contains(&creds),
+        "{out}"
+    );
+    // A missing file.
+    let (ok, out) = check(&["-config", "/nonexistent/dtun.toml"]);
+    assert!(!ok && out.contains("/nonexistent/dtun.toml"), "{out}");
+}
+
+/// Flags on the command line override the file; the instance is -instance, else the file's
+/// `instance`, else its stem, else `dtun`; relative paths are the file's directory's.
+#[test]
+fn flags_override_the_file_and_the_instance_comes_from_the_stem() {
+    let dir = TestDir::new("cfov");
+    write(dir.path(), "sub/k", "0123456789abcdef0123\n");
+    let conf = write(
+        dir.path(),
+        "sub/edge-1.toml",
+        "key_file = \"k\"\nport = 4443\npool = \"10.90.0.0/24\"\n",
+    );
+    let (ok, out) = check(&["-config", &conf]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("port 4443") && out.contains("pool 10.90.0.0/24"),
+        "{out}"
+    );
+    assert!(out.contains("instance edge-1"), "{out}");
+    let (ok, out) = check(&["-config", &conf, "-port", "5555", "-instance", "other"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("port 5555") && out.contains("pool 10.90.0.0/24"),
+        "{out}"
+    );
+    assert!(out.contains("instance other"), "{out}");
+    // Go-style `-flag=value` too, and a -key on the command line replaces the file's key_file.
+    let (ok, out) = check(&["-config", &conf, "-port=6000", "-key", "cli-key-0123456789"]);
+    assert!(ok && out.contains("port 6000"), "{out}");
+    // DTUN_KEY beats the file's key_file too (here one that does not exist).
+    let missing = write(dir.path(), "sub/m.toml", "key_file = \"no-such-key\"\n");
+    let (ok, out) = check(&["-config", &missing]);
+    assert!(!ok && out.contains("no-such-key"), "{out}");
+    let out = Command::new(DTUN)
+        .args(["-config", &missing, "-check"])
+        .env("DTUN_KEY", "env-key-0123456789")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // The file's own instance key beats the stem; no file: `dtun`.
+    let named = write(
+        dir.path(),
+        "sub/x.toml",
+        "key_file = \"k\"\ninstance = \"named\"\n",
+    );
+    let (ok, out) = check(&["-config", &named]);
+    assert!(ok && out.contains("instance named"), "{out}");
+    let (ok, out) = check(&["-key", "cli-key-0123456789"]);
+    assert!(ok && out.contains("instance dtun"), "{out}");
+    // A stem that is no instance name: told how to fix it.
+    let bad = write(dir.path(), "sub/a.b c.toml", "key_file = \"k\"\n");
+    let (ok, out) = check(&["-config", &bad]);
+    assert!(!ok && out.contains("-instance"), "{out}");
+    // -check without -config checks the flags.
+    let (ok, out) = check(&[
+        "-key",
+        "k0123456789abcdef",
+        "-pool",
+        "10.1.0.0/30",
+        "-up",
+        "/nonexistent-up",
+    ]);
+    assert!(!ok && out.contains("/nonexistent-up"), "{out}");
+}
+
+/// A server and a client started from config files only (no other flag): the tunnel comes up
+/// with the file's fixed address, and a SIGHUP to the client is ignored (logged), not fatal.
+#[test]
+fn server_and_client_from_config_files_only() {
+    let topo = Topo::pair("cfe2e");
+    let d = topo.dir.path();
+    write(d, "laptop.key", "laptop-key-0123456789abcdef\n");
+    let sconf = write(
+        d,
+        "srv.toml",
+        "port = 4443\npool = \"10.91.0.0/24\"\n\n[clients.laptop]\nkey_file = \"laptop.key\"\naddr = \"10.91.0.20\"\n",
+    );
+    let cconf = write(
+        d,
+        "laptop.toml",
+        &format!(
+            "host = \"{}\"\nport = 4443\nid = \"laptop\"\nkey_file = \"laptop.key\"\nkeepalive = \"1s\"\n",
+            Topo::server_ip(0)
+        ),
+    );
+    let _server = common::start_server(&topo.server, 4443, &["-config", &sconf]);
+    let mut client = common::start_client(topo.client(), &["-config", &cconf]);
+    let dev = common::only_tun(topo.client());
+    let (local, peer) = common::wait_p2p(topo.client(), &dev);
+    assert_eq!(local.to_string(), "10.91.0.20");
+    assert!(
+        topo.client().ping_ok(&peer.to_string(), 3),
+        "no ping to {peer}"
+    );
+    client.signal("HUP");
+    wait_for(UP, "the client to log the ignored SIGHUP", || {
+        client.log().contains("SIGHUP ignored")
+    });
+    common::assert_running(&mut client, "client after SIGHUP");
+    assert!(
+        topo.client().ping_ok(&peer.to_string(), 2),
+        "no ping after SIGHUP"
+    );
+}

@@ -1,0 +1,254 @@
+//! Reload (SIGHUP, and `dtun reload` for the last two) of a server started with `-config` and `-clients`, end to end, while a
+//! bystander client pings the server through its tunnel every 150 ms: an added id connects, a
+//! removed id's session ends and it cannot come back, a changed key ends that session and the
+//! new key works, a changed fixed address applies at the next connect, a setting that needs a
+//! restart is logged and ignored, a broken file keeps the running configuration; the
+//! bystander loses no ping. The removed id runs `-compat` (an original peer: close_notify
+//! only), the re-keyed one is a dtun peer (Close "revoked" first). Namespaces of the test's own (`common/mod.rs`, prefix `cf`).
+//!
+//! Run: `cargo test --test reload -- --nocapture`.
+
+mod common;
+
+use common::{Netns, Proc, Topo, UP, lines_with, parse_ping_stats, path_str, wait_for};
+use std::path::Path;
+use std::time::Duration;
+
+const PORT: &str = "4443";
+
+/// The server's config file with `clients` (id, key, fixed address) and `extra` lines.
+fn server_toml(path: &Path, clients: &[(&str, &str, Option<&str>)], extra: &str) {
+    let mut t = format!("port = {PORT}\npool = \"10.92.0.0/24\"\nlinger = \"60s\"\n{extra}\n");
+    for (id, key, addr) in clients {
+        t.push_str(&format!("\n[clients.{id}]\nkey = \"{key}\"\n"));
+        if let Some(a) = addr {
+            t.push_str(&format!("addr = \"{a}\"\n"));
+        }
+    }
+    std::fs::write(path, t).unwrap();
+}
+
+fn client(ns: &Netns, i: usize, id: &str, key: &str) -> Proc {
+    common::spawn_client(ns, &Topo::server_ip(i), id, key, "1s", &["-port", PORT])
+}
+
+fn up(p: &mut Proc, ns: &Netns) -> (String, String) {
+    p.wait_log(dtun::client::LOG_TUNNEL_UP, UP);
+    let dev = common::only_tun(ns);
+    let (local, peer) = common::wait_p2p(ns, &dev);
+    (local.to_string(), peer.to_string())
+}
+
+/// Sends SIGHUP and waits for the server's `n`th reload line (applied or failed); returns it.
+fn reload(server: &mut Proc, n: usize) -> String {
+    server.signal("HUP");
+    logged_reload(server, n)
+}
+
+/// Runs `dtun reload srv` in the server's namespace (the config file is srv.toml: instance
+/// `srv`); checks that what it prints and its exit status match the server's `n`th reload
+/// line, and returns that line.
+fn reload_command(ns: &Netns, server: &mut Proc, n: usize) -> String {
+    let out = ns.run(env!("CARGO_BIN_EXE_dtun"), &["reload", "srv"]);
+    let line = logged_reload(server, n);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    if line.contains(dtun::ops::reload::LOG_RELOAD_FAILED) {
+        assert!(!out.status.success(), "{stdout}{stderr}");
+        assert!(
+            stderr.contains("reload failed, keeping the running configuration"),
+            "{stderr}"
+        );
+    } else {
+        assert!(out.status.success(), "{stdout}{stderr}");
+        assert!(stdout.starts_with("reloaded: "), "{stdout}");
+        let summary = line.split("reloaded: ").nth(1).unwrap();
+        assert_eq!(stdout.trim(), format!("reloaded: {summary}"), "{line}");
+    }
+    line
+}
+
+/// Waits for the server's `n`th reload line (applied or failed) and returns it.
+fn logged_reload(server: &mut Proc, n: usize) -> String {
+    let done = |log: &str| {
+        lines_with(log, &[dtun::ops::reload::LOG_RELOADED])
+            + lines_with(log, &[dtun::ops::reload::LOG_RELOAD_FAILED])
+    };
+    wait_for(UP, &format!("reload {n} logged"), || {
+        common::assert_running(server, "server");
+        done(&server.log()) >= n
+    });
+    let log = server.log();
+    log.lines()
+        .filter(|l| {
+            l.contains(dtun::ops::reload::LOG_RELOADED)
+                || l.contains(dtun::ops::reload::LOG_RELOAD_FAILED)
+        })
+        .nth(n - 1)
+        .unwrap()
+        .to_string()
+}
+
+/// Waits until the server logged a failed handshake of `id` after its session ended.
+fn refused(server: &Proc, id: &str) {
+    wait_for(UP, &format!("a refused handshake of {id}"), || {
+        lines_with(&server.log(), &[&format!("claimed id \"{id}\")"), "failed"]) > 0
+    });
+}
+
+fn connected(server: &Proc, id: &str) -> usize {
+    lines_with(
+        &server.log(),
+        &[&format!("client {id} {}", dtun::server::LOG_CONNECTED)],
+    )
+}
+
+#[test]
+fn reload_while_a_bystander_pings() {
+    let topo = Topo::star("cfrl", 4);
+    let (c_by, c_victim, c_rekey, c_new) = (
+        &topo.clients[0],
+        &topo.clients[1],
+        &topo.clients[2],
+        &topo.clients[3],
+    );
+    let conf = topo.dir.path().join("srv.toml");
+    let creds = topo.dir.path().join("clients");
+    let (k_by, k_victim, k_old, k_new, k_newbie) = (
+        "bystander-key-0123456789",
+        "victim-key-0123456789",
+        "old-key-0123456789",
+        "new-key-0123456789",
+        "newbie-key-0123456789",
+    );
+    let mut listed = vec![("bystander", k_by, None), ("victim", k_victim, None)];
+    server_toml(&conf, &listed, "");
+    std::fs::write(&creds, format!("rekeyed key={k_old}\n")).unwrap();
+    let mut server = common::start_server(
+        &topo.server,
+        4443,
+        &["-config", path_str(&conf), "-clients", path_str(&creds)],
+    );
+
+    let mut bystander = client(c_by, 0, "bystander", k_by);
+    let (_, by_peer) = up(&mut bystander, c_by);
+    let mut ping = c_by.spawn("ping", &["-n", "-i", "0.15", "-W", "1", &by_peer], &[]);
+    // The removed id speaks the original's protocol: it gets close_notify alone.
+    let mut victim = common::spawn_client(
+        c_victim,
+        &Topo::server_ip(1),
+        "victim",
+        k_victim,
+        "1s",
+        &["-port", PORT, "-compat"],
+    );
+    up(&mut victim, c_victim);
+    let mut rekeyed = client(c_rekey, 2, "rekeyed", k_old);
+    up(&mut rekeyed, c_rekey);
+    // An id the server does not know yet is refused.
+    let mut newbie = client(c_new, 3, "newbie", k_newbie);
+    refused(&server, "newbie");
+    assert_eq!(connected(&server, "newbie"), 0);
+
+    // 1. Add an id: it connects (the client's own retries get it in).
+    listed.push(("newbie", k_newbie, Some("10.92.0.50")));
+    server_toml(&conf, &listed, "");
+    let line = reload(&mut server, 1);
+    assert!(line.contains("added: newbie"), "{line}");
+    let (local, _) = up(&mut newbie, c_new);
+    assert_eq!(local, "10.92.0.50");
+
+    // 2. Remove an id: its session ends (Close "revoked"), its device goes, it cannot return.
+    listed.retain(|(id, _, _)| *id != "victim");
+    server_toml(&conf, &listed, "");
+    let line = reload(&mut server, 2);
+    assert!(line.contains("removed: victim"), "{line}");
+    assert!(line.contains("sessions ended: victim"), "{line}");
+    victim.wait_log("close_notify", UP);
+    wait_for(UP, "victim's device removed", || {
+        lines_with(&server.log(), &["client victim: removed"]) == 1
+    });
+    let before = server.log().len();
+    wait_for(UP, "a refused handshake of victim after the reload", || {
+        let log = server.log();
+        lines_with(&log[before..], &["claimed id \"victim\")", "failed"]) > 0
+    });
+    assert_eq!(connected(&server, "victim"), 1, "{}", server.log());
+
+    // 3. Change a key in the -clients file: that session ends, the old key is refused, the
+    //    new one gets in.
+    std::fs::write(&creds, format!("rekeyed key={k_new}\n")).unwrap();
+    let line = reload(&mut server, 3);
+    assert!(line.contains("key changed: rekeyed"), "{line}");
+    assert!(line.contains("sessions ended: rekeyed"), "{line}");
+    rekeyed.wait_log("Revoked", UP);
+    let before = server.log().len();
+    wait_for(
+        UP,
+        "a refused handshake of rekeyed with its old key",
+        || {
+            let log = server.log();
+            lines_with(&log[before..], &["claimed id \"rekeyed\")", "failed"]) > 0
+        },
+    );
+    rekeyed.stop(Duration::from_secs(5));
+    wait_for(UP, "the old client's TUN gone", || {
+        c_rekey.links().is_empty()
+    });
+    let mut rekeyed = client(c_rekey, 2, "rekeyed", k_new);
+    up(&mut rekeyed, c_rekey);
+    assert_eq!(connected(&server, "rekeyed"), 2);
+
+    // 4. A new fixed address and a setting that needs a restart: the session goes on, the
+    //    address applies at the next connect, the mtu is ignored.
+    let last = listed.len() - 1;
+    listed[last].2 = Some("10.92.0.60");
+    server_toml(&conf, &listed, "mtu = 1300");
+    let line = reload_command(&topo.server, &mut server, 4);
+    assert!(
+        line.contains("fixed address changed (at next connect): newbie"),
+        "{line}"
+    );
+    assert!(!line.contains("sessions ended"), "{line}");
+    assert!(line.contains("needs a restart (ignored): mtu"), "{line}");
+    newbie.stop(Duration::from_secs(5));
+    wait_for(UP, "newbie's TUN gone", || c_new.links().is_empty());
+    let mut newbie = client(c_new, 3, "newbie", k_newbie);
+    let (local, _) = up(&mut newbie, c_new);
+    assert_eq!(local, "10.92.0.60");
+
+    // 5. A broken file: the running configuration stays; the log names file, line and key.
+    std::fs::write(&conf, format!("port = {PORT}\nmax_clients = \"many\"\n")).unwrap();
+    let line = reload_command(&topo.server, &mut server, 5);
+    assert!(
+        line.contains(dtun::ops::reload::LOG_RELOAD_FAILED),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!("{} line 2: key max_clients", conf.display())),
+        "{line}"
+    );
+    // The old credentials still hold: newbie comes back, victim stays out.
+    newbie.stop(Duration::from_secs(5));
+    wait_for(UP, "newbie's TUN gone", || c_new.links().is_empty());
+    let mut newbie = client(c_new, 3, "newbie", k_newbie);
+    up(&mut newbie, c_new);
+    assert_eq!(connected(&server, "victim"), 1);
+
+    // The bystander lost nothing, and its session was never touched.
+    ping.signal("INT");
+    ping.wait_exit(Duration::from_secs(5))
+        .expect("ping ends on SIGINT");
+    let (sent, got) = parse_ping_stats(&ping.log()).expect("ping statistics");
+    assert!(sent >= 15, "only {sent} pings sent: {}", ping.log());
+    assert_eq!(got, sent, "bystander lost pings:\n{}", ping.log());
+    assert_eq!(connected(&server, "bystander"), 1);
+    let slog = server.log();
+    assert_eq!(
+        lines_with(&slog, &["client bystander", "disconnected"]),
+        0,
+        "{slog}"
+    );
+}
