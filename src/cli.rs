@@ -16,6 +16,8 @@ Examples:
   client:  dtun -host vpn.example.com -key-file /etc/dtun/key -id laptop -peernet 192.168.1.0/24 -up /etc/dtun/up.sh
   keys:    dtun genkey > /etc/dtun/key
            dtun key derive -key-file /etc/dtun/master -id laptop   # for a server with -master-key-file
+  shell:   dtun completions bash|zsh|fish   # a completion script
+           dtun man                         # the man page (roff)
 
 The key can also come from the DTUN_KEY environment variable, so it never shows in `ps`.";
 

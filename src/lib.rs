@@ -17,6 +17,7 @@ pub mod keys;
 pub mod mss;
 pub mod netlink;
 pub mod nft;
+pub mod ops;
 pub mod pool;
 pub mod proto;
 pub mod pump;

@@ -18,6 +18,21 @@ fn main() {
         Some("key") if args.get(2).map(String::as_str) == Some("derive") => {
             return exit_on(key_derive(&args[3..]));
         }
+        Some("completions") => {
+            let shell = match args.get(2..).unwrap_or_default() {
+                [shell] => Ok(shell.as_str()),
+                _ => Err(anyhow::anyhow!(
+                    "usage: dtun completions SHELL (SHELL: {})",
+                    dtun::ops::docs::SHELLS
+                )),
+            };
+            return exit_on(
+                shell.and_then(|s| dtun::ops::docs::completions(s, &mut std::io::stdout())),
+            );
+        }
+        Some("man") if args.len() == 2 => {
+            return exit_on(dtun::ops::docs::man(&mut std::io::stdout()));
+        }
         _ => {}
     }
     let cli = Cli::from_env();
@@ -96,6 +111,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         match cli.host.clone() {
             Some(host) => {
                 let cfg = ClientConfig::from_cli(&cli, &host)?;
+                dtun::ops::privilege::check_net_admin()?;
                 // On a worker, not on this thread: the worker that sees a datagram arrive
                 // then runs the client loop itself instead of waking this thread (a context
                 // switch, often to another CPU, on every packet towards the TUN).
@@ -108,6 +124,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             None => {
                 let cfg = ServerConfig::from_cli(&cli)?;
+                dtun::ops::privilege::check_net_admin()?;
                 let sock = dtun::server::bind(cfg.listen)?;
                 dtun::server::run(sock, cfg, shutdown_signal()).await?;
             }
@@ -137,5 +154,6 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
             _ = wait(term) => {}
         }
         tracing::info!("signal received, shutting down");
+        dtun::ops::notify::stopping();
     }
 }

@@ -193,6 +193,7 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
                     _ => backoff.next_delay(),
                 };
                 let msg = error.to_string();
+                crate::ops::notify::status(&format!("reconnecting: {msg}"));
                 if msg != last_error {
                     tracing::warn!(
                         "{msg}; reconnecting (next try in {:.1}s)",
@@ -411,6 +412,10 @@ async fn session(
         t.tun.mtu,
         est.suite.name()
     );
+    crate::ops::notify::ready(&format!(
+        "tunnel up: dev {} local {} peer {}, server {server}",
+        t.tun.name, addrs.client, addrs.server
+    ));
 
     if let Err(e) = udp.set_gro(true) {
         tracing::debug!("UDP GRO unavailable: {e}");
