@@ -111,7 +111,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         match cli.host.clone() {
             Some(host) => {
                 let cfg = ClientConfig::from_cli(&cli, &host)?;
-                dtun::ops::privilege::check_net_admin()?;
+                dtun::ops::privilege::check()?;
                 // On a worker, not on this thread: the worker that sees a datagram arrive
                 // then runs the client loop itself instead of waking this thread (a context
                 // switch, often to another CPU, on every packet towards the TUN).
@@ -124,7 +124,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             None => {
                 let cfg = ServerConfig::from_cli(&cli)?;
-                dtun::ops::privilege::check_net_admin()?;
+                dtun::ops::privilege::check()?;
                 let sock = dtun::server::bind(cfg.listen)?;
                 dtun::server::run(sock, cfg, shutdown_signal()).await?;
             }

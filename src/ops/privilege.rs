@@ -19,31 +19,57 @@ pub const GRANT_RESOLV_CONF: &str = "run dtun as root, or in its systemd unit gr
 /// CAP_NET_ADMIN's bit in the capability sets.
 const CAP_NET_ADMIN: u32 = 12;
 
-/// dtun lacks CAP_NET_ADMIN in its effective set.
+/// The TUN clone device.
+const TUN_NODE: &str = "/dev/net/tun";
+
+/// What dtun lacks to run at all.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "dtun needs CAP_NET_ADMIN to create its TUN device, addresses and routes (it runs as uid \
-     {uid} without it): {GRANT_NET_ADMIN}"
-)]
-pub struct MissingNetAdmin {
-    /// The real uid, to show who runs it.
-    pub uid: String,
+pub enum Missing {
+    /// CAP_NET_ADMIN is not in the effective set.
+    #[error(
+        "dtun needs CAP_NET_ADMIN to create its TUN device, addresses and routes (it runs as \
+         uid {uid} without it): {GRANT_NET_ADMIN}"
+    )]
+    NetAdmin { uid: String },
+    /// /dev/net/tun cannot be opened read-write (CAP_NET_ADMIN does not bypass file modes).
+    #[error(
+        "dtun cannot open {TUN_NODE} ({source}; its mode is {mode:o}, dtun runs as uid {uid}): \
+         make it readable and writable by everyone as udev does (chmod 0666 {TUN_NODE}; \
+         creating a device still needs CAP_NET_ADMIN), or run dtun as root"
+    )]
+    TunNode {
+        uid: String,
+        mode: u32,
+        source: std::io::Error,
+    },
 }
 
-/// Refuses to start without CAP_NET_ADMIN, before anything is made: otherwise a server would
-/// listen and fail only at its first client. When /proc/self/status cannot be read or parsed
-/// nothing is known, and the kernel's answer decides later.
-pub fn check_net_admin() -> Result<(), MissingNetAdmin> {
+/// Refuses to start without CAP_NET_ADMIN or access to /dev/net/tun, before anything is made:
+/// otherwise a server would listen and fail only at its first client. What cannot be read
+/// (no /proc, no /dev/net/tun) is left to the kernel's answer later, with its own message.
+pub fn check() -> Result<(), Missing> {
     let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
         return Ok(());
     };
-    match net_admin_in(&status) {
-        Some(false) => Err(MissingNetAdmin {
-            uid: field(&status, "Uid:")
-                .and_then(|v| v.split_whitespace().next())
-                .unwrap_or("?")
-                .to_string(),
-        }),
+    let uid = field(&status, "Uid:")
+        .and_then(|v| v.split_whitespace().next())
+        .unwrap_or("?")
+        .to_string();
+    if net_admin_in(&status) == Some(false) {
+        return Err(Missing::NetAdmin { uid });
+    }
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(TUN_NODE)
+    {
+        Err(source) if source.kind() == std::io::ErrorKind::PermissionDenied => {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(TUN_NODE)
+                .map(|m| m.permissions().mode() & 0o7777)
+                .unwrap_or(0);
+            Err(Missing::TunNode { uid, mode, source })
+        }
         _ => Ok(()),
     }
 }
