@@ -9,8 +9,11 @@ cd "$(dirname "$0")/.."
 # python3: tests/tools/inject.py; iperf3 and nftables: throughput and firewall checks;
 # procps: pgrep/kill; dnsmasq-base: the DNS server of tests/dns.rs; libclang-dev: the rustables
 # crate generates its nf_tables constants with bindgen at build time (nothing of it at run
-# time); util-linux: setpriv (tests/nat.rs).
-packages=(iproute2 iputils-ping openssl iperf3 nftables python3 procps dnsmasq-base libclang-dev util-linux)
+# time); util-linux: setpriv (tests/nat.rs, tests/privilege.rs).
+# systemd: systemd-analyze (tests/service.rs; systemd need not run); man-db and groff-base:
+# the man page renders without warnings; lintian: checks the Debian package (scripts/package.sh).
+packages=(iproute2 iputils-ping openssl iperf3 nftables python3 procps dnsmasq-base libclang-dev util-linux
+    systemd man-db groff-base lintian)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -50,3 +53,5 @@ echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
 echo "== cargo test --all-targets"
 cargo test --all-targets
+echo "== scripts/package.sh (Debian package: cargo-deb, dpkg-deb -c, lintian)"
+scripts/package.sh
