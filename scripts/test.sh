@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 # systemd: systemd-analyze (tests/service.rs; systemd need not run); man-db and groff-base:
 # the man page renders without warnings; lintian: checks the Debian package (scripts/package.sh).
 packages=(iproute2 iputils-ping openssl iperf3 nftables python3 procps dnsmasq-base libclang-dev util-linux
-    systemd man-db groff-base lintian)
+    systemd man-db groff-base lintian adduser)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
