@@ -10,10 +10,11 @@ cd "$(dirname "$0")/.."
 # procps: pgrep/kill; dnsmasq-base: the DNS server of tests/dns.rs; libclang-dev: the rustables
 # crate generates its nf_tables constants with bindgen at build time (nothing of it at run
 # time); util-linux: setpriv (tests/nat.rs, tests/privilege.rs).
-# systemd: systemd-analyze (tests/service.rs; systemd need not run); man-db and groff-base:
-# the man page renders without warnings; lintian: checks the Debian package (scripts/package.sh).
+# systemd: systemd-analyze (tests/service.rs, tests/sandbox.rs; systemd need not run); strace:
+# the system calls dtun makes (tests/sandbox.rs); man-db and groff-base: the man page renders
+# without warnings; lintian and adduser: the Debian package's checks (scripts/package.sh).
 packages=(iproute2 iputils-ping openssl iperf3 nftables python3 procps dnsmasq-base libclang-dev util-linux
-    systemd man-db groff-base lintian adduser)
+    systemd strace man-db groff-base lintian adduser)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -33,14 +33,14 @@ pub enum Missing {
     NetAdmin { uid: String },
     /// /dev/net/tun cannot be opened read-write (CAP_NET_ADMIN does not bypass file modes).
     #[error(
-        "dtun cannot open {TUN_NODE} ({source}; its mode is {mode:o}, dtun runs as uid {uid}): \
+        "dtun cannot open {TUN_NODE} ({why}; its mode is {mode:o}, dtun runs as uid {uid}): \
          make it readable and writable by everyone as udev does (chmod 0666 {TUN_NODE}; \
          creating a device still needs CAP_NET_ADMIN), or run dtun as root"
     )]
     TunNode {
         uid: String,
         mode: u32,
-        source: std::io::Error,
+        why: std::io::Error,
     },
 }
 
@@ -63,12 +63,12 @@ pub fn check() -> Result<(), Missing> {
         .write(true)
         .open(TUN_NODE)
     {
-        Err(source) if source.kind() == std::io::ErrorKind::PermissionDenied => {
+        Err(why) if why.kind() == std::io::ErrorKind::PermissionDenied => {
             use std::os::unix::fs::PermissionsExt;
             let mode = std::fs::metadata(TUN_NODE)
                 .map(|m| m.permissions().mode() & 0o7777)
                 .unwrap_or(0);
-            Err(Missing::TunNode { uid, mode, source })
+            Err(Missing::TunNode { uid, mode, why })
         }
         _ => Ok(()),
     }
