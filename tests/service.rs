@@ -353,7 +353,13 @@ fn completions_and_man_page() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for want in ["--key-file", "COMMANDS", "dtun completions", "/etc/dtun/"] {
+    for want in [
+        "--key-file",
+        "COMMANDS",
+        "dtun completions",
+        "/etc/dtun/",
+        "User Commands",
+    ] {
         assert!(text.contains(want), "{want} missing:\n{text}");
     }
     let out = Command::new("groff")
