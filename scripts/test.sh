@@ -9,8 +9,13 @@ cd "$(dirname "$0")/.."
 # python3: tests/tools/inject.py; iperf3 and nftables: throughput and firewall checks;
 # procps: pgrep/kill; dnsmasq-base: the DNS server of tests/dns.rs; libclang-dev: the rustables
 # crate generates its nf_tables constants with bindgen at build time (nothing of it at run
-# time); util-linux: setpriv (tests/nat.rs, tests/status.rs); curl: scrapes -metrics (tests/status.rs).
-packages=(iproute2 iputils-ping openssl iperf3 nftables python3 procps dnsmasq-base libclang-dev util-linux curl)
+# time); util-linux: setpriv (tests/nat.rs, tests/status.rs, tests/privilege.rs); curl: scrapes
+# -metrics (tests/status.rs).
+# systemd: systemd-analyze (tests/service.rs, tests/sandbox.rs; systemd need not run); strace:
+# the system calls dtun makes (tests/sandbox.rs); man-db and groff-base: the man page renders
+# without warnings; lintian and adduser: the Debian package's checks (scripts/package.sh).
+packages=(iproute2 iputils-ping openssl iperf3 nftables python3 procps dnsmasq-base libclang-dev util-linux
+    curl systemd strace man-db groff-base lintian adduser)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -50,3 +55,5 @@ echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
 echo "== cargo test --all-targets"
 cargo test --all-targets
+echo "== scripts/package.sh (Debian package: cargo-deb, dpkg-deb -c, lintian)"
+scripts/package.sh

@@ -17,6 +17,8 @@ Examples:
   keys:    dtun genkey > /etc/dtun/key
            dtun key derive -key-file /etc/dtun/master -id laptop   # for a server with -master-key-file
   status:  dtun status [-json] [INSTANCE]   # what the running dtun (-instance, default dtun) does
+  shell:   dtun completions bash|zsh|fish   # a completion script
+           dtun man                         # the man page (roff)
 
 The key can also come from the DTUN_KEY environment variable, so it never shows in `ps`.";
 

@@ -23,7 +23,7 @@ pub enum ConfigError {
         "the master key in {0} is empty or only whitespace, so every derived key would be one anyone can compute: put a secret in it (`dtun genkey > {0}`)"
     )]
     EmptyMasterKey(String),
-    #[error("cannot read key file {0}: {1}")]
+    #[error("cannot read key file {0}: {1}{hint}", hint = crate::ops::privilege::unreadable_hint(.1))]
     KeyFile(PathBuf, std::io::Error),
     #[error("bad -peernet: {0}")]
     Peernet(crate::proto::ProtoError),

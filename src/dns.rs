@@ -188,9 +188,14 @@ impl State {
                 self.applied = Some((servers.to_vec(), backup));
             }
             Err(e) => tracing::warn!(
-                "cannot set DNS {} from {from} in {}: {e}; the tunnel stays up with the system's DNS",
+                "cannot set DNS {} from {from} in {}: {e}; the tunnel stays up with the system's DNS{}",
                 join(servers),
-                self.resolv.display()
+                self.resolv.display(),
+                if e.kind() == std::io::ErrorKind::PermissionDenied {
+                    format!(": {}", crate::ops::privilege::GRANT_RESOLV_CONF)
+                } else {
+                    String::new()
+                }
             ),
         }
     }

@@ -230,14 +230,16 @@ impl KeyStore {
     }
 }
 
-/// Warns about a file holding keys that users other than its owner can read.
+/// Warns about a file holding keys that every user may read. Its group may: the packaged
+/// units run as user dtun and read `root:dtun` files of mode 0640.
 pub fn warn_if_readable(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
     if let Ok(m) = std::fs::metadata(path)
-        && m.permissions().mode() & 0o077 != 0
+        && m.permissions().mode() & 0o007 != 0
     {
         tracing::warn!(
-            "{} is readable by other users: chmod 600 {}",
+            "{} is readable by every user: chmod o-rwx {} (0600, or 0640 with group dtun for the \
+             packaged units)",
             path.display(),
             path.display()
         );

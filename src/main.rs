@@ -19,6 +19,21 @@ fn main() {
         }
         Some("status") => return exit_on(status(&args[2..])),
         Some("reload") => return exit_on(reload(&args[2..])),
+        Some("completions") => {
+            let shell = match args.get(2..).unwrap_or_default() {
+                [shell] => Ok(shell.as_str()),
+                _ => Err(anyhow::anyhow!(
+                    "usage: dtun completions SHELL (SHELL: {})",
+                    dtun::ops::docs::SHELLS
+                )),
+            };
+            return exit_on(
+                shell.and_then(|s| dtun::ops::docs::completions(s, &mut std::io::stdout())),
+            );
+        }
+        Some("man") if args.len() == 2 => {
+            return exit_on(dtun::ops::docs::man(&mut std::io::stdout()));
+        }
         _ => {}
     }
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
@@ -164,6 +179,7 @@ fn run(
         match loaded.cli.host.clone() {
             Some(host) => {
                 let cfg = loaded.client_config(&host)?;
+                dtun::ops::privilege::check()?;
                 let control = dtun::ops::control::bind(&cfg.instance)?;
                 dtun::ops::reload::client_sighup().context("cannot handle SIGHUP")?;
                 let board = std::sync::Arc::new(dtun::ops::ClientBoard::new(
@@ -186,6 +202,7 @@ fn run(
             }
             None => {
                 let cfg = loaded.server_config()?;
+                dtun::ops::privilege::check()?;
                 let control = dtun::ops::control::bind(&cfg.instance)?;
                 let (reload, reloads) = dtun::ops::reload::ReloadHandle::new(argv, &cfg);
                 dtun::ops::reload::on_sighup(reload.clone()).context("cannot handle SIGHUP")?;
@@ -245,5 +262,6 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
             _ = wait(term) => {}
         }
         tracing::info!("signal received, shutting down");
+        dtun::ops::notify::stopping();
     }
 }

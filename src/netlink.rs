@@ -15,7 +15,7 @@ use rtnetlink::packet_route::route::{
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 
 /// What the user is told when the kernel refuses a change for lack of privilege.
-const NEED_CAP_NET_ADMIN: &str = "dtun needs CAP_NET_ADMIN: run as root or setcap cap_net_admin+ep";
+use crate::ops::privilege::GRANT_NET_ADMIN;
 
 /// A failed netlink operation. The message says what was being done and to which link; the
 /// kernel's errno (if any) is reachable through [`NetlinkError::errno`] and the `is_*` helpers,
@@ -26,7 +26,7 @@ pub enum NetlinkError {
     #[error("failed to open a netlink socket: {0}")]
     Socket(std::io::Error),
     /// The kernel answered EPERM or EACCES: the process lacks CAP_NET_ADMIN.
-    #[error("failed to {op}: {NEED_CAP_NET_ADMIN}")]
+    #[error("failed to {op}: dtun needs CAP_NET_ADMIN: {GRANT_NET_ADMIN}")]
     PermissionDenied {
         /// What was being attempted, e.g. `add route 10.0.0.0/24 on dtun0`.
         op: String,
@@ -611,8 +611,7 @@ mod tests {
             let err = NetlinkError::new("delete link dtun0".into(), kernel_error(errno));
             assert_eq!(
                 err.to_string(),
-                "failed to delete link dtun0: dtun needs CAP_NET_ADMIN: \
-                 run as root or setcap cap_net_admin+ep"
+                format!("failed to delete link dtun0: dtun needs CAP_NET_ADMIN: {GRANT_NET_ADMIN}")
             );
             assert!(err.is_permission_denied());
             assert_eq!(err.errno(), Some(errno));

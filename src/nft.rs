@@ -91,8 +91,8 @@ pub enum NftError {
     )]
     InstanceInUse(String),
     #[error(
-        "{what} needs CAP_NET_ADMIN to create the nftables table {table}: run dtun as root or grant it \
-         the capability (systemd: AmbientCapabilities=CAP_NET_ADMIN)"
+        "{what} needs CAP_NET_ADMIN to create the nftables table {table}: {grant}",
+        grant = crate::ops::privilege::GRANT_NET_ADMIN
     )]
     Permission { what: &'static str, table: String },
     #[error(
@@ -111,7 +111,8 @@ pub enum NftError {
     Lock(io::Error),
     #[error(
         "cannot turn on IPv4 forwarding ({IP_FORWARD}: {0}): run as root in a namespace whose \
-         /proc/sys is writable, or run without -nat / -client-to-client on"
+         /proc/sys is writable (with CAP_NET_ADMIN; under systemd without ProtectKernelTunables=), \
+         or run without -nat / -client-to-client on"
     )]
     Forwarding(io::Error),
 }

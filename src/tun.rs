@@ -20,7 +20,8 @@ const WRITE_CAPACITY: usize = 2 * HEADROOM + 65536;
 #[derive(Debug, thiserror::Error)]
 pub enum TunError {
     #[error(
-        "dtun needs CAP_NET_ADMIN to create TUN device {0}: run as root or setcap cap_net_admin+ep"
+        "dtun needs CAP_NET_ADMIN to create its TUN device {0}: {grant}",
+        grant = crate::ops::privilege::GRANT_NET_ADMIN
     )]
     Permission(String),
     #[error("/dev/net/tun is missing: load the tun module (modprobe tun)")]

@@ -191,8 +191,8 @@ fn without_cap_net_admin_the_message_says_what_to_do() {
         assert_eq!(
             err.to_string(),
             format!(
-                "failed to set MTU 1400 and bring up {name}: \
-                 dtun needs CAP_NET_ADMIN: run as root or setcap cap_net_admin+ep"
+                "failed to set MTU 1400 and bring up {name}: dtun needs CAP_NET_ADMIN: {}",
+                dtun::ops::privilege::GRANT_NET_ADMIN
             )
         );
         let err = nl

@@ -217,6 +217,7 @@ pub async fn run_with(
                 };
                 let msg = error.to_string();
                 board.backing_off(delay, msg.clone());
+                crate::ops::notify::status(&format!("reconnecting: {msg}"));
                 if msg != last_error {
                     tracing::warn!(
                         "{msg}; reconnecting (next try in {:.1}s)",
@@ -437,6 +438,10 @@ async fn session(
         t.tun.mtu,
         est.suite.name()
     );
+    crate::ops::notify::ready(&format!(
+        "tunnel up: dev {} local {} peer {}, server {server}",
+        t.tun.name, addrs.client, addrs.server
+    ));
 
     board.up(LiveSession {
         counters: Arc::clone(&counters),

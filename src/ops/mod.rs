@@ -1,4 +1,5 @@
-//! Operating dtun: the configuration file (`-config`, `config_file`), checking it (`-check`,
+//! Operating dtun: readiness for systemd (`notify`), what to say when a privilege is missing
+//! (`privilege`), shell completions and the man page (`docs`); the configuration file (`-config`, `config_file`), checking it (`-check`,
 //! `check`) and reloading a running server (SIGHUP, `reload`); seeing what runs: the control socket `@dtun/INSTANCE` behind `dtun status` (`control`),
 //! the snapshot it shows (`status`), and `-metrics` over HTTP (`metrics`).
 //!
@@ -10,7 +11,10 @@
 pub mod check;
 pub mod config_file;
 pub mod control;
+pub mod docs;
 pub mod metrics;
+pub mod notify;
+pub mod privilege;
 pub mod reload;
 pub mod status;
 mod values;

@@ -159,11 +159,15 @@ fn needs_restart(old: &ServerConfig, new: &ServerConfig) -> Vec<&'static str> {
     .collect()
 }
 
-/// systemd: where the lead adds `RELOADING=1` (with `MONOTONIC_USEC`) once sd_notify is in.
-fn notify_reloading() {}
+/// systemd: `RELOADING=1` with `MONOTONIC_USEC` (`Type=notify` units, `systemctl reload`).
+fn notify_reloading() {
+    super::notify::reloading();
+}
 
-/// systemd: where the lead adds `READY=1` after a reload, applied or not.
-fn notify_reloaded() {}
+/// systemd: `READY=1` after a reload, applied or not (the running configuration is in force).
+fn notify_reloaded() {
+    super::notify::ready("reloaded");
+}
 
 /// Runs a reload at every SIGHUP until the process ends, logging what it did or why it kept
 /// the running configuration. Install before the server starts (a SIGHUP would kill it).

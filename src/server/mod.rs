@@ -47,7 +47,7 @@ pub enum ServerError {
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
-        hint: &'static str,
+        hint: String,
     },
     #[error("cannot set up batched UDP on the server socket: {0}")]
     Udp(std::io::Error),
@@ -71,17 +71,20 @@ pub fn bind(addr: SocketAddr) -> Result<UdpSocket, ServerError> {
         std::io::ErrorKind::PermissionDenied => ServerError::Bind {
             addr,
             source,
-            hint: ": ports below 1024 need root or CAP_NET_BIND_SERVICE",
+            hint: format!(
+                ": dtun needs CAP_NET_BIND_SERVICE to bind a port below 1024: {}",
+                crate::ops::privilege::GRANT_NET_BIND_SERVICE
+            ),
         },
         std::io::ErrorKind::AddrNotAvailable => ServerError::Bind {
             addr,
             source,
-            hint: ": -listen must be an address of this machine",
+            hint: ": -listen must be an address of this machine".into(),
         },
         _ => ServerError::Bind {
             addr,
             source,
-            hint: "",
+            hint: String::new(),
         },
     };
     let domain = socket2::Domain::for_address(addr);
@@ -181,6 +184,10 @@ pub async fn run_with(
         cfg.pool,
         cfg.linger
     );
+    crate::ops::notify::ready(&format!(
+        "listening on {}",
+        sock.local_addr().map(|a| a.to_string()).unwrap_or_default()
+    ));
     let mut mgr = Manager {
         cfg,
         nl,
