@@ -85,6 +85,8 @@ pub(super) struct Manager {
     /// A task the server needs ended (an outbound task panicked without the exiting panic
     /// hook): the manager stops and the server exits.
     pub(super) fatal: Option<crate::supervise::TaskEnded>,
+    /// The nftables table (`-nat`, `-client-to-client`, groups): its sets follow the devices.
+    pub(super) firewall: Option<crate::nft::Firewall>,
 }
 
 /// Clients refused at the `-max-clients` limit: counted, and logged at most once a second.
@@ -563,4 +565,6 @@ pub(super) enum SessionError {
     Netlink(#[from] NetlinkError),
     #[error("sending to {0} failed: {1}")]
     Send(SocketAddr, std::io::Error),
+    #[error(transparent)]
+    Firewall(#[from] crate::nft::NftError),
 }

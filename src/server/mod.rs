@@ -148,11 +148,17 @@ pub async fn run(
     };
     // Last of the fallible steps before the tasks start, so an error leaves nothing behind.
     let firewall = match cfg.firewall {
-        Some(policy) => Some(crate::nft::Firewall::apply(
-            &cfg.instance,
-            &cfg.tun.name,
-            policy,
-        )?),
+        Some(policy) => {
+            let mut groups: Vec<String> = cfg
+                .keys
+                .clients
+                .values()
+                .filter_map(|c| c.group.clone())
+                .collect();
+            groups.sort();
+            groups.dedup();
+            Some(crate::nft::Firewall::apply(&cfg.instance, policy, &groups)?)
+        }
         None => None,
     };
     let mut demux_task = tokio::spawn(demux.run());
@@ -173,6 +179,7 @@ pub async fn run(
         refusals: Default::default(),
         scripts: Vec::new(),
         fatal: None,
+        firewall,
     };
     // The demultiplexer never ends while the manager runs: if it does (a panic when the hook
     // that exits is not installed), the manager shuts down as on a signal and run fails.
@@ -192,7 +199,13 @@ pub async fn run(
     if let Some(e) = mgr.fatal.take() {
         ended = Some(e);
     }
-    if let Some(fw) = firewall {
+    if let Some(fw) = mgr.firewall.take() {
+        if fw.failures() > 0 {
+            tracing::warn!(
+                "{} updates of the nftables sets failed while the server ran",
+                fw.failures()
+            );
+        }
         fw.remove();
     }
     tracing::info!("server totals: {}", demux_counters.summary());
