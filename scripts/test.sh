@@ -9,8 +9,8 @@ cd "$(dirname "$0")/.."
 # python3: tests/tools/inject.py; iperf3 and nftables: throughput and firewall checks;
 # procps: pgrep/kill; dnsmasq-base: the DNS server of tests/dns.rs; libclang-dev: the rustables
 # crate generates its nf_tables constants with bindgen at build time (nothing of it at run
-# time); util-linux: setpriv (tests/nat.rs).
-packages=(iproute2 iputils-ping openssl iperf3 nftables python3 procps dnsmasq-base libclang-dev util-linux)
+# time); util-linux: setpriv (tests/nat.rs); dbus-daemon: the private bus of tests/resolved.rs.
+packages=(iproute2 iputils-ping openssl iperf3 nftables python3 procps dnsmasq-base libclang-dev util-linux dbus-daemon)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
