@@ -10,12 +10,12 @@ cd "$(dirname "$0")/.."
 # procps: pgrep/kill; dnsmasq-base: the DNS server of tests/dns.rs; libclang-dev: the rustables
 # crate generates its nf_tables constants with bindgen at build time (nothing of it at run
 # time); util-linux: setpriv (tests/nat.rs, tests/status.rs, tests/privilege.rs); curl: scrapes
-# -metrics (tests/status.rs).
+# -metrics (tests/status.rs); dbus-daemon: the private bus of tests/resolved.rs.
 # systemd: systemd-analyze (tests/service.rs, tests/sandbox.rs; systemd need not run); strace:
 # the system calls dtun makes (tests/sandbox.rs); man-db and groff-base: the man page renders
 # without warnings; lintian and adduser: the Debian package's checks (scripts/package.sh).
 packages=(iproute2 iputils-ping openssl iperf3 nftables python3 procps dnsmasq-base libclang-dev util-linux
-    curl systemd strace man-db groff-base lintian adduser)
+    curl systemd strace man-db groff-base lintian adduser dbus-daemon)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

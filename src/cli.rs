@@ -170,7 +170,8 @@ pub struct Cli {
     #[arg(long = "allow-ipv6-leak")]
     pub allow_ipv6_leak: bool,
     /// Server: DNS servers pushed to dtun clients. Client: DNS servers used while the tunnel is
-    /// up (/etc/resolv.conf rewritten in place, restored on exit)
+    /// up (per-link on the TUN through systemd-resolved when it is on the system bus, else
+    /// /etc/resolv.conf rewritten in place; restored on exit)
     #[arg(long, value_name = "IP[,IP...]", value_delimiter = ',')]
     pub dns: Vec<IpAddr>,
     /// Client: use the DNS servers the server pushes (its -dns) while the tunnel is up

@@ -48,10 +48,6 @@ pub enum ConfigError {
     TooManyDns(usize),
     #[error("{0}")]
     Instance(String),
-    #[error(
-        "-nat and -client-to-client match dtun's TUNs by the fixed start of -name; {0:?} has none: use a name such as vpn%d"
-    )]
-    NatTunName(String),
     /// A client of the config file's `[clients.ID]` that clashes with `-clients`, or a config
     /// file setting that does not fit the role.
     #[error("{0}")]
@@ -269,6 +265,8 @@ impl ServerConfig {
         if let Some(k) = &shared {
             crate::keys::warn_if_short(k, "the key");
         }
+        // Isolation groups (group= in the credentials file) need dtun's nftables table.
+        let groups = clients.values().any(|c| c.group.is_some());
         Ok(ServerConfig {
             keys: crate::keys::KeyStore {
                 shared,
@@ -291,10 +289,8 @@ impl ServerConfig {
                 let policy = crate::nft::Policy {
                     nat: cli.nat,
                     client_to_client: cli.client_to_client.map(|c| c == crate::cli::OnOff::On),
+                    groups,
                 };
-                if policy.needs_table() && crate::nft::tun_prefix(&cli.name).is_empty() {
-                    return Err(ConfigError::NatTunName(cli.name.clone()));
-                }
                 policy.needs_table().then_some(policy)
             },
         })

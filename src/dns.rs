@@ -1,14 +1,20 @@
 //! The client's DNS while its tunnel is up: its own `-dns`, else the servers the server pushed
 //! (a [`crate::proto::Control::Dns`] message) when [`use_pushed_dns`] says so.
 //!
-//! One method exists: /etc/resolv.conf is rewritten *in place* (truncated and written, never
-//! renamed over: `ip netns exec` and containers bind-mount a file there, and a rename onto a
-//! mount point fails). The original bytes are first saved in [`BACKUP_DIR`] under a name made
-//! of the file's device and inode, so a dtun that was killed (`kill -9`) finds and restores
-//! them on its next start, whatever its TUN is called. Our content starts with [`MARKER`]:
-//! a file that no longer does was rewritten by someone else (DHCP, NetworkManager) while the
-//! tunnel was up and is left alone on restore. systemd-resolved is not configured (no per-link
-//! DNS over D-Bus yet): when /etc/resolv.conf is its stub, dtun says so and changes nothing.
+//! Two methods, chosen once at start and named in the log line that sets the servers:
+//!
+//! - **systemd-resolved**, when `org.freedesktop.resolve1` has an owner on the system bus
+//!   (`DBUS_SYSTEM_BUS_ADDRESS`, else the standard socket): per-link DNS on the TUN
+//!   (`SetLinkDNS`; with `-route all` also the routing domain `~.` and `SetLinkDefaultRoute`),
+//!   `RevertLink` on exit; /etc/resolv.conf is not touched (`resolved`).
+//! - else /etc/resolv.conf is rewritten *in place* (truncated and written, never renamed over:
+//!   `ip netns exec` and containers bind-mount a file there, and a rename onto a mount point
+//!   fails). The original bytes are first saved in [`BACKUP_DIR`] under a name made of the
+//!   file's device and inode, so a dtun that was killed (`kill -9`) finds and restores them on
+//!   its next start, whatever its TUN is called. Our content starts with [`MARKER`]: a file
+//!   that no longer does was rewritten by someone else (DHCP, NetworkManager) while the tunnel
+//!   was up and is left alone on restore. When /etc/resolv.conf is systemd-resolved's stub but
+//!   resolved is not on the bus, dtun says so and changes nothing.
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -18,6 +24,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use crate::config::ClientConfig;
+
+mod resolved;
+pub use resolved::{BUS_NAME, ROUTE_ALL_DOMAIN};
 
 /// The file rewritten.
 pub const RESOLV_CONF: &str = "/etc/resolv.conf";
@@ -51,22 +60,41 @@ struct State {
     /// The client's own `-dns`.
     own: Vec<IpAddr>,
     accept_pushed: bool,
-    /// The TUN named in our resolv.conf's first line.
+    /// The TUN named in our resolv.conf's first line (and given to resolved), and its index.
     tun: String,
+    index: u32,
     /// What is in place now, and the backup that holds the original.
     applied: Option<(Vec<IpAddr>, PathBuf)>,
+    /// `-route all`: with resolved, the TUN also gets the routing domain `~.`.
+    route_all: bool,
+    /// systemd-resolved's task, when it is the method.
+    resolved: Option<tokio::sync::mpsc::UnboundedSender<resolved::Cmd>>,
+    /// With resolved: the servers set on which link.
+    link: Option<(Vec<IpAddr>, u32)>,
 }
 
 impl Dns {
-    /// For the client of `cfg`, on the real /etc/resolv.conf; restores what a dtun that did
-    /// not exit cleanly left there.
-    pub fn new(cfg: &ClientConfig) -> Dns {
-        Dns::with_paths(
+    /// For the client of `cfg`: through systemd-resolved when it is on the system bus (asked
+    /// only if this client may set DNS at all), else on the real /etc/resolv.conf. Either way
+    /// restores what a dtun that did not exit cleanly left in /etc/resolv.conf.
+    pub async fn new(cfg: &ClientConfig) -> Dns {
+        let dns = Dns::with_paths(
             Path::new(RESOLV_CONF),
             Path::new(BACKUP_DIR),
             cfg.dns.clone(),
             use_pushed_dns(cfg),
-        )
+        );
+        // A -compat client is never pushed anything: only its own -dns counts.
+        let may_set = !cfg.dns.is_empty() || (use_pushed_dns(cfg) && !cfg.common.compat);
+        if may_set && let Some(conn) = resolved::detect().await {
+            tracing::info!(
+                "systemd-resolved is on the system bus: DNS will be set per link on the TUN (resolv.conf untouched)"
+            );
+            let mut st = dns.lock();
+            st.resolved = Some(resolved::spawn(conn));
+            st.route_all = cfg.routes.all;
+        }
+        dns
     }
 
     /// Like [`Dns::new`] on other files (tests).
@@ -82,7 +110,11 @@ impl Dns {
             own,
             accept_pushed,
             tun: String::new(),
+            index: 0,
             applied: None,
+            route_all: false,
+            resolved: None,
+            link: None,
         };
         st.recover();
         Dns {
@@ -94,14 +126,19 @@ impl Dns {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The tunnel `tun` is up: puts the client's own `-dns` in place (once; kept across
-    /// reconnects).
-    pub fn tunnel_up(&self, tun: &str) {
+    /// The tunnel `tun` (interface index `index`) is up: puts the client's own `-dns` in place
+    /// (once; kept across reconnects; with resolved, set again on a TUN made anew).
+    pub fn tunnel_up(&self, tun: &str, index: u32) {
         let mut st = self.lock();
         st.tun = tun.to_string();
+        st.index = index;
         if !st.own.is_empty() {
             let own = st.own.clone();
             st.apply(&own, "-dns");
+        } else if let Some((servers, old)) = st.link.clone()
+            && old != index
+        {
+            st.apply(&servers, "the server");
         }
     }
 
@@ -121,9 +158,25 @@ impl Dns {
         }
     }
 
-    /// Puts the original resolv.conf back (tunnel down, dtun exiting).
+    /// Puts the original resolv.conf back, or (resolved) asks for the link's DNS settings to
+    /// be reverted (tunnel down, dtun exiting).
     pub fn restore(&self) {
         self.lock().restore();
+    }
+
+    /// [`Dns::restore`], then waits (at most a few seconds) until resolved has been told: the
+    /// last step before the TUN goes.
+    pub async fn shutdown(&self) {
+        self.restore();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let sent = self
+            .lock()
+            .resolved
+            .as_ref()
+            .is_some_and(|r| r.send(resolved::Cmd::Flush(tx)).is_ok());
+        if sent {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), rx).await;
+        }
     }
 }
 
@@ -160,12 +213,30 @@ impl State {
     }
 
     fn apply(&mut self, servers: &[IpAddr], from: &str) {
+        if let Some(r) = &self.resolved {
+            if self
+                .link
+                .as_ref()
+                .is_some_and(|(s, i)| s == servers && *i == self.index)
+            {
+                return;
+            }
+            let _ = r.send(resolved::Cmd::Set {
+                index: self.index,
+                tun: self.tun.clone(),
+                servers: servers.to_vec(),
+                route_all: self.route_all,
+                from: from.to_string(),
+            });
+            self.link = Some((servers.to_vec(), self.index));
+            return;
+        }
         if self.applied.as_ref().is_some_and(|(s, _)| s == servers) {
             return;
         }
         if let Some(stub) = resolved_stub(&self.resolv) {
             tracing::warn!(
-                "DNS {} from {from} not applied: {} is systemd-resolved's ({}), which dtun does not configure; set it in an -up script: resolvectl dns \"$TUN\" {}; resolvectl domain \"$TUN\" '~.'",
+                "DNS {} from {from} not applied: {} is systemd-resolved's ({}), but {BUS_NAME} is not on the system bus; set it in an -up script: resolvectl dns \"$TUN\" {}; resolvectl domain \"$TUN\" '~.'",
                 join(servers),
                 self.resolv.display(),
                 stub.display(),
@@ -225,6 +296,12 @@ impl State {
     }
 
     fn restore(&mut self) {
+        if let (Some(r), Some((_, index))) = (&self.resolved, self.link.take()) {
+            let _ = r.send(resolved::Cmd::Revert {
+                index,
+                tun: self.tun.clone(),
+            });
+        }
         let Some((_, backup)) = self.applied.take() else {
             return;
         };
@@ -316,137 +393,4 @@ fn join(servers: &[IpAddr]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    struct Files {
-        dir: PathBuf,
-    }
-
-    impl Files {
-        fn new(tag: &str) -> Files {
-            let dir = std::env::temp_dir().join(format!("dtun-dns-{tag}-{}", std::process::id()));
-            let _ = fs::remove_dir_all(&dir);
-            fs::create_dir_all(&dir).unwrap();
-            Files { dir }
-        }
-        fn resolv(&self) -> PathBuf {
-            self.dir.join("resolv.conf")
-        }
-        fn backups(&self) -> PathBuf {
-            self.dir.join("run")
-        }
-        fn dns(&self, own: &[&str], accept: bool) -> Dns {
-            let own = own.iter().map(|s| s.parse().unwrap()).collect();
-            Dns::with_paths(&self.resolv(), &self.backups(), own, accept)
-        }
-        fn backup_count(&self) -> usize {
-            fs::read_dir(self.backups()).map(|d| d.count()).unwrap_or(0)
-        }
-    }
-
-    impl Drop for Files {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.dir);
-        }
-    }
-
-    const ORIGINAL: &[u8] = b"# site\nnameserver 192.0.2.1\nsearch corp.example\noptions edns0\n";
-
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
-    }
-
-    #[test]
-    fn pushed_dns_applies_in_place_and_restores_byte_for_byte() {
-        let f = Files::new("apply");
-        fs::write(f.resolv(), ORIGINAL).unwrap();
-        let ino = fs::metadata(f.resolv()).unwrap().ino();
-        let dns = f.dns(&[], true);
-        dns.tunnel_up("dtun0");
-        assert_eq!(
-            fs::read(f.resolv()).unwrap(),
-            ORIGINAL,
-            "nothing before a push"
-        );
-        dns.pushed(&[ip("203.0.113.10"), ip("2001:db8::53")]);
-        let now = fs::read_to_string(f.resolv()).unwrap();
-        assert!(now.starts_with(MARKER), "{now}");
-        assert!(now.contains("nameserver 203.0.113.10\nnameserver 2001:db8::53\n"));
-        assert!(
-            now.contains("options edns0") && !now.contains("192.0.2.1"),
-            "{now}"
-        );
-        assert_eq!(fs::metadata(f.resolv()).unwrap().ino(), ino, "in place");
-        assert_eq!(f.backup_count(), 1);
-        // Another push replaces the servers; the backup still holds the original.
-        dns.pushed(&[ip("198.51.100.53")]);
-        assert!(
-            fs::read_to_string(f.resolv())
-                .unwrap()
-                .contains("198.51.100.53")
-        );
-        dns.restore();
-        assert_eq!(fs::read(f.resolv()).unwrap(), ORIGINAL);
-        assert_eq!(f.backup_count(), 0);
-    }
-
-    #[test]
-    fn pushed_dns_is_ignored_without_accept_and_own_dns_wins() {
-        let f = Files::new("ignore");
-        fs::write(f.resolv(), ORIGINAL).unwrap();
-        let dns = f.dns(&[], false);
-        dns.tunnel_up("dtun0");
-        dns.pushed(&[ip("203.0.113.10")]);
-        assert_eq!(fs::read(f.resolv()).unwrap(), ORIGINAL);
-        drop(dns);
-        let dns = f.dns(&["192.0.2.99"], true);
-        dns.tunnel_up("dtun0");
-        dns.pushed(&[ip("203.0.113.10")]);
-        let now = fs::read_to_string(f.resolv()).unwrap();
-        assert!(
-            now.contains("192.0.2.99") && !now.contains("203.0.113.10"),
-            "{now}"
-        );
-        drop(dns);
-        assert_eq!(fs::read(f.resolv()).unwrap(), ORIGINAL, "restored on drop");
-    }
-
-    /// A dtun killed with its DNS in place: the next one restores the original at start.
-    #[test]
-    fn a_crash_is_repaired_on_the_next_start() {
-        let f = Files::new("crash");
-        fs::write(f.resolv(), ORIGINAL).unwrap();
-        let dns = f.dns(&["192.0.2.99"], false);
-        dns.tunnel_up("dtun0");
-        std::mem::forget(dns); // as kill -9: no restore
-        assert!(fs::read_to_string(f.resolv()).unwrap().starts_with(MARKER));
-        let _dns = f.dns(&[], false);
-        assert_eq!(fs::read(f.resolv()).unwrap(), ORIGINAL);
-        assert_eq!(f.backup_count(), 0);
-    }
-
-    /// Someone else rewrote the file while the tunnel was up: theirs stays.
-    #[test]
-    fn a_file_rewritten_by_others_is_left_alone() {
-        let f = Files::new("others");
-        fs::write(f.resolv(), ORIGINAL).unwrap();
-        let dns = f.dns(&["192.0.2.99"], false);
-        dns.tunnel_up("dtun0");
-        fs::write(f.resolv(), b"nameserver 192.0.2.7\n").unwrap();
-        dns.restore();
-        assert_eq!(fs::read(f.resolv()).unwrap(), b"nameserver 192.0.2.7\n");
-        assert_eq!(f.backup_count(), 0);
-    }
-
-    /// A backup that cannot be written leaves the file untouched.
-    #[test]
-    fn nothing_changes_when_the_backup_cannot_be_saved() {
-        let f = Files::new("nobackup");
-        fs::write(f.resolv(), ORIGINAL).unwrap();
-        fs::write(f.backups(), b"a file where the directory should be").unwrap();
-        let dns = f.dns(&["192.0.2.99"], false);
-        dns.tunnel_up("dtun0");
-        assert_eq!(fs::read(f.resolv()).unwrap(), ORIGINAL);
-    }
-}
+mod tests;

@@ -213,6 +213,11 @@ impl std::fmt::Debug for KeyStore {
 }
 
 impl KeyStore {
+    /// The isolation group of `id` (None: ungrouped, also for ids not in the credentials file).
+    pub fn group_of(&self, id: &str) -> Option<&str> {
+        self.clients.get(id).and_then(|c| c.group.as_deref())
+    }
+
     /// The key for a PSK identity, or None to refuse it. An invalid identity
     /// ([`valid_identity`]) is refused exactly as an unknown one is.
     pub fn key_for(&self, id: &[u8]) -> Option<Vec<u8>> {

@@ -1,36 +1,53 @@
-//! The server's nftables table (`-nat`, `-client-to-client`) and the IPv4 forwarding switch.
+//! The server's nftables table (`-nat`, `-client-to-client`, isolation groups) and the IPv4
+//! forwarding switch.
 //!
 //! One table per running dtun, `inet dtun-<instance>`, so two dtuns on one host never touch each
 //! other's rules. It is made over netlink (the `rustables` crate; never by running `nft`) in one
 //! batch that first adds, then deletes, then creates it again: a table left by a `kill -9` is
 //! replaced atomically, and a missing one is no error. It is deleted on a clean shutdown. A server
-//! with neither flag makes no table at all (it needs no nf_tables).
+//! with none of `-nat`, `-client-to-client` and `group=` in its credentials makes no table at
+//! all (it needs no nf_tables).
 //!
-//! "Ours" below means a packet whose input (or output) device name starts with the TUN name
-//! pattern's prefix (`-name`, `dtun%d` → `dtun`): every TUN this server makes has that name.
-//! What such a packet carries as its source is already checked on the data path: the
-//! demultiplexer lets a client's packet into its TUN only with its tunnel address or one of its
-//! accepted LANs as the source (a counted `forged_source` drop otherwise). So "entered by one of
-//! our TUNs" implies "source is the pool or an accepted LAN".
+//! "Ours" below means a packet whose input (or output) device is in the set `tuns`: the names
+//! of this server's TUNs, kept up to date by the manager as it creates and removes devices
+//! (`sets`), so another dtun's TUNs with the same name pattern are never taken for ours. With
+//! isolation groups each group has a set too (`group-NAME`, and `ungrouped` for the ids
+//! without one). What such a packet carries as its source is already checked on the data
+//! path: the demultiplexer lets a client's packet into its TUN only with its tunnel address or
+//! one of its accepted LANs as the source (a counted `forged_source` drop otherwise). So
+//! "entered by one of our TUNs" implies "source is the pool or an accepted LAN".
 //!
 //! The rule set:
 //!
 //! ```text
 //! table inet dtun-<instance> {                         # userdata: ip_forward=<value before dtun>
+//!   set tuns { type ifname; }                          # every TUN of this server
+//!   set ungrouped { type ifname; }                     # groups only: ids without group=
+//!   set group-red { type ifname; }                     # groups only: one per group
 //!   chain postrouting {                                # only with -nat
 //!     type nat hook postrouting priority srcnat; policy accept;
-//!     iifname "dtun*" oifname != "dtun*" masquerade    # tunnel -> out: the server's address
+//!     iifname @tuns oifname @tuns return               # client to client: never masqueraded
+//!     iifname @tuns masquerade                         # tunnel -> out: the server's address
+//!   }
+//!   chain groups {                                     # groups (unless -client-to-client off)
+//!     iifname @ungrouped oifname @ungrouped accept
+//!     iifname @group-red oifname @group-red accept     # one per group
 //!   }
 //!   chain forward {
 //!     type filter hook forward priority filter; policy accept;
-//!     iifname "dtun*" oifname "dtun*" drop             # -client-to-client off
-//!     iifname "dtun*" oifname "dtun*" accept           # -client-to-client on
-//!     iifname "dtun*" oifname != "dtun*" accept        # -nat: tunnel -> out
-//!     oifname "dtun*" ct state established,related accept   # -nat: the replies
+//!     iifname @tuns oifname @tuns jump groups          # groups: same group passes
+//!     iifname @tuns oifname @tuns drop|accept          # see below
+//!     iifname @tuns accept                             # -nat: tunnel -> out
+//!     oifname @tuns ct state established,related accept   # -nat: the replies
 //!     drop                                             # only if dtun turned forwarding on
 //!   }
 //! }
 //! ```
+//!
+//! The client-to-client verdict: `drop` with `-client-to-client off` (groups play no part) or
+//! with groups (what the `groups` chain did not accept is between two groups); `accept` with
+//! `-client-to-client on` and no groups; with neither (only `-nat`), what the host had: `drop`
+//! when dtun turned forwarding on, else `accept` (this chain's policy).
 //!
 //! The last `drop` is what keeps forwarding from opening anything else: when IPv4 forwarding
 //! was off before dtun (recorded in the table's userdata, inherited from a leftover or a sibling
@@ -42,17 +59,23 @@
 //! forwards for other reasons.
 //!
 //! Forwarding (`/proc/sys/net/ipv4/ip_forward` of dtun's network namespace) is turned on while
-//! dtun runs with `-nat` or `-client-to-client on`; on exit, when no other `dtun-*` table is
-//! left, it is put back to the recorded value.
+//! dtun runs with `-nat` or `-client-to-client on` (groups alone leave it as the host has it);
+//! on exit, when no other `dtun-*` table is left, it is put back to the recorded value.
 
 use std::io;
 use std::path::Path;
 
 use rustables::error::QueryError;
-use rustables::expr::{Cmp, CmpOp, Masquerade, Meta, MetaType};
+use rustables::expr::{Immediate, Masquerade, VerdictKind};
 use rustables::{
     Batch, Chain, ChainPolicy, ChainType, Hook, HookClass, MsgType, ProtocolFamily, Rule, Table,
 };
+
+mod error;
+mod sets;
+pub use error::NftError;
+use error::{classify, classify_errno};
+pub use sets::group_set;
 
 /// Where the kernel keeps the IPv4 forwarding switch of this network namespace.
 pub const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
@@ -66,55 +89,25 @@ pub struct Policy {
     pub nat: bool,
     /// None: left to the host (no rule).
     pub client_to_client: Option<bool>,
+    /// Some id of the credentials file has `group=`.
+    pub groups: bool,
 }
 
 impl Policy {
     /// Whether any table is needed at all.
     pub fn needs_table(&self) -> bool {
-        self.nat || self.client_to_client.is_some()
+        self.nat || self.client_to_client.is_some() || self.groups
+    }
+
+    /// Whether isolation groups decide client-to-client traffic (`off` drops it all anyway).
+    pub fn grouped(&self) -> bool {
+        self.groups && self.client_to_client != Some(false)
     }
 
     /// Whether dtun must turn IPv4 forwarding on.
     pub fn needs_forwarding(&self) -> bool {
         self.nat || self.client_to_client == Some(true)
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum NftError {
-    #[error(
-        "-instance {0:?}: use 1 to 32 letters, digits, '-' or '_' (it names the nftables table dtun-NAME)"
-    )]
-    BadInstance(String),
-    #[error(
-        "another dtun runs as instance {0:?} in this network namespace: give this one another -instance NAME"
-    )]
-    InstanceInUse(String),
-    #[error(
-        "{what} needs CAP_NET_ADMIN to create the nftables table {table}: {grant}",
-        grant = crate::ops::privilege::GRANT_NET_ADMIN
-    )]
-    Permission { what: &'static str, table: String },
-    #[error(
-        "{what}: this kernel has no nf_tables support ({detail}): load the modules (modprobe nf_tables \
-         nft_masq nft_ct) or build the kernel with CONFIG_NF_TABLES, CONFIG_NF_TABLES_INET, \
-         CONFIG_NFT_MASQ and CONFIG_NFT_CT; or run without {what}"
-    )]
-    NoNfTables { what: &'static str, detail: String },
-    #[error("{what}: the kernel refused the nftables table {table}: {detail}")]
-    Kernel {
-        what: &'static str,
-        table: String,
-        detail: String,
-    },
-    #[error("cannot take the instance lock (an abstract unix socket): {0}")]
-    Lock(io::Error),
-    #[error(
-        "cannot turn on IPv4 forwarding ({IP_FORWARD}: {0}): run as root in a namespace whose \
-         /proc/sys is writable (with CAP_NET_ADMIN; under systemd without ProtectKernelTunables=), \
-         or run without -nat / -client-to-client on"
-    )]
-    Forwarding(io::Error),
 }
 
 /// Checks an `-instance` name.
@@ -135,55 +128,14 @@ pub fn table_name(instance: &str) -> String {
     format!("{TABLE_PREFIX}{instance}")
 }
 
-/// The fixed part of a TUN name pattern (`dtun%d` → `dtun`).
-pub fn tun_prefix(pattern: &str) -> &str {
-    pattern.split('%').next().unwrap_or(pattern)
-}
-
 /// The flags the error messages name.
 fn what(policy: &Policy) -> &'static str {
     if policy.nat {
         "-nat"
-    } else {
+    } else if policy.client_to_client.is_some() {
         "-client-to-client"
-    }
-}
-
-/// Turns a failure of nf_tables into a message that says what to do.
-fn classify(e: QueryError, policy: &Policy, table: &str) -> NftError {
-    let what = what(policy);
-    let errno = match &e {
-        // The kernel sends a negative errno; take its magnitude whatever the sign convention.
-        QueryError::NetlinkError(m) => Some(m.error.abs()),
-        QueryError::NetlinkOpenError(n)
-        | QueryError::NetlinkSendError(n)
-        | QueryError::NetlinkRecvError(n) => Some(*n as i32),
-        _ => None,
-    };
-    classify_errno(errno, &e.to_string(), what, table)
-}
-
-fn classify_errno(errno: Option<i32>, text: &str, what: &'static str, table: &str) -> NftError {
-    let detail = match errno {
-        Some(n) => format!("{text}: {}", io::Error::from_raw_os_error(n)),
-        None => text.to_string(),
-    };
-    match errno {
-        Some(libc::EPERM) | Some(libc::EACCES) => NftError::Permission {
-            what,
-            table: table.to_string(),
-        },
-        // No nfnetlink (EPROTONOSUPPORT), no nf_tables subsystem or family (EAFNOSUPPORT,
-        // EOPNOTSUPP), or no expression/chain type such as masq, ct or nat (ENOENT).
-        Some(libc::EPROTONOSUPPORT)
-        | Some(libc::EAFNOSUPPORT)
-        | Some(libc::EOPNOTSUPP)
-        | Some(libc::ENOENT) => NftError::NoNfTables { what, detail },
-        _ => NftError::Kernel {
-            what,
-            table: table.to_string(),
-            detail,
-        },
+    } else {
+        "group= (isolation groups)"
     }
 }
 
@@ -195,6 +147,14 @@ pub struct Firewall {
     forward_before: Option<u8>,
     /// Held while the table is ours: a second dtun with the same instance cannot bind it.
     _lock: std::os::unix::net::UnixDatagram,
+    /// Isolation groups are enforced: each TUN also goes into its group's set.
+    grouped: bool,
+    /// The group sets that exist in the table.
+    group_sets: std::collections::HashSet<String>,
+    /// Set ids already used in this table's batches.
+    next_set_id: u32,
+    /// Updates of the sets that failed.
+    failures: u64,
 }
 
 /// Binds the abstract socket that marks `instance` as running in this network namespace (it
@@ -241,20 +201,6 @@ fn dtun_tables() -> Result<Vec<(String, Option<u8>)>, QueryError> {
         .collect())
 }
 
-fn ifname_is(prefix: &str, input: bool, eq: bool) -> [rustables::expr::RawExpression; 2] {
-    let meta = Meta::new(if input {
-        MetaType::IifName
-    } else {
-        MetaType::OifName
-    });
-    // A prefix without the trailing NUL matches every name that starts with it (as "dtun*").
-    let cmp = Cmp::new(
-        if eq { CmpOp::Eq } else { CmpOp::Neq },
-        prefix.as_bytes().to_vec(),
-    );
-    [meta.into(), cmp.into()]
-}
-
 fn rule(chain: &Chain, exprs: Vec<rustables::expr::RawExpression>) -> Result<Rule, QueryError> {
     let mut r = Rule::new(chain)?;
     for e in exprs {
@@ -263,13 +209,17 @@ fn rule(chain: &Chain, exprs: Vec<rustables::expr::RawExpression>) -> Result<Rul
     Ok(r)
 }
 
-/// The batch that replaces (or creates) the table. `catch_all_drop`: forwarding was off
-/// before dtun, so whatever the rules do not allow is dropped.
+fn verdict(kind: VerdictKind) -> rustables::expr::RawExpression {
+    Immediate::new_verdict(kind).into()
+}
+
+/// The batch that replaces (or creates) the table, with the sets of `groups` (names as in the
+/// credentials file) when the policy is grouped. Set ids 1 to the number of sets are used.
 fn build(
     table_name: &str,
-    prefix: &str,
     policy: &Policy,
     forward_before: u8,
+    groups: &[String],
 ) -> Result<Batch, QueryError> {
     let table = Table::new(ProtocolFamily::Inet)
         .with_name(table_name)
@@ -279,8 +229,13 @@ fn build(
     batch.add(&table, MsgType::Add);
     batch.add(&table, MsgType::Del);
     batch.add(&table, MsgType::Add);
-    use rustables::expr::{Conntrack, ConntrackKey, Immediate, VerdictKind};
-    let verdict = |k| -> rustables::expr::RawExpression { Immediate::new_verdict(k).into() };
+    let tuns = sets::empty_set(&table, sets::TUNS, 1)?;
+    batch.add(&tuns, MsgType::Add);
+    let tun_to_tun = || -> Result<Vec<_>, QueryError> {
+        let mut e = sets::name_in(&tuns, true)?;
+        e.extend(sets::name_in(&tuns, false)?);
+        Ok(e)
+    };
     if policy.nat {
         let post = Chain::new(&table)
             .with_name("postrouting")
@@ -288,9 +243,10 @@ fn build(
             .with_type(ChainType::Nat)
             .with_policy(ChainPolicy::Accept);
         batch.add(&post, MsgType::Add);
-        let mut e = Vec::new();
-        e.extend(ifname_is(prefix, true, true));
-        e.extend(ifname_is(prefix, false, false));
+        let mut e = tun_to_tun()?;
+        e.push(verdict(VerdictKind::Return));
+        batch.add(&rule(&post, e)?, MsgType::Add);
+        let mut e = sets::name_in(&tuns, true)?;
         e.push(Masquerade::default().into());
         batch.add(&rule(&post, e)?, MsgType::Add);
     }
@@ -300,25 +256,37 @@ fn build(
         .with_type(ChainType::Filter)
         .with_policy(ChainPolicy::Accept);
     batch.add(&fwd, MsgType::Add);
-    if let Some(on) = policy.client_to_client {
-        let mut e = Vec::new();
-        e.extend(ifname_is(prefix, true, true));
-        e.extend(ifname_is(prefix, false, true));
-        e.push(verdict(if on {
-            VerdictKind::Accept
-        } else {
-            VerdictKind::Drop
+    let catch_all_drop = forward_before == 0 && policy.needs_forwarding();
+    if policy.grouped() {
+        let chain = Chain::new(&table).with_name(sets::GROUPS_CHAIN);
+        batch.add(&chain, MsgType::Add);
+        let names =
+            std::iter::once(group_set(None)).chain(groups.iter().map(|g| group_set(Some(g))));
+        for (i, name) in names.enumerate() {
+            let set = sets::empty_set(&table, &name, 2 + i as u32)?;
+            batch.add(&set, MsgType::Add);
+            batch.add(&sets::group_rule(&chain, &set)?, MsgType::Add);
+        }
+        let mut e = tun_to_tun()?;
+        e.push(verdict(VerdictKind::Jump {
+            chain: sets::GROUPS_CHAIN.to_string(),
         }));
         batch.add(&rule(&fwd, e)?, MsgType::Add);
     }
+    let between_tuns = match policy.client_to_client {
+        Some(true) if !policy.grouped() => VerdictKind::Accept,
+        None if !policy.grouped() && !catch_all_drop => VerdictKind::Accept,
+        _ => VerdictKind::Drop,
+    };
+    let mut e = tun_to_tun()?;
+    e.push(verdict(between_tuns));
+    batch.add(&rule(&fwd, e)?, MsgType::Add);
     if policy.nat {
-        let mut e = Vec::new();
-        e.extend(ifname_is(prefix, true, true));
-        e.extend(ifname_is(prefix, false, false));
+        use rustables::expr::{Cmp, CmpOp, Conntrack, ConntrackKey};
+        let mut e = sets::name_in(&tuns, true)?;
         e.push(verdict(VerdictKind::Accept));
         batch.add(&rule(&fwd, e)?, MsgType::Add);
-        let mut e = Vec::new();
-        e.extend(ifname_is(prefix, false, true));
+        let mut e = sets::name_in(&tuns, false)?;
         e.push(Conntrack::new(ConntrackKey::State).into());
         let states = (rustables::expr::ct::ConnTrackState::ESTABLISHED
             | rustables::expr::ct::ConnTrackState::RELATED)
@@ -328,23 +296,25 @@ fn build(
         e.push(verdict(VerdictKind::Accept));
         batch.add(&rule(&fwd, e)?, MsgType::Add);
     }
-    if forward_before == 0 && policy.needs_forwarding() {
+    if catch_all_drop {
         batch.add(&rule(&fwd, vec![verdict(VerdictKind::Drop)])?, MsgType::Add);
     }
     Ok(batch)
 }
 
 impl Firewall {
-    /// Creates (or replaces) the table of `instance` for TUNs named `tun_pattern`, and turns
-    /// forwarding on when the policy needs it. On an error nothing is left behind.
-    pub fn apply(instance: &str, tun_pattern: &str, policy: Policy) -> Result<Firewall, NftError> {
-        Self::apply_at(instance, tun_pattern, policy, Path::new(IP_FORWARD))
+    /// Creates (or replaces) the table of `instance`, with a set for each of `groups` (the
+    /// credentials file's; a group seen later gets its set then), and turns forwarding on when
+    /// the policy needs it. Its sets start empty: the manager adds each TUN it makes
+    /// ([`Firewall::add_tun`]). On an error nothing is left behind.
+    pub fn apply(instance: &str, policy: Policy, groups: &[String]) -> Result<Firewall, NftError> {
+        Self::apply_at(instance, policy, groups, Path::new(IP_FORWARD))
     }
 
     fn apply_at(
         instance: &str,
-        tun_pattern: &str,
         policy: Policy,
+        groups: &[String],
         forward_path: &Path,
     ) -> Result<Firewall, NftError> {
         check_instance(instance)?;
@@ -360,13 +330,25 @@ impl Firewall {
             .or_else(|| existing.first())
             .and_then(|(_, v)| *v)
             .unwrap_or(now);
-        let batch = build(&table, tun_prefix(tun_pattern), &policy, before)
-            .map_err(|e| classify(e, &policy, &table))?;
+        let batch =
+            build(&table, &policy, before, groups).map_err(|e| classify(e, &policy, &table))?;
         batch.send().map_err(|e| classify(e, &policy, &table))?;
+        let grouped = policy.grouped();
+        let group_sets: std::collections::HashSet<String> = if grouped {
+            std::iter::once(group_set(None))
+                .chain(groups.iter().map(|g| group_set(Some(g))))
+                .collect()
+        } else {
+            Default::default()
+        };
         let fw = Firewall {
             table,
             forward_before: Some(before),
             _lock: lock,
+            grouped,
+            next_set_id: 2 + group_sets.len() as u32,
+            group_sets,
+            failures: 0,
         };
         if policy.needs_forwarding()
             && now != 1
@@ -384,6 +366,12 @@ impl Firewall {
                 String::new()
             }
         );
+        if fw.grouped {
+            tracing::info!(
+                "isolation groups: client-to-client traffic passes only within a group ({} groups and the ungrouped ids)",
+                groups.len()
+            );
+        }
         Ok(fw)
     }
 
@@ -440,45 +428,41 @@ mod tests {
     }
 
     #[test]
-    fn tun_prefixes() {
-        assert_eq!(tun_prefix("dtun%d"), "dtun");
-        assert_eq!(tun_prefix("vpn-%d"), "vpn-");
-        assert_eq!(tun_prefix("tunx"), "tunx");
-    }
-
-    #[test]
     fn policies() {
         let none = Policy {
             nat: false,
             client_to_client: None,
+            groups: false,
         };
         assert!(!none.needs_table() && !none.needs_forwarding());
         let off = Policy {
             nat: false,
             client_to_client: Some(false),
+            groups: false,
         };
         assert!(off.needs_table() && !off.needs_forwarding());
         let nat = Policy {
             nat: true,
             client_to_client: Some(false),
+            groups: false,
         };
         assert!(nat.needs_table() && nat.needs_forwarding());
-    }
-
-    #[test]
-    fn errors_say_what_to_do() {
-        let m = classify_errno(Some(libc::EPROTONOSUPPORT), "open", "-nat", "dtun-x").to_string();
-        assert!(m.contains("no nf_tables") && m.contains("modprobe"), "{m}");
-        let m = classify_errno(Some(libc::ENOENT), "kernel", "-nat", "dtun-x").to_string();
-        assert!(m.contains("CONFIG_NFT_MASQ"), "{m}");
-        let m = classify_errno(Some(libc::EPERM), "kernel", "-nat", "dtun-x").to_string();
-        assert!(m.contains("CAP_NET_ADMIN") && m.contains("dtun-x"), "{m}");
-        let m = classify_errno(Some(libc::EINVAL), "kernel", "-nat", "dtun-x").to_string();
-        assert!(m.contains("refused") && m.contains("dtun-x"), "{m}");
-        let m = NftError::Forwarding(io::Error::from_raw_os_error(libc::EROFS)).to_string();
-        assert!(
-            m.contains("ip_forward") && m.contains("without -nat"),
-            "{m}"
-        );
+        // Groups alone need the table but leave forwarding to the host; off overrides them.
+        let groups = Policy {
+            nat: false,
+            client_to_client: None,
+            groups: true,
+        };
+        assert!(groups.needs_table() && !groups.needs_forwarding() && groups.grouped());
+        let groups_off = Policy {
+            client_to_client: Some(false),
+            ..groups
+        };
+        assert!(!groups_off.grouped());
+        let groups_on = Policy {
+            client_to_client: Some(true),
+            ..groups
+        };
+        assert!(groups_on.grouped() && groups_on.needs_forwarding());
     }
 }

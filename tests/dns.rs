@@ -148,7 +148,17 @@ impl World {
             "-v",
         ];
         args.extend_from_slice(extra);
-        start_client(self.topo.client(), &args)
+        // Never the host's system bus: a systemd-resolved there would take the DNS
+        // (tests/resolved.rs covers that path against a stand-in).
+        let no_bus = format!(
+            "unix:path={}",
+            self.topo.dir.path().join("no-bus").display()
+        );
+        start_client_env(
+            self.topo.client(),
+            &args,
+            &[("DBUS_SYSTEM_BUS_ADDRESS", &no_bus)],
+        )
     }
 
     /// Sends the inet prefix through the tunnel (what -route would do).

@@ -174,7 +174,7 @@ pub async fn run_with(
     let mut shutdown = std::pin::pin!(shutdown);
     let nl = Netlink::new()?;
     // DNS (src/dns.rs): restores what a killed dtun left; set once the tunnel is up.
-    let dns = crate::dns::Dns::new(&cfg);
+    let dns = crate::dns::Dns::new(&cfg).await;
     let mut tunnel: Option<Tunnel> = None;
     // -route: what an earlier dtun left behind (a kill -9) goes first.
     let mut routes = None;
@@ -234,7 +234,7 @@ pub async fn run_with(
             }
         }
     };
-    dns.restore();
+    dns.shutdown().await;
     if let Some(t) = tunnel.take() {
         if let Some(down) = &cfg.common.down
             && let Err(e) = hooks::run("down", down, &t.env()).await
@@ -429,7 +429,7 @@ async fn session(
         let _ = link.send_close_notify(&mut sealer).await;
         return lost(e.into());
     }
-    dns.tunnel_up(&t.tun.name);
+    dns.tunnel_up(&t.tun.name, t.tun.index);
     tracing::info!(
         "{LOG_TUNNEL_UP}: dev {} local {} peer {} mtu {}, server {server}, {}",
         t.tun.name,
@@ -691,7 +691,7 @@ mod tests {
         let resolv = dir.join("resolv.conf");
         std::fs::write(&resolv, b"nameserver 192.0.2.1\n").unwrap();
         let dns = crate::dns::Dns::with_paths(&resolv, &dir.join("run"), vec![], true);
-        dns.tunnel_up("dtun0");
+        dns.tunnel_up("dtun0", 7);
         let (tx, _rx) = mpsc::channel(4);
         let counters = Counters::default();
         for garbage in [

@@ -49,6 +49,7 @@ impl std::fmt::Display for Summary {
             ("removed", &a.removed),
             ("key changed", &a.rekeyed),
             ("fixed address changed (at next connect)", &a.readdressed),
+            ("group changed (device removed)", &a.regrouped),
             ("sessions ended", &a.ended),
         ] {
             if !ids.is_empty() {

@@ -30,6 +30,8 @@ pub(super) struct Device {
     /// When it was made, and its ended sessions' counters added up (for status and metrics).
     pub(super) created: Instant,
     pub(super) past: crate::ops::status::Traffic,
+    /// The isolation group its TUN was put in (nftables sets), as it was at creation.
+    pub(super) group: Option<String>,
 }
 
 impl Manager {
@@ -45,12 +47,26 @@ impl Manager {
             None => self.pool.assign(id)?,
         };
         let mtu = self.cfg.tun.mtu_for(suite, addr);
+        let group = self.cfg.keys.group_of(id).map(String::from);
         let made = async {
             let tun = tun::create(&self.nl, &self.cfg.tun.name, mtu).await?;
-            self.nl
-                .add_p2p_address(tun.index, pair.server, pair.client)
-                .await?;
-            Ok::<_, SessionError>(tun)
+            let set_up = async {
+                self.nl
+                    .add_p2p_address(tun.index, pair.server, pair.client)
+                    .await?;
+                // Into the nftables sets before any packet of the session can pass.
+                if let Some(fw) = self.firewall.as_mut() {
+                    fw.add_tun(&tun.name, group.as_deref())?;
+                }
+                Ok::<_, SessionError>(())
+            };
+            match set_up.await {
+                Ok(()) => Ok(tun),
+                Err(e) => {
+                    let _ = self.nl.del_link(tun.index).await;
+                    Err(e)
+                }
+            }
         }
         .await;
         match made {
@@ -71,6 +87,7 @@ impl Manager {
                 idle_since: None,
                 created: Instant::now(),
                 past: crate::ops::status::Traffic::zero(),
+                group,
             }),
             Err(e) => {
                 self.pool.release(id);
@@ -179,6 +196,9 @@ impl Manager {
         self.removed.add(&dev.past);
         for r in &dev.routes {
             let _ = self.nl.del_route(*r, dev.tun.index).await;
+        }
+        if let Some(fw) = self.firewall.as_mut() {
+            fw.remove_tun(&dev.tun.name, dev.group.as_deref());
         }
         if let Err(e) = self.nl.del_link(dev.tun.index).await {
             tracing::warn!("removing {}: {e}", dev.tun.name);

@@ -98,6 +98,8 @@ pub(super) struct Manager {
     /// Ids whose fixed address a reload changed while they had a device: a new device at
     /// their next connect.
     pub(super) stale_addr: std::collections::HashSet<String>,
+    /// The nftables table (`-nat`, `-client-to-client`, groups): its sets follow the devices.
+    pub(super) firewall: Option<crate::nft::Firewall>,
 }
 
 /// Clients refused at the `-max-clients` limit: counted, and logged at most once a second.
@@ -595,4 +597,6 @@ pub(super) enum SessionError {
     Netlink(#[from] NetlinkError),
     #[error("sending to {0} failed: {1}")]
     Send(SocketAddr, std::io::Error),
+    #[error(transparent)]
+    Firewall(#[from] crate::nft::NftError),
 }

@@ -170,11 +170,17 @@ pub async fn run_with(
     };
     // Last of the fallible steps before the tasks start, so an error leaves nothing behind.
     let firewall = match cfg.firewall {
-        Some(policy) => Some(crate::nft::Firewall::apply(
-            &cfg.instance,
-            &cfg.tun.name,
-            policy,
-        )?),
+        Some(policy) => {
+            let mut groups: Vec<String> = cfg
+                .keys
+                .clients
+                .values()
+                .filter_map(|c| c.group.clone())
+                .collect();
+            groups.sort();
+            groups.dedup();
+            Some(crate::nft::Firewall::apply(&cfg.instance, policy, &groups)?)
+        }
         None => None,
     };
     let mut demux_task = tokio::spawn(demux.run());
@@ -204,6 +210,7 @@ pub async fn run_with(
         status_rx: status,
         keys,
         stale_addr: Default::default(),
+        firewall,
     };
     // The demultiplexer never ends while the manager runs: if it does (a panic when the hook
     // that exits is not installed), the manager shuts down as on a signal and run fails.
@@ -223,7 +230,13 @@ pub async fn run_with(
     if let Some(e) = mgr.fatal.take() {
         ended = Some(e);
     }
-    if let Some(fw) = firewall {
+    if let Some(fw) = mgr.firewall.take() {
+        if fw.failures() > 0 {
+            tracing::warn!(
+                "{} updates of the nftables sets failed while the server ran",
+                fw.failures()
+            );
+        }
         fw.remove();
     }
     tracing::info!("server totals: {}", demux_counters.summary());

@@ -34,6 +34,9 @@ pub struct Applied {
     pub rekeyed: Vec<String>,
     /// Listed ids whose fixed address changed (applies at their next connect).
     pub readdressed: Vec<String>,
+    /// Ids whose isolation group changed while they had a device: the device goes (its TUN is
+    /// in the old group's set), the id gets a new one in its new group at its next connect.
+    pub regrouped: Vec<String>,
     /// Ids whose session was ended (Close "revoked").
     pub ended: Vec<String>,
 }
@@ -103,7 +106,26 @@ impl Manager {
                 self.remove_device(&id).await;
             }
         }
+        // A device whose TUN sits in another group's set than the id's group now: the old group
+        // must not stay reachable, so the session ends and the device goes.
+        let regrouped: Vec<String> = self
+            .devices
+            .iter()
+            .filter(|(id, d)| d.group.as_deref() != new.group_of(id))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in regrouped {
+            if self.devices.get(&id).is_some_and(|d| d.session.is_some()) {
+                let why = "its isolation group changed (reload)";
+                self.end_session_because(&id, Some(CloseReason::Revoked), "reload", why)
+                    .await;
+                applied.ended.push(id.clone());
+            }
+            self.remove_device(&id).await;
+            applied.regrouped.push(id);
+        }
         applied.ended.sort();
+        applied.ended.dedup();
         let _ = r.done.send(applied);
     }
 

@@ -1,0 +1,196 @@
+//! The sets of dtun's nftables table: the names of this server's TUNs (`tuns`) and, with
+//! isolation groups, of each group's TUNs (`group-NAME`, and `ungrouped` for the ids without
+//! `group=`). The manager adds a TUN when it creates the device and takes it out when it
+//! removes it ([`Firewall::add_tun`], [`Firewall::remove_tun`]), each in one netlink batch.
+//!
+//! A failed update is counted ([`Firewall::failures`]) and logged, never silent. A TUN that
+//! could not be added is not used: the manager refuses the session and removes the device, as a
+//! TUN outside the sets would escape the client-to-client and group rules.
+
+use rustables::data_type::DataType;
+use rustables::error::QueryError;
+use rustables::expr::{Lookup, Meta, MetaType, RawExpression, VerdictKind};
+use rustables::set::SetBuilder;
+use rustables::{Batch, Chain, MsgType, ProtocolFamily, Rule, Set, Table};
+
+use super::{Firewall, NftError, classify_errno, rule, verdict};
+
+/// The set of every TUN of this server.
+pub(super) const TUNS: &str = "tuns";
+/// The chain that accepts traffic within a group.
+pub(super) const GROUPS_CHAIN: &str = "groups";
+
+/// An interface name as nf_tables compares it (`meta iifname`): IFNAMSIZ bytes, NUL padded.
+struct IfName([u8; 16]);
+
+impl IfName {
+    fn new(name: &str) -> IfName {
+        let mut b = [0u8; 16];
+        // Kernel names have at most 15 bytes; the last byte stays NUL.
+        let n = name.len().min(15);
+        b[..n].copy_from_slice(&name.as_bytes()[..n]);
+        IfName(b)
+    }
+}
+
+impl DataType for IfName {
+    /// nft's `ifname` type (so `nft list` shows names).
+    const TYPE: u32 = 41;
+    const LEN: u32 = 16;
+
+    fn data(&self) -> Vec<u8> {
+        self.0.to_vec()
+    }
+}
+
+/// The set of a group's TUNs (None: the ungrouped ids).
+pub fn group_set(group: Option<&str>) -> String {
+    match group {
+        Some(g) => format!("group-{g}"),
+        None => "ungrouped".to_string(),
+    }
+}
+
+/// An empty set of interface names in `table`, with a set id unique in its batch.
+pub(super) fn empty_set(table: &Table, name: &str, id: u32) -> Result<Set, QueryError> {
+    let (mut set, _) = SetBuilder::<IfName>::new(name, table)?.finish();
+    // The builder leaves the family unset (the table's is needed).
+    set.family = ProtocolFamily::Inet;
+    // nft's userdata (libnftnl's NFTNL_UDATA_SET_KEYBYTEORDER = host order, as nft writes for
+    // ifname): only so that `nft list` shows the names; the kernel does not read it.
+    let mut udata = vec![0u8, 4];
+    udata.extend_from_slice(&1u32.to_ne_bytes());
+    Ok(set.with_id(id).with_userdata(udata))
+}
+
+/// `iifname @set` (`input`) or `oifname @set`.
+pub(super) fn name_in(set: &Set, input: bool) -> Result<Vec<RawExpression>, QueryError> {
+    let meta = Meta::new(if input {
+        MetaType::IifName
+    } else {
+        MetaType::OifName
+    });
+    Ok(vec![meta.into(), Lookup::new(set)?.into()])
+}
+
+/// In the groups chain: `iifname @set oifname @set accept`.
+pub(super) fn group_rule(chain: &Chain, set: &Set) -> Result<Rule, QueryError> {
+    let mut e = name_in(set, true)?;
+    e.extend(name_in(set, false)?);
+    e.push(verdict(VerdictKind::Accept));
+    rule(chain, e)
+}
+
+/// The elements message for one name in one set.
+fn element(
+    table: &Table,
+    set: &str,
+    tun: &str,
+) -> Result<rustables::set::SetElementList, QueryError> {
+    let mut b = SetBuilder::<IfName>::new(set, table)?;
+    b.add(&IfName::new(tun));
+    Ok(b.finish().1)
+}
+
+impl Firewall {
+    fn table_ref(&self) -> Table {
+        Table::new(ProtocolFamily::Inet).with_name(self.table.as_str())
+    }
+
+    /// Puts the TUN `tun` of an id in `group` into the sets (and creates the group's set if the
+    /// group is new). An error is counted and logged here; the caller must not use the TUN.
+    pub fn add_tun(&mut self, tun: &str, group: Option<&str>) -> Result<(), NftError> {
+        let table = self.table_ref();
+        let mut batch = Batch::new();
+        let mut new_set = None;
+        let result = (|| -> Result<(), QueryError> {
+            batch.add(&element(&table, TUNS, tun)?, MsgType::Add);
+            if self.grouped {
+                let name = group_set(group);
+                if !self.group_sets.contains(&name) {
+                    let set = empty_set(&table, &name, self.next_set_id)?;
+                    batch.add(&set, MsgType::Add);
+                    let chain = Chain::new(&table).with_name(GROUPS_CHAIN);
+                    batch.add(&group_rule(&chain, &set)?, MsgType::Add);
+                    new_set = Some(name.clone());
+                }
+                batch.add(&element(&table, &name, tun)?, MsgType::Add);
+            }
+            Ok(())
+        })()
+        .and_then(|()| batch.send());
+        match result {
+            Ok(()) => {
+                if let Some(name) = new_set {
+                    self.next_set_id += 1;
+                    self.group_sets.insert(name);
+                }
+                tracing::debug!("nftables: {tun} added to the sets of inet {}", self.table);
+                Ok(())
+            }
+            Err(e) => {
+                self.failures += 1;
+                let e = self.error(e);
+                tracing::error!(
+                    "nftables: cannot add {tun} to the sets of inet {}: {e} ({} set updates failed so far)",
+                    self.table,
+                    self.failures
+                );
+                Err(e)
+            }
+        }
+    }
+
+    /// Takes the TUN `tun` of an id in `group` out of the sets; an error is counted and logged.
+    pub fn remove_tun(&mut self, tun: &str, group: Option<&str>) {
+        let table = self.table_ref();
+        let mut batch = Batch::new();
+        let result = (|| -> Result<(), QueryError> {
+            batch.add(&element(&table, TUNS, tun)?, MsgType::Del);
+            if self.grouped {
+                batch.add(&element(&table, &group_set(group), tun)?, MsgType::Del);
+            }
+            Ok(())
+        })()
+        .and_then(|()| batch.send());
+        match result {
+            Ok(()) => tracing::debug!("nftables: {tun} out of the sets of inet {}", self.table),
+            Err(e) => {
+                self.failures += 1;
+                tracing::error!(
+                    "nftables: cannot take {tun} out of the sets of inet {}: {} ({} set updates failed so far)",
+                    self.table,
+                    self.error(e),
+                    self.failures
+                );
+            }
+        }
+    }
+
+    /// How many updates of the sets failed.
+    pub fn failures(&self) -> u64 {
+        self.failures
+    }
+
+    fn error(&self, e: QueryError) -> NftError {
+        let errno = match &e {
+            QueryError::NetlinkError(m) => Some(m.error.abs()),
+            _ => None,
+        };
+        classify_errno(errno, &e.to_string(), "the TUN sets", &self.table)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_padded_as_the_kernel_compares_them() {
+        assert_eq!(&IfName::new("dtun0").data()[..6], b"dtun0\0");
+        assert_eq!(IfName::new("dtun0").data().len(), 16);
+        assert_eq!(IfName::new(&"x".repeat(20)).data()[15], 0);
+        assert_eq!(group_set(Some("red")), "group-red");
+        assert_eq!(group_set(None), "ungrouped");
+    }
+}
