@@ -135,7 +135,7 @@ pub struct Cli {
     /// TUN device name; %d is replaced by the kernel with a free number
     #[arg(long, default_value = crate::consts::DEFAULT_TUN_NAME)]
     pub name: String,
-    /// Server: per-client credentials, one per line: `ID key=KEY [addr=IP] [lans=CIDR,...]`
+    /// Server: per-client credentials, one per line: `ID key=KEY [addr=IP] [addr6=IPV6] [lans=CIDR,...]`
     #[arg(long, value_name = "FILE")]
     pub clients: Option<PathBuf>,
     /// Server: derive each id's key as hex(HMAC-SHA256(secret, id)) (see `dtun key derive`)
@@ -147,6 +147,10 @@ pub struct Cli {
     /// Server: tunnel address pool
     #[arg(long, default_value = crate::consts::DEFAULT_POOL)]
     pub pool: Ipv4Net,
+    /// Server: IPv6 tunnel addresses for dtun clients: a prefix (each id gets a pair derived
+    /// from it), or `off`
+    #[arg(long, value_name = "PREFIX|off", default_value = crate::pool6::DEFAULT_POOL6)]
+    pub pool6: String,
     /// Server: at most this many devices (lingering ones included); beyond it, ids not listed
     /// in -clients are refused (listed ids always get in)
     #[arg(long = "max-clients", value_name = "N", default_value_t = crate::consts::DEFAULT_MAX_CLIENTS)]

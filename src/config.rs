@@ -25,6 +25,8 @@ pub enum ConfigError {
     EmptyMasterKey(String),
     #[error("cannot read key file {0}: {1}")]
     KeyFile(PathBuf, std::io::Error),
+    #[error(transparent)]
+    Pool6(crate::pool6::Pool6Error),
     #[error("bad -peernet: {0}")]
     Peernet(crate::proto::ProtoError),
     #[error("cannot resolve server {host}:{port}: {why}; check -host")]
@@ -211,6 +213,8 @@ pub struct ServerConfig {
     /// Identity hint sent in ServerKeyExchange (the original sends its own -id).
     pub hint: String,
     pub pool: Ipv4Net,
+    /// `-pool6`: IPv6 pairs for dtun clients (None: `off`, or `-compat`).
+    pub pool6: Option<ipnet::Ipv6Net>,
     pub linger: Duration,
     /// Devices beyond which unlisted ids are refused.
     pub max_clients: usize,
@@ -253,6 +257,11 @@ impl ServerConfig {
             listen: SocketAddr::new(ip, cli.port),
             hint: cli.id.clone(),
             pool: cli.pool,
+            pool6: if cli.compat {
+                None
+            } else {
+                crate::pool6::parse_pool6(&cli.pool6).map_err(ConfigError::Pool6)?
+            },
             linger: cli.linger,
             max_clients: cli.max_clients,
             tun: TunSettings::from_cli(cli)?,

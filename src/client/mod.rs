@@ -109,6 +109,8 @@ impl ClientError {
 struct Tunnel {
     tun: Tun,
     addrs: AddressMessage,
+    /// The IPv6 pair on the TUN (a dtun server's Addr6), if the tunnel carries IPv6.
+    addr6: Option<crate::proto::Addr6>,
 }
 
 impl Tunnel {
@@ -117,6 +119,7 @@ impl Tunnel {
             tun: self.tun.name.clone(),
             peer_ip: self.addrs.server,
             local_ip: self.addrs.client,
+            ip6: self.addr6.map(|a| (a.client, a.server)),
         }
     }
 }
@@ -395,6 +398,29 @@ async fn session(
             return lost(ClientError::Send(server, e));
         }
     }
+    // A dtun server tells its IPv6 pair before its Hello answer: wait for that answer, so the
+    // up script sees the tunnel as it is.
+    let addr6 = if negotiated {
+        match addr6::await_answer(&mut opener, &counters, &sock, &mut buf, &t.tun, dns).await {
+            Ok(a) => a,
+            Err(e) => return lost(e),
+        }
+    } else {
+        None
+    };
+    let run_up = match tunnel.as_mut() {
+        Some(t) => match addr6::apply(cfg, nl, t, addr6, run_up).await {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = link.send_close_notify(&mut sealer).await;
+                return lost(e);
+            }
+        },
+        None => run_up,
+    };
+    let Some(t) = tunnel.as_ref() else {
+        return lost(ClientError::NoAddress(SETUP_TIMEOUT));
+    };
     if run_up
         && let Some(up) = &cfg.common.up
         && let Err(e) = hooks::run("up", up, &t.env()).await
@@ -403,8 +429,11 @@ async fn session(
         return lost(e.into());
     }
     dns.tunnel_up(&t.tun.name);
+    let v6 = t.addr6.map_or_else(String::new, |a| {
+        format!(", IPv6 local {} peer {}", a.client, a.server)
+    });
     tracing::info!(
-        "{LOG_TUNNEL_UP}: dev {} local {} peer {} mtu {}, server {server}, {}",
+        "{LOG_TUNNEL_UP}: dev {} local {} peer {} mtu {}, server {server}, {}{v6}",
         t.tun.name,
         addrs.client,
         addrs.server,
@@ -551,14 +580,20 @@ async fn setup_tunnel(
             let tun = tun::create(nl, &cfg.tun.name, cfg.tun.mtu_for(suite, server)).await?;
             nl.add_p2p_address(tun.index, addrs.client, addrs.server)
                 .await?;
-            *tunnel = Some(Tunnel { tun, addrs });
+            *tunnel = Some(Tunnel {
+                tun,
+                addrs,
+                addr6: None,
+            });
             Ok(true)
         }
     }
 }
 
+mod addr6;
 mod early;
 mod forward;
+pub use addr6::LOG_IPV6_UP;
 use early::{EarlyRecords, First, could_be_first, first_data};
 use forward::{PathMss, forward};
 
