@@ -372,3 +372,69 @@ fn ipv6_underlay_carries_both_families() {
     let mtu = topo.client().ip(&["-o", "link", "show", "dev", &dev]);
     assert!(mtu.contains("mtu 1415"), "{mtu}");
 }
+
+/// The pair topology plus an "internet" host behind the server (`wan`, 2001:db8:113::/64; the
+/// server forwards IPv6). The client has no IPv6 underlay at all, so whatever IPv6 reaches
+/// the inet host went through the tunnel.
+fn with_inet(tag: &str) -> (Topo, Netns) {
+    let topo = Topo::pair(tag);
+    let inet = Netns::new(&format!("{tag}i"), &topo.dir);
+    common::veth(
+        &topo.server,
+        "wan",
+        "203.0.113.1/24",
+        &inet,
+        "eth0",
+        "203.0.113.10/24",
+    );
+    topo.server.ip(&[
+        "-6",
+        "addr",
+        "add",
+        "2001:db8:113::1/64",
+        "dev",
+        "wan",
+        "nodad",
+    ]);
+    inet.ip(&[
+        "-6",
+        "addr",
+        "add",
+        "2001:db8:113::10/64",
+        "dev",
+        "eth0",
+        "nodad",
+    ]);
+    let out = topo.server.sh("sysctl -qw net.ipv6.conf.all.forwarding=1");
+    assert!(out.status.success(), "{out:?}");
+    (topo, inet)
+}
+
+const INET6: &str = "2001:db8:113::10";
+
+/// `-route all` with IPv6 inside sends IPv6 through the tunnel (::/1 and 8000::/1 on the TUN
+/// instead of the unreachable block): a ping6 from a client with no IPv6 of its own reaches a
+/// host behind the server (which routes back to the pool here; no NAT66 yet).
+#[test]
+fn route_all_sends_ipv6_through_the_tunnel() {
+    let (topo, inet) = with_inet("v6R");
+    inet.ip(&["-6", "route", "add", "default", "via", "2001:db8:113::1"]);
+    let _server = start_server(&topo.server, 443, &["-key", KEY]);
+    let mut c = client(&topo, &["-route", "all"]);
+    c.wait_log(dtun::routes::LOG_IPV6_ROUTED, UP);
+    let dev = only_tun(topo.client());
+    let table = topo.client().ip(&["-6", "route", "show", "table", "25716"]);
+    assert!(
+        table.contains(&format!("::/1 dev {dev}"))
+            && table.contains(&format!("8000::/1 dev {dev}")),
+        "{table}"
+    );
+    assert!(!table.contains("unreachable"), "{table}");
+    // The inet host's neighbour discovery of the server's new wan address may take a moment.
+    wait_for(Duration::from_secs(10), "ping6 through the tunnel", || {
+        topo.client().ping_ok(INET6, 1)
+    });
+    c.stop(Duration::from_secs(10));
+    let table = topo.client().ip(&["-6", "route", "show", "table", "all"]);
+    assert!(!table.contains("proto 116"), "left behind:\n{table}");
+}

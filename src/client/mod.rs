@@ -421,6 +421,12 @@ async fn session(
     let Some(t) = tunnel.as_ref() else {
         return lost(ClientError::NoAddress(SETUP_TIMEOUT));
     };
+    if let Some(r) = routes.as_mut()
+        && let Err(e) = r.set_ipv6(t.tun.index, t.addr6.is_some()).await
+    {
+        let _ = link.send_close_notify(&mut sealer).await;
+        return lost(ClientError::Routes(e));
+    }
     if run_up
         && let Some(up) = &cfg.common.up
         && let Err(e) = hooks::run("up", up, &t.env()).await
