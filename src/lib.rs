@@ -16,6 +16,7 @@ pub mod inet6;
 pub mod kdf;
 pub mod keys;
 pub mod mss;
+pub mod nat6;
 pub mod netlink;
 pub mod nft;
 pub mod pool;

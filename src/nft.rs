@@ -240,7 +240,11 @@ fn dtun_tables() -> Result<Vec<(String, Option<u8>)>, QueryError> {
         .collect())
 }
 
-fn ifname_is(prefix: &str, input: bool, eq: bool) -> [rustables::expr::RawExpression; 2] {
+pub(crate) fn ifname_is(
+    prefix: &str,
+    input: bool,
+    eq: bool,
+) -> [rustables::expr::RawExpression; 2] {
     let meta = Meta::new(if input {
         MetaType::IifName
     } else {
@@ -254,7 +258,10 @@ fn ifname_is(prefix: &str, input: bool, eq: bool) -> [rustables::expr::RawExpres
     [meta.into(), cmp.into()]
 }
 
-fn rule(chain: &Chain, exprs: Vec<rustables::expr::RawExpression>) -> Result<Rule, QueryError> {
+pub(crate) fn rule(
+    chain: &Chain,
+    exprs: Vec<rustables::expr::RawExpression>,
+) -> Result<Rule, QueryError> {
     let mut r = Rule::new(chain)?;
     for e in exprs {
         r.add_expr(e);

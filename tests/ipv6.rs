@@ -438,3 +438,61 @@ fn route_all_sends_ipv6_through_the_tunnel() {
     let table = topo.client().ip(&["-6", "route", "show", "table", "all"]);
     assert!(!table.contains("proto 116"), "left behind:\n{table}");
 }
+
+fn sysctl(ns: &Netns, key: &str) -> String {
+    let out = ns.run("sysctl", &["-n", key]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// `-nat` with IPv6 inside: NAT66 to the server's address (the inet host has no route back to
+/// the pool, so only a masqueraded ping6 is answered), IPv6 forwarding on while dtun runs but
+/// opening nothing else (the inet host cannot reach a client's tunnel address through the
+/// server), `accept_ra` 2 meanwhile on the interfaces that take router advertisements, and all
+/// of it back as it was on exit, also after a `kill -9` and a restart.
+#[test]
+fn nat66_forwarding_and_accept_ra_restored_even_after_kill_9() {
+    let (topo, inet) = with_inet("v6N");
+    // A host that forwards IPv4 (so the table's IPv4 catch-all drop is not there) but not
+    // IPv6: only the IPv6 guard keeps the way in shut.
+    let out = topo.server.sh(
+        "sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=0 net.ipv6.conf.wan.accept_ra=1",
+    );
+    assert!(out.status.success(), "{out:?}");
+    let server_args = ["-key", KEY, "-nat", "-instance", "v6nat"];
+    let mut server = start_server(&topo.server, 443, &server_args);
+    server.wait_log("IPv6 forwarding on (was 0)", UP);
+    assert_eq!(sysctl(&topo.server, "net.ipv6.conf.all.forwarding"), "1");
+    assert_eq!(sysctl(&topo.server, "net.ipv6.conf.wan.accept_ra"), "2");
+    let mut c = client(&topo, &["-route", "all"]);
+    c.wait_log(dtun::routes::LOG_IPV6_ROUTED, UP);
+    wait_for(
+        Duration::from_secs(10),
+        "ping6 masqueraded to the inet host",
+        || topo.client().ping_ok(INET6, 1),
+    );
+    // The way in stays shut: the inet host, routing the pool via the server, gets nowhere.
+    let dev = only_tun(topo.client());
+    let (c_local, _) = wait_p2p6(topo.client(), &dev);
+    inet.ip(&[
+        "-6",
+        "route",
+        "add",
+        "fd64:7475:6e00::/64",
+        "via",
+        "2001:db8:113::1",
+    ]);
+    assert!(
+        !inet.ping_ok(&c_local.to_string(), 2),
+        "forwarding opened the way in to {c_local}"
+    );
+    // kill -9: the switches stay as dtun left them; the next start and exit put them back.
+    server.signal("KILL");
+    server.wait_exit(Duration::from_secs(5));
+    assert_eq!(sysctl(&topo.server, "net.ipv6.conf.all.forwarding"), "1");
+    let mut server = start_server(&topo.server, 443, &server_args);
+    server.wait_log("IPv6 forwarding on (was 0)", UP);
+    server.stop(Duration::from_secs(10));
+    assert_eq!(sysctl(&topo.server, "net.ipv6.conf.all.forwarding"), "0");
+    assert_eq!(sysctl(&topo.server, "net.ipv6.conf.wan.accept_ra"), "1");
+    c.stop(Duration::from_secs(10));
+}

@@ -171,6 +171,24 @@ pub async fn run(
         )?),
         None => None,
     };
+    // IPv6 inside (-pool6) and forwarding: IPv6 forwarding too (src/nat6.rs).
+    let nat6 = match (&firewall, cfg.firewall, cfg.pool6) {
+        (Some(fw), Some(policy), Some(_)) if policy.needs_forwarding() => {
+            match crate::nat6::Ipv6Forwarding::apply(
+                fw.table(),
+                &cfg.tun.name,
+                policy,
+                &cfg.instance,
+            ) {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    tracing::warn!("{e}: IPv6 from clients is not forwarded");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
     let mut demux_task = tokio::spawn(demux.run());
     tracing::info!(
         "listening on {} (pool {}, pool6 {}, linger {:?})",
@@ -210,6 +228,9 @@ pub async fn run(
     demux_task.abort();
     if let Some(e) = mgr.fatal.take() {
         ended = Some(e);
+    }
+    if let Some(n) = nat6 {
+        n.remove();
     }
     if let Some(fw) = firewall {
         fw.remove();
