@@ -151,6 +151,12 @@ pub fn proto(data: &[u8]) {
         }
         // An Addr6 message is exactly its bytes, and its sanity check (which the client runs
         // before touching its TUN) never panics; what passes it is unicast and distinct.
+        // A Lans message holds 1 to MAX_LANS networks without host bits: exactly its bytes.
+        if let Control::Lans(lans) = &c {
+            assert!((1..=dtun::proto::MAX_LANS).contains(&lans.len()));
+            assert!(lans.iter().all(|n| n.trunc() == *n));
+            assert_eq!(c.to_bytes(), data);
+        }
         if let Control::Addr6(a) = &c {
             assert_eq!(c.to_bytes(), data);
             if a.check().is_ok() {

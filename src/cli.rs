@@ -107,7 +107,8 @@ pub struct Cli {
     /// Client: PSK identity the server knows us by. Server: identity hint it sends
     #[arg(long, default_value = crate::consts::DEFAULT_ID)]
     pub id: String,
-    /// Client: the LAN behind this client that the server should route to it, or `empty`
+    /// Client: the LAN behind this client that the server should route to it, or `empty`;
+    /// several CIDRs (both families) separated by commas go to a dtun server
     #[arg(long, default_value = crate::consts::PEERNET_EMPTY)]
     pub peernet: String,
     /// Script run once a tunnel is up, with TUN, PEER_IP and LOCAL_IP set (server: per device)

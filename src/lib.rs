@@ -22,6 +22,7 @@ pub mod nft;
 pub mod pool;
 pub mod pool6;
 pub mod proto;
+pub mod proto6;
 pub mod pump;
 pub mod record;
 pub mod routes;

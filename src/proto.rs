@@ -162,55 +162,12 @@ pub enum Control {
     /// the server's, and the length of the prefix (the server's `-pool6`) both lie in. Sent
     /// only to a client that said Hello; check it with [`Addr6::check`] before use.
     Addr6(Addr6),
+    /// Client → server, right after its Hello: the LANs of `-peernet` beyond the one the
+    /// original's peernet message carries (1 to [`MAX_LANS`], either family).
+    Lans(Vec<ipnet::IpNet>),
 }
 
-/// Length of an Addr6 control record: marker, type, prefix length, two addresses.
-pub const ADDR6_LEN: usize = 3 + 32;
-
-/// The IPv6 pair of an [`Control::Addr6`] message.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Addr6 {
-    pub prefix_len: u8,
-    pub client: Ipv6Addr,
-    pub server: Ipv6Addr,
-}
-
-impl Addr6 {
-    /// Whether a client may put this pair on its TUN: both addresses unicast (not
-    /// unspecified, loopback, multicast, link-local, IPv4-mapped or -compatible), distinct,
-    /// neither the subnet-router anycast address of the prefix, and both in one prefix of 16
-    /// to 126 bits. The error says why not, for the log.
-    pub fn check(&self) -> Result<(), &'static str> {
-        if !(16..=126).contains(&self.prefix_len) {
-            return Err("its prefix length is not between 16 and 126");
-        }
-        for ip in [self.client, self.server] {
-            let s = ip.segments();
-            if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() {
-                return Err("an address is unspecified, loopback or multicast");
-            }
-            if s[0] & 0xffc0 == 0xfe80 {
-                return Err("an address is link-local");
-            }
-            if s[..5] == [0; 5] && (s[5] == 0 || s[5] == 0xffff) {
-                return Err("an address is IPv4-mapped or IPv4-compatible");
-            }
-        }
-        if self.client == self.server {
-            return Err("the client and server addresses are the same");
-        }
-        let net = ipnet::Ipv6Net::new(self.client, self.prefix_len)
-            .map_err(|_| "its prefix length is not between 16 and 126")?
-            .trunc();
-        if !net.contains(&self.server) {
-            return Err("the addresses are not in one prefix");
-        }
-        if self.client == net.network() || self.server == net.network() {
-            return Err("an address is the prefix's subnet-router anycast address");
-        }
-        Ok(())
-    }
-}
+pub use crate::proto6::{ADDR6_LEN, Addr6, MAX_LANS};
 
 impl Control {
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -254,9 +211,11 @@ impl Control {
             }
             Control::Addr6(a) => {
                 b.push(6);
-                b.push(a.prefix_len);
-                b.extend_from_slice(&a.client.octets());
-                b.extend_from_slice(&a.server.octets());
+                a.encode(&mut b);
+            }
+            Control::Lans(lans) => {
+                b.push(7);
+                crate::proto6::encode_lans(lans, &mut b);
             }
         }
         b
@@ -280,19 +239,8 @@ impl Control {
                 Ok(Control::Close { reason, detail })
             }
             [CONTROL_MARKER, 5, count, body @ ..] => parse_dns(*count, body),
-            [CONTROL_MARKER, 6, prefix_len, body @ ..] if b.len() == ADDR6_LEN => {
-                let (client, server) = body.split_at(16);
-                let v6 = |b: &[u8]| {
-                    <[u8; 16]>::try_from(b)
-                        .map(Ipv6Addr::from)
-                        .map_err(|_| ProtoError::Control)
-                };
-                Ok(Control::Addr6(Addr6 {
-                    prefix_len: *prefix_len,
-                    client: v6(client)?,
-                    server: v6(server)?,
-                }))
-            }
+            [CONTROL_MARKER, 6, body @ ..] => Addr6::parse(body).map(Control::Addr6),
+            [CONTROL_MARKER, 7, body @ ..] => crate::proto6::parse_lans(body).map(Control::Lans),
             _ => Err(ProtoError::Control),
         }
     }
@@ -462,7 +410,7 @@ mod tests {
     /// which both receivers count as a drop (pump::Drop::Unexpected) and otherwise ignore.
     #[test]
     fn unknown_control_types_are_errors() {
-        for t in [0u8, 7, 9, 0x7f, 0xff] {
+        for t in [0u8, 8, 9, 0x7f, 0xff] {
             assert_eq!(
                 Control::parse(&[0, t]),
                 Err(ProtoError::Control),
@@ -507,58 +455,6 @@ mod tests {
         assert_eq!(
             Control::parse(&many.to_bytes()),
             Ok(Control::Dns(vec!["192.0.2.1".parse().unwrap(); 8]))
-        );
-    }
-
-    /// The Addr6 message (type 6): its exact bytes, every wrong length refused, and the
-    /// sanity check of what it assigns.
-    #[test]
-    fn addr6_message_bytes_garbage_and_sanity() {
-        let good = Addr6 {
-            prefix_len: 64,
-            client: "fd64:7475:6e00::2".parse().unwrap(),
-            server: "fd64:7475:6e00::1".parse().unwrap(),
-        };
-        let m = Control::Addr6(good);
-        let b = m.to_bytes();
-        assert_eq!(b.len(), ADDR6_LEN);
-        assert_eq!(&b[..3], &[0, 6, 64]);
-        assert_eq!(&b[3..5], &[0xfd, 0x64]);
-        assert_eq!(b[18], 2);
-        assert_eq!(b[34], 1);
-        assert_eq!(Control::parse(&b), Ok(m));
-        assert_eq!(good.check(), Ok(()));
-        for cut in 0..b.len() {
-            assert_eq!(Control::parse(&b[..cut]), Err(ProtoError::Control), "{cut}");
-        }
-        let mut long = b.clone();
-        long.push(0);
-        assert_eq!(Control::parse(&long), Err(ProtoError::Control));
-        let with = |f: &dyn Fn(&mut Addr6)| {
-            let mut a = good;
-            f(&mut a);
-            a.check()
-        };
-        assert!(with(&|a| a.prefix_len = 0).is_err());
-        assert!(with(&|a| a.prefix_len = 127).is_err());
-        assert!(with(&|a| a.prefix_len = 200).is_err());
-        assert!(with(&|a| a.client = Ipv6Addr::UNSPECIFIED).is_err());
-        assert!(with(&|a| a.client = Ipv6Addr::LOCALHOST).is_err());
-        assert!(with(&|a| a.client = "ff02::1".parse().unwrap()).is_err());
-        assert!(with(&|a| a.client = "fe80::2".parse().unwrap()).is_err());
-        assert!(with(&|a| a.client = "::ffff:10.0.0.2".parse().unwrap()).is_err());
-        assert!(with(&|a| a.client = "::10.0.0.2".parse().unwrap()).is_err());
-        assert!(with(&|a| a.server = a.client).is_err());
-        assert!(with(&|a| a.server = "fd00:1::1".parse().unwrap()).is_err());
-        assert!(with(&|a| a.server = "fd64:7475:6e00::".parse().unwrap()).is_err());
-        // A global prefix is fine, and so is a short one.
-        assert_eq!(
-            with(&|a| {
-                a.prefix_len = 48;
-                a.client = "2001:db8:1::2".parse().unwrap();
-                a.server = "2001:db8:1:ffff::3".parse().unwrap();
-            }),
-            Ok(())
         );
     }
 }

@@ -496,3 +496,32 @@ fn nat66_forwarding_and_accept_ra_restored_even_after_kill_9() {
     assert_eq!(sysctl(&topo.server, "net.ipv6.conf.wan.accept_ra"), "1");
     c.stop(Duration::from_secs(10));
 }
+
+/// `-peernet` with CIDRs of both families: the peernet message carries the IPv4 one, a Lans
+/// control message the rest; the server routes both through the client's TUN and accepts both
+/// as inner sources (a ping6 from the server to an address in the client's IPv6 LAN is
+/// answered from it).
+#[test]
+fn several_peernets_of_both_families_are_routed() {
+    let topo = Topo::pair("v6L");
+    topo.client()
+        .ip(&["-6", "addr", "add", "fd77::1/64", "dev", "lo", "nodad"]);
+    topo.client()
+        .ip(&["addr", "add", "192.168.77.1/24", "dev", "lo"]);
+    let mut server = start_server(&topo.server, 443, &["-key", KEY, "-v"]);
+    let mut c = client(&topo, &["-peernet", "fd77::/64,192.168.77.0/24"]);
+    c.wait_log(LOG_IPV6_UP, UP);
+    let sdev = only_tun(&topo.server);
+    wait_for(UP, "both LAN routes on the server", || {
+        topo.server.routes().contains("192.168.77.0/24 via")
+            && topo
+                .server
+                .ip(&["-6", "route"])
+                .contains(&format!("fd77::/64 dev {sdev}"))
+    });
+    assert!(topo.server.ping_ok("192.168.77.1", 2), "IPv4 LAN");
+    assert!(topo.server.ping_ok("fd77::1", 2), "IPv6 LAN");
+    c.stop(Duration::from_secs(5));
+    server.stop(Duration::from_secs(5));
+    assert!(!server.log().contains("forged_source"), "{}", server.log());
+}

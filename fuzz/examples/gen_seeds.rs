@@ -168,6 +168,11 @@ fn main() {
     insane[2] = 8;
     insane[3] = 0xff;
     write(&proto, "addr6-insane", &insane);
+    let lans = Control::Lans(vec![
+        "192.168.77.0/24".parse().expect("net"),
+        "fd77::/64".parse().expect("net"),
+    ]);
+    write(&proto, "lans", &lans.to_bytes());
     // Inner packets of a client: from its tunnel address, its LAN, elsewhere; IPv6 alike.
     let packet = root.join("packet");
     let v4 = |src: [u8; 4]| {

@@ -387,7 +387,22 @@ async fn session(
         }
         .to_bytes();
     }
-    for msg in [cfg.peernet.to_wire().into_bytes(), hello] {
+    // -peernet beyond the peernet message (several CIDRs): a dtun server only.
+    let mut lans = vec![];
+    if negotiated && !cfg.lans.is_empty() {
+        lans = Control::Lans(cfg.lans.clone()).to_bytes();
+    } else if !cfg.lans.is_empty() {
+        tracing::warn!(
+            "the server is an original dtun (or -compat): only -peernet {} is announced, not {}",
+            cfg.peernet.to_wire(),
+            cfg.lans
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+    }
+    for msg in [cfg.peernet.to_wire().into_bytes(), hello, lans] {
         if msg.is_empty() {
             continue;
         }

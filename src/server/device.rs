@@ -25,6 +25,8 @@ pub(super) struct Device {
     pub(super) pair6: Option<Pair6>,
     /// Routes we added through this device (the client's peernet).
     pub(super) routes: Vec<IpNet>,
+    /// What the session's peernet message announced (the Lans message adds to it).
+    pub(super) peernet: Vec<IpNet>,
     pub(super) session: Option<Session>,
     /// When the last session ended; the device goes after `-linger`.
     pub(super) idle_since: Option<Instant>,
@@ -72,6 +74,7 @@ impl Manager {
                 pair,
                 pair6,
                 routes: Vec::new(),
+                peernet: Vec::new(),
                 session: None,
                 idle_since: None,
             }),
@@ -126,6 +129,29 @@ impl Manager {
             Peernet::Empty => vec![],
             Peernet::Net(n) => vec![n],
         };
+        if let Some(dev) = self.devices.get_mut(id) {
+            dev.peernet = wanted.clone();
+        }
+        self.set_lans(id, wanted).await;
+    }
+
+    /// A dtun client's Lans message: its LANs beyond the peernet message's.
+    pub(super) async fn add_lans(&mut self, id: &str, lans: Vec<IpNet>) {
+        let Some(dev) = self.devices.get(id) else {
+            return;
+        };
+        let mut wanted = dev.peernet.clone();
+        for net in lans.into_iter().map(|n| n.trunc()) {
+            if !wanted.contains(&net) {
+                wanted.push(net);
+            }
+        }
+        self.set_lans(id, wanted).await;
+    }
+
+    /// Routes exactly `wanted` (those authorisation allows) through the id's device, and lets
+    /// its packets come from there.
+    async fn set_lans(&mut self, id: &str, wanted: Vec<IpNet>) {
         let ours: Vec<u32> = self.devices.values().map(|d| d.tun.index).collect();
         let host = match self.nl.networks_elsewhere(&ours).await {
             Ok(h) => h,
@@ -159,6 +185,7 @@ impl Manager {
             .flat_map(|(other, d)| d.routes.iter().map(|r| (other.clone(), *r)))
             .collect();
         let pool = self.cfg.pool;
+        let pool6 = self.pool6.as_ref().map(|p| IpNet::V6(p.net()));
         let Some(dev) = self.devices.get_mut(id) else {
             return;
         };
@@ -178,6 +205,14 @@ impl Manager {
                 .clients
                 .get(id)
                 .and_then(|c| c.lans.as_deref());
+            if let Some(p6) =
+                pool6.filter(|p6| p6.contains(&net.network()) || net.contains(&p6.network()))
+            {
+                tracing::warn!(
+                    "client {id}: refused peernet {net}: it overlaps the IPv6 tunnel pool {p6}; the tunnel stays up without that route"
+                );
+                continue;
+            }
             if let Err(refusal) = authz::check_peernet(net, &host, &guarded, &others, pool, listed)
             {
                 tracing::warn!(

@@ -398,6 +398,10 @@ impl Manager {
                 tracing::debug!("client {id} is closing: {reason:?} {detail:?}");
                 None
             }
+            Control::Lans(lans) => {
+                self.add_lans(id, lans).await;
+                return;
+            }
             _ => None,
         };
         // Our -dns right after the Hello answer: only a client that said Hello gets it.
