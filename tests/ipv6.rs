@@ -525,3 +525,30 @@ fn several_peernets_of_both_families_are_routed() {
     server.stop(Duration::from_secs(5));
     assert!(!server.log().contains("forged_source"), "{}", server.log());
 }
+
+/// IPv6 needs an MTU of 1280: below it IPv6 inside is off with a warning, on the server's side
+/// (no pair, no Addr6) and on the client's (the Addr6 is not applied), and IPv4 goes on.
+#[test]
+fn below_1280_ipv6_is_off_with_a_warning() {
+    let topo = Topo::pair("v6m");
+    let mut server = start_server(&topo.server, 443, &["-key", KEY, "-mtu", "1200"]);
+    let mut c = client(&topo, &[]);
+    server.wait_log("below IPv6's minimum of 1280", UP);
+    let dev = only_tun(topo.client());
+    let (_, peer) = wait_p2p(topo.client(), &dev);
+    assert!(topo.client().ping_ok(&peer.to_string(), 2));
+    assert_eq!(global6(topo.client(), &dev), "");
+    assert_eq!(global6(&topo.server, &only_tun(&topo.server)), "");
+    c.stop(Duration::from_secs(5));
+    assert_eq!(lines_with(&c.log(), &[LOG_IPV6_UP]), 0);
+    server.stop(Duration::from_secs(5));
+
+    let _server = start_server(&topo.server, 443, &["-key", KEY]);
+    let mut c = client(&topo, &["-mtu", "1200"]);
+    c.wait_log("below IPv6's minimum of 1280", UP);
+    let dev = only_tun(topo.client());
+    let (_, peer) = wait_p2p(topo.client(), &dev);
+    assert!(topo.client().ping_ok(&peer.to_string(), 2));
+    assert_eq!(global6(topo.client(), &dev), "");
+    assert_eq!(lines_with(&c.log(), &[LOG_IPV6_UP]), 0);
+}

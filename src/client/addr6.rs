@@ -13,7 +13,7 @@ use forward::Sink;
 pub(super) const HELLO_WAIT: Duration = Duration::from_secs(2);
 
 /// Log line when the tunnel gets its IPv6 pair.
-pub const LOG_IPV6_UP: &str = "IPv6 inside the tunnel";
+pub const LOG_IPV6_UP: &str = "tunnel IPv6 up";
 
 /// What one record from the server means while we wait for the Hello answer.
 #[derive(Debug, PartialEq, Eq)]
