@@ -450,11 +450,9 @@ async fn session(
         return lost(e.into());
     }
     dns.tunnel_up(&t.tun.name);
-    let v6 = t.addr6.map_or_else(String::new, |a| {
-        format!(", IPv6 local {} peer {}", a.client, a.server)
-    });
+    // (The IPv6 pair has its own line, LOG_IPV6_UP: scripts read the suite as the last field.)
     tracing::info!(
-        "{LOG_TUNNEL_UP}: dev {} local {} peer {} mtu {}, server {server}, {}{v6}",
+        "{LOG_TUNNEL_UP}: dev {} local {} peer {} mtu {}, server {server}, {}",
         t.tun.name,
         addrs.client,
         addrs.server,
