@@ -552,3 +552,64 @@ fn below_1280_ipv6_is_off_with_a_warning() {
     assert_eq!(global6(topo.client(), &dev), "");
     assert_eq!(lines_with(&c.log(), &[LOG_IPV6_UP]), 0);
 }
+
+/// A full tunnel over an IPv6 underlay whose server address is reached through the default
+/// route (so `::/1` covers it): with IPv6 inside, `-route all` sends IPv6 into the tunnel, yet
+/// dtun's own datagrams keep their old path, and both families cross.
+#[test]
+fn full_tunnel_over_an_ipv6_underlay_keeps_its_own_path() {
+    let topo = Topo::pair("v6U");
+    topo.server.ip(&[
+        "-6",
+        "addr",
+        "add",
+        "fd31:250::1/64",
+        "dev",
+        "eth0",
+        "nodad",
+    ]);
+    topo.server
+        .ip(&["-6", "addr", "add", "fd31:999::1/128", "dev", "lo"]);
+    topo.client().ip(&[
+        "-6",
+        "addr",
+        "add",
+        "fd31:250::2/64",
+        "dev",
+        "eth0",
+        "nodad",
+    ]);
+    topo.client()
+        .ip(&["-6", "route", "add", "default", "via", "fd31:250::1"]);
+    // Bound to that address, so replies come from it (as full_tunnel.rs does for IPv4).
+    let _server = start_server(&topo.server, 443, &["-key", KEY, "-listen", "fd31:999::1"]);
+    let mut c = start_client(
+        topo.client(),
+        &[
+            "-host",
+            "fd31:999::1",
+            "-key",
+            KEY,
+            "-id",
+            "six",
+            "-route",
+            "all",
+        ],
+    );
+    c.wait_log(dtun::routes::LOG_IPV6_ROUTED, UP);
+    let dev = only_tun(topo.client());
+    let (_, peer4) = wait_p2p(topo.client(), &dev);
+    let (_, peer6) = wait_p2p6(topo.client(), &dev);
+    // Several round trips, seconds apart: a loop of the outer datagrams into the TUN would
+    // stop the tunnel at once.
+    for _ in 0..3 {
+        assert!(topo.client().ping_ok(&peer6.to_string(), 2), "IPv6 inside");
+        assert!(topo.client().ping_ok(&peer4.to_string(), 2), "IPv4 inside");
+    }
+    let route = topo
+        .client()
+        .ip(&["-6", "route", "get", "fd31:999::1", "mark", "0x6474"]);
+    assert!(route.contains("dev eth0"), "{route}");
+    c.stop(Duration::from_secs(10));
+    assert_eq!(lines_with(&c.log(), &["reconnecting"]), 0, "{}", c.log());
+}
