@@ -62,8 +62,9 @@ pub(super) fn heard(data: &[u8], counters: &Counters, dns: &crate::dns::Dns) -> 
     }
 }
 
-/// Waits for the server's Hello answer and returns the Addr6 that came before it, if any.
-/// IP packets that come meanwhile go to the TUN.
+/// Waits for the server's Hello answer and returns the Addr6 that came before it, if any;
+/// `Ok(None)`: no answer within [`HELLO_WAIT`] (lost, or a server that answers nothing), so
+/// nothing is known. IP packets that come meanwhile go to the TUN.
 pub(super) async fn await_answer(
     opener: &mut Opener,
     counters: &Counters,
@@ -71,7 +72,7 @@ pub(super) async fn await_answer(
     buf: &mut [u8],
     tun: &Tun,
     dns: &crate::dns::Dns,
-) -> Result<Option<Addr6>, ClientError> {
+) -> Result<Option<Option<Addr6>>, ClientError> {
     let deadline = Instant::now() + HELLO_WAIT;
     let mut sink = Sink {
         dev: &tun.dev,
@@ -82,8 +83,8 @@ pub(super) async fn await_answer(
     loop {
         let n = match tokio::time::timeout_at(deadline, sock.recv(buf)).await {
             Err(_) => {
-                tracing::debug!("no Hello answer within {HELLO_WAIT:?}: going on without IPv6");
-                return Ok(addr6);
+                tracing::debug!("no Hello answer within {HELLO_WAIT:?}: IPv6 as it was");
+                return Ok(None);
             }
             Ok(Err(_)) => continue,
             Ok(Ok(n)) => n,
@@ -121,7 +122,7 @@ pub(super) async fn await_answer(
         }
         sink.flush().await;
         if answered {
-            return Ok(addr6);
+            return Ok(Some(addr6));
         }
     }
 }

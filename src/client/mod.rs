@@ -415,23 +415,24 @@ async fn session(
     }
     // A dtun server tells its IPv6 pair before its Hello answer: wait for that answer, so the
     // up script sees the tunnel as it is.
+    // Without an answer (lost) the tunnel keeps the IPv6 it had.
     let addr6 = if negotiated {
         match addr6::await_answer(&mut opener, &counters, &sock, &mut buf, &t.tun, dns).await {
             Ok(a) => a,
             Err(e) => return lost(e),
         }
     } else {
-        None
+        Some(None)
     };
-    let run_up = match tunnel.as_mut() {
-        Some(t) => match addr6::apply(cfg, nl, t, addr6, run_up).await {
+    let run_up = match (tunnel.as_mut(), addr6) {
+        (Some(t), Some(addr6)) => match addr6::apply(cfg, nl, t, addr6, run_up).await {
             Ok(r) => r,
             Err(e) => {
                 let _ = link.send_close_notify(&mut sealer).await;
                 return lost(e);
             }
         },
-        None => run_up,
+        _ => run_up,
     };
     let Some(t) = tunnel.as_ref() else {
         return lost(ClientError::NoAddress(SETUP_TIMEOUT));
