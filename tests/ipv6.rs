@@ -613,3 +613,44 @@ fn full_tunnel_over_an_ipv6_underlay_keeps_its_own_path() {
     c.stop(Duration::from_secs(10));
     assert_eq!(lines_with(&c.log(), &["reconnecting"]), 0, "{}", c.log());
 }
+
+/// `-client-to-client on` with IPv6 inside: two clients reach each other's IPv6 tunnel
+/// addresses through the server (IPv6 forwarding on, the guard letting client ↔ client by);
+/// with `off` they do not.
+#[test]
+fn client_to_client_over_ipv6() {
+    let topo = Topo::star("v6cc", 2);
+    for (setting, works) in [("on", true), ("off", false)] {
+        let mut server = start_server(
+            &topo.server,
+            443,
+            &[
+                "-key",
+                KEY,
+                "-client-to-client",
+                setting,
+                "-instance",
+                "v6cc",
+            ],
+        );
+        let mut clients = Vec::new();
+        let mut addrs = Vec::new();
+        for (i, ns) in topo.clients.iter().enumerate() {
+            let id = format!("c{i}");
+            let mut c = start_client(ns, &["-host", &Topo::server_ip(i), "-key", KEY, "-id", &id]);
+            c.wait_log(LOG_IPV6_UP, UP);
+            let dev = only_tun(ns);
+            let (local, _) = wait_p2p6(ns, &dev);
+            // The pool through the tunnel (dtun routes only the server's address).
+            ns.ip(&["-6", "route", "add", DEFAULT_POOL6, "dev", &dev]);
+            clients.push(c);
+            addrs.push(local);
+        }
+        let reached = topo.clients[0].ping_ok(&addrs[1].to_string(), 2);
+        assert_eq!(reached, works, "-client-to-client {setting}");
+        for mut c in clients {
+            c.stop(Duration::from_secs(5));
+        }
+        server.stop(Duration::from_secs(10));
+    }
+}
