@@ -111,7 +111,8 @@ pub struct Cli {
     /// several CIDRs (both families) separated by commas go to a dtun server
     #[arg(long, default_value = crate::consts::PEERNET_EMPTY)]
     pub peernet: String,
-    /// Script run once a tunnel is up, with TUN, PEER_IP and LOCAL_IP set (server: per device)
+    /// Script run once a tunnel is up, with TUN, PEER_IP and LOCAL_IP set, and LOCAL_IP6 and
+    /// PEER_IP6 when it carries IPv6 (server: per device)
     #[arg(long, value_name = "SCRIPT")]
     pub up: Option<PathBuf>,
     /// Script run when a tunnel is torn down, with the same environment as -up
@@ -167,8 +168,8 @@ pub struct Cli {
     /// (one CIDR a line, # comments); may be given more than once
     #[arg(long, value_name = "CIDR,...|@FILE", action = ArgAction::Append)]
     pub exclude: Vec<String>,
-    /// Client, with -route all: let IPv6 go the old way (by default it is blocked, since the
-    /// tunnel carries none)
+    /// Client, with -route all: let IPv6 go the old way (by default it goes through the tunnel
+    /// when the tunnel carries IPv6, and is blocked when it does not)
     #[arg(long = "allow-ipv6-leak")]
     pub allow_ipv6_leak: bool,
     /// Server: DNS servers pushed to dtun clients. Client: DNS servers used while the tunnel is
