@@ -27,6 +27,9 @@ pub const EPOCH: u16 = 1;
 
 /// The client of the `packet` target: its tunnel address and the LANs it may send from.
 pub const TUNNEL: Ipv4Addr = Ipv4Addr::new(10, 86, 0, 2);
+/// The client's IPv6 tunnel address in the `packet` target.
+pub const TUNNEL6: std::net::Ipv6Addr =
+    std::net::Ipv6Addr::new(0xfd64, 0x7475, 0x6e00, 0, 0, 0, 0, 2);
 pub const LANS: [&str; 2] = ["10.200.0.0/24", "fd00:1::/64"];
 
 /// Opens the input as one record, then every record `records` finds in it, all through one
@@ -146,6 +149,22 @@ pub fn proto(data: &[u8]) {
             assert!((1..=dtun::proto::MAX_DNS_SERVERS).contains(&servers.len()));
             assert_eq!(c.to_bytes(), data);
         }
+        // An Addr6 message is exactly its bytes, and its sanity check (which the client runs
+        // before touching its TUN) never panics; what passes it is unicast and distinct.
+        // A Lans message holds 1 to MAX_LANS networks without host bits: exactly its bytes.
+        if let Control::Lans(lans) = &c {
+            assert!((1..=dtun::proto::MAX_LANS).contains(&lans.len()));
+            assert!(lans.iter().all(|n| n.trunc() == *n));
+            assert_eq!(c.to_bytes(), data);
+        }
+        if let Control::Addr6(a) = &c {
+            assert_eq!(c.to_bytes(), data);
+            if a.check().is_ok() {
+                assert!(
+                    a.client != a.server && !a.client.is_multicast() && !a.server.is_unspecified()
+                );
+            }
+        }
         let wire = c.to_bytes();
         assert_eq!(
             Control::parse(&wire),
@@ -164,7 +183,7 @@ pub fn proto(data: &[u8]) {
 /// header parsers see every input.
 pub fn packet(data: &[u8]) {
     let lans: Vec<IpNet> = LANS.iter().map(|n| n.parse().expect("LANS")).collect();
-    let allowed = source_allowed(data, TUNNEL, &lans);
+    let allowed = source_allowed(data, TUNNEL, Some(TUNNEL6), &lans);
     let version = data.first().map(|b| b >> 4);
     if allowed {
         assert!(

@@ -3,10 +3,10 @@
 # one machine, the same veth. As root on Debian:
 #
 #   scripts/bench.sh                          # every tunnel, iperf3 TCP 3 x 10 s + reverse + ping
-#   BENCH_ONLY=dtun scripts/bench.sh          # a subset (comma list; "dtun" = both dtun rows)
+#   BENCH_ONLY=dtun scripts/bench.sh          # a subset (comma list; "dtun" = every dtun row)
 #   BENCH_TIME=5 scripts/bench.sh             # seconds per iperf3 run (default 10)
 #
-# Rows (BENCH_ONLY names): dtun, dtun-ccm8, openvpn, boringtun, boringtun-1t, wireguard-go.
+# Rows (BENCH_ONLY names): dtun, dtun-ccm8, dtun-ipv6 (IPv6 inside, default cipher), openvpn, boringtun, boringtun-1t, wireguard-go.
 #
 #   ┌─ ns dtbenchA<pid> ─────────┐          ┌─ ns dtbenchB<pid> ─────────┐
 #   │ vb0 172.31.254.1/24        ├── veth ──┤ vb0 172.31.254.2/24        │
@@ -34,7 +34,7 @@ BENCH_ONLY=${BENCH_ONLY:-}
 BENCH_TOOLS=${BENCH_TOOLS:-$HOME/.cache/dtun-bench}
 export BENCH_TIME
 
-rows=(dtun dtun-ccm8 openvpn boringtun boringtun-1t wireguard-go)
+rows=(dtun dtun-ccm8 dtun-ipv6 openvpn boringtun boringtun-1t wireguard-go)
 
 die() {
     echo "bench.sh: $*" >&2
@@ -326,7 +326,8 @@ tun_pids=()
 key="bench-key-$$-$RANDOM$RANDOM"
 dtun_port=4433
 
-# dtun_row KEY LABEL [ARGS...]: server in A, client in B, both with ARGS.
+# dtun_row KEY LABEL [ARGS...]: server in A, client in B, both with ARGS. With inner6=1 in
+# its environment the row measures IPv6 inside the tunnel (the pair from -pool6).
 dtun_row() {
     local rowkey=$1 label=$2
     shift 2
@@ -345,7 +346,15 @@ dtun_row() {
         fail_row "$(why $? "client TUN without address after 20 s")" "$slog" "$clog"
         return
     }
-    addrs=$(ip -n "$ns_b" -o -4 addr show type tun)
+    local family=-4
+    if [[ ${inner6:-0} == 1 ]]; then
+        family=-6
+        wait_up 20 "$srv $cli" sh -c "ip -n $ns_b -o -6 addr show type tun scope global | grep -q ' peer '" || {
+            fail_row "$(why $? "client TUN without IPv6 address after 20 s")" "$slog" "$clog"
+            return
+        }
+    fi
+    addrs=$(ip -n "$ns_b" -o "$family" addr show type tun scope global)
     peer=$(awk '{ for (i = 1; i < NF; i++) if ($i == "peer") { sub("/.*", "", $(i + 1)); print $(i + 1); exit } }' <<<"$addrs")
     wait_up 10 "$srv $cli" pings "$peer" || {
         fail_row "$(why $? "no ping through the tunnel to '$peer' within 10 s")" "$slog" "$clog"
@@ -359,6 +368,10 @@ dtun_row() {
 
 if selected dtun; then
     dtun_row dtun "dtun default"
+    end_row
+fi
+if selected dtun-ipv6; then
+    inner6=1 dtun_row dtun-ipv6 "dtun default, IPv6 inside"
     end_row
 fi
 if selected dtun-ccm8; then

@@ -129,10 +129,15 @@ pub fn check_peernet(
     Ok(())
 }
 
-/// Whether a packet from a client may carry its source address: the client's tunnel address,
-/// an address in one of its accepted LANs, or an IPv6 link-local address (which never leaves
-/// the point-to-point link).
-pub fn source_allowed(packet: &[u8], tunnel: Ipv4Addr, nets: &[IpNet]) -> bool {
+/// Whether a packet from a client may carry its source address: the client's tunnel address
+/// (IPv4, or IPv6 when the tunnel has IPv6), an address in one of its accepted LANs, or an
+/// IPv6 link-local address (which never leaves the point-to-point link).
+pub fn source_allowed(
+    packet: &[u8],
+    tunnel: Ipv4Addr,
+    tunnel6: Option<std::net::Ipv6Addr>,
+    nets: &[IpNet],
+) -> bool {
     let src: IpAddr = match packet.first().map(|b| b >> 4) {
         Some(4) if packet.len() >= 20 => {
             let ip = Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]);
@@ -145,7 +150,7 @@ pub fn source_allowed(packet: &[u8], tunnel: Ipv4Addr, nets: &[IpNet]) -> bool {
             let mut b = [0u8; 16];
             b.copy_from_slice(&packet[8..24]);
             let ip = std::net::Ipv6Addr::from(b);
-            if ip.segments()[0] & 0xffc0 == 0xfe80 {
+            if ip.segments()[0] & 0xffc0 == 0xfe80 || Some(ip) == tunnel6 {
                 return true;
             }
             ip.into()
@@ -290,20 +295,28 @@ mod tests {
         let mut v4 = [0u8; 20];
         v4[0] = 0x45;
         v4[12..16].copy_from_slice(&[10, 86, 0, 2]);
-        assert!(source_allowed(&v4, tun, &nets));
+        assert!(source_allowed(&v4, tun, None, &nets));
         v4[12..16].copy_from_slice(&[10, 200, 0, 9]);
-        assert!(source_allowed(&v4, tun, &nets));
+        assert!(source_allowed(&v4, tun, None, &nets));
         v4[12..16].copy_from_slice(&[8, 8, 8, 8]);
-        assert!(!source_allowed(&v4, tun, &nets));
-        assert!(!source_allowed(&v4[..19], tun, &nets));
+        assert!(!source_allowed(&v4, tun, None, &nets));
+        assert!(!source_allowed(&v4[..19], tun, None, &nets));
         let mut v6 = [0u8; 40];
         v6[0] = 0x60;
         v6[8..10].copy_from_slice(&[0xfe, 0x80]);
-        assert!(source_allowed(&v6, tun, &nets));
+        assert!(source_allowed(&v6, tun, None, &nets));
         v6[8..10].copy_from_slice(&[0xfd, 0x00]);
         v6[10..12].copy_from_slice(&[0, 1]);
-        assert!(source_allowed(&v6, tun, &nets));
+        assert!(source_allowed(&v6, tun, None, &nets));
         v6[10..12].copy_from_slice(&[0, 2]);
-        assert!(!source_allowed(&v6, tun, &nets));
+        assert!(!source_allowed(&v6, tun, None, &nets));
+        // The client's own IPv6 tunnel address, and only its own.
+        let own: std::net::Ipv6Addr = "fd64:7475:6e00::2".parse().unwrap();
+        v6[8..24].copy_from_slice(&own.octets());
+        assert!(!source_allowed(&v6, tun, None, &nets));
+        assert!(source_allowed(&v6, tun, Some(own), &nets));
+        let other: std::net::Ipv6Addr = "fd64:7475:6e00::4".parse().unwrap();
+        assert!(!source_allowed(&v6, tun, Some(other), &nets));
+        assert!(!source_allowed(&v6[..39], tun, Some(own), &nets));
     }
 }

@@ -110,10 +110,12 @@ pub struct Cli {
     /// Client: PSK identity the server knows us by. Server: identity hint it sends
     #[arg(long, default_value = crate::consts::DEFAULT_ID)]
     pub id: String,
-    /// Client: the LAN behind this client that the server should route to it, or `empty`
+    /// Client: the LAN behind this client that the server should route to it, or `empty`;
+    /// several CIDRs (both families) separated by commas go to a dtun server
     #[arg(long, default_value = crate::consts::PEERNET_EMPTY)]
     pub peernet: String,
-    /// Script run once a tunnel is up, with TUN, PEER_IP and LOCAL_IP set (server: per device)
+    /// Script run once a tunnel is up, with TUN, PEER_IP and LOCAL_IP set, and LOCAL_IP6 and
+    /// PEER_IP6 when it carries IPv6 (server: per device)
     #[arg(long, value_name = "SCRIPT")]
     pub up: Option<PathBuf>,
     /// Script run when a tunnel is torn down, with the same environment as -up
@@ -138,7 +140,7 @@ pub struct Cli {
     /// TUN device name; %d is replaced by the kernel with a free number
     #[arg(long, default_value = crate::consts::DEFAULT_TUN_NAME)]
     pub name: String,
-    /// Server: per-client credentials, one per line: `ID key=KEY [addr=IP] [lans=CIDR,...]`
+    /// Server: per-client credentials, one per line: `ID key=KEY [addr=IP] [addr6=IPV6] [lans=CIDR,...]`
     #[arg(long, value_name = "FILE")]
     pub clients: Option<PathBuf>,
     /// Server: derive each id's key as hex(HMAC-SHA256(secret, id)) (see `dtun key derive`)
@@ -150,6 +152,10 @@ pub struct Cli {
     /// Server: tunnel address pool
     #[arg(long, default_value = crate::consts::DEFAULT_POOL)]
     pub pool: Ipv4Net,
+    /// Server: IPv6 tunnel addresses for dtun clients: a prefix (each id gets a pair derived
+    /// from it), or `off`
+    #[arg(long, value_name = "PREFIX|off", default_value = crate::pool6::DEFAULT_POOL6)]
+    pub pool6: String,
     /// Server: at most this many devices (lingering ones included); beyond it, ids not listed
     /// in -clients are refused (listed ids always get in)
     #[arg(long = "max-clients", value_name = "N", default_value_t = crate::consts::DEFAULT_MAX_CLIENTS)]
@@ -165,8 +171,8 @@ pub struct Cli {
     /// (one CIDR a line, # comments); may be given more than once
     #[arg(long, value_name = "CIDR,...|@FILE", action = ArgAction::Append)]
     pub exclude: Vec<String>,
-    /// Client, with -route all: let IPv6 go the old way (by default it is blocked, since the
-    /// tunnel carries none)
+    /// Client, with -route all: let IPv6 go the old way (by default it goes through the tunnel
+    /// when the tunnel carries IPv6, and is blocked when it does not)
     #[arg(long = "allow-ipv6-leak")]
     pub allow_ipv6_leak: bool,
     /// Server: DNS servers pushed to dtun clients. Client: DNS servers used while the tunnel is

@@ -25,6 +25,8 @@ pub enum ConfigError {
     EmptyMasterKey(String),
     #[error("cannot read key file {0}: {1}{hint}", hint = crate::ops::privilege::unreadable_hint(.1))]
     KeyFile(PathBuf, std::io::Error),
+    #[error(transparent)]
+    Pool6(crate::pool6::Pool6Error),
     #[error("bad -peernet: {0}")]
     Peernet(crate::proto::ProtoError),
     #[error("cannot resolve server {host}:{port}: {why}; check -host")]
@@ -211,6 +213,8 @@ pub struct ServerConfig {
     /// Identity hint sent in ServerKeyExchange (the original sends its own -id).
     pub hint: String,
     pub pool: Ipv4Net,
+    /// `-pool6`: IPv6 pairs for dtun clients (None: `off`, or `-compat`).
+    pub pool6: Option<ipnet::Ipv6Net>,
     pub linger: Duration,
     /// Devices beyond which unlisted ids are refused.
     pub max_clients: usize,
@@ -277,6 +281,11 @@ impl ServerConfig {
             listen: SocketAddr::new(ip, cli.port),
             hint: cli.id.clone(),
             pool: cli.pool,
+            pool6: if cli.compat {
+                None
+            } else {
+                crate::pool6::parse_pool6(&cli.pool6).map_err(ConfigError::Pool6)?
+            },
             linger: cli.linger,
             max_clients: cli.max_clients,
             tun: TunSettings::from_cli(cli)?,
@@ -305,6 +314,9 @@ pub struct ClientConfig {
     /// Our PSK identity.
     pub id: String,
     pub peernet: Peernet,
+    /// `-peernet` beyond the one in the peernet message (several CIDRs): sent to a dtun
+    /// server in a Lans control message, never to an original.
+    pub lans: Vec<ipnet::IpNet>,
     pub tun: TunSettings,
     pub common: Common,
     /// Exit at the first failure or end of session instead of reconnecting.
@@ -330,7 +342,8 @@ impl ClientConfig {
             host: host.to_string(),
             port: cli.port,
             id: cli.id.clone(),
-            peernet: Peernet::parse_str(&cli.peernet).map_err(ConfigError::Peernet)?,
+            peernet: split_peernet(&cli.peernet)?.0,
+            lans: split_peernet(&cli.peernet)?.1,
             tun: TunSettings::from_cli(cli)?,
             common: Common::from_cli(cli)?,
             once: cli.once,
@@ -361,6 +374,34 @@ impl ClientConfig {
             .map_err(|e| err(e.to_string()))?;
         addrs.next().ok_or_else(|| err("no address found".into()))
     }
+}
+
+/// `-peernet`: `empty`, one CIDR (sent as it is, as the original does), or several separated
+/// by commas: then the peernet message carries the first IPv4 one (or `empty`) and the rest go
+/// to a dtun server in a Lans control message.
+pub fn split_peernet(s: &str) -> Result<(Peernet, Vec<ipnet::IpNet>), ConfigError> {
+    if !s.contains(',') {
+        return Ok((Peernet::parse_str(s).map_err(ConfigError::Peernet)?, vec![]));
+    }
+    let mut nets = Vec::new();
+    for part in s.split(',') {
+        match Peernet::parse_str(part.trim()).map_err(ConfigError::Peernet)? {
+            Peernet::Net(n) if !nets.contains(&n) => nets.push(n),
+            _ => {}
+        }
+    }
+    if nets.len() > 1 + crate::proto::MAX_LANS {
+        return Err(ConfigError::Peernet(
+            crate::proto::ProtoError::PeernetNotCidr(format!(
+                "{} CIDRs (at most {})",
+                nets.len(),
+                1 + crate::proto::MAX_LANS
+            )),
+        ));
+    }
+    let first = nets.iter().position(|n| n.addr().is_ipv4());
+    let peernet = first.map_or(Peernet::Empty, |i| Peernet::Net(nets.remove(i)));
+    Ok((peernet, nets))
 }
 
 #[cfg(test)]
@@ -565,5 +606,33 @@ mod tests {
             ..cli
         };
         assert!(TunSettings::from_cli(&ok).is_ok());
+    }
+
+    #[test]
+    fn several_peernets_split_first_ipv4_into_the_message() {
+        let (p, lans) = split_peernet("fd00:1::/64,192.168.1.0/24,10.9.0.0/16").unwrap();
+        assert_eq!(p, Peernet::Net("192.168.1.0/24".parse().unwrap()));
+        assert_eq!(
+            lans,
+            vec![
+                "fd00:1::/64".parse::<ipnet::IpNet>().unwrap(),
+                "10.9.0.0/16".parse().unwrap()
+            ]
+        );
+        let (p, lans) = split_peernet("fd00:1::/64,fd00:2::/64").unwrap();
+        assert_eq!(p, Peernet::Empty);
+        assert_eq!(lans.len(), 2);
+        // One CIDR stays as it was, whatever its family.
+        assert_eq!(
+            split_peernet("fd00:1::/64").unwrap(),
+            (Peernet::Net("fd00:1::/64".parse().unwrap()), vec![])
+        );
+        assert_eq!(split_peernet("empty").unwrap(), (Peernet::Empty, vec![]));
+        assert!(split_peernet("10.0.0.0/8,nope").is_err());
+        let many = (0..20)
+            .map(|i| format!("10.{i}.0.0/16"))
+            .collect::<Vec<_>>()
+            .join(",");
+        assert!(split_peernet(&many).is_err());
     }
 }

@@ -3,7 +3,7 @@
 //! output in our log, and a failure that says what went wrong. We wait for the script, not for
 //! whatever it left running.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -17,6 +17,9 @@ pub struct TunnelEnv {
     /// The other end's tunnel address (the server's, on a client).
     pub peer_ip: Ipv4Addr,
     pub local_ip: Ipv4Addr,
+    /// The tunnel's IPv6 pair (local, peer) when it carries IPv6: LOCAL_IP6 and PEER_IP6,
+    /// absent from the environment otherwise.
+    pub ip6: Option<(Ipv6Addr, Ipv6Addr)>,
 }
 
 const SAFE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -46,7 +49,8 @@ pub enum HookError {
     },
 }
 
-/// Runs `path` (labelled `what`, e.g. "up") with exactly TUN, PEER_IP, LOCAL_IP and PATH.
+/// Runs `path` (labelled `what`, e.g. "up") with exactly TUN, PEER_IP, LOCAL_IP and PATH
+/// (and LOCAL_IP6, PEER_IP6 when the tunnel carries IPv6).
 pub async fn run(what: &'static str, path: &Path, env: &TunnelEnv) -> Result<(), HookError> {
     run_with_timeout(what, path, env, HOOK_TIMEOUT).await
 }
@@ -70,12 +74,19 @@ pub async fn run_with_timeout(
         source,
     };
     // Its own process group, so a timeout can end the script and everything it started.
-    let mut child = tokio::process::Command::new(path)
+    let mut command = tokio::process::Command::new(path);
+    command
         .env_clear()
         .env("TUN", &env.tun)
         .env("PEER_IP", env.peer_ip.to_string())
         .env("LOCAL_IP", env.local_ip.to_string())
-        .env("PATH", SAFE_PATH)
+        .env("PATH", SAFE_PATH);
+    if let Some((local, peer)) = env.ip6 {
+        command
+            .env("LOCAL_IP6", local.to_string())
+            .env("PEER_IP6", peer.to_string());
+    }
+    let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -206,6 +217,7 @@ mod tests {
             tun: "dtun7".into(),
             peer_ip: "10.86.0.1".parse().unwrap(),
             local_ip: "10.86.0.2".parse().unwrap(),
+            ip6: None,
         };
         // SAFETY-free: set a variable that must not leak into the script.
         run("up", &ok, &env).await.unwrap();
@@ -225,6 +237,22 @@ mod tests {
                 "TUN=dtun7".to_string()
             ]
         );
+        // With IPv6 inside, LOCAL_IP6 and PEER_IP6 join them.
+        let env6 = TunnelEnv {
+            ip6: Some((
+                "fd64:7475:6e00::2".parse().unwrap(),
+                "fd64:7475:6e00::1".parse().unwrap(),
+            )),
+            ..env.clone()
+        };
+        run("up", &ok, &env6).await.unwrap();
+        let text = std::fs::read_to_string(&out).unwrap();
+        assert!(
+            text.contains("\nLOCAL_IP6=fd64:7475:6e00::2\n")
+                || text.starts_with("LOCAL_IP6=fd64:7475:6e00::2\n"),
+            "{text}"
+        );
+        assert!(text.contains("PEER_IP6=fd64:7475:6e00::1\n"), "{text}");
         let bad = script(&dir, "bad", "echo broken >&2; exit 3");
         match run("up", &bad, &env).await {
             Err(HookError::Failed { output, .. }) => assert_eq!(output, "broken"),
@@ -242,6 +270,7 @@ mod tests {
             tun: "dtun7".into(),
             peer_ip: "10.86.0.1".parse().unwrap(),
             local_ip: "10.86.0.2".parse().unwrap(),
+            ip6: None,
         }
     }
 

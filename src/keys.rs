@@ -77,6 +77,8 @@ pub struct Client {
     pub key: Zeroizing<Vec<u8>>,
     /// Fixed tunnel address of the client (the pool pair that holds it).
     pub addr: Option<Ipv4Addr>,
+    /// Fixed IPv6 tunnel address of the client (`addr6=`, the `-pool6` pair that holds it).
+    pub addr6: Option<std::net::Ipv6Addr>,
     /// The only LANs this id may announce (None: the default rules).
     pub lans: Option<Vec<IpNet>>,
     /// Isolation group: with groups in use, client-to-client traffic passes only between ids
@@ -89,13 +91,14 @@ impl std::fmt::Debug for Client {
         f.debug_struct("Client")
             .field("key", &format_args!("<redacted>"))
             .field("addr", &self.addr)
+            .field("addr6", &self.addr6)
             .field("lans", &self.lans)
             .field("group", &self.group)
             .finish()
     }
 }
 
-/// `id key=KEY [addr=A.B.C.D] [lans=CIDR,CIDR]` per line. A line whose first non-blank
+/// `id key=KEY [addr=A.B.C.D] [addr6=IPV6] [lans=CIDR,CIDR]` per line. A line whose first non-blank
 /// character is `#` is a comment; there are no trailing comments, so a `#` inside a word (a key
 /// such as `key=ab#cd`) is kept, and a word that starts with `#` after other words is refused
 /// as ambiguous rather than silently cutting the line.
@@ -121,6 +124,7 @@ pub fn parse_credentials(text: &str) -> Result<HashMap<String, Client>, KeyError
         let mut client = Client {
             key: Zeroizing::new(Vec::new()),
             addr: None,
+            addr6: None,
             lans: None,
             group: None,
         };
@@ -134,6 +138,12 @@ pub fn parse_credentials(text: &str) -> Result<HashMap<String, Client>, KeyError
                     client.addr = Some(
                         v.parse()
                             .map_err(|_| err(format!("addr {v:?} is not an IPv4 address")))?,
+                    )
+                }
+                "addr6" => {
+                    client.addr6 = Some(
+                        v.parse()
+                            .map_err(|_| err(format!("addr6 {v:?} is not an IPv6 address")))?,
                     )
                 }
                 "lans" => {
@@ -155,7 +165,9 @@ pub fn parse_credentials(text: &str) -> Result<HashMap<String, Client>, KeyError
                     client.group = Some(v.to_string());
                 }
                 _ => {
-                    return Err(err(format!("unknown field {k:?} (key, addr, lans, group)")));
+                    return Err(err(format!(
+                        "unknown field {k:?} (key, addr, addr6, lans, group)"
+                    )));
                 }
             }
         }
@@ -384,19 +396,26 @@ mod tests {
 
     #[test]
     fn credentials_and_lookup() {
-        let text = "# clients\nlaptop key=abc addr=10.86.0.10 lans=10.200.0.0/24,10.201.0.1/24\n# no LAN:\nphone key=xyz\n";
+        let text = "# clients\nlaptop key=abc addr=10.86.0.10 addr6=fd64:7475:6e00::a lans=10.200.0.0/24,10.201.0.1/24\n# no LAN:\nphone key=xyz\n";
         let c = parse_credentials(text).unwrap();
         assert_eq!(c["laptop"].addr, Some(Ipv4Addr::new(10, 86, 0, 10)));
         assert_eq!(
             c["laptop"].lans.as_ref().unwrap()[1].to_string(),
             "10.201.0.0/24"
         );
+        assert_eq!(
+            c["laptop"].addr6,
+            Some("fd64:7475:6e00::a".parse().unwrap())
+        );
+        assert_eq!(c["phone"].addr6, None);
         assert_eq!(c["phone"].key[..], b"xyz"[..]);
         for bad in [
             "x",
             "x key",
             "x key=a key2=b",
             "x key=a addr=1",
+            "x key=a addr6=10.86.0.2",
+            "x key=a addr6=fd00::/64",
             "x key=a lans=1.2.3.4",
             "x key=a\nx key=b",
         ] {

@@ -72,7 +72,7 @@ use rustables::{
 };
 
 mod error;
-mod sets;
+pub(crate) mod sets;
 pub use error::NftError;
 use error::{classify, classify_errno};
 pub use sets::group_set;
@@ -201,7 +201,10 @@ fn dtun_tables() -> Result<Vec<(String, Option<u8>)>, QueryError> {
         .collect())
 }
 
-fn rule(chain: &Chain, exprs: Vec<rustables::expr::RawExpression>) -> Result<Rule, QueryError> {
+pub(crate) fn rule(
+    chain: &Chain,
+    exprs: Vec<rustables::expr::RawExpression>,
+) -> Result<Rule, QueryError> {
     let mut r = Rule::new(chain)?;
     for e in exprs {
         r.add_expr(e);

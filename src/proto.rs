@@ -160,7 +160,16 @@ pub enum Control {
     /// Server → client after the Hello answer: the DNS servers of the server's `-dns` (1 to
     /// [`MAX_DNS_SERVERS`], IPv4 or IPv6). Sent only to a client that said Hello.
     Dns(Vec<IpAddr>),
+    /// Server → client, right before the Hello answer: the client's IPv6 tunnel address and
+    /// the server's, and the length of the prefix (the server's `-pool6`) both lie in. Sent
+    /// only to a client that said Hello; check it with [`Addr6::check`] before use.
+    Addr6(Addr6),
+    /// Client → server, right after its Hello: the LANs of `-peernet` beyond the one the
+    /// original's peernet message carries (1 to [`MAX_LANS`], either family).
+    Lans(Vec<ipnet::IpNet>),
 }
+
+pub use crate::proto6::{ADDR6_LEN, Addr6, MAX_LANS};
 
 impl Control {
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -202,6 +211,14 @@ impl Control {
                     }
                 }
             }
+            Control::Addr6(a) => {
+                b.push(6);
+                a.encode(&mut b);
+            }
+            Control::Lans(lans) => {
+                b.push(7);
+                crate::proto6::encode_lans(lans, &mut b);
+            }
         }
         b
     }
@@ -224,6 +241,8 @@ impl Control {
                 Ok(Control::Close { reason, detail })
             }
             [CONTROL_MARKER, 5, count, body @ ..] => parse_dns(*count, body),
+            [CONTROL_MARKER, 6, body @ ..] => Addr6::parse(body).map(Control::Addr6),
+            [CONTROL_MARKER, 7, body @ ..] => crate::proto6::parse_lans(body).map(Control::Lans),
             _ => Err(ProtoError::Control),
         }
     }
@@ -393,7 +412,7 @@ mod tests {
     /// which both receivers count as a drop (pump::Drop::Unexpected) and otherwise ignore.
     #[test]
     fn unknown_control_types_are_errors() {
-        for t in [0u8, 6, 9, 0x7f, 0xff] {
+        for t in [0u8, 8, 9, 0x7f, 0xff] {
             assert_eq!(
                 Control::parse(&[0, t]),
                 Err(ProtoError::Control),

@@ -9,6 +9,7 @@
 //! table 25716: 0.0.0.0/1 dev TUN, 128.0.0.0/1 dev TUN      (-route all; else the -route CIDRs)
 //!              throw EXCLUDED…, throw SERVER/32             (fall back to the main table)
 //!              unreachable ::/1, unreachable 8000::/1       (-route all without IPv6 in the tunnel)
+//!              ::/1 dev TUN, 8000::/1 dev TUN               (-route all, the tunnel carries IPv6)
 //! ```
 //!
 //! - The main table's routes more specific than a default route (the LAN, the underlay subnet,
@@ -61,6 +62,8 @@ pub const LOG_INSTALLED: &str = "routes: installed";
 pub const LOG_REMOVED: &str = "routes: removed";
 /// Log line when IPv6 is blocked with `-route all`.
 pub const LOG_IPV6_BLOCKED: &str = "IPv6 is blocked";
+/// Log line when `-route all` sends IPv6 through the tunnel (it carries IPv6).
+pub const LOG_IPV6_ROUTED: &str = "IPv6 goes through the tunnel";
 
 /// What the client routes through the tunnel, from `-route`, `-exclude`, `-allow-ipv6-leak`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -196,6 +199,9 @@ pub struct Routes {
     installed: bool,
     /// The server address that has a throw route (or will get one at install).
     server: Option<IpAddr>,
+    /// The tunnel carries IPv6: with `-route all`, ::/1 and 8000::/1 go into it instead of
+    /// being unreachable.
+    ipv6_inside: bool,
 }
 
 impl Routes {
@@ -205,6 +211,7 @@ impl Routes {
             spec,
             installed: false,
             server: None,
+            ipv6_inside: false,
         }
     }
 
@@ -252,20 +259,14 @@ impl Routes {
             .map(|dst| route_message(dst, RouteType::Unicast, Some(tun)))
             .collect();
         if self.installed {
+            let mut tunnel = tunnel;
+            tunnel.extend(self.ipv6_halves(tun));
             return self.add_batch(tunnel).await;
         }
         let started = Instant::now();
         let mut messages: Vec<RouteMessage> = self.spec.exclude.iter().map(|n| throw(*n)).collect();
         messages.extend(self.server.map(|s| throw(IpNet::from(s))));
-        if self.spec.blocks_ipv6() {
-            for half in [
-                Ipv6Addr::UNSPECIFIED,
-                Ipv6Addr::new(0x8000, 0, 0, 0, 0, 0, 0, 0),
-            ] {
-                let net = IpNet::new(half.into(), 1).expect("valid /1");
-                messages.push(route_message(net, RouteType::Unreachable, None));
-            }
-        }
+        messages.extend(self.ipv6_halves(tun));
         messages.extend(tunnel);
         let count = messages.len();
         self.installed = true;
@@ -281,12 +282,59 @@ impl Routes {
             },
             self.spec.exclude.len()
         );
-        if self.spec.blocks_ipv6() {
+        if self.spec.blocks_ipv6() && self.ipv6_inside {
+            tracing::info!("{LOG_IPV6_ROUTED} (::/1 and 8000::/1)");
+        } else if self.spec.blocks_ipv6() {
             tracing::info!(
-                "{LOG_IPV6_BLOCKED}: the tunnel carries none, so ::/1 and 8000::/1 are unreachable while it is up; -allow-ipv6-leak lets IPv6 go the old way"
+                "{LOG_IPV6_BLOCKED}: the tunnel carries none (yet), so ::/1 and 8000::/1 are unreachable while it is up; -allow-ipv6-leak lets IPv6 go the old way"
             );
         } else if self.spec.all {
             tracing::warn!("IPv6 bypasses the tunnel (-allow-ipv6-leak)");
+        }
+        Ok(())
+    }
+
+    /// With `-route all` (and no `-allow-ipv6-leak`): ::/1 and 8000::/1 through the TUN when
+    /// the tunnel carries IPv6, else unreachable (so IPv6 cannot leak past it).
+    fn ipv6_halves(&self, tun: u32) -> Vec<RouteMessage> {
+        if !self.spec.blocks_ipv6() {
+            return Vec::new();
+        }
+        [
+            Ipv6Addr::UNSPECIFIED,
+            Ipv6Addr::new(0x8000, 0, 0, 0, 0, 0, 0, 0),
+        ]
+        .into_iter()
+        .map(|half| {
+            let net = IpNet::new(half.into(), 1).expect("valid /1");
+            if self.ipv6_inside {
+                route_message(net, RouteType::Unicast, Some(tun))
+            } else {
+                route_message(net, RouteType::Unreachable, None)
+            }
+        })
+        .collect()
+    }
+
+    /// The session's tunnel carries IPv6 (or no longer does): with `-route all`, IPv6 goes
+    /// into it instead of being blocked (or is blocked again).
+    pub async fn set_ipv6(&mut self, tun: u32, inside: bool) -> Result<(), NetlinkError> {
+        if inside == self.ipv6_inside {
+            return Ok(());
+        }
+        self.ipv6_inside = inside;
+        if !self.installed || !self.spec.blocks_ipv6() {
+            return Ok(());
+        }
+        // A replace turns an unreachable route into one through the TUN and back in one
+        // step: there is no moment without either.
+        self.add_batch(self.ipv6_halves(tun)).await?;
+        if inside {
+            tracing::info!("{LOG_IPV6_ROUTED} (::/1 and 8000::/1)");
+        } else {
+            tracing::info!(
+                "{LOG_IPV6_BLOCKED}: the tunnel carries none now, so ::/1 and 8000::/1 are unreachable while it is up"
+            );
         }
         Ok(())
     }

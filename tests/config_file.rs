@@ -117,6 +117,19 @@ fn bad_files_name_the_file_line_and_key() {
             "client_to_client",
         ),
         ("mtu", "mtu = 9000\n", 3, "mtu"),
+        ("pool6", "pool6 = \"ff02::/64\"\n", 3, "pool6"),
+        (
+            "peernet",
+            "peernet = [\"192.168.1.0/24\", \"fd00::/129\"]\n",
+            3,
+            "peernet",
+        ),
+        (
+            "addr6",
+            "[clients.laptop]\nkey = \"laptop-key-0123456789\"\naddr6 = \"10.86.0.11\"\n",
+            5,
+            "clients.laptop.addr6",
+        ),
         (
             "addr",
             "[clients.laptop]\nkey = \"laptop-key-0123456789\"\naddr = \"10.86.0.11\"\n",

@@ -73,7 +73,7 @@ fn wait_drop_reasons(server: &Proc, reasons: &[&str]) {
 }
 
 /// Tunnel comes up, ping works both ways, both sides have matching point-to-point addresses,
-/// and the up script sees exactly TUN, PEER_IP, LOCAL_IP and PATH (the key given through
+/// and the up script sees exactly TUN, PEER_IP, LOCAL_IP, LOCAL_IP6, PEER_IP6 and PATH (the key given through
 /// DTUN_KEY does not leak into it, nor into the logs).
 #[test]
 fn ping_both_ways_and_up_script_env() {
@@ -118,7 +118,15 @@ fn ping_both_ways_and_up_script_env() {
     let keys: Vec<&str> = env.keys().map(String::as_str).collect();
     assert_eq!(
         keys,
-        ["LOCAL_IP", "PATH", "PEER_IP", "TUN"],
+        // Two dtun peers: IPv6 inside too (tests/ipv6.rs checks its values).
+        [
+            "LOCAL_IP",
+            "LOCAL_IP6",
+            "PATH",
+            "PEER_IP",
+            "PEER_IP6",
+            "TUN"
+        ],
         "up script environment:\n{text}"
     );
     assert_eq!(env["TUN"], cdev);

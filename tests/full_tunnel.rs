@@ -366,7 +366,15 @@ fn exclude_keeps_prefixes_on_the_old_path() {
 #[test]
 fn route_all_blocks_ipv6_unless_told_otherwise() {
     let net = Net::new("fR6");
-    let _server = net.start_server();
+    // A server that gives no IPv6 (with IPv6 inside, `-route all` sends IPv6 through the
+    // tunnel: tests/ipv6.rs).
+    let _server = start_server(
+        &net.server,
+        4443,
+        &[
+            "-key", KEY, "-port", PORT, "-listen", SERVER, "-pool6", "off",
+        ],
+    );
     let ping6 = || {
         net.client
             .run("ping", &["-6", "-n", "-c", "1", "-W", "1", INET6])

@@ -157,6 +157,22 @@ fn main() {
     .to_bytes();
     hello_ext.extend_from_slice(b"future");
     write(&proto, "hello-extended", &hello_ext);
+    let addr6 = Control::Addr6(dtun::proto::Addr6 {
+        prefix_len: 64,
+        client: "fd64:7475:6e00::2".parse().expect("v6"),
+        server: "fd64:7475:6e00::1".parse().expect("v6"),
+    });
+    write(&proto, "addr6", &addr6.to_bytes());
+    // Insane: a multicast client address in a /8.
+    let mut insane = addr6.to_bytes();
+    insane[2] = 8;
+    insane[3] = 0xff;
+    write(&proto, "addr6-insane", &insane);
+    let lans = Control::Lans(vec![
+        "192.168.77.0/24".parse().expect("net"),
+        "fd77::/64".parse().expect("net"),
+    ]);
+    write(&proto, "lans", &lans.to_bytes());
     // Inner packets of a client: from its tunnel address, its LAN, elsewhere; IPv6 alike.
     let packet = root.join("packet");
     let v4 = |src: [u8; 4]| {

@@ -110,6 +110,8 @@ impl ClientError {
 struct Tunnel {
     tun: Tun,
     addrs: AddressMessage,
+    /// The IPv6 pair on the TUN (a dtun server's Addr6), if the tunnel carries IPv6.
+    addr6: Option<crate::proto::Addr6>,
 }
 
 impl Tunnel {
@@ -118,6 +120,7 @@ impl Tunnel {
             tun: self.tun.name.clone(),
             peer_ip: self.addrs.server,
             local_ip: self.addrs.client,
+            ip6: self.addr6.map(|a| (a.client, a.server)),
         }
     }
 }
@@ -411,7 +414,22 @@ async fn session(
         }
         .to_bytes();
     }
-    for msg in [cfg.peernet.to_wire().into_bytes(), hello] {
+    // -peernet beyond the peernet message (several CIDRs): a dtun server only.
+    let mut lans = vec![];
+    if negotiated && !cfg.lans.is_empty() {
+        lans = Control::Lans(cfg.lans.clone()).to_bytes();
+    } else if !cfg.lans.is_empty() {
+        tracing::warn!(
+            "the server is an original dtun (or -compat): only -peernet {} is announced, not {}",
+            cfg.peernet.to_wire(),
+            cfg.lans
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+    }
+    for msg in [cfg.peernet.to_wire().into_bytes(), hello, lans] {
         if msg.is_empty() {
             continue;
         }
@@ -422,6 +440,36 @@ async fn session(
             return lost(ClientError::Send(server, e));
         }
     }
+    // A dtun server tells its IPv6 pair before its Hello answer: wait for that answer, so the
+    // up script sees the tunnel as it is.
+    // Without an answer (lost) the tunnel keeps the IPv6 it had.
+    let addr6 = if negotiated {
+        match addr6::await_answer(&mut opener, &counters, &sock, &mut buf, &t.tun, dns).await {
+            Ok(a) => a,
+            Err(e) => return lost(e),
+        }
+    } else {
+        Some(None)
+    };
+    let run_up = match (tunnel.as_mut(), addr6) {
+        (Some(t), Some(addr6)) => match addr6::apply(cfg, nl, t, addr6, run_up).await {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = link.send_close_notify(&mut sealer).await;
+                return lost(e);
+            }
+        },
+        _ => run_up,
+    };
+    let Some(t) = tunnel.as_ref() else {
+        return lost(ClientError::NoAddress(SETUP_TIMEOUT));
+    };
+    if let Some(r) = routes.as_mut()
+        && let Err(e) = r.set_ipv6(t.tun.index, t.addr6.is_some()).await
+    {
+        let _ = link.send_close_notify(&mut sealer).await;
+        return lost(ClientError::Routes(e));
+    }
     if run_up
         && let Some(up) = &cfg.common.up
         && let Err(e) = hooks::run("up", up, &t.env()).await
@@ -430,6 +478,7 @@ async fn session(
         return lost(e.into());
     }
     dns.tunnel_up(&t.tun.name, t.tun.index);
+    // (The IPv6 pair has its own line, LOG_IPV6_UP: scripts read the suite as the last field.)
     tracing::info!(
         "{LOG_TUNNEL_UP}: dev {} local {} peer {} mtu {}, server {server}, {}",
         t.tun.name,
@@ -591,14 +640,20 @@ async fn setup_tunnel(
             let tun = tun::create(nl, &cfg.tun.name, cfg.tun.mtu_for(suite, server)).await?;
             nl.add_p2p_address(tun.index, addrs.client, addrs.server)
                 .await?;
-            *tunnel = Some(Tunnel { tun, addrs });
+            *tunnel = Some(Tunnel {
+                tun,
+                addrs,
+                addr6: None,
+            });
             Ok(true)
         }
     }
 }
 
+mod addr6;
 mod early;
 mod forward;
+pub use addr6::LOG_IPV6_UP;
 use early::{EarlyRecords, First, could_be_first, first_data};
 use forward::{PathMss, forward};
 

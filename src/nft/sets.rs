@@ -16,7 +16,7 @@ use rustables::{Batch, Chain, MsgType, ProtocolFamily, Rule, Set, Table};
 use super::{Firewall, NftError, classify_errno, rule, verdict};
 
 /// The set of every TUN of this server.
-pub(super) const TUNS: &str = "tuns";
+pub(crate) const TUNS: &str = "tuns";
 /// The chain that accepts traffic within a group.
 pub(super) const GROUPS_CHAIN: &str = "groups";
 
@@ -52,7 +52,7 @@ pub fn group_set(group: Option<&str>) -> String {
 }
 
 /// An empty set of interface names in `table`, with a set id unique in its batch.
-pub(super) fn empty_set(table: &Table, name: &str, id: u32) -> Result<Set, QueryError> {
+pub(crate) fn empty_set(table: &Table, name: &str, id: u32) -> Result<Set, QueryError> {
     let (mut set, _) = SetBuilder::<IfName>::new(name, table)?.finish();
     // The builder leaves the family unset (the table's is needed).
     set.family = ProtocolFamily::Inet;
@@ -64,7 +64,7 @@ pub(super) fn empty_set(table: &Table, name: &str, id: u32) -> Result<Set, Query
 }
 
 /// `iifname @set` (`input`) or `oifname @set`.
-pub(super) fn name_in(set: &Set, input: bool) -> Result<Vec<RawExpression>, QueryError> {
+pub(crate) fn name_in(set: &Set, input: bool) -> Result<Vec<RawExpression>, QueryError> {
     let meta = Meta::new(if input {
         MetaType::IifName
     } else {

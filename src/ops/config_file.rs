@@ -57,6 +57,8 @@ pub(super) struct FileConfig {
     allow_unlisted: Option<bool>,
     #[serde(default, deserialize_with = "values::parsed")]
     pool: Option<Ipv4Net>,
+    #[serde(default, deserialize_with = "values::pool6")]
+    pool6: Option<String>,
     max_clients: Option<usize>,
     #[serde(default, deserialize_with = "values::duration")]
     linger: Option<Duration>,
@@ -84,6 +86,7 @@ struct FileClient {
     key: Option<SecretArg>,
     key_file: Option<PathBuf>,
     addr: Option<Ipv4Addr>,
+    addr6: Option<std::net::Ipv6Addr>,
     #[serde(default, deserialize_with = "values::lans")]
     lans: Option<Vec<IpNet>>,
     #[serde(default, deserialize_with = "values::group")]
@@ -188,7 +191,7 @@ pub fn apply(mut cli: Cli, m: &ArgMatches) -> Result<Loaded, String> {
         max_clients
     );
     take!(linger, allow_ipv6_leak, accept_dns, nat, verbose, peernet);
-    take!(host, listen, mtu, route, client_to_client, metrics);
+    take!(host, listen, mtu, route, client_to_client, metrics, pool6);
     if !given("dns")
         && let Some(v) = file.dns
     {
@@ -264,6 +267,7 @@ pub fn apply(mut cli: Cli, m: &ArgMatches) -> Result<Loaded, String> {
             Client {
                 key,
                 addr: c.addr,
+                addr6: c.addr6,
                 lans: c.lans,
                 group: c.group,
             },

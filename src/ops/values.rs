@@ -81,8 +81,26 @@ pub(super) fn mtu<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u16>, D::Err
 
 /// `peernet`: a CIDR or `empty`.
 pub(super) fn peernet<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Nets {
+        One(String),
+        Many(Vec<String>),
+    }
+    let s = match Nets::deserialize(d).map_err(|_: D::Error| {
+        D::Error::custom("expected \"empty\" or CIDRs (a string or an array of strings)")
+    })? {
+        Nets::One(s) => s,
+        Nets::Many(v) => v.join(","),
+    };
+    crate::config::split_peernet(&s).map_err(D::Error::custom)?;
+    Ok(Some(s))
+}
+
+/// `pool6`: an IPv6 prefix or `"off"`.
+pub(super) fn pool6<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     let s = String::deserialize(d)?;
-    crate::proto::Peernet::parse_str(&s).map_err(D::Error::custom)?;
+    crate::pool6::parse_pool6(&s).map_err(D::Error::custom)?;
     Ok(Some(s))
 }
 

@@ -54,6 +54,8 @@ pub(super) struct SessionRx {
     pub(super) awaiting_peernet: bool,
     /// The client's tunnel address and accepted LANs: the only inner sources it may use.
     pub(super) tunnel_ip: std::net::Ipv4Addr,
+    /// The client's IPv6 tunnel address, when its device has one.
+    pub(super) tunnel_ip6: Option<std::net::Ipv6Addr>,
     pub(super) allowed: Vec<IpNet>,
     /// Control messages are understood (not -compat); else they are non-IP drops, which is
     /// the closest we come to what the original does with them.
@@ -419,7 +421,12 @@ impl Demux {
                         if log_limit.allow() {
                             tracing::debug!("drop reason=not_ip from {addr}");
                         }
-                    } else if !authz::source_allowed(&buf[r.clone()], s.tunnel_ip, &s.allowed) {
+                    } else if !authz::source_allowed(
+                        &buf[r.clone()],
+                        s.tunnel_ip,
+                        s.tunnel_ip6,
+                        &s.allowed,
+                    ) {
                         s.counters.count_drop(pump::Drop::ForgedSource);
                         if log_limit.allow() {
                             tracing::debug!("drop reason=forged_source from {addr}");

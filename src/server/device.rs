@@ -12,6 +12,7 @@ use super::manager::{Manager, Session, SessionError};
 use crate::authz;
 use crate::hooks::{self, TunnelEnv};
 use crate::pool::Pair;
+use crate::pool6::Pair6;
 use crate::proto::Peernet;
 use crate::record;
 use crate::tun::{self, Tun};
@@ -20,8 +21,12 @@ use crate::tun::{self, Tun};
 pub(super) struct Device {
     pub(super) tun: Tun,
     pub(super) pair: Pair,
+    /// The IPv6 pair on the device (`-pool6`); None when IPv6 is off for it.
+    pub(super) pair6: Option<Pair6>,
     /// Routes we added through this device (the client's peernet).
     pub(super) routes: Vec<IpNet>,
+    /// What the session's peernet message announced (the Lans message adds to it).
+    pub(super) peernet: Vec<IpNet>,
     pub(super) session: Option<Session>,
     /// When the last session ended; the device goes after `-linger`.
     pub(super) idle_since: Option<Instant>,
@@ -69,11 +74,15 @@ impl Manager {
             }
         }
         .await;
+        let made = match made {
+            Ok(tun) => Ok((self.add_ipv6(id, &tun).await, tun)),
+            Err(e) => Err(e),
+        };
         match made {
-            Ok(tun) => Ok(Device {
+            Ok((pair6, tun)) => Ok(Device {
                 // Beside the manager: a slow script must not hold up anyone else's setup.
                 up: self.cfg.common.up.clone().map(|up| {
-                    let (id, env) = (id.to_string(), device_env(&tun.name, pair));
+                    let (id, env) = (id.to_string(), device_env(&tun.name, pair, pair6));
                     tokio::spawn(async move {
                         if let Err(e) = hooks::run("up", &up, &env).await {
                             tracing::warn!("client {id}: {e}");
@@ -82,7 +91,9 @@ impl Manager {
                 }),
                 tun,
                 pair,
+                pair6,
                 routes: Vec::new(),
+                peernet: Vec::new(),
                 session: None,
                 idle_since: None,
                 created: Instant::now(),
@@ -96,6 +107,43 @@ impl Manager {
         }
     }
 
+    /// The id's IPv6 pair on its new device (`-pool6`), or None (off, or the device cannot
+    /// carry IPv6: logged, and the tunnel carries IPv4 only).
+    async fn add_ipv6(&mut self, id: &str, tun: &Tun) -> Option<Pair6> {
+        let pool6 = self.pool6.as_mut()?;
+        let fixed = self.cfg.keys.clients.get(id).and_then(|c| c.addr6);
+        let pair6 = match fixed {
+            Some(addr6) => pool6.assign_fixed(id, addr6),
+            None => pool6.assign(id),
+        };
+        let pair6 = match pair6 {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("client {id}: {e}; its tunnel carries IPv4 only");
+                return None;
+            }
+        };
+        let configured = crate::inet6::configure(
+            &self.nl,
+            &tun.name,
+            tun.index,
+            tun.mtu,
+            pair6.server,
+            pair6.client,
+        )
+        .await;
+        match configured {
+            Ok(()) => Some(pair6),
+            Err(e) => {
+                tracing::warn!("client {id} on {}: {e}", tun.name);
+                if fixed.is_none() {
+                    pool6.release(id);
+                }
+                None
+            }
+        }
+    }
+
     /// Routes the client's announced LAN through its device, if authorisation allows it, and
     /// lets its packets come from there.
     pub(super) async fn set_peernet(&mut self, id: &str, peernet: Peernet) {
@@ -103,6 +151,29 @@ impl Manager {
             Peernet::Empty => vec![],
             Peernet::Net(n) => vec![n],
         };
+        if let Some(dev) = self.devices.get_mut(id) {
+            dev.peernet = wanted.clone();
+        }
+        self.set_lans(id, wanted).await;
+    }
+
+    /// A dtun client's Lans message: its LANs beyond the peernet message's.
+    pub(super) async fn add_lans(&mut self, id: &str, lans: Vec<IpNet>) {
+        let Some(dev) = self.devices.get(id) else {
+            return;
+        };
+        let mut wanted = dev.peernet.clone();
+        for net in lans.into_iter().map(|n| n.trunc()) {
+            if !wanted.contains(&net) {
+                wanted.push(net);
+            }
+        }
+        self.set_lans(id, wanted).await;
+    }
+
+    /// Routes exactly `wanted` (those authorisation allows) through the id's device, and lets
+    /// its packets come from there.
+    async fn set_lans(&mut self, id: &str, wanted: Vec<IpNet>) {
         let ours: Vec<u32> = self.devices.values().map(|d| d.tun.index).collect();
         let host = match self.nl.networks_elsewhere(&ours).await {
             Ok(h) => h,
@@ -136,6 +207,7 @@ impl Manager {
             .flat_map(|(other, d)| d.routes.iter().map(|r| (other.clone(), *r)))
             .collect();
         let pool = self.cfg.pool;
+        let pool6 = self.pool6.as_ref().map(|p| IpNet::V6(p.net()));
         let Some(dev) = self.devices.get_mut(id) else {
             return;
         };
@@ -155,6 +227,14 @@ impl Manager {
                 .clients
                 .get(id)
                 .and_then(|c| c.lans.as_deref());
+            if let Some(p6) =
+                pool6.filter(|p6| p6.contains(&net.network()) || net.contains(&p6.network()))
+            {
+                tracing::warn!(
+                    "client {id}: refused peernet {net}: it overlaps the IPv6 tunnel pool {p6}; the tunnel stays up without that route"
+                );
+                continue;
+            }
             if let Err(refusal) = authz::check_peernet(net, &host, &guarded, &others, pool, listed)
             {
                 tracing::warn!(
@@ -207,6 +287,12 @@ impl Manager {
         if fixed.is_none() {
             self.pool.release(id);
         }
+        let fixed6 = self.cfg.keys.clients.get(id).and_then(|c| c.addr6);
+        if let Some(pool6) = self.pool6.as_mut()
+            && fixed6.is_none()
+        {
+            pool6.release(id);
+        }
         tracing::info!(
             "client {id}: removed {} and its routes ({} pool pairs in use)",
             dev.tun.name,
@@ -214,7 +300,8 @@ impl Manager {
         );
         if let Some(down) = self.cfg.common.down.clone() {
             // After the device's up script (if still running), beside the manager.
-            let (id, env, up) = (id.to_string(), device_env(&dev.tun.name, dev.pair), dev.up);
+            let env = device_env(&dev.tun.name, dev.pair, dev.pair6);
+            let (id, up) = (id.to_string(), dev.up);
             self.scripts.retain(|s| !s.is_finished());
             self.scripts.push(tokio::spawn(async move {
                 if let Some(up) = up {
@@ -229,10 +316,11 @@ impl Manager {
 }
 
 /// A script's view of a server-side device: PEER_IP is the client's tunnel address.
-pub(super) fn device_env(tun: &str, pair: Pair) -> TunnelEnv {
+pub(super) fn device_env(tun: &str, pair: Pair, pair6: Option<Pair6>) -> TunnelEnv {
     TunnelEnv {
         tun: tun.to_string(),
         peer_ip: pair.client,
         local_ip: pair.server,
+        ip6: pair6.map(|p| (p.server, p.client)),
     }
 }

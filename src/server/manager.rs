@@ -79,6 +79,7 @@ pub(super) struct Manager {
     pub(super) nl: Netlink,
     pub(super) udp: Udp,
     pub(super) pool: Pool,
+    pub(super) pool6: Option<crate::pool6::Pool6>,
     pub(super) cmd_tx: mpsc::UnboundedSender<DemuxCmd>,
     pub(super) devices: HashMap<String, Device>,
     pub(super) next_session: u64,
@@ -308,6 +309,7 @@ impl Manager {
                 counters: Arc::clone(&counters),
                 awaiting_peernet: true,
                 tunnel_ip: dev.pair.client,
+                tunnel_ip6: dev.pair6.map(|p| p.client),
                 allowed: dev.routes.clone(),
                 controls: !self.cfg.common.compat,
                 final_flight: est.final_flight,
@@ -394,6 +396,14 @@ impl Manager {
 
     /// Answers a dtun client's control message.
     async fn control(&mut self, id: &str, msg: Control) {
+        // The device's IPv6 pair, told to a client that says Hello, before the Hello answer:
+        // once a client has that answer it knows whether IPv6 comes (src/client/addr6.rs).
+        let addr6 = self
+            .devices
+            .get(id)
+            .and_then(|d| d.pair6)
+            .zip(self.pool6.as_ref())
+            .map(|(pair6, pool6)| Control::Addr6(pool6.message(pair6)));
         let Some(s) = self.devices.get_mut(id).and_then(|d| d.session.as_mut()) else {
             return;
         };
@@ -421,11 +431,25 @@ impl Manager {
                 tracing::debug!("client {id} is closing: {reason:?} {detail:?}");
                 None
             }
+            Control::Lans(lans) => {
+                self.add_lans(id, lans).await;
+                return;
+            }
             _ => None,
         };
         // Our -dns right after the Hello answer: only a client that said Hello gets it.
         let dns = matches!(reply, Some(Control::Hello { .. })) && !self.cfg.dns.is_empty();
         if let Some(r) = reply {
+            if let (Control::Hello { .. }, Some(addr6)) = (&r, addr6) {
+                if let Control::Addr6(a) = &addr6 {
+                    tracing::info!(
+                        "client {id}: IPv6 inside, local {} peer {}",
+                        a.server,
+                        a.client
+                    );
+                }
+                let _ = s.out_tx.try_send(OutboundCmd::Send(addr6.to_bytes()));
+            }
             let _ = s.out_tx.try_send(OutboundCmd::Send(r.to_bytes()));
         }
         if dns {

@@ -56,6 +56,8 @@ pub enum ServerError {
     #[error(transparent)]
     Pool(#[from] PoolError),
     #[error(transparent)]
+    Pool6(#[from] crate::pool6::Pool6Error),
+    #[error(transparent)]
     TaskEnded(#[from] crate::supervise::TaskEnded),
     #[error(transparent)]
     Firewall(#[from] crate::nft::NftError),
@@ -130,6 +132,20 @@ pub async fn run_with(
             pool.assign_fixed(id, addr)?;
         }
     }
+    let mut pool6 = cfg.pool6.map(crate::pool6::Pool6::new).transpose()?;
+    let fixed6 = cfg
+        .keys
+        .clients
+        .iter()
+        .filter_map(|(id, c)| Some((id, c.addr6?)));
+    for (id, addr6) in fixed6 {
+        match pool6.as_mut() {
+            Some(p) => {
+                p.assign_fixed(id, addr6)?;
+            }
+            None => tracing::warn!("client {id}: addr6={addr6} unused: -pool6 is off"),
+        }
+    }
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
     let (session_tx, session_rx) = mpsc::channel(EVENT_QUEUE);
@@ -183,11 +199,31 @@ pub async fn run_with(
         }
         None => None,
     };
+    // IPv6 inside (-pool6) and forwarding: IPv6 forwarding too (src/nat6.rs).
+    let nat6 = match (&firewall, cfg.firewall, cfg.pool6) {
+        (Some(fw), Some(policy), Some(_)) if policy.needs_forwarding() => {
+            match crate::nat6::Ipv6Forwarding::apply(
+                fw.table(),
+                &cfg.tun.name,
+                policy,
+                &cfg.instance,
+            ) {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    tracing::warn!("{e}: IPv6 from clients is not forwarded");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
     let mut demux_task = tokio::spawn(demux.run());
     tracing::info!(
-        "listening on {} (pool {}, linger {:?})",
+        "listening on {} (pool {}, pool6 {}, linger {:?})",
         sock.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         cfg.pool,
+        cfg.pool6
+            .map_or_else(|| "off".to_string(), |p| p.to_string()),
         cfg.linger
     );
     crate::ops::notify::ready(&format!(
@@ -199,6 +235,7 @@ pub async fn run_with(
         nl,
         udp,
         pool,
+        pool6,
         cmd_tx,
         devices: HashMap::new(),
         next_session: 0,
@@ -229,6 +266,9 @@ pub async fn run_with(
     demux_task.abort();
     if let Some(e) = mgr.fatal.take() {
         ended = Some(e);
+    }
+    if let Some(n) = nat6 {
+        n.remove();
     }
     if let Some(fw) = mgr.firewall.take() {
         if fw.failures() > 0 {

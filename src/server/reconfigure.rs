@@ -32,7 +32,7 @@ pub struct Applied {
     pub removed: Vec<String>,
     /// Listed ids whose key changed.
     pub rekeyed: Vec<String>,
-    /// Listed ids whose fixed address changed (applies at their next connect).
+    /// Listed ids whose fixed address (`addr`, `addr6`) changed (applies at their next connect).
     pub readdressed: Vec<String>,
     /// Ids whose isolation group changed while they had a device: the device goes (its TUN is
     /// in the old group's set), the id gets a new one in its new group at its next connect.
@@ -54,9 +54,8 @@ impl Manager {
                 (Some(a), Some(b)) if a.key != b.key => applied.rekeyed.push(id.clone()),
                 _ => {}
             }
-            let before = old.clients.get(id).and_then(|c| c.addr);
-            let after = new.clients.get(id).and_then(|c| c.addr);
-            if before != after {
+            let fixed = |k: &crate::keys::KeyStore| k.clients.get(id).map(|c| (c.addr, c.addr6));
+            if fixed(&old).unwrap_or_default() != fixed(new).unwrap_or_default() {
                 if old.clients.contains_key(id) && new.clients.contains_key(id) {
                     applied.readdressed.push(id.clone());
                 }
@@ -64,6 +63,9 @@ impl Manager {
                     self.stale_addr.insert(id.clone());
                 } else {
                     self.pool.release(id);
+                    if let Some(p6) = self.pool6.as_mut() {
+                        p6.release(id);
+                    }
                 }
             }
         }

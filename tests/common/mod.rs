@@ -31,6 +31,7 @@
 #![allow(dead_code)]
 
 pub mod hostile;
+pub mod ipv6;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
