@@ -29,13 +29,11 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use rustables::expr::{
-    Cmp, CmpOp, Conntrack, ConntrackKey, Immediate, Meta, MetaType, VerdictKind,
-};
+use rustables::expr::{Cmp, CmpOp, Immediate, Meta, MetaType, VerdictKind};
 use rustables::{Batch, Chain, ChainPolicy, ChainType, Hook, HookClass, MsgType, ProtocolFamily};
 
 use crate::nft::sets::{TUNS, empty_set, name_in};
-use crate::nft::{Policy, TABLE_PREFIX, rule};
+use crate::nft::{Policy, TABLE_PREFIX, nat_forward, rule};
 
 /// The IPv6 forwarding switch of this network namespace (every interface's, as `sysctl -w
 /// net.ipv6.conf.all.forwarding` sets it).
@@ -130,18 +128,9 @@ fn guard(table_name: &str, policy: &Policy) -> Result<Batch, rustables::error::Q
     ));
     batch.add(&rule(&chain, e)?, MsgType::Add);
     if policy.nat {
-        let mut e = name_in(&tuns, true)?;
-        e.push(verdict(VerdictKind::Accept));
-        batch.add(&rule(&chain, e)?, MsgType::Add);
-        let mut e = name_in(&tuns, false)?;
-        e.push(Conntrack::new(ConntrackKey::State).into());
-        let states = (rustables::expr::ct::ConnTrackState::ESTABLISHED
-            | rustables::expr::ct::ConnTrackState::RELATED)
-            .bits();
-        e.push(rustables::expr::Bitwise::new(states.to_le_bytes(), 0u32.to_be_bytes())?.into());
-        e.push(Cmp::new(CmpOp::Neq, 0u32.to_be_bytes()).into());
-        e.push(verdict(VerdictKind::Accept));
-        batch.add(&rule(&chain, e)?, MsgType::Add);
+        for e in nat_forward(&tuns)? {
+            batch.add(&rule(&chain, e)?, MsgType::Add);
+        }
     }
     let drop = vec![
         Meta::new(MetaType::NfProto).into(),

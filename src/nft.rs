@@ -212,6 +212,23 @@ pub(crate) fn rule(
     Ok(r)
 }
 
+/// The two forward rules of `-nat` (both families): `iifname @tuns accept` (the tunnel out)
+/// and `oifname @tuns ct state established,related accept` (the replies).
+pub(crate) fn nat_forward(
+    tuns: &rustables::Set,
+) -> Result<[Vec<rustables::expr::RawExpression>; 2], QueryError> {
+    use rustables::expr::{Bitwise, Cmp, CmpOp, Conntrack, ConntrackKey, ct::ConnTrackState};
+    let mut out = sets::name_in(tuns, true)?;
+    out.push(verdict(VerdictKind::Accept));
+    let mut replies = sets::name_in(tuns, false)?;
+    replies.push(Conntrack::new(ConntrackKey::State).into());
+    let states = (ConnTrackState::ESTABLISHED | ConnTrackState::RELATED).bits();
+    replies.push(Bitwise::new(states.to_le_bytes(), 0u32.to_be_bytes())?.into());
+    replies.push(Cmp::new(CmpOp::Neq, 0u32.to_be_bytes()).into());
+    replies.push(verdict(VerdictKind::Accept));
+    Ok([out, replies])
+}
+
 fn verdict(kind: VerdictKind) -> rustables::expr::RawExpression {
     Immediate::new_verdict(kind).into()
 }
@@ -285,19 +302,9 @@ fn build(
     e.push(verdict(between_tuns));
     batch.add(&rule(&fwd, e)?, MsgType::Add);
     if policy.nat {
-        use rustables::expr::{Cmp, CmpOp, Conntrack, ConntrackKey};
-        let mut e = sets::name_in(&tuns, true)?;
-        e.push(verdict(VerdictKind::Accept));
-        batch.add(&rule(&fwd, e)?, MsgType::Add);
-        let mut e = sets::name_in(&tuns, false)?;
-        e.push(Conntrack::new(ConntrackKey::State).into());
-        let states = (rustables::expr::ct::ConnTrackState::ESTABLISHED
-            | rustables::expr::ct::ConnTrackState::RELATED)
-            .bits();
-        e.push(rustables::expr::Bitwise::new(states.to_le_bytes(), 0u32.to_be_bytes())?.into());
-        e.push(Cmp::new(CmpOp::Neq, 0u32.to_be_bytes()).into());
-        e.push(verdict(VerdictKind::Accept));
-        batch.add(&rule(&fwd, e)?, MsgType::Add);
+        for e in nat_forward(&tuns)? {
+            batch.add(&rule(&fwd, e)?, MsgType::Add);
+        }
     }
     if catch_all_drop {
         batch.add(&rule(&fwd, vec![verdict(VerdictKind::Drop)])?, MsgType::Add);
