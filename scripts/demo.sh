@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Shows dtun working on one machine, as root: two network namespaces joined by a veth pair, a
-# server in one, a client in the other, ping both ways through the tunnel, then the tunnel's
-# addresses and routes on both sides. Everything it makes is removed on exit.
+# server in one, a client in the other, ping both ways through the tunnel (IPv4, and IPv6
+# inside), `dtun status` on both sides, then the tunnel's addresses and routes on both sides. Everything it makes is removed on exit.
 #
 #   ┌─ ns server ─────────────┐          ┌─ ns client ─────────────┐
 #   │ eth0 172.31.250.1/24    ├── veth ──┤ eth0 172.31.250.2/24    │
@@ -113,6 +113,22 @@ step "client -> server through the tunnel: ping $peer_ip"
 ip netns exec "$client_ns" ping -c 3 -i 0.2 -W 1 "$peer_ip"
 step "server -> client through the tunnel: ping $local_ip"
 ip netns exec "$server_ns" ping -c 3 -i 0.2 -W 1 "$local_ip"
+
+# IPv6 inside: the server gave the client a pair from -pool6 (LOCAL_IP6/PEER_IP6 in the up
+# script's environment above).
+peer_ip6=$(sed -n 's/^PEER_IP6=//p' "$tmp/up.env")
+if [[ -n $peer_ip6 ]]; then
+    step "IPv6 inside, client -> server: ping $peer_ip6"
+    ip netns exec "$client_ns" ping -6 -c 3 -i 0.2 -W 1 "$peer_ip6"
+else
+    echo "demo.sh: the tunnel has no IPv6 pair (PEER_IP6 missing from the up script's environment)" >&2
+    exit 1
+fi
+
+step "dtun status (server), as wg show"
+ip netns exec "$server_ns" "$bin" status
+step "dtun status (client)"
+ip netns exec "$client_ns" "$bin" status
 
 step "server side: ip addr / ip route"
 ip -n "$server_ns" addr show type tun
