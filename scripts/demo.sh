@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Shows dtun working on one machine, as root: two network namespaces joined by a veth pair, a
 # server in one, a client in the other, ping both ways through the tunnel (IPv4, and IPv6
-# inside), `dtun status` on both sides, then the tunnel's addresses and routes on both sides. Everything it makes is removed on exit.
+# inside), `dtun status` on both sides, then the tunnel's addresses and routes on both sides.
+# Everything it makes is removed on exit.
 #
 #   ┌─ ns server ─────────────┐          ┌─ ns client ─────────────┐
 #   │ eth0 172.31.250.1/24    ├── veth ──┤ eth0 172.31.250.2/24    │
