@@ -6,91 +6,16 @@
 
 mod common;
 
-use std::collections::BTreeSet;
-use std::process::Output;
 use std::time::Duration;
 
+use common::status::{
+    assert_session_shape, assert_traffic_shape, json, keys, metric, scrape, set, squash, status,
+    stderr, stdout, u,
+};
 use common::{DTUN, Netns, TestDir, Topo, UP, start_client, start_server, wait_for, wait_p2p};
 use serde_json::Value;
 
 const KEY: &str = "status-test-key-0123456789";
-
-/// `dtun status ARGS` inside `ns`.
-fn status(ns: &Netns, args: &[&str]) -> Output {
-    let mut all = vec!["status"];
-    all.extend_from_slice(args);
-    ns.run(DTUN, &all)
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// The text with every run of whitespace made one space (the human view pads its labels).
-fn squash(text: &str) -> String {
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// `dtun status -json [INSTANCE]`, parsed; panics if it fails.
-fn json(ns: &Netns, instance: Option<&str>) -> Value {
-    let mut args = vec!["-json"];
-    args.extend(instance);
-    let o = status(ns, &args);
-    assert!(o.status.success(), "dtun status failed: {}", stderr(&o));
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", stdout(&o)))
-}
-
-fn keys(v: &Value) -> BTreeSet<String> {
-    v.as_object()
-        .unwrap_or_else(|| panic!("not an object: {v}"))
-        .keys()
-        .cloned()
-        .collect()
-}
-
-fn set(names: &[&str]) -> BTreeSet<String> {
-    names.iter().map(|s| s.to_string()).collect()
-}
-
-const TRAFFIC: &[&str] = &["drops", "rx_bytes", "rx_packets", "tx_bytes", "tx_packets"];
-const DROPS: &[&str] = &[
-    "bad_epoch",
-    "bad_tag",
-    "forged_source",
-    "not_ip",
-    "oversized",
-    "replay",
-    "too_big",
-    "truncated",
-    "unexpected_type",
-];
-const SESSION: &[&str] = &[
-    "cipher",
-    "keepalive",
-    "last_authenticated",
-    "last_authenticated_age",
-    "last_handshake",
-    "last_handshake_age",
-];
-const KEEPALIVE: &[&str] = &["dead_after_seconds", "negotiated", "period_seconds"];
-
-fn assert_traffic_shape(t: &Value) {
-    assert_eq!(keys(t), set(TRAFFIC), "{t}");
-    assert_eq!(keys(&t["drops"]), set(DROPS), "{t}");
-}
-
-fn assert_session_shape(s: &Value) {
-    assert_eq!(keys(s), set(SESSION), "{s}");
-    assert_eq!(keys(&s["keepalive"]), set(KEEPALIVE), "{s}");
-}
-
-fn u(v: &Value) -> u64 {
-    v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
-}
 
 /// A server with two clients, one of which exits: the human view and the JSON show the
 /// connected one with its session and the other lingering with its expiry; the JSON's keys
@@ -456,35 +381,6 @@ time.sleep(8)
     common::assert_running(&mut server, "server");
     let _client = start_client(topo.client(), &["-host", &Topo::server_ip(0), "-key", KEY]);
     assert_eq!(json(&topo.server, None)["clients"][0]["id"], "dtun");
-}
-
-/// Reads `name` (a full series, labels included) from OpenMetrics text.
-fn metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
-        .trim()
-        .parse()
-        .unwrap_or_else(|e| panic!("{name}: {e}"))
-}
-
-fn scrape(ns: &Netns, port: u16, path: &str) -> (String, String) {
-    let url = format!("http://127.0.0.1:{port}{path}");
-    let o = ns.run(
-        "curl",
-        &[
-            "-sS",
-            "--max-time",
-            "5",
-            "-w",
-            "\n%{http_code} %{content_type}",
-            &url,
-        ],
-    );
-    assert!(o.status.success(), "curl {url}: {}", stderr(&o));
-    let out = stdout(&o);
-    let (body, meta) = out.rsplit_once('\n').unwrap();
-    (body.to_string(), meta.to_string())
 }
 
 /// `-metrics` on both sides: the per-client and server-wide counters, the admission

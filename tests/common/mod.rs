@@ -32,6 +32,7 @@
 
 pub mod hostile;
 pub mod ipv6;
+pub mod status;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};

@@ -1,16 +1,17 @@
 //! Checked configuration of each role, built from the command line: the key loaded, addresses
 //! resolved, every user mistake turned into a message that says what to do.
+//!
+//! Here: the errors, the key, what both roles share (TUN settings, scripts, suites); each
+//! role's own configuration is in `server` and `client`.
 
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ipnet::Ipv4Net;
 use zeroize::Zeroizing;
 
 use crate::cli::{Cipher, Cli};
 use crate::consts::{PATH_MTU, UDP4_OVERHEAD, UDP6_OVERHEAD};
-use crate::proto::Peernet;
 use crate::record::Suite;
 
 #[derive(Debug, thiserror::Error)]
@@ -206,207 +207,15 @@ impl Common {
     }
 }
 
-#[derive(Clone, Debug)]
-pub struct ServerConfig {
-    pub keys: crate::keys::KeyStore,
-    pub listen: SocketAddr,
-    /// Identity hint sent in ServerKeyExchange (the original sends its own -id).
-    pub hint: String,
-    pub pool: Ipv4Net,
-    /// `-pool6`: IPv6 pairs for dtun clients (None: `off`, or `-compat`).
-    pub pool6: Option<ipnet::Ipv6Net>,
-    pub linger: Duration,
-    /// Devices beyond which unlisted ids are refused.
-    pub max_clients: usize,
-    pub tun: TunSettings,
-    pub common: Common,
-    /// `-dns`: pushed to dtun clients after their Hello.
-    pub dns: Vec<IpAddr>,
-    /// `-instance`, else the `-config` file's stem, else `dtun`: names the nftables table.
-    pub instance: String,
-    /// `-nat` / `-client-to-client`: None when neither is given (no nftables table).
-    pub firewall: Option<crate::nft::Policy>,
-}
-
-impl ServerConfig {
-    pub fn from_cli(cli: &Cli) -> Result<Self, ConfigError> {
-        Self::from_cli_with(cli, Default::default())
-    }
-
-    /// As [`ServerConfig::from_cli`], with the clients of a config file (`-config`) beside
-    /// those of `-clients`; an id in both is an error.
-    pub fn from_cli_with(
-        cli: &Cli,
-        file_clients: std::collections::HashMap<String, crate::keys::Client>,
-    ) -> Result<Self, ConfigError> {
-        let ip = cli.listen.unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED));
-        let mut clients = match &cli.clients {
-            Some(p) => crate::keys::load_credentials(p).map_err(ConfigError::Credentials)?,
-            None => Default::default(),
-        };
-        for (id, c) in file_clients {
-            if clients.contains_key(&id) {
-                let listed = cli
-                    .clients
-                    .as_deref()
-                    .unwrap_or(std::path::Path::new("-clients"));
-                return Err(ConfigError::ConfigFile(format!(
-                    "client {id:?} is both in {} and in the config file's [clients.{id}]: keep one",
-                    listed.display()
-                )));
-            }
-            clients.insert(id, c);
-        }
-        let master = match &cli.master_key_file {
-            Some(p) => Some(read_master_key(p)?),
-            None => None,
-        };
-        let shared = match Key::from_cli(cli) {
-            Ok(k) => Some(k.0),
-            Err(ConfigError::NoKey) if !clients.is_empty() || master.is_some() => None,
-            Err(e) => return Err(e),
-        };
-        if let Some(k) = &shared {
-            crate::keys::warn_if_short(k, "the key");
-        }
-        // Isolation groups (group= in the credentials file) need dtun's nftables table.
-        let groups = clients.values().any(|c| c.group.is_some());
-        Ok(ServerConfig {
-            keys: crate::keys::KeyStore {
-                shared,
-                master,
-                clients,
-                allow_unlisted: cli.allow_unlisted,
-            },
-            listen: SocketAddr::new(ip, cli.port),
-            hint: cli.id.clone(),
-            pool: cli.pool,
-            pool6: if cli.compat {
-                None
-            } else {
-                crate::pool6::parse_pool6(&cli.pool6).map_err(ConfigError::Pool6)?
-            },
-            linger: cli.linger,
-            max_clients: cli.max_clients,
-            tun: TunSettings::from_cli(cli)?,
-            common: Common::from_cli(cli)?,
-            dns: dns_servers(cli)?,
-            instance: cli.instance.clone(),
-            firewall: {
-                crate::nft::check_instance(&cli.instance)
-                    .map_err(|e| ConfigError::Instance(e.to_string()))?;
-                let policy = crate::nft::Policy {
-                    nat: cli.nat,
-                    client_to_client: cli.client_to_client.map(|c| c == crate::cli::OnOff::On),
-                    groups,
-                };
-                policy.needs_table().then_some(policy)
-            },
-        })
-    }
-}
-
-#[derive(Clone, Debug)]
-pub struct ClientConfig {
-    pub key: Key,
-    pub host: String,
-    pub port: u16,
-    /// Our PSK identity.
-    pub id: String,
-    pub peernet: Peernet,
-    /// `-peernet` beyond the one in the peernet message (several CIDRs): sent to a dtun
-    /// server in a Lans control message, never to an original.
-    pub lans: Vec<ipnet::IpNet>,
-    pub tun: TunSettings,
-    pub common: Common,
-    /// Exit at the first failure or end of session instead of reconnecting.
-    pub once: bool,
-    /// -route, -exclude, -allow-ipv6-leak.
-    pub routes: crate::routes::RouteSpec,
-    /// `-dns`: our own DNS servers while the tunnel is up.
-    pub dns: Vec<IpAddr>,
-    /// `-accept-dns`: take the servers the server pushes (see [`crate::dns::use_pushed_dns`]).
-    pub accept_dns: bool,
-    /// `-instance`, else the `-config` file's stem, else `dtun` (see `ops::config_file`); names
-    /// the status socket `@dtun/INSTANCE`.
-    pub instance: String,
-}
-
-impl ClientConfig {
-    pub fn from_cli(cli: &Cli, host: &str) -> Result<Self, ConfigError> {
-        if crate::keys::valid_identity(cli.id.as_bytes()).is_none() {
-            return Err(ConfigError::Id);
-        }
-        Ok(ClientConfig {
-            key: Key::from_cli(cli)?,
-            host: host.to_string(),
-            port: cli.port,
-            id: cli.id.clone(),
-            peernet: split_peernet(&cli.peernet)?.0,
-            lans: split_peernet(&cli.peernet)?.1,
-            tun: TunSettings::from_cli(cli)?,
-            common: Common::from_cli(cli)?,
-            once: cli.once,
-            routes: crate::routes::RouteSpec::from_flags(
-                cli.route.as_deref(),
-                &cli.exclude,
-                cli.allow_ipv6_leak,
-            )
-            .map_err(ConfigError::Routes)?,
-            dns: dns_servers(cli)?,
-            accept_dns: cli.accept_dns,
-            instance: {
-                crate::ops::control::check_name(&cli.instance).map_err(ConfigError::Instance)?;
-                cli.instance.clone()
-            },
-        })
-    }
-
-    /// Resolves -host (a name or an IP literal) to the server's address.
-    pub async fn server_addr(&self) -> Result<SocketAddr, ConfigError> {
-        let err = |why: String| ConfigError::Resolve {
-            host: self.host.clone(),
-            port: self.port,
-            why,
-        };
-        let mut addrs = tokio::net::lookup_host((self.host.as_str(), self.port))
-            .await
-            .map_err(|e| err(e.to_string()))?;
-        addrs.next().ok_or_else(|| err("no address found".into()))
-    }
-}
-
-/// `-peernet`: `empty`, one CIDR (sent as it is, as the original does), or several separated
-/// by commas: then the peernet message carries the first IPv4 one (or `empty`) and the rest go
-/// to a dtun server in a Lans control message.
-pub fn split_peernet(s: &str) -> Result<(Peernet, Vec<ipnet::IpNet>), ConfigError> {
-    if !s.contains(',') {
-        return Ok((Peernet::parse_str(s).map_err(ConfigError::Peernet)?, vec![]));
-    }
-    let mut nets = Vec::new();
-    for part in s.split(',') {
-        match Peernet::parse_str(part.trim()).map_err(ConfigError::Peernet)? {
-            Peernet::Net(n) if !nets.contains(&n) => nets.push(n),
-            _ => {}
-        }
-    }
-    if nets.len() > 1 + crate::proto::MAX_LANS {
-        return Err(ConfigError::Peernet(
-            crate::proto::ProtoError::PeernetNotCidr(format!(
-                "{} CIDRs (at most {})",
-                nets.len(),
-                1 + crate::proto::MAX_LANS
-            )),
-        ));
-    }
-    let first = nets.iter().position(|n| n.addr().is_ipv4());
-    let peernet = first.map_or(Peernet::Empty, |i| Peernet::Net(nets.remove(i)));
-    Ok((peernet, nets))
-}
+mod client;
+mod server;
+pub use client::{ClientConfig, split_peernet};
+pub use server::ServerConfig;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::Peernet;
 
     #[test]
     fn default_mtus_follow_protocol_md() {

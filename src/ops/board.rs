@@ -1,0 +1,185 @@
+//! The client's status board: its state (connecting, up, backing off), the session that is
+//! up and the totals of those that ended, published at each change and read by `dtun status`
+//! and `-metrics` (a mutex taken at each change of state and by readers, never per packet).
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::status::{self, ClientView, Clock, SessionView, Traffic, TunnelView};
+use crate::pump::Counters;
+use crate::record::Suite;
+
+/// A client session that is up, as the board keeps it.
+pub struct LiveSession {
+    pub counters: Arc<Counters>,
+    pub suite: Suite,
+    pub device: String,
+    pub local_ip: Ipv4Addr,
+    pub peer_ip: Ipv4Addr,
+    pub started: Instant,
+    /// Negotiated (the server said Hello) and the period; None: not a dtun server, or -compat.
+    pub keepalive: Option<Duration>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum State {
+    Connecting,
+    Up,
+    BackingOff { until: Instant },
+}
+
+struct Board {
+    instance: String,
+    id: String,
+    host: String,
+    server: Option<SocketAddr>,
+    state: State,
+    since: Instant,
+    last_error: Option<String>,
+    session: Option<LiveSession>,
+    sessions: u64,
+    /// Sessions that ended, added up.
+    past: Traffic,
+    /// Authenticated records seen at the last sample, and when that count last moved.
+    seen: (u64, Instant),
+}
+
+/// The client's state, published at each change for `dtun status` and `-metrics`.
+pub struct ClientBoard(Mutex<Board>);
+
+impl ClientBoard {
+    pub fn new(instance: &str, id: &str, host: &str) -> ClientBoard {
+        let now = Instant::now();
+        ClientBoard(Mutex::new(Board {
+            instance: instance.to_string(),
+            id: id.to_string(),
+            host: host.to_string(),
+            server: None,
+            state: State::Connecting,
+            since: now,
+            last_error: None,
+            session: None,
+            sessions: 0,
+            past: Traffic::zero(),
+            seen: (0, now),
+        }))
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut Board) -> R) -> R {
+        let mut b = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut b)
+    }
+
+    fn set_state(b: &mut Board, s: State) {
+        if b.state != s {
+            b.state = s;
+            b.since = Instant::now();
+        }
+    }
+
+    /// A new try starts.
+    pub fn connecting(&self) {
+        self.with(|b| Self::set_state(b, State::Connecting));
+    }
+
+    /// The server's address for this try.
+    pub fn server(&self, addr: SocketAddr) {
+        self.with(|b| b.server = Some(addr));
+    }
+
+    /// The tunnel is up and forwarding.
+    pub fn up(&self, s: LiveSession) {
+        self.with(|b| {
+            b.seen = (s.counters.authenticated(), Instant::now());
+            b.session = Some(s);
+            b.sessions += 1;
+            Self::set_state(b, State::Up);
+        });
+    }
+
+    /// The session (if one was up) ended; its counters go to the totals.
+    pub fn ended(&self) {
+        self.with(|b| {
+            if let Some(s) = b.session.take() {
+                b.past.add(&Traffic::of(&s.counters));
+            }
+        });
+    }
+
+    /// The last try failed with `error`; the next starts after `delay`.
+    pub fn backing_off(&self, delay: Duration, error: String) {
+        self.with(|b| {
+            Self::set_state(
+                b,
+                State::BackingOff {
+                    until: Instant::now() + delay,
+                },
+            );
+            b.last_error = Some(error);
+        });
+    }
+
+    pub(super) fn sample(&self) {
+        self.with(|b| {
+            if let Some(s) = &b.session {
+                let n = s.counters.authenticated();
+                if n != b.seen.0 {
+                    b.seen = (n, Instant::now());
+                }
+            }
+        });
+    }
+
+    pub fn view(&self, clock: Clock) -> ClientView {
+        self.sample();
+        self.with(|b| {
+            let tunnel = b.session.as_ref().map(|s| {
+                let keepalive =
+                    status::Keepalive::new(s.keepalive.is_some(), s.keepalive.unwrap_or_default());
+                TunnelView {
+                    device: s.device.clone(),
+                    local_ip: s.local_ip,
+                    peer_ip: s.peer_ip,
+                    session: SessionView {
+                        cipher: s.suite.name(),
+                        last_handshake: clock.unix(s.started),
+                        last_handshake_age: clock.age(s.started),
+                        last_authenticated: clock.unix(b.seen.1),
+                        last_authenticated_age: clock.age(b.seen.1),
+                        keepalive,
+                    },
+                    traffic: Traffic::of(&s.counters),
+                }
+            });
+            let traffic = match &tunnel {
+                Some(t) => b.past.clone().plus(&t.traffic),
+                None => b.past.clone(),
+            };
+            let (state, until) = match b.state {
+                State::Connecting => ("connecting", None),
+                State::Up => ("up", None),
+                State::BackingOff { until } => ("backing_off", Some(until)),
+            };
+            ClientView {
+                role: "client",
+                instance: b.instance.clone(),
+                version: env!("CARGO_PKG_VERSION"),
+                pid: std::process::id(),
+                now: clock.unix_now(),
+                id: b.id.clone(),
+                server_host: b.host.clone(),
+                server_address: b.server.map(|a| a.to_string()),
+                state,
+                state_since: clock.unix(b.since),
+                state_since_age: clock.age(b.since),
+                backoff_until: until.map(|t| clock.unix(t)),
+                backoff_until_in: until.map(|t| clock.until(t)),
+                last_error: b.last_error.clone(),
+                sessions_started: b.sessions,
+                tunnel,
+                traffic,
+            }
+        })
+    }
+}

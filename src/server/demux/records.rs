@@ -1,0 +1,244 @@
+//! One session's records in the demultiplexer: data to its TUN (after the peernet message,
+//! the source check and the MSS clamp), the peernet message and alerts to the manager, control
+//! records (Pings answered here, so a ping flood never reaches the manager); session events
+//! go to the manager on a bounded queue, a full one is a counted drop.
+
+use super::*;
+
+/// What a session's control record may touch: its outbound queue (Pongs), its counters, and
+/// the manager's event queue.
+struct SessionControl<'a> {
+    session_id: u64,
+    out_tx: &'a mpsc::Sender<OutboundCmd>,
+    counters: &'a Counters,
+    events: &'a mpsc::Sender<Event>,
+    demux: &'a DemuxCounters,
+}
+
+impl SessionControl<'_> {
+    /// One control record: a Ping is answered here, so a ping flood never reaches the manager
+    /// (only the first goes on: it makes the client a dtun peer); other messages go to the
+    /// manager; malformed ones and unknown types are counted drops.
+    fn record(&self, data: &[u8], pinged: &mut bool) {
+        match Control::parse(data) {
+            Ok(Control::Ping) => {
+                // A full queue: the peer pings faster than we send; UDP would lose it too.
+                let _ = self
+                    .out_tx
+                    .try_send(OutboundCmd::Send(Control::Pong.to_bytes()));
+                if !*pinged {
+                    *pinged = true;
+                    self.report(Control::Ping);
+                }
+            }
+            Ok(msg) => self.report(msg),
+            Err(_) => self.counters.count_drop(pump::Drop::Unexpected),
+        }
+    }
+
+    fn report(&self, msg: Control) {
+        let ev = Event::Control {
+            session_id: self.session_id,
+            msg,
+        };
+        report(self.events, self.demux, ev);
+    }
+}
+
+/// Queues a session event for the manager without ever waiting: a full queue (the manager is
+/// behind, or a peer floods) drops it and counts the drop.
+fn report(events: &mpsc::Sender<Event>, counters: &DemuxCounters, ev: Event) {
+    if events.try_send(ev).is_err() {
+        counters.events_dropped.fetch_add(1, Relaxed);
+    }
+}
+
+impl Demux {
+    /// The records of a session's datagrams (`stride` bytes each), opened together.
+    pub(super) async fn session_records(
+        s: &mut SessionRx,
+        buf: &mut [u8],
+        stride: usize,
+        addr: SocketAddr,
+        out: &mut Delivery,
+    ) {
+        let records = out
+            .inbox
+            .open(&mut s.opener, &s.counters, buf, stride, |_| true);
+        let (events, dc) = (&out.events, &*out.counters);
+        let (log_limit, tun_batch) = (&mut out.log_limit, &mut out.tun_batch);
+        for record in records {
+            match record {
+                Inbound::Data(r) => {
+                    if !s.final_flight.is_empty() {
+                        s.final_flight = Vec::new();
+                    }
+                    if s.awaiting_peernet {
+                        s.awaiting_peernet = false;
+                        let data = &buf[r.clone()];
+                        let peernet = Peernet::parse(data);
+                        // A control message or a whole IP packet where the peernet message
+                        // should be: that message was lost. Close, so the client starts over.
+                        let lost = peernet.is_err()
+                            && ((s.controls && Control::is_control(data))
+                                || pump::is_whole_ip_packet(data));
+                        let ev = if lost {
+                            Event::SetupLost {
+                                session_id: s.session_id,
+                            }
+                        } else {
+                            Event::Peernet {
+                                session_id: s.session_id,
+                                peernet,
+                            }
+                        };
+                        report(events, dc, ev);
+                    } else if s.controls && Control::is_control(&buf[r.clone()]) {
+                        let sc = SessionControl {
+                            session_id: s.session_id,
+                            out_tx: &s.out_tx,
+                            counters: &s.counters,
+                            events,
+                            demux: dc,
+                        };
+                        sc.record(&buf[r.clone()], &mut s.pinged);
+                    } else if !pump::is_ip(&buf[r.clone()]) {
+                        s.counters.count_drop(pump::Drop::NotIp);
+                        if log_limit.allow() {
+                            tracing::debug!("drop reason=not_ip from {addr}");
+                        }
+                    } else if !authz::source_allowed(
+                        &buf[r.clone()],
+                        s.tunnel_ip,
+                        s.tunnel_ip6,
+                        &s.allowed,
+                    ) {
+                        s.counters.count_drop(pump::Drop::ForgedSource);
+                        if log_limit.allow() {
+                            tracing::debug!("drop reason=forged_source from {addr}");
+                        }
+                    } else {
+                        s.counters.count_rx(r.len());
+                        let packet = &mut buf[r.clone()];
+                        crate::supervise::fault_point(crate::supervise::Site::Demux, packet);
+                        crate::mss::clamp(packet, s.mss.0, s.mss.1);
+                        tun_batch.push(&s.tun, packet).await;
+                    }
+                }
+                Inbound::Alert(level, desc) => {
+                    let ev = Event::Closed {
+                        session_id: s.session_id,
+                        level: *level,
+                        desc: *desc,
+                    };
+                    report(events, dc, ev);
+                }
+                Inbound::Dropped(d) => {
+                    if log_limit.allow() {
+                        tracing::debug!("drop reason={} from {addr}", d.as_str());
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consts::EVENT_QUEUE;
+
+    /// A ping flood is answered in the demultiplexer: one event reaches the manager, the
+    /// Pongs queue on the session's (bounded) outbound channel; unknown control types and
+    /// malformed control records are counted drops; an unknown Close reason is still a Close.
+    #[test]
+    fn pings_answered_here_and_unknown_controls_counted() {
+        let (out_tx, mut out_rx) = pump::outbound_channel();
+        let (events, mut ev_rx) = mpsc::channel(EVENT_QUEUE);
+        let counters = Counters::default();
+        let demux = DemuxCounters::default();
+        let sc = SessionControl {
+            session_id: 42,
+            out_tx: &out_tx,
+            counters: &counters,
+            events: &events,
+            demux: &demux,
+        };
+        let mut pinged = false;
+        let ping = Control::Ping.to_bytes();
+        for _ in 0..10_000 {
+            sc.record(&ping, &mut pinged);
+        }
+        assert!(pinged);
+        assert!(matches!(
+            ev_rx.try_recv(),
+            Ok(Event::Control {
+                session_id: 42,
+                msg: Control::Ping
+            })
+        ));
+        assert!(
+            ev_rx.try_recv().is_err(),
+            "more than one Ping reached the manager"
+        );
+        let mut pongs = 0;
+        while let Ok(cmd) = out_rx.try_recv() {
+            assert!(matches!(cmd, OutboundCmd::Send(b) if b == Control::Pong.to_bytes()));
+            pongs += 1;
+        }
+        assert!((1..=8).contains(&pongs), "{pongs} pongs queued");
+        // The next Ping after the queue drained is answered again.
+        sc.record(&ping, &mut pinged);
+        assert!(out_rx.try_recv().is_ok());
+
+        for bad in [&[0u8, 9][..], &[0, 0xff, 1], &[0, 2, 0], &[0, 4]] {
+            sc.record(bad, &mut pinged);
+        }
+        assert_eq!(counters.drops(pump::Drop::Unexpected), 4);
+        assert!(ev_rx.try_recv().is_err());
+        sc.record(&[0, 4, 9, b'x'], &mut pinged);
+        assert!(matches!(
+            ev_rx.try_recv(),
+            Ok(Event::Control {
+                msg: Control::Close {
+                    reason: crate::proto::CloseReason::Other(9),
+                    ..
+                },
+                ..
+            })
+        ));
+        assert_eq!(demux.events_dropped.load(Relaxed), 0);
+    }
+
+    /// A peer's flood of session events (alerts, control messages) neither grows the queue to
+    /// the manager past EVENT_QUEUE nor waits: the rest are counted drops, in the summary.
+    #[test]
+    fn session_events_are_bounded_and_drops_counted() {
+        let (tx, mut rx) = mpsc::channel(EVENT_QUEUE);
+        let counters = DemuxCounters::default();
+        let flood = 10_000u64;
+        for session_id in 0..flood {
+            report(&tx, &counters, Event::SetupLost { session_id });
+        }
+        let dropped = flood - EVENT_QUEUE as u64;
+        assert_eq!(counters.events_dropped.load(Relaxed), dropped);
+        assert!(
+            counters
+                .summary()
+                .ends_with(&format!("events_dropped={dropped}")),
+            "{}",
+            counters.summary()
+        );
+        let mut queued = 0u64;
+        while let Ok(ev) = rx.try_recv() {
+            // The first ones are kept, in order.
+            assert!(matches!(ev, Event::SetupLost { session_id } if session_id == queued));
+            queued += 1;
+        }
+        assert_eq!(queued, EVENT_QUEUE as u64);
+        // Once the manager catches up, events flow again.
+        report(&tx, &counters, Event::SetupLost { session_id: 7 });
+        assert!(rx.try_recv().is_ok());
+        assert_eq!(counters.events_dropped.load(Relaxed), dropped);
+    }
+}

@@ -1,0 +1,212 @@
+//! A session's start and end, as the manager sees them: a completed handshake turned into a
+//! session (a device made or reused, the address message sent, the outbound task started), a
+//! new id turned away at `-max-clients`, and a session ended (farewell, close_notify, its
+//! traffic added to the device's totals).
+
+use super::*;
+
+impl Manager {
+    pub(super) async fn start_session(
+        &mut self,
+        id: &str,
+        addr: SocketAddr,
+        est: Completed,
+    ) -> Result<(), SessionError> {
+        self.readdress_if_stale(id, addr).await;
+        if !self.devices.contains_key(id) {
+            if self.devices.len() >= self.cfg.max_clients && !self.cfg.keys.clients.contains_key(id)
+            {
+                self.refuse(id, addr, &est).await;
+                return Ok(());
+            }
+            let dev = self.create_device(id, est.suite, addr).await?;
+            self.devices.insert(id.to_string(), dev);
+        } else {
+            self.end_session_because(
+                id,
+                Some(CloseReason::Replaced),
+                &addr.to_string(),
+                &format!("replaced by a new session from {addr}"),
+            )
+            .await;
+            let mtu = self.cfg.tun.mtu_for(est.suite, addr);
+            if let Some(dev) = self.devices.get_mut(id) {
+                dev.tun.follow_mtu(&self.nl, mtu).await?;
+            }
+        }
+        let Some(dev) = self.devices.get_mut(id) else {
+            return Ok(());
+        };
+        self.next_session += 1;
+        let session_id = self.next_session;
+        let (mut sealer, opener) =
+            record::session_pair(est.suite, &est.keys, false, 1, first_app_sequence());
+        let counters = Arc::new(Counters::default());
+        // The demultiplexer answers Pings through the outbound task's channel, which must
+        // exist before the session can receive anything.
+        let (out_tx, out_rx) = pump::outbound_channel();
+        let _ = self.cmd_tx.send(DemuxCmd::Install {
+            addr,
+            session: SessionRx {
+                session_id,
+                opener,
+                tun: Arc::clone(&dev.tun.dev),
+                mss: pump::mss_clamps(dev.tun.mtu),
+                counters: Arc::clone(&counters),
+                awaiting_peernet: true,
+                tunnel_ip: dev.pair.client,
+                tunnel_ip6: dev.pair6.map(|p| p.client),
+                allowed: dev.routes.clone(),
+                controls: !self.cfg.common.compat,
+                final_flight: est.final_flight,
+                resent_at: None,
+                out_tx: out_tx.clone(),
+                pinged: false,
+            },
+        });
+        let link = Link {
+            udp: self.udp.clone(),
+            peer: addr,
+            connected: false,
+        };
+        let msg = AddressMessage {
+            client: dev.pair.client,
+            server: dev.pair.server,
+        };
+        link.send_record(&mut sealer, CONTENT_APPLICATION_DATA, &msg.to_bytes())
+            .await
+            .map_err(|e| SessionError::Send(addr, e))?;
+        let out_task = pump::spawn_outbound_on(
+            out_rx,
+            Arc::clone(&dev.tun.dev),
+            pump::MssClamp::new(dev.tun.mtu),
+            link,
+            sealer,
+            Arc::clone(&counters),
+        );
+        dev.idle_since = None;
+        dev.session = Some(Session {
+            session_id,
+            addr,
+            out_tx,
+            out_task,
+            counters,
+            setup_deadline: Some(Instant::now() + SETUP_TIMEOUT),
+            negotiated: false,
+            keepalive: Duration::ZERO,
+            seen: 0,
+            alive_at: Instant::now(),
+            suite: est.suite,
+            started: Instant::now(),
+        });
+        tracing::info!(
+            "client {id} {LOG_CONNECTED} from {addr} on {} (local {} peer {}, {})",
+            dev.tun.name,
+            dev.pair.server,
+            dev.pair.client,
+            est.suite.name()
+        );
+        Ok(())
+    }
+
+    /// Turns away a new id at the `-max-clients` limit, before it gets a device or runs a
+    /// script: Close "refused" to a dtun client (only dtun clients offer AES-128-GCM, and they
+    /// read it where the address message would be), then close_notify.
+    async fn refuse(&mut self, id: &str, addr: SocketAddr, est: &Completed) {
+        self.refusals.count += 1;
+        if self.refusals.log.allow() {
+            tracing::warn!(
+                "client {id} from {addr} refused: {} devices, the -max-clients limit ({} refused so far; ids in -clients still get in)",
+                self.devices.len(),
+                self.refusals.count
+            );
+        }
+        let (mut sealer, _) =
+            record::session_pair(est.suite, &est.keys, false, 1, first_app_sequence());
+        let link = Link {
+            udp: self.udp.clone(),
+            peer: addr,
+            connected: false,
+        };
+        if est.suite == record::Suite::Aes128Gcm && !self.cfg.common.compat {
+            let close = Control::Close {
+                reason: CloseReason::Refused,
+                detail: format!("-max-clients {}", self.cfg.max_clients),
+            };
+            let _ = link
+                .send_record(&mut sealer, CONTENT_APPLICATION_DATA, &close.to_bytes())
+                .await;
+        }
+        let _ = link.send_close_notify(&mut sealer).await;
+    }
+
+    /// Ends the id's session, if any; the device stays for `-linger`. `reason`: say so and
+    /// send close_notify (None: the peer already closed).
+    pub(in crate::server) async fn end_session(
+        &mut self,
+        id: &str,
+        reason: Option<CloseReason>,
+        why: &str,
+    ) {
+        self.end_session_because(id, reason, "", why).await
+    }
+
+    pub(in crate::server) async fn end_session_because(
+        &mut self,
+        id: &str,
+        reason: Option<CloseReason>,
+        detail: &str,
+        why: &str,
+    ) {
+        let Some(dev) = self.devices.get_mut(id) else {
+            return;
+        };
+        let Some(s) = dev.session.take() else { return };
+        let _ = self.cmd_tx.send(DemuxCmd::Remove {
+            addr: s.addr,
+            session_id: s.session_id,
+        });
+        let farewell = reason.filter(|_| s.negotiated).map(|reason| {
+            Control::Close {
+                reason,
+                detail: detail.to_string(),
+            }
+            .to_bytes()
+        });
+        let stop = OutboundCmd::Stop {
+            notify: reason.is_some(),
+            farewell: farewell.clone(),
+        };
+        let _ = s.out_tx.send(stop).await;
+        match s.out_task.await {
+            // The task ended by itself (its sequence numbers are nearly used up) before it
+            // could take the stop: the farewell goes from here, in the reserve it left.
+            Ok((mut sealer, OutboundEnd::Exhausted)) if reason.is_some() => {
+                let link = Link {
+                    udp: self.udp.clone(),
+                    peer: s.addr,
+                    connected: false,
+                };
+                if let Some(msg) = farewell {
+                    let _ = link
+                        .send_record(&mut sealer, CONTENT_APPLICATION_DATA, &msg)
+                        .await;
+                }
+                let _ = link.send_close_notify(&mut sealer).await;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let e = crate::supervise::TaskEnded::from_join("outbound task", Err::<(), _>(e));
+                tracing::error!("client {id}: {e}");
+                self.fatal = Some(e);
+            }
+        }
+        dev.idle_since = Some(Instant::now());
+        dev.past.add(&crate::ops::status::Traffic::of(&s.counters));
+        tracing::info!(
+            "client {id} from {} disconnected: {why} ({})",
+            s.addr,
+            s.counters.summary()
+        );
+    }
+}
