@@ -64,6 +64,7 @@ fn server_status_shows_clients_and_a_lingering_device() {
             "now",
             "pid",
             "pool",
+            "pool6",
             "role",
             "traffic",
             "version"
@@ -100,13 +101,19 @@ fn server_status_shows_clients_and_a_lingering_device() {
             "endpoint",
             "id",
             "local_ip",
+            "local_ip6",
             "peer_ip",
+            "peer_ip6",
             "routes",
             "session",
             "traffic"
         ])
     );
     assert_eq!(a["id"], "alpha");
+    assert_eq!(v["pool6"], dtun::pool6::DEFAULT_POOL6);
+    let peer6 = a["peer_ip6"].as_str().expect("an IPv6 pair");
+    assert!(peer6.starts_with("fd64:7475:6e00:"), "{a}");
+    assert!(a["local_ip6"].is_string(), "{a}");
     assert!(
         a["endpoint"]
             .as_str()
@@ -143,7 +150,9 @@ fn server_status_shows_clients_and_a_lingering_device() {
             "idle_since",
             "idle_since_age",
             "local_ip",
+            "local_ip6",
             "peer_ip",
+            "peer_ip6",
             "traffic"
         ])
     );
@@ -231,10 +240,23 @@ fn client_status_up_then_backing_off() {
     let t = &v["tunnel"];
     assert_eq!(
         keys(t),
-        set(&["device", "local_ip", "peer_ip", "session", "traffic"])
+        set(&[
+            "device",
+            "local_ip",
+            "local_ip6",
+            "peer_ip",
+            "peer_ip6",
+            "session",
+            "traffic"
+        ])
     );
     assert_eq!(t["device"], tun.as_str());
     assert_eq!(t["peer_ip"], peer.to_string());
+    // IPv6 inside (the server's default -pool6): the pair the client's TUN holds.
+    let local6 = t["local_ip6"].as_str().expect("an IPv6 pair").to_string();
+    assert!(local6.starts_with("fd64:7475:6e00:"), "{t}");
+    let held = topo.client().addrs(&tun);
+    assert!(held.contains(&local6), "{held}");
     assert_session_shape(&t["session"]);
     assert_eq!(t["session"]["keepalive"]["period_seconds"], 1.0);
     assert_traffic_shape(&t["traffic"]);

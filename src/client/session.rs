@@ -247,6 +247,7 @@ pub(super) async fn session(
         device: t.tun.name.clone(),
         local_ip: addrs.client,
         peer_ip: addrs.server,
+        ip6: t.addr6.map(|a| (a.client, a.server)),
         started: std::time::Instant::now(),
         keepalive: negotiated.then_some(cfg.common.keepalive),
     });

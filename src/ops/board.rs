@@ -17,6 +17,8 @@ pub struct LiveSession {
     pub device: String,
     pub local_ip: Ipv4Addr,
     pub peer_ip: Ipv4Addr,
+    /// The IPv6 pair (local, peer) when the tunnel has one.
+    pub ip6: Option<(std::net::Ipv6Addr, std::net::Ipv6Addr)>,
     pub started: Instant,
     /// Negotiated (the server said Hello) and the period; None: not a dtun server, or -compat.
     pub keepalive: Option<Duration>,
@@ -141,6 +143,8 @@ impl ClientBoard {
                     device: s.device.clone(),
                     local_ip: s.local_ip,
                     peer_ip: s.peer_ip,
+                    local_ip6: s.ip6.map(|p| p.0),
+                    peer_ip6: s.ip6.map(|p| p.1),
                     session: SessionView {
                         cipher: s.suite.name(),
                         last_handshake: clock.unix(s.started),

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -148,6 +148,9 @@ pub struct PeerView {
     pub device: String,
     pub local_ip: Ipv4Addr,
     pub peer_ip: Ipv4Addr,
+    /// The IPv6 pair (`-pool6`), null when the tunnel has no IPv6.
+    pub local_ip6: Option<Ipv6Addr>,
+    pub peer_ip6: Option<Ipv6Addr>,
     /// The client's LAN routes through its device.
     pub routes: Vec<String>,
     /// When the id's device was made (its first session since).
@@ -165,6 +168,9 @@ pub struct LingeringView {
     pub device: String,
     pub local_ip: Ipv4Addr,
     pub peer_ip: Ipv4Addr,
+    /// The IPv6 pair (`-pool6`), null when the tunnel has no IPv6.
+    pub local_ip6: Option<Ipv6Addr>,
+    pub peer_ip6: Option<Ipv6Addr>,
     pub idle_since: u64,
     pub idle_since_age: u64,
     pub expires: u64,
@@ -200,6 +206,8 @@ pub struct ServerView {
     pub now: u64,
     pub listen: String,
     pub pool: String,
+    /// `-pool6`, null when off.
+    pub pool6: Option<String>,
     pub clients: Vec<PeerView>,
     pub lingering: Vec<LingeringView>,
     pub admission: AdmissionView,
@@ -213,6 +221,9 @@ pub struct TunnelView {
     pub device: String,
     pub local_ip: Ipv4Addr,
     pub peer_ip: Ipv4Addr,
+    /// The IPv6 pair (`-pool6`), null when the tunnel has no IPv6.
+    pub local_ip6: Option<Ipv6Addr>,
+    pub peer_ip6: Option<Ipv6Addr>,
     pub session: SessionView,
     /// This session's.
     pub traffic: Traffic,
@@ -362,6 +373,7 @@ fn human_server(v: &ServerView) -> String {
     let _ = writeln!(out, "server: {} (pid {})", v.instance, v.pid);
     line(&mut out, "listening on", &v.listen);
     line(&mut out, "pool", &v.pool);
+    line(&mut out, "pool6", v.pool6.as_deref().unwrap_or("off"));
     line(
         &mut out,
         "clients",
@@ -395,7 +407,7 @@ fn human_server(v: &ServerView) -> String {
         line(
             &mut out,
             "device",
-            &format!("{} (local {}, peer {})", c.device, c.local_ip, c.peer_ip),
+            &device_line(&c.device, c.local_ip, c.peer_ip, c.local_ip6, c.peer_ip6),
         );
         if !c.routes.is_empty() {
             line(&mut out, "routes", &c.routes.join(", "));
@@ -413,7 +425,7 @@ fn human_server(v: &ServerView) -> String {
         line(
             &mut out,
             "device",
-            &format!("{} (local {}, peer {})", l.device, l.local_ip, l.peer_ip),
+            &device_line(&l.device, l.local_ip, l.peer_ip, l.local_ip6, l.peer_ip6),
         );
         line(
             &mut out,
@@ -424,6 +436,22 @@ fn human_server(v: &ServerView) -> String {
         traffic_lines(&mut out, &l.traffic);
     }
     out
+}
+
+/// `dtun0 (local A, peer B; IPv6 local A6, peer B6)`.
+fn device_line(
+    device: &str,
+    local: Ipv4Addr,
+    peer: Ipv4Addr,
+    local6: Option<Ipv6Addr>,
+    peer6: Option<Ipv6Addr>,
+) -> String {
+    match (local6, peer6) {
+        (Some(l6), Some(p6)) => {
+            format!("{device} (local {local}, peer {peer}; IPv6 local {l6}, peer {p6})")
+        }
+        _ => format!("{device} (local {local}, peer {peer})"),
+    }
 }
 
 fn human_client(v: &ClientView) -> String {
@@ -452,7 +480,7 @@ fn human_client(v: &ClientView) -> String {
         line(
             &mut out,
             "device",
-            &format!("{} (local {}, peer {})", t.device, t.local_ip, t.peer_ip),
+            &device_line(&t.device, t.local_ip, t.peer_ip, t.local_ip6, t.peer_ip6),
         );
         session_lines(&mut out, &t.session);
         traffic_lines(&mut out, &t.traffic);

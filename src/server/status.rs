@@ -40,6 +40,8 @@ impl Manager {
                     device: d.tun.name.clone(),
                     local_ip: d.pair.server,
                     peer_ip: d.pair.client,
+                    local_ip6: d.pair6.map(|p| p.server),
+                    peer_ip6: d.pair6.map(|p| p.client),
                     routes: d.routes.iter().map(|r| r.to_string()).collect(),
                     connected_since: clock.unix(d.created),
                     connected_since_age: clock.age(d.created),
@@ -68,6 +70,8 @@ impl Manager {
                         device: d.tun.name.clone(),
                         local_ip: d.pair.server,
                         peer_ip: d.pair.client,
+                        local_ip6: d.pair6.map(|p| p.server),
+                        peer_ip6: d.pair6.map(|p| p.client),
                         idle_since: clock.unix(idle),
                         idle_since_age: clock.age(idle),
                         expires: clock.unix(expires),
@@ -93,6 +97,7 @@ impl Manager {
                 .map(|a| a.to_string())
                 .unwrap_or_default(),
             pool: self.cfg.pool.to_string(),
+            pool6: self.cfg.pool6.map(|p| p.to_string()),
             clients,
             lingering,
             admission: AdmissionView {
