@@ -30,10 +30,89 @@ pub struct Pair {
 #[derive(Debug)]
 pub struct Pool {
     net: Ipv4Net,
-    /// Number of pairs: slot i is (network + 2i + 1, network + 2i + 2).
-    slots: u32,
-    by_slot: HashMap<u32, String>,
-    by_id: HashMap<String, u32>,
+    /// Slot i is the pair (network + 2i + 1, network + 2i + 2).
+    slots: Slots,
+}
+
+/// Which id holds which pair slot: the bookkeeping of both pools (IPv4 here, IPv6 in
+/// `crate::pool6`). Slot i is the pair at offsets 2i + 1 (server) and 2i + 2 (client) from the
+/// network address.
+#[derive(Debug)]
+pub(crate) struct Slots {
+    count: u128,
+    by_slot: HashMap<u128, String>,
+    by_id: HashMap<String, u128>,
+}
+
+/// Why [`Slots`] refused; each pool words it with its own addresses.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum SlotError {
+    Exhausted,
+    NotAClientAddress,
+    Taken(String),
+}
+
+impl Slots {
+    pub(crate) fn new(count: u128) -> Slots {
+        Slots {
+            count,
+            by_slot: HashMap::new(),
+            by_id: HashMap::new(),
+        }
+    }
+
+    /// The slot the id holds, else `home` or the next free one after it.
+    pub(crate) fn assign(&mut self, id: &str, home: u128) -> Result<u128, SlotError> {
+        if let Some(&slot) = self.by_id.get(id) {
+            return Ok(slot);
+        }
+        let held = self.by_id.len() as u128;
+        if held >= self.count {
+            return Err(SlotError::Exhausted);
+        }
+        // At most `held` slots are taken: one of `held + 1` in a row is free.
+        let slot = (0..=held)
+            .map(|i| (home + i) % self.count)
+            .find(|s| !self.by_slot.contains_key(s))
+            .ok_or(SlotError::Exhausted)?;
+        self.by_slot.insert(slot, id.to_string());
+        self.by_id.insert(id.to_string(), slot);
+        Ok(slot)
+    }
+
+    /// The slot whose client address is `offset` past the network address (a fixed address
+    /// from the credentials file); the id gives up any other slot it held.
+    pub(crate) fn assign_fixed(&mut self, id: &str, offset: u128) -> Result<u128, SlotError> {
+        if offset < 2 || !offset.is_multiple_of(2) || (offset - 2) / 2 >= self.count {
+            return Err(SlotError::NotAClientAddress);
+        }
+        let slot = (offset - 2) / 2;
+        match self.by_slot.get(&slot) {
+            Some(holder) if holder != id => return Err(SlotError::Taken(holder.clone())),
+            _ => {}
+        }
+        if let Some(old) = self.by_id.insert(id.to_string(), slot)
+            && old != slot
+        {
+            self.by_slot.remove(&old);
+        }
+        self.by_slot.insert(slot, id.to_string());
+        Ok(slot)
+    }
+
+    pub(crate) fn release(&mut self, id: &str) {
+        if let Some(slot) = self.by_id.remove(id) {
+            self.by_slot.remove(&slot);
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub(crate) fn count(&self) -> u128 {
+        self.count
+    }
 }
 
 impl Pool {
@@ -47,13 +126,13 @@ impl Pool {
         }
         Ok(Pool {
             net,
-            slots,
-            by_slot: HashMap::new(),
-            by_id: HashMap::new(),
+            slots: Slots::new(u128::from(slots)),
         })
     }
 
-    fn pair(&self, slot: u32) -> Pair {
+    fn pair(&self, slot: u128) -> Pair {
+        // Slots fit the pool, so this is below 2^32.
+        let slot = slot as u32;
         let base = u32::from(self.net.network());
         Pair {
             server: Ipv4Addr::from(base + 2 * slot + 1),
@@ -61,59 +140,41 @@ impl Pool {
         }
     }
 
-    fn home_slot(&self, id: &str) -> u32 {
+    fn home_slot(&self, id: &str) -> u128 {
         let h = digest::digest(&digest::SHA256, id.as_bytes());
         let b = h.as_ref();
-        u32::from_be_bytes([b[0], b[1], b[2], b[3]]) % self.slots
+        u128::from(u32::from_be_bytes([b[0], b[1], b[2], b[3]])) % self.slots.count()
     }
 
     /// The id's pair: the one it holds, else its hash slot or the next free one after it.
     pub fn assign(&mut self, id: &str) -> Result<Pair, PoolError> {
-        if let Some(&slot) = self.by_id.get(id) {
-            return Ok(self.pair(slot));
-        }
-        if self.by_id.len() as u64 >= u64::from(self.slots) {
-            return Err(PoolError::Exhausted(self.net, self.by_id.len()));
-        }
         let home = self.home_slot(id);
-        let slot = (0..self.slots)
-            .map(|i| (home + i) % self.slots)
-            .find(|s| !self.by_slot.contains_key(s))
-            .ok_or(PoolError::Exhausted(self.net, self.by_id.len()))?;
-        self.by_slot.insert(slot, id.to_string());
-        self.by_id.insert(id.to_string(), slot);
-        Ok(self.pair(slot))
+        match self.slots.assign(id, home) {
+            Ok(slot) => Ok(self.pair(slot)),
+            Err(_) => Err(PoolError::Exhausted(self.net, self.slots.len())),
+        }
     }
 
     /// The pair whose client address is `client` (a fixed address from the credentials file).
     pub fn assign_fixed(&mut self, id: &str, client: Ipv4Addr) -> Result<Pair, PoolError> {
-        let off = u32::from(client).wrapping_sub(u32::from(self.net.network()));
-        if !self.net.contains(&client) || off < 2 || off % 2 != 0 || (off - 2) / 2 >= self.slots {
+        if !self.net.contains(&client) {
             return Err(PoolError::NotAClientAddress(client, self.net));
         }
-        let slot = (off - 2) / 2;
-        match self.by_slot.get(&slot) {
-            Some(holder) if holder != id => return Err(PoolError::Taken(client, holder.clone())),
-            _ => {}
+        let offset = u32::from(client) - u32::from(self.net.network());
+        match self.slots.assign_fixed(id, u128::from(offset)) {
+            Ok(slot) => Ok(self.pair(slot)),
+            Err(SlotError::Taken(holder)) => Err(PoolError::Taken(client, holder)),
+            Err(_) => Err(PoolError::NotAClientAddress(client, self.net)),
         }
-        if let Some(old) = self.by_id.insert(id.to_string(), slot)
-            && old != slot
-        {
-            self.by_slot.remove(&old);
-        }
-        self.by_slot.insert(slot, id.to_string());
-        Ok(self.pair(slot))
     }
 
     /// Returns the id's pair to the pool.
     pub fn release(&mut self, id: &str) {
-        if let Some(slot) = self.by_id.remove(id) {
-            self.by_slot.remove(&slot);
-        }
+        self.slots.release(id);
     }
 
     pub fn in_use(&self) -> usize {
-        self.by_id.len()
+        self.slots.len()
     }
 }
 

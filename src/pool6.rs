@@ -3,11 +3,12 @@
 //! it is the same on every reconnect and after a server restart. A /64 holds 2^63 pairs, so two
 //! ids practically never meet; when they do, the later one takes the next free pair.
 
-use std::collections::HashMap;
 use std::net::Ipv6Addr;
 
 use ipnet::Ipv6Net;
 use ring::digest;
+
+use crate::pool::{SlotError, Slots};
 
 /// The default `-pool6`: a fixed unique local prefix, so addresses survive restarts without
 /// configuration. Its global ID is "dtun" in ASCII (64 74 75 6e) and a zero byte; two servers
@@ -55,10 +56,8 @@ pub struct Pair6 {
 #[derive(Debug)]
 pub struct Pool6 {
     net: Ipv6Net,
-    /// Number of pairs: slot i is (network + 2i + 1, network + 2i + 2); at most 2^64.
-    slots: u128,
-    by_slot: HashMap<u128, String>,
-    by_id: HashMap<String, u128>,
+    /// Slot i is the pair (network + 2i + 1, network + 2i + 2); at most 2^64 of them.
+    slots: Slots,
 }
 
 impl Pool6 {
@@ -77,9 +76,7 @@ impl Pool6 {
         let slots = ((hosts - 2) / 2).min(1 << 64);
         Ok(Pool6 {
             net,
-            slots,
-            by_slot: HashMap::new(),
-            by_id: HashMap::new(),
+            slots: Slots::new(slots),
         })
     }
 
@@ -103,53 +100,34 @@ impl Pool6 {
         let h = ctx.finish();
         let mut b = [0u8; 16];
         b.copy_from_slice(&h.as_ref()[..16]);
-        u128::from_be_bytes(b) % self.slots
+        u128::from_be_bytes(b) % self.slots.count()
     }
 
     /// The id's pair: the one it holds, else its hash slot or the next free one after it.
     pub fn assign(&mut self, id: &str) -> Result<Pair6, Pool6Error> {
-        if let Some(&slot) = self.by_id.get(id) {
-            return Ok(self.pair(slot));
-        }
-        if self.by_id.len() as u128 >= self.slots {
-            return Err(Pool6Error::Exhausted(self.net, self.by_id.len()));
-        }
         let home = self.home_slot(id);
-        // At most as many probes as ids held: one of them is free.
-        let slot = (0..=self.by_id.len() as u128)
-            .map(|i| (home + i) % self.slots)
-            .find(|s| !self.by_slot.contains_key(s))
-            .ok_or(Pool6Error::Exhausted(self.net, self.by_id.len()))?;
-        self.by_slot.insert(slot, id.to_string());
-        self.by_id.insert(id.to_string(), slot);
-        Ok(self.pair(slot))
+        match self.slots.assign(id, home) {
+            Ok(slot) => Ok(self.pair(slot)),
+            Err(_) => Err(Pool6Error::Exhausted(self.net, self.slots.len())),
+        }
     }
 
     /// The pair whose client address is `client` (`addr6=` in the credentials file).
     pub fn assign_fixed(&mut self, id: &str, client: Ipv6Addr) -> Result<Pair6, Pool6Error> {
-        let off = u128::from(client).wrapping_sub(u128::from(self.net.network()));
-        if !self.net.contains(&client) || off < 2 || off % 2 != 0 || (off - 2) / 2 >= self.slots {
+        if !self.net.contains(&client) {
             return Err(Pool6Error::NotAClientAddress(client, self.net));
         }
-        let slot = (off - 2) / 2;
-        match self.by_slot.get(&slot) {
-            Some(holder) if holder != id => return Err(Pool6Error::Taken(client, holder.clone())),
-            _ => {}
+        let offset = u128::from(client) - u128::from(self.net.network());
+        match self.slots.assign_fixed(id, offset) {
+            Ok(slot) => Ok(self.pair(slot)),
+            Err(SlotError::Taken(holder)) => Err(Pool6Error::Taken(client, holder)),
+            Err(_) => Err(Pool6Error::NotAClientAddress(client, self.net)),
         }
-        if let Some(old) = self.by_id.insert(id.to_string(), slot)
-            && old != slot
-        {
-            self.by_slot.remove(&old);
-        }
-        self.by_slot.insert(slot, id.to_string());
-        Ok(self.pair(slot))
     }
 
     /// Returns the id's pair to the pool.
     pub fn release(&mut self, id: &str) {
-        if let Some(slot) = self.by_id.remove(id) {
-            self.by_slot.remove(&slot);
-        }
+        self.slots.release(id);
     }
 
     /// What the Addr6 message tells a client: its pair and the pool's prefix length.
