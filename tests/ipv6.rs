@@ -264,24 +264,7 @@ fn reconnect_keeps_the_pair_and_addr6_fixes_it() {
 #[test]
 fn ipv6_underlay_carries_both_families() {
     let topo = Topo::pair("v6u");
-    topo.server.ip(&[
-        "-6",
-        "addr",
-        "add",
-        "fd31:250::1/64",
-        "dev",
-        "eth0",
-        "nodad",
-    ]);
-    topo.client().ip(&[
-        "-6",
-        "addr",
-        "add",
-        "fd31:250::2/64",
-        "dev",
-        "eth0",
-        "nodad",
-    ]);
+    ipv6_underlay(&topo);
     let _server = start_server(&topo.server, 443, &["-key", KEY]);
     let mut c = start_client(
         topo.client(),

@@ -97,26 +97,9 @@ fn nat66_forwarding_and_accept_ra_restored_even_after_kill_9() {
 #[test]
 fn full_tunnel_over_an_ipv6_underlay_keeps_its_own_path() {
     let topo = Topo::pair("v6U");
-    topo.server.ip(&[
-        "-6",
-        "addr",
-        "add",
-        "fd31:250::1/64",
-        "dev",
-        "eth0",
-        "nodad",
-    ]);
+    ipv6_underlay(&topo);
     topo.server
         .ip(&["-6", "addr", "add", "fd31:999::1/128", "dev", "lo"]);
-    topo.client().ip(&[
-        "-6",
-        "addr",
-        "add",
-        "fd31:250::2/64",
-        "dev",
-        "eth0",
-        "nodad",
-    ]);
     topo.client()
         .ip(&["-6", "route", "add", "default", "via", "fd31:250::1"]);
     // Bound to that address, so replies come from it (as full_tunnel.rs does for IPv4).

@@ -16,18 +16,6 @@ use common::*;
 
 const KEY: &str = "privilege-test-key-0123456789";
 const UID: u32 = 4242;
-/// The unit's user and capability: uid/gid 4242, no groups, CAP_NET_ADMIN only (ambient, so it
-/// survives the exec into dtun and dtun's into its scripts).
-const AS_UNIT: &[&str] = &[
-    "--reuid",
-    "4242",
-    "--regid",
-    "4242",
-    "--clear-groups",
-    "--inh-caps=-all,+net_admin",
-    "--ambient-caps=-all,+net_admin",
-    "--bounding-set=-all,+net_admin",
-];
 /// CAP_NET_ADMIN alone, as `CapEff:` shows it.
 const NET_ADMIN_ONLY: &str = "0000000000001000";
 const ROUTE: &str = "198.51.100.0/24";

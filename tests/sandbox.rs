@@ -20,17 +20,6 @@ use common::*;
 
 const KEY: &str = "sandbox-test-key-0123456789";
 const UNITS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/dist/systemd");
-/// What dist/systemd's units grant, as in tests/privilege.rs.
-const AS_UNIT: &[&str] = &[
-    "--reuid",
-    "4242",
-    "--regid",
-    "4242",
-    "--clear-groups",
-    "--inh-caps=-all,+net_admin",
-    "--ambient-caps=-all,+net_admin",
-    "--bounding-set=-all,+net_admin",
-];
 
 /// dtun under strace (trace in `trace`) and setpriv, with a /dev/net/tun of mode 0666 mounted
 /// in the mount namespace `ip netns exec` made for it (see tests/privilege.rs).

@@ -127,3 +127,14 @@ pub fn sysctl(ns: &Netns, key: &str) -> String {
     let out = ns.run("sysctl", &["-n", key]);
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
+
+/// The IPv6 underlay of a `Topo::pair`: fd31:250::1/64 on the server's eth0, fd31:250::2/64 on
+/// the client's (no DAD, usable at once).
+pub fn ipv6_underlay(topo: &Topo) {
+    for (ns, addr) in [
+        (&topo.server, "fd31:250::1/64"),
+        (topo.client(), "fd31:250::2/64"),
+    ] {
+        ns.ip(&["-6", "addr", "add", addr, "dev", "eth0", "nodad"]);
+    }
+}

@@ -662,6 +662,20 @@ pub const DTUN: &str = env!("CARGO_BIN_EXE_dtun");
 /// Deadline for a tunnel to come up (handshake, address exchange, devices, up script).
 pub const UP: Duration = Duration::from_secs(20);
 
+/// What dist/systemd's units grant, as `setpriv` arguments: uid/gid 4242 (no passwd entry
+/// needed), no groups, CAP_NET_ADMIN only (ambient, so it survives the exec into dtun and
+/// dtun's into its scripts).
+pub const AS_UNIT: &[&str] = &[
+    "--reuid",
+    "4242",
+    "--regid",
+    "4242",
+    "--clear-groups",
+    "--inh-caps=-all,+net_admin",
+    "--ambient-caps=-all,+net_admin",
+    "--bounding-set=-all,+net_admin",
+];
+
 /// Panics with the process's log if it has exited.
 pub fn assert_running(p: &mut Proc, what: &str) {
     if let Some(status) = p.exited() {
