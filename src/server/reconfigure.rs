@@ -137,13 +137,7 @@ impl Manager {
         if !self.stale_addr.remove(id) || !self.devices.contains_key(id) {
             return;
         }
-        self.end_session_because(
-            id,
-            Some(CloseReason::Replaced),
-            &addr.to_string(),
-            &format!("replaced by a new session from {addr}"),
-        )
-        .await;
+        self.end_replaced(id, addr).await;
         self.remove_device(id).await;
     }
 }

@@ -22,13 +22,7 @@ impl Manager {
             let dev = self.create_device(id, est.suite, addr).await?;
             self.devices.insert(id.to_string(), dev);
         } else {
-            self.end_session_because(
-                id,
-                Some(CloseReason::Replaced),
-                &addr.to_string(),
-                &format!("replaced by a new session from {addr}"),
-            )
-            .await;
+            self.end_replaced(id, addr).await;
             let mtu = self.cfg.tun.mtu_for(est.suite, addr);
             if let Some(dev) = self.devices.get_mut(id) {
                 dev.tun.follow_mtu(&self.nl, mtu).await?;
@@ -149,6 +143,13 @@ impl Manager {
         why: &str,
     ) {
         self.end_session_because(id, reason, "", why).await
+    }
+
+    /// Ends the id's session because a new one of the id came from `addr` (Close "replaced").
+    pub(in crate::server) async fn end_replaced(&mut self, id: &str, addr: SocketAddr) {
+        let why = format!("replaced by a new session from {addr}");
+        self.end_session_because(id, Some(CloseReason::Replaced), &addr.to_string(), &why)
+            .await;
     }
 
     pub(in crate::server) async fn end_session_because(
