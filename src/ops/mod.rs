@@ -1,12 +1,17 @@
-//! Operating dtun: readiness for systemd (`notify`), what to say when a privilege is missing
-//! (`privilege`), shell completions and the man page (`docs`); the configuration file (`-config`, `config_file`), checking it (`-check`,
-//! `check`) and reloading a running server (SIGHUP, `reload`); seeing what runs: the control socket `@dtun/INSTANCE` behind `dtun status` (`control`),
-//! the snapshot it shows (`status`), and `-metrics` over HTTP (`metrics`).
+//! Operating dtun, apart from the tunnel itself:
+//! - **configuration**: the TOML file (`-config`, `config_file`, its values checked as they
+//!   are read in `values`), `-check` (`check`), reloading a running server (SIGHUP and
+//!   `dtun reload`, `reload`);
+//! - **seeing what runs**: the control socket `@dtun/INSTANCE` behind `dtun status` and
+//!   `dtun reload` (`control`), the snapshot it shows (`status`), `-metrics` over HTTP
+//!   (`metrics`);
+//! - **running as a service**: readiness for systemd (`notify`), what to say when a privilege
+//!   is missing (`privilege`), shell completions and the man page (`docs`).
 //!
-//! Both read the same snapshots, taken off the data path: the server's manager answers a
-//! request on a channel between its other events (its counters are relaxed atomics, read in
-//! passing); the client publishes its state changes on a [`ClientBoard`] (a mutex taken at
-//! each change of state and by readers, never per packet; `board`).
+//! Status and metrics read the same snapshots, taken off the data path: the server's manager
+//! answers a request on a channel between its other events (its counters are relaxed atomics,
+//! read in passing); the client publishes its state changes on a [`ClientBoard`] (a mutex
+//! taken at each change of state and by readers, never per packet; `board`).
 
 mod board;
 pub mod check;
