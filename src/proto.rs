@@ -85,8 +85,9 @@ pub const CONTROL_MARKER: u8 = 0x00;
 /// [`Control::Hello`]; the original client only logs the hint. An original server never sends
 /// it, so a dtun client never sends it a control message.
 pub const HINT_MARKER: &str = ";dtun-ctl=1";
-/// Version of the control protocol carried in Hello.
-pub const CONTROL_VERSION: u8 = 1;
+/// Version of the control protocol carried in Hello. Version 2 adds the flags byte, with which
+/// the server's Hello answer says what it sent before it and what it heard (see [`HelloFlags`]).
+pub const CONTROL_VERSION: u8 = 2;
 /// Longest detail text of a Close message.
 pub const MAX_CLOSE_DETAIL: usize = 200;
 /// Most DNS servers in one Dns message.
@@ -142,6 +143,30 @@ close_reasons! {
     Revoked = 6,
 }
 
+/// The flags byte of a version-2 Hello. The server's Hello answer says which setup messages
+/// it sent right before the answer and whether it heard the client's Lans, so a client that
+/// has the answer knows what was lost and says Hello again (src/client/hello.rs). Unknown bits
+/// are kept and ignored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HelloFlags(pub u8);
+
+impl HelloFlags {
+    /// An Addr6 came right before this answer.
+    pub const ADDR6_SENT: u8 = 1;
+    /// A Dns came right before this answer.
+    pub const DNS_SENT: u8 = 2;
+    /// The server has the client's Lans message (whether or not it routes every LAN).
+    pub const LANS_HEARD: u8 = 4;
+
+    pub fn has(self, bit: u8) -> bool {
+        self.0 & bit != 0
+    }
+
+    pub fn with(self, bit: u8, on: bool) -> HelloFlags {
+        if on { HelloFlags(self.0 | bit) } else { self }
+    }
+}
+
 /// dtun's control messages (between dtun peers only).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Control {
@@ -150,6 +175,8 @@ pub enum Control {
     Hello {
         version: u8,
         keepalive_ms: u32,
+        /// On the wire from version 2 on (0 in a client's Hello and from older peers).
+        flags: HelloFlags,
     },
     Ping,
     Pong,
@@ -157,14 +184,15 @@ pub enum Control {
         reason: CloseReason,
         detail: String,
     },
-    /// Server → client after the Hello answer: the DNS servers of the server's `-dns` (1 to
+    /// Server → client right before the Hello answer (after it, from a version-1 server): the
+    /// DNS servers of the server's `-dns` (1 to
     /// [`MAX_DNS_SERVERS`], IPv4 or IPv6). Sent only to a client that said Hello.
     Dns(Vec<IpAddr>),
     /// Server → client, right before the Hello answer: the client's IPv6 tunnel address and
     /// the server's, and the length of the prefix (the server's `-pool6`) both lie in. Sent
     /// only to a client that said Hello; check it with [`Addr6::check`] before use.
     Addr6(Addr6),
-    /// Client → server, right after its Hello: the LANs of `-peernet` beyond the one the
+    /// Client → server, right before its Hello: the LANs of `-peernet` beyond the one the
     /// original's peernet message carries (1 to [`MAX_LANS`], either family).
     Lans(Vec<ipnet::IpNet>),
 }
@@ -178,10 +206,14 @@ impl Control {
             Control::Hello {
                 version,
                 keepalive_ms,
+                flags,
             } => {
                 b.push(1);
                 b.push(*version);
                 b.extend_from_slice(&keepalive_ms.to_be_bytes());
+                if *version >= 2 {
+                    b.push(flags.0);
+                }
             }
             Control::Ping => b.push(2),
             Control::Pong => b.push(3),
@@ -228,9 +260,13 @@ impl Control {
     /// reason this build does not know is still a Close ([`CloseReason::Other`]).
     pub fn parse(b: &[u8]) -> Result<Control, ProtoError> {
         match b {
-            [CONTROL_MARKER, 1, version, k0, k1, k2, k3, ..] => Ok(Control::Hello {
+            [CONTROL_MARKER, 1, version, k0, k1, k2, k3, rest @ ..] => Ok(Control::Hello {
                 version: *version,
                 keepalive_ms: u32::from_be_bytes([*k0, *k1, *k2, *k3]),
+                flags: match rest.first() {
+                    Some(f) if *version >= 2 => HelloFlags(*f),
+                    _ => HelloFlags::default(),
+                },
             }),
             [CONTROL_MARKER, 2] => Ok(Control::Ping),
             [CONTROL_MARKER, 3] => Ok(Control::Pong),
@@ -326,6 +362,17 @@ mod tests {
             Control::Hello {
                 version: CONTROL_VERSION,
                 keepalive_ms: 10_000,
+                flags: HelloFlags::default(),
+            },
+            Control::Hello {
+                version: CONTROL_VERSION,
+                keepalive_ms: 0,
+                flags: HelloFlags(HelloFlags::ADDR6_SENT | HelloFlags::LANS_HEARD),
+            },
+            Control::Hello {
+                version: 1,
+                keepalive_ms: 10_000,
+                flags: HelloFlags::default(),
             },
             Control::Ping,
             Control::Pong,
@@ -371,6 +418,34 @@ mod tests {
         assert!(b.len() <= 3 + MAX_CLOSE_DETAIL);
         assert!(Control::parse(&b).is_ok());
         assert!(!Control::is_control(&[0x45]));
+    }
+
+    /// The Hello's flags byte exists from version 2 on: a version-1 Hello's extra bytes are
+    /// still ignored, and a version-2 Hello without the byte has no flags.
+    #[test]
+    fn hello_flags_come_with_version_two() {
+        let v2 = Control::Hello {
+            version: 2,
+            keepalive_ms: 10_000,
+            flags: HelloFlags(HelloFlags::ADDR6_SENT | HelloFlags::DNS_SENT),
+        };
+        assert_eq!(v2.to_bytes(), [0, 1, 2, 0, 0, 0x27, 0x10, 3]);
+        let v1 = Control::Hello {
+            version: 1,
+            keepalive_ms: 10_000,
+            flags: HelloFlags::default(),
+        };
+        assert_eq!(v1.to_bytes(), [0, 1, 1, 0, 0, 0x27, 0x10]);
+        assert_eq!(Control::parse(&[0, 1, 1, 0, 0, 0x27, 0x10, 3, 9]), Ok(v1));
+        let Ok(Control::Hello { flags, .. }) = Control::parse(&[0, 1, 2, 0, 0, 0x27, 0x10]) else {
+            panic!("a version-2 Hello without flags");
+        };
+        assert_eq!(flags, HelloFlags::default());
+        let Ok(Control::Hello { flags, .. }) = Control::parse(&[0, 1, 3, 0, 0, 0, 0, 0xfc, 1])
+        else {
+            panic!("a later version's Hello");
+        };
+        assert!(!flags.has(HelloFlags::ADDR6_SENT) && flags.has(HelloFlags::LANS_HEARD));
     }
 
     /// Forward compatibility: a Close with a reason this build does not know is still a Close

@@ -261,6 +261,7 @@ pub async fn run_with(
 mod addr6;
 mod early;
 mod forward;
+mod hello;
 mod session;
 pub use addr6::LOG_IPV6_UP;
 use early::{EarlyRecords, First, could_be_first, first_data};

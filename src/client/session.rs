@@ -160,6 +160,7 @@ pub(super) async fn session(
         hello = Control::Hello {
             version: CONTROL_VERSION,
             keepalive_ms,
+            flags: Default::default(),
         }
         .to_bytes();
     }
@@ -178,22 +179,34 @@ pub(super) async fn session(
                 .join(",")
         );
     }
-    for msg in [cfg.peernet.to_wire().into_bytes(), hello, lans] {
-        if msg.is_empty() {
-            continue;
-        }
-        if let Err(e) = link
-            .send_record(&mut sealer, CONTENT_APPLICATION_DATA, &msg)
-            .await
-        {
-            return lost(ClientError::Send(server, e));
-        }
+    if let Err(e) = link
+        .send_record(
+            &mut sealer,
+            CONTENT_APPLICATION_DATA,
+            cfg.peernet.to_wire().as_bytes(),
+        )
+        .await
+    {
+        return lost(ClientError::Send(server, e));
     }
-    // A dtun server tells its IPv6 pair before its Hello answer: wait for that answer, so the
-    // up script sees the tunnel as it is.
-    // Without an answer (lost) the tunnel keeps the IPv6 it had.
+    // A dtun server tells its IPv6 pair and DNS before its Hello answer, which says whether
+    // they (and our Lans) got through: the exchange asks again for what was lost, so the up
+    // script sees the tunnel as it is. Without any answer the tunnel keeps the IPv6 it had.
     let addr6 = if negotiated {
-        match addr6::await_answer(&mut opener, &counters, &sock, &mut buf, &t.tun, dns).await {
+        match hello::exchange(
+            &link,
+            &mut sealer,
+            &mut opener,
+            &counters,
+            &sock,
+            &mut buf,
+            &t.tun,
+            dns,
+            &hello,
+            &lans,
+        )
+        .await
+        {
             Ok(a) => a,
             Err(e) => return lost(e),
         }

@@ -19,7 +19,9 @@ use crate::consts::{CONTENT_APPLICATION_DATA, KEEPALIVE_MISSES, SETUP_TIMEOUT};
 use crate::handshake::Completed;
 use crate::netlink::{Netlink, NetlinkError};
 use crate::pool::{Pool, PoolError};
-use crate::proto::{AddressMessage, CONTROL_VERSION, CloseReason, Control, Peernet, ProtoError};
+use crate::proto::{
+    AddressMessage, CONTROL_VERSION, CloseReason, Control, HelloFlags, Peernet, ProtoError,
+};
 use crate::pump::{self, Counters, Link, OutboundCmd, OutboundEnd};
 use crate::record;
 use crate::supervise::first_app_sequence;
@@ -66,8 +68,12 @@ pub(super) struct Session {
     pub(super) counters: Arc<Counters>,
     /// Deadline for the client's peernet message.
     setup_deadline: Option<Instant>,
-    /// The client said Hello: it is a dtun peer and may get control messages.
+    /// The client said Hello (or pinged): it is a dtun peer and may get control messages.
     pub(super) negotiated: bool,
+    /// We answered a Hello (a later one is a client asking again: logged at debug only).
+    pub(super) answered: bool,
+    /// The client's Lans message came (the Hello answer says so).
+    pub(super) lans_heard: bool,
     /// The client's keepalive period (zero: none); it pings, we answer.
     pub(super) keepalive: Duration,
     /// Authenticated records seen at the last check, and when that count last moved.
@@ -266,76 +272,91 @@ impl Manager {
 
     /// Answers a dtun client's control message.
     async fn control(&mut self, id: &str, msg: Control) {
-        // The device's IPv6 pair, told to a client that says Hello, before the Hello answer:
-        // once a client has that answer it knows whether IPv6 comes (src/client/addr6.rs).
+        let Some(s) = self.devices.get_mut(id).and_then(|d| d.session.as_mut()) else {
+            return;
+        };
+        match msg {
+            Control::Hello { keepalive_ms, .. } => {
+                s.keepalive = Duration::from_millis(u64::from(keepalive_ms));
+                tracing::debug!("client {id} is a dtun peer (keepalive {:?})", s.keepalive);
+                self.answer_hello(id);
+            }
+            // Only a dtun client pings: a lost Hello must not leave it unanswered. The
+            // demultiplexer answers every Ping and passes on only the first.
+            Control::Ping if !self.cfg.common.compat && !s.negotiated => {
+                s.negotiated = true;
+                s.keepalive = self.cfg.common.keepalive;
+            }
+            Control::Close { reason, detail } => {
+                tracing::debug!("client {id} is closing: {reason:?} {detail:?}");
+            }
+            Control::Lans(lans) => {
+                s.lans_heard = true;
+                self.add_lans(id, lans).await;
+            }
+            _ => {}
+        }
+    }
+
+    /// Answers a Hello (each one: a client says it again until its answer shows that nothing
+    /// was lost, src/client/hello.rs): the device's IPv6 pair and our -dns, then the answer,
+    /// whose flags say that those came and whether we have the client's Lans. A client that
+    /// has the answer knows whether IPv6 comes before its up script runs.
+    fn answer_hello(&mut self, id: &str) {
         let addr6 = self
             .devices
             .get(id)
             .and_then(|d| d.pair6)
             .zip(self.pool6.as_ref())
-            .map(|(pair6, pool6)| Control::Addr6(pool6.message(pair6)));
+            .map(|(pair6, pool6)| pool6.message(pair6));
         let Some(s) = self.devices.get_mut(id).and_then(|d| d.session.as_mut()) else {
             return;
         };
-        let reply = match msg {
-            Control::Hello { keepalive_ms, .. } => {
-                s.negotiated = true;
-                s.keepalive = Duration::from_millis(u64::from(keepalive_ms));
-                let ours = u32::try_from(self.cfg.common.keepalive.as_millis()).unwrap_or(u32::MAX);
-                tracing::debug!("client {id} is a dtun peer (keepalive {:?})", s.keepalive);
-                Some(Control::Hello {
-                    version: CONTROL_VERSION,
-                    keepalive_ms: ours,
-                })
-            }
-            // Only a dtun client pings: a lost Hello must not leave it unanswered. The
-            // demultiplexer answers every Ping and passes on only the first.
-            Control::Ping if !self.cfg.common.compat => {
-                if !s.negotiated {
-                    s.negotiated = true;
-                    s.keepalive = self.cfg.common.keepalive;
-                }
-                None
-            }
-            Control::Close { reason, detail } => {
-                tracing::debug!("client {id} is closing: {reason:?} {detail:?}");
-                None
-            }
-            Control::Lans(lans) => {
-                self.add_lans(id, lans).await;
-                return;
-            }
-            _ => None,
+        let first = !s.answered;
+        s.negotiated = true;
+        s.answered = true;
+        let dns = &self.cfg.dns;
+        let flags = HelloFlags::default()
+            .with(HelloFlags::ADDR6_SENT, addr6.is_some())
+            .with(HelloFlags::DNS_SENT, !dns.is_empty())
+            .with(HelloFlags::LANS_HEARD, s.lans_heard);
+        let ours = u32::try_from(self.cfg.common.keepalive.as_millis()).unwrap_or(u32::MAX);
+        let answer = Control::Hello {
+            version: CONTROL_VERSION,
+            keepalive_ms: ours,
+            flags,
         };
-        // Our -dns right after the Hello answer: only a client that said Hello gets it.
-        let dns = matches!(reply, Some(Control::Hello { .. })) && !self.cfg.dns.is_empty();
-        if let Some(r) = reply {
-            if let (Control::Hello { .. }, Some(addr6)) = (&r, addr6) {
-                if let Control::Addr6(a) = &addr6 {
-                    tracing::info!(
-                        "client {id}: IPv6 inside, local {} peer {}",
-                        a.server,
-                        a.client
-                    );
-                }
-                let _ = s.out_tx.try_send(OutboundCmd::Send(addr6.to_bytes()));
+        if let Some(a) = addr6 {
+            if first {
+                tracing::info!(
+                    "client {id}: IPv6 inside, local {} peer {}",
+                    a.server,
+                    a.client
+                );
             }
-            let _ = s.out_tx.try_send(OutboundCmd::Send(r.to_bytes()));
+            let _ = s
+                .out_tx
+                .try_send(OutboundCmd::Send(Control::Addr6(a).to_bytes()));
         }
-        if dns {
-            let servers = &self.cfg.dns;
-            tracing::info!(
-                "client {id}: {} {}",
-                crate::dns::LOG_DNS_PUSHED,
-                servers
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect::<Vec<_>>()
-                    .join(",")
-            );
-            let msg = Control::Dns(servers.clone()).to_bytes();
-            let _ = s.out_tx.try_send(OutboundCmd::Send(msg));
+        if !dns.is_empty() {
+            if first {
+                tracing::info!(
+                    "client {id}: {} {}",
+                    crate::dns::LOG_DNS_PUSHED,
+                    dns.iter()
+                        .map(|s| s.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                );
+            }
+            let _ = s
+                .out_tx
+                .try_send(OutboundCmd::Send(Control::Dns(dns.clone()).to_bytes()));
         }
+        if !first {
+            tracing::debug!("client {id} said Hello again; answered with flags {flags:?}");
+        }
+        let _ = s.out_tx.try_send(OutboundCmd::Send(answer.to_bytes()));
     }
 
     async fn timers(&mut self) {

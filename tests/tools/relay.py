@@ -1,9 +1,15 @@
 #!/usr/bin/env python3
-"""A UDP relay that delays every datagram, for tests/admission.rs: it gives a client an
-Internet-like round-trip time where the kernel has no netem. Run it inside the test's own
-middle network namespace; it only sends to --server and back to the clients that wrote to it.
+"""A UDP relay that delays every datagram, and can lose chosen ones: it gives a client an
+Internet-like round-trip time where the kernel has no netem (tests/admission.rs), and loses
+the first datagrams of a given size in one direction (tests/setup_loss.rs: a setup message
+lost). Run it inside a network namespace of the test's own; it only sends to --server and back
+to the clients that wrote to it.
 
-  relay.py --listen IP:PORT --server IP:PORT --delay-ms D
+  relay.py --listen IP:PORT --server IP:PORT [--delay-ms D] [--drop up|down:LEN[:COUNT[:SKIP]]]...
+
+--drop lets the first SKIP (default 0) datagrams of exactly LEN bytes of UDP payload going up
+(client to server) or down pass, then loses the next COUNT (default 1), and prints
+"dropped DIR LEN" for each.
 
 Each datagram a client sends to --listen goes to --server D ms later, from an upstream socket
 of that client's own (one per client address, so the server sees one peer per client); each
@@ -28,12 +34,38 @@ def addr(text):
     return host, int(port)
 
 
+def drop_spec(text):
+    parts = text.split(":")
+    if len(parts) not in (2, 3, 4) or parts[0] not in ("up", "down"):
+        raise argparse.ArgumentTypeError(f"--drop {text}: want up|down:LEN[:COUNT[:SKIP]]")
+    count = int(parts[2]) if len(parts) > 2 else 1
+    skip = int(parts[3]) if len(parts) > 3 else 0
+    return parts[0], int(parts[1]), count, skip
+
+
+def lose(drops, direction, dg):
+    """Whether to lose this datagram (and say so)."""
+    rule = drops.get((direction, len(dg)))
+    if rule is None or rule[1] <= 0:
+        return False
+    if rule[0] > 0:
+        rule[0] -= 1
+        return False
+    rule[1] -= 1
+    print(f"dropped {direction} {len(dg)}", flush=True)
+    return True
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--listen", type=addr, required=True)
     ap.add_argument("--server", type=addr, required=True)
-    ap.add_argument("--delay-ms", type=float, required=True)
+    ap.add_argument("--delay-ms", type=float, default=0.0)
+    ap.add_argument("--drop", action="append", default=[], type=drop_spec)
     args = ap.parse_args()
+    drops = {}  # (direction, length) -> [how many to let pass first, how many to lose]
+    for direction, length, count, skip in args.drop:
+        drops[(direction, length)] = [skip, count]
     delay = args.delay_ms / 1000.0
 
     sel = selectors.DefaultSelector()
@@ -63,6 +95,8 @@ def main():
                     break  # an ICMP error from an earlier send: UDP loses datagrams
                 now = time.monotonic()
                 if client is None:  # from a client, towards the server
+                    if lose(drops, "up", dg):
+                        continue
                     up = upstream.get(src)
                     if up is None:
                         up = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -73,6 +107,8 @@ def main():
                     heapq.heappush(due, (now + delay, next(order), up, dg, None))
                     counts["up"] += 1
                 else:  # from the server, back to `client`
+                    if lose(drops, "down", dg):
+                        continue
                     heapq.heappush(due, (now + delay, next(order), front, dg, client))
                     counts["down"] += 1
         now = time.monotonic()

@@ -87,6 +87,8 @@ impl Manager {
             counters,
             setup_deadline: Some(Instant::now() + SETUP_TIMEOUT),
             negotiated: false,
+            answered: false,
+            lans_heard: false,
             keepalive: Duration::ZERO,
             seen: 0,
             alive_at: Instant::now(),
