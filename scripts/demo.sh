@@ -131,9 +131,10 @@ ip netns exec "$server_ns" "$bin" status
 step "dtun status (client)"
 ip netns exec "$client_ns" "$bin" status
 
-step "server side: ip addr / ip route"
+step "server side: ip addr / ip route (main table, then table 25717: the clients' LANs)"
 ip -n "$server_ns" addr show type tun
 ip -n "$server_ns" route
+ip -n "$server_ns" route show table all | grep ' table 25717 ' || true
 step "client side: ip addr / ip route"
 ip -n "$client_ns" addr show type tun
 ip -n "$client_ns" route

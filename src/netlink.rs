@@ -12,10 +12,14 @@ use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
     RouteVia,
 };
-use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+use rtnetlink::packet_route::rule::{RuleAction, RuleFlags, RuleMessage};
+use rtnetlink::{Handle, IpVersion, LinkUnspec, RouteMessageBuilder};
 
 /// What the user is told when the kernel refuses a change for lack of privilege.
 use crate::ops::privilege::GRANT_NET_ADMIN;
+
+/// The main routing table's number.
+pub const MAIN_TABLE: u32 = RouteHeader::RT_TABLE_MAIN as u32;
 
 /// A failed netlink operation. The message says what was being done and to which link; the
 /// kernel's errno (if any) is reachable through [`NetlinkError::errno`] and the `is_*` helpers,
@@ -252,7 +256,18 @@ impl Netlink {
         gateway: Option<IpAddr>,
         index: u32,
     ) -> Result<(), NetlinkError> {
-        let message = match route_message(dst, gateway, index) {
+        self.add_route_in(MAIN_TABLE, dst, gateway, index).await
+    }
+
+    /// `ip route replace DST [via GW] dev INDEX table TABLE`, proto static.
+    pub async fn add_route_in(
+        &self,
+        table: u32,
+        dst: IpNet,
+        gateway: Option<IpAddr>,
+        index: u32,
+    ) -> Result<(), NetlinkError> {
+        let message = match route_message(dst, gateway, index, table) {
             Ok(message) => message,
             Err(reason) => {
                 let op = describe_route("add", dst, gateway, &self.link_name(index).await);
@@ -266,8 +281,18 @@ impl Netlink {
         Ok(())
     }
 
-    /// Deletes that route (dst + oif); Ok(()) if it is already gone.
+    /// Deletes that route (dst + oif) from the main table; Ok(()) if it is already gone.
     pub async fn del_route(&self, dst: IpNet, index: u32) -> Result<(), NetlinkError> {
+        self.del_route_in(MAIN_TABLE, dst, index).await
+    }
+
+    /// Deletes that route (dst + oif) from `table`; Ok(()) if it is already gone.
+    pub async fn del_route_in(
+        &self,
+        table: u32,
+        dst: IpNet,
+        index: u32,
+    ) -> Result<(), NetlinkError> {
         let mut builder = RouteMessageBuilder::<IpAddr>::new();
         builder = match builder.destination_prefix(dst.addr(), dst.prefix_len()) {
             Ok(builder) => builder,
@@ -282,6 +307,7 @@ impl Netlink {
         // Like `ip route del`: match any protocol, type and scope, only dst, table and oif.
         let message = builder
             .output_interface(index)
+            .table_id(table)
             .protocol(RouteProtocol::Unspec)
             .scope(RouteScope::NoWhere)
             .kind(RouteType::Unspec)
@@ -294,6 +320,86 @@ impl Netlink {
                 Err(NetlinkError::new(op, e))
             }
         }
+    }
+
+    /// Whether `table` holds any route, of either family.
+    pub async fn table_has_routes(&self, table: u32) -> Result<bool, NetlinkError> {
+        let op = || format!("list the routes of table {table}");
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            if self
+                .routes(family, op)
+                .await?
+                .iter()
+                .any(|r| route_table(r) == table)
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// `ip rule add not fwmark MARK lookup TABLE priority PRIO`, for IPv4 and IPv6; one that
+    /// is there already is fine.
+    pub async fn add_unmarked_rule(
+        &self,
+        mark: u32,
+        table: u32,
+        priority: u32,
+    ) -> Result<(), NetlinkError> {
+        for v6 in [false, true] {
+            let mut req = self
+                .handle
+                .rule()
+                .add()
+                .table_id(table)
+                .priority(priority)
+                .fw_mark(mark)
+                .action(RuleAction::ToTable);
+            req.message_mut().header.flags = RuleFlags::Invert;
+            let r = if v6 {
+                req.v6().execute().await
+            } else {
+                req.v4().execute().await
+            };
+            match r {
+                Ok(()) => {}
+                Err(e) if raw_errno(&e) == Some(libc::EEXIST) => {}
+                Err(e) => {
+                    let family = if v6 { "IPv6" } else { "IPv4" };
+                    let op = format!("add {family} rule `not fwmark {mark:#x} lookup {table}`");
+                    return Err(NetlinkError::new(op, e));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes every rule of either family that `ours` picks; returns how many.
+    pub async fn del_rules(
+        &self,
+        ours: impl Fn(&RuleMessage) -> bool,
+    ) -> Result<usize, NetlinkError> {
+        let mut count = 0;
+        for version in [IpVersion::V4, IpVersion::V6] {
+            let rules: Vec<RuleMessage> = self
+                .handle
+                .rule()
+                .get(version)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|e| NetlinkError::new("list routing rules".into(), e))?;
+            for rule in rules.into_iter().filter(&ours) {
+                match self.handle.rule().del(rule).execute().await {
+                    Ok(()) => count += 1,
+                    Err(e) if raw_errno(&e).is_some_and(is_not_found_errno) => {}
+                    Err(e) => {
+                        return Err(NetlinkError::new("delete a dtun routing rule".into(), e));
+                    }
+                }
+            }
+        }
+        Ok(count)
     }
 
     /// Destinations of the main-table routes whose output interface is `index`, IPv4 and IPv6,
@@ -324,7 +430,8 @@ impl Netlink {
     }
 
     /// The networks this host reaches other than through the links in `exclude`: the prefix
-    /// of every address, and every main-table route but the default ones (both families;
+    /// of every address, and every route of the main table and of the servers' LAN table
+    /// (another dtun's clients' LANs) but the default ones (both families;
     /// link-local and multicast left out). Route authorisation refuses a peernet that
     /// overlaps any of them.
     pub async fn networks_elsewhere(&self, exclude: &[u32]) -> Result<Vec<IpNet>, NetlinkError> {
@@ -346,7 +453,10 @@ impl Netlink {
             nets.extend(
                 routes
                     .iter()
-                    .filter(|r| route_table(r) == u32::from(RouteHeader::RT_TABLE_MAIN))
+                    .filter(|r| {
+                        let table = route_table(r);
+                        table == MAIN_TABLE || table == crate::routes::LAN_TABLE
+                    })
                     .filter(|r| route_oif(r).is_none_or(|oif| !exclude.contains(&oif)))
                     .filter_map(route_destination)
                     .filter(|n| n.prefix_len() > 0),
@@ -489,11 +599,17 @@ impl Netlink {
 }
 
 /// The RTM_NEWROUTE message for `ip route replace DST [via GW] dev INDEX`.
-fn route_message(dst: IpNet, gateway: Option<IpAddr>, index: u32) -> Result<RouteMessage, String> {
+fn route_message(
+    dst: IpNet,
+    gateway: Option<IpAddr>,
+    index: u32,
+    table: u32,
+) -> Result<RouteMessage, String> {
     let mut builder = RouteMessageBuilder::<IpAddr>::new()
         .destination_prefix(dst.addr(), dst.prefix_len())
         .map_err(|e| e.to_string())?
-        .output_interface(index);
+        .output_interface(index)
+        .table_id(table);
     match gateway {
         Some(IpAddr::V4(_)) if dst.addr().is_ipv6() => {
             return Err("an IPv6 route cannot have an IPv4 gateway".into());
@@ -634,6 +750,6 @@ mod tests {
     #[test]
     fn ipv6_route_with_ipv4_gateway_is_refused_before_the_kernel() {
         let dst: IpNet = "fd00::/64".parse().unwrap();
-        assert!(route_message(dst, Some("10.0.0.1".parse().unwrap()), 1).is_err());
+        assert!(route_message(dst, Some("10.0.0.1".parse().unwrap()), 1, MAIN_TABLE).is_err());
     }
 }

@@ -34,12 +34,12 @@ use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
 use ipnet::IpNet;
+use rtnetlink::RouteMessageBuilder;
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::route::{
     RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
-use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleFlags, RuleMessage};
-use rtnetlink::{IpVersion, RouteMessageBuilder};
+use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 
 use crate::netlink::{Netlink, NetlinkError, is_not_found_errno, raw_errno, route_table};
 
@@ -51,6 +51,12 @@ pub const FWMARK: u32 = 0x6474;
 pub const PRIO_SUPPRESS: u32 = 25716;
 /// Priority of the `not fwmark FWMARK lookup TABLE` rule.
 pub const PRIO_TABLE: u32 = 25717;
+/// A server's table of its clients' LANs: every packet but dtun's own datagrams (marked
+/// [`FWMARK`]) looks here first, so a LAN a client announced never captures another client's
+/// outer address (src/server/lan_table.rs).
+pub const LAN_TABLE: u32 = 0x6475;
+/// Priority of the server's `not fwmark FWMARK lookup LAN_TABLE` rule.
+pub const PRIO_LANS: u32 = 25718;
 /// The `proto` of every route dtun adds for `-route` (shown as `proto 116` by `ip route`).
 pub const ROUTE_PROTOCOL: u8 = 116;
 /// Netlink requests in flight at once while adding or removing many routes.
@@ -373,46 +379,14 @@ impl Routes {
                     ok_if_exists(req.v4().execute().await, op)?;
                 }
             }
-            let mut req = handle
-                .rule()
-                .add()
-                .table_id(TABLE)
-                .priority(PRIO_TABLE)
-                .fw_mark(FWMARK)
-                .action(RuleAction::ToTable);
-            req.message_mut().header.flags = RuleFlags::Invert;
-            let op = || format!("add {family} rule `not fwmark {FWMARK:#x} lookup {TABLE}`");
-            if v6 {
-                ok_if_exists(req.v6().execute().await, op)?;
-            } else {
-                ok_if_exists(req.v4().execute().await, op)?;
-            }
         }
-        Ok(())
+        self.nl.add_unmarked_rule(FWMARK, TABLE, PRIO_TABLE).await
     }
 
     /// Deletes our rules, then our routes; returns how many there were.
     async fn flush(&self) -> Result<usize, NetlinkError> {
         let handle = self.nl.handle();
-        let mut count = 0;
-        for version in [IpVersion::V4, IpVersion::V6] {
-            let rules: Vec<RuleMessage> = handle
-                .rule()
-                .get(version)
-                .execute()
-                .try_collect()
-                .await
-                .map_err(|e| NetlinkError::new("list routing rules".into(), e))?;
-            for rule in rules.into_iter().filter(is_our_rule) {
-                match handle.rule().del(rule).execute().await {
-                    Ok(()) => count += 1,
-                    Err(e) if raw_errno(&e).is_some_and(is_not_found_errno) => {}
-                    Err(e) => {
-                        return Err(NetlinkError::new("delete a dtun routing rule".into(), e));
-                    }
-                }
-            }
-        }
+        let mut count = self.nl.del_rules(is_our_rule).await?;
         let mut ours = Vec::new();
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
             let mut query = RouteMessageBuilder::<IpAddr>::new().build();

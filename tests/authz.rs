@@ -272,6 +272,70 @@ fn another_clients_underlay_is_never_routed() {
     common::assert_running(&mut victim, "victim");
 }
 
+/// The other order: mallory's LAN 10.77.0.0/16 is routed first (private, no client inside it
+/// yet), then the victim connects from 10.77.0.2. The server's own datagrams skip the LAN
+/// table (SO_MARK and a `not fwmark` rule), so its handshake replies reach the victim by the
+/// main table's path instead of going into mallory's TUN; everything else still reaches
+/// mallory's LAN. The rule is gone after the server exits.
+#[test]
+fn a_later_clients_underlay_inside_an_earlier_lan_still_connects() {
+    let topo = Topo::star("hB2l", 2);
+    let (mallory_ns, victim_ns) = (&topo.clients[0], &topo.clients[1]);
+    victim_ns.ip(&["addr", "add", "10.77.0.2/32", "dev", "eth0"]);
+    victim_ns.ip(&[
+        "route",
+        "add",
+        &format!("{}/32", Topo::server_ip(1)),
+        "dev",
+        "eth0",
+        "src",
+        "10.77.0.2",
+    ]);
+    topo.server
+        .ip(&["route", "add", "default", "via", &Topo::client_ip(1)]);
+    mallory_ns.ip(&["addr", "add", "10.77.5.1/24", "dev", "lo"]);
+    let key = "shared-key-0123456789";
+    let mut server = start_server(&topo.server, 443, &["-key", key, "-v"]);
+    let mut mallory = client(
+        mallory_ns,
+        &Topo::server_ip(0),
+        "mallory",
+        key,
+        &["-peernet", "10.77.0.0/16"],
+    );
+    mallory.wait_log(dtun::client::LOG_TUNNEL_UP, UP);
+    common::wait_for(UP, "mallory's LAN routed", || {
+        topo.server.routes().contains("10.77.0.0/16 via")
+    });
+    assert!(
+        topo.server.ping_ok("10.77.5.1", 2),
+        "mallory's LAN not reachable from the server"
+    );
+
+    let mut victim = client(victim_ns, &Topo::server_ip(1), "victim", key, &[]);
+    victim.wait_log(dtun::client::LOG_TUNNEL_UP, UP);
+    let dev = common::only_tun(victim_ns);
+    let (_, peer) = common::wait_p2p(victim_ns, &dev);
+    assert!(
+        victim_ns.ping_ok(&peer.to_string(), 3),
+        "victim's tunnel not working:\n{}",
+        topo.server.routes()
+    );
+    assert!(
+        topo.server.ping_ok("10.77.5.1", 2),
+        "mallory's LAN lost when the victim came"
+    );
+    let rule = format!("lookup {}", dtun::routes::LAN_TABLE);
+    assert!(topo.server.ip(&["rule"]).contains(&rule));
+    victim.stop(Duration::from_secs(5));
+    mallory.stop(Duration::from_secs(5));
+    server.stop(Duration::from_secs(5));
+    for family in ["-4", "-6"] {
+        let rules = topo.server.ip(&[family, "rule"]);
+        assert!(!rules.contains(&rule), "rule left behind:\n{rules}");
+    }
+}
+
 /// Without a `lans=` entry only private (RFC 1918), CGNAT and ULA ranges are routed: half the
 /// IPv4 Internet, a quarter of it, a public /32 (TEST-NET-2, never sent to) and 2000::/3 are
 /// refused; a private LAN is still routed and reachable.
@@ -317,7 +381,7 @@ fn public_prefixes_need_a_lans_entry() {
         );
     }
     let v4 = topo.server.routes();
-    let v6 = topo.server.ip(&["-6", "route"]);
+    let v6 = topo.server.routes6();
     for bad in ["198.51.100.7", "192.0.0.0/2", "128.0.0.0/1"] {
         assert!(!v4.contains(bad), "{bad} routed:\n{v4}");
     }

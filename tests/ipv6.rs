@@ -301,7 +301,7 @@ fn several_peernets_of_both_families_are_routed() {
         topo.server.routes().contains("192.168.77.0/24 via")
             && topo
                 .server
-                .ip(&["-6", "route"])
+                .routes6()
                 .contains(&format!("fd77::/64 dev {sdev}"))
     });
     assert!(topo.server.ping_ok("192.168.77.1", 2), "IPv4 LAN");

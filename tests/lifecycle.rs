@@ -65,6 +65,15 @@ fn assert_server_ns_clean(server_ns: &Netns) {
     );
 }
 
+/// After the server exits: its LAN table's rule is gone too.
+fn assert_no_lan_rule(server_ns: &Netns) {
+    let rules = server_ns.ip(&["rule"]) + &server_ns.ip(&["-6", "rule"]);
+    assert!(
+        !rules.contains(&format!("lookup {}", dtun::routes::LAN_TABLE)),
+        "the LAN table's rule left in the server namespace:\n{rules}"
+    );
+}
+
 /// Stops `p` with SIGTERM and asserts that it exits 0 within 10 s.
 fn sigterm_exits_zero(p: &mut Proc, what: &str) -> ExitStatus {
     p.signal("TERM");
@@ -699,6 +708,7 @@ fn sigterm_either_side_leaves_nothing() {
     // The server side, with beta still connected and alpha's device lingering.
     sigterm_exits_zero(&mut server, "server");
     assert_server_ns_clean(&topo.server);
+    assert_no_lan_rule(&topo.server);
     let log = server.log();
     for (dev, _, _) in &s_devs {
         assert!(

@@ -153,7 +153,7 @@ fn a_lost_lans_message_is_sent_again() {
     let sdev = only_tun(&topo.server);
     wait_for(UP, "the IPv6 LAN's route on the server", || {
         topo.server
-            .ip(&["-6", "route"])
+            .routes6()
             .contains(&format!("fd77::/64 dev {sdev}"))
     });
     assert!(topo.server.ping_ok("fd77::1", 2), "IPv6 LAN");

@@ -8,6 +8,7 @@ use ipnet::IpNet;
 use tokio::task::JoinHandle;
 
 use super::demux::DemuxCmd;
+use super::lan_table::LanTable;
 use super::manager::{Manager, Session, SessionError};
 use crate::authz;
 use crate::hooks::{self, TunnelEnv};
@@ -213,7 +214,7 @@ impl Manager {
         };
         for old in dev.routes.clone() {
             if !wanted.contains(&old) {
-                let _ = self.nl.del_route(old, dev.tun.index).await;
+                let _ = LanTable::del(&self.nl, old, dev.tun.index).await;
                 dev.routes.retain(|r| *r != old);
             }
         }
@@ -246,7 +247,7 @@ impl Manager {
                 IpNet::V4(_) => Some(IpAddr::V4(dev.pair.client)),
                 IpNet::V6(_) => None,
             };
-            match self.nl.add_route(net, via, dev.tun.index).await {
+            match self.lan_table.add(&self.nl, net, via, dev.tun.index).await {
                 Ok(()) => {
                     tracing::info!(
                         "client {id}: route {net} via {} dev {}",
@@ -275,7 +276,7 @@ impl Manager {
         };
         self.removed.add(&dev.past);
         for r in &dev.routes {
-            let _ = self.nl.del_route(*r, dev.tun.index).await;
+            let _ = LanTable::del(&self.nl, *r, dev.tun.index).await;
         }
         if let Some(fw) = self.firewall.as_mut() {
             fw.remove_tun(&dev.tun.name, dev.group.as_deref());

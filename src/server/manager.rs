@@ -111,6 +111,8 @@ pub(super) struct Manager {
     pub(super) stale_addr: std::collections::HashSet<String>,
     /// The nftables table (`-nat`, `-client-to-client`, groups): its sets follow the devices.
     pub(super) firewall: Option<crate::nft::Firewall>,
+    /// The table and rule of the clients' LAN routes.
+    pub(super) lan_table: super::lan_table::LanTable,
 }
 
 /// Clients refused at the `-max-clients` limit: counted, and logged at most once a second.

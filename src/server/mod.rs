@@ -99,6 +99,17 @@ pub fn bind(addr: SocketAddr) -> Result<UdpSocket, ServerError> {
     let _ = s.set_recv_buffer_size(4 << 20);
     let _ = s.set_send_buffer_size(4 << 20);
     s.set_nonblocking(true).map_err(map)?;
+    // Our datagrams skip the clients' LAN table (src/server/lan_table.rs).
+    crate::sys::set_mark(&socket2::SockRef::from(&s), crate::routes::FWMARK).map_err(|source| {
+        ServerError::Bind {
+            addr,
+            source,
+            hint: format!(
+                ": dtun needs CAP_NET_ADMIN to mark its socket (SO_MARK): {GRANT}",
+                GRANT = crate::ops::privilege::GRANT_NET_ADMIN
+            ),
+        }
+    })?;
     s.bind(&addr.into()).map_err(map)?;
     UdpSocket::from_std(s.into()).map_err(map)
 }
@@ -248,6 +259,7 @@ pub async fn run_with(
         keys,
         stale_addr: Default::default(),
         firewall,
+        lan_table: Default::default(),
     };
     // The demultiplexer never ends while the manager runs: if it does (a panic when the hook
     // that exits is not installed), the manager shuts down as on a signal and run fails.
@@ -264,6 +276,7 @@ pub async fn run_with(
     };
     mgr.run(ev_rx, session_rx, reloads, stop).await;
     demux_task.abort();
+    mgr.lan_table.close(&mgr.nl).await;
     if let Some(e) = mgr.fatal.take() {
         ended = Some(e);
     }
@@ -289,6 +302,7 @@ pub async fn run_with(
 pub mod admission;
 mod demux;
 mod device;
+mod lan_table;
 use admission::Admission;
 pub use demux::DemuxCounters;
 use demux::{Delivery, Demux};

@@ -247,9 +247,25 @@ impl Netns {
             .ok()
     }
 
-    /// `ip route` (IPv4 main table).
+    /// `ip route` (IPv4): the main table, then the routes of a dtun server's LAN table.
     pub fn routes(&self) -> String {
-        self.ip(&["route"])
+        self.ip(&["route"]) + &self.lan_routes("-4")
+    }
+
+    /// [`Netns::routes`] for IPv6.
+    pub fn routes6(&self) -> String {
+        self.ip(&["-6", "route"]) + &self.lan_routes("-6")
+    }
+
+    /// The routes of a server's table of its clients' LANs (`dtun::routes::LAN_TABLE`), one
+    /// family; the table exists only while it holds a route.
+    fn lan_routes(&self, family: &str) -> String {
+        let table = format!(" table {} ", dtun::routes::LAN_TABLE);
+        self.ip(&[family, "route", "show", "table", "all"])
+            .lines()
+            .filter(|l| l.contains(&table))
+            .map(|l| format!("{l}\n"))
+            .collect()
     }
 
     /// `ip -o addr show dev DEV`, empty when the device does not exist.
@@ -286,7 +302,7 @@ impl Netns {
     /// Addresses and routes, for failure reports.
     fn describe(&self) -> String {
         let a = self.run("ip", &["-br", "addr"]);
-        let r = self.run("ip", &["route"]);
+        let r = self.run("ip", &["route", "show", "table", "all"]);
         format!(
             "--- namespace {} ---\n{}{}",
             self.name,
