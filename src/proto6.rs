@@ -14,7 +14,7 @@ pub const MAX_LANS: usize = 16;
 /// Length of an Addr6 control record: marker, type, prefix length, two addresses.
 pub const ADDR6_LEN: usize = 3 + 32;
 
-/// The IPv6 pair of an [`Control::Addr6`] message.
+/// The IPv6 pair of an [`Control::Addr6`](crate::proto::Control::Addr6) message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Addr6 {
     pub prefix_len: u8,
