@@ -385,19 +385,10 @@ impl Routes {
 
     /// Deletes our rules, then our routes; returns how many there were.
     async fn flush(&self) -> Result<usize, NetlinkError> {
-        let handle = self.nl.handle();
         let mut count = self.nl.del_rules(is_our_rule).await?;
         let mut ours = Vec::new();
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
-            let mut query = RouteMessageBuilder::<IpAddr>::new().build();
-            query.header.address_family = family;
-            let routes: Vec<RouteMessage> = handle
-                .route()
-                .get(query)
-                .execute()
-                .try_collect()
-                .await
-                .map_err(|e| NetlinkError::new("list routes".into(), e))?;
+            let routes = self.nl.routes(family, || "list routes".into()).await?;
             ours.extend(routes.into_iter().filter(|r| {
                 route_table(r) == TABLE || u8::from(r.header.protocol) == ROUTE_PROTOCOL
             }));

@@ -12,6 +12,24 @@ fn client(ns: &Netns, server_ip: &str, id: &str, key: &str, extra: &[&str]) -> P
     common::spawn_client(ns, server_ip, id, key, "0", extra)
 }
 
+/// The second client of a `Topo::star` talks to the server from 10.77.0.2, which the server
+/// reaches by its default route (so it is none of the server's own networks).
+fn victim_from_10_77_0_2(topo: &Topo) {
+    let victim_ns = &topo.clients[1];
+    victim_ns.ip(&["addr", "add", "10.77.0.2/32", "dev", "eth0"]);
+    victim_ns.ip(&[
+        "route",
+        "add",
+        &format!("{}/32", Topo::server_ip(1)),
+        "dev",
+        "eth0",
+        "src",
+        "10.77.0.2",
+    ]);
+    topo.server
+        .ip(&["route", "add", "default", "via", &Topo::client_ip(1)]);
+}
+
 /// With a credentials file, an id is bound to its own key: holding bob's key does not let a
 /// client be alice; an id missing from the file is refused; bob may only announce his listed
 /// LAN. A master-derived key (`dtun key derive`) works for an id not in the file.
@@ -176,18 +194,7 @@ fn another_clients_underlay_is_never_routed() {
     let topo = Topo::star("hB2u", 2);
     let (attacker_ns, victim_ns) = (&topo.clients[0], &topo.clients[1]);
     // The victim talks to the server from 10.77.0.2; the server reaches it by default route.
-    victim_ns.ip(&["addr", "add", "10.77.0.2/32", "dev", "eth0"]);
-    victim_ns.ip(&[
-        "route",
-        "add",
-        &format!("{}/32", Topo::server_ip(1)),
-        "dev",
-        "eth0",
-        "src",
-        "10.77.0.2",
-    ]);
-    topo.server
-        .ip(&["route", "add", "default", "via", &Topo::client_ip(1)]);
+    victim_from_10_77_0_2(&topo);
     let creds = topo.dir.file(
         "clients",
         b"mallory key=mallory-key-0123456789 lans=10.0.0.0/8\n",
@@ -281,18 +288,7 @@ fn another_clients_underlay_is_never_routed() {
 fn a_later_clients_underlay_inside_an_earlier_lan_still_connects() {
     let topo = Topo::star("hB2l", 2);
     let (mallory_ns, victim_ns) = (&topo.clients[0], &topo.clients[1]);
-    victim_ns.ip(&["addr", "add", "10.77.0.2/32", "dev", "eth0"]);
-    victim_ns.ip(&[
-        "route",
-        "add",
-        &format!("{}/32", Topo::server_ip(1)),
-        "dev",
-        "eth0",
-        "src",
-        "10.77.0.2",
-    ]);
-    topo.server
-        .ip(&["route", "add", "default", "via", &Topo::client_ip(1)]);
+    victim_from_10_77_0_2(&topo);
     mallory_ns.ip(&["addr", "add", "10.77.5.1/24", "dev", "lo"]);
     let key = "shared-key-0123456789";
     let mut server = start_server(&topo.server, 443, &["-key", key, "-v"]);

@@ -79,6 +79,18 @@ fn assert_lost(relay: &mut Proc, drops: &[String]) {
     }
 }
 
+/// The client's TUN has its IPv6 pair and a ping6 crosses it; then both sides stop.
+fn ping6_then_stop(topo: &Topo, mut c: Proc, mut server: Proc) {
+    let dev = only_tun(topo.client());
+    let (_, peer6) = wait_p2p6(topo.client(), &dev);
+    assert!(
+        topo.client().ping_ok(&peer6.to_string(), 2),
+        "ping6 {peer6}"
+    );
+    c.stop(Duration::from_secs(5));
+    server.stop(Duration::from_secs(5));
+}
+
 /// The Addr6 and the Dns before the Hello answer are lost: the answer's flags say both came,
 /// so the client asks again at once and gets its IPv6 pair and the DNS servers.
 #[test]
@@ -86,7 +98,7 @@ fn a_lost_addr6_and_dns_are_asked_for_again() {
     let dns_len = wire_len(&Control::Dns(vec!["2001:db8::53".parse().unwrap()]));
     let drops = [format!("down:{}", addr6_len()), format!("down:{dns_len}")];
     let (topo, mut relay) = lossy("slA", &drops);
-    let mut server = start_server(&topo.server, 443, &["-key", KEY, "-dns", "2001:db8::53"]);
+    let server = start_server(&topo.server, 443, &["-key", KEY, "-dns", "2001:db8::53"]);
     let mut c = client(&topo, &[]);
     assert_lost(&mut relay, &drops);
     c.wait_log(LOG_IPV6_UP, UP);
@@ -97,14 +109,7 @@ fn a_lost_addr6_and_dns_are_asked_for_again() {
         "the pushed DNS servers never came:\n{log}"
     );
     assert!(log.contains("saying Hello again"), "{log}");
-    let dev = only_tun(topo.client());
-    let (_, peer6) = wait_p2p6(topo.client(), &dev);
-    assert!(
-        topo.client().ping_ok(&peer6.to_string(), 2),
-        "ping6 {peer6}"
-    );
-    c.stop(Duration::from_secs(5));
-    server.stop(Duration::from_secs(5));
+    ping6_then_stop(&topo, c, server);
 }
 
 /// The Hello answer is lost (its Addr6 came): the client says Hello again after a while and
@@ -119,21 +124,14 @@ fn a_lost_hello_answer_is_asked_for_again() {
     let skip = usize::from(address.to_bytes().len() + GCM_OVERHEAD == answer_len());
     let drops = [format!("down:{}:1:{skip}", answer_len())];
     let (topo, mut relay) = lossy("slH", &drops);
-    let mut server = start_server(&topo.server, 443, &["-key", KEY]);
+    let server = start_server(&topo.server, 443, &["-key", KEY]);
     let mut c = client(&topo, &[]);
     assert_lost(&mut relay, &drops);
     c.wait_log(LOG_IPV6_UP, UP);
     let log = c.log();
     assert!(log.contains("saying Hello again"), "{log}");
     assert!(!log.contains("setup incomplete"), "{log}");
-    let dev = only_tun(topo.client());
-    let (_, peer6) = wait_p2p6(topo.client(), &dev);
-    assert!(
-        topo.client().ping_ok(&peer6.to_string(), 2),
-        "ping6 {peer6}"
-    );
-    c.stop(Duration::from_secs(5));
-    server.stop(Duration::from_secs(5));
+    ping6_then_stop(&topo, c, server);
 }
 
 /// The client's Lans (its IPv6 LAN) is lost: the Hello answer does not confirm it, so the

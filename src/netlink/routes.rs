@@ -175,18 +175,11 @@ impl Netlink {
     /// including the ones the kernel made itself (for example the peer /32 of a p2p address).
     pub async fn routes_on(&self, index: u32) -> Result<Vec<IpNet>, NetlinkError> {
         let mut destinations = Vec::new();
+        let name = self.link_name(index).await;
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
-            let mut query = RouteMessageBuilder::<IpAddr>::new().build();
-            query.header.address_family = family;
-            let routes: Result<Vec<RouteMessage>, _> =
-                self.handle.route().get(query).execute().try_collect().await;
-            let routes = match routes {
-                Ok(routes) => routes,
-                Err(e) => {
-                    let op = format!("list routes on {}", self.link_name(index).await);
-                    return Err(NetlinkError::new(op, e));
-                }
-            };
+            let routes = self
+                .routes(family, || format!("list routes on {name}"))
+                .await?;
             destinations.extend(
                 routes
                     .iter()
@@ -244,7 +237,7 @@ impl Netlink {
     }
 
     /// Every route of `family`, in every table; `op` names what it is for in an error.
-    async fn routes(
+    pub(crate) async fn routes(
         &self,
         family: AddressFamily,
         op: impl Fn() -> String,
