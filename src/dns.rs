@@ -71,6 +71,9 @@ struct State {
     resolved: Option<tokio::sync::mpsc::UnboundedSender<resolved::Cmd>>,
     /// With resolved: the servers set on which link.
     link: Option<(Vec<IpAddr>, u32)>,
+    /// Pushed servers that came before the first tunnel was up (a dtun server sends them
+    /// before its Hello answer): applied once it is, when the TUN's name and index are known.
+    pending: Option<Vec<IpAddr>>,
 }
 
 impl Dns {
@@ -115,6 +118,7 @@ impl Dns {
             route_all: false,
             resolved: None,
             link: None,
+            pending: None,
         };
         st.recover();
         Dns {
@@ -135,6 +139,8 @@ impl Dns {
         if !st.own.is_empty() {
             let own = st.own.clone();
             st.apply(&own, "-dns");
+        } else if let Some(servers) = st.pending.take() {
+            st.apply(&servers, "the server");
         } else if let Some((servers, old)) = st.link.clone()
             && old != index
         {
@@ -153,6 +159,8 @@ impl Dns {
             tracing::info!(
                 "{LOG_DNS_IGNORED} ({list}): use -accept-dns (or -route all) to take it"
             );
+        } else if st.index == 0 {
+            st.pending = Some(servers.to_vec());
         } else {
             st.apply(servers, "the server");
         }
@@ -296,6 +304,7 @@ impl State {
     }
 
     fn restore(&mut self) {
+        self.pending = None;
         if let (Some(r), Some((_, index))) = (&self.resolved, self.link.take()) {
             let _ = r.send(resolved::Cmd::Revert {
                 index,

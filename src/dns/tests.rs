@@ -74,6 +74,35 @@ fn pushed_dns_applies_in_place_and_restores_byte_for_byte() {
     assert_eq!(f.backup_count(), 0);
 }
 
+/// A dtun server pushes its DNS before its Hello answer, so before the client's first tunnel
+/// is up: nothing changes until it is, then the servers apply with the TUN's name and index
+/// known (with resolved, a push applied at once went to ifindex 0).
+#[test]
+fn a_push_before_the_first_tunnel_waits_for_it() {
+    let f = Files::new("early");
+    fs::write(f.resolv(), ORIGINAL).unwrap();
+    let dns = f.dns(&[], true);
+    dns.pushed(&[ip("203.0.113.10")]);
+    assert_eq!(
+        fs::read(f.resolv()).unwrap(),
+        ORIGINAL,
+        "applied before the tunnel"
+    );
+    assert_eq!(f.backup_count(), 0);
+    dns.tunnel_up("dtun0", 7);
+    let now = fs::read_to_string(f.resolv()).unwrap();
+    assert!(now.starts_with(MARKER) && now.contains("dtun0"), "{now}");
+    assert!(now.contains("nameserver 203.0.113.10\n"), "{now}");
+    dns.restore();
+    assert_eq!(fs::read(f.resolv()).unwrap(), ORIGINAL);
+    // A push that never saw its tunnel is forgotten with the tunnel.
+    let dns = f.dns(&[], true);
+    dns.pushed(&[ip("203.0.113.10")]);
+    dns.restore();
+    dns.tunnel_up("dtun0", 7);
+    assert_eq!(fs::read(f.resolv()).unwrap(), ORIGINAL);
+}
+
 #[test]
 fn pushed_dns_is_ignored_without_accept_and_own_dns_wins() {
     let f = Files::new("ignore");
