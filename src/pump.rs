@@ -57,10 +57,12 @@ pub enum Drop {
     Unexpected,
     /// A client's packet whose inner source address it may not use.
     ForgedSource,
+    /// A control message beyond the session's budget (src/server/demux/records.rs).
+    ControlFlood,
 }
 
 impl Drop {
-    const COUNT: usize = DropReason::ALL.len() + 4;
+    const COUNT: usize = DropReason::ALL.len() + 5;
 
     fn index(self) -> usize {
         match self {
@@ -69,6 +71,7 @@ impl Drop {
             Drop::TooBig => DropReason::ALL.len() + 1,
             Drop::Unexpected => DropReason::ALL.len() + 2,
             Drop::ForgedSource => DropReason::ALL.len() + 3,
+            Drop::ControlFlood => DropReason::ALL.len() + 4,
         }
     }
 
@@ -79,6 +82,7 @@ impl Drop {
             Drop::TooBig,
             Drop::Unexpected,
             Drop::ForgedSource,
+            Drop::ControlFlood,
         ])
     }
 
@@ -89,6 +93,7 @@ impl Drop {
             Drop::TooBig => "too_big",
             Drop::Unexpected => "unexpected_type",
             Drop::ForgedSource => "forged_source",
+            Drop::ControlFlood => "control_flood",
         }
     }
 }

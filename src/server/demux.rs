@@ -72,8 +72,8 @@ pub(super) struct SessionRx {
     pub(super) resent_at: Option<Instant>,
     /// The session's outbound task: Pings are answered here, not by the manager.
     pub(super) out_tx: mpsc::Sender<OutboundCmd>,
-    /// A Ping was seen (the first one goes to the manager: the client is a dtun peer).
-    pub(super) pinged: bool,
+    /// What the session's control records may still cost the manager.
+    pub(super) control: records::ControlState,
 }
 
 /// What the demultiplexer saw that belongs to no session, for the shutdown summary.

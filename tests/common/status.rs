@@ -53,6 +53,7 @@ pub const TRAFFIC: &[&str] = &["drops", "rx_bytes", "rx_packets", "tx_bytes", "t
 pub const DROPS: &[&str] = &[
     "bad_epoch",
     "bad_tag",
+    "control_flood",
     "forged_source",
     "not_ip",
     "oversized",

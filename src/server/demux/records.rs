@@ -1,9 +1,57 @@
 //! One session's records in the demultiplexer: data to its TUN (after the peernet message,
 //! the source check and the MSS clamp), the peernet message and alerts to the manager, control
-//! records (Pings answered here, so a ping flood never reaches the manager); session events
-//! go to the manager on a bounded queue, a full one is a counted drop.
+//! records (Pings answered here, so a ping flood never reaches the manager; the others within
+//! a per-session budget, so one client's flood of Hellos cannot fill the queue all sessions'
+//! events share); session events go to the manager on a bounded queue, a full one is a counted
+//! drop.
 
 use super::*;
+
+/// Control messages (other than Pings) one session may pass to the manager at once: a client
+/// sends at most 8 Hellos and 8 Lans while it sets up (src/client/hello.rs), then a Close.
+const CONTROL_BURST: u32 = 32;
+/// ... and how many more each second after that.
+const CONTROL_PER_SECOND: u32 = 8;
+
+/// A session's state for its control records.
+#[derive(Debug)]
+pub(crate) struct ControlState {
+    /// A Ping was seen (the first one goes to the manager: the client is a dtun peer).
+    pinged: bool,
+    /// Control messages the session may still pass to the manager, and when that was last
+    /// topped up.
+    tokens: u32,
+    topped_up: Instant,
+}
+
+impl Default for ControlState {
+    fn default() -> ControlState {
+        ControlState {
+            pinged: false,
+            tokens: CONTROL_BURST,
+            topped_up: Instant::now(),
+        }
+    }
+}
+
+impl ControlState {
+    /// Takes one message's worth of the budget, if there is one.
+    fn spend(&mut self, now: Instant) -> bool {
+        let earned = now.saturating_duration_since(self.topped_up).as_millis()
+            * u128::from(CONTROL_PER_SECOND)
+            / 1000;
+        if earned > 0 {
+            let earned = u32::try_from(earned).unwrap_or(u32::MAX);
+            self.tokens = self.tokens.saturating_add(earned).min(CONTROL_BURST);
+            self.topped_up = now;
+        }
+        if self.tokens == 0 {
+            return false;
+        }
+        self.tokens -= 1;
+        true
+    }
+}
 
 /// What a session's control record may touch: its outbound queue (Pongs), its counters, and
 /// the manager's event queue.
@@ -18,20 +66,22 @@ struct SessionControl<'a> {
 impl SessionControl<'_> {
     /// One control record: a Ping is answered here, so a ping flood never reaches the manager
     /// (only the first goes on: it makes the client a dtun peer); other messages go to the
-    /// manager; malformed ones and unknown types are counted drops.
-    fn record(&self, data: &[u8], pinged: &mut bool) {
+    /// manager within the session's budget, beyond it they are counted drops (control_flood);
+    /// malformed ones and unknown types are counted drops.
+    fn record(&self, data: &[u8], state: &mut ControlState) {
         match Control::parse(data) {
             Ok(Control::Ping) => {
                 // A full queue: the peer pings faster than we send; UDP would lose it too.
                 let _ = self
                     .out_tx
                     .try_send(OutboundCmd::Send(Control::Pong.to_bytes()));
-                if !*pinged {
-                    *pinged = true;
+                if !state.pinged {
+                    state.pinged = true;
                     self.report(Control::Ping);
                 }
             }
-            Ok(msg) => self.report(msg),
+            Ok(msg) if state.spend(Instant::now()) => self.report(msg),
+            Ok(_) => self.counters.count_drop(pump::Drop::ControlFlood),
             Err(_) => self.counters.count_drop(pump::Drop::Unexpected),
         }
     }
@@ -101,7 +151,7 @@ impl Demux {
                             events,
                             demux: dc,
                         };
-                        sc.record(&buf[r.clone()], &mut s.pinged);
+                        sc.record(&buf[r.clone()], &mut s.control);
                     } else if !pump::is_ip(&buf[r.clone()]) {
                         s.counters.count_drop(pump::Drop::NotIp);
                         if log_limit.allow() {
@@ -164,12 +214,12 @@ mod tests {
             events: &events,
             demux: &demux,
         };
-        let mut pinged = false;
+        let mut state = ControlState::default();
         let ping = Control::Ping.to_bytes();
         for _ in 0..10_000 {
-            sc.record(&ping, &mut pinged);
+            sc.record(&ping, &mut state);
         }
-        assert!(pinged);
+        assert!(state.pinged);
         assert!(matches!(
             ev_rx.try_recv(),
             Ok(Event::Control {
@@ -188,15 +238,15 @@ mod tests {
         }
         assert!((1..=8).contains(&pongs), "{pongs} pongs queued");
         // The next Ping after the queue drained is answered again.
-        sc.record(&ping, &mut pinged);
+        sc.record(&ping, &mut state);
         assert!(out_rx.try_recv().is_ok());
 
         for bad in [&[0u8, 9][..], &[0, 0xff, 1], &[0, 2, 0], &[0, 4]] {
-            sc.record(bad, &mut pinged);
+            sc.record(bad, &mut state);
         }
         assert_eq!(counters.drops(pump::Drop::Unexpected), 4);
         assert!(ev_rx.try_recv().is_err());
-        sc.record(&[0, 4, 9, b'x'], &mut pinged);
+        sc.record(&[0, 4, 9, b'x'], &mut state);
         assert!(matches!(
             ev_rx.try_recv(),
             Ok(Event::Control {
@@ -208,6 +258,73 @@ mod tests {
             })
         ));
         assert_eq!(demux.events_dropped.load(Relaxed), 0);
+    }
+
+    /// A flood of Hellos (or any control message but Ping) from one session passes its budget
+    /// to the manager and no more: the rest are counted drops, so it cannot fill the queue the
+    /// other sessions' events share. An honest setup (8 Hellos, 8 Lans, a Close) fits, and the
+    /// budget comes back with time.
+    #[test]
+    fn a_control_flood_is_cut_to_the_sessions_budget() {
+        let (out_tx, _out_rx) = pump::outbound_channel();
+        let (events, mut ev_rx) = mpsc::channel(EVENT_QUEUE);
+        let counters = Counters::default();
+        let demux = DemuxCounters::default();
+        let sc = SessionControl {
+            session_id: 7,
+            out_tx: &out_tx,
+            counters: &counters,
+            events: &events,
+            demux: &demux,
+        };
+        let mut state = ControlState::default();
+        let hello = Control::Hello {
+            version: crate::proto::CONTROL_VERSION,
+            keepalive_ms: 0,
+            flags: Default::default(),
+        }
+        .to_bytes();
+        let lans = Control::Lans(vec!["fd77::/64".parse().unwrap()]).to_bytes();
+        for _ in 0..8 {
+            sc.record(&lans, &mut state);
+            sc.record(&hello, &mut state);
+        }
+        sc.record(
+            &Control::Close {
+                reason: crate::proto::CloseReason::Shutdown,
+                detail: String::new(),
+            }
+            .to_bytes(),
+            &mut state,
+        );
+        assert_eq!(
+            counters.drops(pump::Drop::ControlFlood),
+            0,
+            "an honest setup"
+        );
+        for _ in 0..10_000 {
+            sc.record(&hello, &mut state);
+        }
+        let mut passed = 0;
+        while ev_rx.try_recv().is_ok() {
+            passed += 1;
+        }
+        assert_eq!(passed, CONTROL_BURST as usize);
+        assert_eq!(
+            counters.drops(pump::Drop::ControlFlood),
+            10_000 + 17 - u64::from(CONTROL_BURST)
+        );
+        assert_eq!(demux.events_dropped.load(Relaxed), 0);
+        // A second later the session may speak again, a little.
+        state.topped_up -= Duration::from_secs(1);
+        for _ in 0..100 {
+            sc.record(&hello, &mut state);
+        }
+        let mut passed = 0;
+        while ev_rx.try_recv().is_ok() {
+            passed += 1;
+        }
+        assert_eq!(passed, CONTROL_PER_SECOND as usize);
     }
 
     /// A peer's flood of session events (alerts, control messages) neither grows the queue to

@@ -55,7 +55,7 @@ impl Manager {
                 final_flight: est.final_flight,
                 resent_at: None,
                 out_tx: out_tx.clone(),
-                pinged: false,
+                control: Default::default(),
             },
         });
         let link = Link {
