@@ -116,31 +116,43 @@ impl Netlink {
         priority: u32,
     ) -> Result<(), NetlinkError> {
         for v6 in [false, true] {
-            let mut req = self
-                .handle
-                .rule()
-                .add()
-                .table_id(table)
-                .priority(priority)
-                .fw_mark(mark)
-                .action(RuleAction::ToTable);
-            req.message_mut().header.flags = RuleFlags::Invert;
-            let r = if v6 {
-                req.v6().execute().await
-            } else {
-                req.v4().execute().await
-            };
-            match r {
-                Ok(()) => {}
-                Err(e) if raw_errno(&e) == Some(libc::EEXIST) => {}
-                Err(e) => {
-                    let family = if v6 { "IPv6" } else { "IPv4" };
-                    let op = format!("add {family} rule `not fwmark {mark:#x} lookup {table}`");
-                    return Err(NetlinkError::new(op, e));
-                }
-            }
+            self.add_unmarked_rule_for(v6, mark, table, priority)
+                .await?;
         }
         Ok(())
+    }
+
+    /// [`Netlink::add_unmarked_rule`] for one family (`v6`: IPv6, else IPv4).
+    pub async fn add_unmarked_rule_for(
+        &self,
+        v6: bool,
+        mark: u32,
+        table: u32,
+        priority: u32,
+    ) -> Result<(), NetlinkError> {
+        let mut req = self
+            .handle
+            .rule()
+            .add()
+            .table_id(table)
+            .priority(priority)
+            .fw_mark(mark)
+            .action(RuleAction::ToTable);
+        req.message_mut().header.flags = RuleFlags::Invert;
+        let r = if v6 {
+            req.v6().execute().await
+        } else {
+            req.v4().execute().await
+        };
+        match r {
+            Ok(()) => Ok(()),
+            Err(e) if raw_errno(&e) == Some(libc::EEXIST) => Ok(()),
+            Err(e) => {
+                let family = if v6 { "IPv6" } else { "IPv4" };
+                let op = format!("add {family} rule `not fwmark {mark:#x} lookup {table}`");
+                Err(NetlinkError::new(op, e))
+            }
+        }
     }
 
     /// Deletes every rule of either family that `ours` picks; returns how many.

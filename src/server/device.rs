@@ -8,7 +8,6 @@ use ipnet::IpNet;
 use tokio::task::JoinHandle;
 
 use super::demux::DemuxCmd;
-use super::lan_table::LanTable;
 use super::manager::{Manager, Session, SessionError};
 use crate::authz;
 use crate::hooks::{self, TunnelEnv};
@@ -214,7 +213,7 @@ impl Manager {
         };
         for old in dev.routes.clone() {
             if !wanted.contains(&old) {
-                let _ = LanTable::del(&self.nl, old, dev.tun.index).await;
+                let _ = self.lan_table.del(&self.nl, old, dev.tun.index).await;
                 dev.routes.retain(|r| *r != old);
             }
         }
@@ -276,7 +275,7 @@ impl Manager {
         };
         self.removed.add(&dev.past);
         for r in &dev.routes {
-            let _ = LanTable::del(&self.nl, *r, dev.tun.index).await;
+            let _ = self.lan_table.del(&self.nl, *r, dev.tun.index).await;
         }
         if let Some(fw) = self.firewall.as_mut() {
             fw.remove_tun(&dev.tun.name, dev.group.as_deref());

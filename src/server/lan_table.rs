@@ -15,23 +15,39 @@
 //! the server's own) reaches the LANs as before. The rule comes with the first LAN route and
 //! goes at exit once no dtun's LAN is left in the table (routes leave with their TUN, so a
 //! `kill -9` leaves only the rule, which then matches an empty table: harmless, and taken
-//! over by the next start).
+//! over by the next start). Each family has its own rule; on a kernel without policy routing
+//! for a family (no multiple tables, or IPv6 off) that family's LANs go in the main table as
+//! before, with a warning.
 
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::netlink::{Netlink, NetlinkError};
+use crate::netlink::{MAIN_TABLE, Netlink, NetlinkError};
 use crate::routes::{FWMARK, LAN_TABLE, PRIO_LANS};
 
-/// Whether this server put the rule in place.
+/// Where one family's LAN routes go.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Place {
+    /// No LAN of this family yet.
+    #[default]
+    Untried,
+    /// [`LAN_TABLE`], behind our rule.
+    Table,
+    /// The main table: this kernel has no policy routing for the family (a router's kernel
+    /// without CONFIG_IP_MULTIPLE_TABLES, or IPv6 turned off), so LANs route as before.
+    Main,
+}
+
+/// Where each family's LAN routes go, and so whether this server put a rule in place.
 #[derive(Debug, Default)]
 pub(super) struct LanTable {
-    rule: bool,
+    v4: Place,
+    v6: Place,
 }
 
 impl LanTable {
-    /// Routes `net` (via `gateway`) into the TUN `index`, the rule first if need be.
+    /// Routes `net` (via `gateway`) into the TUN `index`, the family's rule first if need be.
     pub(super) async fn add(
         &mut self,
         nl: &Netlink,
@@ -39,21 +55,47 @@ impl LanTable {
         gateway: Option<IpAddr>,
         index: u32,
     ) -> Result<(), NetlinkError> {
-        if !self.rule {
-            nl.add_unmarked_rule(FWMARK, LAN_TABLE, PRIO_LANS).await?;
-            self.rule = true;
+        let v6 = net.addr().is_ipv6();
+        let place = if v6 { &mut self.v6 } else { &mut self.v4 };
+        if *place == Place::Untried {
+            *place = match nl
+                .add_unmarked_rule_for(v6, FWMARK, LAN_TABLE, PRIO_LANS)
+                .await
+            {
+                Ok(()) => Place::Table,
+                Err(e) if no_policy_routing(&e) => {
+                    tracing::warn!(
+                        "{e}: this kernel has no policy routing for the family, so clients' LANs go in the main table; a client whose outer address lies in another client's LAN then cannot connect"
+                    );
+                    Place::Main
+                }
+                Err(e) => return Err(e),
+            };
         }
-        nl.add_route_in(LAN_TABLE, net, gateway, index).await
+        nl.add_route_in(self.table(v6), net, gateway, index).await
     }
 
-    pub(super) async fn del(nl: &Netlink, net: IpNet, index: u32) -> Result<(), NetlinkError> {
-        nl.del_route_in(LAN_TABLE, net, index).await
+    pub(super) async fn del(
+        &self,
+        nl: &Netlink,
+        net: IpNet,
+        index: u32,
+    ) -> Result<(), NetlinkError> {
+        nl.del_route_in(self.table(net.addr().is_ipv6()), net, index)
+            .await
     }
 
-    /// At exit, after the devices went: removes the rule unless another dtun still has LANs
+    fn table(&self, v6: bool) -> u32 {
+        match if v6 { self.v6 } else { self.v4 } {
+            Place::Main => MAIN_TABLE,
+            Place::Untried | Place::Table => LAN_TABLE,
+        }
+    }
+
+    /// At exit, after the devices went: removes our rules unless another dtun still has LANs
     /// in the table.
     pub(super) async fn close(&mut self, nl: &Netlink) {
-        if !self.rule {
+        if self.v4 != Place::Table && self.v6 != Place::Table {
             return;
         }
         match nl.table_has_routes(LAN_TABLE).await {
@@ -65,8 +107,14 @@ impl LanTable {
             }
             Err(e) => tracing::warn!("{e}"),
         }
-        self.rule = false;
+        *self = LanTable::default();
     }
+}
+
+/// The kernel has no policy routing for a family: no rules at all (EOPNOTSUPP), or none for
+/// this family (EAFNOSUPPORT: built without multiple tables, or IPv6 off).
+fn no_policy_routing(e: &NetlinkError) -> bool {
+    matches!(e.errno(), Some(libc::EAFNOSUPPORT | libc::EOPNOTSUPP))
 }
 
 /// The rule [`LanTable`] adds: its priority and table.
@@ -75,4 +123,31 @@ fn is_lan_rule(rule: &rtnetlink::packet_route::rule::RuleMessage) -> bool {
     let attr = |want: &dyn Fn(&RuleAttribute) -> bool| rule.attributes.iter().any(want);
     attr(&|a| matches!(a, RuleAttribute::Priority(p) if *p == PRIO_LANS))
         && attr(&|a| matches!(a, RuleAttribute::Table(t) if *t == LAN_TABLE))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only "no policy routing here" falls back to the main table; anything else (a missing
+    /// capability, say) is an error for the caller.
+    #[test]
+    fn only_a_kernel_without_rules_falls_back() {
+        let err = |errno: i32| NetlinkError::Kernel {
+            op: "add rule".into(),
+            errno,
+        };
+        assert!(no_policy_routing(&err(libc::EAFNOSUPPORT)));
+        assert!(no_policy_routing(&err(libc::EOPNOTSUPP)));
+        assert!(!no_policy_routing(&err(libc::ENOENT)));
+        let denied = NetlinkError::PermissionDenied {
+            op: "add rule".into(),
+            errno: libc::EPERM,
+        };
+        assert!(!no_policy_routing(&denied));
+        let mut t = LanTable::default();
+        assert_eq!((t.table(false), t.table(true)), (LAN_TABLE, LAN_TABLE));
+        t.v6 = Place::Main;
+        assert_eq!((t.table(false), t.table(true)), (LAN_TABLE, MAIN_TABLE));
+    }
 }
