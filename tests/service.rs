@@ -290,9 +290,11 @@ fn readiness_follows_listening_and_tunnel_up() {
 }
 
 impl Notify {
-    /// Waits until a message has a line starting with `prefix`; returns that line.
+    /// Waits until a message has a line starting with `prefix`; returns that line. A client
+    /// with no server says it is reconnecting only when its first handshake has timed out
+    /// (HANDSHAKE_TIMEOUT, 20 s, as long as UP): so this waits for both.
     fn wait_prefix(&mut self, prefix: &str, p: &mut Proc) -> String {
-        let deadline = Instant::now() + UP;
+        let deadline = Instant::now() + dtun::consts::HANDSHAKE_TIMEOUT + UP;
         loop {
             self.drain();
             if let Some(l) = self
