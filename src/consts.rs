@@ -64,6 +64,11 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 pub const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the client's up script may run.
 pub const HOOK_TIMEOUT: Duration = Duration::from_secs(30);
+/// ICMP port unreachables for one handshake attempt, with nothing yet from the server, after
+/// which the client gives that attempt up and backs off: an operator with a wrong -host or
+/// -port hears so within seconds, not after HANDSHAKE_TIMEOUT. Only the attempt is lost (a
+/// spoofer would have to guess each attempt's new port); a session is never ended this way.
+pub const HANDSHAKE_REFUSALS: u32 = 3;
 /// How long a client waits for a sign of life after an ICMP port unreachable when it cannot
 /// ping (keepalive 0, or a server without control messages). ICMP errors are unauthenticated:
 /// one is a hint that the server is gone, never proof.

@@ -239,6 +239,7 @@ fn readiness_follows_listening_and_tunnel_up() {
     let port = "4730";
     // The client first, while no server answers: it retries, says so, and is not ready.
     let mut cn = Notify::new(&topo.dir, "client.sock");
+    let started = Instant::now();
     let mut client = c.spawn(
         DTUN,
         &[
@@ -254,6 +255,18 @@ fn readiness_follows_listening_and_tunnel_up() {
         &[cn.env()],
     );
     let status = cn.wait_prefix("STATUS=reconnecting", &mut client);
+    // Refused (ICMP port unreachable) three times: it says so in seconds, not after the 20 s
+    // handshake timeout.
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(12),
+        "reconnecting only after {took:?}"
+    );
+    assert!(
+        client.log().contains("refused the connection"),
+        "{}",
+        client.log()
+    );
     assert!(!cn.has("READY=1"), "{:?}", cn.got);
     assert!(c.links().is_empty());
     eprintln!("client, no server: {status:?}");

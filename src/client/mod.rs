@@ -18,8 +18,8 @@ use tokio::time::Instant;
 use crate::config::{ClientConfig, ConfigError};
 use crate::consts::{
     ADDRESS_MESSAGE_LEN, BUF_LEN, CONTENT_ALERT, CONTENT_APPLICATION_DATA, HANDSHAKE_QUEUE,
-    HANDSHAKE_TIMEOUT, KEEPALIVE_MISSES, MAX_BACKOFF, MIN_BACKOFF, REFUSED_GRACE, REPLACED_BACKOFF,
-    SETUP_TIMEOUT,
+    HANDSHAKE_REFUSALS, HANDSHAKE_TIMEOUT, KEEPALIVE_MISSES, MAX_BACKOFF, MIN_BACKOFF,
+    REFUSED_GRACE, REPLACED_BACKOFF, SETUP_TIMEOUT,
 };
 use crate::dtls::{self, ChannelConn, HandshakeError, Role};
 use crate::hooks::{self, HookError, TunnelEnv};

@@ -54,7 +54,7 @@ pub(super) async fn session(
     let hs = dtls::handshake(role, &cfg.common.suites, conn);
     tokio::pin!(hs);
     let mut early = EarlyRecords::default();
-    let (mut refused, mut answered) = (false, false);
+    let (mut refusals, mut answered) = (0u32, false);
     let est = loop {
         tokio::select! {
             r = &mut hs => break r,
@@ -69,7 +69,12 @@ pub(super) async fn session(
                         let _ = hs_tx.try_send(buf[..n].to_vec());
                     }
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => refused = true,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    refusals += 1;
+                    if refusals >= HANDSHAKE_REFUSALS && !answered {
+                        return lost(ClientError::Refused(server));
+                    }
+                }
                 Err(e) => tracing::debug!("recv: {e}"),
             },
             _ = shutdown.as_mut() => return End::Shutdown,
@@ -79,7 +84,9 @@ pub(super) async fn session(
         Ok(est) => est,
         Err(f) => {
             return lost(match f.error {
-                HandshakeError::Timeout(_) if refused && !answered => ClientError::Refused(server),
+                HandshakeError::Timeout(_) if refusals > 0 && !answered => {
+                    ClientError::Refused(server)
+                }
                 HandshakeError::Timeout(d) if !answered => ClientError::NoAnswer(server, d),
                 HandshakeError::Failed(why) if why.contains("Alert is Fatal") => {
                     ClientError::Handshake(
