@@ -198,22 +198,46 @@ mod tests {
     use super::*;
     use crate::consts::EVENT_QUEUE;
 
+    /// What a session's control records reach: its outbound queue, the manager's event queue
+    /// and the counters (the receivers are returned apart, for the test to drain).
+    struct Rig {
+        out_tx: mpsc::Sender<OutboundCmd>,
+        events: mpsc::Sender<Event>,
+        counters: Counters,
+        demux: DemuxCounters,
+    }
+
+    impl Rig {
+        fn new() -> (Rig, mpsc::Receiver<OutboundCmd>, mpsc::Receiver<Event>) {
+            let (out_tx, out_rx) = pump::outbound_channel();
+            let (events, ev_rx) = mpsc::channel(EVENT_QUEUE);
+            let rig = Rig {
+                out_tx,
+                events,
+                counters: Counters::default(),
+                demux: DemuxCounters::default(),
+            };
+            (rig, out_rx, ev_rx)
+        }
+
+        fn control(&self, session_id: u64) -> SessionControl<'_> {
+            SessionControl {
+                session_id,
+                out_tx: &self.out_tx,
+                counters: &self.counters,
+                events: &self.events,
+                demux: &self.demux,
+            }
+        }
+    }
+
     /// A ping flood is answered in the demultiplexer: one event reaches the manager, the
     /// Pongs queue on the session's (bounded) outbound channel; unknown control types and
     /// malformed control records are counted drops; an unknown Close reason is still a Close.
     #[test]
     fn pings_answered_here_and_unknown_controls_counted() {
-        let (out_tx, mut out_rx) = pump::outbound_channel();
-        let (events, mut ev_rx) = mpsc::channel(EVENT_QUEUE);
-        let counters = Counters::default();
-        let demux = DemuxCounters::default();
-        let sc = SessionControl {
-            session_id: 42,
-            out_tx: &out_tx,
-            counters: &counters,
-            events: &events,
-            demux: &demux,
-        };
+        let (rig, mut out_rx, mut ev_rx) = Rig::new();
+        let (sc, counters, demux) = (rig.control(42), &rig.counters, &rig.demux);
         let mut state = ControlState::default();
         let ping = Control::Ping.to_bytes();
         for _ in 0..10_000 {
@@ -266,17 +290,8 @@ mod tests {
     /// budget comes back with time.
     #[test]
     fn a_control_flood_is_cut_to_the_sessions_budget() {
-        let (out_tx, _out_rx) = pump::outbound_channel();
-        let (events, mut ev_rx) = mpsc::channel(EVENT_QUEUE);
-        let counters = Counters::default();
-        let demux = DemuxCounters::default();
-        let sc = SessionControl {
-            session_id: 7,
-            out_tx: &out_tx,
-            counters: &counters,
-            events: &events,
-            demux: &demux,
-        };
+        let (rig, _out_rx, mut ev_rx) = Rig::new();
+        let (sc, counters, demux) = (rig.control(7), &rig.counters, &rig.demux);
         let mut state = ControlState::default();
         let hello = Control::Hello {
             version: crate::proto::CONTROL_VERSION,
