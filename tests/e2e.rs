@@ -11,7 +11,6 @@ use common::{
     start_client_env, start_server, wait_for, wait_p2p, wait_peernet_up,
 };
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 // Substrings of dtun's log lines that the tests look for: one place to follow src/'s wording.
@@ -35,20 +34,6 @@ const POOL: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 86, 0, 0), 16);
 fn in_pool(ip: Ipv4Addr) -> bool {
     let mask = u32::MAX << (32 - POOL.1);
     u32::from(ip) & mask == u32::from(POOL.0)
-}
-
-/// An up script that dumps the environment it was started with (not the shell's, which adds
-/// PWD and friends) to a file; returns (script, dump file).
-fn env_dump_script(dir: &common::TestDir, name: &str) -> (PathBuf, PathBuf) {
-    let out = dir.path().join(format!("{name}.env"));
-    let script = dir.script(
-        &format!("{name}.sh"),
-        &format!(
-            "#!/bin/sh\ntr '\\0' '\\n' < /proc/$$/environ > '{0}.tmp' && mv '{0}.tmp' '{0}'\n",
-            out.display()
-        ),
-    );
-    (script, out)
 }
 
 /// Waits until the server's log has a drop line for every reason, then asserts.
@@ -80,7 +65,7 @@ fn ping_both_ways_and_up_script_env() {
     let topo = Topo::pair("p");
     let key = "e2e-Xq9-not-in-env";
     let mut server = start_server(&topo.server, DEFAULT_PORT, &["-key", key, "-v"]);
-    let (script, env_file) = env_dump_script(&topo.dir, "up");
+    let (script, env_file) = common::env_dump(&topo.dir, "up");
     let client = start_client_env(
         topo.client(),
         &["-host", SERVER_IP, "-up", path_str(&script)],

@@ -1,5 +1,5 @@
 //! Helpers of the IPv6-inside tests (`tests/ipv6.rs`, `tests/ipv6_routing.rs`): the IPv6 pair
-//! of a TUN, script environment dumps, a client of the pair topology, an "internet" host
+//! of a TUN, reading script environment dumps (made by `env_dump`), a client of the pair topology, an "internet" host
 //! behind the server.
 
 use std::net::Ipv6Addr;
@@ -54,20 +54,6 @@ pub fn global6(ns: &Netns, dev: &str) -> String {
 
 pub fn in_prefix(ip: Ipv6Addr, prefix: &str) -> bool {
     prefix.parse::<ipnet::Ipv6Net>().unwrap().contains(&ip)
-}
-
-/// A script that dumps its environment to `NAME.env` (server: one line set per device, the
-/// last one wins); returns (script, dump file).
-pub fn env_dump(dir: &super::TestDir, name: &str) -> (PathBuf, PathBuf) {
-    let out = dir.path().join(format!("{name}.env"));
-    let script = dir.script(
-        &format!("{name}.sh"),
-        &format!(
-            "#!/bin/sh\ntr '\\0' '\\n' < /proc/$$/environ > '{0}.tmp' && mv '{0}.tmp' '{0}'\n",
-            out.display()
-        ),
-    );
-    (script, out)
 }
 
 pub fn read_env(file: &PathBuf) -> std::collections::BTreeMap<String, String> {

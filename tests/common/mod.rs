@@ -212,6 +212,17 @@ impl Netns {
         .success()
     }
 
+    /// Like [`Netns::ping_ok`] (3 pings) from the source address `src`, one of this
+    /// namespace's own (the forged-source tests give the TUN a second address).
+    pub fn ping_from_ok(&self, src: &str, addr: &str) -> bool {
+        self.run(
+            "ping",
+            &["-c", "3", "-i", "0.2", "-W", "1", "-I", src, addr],
+        )
+        .status
+        .success()
+    }
+
     /// Pings `addr` `count` times (0.2 s apart, 1 s reply timeout) and returns
     /// (transmitted, received).
     pub fn ping_stats(&self, addr: &str, count: u32) -> (u32, u32) {
@@ -649,6 +660,21 @@ impl Drop for Proc {
             eprintln!("{text}");
         }
     }
+}
+
+/// A script that dumps the environment it was started with (not the shell's, which adds PWD
+/// and friends) to `NAME.env` (a server's: the last device's wins); returns (script, dump
+/// file).
+pub fn env_dump(dir: &TestDir, name: &str) -> (PathBuf, PathBuf) {
+    let out = dir.path().join(format!("{name}.env"));
+    let script = dir.script(
+        &format!("{name}.sh"),
+        &format!(
+            "#!/bin/sh\ntr '\\0' '\\n' < /proc/$$/environ > '{0}.tmp' && mv '{0}.tmp' '{0}'\n",
+            out.display()
+        ),
+    );
+    (script, out)
 }
 
 /// Parses `KEY=VALUE` lines into a map (for up-script environment dumps).
