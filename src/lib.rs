@@ -27,6 +27,7 @@ pub mod proto6;
 pub mod pump;
 pub mod record;
 pub mod routes;
+pub mod rundir;
 pub mod server;
 pub mod supervise;
 pub mod sys;
