@@ -10,6 +10,9 @@ use clap::{ArgAction, CommandFactory, Parser};
 use ipnet::Ipv4Net;
 use zeroize::Zeroizing;
 
+mod commands;
+pub use commands::{Command, CompletionShell, DeriveArgs, KeyCommand, ReloadArgs, StatusArgs};
+
 const EXAMPLES: &str = "\
 Examples:
   server:  dtun -key-file /etc/dtun/key
@@ -56,7 +59,7 @@ impl From<String> for SecretArg {
     }
 }
 
-fn parse_secret(s: &str) -> Result<SecretArg, String> {
+pub(crate) fn parse_secret(s: &str) -> Result<SecretArg, String> {
     Ok(SecretArg::from(s))
 }
 
@@ -83,9 +86,13 @@ pub enum OnOff {
     name = "dtun",
     version,
     about = "A point-to-point VPN over DTLS 1.2 with a pre-shared key, compatible with the original Go dtun",
-    after_help = EXAMPLES
+    after_help = EXAMPLES,
+    args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
+    /// A command instead of running a server or a client
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// Server to connect to; selects client mode
     #[arg(long)]
     pub host: Option<String>,
@@ -235,8 +242,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Rewrites Go-style `-flag` into `--flag` so clap can parse the original's command lines.
 /// A word that is the value of the flag before it is left alone, as are `-v` and `--` onwards.
 pub fn normalize_args<I: IntoIterator<Item = OsString>>(args: I) -> Vec<OsString> {
-    let cmd = Cli::command();
-    let takes_value = |name: &str| {
+    // The flags are those of the (sub)command the words so far name: `dtun key derive -id x`
+    // looks `id` up in `derive`'s arguments.
+    let mut cmd = Cli::command();
+    let takes_value = |cmd: &clap::Command, name: &str| {
         cmd.get_arguments()
             .any(|a| a.get_long() == Some(name) && a.get_action().takes_values())
     };
@@ -262,6 +271,13 @@ pub fn normalize_args<I: IntoIterator<Item = OsString>>(args: I) -> Vec<OsString
             out.push(arg);
             continue;
         }
+        if !s.starts_with('-')
+            && let Some(sub) = cmd.find_subcommand(&s).cloned()
+        {
+            cmd = sub;
+            out.push(arg);
+            continue;
+        }
         let long = if let Some(body) = s.strip_prefix("--") {
             Some(body.to_string())
         } else if s.starts_with('-') && s.len() > 2 && !s[1..].bytes().all(|b| b == b'v') {
@@ -270,7 +286,7 @@ pub fn normalize_args<I: IntoIterator<Item = OsString>>(args: I) -> Vec<OsString
             None
         };
         match long {
-            Some(body) if !body.contains('=') && takes_value(&body) => {
+            Some(body) if !body.contains('=') && takes_value(&cmd, &body) => {
                 pending = Some(format!("--{body}"))
             }
             Some(body) => out.push(OsString::from(format!("--{body}"))),

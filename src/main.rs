@@ -1,43 +1,15 @@
 //! The `dtun` binary: parse the command line, set up logging and signals, run a role.
 
 use anyhow::Context;
-use dtun::cli::Cli;
+use dtun::cli::{Command, DeriveArgs, KeyCommand, ReloadArgs, StatusArgs};
 use dtun::supervise::TaskEnded;
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    match args.get(1).map(String::as_str) {
-        Some("genkey") => {
-            return exit_on(
-                dtun::keys::genkey()
-                    .map_err(Into::into)
-                    .map(|k| println!("{k}")),
-            );
-        }
-        Some("key") if args.get(2).map(String::as_str) == Some("derive") => {
-            return exit_on(key_derive(&args[3..]));
-        }
-        Some("status") => return exit_on(status(&args[2..])),
-        Some("reload") => return exit_on(reload(&args[2..])),
-        Some("completions") => {
-            let shell = match args.get(2..).unwrap_or_default() {
-                [shell] => Ok(shell.as_str()),
-                _ => Err(anyhow::anyhow!(
-                    "usage: dtun completions SHELL (SHELL: {})",
-                    dtun::ops::docs::SHELLS
-                )),
-            };
-            return exit_on(
-                shell.and_then(|s| dtun::ops::docs::completions(s, &mut std::io::stdout())),
-            );
-        }
-        Some("man") if args.len() == 2 => {
-            return exit_on(dtun::ops::docs::man(&mut std::io::stdout()));
-        }
-        _ => {}
-    }
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let (cli, matches) = dtun::ops::config_file::parse_args(&argv).unwrap_or_else(|e| e.exit());
+    let (mut cli, matches) = dtun::ops::config_file::parse_args(&argv).unwrap_or_else(|e| e.exit());
+    if let Some(command) = cli.command.take() {
+        return exit_on(run_command(command));
+    }
     let loaded = match dtun::ops::config_file::apply(cli, &matches) {
         Ok(l) => l,
         Err(e) => {
@@ -80,66 +52,56 @@ fn exit_on(r: anyhow::Result<()>) {
     }
 }
 
+/// Runs a subcommand (src/cli/commands.rs).
+fn run_command(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Genkey => {
+            println!("{}", dtun::keys::genkey()?);
+            Ok(())
+        }
+        Command::Key(KeyCommand::Derive(args)) => key_derive(&args),
+        Command::Status(args) => status(&args),
+        Command::Reload(args) => reload(&args),
+        Command::Completions { shell } => {
+            dtun::ops::docs::completions(shell.into(), &mut std::io::stdout())
+        }
+        Command::Man => dtun::ops::docs::man(&mut std::io::stdout()),
+    }
+}
+
 /// `dtun key derive -key-file MASTER -id ID`: the key a server with `-master-key-file MASTER`
 /// expects from client ID.
-fn key_derive(rest: &[String]) -> anyhow::Result<()> {
-    let args = std::iter::once("dtun".to_string())
-        .chain(rest.iter().cloned())
-        .map(Into::into);
-    let cli = Cli::try_parse_normalized(args)?;
-    let master = dtun::config::Key::from_cli(&cli)?;
-    let source = match &cli.key_file {
-        Some(p) => p.display().to_string(),
-        None => "-key".to_string(),
+fn key_derive(args: &DeriveArgs) -> anyhow::Result<()> {
+    let (master, source) = match (&args.key_file, &args.key) {
+        (Some(p), _) => (dtun::config::read_key_file(p)?, p.display().to_string()),
+        (None, Some(k)) => (
+            zeroize::Zeroizing::new(k.as_bytes().to_vec()),
+            "-key".to_string(),
+        ),
+        (None, None) => anyhow::bail!(
+            "dtun key derive needs the server's master secret: -key-file FILE (or -key, DTUN_KEY)"
+        ),
     };
-    dtun::config::check_master_key(&master.0, &source)?;
-    println!("{}", dtun::keys::derive(&master.0, cli.id.as_bytes()));
+    dtun::config::check_master_key(&master, &source)?;
+    println!("{}", dtun::keys::derive(&master, args.id.as_bytes()));
     Ok(())
 }
 
 /// `dtun status [-json] [INSTANCE]`: asks the dtun named INSTANCE (default `dtun`) in this
 /// network namespace over its control socket and prints its answer.
-fn status(rest: &[String]) -> anyhow::Result<()> {
-    const USAGE: &str = "usage: dtun status [-json] [INSTANCE]";
-    let mut json = false;
-    let mut instance = None;
-    for a in rest {
-        match a.as_str() {
-            "-json" | "--json" => json = true,
-            "-h" | "-help" | "--help" => {
-                println!(
-                    "{USAGE}\n\nShows what the dtun named INSTANCE (its -instance, default dtun) in this network\nnamespace is doing; -json prints it as JSON (docs/STATUS.md)."
-                );
-                return Ok(());
-            }
-            f if f.starts_with('-') => anyhow::bail!("unknown flag {f}: {USAGE}"),
-            name if instance.is_none() => instance = Some(name.to_string()),
-            extra => anyhow::bail!("one instance at a time, not also {extra:?}: {USAGE}"),
-        }
-    }
-    let instance = instance.unwrap_or_else(|| "dtun".to_string());
-    dtun::ops::control::check_name(&instance)
+fn status(args: &StatusArgs) -> anyhow::Result<()> {
+    let instance = args.instance.as_deref().unwrap_or("dtun");
+    dtun::ops::control::check_name(instance)
         .map_err(|e| anyhow::anyhow!("{}", e.replacen("-instance", "dtun status", 1)))?;
-    let request = if json { "status json" } else { "status" };
-    print!("{}", dtun::ops::control::query(&instance, request)?);
+    let request = if args.json { "status json" } else { "status" };
+    print!("{}", dtun::ops::control::query(instance, request)?);
     Ok(())
 }
 
 /// `dtun reload [INSTANCE]`: as `kill -HUP`, but waits for the outcome and prints it (exit 1
 /// when the new configuration was refused and the running one kept).
-fn reload(rest: &[String]) -> anyhow::Result<()> {
-    const USAGE: &str = "usage: dtun reload [INSTANCE]";
-    let instance = match rest {
-        [] => "dtun",
-        [h] if matches!(h.as_str(), "-h" | "-help" | "--help") => {
-            println!(
-                "{USAGE}\n\nMakes the dtun server named INSTANCE (its -instance, default dtun) in this network\nnamespace read its configuration again, as SIGHUP does, and prints what changed."
-            );
-            return Ok(());
-        }
-        [name] if !name.starts_with('-') => name.as_str(),
-        _ => anyhow::bail!("{USAGE}"),
-    };
+fn reload(args: &ReloadArgs) -> anyhow::Result<()> {
+    let instance = args.instance.as_deref().unwrap_or("dtun");
     dtun::ops::control::check_name(instance)
         .map_err(|e| anyhow::anyhow!("{}", e.replacen("-instance", "dtun reload", 1)))?;
     print!("{}", dtun::ops::control::query(instance, "reload")?);

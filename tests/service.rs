@@ -348,7 +348,7 @@ fn completions_and_man_page() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        !out.status.success() && err.contains("bash, zsh or fish"),
+        !out.status.success() && err.contains("possible values: bash, zsh, fish"),
         "{err}"
     );
     let help = Command::new(DTUN).arg("--help").output().unwrap();
@@ -357,6 +357,13 @@ fn completions_and_man_page() {
         help.contains("dtun completions") && help.contains("dtun man"),
         "{help}"
     );
+
+    for command in ["genkey", "key", "status", "reload", "completions", "man"] {
+        assert!(
+            help.lines().any(|l| l.trim_start().starts_with(command)),
+            "--help does not list {command}: {help}"
+        );
+    }
 
     let dir = TestDir::new("svman");
     let out = Command::new(DTUN).arg("man").output().unwrap();
@@ -391,4 +398,82 @@ fn completions_and_man_page() {
         .output()
         .expect("groff (package groff-base)");
     assert!(out.status.success() && out.stderr.is_empty(), "{out:?}");
+}
+
+/// Each command has its own usage: `--help` prints it (never a key, never an error), unknown
+/// arguments are refused, and `key derive` needs its `-id`.
+#[test]
+fn commands_have_their_own_help_and_refuse_what_they_do_not_take() {
+    let run = |args: &[&str]| Command::new(DTUN).args(args).output().unwrap();
+    for (args, usage) in [
+        (&["genkey", "--help"][..], "Usage: dtun genkey"),
+        (&["genkey", "-help"][..], "Usage: dtun genkey"),
+        (&["key", "--help"][..], "Usage: dtun key <COMMAND>"),
+        (&["key", "derive", "--help"][..], "Usage: dtun key derive"),
+        (&["status", "--help"][..], "Usage: dtun status"),
+        (&["reload", "--help"][..], "Usage: dtun reload"),
+        (&["completions", "--help"][..], "Usage: dtun completions"),
+    ] {
+        let out = run(args);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains(usage),
+            "{args:?}: {out:?}"
+        );
+    }
+    for (args, says) in [
+        (&["genkey", "extra"][..], "unexpected argument 'extra'"),
+        (&["status", "-bogus"][..], "unexpected argument '--bogus'"),
+        (&["status", "a", "b"][..], "unexpected argument 'b'"),
+        (&["reload", "a", "b"][..], "unexpected argument 'b'"),
+        (
+            &["key", "derive", "-key", "0123456789abcdef0123"][..],
+            "--id",
+        ),
+        (&["key"][..], "Usage: dtun key <COMMAND>"),
+    ] {
+        let out = run(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(says),
+            "{args:?}: {err}"
+        );
+    }
+    // Go-style single-dash flags work after a command as they do for the role's flags.
+    let out = run(&[
+        "key",
+        "derive",
+        "-key",
+        "0123456789abcdef0123",
+        "-id",
+        "laptop",
+    ]);
+    let key = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && key.trim().len() == 64, "{out:?}");
+}
+
+/// The bash completion completes the single-dash flags people type (`-key-f` → `-key-file`)
+/// and the commands.
+#[test]
+fn bash_completes_single_dash_flags_and_commands() {
+    let dir = TestDir::new("svcomp");
+    let out = Command::new(DTUN)
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    let script = dir.file("dtun.bash", &out.stdout);
+    let complete = |words: &str| {
+        let prog = format!(
+            "source {}; COMP_WORDS=({words}); COMP_CWORD=$((${{#COMP_WORDS[@]}}-1)); \
+             _dtun dtun \"${{COMP_WORDS[COMP_CWORD]}}\" \"${{COMP_WORDS[COMP_CWORD-1]}}\"; \
+             printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+            script.display()
+        );
+        let out = Command::new("bash").args(["-c", &prog]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let got = complete("dtun -key-f");
+    assert!(got.lines().any(|l| l == "-key-file"), "{got}");
+    let got = complete("dtun sta");
+    assert!(got.lines().any(|l| l == "status"), "{got}");
 }
