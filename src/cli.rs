@@ -157,7 +157,7 @@ pub struct Cli {
     #[arg(long = "allow-unlisted")]
     pub allow_unlisted: bool,
     /// Server: tunnel address pool
-    #[arg(long, default_value = crate::consts::DEFAULT_POOL)]
+    #[arg(long, default_value = crate::consts::DEFAULT_POOL, value_parser = parse_pool)]
     pub pool: Ipv4Net,
     /// Server: IPv6 tunnel addresses for dtun clients: a prefix (each id gets a pair derived
     /// from it), or `off`
@@ -217,6 +217,16 @@ pub struct Cli {
     /// line OK, or 1 with the error; nothing is set up
     #[arg(long)]
     pub check: bool,
+}
+
+/// Parses `-pool`: an IPv4 prefix, checked as every CIDR is (`crate::cidr`).
+pub fn parse_pool(s: &str) -> Result<Ipv4Net, String> {
+    match crate::cidr::parse_lan(s).and_then(|_| crate::cidr::parse(s))? {
+        ipnet::IpNet::V4(net) => Ok(net),
+        ipnet::IpNet::V6(_) => Err(format!(
+            "{s:?} is IPv6: -pool is the IPv4 pool (IPv6 pairs come from -pool6)"
+        )),
+    }
 }
 
 /// Parses `1500ms`, `90s`, `5m`, `1h` or a bare number of seconds.

@@ -149,11 +149,9 @@ pub fn parse_credentials(text: &str) -> Result<HashMap<String, Client>, KeyError
                 "lans" => {
                     let lans = v
                         .split(',')
-                        .map(|n| n.parse::<IpNet>().map(|n| n.trunc()))
+                        .map(crate::cidr::parse_lan)
                         .collect::<Result<Vec<_>, _>>()
-                        .map_err(|_| {
-                            err(format!("lans {v:?} must be CIDRs separated by commas"))
-                        })?;
+                        .map_err(|e| err(format!("lans: {e}; give CIDRs separated by commas")))?;
                     client.lans = Some(lans);
                 }
                 "group" => {
@@ -267,8 +265,9 @@ pub fn warn_if_readable(path: &Path) {
 pub fn warn_if_short(key: &[u8], what: &str) {
     if key.len() < MIN_KEY_LEN {
         tracing::warn!(
-            "{what} is only {} bytes: use at least {MIN_KEY_LEN} (`dtun genkey` makes a strong one)",
-            key.len()
+            "{what} is only {} byte{}: use at least {MIN_KEY_LEN} (`dtun genkey` makes a strong one)",
+            key.len(),
+            if key.len() == 1 { "" } else { "s" }
         );
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod authz;
 pub mod ccm8;
+pub mod cidr;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -23,7 +23,7 @@ pub enum Pool6Error {
         "-pool6 {0} must be a unicast prefix of /16 to /120 (not link-local, multicast or loopback), e.g. {DEFAULT_POOL6}; or `off`"
     )]
     Unsuitable(Ipv6Net),
-    #[error("-pool6 {0:?} is neither `off` nor an IPv6 prefix such as {DEFAULT_POOL6}")]
+    #[error("-pool6 {0} (give `off` or an IPv6 prefix such as {DEFAULT_POOL6})")]
     NotAPrefix(String),
     #[error("-pool6 {0} is exhausted ({1} clients): use a larger -pool6")]
     Exhausted(Ipv6Net, usize),
@@ -40,9 +40,13 @@ pub fn parse_pool6(s: &str) -> Result<Option<Ipv6Net>, Pool6Error> {
     if s.eq_ignore_ascii_case("off") {
         return Ok(None);
     }
-    let net: Ipv6Net = s
-        .parse()
-        .map_err(|_| Pool6Error::NotAPrefix(s.chars().take(64).collect()))?;
+    let net = match crate::cidr::parse_lan(s).and_then(|_| crate::cidr::parse(s)) {
+        Ok(ipnet::IpNet::V6(net)) => net,
+        Ok(ipnet::IpNet::V4(_)) => {
+            return Err(Pool6Error::NotAPrefix(format!("{s:?} is IPv4 (-pool is)")));
+        }
+        Err(e) => return Err(Pool6Error::NotAPrefix(e)),
+    };
     Pool6::new(net).map(|p| Some(p.net))
 }
 
@@ -196,10 +200,11 @@ mod tests {
             parse_pool6(DEFAULT_POOL6),
             Ok(Some(DEFAULT_POOL6.parse().unwrap()))
         );
-        assert_eq!(
+        // Host bits are refused, as in every CIDR flag (crate::cidr).
+        assert!(matches!(
             parse_pool6("fd00:1::5/64"),
-            Ok(Some("fd00:1::/64".parse().unwrap()))
-        );
+            Err(Pool6Error::NotAPrefix(e)) if e.contains("did you mean fd00:1::/64?")
+        ));
         for bad in ["fe80::/64", "ff00::/16", "::/64", "fd00::/8", "fd00::/121"] {
             assert!(
                 matches!(parse_pool6(bad), Err(Pool6Error::Unsuitable(_))),

@@ -268,3 +268,48 @@ fn server_and_client_from_config_files_only() {
         "no ping after SIGHUP"
     );
 }
+
+/// The slips an operator makes get the right form or a precise answer: a single DNS server as a
+/// string is taken, a misspelt key gets a suggestion, and every CIDR flag speaks the same way.
+#[test]
+fn slips_get_the_right_form() {
+    let dir = TestDir::new("cfslip");
+    let head = "key = \"shared-key-0123456789\"\n";
+    let conf = write(
+        dir.path(),
+        "dns.toml",
+        &format!("{head}dns = \"10.220.1.10\"\n"),
+    );
+    let (ok, out) = check(&["-config", &conf]);
+    assert!(ok, "a one-server dns string is refused: {out}");
+    let conf = write(dir.path(), "natt.toml", &format!("{head}natt = true\n"));
+    let (ok, out) = check(&["-config", &conf]);
+    assert!(
+        !ok && out.contains("line 2: unknown key natt: did you mean `nat`?"),
+        "{out}"
+    );
+    for (args, says) in [
+        (
+            &["-pool", "10.220.0.0/33"][..],
+            "prefix length 33 is longer than 32",
+        ),
+        (
+            &["-pool", "10.220.0.1/16"][..],
+            "did you mean 10.220.0.0/16?",
+        ),
+        (
+            &["-host", "h", "-route", "10.220.1.5/24"][..],
+            "did you mean 10.220.1.0/24?",
+        ),
+        (
+            &["-host", "h", "-peernet", "192.168.1.0/2x"][..],
+            "bad -peernet: \"192.168.1.0/2x\": the prefix length \"2x\" is not a number",
+        ),
+    ] {
+        let mut all = vec!["-key", "shared-key-0123456789"];
+        all.extend_from_slice(args);
+        let (ok, out) = check(&all);
+        assert!(!ok && out.contains(says), "{args:?}: {out}");
+        assert!(!out.contains("peernet message"), "{args:?}: {out}");
+    }
+}

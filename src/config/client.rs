@@ -81,24 +81,32 @@ impl ClientConfig {
 /// by commas: then the peernet message carries the first IPv4 one (or `empty`) and the rest go
 /// to a dtun server in a Lans control message.
 pub fn split_peernet(s: &str) -> Result<(Peernet, Vec<ipnet::IpNet>), ConfigError> {
+    // Host bits are cleared, as the original's Go does (`-peernet 192.168.1.1/24`).
+    let one = |part: &str| -> Result<Peernet, ConfigError> {
+        let part = part.trim();
+        if part == crate::consts::PEERNET_EMPTY {
+            return Ok(Peernet::Empty);
+        }
+        crate::cidr::parse_lan(part)
+            .map(Peernet::Net)
+            .map_err(ConfigError::Peernet)
+    };
     if !s.contains(',') {
-        return Ok((Peernet::parse_str(s).map_err(ConfigError::Peernet)?, vec![]));
+        return Ok((one(s)?, vec![]));
     }
     let mut nets = Vec::new();
     for part in s.split(',') {
-        match Peernet::parse_str(part.trim()).map_err(ConfigError::Peernet)? {
+        match one(part)? {
             Peernet::Net(n) if !nets.contains(&n) => nets.push(n),
             _ => {}
         }
     }
     if nets.len() > 1 + crate::proto::MAX_LANS {
-        return Err(ConfigError::Peernet(
-            crate::proto::ProtoError::PeernetNotCidr(format!(
-                "{} CIDRs (at most {})",
-                nets.len(),
-                1 + crate::proto::MAX_LANS
-            )),
-        ));
+        return Err(ConfigError::Peernet(format!(
+            "{} CIDRs (at most {})",
+            nets.len(),
+            1 + crate::proto::MAX_LANS
+        )));
     }
     let first = nets.iter().position(|n| n.addr().is_ipv4());
     let peernet = first.map_or(Peernet::Empty, |i| Peernet::Net(nets.remove(i)));

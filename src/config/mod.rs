@@ -28,8 +28,8 @@ pub enum ConfigError {
     KeyFile(PathBuf, std::io::Error),
     #[error(transparent)]
     Pool6(crate::pool6::Pool6Error),
-    #[error("bad -peernet: {0}")]
-    Peernet(crate::proto::ProtoError),
+    #[error("bad -peernet: {0} (give `empty` or CIDRs separated by commas)")]
+    Peernet(String),
     #[error("cannot resolve server {host}:{port}: {why}; check -host")]
     Resolve {
         host: String,

@@ -55,7 +55,7 @@ pub(super) struct FileConfig {
     clients: BTreeMap<Spanned<String>, FileClient>,
     master_key_file: Option<PathBuf>,
     allow_unlisted: Option<bool>,
-    #[serde(default, deserialize_with = "values::parsed")]
+    #[serde(default, deserialize_with = "values::pool")]
     pool: Option<Ipv4Net>,
     #[serde(default, deserialize_with = "values::pool6")]
     pool6: Option<String>,
@@ -67,6 +67,7 @@ pub(super) struct FileConfig {
     #[serde(default, deserialize_with = "values::exclude")]
     exclude: Option<Vec<String>>,
     allow_ipv6_leak: Option<bool>,
+    #[serde(default, deserialize_with = "values::addresses")]
     dns: Option<Vec<IpAddr>>,
     accept_dns: Option<bool>,
     nat: Option<bool>,

@@ -317,16 +317,25 @@ fn line(out: &mut String, label: &str, value: &str) {
     let _ = writeln!(out, "  {:<W$}{value}", format!("{label}:"));
 }
 
+/// `1 packet`, `2 packets`.
+fn packets(n: u64) -> String {
+    if n == 1 {
+        "1 packet".to_string()
+    } else {
+        format!("{n} packets")
+    }
+}
+
 fn traffic_lines(out: &mut String, t: &Traffic) {
     line(
         out,
         "transfer",
         &format!(
-            "{} received ({} packets), {} sent ({} packets)",
+            "{} received ({}), {} sent ({})",
             bytes(t.rx_bytes),
-            t.rx_packets,
+            packets(t.rx_packets),
             bytes(t.tx_bytes),
-            t.tx_packets
+            packets(t.tx_packets)
         ),
     );
     let drops: Vec<String> = t

@@ -1,9 +1,7 @@
 //! How the config file's values are read: each is checked while it is deserialized, so a bad
 //! one is an error at its own line (toml gives the span); and how such an error is told.
 
-use std::fmt::Display;
 use std::path::Path;
-use std::str::FromStr;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -11,19 +9,6 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 
 use crate::cli::SecretArg;
-
-/// A string value parsed with `FromStr`.
-pub(super) fn parsed<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: FromStr,
-    T::Err: Display,
-{
-    let s = String::deserialize(d)?;
-    s.parse()
-        .map(Some)
-        .map_err(|e| D::Error::custom(format!("{s:?}: {e}")))
-}
 
 /// A secret: its bytes go straight into a [`SecretArg`] (wiped when dropped).
 pub(super) fn secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SecretArg>, D::Error> {
@@ -139,15 +124,52 @@ pub(super) fn exclude<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Stri
 
 /// A client's `lans`: an array of CIDRs (host bits cleared, as in the credentials file).
 pub(super) fn lans<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<IpNet>>, D::Error> {
-    let v = Vec::<String>::deserialize(d)?;
-    v.iter()
-        .map(|s| {
-            s.parse::<IpNet>().map(|n| n.trunc()).map_err(|_| {
-                D::Error::custom(format!("{s:?} is not a CIDR such as 192.168.1.0/24"))
-            })
-        })
+    one_or_many(d)?
+        .iter()
+        .map(|s| crate::cidr::parse_lan(s).map_err(D::Error::custom))
         .collect::<Result<Vec<_>, _>>()
         .map(Some)
+}
+
+/// `pool`: an IPv4 prefix, as `-pool` takes it.
+pub(super) fn pool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ipnet::Ipv4Net>, D::Error> {
+    let s = String::deserialize(d)?;
+    crate::cli::parse_pool(&s)
+        .map(Some)
+        .map_err(D::Error::custom)
+}
+
+/// A list of IP addresses (`dns`): an array, or one string (`dns = "10.0.0.1"`, or several
+/// separated by commas, as the flag takes them).
+pub(super) fn addresses<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Vec<std::net::IpAddr>>, D::Error> {
+    let mut out = Vec::new();
+    for s in one_or_many(d)? {
+        for part in s.split(',') {
+            let ip = part.trim().parse().map_err(|_| {
+                D::Error::custom(format!("{part:?} is not an IP address such as 10.0.0.1"))
+            })?;
+            out.push(ip);
+        }
+    }
+    Ok(Some(out))
+}
+
+/// A string, or an array of strings.
+fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum List {
+        One(String),
+        Many(Vec<String>),
+    }
+    match List::deserialize(d)
+        .map_err(|_: D::Error| D::Error::custom("expected a string or an array of strings"))?
+    {
+        List::One(s) => Ok(vec![s]),
+        List::Many(v) => Ok(v),
+    }
 }
 
 /// A client's `group`.
@@ -225,16 +247,41 @@ fn key_at(text: &str, span: std::ops::Range<usize>) -> Option<String> {
 /// `FILE line N: key K: what is wrong`, from a toml error.
 pub(super) fn describe(path: &Path, text: &str, e: &toml::de::Error) -> String {
     let msg = e.message().trim().replace('\n', " ");
+    let msg = unknown_key(&msg).unwrap_or(msg);
     match e.span() {
         Some(span) => {
             let line = line_of(text, span.start);
             match key_at(text, span) {
+                Some(key) if msg.starts_with("unknown key") => {
+                    let hint = msg.split_once(": ").map_or("", |(_, h)| h);
+                    format!("{} line {line}: unknown key {key}: {hint}", path.display())
+                }
                 Some(key) => format!("{} line {line}: key {key}: {msg}", path.display()),
                 None => format!("{} line {line}: {msg}", path.display()),
             }
         }
         None => format!("{}: {msg}", path.display()),
     }
+}
+
+/// serde's "unknown field `natt`, expected one of `host`, …" as "unknown key `natt`: did you
+/// mean `nat`?" (or where the keys are listed, when none is close).
+fn unknown_key(msg: &str) -> Option<String> {
+    let rest = msg.strip_prefix("unknown field `")?;
+    let (name, rest) = rest.split_once('`')?;
+    let best = rest
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|k| (strsim::jaro_winkler(name, k), k))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    Some(match best {
+        Some((_, k)) => format!("unknown key `{name}`: did you mean `{k}`?"),
+        None => format!(
+            "unknown key `{name}`: every flag is a key, `-` written `_` (see `dtun --help` or `man dtun`)"
+        ),
+    })
 }
 
 #[cfg(test)]
@@ -253,5 +300,17 @@ mod tests {
         assert_eq!(at("bogus").as_deref(), Some("clients.laptop.bogus"));
         assert_eq!(at("laptop").as_deref(), Some("clients.laptop"));
         assert_eq!(line_of(t, t.find("bogus").unwrap()), 5);
+    }
+
+    #[test]
+    fn a_misspelt_key_gets_a_suggestion() {
+        let msg = "unknown field `natt`, expected one of `host`, `nat`, `client_to_client`";
+        assert_eq!(
+            unknown_key(msg).unwrap(),
+            "unknown key `natt`: did you mean `nat`?"
+        );
+        let msg = "unknown field `qqq`, expected one of `host`, `nat`";
+        assert!(unknown_key(msg).unwrap().contains("see `dtun --help`"));
+        assert_eq!(unknown_key("invalid type"), None);
     }
 }

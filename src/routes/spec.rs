@@ -2,7 +2,7 @@
 //! one CIDR per line, `#` comments) and `-allow-ipv6-leak`, parsed and checked before anything
 //! touches the kernel.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 use std::path::Path;
 
 use ipnet::IpNet;
@@ -83,32 +83,7 @@ impl RouteSpec {
     }
 }
 
-/// One CIDR (`10.0.0.0/8`, `2001:db8::/32`) or a bare address (a /32 or /128). Host bits set
-/// are refused: `10.1.2.3/8` is most likely a typo for something else than `10.0.0.0/8`.
-pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
-    let s = s.trim();
-    let net = if s.contains('/') {
-        s.parse::<IpNet>()
-            .map_err(|_| format!("{s:?} is not a CIDR such as 10.0.0.0/8 or 2001:db8::/32"))?
-    } else {
-        let ip: IpAddr = s
-            .parse()
-            .map_err(|_| format!("{s:?} is not a CIDR such as 10.0.0.0/8 or 2001:db8::/32"))?;
-        IpNet::from(ip)
-    };
-    if net.trunc() != net {
-        return Err(format!(
-            "{s:?} has bits set past its prefix length: did you mean {}?",
-            net.trunc()
-        ));
-    }
-    Ok(net)
-}
-
-/// CIDRs separated by commas.
-pub fn parse_list(s: &str) -> Result<Vec<IpNet>, String> {
-    s.split(',').map(parse_cidr).collect()
-}
+pub use crate::cidr::{parse as parse_cidr, parse_list};
 
 /// An exclude file: one CIDR a line, `#` starts a comment, blank lines are skipped. A bad
 /// line's error names the file and the line.
