@@ -209,3 +209,15 @@ impl Receiver {
         (m.addr, m.stride.max(1), &mut self.bufs[i][..end])
     }
 }
+
+/// An IPv4 peer seen through the dual-stack socket (`::ffff:a.b.c.d`) as plain IPv4, for
+/// everything a person reads (logs, status); the socket itself keeps the mapped form.
+pub fn plain(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => a,
+        },
+        a => a,
+    }
+}

@@ -77,6 +77,18 @@ fn another_ids_key_cannot_take_the_id() {
             .expect("stranger still running")
             .success()
     );
+    // The server's log tells the two apart (the wire does not): a wrong key for a listed id,
+    // an id that is not listed.
+    let log = server.log();
+    assert!(
+        log.contains("(claimed id \"alice\") failed: its Finished did not decrypt: the client has another -key")
+            || log.contains("(claimed id \"alice\") failed: its Finished did not verify: the client has another -key"),
+        "{log}"
+    );
+    assert!(
+        log.contains("(claimed id \"carol\") failed: its id is not listed"),
+        "{log}"
+    );
 
     // bob with his key connects, but his unlisted LAN is refused and not routed.
     let mut bob = client(

@@ -258,8 +258,17 @@ impl Demux {
                     Self::send(&self.udp, &mut self.out.log_limit, reply, addr, "alert").await;
                 }
                 if self.fail_log.allow() {
+                    // An id the server has no key for fails on the wire exactly as a wrong key
+                    // does (RFC 4279 §2); the log tells the two apart.
+                    let why = match (self.lookup)(&identity) {
+                        None if !identity.is_empty() => {
+                            "its id is not listed (no key for it in -clients or the config's [clients])".to_string()
+                        }
+                        _ => why.replace(", or its id is unknown", ""),
+                    };
                     tracing::warn!(
-                        "handshake with {addr} (claimed id \"{}\") failed: {why}",
+                        "handshake with {} (claimed id \"{}\") failed: {why}",
+                        crate::udp::plain(addr),
                         identity.escape_ascii()
                     );
                 }

@@ -1,7 +1,6 @@
 //! The manager's snapshot for `dtun status` and `-metrics` (`crate::ops`): its devices and
 //! sessions, read between its other events (the counters are relaxed atomics).
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::manager::Manager;
@@ -9,16 +8,7 @@ use crate::ops::status::{
     AdmissionView, Clock, Keepalive, LingeringView, PeerView, ServerView, SessionView, Traffic,
 };
 
-/// An IPv4 peer seen through the dual-stack socket (::ffff:a.b.c.d) as plain IPv4.
-fn plain(a: SocketAddr) -> SocketAddr {
-    match a {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
-            None => a,
-        },
-        a => a,
-    }
-}
+use crate::udp::plain;
 
 impl Manager {
     pub(super) fn status_view(&self) -> ServerView {
