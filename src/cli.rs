@@ -93,8 +93,9 @@ pub struct Cli {
     /// A command instead of running a server or a client
     #[command(subcommand)]
     pub command: Option<Command>,
-    /// Server to connect to; selects client mode
-    #[arg(long)]
+    /// Server to connect to; selects client mode: host, host:port, [IPv6]:port or
+    /// udp://host:port; several separated by commas are tried in order
+    #[arg(long, value_name = "HOST[:PORT],...")]
     pub host: Option<String>,
     /// Pre-shared key (its bytes as written, never hex-decoded)
     #[arg(

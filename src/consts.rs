@@ -80,6 +80,9 @@ pub const KEEPALIVE_MISSES: u32 = 3;
 pub const MIN_BACKOFF: Duration = Duration::from_secs(1);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 pub const REPLACED_BACKOFF: Duration = Duration::from_secs(60);
+/// A client with several `-host` servers tries the next one this soon after a failed try (the
+/// backoff grows once per round of them all).
+pub const FAILOVER_DELAY: Duration = Duration::from_millis(200);
 /// DTLS retransmission interval of the handshake crate.
 pub const FLIGHT_INTERVAL: Duration = Duration::from_secs(1);
 /// Datagrams queued towards the client's handshake before further ones are dropped.

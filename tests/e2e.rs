@@ -543,3 +543,38 @@ fn malformed_records_are_dropped() {
         "server -> client"
     );
 }
+
+/// `-host A,B`: the client tries the servers in order. The first has nothing on its port (ICMP
+/// port unreachable ends that try within seconds), so the client connects to the second, and
+/// `dtun status` names the active one. A `-host` the grammar does not take fails `-check`.
+#[test]
+fn several_hosts_fail_over_in_order() {
+    let topo = Topo::pair("hosts");
+    let key = "e2e-hosts-key-0123456789";
+    let _server = start_server(&topo.server, DEFAULT_PORT, &["-key", key]);
+    let hosts = format!("{SERVER_IP}:4999,{SERVER_IP}:{DEFAULT_PORT}");
+    let mut client = common::start_client(topo.client(), &["-host", &hosts, "-key", key, "-v"]);
+    client.wait_log(CLIENT_TUNNEL_UP, Duration::from_secs(30));
+    let log = client.log();
+    assert!(
+        log.contains(&format!("server {SERVER_IP}:4999: ")),
+        "the first server's failure is not logged with its name:\n{log}"
+    );
+    let v = common::status::json(topo.client(), None);
+    assert_eq!(
+        v["server_host"],
+        format!("{SERVER_IP}:{DEFAULT_PORT}"),
+        "{v}"
+    );
+    for (host, says) in [
+        ("h:443:443", "[IPv6]:port"),
+        ("tcp://h:443", "planned but not supported yet"),
+    ] {
+        let out = std::process::Command::new(DTUN)
+            .args(["-host", host, "-key", key, "-check"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(says), "{host}: {err}");
+    }
+}

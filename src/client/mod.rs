@@ -17,9 +17,9 @@ use tokio::time::Instant;
 
 use crate::config::{ClientConfig, ConfigError};
 use crate::consts::{
-    ADDRESS_MESSAGE_LEN, BUF_LEN, CONTENT_ALERT, CONTENT_APPLICATION_DATA, HANDSHAKE_QUEUE,
-    HANDSHAKE_REFUSALS, HANDSHAKE_TIMEOUT, KEEPALIVE_MISSES, MAX_BACKOFF, MIN_BACKOFF,
-    REFUSED_GRACE, REPLACED_BACKOFF, SETUP_TIMEOUT,
+    ADDRESS_MESSAGE_LEN, BUF_LEN, CONTENT_ALERT, CONTENT_APPLICATION_DATA, FAILOVER_DELAY,
+    HANDSHAKE_QUEUE, HANDSHAKE_REFUSALS, HANDSHAKE_TIMEOUT, KEEPALIVE_MISSES, MAX_BACKOFF,
+    MIN_BACKOFF, REFUSED_GRACE, REPLACED_BACKOFF, SETUP_TIMEOUT,
 };
 use crate::dtls::{self, ChannelConn, HandshakeError, Role};
 use crate::hooks::{self, HookError, TunnelEnv};
@@ -195,6 +195,9 @@ pub async fn run_with(
     }
     let mut backoff = Backoff::default();
     let mut last_error = String::new();
+    // Which server of -host this try goes to: the next one after a failed try, the same one
+    // after a session that was up; the backoff grows once per round of them all.
+    let mut current = 0usize;
     let result = loop {
         board.connecting();
         let end = session(
@@ -204,6 +207,7 @@ pub async fn run_with(
             &mut routes,
             &dns,
             &board,
+            current,
             shutdown.as_mut(),
         )
         .await;
@@ -217,11 +221,24 @@ pub async fn run_with(
                 if was_up {
                     backoff.reset();
                 }
+                let failed = cfg.servers[current % cfg.servers.len()].to_string();
                 let delay = match error {
                     ClientError::Replaced(..) | ClientError::Full(_) => REPLACED_BACKOFF,
+                    _ if !was_up && cfg.servers.len() > 1 => {
+                        current = (current + 1) % cfg.servers.len();
+                        if current == 0 {
+                            backoff.next_delay()
+                        } else {
+                            FAILOVER_DELAY
+                        }
+                    }
                     _ => backoff.next_delay(),
                 };
-                let msg = error.to_string();
+                let msg = if cfg.servers.len() > 1 {
+                    format!("server {failed}: {error}")
+                } else {
+                    error.to_string()
+                };
                 board.backing_off(delay, msg.clone());
                 crate::ops::notify::status(&format!("reconnecting: {msg}"));
                 if msg != last_error {

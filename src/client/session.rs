@@ -19,13 +19,16 @@ pub(super) async fn session(
     routes: &mut Option<Routes>,
     dns: &crate::dns::Dns,
     board: &ClientBoard,
+    server_index: usize,
     mut shutdown: Pin<&mut impl Future<Output = ()>>,
 ) -> End {
-    let server = match cfg.server_addr().await {
+    let endpoint = &cfg.servers[server_index % cfg.servers.len()];
+    board.server(&endpoint.to_string(), None);
+    let server = match cfg.server_addr(server_index).await {
         Ok(s) => s,
         Err(e) => return lost(ClientError::Config(e)),
     };
-    board.server(server);
+    board.server(&endpoint.to_string(), Some(server));
     if let Some(r) = routes.as_mut()
         && let Err(e) = r.set_server(server.ip()).await
     {

@@ -3,6 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use super::hosts::{Endpoint, parse_hosts};
 use super::{Common, ConfigError, Key, TunSettings, dns_servers};
 use crate::cli::Cli;
 use crate::proto::Peernet;
@@ -10,8 +11,11 @@ use crate::proto::Peernet;
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
     pub key: Key,
+    /// `-host` as given (for messages and status).
     pub host: String,
     pub port: u16,
+    /// `-host` parsed: the servers, tried in order.
+    pub servers: Vec<Endpoint>,
     /// Our PSK identity.
     pub id: String,
     pub peernet: Peernet,
@@ -42,6 +46,7 @@ impl ClientConfig {
             key: Key::from_cli(cli)?,
             host: host.to_string(),
             port: cli.port,
+            servers: parse_hosts(host, cli.port).map_err(ConfigError::Host)?,
             id: cli.id.clone(),
             peernet: split_peernet(&cli.peernet)?.0,
             lans: split_peernet(&cli.peernet)?.1,
@@ -63,14 +68,15 @@ impl ClientConfig {
         })
     }
 
-    /// Resolves -host (a name or an IP literal) to the server's address.
-    pub async fn server_addr(&self) -> Result<SocketAddr, ConfigError> {
+    /// Resolves server `i` of `-host` (a name or an IP literal) to an address.
+    pub async fn server_addr(&self, i: usize) -> Result<SocketAddr, ConfigError> {
+        let e = &self.servers[i % self.servers.len()];
         let err = |why: String| ConfigError::Resolve {
-            host: self.host.clone(),
-            port: self.port,
+            host: e.host.clone(),
+            port: e.port,
             why,
         };
-        let mut addrs = tokio::net::lookup_host((self.host.as_str(), self.port))
+        let mut addrs = tokio::net::lookup_host((e.host.as_str(), e.port))
             .await
             .map_err(|e| err(e.to_string()))?;
         addrs.next().ok_or_else(|| err("no address found".into()))

@@ -30,6 +30,8 @@ pub enum ConfigError {
     Pool6(crate::pool6::Pool6Error),
     #[error("bad -peernet: {0} (give `empty` or CIDRs separated by commas)")]
     Peernet(String),
+    #[error("{0}")]
+    Host(String),
     #[error("cannot resolve server {host}:{port}: {why}; check -host")]
     Resolve {
         host: String,
@@ -208,6 +210,7 @@ impl Common {
 }
 
 mod client;
+pub mod hosts;
 mod server;
 pub use client::{ClientConfig, split_peernet};
 pub use server::ServerConfig;

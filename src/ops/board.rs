@@ -85,9 +85,12 @@ impl ClientBoard {
         self.with(|b| Self::set_state(b, State::Connecting));
     }
 
-    /// The server's address for this try.
-    pub fn server(&self, addr: SocketAddr) {
-        self.with(|b| b.server = Some(addr));
+    /// The server of `-host` this try goes to, and its address once resolved.
+    pub fn server(&self, host: &str, addr: Option<SocketAddr>) {
+        self.with(|b| {
+            host.clone_into(&mut b.host);
+            b.server = addr;
+        });
     }
 
     /// The tunnel is up and forwarding.

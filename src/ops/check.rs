@@ -19,8 +19,14 @@ pub fn check(l: &Loaded) -> Result<String, String> {
             let cfg = l.client_config(host).map_err(|e| err(e.to_string()))?;
             scripts(cfg.common.up.as_deref(), cfg.common.down.as_deref()).map_err(err)?;
             Ok(format!(
-                "dtun: {what} is OK: client of {}:{} as {:?}, instance {}",
-                cfg.host, cfg.port, cfg.id, cfg.instance
+                "dtun: {what} is OK: client of {} as {:?}, instance {}",
+                cfg.servers
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                cfg.id,
+                cfg.instance
             ))
         }
         None => {

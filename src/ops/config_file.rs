@@ -30,6 +30,7 @@ pub const DEFAULT_INSTANCE: &str = "dtun";
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(super) struct FileConfig {
+    #[serde(default, deserialize_with = "values::hosts")]
     host: Option<String>,
     #[serde(default, deserialize_with = "values::secret")]
     key: Option<SecretArg>,

@@ -237,7 +237,7 @@ pub struct ClientView {
     pub pid: u32,
     pub now: u64,
     pub id: String,
-    /// `-host` as given.
+    /// The server of `-host` this session or try goes to (`host:port`).
     pub server_host: String,
     /// What it resolved to last (None before the first resolution).
     pub server_address: Option<String>,

@@ -156,6 +156,15 @@ pub(super) fn addresses<'de, D: Deserializer<'de>>(
     Ok(Some(out))
 }
 
+/// `host`: one server (`"vpn.example.com"`, `"[2001:db8::1]:443"`) or several, as a string
+/// separated by commas or an array, tried in order; checked as `-host` is.
+pub(super) fn hosts<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let joined = one_or_many(d)?.join(",");
+    crate::config::hosts::parse_hosts(&joined, crate::consts::DEFAULT_PORT)
+        .map_err(|e| D::Error::custom(e.replacen("-host ", "", 1)))?;
+    Ok(Some(joined))
+}
+
 /// A string, or an array of strings.
 fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
