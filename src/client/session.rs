@@ -11,7 +11,10 @@ fn lost(error: ClientError) -> End {
     }
 }
 
-/// One session, from a fresh socket to its end.
+/// One session, from a fresh socket to its end, with server `server_index` of `-host`.
+// The parameters are the client's whole context; they become one session state machine when
+// the client's protocol logic moves into the sans-I/O core (the architecture issue).
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn session(
     cfg: &ClientConfig,
     nl: &Netlink,
