@@ -60,6 +60,42 @@ fn build(pattern: &str, offload: bool) -> std::io::Result<AsyncDevice> {
         .build_async()
 }
 
+/// What a failed device creation means, in words a user can act on.
+fn create_error(pattern: &str, e: &std::io::Error) -> TunError {
+    let why = e.to_string();
+    if e.kind() == std::io::ErrorKind::PermissionDenied || why.contains("not permitted") {
+        return TunError::Permission(pattern.to_string());
+    }
+    // A device of another kind under the name gives EINVAL, a TUN in use EBUSY.
+    let taken = !pattern.contains('%')
+        && std::path::Path::new("/sys/class/net")
+            .join(pattern)
+            .exists();
+    let why = match e.raw_os_error() {
+        Some(libc::EBUSY) | Some(libc::EEXIST) | Some(libc::EINVAL) if taken => {
+            "the name is taken by another device: choose another -name (with %d in it the kernel picks a free number: dtun%d)".to_string()
+        }
+        Some(libc::EINVAL) => format!("{pattern:?} is not a name the kernel takes: use letters, digits, '-', '_' and one %d"),
+        _ => why,
+    };
+    TunError::Create {
+        name: pattern.to_string(),
+        why,
+    }
+}
+
+/// Makes a device from `pattern` and drops it at once: a server checks at start, before it
+/// says it is listening, that it can make its clients' devices (`/dev/net/tun`, privileges,
+/// the name), instead of failing per client.
+pub fn probe(pattern: &str) -> Result<(), TunError> {
+    if !std::path::Path::new("/dev/net/tun").exists() {
+        return Err(TunError::NoTunDevice);
+    }
+    build(pattern, false)
+        .map(drop)
+        .map_err(|e| create_error(pattern, &e))
+}
+
 /// Creates a device from `pattern` (e.g. `dtun%d`), sets its MTU and brings it up. Offload is
 /// asked for; a kernel without it gets a plain device (same behaviour, more system calls).
 pub async fn create(nl: &Netlink, pattern: &str, mtu: u32) -> Result<Tun, TunError> {
@@ -71,17 +107,7 @@ pub async fn create(nl: &Netlink, pattern: &str, mtu: u32) -> Result<Tun, TunErr
             tracing::debug!("TUN offload unavailable ({e}); using a plain device");
             build(pattern, false)
         })
-        .map_err(|e| {
-            let why = e.to_string();
-            if e.kind() == std::io::ErrorKind::PermissionDenied || why.contains("not permitted") {
-                TunError::Permission(pattern.to_string())
-            } else {
-                TunError::Create {
-                    name: pattern.to_string(),
-                    why,
-                }
-            }
-        })?;
+        .map_err(|e| create_error(pattern, &e))?;
     let name = dev.name().map_err(|e| TunError::Create {
         name: pattern.to_string(),
         why: e.to_string(),

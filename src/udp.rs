@@ -221,3 +221,47 @@ pub fn plain(a: SocketAddr) -> SocketAddr {
         a => a,
     }
 }
+
+/// Who holds UDP `port` on this host, as `program (pid N)`, when /proc tells (it does not for
+/// another user's process under `ProtectProc=invisible`, or without the rights to read its fds).
+pub fn port_holder(port: u16) -> Option<String> {
+    let want = format!(":{port:04X} ");
+    let inode = ["/proc/net/udp", "/proc/net/udp6"]
+        .iter()
+        .find_map(|table| {
+            let text = std::fs::read_to_string(table).ok()?;
+            text.lines().skip(1).find_map(|line| {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                // local_address is field 1 (ADDR:PORT in hex), the inode field 9.
+                let local = f.get(1)?;
+                (format!("{local} ").ends_with(&want)).then(|| f.get(9)?.parse::<u64>().ok())?
+            })
+        })?;
+    let target = format!("socket:[{inode}]");
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        let holds = fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == target.as_str())
+        });
+        if holds {
+            let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+            let comm: String = comm
+                .trim()
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(32)
+                .collect();
+            return Some(format!("{comm} (pid {pid})"));
+        }
+    }
+    None
+}

@@ -901,3 +901,59 @@ fn replaced_client_backs_off() {
         "second client's pings: {tx} sent, {rx} received"
     );
 }
+
+/// A server that cannot work fails at start, before it says "listening", with a message that
+/// says what to do: its TUN name is taken by another device (it used to start and fail per
+/// client), or its port is held by another program (named, with its pid).
+#[test]
+fn a_server_that_cannot_work_fails_at_start() {
+    let dir = TestDir::new("lcearly");
+    let ns = Netns::new("early", &dir);
+    ns.ip(&[
+        "link", "add", "taken0", "type", "veth", "peer", "name", "taken1",
+    ]);
+    let mut server = ns.spawn(
+        DTUN,
+        &["-key", "early-key-0123456789", "-name", "taken0"],
+        &[],
+    );
+    let status = server
+        .wait_exit(Duration::from_secs(10))
+        .expect("server with a taken -name still running");
+    let log = server.log();
+    assert!(!status.success(), "{log}");
+    assert!(
+        log.contains("the name is taken by another device: choose another -name"),
+        "{log}"
+    );
+    assert!(!log.contains("listening"), "{log}");
+
+    // A UDP port held by another program: the error names it.
+    let holder = ns.spawn(
+        "python3",
+        &[
+            "-c",
+            "import socket,time; s=socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); s.bind(('::', 4443)); print('bound', flush=True); time.sleep(60)",
+        ],
+        &[],
+    );
+    let mut holder = holder;
+    holder.wait_log("bound", Duration::from_secs(10));
+    let mut server = ns.spawn(
+        DTUN,
+        &["-key", "early-key-0123456789", "-port", "4443"],
+        &[],
+    );
+    let status = server
+        .wait_exit(Duration::from_secs(10))
+        .expect("server on a held port still running");
+    let log = server.log();
+    assert!(!status.success(), "{log}");
+    assert!(
+        log.contains(&format!(
+            "already in use on :: by python3 (pid {})",
+            holder.pid()
+        )),
+        "{log}"
+    );
+}

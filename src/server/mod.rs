@@ -40,7 +40,8 @@ pub const LOG_CONNECTED: &str = "connected";
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error(
-        "UDP port {port} is already in use on {ip}: stop the other program or choose another -port"
+        "UDP port {port} is already in use on {ip}{holder}: stop the other program or choose another -port",
+        holder = crate::udp::port_holder(*port).map(|h| format!(" by {h}")).unwrap_or_default()
     )]
     PortInUse { ip: IpAddr, port: u16 },
     #[error("cannot listen on {addr}: {source}{hint}")]
@@ -61,6 +62,8 @@ pub enum ServerError {
     TaskEnded(#[from] crate::supervise::TaskEnded),
     #[error(transparent)]
     Firewall(#[from] crate::nft::NftError),
+    #[error(transparent)]
+    Tun(#[from] crate::tun::TunError),
 }
 
 /// Binds the server socket; dual-stack when the address is `[::]`.
@@ -134,6 +137,15 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     let nl = Netlink::new()?;
+    // Before anything says "listening": a server that cannot make devices fails now.
+    crate::tun::probe(&cfg.tun.name)?;
+    if !cfg.tun.name.contains("%d") {
+        tracing::warn!(
+            "-name {} has no %d: one client at a time can have a device (use e.g. {}%d)",
+            cfg.tun.name,
+            cfg.tun.name
+        );
+    }
     let sock = Arc::new(sock);
     let udp = Udp::new(Arc::clone(&sock)).map_err(ServerError::Udp)?;
     let mut pool = Pool::new(cfg.pool)?;
