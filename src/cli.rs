@@ -74,6 +74,15 @@ pub enum Cipher {
     Ccm8,
 }
 
+/// The `-log-format` choice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One line of text each (with colours on a terminal)
+    Text,
+    /// One JSON object a line: timestamp, level, target, fields (message among them)
+    Json,
+}
+
 /// An `on|off` switch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum OnOff {
@@ -210,6 +219,9 @@ pub struct Cli {
     /// More logging (-v debug, -vv trace); RUST_LOG overrides
     #[arg(short = 'v', action = ArgAction::Count)]
     pub verbose: u8,
+    /// Log lines as text, or as one JSON object each (for log shippers)
+    #[arg(long = "log-format", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
     /// Read the settings (and a server's [clients.ID]) from this TOML file; flags given on the
     /// command line override it; the instance name defaults to the file's stem
     #[arg(long, value_name = "FILE")]

@@ -17,7 +17,7 @@ fn main() {
             std::process::exit(1);
         }
     };
-    init_logging(loaded.cli.verbose);
+    init_logging(loaded.cli.verbose, loaded.cli.log_format);
     if loaded.cli.check {
         return exit_on(
             dtun::ops::check::check(&loaded)
@@ -108,7 +108,7 @@ fn reload(args: &ReloadArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_logging(verbose: u8) {
+fn init_logging(verbose: u8, format: dtun::cli::LogFormat) {
     let level = match verbose {
         0 => "info",
         1 => "debug",
@@ -122,11 +122,15 @@ fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        dtun::cli::LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        dtun::cli::LogFormat::Json => logs.json().with_ansi(false).init(),
+    }
 }
 
 fn run(

@@ -957,3 +957,36 @@ fn a_server_that_cannot_work_fails_at_start() {
         "{log}"
     );
 }
+
+/// `-log-format json`: every log line is one JSON object with a level and a message, for log
+/// shippers.
+#[test]
+fn json_logs_are_one_object_a_line() {
+    let dir = TestDir::new("lcjson");
+    let ns = Netns::new("json", &dir);
+    let mut server = start_server(
+        &ns,
+        443,
+        &["-key", "json-key-0123456789", "-log-format", "json"],
+    );
+    server.wait_log("listening", Duration::from_secs(10));
+    server.signal("TERM");
+    server.expect_success("server", Duration::from_secs(10));
+    let log = server.log();
+    let mut messages = Vec::new();
+    for line in log.lines().filter(|l| !l.is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["level"].is_string(), "{line}");
+        messages.push(
+            v["fields"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+    }
+    assert!(
+        messages.iter().any(|m| m.starts_with("listening on")),
+        "{log}"
+    );
+}

@@ -19,7 +19,7 @@ use toml::Spanned;
 use zeroize::Zeroizing;
 
 use super::values;
-use crate::cli::{Cipher, Cli, OnOff, SecretArg};
+use crate::cli::{Cipher, Cli, LogFormat, OnOff, SecretArg};
 use crate::config::{ClientConfig, ConfigError, ServerConfig};
 use crate::keys::Client;
 
@@ -77,6 +77,8 @@ pub(super) struct FileConfig {
     #[serde(default, deserialize_with = "values::instance")]
     instance: Option<String>,
     verbose: Option<u8>,
+    #[serde(default, deserialize_with = "values::choice")]
+    log_format: Option<LogFormat>,
     metrics: Option<std::net::SocketAddr>,
 }
 
@@ -192,7 +194,15 @@ pub fn apply(mut cli: Cli, m: &ArgMatches) -> Result<Loaded, String> {
         pool,
         max_clients
     );
-    take!(linger, allow_ipv6_leak, accept_dns, nat, verbose, peernet);
+    take!(
+        linger,
+        allow_ipv6_leak,
+        accept_dns,
+        nat,
+        verbose,
+        peernet,
+        log_format
+    );
     take!(host, listen, mtu, route, client_to_client, metrics, pool6);
     if !given("dns")
         && let Some(v) = file.dns
