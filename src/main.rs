@@ -19,6 +19,7 @@ fn main() {
         }
         Some("status") => return exit_on(status(&args[2..])),
         Some("reload") => return exit_on(reload(&args[2..])),
+        Some("down") => return exit_on(down(&args[2..])),
         Some("completions") => {
             let shell = match args.get(2..).unwrap_or_default() {
                 [shell] => Ok(shell.as_str()),
@@ -143,6 +144,34 @@ fn reload(rest: &[String]) -> anyhow::Result<()> {
     dtun::ops::control::check_name(instance)
         .map_err(|e| anyhow::anyhow!("{}", e.replacen("-instance", "dtun reload", 1)))?;
     print!("{}", dtun::ops::control::query(instance, "reload")?);
+    Ok(())
+}
+
+/// `dtun down`: lifts the kill switch and the routes a killed client left in this network
+/// namespace, once no live dtun owns its routing (refused with its pid otherwise).
+fn down(rest: &[String]) -> anyhow::Result<()> {
+    const USAGE: &str = "usage: dtun down";
+    match rest {
+        [] => {}
+        [h] if matches!(h.as_str(), "-h" | "-help" | "--help") => {
+            println!(
+                "{USAGE}\n\nRemoves what a killed dtun client left in this network namespace: its -kill-switch\n(which blocks what the tunnel carried) and its -route rules and routes. Refused while a\ndtun runs with -route here: stopping that one cleanly removes them."
+            );
+            return Ok(());
+        }
+        _ => anyhow::bail!("{USAGE}"),
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let done = rt.block_on(dtun::routes::down()).map_err(|e| match e {
+        dtun::routes::RoutesError::Busy { holder } => anyhow::anyhow!(
+            "a live dtun owns the routing of this network namespace ({holder}): stop it, and it removes its routes and kill switch itself"
+        ),
+        e => e.into(),
+    })?;
+    println!("{done}");
     Ok(())
 }
 

@@ -67,6 +67,7 @@ pub(super) struct FileConfig {
     #[serde(default, deserialize_with = "values::exclude")]
     exclude: Option<Vec<String>>,
     allow_ipv6_leak: Option<bool>,
+    kill_switch: Option<bool>,
     dns: Option<Vec<IpAddr>>,
     accept_dns: Option<bool>,
     nat: Option<bool>,
@@ -191,6 +192,7 @@ pub fn apply(mut cli: Cli, m: &ArgMatches) -> Result<Loaded, String> {
         max_clients
     );
     take!(linger, allow_ipv6_leak, accept_dns, nat, verbose, peernet);
+    take!(kill_switch);
     take!(host, listen, mtu, route, client_to_client, metrics, pool6);
     if !given("dns")
         && let Some(v) = file.dns

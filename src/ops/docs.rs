@@ -35,6 +35,10 @@ Prints a random 256\-bit key as 64 hex characters.
 \fBdtun key derive \-key\-file\fR \fISECRET\fR \fB\-id\fR \fIID\fR
 Prints the key a server with \fB\-master\-key\-file\fR \fISECRET\fR expects from client \fIID\fR.
 .TP
+\fBdtun down\fR
+Lifts the kill switch (\fB\-kill\-switch\fR) and the routes a killed client left in this network
+namespace; refused while a dtun owns its routing.
+.TP
 \fBdtun completions\fR \fBbash\fR|\fBzsh\fR|\fBfish\fR
 Prints a completion script for that shell.
 .TP
