@@ -88,8 +88,8 @@ fn without_the_kill_switch_a_kill_9_leaks_ipv4() {
 }
 
 /// `-kill-switch`: after a `kill -9` nothing reaches the inet host (IPv4 or IPv6) and nothing
-/// leaves for it out of the underlay, while the LAN stays reachable; `dtun down` is refused
-/// while a client holds the routes; a restart with `-host` by name reconnects, also when the
+/// leaves for it out of the underlay, while the LAN stays reachable; a start that fails leaves
+/// it on; `dtun down` is refused while a client holds the routes; a restart with `-host` by name reconnects, also when the
 /// name cannot be looked up any more (the kill switch kept the server's last address); a clean
 /// stop lifts everything, and after another `kill -9`, `dtun down` does. Fails on the code
 /// before: there was no `-kill-switch` (and without it the kill leaks, see above).
@@ -136,6 +136,21 @@ fn the_kill_switch_survives_kill_9_until_a_restart_or_dtun_down() {
         "packets left for the inet host out of the underlay"
     );
     assert!(net.client.ping_ok(LAN, 2), "the LAN is blocked");
+
+    // A start that fails (-once, a port nobody listens on) leaves it on, and says so.
+    let mut failing: Vec<&str> = args.to_vec();
+    failing[3] = "4999";
+    failing.push("-once");
+    let mut p = net.client.spawn(DTUN, &failing, &[]);
+    let status = p.wait_exit(Duration::from_secs(30)).expect("exits");
+    let log = p.log();
+    assert!(!status.success(), "{log}");
+    assert_eq!(lines_with(&log, &["the kill switch stays on"]), 1, "{log}");
+    assert!(net.leftovers().contains("25720:"), "{}", net.leftovers());
+    assert!(
+        !net.client.ping_ok(INET, 2),
+        "a failed start lifted the kill switch"
+    );
 
     // A restart by name: /etc/hosts answers; the kill switch stays on meanwhile.
     let mut client = start_client(&net.client, &args);

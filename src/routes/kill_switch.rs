@@ -67,6 +67,8 @@ pub(super) struct KillSwitch {
     servers: Vec<IpAddr>,
     /// Its rules and routes are in place (this process put them there).
     installed: bool,
+    /// An earlier dtun's kill switch was found on at start (and is kept).
+    found: bool,
 }
 
 impl KillSwitch {
@@ -97,11 +99,18 @@ impl KillSwitch {
             host: host.to_string(),
             servers,
             installed: false,
+            found: false,
         }
     }
 
-    pub(super) fn is_installed(&self) -> bool {
-        self.installed
+    /// Keeps the kill switch an earlier dtun left on (it is made anew at [`Self::set_server`]).
+    pub(super) fn keep_found(&mut self) {
+        self.found = true;
+    }
+
+    /// Whether a kill switch is on: ours, or the one found at start.
+    pub(super) fn is_on(&self) -> bool {
+        self.installed || self.found
     }
 
     /// The server's newest noted address.
@@ -173,6 +182,7 @@ impl KillSwitch {
     pub(super) async fn remove(&mut self) -> Result<(), NetlinkError> {
         let n = remove_all(&self.nl, &self.rundir).await?;
         self.installed = false;
+        self.found = false;
         tracing::info!("kill switch off ({n} routes and rules removed)");
         Ok(())
     }

@@ -131,8 +131,9 @@ impl Routes {
             tracing::info!("removed {n} routes and rules an earlier dtun left behind");
         }
         let kill = if spec.kill_switch {
-            let k = KillSwitch::new(nl.clone(), owner.rundir(), &spec, host);
+            let mut k = KillSwitch::new(nl.clone(), owner.rundir(), &spec, host);
             if kill_switch::is_on(&nl).await? {
+                k.keep_found();
                 tracing::info!(
                     "{LOG_KILL_SWITCH_KEPT}: the kill switch an earlier dtun left blocks what the tunnel carries until it is up"
                 );
@@ -168,7 +169,7 @@ impl Routes {
     /// failure it stays, and says so.
     pub async fn finish(&mut self, clean: bool) {
         let Some(k) = self.kill.as_mut() else { return };
-        if !k.is_installed() {
+        if !k.is_on() {
             return;
         }
         if clean {
