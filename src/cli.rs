@@ -20,6 +20,7 @@ Examples:
   keys:    dtun genkey > /etc/dtun/key
            dtun key derive -key-file /etc/dtun/master -id laptop   # for a server with -master-key-file
   status:  dtun status [-json] [INSTANCE]   # what the running dtun (-instance, default dtun) does
+  down:    dtun down                        # lift a killed client's kill switch and routes
   shell:   dtun completions bash|zsh|fish   # a completion script
            dtun man                         # the man page (roff)
 
@@ -192,6 +193,10 @@ pub struct Cli {
     /// when the tunnel carries IPv6, and is blocked when it does not)
     #[arg(long = "allow-ipv6-leak")]
     pub allow_ipv6_leak: bool,
+    /// Client, with -route: block what the tunnel carries whenever it is down, also after a
+    /// crash, until a clean stop or `dtun down`
+    #[arg(long = "kill-switch")]
+    pub kill_switch: bool,
     /// Server: DNS servers pushed to dtun clients. Client: DNS servers used while the tunnel is
     /// up (per-link on the TUN through systemd-resolved when it is on the system bus, else
     /// /etc/resolv.conf rewritten in place; restored on exit)

@@ -62,6 +62,7 @@ fn run_command(command: Command) -> anyhow::Result<()> {
         Command::Key(KeyCommand::Derive(args)) => key_derive(&args),
         Command::Status(args) => status(&args),
         Command::Reload(args) => reload(&args),
+        Command::Down => down(),
         Command::Completions { shell } => {
             dtun::ops::docs::completions(shell.into(), &mut std::io::stdout())
         }
@@ -105,6 +106,23 @@ fn reload(args: &ReloadArgs) -> anyhow::Result<()> {
     dtun::ops::control::check_name(instance)
         .map_err(|e| anyhow::anyhow!("{}", e.replacen("-instance", "dtun reload", 1)))?;
     print!("{}", dtun::ops::control::query(instance, "reload")?);
+    Ok(())
+}
+
+/// `dtun down`: lifts the kill switch and the routes a killed client left in this network
+/// namespace, once no live dtun owns its routing (refused with its pid otherwise).
+fn down() -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let done = rt.block_on(dtun::routes::down()).map_err(|e| match e {
+        dtun::routes::RoutesError::Busy { holder } => anyhow::anyhow!(
+            "a live dtun owns the routing of this network namespace ({holder}): stop it, and it removes its routes and kill switch itself"
+        ),
+        e => e.into(),
+    })?;
+    println!("{done}");
     Ok(())
 }
 

@@ -63,16 +63,28 @@ pub struct RunDir {
     netns: u64,
 }
 
-/// An exclusive lock, held until it is dropped (or the process dies).
+/// An exclusive lock (or a shared one, [`RunDir::lock_shared`]), held until it is dropped (or
+/// the process dies).
 #[derive(Debug)]
 pub struct Lock {
-    _file: File,
+    file: File,
     path: PathBuf,
 }
 
 impl Lock {
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// For a shared lock at its holder's exit: whether no other process holds it, found by
+    /// making it exclusive without waiting. When another does, the kernel may have dropped this
+    /// holder's share in the attempt (flock's conversion is not atomic): call it last.
+    pub fn last_holder(&self) -> io::Result<bool> {
+        match self.file.try_lock() {
+            Ok(()) => Ok(true),
+            Err(TryLockError::WouldBlock) => Ok(false),
+            Err(TryLockError::Error(e)) => Err(e),
+        }
     }
 }
 
@@ -147,6 +159,18 @@ impl RunDir {
         take_lock(self.path(&format!("{name}.lock")), who)
     }
 
+    /// Takes the per-namespace lock `NAME` shared with other holders, waiting while someone
+    /// holds it exclusively: for state that several live dtuns use together and the last one
+    /// removes ([`Lock::last_holder`]). No holder's note is written. Blocks: call it off the
+    /// async runtime's threads.
+    pub fn lock_shared(&self, name: &str) -> Result<Lock, LockError> {
+        let path = self.path(&format!("{name}.lock"));
+        let (file, _) = open_lock_file(&path).map_err(|e| LockError::Io(path.clone(), e))?;
+        file.lock_shared()
+            .map_err(|e| LockError::Io(path.clone(), e))?;
+        Ok(Lock { file, path })
+    }
+
     /// Takes the mount-namespace-wide lock `NAME` ([`RunDir::global`]`(NAME.lock)`).
     pub fn lock_global(&self, name: &str, who: &str) -> Result<Lock, LockError> {
         take_lock(self.global(&format!("{name}.lock")), who)
@@ -214,8 +238,9 @@ fn tmp_name(path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-fn take_lock(path: PathBuf, who: &str) -> Result<Lock, LockError> {
-    let io_err = |e| LockError::Io(path.clone(), e);
+/// Opens (or makes) a lock file: a regular file, never through a symlink; read-only when it is
+/// not ours to write (then `false`).
+fn open_lock_file(path: &Path) -> io::Result<(File, bool)> {
     let open = |write: bool| {
         OpenOptions::new()
             .read(true)
@@ -224,20 +249,24 @@ fn take_lock(path: PathBuf, who: &str) -> Result<Lock, LockError> {
             .truncate(false)
             .mode(0o644)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-            .open(&path)
+            .open(path)
     };
     // A lock file another user of ours made (root's, for the service user) can still be
     // locked through a read-only descriptor; then the holder's note is not written.
-    let (mut file, writable) = match open(true) {
+    let (file, writable) = match open(true) {
         Ok(f) => (f, true),
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-            (open(false).map_err(io_err)?, false)
-        }
-        Err(e) => return Err(io_err(e)),
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => (open(false)?, false),
+        Err(e) => return Err(e),
     };
-    if !file.metadata().map_err(io_err)?.file_type().is_file() {
-        return Err(io_err(io::Error::other("not a regular file")));
+    if !file.metadata()?.file_type().is_file() {
+        return Err(io::Error::other("not a regular file"));
     }
+    Ok((file, writable))
+}
+
+fn take_lock(path: PathBuf, who: &str) -> Result<Lock, LockError> {
+    let io_err = |e| LockError::Io(path.clone(), e);
+    let (mut file, writable) = open_lock_file(&path).map_err(io_err)?;
     match file.try_lock() {
         Ok(()) => {}
         Err(TryLockError::WouldBlock) => {
@@ -259,7 +288,7 @@ fn take_lock(path: PathBuf, who: &str) -> Result<Lock, LockError> {
         file.set_len(0).map_err(io_err)?;
         file.write_all(who.as_bytes()).map_err(io_err)?;
     }
-    Ok(Lock { _file: file, path })
+    Ok(Lock { file, path })
 }
 
 /// The checks of the module header: a real directory, owned by root (or by `euid`), writable by
@@ -350,6 +379,22 @@ mod tests {
         }
         drop(held);
         d.lock("routes", "dtun pid 2, instance b").unwrap();
+        std::fs::remove_dir_all(&p).unwrap();
+    }
+
+    #[test]
+    fn the_last_shared_holder_knows_it() {
+        let p = tempdir("shared");
+        let d = RunDir::at(&p).unwrap();
+        let a = d.lock_shared("lans").unwrap();
+        let b = d.lock_shared("lans").unwrap();
+        assert!(!b.last_holder().unwrap(), "a holds it too");
+        drop(b);
+        assert!(a.last_holder().unwrap());
+        // Now exclusive: nobody else gets it until it is dropped.
+        assert!(matches!(d.lock("lans", "x"), Err(LockError::Held { .. })));
+        drop(a);
+        d.lock("lans", "x").unwrap();
         std::fs::remove_dir_all(&p).unwrap();
     }
 

@@ -1,241 +1,14 @@
 //! Client routing end to end: `-route all`, `-route CIDR`, `-exclude`, the IPv6 block, the
-//! cleanup after exit and after `kill -9`, and the examples' split-routing scripts with a
-//! `-compat` client. A simulated internet between the test's own namespaces:
-//!
-//! ```text
-//!  lan 192.168.77.10 ── lan0 ┐
-//!                            client ── eth0 10.77.1.2 ── c0 10.77.1.1 ┐
-//!                                   ── eth1 10.77.2.2 ── c1 10.77.2.1 ┤ server (dtun on 10.77.0.1,
-//!                                                                     │  forwards, NATs the pool)
-//!                                                          wan 203.0.113.1 / 198.51.100.1
-//!                                                                     │
-//!                                   inet 203.0.113.10, 198.51.100.10, 2001:db8:113::10
-//! ```
-//!
-//! The client's default route goes via 10.77.1.1 (IPv6: 2001:db8:1::1); the server's address
-//! 10.77.0.1 is reached only through it, so a change of gateway matters to the tunnel.
+//! cleanup after exit and after `kill -9`, one `-route` client per network namespace, and the
+//! examples' split-routing scripts with a `-compat` client. The rig (a simulated internet
+//! between the test's own namespaces) is drawn in `tests/common/routing.rs`.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
+use common::routing::*;
 use common::*;
-
-const PORT: &str = "4443";
-const KEY: &str = "full-tunnel-test-key";
-const SERVER: &str = "10.77.0.1";
-const INET: &str = "203.0.113.10";
-const EXCLUDED: &str = "198.51.100.10";
-const LAN: &str = "192.168.77.10";
-const INET6: &str = "2001:db8:113::10";
-const TABLE: &str = "25716";
-
-struct Net {
-    client: Netns,
-    server: Netns,
-    inet: Netns,
-    _lan: Netns,
-    dir: std::sync::Arc<TestDir>,
-}
-
-impl Net {
-    fn new(tag: &str) -> Net {
-        let dir = TestDir::new(tag);
-        let client = Netns::new(&format!("{tag}c"), &dir);
-        let server = Netns::new(&format!("{tag}s"), &dir);
-        let inet = Netns::new(&format!("{tag}i"), &dir);
-        let lan = Netns::new(&format!("{tag}l"), &dir);
-        veth(
-            &server,
-            "c0",
-            "10.77.1.1/24",
-            &client,
-            "eth0",
-            "10.77.1.2/24",
-        );
-        veth(
-            &server,
-            "c1",
-            "10.77.2.1/24",
-            &client,
-            "eth1",
-            "10.77.2.2/24",
-        );
-        veth(
-            &server,
-            "wan",
-            "203.0.113.1/24",
-            &inet,
-            "eth0",
-            "203.0.113.10/24",
-        );
-        veth(
-            &client,
-            "lan0",
-            "192.168.77.1/24",
-            &lan,
-            "eth0",
-            "192.168.77.10/24",
-        );
-        server.ip(&["addr", "add", "10.77.0.1/32", "dev", "lo"]);
-        server.ip(&["addr", "add", "198.51.100.1/24", "dev", "wan"]);
-        inet.ip(&["addr", "add", "198.51.100.10/24", "dev", "eth0"]);
-        for (ns, dev, addr) in [
-            (&client, "eth0", "2001:db8:1::2/64"),
-            (&server, "c0", "2001:db8:1::1/64"),
-            (&server, "wan", "2001:db8:113::1/64"),
-            (&inet, "eth0", "2001:db8:113::10/64"),
-        ] {
-            ns.ip(&["addr", "add", addr, "dev", dev, "nodad"]);
-        }
-        client.ip(&["route", "add", "default", "via", "10.77.1.1"]);
-        client.ip(&["-6", "route", "add", "default", "via", "2001:db8:1::1"]);
-        inet.ip(&["route", "add", "default", "via", "203.0.113.1"]);
-        inet.ip(&["-6", "route", "add", "default", "via", "2001:db8:113::1"]);
-        // The server forwards and masquerades what comes out of the tunnel pool (the other
-        // half of the issue builds this as `-nat`; here the test does it by hand).
-        let out = server.sh(
-            "sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1 \
-             net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.c1.rp_filter=0 && \
-             nft add table ip fRnat && \
-             nft add chain ip fRnat post '{ type nat hook postrouting priority 100; }' && \
-             nft add rule ip fRnat post ip saddr 10.86.0.0/16 oifname wan masquerade",
-        );
-        assert!(out.status.success(), "server ns setup: {out:?}");
-        Net {
-            client,
-            server,
-            inet,
-            _lan: lan,
-            dir,
-        }
-    }
-
-    fn start_server(&self) -> Proc {
-        start_server(
-            &self.server,
-            4443,
-            &["-key", KEY, "-port", PORT, "-listen", SERVER],
-        )
-    }
-
-    fn client_args<'a>(&self, extra: &[&'a str]) -> Vec<&'a str> {
-        let mut args = vec![
-            "-host",
-            SERVER,
-            "-port",
-            PORT,
-            "-key",
-            KEY,
-            "-keepalive",
-            "1s",
-        ];
-        args.extend_from_slice(extra);
-        args
-    }
-
-    /// The device `ip route get DST` in the client picks.
-    fn route_dev(&self, dst: &str) -> String {
-        let out = self.client.ip(&["route", "get", dst]);
-        let words: Vec<&str> = out.split_whitespace().collect();
-        let at = words.iter().position(|w| *w == "dev").expect("a dev");
-        words[at + 1].to_string()
-    }
-
-    /// Packets the kernel sent into the TUN.
-    fn tun_tx(&self, tun: &str) -> u64 {
-        let path = format!("/sys/class/net/{tun}/statistics/tx_packets");
-        let out = self.client.run("cat", &[&path]);
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("tx_packets of {tun}: {out:?}"))
-    }
-
-    /// What dtun may leave behind: its rules, its table, routes with its protocol.
-    fn leftovers(&self) -> String {
-        let mut all = String::new();
-        for family in ["-4", "-6"] {
-            all += &self
-                .client
-                .ip(&[family, "rule"])
-                .lines()
-                .filter(|l| l.starts_with("25716:") || l.starts_with("25717:"))
-                .map(|l| format!("{l}\n"))
-                .collect::<String>();
-            all += &self
-                .client
-                .ip(&[family, "route", "show", "table", "all", "proto", "116"]);
-        }
-        all
-    }
-}
-
-/// `/etc/netns/NS/hosts` for the client (`ip netns exec` bind-mounts it over /etc/hosts),
-/// removed on drop.
-struct Hosts(std::path::PathBuf);
-
-impl Hosts {
-    fn new(ns: &Netns, text: &str) -> Hosts {
-        let dir = std::path::PathBuf::from(format!("/etc/netns/{}", ns.name()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let hosts = Hosts(dir);
-        hosts.set(text);
-        hosts
-    }
-
-    /// Rewrites the file in place (a bind-mounted file cannot be renamed over).
-    fn set(&self, text: &str) {
-        std::fs::write(
-            self.0.join("hosts"),
-            format!("127.0.0.1 localhost\n{text}\n"),
-        )
-        .unwrap();
-    }
-}
-
-impl Drop for Hosts {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn wait_tun(net: &Net) -> String {
-    let tun = only_tun(&net.client);
-    wait_p2p(&net.client, &tun);
-    tun
-}
-
-/// Pings `dst` and checks that (at least) that many packets went into the TUN, or none did.
-fn ping_through(net: &Net, tun: &str, dst: &str, through: bool) {
-    let before = net.tun_tx(tun);
-    let (sent, received) = net.client.ping_stats(dst, 5);
-    let went = net.tun_tx(tun) - before;
-    assert!(received >= 4, "ping {dst}: {received}/{sent}");
-    if through {
-        assert!(
-            went >= 5,
-            "ping {dst} should cross {tun}: {went} packets went in"
-        );
-    } else {
-        assert!(
-            went < 5,
-            "ping {dst} should not cross {tun}: {went} packets went in"
-        );
-    }
-}
-
-/// The milliseconds in a `routes: installed N in X ms` line.
-fn millis(log: &str, needle: &str) -> (u64, u64) {
-    let line = log
-        .lines()
-        .rev()
-        .find(|l| l.contains(needle))
-        .unwrap_or_else(|| panic!("no {needle:?} line in\n{log}"));
-    let rest = &line[line.find(needle).unwrap() + needle.len()..];
-    let words: Vec<&str> = rest.split_whitespace().collect();
-    (words[0].parse().unwrap(), words[2].parse().unwrap())
-}
 
 /// `-route all`: the inet host through the tunnel (and NATed by the server), the server's own
 /// address and the LAN the old way; after exit nothing of dtun's is left and the default
@@ -616,5 +389,58 @@ fn routes_stay_across_a_reconnect_to_another_server_address() {
     let rules = net.client.ip(&["rule"]);
     assert_eq!(lines_with(&rules, &["25717:"]), 1, "{rules}");
     client.stop(Duration::from_secs(10));
+    assert_eq!(net.leftovers(), "");
+}
+
+/// Two `-route` clients in one namespace: the second (split routing, another instance) is
+/// refused with a message naming the first, and touches nothing: the first one's rules and
+/// table stay and its full tunnel still carries the inet host. Once the first has gone, the
+/// second starts. Fails on the code before: the second took the first's rules and routes for
+/// a crash's left-overs and removed them ("removed 6 routes and rules an earlier dtun left
+/// behind"), so the first's traffic went the old way while it said it was up.
+#[test]
+fn a_second_route_client_is_refused_and_the_first_keeps_its_routes() {
+    let net = Net::new("fR2");
+    let _server = net.start_server();
+    let mut first = start_client(
+        &net.client,
+        &net.client_args(&["-route", "all", "-instance", "full"]),
+    );
+    let tun = wait_tun(&net);
+    let before = net.leftovers();
+    assert!(before.contains("25717:"), "{before}");
+    let second_args = net.client_args(&[
+        "-route",
+        "10.99.0.0/16",
+        "-instance",
+        "split",
+        "-id",
+        "second",
+    ]);
+    let mut second = net.client.spawn(DTUN, &second_args, &[]);
+    let status = second.wait_exit(Duration::from_secs(20));
+    let log = second.log();
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "the second -route client runs:\n{log}"
+    );
+    let pid = first.pid().to_string();
+    assert!(
+        log.contains("another dtun routes this network namespace")
+            && log.contains(&format!("pid {pid}"))
+            && log.contains("instance full"),
+        "{log}"
+    );
+    assert_eq!(net.leftovers(), before, "the second client changed routes");
+    assert_eq!(net.route_dev(INET), tun);
+    ping_through(&net, &tun, INET, true);
+    assert_running(&mut first, "first client");
+    first.stop(Duration::from_secs(10));
+    assert_eq!(net.leftovers(), "");
+    // The owner is gone: now the second may route.
+    let mut second = start_client(&net.client, &second_args);
+    let tun = wait_tun(&net);
+    assert_eq!(net.route_dev("10.99.1.1"), tun);
+    second.stop(Duration::from_secs(10));
     assert_eq!(net.leftovers(), "");
 }

@@ -38,12 +38,16 @@ fn tun_node(dir: &TestDir, mode: u32) -> String {
     path_str(&path).to_string()
 }
 
-/// `sh -c 'mount --bind NODE /dev/net/tun; exec setpriv ARGS… dtun DTUN_ARGS…'`.
+/// `sh -c 'mount --bind NODE /dev/net/tun; mount /run/dtun; exec setpriv ARGS… dtun
+/// DTUN_ARGS…'`. /run/dtun is a tmpfs of the command's own (`ip netns exec` gives each command
+/// a mount namespace of its own), `root:4242 1770` as the package's tmpfiles.d entry makes it
+/// (`root:dtun`), so the unit's user may take its locks there.
 fn as_unit_args<'a>(node: &'a str, setpriv: &[&'a str], dtun_args: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
         "sh",
         "-c",
-        "mount --bind \"$0\" /dev/net/tun && exec \"$@\"",
+        "mount --bind \"$0\" /dev/net/tun && mkdir -p /run/dtun && \
+         mount -t tmpfs -o mode=1770,uid=0,gid=4242 dtun-run /run/dtun && exec \"$@\"",
         node,
         "setpriv",
     ];

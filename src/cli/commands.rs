@@ -1,5 +1,5 @@
 //! dtun's subcommands (`dtun genkey`, `dtun key derive`, `dtun status`, `dtun reload`,
-//! `dtun completions`, `dtun man`): their arguments, parsed by clap like the role's flags, so
+//! `dtun down`, `dtun completions`, `dtun man`): their arguments, parsed by clap like the role's flags, so
 //! each has its own `--help`, unknown arguments are refused, and completions and the man page
 //! list them. Running them is `main.rs`'s part.
 
@@ -22,6 +22,10 @@ pub enum Command {
     /// Make a running dtun read its configuration again (as SIGHUP does) and print what changed;
     /// exits 1 when the new configuration is refused and the running one kept
     Reload(ReloadArgs),
+    /// Remove what a killed client left in this network namespace: its -kill-switch (which
+    /// blocks what the tunnel carried) and its -route rules and routes; refused while a dtun
+    /// runs with -route here (stopping that one cleanly removes them)
+    Down,
     /// Print a completion script for a shell
     Completions {
         /// The shell

@@ -68,6 +68,8 @@ pub enum ClientError {
     Netlink(#[from] NetlinkError),
     #[error("cannot set up -route/-exclude: {0}; dtun removed what it had added of them")]
     Routes(NetlinkError),
+    #[error(transparent)]
+    RoutesOwner(crate::routes::RoutesError),
     #[error("{0}; the tunnel is closed")]
     Hook(#[from] HookError),
     #[error("sending to {0} failed: {1}")]
@@ -101,7 +103,8 @@ impl ClientError {
             ClientError::Config(_)
             | ClientError::Hook(_)
             | ClientError::Internal(_)
-            | ClientError::Routes(_) => true,
+            | ClientError::Routes(_)
+            | ClientError::RoutesOwner(_) => true,
             ClientError::Tun(e) => !matches!(e, TunError::Netlink(n) if !n.is_permission_denied()),
             ClientError::Netlink(e) => e.is_permission_denied(),
             _ => false,
@@ -182,16 +185,15 @@ pub async fn run_with(
     // DNS (src/dns.rs): restores what a killed dtun left; set once the tunnel is up.
     let dns = crate::dns::Dns::new(&cfg).await;
     let mut tunnel: Option<Tunnel> = None;
-    // -route: what an earlier dtun left behind (a kill -9) goes first.
+    // -route: this network namespace's routing becomes ours (refused while another live dtun
+    // owns it), and what a killed dtun left behind goes first.
     let mut routes = None;
     if cfg.routes.is_active() {
-        let r = Routes::new(nl.clone(), cfg.routes.clone());
-        match r.clean_stale().await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!("removed {n} routes and rules an earlier dtun left behind"),
-            Err(e) => return Err(ClientError::Routes(e)),
-        }
-        routes = Some(r);
+        let taken = Routes::take(nl.clone(), cfg.routes.clone(), &cfg.instance, &cfg.host).await;
+        routes = Some(taken.map_err(|e| match e {
+            crate::routes::RoutesError::Netlink(e) => ClientError::Routes(e),
+            e => ClientError::RoutesOwner(e),
+        })?);
     }
     let mut backoff = Backoff::default();
     let mut last_error = String::new();
@@ -271,6 +273,10 @@ pub async fn run_with(
         }
         tracing::info!("removing {}", t.tun.name);
         let _ = nl.del_link(t.tun.index).await;
+    }
+    // -kill-switch: lifted at a clean stop, kept after a failure.
+    if let Some(r) = routes.as_mut() {
+        r.finish(result.is_ok()).await;
     }
     result
 }

@@ -29,7 +29,16 @@ pub(super) async fn session(
     board.server(&endpoint.to_string(), None);
     let server = match cfg.server_addr(server_index).await {
         Ok(s) => s,
-        Err(e) => return lost(ClientError::Config(e)),
+        // -kill-switch blocks name lookups while the tunnel is down: its note of the
+        // server's last address stands in.
+        Err(e) => match routes.as_ref().and_then(Routes::last_address) {
+            Some(ip) => {
+                let s = SocketAddr::new(ip, cfg.port);
+                tracing::warn!("{e}; {} {s}", crate::routes::LOG_LAST_ADDRESS);
+                s
+            }
+            None => return lost(ClientError::Config(e)),
+        },
     };
     board.server(&endpoint.to_string(), Some(server));
     if let Some(r) = routes.as_mut()

@@ -26,7 +26,7 @@ pub struct ClientConfig {
     pub common: Common,
     /// Exit at the first failure or end of session instead of reconnecting.
     pub once: bool,
-    /// -route, -exclude, -allow-ipv6-leak.
+    /// -route, -exclude, -allow-ipv6-leak, -kill-switch.
     pub routes: crate::routes::RouteSpec,
     /// `-dns`: our own DNS servers while the tunnel is up.
     pub dns: Vec<IpAddr>,
@@ -57,6 +57,7 @@ impl ClientConfig {
                 cli.route.as_deref(),
                 &cli.exclude,
                 cli.allow_ipv6_leak,
+                cli.kill_switch,
             )
             .map_err(ConfigError::Routes)?,
             dns: dns_servers(cli)?,

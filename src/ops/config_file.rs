@@ -68,6 +68,7 @@ pub(super) struct FileConfig {
     #[serde(default, deserialize_with = "values::exclude")]
     exclude: Option<Vec<String>>,
     allow_ipv6_leak: Option<bool>,
+    kill_switch: Option<bool>,
     #[serde(default, deserialize_with = "values::addresses")]
     dns: Option<Vec<IpAddr>>,
     accept_dns: Option<bool>,
@@ -203,6 +204,7 @@ pub fn apply(mut cli: Cli, m: &ArgMatches) -> Result<Loaded, String> {
         peernet,
         log_format
     );
+    take!(kill_switch);
     take!(host, listen, mtu, route, client_to_client, metrics, pool6);
     if !given("dns")
         && let Some(v) = file.dns

@@ -103,6 +103,10 @@ this network namespace does: sessions, addresses, counters; \fB\-json\fR prints 
 Makes that dtun read its configuration again, as SIGHUP does, waits, and prints what changed;
 exits 1 when the new configuration was refused and the running one kept.
 .TP
+\fBdtun down\fR
+Lifts the kill switch (\fB\-kill\-switch\fR) and the routes a killed client left in this network
+namespace; refused while a dtun owns its routing.
+.TP
 \fBdtun completions\fR \fBbash\fR|\fBzsh\fR|\fBfish\fR
 Prints a completion script for that shell.
 .TP

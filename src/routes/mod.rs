@@ -26,24 +26,36 @@
 //!   gateway it has at the moment.
 //! - Every route carries the protocol number [`ROUTE_PROTOCOL`] and every rule one of two
 //!   priorities, so a start after a `kill -9` finds and removes what is left.
+//! - One dtun at a time owns a network namespace's routing: it holds the lock `routes` of
+//!   /run/dtun (`owner.rs`), a second `-route` client is refused with the first one's pid and
+//!   instance, and left-overs are removed only by a holder of the lock (a start, `dtun down`),
+//!   so never from under a live dtun. Per-instance tables were weighed: two full tunnels
+//!   cannot both own the default route anyway, and a few prefixes beside a full tunnel need
+//!   no table of their own (an `-up` script's main-table routes win over `-route all`).
+//! - `-kill-switch` (`kill_switch.rs`) keeps what the tunnel carries blocked whenever the
+//!   tunnel is down, also after a `kill -9`, in a table and rules of its own.
 //! - Routes are added and removed in pipelined batches of netlink requests (not one round trip
-//!   each): a national list of 10 000 prefixes takes well under a second.
+//!   each, `batch.rs`): a national list of 10 000 prefixes takes well under a second.
 
 use std::net::{IpAddr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
-use futures::{StreamExt, TryStreamExt};
 use ipnet::IpNet;
-use rtnetlink::RouteMessageBuilder;
 use rtnetlink::packet_route::AddressFamily;
-use rtnetlink::packet_route::route::{
-    RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
-};
-use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
+use rtnetlink::packet_route::route::{RouteMessage, RouteType};
+use rtnetlink::packet_route::rule::{RuleAttribute, RuleMessage};
 
-use crate::netlink::{Netlink, NetlinkError, is_not_found_errno, raw_errno, route_table};
+use crate::netlink::{Netlink, NetlinkError, route_table};
 
+mod batch;
+mod kill_switch;
+mod owner;
 mod spec;
+
+use batch::{add_batch, add_rules, del_batch, route_in};
+use kill_switch::KillSwitch;
+pub use kill_switch::{KILL_TABLE, PRIO_KILL, PRIO_KILL_SUPPRESS};
+pub use owner::{Owner, RoutesError, down};
 
 /// dtun's routing table ("dt").
 pub const TABLE: u32 = 0x6474;
@@ -61,8 +73,6 @@ pub const LAN_TABLE: u32 = 0x6475;
 pub const PRIO_LANS: u32 = 25718;
 /// The `proto` of every route dtun adds for `-route` (shown as `proto 116` by `ip route`).
 pub const ROUTE_PROTOCOL: u8 = 116;
-/// Netlink requests in flight at once while adding or removing many routes.
-const IN_FLIGHT: usize = 256;
 
 /// Log line after the routes went in: `routes: installed N in X ms`.
 pub const LOG_INSTALLED: &str = "routes: installed";
@@ -72,6 +82,11 @@ pub const LOG_REMOVED: &str = "routes: removed";
 pub const LOG_IPV6_BLOCKED: &str = "IPv6 is blocked";
 /// Log line when `-route all` sends IPv6 through the tunnel (it carries IPv6).
 pub const LOG_IPV6_ROUTED: &str = "IPv6 goes through the tunnel";
+/// Log line when a start finds the kill switch a killed dtun left and keeps it on.
+pub const LOG_KILL_SWITCH_KEPT: &str = "kill switch kept";
+/// Log line when `-host` cannot be looked up and the kill switch's note of the server's last
+/// address is used: `… using the server's last address IP …`.
+pub const LOG_LAST_ADDRESS: &str = "using the server's last address";
 
 pub use spec::{RouteSpec, parse_cidr, parse_list, read_exclude_file};
 
@@ -87,36 +102,98 @@ pub struct Routes {
     /// The tunnel carries IPv6: with `-route all`, ::/1 and 8000::/1 go into it instead of
     /// being unreachable.
     ipv6_inside: bool,
+    /// `-kill-switch`.
+    kill: Option<KillSwitch>,
+    /// The lock `routes` of this network namespace, held while this value lives: this dtun
+    /// owns the namespace's routing (its table, rules and kill switch).
+    _owner: Owner,
 }
 
 impl Routes {
-    pub fn new(nl: Netlink, spec: RouteSpec) -> Routes {
-        Routes {
+    /// Takes the routing of this network namespace for the client `instance` (refused while
+    /// another live dtun holds it), then removes what an earlier dtun left behind (after a
+    /// `kill -9`): every rule at our priorities and every route in our table or with our
+    /// protocol, and its kill switch unless this one has `-kill-switch` too (then it stays on
+    /// until this tunnel is up).
+    pub async fn take(
+        nl: Netlink,
+        spec: RouteSpec,
+        instance: &str,
+        host: &str,
+    ) -> Result<Routes, RoutesError> {
+        let owner = Owner::take(&format!("instance {instance}"))?;
+        let n = flush_tunnel(&nl).await?;
+        if n > 0 {
+            tracing::info!("removed {n} routes and rules an earlier dtun left behind");
+        }
+        let kill = if spec.kill_switch {
+            let mut k = KillSwitch::new(nl.clone(), owner.rundir(), &spec, host);
+            if kill_switch::is_on(&nl).await? {
+                k.keep_found();
+                tracing::info!(
+                    "{LOG_KILL_SWITCH_KEPT}: the kill switch an earlier dtun left blocks what the tunnel carries until it is up"
+                );
+            }
+            Some(k)
+        } else {
+            let n = kill_switch::remove_all(&nl, owner.rundir()).await?;
+            if n > 0 {
+                tracing::info!(
+                    "removed the kill switch an earlier dtun left ({n} routes and rules): this one runs without -kill-switch"
+                );
+            }
+            None
+        };
+        Ok(Routes {
             nl,
             spec,
             installed: false,
             server: None,
             ipv6_inside: false,
+            kill,
+            _owner: owner,
+        })
+    }
+
+    /// With `-kill-switch`: the server address the kill switch noted last, for when `-host`
+    /// cannot be looked up (the kill switch blocks name lookups while the tunnel is down).
+    pub fn last_address(&self) -> Option<IpAddr> {
+        self.kill.as_ref().and_then(KillSwitch::last_address)
+    }
+
+    /// At exit, after [`Routes::remove`]: a clean stop (`clean`) lifts the kill switch; after a
+    /// failure it stays, and says so.
+    pub async fn finish(&mut self, clean: bool) {
+        let Some(k) = self.kill.as_mut() else { return };
+        if !k.is_on() {
+            return;
+        }
+        if clean {
+            if let Err(e) = k.remove().await {
+                tracing::warn!("{e}");
+            }
+        } else {
+            tracing::warn!(
+                "the kill switch stays on: what the tunnel carried is blocked until dtun runs again, or `dtun down` lifts it"
+            );
         }
     }
 
-    /// Removes what an earlier dtun left behind (after a `kill -9`): every rule at our
-    /// priorities and every route in our table or with our protocol. Returns how many.
-    pub async fn clean_stale(&self) -> Result<usize, NetlinkError> {
-        self.flush().await
-    }
-
     /// The server we are about to talk to: its address gets a throw route (and an earlier one
-    /// loses its own) if the routes are in place.
+    /// loses its own) if the routes are in place; with `-kill-switch`, the kill switch goes on
+    /// (it notes the address, for a restart that cannot look up `-host`).
     pub async fn set_server(&mut self, server: IpAddr) -> Result<(), NetlinkError> {
+        if let Some(k) = self.kill.as_mut() {
+            k.set_server(server).await?;
+        }
         let old = self.server.replace(server);
         if !self.installed || old == Some(server) {
             return Ok(());
         }
-        self.add_batch(vec![throw(IpNet::from(server))]).await?;
+        add_batch(&self.nl, vec![throw(IpNet::from(server))]).await?;
         if let Some(old) = old {
             let stale = route_message(IpNet::from(old), RouteType::Throw, None);
-            self.del_batch(vec![stale]).await?;
+            del_batch(&self.nl, vec![stale]).await?;
         }
         Ok(())
     }
@@ -146,7 +223,7 @@ impl Routes {
         if self.installed {
             let mut tunnel = tunnel;
             tunnel.extend(self.ipv6_halves(tun));
-            return self.add_batch(tunnel).await;
+            return add_batch(&self.nl, tunnel).await;
         }
         let started = Instant::now();
         let mut messages: Vec<RouteMessage> = self.spec.exclude.iter().map(|n| throw(*n)).collect();
@@ -155,7 +232,7 @@ impl Routes {
         messages.extend(tunnel);
         let count = messages.len();
         self.installed = true;
-        self.add_batch(messages).await?;
+        add_batch(&self.nl, messages).await?;
         self.add_rules().await?;
         tracing::info!(
             "{LOG_INSTALLED} {count} in {} ms (table {TABLE}: {}{} excluded)",
@@ -213,7 +290,7 @@ impl Routes {
         }
         // A replace turns an unreachable route into one through the TUN and back in one
         // step: there is no moment without either.
-        self.add_batch(self.ipv6_halves(tun)).await?;
+        add_batch(&self.nl, self.ipv6_halves(tun)).await?;
         if inside {
             tracing::info!("{LOG_IPV6_ROUTED} (::/1 and 8000::/1)");
         } else {
@@ -238,107 +315,30 @@ impl Routes {
     }
 
     async fn add_rules(&self) -> Result<(), NetlinkError> {
-        let handle = self.nl.handle();
-        for v6 in [false, true] {
-            let family = if v6 { "IPv6" } else { "IPv4" };
-            if self.spec.all {
-                let mut req = handle
-                    .rule()
-                    .add()
-                    .table_id(u32::from(RouteHeader::RT_TABLE_MAIN))
-                    .priority(PRIO_SUPPRESS)
-                    .action(RuleAction::ToTable);
-                req.message_mut()
-                    .attributes
-                    .push(RuleAttribute::SuppressPrefixLen(0));
-                let op = || format!("add {family} rule `lookup main suppress_prefixlength 0`");
-                if v6 {
-                    ok_if_exists(req.v6().execute().await, op)?;
-                } else {
-                    ok_if_exists(req.v4().execute().await, op)?;
-                }
-            }
-        }
-        self.nl.add_unmarked_rule(FWMARK, TABLE, PRIO_TABLE).await
+        add_rules(&self.nl, self.spec.all, TABLE, PRIO_SUPPRESS, PRIO_TABLE).await
     }
 
     /// Deletes our rules, then our routes; returns how many there were.
     async fn flush(&self) -> Result<usize, NetlinkError> {
-        let mut count = self.nl.del_rules(is_our_rule).await?;
-        let mut ours = Vec::new();
-        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
-            let routes = self.nl.routes(family, || "list routes".into()).await?;
-            ours.extend(routes.into_iter().filter(|r| {
-                route_table(r) == TABLE || u8::from(r.header.protocol) == ROUTE_PROTOCOL
-            }));
-        }
-        count += ours.len();
-        self.del_batch(ours).await?;
-        Ok(count)
-    }
-
-    /// Adds (or replaces) routes, [`IN_FLIGHT`] requests at a time.
-    async fn add_batch(&self, messages: Vec<RouteMessage>) -> Result<(), NetlinkError> {
-        let handle = self.nl.handle().clone();
-        futures::stream::iter(messages.into_iter().map(|m| {
-            let handle = handle.clone();
-            async move {
-                let what = describe(&m);
-                let v6 = m.header.address_family == AddressFamily::Inet6;
-                handle
-                    .route()
-                    .add(m)
-                    .replace()
-                    .execute()
-                    .await
-                    .map_err(|e| {
-                        let op = format!("add route {what}");
-                        // EPERM is a missing CAP_NET_ADMIN; EACCES on an IPv6 route is the
-                        // kernel's "IPv6 is disabled on nexthop device".
-                        if v6 && raw_errno(&e) == Some(libc::EACCES) {
-                            return NetlinkError::Other {
-                                op,
-                                reason: "IPv6 is disabled on the TUN (net.ipv6.conf.default.disable_ipv6 or .all is 1): enable it, or leave IPv6 prefixes out of -route".into(),
-                            };
-                        }
-                        NetlinkError::new(op, e)
-                    })
-            }
-        }))
-        .buffer_unordered(IN_FLIGHT)
-        .try_for_each(|()| async { Ok(()) })
-        .await
-    }
-
-    /// Deletes routes, [`IN_FLIGHT`] requests at a time; one already gone is no error.
-    async fn del_batch(&self, messages: Vec<RouteMessage>) -> Result<(), NetlinkError> {
-        let handle = self.nl.handle().clone();
-        futures::stream::iter(messages.into_iter().map(|m| {
-            let handle = handle.clone();
-            async move {
-                let what = describe(&m);
-                match handle.route().del(m).execute().await {
-                    Ok(()) => Ok(()),
-                    Err(e) if raw_errno(&e).is_some_and(is_not_found_errno) => Ok(()),
-                    Err(e) => Err(NetlinkError::new(format!("delete route {what}"), e)),
-                }
-            }
-        }))
-        .buffer_unordered(IN_FLIGHT)
-        .try_for_each(|()| async { Ok(()) })
-        .await
+        flush_tunnel(&self.nl).await
     }
 }
 
-fn ok_if_exists(
-    r: Result<(), rtnetlink::Error>,
-    op: impl Fn() -> String,
-) -> Result<(), NetlinkError> {
-    match r {
-        Ok(()) => Ok(()),
-        Err(e) if raw_errno(&e) == Some(libc::EEXIST) => Ok(()),
-        Err(e) => Err(NetlinkError::new(op(), e)),
+/// Deletes the tunnel's rules, then its routes (in [`TABLE`], or with our protocol outside the
+/// kill switch's table); returns how many there were.
+async fn flush_tunnel(nl: &Netlink) -> Result<usize, NetlinkError> {
+    let mut count = nl.del_rules(is_our_rule).await?;
+    let mut ours = Vec::new();
+    for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+        let routes = nl.routes(family, || "list routes".into()).await?;
+        ours.extend(routes.into_iter().filter(|r| {
+            let table = route_table(r);
+            table == TABLE || (u8::from(r.header.protocol) == ROUTE_PROTOCOL && table != KILL_TABLE)
+        }));
     }
+    count += ours.len();
+    del_batch(nl, ours).await?;
+    Ok(count)
 }
 
 /// A rule dtun made: one of its two priorities.
@@ -355,37 +355,5 @@ fn throw(dst: IpNet) -> RouteMessage {
 /// A route in [`TABLE`] with dtun's protocol: `dst dev OIF` (unicast) or `throw dst`,
 /// `unreachable dst`.
 fn route_message(dst: IpNet, kind: RouteType, oif: Option<u32>) -> RouteMessage {
-    let mut message = RouteMessageBuilder::<IpAddr>::new().build();
-    let family = match dst {
-        IpNet::V4(_) => AddressFamily::Inet,
-        IpNet::V6(_) => AddressFamily::Inet6,
-    };
-    message.header.address_family = family;
-    message.header.destination_prefix_length = dst.prefix_len();
-    message.header.table = RouteHeader::RT_TABLE_UNSPEC;
-    message.header.protocol = RouteProtocol::from(ROUTE_PROTOCOL);
-    message.header.kind = kind;
-    message.header.scope = RouteScope::Universe;
-    message.attributes.push(RouteAttribute::Table(TABLE));
-    // A /0 has no destination attribute (never made here, but harmless).
-    if dst.prefix_len() > 0 {
-        message
-            .attributes
-            .push(RouteAttribute::Destination(dst.addr().into()));
-    }
-    if let Some(oif) = oif {
-        message.attributes.push(RouteAttribute::Oif(oif));
-        if dst.addr().is_ipv4() {
-            message.header.scope = RouteScope::Link;
-        }
-    }
-    message
-}
-
-/// `10.0.0.0/8 (throw)` and the like, for an error message.
-fn describe(m: &RouteMessage) -> String {
-    let dst = crate::netlink::route_destination(m)
-        .map(|d| d.to_string())
-        .unwrap_or_else(|| "?".into());
-    format!("{dst} ({:?}) in table {TABLE}", m.header.kind)
+    route_in(TABLE, dst, kind, oif)
 }

@@ -1,6 +1,6 @@
 //! What a client routes: `-route all|CIDR,…`, `-exclude CIDR,…|@FILE` (or an exclude file,
-//! one CIDR per line, `#` comments) and `-allow-ipv6-leak`, parsed and checked before anything
-//! touches the kernel.
+//! one CIDR per line, `#` comments), `-allow-ipv6-leak` and `-kill-switch`, parsed and checked
+//! before anything touches the kernel.
 
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -18,6 +18,8 @@ pub struct RouteSpec {
     pub exclude: Vec<IpNet>,
     /// With `-route all`: do not block IPv6.
     pub allow_ipv6_leak: bool,
+    /// `-kill-switch`: block what the tunnel carries whenever it is down, also after a crash.
+    pub kill_switch: bool,
 }
 
 impl RouteSpec {
@@ -26,9 +28,11 @@ impl RouteSpec {
         route: Option<&str>,
         exclude: &[String],
         allow_ipv6_leak: bool,
+        kill_switch: bool,
     ) -> Result<RouteSpec, String> {
         let mut spec = RouteSpec {
             allow_ipv6_leak,
+            kill_switch,
             ..RouteSpec::default()
         };
         if let Some(route) = route {
@@ -57,6 +61,11 @@ impl RouteSpec {
         if allow_ipv6_leak && !spec.all {
             return Err("-allow-ipv6-leak only means something with -route all".into());
         }
+        if kill_switch && !spec.is_active() {
+            return Err(
+                "-kill-switch needs -route (all or CIDRs): it blocks what the tunnel carries while the tunnel is down".into(),
+            );
+        }
         Ok(spec)
     }
 
@@ -71,7 +80,7 @@ impl RouteSpec {
     }
 
     /// What goes into the tunnel.
-    pub(super) fn tunnel_routes(&self) -> Vec<IpNet> {
+    pub(crate) fn tunnel_routes(&self) -> Vec<IpNet> {
         if self.all {
             vec![
                 IpNet::new(Ipv4Addr::UNSPECIFIED.into(), 1).expect("valid /1"),
@@ -128,17 +137,24 @@ mod tests {
 
     #[test]
     fn specs() {
-        let s = RouteSpec::from_flags(Some("all"), &["10.0.0.0/8,192.168.0.0/16".into()], false)
-            .unwrap();
+        let s = RouteSpec::from_flags(
+            Some("all"),
+            &["10.0.0.0/8,192.168.0.0/16".into()],
+            false,
+            false,
+        )
+        .unwrap();
         assert!(s.all && s.blocks_ipv6() && s.exclude.len() == 2);
         assert_eq!(s.tunnel_routes().len(), 2);
-        let s = RouteSpec::from_flags(Some("all"), &[], true).unwrap();
+        let s = RouteSpec::from_flags(Some("all"), &[], true, false).unwrap();
         assert!(!s.blocks_ipv6());
-        let s = RouteSpec::from_flags(Some("10.1.0.0/16,10.2.0.0/16"), &[], false).unwrap();
+        let s = RouteSpec::from_flags(Some("10.1.0.0/16,10.2.0.0/16"), &[], false, true).unwrap();
         assert!(!s.all && s.routes.len() == 2 && !s.blocks_ipv6());
-        assert!(RouteSpec::from_flags(None, &["10.0.0.0/8".into()], false).is_err());
-        assert!(RouteSpec::from_flags(Some("10.0.0.0/8"), &[], true).is_err());
-        let e = RouteSpec::from_flags(Some("10.0.0.0/80"), &[], false).unwrap_err();
+        assert!(RouteSpec::from_flags(None, &["10.0.0.0/8".into()], false, false).is_err());
+        assert!(RouteSpec::from_flags(Some("10.0.0.0/8"), &[], true, false).is_err());
+        let e = RouteSpec::from_flags(None, &[], false, true).unwrap_err();
+        assert!(e.starts_with("-kill-switch needs -route"), "{e}");
+        let e = RouteSpec::from_flags(Some("10.0.0.0/80"), &[], false, false).unwrap_err();
         assert!(e.starts_with("bad -route"), "{e}");
         assert!(!RouteSpec::default().is_active());
     }

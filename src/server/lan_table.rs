@@ -25,6 +25,10 @@ use ipnet::IpNet;
 
 use crate::netlink::{MAIN_TABLE, Netlink, NetlinkError};
 use crate::routes::{FWMARK, LAN_TABLE, PRIO_LANS};
+use crate::rundir::{Lock, RunDir};
+
+/// The per-namespace lock every server that routes LANs holds shared.
+const LOCK: &str = "lans";
 
 /// Where one family's LAN routes go.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -44,6 +48,11 @@ enum Place {
 pub(super) struct LanTable {
     v4: Place,
     v6: Place,
+    /// Our share of the lock `lans`, taken before our first rule (`None` before, or when it
+    /// could not be taken).
+    share: Option<Lock>,
+    /// The lock was tried (and failed, if `share` is `None`).
+    tried_lock: bool,
 }
 
 impl LanTable {
@@ -58,6 +67,11 @@ impl LanTable {
         let v6 = net.addr().is_ipv6();
         let place = if v6 { &mut self.v6 } else { &mut self.v4 };
         if *place == Place::Untried {
+            if !self.tried_lock {
+                self.tried_lock = true;
+                self.share = take_share().await;
+            }
+            let place = if v6 { &mut self.v6 } else { &mut self.v4 };
             *place = match nl
                 .add_unmarked_rule_for(v6, FWMARK, LAN_TABLE, PRIO_LANS)
                 .await
@@ -92,22 +106,58 @@ impl LanTable {
         }
     }
 
-    /// At exit, after the devices went: removes our rules unless another dtun still has LANs
-    /// in the table.
+    /// At exit, after the devices went: removes the rules when no other live dtun holds the
+    /// lock `lans` (then none routes LANs through the table any more).
     pub(super) async fn close(&mut self, nl: &Netlink) {
-        if self.v4 != Place::Table && self.v6 != Place::Table {
+        let share = self.share.take();
+        let ours = self.v4 == Place::Table || self.v6 == Place::Table;
+        *self = LanTable::default();
+        let Some(share) = share else {
+            if ours {
+                tracing::debug!(
+                    "LAN table rule left in place (no lock to tell whether another dtun uses it)"
+                );
+            }
             return;
-        }
-        match nl.table_has_routes(LAN_TABLE).await {
-            Ok(true) => tracing::debug!("another dtun routes LANs: its rule stays"),
-            Ok(false) => {
+        };
+        match share.last_holder() {
+            Ok(true) => {
                 if let Err(e) = nl.del_rules(is_lan_rule).await {
                     tracing::warn!("{e}");
                 }
             }
-            Err(e) => tracing::warn!("{e}"),
+            Ok(false) => tracing::debug!("another dtun routes LANs: the LAN table's rule stays"),
+            Err(e) => tracing::warn!(
+                "cannot tell whether another dtun routes LANs ({e}): the LAN table's rule stays"
+            ),
         }
-        *self = LanTable::default();
+        // Dropped only now: a server starting meanwhile waits for the rule to be gone before
+        // it adds its own.
+        drop(share);
+    }
+}
+
+/// Our share of the lock `lans`, taken off the runtime's threads (it waits while a server at
+/// its exit holds it exclusively to remove the rule). `None`, with a warning, when it cannot be
+/// had: the rule is then never removed by us.
+async fn take_share() -> Option<Lock> {
+    let taken = tokio::task::spawn_blocking(|| {
+        let dir = RunDir::open().map_err(|e| e.to_string())?;
+        dir.lock_shared(LOCK).map_err(|e| e.to_string())
+    })
+    .await;
+    match taken {
+        Ok(Ok(lock)) => Some(lock),
+        Ok(Err(e)) => {
+            tracing::warn!("{e}: the LAN table's rule will be left in place at exit");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(
+                "cannot take the LAN table's lock ({e}): its rule will be left in place at exit"
+            );
+            None
+        }
     }
 }
 

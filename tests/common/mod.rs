@@ -32,6 +32,7 @@
 
 pub mod hostile;
 pub mod ipv6;
+pub mod routing;
 pub mod status;
 
 use std::collections::BTreeMap;
