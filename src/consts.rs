@@ -101,3 +101,7 @@ pub const PATH_MTU: usize = 1500;
 
 /// Least time between two resends of the server's last handshake flight to one client.
 pub const FINAL_FLIGHT_RESEND: Duration = Duration::from_millis(250);
+
+/// How a client tells a bare close_notify (all an original server says when it stops or drops
+/// a session; a dtun server says why first, in a Close).
+pub const CLOSE_NOTIFY_WORDS: &str = "close_notify (it shut down or dropped this session)";

@@ -122,7 +122,9 @@ pub(super) fn open_first(opener: &mut Opener, counters: &Counters, dg: &mut [u8]
             Inbound::Data(p) if ct == CONTENT_APPLICATION_DATA => {
                 return Some(First::Data(dg[r.start + p.start..r.start + p.end].to_vec()));
             }
-            Inbound::Alert(_, 0) => return Some(First::Closed("close_notify".into())),
+            Inbound::Alert(_, 0) => {
+                return Some(First::Closed(crate::consts::CLOSE_NOTIFY_WORDS.into()));
+            }
             Inbound::Alert(level, desc) => {
                 return Some(First::Closed(format!("alert {level}/{desc}")));
             }

@@ -296,7 +296,12 @@ pub(super) async fn inbound(
                 }
             }
             Inbound::Alert(_, 0) => {
-                return (true, Some(ClientError::Closed("close_notify".into())));
+                return (
+                    true,
+                    Some(ClientError::Closed(
+                        crate::consts::CLOSE_NOTIFY_WORDS.into(),
+                    )),
+                );
             }
             Inbound::Alert(level, desc) => {
                 let why = format!("alert {level}/{desc}");
@@ -360,10 +365,11 @@ pub(super) fn on_control(
             );
             None
         }
-        Control::Close { reason, detail } => {
-            tracing::info!("the server is closing the session: {reason:?} {detail:?}");
-            None
-        }
+        Control::Close { reason, detail } => Some(ClientError::Closed(if detail.is_empty() {
+            reason.words()
+        } else {
+            format!("{} ({})", reason.words(), detail.escape_debug())
+        })),
         _ => None,
     }
 }

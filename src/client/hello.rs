@@ -248,7 +248,11 @@ pub(super) async fn exchange(
                         sink.push(data).await;
                     }
                 }
-                Inbound::Alert(_, 0) => return Err(ClientError::Closed("close_notify".into())),
+                Inbound::Alert(_, 0) => {
+                    return Err(ClientError::Closed(
+                        crate::consts::CLOSE_NOTIFY_WORDS.into(),
+                    ));
+                }
                 Inbound::Alert(level, desc) => {
                     return Err(ClientError::Closed(format!("alert {level}/{desc}")));
                 }

@@ -74,7 +74,7 @@ pub enum ClientError {
     Hook(#[from] HookError),
     #[error("sending to {0} failed: {1}")]
     Send(SocketAddr, std::io::Error),
-    #[error("the server closed the session ({0})")]
+    #[error("the server ended the session: {0}")]
     Closed(String),
     #[error(
         "the server refused the session ({0}): it is at its -max-clients limit; try later, or ask for an id in its -clients file"

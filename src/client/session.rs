@@ -146,6 +146,14 @@ pub(super) async fn session(
                 }) if negotiated => {
                     return lost(ClientError::Full(detail.escape_debug().to_string()));
                 }
+                // Any other reason (the server could not set up our tunnel, say), in words.
+                Ok(Control::Close { reason, detail }) if negotiated => {
+                    return lost(ClientError::Closed(format!(
+                        "{} ({})",
+                        reason.words(),
+                        detail.escape_debug()
+                    )));
+                }
                 _ => return lost(ClientError::BadAddress(e)),
             },
         },

@@ -141,6 +141,27 @@ close_reasons! {
     Refused = 5,
     /// The server's configuration was reloaded and this id was removed or its key changed.
     Revoked = 6,
+    /// The server could not set up this client's tunnel (its device, addresses or scripts);
+    /// the detail says why. Sent instead of the address message, to dtun clients only.
+    SetupFailed = 7,
+}
+
+impl CloseReason {
+    /// What the reason means, in the words a client logs.
+    pub fn words(self) -> String {
+        match self {
+            CloseReason::Shutdown => "the server shut down".into(),
+            CloseReason::Replaced => "another client with this id connected".into(),
+            CloseReason::Timeout => "the server timed the session out".into(),
+            CloseReason::Exhausted => {
+                "the session's keys are used up (reconnecting for fresh ones)".into()
+            }
+            CloseReason::Refused => "the server is full (its -max-clients)".into(),
+            CloseReason::Revoked => "the server revoked this id".into(),
+            CloseReason::SetupFailed => "the server could not set up this client's tunnel".into(),
+            CloseReason::Other(n) => format!("reason {n}"),
+        }
+    }
 }
 
 /// The flags byte of a version-2 Hello. The server's Hello answer says which setup messages
