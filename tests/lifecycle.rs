@@ -990,3 +990,34 @@ fn json_logs_are_one_object_a_line() {
         "{log}"
     );
 }
+
+/// A client says why its session ended, in words: a dtun server that stops says so in a Close
+/// ("the server shut down"); to a `-compat` client (an original's stand-in) it only sends
+/// close_notify, which the client names as such.
+#[test]
+fn a_client_says_in_words_why_the_server_ended_its_session() {
+    let topo = Topo::star("lcwords", 2);
+    let key = "words-key-0123456789";
+    let mut server = start_server(&topo.server, DEFAULT_PORT, &["-key", key]);
+    let mut clients = Vec::new();
+    for (i, extra) in [&[][..], &["-compat"][..]].iter().enumerate() {
+        let host = Topo::server_ip(i);
+        let mut args = vec!["-host", host.as_str(), "-key", key, "-id"];
+        let id = format!("words{i}");
+        args.push(&id);
+        args.extend_from_slice(extra);
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        clients.push(start_client(&topo.clients[i], &args));
+    }
+    server.signal("TERM");
+    server.expect_success("server", Duration::from_secs(10));
+    clients[0].wait_log(
+        "the server ended the session: the server shut down",
+        Duration::from_secs(10),
+    );
+    clients[1].wait_log(
+        "the server ended the session: close_notify (it shut down or dropped this session)",
+        Duration::from_secs(10),
+    );
+}
