@@ -57,10 +57,13 @@ fn server_status_shows_clients_and_a_lingering_device() {
         keys(&v),
         set(&[
             "admission",
+            "client_to_client",
             "clients",
+            "dns",
             "instance",
             "lingering",
             "listen",
+            "nat",
             "now",
             "pid",
             "pool",
@@ -72,6 +75,15 @@ fn server_status_shows_clients_and_a_lingering_device() {
     );
     assert_eq!(v["role"], "server");
     assert_eq!(v["instance"], "dtun");
+    assert_eq!(
+        (&v["nat"], &v["client_to_client"], &v["dns"]),
+        (
+            &serde_json::json!(false),
+            &serde_json::Value::Null,
+            &serde_json::json!([])
+        ),
+        "the server's settings"
+    );
     assert_eq!(u(&v["pid"]), server.pid() as u64);
     assert_eq!(
         keys(&v["admission"]),
@@ -177,6 +189,9 @@ fn server_status_shows_clients_and_a_lingering_device() {
         "removed in:",
         "1 connected, 1 lingering",
         "routes: 10.201.0.0/24",
+        "nat: off client-to-client: left to the host",
+        "session: up for ",
+        "device made: ",
     ] {
         let human = squash(&human);
         assert!(human.contains(want), "{want:?} missing:\n{human}");

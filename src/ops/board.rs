@@ -150,6 +150,8 @@ impl ClientBoard {
                     peer_ip6: s.ip6.map(|p| p.1),
                     session: SessionView {
                         cipher: s.suite.name(),
+                        started: clock.unix(s.started),
+                        started_age: clock.age(s.started),
                         last_handshake: clock.unix(s.started),
                         last_handshake_age: clock.age(s.started),
                         last_authenticated: clock.unix(b.seen.1),

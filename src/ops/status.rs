@@ -132,6 +132,9 @@ impl Keepalive {
 #[derive(Serialize, Clone, Debug)]
 pub struct SessionView {
     pub cipher: &'static str,
+    /// When this session began (its first handshake; rekeying does not move it).
+    pub started: u64,
+    pub started_age: u64,
     pub last_handshake: u64,
     pub last_handshake_age: u64,
     /// The last record whose tag verified (data, control or alert), to within a second.
@@ -208,6 +211,12 @@ pub struct ServerView {
     pub pool: String,
     /// `-pool6`, null when off.
     pub pool6: Option<String>,
+    /// `-nat`.
+    pub nat: bool,
+    /// `-client-to-client`: `on`, `off`, or null (left to the host).
+    pub client_to_client: Option<&'static str>,
+    /// `-dns`: the servers pushed to dtun clients.
+    pub dns: Vec<String>,
     pub clients: Vec<PeerView>,
     pub lingering: Vec<LingeringView>,
     pub admission: AdmissionView,
@@ -353,6 +362,7 @@ fn traffic_lines(out: &mut String, t: &Traffic) {
 }
 
 fn session_lines(out: &mut String, s: &SessionView) {
+    line(out, "session", &format!("up for {}", span(s.started_age)));
     line(out, "cipher", s.cipher);
     line(
         out,
@@ -383,6 +393,15 @@ fn human_server(v: &ServerView) -> String {
     line(&mut out, "listening on", &v.listen);
     line(&mut out, "pool", &v.pool);
     line(&mut out, "pool6", v.pool6.as_deref().unwrap_or("off"));
+    line(&mut out, "nat", if v.nat { "on" } else { "off" });
+    line(
+        &mut out,
+        "client-to-client",
+        v.client_to_client.unwrap_or("left to the host"),
+    );
+    if !v.dns.is_empty() {
+        line(&mut out, "dns pushed", &v.dns.join(", "));
+    }
     line(
         &mut out,
         "clients",
@@ -423,7 +442,7 @@ fn human_server(v: &ServerView) -> String {
         }
         line(
             &mut out,
-            "connected since",
+            "device made",
             &format!("{} ago", span(c.connected_since_age)),
         );
         session_lines(&mut out, &c.session);

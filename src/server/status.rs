@@ -37,6 +37,8 @@ impl Manager {
                     connected_since_age: clock.age(d.created),
                     session: SessionView {
                         cipher: s.suite.name(),
+                        started: clock.unix(s.started),
+                        started_age: clock.age(s.started),
                         last_handshake: clock.unix(s.started),
                         last_handshake_age: clock.age(s.started),
                         last_authenticated: clock.unix(s.alive_at),
@@ -88,6 +90,13 @@ impl Manager {
                 .unwrap_or_default(),
             pool: self.cfg.pool.to_string(),
             pool6: self.cfg.pool6.map(|p| p.to_string()),
+            nat: self.cfg.firewall.is_some_and(|f| f.nat),
+            client_to_client: self
+                .cfg
+                .firewall
+                .and_then(|f| f.client_to_client)
+                .map(|on| if on { "on" } else { "off" }),
+            dns: self.cfg.dns.iter().map(ToString::to_string).collect(),
             clients,
             lingering,
             admission: AdmissionView {

@@ -69,6 +69,8 @@ pub const SESSION: &[&str] = &[
     "last_authenticated_age",
     "last_handshake",
     "last_handshake_age",
+    "started",
+    "started_age",
 ];
 pub const KEEPALIVE: &[&str] = &["dead_after_seconds", "negotiated", "period_seconds"];
 
