@@ -401,6 +401,18 @@ mod tests {
         assert_eq!(counters.drops(pump::Drop::Unexpected), 6);
         let now = std::fs::read_to_string(&resolv).unwrap();
         assert!(now.contains("nameserver 203.0.113.10"), "{now}");
+        // Unusable servers in a well-formed record: one counted drop each, the rest kept.
+        let bad = Control::Dns(vec![
+            "127.0.0.1".parse().unwrap(),
+            "fe80::1".parse().unwrap(),
+            "203.0.113.10".parse().unwrap(),
+        ])
+        .to_bytes();
+        assert!(control_record(&bad, &counters, &tx, &dns).is_none());
+        assert_eq!(counters.drops(pump::Drop::Unexpected), 8);
+        let now = std::fs::read_to_string(&resolv).unwrap();
+        assert!(!now.contains("127.0.0.1") && !now.contains("fe80"), "{now}");
+        assert!(now.contains("nameserver 203.0.113.10"), "{now}");
         drop(dns);
         assert_eq!(std::fs::read(&resolv).unwrap(), b"nameserver 192.0.2.1\n");
         std::fs::remove_dir_all(&dir).unwrap();
