@@ -62,6 +62,9 @@ pub enum ClientError {
     NoAddress(Duration),
     #[error("bad address message from the server: {0}")]
     BadAddress(ProtoError),
+    /// The server's address pair conflicts with this host's networks (src/client/pair.rs).
+    #[error("refused the server's addresses: {0}")]
+    Pair(String),
     #[error(transparent)]
     Tun(#[from] TunError),
     #[error(transparent)]
@@ -103,6 +106,7 @@ impl ClientError {
             ClientError::Config(_)
             | ClientError::Hook(_)
             | ClientError::Internal(_)
+            | ClientError::Pair(_)
             | ClientError::Routes(_)
             | ClientError::RoutesOwner(_) => true,
             ClientError::Tun(e) => !matches!(e, TunError::Netlink(n) if !n.is_permission_denied()),
@@ -285,6 +289,7 @@ mod addr6;
 mod early;
 mod forward;
 mod hello;
+mod pair;
 mod session;
 pub use addr6::LOG_IPV6_UP;
 use early::{EarlyRecords, First, could_be_first, first_data};
