@@ -19,7 +19,8 @@
 //! Pushed servers no resolver should be given (unspecified, broadcast, loopback, multicast,
 //! link-local: the wire carries no scope) are refused and counted ([`Dns::pushed`]). A server
 //! may push often: the servers change at most once per [`MIN_SET_INTERVAL`], the last list
-//! winning ([`Dns::tick`] applies one that had to wait).
+//! winning ([`Dns::tick`] applies one that had to wait). Pushed servers the host would route
+//! past the tunnel get a host route on the TUN (`via_tunnel`).
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -30,7 +31,9 @@ use crate::config::ClientConfig;
 
 mod file;
 mod resolved;
+mod via_tunnel;
 pub use resolved::{BUS_NAME, ROUTE_ALL_DOMAIN};
+pub use via_tunnel::LOG_DNS_ROUTED;
 
 /// The file rewritten.
 pub const RESOLV_CONF: &str = "/etc/resolv.conf";
@@ -39,6 +42,8 @@ pub const BACKUP_DIR: &str = crate::rundir::BASE;
 /// Shortest time between two changes of the servers (a server pushing list after list costs
 /// one rewrite and fsync of resolv.conf, or one D-Bus call, a second).
 pub const MIN_SET_INTERVAL: Duration = Duration::from_secs(1);
+/// Where pushed servers come from, in log lines.
+const FROM_SERVER: &str = "the server";
 /// Log line of pushed servers refused as unusable.
 pub const LOG_DNS_REFUSED: &str = "refused DNS servers pushed by the server";
 /// First bytes of the resolv.conf dtun writes.
@@ -76,6 +81,10 @@ struct State {
     applied: Option<Vec<IpAddr>>,
     /// `-route all`: with resolved, the TUN also gets the routing domain `~.`.
     route_all: bool,
+    /// The task that routes pushed servers into the tunnel (src/dns/via_tunnel.rs), for a
+    /// client that takes them; the list and the TUN it last got.
+    routes: Option<tokio::sync::mpsc::UnboundedSender<via_tunnel::Cmd>>,
+    routed: Option<(Vec<IpAddr>, u32)>,
     /// systemd-resolved's task, when it is the method.
     resolved: Option<tokio::sync::mpsc::UnboundedSender<resolved::Cmd>>,
     /// With resolved: the servers set on which link.
@@ -95,7 +104,7 @@ impl Dns {
     /// For the client of `cfg`: through systemd-resolved when it is on the system bus (asked
     /// only if this client may set DNS at all), else on the real /etc/resolv.conf. Either way
     /// restores what a dtun that did not exit cleanly left in /etc/resolv.conf.
-    pub async fn new(cfg: &ClientConfig) -> Dns {
+    pub async fn new(cfg: &ClientConfig, nl: &crate::netlink::Netlink) -> Dns {
         let dns = Dns::with_paths(
             Path::new(RESOLV_CONF),
             Path::new(BACKUP_DIR),
@@ -103,7 +112,11 @@ impl Dns {
             use_pushed_dns(cfg),
         );
         // A -compat client is never pushed anything: only its own -dns counts.
-        let may_set = !cfg.dns.is_empty() || (use_pushed_dns(cfg) && !cfg.common.compat);
+        let takes_pushed = cfg.dns.is_empty() && use_pushed_dns(cfg) && !cfg.common.compat;
+        let may_set = !cfg.dns.is_empty() || takes_pushed;
+        if takes_pushed {
+            dns.lock().routes = Some(via_tunnel::spawn(nl.clone()));
+        }
         if may_set && let Some(conn) = resolved::detect().await {
             tracing::info!(
                 "systemd-resolved is on the system bus: DNS will be set per link on the TUN (resolv.conf untouched)"
@@ -131,6 +144,8 @@ impl Dns {
             index: 0,
             applied: None,
             route_all: false,
+            routes: None,
+            routed: None,
             resolved: None,
             link: None,
             pending: None,
@@ -154,16 +169,22 @@ impl Dns {
         let mut st = self.lock();
         st.tun = tun.to_string();
         st.index = index;
+        // A TUN made anew lost the host routes of the pushed servers.
+        if let Some((servers, old)) = st.routed.clone()
+            && old != index
+        {
+            st.route(servers);
+        }
         if !st.own.is_empty() {
             let own = st.own.clone();
             st.apply_at(&own, "-dns", Instant::now());
         } else if let Some(servers) = st.pending.take() {
-            st.apply_at(&servers, "the server", Instant::now());
+            st.apply_at(&servers, FROM_SERVER, Instant::now());
         } else if let Some((servers, old)) = st.link.clone()
             && old != index
         {
             // A TUN made anew: resolved forgot the old link; not a change of servers.
-            st.set(&servers, "the server");
+            st.set(&servers, FROM_SERVER);
         }
     }
 
@@ -212,7 +233,7 @@ impl Dns {
         } else if st.index == 0 {
             st.pending = Some(servers);
         } else {
-            st.apply_at(&servers, "the server", now);
+            st.apply_at(&servers, FROM_SERVER, now);
         }
         refused.len()
     }
@@ -239,6 +260,15 @@ impl Dns {
             .resolved
             .as_ref()
             .is_some_and(|r| r.send(resolved::Cmd::Flush(tx)).is_ok());
+        if sent {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), rx).await;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let sent = self
+            .lock()
+            .routes
+            .as_ref()
+            .is_some_and(|r| r.send(via_tunnel::Cmd::Flush(tx)).is_ok());
         if sent {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), rx).await;
         }
@@ -310,8 +340,25 @@ impl State {
         }
     }
 
+    /// Tells the routing task which pushed servers are in use on which TUN.
+    fn route(&mut self, servers: Vec<IpAddr>) {
+        if let Some(r) = &self.routes {
+            let _ = r.send(via_tunnel::Cmd::Set {
+                index: self.index,
+                tun: self.tun.clone(),
+                servers: servers.clone(),
+            });
+            self.routed = Some((servers, self.index));
+        }
+    }
+
     fn set(&mut self, servers: &[IpAddr], from: &str) {
         self.sets += 1;
+        let pushed = if from == FROM_SERVER {
+            servers.to_vec()
+        } else {
+            Vec::new()
+        };
         if let Some(r) = &self.resolved {
             let _ = r.send(resolved::Cmd::Set {
                 index: self.index,
@@ -321,6 +368,7 @@ impl State {
                 from: from.to_string(),
             });
             self.link = Some((servers.to_vec(), self.index));
+            self.route(pushed);
             return;
         }
         let resolv = self.file.path.display().to_string();
@@ -332,6 +380,7 @@ impl State {
                     backup.display()
                 );
                 self.applied = Some(servers.to_vec());
+                self.route(pushed);
             }
             Err(file::SetError::Stub(stub)) => tracing::warn!(
                 "DNS {} from {from} not applied: {resolv} is systemd-resolved's ({}), but {BUS_NAME} is not on the system bus; set it in an -up script: resolvectl dns \"$TUN\" {}; resolvectl domain \"$TUN\" '~.'",
@@ -358,6 +407,10 @@ impl State {
     fn restore(&mut self) {
         self.pending = None;
         self.deferred = None;
+        if self.routed.is_some() {
+            self.route(Vec::new());
+            self.routed = None;
+        }
         if let (Some(r), Some((_, index))) = (&self.resolved, self.link.take()) {
             let _ = r.send(resolved::Cmd::Revert {
                 index,

@@ -305,3 +305,45 @@ fn own_dns_applies_without_a_push() {
     assert_eq!(w.etc.content(), ORIGINAL, "restored byte for byte");
     host.assert_unchanged();
 }
+
+/// Review finding 13 of issue 19: a split-routing client that accepts the pushed servers
+/// sends its queries through the tunnel, not past it: a pushed server its routes do not send
+/// into the tunnel gets a host route on the TUN (here 203.0.113.10, which nothing else routes
+/// there), gone with the tunnel. Before, the queries went out of the client's own link
+/// (here: nowhere) and nothing resolved.
+#[test]
+fn a_pushed_server_is_routed_through_the_tunnel() {
+    let w = World::new();
+    let _server = w.server(&["-dns", INET_IP]);
+    let mut client = w.client(&["-accept-dns"]);
+    let dev = only_tun(w.topo.client());
+    wait_for(Duration::from_secs(15), "getent through the tunnel", || {
+        w.resolves()
+    });
+    let route = w.topo.client().ip(&["route", "get", INET_IP]);
+    assert!(route.contains(&format!("dev {dev}")), "{route}");
+    assert!(
+        lines_with(&client.log(), &["routed through the tunnel", INET_IP]) == 1,
+        "{}",
+        client.log()
+    );
+    client.stop(Duration::from_secs(5));
+    assert!(!w.topo.client().routes().contains(INET_IP));
+    assert_eq!(w.etc.content(), ORIGINAL);
+}
+
+/// The routing of pushed servers must not become a way to take a host of the client's LAN:
+/// a server that pushes an address of the client's own link (172.31.250.53, say its LAN
+/// resolver) gets no host route for it, only a warning.
+#[test]
+fn a_pushed_server_on_the_clients_lan_is_not_routed() {
+    let w = World::new();
+    let _server = w.server(&["-dns", "172.31.250.53"]);
+    let client = w.client(&["-accept-dns"]);
+    wait_for(Duration::from_secs(15), "the warning", || {
+        client.log().contains("is on this host's own network")
+    });
+    let route = w.topo.client().ip(&["route", "get", "172.31.250.53"]);
+    assert!(route.contains("dev eth0"), "{route}");
+    assert!(!client.log().contains(dtun::dns::LOG_DNS_ROUTED));
+}

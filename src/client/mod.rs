@@ -187,7 +187,7 @@ pub async fn run_with(
     let mut shutdown = std::pin::pin!(shutdown);
     let nl = Netlink::new()?;
     // DNS (src/dns.rs): restores what a killed dtun left; set once the tunnel is up.
-    let dns = crate::dns::Dns::new(&cfg).await;
+    let dns = crate::dns::Dns::new(&cfg, &nl).await;
     let mut tunnel: Option<Tunnel> = None;
     // -route: this network namespace's routing becomes ours (refused while another live dtun
     // owns it), and what a killed dtun left behind goes first.
