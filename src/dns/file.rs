@@ -24,7 +24,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use super::MARKER;
-use crate::rundir::{Lock, LockError, RunDir};
+use crate::rundir::{Lock, LockError, RunDir, RunDirError};
 
 /// Where systemd-resolved keeps the files resolv.conf links to when it manages DNS.
 const RESOLVED_DIR: &str = "/run/systemd/resolve";
@@ -43,15 +43,20 @@ pub(super) enum SetError {
     Stub(PathBuf),
     #[error("it is not safe to write: {0}")]
     Untrusted(String),
+    /// The runtime directory is unusable; `.1`: for lack of permission.
     #[error("{0}")]
-    RunDir(String),
+    RunDir(String, bool),
     #[error(transparent)]
     Io(#[from] io::Error),
 }
 
 impl SetError {
     pub(super) fn permission_denied(&self) -> bool {
-        matches!(self, SetError::Io(e) if e.kind() == io::ErrorKind::PermissionDenied)
+        match self {
+            SetError::Io(e) => e.kind() == io::ErrorKind::PermissionDenied,
+            SetError::RunDir(_, denied) => *denied,
+            _ => false,
+        }
     }
 }
 
@@ -65,7 +70,8 @@ struct Owned {
 pub(super) struct ResolvFile {
     /// The path configured (/etc/resolv.conf).
     pub(super) path: PathBuf,
-    run: Result<RunDir, String>,
+    /// The runtime directory, or why it cannot be used (and whether for lack of permission).
+    run: Result<RunDir, (String, bool)>,
     owned: Option<Owned>,
 }
 
@@ -74,7 +80,11 @@ impl ResolvFile {
     pub(super) fn new(path: &Path, run_dir: &Path) -> ResolvFile {
         ResolvFile {
             path: path.to_path_buf(),
-            run: RunDir::at(run_dir).map_err(|e| e.to_string()),
+            run: RunDir::at(run_dir).map_err(|e| {
+                let denied = matches!(&e, RunDirError::Create(_, io) | RunDirError::Io(_, io)
+                    if io.kind() == io::ErrorKind::PermissionDenied);
+                (e.to_string(), denied)
+            }),
             owned: None,
         }
     }
@@ -126,7 +136,10 @@ impl ResolvFile {
     /// Writes our content (`servers`, for the tunnel `tun`), taking ownership first if we do
     /// not have it; on an error nothing is left changed. Returns the backup's path.
     pub(super) fn set(&mut self, servers: &[IpAddr], tun: &str) -> Result<PathBuf, SetError> {
-        let run = self.run.as_ref().map_err(|e| SetError::RunDir(e.clone()))?;
+        let run = self
+            .run
+            .as_ref()
+            .map_err(|(e, denied)| SetError::RunDir(e.clone(), *denied))?;
         if self.owned.is_none() {
             let (target, stem) = self.identify()?;
             if target.starts_with(RESOLVED_DIR) {
@@ -136,10 +149,15 @@ impl ResolvFile {
             let lock = match run.lock_global(&stem, &who) {
                 Ok(l) => l,
                 Err(LockError::Held { holder }) => return Err(SetError::Owned(holder)),
+                // A lock file we may not create is opened read-only, and then not found.
                 Err(LockError::Io(p, e)) => {
+                    let kind = match e.kind() {
+                        io::ErrorKind::NotFound => io::ErrorKind::PermissionDenied,
+                        k => k,
+                    };
                     return Err(SetError::Io(io::Error::new(
-                        e.kind(),
-                        format!("lock {}: {e}", p.display()),
+                        kind,
+                        format!("cannot take the lock {}: {e}", p.display()),
                     )));
                 }
             };
