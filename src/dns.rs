@@ -98,6 +98,8 @@ struct State {
     deferred: Option<(Vec<IpAddr>, &'static str)>,
     /// How many times the servers were changed (tests count them).
     sets: u64,
+    /// For the log lines about what the server pushed.
+    log_limit: crate::pump::RateLimit,
 }
 
 impl Dns {
@@ -152,6 +154,7 @@ impl Dns {
             last_set: None,
             deferred: None,
             sets: 0,
+            log_limit: crate::pump::RateLimit::new(5),
         };
         st.file.recover();
         Dns {
@@ -208,7 +211,10 @@ impl Dns {
             })
             .copied()
             .collect();
-        if !refused.is_empty() {
+        let mut st = self.lock();
+        // What the server sends is logged at most a few times a second.
+        let log = st.log_limit.allow();
+        if !refused.is_empty() && log {
             tracing::warn!(
                 "{LOG_DNS_REFUSED}: {}; {}",
                 refused.join(", "),
@@ -218,18 +224,21 @@ impl Dns {
                     "the others apply"
                 }
             );
-            if servers.is_empty() {
-                return refused.len();
-            }
         }
-        let mut st = self.lock();
+        if servers.is_empty() {
+            return refused.len();
+        }
         let list = join(&servers);
         if !st.own.is_empty() {
-            tracing::info!("{LOG_DNS_IGNORED} ({list}): -dns {} wins", join(&st.own));
+            if log {
+                tracing::info!("{LOG_DNS_IGNORED} ({list}): -dns {} wins", join(&st.own));
+            }
         } else if !st.accept_pushed {
-            tracing::info!(
-                "{LOG_DNS_IGNORED} ({list}): use -accept-dns (or -route all) to take it"
-            );
+            if log {
+                tracing::info!(
+                    "{LOG_DNS_IGNORED} ({list}): use -accept-dns (or -route all) to take it"
+                );
+            }
         } else if st.index == 0 {
             st.pending = Some(servers);
         } else {
