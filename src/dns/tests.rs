@@ -370,3 +370,24 @@ fn many_pushes_cost_one_rewrite_a_second() {
     dns.pushed_at(&list(999), t0 + Duration::from_secs(10));
     assert_eq!(dns.lock().sets, 4);
 }
+
+/// The walk to resolv.conf follows root's links, relative ones and `..` included (as
+/// /etc/resolv.conf → ../run/resolvconf/resolv.conf), and names what it refuses.
+#[test]
+fn the_walk_follows_roots_relative_links_and_names_a_planted_one() {
+    let f = Files::new("walk");
+    let run = f.dir.join("run2/resolvconf");
+    fs::create_dir_all(&run).unwrap();
+    fs::write(run.join("resolv.conf"), ORIGINAL).unwrap();
+    fs::create_dir(f.dir.join("etc")).unwrap();
+    let link = f.dir.join("etc/resolv.conf");
+    std::os::unix::fs::symlink("../run2/./resolvconf/resolv.conf", &link).unwrap();
+    assert_eq!(
+        file::trusted_target(&link).unwrap(),
+        run.join("resolv.conf")
+    );
+    // A link that belongs to another user is refused, named.
+    std::os::unix::fs::lchown(&link, Some(65534), Some(65534)).unwrap();
+    let e = file::trusted_target(&link).unwrap_err();
+    assert!(e.contains("belongs to uid 65534"), "{e}");
+}
