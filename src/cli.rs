@@ -211,7 +211,8 @@ pub struct Cli {
     #[arg(
         long = "accept-pool",
         value_name = "CIDR[,CIDR...]",
-        value_delimiter = ','
+        value_delimiter = ',',
+        value_parser = crate::cidr::parse
     )]
     pub accept_pool: Vec<ipnet::IpNet>,
     /// Server: masquerade what clients send out of the server's other interfaces and turn on

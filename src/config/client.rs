@@ -65,7 +65,7 @@ impl ClientConfig {
             .map_err(ConfigError::Routes)?,
             dns: dns_servers(cli)?,
             accept_dns: cli.accept_dns,
-            accept_pool: cli.accept_pool.iter().map(|n| n.trunc()).collect(),
+            accept_pool: cli.accept_pool.clone(),
             instance: {
                 crate::ops::control::check_name(&cli.instance).map_err(ConfigError::Instance)?;
                 cli.instance.clone()

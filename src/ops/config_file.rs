@@ -72,7 +72,7 @@ pub(super) struct FileConfig {
     #[serde(default, deserialize_with = "values::addresses")]
     dns: Option<Vec<IpAddr>>,
     accept_dns: Option<bool>,
-    #[serde(default, deserialize_with = "values::lans")]
+    #[serde(default, deserialize_with = "values::cidrs")]
     accept_pool: Option<Vec<IpNet>>,
     nat: Option<bool>,
     #[serde(default, deserialize_with = "values::choice")]
