@@ -205,6 +205,16 @@ pub struct Cli {
     /// Client: use the DNS servers the server pushes (its -dns) while the tunnel is up
     #[arg(long = "accept-dns")]
     pub accept_dns: bool,
+    /// Client: take tunnel addresses from the server only inside these CIDRs (IPv4 and IPv6,
+    /// separated by commas; a family not listed is not taken); a pair inside this host's own
+    /// networks is refused anyway
+    #[arg(
+        long = "accept-pool",
+        value_name = "CIDR[,CIDR...]",
+        value_delimiter = ',',
+        value_parser = crate::cidr::parse
+    )]
+    pub accept_pool: Vec<ipnet::IpNet>,
     /// Server: masquerade what clients send out of the server's other interfaces and turn on
     /// IPv4 forwarding while dtun runs (an nftables table dtun-INSTANCE, removed on exit)
     #[arg(long)]

@@ -7,31 +7,45 @@
 //!   (`DBUS_SYSTEM_BUS_ADDRESS`, else the standard socket): per-link DNS on the TUN
 //!   (`SetLinkDNS`; with `-route all` also the routing domain `~.` and `SetLinkDefaultRoute`),
 //!   `RevertLink` on exit; /etc/resolv.conf is not touched (`resolved`).
-//! - else /etc/resolv.conf is rewritten *in place* (truncated and written, never renamed over:
-//!   `ip netns exec` and containers bind-mount a file there, and a rename onto a mount point
-//!   fails). The original bytes are first saved in [`BACKUP_DIR`] under a name made of the
-//!   file's device and inode, so a dtun that was killed (`kill -9`) finds and restores them on
-//!   its next start, whatever its TUN is called. Our content starts with [`MARKER`]: a file
-//!   that no longer does was rewritten by someone else (DHCP, NetworkManager) while the tunnel
-//!   was up and is left alone on restore. When /etc/resolv.conf is systemd-resolved's stub but
-//!   resolved is not on the bus, dtun says so and changes nothing.
+//! - else /etc/resolv.conf is rewritten in place (`file`: one owner at a time, its original
+//!   kept in /run/dtun under a name made of the file's device and inode, so a dtun that was
+//!   killed (`kill -9`) finds and restores it on its next start once no live dtun owns the
+//!   file; nothing planted there or on the way to resolv.conf is followed). Our content starts
+//!   with [`MARKER`]: a file that no longer does was rewritten by someone else (DHCP,
+//!   NetworkManager) while the tunnel was up and is left alone on restore. When
+//!   /etc/resolv.conf is systemd-resolved's stub but resolved is not on the bus, dtun says so
+//!   and changes nothing.
+//!
+//! Pushed servers no resolver should be given (unspecified, broadcast, loopback, multicast,
+//! link-local: the wire carries no scope) are refused and counted ([`Dns::pushed`]). A server
+//! may push often: the servers change at most once per [`MIN_SET_INTERVAL`], the last list
+//! winning ([`Dns::tick`] applies one that had to wait). Pushed servers the host would route
+//! past the tunnel get a host route on the TUN (`via_tunnel`).
 
-use std::fs::{self, OpenOptions};
-use std::io::Write;
 use std::net::IpAddr;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use crate::config::ClientConfig;
 
+mod file;
 mod resolved;
+mod via_tunnel;
 pub use resolved::{BUS_NAME, ROUTE_ALL_DOMAIN};
+pub use via_tunnel::LOG_DNS_ROUTED;
 
 /// The file rewritten.
 pub const RESOLV_CONF: &str = "/etc/resolv.conf";
 /// Where the original is kept while dtun's content is in place.
-pub const BACKUP_DIR: &str = "/run/dtun";
+pub const BACKUP_DIR: &str = crate::rundir::BASE;
+/// Shortest time between two changes of the servers (a server pushing list after list costs
+/// one rewrite and fsync of resolv.conf, or one D-Bus call, a second).
+pub const MIN_SET_INTERVAL: Duration = Duration::from_secs(1);
+/// Where pushed servers come from, in log lines.
+const FROM_SERVER: &str = "the server";
+/// Log line of pushed servers refused as unusable.
+pub const LOG_DNS_REFUSED: &str = "refused DNS servers pushed by the server";
 /// First bytes of the resolv.conf dtun writes.
 pub const MARKER: &str = "# dtun: ";
 /// Log line when the servers are in place (tests look for it).
@@ -55,18 +69,22 @@ pub struct Dns {
 }
 
 struct State {
-    resolv: PathBuf,
-    backup_dir: PathBuf,
+    /// The resolv.conf method.
+    file: file::ResolvFile,
     /// The client's own `-dns`.
     own: Vec<IpAddr>,
     accept_pushed: bool,
     /// The TUN named in our resolv.conf's first line (and given to resolved), and its index.
     tun: String,
     index: u32,
-    /// What is in place now, and the backup that holds the original.
-    applied: Option<(Vec<IpAddr>, PathBuf)>,
+    /// What is in place now (resolv.conf method).
+    applied: Option<Vec<IpAddr>>,
     /// `-route all`: with resolved, the TUN also gets the routing domain `~.`.
     route_all: bool,
+    /// The task that routes pushed servers into the tunnel (src/dns/via_tunnel.rs), for a
+    /// client that takes them; the list and the TUN it last got.
+    routes: Option<tokio::sync::mpsc::UnboundedSender<via_tunnel::Cmd>>,
+    routed: Option<(Vec<IpAddr>, u32)>,
     /// systemd-resolved's task, when it is the method.
     resolved: Option<tokio::sync::mpsc::UnboundedSender<resolved::Cmd>>,
     /// With resolved: the servers set on which link.
@@ -74,13 +92,21 @@ struct State {
     /// Pushed servers that came before the first tunnel was up (a dtun server sends them
     /// before its Hello answer): applied once it is, when the TUN's name and index are known.
     pending: Option<Vec<IpAddr>>,
+    /// When the servers last changed, and the list (and its origin) waiting for
+    /// [`MIN_SET_INTERVAL`] to pass.
+    last_set: Option<Instant>,
+    deferred: Option<(Vec<IpAddr>, &'static str)>,
+    /// How many times the servers were changed (tests count them).
+    sets: u64,
+    /// For the log lines about what the server pushed.
+    log_limit: crate::pump::RateLimit,
 }
 
 impl Dns {
     /// For the client of `cfg`: through systemd-resolved when it is on the system bus (asked
     /// only if this client may set DNS at all), else on the real /etc/resolv.conf. Either way
     /// restores what a dtun that did not exit cleanly left in /etc/resolv.conf.
-    pub async fn new(cfg: &ClientConfig) -> Dns {
+    pub async fn new(cfg: &ClientConfig, nl: &crate::netlink::Netlink) -> Dns {
         let dns = Dns::with_paths(
             Path::new(RESOLV_CONF),
             Path::new(BACKUP_DIR),
@@ -88,7 +114,11 @@ impl Dns {
             use_pushed_dns(cfg),
         );
         // A -compat client is never pushed anything: only its own -dns counts.
-        let may_set = !cfg.dns.is_empty() || (use_pushed_dns(cfg) && !cfg.common.compat);
+        let takes_pushed = cfg.dns.is_empty() && use_pushed_dns(cfg) && !cfg.common.compat;
+        let may_set = !cfg.dns.is_empty() || takes_pushed;
+        if takes_pushed {
+            dns.lock().routes = Some(via_tunnel::spawn(nl.clone()));
+        }
         if may_set && let Some(conn) = resolved::detect().await {
             tracing::info!(
                 "systemd-resolved is on the system bus: DNS will be set per link on the TUN (resolv.conf untouched)"
@@ -100,7 +130,8 @@ impl Dns {
         dns
     }
 
-    /// Like [`Dns::new`] on other files (tests).
+    /// Like [`Dns::new`] on other files (tests): `backup_dir` is a runtime directory
+    /// ([`crate::rundir::RunDir::at`]).
     pub fn with_paths(
         resolv: &Path,
         backup_dir: &Path,
@@ -108,19 +139,24 @@ impl Dns {
         accept_pushed: bool,
     ) -> Dns {
         let mut st = State {
-            resolv: resolv.to_path_buf(),
-            backup_dir: backup_dir.to_path_buf(),
+            file: file::ResolvFile::new(resolv, backup_dir),
             own,
             accept_pushed,
             tun: String::new(),
             index: 0,
             applied: None,
             route_all: false,
+            routes: None,
+            routed: None,
             resolved: None,
             link: None,
             pending: None,
+            last_set: None,
+            deferred: None,
+            sets: 0,
+            log_limit: crate::pump::RateLimit::new(5),
         };
-        st.recover();
+        st.file.recover();
         Dns {
             state: Mutex::new(st),
         }
@@ -136,34 +172,85 @@ impl Dns {
         let mut st = self.lock();
         st.tun = tun.to_string();
         st.index = index;
+        // A TUN made anew lost the host routes of the pushed servers.
+        if let Some((servers, old)) = st.routed.clone()
+            && old != index
+        {
+            st.route(servers);
+        }
         if !st.own.is_empty() {
             let own = st.own.clone();
-            st.apply(&own, "-dns");
+            st.apply_at(&own, "-dns", Instant::now());
         } else if let Some(servers) = st.pending.take() {
-            st.apply(&servers, "the server");
+            st.apply_at(&servers, FROM_SERVER, Instant::now());
         } else if let Some((servers, old)) = st.link.clone()
             && old != index
         {
-            st.apply(&servers, "the server");
+            // A TUN made anew: resolved forgot the old link; not a change of servers.
+            st.set(&servers, FROM_SERVER);
         }
     }
 
-    /// The server pushed `servers`: applied if this client takes pushed DNS and has no
-    /// `-dns` of its own; otherwise only logged.
-    pub fn pushed(&self, servers: &[IpAddr]) {
+    /// The server pushed `servers`: the unusable ones ([`unusable`]) are refused and logged,
+    /// and their number returned (the caller counts them as drops); the rest is applied if
+    /// this client takes pushed DNS and has no `-dns` of its own, otherwise only logged.
+    pub fn pushed(&self, servers: &[IpAddr]) -> usize {
+        self.pushed_at(servers, Instant::now())
+    }
+
+    fn pushed_at(&self, servers: &[IpAddr], now: Instant) -> usize {
+        let mut refused = Vec::new();
+        let servers: Vec<IpAddr> = servers
+            .iter()
+            .filter(|ip| match unusable(**ip) {
+                Some(why) => {
+                    refused.push(format!("{ip} ({why})"));
+                    false
+                }
+                None => true,
+            })
+            .copied()
+            .collect();
         let mut st = self.lock();
-        let list = join(servers);
-        if !st.own.is_empty() {
-            tracing::info!("{LOG_DNS_IGNORED} ({list}): -dns {} wins", join(&st.own));
-        } else if !st.accept_pushed {
-            tracing::info!(
-                "{LOG_DNS_IGNORED} ({list}): use -accept-dns (or -route all) to take it"
+        // What the server sends is logged at most a few times a second.
+        let log = st.log_limit.allow();
+        if !refused.is_empty() && log {
+            tracing::warn!(
+                "{LOG_DNS_REFUSED}: {}; {}",
+                refused.join(", "),
+                if servers.is_empty() {
+                    "nothing left to apply"
+                } else {
+                    "the others apply"
+                }
             );
-        } else if st.index == 0 {
-            st.pending = Some(servers.to_vec());
-        } else {
-            st.apply(servers, "the server");
         }
+        if servers.is_empty() {
+            return refused.len();
+        }
+        let list = join(&servers);
+        if !st.own.is_empty() {
+            if log {
+                tracing::info!("{LOG_DNS_IGNORED} ({list}): -dns {} wins", join(&st.own));
+            }
+        } else if !st.accept_pushed {
+            if log {
+                tracing::info!(
+                    "{LOG_DNS_IGNORED} ({list}): use -accept-dns (or -route all) to take it"
+                );
+            }
+        } else if st.index == 0 {
+            st.pending = Some(servers);
+        } else {
+            st.apply_at(&servers, FROM_SERVER, now);
+        }
+        refused.len()
+    }
+
+    /// Applies a list that had to wait for [`MIN_SET_INTERVAL`] once it has passed (the
+    /// forwarding loop calls it every second).
+    pub fn tick(&self) {
+        self.lock().tick(Instant::now());
     }
 
     /// Puts the original resolv.conf back, or (resolved) asks for the link's DNS settings to
@@ -185,6 +272,24 @@ impl Dns {
         if sent {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), rx).await;
         }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let sent = self
+            .lock()
+            .routes
+            .as_ref()
+            .is_some_and(|r| r.send(via_tunnel::Cmd::Flush(tx)).is_ok());
+        if sent {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), rx).await;
+        }
+    }
+}
+
+#[cfg(test)]
+impl Dns {
+    /// As `kill -9` leaves things: the owner lock goes with the process, the rest stays.
+    fn crash(self) {
+        self.lock().file.crash();
+        std::mem::forget(self);
     }
 }
 
@@ -194,41 +299,76 @@ impl Drop for Dns {
     }
 }
 
+/// Why a pushed server is no use to a resolver, if it is not: unspecified (and the rest of
+/// 0.0.0.0/8), broadcast, loopback, multicast, or link-local (the wire carries no scope; an
+/// IPv4 link-local server would be a host on the client's own link). IPv4-mapped IPv6
+/// addresses are judged as the IPv4 address.
+pub fn unusable(ip: IpAddr) -> Option<&'static str> {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) if v4.octets()[0] == 0 => Some("unspecified"),
+        IpAddr::V4(v4) if v4.is_broadcast() => Some("broadcast"),
+        IpAddr::V4(v4) if v4.is_link_local() => Some("link-local"),
+        IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80 => Some("link-local without a scope"),
+        ip if ip.is_unspecified() => Some("unspecified"),
+        ip if ip.is_loopback() => Some("loopback"),
+        ip if ip.is_multicast() => Some("multicast"),
+        _ => None,
+    }
+}
+
 impl State {
-    /// The backup's path for the resolv.conf in place now: named after its device and inode,
-    /// which a rewrite in place keeps.
-    fn backup_path(&self) -> std::io::Result<PathBuf> {
-        let m = fs::metadata(&self.resolv)?;
-        Ok(self
-            .backup_dir
-            .join(format!("resolv.conf.{}-{}.bak", m.dev(), m.ino())))
+    /// Puts `servers` in place, or keeps them for [`State::tick`] if the servers changed less
+    /// than [`MIN_SET_INTERVAL`] ago (the last list waiting wins).
+    fn apply_at(&mut self, servers: &[IpAddr], from: &'static str, now: Instant) {
+        let in_place = match &self.resolved {
+            Some(_) => self
+                .link
+                .as_ref()
+                .is_some_and(|(s, i)| s == servers && *i == self.index),
+            None => self.applied.as_deref() == Some(servers),
+        };
+        if in_place {
+            self.deferred = None;
+            return;
+        }
+        if self
+            .last_set
+            .is_some_and(|t| now.saturating_duration_since(t) < MIN_SET_INTERVAL)
+        {
+            self.deferred = Some((servers.to_vec(), from));
+            return;
+        }
+        self.deferred = None;
+        self.last_set = Some(now);
+        self.set(servers, from);
     }
 
-    /// At start: a backup for our resolv.conf means a dtun died with its DNS in place.
-    fn recover(&mut self) {
-        let Ok(backup) = self.backup_path() else {
-            return;
-        };
-        if backup.exists() {
-            tracing::info!(
-                "{} holds DNS a dtun that did not exit cleanly left behind: restoring it from {}",
-                self.resolv.display(),
-                backup.display()
-            );
-            self.applied = Some((Vec::new(), backup));
-            self.restore();
+    fn tick(&mut self, now: Instant) {
+        if let Some((servers, from)) = self.deferred.take() {
+            self.apply_at(&servers, from, now);
         }
     }
 
-    fn apply(&mut self, servers: &[IpAddr], from: &str) {
+    /// Tells the routing task which pushed servers are in use on which TUN.
+    fn route(&mut self, servers: Vec<IpAddr>) {
+        if let Some(r) = &self.routes {
+            let _ = r.send(via_tunnel::Cmd::Set {
+                index: self.index,
+                tun: self.tun.clone(),
+                servers: servers.clone(),
+            });
+            self.routed = Some((servers, self.index));
+        }
+    }
+
+    fn set(&mut self, servers: &[IpAddr], from: &str) {
+        self.sets += 1;
+        let pushed = if from == FROM_SERVER {
+            servers.to_vec()
+        } else {
+            Vec::new()
+        };
         if let Some(r) = &self.resolved {
-            if self
-                .link
-                .as_ref()
-                .is_some_and(|(s, i)| s == servers && *i == self.index)
-            {
-                return;
-            }
             let _ = r.send(resolved::Cmd::Set {
                 index: self.index,
                 tun: self.tun.clone(),
@@ -237,40 +377,34 @@ impl State {
                 from: from.to_string(),
             });
             self.link = Some((servers.to_vec(), self.index));
+            self.route(pushed);
             return;
         }
-        if self.applied.as_ref().is_some_and(|(s, _)| s == servers) {
-            return;
-        }
-        if let Some(stub) = resolved_stub(&self.resolv) {
-            tracing::warn!(
-                "DNS {} from {from} not applied: {} is systemd-resolved's ({}), but {BUS_NAME} is not on the system bus; set it in an -up script: resolvectl dns \"$TUN\" {}; resolvectl domain \"$TUN\" '~.'",
+        let resolv = self.file.path.display().to_string();
+        match self.file.set(servers, &self.tun) {
+            Ok(backup) => {
+                tracing::info!(
+                    "{LOG_DNS_SET}: {} from {from}, by rewriting {resolv} in place (original saved in {}, restored on exit; systemd-resolved not used)",
+                    join(servers),
+                    backup.display()
+                );
+                self.applied = Some(servers.to_vec());
+                self.route(pushed);
+            }
+            Err(file::SetError::Stub(stub)) => tracing::warn!(
+                "DNS {} from {from} not applied: {resolv} is systemd-resolved's ({}), but {BUS_NAME} is not on the system bus; set it in an -up script: resolvectl dns \"$TUN\" {}; resolvectl domain \"$TUN\" '~.'",
                 join(servers),
-                self.resolv.display(),
                 stub.display(),
                 servers
                     .iter()
                     .map(|s| s.to_string())
                     .collect::<Vec<_>>()
                     .join(" ")
-            );
-            return;
-        }
-        match self.write(servers) {
-            Ok(backup) => {
-                tracing::info!(
-                    "{LOG_DNS_SET}: {} from {from}, by rewriting {} in place (original saved in {}, restored on exit; systemd-resolved not used)",
-                    join(servers),
-                    self.resolv.display(),
-                    backup.display()
-                );
-                self.applied = Some((servers.to_vec(), backup));
-            }
+            ),
             Err(e) => tracing::warn!(
-                "cannot set DNS {} from {from} in {}: {e}; the tunnel stays up with the system's DNS{}",
+                "cannot set DNS {} from {from} in {resolv}: {e}; the tunnel stays up with the system's DNS{}",
                 join(servers),
-                self.resolv.display(),
-                if e.kind() == std::io::ErrorKind::PermissionDenied {
+                if e.permission_denied() {
                     format!(": {}", crate::ops::privilege::GRANT_RESOLV_CONF)
                 } else {
                     String::new()
@@ -279,118 +413,23 @@ impl State {
         }
     }
 
-    /// Saves the original (unless ours is already in place) and writes ours; on an error
-    /// nothing is left changed. Returns the backup's path.
-    fn write(&self, servers: &[IpAddr]) -> std::io::Result<PathBuf> {
-        let current = fs::read(&self.resolv)?;
-        let backup = self.backup_path()?;
-        let ours = current.starts_with(MARKER.as_bytes());
-        let original = match (&self.applied, ours) {
-            (Some(_), true) => fs::read(&backup)?,
-            _ => {
-                save(&self.backup_dir, &backup, &current)?;
-                current
-            }
-        };
-        let text = render(&original, servers, &self.tun, &backup);
-        if let Err(e) = write_in_place(&self.resolv, text.as_bytes()) {
-            if self.applied.is_none() {
-                let _ = write_in_place(&self.resolv, &original);
-                let _ = fs::remove_file(&backup);
-            }
-            return Err(e);
-        }
-        Ok(backup)
-    }
-
     fn restore(&mut self) {
         self.pending = None;
+        self.deferred = None;
+        if self.routed.is_some() {
+            self.route(Vec::new());
+            self.routed = None;
+        }
         if let (Some(r), Some((_, index))) = (&self.resolved, self.link.take()) {
             let _ = r.send(resolved::Cmd::Revert {
                 index,
                 tun: self.tun.clone(),
             });
         }
-        let Some((_, backup)) = self.applied.take() else {
-            return;
-        };
-        let original = match fs::read(&backup) {
-            Ok(o) => o,
-            Err(e) => {
-                tracing::warn!(
-                    "cannot restore {}: its backup {} is unreadable: {e}",
-                    self.resolv.display(),
-                    backup.display()
-                );
-                return;
-            }
-        };
-        let current = fs::read(&self.resolv).unwrap_or_default();
-        if !current.starts_with(MARKER.as_bytes()) {
-            tracing::warn!(
-                "{} was rewritten by something else since dtun set it: left as it is",
-                self.resolv.display()
-            );
-        } else if let Err(e) = write_in_place(&self.resolv, &original) {
-            tracing::warn!(
-                "cannot restore {}: {e}; its original is in {}",
-                self.resolv.display(),
-                backup.display()
-            );
-            return;
-        } else {
-            tracing::info!(
-                "{LOG_DNS_RESTORED}: {} is back as it was",
-                self.resolv.display()
-            );
-        }
-        let _ = fs::remove_file(&backup);
-    }
-}
-
-/// The file systemd-resolved manages that `resolv` links to, if it does.
-fn resolved_stub(resolv: &Path) -> Option<PathBuf> {
-    let target = fs::canonicalize(resolv).ok()?;
-    target.starts_with("/run/systemd/resolve").then_some(target)
-}
-
-/// Writes `backup` whole or not at all (a temporary file renamed over it).
-fn save(dir: &Path, backup: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
-    let tmp = backup.with_extension("tmp");
-    let mut f = fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    fs::rename(&tmp, backup)
-}
-
-/// Truncates and writes `path` in place: a bind-mounted file cannot be renamed over.
-fn write_in_place(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut f = OpenOptions::new().write(true).truncate(true).open(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()
-}
-
-/// Our resolv.conf: the marker line, the servers, and the original's `options` lines.
-fn render(original: &[u8], servers: &[IpAddr], tun: &str, backup: &Path) -> String {
-    let mut s = format!(
-        "{MARKER}DNS of the tunnel {tun}, set while it is up; the original is restored on exit (copy in {})\n",
-        backup.display()
-    );
-    for ip in servers {
-        s.push_str(&format!("nameserver {ip}\n"));
-    }
-    for line in String::from_utf8_lossy(original).lines() {
-        if line.trim_start().starts_with("options") {
-            s.push_str(line);
-            s.push('\n');
+        if self.applied.take().is_some() || self.file.is_set() {
+            self.file.restore();
         }
     }
-    s
 }
 
 fn join(servers: &[IpAddr]) -> String {

@@ -267,6 +267,24 @@ fn server_and_client_from_config_files_only() {
         topo.client().ping_ok(&peer.to_string(), 2),
         "no ping after SIGHUP"
     );
+    // `accept_pool` narrows what the client takes: the server's 10.91.0.20 is refused.
+    client.stop(UP);
+    let strict = write(
+        d,
+        "strict.toml",
+        &format!(
+            "host = \"{}\"\nport = 4443\nid = \"laptop\"\nkey_file = \"laptop.key\"\naccept_pool = [\"10.99.0.0/24\", \"fd99::/64\"]\n",
+            Topo::server_ip(0)
+        ),
+    );
+    let mut strict = topo.client().spawn(DTUN, &["-config", &strict], &[]);
+    let status = strict.wait_exit(UP).expect("the strict client exits");
+    let log = strict.log();
+    assert!(!status.success(), "{log}");
+    assert!(
+        log.contains("local 10.91.0.20 is outside -accept-pool 10.99.0.0/24,fd99::/64"),
+        "{log}"
+    );
 }
 
 /// The slips an operator makes get the right form or a precise answer: a single DNS server as a

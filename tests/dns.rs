@@ -138,15 +138,11 @@ impl World {
     }
 
     fn client(&self, extra: &[&str]) -> Proc {
-        let mut args = vec![
-            "-host",
-            "172.31.250.1",
-            "-key",
-            KEY,
-            "-id",
-            "dnsclient",
-            "-v",
-        ];
+        self.client_as("dnsclient", extra)
+    }
+
+    fn client_as(&self, id: &str, extra: &[&str]) -> Proc {
+        let mut args = vec!["-host", "172.31.250.1", "-key", KEY, "-id", id, "-v"];
         args.extend_from_slice(extra);
         // Never the host's system bus: a systemd-resolved there would take the DNS
         // (tests/resolved.rs covers that path against a stand-in).
@@ -304,4 +300,83 @@ fn own_dns_applies_without_a_push() {
     client.stop(Duration::from_secs(5));
     assert_eq!(w.etc.content(), ORIGINAL, "restored byte for byte");
     host.assert_unchanged();
+}
+
+/// Review finding 13 of issue 19: a split-routing client that accepts the pushed servers
+/// sends its queries through the tunnel, not past it: a pushed server its routes do not send
+/// into the tunnel gets a host route on the TUN (here 203.0.113.10, which nothing else routes
+/// there), gone with the tunnel. Before, the queries went out of the client's own link
+/// (here: nowhere) and nothing resolved.
+#[test]
+fn a_pushed_server_is_routed_through_the_tunnel() {
+    let w = World::new();
+    let _server = w.server(&["-dns", INET_IP]);
+    let mut client = w.client(&["-accept-dns"]);
+    let dev = only_tun(w.topo.client());
+    wait_for(Duration::from_secs(15), "getent through the tunnel", || {
+        w.resolves()
+    });
+    let route = w.topo.client().ip(&["route", "get", INET_IP]);
+    assert!(route.contains(&format!("dev {dev}")), "{route}");
+    assert!(
+        lines_with(&client.log(), &["routed through the tunnel", INET_IP]) == 1,
+        "{}",
+        client.log()
+    );
+    client.stop(Duration::from_secs(5));
+    assert!(!w.topo.client().routes().contains(INET_IP));
+    assert_eq!(w.etc.content(), ORIGINAL);
+}
+
+/// The routing of pushed servers must not become a way to take a host of the client's LAN:
+/// a server that pushes an address of the client's own link (172.31.250.53, say its LAN
+/// resolver) gets no host route for it, only a warning.
+#[test]
+fn a_pushed_server_on_the_clients_lan_is_not_routed() {
+    let w = World::new();
+    let _server = w.server(&["-dns", "172.31.250.53"]);
+    let client = w.client(&["-accept-dns"]);
+    wait_for(Duration::from_secs(15), "the warning", || {
+        client.log().contains("is on this host's own network")
+    });
+    let route = w.topo.client().ip(&["route", "get", "172.31.250.53"]);
+    assert!(route.contains("dev eth0"), "{route}");
+    assert!(!client.log().contains(dtun::dns::LOG_DNS_ROUTED));
+}
+
+/// Review finding 7 of issue 19: a second client in the same namespace (same resolv.conf)
+/// that also takes pushed DNS neither "recovers" the first one's backup at its start nor
+/// writes over its DNS: it keeps its tunnel, leaves the file alone and names the owner. Before
+/// the fix its start restored the original under the live first client.
+#[test]
+fn a_second_client_leaves_a_live_ones_dns_alone() {
+    let w = World::new();
+    let _server = w.server(&["-dns", INET_IP]);
+    let mut first = w.client(&["-accept-dns", "-name", "dtuna"]);
+    wait_for(Duration::from_secs(15), "the first client's DNS", || {
+        w.is_ours()
+    });
+    let mine = w.etc.content();
+    let mut second = w.client_as(
+        "second",
+        &["-accept-dns", "-name", "dtunb", "-instance", "second"],
+    );
+    let owner = format!(
+        "in use by another live dtun (dtun pid {} on tunnel dtuna)",
+        first.pid()
+    );
+    wait_for(
+        Duration::from_secs(15),
+        "the second client's warning",
+        || second.log().contains(&owner),
+    );
+    assert_eq!(
+        w.etc.content(),
+        mine,
+        "the second client changed the first's DNS"
+    );
+    second.stop(Duration::from_secs(5));
+    assert_eq!(w.etc.content(), mine, "the second client's exit changed it");
+    first.stop(Duration::from_secs(5));
+    assert_eq!(w.etc.content(), ORIGINAL);
 }

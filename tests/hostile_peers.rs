@@ -551,3 +551,87 @@ fn a_compat_server_out_of_sequence_numbers_ends_the_session_with_a_log_line() {
 fn a_client_out_of_sequence_numbers_closes_and_reconnects() {
     exhaustion_closes_and_reconnects("hAxc", false, false);
 }
+
+/// Review finding 4 of issue 19: a server (OpenSSL with the key, as an original would answer)
+/// gives the client an address pair whose peer is a host of the client's own LAN
+/// (172.31.250.53, on the client's 172.31.250.0/24: say its resolver). Taking it would move
+/// that host's route into the TUN, to the server. The client refuses the pair, names the
+/// conflict and what to do, and exits (nothing a retry could mend). Before the fix the tunnel
+/// came up and `ip route get 172.31.250.53` went through the TUN.
+#[test]
+fn a_hostile_server_cannot_take_a_host_of_the_clients_lan() {
+    let topo = Topo::pair("hLan");
+    let mut args = openssl_psk("s_server");
+    let port = PORT.to_string();
+    args.extend(["-nocert", "-psk_hint", "dtun", "-accept", &port]);
+    let mut ossl = topo
+        .server
+        .command("openssl")
+        .args(&args)
+        .stdin_piped()
+        .stdout_apart()
+        .spawn();
+    wait_for(UP, "s_server listening", || {
+        assert_running(&mut ossl, "openssl s_server");
+        topo.server.udp_listening(PORT)
+    });
+    let mut client = topo.client().spawn(
+        DTUN,
+        &["-host", "172.31.250.1", "-port", &port, "-key", "foo", "-v"],
+        &[],
+    );
+    wait_for(UP, "handshake at s_server", || {
+        assert_running(&mut ossl, "openssl s_server");
+        assert_running(&mut client, "dtun client");
+        String::from_utf8_lossy(&ossl.stdout_bytes()).contains("CIPHER is")
+    });
+    let (me, lan_host) = (Ipv4Addr::new(10, 86, 0, 2), Ipv4Addr::new(172, 31, 250, 53));
+    ossl.write_stdin(&[me.octets(), lan_host.octets()].concat());
+    wait_for(UP, "the client's verdict", || {
+        client.exited().is_some() || client.log().contains(dtun::client::LOG_TUNNEL_UP)
+    });
+    let route = topo.client().ip(&["route", "get", "172.31.250.53"]);
+    let log = client.log();
+    assert!(
+        !log.contains(dtun::client::LOG_TUNNEL_UP),
+        "the tunnel came up with the LAN host as its peer: route {route}\n{log}"
+    );
+    let status = client.wait_exit(UP).expect("the client exits");
+    assert!(!status.success(), "{log}");
+    assert!(route.contains("dev eth0"), "{route}");
+    for needle in ["172.31.250.53", "172.31.250.0/24", "-pool", "-accept-pool"] {
+        assert!(log.contains(needle), "no {needle:?} in the refusal:\n{log}");
+    }
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+/// The other side of the same finding: a legitimate pair inside a broader prefix the client
+/// routes elsewhere (an office network 10.0.0.0/8 via its LAN gateway; the server's default
+/// pool 10.86.0.0/16 lies inside it) is taken, with a warning naming the prefix; with an
+/// `-accept-pool` that covers it, the user has said so and there is no warning.
+#[test]
+fn a_pool_inside_a_broader_route_is_taken_with_a_warning() {
+    let topo = Topo::pair("hWide");
+    topo.client()
+        .ip(&["route", "add", "10.0.0.0/8", "via", "172.31.250.1"]);
+    let port = PORT.to_string();
+    let _server = start_server(&topo.server, PORT, &["-key", "foo", "-port", &port]);
+    let args = ["-host", "172.31.250.1", "-port", &port, "-key", "foo"];
+    let mut client = start_client(topo.client(), &args);
+    let (_, peer) = wait_p2p(topo.client(), &only_tun(topo.client()));
+    assert!(topo.client().ping_ok(&peer.to_string(), 2));
+    let log = client.log();
+    assert!(
+        log.contains("lies inside 10.0.0.0/8, which this host routes elsewhere"),
+        "{log}"
+    );
+    client.stop(UP);
+    let mut args = args.to_vec();
+    args.extend(["-accept-pool", "10.86.0.0/16"]);
+    let client = start_client(topo.client(), &args);
+    assert!(
+        !client.log().contains("routes elsewhere"),
+        "{}",
+        client.log()
+    );
+}

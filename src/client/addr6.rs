@@ -23,6 +23,12 @@ pub(super) async fn apply(
         tracing::warn!("{}", crate::inet6::Inet6Error::Mtu(t.tun.mtu));
         addr6 = None;
     }
+    if let Some(a) = addr6
+        && t.addr6 != addr6
+        && !super::pair::take_ipv6(cfg, nl, t, &a).await?
+    {
+        addr6 = None;
+    }
     if t.addr6 == addr6 {
         return Ok(run_up);
     }

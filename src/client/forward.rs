@@ -72,6 +72,7 @@ pub(super) async fn forward(
             }
             _ = pmtu_tick.tick() => {
                 path.refresh(&udp.sock);
+                dns.tick();
                 if udp.take_refused() {
                     refused.hint(server, out_tx, &mut last_ping, &mut log_limit);
                 }
@@ -326,7 +327,14 @@ pub(super) fn control_record(
     dns: &crate::dns::Dns,
 ) -> Option<ClientError> {
     match Control::parse(data) {
-        Ok(c) => on_control(c, out_tx, dns),
+        Ok(Control::Dns(servers)) => {
+            // Unusable servers are refused (and logged) by the DNS state: counted drops.
+            for _ in 0..dns.pushed(&servers) {
+                counters.count_drop(pump::Drop::Unexpected);
+            }
+            None
+        }
+        Ok(c) => on_control(c, out_tx),
         Err(_) => {
             counters.count_drop(pump::Drop::Unexpected);
             None
@@ -335,16 +343,8 @@ pub(super) fn control_record(
 }
 
 /// Acts on a control message from the server; returns the end of the session if it is one.
-pub(super) fn on_control(
-    msg: Control,
-    out_tx: &mpsc::Sender<OutboundCmd>,
-    dns: &crate::dns::Dns,
-) -> Option<ClientError> {
+pub(super) fn on_control(msg: Control, out_tx: &mpsc::Sender<OutboundCmd>) -> Option<ClientError> {
     match msg {
-        Control::Dns(servers) => {
-            dns.pushed(&servers);
-            None
-        }
         Control::Ping => {
             let _ = out_tx.try_send(OutboundCmd::Send(Control::Pong.to_bytes()));
             None

@@ -54,7 +54,9 @@ pub(super) fn read(data: &[u8], counters: &Counters, dns: &crate::dns::Dns) -> M
             }
         },
         Ok(Control::Dns(servers)) => {
-            dns.pushed(&servers);
+            for _ in 0..dns.pushed(&servers) {
+                counters.count_drop(pump::Drop::Unexpected);
+            }
             Msg::Dns
         }
         Ok(_) => Msg::Other,

@@ -62,6 +62,9 @@ pub enum ClientError {
     NoAddress(Duration),
     #[error("bad address message from the server: {0}")]
     BadAddress(ProtoError),
+    /// The server's address pair conflicts with this host's networks (src/client/pair.rs).
+    #[error("refused the server's addresses: {0}")]
+    Pair(String),
     #[error(transparent)]
     Tun(#[from] TunError),
     #[error(transparent)]
@@ -103,6 +106,7 @@ impl ClientError {
             ClientError::Config(_)
             | ClientError::Hook(_)
             | ClientError::Internal(_)
+            | ClientError::Pair(_)
             | ClientError::Routes(_)
             | ClientError::RoutesOwner(_) => true,
             ClientError::Tun(e) => !matches!(e, TunError::Netlink(n) if !n.is_permission_denied()),
@@ -183,7 +187,7 @@ pub async fn run_with(
     let mut shutdown = std::pin::pin!(shutdown);
     let nl = Netlink::new()?;
     // DNS (src/dns.rs): restores what a killed dtun left; set once the tunnel is up.
-    let dns = crate::dns::Dns::new(&cfg).await;
+    let dns = crate::dns::Dns::new(&cfg, &nl).await;
     let mut tunnel: Option<Tunnel> = None;
     // -route: this network namespace's routing becomes ours (refused while another live dtun
     // owns it), and what a killed dtun left behind goes first.
@@ -285,6 +289,7 @@ mod addr6;
 mod early;
 mod forward;
 mod hello;
+mod pair;
 mod session;
 pub use addr6::LOG_IPV6_UP;
 use early::{EarlyRecords, First, could_be_first, first_data};
@@ -400,6 +405,18 @@ mod tests {
         assert!(control_record(&good, &counters, &tx, &dns).is_none());
         assert_eq!(counters.drops(pump::Drop::Unexpected), 6);
         let now = std::fs::read_to_string(&resolv).unwrap();
+        assert!(now.contains("nameserver 203.0.113.10"), "{now}");
+        // Unusable servers in a well-formed record: one counted drop each, the rest kept.
+        let bad = Control::Dns(vec![
+            "127.0.0.1".parse().unwrap(),
+            "fe80::1".parse().unwrap(),
+            "203.0.113.10".parse().unwrap(),
+        ])
+        .to_bytes();
+        assert!(control_record(&bad, &counters, &tx, &dns).is_none());
+        assert_eq!(counters.drops(pump::Drop::Unexpected), 8);
+        let now = std::fs::read_to_string(&resolv).unwrap();
+        assert!(!now.contains("127.0.0.1") && !now.contains("fe80"), "{now}");
         assert!(now.contains("nameserver 203.0.113.10"), "{now}");
         drop(dns);
         assert_eq!(std::fs::read(&resolv).unwrap(), b"nameserver 192.0.2.1\n");

@@ -163,6 +163,11 @@ pub(super) async fn session(
         }
     };
     drop(est.conn);
+    // The pair must not take a host of this client's own networks (src/client/pair.rs).
+    if let Err(e) = pair::check_ipv4(cfg, nl, tunnel.as_ref(), addrs).await {
+        let _ = link.send_close_notify(&mut sealer).await;
+        return lost(e);
+    }
 
     // 3. The TUN device: made once, kept across sessions; readdressed if the server moved us.
     let run_up = match setup_tunnel(cfg, nl, tunnel, addrs, est.suite, server).await {

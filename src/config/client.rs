@@ -32,6 +32,9 @@ pub struct ClientConfig {
     pub dns: Vec<IpAddr>,
     /// `-accept-dns`: take the servers the server pushes (see [`crate::dns::use_pushed_dns`]).
     pub accept_dns: bool,
+    /// `-accept-pool`: the only prefixes the server's address pairs may come from (empty: any
+    /// pair that passes the checks of src/client/pair.rs).
+    pub accept_pool: Vec<ipnet::IpNet>,
     /// `-instance`, else the `-config` file's stem, else `dtun` (see `ops::config_file`); names
     /// the status socket `@dtun/INSTANCE`.
     pub instance: String,
@@ -62,6 +65,7 @@ impl ClientConfig {
             .map_err(ConfigError::Routes)?,
             dns: dns_servers(cli)?,
             accept_dns: cli.accept_dns,
+            accept_pool: cli.accept_pool.clone(),
             instance: {
                 crate::ops::control::check_name(&cli.instance).map_err(ConfigError::Instance)?;
                 cli.instance.clone()

@@ -390,6 +390,19 @@ mod tests {
         assert!(c.accept_dns && crate::dns::use_pushed_dns(&c));
         let c = cfg(&[]).unwrap();
         assert!(c.dns.is_empty() && !crate::dns::use_pushed_dns(&c));
+        let c = cfg(&["-accept-pool", "10.86.0.0/16,fd86::/64"]).unwrap();
+        assert_eq!(
+            c.accept_pool,
+            [
+                "10.86.0.0/16".parse().unwrap(),
+                "fd86::/64".parse().unwrap()
+            ]
+        );
+        assert!(cfg(&[]).unwrap().accept_pool.is_empty());
+        let e = Cli::try_from_args(["dtun", "-key", "k", "-accept-pool", "10.86.1.1/16"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("did you mean 10.86.0.0/16"), "{e}");
         // A full tunnel takes the server's DNS; a split one does not.
         assert!(crate::dns::use_pushed_dns(
             &cfg(&["-route", "all"]).unwrap()

@@ -17,6 +17,7 @@ use crate::ops::privilege::GRANT_NET_ADMIN;
 /// The main routing table's number.
 pub const MAIN_TABLE: u32 = RouteHeader::RT_TABLE_MAIN as u32;
 
+mod host;
 mod routes;
 pub(crate) use routes::{route_destination, route_table};
 

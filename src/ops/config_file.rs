@@ -72,6 +72,8 @@ pub(super) struct FileConfig {
     #[serde(default, deserialize_with = "values::addresses")]
     dns: Option<Vec<IpAddr>>,
     accept_dns: Option<bool>,
+    #[serde(default, deserialize_with = "values::cidrs")]
+    accept_pool: Option<Vec<IpNet>>,
     nat: Option<bool>,
     #[serde(default, deserialize_with = "values::choice")]
     client_to_client: Option<OnOff>,
@@ -210,6 +212,11 @@ pub fn apply(mut cli: Cli, m: &ArgMatches) -> Result<Loaded, String> {
         && let Some(v) = file.dns
     {
         cli.dns = v;
+    }
+    if !given("accept_pool")
+        && let Some(v) = file.accept_pool
+    {
+        cli.accept_pool = v;
     }
     if !given("exclude")
         && let Some(v) = file.exclude

@@ -131,6 +131,15 @@ pub(super) fn lans<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<IpNet>>
         .map(Some)
 }
 
+/// `accept_pool`: CIDRs (one or an array), as `-accept-pool` takes them (host bits refused).
+pub(super) fn cidrs<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<IpNet>>, D::Error> {
+    one_or_many(d)?
+        .iter()
+        .map(|s| crate::cidr::parse(s).map_err(D::Error::custom))
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
 /// `pool`: an IPv4 prefix, as `-pool` takes it.
 pub(super) fn pool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ipnet::Ipv4Net>, D::Error> {
     let s = String::deserialize(d)?;
