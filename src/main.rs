@@ -219,7 +219,7 @@ fn run(
 /// Starts the status socket (already bound) and `-metrics` (if asked for); they stop when the
 /// returned handle is dropped.
 async fn ops(
-    control: tokio::net::UnixListener,
+    control: dtun::ops::control::Control,
     metrics: Option<std::net::SocketAddr>,
     source: dtun::ops::Source,
     reload: Option<dtun::ops::reload::ReloadHandle>,

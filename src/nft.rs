@@ -146,7 +146,7 @@ pub struct Firewall {
     /// IPv4 forwarding as it was before any dtun changed it.
     forward_before: Option<u8>,
     /// Held while the table is ours: a second dtun with the same instance cannot bind it.
-    _lock: std::os::unix::net::UnixDatagram,
+    _lock: crate::rundir::Lock,
     /// Isolation groups are enforced: each TUN also goes into its group's set.
     grouped: bool,
     /// The group sets that exist in the table.
@@ -157,20 +157,18 @@ pub struct Firewall {
     failures: u64,
 }
 
-/// Binds the abstract socket that marks `instance` as running in this network namespace (it
-/// vanishes with the process, also after `kill -9`).
-fn lock_instance(instance: &str) -> Result<std::os::unix::net::UnixDatagram, NftError> {
-    use std::os::linux::net::SocketAddrExt;
-    let name = format!("dtun-instance-{instance}");
-    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
-        .map_err(NftError::Lock)?;
-    std::os::unix::net::UnixDatagram::bind_addr(&addr).map_err(|e| {
-        if e.kind() == io::ErrorKind::AddrInUse {
-            NftError::InstanceInUse(instance.to_string())
-        } else {
-            NftError::Lock(e)
-        }
-    })
+/// Takes the RunDir lock `INSTANCE.table` that marks the table of `instance` as ours in this
+/// network namespace (the kernel drops it when we die, also after `kill -9`).
+fn lock_instance(instance: &str) -> Result<crate::rundir::Lock, NftError> {
+    let dir = crate::rundir::RunDir::open().map_err(|e| NftError::Lock(e.to_string()))?;
+    let who = format!("dtun pid {}, instance {instance}", std::process::id());
+    dir.lock(&format!("{instance}.table"), &who)
+        .map_err(|e| match e {
+            crate::rundir::LockError::Held { holder } => {
+                NftError::InstanceInUse(instance.to_string(), holder)
+            }
+            e => NftError::Lock(e.to_string()),
+        })
 }
 
 fn read_forward(path: &Path) -> io::Result<u8> {

@@ -38,15 +38,15 @@ fn tun_node(dir: &TestDir, mode: u32) -> String {
     path_str(&path).to_string()
 }
 
-/// `sh -c 'mount --bind NODE /dev/net/tun; exec setpriv ARGS… dtun DTUN_ARGS…'`.
-fn as_unit_args<'a>(node: &'a str, setpriv: &[&'a str], dtun_args: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec![
-        "sh",
-        "-c",
-        "mount --bind \"$0\" /dev/net/tun && exec \"$@\"",
-        node,
-        "setpriv",
-    ];
+/// `sh -c 'mount --bind NODE /dev/net/tun; mount --bind RUNDIR /run/dtun; exec setpriv ARGS…
+/// dtun DTUN_ARGS…'`.
+fn as_unit_args<'a>(
+    node: &'a str,
+    rundir: &'a str,
+    setpriv: &[&'a str],
+    dtun_args: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec!["sh", "-c", MOUNT_UNIT, node, rundir, "setpriv"];
     args.extend_from_slice(setpriv);
     args.push(DTUN);
     args.extend_from_slice(dtun_args);
@@ -56,7 +56,8 @@ fn as_unit_args<'a>(node: &'a str, setpriv: &[&'a str], dtun_args: &[&'a str]) -
 /// dtun under `setpriv ARGS…` in the background, with /dev/net/tun as a Debian host has it.
 fn spawn_as(ns: &Netns, setpriv: &[&str], dtun_args: &[&str]) -> Proc {
     let node = tun_node(ns.dir(), 0o666);
-    let args = as_unit_args(&node, setpriv, dtun_args);
+    let rundir = unit_rundir(ns.dir());
+    let args = as_unit_args(&node, &rundir, setpriv, dtun_args);
     ns.spawn(args[0], &args[1..], &[])
 }
 
@@ -64,8 +65,9 @@ fn spawn_as(ns: &Netns, setpriv: &[&str], dtun_args: &[&str]) -> Proc {
 /// `timeout` so a dtun that wrongly starts fails the test instead of hanging it.
 fn run_as_with(ns: &Netns, mode: u32, setpriv: &[&str], dtun_args: &[&str]) -> (Output, String) {
     let node = tun_node(ns.dir(), mode);
+    let rundir = unit_rundir(ns.dir());
     let mut args = vec!["10"];
-    args.extend(as_unit_args(&node, setpriv, dtun_args));
+    args.extend(as_unit_args(&node, &rundir, setpriv, dtun_args));
     let out = ns.run("timeout", &args);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "dtun started: {out:?}");

@@ -29,7 +29,7 @@ pub struct ClientConfig {
     /// `-accept-dns`: take the servers the server pushes (see [`crate::dns::use_pushed_dns`]).
     pub accept_dns: bool,
     /// `-instance`, else the `-config` file's stem, else `dtun` (see `ops::config_file`); names
-    /// the status socket `@dtun/INSTANCE`.
+    /// the control socket `/run/dtun/NETNS.INSTANCE.sock` (`ops::control`).
     pub instance: String,
 }
 

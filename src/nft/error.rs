@@ -13,9 +13,9 @@ pub enum NftError {
     )]
     BadInstance(String),
     #[error(
-        "another dtun runs as instance {0:?} in this network namespace: give this one another -instance NAME"
+        "another dtun runs as instance {0:?} in this network namespace ({1}): give this one another -instance NAME"
     )]
-    InstanceInUse(String),
+    InstanceInUse(String, String),
     #[error(
         "{what} needs CAP_NET_ADMIN to create the nftables table {table}: {grant}",
         grant = crate::ops::privilege::GRANT_NET_ADMIN
@@ -33,8 +33,8 @@ pub enum NftError {
         table: String,
         detail: String,
     },
-    #[error("cannot take the instance lock (an abstract unix socket): {0}")]
-    Lock(io::Error),
+    #[error("cannot take the instance lock of the nftables table: {0}")]
+    Lock(String),
     #[error(
         "cannot turn on IPv4 forwarding ({IP_FORWARD}: {0}): run as root in a namespace whose \
          /proc/sys is writable (with CAP_NET_ADMIN; under systemd without ProtectKernelTunables=), \

@@ -46,7 +46,10 @@ Prints this page.
 Configuration and keys (keys readable by root and the \fBdtun\fR group only).
 .TP
 \fI/run/dtun/\fR
-A client's copy of /etc/resolv.conf while dtun's DNS is in place.
+Runtime files, \fBroot:dtun\fR mode 1770 (the package's tmpfiles.d entry): per network
+namespace \fINETNS\fR.\fIINSTANCE\fR.lock (held while the instance runs), .sock (status,
+mode 0660, the directory's group) and .admin.sock (status and reload, mode 0600, dtun's user);
+saved forwarding values; a client's copy of /etc/resolv.conf while dtun's DNS is in place.
 .TP
 \fI/usr/lib/systemd/system/dtun\-server.service\fR, \fIdtun@.service\fR
 The server's unit and the client template (one instance per /etc/dtun/\fINAME\fR.toml), run
