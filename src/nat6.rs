@@ -21,12 +21,12 @@
 //! - **The server keeps its SLAAC default route.** With forwarding on, the kernel ignores
 //!   router advertisements on interfaces whose `accept_ra` is 1; those get 2 (take them even
 //!   when forwarding) while dtun runs, and 1 again on exit.
-//! - **A `kill -9` loses nothing.** The values from before are written to
-//!   `/run/dtun/ipv6-forwarding.NETNS-INODE.INSTANCE` before anything changes; the next start
-//!   takes them from there, and a clean exit restores them and removes the file.
+//! - **A `kill -9` loses nothing.** The values from before are written to the state file
+//!   `/run/dtun/NETNS.INSTANCE.ipv6-forwarding` ([`RunDir::write_state`]: never through a link
+//!   or a file someone else planted) before anything changes; the next start takes them from
+//!   there, and a clean exit restores them and removes the file.
 
 use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use rustables::expr::{Cmp, CmpOp, Immediate, Meta, MetaType, VerdictKind};
@@ -34,12 +34,12 @@ use rustables::{Batch, Chain, ChainPolicy, ChainType, Hook, HookClass, MsgType, 
 
 use crate::nft::sets::{TUNS, empty_set, name_in};
 use crate::nft::{Policy, TABLE_PREFIX, nat_forward, rule};
+use crate::rundir::RunDir;
 
 /// The IPv6 forwarding switch of this network namespace (every interface's, as `sysctl -w
 /// net.ipv6.conf.all.forwarding` sets it).
 pub const IPV6_FORWARDING: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
 const CONF: &str = "/proc/sys/net/ipv6/conf";
-const STATE_DIR: &str = "/run/dtun";
 /// NFPROTO_IPV6.
 const NFPROTO_IPV6: u8 = 10;
 
@@ -49,6 +49,8 @@ pub enum Nat6Error {
     NoIpv6,
     #[error("cannot turn on IPv6 forwarding ({0}: {1})")]
     Io(String, io::Error),
+    #[error(transparent)]
+    RunDir(#[from] crate::rundir::RunDirError),
     #[error("cannot add the IPv6 forward guard to nftables table inet {0}: {1}")]
     Nft(String, rustables::error::QueryError),
 }
@@ -57,6 +59,7 @@ pub enum Nat6Error {
 #[derive(Debug)]
 pub struct Ipv6Forwarding {
     table: String,
+    dir: RunDir,
     state: PathBuf,
     before: u8,
     /// Interfaces whose `accept_ra` dtun moved from 1 to 2.
@@ -74,10 +77,8 @@ fn write_value(path: &Path, v: &str) -> Result<(), Nat6Error> {
 }
 
 /// The state file of `instance` in this network namespace.
-fn state_path(instance: &str) -> Result<PathBuf, Nat6Error> {
-    let ns = std::fs::metadata("/proc/self/ns/net")
-        .map_err(|e| Nat6Error::Io("/proc/self/ns/net".into(), e))?;
-    Ok(Path::new(STATE_DIR).join(format!("ipv6-forwarding.{}.{instance}", ns.ino())))
+fn state_path(dir: &RunDir, instance: &str) -> PathBuf {
+    dir.path(&format!("{instance}.ipv6-forwarding"))
 }
 
 /// `forwarding=V` and `accept_ra=IFACE` lines.
@@ -174,12 +175,16 @@ impl Ipv6Forwarding {
         if !fwd.exists() {
             return Err(Nat6Error::NoIpv6);
         }
-        let state = state_path(instance)?;
+        let dir = RunDir::open()?;
+        let state = state_path(&dir, instance);
         let now = u8::from(read_value(fwd)? != "0");
-        // After a kill -9 the file knows what was there before any of this.
-        let recorded = std::fs::read_to_string(&state)
+        // After a kill -9 the file knows what was there before any of this (a link or a file
+        // of another user's is not believed).
+        let recorded = dir
+            .read_state(&state)
             .ok()
-            .and_then(|t| parse_state(&t));
+            .flatten()
+            .and_then(|t| parse_state(&String::from_utf8_lossy(&t)));
         // A file from another life of this namespace's inode (a namespace deleted after a
         // kill -9) cannot say "was off" while forwarding is off now: only trust it when its
         // story fits what we see.
@@ -200,11 +205,11 @@ impl Ipv6Forwarding {
                 }
             }
         }
-        std::fs::create_dir_all(STATE_DIR)
-            .and_then(|()| std::fs::write(&state, state_text(before, &ra)))
+        dir.write_state(&state, state_text(before, &ra).as_bytes())
             .map_err(|e| Nat6Error::Io(state.display().to_string(), e))?;
         let fw = Ipv6Forwarding {
             table: table.to_string(),
+            dir,
             state,
             before,
             ra,
@@ -261,7 +266,9 @@ impl Ipv6Forwarding {
                 let _ = write_value(&path, "1");
             }
         }
-        let _ = std::fs::remove_file(&self.state);
+        if let Err(e) = self.dir.remove_state(&self.state) {
+            tracing::warn!("cannot remove {}: {e}", self.state.display());
+        }
     }
 }
 

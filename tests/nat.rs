@@ -418,3 +418,40 @@ fn route_all_and_nat_make_a_full_tunnel() {
     );
     assert_eq!(net.forward(), "0", "ip_forward not restored");
 }
+
+/// Finding 6: a symbolic link planted where the IPv6 forwarding state file goes (under the name
+/// of today and the one before) is never written through: the file it points at stays as it
+/// was while dtun runs `-nat` and after it exits.
+#[test]
+fn a_planted_link_in_run_dtun_is_never_written_through() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = TestDir::new("fNs");
+    let ns = Netns::new("fNs", &dir);
+    let ino = std::fs::metadata(format!("/run/netns/{}", ns.name()))
+        .unwrap()
+        .ino();
+    let victim = dir.file("victim", b"precious\n");
+    std::fs::create_dir_all("/run/dtun").unwrap();
+    let links = [
+        format!("/run/dtun/ipv6-forwarding.{ino}.sym"),
+        format!("/run/dtun/{ino}.sym.ipv6-forwarding"),
+    ];
+    for l in &links {
+        let _ = std::fs::remove_file(l);
+        std::os::unix::fs::symlink(&victim, l).unwrap();
+    }
+    let mut server = start_server(
+        &ns,
+        4607,
+        &["-key", KEY, "-port", "4607", "-nat", "-instance", "sym"],
+    );
+    server.wait_log("IPv6 forwarding on", UP);
+    let kept = std::fs::read_to_string(&victim).unwrap();
+    server.stop(Duration::from_secs(10));
+    let after = std::fs::read_to_string(&victim).unwrap();
+    for l in &links {
+        let _ = std::fs::remove_file(l);
+    }
+    assert_eq!(kept, "precious\n", "written through a link while running");
+    assert_eq!(after, "precious\n", "written through a link on exit");
+}
