@@ -12,9 +12,9 @@
 //!   ```text
 //!   chain forward6 {
 //!     type filter hook forward priority 1; policy accept;
-//!     iifname @tuns oifname @tuns accept|drop              # accept with `on` or groups
-//!     iifname @tuns accept                                 # -nat
-//!     oifname @tuns ct state established,related accept    # -nat: the replies
+//!     iif @tuns oif @tuns accept|drop                      # accept with `on` or groups
+//!     iif @tuns accept                                     # -nat
+//!     oif @tuns ct state established,related accept        # -nat: the replies
 //!     meta nfproto ipv6 drop
 //!   }
 //!   ```
@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use rustables::expr::{Cmp, CmpOp, Immediate, Meta, MetaType, VerdictKind};
 use rustables::{Batch, Chain, ChainPolicy, ChainType, Hook, HookClass, MsgType, ProtocolFamily};
 
-use crate::nft::sets::{TUNS, empty_set, name_in};
+use crate::nft::sets::{TUNS, dev_in, empty_set};
 use crate::nft::{Policy, TABLE_PREFIX, nat_forward, rule};
 use crate::rundir::RunDir;
 
@@ -118,8 +118,8 @@ fn guard(table_name: &str, policy: &Policy) -> Result<Batch, rustables::error::Q
     let verdict =
         |k: VerdictKind| -> rustables::expr::RawExpression { Immediate::new_verdict(k).into() };
     // Client to client first, so that the -nat rule below never accepts it.
-    let mut e = name_in(&tuns, true)?;
-    e.extend(name_in(&tuns, false)?);
+    let mut e = dev_in(&tuns, true)?;
+    e.extend(dev_in(&tuns, false)?);
     e.push(verdict(
         if policy.client_to_client == Some(true) || policy.grouped() {
             VerdictKind::Accept
@@ -164,13 +164,15 @@ fn ra_interfaces(prefix: &str) -> Vec<String> {
 
 impl Ipv6Forwarding {
     /// Turns IPv6 forwarding on for `policy` (which needs forwarding), with the guard chain in
-    /// `table` when it was off, and `accept_ra` 2 where the host takes router advertisements.
+    /// the table of `fw` (sent over the socket that owns it) when it was off, and `accept_ra` 2
+    /// where the host takes router advertisements.
     pub fn apply(
-        table: &str,
+        fw: &crate::nft::Firewall,
         tun_pattern: &str,
         policy: Policy,
         instance: &str,
     ) -> Result<Ipv6Forwarding, Nat6Error> {
+        let table = fw.table();
         let fwd = Path::new(IPV6_FORWARDING);
         if !fwd.exists() {
             return Err(Nat6Error::NoIpv6);
@@ -195,7 +197,7 @@ impl Ipv6Forwarding {
         let prefix = tun_prefix(tun_pattern);
         if before == 0 {
             guard(table, &policy)
-                .and_then(|b| b.send())
+                .and_then(|b| fw.send(b))
                 .map_err(|e| Nat6Error::Nft(table.to_string(), e))?;
         }
         if now == 0 {
@@ -207,20 +209,20 @@ impl Ipv6Forwarding {
         }
         dir.write_state(&state, state_text(before, &ra).as_bytes())
             .map_err(|e| Nat6Error::Io(state.display().to_string(), e))?;
-        let fw = Ipv6Forwarding {
+        let six = Ipv6Forwarding {
             table: table.to_string(),
             dir,
             state,
             before,
             ra,
         };
-        for i in &fw.ra {
+        for i in &six.ra {
             let _ = write_value(&Path::new(CONF).join(i).join("accept_ra"), "2");
         }
         if now == 0
             && let Err(e) = write_value(fwd, "1")
         {
-            fw.remove();
+            six.remove();
             return Err(e);
         }
         tracing::info!(
@@ -230,16 +232,16 @@ impl Ipv6Forwarding {
             } else {
                 ""
             },
-            if fw.ra.is_empty() {
+            if six.ra.is_empty() {
                 String::new()
             } else {
                 format!(
                     "; accept_ra 2 on {} so they keep their router advertisements",
-                    fw.ra.join(", ")
+                    six.ra.join(", ")
                 )
             }
         );
-        Ok(fw)
+        Ok(six)
     }
 
     /// Puts IPv6 forwarding and `accept_ra` back (forwarding only when no other dtun table is

@@ -1,6 +1,6 @@
 //! The one place with `unsafe`: socket options that neither std, socket2 nor quinn-udp offer
-//! (SO_PEERCRED on a blocking socket among them),
-//! and killpg(2) for the scripts' process groups.
+//! (SO_PEERCRED on a blocking socket among them), killpg(2) for the scripts' process groups,
+//! and if_nametoindex(3).
 #![allow(unsafe_code)]
 
 use std::os::fd::AsRawFd;
@@ -102,6 +102,17 @@ pub fn kill_process_group(pgid: u32, signal: libc::c_int) -> std::io::Result<()>
         Ok(())
     } else {
         Err(std::io::Error::last_os_error())
+    }
+}
+
+/// The index of the network interface `name` in this network namespace (if_nametoindex(3)).
+pub fn if_index(name: &str) -> std::io::Result<u32> {
+    let c = std::ffi::CString::new(name)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in a name"))?;
+    // SAFETY: `c` is a NUL-terminated string that outlives the call, which only reads it.
+    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+        0 => Err(std::io::Error::last_os_error()),
+        i => Ok(i),
     }
 }
 
