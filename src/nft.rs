@@ -73,7 +73,6 @@
 //! other dtun table, puts back the recorded value. The dtuns of a namespace take these steps
 //! one at a time (the RunDir lock `forwarding`).
 
-use std::io;
 use std::path::Path;
 
 use rustables::error::QueryError;
@@ -83,10 +82,12 @@ use rustables::{
 };
 
 mod error;
+mod forwarding;
 pub(crate) mod sets;
 mod socket;
 pub use error::NftError;
 use error::{classify, classify_errno};
+use forwarding::Decided;
 use socket::NftSocket;
 
 use crate::rundir::RunDir;
@@ -98,12 +99,6 @@ pub const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 pub const TABLE_PREFIX: &str = "dtun-";
 /// NFT_TABLE_F_OWNER (Linux 5.12): the table belongs to the netlink socket that made it.
 const OWNER: u32 = rustables::sys::NFT_TABLE_F_OWNER;
-/// The RunDir state file (per network namespace) with IPv4 forwarding from before any dtun.
-const FORWARD_STATE: &str = "ip_forward";
-/// The RunDir lock every dtun of a namespace takes while it decides about forwarding.
-const FORWARD_LOCK: &str = "forwarding";
-/// How long to wait for another dtun's forwarding decision.
-const FORWARD_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What the table must do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -184,15 +179,6 @@ pub struct Firewall {
     failures: u64,
 }
 
-fn read_forward(path: &Path) -> io::Result<u8> {
-    let s = std::fs::read_to_string(path)?;
-    Ok(if s.trim() == "0" { 0 } else { 1 })
-}
-
-fn write_forward(path: &Path, v: u8) -> io::Result<()> {
-    std::fs::write(path, if v == 0 { "0\n" } else { "1\n" })
-}
-
 /// The `dtun-*` tables of this namespace, each with whether a socket owns it (a table with an
 /// owner lives exactly as long as the dtun that made it).
 fn dtun_tables() -> Result<Vec<(String, bool)>, QueryError> {
@@ -204,24 +190,6 @@ fn dtun_tables() -> Result<Vec<(String, bool)>, QueryError> {
             name.starts_with(TABLE_PREFIX).then_some((name, owned))
         })
         .collect())
-}
-
-/// The state file of the forwarding value from before any dtun.
-fn forward_state(dir: &RunDir) -> std::path::PathBuf {
-    dir.path(FORWARD_STATE)
-}
-
-/// The recorded forwarding value, if its story fits what is there now: dtun only ever turns
-/// forwarding on, so "was on" while it is off now is a left-over of another life of this
-/// namespace's inode number, not ours.
-fn recorded_forward(dir: &RunDir, now: u8) -> Option<u8> {
-    let text = dir.read_state(&forward_state(dir)).ok().flatten()?;
-    let v = match std::str::from_utf8(&text).ok()?.trim() {
-        "0" => 0,
-        "1" => 1,
-        _ => return None,
-    };
-    (v == 0 || now == 1).then_some(v)
 }
 
 pub(crate) fn rule(
@@ -361,39 +329,14 @@ impl Firewall {
         let dir = RunDir::open().map_err(NftError::RunDir)?;
         let who = format!("dtun pid {}, instance {instance}", std::process::id());
         // One dtun of the namespace at a time decides about forwarding.
-        let _turn = dir
-            .lock_wait(FORWARD_LOCK, &who, FORWARD_LOCK_WAIT)
-            .map_err(|e| NftError::Lock(e.to_string()))?;
+        let _turn = forwarding::turn(&dir, &who)?;
         let existing = dtun_tables().map_err(|e| classify(e, &policy, &table))?;
         if existing.iter().any(|(n, owned)| *n == table && *owned) {
             return Err(NftError::InstanceInUse(instance.to_string()));
         }
         let others = existing.iter().filter(|(n, _)| *n != table).count();
-        let mut now = read_forward(forward_path).map_err(NftError::Forwarding)?;
-        let recorded = recorded_forward(&dir, now);
-        // The value from before any dtun: recorded by the first of them. With no other dtun
-        // table left, a recorded value that differs from now is what a dtun that died (kill
-        // -9: its table went with it, its forwarding could not) left behind: put it back.
-        let before = match recorded {
-            Some(v) if others == 0 && v != now => {
-                write_forward(forward_path, v).map_err(NftError::Forwarding)?;
-                tracing::info!(
-                    "IPv4 forwarding back to {v}, as it was before a dtun that did not exit cleanly"
-                );
-                now = v;
-                v
-            }
-            Some(v) => v,
-            None => now,
-        };
-        let state = forward_state(&dir);
-        if policy.needs_forwarding() {
-            // Before anything changes, so a kill -9 from here on still knows it.
-            dir.write_state(&state, format!("{before}\n").as_bytes())
-                .map_err(|e| NftError::State(state.display().to_string(), e))?;
-        } else if others == 0 {
-            let _ = dir.remove_state(&state);
-        }
+        let Decided { before, now } =
+            forwarding::decide(&dir, forward_path, others, policy.needs_forwarding())?;
         let sock = NftSocket::open().map_err(|e| classify(e, &policy, &table))?;
         let send =
             |owned: bool| build(&table, &policy, before, groups, owned).and_then(|b| sock.send(b));
@@ -438,7 +381,7 @@ impl Firewall {
         };
         if policy.needs_forwarding()
             && now != 1
-            && let Err(e) = write_forward(forward_path, 1)
+            && let Err(e) = forwarding::write(forward_path, 1)
         {
             drop(_turn);
             fw.remove_at(forward_path);
@@ -487,32 +430,22 @@ impl Firewall {
         // Closing the socket deletes an owned table in any case.
         drop(self.sock);
         let who = format!("dtun pid {}, table {}", std::process::id(), self.table);
-        let _turn = match self.dir.lock_wait(FORWARD_LOCK, &who, FORWARD_LOCK_WAIT) {
+        let _turn = match forwarding::turn(&self.dir, &who) {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!("{e}; IPv4 forwarding left as is");
                 return;
             }
         };
-        let others = match dtun_tables() {
-            Ok(t) => t.iter().filter(|(n, _)| *n != self.table).count(),
-            Err(e) => {
-                tracing::warn!("cannot list nftables tables: {e}; IPv4 forwarding left as is");
-                return;
-            }
-        };
-        if others == 0
-            && let Some(before) = self.forward_before
-        {
-            if read_forward(forward_path).ok() != Some(before) {
-                match write_forward(forward_path, before) {
-                    Ok(()) => tracing::info!("IPv4 forwarding back to {before}"),
-                    Err(e) => tracing::warn!("cannot restore {}: {e}", forward_path.display()),
+        match dtun_tables() {
+            Ok(t) if t.iter().all(|(n, _)| *n == self.table) => {
+                if let Some(before) = self.forward_before {
+                    forwarding::restore(&self.dir, forward_path, before);
                 }
             }
-            let state = forward_state(&self.dir);
-            if let Err(e) = self.dir.remove_state(&state) {
-                tracing::warn!("cannot remove {}: {e}", state.display());
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!("cannot list nftables tables: {e}; IPv4 forwarding left as is")
             }
         }
         tracing::info!("nftables table inet {} removed", self.table);
