@@ -322,3 +322,55 @@ fn missing_capabilities_are_named_with_how_to_grant_them() {
         "{err}"
     );
 }
+
+/// Finding 9 where it matters, dtun as the units run it (uid 4242, CAP_NET_ADMIN only): its
+/// admin socket is 4242's, mode 0600, so a uid-0 process without capabilities (a rootful
+/// container's root sharing the namespaces) can neither reload it nor read its status, while
+/// root and dtun's own user (its scripts) can.
+#[test]
+fn only_root_and_dtuns_user_reload_a_unit_dtun() {
+    let topo = Topo::pair("svr");
+    let s = &topo.server;
+    let mut server = spawn_as(s, AS_UNIT, &["-key", KEY, "-port", "4741"]);
+    wait_for(UP, "the server listening", || {
+        assert_running(&mut server, "unprivileged server");
+        s.udp_listening(4741)
+    });
+    let rundir = unit_rundir(s.dir());
+    let ask = |setpriv: &[&str], what: &str| {
+        let mut args = vec![
+            "-c",
+            "mount --bind \"$0\" /run/dtun && exec \"$@\"",
+            &rundir,
+            "setpriv",
+        ];
+        args.extend_from_slice(setpriv);
+        args.extend([DTUN, what]);
+        s.run("sh", &args)
+    };
+    let no_caps = [
+        "--inh-caps=-all",
+        "--ambient-caps=-all",
+        "--bounding-set=-all",
+    ];
+    for what in ["reload", "status"] {
+        let o = ask(&no_caps, what);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success(),
+            "uid 0 without capabilities: {what}: {o:?}"
+        );
+        assert!(err.contains("refused to answer"), "{err}");
+    }
+    assert!(!server.log().contains("dtun reload"), "{}", server.log());
+    let o = ask(
+        &["--reuid", "4242", "--regid", "4242", "--clear-groups"],
+        "reload",
+    );
+    assert!(o.status.success(), "dtun's own user: {o:?}");
+    server.wait_log("dtun reload", Duration::from_secs(5));
+    let o = ask(&[], "status");
+    assert!(o.status.success(), "root: {o:?}");
+    server.signal("TERM");
+    server.expect_success("unprivileged server", Duration::from_secs(15));
+}
