@@ -97,8 +97,9 @@ fn key_derive(rest: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `dtun status [-json] [INSTANCE]`: asks the dtun named INSTANCE (default `dtun`) in this
-/// network namespace over its control socket and prints its answer.
+/// `dtun status [-json] [INSTANCE]`: asks the dtun named INSTANCE in this network namespace
+/// over its control socket and prints its answer. Without INSTANCE, as `wg show`: the one
+/// running, or all of them (`-json`: an array), or `dtun` when none is.
 fn status(rest: &[String]) -> anyhow::Result<()> {
     const USAGE: &str = "usage: dtun status [-json] [INSTANCE]";
     let mut json = false;
@@ -108,7 +109,7 @@ fn status(rest: &[String]) -> anyhow::Result<()> {
             "-json" | "--json" => json = true,
             "-h" | "-help" | "--help" => {
                 println!(
-                    "{USAGE}\n\nShows what the dtun named INSTANCE (its -instance, default dtun) in this network\nnamespace is doing; -json prints it as JSON (docs/STATUS.md)."
+                    "{USAGE}\n\nShows what the dtun named INSTANCE (its -instance) in this network namespace is\ndoing; without INSTANCE, the one running there, or all of them. -json prints it as\nJSON (several: an array; docs/STATUS.md)."
                 );
                 return Ok(());
             }
@@ -117,32 +118,79 @@ fn status(rest: &[String]) -> anyhow::Result<()> {
             extra => anyhow::bail!("one instance at a time, not also {extra:?}: {USAGE}"),
         }
     }
-    let instance = instance.unwrap_or_else(|| "dtun".to_string());
-    dtun::ops::control::check_name(&instance)
-        .map_err(|e| anyhow::anyhow!("{}", e.replacen("-instance", "dtun status", 1)))?;
     let request = if json { "status json" } else { "status" };
-    print!("{}", dtun::ops::control::query(&instance, request)?);
+    let names = match instance {
+        Some(name) => {
+            dtun::ops::control::check_name(&name)
+                .map_err(|e| anyhow::anyhow!("{}", e.replacen("-instance", "dtun status", 1)))?;
+            vec![name]
+        }
+        None => dtun::ops::control::running(),
+    };
+    if names.len() < 2 {
+        let name = names.first().map_or("dtun", String::as_str);
+        print!("{}", dtun::ops::control::query(name, request)?);
+        return Ok(());
+    }
+    let (mut replies, mut failed) = (Vec::new(), 0);
+    for name in &names {
+        match dtun::ops::control::query(name, request) {
+            Ok(r) => replies.push(r),
+            Err(e) => {
+                eprintln!("dtun: {e}");
+                failed += 1;
+            }
+        }
+    }
+    if json {
+        let items: Vec<&str> = replies.iter().map(|r| r.trim_end()).collect();
+        println!("[{}]", items.join(",\n"));
+    } else {
+        print!("{}", replies.join("\n"));
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} of {} dtuns did not answer", names.len());
+    }
     Ok(())
 }
 
 /// `dtun reload [INSTANCE]`: as `kill -HUP`, but waits for the outcome and prints it (exit 1
-/// when the new configuration was refused and the running one kept).
+/// when the new configuration was refused and the running one kept). Without INSTANCE, the one
+/// running in this network namespace; with several, exit 2 and the list.
 fn reload(rest: &[String]) -> anyhow::Result<()> {
     const USAGE: &str = "usage: dtun reload [INSTANCE]";
     let instance = match rest {
-        [] => "dtun",
+        [] => None,
         [h] if matches!(h.as_str(), "-h" | "-help" | "--help") => {
             println!(
-                "{USAGE}\n\nMakes the dtun server named INSTANCE (its -instance, default dtun) in this network\nnamespace read its configuration again, as SIGHUP does, and prints what changed."
+                "{USAGE}\n\nMakes the dtun server named INSTANCE (its -instance) in this network namespace read\nits configuration again, as SIGHUP does, and prints what changed. Without INSTANCE,\nthe one running there (with several, it lists them and exits 2)."
             );
             return Ok(());
         }
-        [name] if !name.starts_with('-') => name.as_str(),
+        [name] if !name.starts_with('-') => Some(name.clone()),
         _ => anyhow::bail!("{USAGE}"),
     };
-    dtun::ops::control::check_name(instance)
-        .map_err(|e| anyhow::anyhow!("{}", e.replacen("-instance", "dtun reload", 1)))?;
-    print!("{}", dtun::ops::control::query(instance, "reload")?);
+    let instance = match instance {
+        Some(name) => {
+            dtun::ops::control::check_name(&name)
+                .map_err(|e| anyhow::anyhow!("{}", e.replacen("-instance", "dtun reload", 1)))?;
+            name
+        }
+        None => match dtun::ops::control::running().as_slice() {
+            [] => "dtun".to_string(),
+            [one] => one.clone(),
+            several => {
+                eprintln!(
+                    "dtun: {} dtuns run in this network namespace ({}): name the one to reload: dtun reload NAME (e.g. dtun reload {})",
+                    several.len(),
+                    several.join(", "),
+                    several[0]
+                );
+                std::process::exit(2);
+            }
+        },
+    };
+    print!("{}", dtun::ops::control::query(&instance, "reload")?);
     Ok(())
 }
 

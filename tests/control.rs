@@ -272,3 +272,62 @@ fn root_without_capabilities_in_a_container_cannot_reload() {
     // Root on the host can.
     assert!(ns.run(DTUN, &["reload"]).status.success());
 }
+
+/// Issue 20: without a name, `dtun status` and `dtun reload` act like `wg show`: the one
+/// instance running in the namespace whatever its name; with several, status shows them all
+/// (`-json`: an array) and reload exits 2 naming them and the command to run. A socket file
+/// left by a `kill -9` is not an instance.
+#[test]
+fn without_a_name_the_one_running_or_all() {
+    let dir = TestDir::new("ct5");
+    let ns = Netns::new("ct5", &dir);
+    let mut dead = start_server(
+        &ns,
+        4803,
+        &["-key", KEY, "-port", "4803", "-instance", "gone"],
+    );
+    dead.signal("KILL");
+    dead.wait_exit(Duration::from_secs(5));
+    let edge = start_server(
+        &ns,
+        4804,
+        &["-key", KEY, "-port", "4804", "-instance", "edge"],
+    );
+    let o = status(&ns, &[]);
+    assert!(o.status.success(), "{o:?}");
+    assert!(stdout(&o).starts_with("server: edge"), "{}", stdout(&o));
+    let o = ns.run(DTUN, &["reload"]);
+    assert!(o.status.success(), "{o:?}");
+    assert!(stdout(&o).starts_with("reloaded:"), "{}", stdout(&o));
+
+    let _core = start_server(
+        &ns,
+        4805,
+        &["-key", KEY, "-port", "4805", "-instance", "core"],
+    );
+    let o = status(&ns, &[]);
+    assert!(o.status.success(), "{o:?}");
+    let out = stdout(&o);
+    assert!(
+        out.starts_with("server: core") && out.contains("\nserver: edge"),
+        "{out}"
+    );
+    let all = common::status::json(&ns, None);
+    let names: Vec<&str> = all
+        .as_array()
+        .unwrap_or_else(|| panic!("not an array: {all}"))
+        .iter()
+        .map(|v| v["instance"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["core", "edge"]);
+    let o = ns.run(DTUN, &["reload"]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    let err = stderr(&o);
+    assert!(
+        err.contains("2 dtuns run in this network namespace (core, edge)")
+            && err.contains("dtun reload NAME"),
+        "{err}"
+    );
+    assert!(stdout(&o).is_empty(), "{o:?}");
+    drop(edge);
+}

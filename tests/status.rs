@@ -349,7 +349,7 @@ fn missing_refused_and_duplicate_instances() {
     let _two = start_server(&ns, 444, &["-key", KEY, "-port", "444", "-instance", "two"]);
     assert_eq!(json(&ns, Some("two"))["instance"], "two");
     assert!(stdout(&status(&ns, &["two"])).starts_with("server: two"));
-    assert_eq!(json(&ns, None)["instance"], "dtun");
+    assert_eq!(json(&ns, Some("dtun"))["instance"], "dtun");
     assert!(
         server.exited().is_none(),
         "the first server is still running"

@@ -36,7 +36,7 @@ use tokio::sync::Semaphore;
 use super::Source;
 
 mod query;
-pub use query::{QueryError, list, query, sanitize};
+pub use query::{QueryError, list, query, running, sanitize};
 
 /// Connections served at once on each socket; more are closed unanswered.
 pub const MAX_CONNECTIONS: usize = 8;

@@ -35,6 +35,14 @@ Prints a random 256\-bit key as 64 hex characters.
 \fBdtun key derive \-key\-file\fR \fISECRET\fR \fB\-id\fR \fIID\fR
 Prints the key a server with \fB\-master\-key\-file\fR \fISECRET\fR expects from client \fIID\fR.
 .TP
+\fBdtun status\fR [\fB\-json\fR] [\fIINSTANCE\fR]
+Shows what the dtun named \fIINSTANCE\fR in this network namespace is doing; without
+\fIINSTANCE\fR, the one running there, or all of them.
+.TP
+\fBdtun reload\fR [\fIINSTANCE\fR]
+Makes that dtun server read its configuration again and prints what changed; without
+\fIINSTANCE\fR, the one running (several: lists them, exit 2). Root and the user dtun runs as.
+.TP
 \fBdtun completions\fR \fBbash\fR|\fBzsh\fR|\fBfish\fR
 Prints a completion script for that shell.
 .TP

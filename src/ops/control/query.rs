@@ -55,6 +55,31 @@ pub fn list(dir: &RunDir) -> std::io::Result<Vec<String>> {
         .collect())
 }
 
+/// The instances running in this network namespace, sorted (for `dtun status` and `dtun
+/// reload` without a name): those with a socket file that takes connections (one left by a
+/// `kill -9` refuses them). Connecting costs a running dtun nothing: a connection closed
+/// without a request ends at once. One whose sockets we may not open is listed (it may run;
+/// asking it says who may ask).
+pub fn running() -> Vec<String> {
+    let Ok(dir) = RunDir::open() else {
+        return Vec::new();
+    };
+    let alive = |path: &Path| match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => Some(true),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => None,
+        Err(_) => Some(false),
+    };
+    list(&dir)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|name| {
+            let admin = dir.path(&format!("{name}{ADMIN_SUFFIX}"));
+            let status = dir.path(&format!("{name}{STATUS_SUFFIX}"));
+            alive(&admin).or_else(|| alive(&status)).unwrap_or(true)
+        })
+        .collect()
+}
+
 /// Sends `request` to the dtun named `instance` in this network namespace and returns its
 /// reply, sanitised (blocking; for `dtun status` and `dtun reload`). The admin socket is tried
 /// first; `status` falls back to the status socket when the file mode keeps us out of it.
