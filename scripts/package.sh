@@ -48,6 +48,7 @@ expected=(
     ./usr/lib/systemd/system/dtun-server.service
     ./usr/lib/systemd/system/dtun@.service
     ./usr/lib/sysusers.d/dtun.conf
+    ./usr/lib/tmpfiles.d/dtun.conf
     ./usr/share/man/man1/dtun.1.gz
     ./usr/share/bash-completion/completions/dtun
     ./usr/share/zsh/vendor-completions/_dtun
@@ -77,19 +78,22 @@ root=$(mktemp -d)
 trap 'rm -rf "$ctrl" "$root"' EXIT
 dpkg-deb -e "$deb" "$ctrl"
 grep -q '^ Depends:.*adduser' <<<"$info" || { echo "package.sh: Depends lacks adduser" >&2; exit 1; }
-for want in 'systemd-sysusers dtun.conf' 'adduser --quiet --system' 'install -d -m 0750 -o root -g dtun /etc/dtun'; do
+for want in 'systemd-sysusers dtun.conf' 'adduser --quiet --system' 'install -d -m 0750 -o root -g dtun /etc/dtun' \
+    'systemd-tmpfiles --create dtun.conf'; do
     grep -qF -- "$want" "$ctrl/postinst" || { echo "package.sh: postinst lacks: $want" >&2; exit 1; }
 done
 sh -n "$ctrl/postinst" && sh -n "$ctrl/prerm" && sh -n "$ctrl/postrm"
 
 echo "== postinst, with systemd-sysusers and with adduser (in a throwaway mount namespace)"
-# The host's /etc is overlaid by a temporary directory inside a private mount namespace, so the
-# user dtun and /etc/dtun are made there only; the second run hides systemd-sysusers from PATH.
+# The host's /etc is overlaid by a temporary directory and /run by a tmpfs inside a private mount
+# namespace, so the user dtun, /etc/dtun and /run/dtun are made there only; the second run hides
+# systemd-sysusers and systemd-tmpfiles from PATH.
 dpkg-deb -x "$deb" "$root"
 farm=$ctrl/path
 mkdir -p "$farm"
 for f in /usr/bin/* /usr/sbin/*; do
-    [[ $(basename "$f") == systemd-sysusers ]] || ln -sf "$f" "$farm/"
+    [[ $(basename "$f") == systemd-sysusers || $(basename "$f") == systemd-tmpfiles ]] ||
+        ln -sf "$f" "$farm/"
 done
 for how in systemd-sysusers adduser; do
     ov=$ctrl/overlay-$how
@@ -100,12 +104,17 @@ for how in systemd-sysusers adduser; do
         set -e
         mount -t overlay overlay -o "lowerdir=/etc,upperdir=$1/upper,workdir=$1/work" /etc
         mount --bind "$2/usr/lib/sysusers.d" /usr/lib/sysusers.d
+        mkdir -p /usr/lib/tmpfiles.d
+        mount --bind "$2/usr/lib/tmpfiles.d" /usr/lib/tmpfiles.d
+        mount -t tmpfs tmpfs /run
         sh "$3/postinst" configure
         getent passwd dtun | cut -d: -f1,6,7
         stat -c "%a %U:%G" /etc/dtun
+        stat -c "run %a %U:%G" /run/dtun
     ' sh "$ov" "$root" "$ctrl" 2>&1) || { echo "package.sh: postinst ($how) failed: $out" >&2; exit 1; }
-    grep -q '^dtun:.*:/usr/sbin/nologin$' <<<"$out" && grep -q '^750 root:dtun$' <<<"$out" || {
-        echo "package.sh: postinst ($how) made no user dtun or /etc/dtun 0750 root:dtun: $out" >&2
+    grep -q '^dtun:.*:/usr/sbin/nologin$' <<<"$out" && grep -q '^750 root:dtun$' <<<"$out" &&
+        grep -q '^run 1770 root:dtun$' <<<"$out" || {
+        echo "package.sh: postinst ($how) made no user dtun, /etc/dtun 0750 root:dtun or /run/dtun 1770 root:dtun: $out" >&2
         exit 1
     }
     echo "postinst with $how: $(tr '\n' ' ' <<<"$out")"

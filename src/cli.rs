@@ -224,7 +224,7 @@ pub struct Cli {
     #[arg(long = "client-to-client", value_enum, value_name = "on|off")]
     pub client_to_client: Option<OnOff>,
     /// Name of this dtun in its network namespace: `dtun status NAME` asks it over the socket
-    /// @dtun/NAME (a server's nftables table is dtun-NAME)
+    /// /run/dtun/NETNS.NAME.sock (a server's nftables table is dtun-NAME)
     #[arg(long, value_name = "NAME", default_value = "dtun")]
     pub instance: String,
     /// Serve Prometheus/OpenMetrics counters over HTTP at http://ADDR/metrics (e.g.

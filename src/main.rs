@@ -88,24 +88,71 @@ fn key_derive(args: &DeriveArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `dtun status [-json] [INSTANCE]`: asks the dtun named INSTANCE (default `dtun`) in this
-/// network namespace over its control socket and prints its answer.
+/// `dtun status [-json] [INSTANCE]`: asks the dtun named INSTANCE in this network namespace
+/// over its control socket and prints its answer. Without INSTANCE, as `wg show`: the one
+/// running, or all of them (`-json`: an array), or `dtun` when none is.
 fn status(args: &StatusArgs) -> anyhow::Result<()> {
-    let instance = args.instance.as_deref().unwrap_or("dtun");
-    dtun::ops::control::check_name(instance)
-        .map_err(|e| anyhow::anyhow!("{}", e.replacen("-instance", "dtun status", 1)))?;
     let request = if args.json { "status json" } else { "status" };
-    print!("{}", dtun::ops::control::query(instance, request)?);
+    let names = match &args.instance {
+        Some(name) => {
+            dtun::ops::control::check_name(name)
+                .map_err(|e| anyhow::anyhow!("{}", e.replacen("-instance", "dtun status", 1)))?;
+            vec![name.clone()]
+        }
+        None => dtun::ops::control::running(),
+    };
+    if names.len() < 2 {
+        let name = names.first().map_or("dtun", String::as_str);
+        print!("{}", dtun::ops::control::query(name, request)?);
+        return Ok(());
+    }
+    let (mut replies, mut failed) = (Vec::new(), 0);
+    for name in &names {
+        match dtun::ops::control::query(name, request) {
+            Ok(r) => replies.push(r),
+            Err(e) => {
+                eprintln!("dtun: {e}");
+                failed += 1;
+            }
+        }
+    }
+    if args.json {
+        let items: Vec<&str> = replies.iter().map(|r| r.trim_end()).collect();
+        println!("[{}]", items.join(",\n"));
+    } else {
+        print!("{}", replies.join("\n"));
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} of {} dtuns did not answer", names.len());
+    }
     Ok(())
 }
 
 /// `dtun reload [INSTANCE]`: as `kill -HUP`, but waits for the outcome and prints it (exit 1
-/// when the new configuration was refused and the running one kept).
+/// when the new configuration was refused and the running one kept). Without INSTANCE, the one
+/// running in this network namespace; with several, exit 2 and the list.
 fn reload(args: &ReloadArgs) -> anyhow::Result<()> {
-    let instance = args.instance.as_deref().unwrap_or("dtun");
-    dtun::ops::control::check_name(instance)
-        .map_err(|e| anyhow::anyhow!("{}", e.replacen("-instance", "dtun reload", 1)))?;
-    print!("{}", dtun::ops::control::query(instance, "reload")?);
+    let instance = match &args.instance {
+        Some(name) => {
+            dtun::ops::control::check_name(name)
+                .map_err(|e| anyhow::anyhow!("{}", e.replacen("-instance", "dtun reload", 1)))?;
+            name.clone()
+        }
+        None => match dtun::ops::control::running().as_slice() {
+            [] => "dtun".to_string(),
+            [one] => one.clone(),
+            several => {
+                eprintln!(
+                    "dtun: {} dtuns run in this network namespace ({}): name the one to reload: dtun reload NAME (e.g. dtun reload {})",
+                    several.len(),
+                    several.join(", "),
+                    several[0]
+                );
+                std::process::exit(2);
+            }
+        },
+    };
+    print!("{}", dtun::ops::control::query(&instance, "reload")?);
     Ok(())
 }
 
@@ -203,7 +250,7 @@ fn run(
 /// Starts the status socket (already bound) and `-metrics` (if asked for); they stop when the
 /// returned handle is dropped.
 async fn ops(
-    control: tokio::net::UnixListener,
+    control: dtun::ops::control::Control,
     metrics: Option<std::net::SocketAddr>,
     source: dtun::ops::Source,
     reload: Option<dtun::ops::reload::ReloadHandle>,

@@ -12,34 +12,34 @@
 //!   ```text
 //!   chain forward6 {
 //!     type filter hook forward priority 1; policy accept;
-//!     iifname @tuns oifname @tuns accept|drop              # accept with `on` or groups
-//!     iifname @tuns accept                                 # -nat
-//!     oifname @tuns ct state established,related accept    # -nat: the replies
+//!     iif @tuns oif @tuns accept|drop                      # accept with `on` or groups
+//!     iif @tuns accept                                     # -nat
+//!     oif @tuns ct state established,related accept        # -nat: the replies
 //!     meta nfproto ipv6 drop
 //!   }
 //!   ```
 //! - **The server keeps its SLAAC default route.** With forwarding on, the kernel ignores
 //!   router advertisements on interfaces whose `accept_ra` is 1; those get 2 (take them even
 //!   when forwarding) while dtun runs, and 1 again on exit.
-//! - **A `kill -9` loses nothing.** The values from before are written to
-//!   `/run/dtun/ipv6-forwarding.NETNS-INODE.INSTANCE` before anything changes; the next start
-//!   takes them from there, and a clean exit restores them and removes the file.
+//! - **A `kill -9` loses nothing.** The values from before are written to the state file
+//!   `/run/dtun/NETNS.INSTANCE.ipv6-forwarding` ([`RunDir::write_state`]: never through a link
+//!   or a file someone else planted) before anything changes; the next start takes them from
+//!   there, and a clean exit restores them and removes the file.
 
 use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use rustables::expr::{Cmp, CmpOp, Immediate, Meta, MetaType, VerdictKind};
 use rustables::{Batch, Chain, ChainPolicy, ChainType, Hook, HookClass, MsgType, ProtocolFamily};
 
-use crate::nft::sets::{TUNS, empty_set, name_in};
+use crate::nft::sets::{TUNS, dev_in, empty_set};
 use crate::nft::{Policy, TABLE_PREFIX, nat_forward, rule};
+use crate::rundir::RunDir;
 
 /// The IPv6 forwarding switch of this network namespace (every interface's, as `sysctl -w
 /// net.ipv6.conf.all.forwarding` sets it).
 pub const IPV6_FORWARDING: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
 const CONF: &str = "/proc/sys/net/ipv6/conf";
-const STATE_DIR: &str = "/run/dtun";
 /// NFPROTO_IPV6.
 const NFPROTO_IPV6: u8 = 10;
 
@@ -49,6 +49,8 @@ pub enum Nat6Error {
     NoIpv6,
     #[error("cannot turn on IPv6 forwarding ({0}: {1})")]
     Io(String, io::Error),
+    #[error(transparent)]
+    RunDir(#[from] crate::rundir::RunDirError),
     #[error("cannot add the IPv6 forward guard to nftables table inet {0}: {1}")]
     Nft(String, rustables::error::QueryError),
 }
@@ -57,6 +59,7 @@ pub enum Nat6Error {
 #[derive(Debug)]
 pub struct Ipv6Forwarding {
     table: String,
+    dir: RunDir,
     state: PathBuf,
     before: u8,
     /// Interfaces whose `accept_ra` dtun moved from 1 to 2.
@@ -74,10 +77,8 @@ fn write_value(path: &Path, v: &str) -> Result<(), Nat6Error> {
 }
 
 /// The state file of `instance` in this network namespace.
-fn state_path(instance: &str) -> Result<PathBuf, Nat6Error> {
-    let ns = std::fs::metadata("/proc/self/ns/net")
-        .map_err(|e| Nat6Error::Io("/proc/self/ns/net".into(), e))?;
-    Ok(Path::new(STATE_DIR).join(format!("ipv6-forwarding.{}.{instance}", ns.ino())))
+fn state_path(dir: &RunDir, instance: &str) -> PathBuf {
+    dir.path(&format!("{instance}.ipv6-forwarding"))
 }
 
 /// `forwarding=V` and `accept_ra=IFACE` lines.
@@ -117,8 +118,8 @@ fn guard(table_name: &str, policy: &Policy) -> Result<Batch, rustables::error::Q
     let verdict =
         |k: VerdictKind| -> rustables::expr::RawExpression { Immediate::new_verdict(k).into() };
     // Client to client first, so that the -nat rule below never accepts it.
-    let mut e = name_in(&tuns, true)?;
-    e.extend(name_in(&tuns, false)?);
+    let mut e = dev_in(&tuns, true)?;
+    e.extend(dev_in(&tuns, false)?);
     e.push(verdict(
         if policy.client_to_client == Some(true) || policy.grouped() {
             VerdictKind::Accept
@@ -163,23 +164,29 @@ fn ra_interfaces(prefix: &str) -> Vec<String> {
 
 impl Ipv6Forwarding {
     /// Turns IPv6 forwarding on for `policy` (which needs forwarding), with the guard chain in
-    /// `table` when it was off, and `accept_ra` 2 where the host takes router advertisements.
+    /// the table of `fw` (sent over the socket that owns it) when it was off, and `accept_ra` 2
+    /// where the host takes router advertisements.
     pub fn apply(
-        table: &str,
+        fw: &crate::nft::Firewall,
         tun_pattern: &str,
         policy: Policy,
         instance: &str,
     ) -> Result<Ipv6Forwarding, Nat6Error> {
+        let table = fw.table();
         let fwd = Path::new(IPV6_FORWARDING);
         if !fwd.exists() {
             return Err(Nat6Error::NoIpv6);
         }
-        let state = state_path(instance)?;
+        let dir = RunDir::open()?;
+        let state = state_path(&dir, instance);
         let now = u8::from(read_value(fwd)? != "0");
-        // After a kill -9 the file knows what was there before any of this.
-        let recorded = std::fs::read_to_string(&state)
+        // After a kill -9 the file knows what was there before any of this (a link or a file
+        // of another user's is not believed).
+        let recorded = dir
+            .read_state(&state)
             .ok()
-            .and_then(|t| parse_state(&t));
+            .flatten()
+            .and_then(|t| parse_state(&String::from_utf8_lossy(&t)));
         // A file from another life of this namespace's inode (a namespace deleted after a
         // kill -9) cannot say "was off" while forwarding is off now: only trust it when its
         // story fits what we see.
@@ -190,7 +197,7 @@ impl Ipv6Forwarding {
         let prefix = tun_prefix(tun_pattern);
         if before == 0 {
             guard(table, &policy)
-                .and_then(|b| b.send())
+                .and_then(|b| fw.send(b))
                 .map_err(|e| Nat6Error::Nft(table.to_string(), e))?;
         }
         if now == 0 {
@@ -200,22 +207,22 @@ impl Ipv6Forwarding {
                 }
             }
         }
-        std::fs::create_dir_all(STATE_DIR)
-            .and_then(|()| std::fs::write(&state, state_text(before, &ra)))
+        dir.write_state(&state, state_text(before, &ra).as_bytes())
             .map_err(|e| Nat6Error::Io(state.display().to_string(), e))?;
-        let fw = Ipv6Forwarding {
+        let six = Ipv6Forwarding {
             table: table.to_string(),
+            dir,
             state,
             before,
             ra,
         };
-        for i in &fw.ra {
+        for i in &six.ra {
             let _ = write_value(&Path::new(CONF).join(i).join("accept_ra"), "2");
         }
         if now == 0
             && let Err(e) = write_value(fwd, "1")
         {
-            fw.remove();
+            six.remove();
             return Err(e);
         }
         tracing::info!(
@@ -225,16 +232,16 @@ impl Ipv6Forwarding {
             } else {
                 ""
             },
-            if fw.ra.is_empty() {
+            if six.ra.is_empty() {
                 String::new()
             } else {
                 format!(
                     "; accept_ra 2 on {} so they keep their router advertisements",
-                    fw.ra.join(", ")
+                    six.ra.join(", ")
                 )
             }
         );
-        Ok(fw)
+        Ok(six)
     }
 
     /// Puts IPv6 forwarding and `accept_ra` back (forwarding only when no other dtun table is
@@ -261,7 +268,9 @@ impl Ipv6Forwarding {
                 let _ = write_value(&path, "1");
             }
         }
-        let _ = std::fs::remove_file(&self.state);
+        if let Err(e) = self.dir.remove_state(&self.state) {
+            tracing::warn!("cannot remove {}: {e}", self.state.display());
+        }
     }
 }
 

@@ -2,15 +2,21 @@
 //! forwarding switch.
 //!
 //! One table per running dtun, `inet dtun-<instance>`, so two dtuns on one host never touch each
-//! other's rules. It is made over netlink (the `rustables` crate; never by running `nft`) in one
-//! batch that first adds, then deletes, then creates it again: a table left by a `kill -9` is
-//! replaced atomically, and a missing one is no error. It is deleted on a clean shutdown. A server
-//! with none of `-nat`, `-client-to-client` and `group=` in its credentials makes no table at
-//! all (it needs no nf_tables).
+//! other's rules. It is made over netlink (the `rustables` crate; never by running `nft`) with
+//! the owner flag (`NFT_TABLE_F_OWNER`, Linux 5.12) over a socket dtun keeps open (`socket`):
+//! the kernel lets nobody else change it and deletes it when that socket closes, so a dtun
+//! that dies (`kill -9` included) leaves no rule behind, and a table that exists with an owner
+//! is a running dtun's (a second dtun of that instance is refused). The batch first adds a table
+//! without an owner, deletes it, then creates the owned one: a table without an owner (left by
+//! an older dtun, or on a kernel without owners, where dtun warns and goes on without) is
+//! replaced atomically. It is deleted on a clean shutdown. A server with none of `-nat`,
+//! `-client-to-client` and `group=` in its credentials makes no table at all (it needs no
+//! nf_tables).
 //!
-//! "Ours" below means a packet whose input (or output) device is in the set `tuns`: the names
-//! of this server's TUNs, kept up to date by the manager as it creates and removes devices
-//! (`sets`), so another dtun's TUNs with the same name pattern are never taken for ours. With
+//! "Ours" below means a packet whose input (or output) device is in the set `tuns`: the
+//! interface indexes of this server's TUNs, kept up to date by the manager as it creates and
+//! removes devices (`sets`), so neither another dtun's TUNs with the same name pattern nor a
+//! device made later under the name of one of ours is ever taken for ours. With
 //! isolation groups each group has a set too (`group-NAME`, and `ungrouped` for the ids
 //! without one). What such a packet carries as its source is already checked on the data
 //! path: the demultiplexer lets a client's packet into its TUN only with its tunnel address or
@@ -20,25 +26,25 @@
 //! The rule set:
 //!
 //! ```text
-//! table inet dtun-<instance> {                         # userdata: ip_forward=<value before dtun>
-//!   set tuns { type ifname; }                          # every TUN of this server
-//!   set ungrouped { type ifname; }                     # groups only: ids without group=
-//!   set group-red { type ifname; }                     # groups only: one per group
+//! table inet dtun-<instance> {                         # flags owner
+//!   set tuns { type iface_index; }                     # every TUN of this server
+//!   set ungrouped { type iface_index; }                # groups only: ids without group=
+//!   set group-red { type iface_index; }                # groups only: one per group
 //!   chain postrouting {                                # only with -nat
 //!     type nat hook postrouting priority srcnat; policy accept;
-//!     iifname @tuns oifname @tuns return               # client to client: never masqueraded
-//!     iifname @tuns masquerade                         # tunnel -> out: the server's address
+//!     iif @tuns oif @tuns return               # client to client: never masqueraded
+//!     iif @tuns masquerade                         # tunnel -> out: the server's address
 //!   }
 //!   chain groups {                                     # groups (unless -client-to-client off)
-//!     iifname @ungrouped oifname @ungrouped accept
-//!     iifname @group-red oifname @group-red accept     # one per group
+//!     iif @ungrouped oif @ungrouped accept
+//!     iif @group-red oif @group-red accept     # one per group
 //!   }
 //!   chain forward {
 //!     type filter hook forward priority filter; policy accept;
-//!     iifname @tuns oifname @tuns jump groups          # groups: same group passes
-//!     iifname @tuns oifname @tuns drop|accept          # see below
-//!     iifname @tuns accept                             # -nat: tunnel -> out
-//!     oifname @tuns ct state established,related accept   # -nat: the replies
+//!     iif @tuns oif @tuns jump groups          # groups: same group passes
+//!     iif @tuns oif @tuns drop|accept          # see below
+//!     iif @tuns accept                             # -nat: tunnel -> out
+//!     oif @tuns ct state established,related accept   # -nat: the replies
 //!     drop                                             # only if dtun turned forwarding on
 //!   }
 //! }
@@ -50,8 +56,9 @@
 //! when dtun turned forwarding on, else `accept` (this chain's policy).
 //!
 //! The last `drop` is what keeps forwarding from opening anything else: when IPv4 forwarding
-//! was off before dtun (recorded in the table's userdata, inherited from a leftover or a sibling
-//! dtun table so a restart after `kill -9` still knows it), nothing was forwarded, so anything
+//! was off before dtun (recorded in the RunDir state file `/run/dtun/NETNS.ip_forward` by the
+//! first dtun of the namespace, so a sibling and a restart after `kill -9` still know it),
+//! nothing was forwarded, so anything
 //! beyond the lines above would be new: a client cannot reach the server's other networks
 //! except through `-nat`, and nothing from outside is forwarded. When the host already
 //! forwarded, its own policy stays in charge (an `accept` here only ends this chain; a host's
@@ -60,9 +67,12 @@
 //!
 //! Forwarding (`/proc/sys/net/ipv4/ip_forward` of dtun's network namespace) is turned on while
 //! dtun runs with `-nat` or `-client-to-client on` (groups alone leave it as the host has it);
-//! on exit, when no other `dtun-*` table is left, it is put back to the recorded value.
+//! on exit, when no other `dtun-*` table is left, it is put back to the recorded value and the
+//! record removed. A dtun killed with `kill -9` cannot do that: its table goes with it, but
+//! forwarding stays on until the next dtun with a table starts in the namespace and, finding no
+//! other dtun table, puts back the recorded value. The dtuns of a namespace take these steps
+//! one at a time (the RunDir lock `forwarding`).
 
-use std::io;
 use std::path::Path;
 
 use rustables::error::QueryError;
@@ -72,16 +82,23 @@ use rustables::{
 };
 
 mod error;
+mod forwarding;
 pub(crate) mod sets;
+mod socket;
 pub use error::NftError;
 use error::{classify, classify_errno};
+use forwarding::Decided;
+use socket::NftSocket;
+
+use crate::rundir::RunDir;
 pub use sets::group_set;
 
 /// Where the kernel keeps the IPv4 forwarding switch of this network namespace.
 pub const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 /// Table names start with this; the rest is the instance.
 pub const TABLE_PREFIX: &str = "dtun-";
-const USERDATA_KEY: &str = "ip_forward=";
+/// NFT_TABLE_F_OWNER (Linux 5.12): the table belongs to the netlink socket that made it.
+const OWNER: u32 = rustables::sys::NFT_TABLE_F_OWNER;
 
 /// What the table must do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,60 +160,34 @@ fn what(policy: &Policy) -> &'static str {
 #[derive(Debug)]
 pub struct Firewall {
     table: String,
+    /// The socket that made the table: it owns it (the kernel deletes the table when the socket
+    /// closes, so also when dtun dies), and every change goes over it.
+    sock: NftSocket,
+    /// Where the forwarding value from before any dtun is kept.
+    dir: RunDir,
     /// IPv4 forwarding as it was before any dtun changed it.
     forward_before: Option<u8>,
-    /// Held while the table is ours: a second dtun with the same instance cannot bind it.
-    _lock: std::os::unix::net::UnixDatagram,
     /// Isolation groups are enforced: each TUN also goes into its group's set.
     grouped: bool,
     /// The group sets that exist in the table.
     group_sets: std::collections::HashSet<String>,
+    /// The index of each TUN in the sets, by name (to take it out after the device is gone).
+    indexes: std::collections::HashMap<String, u32>,
     /// Set ids already used in this table's batches.
     next_set_id: u32,
     /// Updates of the sets that failed.
     failures: u64,
 }
 
-/// Binds the abstract socket that marks `instance` as running in this network namespace (it
-/// vanishes with the process, also after `kill -9`).
-fn lock_instance(instance: &str) -> Result<std::os::unix::net::UnixDatagram, NftError> {
-    use std::os::linux::net::SocketAddrExt;
-    let name = format!("dtun-instance-{instance}");
-    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
-        .map_err(NftError::Lock)?;
-    std::os::unix::net::UnixDatagram::bind_addr(&addr).map_err(|e| {
-        if e.kind() == io::ErrorKind::AddrInUse {
-            NftError::InstanceInUse(instance.to_string())
-        } else {
-            NftError::Lock(e)
-        }
-    })
-}
-
-fn read_forward(path: &Path) -> io::Result<u8> {
-    let s = std::fs::read_to_string(path)?;
-    Ok(if s.trim() == "0" { 0 } else { 1 })
-}
-
-fn write_forward(path: &Path, v: u8) -> io::Result<()> {
-    std::fs::write(path, if v == 0 { "0\n" } else { "1\n" })
-}
-
-/// The `dtun-*` tables of this namespace with the forwarding value each recorded.
-fn dtun_tables() -> Result<Vec<(String, Option<u8>)>, QueryError> {
+/// The `dtun-*` tables of this namespace, each with whether a socket owns it (a table with an
+/// owner lives exactly as long as the dtun that made it).
+fn dtun_tables() -> Result<Vec<(String, bool)>, QueryError> {
     Ok(rustables::list_tables()?
         .into_iter()
         .filter_map(|t| {
             let name = t.get_name()?.clone();
-            if !name.starts_with(TABLE_PREFIX) {
-                return None;
-            }
-            let recorded = t
-                .get_userdata()
-                .and_then(|u| std::str::from_utf8(u).ok())
-                .and_then(|u| u.strip_prefix(USERDATA_KEY))
-                .and_then(|v| v.trim().parse::<u8>().ok());
-            Some((name, recorded))
+            let owned = t.get_flags().is_some_and(|f| f & OWNER != 0);
+            name.starts_with(TABLE_PREFIX).then_some((name, owned))
         })
         .collect())
 }
@@ -212,15 +203,15 @@ pub(crate) fn rule(
     Ok(r)
 }
 
-/// The two forward rules of `-nat` (both families): `iifname @tuns accept` (the tunnel out)
-/// and `oifname @tuns ct state established,related accept` (the replies).
+/// The two forward rules of `-nat` (both families): `iif @tuns accept` (the tunnel out)
+/// and `oif @tuns ct state established,related accept` (the replies).
 pub(crate) fn nat_forward(
     tuns: &rustables::Set,
 ) -> Result<[Vec<rustables::expr::RawExpression>; 2], QueryError> {
     use rustables::expr::{Bitwise, Cmp, CmpOp, Conntrack, ConntrackKey, ct::ConnTrackState};
-    let mut out = sets::name_in(tuns, true)?;
+    let mut out = sets::dev_in(tuns, true)?;
     out.push(verdict(VerdictKind::Accept));
-    let mut replies = sets::name_in(tuns, false)?;
+    let mut replies = sets::dev_in(tuns, false)?;
     replies.push(Conntrack::new(ConntrackKey::State).into());
     let states = (ConnTrackState::ESTABLISHED | ConnTrackState::RELATED).bits();
     replies.push(Bitwise::new(states.to_le_bytes(), 0u32.to_be_bytes())?.into());
@@ -233,27 +224,32 @@ fn verdict(kind: VerdictKind) -> rustables::expr::RawExpression {
     Immediate::new_verdict(kind).into()
 }
 
-/// The batch that replaces (or creates) the table, with the sets of `groups` (names as in the
-/// credentials file) when the policy is grouped. Set ids 1 to the number of sets are used.
+/// The batch that replaces (or creates) the table, owned by the sending socket when `owned`,
+/// with the sets of `groups` (names as in the credentials file) when the policy is grouped. Set
+/// ids 1 to the number of sets are used.
 fn build(
     table_name: &str,
     policy: &Policy,
     forward_before: u8,
     groups: &[String],
+    owned: bool,
 ) -> Result<Batch, QueryError> {
+    let plain = Table::new(ProtocolFamily::Inet).with_name(table_name);
     let table = Table::new(ProtocolFamily::Inet)
         .with_name(table_name)
-        .with_userdata(format!("{USERDATA_KEY}{forward_before}").into_bytes());
+        .with_flags(if owned { OWNER } else { 0 });
     let mut batch = Batch::new();
-    // Add (a no-op if it exists), delete, create: one atomic replace, fine when it is missing.
-    batch.add(&table, MsgType::Add);
-    batch.add(&table, MsgType::Del);
+    // Add (a no-op if a table without an owner exists: one left by a dtun before this one, or
+    // on a kernel without owners), delete, create: one atomic replace, fine when it is missing.
+    // A table another live dtun owns refuses the first step (EPERM).
+    batch.add(&plain, MsgType::Add);
+    batch.add(&plain, MsgType::Del);
     batch.add(&table, MsgType::Add);
     let tuns = sets::empty_set(&table, sets::TUNS, 1)?;
     batch.add(&tuns, MsgType::Add);
     let tun_to_tun = || -> Result<Vec<_>, QueryError> {
-        let mut e = sets::name_in(&tuns, true)?;
-        e.extend(sets::name_in(&tuns, false)?);
+        let mut e = sets::dev_in(&tuns, true)?;
+        e.extend(sets::dev_in(&tuns, false)?);
         Ok(e)
     };
     if policy.nat {
@@ -266,7 +262,7 @@ fn build(
         let mut e = tun_to_tun()?;
         e.push(verdict(VerdictKind::Return));
         batch.add(&rule(&post, e)?, MsgType::Add);
-        let mut e = sets::name_in(&tuns, true)?;
+        let mut e = sets::dev_in(&tuns, true)?;
         e.push(Masquerade::default().into());
         batch.add(&rule(&post, e)?, MsgType::Add);
     }
@@ -328,21 +324,42 @@ impl Firewall {
         forward_path: &Path,
     ) -> Result<Firewall, NftError> {
         check_instance(instance)?;
-        let lock = lock_instance(instance)?;
         let table = table_name(instance);
         let what = what(&policy);
+        let dir = RunDir::open().map_err(NftError::RunDir)?;
+        let who = format!("dtun pid {}, instance {instance}", std::process::id());
+        // One dtun of the namespace at a time decides about forwarding.
+        let _turn = forwarding::turn(&dir, &who)?;
         let existing = dtun_tables().map_err(|e| classify(e, &policy, &table))?;
-        let now = read_forward(forward_path).map_err(NftError::Forwarding)?;
-        // A leftover of ours or a sibling dtun knows the value from before any dtun.
-        let before = existing
-            .iter()
-            .find(|(n, _)| *n == table)
-            .or_else(|| existing.first())
-            .and_then(|(_, v)| *v)
-            .unwrap_or(now);
-        let batch =
-            build(&table, &policy, before, groups).map_err(|e| classify(e, &policy, &table))?;
-        batch.send().map_err(|e| classify(e, &policy, &table))?;
+        if existing.iter().any(|(n, owned)| *n == table && *owned) {
+            return Err(NftError::InstanceInUse(instance.to_string()));
+        }
+        let others = existing.iter().filter(|(n, _)| *n != table).count();
+        let Decided { before, now } =
+            forwarding::decide(&dir, forward_path, others, policy.needs_forwarding())?;
+        let sock = NftSocket::open().map_err(|e| classify(e, &policy, &table))?;
+        let send =
+            |owned: bool| build(&table, &policy, before, groups, owned).and_then(|b| sock.send(b));
+        match send(true) {
+            Ok(()) => {}
+            // A kernel before 5.12 has no table owners: the table then outlives a kill -9
+            // until this instance starts again.
+            Err(QueryError::NetlinkError(e)) if e.error.abs() == libc::EOPNOTSUPP => {
+                tracing::warn!(
+                    "this kernel has no nftables table owners (Linux 5.12): after a kill -9, inet {table} stays until dtun {instance} starts again"
+                );
+                send(false).map_err(|e| classify(e, &policy, &table))?;
+            }
+            // The table appeared, owned by a dtun that started meanwhile.
+            Err(QueryError::NetlinkError(e))
+                if e.error.abs() == libc::EPERM
+                    && dtun_tables()
+                        .is_ok_and(|t| t.iter().any(|(n, owned)| *n == table && *owned)) =>
+            {
+                return Err(NftError::InstanceInUse(instance.to_string()));
+            }
+            Err(e) => return Err(classify(e, &policy, &table)),
+        }
         let grouped = policy.grouped();
         let group_sets: std::collections::HashSet<String> = if grouped {
             std::iter::once(group_set(None))
@@ -353,17 +370,20 @@ impl Firewall {
         };
         let fw = Firewall {
             table,
+            sock,
+            dir,
             forward_before: Some(before),
-            _lock: lock,
             grouped,
             next_set_id: 2 + group_sets.len() as u32,
             group_sets,
+            indexes: Default::default(),
             failures: 0,
         };
         if policy.needs_forwarding()
             && now != 1
-            && let Err(e) = write_forward(forward_path, 1)
+            && let Err(e) = forwarding::write(forward_path, 1)
         {
+            drop(_turn);
             fw.remove_at(forward_path);
             return Err(NftError::Forwarding(e));
         }
@@ -390,6 +410,11 @@ impl Firewall {
         &self.table
     }
 
+    /// Sends a batch that changes the table, over the socket that owns it.
+    pub(crate) fn send(&self, batch: Batch) -> Result<(), QueryError> {
+        self.sock.send(batch)
+    }
+
     /// Deletes the table; puts forwarding back when no other dtun table is left.
     pub fn remove(self) {
         self.remove_at(Path::new(IP_FORWARD))
@@ -399,23 +424,28 @@ impl Firewall {
         let table = Table::new(ProtocolFamily::Inet).with_name(self.table.as_str());
         let mut batch = Batch::new();
         batch.add(&table, MsgType::Del);
-        if let Err(e) = batch.send() {
+        if let Err(e) = self.sock.send(batch) {
             tracing::warn!("cannot delete nftables table inet {}: {e}", self.table);
         }
-        let others = match dtun_tables() {
-            Ok(t) => t.len(),
+        // Closing the socket deletes an owned table in any case.
+        drop(self.sock);
+        let who = format!("dtun pid {}, table {}", std::process::id(), self.table);
+        let _turn = match forwarding::turn(&self.dir, &who) {
+            Ok(l) => l,
             Err(e) => {
-                tracing::warn!("cannot list nftables tables: {e}; IPv4 forwarding left as is");
+                tracing::warn!("{e}; IPv4 forwarding left as is");
                 return;
             }
         };
-        if others == 0
-            && let Some(before) = self.forward_before
-            && read_forward(forward_path).ok() != Some(before)
-        {
-            match write_forward(forward_path, before) {
-                Ok(()) => tracing::info!("IPv4 forwarding back to {before}"),
-                Err(e) => tracing::warn!("cannot restore {}: {e}", forward_path.display()),
+        match dtun_tables() {
+            Ok(t) if t.iter().all(|(n, _)| *n == self.table) => {
+                if let Some(before) = self.forward_before {
+                    forwarding::restore(&self.dir, forward_path, before);
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!("cannot list nftables tables: {e}; IPv4 forwarding left as is")
             }
         }
         tracing::info!("nftables table inet {} removed", self.table);

@@ -27,6 +27,7 @@ use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// Where dtun keeps its runtime files.
 pub const BASE: &str = "/run/dtun";
@@ -169,6 +170,21 @@ impl RunDir {
         file.lock_shared()
             .map_err(|e| LockError::Io(path.clone(), e))?;
         Ok(Lock { file, path })
+    }
+
+    /// Like [`RunDir::lock`], but waits up to `timeout` while another process holds it: for
+    /// short steps every dtun of the namespace takes in turn (deciding what IPv4 forwarding
+    /// was before any of them).
+    pub fn lock_wait(&self, name: &str, who: &str, timeout: Duration) -> Result<Lock, LockError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.lock(name, who) {
+                Err(LockError::Held { .. }) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                r => return r,
+            }
+        }
     }
 
     /// Takes the mount-namespace-wide lock `NAME` ([`RunDir::global`]`(NAME.lock)`).

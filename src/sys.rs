@@ -1,5 +1,6 @@
-//! The one place with `unsafe`: socket options that neither std, socket2 nor quinn-udp offer,
-//! and killpg(2) for the scripts' process groups.
+//! The one place with `unsafe`: socket options that neither std, socket2 nor quinn-udp offer
+//! (SO_PEERCRED on a blocking socket among them), killpg(2) for the scripts' process groups,
+//! and if_nametoindex(3).
 #![allow(unsafe_code)]
 
 use std::os::fd::AsRawFd;
@@ -104,8 +105,46 @@ pub fn kill_process_group(pgid: u32, signal: libc::c_int) -> std::io::Result<()>
     }
 }
 
+/// The index of the network interface `name` in this network namespace (if_nametoindex(3)).
+pub fn if_index(name: &str) -> std::io::Result<u32> {
+    let c = std::ffi::CString::new(name)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in a name"))?;
+    // SAFETY: `c` is a NUL-terminated string that outlives the call, which only reads it.
+    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+        0 => Err(std::io::Error::last_os_error()),
+        i => Ok(i),
+    }
+}
+
 /// Our effective user id (geteuid(2)): the one user besides root the status socket admits.
 pub fn euid() -> u32 {
     // SAFETY: geteuid takes nothing, touches no memory and cannot fail.
     unsafe { libc::geteuid() }
+}
+
+/// The uid of the process at the other end of a connected Unix socket, as it was when that
+/// end listened or connected (SO_PEERCRED).
+pub fn peer_uid(sock: &impl AsRawFd) -> std::io::Result<u32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: the fd is a live socket borrowed for the call; `cred` and `len` are on the stack
+    // and `len` holds the size of `cred`, as getsockopt(2) requires.
+    let r = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if r == 0 {
+        Ok(cred.uid)
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }

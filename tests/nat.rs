@@ -177,13 +177,39 @@ fn nat_masquerades_restores_forwarding_and_survives_kill_9() {
     assert_eq!(net.forward(), "0", "ip_forward back as it was");
     client.stop(Duration::from_secs(5));
 
-    // kill -9 leaves the table and forwarding on; a restart replaces the table and still
-    // knows forwarding was off before.
+    // kill -9: the kernel deletes the table with the process (it owns it), so nothing of it
+    // (masquerade, forward rules, the `tuns` set) is left for a TUN that comes later. Forwarding
+    // stays on (a dead process restores nothing); the next dtun start puts it back from
+    // /run/dtun, here one that does not need forwarding at all.
+    let mut server = net.start_server(4601, &["-nat", "-instance", "edge"]);
+    let (mut client, _) = net.start_client(0, 4601, &[]);
+    assert_eq!(reaches_inet(&net, 0), "203.0.113.1");
+    server.signal("KILL");
+    server.wait_exit(Duration::from_secs(5));
+    wait_for(
+        Duration::from_secs(10),
+        "the killed dtun's table to go",
+        || !net.tables().contains("dtun-edge"),
+    );
+    assert_eq!(
+        net.forward(),
+        "1",
+        "a dead process cannot restore forwarding"
+    );
+    client.stop(Duration::from_secs(5));
+    let mut other = net.start_server(4602, &["-client-to-client", "off", "-instance", "other"]);
+    other.wait_log("IPv4 forwarding back to 0", UP);
+    assert_eq!(net.forward(), "0");
+    other.stop(Duration::from_secs(10));
+    // Killed again, then restarted as it was: forwarding on for it, off again after it.
     let mut server = net.start_server(4601, &["-nat", "-instance", "edge"]);
     server.signal("KILL");
     server.wait_exit(Duration::from_secs(5));
-    assert!(net.tables().contains("dtun-edge"));
-    assert_eq!(net.forward(), "1");
+    wait_for(
+        Duration::from_secs(10),
+        "the killed dtun's table to go",
+        || !net.tables().contains("dtun-edge"),
+    );
     let mut server = net.start_server(4601, &["-nat", "-instance", "edge"]);
     assert_eq!(
         net.tables().matches("table inet dtun-edge").count(),
@@ -362,6 +388,14 @@ fn bad_instances_and_missing_capability_are_refused_cleanly() {
     // Another instance is fine beside it, and the forwarding is restored only after both.
     let mut second = net.start_server(4606, &["-nat", "-instance", "two"]);
     assert!(net.tables().contains("dtun-two") && net.tables().contains("dtun-one"));
+    // A second dtun that dies does not take the first's forwarding with it, nor its record.
+    let third = net.start_server(4607, &["-nat", "-instance", "three"]);
+    third.signal("KILL");
+    wait_for(
+        Duration::from_secs(10),
+        "the killed dtun's table to go",
+        || !net.tables().contains("dtun-three"),
+    );
     first.stop(Duration::from_secs(10));
     assert_eq!(net.forward(), "1", "another dtun table is left");
     assert!(net.tables().contains("dtun-two") && !net.tables().contains("dtun-one"));
@@ -417,4 +451,70 @@ fn route_all_and_nat_make_a_full_tunnel() {
         "dtun's table left behind"
     );
     assert_eq!(net.forward(), "0", "ip_forward not restored");
+}
+
+/// Finding 6: a symbolic link planted where the IPv6 forwarding state file goes (under the name
+/// of today and the one before) is never written through: the file it points at stays as it
+/// was while dtun runs `-nat` and after it exits.
+#[test]
+fn a_planted_link_in_run_dtun_is_never_written_through() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = TestDir::new("fNs");
+    let ns = Netns::new("fNs", &dir);
+    let ino = std::fs::metadata(format!("/run/netns/{}", ns.name()))
+        .unwrap()
+        .ino();
+    let victim = dir.file("victim", b"precious\n");
+    std::fs::create_dir_all("/run/dtun").unwrap();
+    let links = [
+        format!("/run/dtun/ipv6-forwarding.{ino}.sym"),
+        format!("/run/dtun/{ino}.sym.ipv6-forwarding"),
+    ];
+    for l in &links {
+        let _ = std::fs::remove_file(l);
+        std::os::unix::fs::symlink(&victim, l).unwrap();
+    }
+    let mut server = start_server(
+        &ns,
+        4607,
+        &["-key", KEY, "-port", "4607", "-nat", "-instance", "sym"],
+    );
+    server.wait_log("IPv6 forwarding on", UP);
+    let kept = std::fs::read_to_string(&victim).unwrap();
+    server.stop(Duration::from_secs(10));
+    let after = std::fs::read_to_string(&victim).unwrap();
+    for l in &links {
+        let _ = std::fs::remove_file(l);
+    }
+    assert_eq!(kept, "precious\n", "written through a link while running");
+    assert_eq!(after, "precious\n", "written through a link on exit");
+}
+
+/// Finding 11, the devices: the sets hold interface indexes, which the kernel never hands out
+/// again, not names, which are free the moment a device goes. A device made later under the
+/// name of one of the server's TUNs (here after someone deleted it) is not in the sets, so
+/// it gets no NAT and passes none of the table's rules.
+#[test]
+fn a_device_that_takes_a_tuns_name_is_not_ours() {
+    let net = Net::new("fNd", 1);
+    let _server = net.start_server(4608, &["-nat", "-instance", "idx"]);
+    let (_client, _) = net.start_client(0, 4608, &[]);
+    let s = net.server();
+    let tun = only_tun(s);
+    let set = || {
+        let out = s.run("nft", &["list", "set", "inet", "dtun-idx", "tuns"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(set().contains(&tun), "{}", set());
+    s.ip(&["link", "del", &tun]);
+    s.ip(&["tuntap", "add", "dev", &tun, "mode", "tun"]);
+    let listed = set();
+    let elements = listed
+        .lines()
+        .find(|l| l.contains("elements"))
+        .unwrap_or_default();
+    assert!(
+        !elements.contains(tun.as_str()),
+        "the newcomer {tun} is in the set: {listed}"
+    );
 }

@@ -38,19 +38,15 @@ fn tun_node(dir: &TestDir, mode: u32) -> String {
     path_str(&path).to_string()
 }
 
-/// `sh -c 'mount --bind NODE /dev/net/tun; mount /run/dtun; exec setpriv ARGS… dtun
-/// DTUN_ARGS…'`. /run/dtun is a tmpfs of the command's own (`ip netns exec` gives each command
-/// a mount namespace of its own), `root:4242 1770` as the package's tmpfiles.d entry makes it
-/// (`root:dtun`), so the unit's user may take its locks there.
-fn as_unit_args<'a>(node: &'a str, setpriv: &[&'a str], dtun_args: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec![
-        "sh",
-        "-c",
-        "mount --bind \"$0\" /dev/net/tun && mkdir -p /run/dtun && \
-         mount -t tmpfs -o mode=1770,uid=0,gid=4242 dtun-run /run/dtun && exec \"$@\"",
-        node,
-        "setpriv",
-    ];
+/// `sh -c 'mount --bind NODE /dev/net/tun; mount --bind RUNDIR /run/dtun; exec setpriv ARGS…
+/// dtun DTUN_ARGS…'`.
+fn as_unit_args<'a>(
+    node: &'a str,
+    rundir: &'a str,
+    setpriv: &[&'a str],
+    dtun_args: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec!["sh", "-c", MOUNT_UNIT, node, rundir, "setpriv"];
     args.extend_from_slice(setpriv);
     args.push(DTUN);
     args.extend_from_slice(dtun_args);
@@ -60,7 +56,8 @@ fn as_unit_args<'a>(node: &'a str, setpriv: &[&'a str], dtun_args: &[&'a str]) -
 /// dtun under `setpriv ARGS…` in the background, with /dev/net/tun as a Debian host has it.
 fn spawn_as(ns: &Netns, setpriv: &[&str], dtun_args: &[&str]) -> Proc {
     let node = tun_node(ns.dir(), 0o666);
-    let args = as_unit_args(&node, setpriv, dtun_args);
+    let rundir = unit_rundir(ns.dir());
+    let args = as_unit_args(&node, &rundir, setpriv, dtun_args);
     ns.spawn(args[0], &args[1..], &[])
 }
 
@@ -68,8 +65,9 @@ fn spawn_as(ns: &Netns, setpriv: &[&str], dtun_args: &[&str]) -> Proc {
 /// `timeout` so a dtun that wrongly starts fails the test instead of hanging it.
 fn run_as_with(ns: &Netns, mode: u32, setpriv: &[&str], dtun_args: &[&str]) -> (Output, String) {
     let node = tun_node(ns.dir(), mode);
+    let rundir = unit_rundir(ns.dir());
     let mut args = vec!["10"];
-    args.extend(as_unit_args(&node, setpriv, dtun_args));
+    args.extend(as_unit_args(&node, &rundir, setpriv, dtun_args));
     let out = ns.run("timeout", &args);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "dtun started: {out:?}");
@@ -323,4 +321,56 @@ fn missing_capabilities_are_named_with_how_to_grant_them() {
         err.contains("cannot read key file") && err.contains("chown root:dtun"),
         "{err}"
     );
+}
+
+/// Finding 9 where it matters, dtun as the units run it (uid 4242, CAP_NET_ADMIN only): its
+/// admin socket is 4242's, mode 0600, so a uid-0 process without capabilities (a rootful
+/// container's root sharing the namespaces) can neither reload it nor read its status, while
+/// root and dtun's own user (its scripts) can.
+#[test]
+fn only_root_and_dtuns_user_reload_a_unit_dtun() {
+    let topo = Topo::pair("svr");
+    let s = &topo.server;
+    let mut server = spawn_as(s, AS_UNIT, &["-key", KEY, "-port", "4741"]);
+    wait_for(UP, "the server listening", || {
+        assert_running(&mut server, "unprivileged server");
+        s.udp_listening(4741)
+    });
+    let rundir = unit_rundir(s.dir());
+    let ask = |setpriv: &[&str], what: &str| {
+        let mut args = vec![
+            "-c",
+            "mount --bind \"$0\" /run/dtun && exec \"$@\"",
+            &rundir,
+            "setpriv",
+        ];
+        args.extend_from_slice(setpriv);
+        args.extend([DTUN, what]);
+        s.run("sh", &args)
+    };
+    let no_caps = [
+        "--inh-caps=-all",
+        "--ambient-caps=-all",
+        "--bounding-set=-all",
+    ];
+    for what in ["reload", "status"] {
+        let o = ask(&no_caps, what);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success(),
+            "uid 0 without capabilities: {what}: {o:?}"
+        );
+        assert!(err.contains("refused to answer"), "{err}");
+    }
+    assert!(!server.log().contains("dtun reload"), "{}", server.log());
+    let o = ask(
+        &["--reuid", "4242", "--regid", "4242", "--clear-groups"],
+        "reload",
+    );
+    assert!(o.status.success(), "dtun's own user: {o:?}");
+    server.wait_log("dtun reload", Duration::from_secs(5));
+    let o = ask(&[], "status");
+    assert!(o.status.success(), "root: {o:?}");
+    server.signal("TERM");
+    server.expect_success("unprivileged server", Duration::from_secs(15));
 }

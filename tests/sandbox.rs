@@ -21,8 +21,9 @@ use common::*;
 const KEY: &str = "sandbox-test-key-0123456789";
 const UNITS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/dist/systemd");
 
-/// dtun under strace (trace in `trace`) and setpriv, with a /dev/net/tun of mode 0666 mounted
-/// in the mount namespace `ip netns exec` made for it (see tests/privilege.rs).
+/// dtun under strace (trace in `trace`) and setpriv, with a /dev/net/tun of mode 0666 and a
+/// runtime directory laid out as the package's mounted in the mount namespace `ip netns exec`
+/// made for it (see tests/privilege.rs).
 fn spawn_traced(ns: &Netns, trace: &Path, dtun_args: &[&str]) -> Proc {
     let node = ns.dir().path().join("tun");
     if !node.exists() {
@@ -34,10 +35,12 @@ fn spawn_traced(ns: &Netns, trace: &Path, dtun_args: &[&str]) -> Proc {
         assert!(out.status.success(), "{out:?}");
         fs::set_permissions(&node, fs::Permissions::from_mode(0o666)).unwrap();
     }
+    let rundir = unit_rundir(ns.dir());
     let mut args = vec![
         "-c",
-        "mount --bind \"$0\" /dev/net/tun && exec \"$@\"",
+        MOUNT_UNIT,
         path_str(&node),
+        &rundir,
         "strace",
         "-f",
         "-qq",

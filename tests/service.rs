@@ -87,7 +87,6 @@ fn units_ask_for_the_documented_setup() {
                 "RestrictAddressFamilies",
                 "AF_INET AF_INET6 AF_NETLINK AF_UNIX",
             ),
-            ("RuntimeDirectory", "dtun"),
             ("Restart", "on-failure"),
             ("ExecReload", "/bin/kill -HUP $MAINPID"),
             ("DeviceAllow", "/dev/net/tun rw"),
@@ -96,9 +95,24 @@ fn units_ask_for_the_documented_setup() {
         }
         assert!(values(text, "SystemCallFilter").contains(&"@system-service".to_string()));
     }
+    // /run/dtun is the package's (tmpfiles.d, root:dtun 1770), never the unit's: a
+    // RuntimeDirectory= would hand it to user dtun, whose files a root dtun would then trust.
+    assert!(values(&client, "RuntimeDirectory").is_empty());
+    assert!(values(&server, "RuntimeDirectory").is_empty());
+    let tmpfiles = fs::read_to_string(Path::new(UNITS).join("../tmpfiles.d/dtun.conf")).unwrap();
+    assert!(
+        tmpfiles
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>()
+                == ["d", "/run/dtun", "1770", "root", "dtun", "-"]),
+        "{tmpfiles}"
+    );
     // Only the client rewrites /etc/resolv.conf; only the server writes ip_forward (-nat).
-    assert_eq!(values(&client, "ReadWritePaths"), ["-/etc/resolv.conf"]);
-    assert!(values(&server, "ReadWritePaths").is_empty());
+    assert_eq!(
+        values(&client, "ReadWritePaths"),
+        ["/run/dtun", "-/etc/resolv.conf"]
+    );
+    assert_eq!(values(&server, "ReadWritePaths"), ["/run/dtun"]);
     assert!(values(&server, "ProtectKernelTunables").is_empty());
     assert_eq!(values(&client, "ProtectKernelTunables"), ["yes"]);
 }

@@ -36,7 +36,7 @@ pub struct ClientConfig {
     /// pair that passes the checks of src/client/pair.rs).
     pub accept_pool: Vec<ipnet::IpNet>,
     /// `-instance`, else the `-config` file's stem, else `dtun` (see `ops::config_file`); names
-    /// the status socket `@dtun/INSTANCE`.
+    /// the control socket `/run/dtun/NETNS.INSTANCE.sock` (`ops::control`).
     pub instance: String,
 }
 

@@ -13,7 +13,7 @@ pub enum NftError {
     )]
     BadInstance(String),
     #[error(
-        "another dtun runs as instance {0:?} in this network namespace: give this one another -instance NAME"
+        "another dtun runs as instance {0:?} in this network namespace (its nftables table dtun-{0} is in use): give this one another -instance NAME"
     )]
     InstanceInUse(String),
     #[error(
@@ -33,8 +33,14 @@ pub enum NftError {
         table: String,
         detail: String,
     },
-    #[error("cannot take the instance lock (an abstract unix socket): {0}")]
-    Lock(io::Error),
+    #[error("cannot take the forwarding lock: {0}")]
+    Lock(String),
+    #[error(transparent)]
+    RunDir(crate::rundir::RunDirError),
+    #[error("cannot record IPv4 forwarding from before dtun in {0}: {1}")]
+    State(String, io::Error),
+    #[error("cannot find the index of the TUN device {0}: {1}")]
+    Device(String, io::Error),
     #[error(
         "cannot turn on IPv4 forwarding ({IP_FORWARD}: {0}): run as root in a namespace whose \
          /proc/sys is writable (with CAP_NET_ADMIN; under systemd without ProtectKernelTunables=), \

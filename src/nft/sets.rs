@@ -1,7 +1,12 @@
-//! The sets of dtun's nftables table: the names of this server's TUNs (`tuns`) and, with
-//! isolation groups, of each group's TUNs (`group-NAME`, and `ungrouped` for the ids without
-//! `group=`). The manager adds a TUN when it creates the device and takes it out when it
-//! removes it ([`Firewall::add_tun`], [`Firewall::remove_tun`]), each in one netlink batch.
+//! The sets of dtun's nftables table: the interface indexes of this server's TUNs (`tuns`)
+//! and, with isolation groups, of each group's TUNs (`group-NAME`, and `ungrouped` for the ids
+//! without `group=`). The manager adds a TUN when it creates the device and takes it out when
+//! it removes it ([`Firewall::add_tun`], [`Firewall::remove_tun`]), each in one netlink batch
+//! over the table's own socket.
+//!
+//! Indexes, not names: the kernel never gives a new device the index of an old one (it counts
+//! up), while a name is free again the moment a device goes. So a device another program
+//! makes later under a name one of ours had is never matched (`meta iif`/`oif`).
 //!
 //! A failed update is counted ([`Firewall::failures`]) and logged, never silent. A TUN that
 //! could not be added is not used: the manager refuses the session and removes the device, as a
@@ -20,26 +25,16 @@ pub(crate) const TUNS: &str = "tuns";
 /// The chain that accepts traffic within a group.
 pub(super) const GROUPS_CHAIN: &str = "groups";
 
-/// An interface name as nf_tables compares it (`meta iifname`): IFNAMSIZ bytes, NUL padded.
-struct IfName([u8; 16]);
+/// An interface index as nf_tables compares it (`meta iif`): 4 bytes, host order.
+struct IfIndex(u32);
 
-impl IfName {
-    fn new(name: &str) -> IfName {
-        let mut b = [0u8; 16];
-        // Kernel names have at most 15 bytes; the last byte stays NUL.
-        let n = name.len().min(15);
-        b[..n].copy_from_slice(&name.as_bytes()[..n]);
-        IfName(b)
-    }
-}
-
-impl DataType for IfName {
-    /// nft's `ifname` type (so `nft list` shows names).
-    const TYPE: u32 = 41;
-    const LEN: u32 = 16;
+impl DataType for IfIndex {
+    /// nft's `iface_index` type (so `nft list` shows the devices' names).
+    const TYPE: u32 = 20;
+    const LEN: u32 = 4;
 
     fn data(&self) -> Vec<u8> {
-        self.0.to_vec()
+        self.0.to_ne_bytes().to_vec()
     }
 }
 
@@ -51,44 +46,40 @@ pub fn group_set(group: Option<&str>) -> String {
     }
 }
 
-/// An empty set of interface names in `table`, with a set id unique in its batch.
+/// An empty set of interface indexes in `table`, with a set id unique in its batch.
 pub(crate) fn empty_set(table: &Table, name: &str, id: u32) -> Result<Set, QueryError> {
-    let (mut set, _) = SetBuilder::<IfName>::new(name, table)?.finish();
+    let (mut set, _) = SetBuilder::<IfIndex>::new(name, table)?.finish();
     // The builder leaves the family unset (the table's is needed).
     set.family = ProtocolFamily::Inet;
     // nft's userdata (libnftnl's NFTNL_UDATA_SET_KEYBYTEORDER = host order, as nft writes for
-    // ifname): only so that `nft list` shows the names; the kernel does not read it.
+    // iface_index): only so that `nft list` shows the elements; the kernel does not read it.
     let mut udata = vec![0u8, 4];
     udata.extend_from_slice(&1u32.to_ne_bytes());
     Ok(set.with_id(id).with_userdata(udata))
 }
 
-/// `iifname @set` (`input`) or `oifname @set`.
-pub(crate) fn name_in(set: &Set, input: bool) -> Result<Vec<RawExpression>, QueryError> {
-    let meta = Meta::new(if input {
-        MetaType::IifName
-    } else {
-        MetaType::OifName
-    });
+/// `iif @set` (`input`) or `oif @set`.
+pub(crate) fn dev_in(set: &Set, input: bool) -> Result<Vec<RawExpression>, QueryError> {
+    let meta = Meta::new(if input { MetaType::Iif } else { MetaType::Oif });
     Ok(vec![meta.into(), Lookup::new(set)?.into()])
 }
 
-/// In the groups chain: `iifname @set oifname @set accept`.
+/// In the groups chain: `iif @set oif @set accept`.
 pub(super) fn group_rule(chain: &Chain, set: &Set) -> Result<Rule, QueryError> {
-    let mut e = name_in(set, true)?;
-    e.extend(name_in(set, false)?);
+    let mut e = dev_in(set, true)?;
+    e.extend(dev_in(set, false)?);
     e.push(verdict(VerdictKind::Accept));
     rule(chain, e)
 }
 
-/// The elements message for one name in one set.
+/// The elements message for one device in one set.
 fn element(
     table: &Table,
     set: &str,
-    tun: &str,
+    index: u32,
 ) -> Result<rustables::set::SetElementList, QueryError> {
-    let mut b = SetBuilder::<IfName>::new(set, table)?;
-    b.add(&IfName::new(tun));
+    let mut b = SetBuilder::<IfIndex>::new(set, table)?;
+    b.add(&IfIndex(index));
     Ok(b.finish().1)
 }
 
@@ -100,11 +91,22 @@ impl Firewall {
     /// Puts the TUN `tun` of an id in `group` into the sets (and creates the group's set if the
     /// group is new). An error is counted and logged here; the caller must not use the TUN.
     pub fn add_tun(&mut self, tun: &str, group: Option<&str>) -> Result<(), NftError> {
+        let index = match crate::sys::if_index(tun) {
+            Ok(i) => i,
+            Err(e) => {
+                self.failures += 1;
+                tracing::error!(
+                    "nftables: cannot add {tun} to the sets of inet {}: no index for it: {e}",
+                    self.table
+                );
+                return Err(NftError::Device(tun.to_string(), e));
+            }
+        };
         let table = self.table_ref();
         let mut batch = Batch::new();
         let mut new_set = None;
         let result = (|| -> Result<(), QueryError> {
-            batch.add(&element(&table, TUNS, tun)?, MsgType::Add);
+            batch.add(&element(&table, TUNS, index)?, MsgType::Add);
             if self.grouped {
                 let name = group_set(group);
                 if !self.group_sets.contains(&name) {
@@ -114,18 +116,22 @@ impl Firewall {
                     batch.add(&group_rule(&chain, &set)?, MsgType::Add);
                     new_set = Some(name.clone());
                 }
-                batch.add(&element(&table, &name, tun)?, MsgType::Add);
+                batch.add(&element(&table, &name, index)?, MsgType::Add);
             }
             Ok(())
         })()
-        .and_then(|()| batch.send());
+        .and_then(|()| self.sock.send(batch));
         match result {
             Ok(()) => {
                 if let Some(name) = new_set {
                     self.next_set_id += 1;
                     self.group_sets.insert(name);
                 }
-                tracing::debug!("nftables: {tun} added to the sets of inet {}", self.table);
+                self.indexes.insert(tun.to_string(), index);
+                tracing::debug!(
+                    "nftables: {tun} (index {index}) added to the sets of inet {}",
+                    self.table
+                );
                 Ok(())
             }
             Err(e) => {
@@ -143,16 +149,21 @@ impl Firewall {
 
     /// Takes the TUN `tun` of an id in `group` out of the sets; an error is counted and logged.
     pub fn remove_tun(&mut self, tun: &str, group: Option<&str>) {
+        // The index it was added with (the device may be gone by now).
+        let Some(index) = self.indexes.remove(tun) else {
+            tracing::debug!("nftables: {tun} is not in the sets of inet {}", self.table);
+            return;
+        };
         let table = self.table_ref();
         let mut batch = Batch::new();
         let result = (|| -> Result<(), QueryError> {
-            batch.add(&element(&table, TUNS, tun)?, MsgType::Del);
+            batch.add(&element(&table, TUNS, index)?, MsgType::Del);
             if self.grouped {
-                batch.add(&element(&table, &group_set(group), tun)?, MsgType::Del);
+                batch.add(&element(&table, &group_set(group), index)?, MsgType::Del);
             }
             Ok(())
         })()
-        .and_then(|()| batch.send());
+        .and_then(|()| self.sock.send(batch));
         match result {
             Ok(()) => tracing::debug!("nftables: {tun} out of the sets of inet {}", self.table),
             Err(e) => {
@@ -186,10 +197,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_are_padded_as_the_kernel_compares_them() {
-        assert_eq!(&IfName::new("dtun0").data()[..6], b"dtun0\0");
-        assert_eq!(IfName::new("dtun0").data().len(), 16);
-        assert_eq!(IfName::new(&"x".repeat(20)).data()[15], 0);
+    fn indexes_are_in_host_order_as_the_kernel_compares_them() {
+        assert_eq!(IfIndex(7).data(), 7u32.to_ne_bytes());
+        assert_eq!(IfIndex::LEN as usize, IfIndex(7).data().len());
         assert_eq!(group_set(Some("red")), "group-red");
         assert_eq!(group_set(None), "ungrouped");
     }

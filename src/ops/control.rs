@@ -1,19 +1,31 @@
-//! The control socket: every running dtun listens on the abstract Unix stream socket
-//! `@dtun/INSTANCE`. An abstract name belongs to the network namespace (as dtun's TUN devices
-//! do), so instances in different namespaces never collide, and it vanishes with the process:
-//! no directory, no stale file. Taking the name is also what stops a second dtun of the same
-//! instance in one namespace.
+//! The control sockets behind `dtun status` and `dtun reload`. Every running dtun holds the
+//! flock `INSTANCE` of its runtime directory ([`crate::rundir`]) and listens on two Unix
+//! stream sockets there, per network namespace (`/run/dtun/NETNS.INSTANCE…`):
 //!
-//! Protocol: one request line, one reply, then the socket closes. Requests: `status` (the
-//! human view), `status json`. A reply that starts with `error: ` is an error. Only root and
-//! dtun's own user are answered (SO_PEERCRED). A local client cannot block or crash dtun: at
-//! most [`MAX_CONNECTIONS`] at once (more are closed at once), a request line of at most
-//! [`MAX_REQUEST`] bytes within [`READ_TIMEOUT`], a whole connection within
-//! [`CONNECTION_TIMEOUT`], one task each.
+//! - `NETNS.INSTANCE.sock`, mode 0660, group of `/run/dtun` (dtun's group when the package
+//!   made it): `status` and `status json` only;
+//! - `NETNS.INSTANCE.admin.sock`, mode 0600, owned by the user dtun runs as: `status`,
+//!   `status json` and `reload`; a peer whose uid is neither 0 nor dtun's own is closed at
+//!   once, even when the file mode let it connect.
+//!
+//! So the file system is the authorisation: who may open the file may ask, which keeps out
+//! an unprivileged user (it cannot connect, nor make a file in `/run/dtun` to take a name) and
+//! a uid-0 process without CAP_DAC_OVERRIDE when dtun runs as its own user (a rootful
+//! container sharing the network namespace also has its own `/run`). The lock, not the socket,
+//! is what stops a second dtun of the same instance in a namespace; it dies with its holder,
+//! so the holder replaces a socket file left by a `kill -9`.
+//!
+//! Protocol: one request line, one reply, then the socket closes. A reply that starts with
+//! `error: ` is an error. A local client cannot block or crash dtun: each socket has its own
+//! [`MAX_CONNECTIONS`] slots (the status socket's users cannot take the admin socket's), more
+//! are closed at once, a request line of at most [`MAX_REQUEST`] bytes within
+//! [`READ_TIMEOUT`], a whole connection within [`CONNECTION_TIMEOUT`], one task each. The
+//! asking side (`query`) checks who answers.
 
 use crate::ops::reload::ReloadHandle;
-use std::io::{Read, Write};
-use std::os::linux::net::SocketAddrExt;
+use crate::rundir::{Lock, LockError, RunDir, RunDirError};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +35,10 @@ use tokio::sync::Semaphore;
 
 use super::Source;
 
-/// Connections served at once; more are closed unanswered.
+mod query;
+pub use query::{QueryError, list, query, running, sanitize};
+
+/// Connections served at once on each socket; more are closed unanswered.
 pub const MAX_CONNECTIONS: usize = 8;
 /// Longest request line.
 pub const MAX_REQUEST: usize = 128;
@@ -33,43 +48,115 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(2);
 pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
 /// What a refused peer reads (and `dtun status` recognises).
 const REFUSED: &str = "error: refused: only root and the user dtun runs as may ask";
-
-/// The abstract socket name of an instance (without the leading NUL).
-pub fn socket_name(instance: &str) -> String {
-    format!("dtun/{instance}")
-}
+/// The status socket's file name after `NETNS.INSTANCE`.
+pub const STATUS_SUFFIX: &str = ".sock";
+/// The admin socket's.
+pub const ADMIN_SUFFIX: &str = ".admin.sock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     #[error(
-        "another dtun named {0} runs in this network namespace: give this one another -instance NAME"
+        "another dtun named {0} runs in this network namespace ({1}): give this one another -instance NAME"
     )]
-    InUse(String),
-    #[error("cannot open the status socket @dtun/{0}: {1}")]
-    Bind(String, std::io::Error),
+    InUse(String, String),
+    #[error(transparent)]
+    RunDir(#[from] RunDirError),
+    #[error("cannot take the instance lock of {0}: {1}")]
+    Lock(String, String),
+    #[error(
+        "cannot replace {0}, left by a dtun that did not exit cleanly: {1} (remove it as root)"
+    )]
+    Stale(PathBuf, std::io::Error),
+    #[error("cannot open the control socket {0}: {1}")]
+    Bind(PathBuf, std::io::Error),
 }
 
 /// Checks an instance name (the rule of `crate::nft::check_instance`, which a server's table
-/// name shares), with a message about the status socket.
+/// name shares), with a message about the control socket.
 pub fn check_name(name: &str) -> Result<(), String> {
     crate::nft::check_instance(name).map_err(|_| {
         format!(
-            "-instance {name:?}: use 1 to 32 letters, digits, '-' or '_' (it names the status socket @dtun/NAME)"
+            "-instance {name:?}: use 1 to 32 letters, digits, '-' or '_' (it names the control socket /run/dtun/NETNS.NAME.sock)"
         )
     })
 }
 
-/// Takes `@dtun/INSTANCE`; refuses if another dtun holds it in this network namespace.
-pub fn bind(instance: &str) -> Result<UnixListener, ControlError> {
-    let err = |e: std::io::Error| match e.kind() {
-        std::io::ErrorKind::AddrInUse => ControlError::InUse(instance.to_string()),
-        _ => ControlError::Bind(instance.to_string(), e),
-    };
-    let addr =
-        std::os::unix::net::SocketAddr::from_abstract_name(socket_name(instance)).map_err(err)?;
-    let l = std::os::unix::net::UnixListener::bind_addr(&addr).map_err(err)?;
-    l.set_nonblocking(true).map_err(err)?;
-    UnixListener::from_std(l).map_err(err)
+/// The control sockets of a running instance, with the lock that makes the name ours. The
+/// socket files are removed when it is dropped, before the lock goes.
+pub struct Control {
+    status: Option<UnixListener>,
+    admin: Option<UnixListener>,
+    paths: [PathBuf; 2],
+    _lock: Lock,
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        for p in &self.paths {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Takes the instance `instance` in this network namespace (refused while another dtun holds
+/// it) and opens its two sockets.
+pub fn bind(instance: &str) -> Result<Control, ControlError> {
+    bind_in(&RunDir::open()?, instance)
+}
+
+/// [`bind`] in the runtime directory `dir`.
+pub fn bind_in(dir: &RunDir, instance: &str) -> Result<Control, ControlError> {
+    check_name(instance).map_err(|e| ControlError::Lock(instance.to_string(), e))?;
+    let who = format!("dtun pid {}, instance {instance}", std::process::id());
+    let lock = dir.lock(instance, &who).map_err(|e| match e {
+        LockError::Held { holder } => ControlError::InUse(instance.to_string(), holder),
+        e => ControlError::Lock(instance.to_string(), e.to_string()),
+    })?;
+    // Ours, also the group's: the directory's group (dtun's, as the package makes it).
+    let group = std::fs::metadata(dir.base()).map(|m| m.gid()).ok();
+    let status_path = dir.path(&format!("{instance}{STATUS_SUFFIX}"));
+    let admin_path = dir.path(&format!("{instance}{ADMIN_SUFFIX}"));
+    let status = listen(&status_path, 0o660, group)?;
+    let admin = listen(&admin_path, 0o600, None)?;
+    Ok(Control {
+        status: Some(status),
+        admin: Some(admin),
+        paths: [status_path, admin_path],
+        _lock: lock,
+    })
+}
+
+/// A listening socket at `path` with `mode` (and `group`), set before it listens: nobody the
+/// mode keeps out can connect, not even in between. A file already there is a crash's left-over
+/// (we hold the lock): it is replaced.
+fn listen(path: &Path, mode: u32, group: Option<u32>) -> Result<UnixListener, ControlError> {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(ControlError::Stale(path.to_path_buf(), e));
+        }
+        _ => {}
+    }
+    let err = |e| ControlError::Bind(path.to_path_buf(), e);
+    let sock = Socket::new(Domain::UNIX, Type::STREAM.cloexec(), None).map_err(err)?;
+    sock.bind(&SockAddr::unix(path).map_err(err)?)
+        .map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(err)?;
+    // A root dtun gives the file to the directory's group (the socket has root's otherwise);
+    // under the units dtun's own group already is that group (and chown is not in their
+    // system call filter).
+    if let Some(gid) = group
+        && crate::sys::euid() == 0
+        && gid != 0
+    {
+        let _ = std::os::unix::fs::chown(path, None, Some(gid));
+    }
+    sock.listen(64).map_err(err)?;
+    sock.set_nonblocking(true).map_err(err)?;
+    UnixListener::from_std(std::os::unix::net::UnixListener::from(
+        std::os::fd::OwnedFd::from(sock),
+    ))
+    .map_err(err)
 }
 
 /// A request line, parsed.
@@ -97,8 +184,33 @@ impl Request {
     }
 }
 
-/// Serves the control socket for ever (until the task is aborted).
-pub async fn serve(listener: UnixListener, source: Source, reload: Option<ReloadHandle>) {
+/// Which socket a connection came in on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Side {
+    /// Status only; the file mode decided who may connect.
+    Status,
+    /// Also reload; root and dtun's own user only.
+    Admin,
+}
+
+/// Serves both control sockets for ever (until the task is aborted).
+pub async fn serve(mut control: Control, source: Source, reload: Option<ReloadHandle>) {
+    let status = control.status.take().expect("serve takes the sockets once");
+    let admin = control.admin.take().expect("serve takes the sockets once");
+    // Owns the lock and removes the files when this task ends.
+    let _control = control;
+    tokio::join!(
+        serve_one(status, Side::Status, source.clone(), reload.clone()),
+        serve_one(admin, Side::Admin, source, reload),
+    );
+}
+
+async fn serve_one(
+    listener: UnixListener,
+    side: Side,
+    source: Source,
+    reload: Option<ReloadHandle>,
+) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let own = crate::sys::euid();
     loop {
@@ -106,24 +218,34 @@ pub async fn serve(listener: UnixListener, source: Source, reload: Option<Reload
             Ok((s, _)) => s,
             Err(e) => {
                 // Out of file descriptors, say: wait instead of spinning.
-                tracing::debug!("status socket: accept: {e}");
+                tracing::debug!("control socket: accept: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
+        // Who it is, before it gets a slot: a refused peer is closed at once.
+        let uid = stream.peer_cred().map(|c| c.uid()).ok();
+        if side == Side::Admin && !matches!(uid, Some(u) if u == 0 || u == own) {
+            tracing::debug!(
+                "control socket: refused a peer with uid {uid:?} (only 0 and {own} may ask)"
+            );
+            // Best effort, never waiting: the socket buffer takes a line at once.
+            let _ = stream.try_write(format!("{REFUSED}\n").as_bytes());
+            continue;
+        }
         let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
-            tracing::debug!("status socket: {MAX_CONNECTIONS} connections open, one more closed");
+            tracing::debug!("control socket: {MAX_CONNECTIONS} connections open, one more closed");
             continue;
         };
         let source = source.clone();
         let reload = reload.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let handled = handle(stream, &source, reload.as_ref(), own);
+            let handled = handle(stream, side, &source, reload.as_ref());
             match tokio::time::timeout(CONNECTION_TIMEOUT, handled).await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::debug!("status socket: {e}"),
-                Err(_) => tracing::debug!("status socket: a connection took too long, closed"),
+                Ok(Err(e)) => tracing::debug!("control socket: {e}"),
+                Err(_) => tracing::debug!("control socket: a connection took too long, closed"),
             }
         });
     }
@@ -131,25 +253,18 @@ pub async fn serve(listener: UnixListener, source: Source, reload: Option<Reload
 
 async fn handle(
     mut stream: UnixStream,
+    side: Side,
     source: &Source,
     reload: Option<&ReloadHandle>,
-    own: u32,
 ) -> std::io::Result<()> {
-    let uid = stream.peer_cred()?.uid();
-    // Read first, also from a peer about to be refused: a socket closed with unread input
-    // resets the connection, and the peer would lose the reply that says why.
     let line = read_line(&mut stream).await?;
-    if uid != 0 && uid != own {
-        tracing::debug!("status socket: refused a peer with uid {uid} (only 0 and {own} may ask)");
-        stream.write_all(format!("{REFUSED}\n").as_bytes()).await?;
-        return stream.shutdown().await;
-    }
     let reply = match Request::parse(&line) {
         Ok(Request::Status { json }) => match source.snapshot().await {
             Some(s) if json => s.json(),
             Some(s) => s.human(),
             None => "error: dtun is too busy to answer: try again\n".to_string(),
         },
+        Ok(Request::Reload) if side == Side::Status => format!("{REFUSED}\n"),
         Ok(Request::Reload) => match reload {
             Some(r) => match r.reload_logged("dtun reload").await {
                 Ok(summary) => format!("reloaded: {summary}\n"),
@@ -191,72 +306,6 @@ async fn read_line(stream: &mut UnixStream) -> std::io::Result<String> {
     Ok(String::from_utf8_lossy(&buf[..end]).trim().to_string())
 }
 
-/// Why `dtun status` got no answer.
-#[derive(Debug, thiserror::Error)]
-pub enum QueryError {
-    #[error(
-        "no dtun named {0} is running in this network namespace: start it, or name the one you mean (dtun status NAME, its -instance)"
-    )]
-    NotRunning(String),
-    #[error(
-        "dtun {0} refused to answer: dtun status needs root or the user dtun runs as (try sudo)"
-    )]
-    Refused(String),
-    #[error("dtun {0}: {1}")]
-    Failed(String, String),
-    #[error("cannot ask dtun {0} over @dtun/{0}: {1}")]
-    Io(String, std::io::Error),
-}
-
-/// Sends `request` to the dtun named `instance` in this network namespace and returns its
-/// reply (blocking; for the `dtun status` command).
-pub fn query(instance: &str, request: &str) -> Result<String, QueryError> {
-    let io = |e: std::io::Error| QueryError::Io(instance.to_string(), e);
-    let addr =
-        std::os::unix::net::SocketAddr::from_abstract_name(socket_name(instance)).map_err(io)?;
-    let mut s = match std::os::unix::net::UnixStream::connect_addr(&addr) {
-        Ok(s) => s,
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
-            ) =>
-        {
-            return Err(QueryError::NotRunning(instance.to_string()));
-        }
-        Err(e) => return Err(io(e)),
-    };
-    let limit = Some(CONNECTION_TIMEOUT + Duration::from_secs(1));
-    s.set_read_timeout(limit).map_err(io)?;
-    s.set_write_timeout(limit).map_err(io)?;
-    // A write error (the socket closed at once: dtun at its limit) shows in the reply.
-    let _ = s.write_all(format!("{request}\n").as_bytes());
-    // What came before an error (a reset) still counts.
-    let mut buf = Vec::new();
-    if let Err(e) = s.read_to_end(&mut buf)
-        && buf.is_empty()
-    {
-        return Err(io(e));
-    }
-    let reply = String::from_utf8_lossy(&buf).into_owned();
-    if reply.starts_with(REFUSED) {
-        return Err(QueryError::Refused(instance.to_string()));
-    }
-    if let Some(e) = reply.strip_prefix("error: ") {
-        return Err(QueryError::Failed(
-            instance.to_string(),
-            e.trim().to_string(),
-        ));
-    }
-    if reply.is_empty() {
-        return Err(QueryError::Failed(
-            instance.to_string(),
-            "closed without an answer (at its limit of connections?): try again".to_string(),
-        ));
-    }
-    Ok(reply)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -282,10 +331,42 @@ mod tests {
     #[test]
     fn names() {
         assert!(check_name("office_2-b").is_ok());
-        for bad in ["", "a b", "../x", &"x".repeat(33)] {
+        for bad in ["", "a b", "../x", "a.b", &"x".repeat(33)] {
             let e = check_name(bad).unwrap_err();
-            assert!(e.contains("-instance") && e.contains("@dtun/NAME"), "{e}");
+            assert!(
+                e.contains("-instance") && e.contains("NETNS.NAME.sock"),
+                "{e}"
+            );
         }
-        assert_eq!(socket_name("edge"), "dtun/edge");
+    }
+
+    #[tokio::test]
+    async fn one_instance_per_name_and_files_that_say_who_may_ask() {
+        let base = std::env::temp_dir().join(format!("dtun-control-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let dir = RunDir::at(&base).unwrap();
+        // A crash's left-over at the name is replaced.
+        std::fs::write(dir.path("edge.sock"), b"stale").unwrap();
+        let c = bind_in(&dir, "edge").unwrap();
+        let mode = |s: &str| std::fs::metadata(dir.path(s)).unwrap().mode() & 0o7777;
+        assert_eq!(mode("edge.sock"), 0o660);
+        assert_eq!(mode("edge.admin.sock"), 0o600);
+        match bind_in(&dir, "edge") {
+            Err(ControlError::InUse(name, holder)) => {
+                assert_eq!(name, "edge");
+                assert!(
+                    holder.contains(&format!("pid {}", std::process::id())),
+                    "{holder}"
+                );
+            }
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("a second dtun took the name"),
+        }
+        assert_eq!(list(&dir).unwrap(), vec!["edge".to_string()]);
+        drop(c);
+        assert!(!dir.path("edge.sock").exists() && !dir.path("edge.admin.sock").exists());
+        assert!(list(&dir).unwrap().is_empty());
+        bind_in(&dir, "edge").unwrap();
+        std::fs::remove_dir_all(&base).unwrap();
     }
 }

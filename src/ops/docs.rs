@@ -96,12 +96,14 @@ Prints a random 256\-bit key as 64 hex characters.
 Prints the key a server with \fB\-master\-key\-file\fR \fISECRET\fR expects from client \fIID\fR.
 .TP
 \fBdtun status\fR [\fB\-json\fR] [\fIINSTANCE\fR]
-Shows what the running dtun named \fIINSTANCE\fR (its \fB\-instance\fR, default \fBdtun\fR) in
-this network namespace does: sessions, addresses, counters; \fB\-json\fR prints the same as JSON.
+Shows what the dtun named \fIINSTANCE\fR in this network namespace does (sessions,
+addresses, counters); without \fIINSTANCE\fR, the one running there, or all of them.
+\fB\-json\fR prints the same as JSON.
 .TP
 \fBdtun reload\fR [\fIINSTANCE\fR]
 Makes that dtun read its configuration again, as SIGHUP does, waits, and prints what changed;
-exits 1 when the new configuration was refused and the running one kept.
+exits 1 when the new configuration was refused and the running one kept; without
+\fIINSTANCE\fR, the one running (several: lists them, exit 2). Root and the user dtun runs as.
 .TP
 \fBdtun down\fR
 Lifts the kill switch (\fB\-kill\-switch\fR) and the routes a killed client left in this network
@@ -129,7 +131,10 @@ nftables table of dtun's removed; exit 0.
 Configuration and keys (keys readable by root and the \fBdtun\fR group only).
 .TP
 \fI/run/dtun/\fR
-Locks, control sockets and state of running dtun instances (root's, group \fBdtun\fR).
+Runtime files, \fBroot:dtun\fR mode 1770 (the package's tmpfiles.d entry): per network
+namespace \fINETNS\fR.\fIINSTANCE\fR.lock (held while the instance runs), .sock (status,
+mode 0660, the directory's group) and .admin.sock (status and reload, mode 0600, dtun's user);
+saved forwarding values; a client's copy of /etc/resolv.conf while dtun's DNS is in place.
 .TP
 \fI/usr/lib/systemd/system/dtun\-server.service\fR, \fIdtun@.service\fR
 The server's unit and the client template (one instance per /etc/dtun/\fINAME\fR.toml), run

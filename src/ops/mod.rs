@@ -2,8 +2,8 @@
 //! - **configuration**: the TOML file (`-config`, `config_file`, its values checked as they
 //!   are read in `values`), `-check` (`check`), reloading a running server (SIGHUP and
 //!   `dtun reload`, `reload`);
-//! - **seeing what runs**: the control socket `@dtun/INSTANCE` behind `dtun status` and
-//!   `dtun reload` (`control`), the snapshot it shows (`status`), `-metrics` over HTTP
+//! - **seeing what runs**: the control sockets `/run/dtun/NETNS.INSTANCE.sock` and
+//!   `.admin.sock` behind `dtun status` and `dtun reload` (`control`), the snapshot it shows (`status`), `-metrics` over HTTP
 //!   (`metrics`);
 //! - **running as a service**: readiness for systemd (`notify`), what to say when a privilege
 //!   is missing (`privilege`), shell completions and the man page (`docs`).
@@ -73,7 +73,7 @@ impl Source {
 
 /// Runs the control socket and, if given, the metrics listener until the task is aborted.
 pub async fn serve(
-    control: tokio::net::UnixListener,
+    control: control::Control,
     metrics: Option<tokio::net::TcpListener>,
     source: Source,
     reload: Option<reload::ReloadHandle>,

@@ -225,12 +225,7 @@ pub async fn run_with(
     // IPv6 inside (-pool6) and forwarding: IPv6 forwarding too (src/nat6.rs).
     let nat6 = match (&firewall, cfg.firewall, cfg.pool6) {
         (Some(fw), Some(policy), Some(_)) if policy.needs_forwarding() => {
-            match crate::nat6::Ipv6Forwarding::apply(
-                fw.table(),
-                &cfg.tun.name,
-                policy,
-                &cfg.instance,
-            ) {
+            match crate::nat6::Ipv6Forwarding::apply(fw, &cfg.tun.name, policy, &cfg.instance) {
                 Ok(n) => Some(n),
                 Err(e) => {
                     tracing::warn!("{e}: IPv6 from clients is not forwarded");

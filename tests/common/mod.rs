@@ -719,6 +719,30 @@ pub const AS_UNIT: &[&str] = &[
     "--bounding-set=-all,+net_admin",
 ];
 
+/// A runtime directory for dtun under [`AS_UNIT`], laid out as the package's tmpfiles.d entry
+/// lays out /run/dtun (`root:dtun 1770`, with 4242 for dtun): `DIR/run-dtun`, made once. The
+/// tests mount it over /run/dtun in the mount namespace `ip netns exec` gives each command
+/// (nothing shows outside); the host's /run/dtun is made (root's, 0755, as a root dtun makes
+/// it) only when missing, as a mount point.
+pub fn unit_rundir(dir: &TestDir) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.path().join("run-dtun");
+    if !path.exists() {
+        fs::create_dir(&path).unwrap();
+        std::os::unix::fs::chown(&path, Some(0), Some(4242)).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o1770)).unwrap();
+    }
+    if !Path::new("/run/dtun").exists() {
+        let _ = fs::create_dir("/run/dtun");
+    }
+    path_str(&path).to_string()
+}
+
+/// The `sh -c` script that mounts the TUN node `$0` over /dev/net/tun and the directory `$1`
+/// over /run/dtun, then runs the rest of its arguments.
+pub const MOUNT_UNIT: &str =
+    "mount --bind \"$0\" /dev/net/tun && mount --bind \"$1\" /run/dtun && shift && exec \"$@\"";
+
 /// Panics with the process's log if it has exited.
 pub fn assert_running(p: &mut Proc, what: &str) {
     if let Some(status) = p.exited() {
