@@ -11,7 +11,10 @@ use ipnet::Ipv4Net;
 use zeroize::Zeroizing;
 
 mod commands;
-pub use commands::{Command, CompletionShell, DeriveArgs, KeyCommand, ReloadArgs, StatusArgs};
+pub use commands::{
+    ClientAddArgs, ClientCommand, Command, CompletionShell, DeriveArgs, KeyCommand, ReloadArgs,
+    StatusArgs,
+};
 
 const EXAMPLES: &str = "\
 Examples:

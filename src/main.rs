@@ -1,7 +1,9 @@
 //! The `dtun` binary: parse the command line, set up logging and signals, run a role.
 
 use anyhow::Context;
-use dtun::cli::{Command, DeriveArgs, KeyCommand, ReloadArgs, StatusArgs};
+use dtun::cli::{
+    ClientAddArgs, ClientCommand, Command, DeriveArgs, KeyCommand, ReloadArgs, StatusArgs,
+};
 use dtun::supervise::TaskEnded;
 
 fn main() {
@@ -63,6 +65,7 @@ fn run_command(command: Command) -> anyhow::Result<()> {
         Command::Status(args) => status(&args),
         Command::Reload(args) => reload(&args),
         Command::Down => down(),
+        Command::Client(ClientCommand::Add(args)) => client_add(&args),
         Command::Completions { shell } => {
             dtun::ops::docs::completions(shell.into(), &mut std::io::stdout())
         }
@@ -85,6 +88,49 @@ fn key_derive(args: &DeriveArgs) -> anyhow::Result<()> {
     };
     dtun::config::check_master_key(&master, &source)?;
     println!("{}", dtun::keys::derive(&master, args.id.as_bytes()));
+    Ok(())
+}
+
+/// `dtun client add NAME`: the client goes into the server's config file
+/// (`dtun::ops::client_add`), the running server (the instance named after the file) reloads,
+/// and the client's config is printed.
+fn client_add(args: &ClientAddArgs) -> anyhow::Result<()> {
+    let added = dtun::ops::client_add::add(&dtun::ops::client_add::AddRequest {
+        name: &args.name,
+        config: &args.config,
+        host: args.host.as_deref(),
+        group: args.group.as_deref(),
+    })
+    .map_err(|e| anyhow::anyhow!(e))?;
+    eprintln!(
+        "dtun: client {} added to {} (address {}{})",
+        args.name,
+        args.config.display(),
+        added.addr,
+        added
+            .key_file
+            .as_ref()
+            .map(|p| format!(", key in {}", p.display()))
+            .unwrap_or_default()
+    );
+    let instance = args
+        .config
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match dtun::ops::control::query(&instance, "reload") {
+        Ok(summary) => eprint!("{summary}"),
+        Err(e) => eprintln!(
+            "dtun: the server was not reloaded ({e}); it reads the client at its next start or reload"
+        ),
+    }
+    print!("{}", added.client_toml);
+    if args.qr {
+        println!(
+            "{}",
+            dtun::ops::client_add::qr(&added.client_toml).map_err(|e| anyhow::anyhow!(e))?
+        );
+    }
     Ok(())
 }
 

@@ -22,6 +22,9 @@ pub enum Command {
     /// Make a running dtun read its configuration again (as SIGHUP does) and print what changed;
     /// exits 1 when the new configuration is refused and the running one kept
     Reload(ReloadArgs),
+    /// Manage a server's clients
+    #[command(subcommand)]
+    Client(ClientCommand),
     /// Remove what a killed client left in this network namespace: its -kill-switch (which
     /// blocks what the tunnel carried) and its -route rules and routes; refused while a dtun
     /// runs with -route here (stopping that one cleanly removes them)
@@ -92,4 +95,32 @@ impl From<CompletionShell> for clap_complete::Shell {
             CompletionShell::Fish => clap_complete::Shell::Fish,
         }
     }
+}
+
+/// `dtun client …`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum ClientCommand {
+    /// Add a client to the server's config file: a fresh key (or one derived from
+    /// -master-key-file) and a fixed address; reloads the running server and prints the
+    /// client's config
+    Add(ClientAddArgs),
+}
+
+/// `dtun client add`.
+#[derive(Debug, Clone, Args)]
+pub struct ClientAddArgs {
+    /// The new client's id
+    pub name: String,
+    /// The server's config file
+    #[arg(long, value_name = "FILE", default_value = "/etc/dtun/server.toml")]
+    pub config: PathBuf,
+    /// The server as clients reach it (host, host:port), for the printed config
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub host: Option<String>,
+    /// The client's isolation group
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Also print the client's config as a QR code
+    #[arg(long)]
+    pub qr: bool,
 }

@@ -1,7 +1,7 @@
 //! Operating dtun, apart from the tunnel itself:
 //! - **configuration**: the TOML file (`-config`, `config_file`, its values checked as they
 //!   are read in `values`), `-check` (`check`), reloading a running server (SIGHUP and
-//!   `dtun reload`, `reload`);
+//!   `dtun reload`, `reload`), adding a client to a server's file (`client_add`);
 //! - **seeing what runs**: the control sockets `/run/dtun/NETNS.INSTANCE.sock` and
 //!   `.admin.sock` behind `dtun status` and `dtun reload` (`control`), the snapshot it shows (`status`), `-metrics` over HTTP
 //!   (`metrics`);
@@ -15,6 +15,7 @@
 
 mod board;
 pub mod check;
+pub mod client_add;
 pub mod config_file;
 pub mod control;
 pub mod docs;
