@@ -22,7 +22,7 @@ cargo build --release --locked --quiet
 bin=$target/release/dtun
 pkg=$target/release/pkg
 rm -rf "$pkg"
-mkdir -p "$pkg/examples"
+mkdir -p "$pkg/examples" "$pkg/example-scripts/split-routing"
 "$bin" man | gzip -9n >"$pkg/dtun.1.gz"
 "$bin" completions bash >"$pkg/dtun.bash"
 "$bin" completions zsh >"$pkg/_dtun"
@@ -35,7 +35,14 @@ shopt -u nullglob
 if ((${#examples[@]})); then
     cp "${examples[@]}" "$pkg/examples/"
 fi
-cp -r examples/split-routing "$pkg/examples/"
+mkdir -p "$pkg/examples/split-routing"
+for f in examples/split-routing/*; do
+    if [[ -x $f ]]; then
+        cp "$f" "$pkg/example-scripts/split-routing/"
+    else
+        cp "$f" "$pkg/examples/split-routing/"
+    fi
+done
 
 echo "== cargo deb"
 deb=$(cargo deb --no-build --locked --quiet | tail -n 1)
@@ -46,7 +53,9 @@ listing=$(dpkg-deb -c "$deb" | awk '{print $6}')
 expected=(
     ./usr/bin/dtun
     ./usr/lib/systemd/system/dtun-server.service
+    ./usr/lib/systemd/system/dtun-server@.service
     ./usr/lib/systemd/system/dtun@.service
+    ./usr/lib/systemd/system/dtun.target
     ./usr/lib/sysusers.d/dtun.conf
     ./usr/lib/tmpfiles.d/dtun.conf
     ./usr/share/man/man1/dtun.1.gz
@@ -55,6 +64,8 @@ expected=(
     ./usr/share/fish/vendor_completions.d/dtun.fish
     ./usr/share/doc/dtun/copyright
     ./usr/share/doc/dtun/README.md
+    ./usr/share/doc/dtun/PROTOCOL.md
+    ./usr/share/doc/dtun/STATUS.md
 )
 for f in "${examples[@]}"; do
     expected+=("./usr/share/doc/dtun/examples/${f#examples/}")
@@ -71,6 +82,9 @@ for f in "${expected[@]}"; do
 done
 ((missing == 0)) || { echo "$listing" >&2; exit 1; }
 echo "all ${#expected[@]} expected files present"
+# The example scripts keep their execute bits.
+scripts=$(dpkg-deb -c "$deb" | awk '$6 ~ /split-routing\/.*\.sh$/ {print $1}' | sort -u)
+[[ $scripts == "-rwxr-xr-x" ]] || { echo "package.sh: example scripts not executable: $scripts" >&2; exit 1; }
 
 info=$(dpkg-deb -I "$deb")
 ctrl=$(mktemp -d)
@@ -79,7 +93,7 @@ trap 'rm -rf "$ctrl" "$root"' EXIT
 dpkg-deb -e "$deb" "$ctrl"
 grep -q '^ Depends:.*adduser' <<<"$info" || { echo "package.sh: Depends lacks adduser" >&2; exit 1; }
 for want in 'systemd-sysusers dtun.conf' 'adduser --quiet --system' 'install -d -m 0750 -o root -g dtun /etc/dtun' \
-    'systemd-tmpfiles --create dtun.conf'; do
+    'systemd-tmpfiles --create dtun.conf' 'systemctl try-restart'; do
     grep -qF -- "$want" "$ctrl/postinst" || { echo "package.sh: postinst lacks: $want" >&2; exit 1; }
 done
 sh -n "$ctrl/postinst" && sh -n "$ctrl/prerm" && sh -n "$ctrl/postrm"
@@ -112,7 +126,8 @@ for how in systemd-sysusers adduser; do
         stat -c "%a %U:%G" /etc/dtun
         stat -c "run %a %U:%G" /run/dtun
     ' sh "$ov" "$root" "$ctrl" 2>&1) || { echo "package.sh: postinst ($how) failed: $out" >&2; exit 1; }
-    grep -q '^dtun:.*:/usr/sbin/nologin$' <<<"$out" && grep -q '^750 root:dtun$' <<<"$out" &&
+    # Both ways make the same user: home /nonexistent, no login.
+    grep -q '^dtun:/nonexistent:/usr/sbin/nologin$' <<<"$out" && grep -q '^750 root:dtun$' <<<"$out" &&
         grep -q '^run 1770 root:dtun$' <<<"$out" || {
         echo "package.sh: postinst ($how) made no user dtun, /etc/dtun 0750 root:dtun or /run/dtun 1770 root:dtun: $out" >&2
         exit 1
@@ -126,8 +141,10 @@ echo "== systemd-analyze verify (the packaged units, run from the unpacked packa
 units=$root/usr/lib/systemd/system
 sed "s#/usr/bin/dtun #$root/usr/bin/dtun #" "$units/dtun-server.service" >"$ctrl/dtun-server.service"
 sed "s#/usr/bin/dtun #$root/usr/bin/dtun #" "$units/dtun@.service" >"$ctrl/dtun@pkg.service"
-out=$(MANPATH=$root/usr/share/man systemd-analyze verify \
-    "$ctrl/dtun-server.service" "$ctrl/dtun@pkg.service" 2>&1) || {
+sed "s#/usr/bin/dtun #$root/usr/bin/dtun #" "$units/dtun-server@.service" >"$ctrl/dtun-server@pkg.service"
+cp "$units/dtun.target" "$ctrl/dtun.target"
+out=$(cd "$ctrl" && MANPATH=$root/usr/share/man systemd-analyze verify \
+    dtun-server.service dtun@pkg.service dtun-server@pkg.service dtun.target 2>&1) || {
     echo "$out" >&2
     exit 1
 }

@@ -50,6 +50,8 @@ fn installed_copies(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         fs::write(&path, text).unwrap();
         path
     };
+    copy("dtun-server@.service", "dtun-server@svtest.service");
+    fs::write(dir.join("dtun.target"), unit("dtun.target")).unwrap();
     (
         copy("dtun-server.service", "dtun-server.service"),
         copy("dtun@.service", "dtun@svtest.service"),
@@ -69,6 +71,33 @@ fn units_ask_for_the_documented_setup() {
         values(&client, "ExecStart"),
         ["/usr/bin/dtun -config /etc/dtun/%i.toml"]
     );
+    // A bad configuration never starts, and a refused reload fails `systemctl reload`; a client
+    // has nothing to reload. A client's -host may be a name.
+    assert_eq!(
+        values(&server, "ExecStartPre"),
+        ["/usr/bin/dtun -config /etc/dtun/server.toml -check"]
+    );
+    assert_eq!(values(&server, "ExecReload"), ["/usr/bin/dtun reload server"]);
+    assert_eq!(
+        values(&client, "ExecStartPre"),
+        ["/usr/bin/dtun -config /etc/dtun/%i.toml -check"]
+    );
+    assert!(values(&client, "ExecReload").is_empty());
+    assert_eq!(
+        values(&client, "After"),
+        ["network-online.target nss-lookup.target"]
+    );
+    // The server template is the server's unit with NAME for `server`, nothing else.
+    let template = unit("dtun-server@.service");
+    let strip = |t: &str| {
+        t.lines()
+            .filter(|l| !l.starts_with('#') && !l.starts_with("Description="))
+            .map(|l| l.replace("%i", "server"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(strip(&template), strip(&server));
+    let target = unit("dtun.target");
+    assert_eq!(values(&target, "WantedBy"), ["multi-user.target"]);
     for (text, caps) in [
         (&server, "CAP_NET_ADMIN CAP_NET_BIND_SERVICE"),
         (&client, "CAP_NET_ADMIN"),
@@ -88,7 +117,8 @@ fn units_ask_for_the_documented_setup() {
                 "AF_INET AF_INET6 AF_NETLINK AF_UNIX",
             ),
             ("Restart", "on-failure"),
-            ("ExecReload", "/bin/kill -HUP $MAINPID"),
+            ("PartOf", "dtun.target"),
+            ("WantedBy", "multi-user.target dtun.target"),
             ("DeviceAllow", "/dev/net/tun rw"),
         ] {
             assert_eq!(values(text, key), [want], "{key}= in\n{text}");
@@ -124,6 +154,8 @@ fn units_pass_systemd_analyze_verify() {
     let out = Command::new("systemd-analyze")
         .arg("verify")
         .args([&server, &client])
+        .arg(dir.path().join("dtun-server@svtest.service"))
+        .arg(dir.path().join("dtun.target"))
         .env("MANPATH", &man)
         .output()
         .expect("systemd-analyze (package systemd)");
