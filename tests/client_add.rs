@@ -155,3 +155,45 @@ fn racing_adds_all_land_and_abuse_is_refused() {
     let meta = std::fs::metadata(&conf_path).unwrap();
     assert_eq!(meta.mode() & 0o777, 0o640, "the config's mode changed");
 }
+
+/// With a master secret, the key is derived (nothing to store): the table holds the address
+/// only, the printed key is `dtun key derive`'s, and the file still passes `-check`.
+#[test]
+fn with_a_master_secret_the_key_is_derived() {
+    let dir = TestDir::new("camaster");
+    let ns = Netns::new("camaster", &dir);
+    let d = dir.path();
+    std::fs::write(d.join("master.key"), "master-secret-0123456789abcdef\n").unwrap();
+    let conf_path = d.join("srv.toml");
+    std::fs::write(
+        &conf_path,
+        "port = 4443\nmaster_key_file = \"master.key\"\n",
+    )
+    .unwrap();
+    let conf = path_str(&conf_path).to_string();
+    let o = add(&ns, &conf, "phone", &[]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let saved = std::fs::read_to_string(&conf_path).unwrap();
+    assert!(
+        saved.contains("[clients.\"phone\"]\naddr = \"10.86."),
+        "{saved}"
+    );
+    assert!(!d.join("clients").exists(), "a key file was written");
+    let derived = std::process::Command::new(DTUN)
+        .args([
+            "key",
+            "derive",
+            "-key-file",
+            path_str(&d.join("master.key")),
+            "-id",
+            "phone",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        printed_key(&out),
+        String::from_utf8_lossy(&derived.stdout).trim()
+    );
+    check(&conf);
+}

@@ -77,7 +77,10 @@ fn units_ask_for_the_documented_setup() {
         values(&server, "ExecStartPre"),
         ["/usr/bin/dtun -config /etc/dtun/server.toml -check"]
     );
-    assert_eq!(values(&server, "ExecReload"), ["/usr/bin/dtun reload server"]);
+    assert_eq!(
+        values(&server, "ExecReload"),
+        ["/usr/bin/dtun reload server"]
+    );
     assert_eq!(
         values(&client, "ExecStartPre"),
         ["/usr/bin/dtun -config /etc/dtun/%i.toml -check"]

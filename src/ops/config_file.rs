@@ -280,7 +280,20 @@ pub fn apply(mut cli: Cli, m: &ArgMatches) -> Result<Loaded, String> {
             (Some(_), Some(_)) => {
                 return Err(err("key and key_file are both set: keep one".into()));
             }
-            (None, None) => return Err(err("no key: give key = \"…\" or key_file = \"…\"".into())),
+            // A listed id of a server with a master secret: its key is derived, as an unlisted
+            // id's would be (`dtun client add` lists ids this way, for their addresses).
+            (None, None) => match &cli.master_key_file {
+                Some(master) => {
+                    let m = crate::config::read_key_file(master).map_err(|e| err(e.to_string()))?;
+                    Zeroizing::new(crate::keys::derive(&m, id.as_bytes()).into_bytes())
+                }
+                None => {
+                    return Err(err(
+                        "no key: give key = \"…\" or key_file = \"…\" (or the server a master_key_file)"
+                            .into(),
+                    ));
+                }
+            },
         };
         crate::keys::warn_if_short(&key, &format!("the key of {id} in {}", path.display()));
         clients.insert(
