@@ -28,11 +28,11 @@ const SAFE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin
 pub enum HookError {
     #[error("{what} script {path} not found: check -{what}")]
     Missing { what: &'static str, path: PathBuf },
-    #[error("{what} script {path} could not be run: {source}")]
+    #[error("{what} script {path} could not be run: {error}")]
     Spawn {
         what: &'static str,
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{what} script {path} exited with {status}; its output:\n{output}")]
     Failed {
@@ -68,10 +68,10 @@ pub async fn run_with_timeout(
             path: path.to_path_buf(),
         });
     }
-    let spawn_err = |source| HookError::Spawn {
+    let spawn_err = |error| HookError::Spawn {
         what,
         path: path.to_path_buf(),
-        source,
+        error,
     };
     // Its own process group, so a timeout can end the script and everything it started.
     let mut command = tokio::process::Command::new(path);

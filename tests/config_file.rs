@@ -331,3 +331,31 @@ fn slips_get_the_right_form() {
         assert!(!out.contains("peernet message"), "{args:?}: {out}");
     }
 }
+
+/// A config file the service's user cannot read: the message says how to make it readable.
+#[test]
+fn an_unreadable_config_says_how_to_fix_it() {
+    let dir = TestDir::new("cfperm");
+    let conf = write(dir.path(), "srv.toml", "key = \"shared-key-0123456789\"\n");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=4242",
+            "--regid=4242",
+            "--clear-groups",
+            DTUN,
+            "-config",
+            &conf,
+            "-check",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("chown root:dtun {conf} && chmod 0640 {conf}")),
+        "{err}"
+    );
+}

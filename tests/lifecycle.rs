@@ -1021,3 +1021,33 @@ fn a_client_says_in_words_why_the_server_ended_its_session() {
         Duration::from_secs(10),
     );
 }
+
+/// An error says its cause once: `-listen` on an address the machine does not have.
+#[test]
+fn a_bind_error_says_its_cause_once() {
+    let dir = TestDir::new("lclisten");
+    let ns = Netns::new("listen", &dir);
+    let mut server = ns.spawn(
+        DTUN,
+        &[
+            "-key",
+            "listen-key-0123456789",
+            "-listen",
+            "192.0.2.77",
+            "-port",
+            "4444",
+        ],
+        &[],
+    );
+    let status = server
+        .wait_exit(Duration::from_secs(10))
+        .expect("server on a foreign address still running");
+    let log = server.log();
+    assert!(!status.success(), "{log}");
+    assert!(
+        log.contains("cannot listen on 192.0.2.77:4444: ")
+            && log.contains("-listen must be an address of this machine"),
+        "{log}"
+    );
+    assert_eq!(log.matches("os error 99").count(), 1, "{log}");
+}

@@ -145,9 +145,14 @@ pub fn apply(mut cli: Cli, m: &ArgMatches) -> Result<Loaded, String> {
         });
     };
     let text = Zeroizing::new(std::fs::read_to_string(&path).map_err(|e| {
+        let hint = match crate::ops::privilege::unreadable_hint(&e) {
+            "" => ": check the path given to -config",
+            hint => hint,
+        };
         format!(
-            "cannot read config file {}: {e}: check the path given to -config",
-            path.display()
+            "cannot read config file {}: {e}{}",
+            path.display(),
+            hint.replace("FILE", &path.display().to_string())
         )
     })?);
     let file: FileConfig = toml::from_str(&text).map_err(|e| values::describe(&path, &text, &e))?;

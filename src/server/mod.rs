@@ -44,10 +44,11 @@ pub enum ServerError {
         holder = crate::udp::port_holder(*port).map(|h| format!(" by {h}")).unwrap_or_default()
     )]
     PortInUse { ip: IpAddr, port: u16 },
-    #[error("cannot listen on {addr}: {source}{hint}")]
+    // The I/O error is in the message, not a `source` (which `{:#}` would print again).
+    #[error("cannot listen on {addr}: {error}{hint}")]
     Bind {
         addr: SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
         hint: String,
     },
     #[error("cannot set up batched UDP on the server socket: {0}")]
@@ -75,7 +76,7 @@ pub fn bind(addr: SocketAddr) -> Result<UdpSocket, ServerError> {
         },
         std::io::ErrorKind::PermissionDenied => ServerError::Bind {
             addr,
-            source,
+            error: source,
             hint: format!(
                 ": dtun needs CAP_NET_BIND_SERVICE to bind a port below 1024: {}",
                 crate::ops::privilege::GRANT_NET_BIND_SERVICE
@@ -83,12 +84,12 @@ pub fn bind(addr: SocketAddr) -> Result<UdpSocket, ServerError> {
         },
         std::io::ErrorKind::AddrNotAvailable => ServerError::Bind {
             addr,
-            source,
+            error: source,
             hint: ": -listen must be an address of this machine".into(),
         },
         _ => ServerError::Bind {
             addr,
-            source,
+            error: source,
             hint: String::new(),
         },
     };
@@ -106,7 +107,7 @@ pub fn bind(addr: SocketAddr) -> Result<UdpSocket, ServerError> {
     crate::sys::set_mark(&socket2::SockRef::from(&s), crate::routes::FWMARK).map_err(|source| {
         ServerError::Bind {
             addr,
-            source,
+            error: source,
             hint: format!(
                 ": dtun needs CAP_NET_ADMIN to mark its socket (SO_MARK): {GRANT}",
                 GRANT = crate::ops::privilege::GRANT_NET_ADMIN
