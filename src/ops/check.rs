@@ -14,6 +14,8 @@ pub fn check(l: &Loaded) -> Result<String, String> {
         None => "command line".to_string(),
     };
     let err = |e: String| format!("{what}: {e}");
+    super::metrics::access(l.cli.metrics, l.cli.metrics_token.as_deref())
+        .map_err(|e| err(e.to_string()))?;
     match &l.cli.host {
         Some(host) => {
             let cfg = l.client_config(host).map_err(|e| err(e.to_string()))?;

@@ -76,6 +76,7 @@ pub(super) struct FileConfig {
     instance: Option<String>,
     verbose: Option<u8>,
     metrics: Option<std::net::SocketAddr>,
+    metrics_token: Option<PathBuf>,
 }
 
 /// `[clients.ID]`: the fields of a credentials file line (`keys::parse_credentials`).
@@ -227,6 +228,11 @@ pub fn apply(mut cli: Cli, m: &ArgMatches) -> Result<Loaded, String> {
         && let Some(p) = file.master_key_file
     {
         cli.master_key_file = Some(rel(p));
+    }
+    if !given("metrics_token")
+        && let Some(p) = file.metrics_token
+    {
+        cli.metrics_token = Some(rel(p));
     }
     if !given("instance") {
         cli.instance = match file.instance {

@@ -74,7 +74,7 @@ impl Source {
 /// Runs the control socket and, if given, the metrics listener until the task is aborted.
 pub async fn serve(
     control: tokio::net::UnixListener,
-    metrics: Option<tokio::net::TcpListener>,
+    metrics: Option<(tokio::net::TcpListener, Option<metrics::Token>)>,
     source: Source,
     reload: Option<reload::ReloadHandle>,
 ) {
@@ -93,7 +93,8 @@ pub async fn serve(
         }
         Source::Server(_) => None,
     };
-    let _metrics = metrics.map(|l| AbortOnDrop(tokio::spawn(metrics::serve(l, source.clone()))));
+    let _metrics = metrics
+        .map(|(l, token)| AbortOnDrop(tokio::spawn(metrics::serve(l, source.clone(), token))));
     control::serve(control, source, reload).await;
 }
 

@@ -207,8 +207,7 @@ impl Sealer {
     /// blocks of the usage limit are left: time to close the session (the margin is for the
     /// close itself).
     pub fn nearly_exhausted(&self) -> bool {
-        self.remaining() <= EXHAUSTION_MARGIN
-            || self.blocks_left() <= limits::SEALED_BLOCKS_RESERVE
+        self.remaining() <= EXHAUSTION_MARGIN || self.blocks_left() <= limits::SEALED_BLOCKS_RESERVE
     }
 
     /// Whether the key may seal `len` more bytes; the error says which limit is reached.

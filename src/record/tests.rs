@@ -242,7 +242,10 @@ fn a_sealer_stops_at_its_usage_limit() {
             seal(&mut s, &[0x45; 100]);
         }
         assert!(s.nearly_exhausted(), "{suite:?}");
-        assert!(s.remaining() > EXHAUSTION_MARGIN, "the sequence space is not why");
+        assert!(
+            s.remaining() > EXHAUSTION_MARGIN,
+            "the sequence space is not why"
+        );
         // The reserve carries a Close and a close_notify, and a batch's tail.
         seal(&mut s, b"close");
         seal(&mut s, b"notify");
