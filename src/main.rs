@@ -46,6 +46,18 @@ fn main() {
         }
     };
     init_logging(loaded.cli.verbose);
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
+    if !loaded.cli.check {
+        match dtun::ops::perms::check(&loaded) {
+            Ok(warnings) => warnings.iter().for_each(|w| tracing::warn!("{w}")),
+            Err(e) => {
+                eprintln!("dtun: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
     if loaded.cli.check {
         return exit_on(
             dtun::ops::check::check(&loaded)

@@ -109,3 +109,9 @@ pub fn euid() -> u32 {
     // SAFETY: geteuid takes nothing, touches no memory and cannot fail.
     unsafe { libc::geteuid() }
 }
+
+/// Our effective group id (getegid(2)): a secret's group may read it if it is ours.
+pub fn egid() -> u32 {
+    // SAFETY: getegid takes nothing, touches no memory and cannot fail.
+    unsafe { libc::getegid() }
+}

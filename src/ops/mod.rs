@@ -20,6 +20,7 @@ pub mod control;
 pub mod docs;
 pub mod metrics;
 pub mod notify;
+pub mod perms;
 pub mod privilege;
 pub mod reload;
 pub mod status;
