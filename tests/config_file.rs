@@ -334,6 +334,16 @@ fn secrets_and_scripts_are_checked_with_what_to_do() {
         &token,
     ]);
     assert!(!ok && out.contains(&format!("chmod 600 {token}")), "{out}");
+    // The TOML keys, a relative token path beside the file: off loopback needs the token.
+    chmod(&token, 0o600);
+    let open = "key = \"shared-key-0123456789abcdef\"\nmetrics = \"0.0.0.0:9586\"\n";
+    let m = write(d, "m.toml", open);
+    chmod(&m, 0o600);
+    let (ok, out) = check(&["-config", &m]);
+    assert!(!ok && out.contains("give -metrics-token FILE"), "{out}");
+    let m = write(d, "m.toml", &format!("{open}metrics_token = \"token\"\n"));
+    let (ok, out) = check(&["-config", &m]);
+    assert!(ok, "{out}");
 
     // Scripts run as root (the tests run as root).
     let scripts = d.join("scripts");
