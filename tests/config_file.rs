@@ -373,4 +373,14 @@ fn secrets_and_scripts_are_checked_with_what_to_do() {
     chmod(&s, 0o1777);
     let (ok, out) = run(&up);
     assert!(ok, "{out}");
+    // A link to a sound script from a directory others can write: refused too.
+    chmod(&s, 0o755);
+    let open = d.join("open");
+    std::fs::create_dir(&open).unwrap();
+    let link = open.join("up.sh");
+    std::os::unix::fs::symlink(&up, &link).unwrap();
+    let o = path_str(&open).to_string();
+    chmod(&o, 0o777);
+    let (ok, out) = run(path_str(&link));
+    assert!(!ok && out.contains(&format!("chmod go-w {o}")), "{out}");
 }

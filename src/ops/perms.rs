@@ -115,7 +115,17 @@ pub fn script(flag: &str, path: &Path) -> Result<(), String> {
             m.mode() & 0o7777
         ));
     }
-    for dir in full.ancestors().skip(1) {
+    dirs(flag, &p.to_string(), full.parent())?;
+    // A symlink's own directory too: whoever can write it can point the link elsewhere.
+    let link_dir = std::path::absolute(path)
+        .ok()
+        .and_then(|a| a.parent().and_then(|d| std::fs::canonicalize(d).ok()));
+    dirs(flag, &p.to_string(), link_dir.as_deref())
+}
+
+/// `start` and every directory above it: root's, and not writable by others unless sticky.
+fn dirs(flag: &str, p: &str, start: Option<&Path>) -> Result<(), String> {
+    for dir in start.into_iter().flat_map(Path::ancestors) {
         let d = dir.display();
         let m = std::fs::metadata(dir).map_err(|e| format!("{flag} script {p}: {d}: {e}"))?;
         let mode = m.mode() & 0o7777;
