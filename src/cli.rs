@@ -234,6 +234,10 @@ pub struct Cli {
     /// 127.0.0.1:9586); off by default
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
+    /// Bearer token file for -metrics: scrapes must send `Authorization: Bearer TOKEN`;
+    /// required when -metrics is not a loopback address
+    #[arg(long = "metrics-token", value_name = "FILE")]
+    pub metrics_token: Option<PathBuf>,
     /// More logging (-v debug, -vv trace); RUST_LOG overrides
     #[arg(short = 'v', action = ArgAction::Count)]
     pub verbose: u8,

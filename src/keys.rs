@@ -179,9 +179,8 @@ pub fn parse_credentials(text: &str) -> Result<HashMap<String, Client>, KeyError
     Ok(out)
 }
 
-/// Reads a credentials file, warning if others can read it.
+/// Reads a credentials file (its mode: `ops::perms`).
 pub fn load_credentials(path: &Path) -> Result<HashMap<String, Client>, KeyError> {
-    warn_if_readable(path);
     let text =
         std::fs::read_to_string(path).map_err(|e| KeyError::Read(path.display().to_string(), e))?;
     let creds = parse_credentials(&text).map_err(|e| match e {
@@ -245,31 +244,23 @@ impl KeyStore {
     }
 }
 
-/// Warns about a file holding keys that every user may read. Its group may: the packaged
-/// units run as user dtun and read `root:dtun` files of mode 0640.
-pub fn warn_if_readable(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    if let Ok(m) = std::fs::metadata(path)
-        && m.permissions().mode() & 0o007 != 0
-    {
-        tracing::warn!(
-            "{} is readable by every user: chmod o-rwx {} (0600, or 0640 with group dtun for the \
-             packaged units)",
-            path.display(),
-            path.display()
-        );
+/// Warns about a key too short to resist guessing.
+pub fn warn_if_short(key: &[u8], what: &str) {
+    if let Some(w) = short_key(key, what) {
+        tracing::warn!("{w}");
     }
 }
 
-/// Warns about a key too short to resist guessing.
-pub fn warn_if_short(key: &[u8], what: &str) {
-    if key.len() < MIN_KEY_LEN {
-        tracing::warn!(
+/// The warning about a key too short to resist guessing, if it is (for callers that log it
+/// later, once logging is set up).
+pub fn short_key(key: &[u8], what: &str) -> Option<String> {
+    (key.len() < MIN_KEY_LEN).then(|| {
+        format!(
             "{what} is only {} byte{}: use at least {MIN_KEY_LEN} (`dtun genkey` makes a strong one)",
             key.len(),
             if key.len() == 1 { "" } else { "s" }
-        );
-    }
+        )
+    })
 }
 
 #[cfg(test)]

@@ -20,6 +20,18 @@ fn main() {
         }
     };
     init_logging(loaded.cli.verbose, loaded.cli.log_format);
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
+    if !loaded.cli.check {
+        match dtun::ops::perms::check(&loaded) {
+            Ok(warnings) => warnings.iter().for_each(|w| tracing::warn!("{w}")),
+            Err(e) => {
+                eprintln!("dtun: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
     if loaded.cli.check {
         return exit_on(
             dtun::ops::check::check(&loaded)
@@ -265,7 +277,7 @@ fn run(
                     &cfg.host,
                 ));
                 let source = dtun::ops::Source::Client(std::sync::Arc::clone(&board));
-                let _ops = ops(control, loaded.cli.metrics, source, None).await?;
+                let _ops = ops(control, &loaded.cli, source, None).await?;
                 // On a worker, not on this thread: the worker that sees a datagram arrive
                 // then runs the client loop itself instead of waking this thread (a context
                 // switch, often to another CPU, on every packet towards the TUN).
@@ -285,7 +297,7 @@ fn run(
                 dtun::ops::reload::on_sighup(reload.clone()).context("cannot handle SIGHUP")?;
                 let (source, status) = dtun::ops::Source::server();
                 let sock = dtun::server::bind(cfg.listen)?;
-                let _ops = ops(control, loaded.cli.metrics, source, Some(reload.clone())).await?;
+                let _ops = ops(control, &loaded.cli, source, Some(reload.clone())).await?;
                 dtun::server::run_with(sock, cfg, Some(status), reloads, shutdown_signal()).await?;
             }
         }
@@ -297,12 +309,13 @@ fn run(
 /// returned handle is dropped.
 async fn ops(
     control: dtun::ops::control::Control,
-    metrics: Option<std::net::SocketAddr>,
+    cli: &dtun::cli::Cli,
     source: dtun::ops::Source,
     reload: Option<dtun::ops::reload::ReloadHandle>,
 ) -> anyhow::Result<AbortOnDrop> {
-    let metrics = match metrics {
-        Some(addr) => Some(dtun::ops::metrics::bind(addr).await?),
+    let token = dtun::ops::metrics::access(cli.metrics, cli.metrics_token.as_deref())?;
+    let metrics = match cli.metrics {
+        Some(addr) => Some((dtun::ops::metrics::bind(addr).await?, token)),
         None => None,
     };
     Ok(AbortOnDrop(tokio::spawn(dtun::ops::serve(

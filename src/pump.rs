@@ -27,7 +27,7 @@
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -108,6 +108,10 @@ pub struct Counters {
     /// Every record whose tag verified (packets, control, alerts): the peer's signs of life.
     authenticated: AtomicU64,
     drops: [AtomicU64; Drop::COUNT],
+    /// The session's read key reached its integrity limit (failed authentications,
+    /// [`Opener::integrity_limit_reached`]): set once by whoever opens its records, read by
+    /// whoever owns the session, which closes it if the peer is a dtun peer.
+    integrity_limit: AtomicBool,
 }
 
 impl Counters {
@@ -127,6 +131,11 @@ impl Counters {
 
     pub fn drops(&self, d: Drop) -> u64 {
         self.drops[d.index()].load(Relaxed)
+    }
+
+    /// Whether the read key reached its integrity limit ([`note_integrity_limit`]).
+    pub fn integrity_limit_reached(&self) -> bool {
+        self.integrity_limit.load(Relaxed)
     }
 
     /// One line for logs: `tx 10 pkts/840 B, rx 9 pkts/756 B, drops replay=1`.
@@ -190,7 +199,20 @@ pub enum Inbound {
 /// Opens one record in place and classifies it; counts drops.
 pub fn open(opener: &mut Opener, counters: &Counters, record: &mut [u8]) -> Inbound {
     let result = opener.open(record);
+    note_integrity_limit(opener, counters);
     classify(result, record, counters)
+}
+
+/// Once the opener's key reached its integrity limit, says so once (log and
+/// [`Counters::integrity_limit_reached`]). One comparison per batch while below it.
+fn note_integrity_limit(opener: &Opener, counters: &Counters) {
+    if opener.integrity_limit_reached() && !counters.integrity_limit.swap(true, Relaxed) {
+        tracing::warn!(
+            "{} records failed authentication under this session's key: its integrity limit \
+             (docs/PROTOCOL.md, AEAD usage limits); a dtun peer's session closes for fresh keys",
+            opener.failed_opens()
+        );
+    }
 }
 
 /// What an opened record is (`buf` holds its plaintext); counts it.
@@ -254,6 +276,7 @@ impl Inbox {
         self.opened
             .resize(self.ranges.len(), Err(DropReason::Truncated));
         opener.open_many(buf, &self.ranges, &mut self.opened);
+        note_integrity_limit(opener, counters);
         self.inbound.clear();
         for o in self.opened.drain(..) {
             self.inbound.push(classify(o, buf, counters));
@@ -371,7 +394,8 @@ pub enum OutboundCmd {
 pub enum OutboundEnd {
     /// Told to stop (or its command channel closed).
     Stopped,
-    /// Its sequence numbers are nearly used up ([`Sealer::nearly_exhausted`]): it sent
+    /// Its key is nearly used up: sequence numbers or the AEAD confidentiality limit
+    /// ([`Sealer::nearly_exhausted`]): it sent
     /// nothing more, and the owner must close the session (Close reason 4, exhausted, and
     /// close_notify, with the sealer returned) so the client reconnects with fresh keys.
     Exhausted,
@@ -456,8 +480,10 @@ impl Outbound {
         loop {
             if sealer.nearly_exhausted() {
                 tracing::warn!(
-                    "{} record sequence numbers left: closing the session for fresh keys",
-                    sealer.remaining()
+                    "{} record sequence numbers and {} AES blocks of the key's usage limit left: \
+                     closing the session for fresh keys",
+                    sealer.remaining(),
+                    sealer.blocks_left()
                 );
                 return (sealer, OutboundEnd::Exhausted);
             }

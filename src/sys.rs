@@ -148,3 +148,9 @@ pub fn peer_uid(sock: &impl AsRawFd) -> std::io::Result<u32> {
         Err(std::io::Error::last_os_error())
     }
 }
+
+/// Our effective group id (getegid(2)): a secret's group may read it if it is ours.
+pub fn egid() -> u32 {
+    // SAFETY: getegid takes nothing, touches no memory and cannot fail.
+    unsafe { libc::getegid() }
+}

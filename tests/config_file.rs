@@ -359,3 +359,119 @@ fn an_unreadable_config_says_how_to_fix_it() {
         "{err}"
     );
 }
+
+fn chmod(p: &str, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// One check of every secret and script, in `-check` (issue 19, item 15): a config file with
+/// an inline key and a `[clients.ID] key_file` readable by everyone are warned about, naming
+/// `chmod 600 FILE` (before the fix these warnings were issued before logging was set up and
+/// lost); a secret writable by its group or others is refused; a script run as root that
+/// others can write, that root does not own, or that lies in a directory others can write,
+/// is refused, each saying what to do.
+#[test]
+fn secrets_and_scripts_are_checked_with_what_to_do() {
+    let dir = TestDir::new("cfperm");
+    let d = dir.path();
+    let laptop = write(d, "laptop.key", "laptop-key-0123456789abcdef\n");
+    chmod(&laptop, 0o644);
+    let conf = write(
+        d,
+        "server.toml",
+        &format!(
+            "key = \"shared-key-0123456789abcdef\"\n[clients.laptop]\nkey_file = \"{laptop}\"\n"
+        ),
+    );
+    chmod(&conf, 0o644);
+    let (ok, out) = check(&["-config", &conf]);
+    assert!(ok, "{out}");
+    for f in [&conf, &laptop] {
+        assert!(
+            out.contains(&format!("{f} is readable by every user: chmod 600 {f}")),
+            "{f}: {out}"
+        );
+    }
+    chmod(&conf, 0o600);
+    chmod(&laptop, 0o600);
+    let (ok, out) = check(&["-config", &conf]);
+    assert!(ok && !out.contains("readable"), "{out}");
+
+    // Writable by others than the owner: refused.
+    let key = write(d, "key", "shared-key-0123456789abcdef\n");
+    for mode in [0o620, 0o606] {
+        chmod(&key, mode);
+        let (ok, out) = check(&["-key-file", &key]);
+        assert!(!ok, "mode {mode:o} passed: {out}");
+        assert!(
+            out.contains("is writable by") && out.contains(&format!("chmod 600 {key}")),
+            "{out}"
+        );
+    }
+    chmod(&laptop, 0o660);
+    let (ok, out) = check(&["-config", &conf]);
+    assert!(!ok && out.contains(&format!("chmod 600 {laptop}")), "{out}");
+    chmod(&laptop, 0o600);
+    chmod(&key, 0o600);
+    let token = write(d, "token", "metrics-token-0123\n");
+    chmod(&token, 0o622);
+    let (ok, out) = check(&[
+        "-key-file",
+        &key,
+        "-metrics",
+        "127.0.0.1:9586",
+        "-metrics-token",
+        &token,
+    ]);
+    assert!(!ok && out.contains(&format!("chmod 600 {token}")), "{out}");
+    // The TOML keys, a relative token path beside the file: off loopback needs the token.
+    chmod(&token, 0o600);
+    let open = "key = \"shared-key-0123456789abcdef\"\nmetrics = \"0.0.0.0:9586\"\n";
+    let m = write(d, "m.toml", open);
+    chmod(&m, 0o600);
+    let (ok, out) = check(&["-config", &m]);
+    assert!(!ok && out.contains("give -metrics-token FILE"), "{out}");
+    let m = write(d, "m.toml", &format!("{open}metrics_token = \"token\"\n"));
+    let (ok, out) = check(&["-config", &m]);
+    assert!(ok, "{out}");
+
+    // Scripts run as root (the tests run as root).
+    let scripts = d.join("scripts");
+    std::fs::create_dir(&scripts).unwrap();
+    let up = write(&scripts, "up.sh", "#!/bin/sh\nexit 0\n");
+    chmod(&up, 0o755);
+    let run = |up: &str| check(&["-key-file", &key, "-up", up]);
+    let (ok, out) = run(&up);
+    assert!(ok, "{out}");
+    chmod(&up, 0o775);
+    let (ok, out) = run(&up);
+    assert!(!ok && out.contains(&format!("chmod go-w {up}")), "{out}");
+    chmod(&up, 0o755);
+    std::os::unix::fs::chown(&up, Some(4242), None).unwrap();
+    let (ok, out) = run(&up);
+    assert!(!ok && out.contains(&format!("chown root {up}")), "{out}");
+    std::os::unix::fs::chown(&up, Some(0), None).unwrap();
+    let s = path_str(&scripts).to_string();
+    chmod(&s, 0o777);
+    let (ok, out) = run(&up);
+    assert!(
+        !ok && out.contains(&format!("its directory {s} is writable by others")),
+        "{out}"
+    );
+    assert!(out.contains(&format!("chmod go-w {s}")), "{out}");
+    // A root-owned sticky directory (as /tmp, where this test's files live) is fine.
+    chmod(&s, 0o1777);
+    let (ok, out) = run(&up);
+    assert!(ok, "{out}");
+    // A link to a sound script from a directory others can write: refused too.
+    chmod(&s, 0o755);
+    let open = d.join("open");
+    std::fs::create_dir(&open).unwrap();
+    let link = open.join("up.sh");
+    std::os::unix::fs::symlink(&up, &link).unwrap();
+    let o = path_str(&open).to_string();
+    chmod(&o, 0o777);
+    let (ok, out) = run(path_str(&link));
+    assert!(!ok && out.contains(&format!("chmod go-w {o}")), "{out}");
+}

@@ -154,3 +154,45 @@ fn max_clients_refuses_unlisted_newcomers() {
     assert_running(&mut first, "first client");
     assert_running(&mut server, "server");
 }
+
+/// A world-readable config file holding a key gets its warning in the server's log at start
+/// (issue 19, item 15: before, it was issued before logging was set up and lost), and a key
+/// file others can write stops the start with what to do.
+#[test]
+fn secret_file_modes_reach_the_log_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TestDir::new("hB1p");
+    let ns = Netns::new("hB1p", &dir);
+    let conf = dir.file(
+        "srv.toml",
+        b"key = \"shared-key-0123456789abcdef\"\nport = 4461\n",
+    );
+    std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let conf = path_str(&conf).to_string();
+    let mut server = ns.spawn(DTUN, &["-config", &conf], &[]);
+    server.wait_log(
+        &format!("{conf} is readable by every user: chmod 600 {conf}"),
+        UP,
+    );
+    assert_running(&mut server, "dtun server");
+    drop(server);
+
+    let key = dir.file("key", b"shared-key-0123456789abcdef\n");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let key = path_str(&key).to_string();
+    let mut server = ns.spawn(DTUN, &["-key-file", &key, "-port", "4462"], &[]);
+    let status = server
+        .wait_exit(UP)
+        .expect("a server with a writable key ran on");
+    assert!(!status.success());
+    assert!(
+        server.log().contains("writable by every user"),
+        "{}",
+        server.log()
+    );
+    assert!(
+        server.log().contains(&format!("chmod 600 {key}")),
+        "{}",
+        server.log()
+    );
+}

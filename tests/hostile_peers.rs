@@ -521,7 +521,7 @@ fn exhaustion_closes_and_reconnects(tag: &str, server_side: bool, compat: bool) 
     };
     let (c_log, o_log) = (closer.log(), other.log());
     assert!(
-        c_log.contains("sequence numbers are nearly used up"),
+        c_log.contains("keys are nearly used up"),
         "the side that ran out says why:\n{c_log}"
     );
     // The server logs the reason's name, a client its words.

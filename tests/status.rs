@@ -1,16 +1,16 @@
 //! `dtun status` over the control sockets `/run/dtun/NETNS.INSTANCE.sock`, and `-metrics`, against the real
 //! binary in network namespaces (prefix `st`): a server with two clients (one lingering), a
 //! client up and then backing off, the JSON's shape pinned, a missing instance, a refused
-//! user, two instances in one namespace, a hostile local client, and a metrics scrape whose
-//! counters move with traffic.
+//! user, two instances in one namespace, a hostile local client, a metrics scrape whose
+//! counters move with traffic, and `-metrics` off loopback (bearer token, per-source cap).
 
 mod common;
 
 use std::time::Duration;
 
 use common::status::{
-    assert_session_shape, assert_traffic_shape, json, keys, metric, scrape, set, squash, status,
-    stderr, stdout, u,
+    assert_session_shape, assert_traffic_shape, json, keys, metric, scrape, scrape_as, set, squash,
+    status, stderr, stdout, u,
 };
 use common::{DTUN, Netns, TestDir, Topo, UP, start_client, start_server, wait_for, wait_p2p};
 use serde_json::Value;
@@ -487,4 +487,81 @@ fn metrics_scrape_moves_with_traffic() {
     assert!(b >= a + 5 * 84, "rx bytes {a} -> {b}");
     let (_, meta) = scrape(&topo.server, 9586, "/other");
     assert!(meta.starts_with("404"), "{meta}");
+}
+
+/// `-metrics` on a non-loopback address: refused by `-check` and at start without
+/// `-metrics-token`; with it, a scrape without the token or with a wrong one gets 401 and the
+/// right one 200; one source holding MAX_PER_SOURCE idle connections cannot take more, while
+/// another source still scrapes. Before the fix any address was served to anyone.
+#[test]
+fn metrics_off_loopback_needs_a_token_and_caps_each_source() {
+    let topo = Topo::pair("st6");
+    let ns = &topo.server;
+    let open = ["-key", KEY, "-metrics", "0.0.0.0:9586"];
+    let o = ns.run(DTUN, &[&open[..], &["-check"]].concat());
+    assert!(!o.status.success(), "-check passed: {o:?}");
+    assert!(
+        stderr(&o).contains("give -metrics-token FILE"),
+        "{}",
+        stderr(&o)
+    );
+    let o = ns.run("timeout", &[&["10", DTUN][..], &open[..]].concat());
+    assert!(!o.status.success(), "started: {o:?}");
+    assert!(
+        stderr(&o).contains("not a loopback address"),
+        "{}",
+        stderr(&o)
+    );
+
+    let token = "metrics-token-5f1c2e";
+    let file = topo.dir.file("token", format!("{token}\n").as_bytes());
+    let file = file.to_str().unwrap();
+    let o = ns.run(
+        DTUN,
+        &[&open[..], &["-metrics-token", file, "-check"]].concat(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let _server = start_server(ns, 443, &[&open[..], &["-metrics-token", file]].concat());
+    wait_for(UP, "-metrics listening", || {
+        ns.run("curl", &["-s", "http://127.0.0.1:9586/metrics"])
+            .status
+            .success()
+    });
+    let url = format!("http://{}:9586/metrics", Topo::server_ip(0));
+    let (_, meta) = scrape_as(topo.client(), &url, None);
+    assert!(meta.starts_with("401"), "no token: {meta}");
+    let (_, meta) = scrape_as(topo.client(), &url, Some("metrics-token-5f1c2f"));
+    assert!(meta.starts_with("401"), "wrong token: {meta}");
+    let (body, meta) = scrape_as(topo.client(), &url, Some(token));
+    assert!(meta.starts_with("200"), "{meta}");
+    assert_eq!(metric(&body, "dtun_sessions"), 0);
+
+    // Three idle connections from 127.0.0.1: the third is closed at once.
+    let script = r#"
+import socket
+conns = [socket.create_connection(("127.0.0.1", 9586)) for _ in range(3)]
+for i, c in enumerate(conns):
+    c.settimeout(1)
+    try:
+        print(i, "closed" if c.recv(1) == b"" else "data", flush=True)
+    except socket.timeout:
+        print(i, "open", flush=True)
+    except OSError as e:
+        print(i, "closed", e, flush=True)
+print("holding", flush=True)
+import time; time.sleep(4)
+"#;
+    let mut hog = ns.spawn("python3", &["-c", script], &[]);
+    hog.wait_log("holding", Duration::from_secs(10));
+    let log = hog.log();
+    assert!(log.contains("0 open") && log.contains("1 open"), "{log}");
+    assert!(
+        log.contains("2 closed"),
+        "a third connection from one source: {log}"
+    );
+    let (_, meta) = scrape_as(topo.client(), &url, Some(token));
+    assert!(
+        meta.starts_with("200"),
+        "another source while one holds its cap: {meta}"
+    );
 }

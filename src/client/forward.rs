@@ -280,6 +280,11 @@ pub(super) async fn inbound(
     let records = s.inbox.open(s.opener, s.counters, buf, stride, |ct| {
         ct == CONTENT_APPLICATION_DATA || ct == CONTENT_ALERT
     });
+    // The read key's integrity limit: a dtun server handshakes again; with an original the
+    // session goes on (docs/PROTOCOL.md, AEAD usage limits).
+    if controls && s.counters.integrity_limit_reached() {
+        return (false, Some(ClientError::Exhausted));
+    }
     for record in records {
         match record {
             Inbound::Data(r) => {

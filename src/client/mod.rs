@@ -92,7 +92,7 @@ pub enum ClientError {
     )]
     Unreachable(SocketAddr, Duration),
     #[error(
-        "our record sequence numbers are nearly used up (almost 2^48 records in one session): a new session brings fresh keys"
+        "our keys are nearly used up (record sequence numbers or an AEAD usage limit, docs/PROTOCOL.md): a new session brings fresh keys"
     )]
     Exhausted,
     #[error(transparent)]

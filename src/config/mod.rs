@@ -94,9 +94,8 @@ impl Key {
     }
 }
 
-/// A key file's content less one trailing newline; warns if others can read it.
+/// A key file's content less one trailing newline (its mode: `ops::perms`).
 pub fn read_key_file(path: &std::path::Path) -> Result<Zeroizing<Vec<u8>>, ConfigError> {
-    crate::keys::warn_if_readable(path);
     let mut b = Zeroizing::new(
         std::fs::read(path).map_err(|e| ConfigError::KeyFile(path.to_path_buf(), e))?,
     );

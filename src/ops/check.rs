@@ -14,6 +14,11 @@ pub fn check(l: &Loaded) -> Result<String, String> {
         None => "command line".to_string(),
     };
     let err = |e: String| format!("{what}: {e}");
+    super::metrics::access(l.cli.metrics, l.cli.metrics_token.as_deref())
+        .map_err(|e| err(e.to_string()))?;
+    for w in super::perms::check(l).map_err(err)? {
+        tracing::warn!("{w}");
+    }
     match &l.cli.host {
         Some(host) => {
             let cfg = l.client_config(host).map_err(|e| err(e.to_string()))?;

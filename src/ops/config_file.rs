@@ -83,6 +83,7 @@ pub(super) struct FileConfig {
     #[serde(default, deserialize_with = "values::choice")]
     log_format: Option<LogFormat>,
     metrics: Option<std::net::SocketAddr>,
+    metrics_token: Option<PathBuf>,
 }
 
 /// `[clients.ID]`: the fields of a credentials file line (`keys::parse_credentials`).
@@ -110,6 +111,11 @@ pub struct Loaded {
     pub file: Option<PathBuf>,
     /// The line of each `[clients.ID]` in it, for messages.
     pub client_lines: HashMap<String, usize>,
+    /// Secret files read from the config file (itself when it holds keys, `[clients.ID]
+    /// key_file`s), for [`super::perms::check`].
+    pub secrets: Vec<PathBuf>,
+    /// Warnings found before logging was set up: the caller logs them.
+    pub warnings: Vec<String>,
 }
 
 /// Parses the command line (either flag style) keeping what clap knows of where each value
@@ -142,6 +148,8 @@ pub fn apply(mut cli: Cli, m: &ArgMatches) -> Result<Loaded, String> {
             clients: HashMap::new(),
             file: None,
             client_lines: HashMap::new(),
+            secrets: Vec::new(),
+            warnings: Vec::new(),
         });
     };
     let text = Zeroizing::new(std::fs::read_to_string(&path).map_err(|e| {
@@ -164,8 +172,10 @@ pub fn apply(mut cli: Cli, m: &ArgMatches) -> Result<Loaded, String> {
     let rel = |p: PathBuf| if p.is_relative() { dir.join(p) } else { p };
     let at = |span: std::ops::Range<usize>| values::line_of(&text, span.start);
 
+    let mut secrets = Vec::new();
+    let mut warnings = Vec::new();
     if file.key.is_some() || file.clients.values().any(|c| c.key.is_some()) {
-        crate::keys::warn_if_readable(&path);
+        secrets.push(path.clone());
     }
     // The key: -key, -key-file or DTUN_KEY on the command line replace the file's pair.
     if !given("key") && !given("key_file") {
@@ -254,6 +264,11 @@ pub fn apply(mut cli: Cli, m: &ArgMatches) -> Result<Loaded, String> {
     {
         cli.master_key_file = Some(rel(p));
     }
+    if !given("metrics_token")
+        && let Some(p) = file.metrics_token
+    {
+        cli.metrics_token = Some(rel(p));
+    }
     if !given("instance") {
         cli.instance = match file.instance {
             Some(i) => i,
@@ -276,6 +291,7 @@ pub fn apply(mut cli: Cli, m: &ArgMatches) -> Result<Loaded, String> {
             (Some(k), None) => Zeroizing::new(k.as_bytes().to_vec()),
             (None, Some(kf)) => {
                 let kf = rel(kf);
+                secrets.push(kf.clone());
                 let k = crate::config::read_key_file(&kf).map_err(|e| err(e.to_string()))?;
                 if k.is_empty() {
                     return Err(err(format!("key file {} is empty", kf.display())));
@@ -300,7 +316,10 @@ pub fn apply(mut cli: Cli, m: &ArgMatches) -> Result<Loaded, String> {
                 }
             },
         };
-        crate::keys::warn_if_short(&key, &format!("the key of {id} in {}", path.display()));
+        warnings.extend(crate::keys::short_key(
+            &key,
+            &format!("the key of {id} in {}", path.display()),
+        ));
         clients.insert(
             id,
             Client {
@@ -317,6 +336,8 @@ pub fn apply(mut cli: Cli, m: &ArgMatches) -> Result<Loaded, String> {
         clients,
         file: Some(path),
         client_lines,
+        secrets,
+        warnings,
     })
 }
 

@@ -3,12 +3,20 @@
 //! takes a fresh snapshot and encodes it into a registry of its own, so nothing is counted
 //! twice and the data path keeps its plain atomics.
 //!
-//! A scraper cannot tie dtun up: at most [`MAX_CONNECTIONS`] connections at once (more are
-//! closed), headers within 5 s, a whole connection within [`CONNECTION_TIMEOUT`], one request
-//! per connection.
+//! Access: a loopback bind may go without a token; any other needs `-metrics-token FILE`,
+//! and then every scrape must send `Authorization: Bearer TOKEN` (what Prometheus'
+//! `authorization` setting sends), compared in constant time; otherwise the start (and
+//! `-check`) is refused, because the ids and addresses it shows are for the operator only.
+//!
+//! A scraper cannot tie dtun up: at most [`MAX_CONNECTIONS`] connections at once and
+//! [`MAX_PER_SOURCE`] from one address (more are closed), headers within
+//! [`HEADER_TIMEOUT`] (slowloris), a whole connection within [`CONNECTION_TIMEOUT`], one
+//! request per connection.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http_body_util::Full;
@@ -26,6 +34,10 @@ use super::Source;
 use super::status::{ClientView, ServerView, Status, Traffic};
 
 pub const MAX_CONNECTIONS: usize = 8;
+/// Connections one source address may hold at once, so one scraper (or one attacker) cannot
+/// take all of [`MAX_CONNECTIONS`].
+pub const MAX_PER_SOURCE: usize = 2;
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -35,6 +47,80 @@ pub struct MetricsError {
     addr: SocketAddr,
     source: std::io::Error,
     hint: &'static str,
+}
+
+/// Why `-metrics` with its token is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    #[error(
+        "-metrics {0} is not a loopback address: anyone who reaches it could read every client id and address; give -metrics-token FILE (scrapers then send `Authorization: Bearer TOKEN`) or bind 127.0.0.1"
+    )]
+    NoToken(SocketAddr),
+    #[error("-metrics-token {0}: {1}: check the path")]
+    Read(PathBuf, std::io::Error),
+    #[error("-metrics-token {0} is {1}: put a random token in it (e.g. `dtun genkey > {0}`)")]
+    Bad(PathBuf, &'static str),
+    #[error("-metrics-token is given without -metrics: add -metrics ADDR or drop the token")]
+    Unused,
+}
+
+/// The bearer token scrapes must present: the file's content less one trailing newline.
+#[derive(Clone)]
+pub struct Token(Arc<[u8]>);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(..)")
+    }
+}
+
+impl Token {
+    /// Whether an `Authorization` header value carries this token (constant time in the
+    /// token's bytes).
+    fn admits(&self, header: Option<&hyper::header::HeaderValue>) -> bool {
+        use subtle::ConstantTimeEq;
+        let Some(got) = header.and_then(|h| h.as_bytes().strip_prefix(b"Bearer ")) else {
+            return false;
+        };
+        bool::from(got.ct_eq(&self.0))
+    }
+}
+
+/// What `-metrics` and `-metrics-token` allow, checked at start and by `-check`: the token
+/// (if any) to demand; refused: a non-loopback address without a token, an unreadable, empty
+/// or non-printable token file, a token without `-metrics`.
+pub fn access(
+    addr: Option<SocketAddr>,
+    token_file: Option<&Path>,
+) -> Result<Option<Token>, AccessError> {
+    let Some(addr) = addr else {
+        return match token_file {
+            Some(_) => Err(AccessError::Unused),
+            None => Ok(None),
+        };
+    };
+    let Some(path) = token_file else {
+        return if addr.ip().is_loopback() {
+            Ok(None)
+        } else {
+            Err(AccessError::NoToken(addr))
+        };
+    };
+    let mut t = std::fs::read(path).map_err(|e| AccessError::Read(path.to_path_buf(), e))?;
+    if t.last() == Some(&b'\n') {
+        t.pop();
+    }
+    if t.is_empty() {
+        return Err(AccessError::Bad(path.to_path_buf(), "empty"));
+    }
+    // A header value carries visible ASCII: anything else could never be sent.
+    if !t.iter().all(|b| b.is_ascii_graphic()) {
+        return Err(AccessError::Bad(
+            path.to_path_buf(),
+            "not one line of visible ASCII (no spaces)",
+        ));
+    }
+    Ok(Some(Token(t.into())))
 }
 
 /// Binds the `-metrics` address.
@@ -54,28 +140,69 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, MetricsError> {
     })
 }
 
-/// Serves scrapes for ever (until the task is aborted).
-pub async fn serve(listener: TcpListener, source: Source) {
+/// Connections held per source address; a [`SourceSlot`] gives its one back when dropped.
+#[derive(Default, Clone)]
+struct PerSource(Arc<Mutex<HashMap<IpAddr, usize>>>);
+
+struct SourceSlot(PerSource, IpAddr);
+
+impl PerSource {
+    /// A slot for one more connection from `ip`, or None if it holds [`MAX_PER_SOURCE`].
+    fn take(&self, ip: IpAddr) -> Option<SourceSlot> {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= MAX_PER_SOURCE {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot(self.clone(), ip))
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut m = (self.0).0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.1);
+            }
+        }
+    }
+}
+
+/// Serves scrapes for ever (until the task is aborted); with a token, only scrapes that
+/// present it.
+pub async fn serve(listener: TcpListener, source: Source, token: Option<Token>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let per_source = PerSource::default();
     loop {
-        let stream = match listener.accept().await {
-            Ok((s, _)) => s,
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
             Err(e) => {
                 tracing::debug!("-metrics: accept: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
+        let Some(from_source) = per_source.take(peer.ip()) else {
+            tracing::debug!(
+                "-metrics: {} holds {MAX_PER_SOURCE} connections: closed",
+                peer.ip()
+            );
+            continue;
+        };
         let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
             continue;
         };
-        let source = source.clone();
+        let (source, token) = (source.clone(), token.clone());
         tokio::spawn(async move {
-            let _permit = permit;
-            let svc = hyper::service::service_fn(move |req| answer(req, source.clone()));
+            let _permit = (permit, from_source);
+            let svc =
+                hyper::service::service_fn(move |req| answer(req, source.clone(), token.clone()));
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(5))
+                .header_read_timeout(HEADER_TIMEOUT)
                 .keep_alive(false)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
             if let Ok(Err(e)) = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
@@ -88,6 +215,7 @@ pub async fn serve(listener: TcpListener, source: Source) {
 async fn answer(
     req: Request<hyper::body::Incoming>,
     source: Source,
+    token: Option<Token>,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
     let reply = |status: StatusCode, ctype: &str, body: String| {
         let mut r = Response::new(Full::new(Bytes::from(body)));
@@ -97,6 +225,19 @@ async fn answer(
         }
         Ok(r)
     };
+    if let Some(t) = &token
+        && !t.admits(req.headers().get(hyper::header::AUTHORIZATION))
+    {
+        let mut r = Response::new(Full::new(Bytes::from(
+            "dtun -metrics needs `Authorization: Bearer TOKEN` (the -metrics-token file)\n",
+        )));
+        *r.status_mut() = StatusCode::UNAUTHORIZED;
+        r.headers_mut().insert(
+            hyper::header::WWW_AUTHENTICATE,
+            hyper::header::HeaderValue::from_static("Bearer"),
+        );
+        return Ok(r);
+    }
     if req.uri().path() != "/metrics" {
         return reply(
             StatusCode::NOT_FOUND,

@@ -21,6 +21,7 @@ pub mod control;
 pub mod docs;
 pub mod metrics;
 pub mod notify;
+pub mod perms;
 pub mod privilege;
 pub mod reload;
 pub mod status;
@@ -75,7 +76,7 @@ impl Source {
 /// Runs the control socket and, if given, the metrics listener until the task is aborted.
 pub async fn serve(
     control: control::Control,
-    metrics: Option<tokio::net::TcpListener>,
+    metrics: Option<(tokio::net::TcpListener, Option<metrics::Token>)>,
     source: Source,
     reload: Option<reload::ReloadHandle>,
 ) {
@@ -94,7 +95,8 @@ pub async fn serve(
         }
         Source::Server(_) => None,
     };
-    let _metrics = metrics.map(|l| AbortOnDrop(tokio::spawn(metrics::serve(l, source.clone()))));
+    let _metrics = metrics
+        .map(|(l, token)| AbortOnDrop(tokio::spawn(metrics::serve(l, source.clone(), token))));
     control::serve(control, source, reload).await;
 }
 

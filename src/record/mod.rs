@@ -18,8 +18,10 @@ use ring::aead::{AES_128_GCM, Aad, LessSafeKey, Nonce, Tag, UnboundKey};
 use crate::kdf::KeyBlock;
 
 mod header;
+pub mod limits;
 mod replay;
 pub use header::{Header, parse_header, record_at, records};
+pub use limits::Limits;
 pub use replay::ReplayWindow;
 
 /// A negotiated cipher suite of the record layer.
@@ -115,6 +117,8 @@ pub enum SealError {
     BufferTooSmall(usize),
     #[error("sequence numbers of epoch {0} exhausted")]
     SequenceExhausted(u16),
+    #[error("the key of epoch {0} reached its AEAD usage limit (docs/PROTOCOL.md)")]
+    UsageLimit(u16),
 }
 
 enum Cipher {
@@ -159,6 +163,10 @@ pub struct Sealer {
     salt: [u8; 4],
     epoch: u16,
     next_seq: u64,
+    /// AES block operations spent under this key ([`limits::blocks`]), against
+    /// `limits.sealed_blocks`: the confidentiality limit.
+    sealed_blocks: u64,
+    limits: Limits,
 }
 
 impl Sealer {
@@ -169,7 +177,16 @@ impl Sealer {
             salt: *salt,
             epoch,
             next_seq: first_seq,
+            sealed_blocks: 0,
+            limits: Limits::of(suite),
         }
+    }
+
+    /// The same sealer under other limits (tests).
+    #[cfg(any(test, feature = "test-util"))]
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
     }
 
     pub fn suite(&self) -> Suite {
@@ -181,10 +198,29 @@ impl Sealer {
         (MAX_SEQUENCE + 1).saturating_sub(self.next_seq)
     }
 
-    /// At most [`EXHAUSTION_MARGIN`] sequence numbers are left: time to close the session
-    /// (the margin is for the close itself).
+    /// AES block operations left before the key's confidentiality limit.
+    pub fn blocks_left(&self) -> u64 {
+        self.limits.sealed_blocks.saturating_sub(self.sealed_blocks)
+    }
+
+    /// At most [`EXHAUSTION_MARGIN`] sequence numbers or [`limits::SEALED_BLOCKS_RESERVE`]
+    /// blocks of the usage limit are left: time to close the session (the margin is for the
+    /// close itself).
     pub fn nearly_exhausted(&self) -> bool {
-        self.remaining() <= EXHAUSTION_MARGIN
+        self.remaining() <= EXHAUSTION_MARGIN || self.blocks_left() <= limits::SEALED_BLOCKS_RESERVE
+    }
+
+    /// Whether the key may seal `len` more bytes; the error says which limit is reached.
+    #[inline]
+    fn admit(&self, len: usize) -> Result<u64, SealError> {
+        if self.next_seq > MAX_SEQUENCE {
+            return Err(SealError::SequenceExhausted(self.epoch));
+        }
+        let cost = limits::blocks(self.suite, len);
+        if cost > self.blocks_left() {
+            return Err(SealError::UsageLimit(self.epoch));
+        }
+        Ok(cost)
     }
 
     /// Seals the `len` plaintext bytes at `buf[PAYLOAD_OFFSET..]` into one record starting at
@@ -196,13 +232,12 @@ impl Sealer {
         buf: &mut [u8],
         len: usize,
     ) -> Result<usize, SealError> {
-        if self.next_seq > MAX_SEQUENCE {
-            return Err(SealError::SequenceExhausted(self.epoch));
-        }
+        let cost = self.admit(len)?;
         let seq = self.next_seq;
         let explicit = ((u64::from(self.epoch) << 48) | seq).to_be_bytes();
         let n = self.seal_at(content_type, buf, len, seq, explicit)?;
         self.next_seq += 1;
+        self.sealed_blocks += cost;
         Ok(n)
     }
 
@@ -310,9 +345,12 @@ impl Sealer {
             if buf.len() < total {
                 continue;
             }
-            if self.next_seq > MAX_SEQUENCE {
-                result = Err(SealError::SequenceExhausted(self.epoch));
-                break;
+            match self.admit(len) {
+                Ok(cost) => self.sealed_blocks += cost,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
             }
             let epoch_seq = (u64::from(self.epoch) << 48) | self.next_seq;
             self.next_seq += 1;
@@ -369,6 +407,10 @@ pub struct Opener {
     salt: [u8; 4],
     epoch: u16,
     window: ReplayWindow,
+    /// Records that passed the cheap checks (epoch, length, replay window) and failed
+    /// authentication: the integrity limit counts these, not every bad datagram.
+    failed_opens: u64,
+    limits: Limits,
 }
 
 impl Opener {
@@ -379,11 +421,31 @@ impl Opener {
             salt: *salt,
             epoch,
             window: ReplayWindow::default(),
+            failed_opens: 0,
+            limits: Limits::of(suite),
         }
+    }
+
+    /// The same opener under other limits (tests).
+    #[cfg(any(test, feature = "test-util"))]
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
     }
 
     pub fn epoch(&self) -> u16 {
         self.epoch
+    }
+
+    /// Records that failed authentication under this key (after the cheap checks).
+    pub fn failed_opens(&self) -> u64 {
+        self.failed_opens
+    }
+
+    /// The key saw as many failed authentications as its integrity limit allows: the session
+    /// must get fresh keys (between dtun peers; docs/PROTOCOL.md for an original peer).
+    pub fn integrity_limit_reached(&self) -> bool {
+        self.failed_opens >= self.limits.failed_opens
     }
 
     /// Opens one whole record (header included) in place. On success returns its content type
@@ -417,6 +479,7 @@ impl Opener {
             }
         };
         if !ok {
+            self.failed_opens += 1;
             return Err(DropReason::BadTag);
         }
         self.window.accept(c.seq);
@@ -494,11 +557,11 @@ impl Opener {
             };
             n += 1;
             if n == ccm8::LANES {
-                open_pass(ccm, &mut self.window, &mut jobs, &pending, out);
+                self.failed_opens += open_pass(ccm, &mut self.window, &mut jobs, &pending, out);
                 n = 0;
             }
         }
-        open_pass(ccm, &mut self.window, &mut jobs[..n], &pending[..n], out);
+        self.failed_opens += open_pass(ccm, &mut self.window, &mut jobs[..n], &pending[..n], out);
     }
 
     /// The checks before decryption: header, epoch, lengths, replay window.
@@ -550,27 +613,30 @@ struct Pending {
 
 /// Opens one pass of records and settles each in order, as [`Opener::open`] would have one
 /// after the other: a sequence number still new (two copies of one record can share a pass)
-/// and a verified tag moves the window.
+/// and a verified tag moves the window. Returns how many failed authentication.
 fn open_pass(
     ccm: &Ccm8,
     window: &mut ReplayWindow,
     jobs: &mut [Job<'_>],
     pending: &[Pending],
     out: &mut [Result<(u8, Range<usize>), DropReason>],
-) {
+) -> u64 {
     let verified = ccm.open(jobs);
+    let mut failed = 0;
     for (j, p) in pending.iter().enumerate() {
         // The window first, as for one record: a copy of a record accepted earlier in the
         // pass is a replay, whatever its tag.
         out[p.index] = if !window.check(p.seq) {
             Err(DropReason::Replay)
         } else if verified & (1 << j) == 0 {
+            failed += 1;
             Err(DropReason::BadTag)
         } else {
             window.accept(p.seq);
             Ok((p.content_type, p.plaintext.0..p.plaintext.1))
         };
     }
+    failed
 }
 
 /// Builds the sealer and opener of one side from the handshake's key block.

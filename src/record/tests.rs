@@ -224,3 +224,96 @@ fn records_splits_and_stops_on_garbage() {
     assert_eq!(v[1], Ok(30..61));
     assert_eq!(v[2], Err(DropReason::Truncated));
 }
+
+/// The confidentiality limit (lowered here): the sealer counts AES blocks, says when to close
+/// while the reserve still carries the close, and refuses past the limit, alone and in a batch.
+#[test]
+fn a_sealer_stops_at_its_usage_limit() {
+    for suite in SUITES {
+        let cost = limits::blocks(suite, 100);
+        let limit = limits::SEALED_BLOCKS_RESERVE + 10 * cost;
+        let (s, _) = pair_of(suite);
+        let mut s = s.with_limits(Limits {
+            sealed_blocks: limit,
+            failed_opens: u64::MAX,
+        });
+        for i in 0..10 {
+            assert!(!s.nearly_exhausted(), "{suite:?} after {i}");
+            seal(&mut s, &[0x45; 100]);
+        }
+        assert!(s.nearly_exhausted(), "{suite:?}");
+        assert!(
+            s.remaining() > EXHAUSTION_MARGIN,
+            "the sequence space is not why"
+        );
+        // The reserve carries a Close and a close_notify, and a batch's tail.
+        seal(&mut s, b"close");
+        seal(&mut s, b"notify");
+        let mut slots = vec![vec![0u8; 2048]; 1000];
+        let mut records = vec![0; 1000];
+        let sizes = vec![1400; 1000];
+        assert_eq!(
+            s.seal_many(CONTENT_APPLICATION_DATA, &mut slots, &sizes, &mut records),
+            Err(SealError::UsageLimit(1)),
+            "{suite:?}"
+        );
+        let sealed = records.iter().filter(|&&r| r > 0).count() as u64;
+        assert!(sealed > 0 && sealed < 1000, "{suite:?}: {sealed}");
+        assert!(s.blocks_left() < limits::blocks(suite, 1400), "{suite:?}");
+        let mut buf = vec![0u8; 2048];
+        assert_eq!(
+            s.seal(CONTENT_APPLICATION_DATA, &mut buf, 1400),
+            Err(SealError::UsageLimit(1))
+        );
+    }
+}
+
+/// The integrity limit (lowered here) counts only records that pass the cheap checks and then
+/// fail authentication: a wrong epoch, a replay or a bad length costs a spoofer nothing here;
+/// one by one and in a CCM_8 batch alike.
+#[test]
+fn an_opener_counts_only_failed_authentications() {
+    for suite in SUITES {
+        let (mut s, o) = pair_of(suite);
+        let mut o = o.with_limits(Limits {
+            sealed_blocks: u64::MAX,
+            failed_opens: 3,
+        });
+        let good = seal(&mut s, b"hello");
+        assert!(o.open(&mut good.clone()).is_ok());
+        // A replay, a wrong epoch, a truncated record: dropped before the tag, not counted.
+        assert_eq!(o.open(&mut good.clone()), Err(DropReason::Replay));
+        let mut epoch2 = seal(&mut s, b"x");
+        epoch2[4] = 2;
+        assert_eq!(o.open(&mut epoch2), Err(DropReason::BadEpoch));
+        let mut short = seal(&mut s, b"x");
+        short[11..13].copy_from_slice(&4u16.to_be_bytes());
+        assert!(o.open(&mut short[..17]).is_err());
+        assert_eq!(o.failed_opens(), 0, "{suite:?}");
+        // Forgeries: a flipped ciphertext byte under a fresh sequence number.
+        let mut forge = |o: &mut Opener| {
+            let mut f = seal(&mut s, b"forged");
+            f[PAYLOAD_OFFSET] ^= 1;
+            assert_eq!(o.open(&mut f), Err(DropReason::BadTag));
+        };
+        forge(&mut o);
+        forge(&mut o);
+        assert!(!o.integrity_limit_reached());
+        // A batch: two forgeries among good records (CCM_8 opens them in one pass).
+        let mut buf = Vec::new();
+        let mut ranges = Vec::new();
+        for i in 0..4 {
+            let mut r = seal(&mut s, b"batch");
+            if i % 2 == 1 {
+                r[PAYLOAD_OFFSET] ^= 1;
+            }
+            ranges.push(Ok(buf.len()..buf.len() + r.len()));
+            buf.extend_from_slice(&r);
+        }
+        let mut out = vec![Err(DropReason::Truncated); 4];
+        o.open_many(&mut buf, &ranges, &mut out);
+        assert_eq!(out.iter().filter(|r| r.is_ok()).count(), 2, "{suite:?}");
+        assert_eq!(o.failed_opens(), 4, "{suite:?}");
+        assert!(o.integrity_limit_reached());
+    }
+}

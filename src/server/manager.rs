@@ -363,18 +363,25 @@ impl Manager {
 
     async fn timers(&mut self) {
         let now = Instant::now();
-        // An outbound task ends by itself only when its sequence numbers are nearly used up.
+        // An outbound task ends by itself only when its keys are nearly used up (sequence
+        // numbers or the confidentiality limit); the read key's integrity limit closes only a
+        // dtun peer's session (an original's: docs/PROTOCOL.md, AEAD usage limits).
         let exhausted: Vec<String> = self
             .devices
             .iter()
-            .filter(|(_, d)| d.session.as_ref().is_some_and(|s| s.out_task.is_finished()))
+            .filter(|(_, d)| {
+                d.session.as_ref().is_some_and(|s| {
+                    s.out_task.is_finished()
+                        || (s.negotiated && s.counters.integrity_limit_reached())
+                })
+            })
             .map(|(id, _)| id.clone())
             .collect();
         for id in exhausted {
             self.end_session(
                 &id,
                 Some(CloseReason::Exhausted),
-                "its record sequence numbers are nearly used up: the client must reconnect for fresh keys",
+                "its keys are nearly used up (record sequence numbers or an AEAD usage limit): the client must reconnect for fresh keys",
             )
             .await;
         }

@@ -99,18 +99,24 @@ pub fn metric(text: &str, name: &str) -> u64 {
 }
 
 pub fn scrape(ns: &Netns, port: u16, path: &str) -> (String, String) {
-    let url = format!("http://127.0.0.1:{port}{path}");
-    let o = ns.run(
-        "curl",
-        &[
-            "-sS",
-            "--max-time",
-            "5",
-            "-w",
-            "\n%{http_code} %{content_type}",
-            &url,
-        ],
-    );
+    scrape_as(ns, &format!("http://127.0.0.1:{port}{path}"), None)
+}
+
+/// Scrapes `url`, with `Authorization: Bearer TOKEN` if `token` is given.
+pub fn scrape_as(ns: &Netns, url: &str, token: Option<&str>) -> (String, String) {
+    let auth = token.map(|t| format!("Authorization: Bearer {t}"));
+    let mut args = vec![
+        "-sS",
+        "--max-time",
+        "5",
+        "-w",
+        "\n%{http_code} %{content_type}",
+    ];
+    if let Some(a) = &auth {
+        args.extend(["-H", a.as_str()]);
+    }
+    args.push(url);
+    let o = ns.run("curl", &args);
     assert!(o.status.success(), "curl {url}: {}", stderr(&o));
     let out = stdout(&o);
     let (body, meta) = out.rsplit_once('\n').unwrap();
