@@ -42,10 +42,10 @@ pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen for -metrics on {addr}: {source}{hint}")]
+#[error("cannot listen for -metrics on {addr}: {error}{hint}")]
 pub struct MetricsError {
     addr: SocketAddr,
-    source: std::io::Error,
+    error: std::io::Error,
     hint: &'static str,
 }
 
@@ -136,7 +136,11 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, MetricsError> {
             }
             _ => "",
         };
-        MetricsError { addr, source, hint }
+        MetricsError {
+            addr,
+            error: source,
+            hint,
+        }
     })
 }
 
