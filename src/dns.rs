@@ -100,7 +100,13 @@ struct State {
     sets: u64,
     /// For the log lines about what the server pushed.
     log_limit: crate::pump::RateLimit,
+    /// Told what is in place after every change (the client's status board).
+    watcher: Option<Watcher>,
 }
+
+/// Called with the DNS servers in place and how they were set ("systemd-resolved" or
+/// "resolv.conf"), or with nothing when none of ours are.
+pub type Watcher = Box<dyn Fn(&[IpAddr], Option<&'static str>) + Send>;
 
 impl Dns {
     /// For the client of `cfg`: through systemd-resolved when it is on the system bus (asked
@@ -155,6 +161,7 @@ impl Dns {
             deferred: None,
             sets: 0,
             log_limit: crate::pump::RateLimit::new(5),
+            watcher: None,
         };
         st.file.recover();
         Dns {
@@ -164,6 +171,13 @@ impl Dns {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Tells `watcher` what is in place after every change (for `dtun status`).
+    pub fn watch(&self, watcher: Watcher) {
+        let mut st = self.lock();
+        st.watcher = Some(watcher);
+        st.tell();
     }
 
     /// The tunnel `tun` (interface index `index`) is up: puts the client's own `-dns` in place
@@ -361,6 +375,17 @@ impl State {
         }
     }
 
+    /// What is in place now, to the watcher.
+    fn tell(&self) {
+        if let Some(w) = &self.watcher {
+            match (&self.link, &self.applied) {
+                (Some((servers, _)), _) => w(servers, Some("systemd-resolved")),
+                (None, Some(servers)) => w(servers, Some("resolv.conf")),
+                (None, None) => w(&[], None),
+            }
+        }
+    }
+
     fn set(&mut self, servers: &[IpAddr], from: &str) {
         self.sets += 1;
         let pushed = if from == FROM_SERVER {
@@ -378,6 +403,7 @@ impl State {
             });
             self.link = Some((servers.to_vec(), self.index));
             self.route(pushed);
+            self.tell();
             return;
         }
         let resolv = self.file.path.display().to_string();
@@ -390,6 +416,7 @@ impl State {
                 );
                 self.applied = Some(servers.to_vec());
                 self.route(pushed);
+                self.tell();
             }
             Err(file::SetError::Stub(stub)) => tracing::warn!(
                 "DNS {} from {from} not applied: {resolv} is systemd-resolved's ({}), but {BUS_NAME} is not on the system bus; set it in an -up script: resolvectl dns \"$TUN\" {}; resolvectl domain \"$TUN\" '~.'",
@@ -429,6 +456,7 @@ impl State {
         if self.applied.take().is_some() || self.file.is_set() {
             self.file.restore();
         }
+        self.tell();
     }
 }
 

@@ -205,6 +205,16 @@ fn pushed_dns_resolves_and_is_restored() {
     assert!(text.contains(&format!("nameserver {INET_IP}\n")), "{text}");
     assert_eq!(lines_with(&client.log(), &[LOG_DNS_SET, "in place"]), 1);
     assert_eq!(lines_with(&server.log(), &[LOG_DNS_PUSHED, INET_IP]), 1);
+    // dtun status says which servers are in place, and how.
+    let v = common::status::json(w.topo.client(), None);
+    assert_eq!(
+        (&v["dns"], &v["dns_via"]),
+        (
+            &serde_json::json!([INET_IP]),
+            &serde_json::json!("resolv.conf")
+        ),
+        "{v}"
+    );
     host.assert_unchanged();
     client.stop(Duration::from_secs(5));
     assert_eq!(w.etc.content(), ORIGINAL, "restored byte for byte");

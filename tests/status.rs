@@ -215,6 +215,10 @@ fn client_status_up_then_backing_off() {
             "carol",
             "-keepalive",
             "1s",
+            "-route",
+            "10.99.0.0/16",
+            "-exclude",
+            "10.99.1.0/24",
         ],
     );
     let tun = common::only_tun(topo.client());
@@ -226,12 +230,16 @@ fn client_status_up_then_backing_off() {
         set(&[
             "backoff_until",
             "backoff_until_in",
+            "dns",
+            "dns_via",
+            "excluded",
             "id",
             "instance",
             "last_error",
             "now",
             "pid",
             "role",
+            "routes",
             "server_address",
             "server_host",
             "sessions_started",
@@ -242,6 +250,17 @@ fn client_status_up_then_backing_off() {
             "tunnel",
             "version"
         ])
+    );
+    assert_eq!(v["routes"], serde_json::json!(["10.99.0.0/16"]), "{v}");
+    assert_eq!(v["excluded"], serde_json::json!(["10.99.1.0/24"]), "{v}");
+    assert_eq!(
+        (&v["dns"], &v["dns_via"]),
+        (&serde_json::json!([]), &serde_json::Value::Null)
+    );
+    let human = squash(&stdout(&status(topo.client(), &[])));
+    assert!(
+        human.contains("routes: 10.99.0.0/16 (less 10.99.1.0/24)"),
+        "{human}"
     );
     assert_eq!(v["role"], "client");
     assert_eq!(v["state"], "up", "{v}");

@@ -188,6 +188,14 @@ pub async fn run_with(
     let nl = Netlink::new()?;
     // DNS (src/dns.rs): restores what a killed dtun left; set once the tunnel is up.
     let dns = crate::dns::Dns::new(&cfg, &nl).await;
+    {
+        let board = Arc::clone(&board);
+        dns.watch(Box::new(move |servers, via| board.dns(servers, via)));
+    }
+    if cfg.routes.is_active() {
+        let show = |nets: &[ipnet::IpNet]| nets.iter().map(ToString::to_string).collect();
+        board.routes(show(&cfg.routes.tunnel_routes()), show(&cfg.routes.exclude));
+    }
     let mut tunnel: Option<Tunnel> = None;
     // -route: this network namespace's routing becomes ours (refused while another live dtun
     // owns it), and what a killed dtun left behind goes first.

@@ -45,6 +45,10 @@ struct Board {
     past: Traffic,
     /// Authenticated records seen at the last sample, and when that count last moved.
     seen: (u64, Instant),
+    /// What `-route` sends through the tunnel, and what it keeps out.
+    routes: (Vec<String>, Vec<String>),
+    /// The DNS servers in place, and how they were set.
+    dns: (Vec<std::net::IpAddr>, Option<&'static str>),
 }
 
 /// The client's state, published at each change for `dtun status` and `-metrics`.
@@ -65,6 +69,8 @@ impl ClientBoard {
             sessions: 0,
             past: Traffic::zero(),
             seen: (0, now),
+            routes: Default::default(),
+            dns: Default::default(),
         }))
     }
 
@@ -78,6 +84,16 @@ impl ClientBoard {
             b.state = s;
             b.since = Instant::now();
         }
+    }
+
+    /// What `-route` sends through the tunnel and what `-exclude` keeps out (set once).
+    pub fn routes(&self, through: Vec<String>, excluded: Vec<String>) {
+        self.with(|b| b.routes = (through, excluded));
+    }
+
+    /// The DNS servers in place now, and how they were set (`crate::dns::Watcher`).
+    pub fn dns(&self, servers: &[std::net::IpAddr], via: Option<&'static str>) {
+        self.with(|b| b.dns = (servers.to_vec(), via));
     }
 
     /// A new try starts.
@@ -187,6 +203,10 @@ impl ClientBoard {
                 last_error: b.last_error.clone(),
                 sessions_started: b.sessions,
                 tunnel,
+                routes: b.routes.0.clone(),
+                excluded: b.routes.1.clone(),
+                dns: b.dns.0.iter().map(ToString::to_string).collect(),
+                dns_via: b.dns.1,
                 traffic,
             }
         })

@@ -438,7 +438,7 @@ mod tests {
     #[test]
     fn client_text_has_totals_and_reasons() {
         let board = crate::ops::ClientBoard::new("dtun", "laptop", "vpn.example.com");
-        let t = text(&Status::Client(board.view(Clock::now())));
+        let t = text(&Status::Client(Box::new(board.view(Clock::now()))));
         for want in [
             "dtun_up 0",
             "dtun_rx_bytes_total 0",

@@ -64,11 +64,11 @@ impl Source {
                 let (reply, rx) = oneshot::channel();
                 tx.try_send(reply).ok()?;
                 match tokio::time::timeout(SNAPSHOT_TIMEOUT, rx).await {
-                    Ok(Ok(v)) => Some(Status::Server(v)),
+                    Ok(Ok(v)) => Some(Status::Server(Box::new(v))),
                     _ => None,
                 }
             }
-            Source::Client(board) => Some(Status::Client(board.view(Clock::now()))),
+            Source::Client(board) => Some(Status::Client(Box::new(board.view(Clock::now())))),
         }
     }
 }

@@ -261,6 +261,13 @@ pub struct ClientView {
     pub last_error: Option<String>,
     pub sessions_started: u64,
     pub tunnel: Option<TunnelView>,
+    /// What `-route` sends through the tunnel (empty without it) and keeps out (`-exclude`).
+    pub routes: Vec<String>,
+    pub excluded: Vec<String>,
+    /// The DNS servers dtun put in place, and how (`systemd-resolved`, `resolv.conf`; null
+    /// when none).
+    pub dns: Vec<String>,
+    pub dns_via: Option<&'static str>,
     /// Every session since the client started.
     pub traffic: Traffic,
 }
@@ -269,8 +276,9 @@ pub struct ClientView {
 #[derive(Serialize, Clone, Debug)]
 #[serde(untagged)]
 pub enum Status {
-    Server(ServerView),
-    Client(ClientView),
+    // Boxed: the views differ in size, and a snapshot is made once per request.
+    Server(Box<ServerView>),
+    Client(Box<ClientView>),
 }
 
 impl Status {
@@ -504,6 +512,20 @@ fn human_client(v: &ClientView) -> String {
         line(&mut out, "last error", e);
     }
     line(&mut out, "sessions", &v.sessions_started.to_string());
+    if !v.routes.is_empty() {
+        let mut routes = v.routes.join(", ");
+        if !v.excluded.is_empty() {
+            routes.push_str(&format!(" (less {})", v.excluded.join(", ")));
+        }
+        line(&mut out, "routes", &routes);
+    }
+    if let Some(via) = v.dns_via {
+        line(
+            &mut out,
+            "dns",
+            &format!("{} (through {via})", v.dns.join(", ")),
+        );
+    }
     if let Some(t) = &v.tunnel {
         line(
             &mut out,
