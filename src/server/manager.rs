@@ -79,6 +79,8 @@ pub(super) struct Session {
     /// Authenticated records seen at the last check, and when that count last moved.
     seen: u64,
     pub(super) alive_at: Instant,
+    /// The key its handshake was completed with: a reload that changes the id's key ends it.
+    pub(super) key_id: crate::keys::KeyId,
     /// The session's suite and when its handshake completed (for status).
     pub(super) suite: record::Suite,
     pub(super) started: Instant,
@@ -204,6 +206,12 @@ impl Manager {
                     );
                     return;
                 };
+                // The key may have changed since the demultiplexer verified the handshake (a
+                // reload while it waited in the queue): only the id's key now starts a session.
+                if self.cfg.keys.key_id_for(id.as_bytes()) != Some(est.key_id) {
+                    self.refuse_revoked(&id, addr, &est).await;
+                    return;
+                }
                 if let Err(e) = self.start_session(&id, addr, *est).await {
                     tracing::error!("client {id} from {addr}: cannot set up its tunnel: {e}");
                 }
@@ -452,3 +460,6 @@ pub(super) enum SessionError {
     #[error(transparent)]
     Firewall(#[from] crate::nft::NftError),
 }
+
+#[cfg(test)]
+mod tests;

@@ -82,18 +82,19 @@ impl Manager {
         self.cfg.linger = r.linger;
         self.cfg.max_clients = r.max_clients;
         self.cfg.dns = r.dns;
-        // Every id with a device whose key is no longer the one it connected with (a removed or
-        // changed entry, or a changed -key / master key for unlisted ids).
-        let revoked: Vec<(String, bool)> = self
+        // Every id with a device whose key is no longer the one its session was completed
+        // with (a removed or changed entry, or a changed -key / master key for unlisted ids),
+        // or whose key is gone.
+        let revoked: Vec<(String, bool, bool)> = self
             .devices
-            .keys()
-            .filter_map(|id| {
-                let now = new.key_for(id.as_bytes());
-                (old.key_for(id.as_bytes()) != now).then(|| (id.clone(), now.is_none()))
+            .iter()
+            .filter_map(|(id, d)| {
+                let now = new.key_id_for(id.as_bytes());
+                let live = d.session.as_ref().is_some_and(|s| Some(s.key_id) != now);
+                (live || now.is_none()).then(|| (id.clone(), now.is_none(), live))
             })
             .collect();
-        for (id, gone) in revoked {
-            let live = self.devices.get(&id).is_some_and(|d| d.session.is_some());
+        for (id, gone, live) in revoked {
             let why = if gone {
                 "its credentials were removed (reload)"
             } else {
