@@ -252,3 +252,99 @@ fn reload_while_a_bystander_pings() {
         "{slog}"
     );
 }
+
+/// A `NOTIFY_SOCKET` the test owns, bound in `dir`.
+struct Notify {
+    path: std::path::PathBuf,
+    sock: std::os::unix::net::UnixDatagram,
+    got: Vec<String>,
+}
+
+impl Notify {
+    fn new(dir: &Path) -> Notify {
+        let path = dir.join("notify.sock");
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        Notify {
+            path,
+            sock,
+            got: Vec::new(),
+        }
+    }
+
+    /// Whether some message has the line `line` (reading what arrived, at most 50 ms).
+    fn has(&mut self, line: &str) -> bool {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = self.sock.recv(&mut buf) {
+            self.got
+                .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        self.got.iter().any(|m| m.lines().any(|l| l == line))
+    }
+}
+
+/// A reload that takes longer than the control connection's 5 s timeout (its `-clients`
+/// file is a FIFO that the test writes only after 6 s, as a slow file system would): the
+/// `dtun reload` that asked gives up, but the reload still finishes, is logged, and systemd
+/// gets `READY=1` after `RELOADING=1` (else `systemctl reload` fails and the unit stays in
+/// "reloading" until systemd's own timeout).
+#[test]
+fn a_reload_past_the_control_timeout_still_ends_with_ready() {
+    let topo = Topo::pair("cfrs");
+    let conf = topo.dir.path().join("srv.toml");
+    server_toml(&conf, &[], "");
+    let fifo = topo.dir.path().join("clients");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    // One writer per read: the server reads the file at start and at each reload.
+    let feed = |text: &'static str| {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::write(fifo, text).unwrap())
+    };
+    let first = feed("a key=first-key-0123456789\n");
+    let mut notify = Notify::new(topo.dir.path());
+    let env = ("NOTIFY_SOCKET", path_str(&notify.path).to_string());
+    let mut server = topo.server.spawn(
+        env!("CARGO_BIN_EXE_dtun"),
+        &["-config", path_str(&conf), "-clients", path_str(&fifo)],
+        &[(env.0, &env.1)],
+    );
+    first.join().unwrap();
+    wait_for(UP, "READY=1 at start", || {
+        common::assert_running(&mut server, "server");
+        notify.has("READY=1")
+    });
+    notify.got.clear();
+    let started = std::time::Instant::now();
+    let mut asked = topo
+        .server
+        .spawn(env!("CARGO_BIN_EXE_dtun"), &["reload", "srv"], &[]);
+    wait_for(UP, "RELOADING=1", || notify.has("RELOADING=1"));
+    // Past the control connection's timeout (the condition under test is time itself).
+    std::thread::sleep(Duration::from_secs(6).saturating_sub(started.elapsed()));
+    let second = feed("a key=first-key-0123456789\nb key=second-key-0123456789\n");
+    let line = logged_reload(&mut server, 1);
+    second.join().unwrap();
+    assert!(line.contains("added: b"), "{line}");
+    wait_for(UP, "READY=1 after the slow reload", || {
+        common::assert_running(&mut server, "server");
+        notify.has("READY=1")
+    });
+    eprintln!(
+        "reload took {:?}; dtun reload printed: {}",
+        started.elapsed(),
+        asked.log()
+    );
+    let _ = asked.wait_exit(Duration::from_secs(10));
+    // The next reload is not held up by the one the connection gave up on.
+    notify.got.clear();
+    let third = feed("a key=first-key-0123456789\n");
+    let line = reload(&mut server, 2);
+    third.join().unwrap();
+    assert!(line.contains("removed: b"), "{line}");
+    wait_for(UP, "READY=1 after the next reload", || notify.has("READY=1"));
+}

@@ -91,28 +91,44 @@ impl ReloadHandle {
     }
 
     /// [`reload`](Self::reload), logged and announced to systemd; `trigger` says who asked
-    /// (`SIGHUP`, `dtun reload`).
+    /// (`SIGHUP`, `dtun reload`). The reload runs in a task of its own: whoever asked may stop
+    /// waiting (the control connection's timeout ends its task), yet the reload still finishes,
+    /// is logged, and `READY=1` follows `RELOADING=1` (else systemd would wait for it until its
+    /// own timeout and count the reload as failed).
     pub async fn reload_logged(&self, trigger: &str) -> Result<Summary, String> {
-        tracing::info!("{trigger}: reloading the configuration");
-        notify_reloading();
-        let r = self.reload().await;
-        match &r {
-            Ok(summary) => tracing::info!("{LOG_RELOADED}: {summary}"),
-            Err(e) => {
-                tracing::error!("{LOG_RELOAD_FAILED}, keeping the running configuration: {e}")
+        let (this, trigger) = (self.clone(), trigger.to_string());
+        let task = tokio::spawn(async move {
+            tracing::info!("{trigger}: reloading the configuration");
+            notify_reloading();
+            let r = this.reload().await;
+            match &r {
+                Ok(summary) => tracing::info!("{LOG_RELOADED}: {summary}"),
+                Err(e) => {
+                    tracing::error!("{LOG_RELOAD_FAILED}, keeping the running configuration: {e}")
+                }
             }
-        }
-        notify_reloaded();
-        r
+            notify_reloaded();
+            r
+        });
+        task.await
+            .unwrap_or_else(|e| Err(format!("the reload task ended: {e}")))
     }
 
     /// Reads the configuration again and applies what can change while running. On an error
     /// (the text says what and where) nothing changes.
     pub async fn reload(&self) -> Result<Summary, String> {
         let mut running = self.inner.running.lock().await;
-        let loaded = super::config_file::load(&self.inner.args)?;
-        let new = loaded.server_config().map_err(|e| e.to_string())?;
-        super::check::pool_fits(&new).map_err(|e| e.to_string())?;
+        // Files are read on a blocking thread: a slow one (a network file system, a FIFO)
+        // must not hold up a runtime worker.
+        let args = self.inner.args.clone();
+        let new = tokio::task::spawn_blocking(move || {
+            let loaded = super::config_file::load(&args)?;
+            let new = loaded.server_config().map_err(|e| e.to_string())?;
+            super::check::pool_fits(&new).map_err(|e| e.to_string())?;
+            Ok::<_, String>(new)
+        })
+        .await
+        .map_err(|e| format!("reading the configuration failed: {e}"))??;
         let needs_restart = needs_restart(&running, &new);
         let (done, applied) = oneshot::channel();
         let msg = Reconfigure {
