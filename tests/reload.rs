@@ -346,5 +346,7 @@ fn a_reload_past_the_control_timeout_still_ends_with_ready() {
     let line = reload(&mut server, 2);
     third.join().unwrap();
     assert!(line.contains("removed: b"), "{line}");
-    wait_for(UP, "READY=1 after the next reload", || notify.has("READY=1"));
+    wait_for(UP, "READY=1 after the next reload", || {
+        notify.has("READY=1")
+    });
 }

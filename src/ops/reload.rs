@@ -56,6 +56,9 @@ impl std::fmt::Display for Summary {
                 parts.push(format!("{what}: {}", ids.join(", ")));
             }
         }
+        if a.groups_enforced {
+            parts.push("isolation groups now enforced".into());
+        }
         if parts.is_empty() {
             parts.push("no credential changed".into());
         }
@@ -140,7 +143,7 @@ impl ReloadHandle {
         };
         let gone = || "the server is shutting down".to_string();
         self.inner.tx.send(msg).await.map_err(|_| gone())?;
-        let applied = applied.await.map_err(|_| gone())?;
+        let applied = applied.await.map_err(|_| gone())??;
         running.keys = new.keys;
         running.linger = new.linger;
         running.max_clients = new.max_clients;
@@ -150,6 +153,11 @@ impl ReloadHandle {
             needs_restart,
         })
     }
+}
+
+/// `-nat` and `-client-to-client` of a firewall policy.
+fn flags(policy: &Option<crate::nft::Policy>) -> (bool, Option<bool>) {
+    policy.map_or((false, None), |p| (p.nat, p.client_to_client))
 }
 
 /// The settings that differ and cannot change while running.
@@ -168,7 +176,11 @@ fn needs_restart(old: &ServerConfig, new: &ServerConfig) -> Vec<&'static str> {
         ("compat", oc.compat != nc.compat),
         ("cipher", oc.suites != nc.suites),
         ("instance", old.instance != new.instance),
-        ("nat/client_to_client", d(&old.firewall) != d(&new.firewall)),
+        // Not the groups: they follow the credentials and apply at a reload.
+        (
+            "nat/client_to_client",
+            flags(&old.firewall) != flags(&new.firewall),
+        ),
     ]
     .into_iter()
     .filter(|(_, changed)| *changed)

@@ -19,8 +19,8 @@ pub struct Reconfigure {
     pub linger: Duration,
     pub max_clients: usize,
     pub dns: Vec<IpAddr>,
-    /// What was done, once it is.
-    pub done: oneshot::Sender<Applied>,
+    /// What was done, once it is; or why nothing was (the running configuration stays).
+    pub done: oneshot::Sender<Result<Applied, String>>,
 }
 
 /// What a reload changed; ids sorted.
@@ -39,13 +39,27 @@ pub struct Applied {
     pub regrouped: Vec<String>,
     /// Ids whose session was ended (Close "revoked").
     pub ended: Vec<String>,
+    /// Isolation groups were turned on by this reload (the first `group=`): the nftables
+    /// rules and sets now enforce them.
+    pub groups_enforced: bool,
 }
 
 impl Manager {
     pub(super) async fn reconfigure(&mut self, r: Reconfigure) {
+        // First what can fail, so a failure leaves everything as it was.
+        let groups_enforced = match self.enforce_groups(&r.keys) {
+            Ok(turned_on) => turned_on,
+            Err(e) => {
+                let _ = r.done.send(Err(e));
+                return;
+            }
+        };
         let old = std::mem::replace(&mut self.cfg.keys, r.keys.clone());
         let new = &r.keys;
-        let mut applied = Applied::default();
+        let mut applied = Applied {
+            groups_enforced,
+            ..Default::default()
+        };
         let ids: BTreeSet<&String> = old.clients.keys().chain(new.clients.keys()).collect();
         for id in ids {
             match (old.clients.get(id), new.clients.get(id)) {
@@ -129,7 +143,61 @@ impl Manager {
         }
         applied.ended.sort();
         applied.ended.dedup();
-        let _ = r.done.send(applied);
+        let _ = r.done.send(Ok(applied));
+    }
+
+    /// Isolation groups in `new` on a server whose table does not enforce them yet (it
+    /// started without any `group=`): the table is made, or its rules are built again, with
+    /// the group sets, and every device's TUN goes into the set of the group it was made in
+    /// (devices whose group changes are removed after). Returns whether it turned them on; an
+    /// error means nothing changed, and the reload must be refused.
+    fn enforce_groups(&mut self, new: &KeyStore) -> Result<bool, String> {
+        let mut groups: Vec<String> = new
+            .clients
+            .values()
+            .filter_map(|c| c.group.clone())
+            .collect();
+        if groups.is_empty() || self.cfg.firewall.is_some_and(|p| p.groups) {
+            return Ok(false);
+        }
+        groups.sort();
+        groups.dedup();
+        let policy = match self.cfg.firewall {
+            Some(p) => crate::nft::Policy { groups: true, ..p },
+            None => crate::nft::Policy {
+                nat: false,
+                client_to_client: None,
+                groups: true,
+            },
+        };
+        let members: Vec<(String, Option<String>)> = self
+            .devices
+            .values()
+            .map(|d| (d.tun.name.clone(), d.group.clone()))
+            .collect();
+        let why = |e: crate::nft::NftError| {
+            format!(
+                "isolation groups (group=) cannot be enforced: {e}; remove group= or restart the server"
+            )
+        };
+        match self.firewall.as_mut() {
+            // -client-to-client off: nothing passes between clients, groups or not.
+            Some(_) if !policy.grouped() => {}
+            Some(fw) => fw.enable_groups(&policy, &groups, &members).map_err(why)?,
+            None => {
+                let mut fw = crate::nft::Firewall::apply(&self.cfg.instance, policy, &groups)
+                    .map_err(why)?;
+                for (tun, group) in &members {
+                    if let Err(e) = fw.add_tun(tun, group.as_deref()) {
+                        fw.remove();
+                        return Err(why(e));
+                    }
+                }
+                self.firewall = Some(fw);
+            }
+        }
+        self.cfg.firewall = Some(policy);
+        Ok(policy.grouped())
     }
 
     /// A device made before a reload changed the id's fixed address is replaced at the id's

@@ -107,7 +107,7 @@ async fn reload(m: &mut Manager, keys: KeyStore) -> Applied {
         done,
     };
     m.reconfigure(r).await;
-    applied.await.unwrap()
+    applied.await.unwrap().unwrap()
 }
 
 fn installs(rx: &mut mpsc::UnboundedReceiver<DemuxCmd>) -> usize {
@@ -129,8 +129,11 @@ fn a_completion_under_a_key_a_reload_replaced_gets_no_session() {
         let peer = "127.0.0.1:9".parse().unwrap();
         let queued = completed("racer", OLD_KEY);
         reload(&mut m, store(NEW_KEY)).await;
-        m.event(Event::Authenticated { addr: peer, est: queued })
-            .await;
+        m.event(Event::Authenticated {
+            addr: peer,
+            est: queued,
+        })
+        .await;
         assert!(
             m.devices.is_empty(),
             "a handshake completed under the replaced key got a device"
@@ -174,8 +177,11 @@ fn a_removed_key_ends_the_session_and_refuses_queued_completions() {
         );
         let applied = reload(&mut m, keys).await;
         assert_eq!(applied.ended, ["racer"]);
-        m.event(Event::Authenticated { addr: peer, est: queued })
-            .await;
+        m.event(Event::Authenticated {
+            addr: peer,
+            est: queued,
+        })
+        .await;
         assert!(m.devices.is_empty(), "a removed id got a device back");
         assert_eq!(installs(&mut rx), 0);
     });
