@@ -50,6 +50,7 @@ impl std::fmt::Display for Summary {
             ("key changed", &a.rekeyed),
             ("fixed address changed (at next connect)", &a.readdressed),
             ("group changed (device removed)", &a.regrouped),
+            ("LAN routes changed", &a.lans),
             ("sessions ended", &a.ended),
         ] {
             if !ids.is_empty() {

@@ -27,6 +27,9 @@ pub(super) struct Device {
     pub(super) routes: Vec<IpNet>,
     /// What the session's peernet message announced (the Lans message adds to it).
     pub(super) peernet: Vec<IpNet>,
+    /// Every LAN the client last asked for (peernet and Lans), routed or refused: a reload
+    /// checks them again against the new `lans=`.
+    pub(super) wanted: Vec<IpNet>,
     pub(super) session: Option<Session>,
     /// When the last session ended; the device goes after `-linger`.
     pub(super) idle_since: Option<Instant>,
@@ -94,6 +97,7 @@ impl Manager {
                 pair6,
                 routes: Vec::new(),
                 peernet: Vec::new(),
+                wanted: Vec::new(),
                 session: None,
                 idle_since: None,
                 created: Instant::now(),
@@ -154,7 +158,7 @@ impl Manager {
         if let Some(dev) = self.devices.get_mut(id) {
             dev.peernet = wanted.clone();
         }
-        self.set_lans(id, wanted).await;
+        self.set_lans(id, wanted, false).await;
     }
 
     /// A dtun client's Lans message: its LANs beyond the peernet message's.
@@ -168,12 +172,13 @@ impl Manager {
                 wanted.push(net);
             }
         }
-        self.set_lans(id, wanted).await;
+        self.set_lans(id, wanted, false).await;
     }
 
     /// Routes exactly `wanted` (those authorisation allows) through the id's device, and lets
-    /// its packets come from there.
-    async fn set_lans(&mut self, id: &str, wanted: Vec<IpNet>) {
+    /// its packets come from there. `recheck` (a reload): the routes already in place are
+    /// checked again too, and go when no longer allowed.
+    pub(super) async fn set_lans(&mut self, id: &str, wanted: Vec<IpNet>, recheck: bool) {
         let ours: Vec<u32> = self.devices.values().map(|d| d.tun.index).collect();
         let host = match self.nl.networks_elsewhere(&ours).await {
             Ok(h) => h,
@@ -211,22 +216,34 @@ impl Manager {
         let Some(dev) = self.devices.get_mut(id) else {
             return;
         };
+        dev.wanted = wanted.clone();
+        let listed = self
+            .cfg
+            .keys
+            .clients
+            .get(id)
+            .and_then(|c| c.lans.as_deref());
         for old in dev.routes.clone() {
-            if !wanted.contains(&old) {
-                let _ = self.lan_table.del(&self.nl, old, dev.tun.index).await;
-                dev.routes.retain(|r| *r != old);
+            let refusal = if !wanted.contains(&old) {
+                None
+            } else if recheck {
+                match authz::check_peernet(old, &host, &guarded, &others, pool, listed) {
+                    Ok(()) => continue,
+                    Err(r) => Some(r),
+                }
+            } else {
+                continue;
+            };
+            let _ = self.lan_table.del(&self.nl, old, dev.tun.index).await;
+            dev.routes.retain(|r| *r != old);
+            if let Some(r) = refusal {
+                tracing::warn!("client {id}: route {old} removed: {r} (reload)");
             }
         }
         for net in wanted {
             if dev.routes.contains(&net) {
                 continue;
             }
-            let listed = self
-                .cfg
-                .keys
-                .clients
-                .get(id)
-                .and_then(|c| c.lans.as_deref());
             if let Some(p6) =
                 pool6.filter(|p6| p6.contains(&net.network()) || net.contains(&p6.network()))
             {

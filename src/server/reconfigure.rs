@@ -39,6 +39,8 @@ pub struct Applied {
     pub regrouped: Vec<String>,
     /// Ids whose session was ended (Close "revoked").
     pub ended: Vec<String>,
+    /// Ids whose LAN routes a changed `lans=` changed, with what: `id (-NET +NET)`.
+    pub lans: Vec<String>,
     /// Isolation groups were turned on by this reload (the first `group=`): the nftables
     /// rules and sets now enforce them.
     pub groups_enforced: bool,
@@ -140,6 +142,43 @@ impl Manager {
             }
             self.remove_device(&id).await;
             applied.regrouped.push(id);
+        }
+        // A changed lans= applies to the LANs routed now: each such id's LANs are checked
+        // again (what is no longer allowed goes, what now is comes).
+        let relisted: Vec<String> = self
+            .devices
+            .keys()
+            .filter(|id| {
+                let lans = |k: &KeyStore| k.clients.get(*id).map(|c| c.lans.clone());
+                lans(&old) != lans(new)
+            })
+            .cloned()
+            .collect();
+        for id in relisted {
+            let Some(d) = self.devices.get(&id) else {
+                continue;
+            };
+            let (before, wanted) = (d.routes.clone(), d.wanted.clone());
+            self.set_lans(&id, wanted, true).await;
+            let after = self
+                .devices
+                .get(&id)
+                .map(|d| d.routes.clone())
+                .unwrap_or_default();
+            let changes: Vec<String> = before
+                .iter()
+                .filter(|n| !after.contains(n))
+                .map(|n| format!("-{n}"))
+                .chain(
+                    after
+                        .iter()
+                        .filter(|n| !before.contains(n))
+                        .map(|n| format!("+{n}")),
+                )
+                .collect();
+            if !changes.is_empty() {
+                applied.lans.push(format!("{id} ({})", changes.join(" ")));
+            }
         }
         applied.ended.sort();
         applied.ended.dedup();
