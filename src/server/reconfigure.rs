@@ -1,7 +1,9 @@
 //! A reload, the manager's half: new credentials (and the few settings that can change while
 //! running) replace the old ones; sessions whose id was removed or whose key changed end with
-//! Close "revoked"; a changed fixed address applies at the id's next connect. Reading and
-//! checking the new configuration is `crate::ops::reload`'s half.
+//! Close "revoked"; a changed fixed address applies at the id's next connect; a changed
+//! `lans=` re-checks the id's routed LANs; the first `group=` turns isolation groups on in the
+//! nftables table (or the reload is refused). Reading and checking the new configuration is
+//! `crate::ops::reload`'s half.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
