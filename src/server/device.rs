@@ -35,6 +35,9 @@ pub(super) struct Device {
     pub(super) idle_since: Option<Instant>,
     /// The device's up script, running beside the manager (the down script waits for it).
     pub(super) up: Option<JoinHandle<()>>,
+    /// The up script has yet to start: it waits for the client's Hello, which brings the
+    /// IPv6 pair (its LOCAL_IP6 and PEER_IP6), or `HELLO_GRACE` without one.
+    pub(super) up_pending: bool,
     /// When it was made, and its ended sessions' counters added up (for status and metrics).
     pub(super) created: Instant,
     pub(super) past: crate::ops::status::Traffic,
@@ -77,24 +80,15 @@ impl Manager {
             }
         }
         .await;
-        let made = match made {
-            Ok(tun) => Ok((self.add_ipv6(id, &tun).await, tun)),
-            Err(e) => Err(e),
-        };
+        // No IPv6 pair yet: only a dtun peer can use one, and it shows it is one by its
+        // Hello (`add_ipv6`); an original peer would never configure its side.
         match made {
-            Ok((pair6, tun)) => Ok(Device {
-                // Beside the manager: a slow script must not hold up anyone else's setup.
-                up: self.cfg.common.up.clone().map(|up| {
-                    let (id, env) = (id.to_string(), device_env(&tun.name, pair, pair6));
-                    tokio::spawn(async move {
-                        if let Err(e) = hooks::run("up", &up, &env).await {
-                            tracing::warn!("client {id}: {e}");
-                        }
-                    })
-                }),
+            Ok(tun) => Ok(Device {
+                up: None,
+                up_pending: self.cfg.common.up.is_some(),
                 tun,
                 pair,
-                pair6,
+                pair6: None,
                 routes: Vec::new(),
                 peernet: Vec::new(),
                 wanted: Vec::new(),
@@ -111,9 +105,54 @@ impl Manager {
         }
     }
 
-    /// The id's IPv6 pair on its new device (`-pool6`), or None (off, or the device cannot
+    /// Starts the device's up script if it waits for the Hello (beside the manager: a slow
+    /// script must not hold up anyone else's setup).
+    pub(super) fn start_up_script(&mut self, id: &str) {
+        let Some(dev) = self.devices.get_mut(id).filter(|d| d.up_pending) else {
+            return;
+        };
+        dev.up_pending = false;
+        let Some(up) = self.cfg.common.up.clone() else {
+            return;
+        };
+        let (id, env) = (
+            id.to_string(),
+            device_env(&dev.tun.name, dev.pair, dev.pair6),
+        );
+        dev.up = Some(tokio::spawn(async move {
+            if let Err(e) = hooks::run("up", &up, &env).await {
+                tracing::warn!("client {id}: {e}");
+            }
+        }));
+    }
+
+    /// The client said Hello, so it is a dtun peer: its device gets its IPv6 pair
+    /// (`-pool6`) if it has none yet, and the demultiplexer lets the client's address in.
+    pub(super) async fn give_ipv6(&mut self, id: &str) {
+        let Some(dev) = self.devices.get(id) else {
+            return;
+        };
+        if dev.pair6.is_some() || self.pool6.is_none() {
+            return;
+        }
+        let (name, index, mtu) = (dev.tun.name.clone(), dev.tun.index, dev.tun.mtu);
+        let pair6 = self.add_ipv6(id, &name, index, mtu).await;
+        let Some(dev) = self.devices.get_mut(id) else {
+            return;
+        };
+        dev.pair6 = pair6;
+        if let (Some(p), Some(s)) = (pair6, dev.session.as_ref()) {
+            let _ = self.cmd_tx.send(DemuxCmd::Ipv6 {
+                addr: s.addr,
+                session_id: s.session_id,
+                tunnel_ip6: p.client,
+            });
+        }
+    }
+
+    /// The id's IPv6 pair on its device (`-pool6`), or None (off, or the device cannot
     /// carry IPv6: logged, and the tunnel carries IPv4 only).
-    async fn add_ipv6(&mut self, id: &str, tun: &Tun) -> Option<Pair6> {
+    async fn add_ipv6(&mut self, id: &str, name: &str, index: u32, mtu: u32) -> Option<Pair6> {
         let pool6 = self.pool6.as_mut()?;
         let fixed = self.cfg.keys.clients.get(id).and_then(|c| c.addr6);
         let pair6 = match fixed {
@@ -127,19 +166,12 @@ impl Manager {
                 return None;
             }
         };
-        let configured = crate::inet6::configure(
-            &self.nl,
-            &tun.name,
-            tun.index,
-            tun.mtu,
-            pair6.server,
-            pair6.client,
-        )
-        .await;
+        let configured =
+            crate::inet6::configure(&self.nl, name, index, mtu, pair6.server, pair6.client).await;
         match configured {
             Ok(()) => Some(pair6),
             Err(e) => {
-                tracing::warn!("client {id} on {}: {e}", tun.name);
+                tracing::warn!("client {id} on {name}: {e}");
                 if fixed.is_none() {
                     pool6.release(id);
                 }

@@ -289,6 +289,8 @@ impl Manager {
             Control::Hello { keepalive_ms, .. } => {
                 s.keepalive = Duration::from_millis(u64::from(keepalive_ms));
                 tracing::debug!("client {id} is a dtun peer (keepalive {:?})", s.keepalive);
+                self.give_ipv6(id).await;
+                self.start_up_script(id);
                 self.answer_hello(id);
             }
             // Only a dtun client pings: a lost Hello must not leave it unanswered. The
@@ -296,6 +298,7 @@ impl Manager {
             Control::Ping if !self.cfg.common.compat && !s.negotiated => {
                 s.negotiated = true;
                 s.keepalive = self.cfg.common.keepalive;
+                self.start_up_script(id);
             }
             Control::Close { reason, detail } => {
                 tracing::debug!("client {id} is closing: {reason:?} {detail:?}");
@@ -429,6 +432,18 @@ impl Manager {
             let why = format!("no keepalive for {:.1}s", quiet.as_secs_f64());
             self.end_session(&id, Some(CloseReason::Timeout), &why)
                 .await;
+        }
+        // Up scripts still waiting for a Hello that did not come (an original peer).
+        let due: Vec<String> = self
+            .devices
+            .iter()
+            .filter(|(_, d)| {
+                d.up_pending && now.duration_since(d.created) >= crate::consts::HELLO_GRACE
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in due {
+            self.start_up_script(&id);
         }
         let linger = self.cfg.linger;
         let expired: Vec<String> = self
