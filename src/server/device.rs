@@ -211,21 +211,17 @@ impl Manager {
     /// its packets come from there. `recheck` (a reload): the routes already in place are
     /// checked again too, and go when no longer allowed.
     pub(super) async fn set_lans(&mut self, id: &str, wanted: Vec<IpNet>, recheck: bool) {
-        let ours: Vec<u32> = self.devices.values().map(|d| d.tun.index).collect();
-        let host = match self.nl.networks_elsewhere(&ours).await {
-            Ok(h) => h,
+        let mut ours: Vec<u32> = self.devices.values().map(|d| d.tun.index).collect();
+        ours.sort_unstable();
+        let view = match self.host_view.get(&self.nl, &ours, Instant::now()).await {
+            Ok(v) => v,
             Err(e) => {
                 tracing::warn!("client {id}: {e}; not routing its peernet");
                 return;
             }
         };
-        let (own, gateways) = match self.nl.own_addresses_and_gateways(&ours).await {
-            Ok(g) => g,
-            Err(e) => {
-                tracing::warn!("client {id}: {e}; not routing its peernet");
-                return;
-            }
-        };
+        let host = view.host.clone();
+        let (own, gateways) = (view.own.clone(), view.gateways.clone());
         // Every live session's outer address (this client's own too: its records would loop).
         let guarded: Vec<(IpAddr, authz::Guarded)> = self
             .devices

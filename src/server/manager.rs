@@ -115,6 +115,9 @@ pub(super) struct Manager {
     pub(super) firewall: Option<crate::nft::Firewall>,
     /// The table and rule of the clients' LAN routes.
     pub(super) lan_table: super::lan_table::LanTable,
+    /// This host's networks, addresses and gateways for the LAN check, read at most once a
+    /// `HOST_VIEW_TTL`.
+    pub(super) host_view: super::host_view::HostViewCache,
 }
 
 /// Clients refused at the `-max-clients` limit: counted, and logged at most once a second.

@@ -77,6 +77,7 @@ async fn manager() -> (Manager, mpsc::UnboundedReceiver<DemuxCmd>) {
         stale_addr: Default::default(),
         firewall: None,
         lan_table: Default::default(),
+        host_view: Default::default(),
     };
     (m, cmd_rx)
 }
