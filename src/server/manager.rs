@@ -292,7 +292,10 @@ impl Manager {
             Control::Hello { keepalive_ms, .. } => {
                 s.keepalive = Duration::from_millis(u64::from(keepalive_ms));
                 tracing::debug!("client {id} is a dtun peer (keepalive {:?})", s.keepalive);
-                self.give_ipv6(id).await;
+                // Once a session (a Hello said again after a failure would log it again).
+                if !s.answered {
+                    self.give_ipv6(id).await;
+                }
                 self.start_up_script(id);
                 self.answer_hello(id);
             }
