@@ -62,6 +62,10 @@ pub const DEFAULT_LINGER: Duration = Duration::from_secs(120);
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long each side waits for the other's setup record (address / peernet message).
 pub const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a server waits for a new device's client to say Hello (a dtun client says it
+/// right after its peernet message) before running the device's up script without the IPv6
+/// pair, which only a dtun peer gets.
+pub const HELLO_GRACE: Duration = Duration::from_secs(2);
 /// How long the client's up script may run.
 pub const HOOK_TIMEOUT: Duration = Duration::from_secs(30);
 /// ICMP port unreachables for one handshake attempt, with nothing yet from the server, after

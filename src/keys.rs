@@ -197,6 +197,26 @@ pub fn load_credentials(path: &Path) -> Result<HashMap<String, Client>, KeyError
     Ok(creds)
 }
 
+/// Which key a handshake was completed with: SHA-256 of the key's bytes. A reload may change
+/// or remove an id's key while a completed handshake waits for the manager; the manager
+/// starts a session only when this is still the id's key ([`KeyStore::key_id_for`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct KeyId([u8; 32]);
+
+impl KeyId {
+    pub fn of(key: &[u8]) -> KeyId {
+        let mut b = [0u8; 32];
+        b.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, key).as_ref());
+        KeyId(b)
+    }
+}
+
+impl std::fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyId(..)")
+    }
+}
+
 /// Where the server finds a client's key. Its Debug output leaves the keys out; they are
 /// wiped when dropped.
 #[derive(Clone, Default)]
@@ -241,6 +261,11 @@ impl KeyStore {
             return self.shared.as_ref().map(|k| k.to_vec());
         }
         None
+    }
+
+    /// Which key `id` has now (None: it has none, so it is refused).
+    pub fn key_id_for(&self, id: &[u8]) -> Option<KeyId> {
+        self.key_for(id).map(|k| KeyId::of(&Zeroizing::new(k)))
     }
 }
 

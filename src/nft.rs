@@ -266,20 +266,46 @@ fn build(
         e.push(Masquerade::default().into());
         batch.add(&rule(&post, e)?, MsgType::Add);
     }
-    let fwd = Chain::new(&table)
+    let fwd = forward_chain(&table);
+    batch.add(&fwd, MsgType::Add);
+    forward_rules(&mut batch, &table, &tuns, policy, forward_before, groups, 2)?;
+    Ok(batch)
+}
+
+/// The `forward` chain of the table.
+fn forward_chain(table: &Table) -> Chain {
+    Chain::new(table)
         .with_name("forward")
         .with_hook(Hook::new(HookClass::Forward, 0))
         .with_type(ChainType::Filter)
-        .with_policy(ChainPolicy::Accept);
-    batch.add(&fwd, MsgType::Add);
+        .with_policy(ChainPolicy::Accept)
+}
+
+/// The rules of the `forward` chain and, when the policy is grouped, the `groups` chain with
+/// the sets of `groups` (set ids from `first_set_id` on) and their rules.
+pub(crate) fn forward_rules(
+    batch: &mut Batch,
+    table: &Table,
+    tuns: &rustables::Set,
+    policy: &Policy,
+    forward_before: u8,
+    groups: &[String],
+    first_set_id: u32,
+) -> Result<(), QueryError> {
+    let fwd = forward_chain(table);
+    let tun_to_tun = || -> Result<Vec<_>, QueryError> {
+        let mut e = sets::dev_in(tuns, true)?;
+        e.extend(sets::dev_in(tuns, false)?);
+        Ok(e)
+    };
     let catch_all_drop = forward_before == 0 && policy.needs_forwarding();
     if policy.grouped() {
-        let chain = Chain::new(&table).with_name(sets::GROUPS_CHAIN);
+        let chain = Chain::new(table).with_name(sets::GROUPS_CHAIN);
         batch.add(&chain, MsgType::Add);
         let names =
             std::iter::once(group_set(None)).chain(groups.iter().map(|g| group_set(Some(g))));
         for (i, name) in names.enumerate() {
-            let set = sets::empty_set(&table, &name, 2 + i as u32)?;
+            let set = sets::empty_set(table, &name, first_set_id + i as u32)?;
             batch.add(&set, MsgType::Add);
             batch.add(&sets::group_rule(&chain, &set)?, MsgType::Add);
         }
@@ -298,14 +324,14 @@ fn build(
     e.push(verdict(between_tuns));
     batch.add(&rule(&fwd, e)?, MsgType::Add);
     if policy.nat {
-        for e in nat_forward(&tuns)? {
+        for e in nat_forward(tuns)? {
             batch.add(&rule(&fwd, e)?, MsgType::Add);
         }
     }
     if catch_all_drop {
         batch.add(&rule(&fwd, vec![verdict(VerdictKind::Drop)])?, MsgType::Add);
     }
-    Ok(batch)
+    Ok(())
 }
 
 impl Firewall {

@@ -391,3 +391,54 @@ fn public_prefixes_need_a_lans_entry() {
         "private LAN not reachable"
     );
 }
+
+/// A reload that changes an id's `lans=` applies to the LANs routed now (issue 19, finding
+/// 10): a LAN taken out of the list loses its route at once, one put back is routed again,
+/// and the reload's summary says which.
+#[test]
+fn a_reload_rechecks_the_routed_lans() {
+    let topo = Topo::star("azrl", 1);
+    let creds = topo.dir.file(
+        "clients",
+        b"bob key=bob-key-0123456789 lans=10.200.0.0/24,10.201.0.0/24\n",
+    );
+    let mut server = start_server(&topo.server, 443, &["-clients", common::path_str(&creds)]);
+    let mut bob = client(
+        &topo.clients[0],
+        &Topo::server_ip(0),
+        "bob",
+        "bob-key-0123456789",
+        &["-peernet", "10.200.0.0/24"],
+    );
+    bob.wait_log(dtun::client::LOG_TUNNEL_UP, UP);
+    let routed = || topo.server.routes().contains("10.200.0.0/24");
+    common::wait_for(UP, "bob's LAN routed", routed);
+    let reloaded = |server: &mut Proc, n: usize| -> String {
+        server.signal("HUP");
+        common::wait_for(UP, "the reload", || {
+            common::lines_with(&server.log(), &[dtun::ops::reload::LOG_RELOADED]) >= n
+        });
+        let log = server.log();
+        let line = log
+            .lines()
+            .filter(|l| l.contains(dtun::ops::reload::LOG_RELOADED))
+            .nth(n - 1)
+            .unwrap();
+        line.to_string()
+    };
+    std::fs::write(&creds, "bob key=bob-key-0123456789 lans=10.201.0.0/24\n").unwrap();
+    let line = reloaded(&mut server, 1);
+    assert!(!routed(), "a LAN no longer listed is still routed");
+    assert!(
+        line.contains("LAN routes changed: bob (-10.200.0.0/24)"),
+        "{line}"
+    );
+    std::fs::write(&creds, "bob key=bob-key-0123456789 lans=10.200.0.0/16\n").unwrap();
+    let line = reloaded(&mut server, 2);
+    assert!(routed(), "a LAN listed again is not routed");
+    assert!(
+        line.contains("LAN routes changed: bob (+10.200.0.0/24)"),
+        "{line}"
+    );
+    server.stop(Duration::from_secs(5));
+}

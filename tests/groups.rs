@@ -234,3 +234,71 @@ fn nobody_else_can_change_the_table() {
     assert_running(&mut srv, "dtun server");
     srv.stop(Duration::from_secs(10));
 }
+
+/// Groups a reload brings to a server that started without any `group=` (issue 19, finding
+/// 3): they are enforced at once, with no table at start (groups alone) and with a table made
+/// without groups (`-client-to-client on`). c0 moves into red (its device goes, it comes back
+/// in red); c1 and c2 stay ungrouped, their devices untouched, and still reach each other.
+#[test]
+fn groups_added_by_a_reload_are_enforced() {
+    let topo = Topo::star("grD", 3);
+    let fwd = topo.server.sh("echo 1 > /proc/sys/net/ipv4/ip_forward");
+    assert!(fwd.status.success(), "{fwd:?}");
+    for (port, extra) in [(4705u16, &[][..]), (4706, &["-client-to-client", "on"][..])] {
+        let name = format!("clients-{port}");
+        let creds = topo.dir.file(
+            &name,
+            format!("c0 key={KEY}\nc1 key={KEY}\nc2 key={KEY}\n").as_bytes(),
+        );
+        let p = port.to_string();
+        let mut args = vec!["-clients", path_str(&creds), "-port", &p, "-linger", "60s"];
+        args.extend_from_slice(extra);
+        let mut srv = start_server(&topo.server, port, &args);
+        let (_c0, a0) = client(&topo, 0, port);
+        let (_c1, a1) = client(&topo, 1, port);
+        let (_c2, a2) = client(&topo, 2, port);
+        assert!(topo.clients[0].ping_ok(&a1, 3), "{port}: c0 cannot ping c1");
+        let tun1 = only_tun(&topo.clients[1]);
+        topo.dir.file(
+            &name,
+            format!("c0 key={KEY} group=red\nc1 key={KEY}\nc2 key={KEY}\n").as_bytes(),
+        );
+        srv.signal("HUP");
+        srv.wait_log(dtun::ops::reload::LOG_RELOADED, UP);
+        let line = srv
+            .log()
+            .lines()
+            .find(|l| l.contains(dtun::ops::reload::LOG_RELOADED))
+            .unwrap()
+            .to_string();
+        assert!(
+            line.contains("group changed (device removed): c0"),
+            "{line}"
+        );
+        wait_for(UP, "c0 back", || {
+            srv.log().matches("client c0 connected").count() == 2
+        });
+        let dev0 = only_tun(&topo.clients[0]);
+        let (a0new, _) = wait_p2p(&topo.clients[0], &dev0);
+        topo.clients[0].ip(&["route", "replace", "10.86.0.0/16", "dev", &dev0]);
+        let _ = a0;
+        assert!(
+            !topo.clients[0].ping_ok(&a1, 3),
+            "{port}: red c0 ({a0new}) reached ungrouped c1 ({a1}) after the reload"
+        );
+        assert!(
+            !topo.clients[1].ping_ok(&a0new.to_string(), 3),
+            "{port}: ungrouped c1 reached red c0 after the reload"
+        );
+        assert!(
+            topo.clients[1].ping_ok(&a2, 3),
+            "{port}: ungrouped c1 lost ungrouped c2"
+        );
+        assert_eq!(only_tun(&topo.clients[1]), tun1, "c1's tunnel was touched");
+        assert!(line.contains("isolation groups now enforced"), "{line}");
+        assert!(!line.contains("needs a restart"), "{line}");
+        assert_eq!(members(&topo, "group-red").len(), 1);
+        assert_eq!(members(&topo, "ungrouped").len(), 2);
+        srv.stop(Duration::from_secs(10));
+    }
+}

@@ -146,13 +146,33 @@ fn forged_ipv6_source_is_dropped_and_counted() {
 fn compat_pairings_carry_ipv4_only() {
     // dtun server, -compat client.
     let topo = Topo::pair("v6c");
-    let mut server = start_server(&topo.server, 443, &["-key", KEY, "-v"]);
+    let (s_up, s_env) = env_dump(&topo.dir, "server-up");
+    let mut server = start_server(
+        &topo.server,
+        443,
+        &["-key", KEY, "-v", "-up", path_str(&s_up)],
+    );
     let (c_up, c_env) = env_dump(&topo.dir, "compat-up");
     let mut c = client(&topo, &["-compat", "-v", "-up", path_str(&c_up)]);
     let dev = only_tun(topo.client());
     let (_, peer) = wait_p2p(topo.client(), &dev);
     assert!(topo.client().ping_ok(&peer.to_string(), 2));
     assert_eq!(global6(topo.client(), &dev), "", "IPv6 on a -compat client");
+    // Nor on the server's side: an original peer never says Hello, so its device gets no
+    // -pool6 pair (an address routed into a TUN whose peer drops it). Its up script has run
+    // by now (it starts at the Hello or, without one, HELLO_GRACE after the device).
+    let sdev = only_tun(&topo.server);
+    assert_eq!(
+        global6(&topo.server, &sdev),
+        "",
+        "the server gave a -compat client's device an IPv6 pair"
+    );
+    wait_for(UP, "the server's up script", || s_env.exists());
+    let senv = read_env(&s_env);
+    assert!(
+        senv.contains_key("PEER_IP") && !senv.contains_key("LOCAL_IP6"),
+        "{senv:?}"
+    );
     let env = read_env(&c_env);
     assert!(
         !env.contains_key("LOCAL_IP6") && !env.contains_key("PEER_IP6"),

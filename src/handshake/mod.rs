@@ -142,6 +142,9 @@ pub struct Completed {
     pub identity: Vec<u8>,
     /// Our ChangeCipherSpec + Finished, one datagram, to resend if the client repeats its flight.
     pub final_flight: Vec<u8>,
+    /// The key it was completed with: a reload may have replaced it by the time the session
+    /// would start (`server::manager`).
+    pub key_id: crate::keys::KeyId,
 }
 
 /// What the demultiplexer should do after a datagram.
@@ -326,7 +329,7 @@ impl ServerHandshake {
         let Some((cke, identity)) = self.key_exchange.as_ref() else {
             return Step::Wait;
         };
-        let psk = key(identity);
+        let psk = zeroize::Zeroizing::new(key(identity));
         let mut hashed = self.transcript.clone();
         hashed.extend_from_slice(cke);
         let session_hash = digest::digest(&digest::SHA256, &hashed);
@@ -384,6 +387,7 @@ impl ServerHandshake {
             keys,
             identity: identity.clone(),
             final_flight: out,
+            key_id: crate::keys::KeyId::of(&psk),
         }))
     }
 }

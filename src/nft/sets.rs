@@ -178,6 +178,60 @@ impl Firewall {
         }
     }
 
+    /// Turns isolation groups on in a table made without them (a reload brought the first
+    /// `group=`), for `policy` (grouped): in one batch, the `groups` chain with a set for the
+    /// ungrouped ids and each of `groups`, every TUN of `members` (name, group) in its group's
+    /// set, and the `forward` chain's rules flushed and built again for `policy`. Atomic:
+    /// on an error nothing changed.
+    pub fn enable_groups(
+        &mut self,
+        policy: &super::Policy,
+        groups: &[String],
+        members: &[(String, Option<String>)],
+    ) -> Result<(), NftError> {
+        let table = self.table_ref();
+        let mut batch = Batch::new();
+        let first = self.next_set_id;
+        let names: Vec<String> = std::iter::once(group_set(None))
+            .chain(groups.iter().map(|g| group_set(Some(g))))
+            .collect();
+        let result = (|| -> Result<(), QueryError> {
+            // Looked up by name: the set exists, it is not part of this batch.
+            let tuns = empty_set(&table, TUNS, first + names.len() as u32)?;
+            let fwd = Chain::new(&table).with_name("forward");
+            batch.add(&Rule::new(&fwd)?, MsgType::Del);
+            let before = self.forward_before.unwrap_or(1);
+            super::forward_rules(&mut batch, &table, &tuns, policy, before, groups, first)?;
+            for (tun, group) in members {
+                // The index the TUN was added to the sets with (a TUN not in them is in none).
+                if let Some(&index) = self.indexes.get(tun) {
+                    batch.add(
+                        &element(&table, &group_set(group.as_deref()), index)?,
+                        MsgType::Add,
+                    );
+                }
+            }
+            Ok(())
+        })()
+        .and_then(|()| self.sock.send(batch));
+        match result {
+            Ok(()) => {
+                self.grouped = true;
+                self.next_set_id = first + names.len() as u32 + 1;
+                self.group_sets.extend(names);
+                tracing::info!(
+                    "isolation groups: client-to-client traffic passes only within a group ({} groups and the ungrouped ids; turned on by a reload)",
+                    groups.len()
+                );
+                Ok(())
+            }
+            Err(e) => {
+                self.failures += 1;
+                Err(self.error(e))
+            }
+        }
+    }
+
     /// How many updates of the sets failed.
     pub fn failures(&self) -> u64 {
         self.failures

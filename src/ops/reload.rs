@@ -50,11 +50,15 @@ impl std::fmt::Display for Summary {
             ("key changed", &a.rekeyed),
             ("fixed address changed (at next connect)", &a.readdressed),
             ("group changed (device removed)", &a.regrouped),
+            ("LAN routes changed", &a.lans),
             ("sessions ended", &a.ended),
         ] {
             if !ids.is_empty() {
                 parts.push(format!("{what}: {}", ids.join(", ")));
             }
+        }
+        if a.groups_enforced {
+            parts.push("isolation groups now enforced".into());
         }
         if parts.is_empty() {
             parts.push("no credential changed".into());
@@ -91,28 +95,44 @@ impl ReloadHandle {
     }
 
     /// [`reload`](Self::reload), logged and announced to systemd; `trigger` says who asked
-    /// (`SIGHUP`, `dtun reload`).
+    /// (`SIGHUP`, `dtun reload`). The reload runs in a task of its own: whoever asked may stop
+    /// waiting (the control connection's timeout ends its task), yet the reload still finishes,
+    /// is logged, and `READY=1` follows `RELOADING=1` (else systemd would wait for it until its
+    /// own timeout and count the reload as failed).
     pub async fn reload_logged(&self, trigger: &str) -> Result<Summary, String> {
-        tracing::info!("{trigger}: reloading the configuration");
-        notify_reloading();
-        let r = self.reload().await;
-        match &r {
-            Ok(summary) => tracing::info!("{LOG_RELOADED}: {summary}"),
-            Err(e) => {
-                tracing::error!("{LOG_RELOAD_FAILED}, keeping the running configuration: {e}")
+        let (this, trigger) = (self.clone(), trigger.to_string());
+        let task = tokio::spawn(async move {
+            tracing::info!("{trigger}: reloading the configuration");
+            notify_reloading();
+            let r = this.reload().await;
+            match &r {
+                Ok(summary) => tracing::info!("{LOG_RELOADED}: {summary}"),
+                Err(e) => {
+                    tracing::error!("{LOG_RELOAD_FAILED}, keeping the running configuration: {e}")
+                }
             }
-        }
-        notify_reloaded();
-        r
+            notify_reloaded();
+            r
+        });
+        task.await
+            .unwrap_or_else(|e| Err(format!("the reload task ended: {e}")))
     }
 
     /// Reads the configuration again and applies what can change while running. On an error
     /// (the text says what and where) nothing changes.
     pub async fn reload(&self) -> Result<Summary, String> {
         let mut running = self.inner.running.lock().await;
-        let loaded = super::config_file::load(&self.inner.args)?;
-        let new = loaded.server_config().map_err(|e| e.to_string())?;
-        super::check::pool_fits(&new).map_err(|e| e.to_string())?;
+        // Files are read on a blocking thread: a slow one (a network file system, a FIFO)
+        // must not hold up a runtime worker.
+        let args = self.inner.args.clone();
+        let new = tokio::task::spawn_blocking(move || {
+            let loaded = super::config_file::load(&args)?;
+            let new = loaded.server_config().map_err(|e| e.to_string())?;
+            super::check::pool_fits(&new).map_err(|e| e.to_string())?;
+            Ok::<_, String>(new)
+        })
+        .await
+        .map_err(|e| format!("reading the configuration failed: {e}"))??;
         let needs_restart = needs_restart(&running, &new);
         let (done, applied) = oneshot::channel();
         let msg = Reconfigure {
@@ -124,7 +144,7 @@ impl ReloadHandle {
         };
         let gone = || "the server is shutting down".to_string();
         self.inner.tx.send(msg).await.map_err(|_| gone())?;
-        let applied = applied.await.map_err(|_| gone())?;
+        let applied = applied.await.map_err(|_| gone())??;
         running.keys = new.keys;
         running.linger = new.linger;
         running.max_clients = new.max_clients;
@@ -134,6 +154,11 @@ impl ReloadHandle {
             needs_restart,
         })
     }
+}
+
+/// `-nat` and `-client-to-client` of a firewall policy.
+fn flags(policy: &Option<crate::nft::Policy>) -> (bool, Option<bool>) {
+    policy.map_or((false, None), |p| (p.nat, p.client_to_client))
 }
 
 /// The settings that differ and cannot change while running.
@@ -152,7 +177,11 @@ fn needs_restart(old: &ServerConfig, new: &ServerConfig) -> Vec<&'static str> {
         ("compat", oc.compat != nc.compat),
         ("cipher", oc.suites != nc.suites),
         ("instance", old.instance != new.instance),
-        ("nat/client_to_client", d(&old.firewall) != d(&new.firewall)),
+        // Not the groups: they follow the credentials and apply at a reload.
+        (
+            "nat/client_to_client",
+            flags(&old.firewall) != flags(&new.firewall),
+        ),
     ]
     .into_iter()
     .filter(|(_, changed)| *changed)

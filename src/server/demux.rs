@@ -42,6 +42,12 @@ pub(super) enum DemuxCmd {
         session_id: u64,
         nets: Vec<IpNet>,
     },
+    /// The client's IPv6 tunnel address (its device got its pair at the client's Hello).
+    Ipv6 {
+        addr: SocketAddr,
+        session_id: u64,
+        tunnel_ip6: std::net::Ipv6Addr,
+    },
     /// Stop routing to session `session_id` at `addr`.
     Remove { addr: SocketAddr, session_id: u64 },
 }
@@ -192,6 +198,17 @@ impl Demux {
                     && s.session_id == session_id
                 {
                     s.allowed = nets;
+                }
+            }
+            DemuxCmd::Ipv6 {
+                addr,
+                session_id,
+                tunnel_ip6,
+            } => {
+                if let Some(s) = self.sessions.get_mut(&addr)
+                    && s.session_id == session_id
+                {
+                    s.tunnel_ip6 = Some(tunnel_ip6);
                 }
             }
             DemuxCmd::Remove { addr, session_id } => {

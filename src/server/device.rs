@@ -27,11 +27,17 @@ pub(super) struct Device {
     pub(super) routes: Vec<IpNet>,
     /// What the session's peernet message announced (the Lans message adds to it).
     pub(super) peernet: Vec<IpNet>,
+    /// Every LAN the client last asked for (peernet and Lans), routed or refused: a reload
+    /// checks them again against the new `lans=`.
+    pub(super) wanted: Vec<IpNet>,
     pub(super) session: Option<Session>,
     /// When the last session ended; the device goes after `-linger`.
     pub(super) idle_since: Option<Instant>,
     /// The device's up script, running beside the manager (the down script waits for it).
     pub(super) up: Option<JoinHandle<()>>,
+    /// The up script has yet to start: it waits for the client's Hello, which brings the
+    /// IPv6 pair (its LOCAL_IP6 and PEER_IP6), or `HELLO_GRACE` without one.
+    pub(super) up_pending: bool,
     /// When it was made, and its ended sessions' counters added up (for status and metrics).
     pub(super) created: Instant,
     pub(super) past: crate::ops::status::Traffic,
@@ -74,26 +80,18 @@ impl Manager {
             }
         }
         .await;
-        let made = match made {
-            Ok(tun) => Ok((self.add_ipv6(id, &tun).await, tun)),
-            Err(e) => Err(e),
-        };
+        // No IPv6 pair yet: only a dtun peer can use one, and it shows it is one by its
+        // Hello (`add_ipv6`); an original peer would never configure its side.
         match made {
-            Ok((pair6, tun)) => Ok(Device {
-                // Beside the manager: a slow script must not hold up anyone else's setup.
-                up: self.cfg.common.up.clone().map(|up| {
-                    let (id, env) = (id.to_string(), device_env(&tun.name, pair, pair6));
-                    tokio::spawn(async move {
-                        if let Err(e) = hooks::run("up", &up, &env).await {
-                            tracing::warn!("client {id}: {e}");
-                        }
-                    })
-                }),
+            Ok(tun) => Ok(Device {
+                up: None,
+                up_pending: self.cfg.common.up.is_some(),
                 tun,
                 pair,
-                pair6,
+                pair6: None,
                 routes: Vec::new(),
                 peernet: Vec::new(),
+                wanted: Vec::new(),
                 session: None,
                 idle_since: None,
                 created: Instant::now(),
@@ -107,9 +105,54 @@ impl Manager {
         }
     }
 
-    /// The id's IPv6 pair on its new device (`-pool6`), or None (off, or the device cannot
+    /// Starts the device's up script if it waits for the Hello (beside the manager: a slow
+    /// script must not hold up anyone else's setup).
+    pub(super) fn start_up_script(&mut self, id: &str) {
+        let Some(dev) = self.devices.get_mut(id).filter(|d| d.up_pending) else {
+            return;
+        };
+        dev.up_pending = false;
+        let Some(up) = self.cfg.common.up.clone() else {
+            return;
+        };
+        let (id, env) = (
+            id.to_string(),
+            device_env(&dev.tun.name, dev.pair, dev.pair6),
+        );
+        dev.up = Some(tokio::spawn(async move {
+            if let Err(e) = hooks::run("up", &up, &env).await {
+                tracing::warn!("client {id}: {e}");
+            }
+        }));
+    }
+
+    /// The client said Hello, so it is a dtun peer: its device gets its IPv6 pair
+    /// (`-pool6`) if it has none yet, and the demultiplexer lets the client's address in.
+    pub(super) async fn give_ipv6(&mut self, id: &str) {
+        let Some(dev) = self.devices.get(id) else {
+            return;
+        };
+        if dev.pair6.is_some() || self.pool6.is_none() {
+            return;
+        }
+        let (name, index, mtu) = (dev.tun.name.clone(), dev.tun.index, dev.tun.mtu);
+        let pair6 = self.add_ipv6(id, &name, index, mtu).await;
+        let Some(dev) = self.devices.get_mut(id) else {
+            return;
+        };
+        dev.pair6 = pair6;
+        if let (Some(p), Some(s)) = (pair6, dev.session.as_ref()) {
+            let _ = self.cmd_tx.send(DemuxCmd::Ipv6 {
+                addr: s.addr,
+                session_id: s.session_id,
+                tunnel_ip6: p.client,
+            });
+        }
+    }
+
+    /// The id's IPv6 pair on its device (`-pool6`), or None (off, or the device cannot
     /// carry IPv6: logged, and the tunnel carries IPv4 only).
-    async fn add_ipv6(&mut self, id: &str, tun: &Tun) -> Option<Pair6> {
+    async fn add_ipv6(&mut self, id: &str, name: &str, index: u32, mtu: u32) -> Option<Pair6> {
         let pool6 = self.pool6.as_mut()?;
         let fixed = self.cfg.keys.clients.get(id).and_then(|c| c.addr6);
         let pair6 = match fixed {
@@ -123,19 +166,12 @@ impl Manager {
                 return None;
             }
         };
-        let configured = crate::inet6::configure(
-            &self.nl,
-            &tun.name,
-            tun.index,
-            tun.mtu,
-            pair6.server,
-            pair6.client,
-        )
-        .await;
+        let configured =
+            crate::inet6::configure(&self.nl, name, index, mtu, pair6.server, pair6.client).await;
         match configured {
             Ok(()) => Some(pair6),
             Err(e) => {
-                tracing::warn!("client {id} on {}: {e}", tun.name);
+                tracing::warn!("client {id} on {name}: {e}");
                 if fixed.is_none() {
                     pool6.release(id);
                 }
@@ -154,7 +190,7 @@ impl Manager {
         if let Some(dev) = self.devices.get_mut(id) {
             dev.peernet = wanted.clone();
         }
-        self.set_lans(id, wanted).await;
+        self.set_lans(id, wanted, false).await;
     }
 
     /// A dtun client's Lans message: its LANs beyond the peernet message's.
@@ -168,27 +204,24 @@ impl Manager {
                 wanted.push(net);
             }
         }
-        self.set_lans(id, wanted).await;
+        self.set_lans(id, wanted, false).await;
     }
 
     /// Routes exactly `wanted` (those authorisation allows) through the id's device, and lets
-    /// its packets come from there.
-    async fn set_lans(&mut self, id: &str, wanted: Vec<IpNet>) {
-        let ours: Vec<u32> = self.devices.values().map(|d| d.tun.index).collect();
-        let host = match self.nl.networks_elsewhere(&ours).await {
-            Ok(h) => h,
+    /// its packets come from there. `recheck` (a reload): the routes already in place are
+    /// checked again too, and go when no longer allowed.
+    pub(super) async fn set_lans(&mut self, id: &str, wanted: Vec<IpNet>, recheck: bool) {
+        let mut ours: Vec<u32> = self.devices.values().map(|d| d.tun.index).collect();
+        ours.sort_unstable();
+        let view = match self.host_view.get(&self.nl, &ours, Instant::now()).await {
+            Ok(v) => v,
             Err(e) => {
                 tracing::warn!("client {id}: {e}; not routing its peernet");
                 return;
             }
         };
-        let (own, gateways) = match self.nl.own_addresses_and_gateways(&ours).await {
-            Ok(g) => g,
-            Err(e) => {
-                tracing::warn!("client {id}: {e}; not routing its peernet");
-                return;
-            }
-        };
+        let host = view.host.clone();
+        let (own, gateways) = (view.own.clone(), view.gateways.clone());
         // Every live session's outer address (this client's own too: its records would loop).
         let guarded: Vec<(IpAddr, authz::Guarded)> = self
             .devices
@@ -211,22 +244,34 @@ impl Manager {
         let Some(dev) = self.devices.get_mut(id) else {
             return;
         };
+        dev.wanted = wanted.clone();
+        let listed = self
+            .cfg
+            .keys
+            .clients
+            .get(id)
+            .and_then(|c| c.lans.as_deref());
         for old in dev.routes.clone() {
-            if !wanted.contains(&old) {
-                let _ = self.lan_table.del(&self.nl, old, dev.tun.index).await;
-                dev.routes.retain(|r| *r != old);
+            let refusal = if !wanted.contains(&old) {
+                None
+            } else if recheck {
+                match authz::check_peernet(old, &host, &guarded, &others, pool, listed) {
+                    Ok(()) => continue,
+                    Err(r) => Some(r),
+                }
+            } else {
+                continue;
+            };
+            let _ = self.lan_table.del(&self.nl, old, dev.tun.index).await;
+            dev.routes.retain(|r| *r != old);
+            if let Some(r) = refusal {
+                tracing::warn!("client {id}: route {old} removed: {r} (reload)");
             }
         }
         for net in wanted {
             if dev.routes.contains(&net) {
                 continue;
             }
-            let listed = self
-                .cfg
-                .keys
-                .clients
-                .get(id)
-                .and_then(|c| c.lans.as_deref());
             if let Some(p6) =
                 pool6.filter(|p6| p6.contains(&net.network()) || net.contains(&p6.network()))
             {

@@ -79,6 +79,8 @@ pub(super) struct Session {
     /// Authenticated records seen at the last check, and when that count last moved.
     seen: u64,
     pub(super) alive_at: Instant,
+    /// The key its handshake was completed with: a reload that changes the id's key ends it.
+    pub(super) key_id: crate::keys::KeyId,
     /// The session's suite and when its handshake completed (for status).
     pub(super) suite: record::Suite,
     pub(super) started: Instant,
@@ -113,6 +115,9 @@ pub(super) struct Manager {
     pub(super) firewall: Option<crate::nft::Firewall>,
     /// The table and rule of the clients' LAN routes.
     pub(super) lan_table: super::lan_table::LanTable,
+    /// This host's networks, addresses and gateways for the LAN check, read at most once a
+    /// `HOST_VIEW_TTL`.
+    pub(super) host_view: super::host_view::HostViewCache,
 }
 
 /// Clients refused at the `-max-clients` limit: counted, and logged at most once a second.
@@ -204,6 +209,12 @@ impl Manager {
                     );
                     return;
                 };
+                // The key may have changed since the demultiplexer verified the handshake (a
+                // reload while it waited in the queue): only the id's key now starts a session.
+                if self.cfg.keys.key_id_for(id.as_bytes()) != Some(est.key_id) {
+                    self.refuse_revoked(&id, addr, &est).await;
+                    return;
+                }
                 if let Err(e) = self.start_session(&id, addr, *est).await {
                     tracing::error!("client {id} from {addr}: cannot set up its tunnel: {e}");
                 }
@@ -281,6 +292,11 @@ impl Manager {
             Control::Hello { keepalive_ms, .. } => {
                 s.keepalive = Duration::from_millis(u64::from(keepalive_ms));
                 tracing::debug!("client {id} is a dtun peer (keepalive {:?})", s.keepalive);
+                // Once a session (a Hello said again after a failure would log it again).
+                if !s.answered {
+                    self.give_ipv6(id).await;
+                }
+                self.start_up_script(id);
                 self.answer_hello(id);
             }
             // Only a dtun client pings: a lost Hello must not leave it unanswered. The
@@ -288,6 +304,7 @@ impl Manager {
             Control::Ping if !self.cfg.common.compat && !s.negotiated => {
                 s.negotiated = true;
                 s.keepalive = self.cfg.common.keepalive;
+                self.start_up_script(id);
             }
             Control::Close { reason, detail } => {
                 tracing::debug!("client {id} is closing: {reason:?} {detail:?}");
@@ -429,6 +446,18 @@ impl Manager {
             self.end_session(&id, Some(CloseReason::Timeout), &why)
                 .await;
         }
+        // Up scripts still waiting for a Hello that did not come (an original peer).
+        let due: Vec<String> = self
+            .devices
+            .iter()
+            .filter(|(_, d)| {
+                d.up_pending && now.duration_since(d.created) >= crate::consts::HELLO_GRACE
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in due {
+            self.start_up_script(&id);
+        }
         let linger = self.cfg.linger;
         let expired: Vec<String> = self
             .devices
@@ -459,3 +488,6 @@ pub(super) enum SessionError {
     #[error(transparent)]
     Firewall(#[from] crate::nft::NftError),
 }
+
+#[cfg(test)]
+mod tests;

@@ -268,6 +268,7 @@ pub async fn run_with(
         stale_addr: Default::default(),
         firewall,
         lan_table: Default::default(),
+        host_view: Default::default(),
     };
     // The demultiplexer never ends while the manager runs: if it does (a panic when the hook
     // that exits is not installed), the manager shuts down as on a signal and run fails.
@@ -310,6 +311,7 @@ pub async fn run_with(
 pub mod admission;
 mod demux;
 mod device;
+mod host_view;
 mod lan_table;
 use admission::Admission;
 pub use demux::DemuxCounters;

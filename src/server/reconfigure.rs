@@ -1,7 +1,9 @@
 //! A reload, the manager's half: new credentials (and the few settings that can change while
 //! running) replace the old ones; sessions whose id was removed or whose key changed end with
-//! Close "revoked"; a changed fixed address applies at the id's next connect. Reading and
-//! checking the new configuration is `crate::ops::reload`'s half.
+//! Close "revoked"; a changed fixed address applies at the id's next connect; a changed
+//! `lans=` re-checks the id's routed LANs; the first `group=` turns isolation groups on in the
+//! nftables table (or the reload is refused). Reading and checking the new configuration is
+//! `crate::ops::reload`'s half.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
@@ -19,8 +21,8 @@ pub struct Reconfigure {
     pub linger: Duration,
     pub max_clients: usize,
     pub dns: Vec<IpAddr>,
-    /// What was done, once it is.
-    pub done: oneshot::Sender<Applied>,
+    /// What was done, once it is; or why nothing was (the running configuration stays).
+    pub done: oneshot::Sender<Result<Applied, String>>,
 }
 
 /// What a reload changed; ids sorted.
@@ -39,13 +41,29 @@ pub struct Applied {
     pub regrouped: Vec<String>,
     /// Ids whose session was ended (Close "revoked").
     pub ended: Vec<String>,
+    /// Ids whose LAN routes a changed `lans=` changed, with what: `id (-NET +NET)`.
+    pub lans: Vec<String>,
+    /// Isolation groups were turned on by this reload (the first `group=`): the nftables
+    /// rules and sets now enforce them.
+    pub groups_enforced: bool,
 }
 
 impl Manager {
     pub(super) async fn reconfigure(&mut self, r: Reconfigure) {
+        // First what can fail, so a failure leaves everything as it was.
+        let groups_enforced = match self.enforce_groups(&r.keys) {
+            Ok(turned_on) => turned_on,
+            Err(e) => {
+                let _ = r.done.send(Err(e));
+                return;
+            }
+        };
         let old = std::mem::replace(&mut self.cfg.keys, r.keys.clone());
         let new = &r.keys;
-        let mut applied = Applied::default();
+        let mut applied = Applied {
+            groups_enforced,
+            ..Default::default()
+        };
         let ids: BTreeSet<&String> = old.clients.keys().chain(new.clients.keys()).collect();
         for id in ids {
             match (old.clients.get(id), new.clients.get(id)) {
@@ -82,18 +100,19 @@ impl Manager {
         self.cfg.linger = r.linger;
         self.cfg.max_clients = r.max_clients;
         self.cfg.dns = r.dns;
-        // Every id with a device whose key is no longer the one it connected with (a removed or
-        // changed entry, or a changed -key / master key for unlisted ids).
-        let revoked: Vec<(String, bool)> = self
+        // Every id with a device whose key is no longer the one its session was completed
+        // with (a removed or changed entry, or a changed -key / master key for unlisted ids),
+        // or whose key is gone.
+        let revoked: Vec<(String, bool, bool)> = self
             .devices
-            .keys()
-            .filter_map(|id| {
-                let now = new.key_for(id.as_bytes());
-                (old.key_for(id.as_bytes()) != now).then(|| (id.clone(), now.is_none()))
+            .iter()
+            .filter_map(|(id, d)| {
+                let now = new.key_id_for(id.as_bytes());
+                let live = d.session.as_ref().is_some_and(|s| Some(s.key_id) != now);
+                (live || now.is_none()).then(|| (id.clone(), now.is_none(), live))
             })
             .collect();
-        for (id, gone) in revoked {
-            let live = self.devices.get(&id).is_some_and(|d| d.session.is_some());
+        for (id, gone, live) in revoked {
             let why = if gone {
                 "its credentials were removed (reload)"
             } else {
@@ -126,9 +145,100 @@ impl Manager {
             self.remove_device(&id).await;
             applied.regrouped.push(id);
         }
+        // A changed lans= applies to the LANs routed now: each such id's LANs are checked
+        // again (what is no longer allowed goes, what now is comes).
+        let relisted: Vec<String> = self
+            .devices
+            .keys()
+            .filter(|id| {
+                let lans = |k: &KeyStore| k.clients.get(*id).map(|c| c.lans.clone());
+                lans(&old) != lans(new)
+            })
+            .cloned()
+            .collect();
+        for id in relisted {
+            let Some(d) = self.devices.get(&id) else {
+                continue;
+            };
+            let (before, wanted) = (d.routes.clone(), d.wanted.clone());
+            self.set_lans(&id, wanted, true).await;
+            let after = self
+                .devices
+                .get(&id)
+                .map(|d| d.routes.clone())
+                .unwrap_or_default();
+            let changes: Vec<String> = before
+                .iter()
+                .filter(|n| !after.contains(n))
+                .map(|n| format!("-{n}"))
+                .chain(
+                    after
+                        .iter()
+                        .filter(|n| !before.contains(n))
+                        .map(|n| format!("+{n}")),
+                )
+                .collect();
+            if !changes.is_empty() {
+                applied.lans.push(format!("{id} ({})", changes.join(" ")));
+            }
+        }
         applied.ended.sort();
         applied.ended.dedup();
-        let _ = r.done.send(applied);
+        let _ = r.done.send(Ok(applied));
+    }
+
+    /// Isolation groups in `new` on a server whose table does not enforce them yet (it
+    /// started without any `group=`): the table is made, or its rules are built again, with
+    /// the group sets, and every device's TUN goes into the set of the group it was made in
+    /// (devices whose group changes are removed after). Returns whether it turned them on; an
+    /// error means nothing changed, and the reload must be refused.
+    fn enforce_groups(&mut self, new: &KeyStore) -> Result<bool, String> {
+        let mut groups: Vec<String> = new
+            .clients
+            .values()
+            .filter_map(|c| c.group.clone())
+            .collect();
+        if groups.is_empty() || self.cfg.firewall.is_some_and(|p| p.groups) {
+            return Ok(false);
+        }
+        groups.sort();
+        groups.dedup();
+        let policy = match self.cfg.firewall {
+            Some(p) => crate::nft::Policy { groups: true, ..p },
+            None => crate::nft::Policy {
+                nat: false,
+                client_to_client: None,
+                groups: true,
+            },
+        };
+        let members: Vec<(String, Option<String>)> = self
+            .devices
+            .values()
+            .map(|d| (d.tun.name.clone(), d.group.clone()))
+            .collect();
+        let why = |e: crate::nft::NftError| {
+            format!(
+                "isolation groups (group=) cannot be enforced: {e}; remove group= or restart the server"
+            )
+        };
+        match self.firewall.as_mut() {
+            // -client-to-client off: nothing passes between clients, groups or not.
+            Some(_) if !policy.grouped() => {}
+            Some(fw) => fw.enable_groups(&policy, &groups, &members).map_err(why)?,
+            None => {
+                let mut fw = crate::nft::Firewall::apply(&self.cfg.instance, policy, &groups)
+                    .map_err(why)?;
+                for (tun, group) in &members {
+                    if let Err(e) = fw.add_tun(tun, group.as_deref()) {
+                        fw.remove();
+                        return Err(why(e));
+                    }
+                }
+                self.firewall = Some(fw);
+            }
+        }
+        self.cfg.firewall = Some(policy);
+        Ok(policy.grouped())
     }
 
     /// A device made before a reload changed the id's fixed address is replaced at the id's

@@ -92,6 +92,7 @@ impl Manager {
             keepalive: Duration::ZERO,
             seen: 0,
             alive_at: Instant::now(),
+            key_id: est.key_id,
             suite: est.suite,
             started: Instant::now(),
         });
@@ -106,8 +107,7 @@ impl Manager {
     }
 
     /// Turns away a new id at the `-max-clients` limit, before it gets a device or runs a
-    /// script: Close "refused" to a dtun client (only dtun clients offer AES-128-GCM, and they
-    /// read it where the address message would be), then close_notify.
+    /// script: Close "refused", then close_notify.
     async fn refuse(&mut self, id: &str, addr: SocketAddr, est: &Completed) {
         self.refusals.count += 1;
         if self.refusals.log.allow() {
@@ -117,6 +117,35 @@ impl Manager {
                 self.refusals.count
             );
         }
+        let detail = format!("-max-clients {}", self.cfg.max_clients);
+        self.turn_away(addr, est, CloseReason::Refused, &detail)
+            .await;
+    }
+
+    /// Turns away a completed handshake whose key is no longer the id's (a reload changed or
+    /// removed it while the handshake waited for the manager): Close "revoked", close_notify.
+    pub(super) async fn refuse_revoked(&mut self, id: &str, addr: SocketAddr, est: &Completed) {
+        let now = match self.cfg.keys.key_for(id.as_bytes()) {
+            Some(_) => "its key changed",
+            None => "its credentials were removed",
+        };
+        tracing::warn!(
+            "client {id} from {addr} refused: its handshake completed with a key that is no longer its key ({now}, reload)"
+        );
+        self.turn_away(addr, est, CloseReason::Revoked, "reload")
+            .await;
+    }
+
+    /// Ends a completed handshake without a session: Close `reason` to a dtun client (only
+    /// dtun clients offer AES-128-GCM, and they read it where the address message would be),
+    /// then close_notify.
+    async fn turn_away(
+        &mut self,
+        addr: SocketAddr,
+        est: &Completed,
+        reason: CloseReason,
+        detail: &str,
+    ) {
         let (mut sealer, _) =
             record::session_pair(est.suite, &est.keys, false, 1, first_app_sequence());
         let link = Link {
@@ -126,8 +155,8 @@ impl Manager {
         };
         if est.suite == record::Suite::Aes128Gcm && !self.cfg.common.compat {
             let close = Control::Close {
-                reason: CloseReason::Refused,
-                detail: format!("-max-clients {}", self.cfg.max_clients),
+                reason,
+                detail: detail.to_string(),
             };
             let _ = link
                 .send_record(&mut sealer, CONTENT_APPLICATION_DATA, &close.to_bytes())
