@@ -227,6 +227,9 @@ pub struct KeyStore {
     pub master: Option<Zeroizing<Vec<u8>>>,
     pub clients: HashMap<String, Client>,
     pub allow_unlisted: bool,
+    /// Ids turned off (`disabled = true` in their `[clients.ID]`): refused whatever key they
+    /// bring, listed, derived or shared, as if they had none.
+    pub disabled: std::collections::BTreeSet<String>,
 }
 
 impl std::fmt::Debug for KeyStore {
@@ -237,6 +240,7 @@ impl std::fmt::Debug for KeyStore {
             .field("master", &redacted(&self.master))
             .field("clients", &self.clients)
             .field("allow_unlisted", &self.allow_unlisted)
+            .field("disabled", &self.disabled)
             .finish()
     }
 }
@@ -251,6 +255,9 @@ impl KeyStore {
     /// ([`valid_identity`]) is refused exactly as an unknown one is.
     pub fn key_for(&self, id: &[u8]) -> Option<Vec<u8>> {
         let id = valid_identity(id)?;
+        if self.disabled.contains(id) {
+            return None;
+        }
         if let Some(c) = self.clients.get(id) {
             return Some(c.key.to_vec());
         }
@@ -451,6 +458,11 @@ mod tests {
             derive(b"m", b"stranger").into_bytes()
         );
         assert_eq!(ks.key_for(b"phone").unwrap(), b"xyz");
+        // A disabled id has no key at all: not its own, not a derived or shared one.
+        ks.disabled.insert("phone".into());
+        ks.disabled.insert("stranger".into());
+        assert_eq!(ks.key_for(b"phone"), None);
+        assert_eq!(ks.key_for(b"stranger"), None);
         let only_shared = KeyStore {
             shared: Some(b"s".to_vec().into()),
             ..Default::default()

@@ -440,3 +440,37 @@ fn old_key_handshakes_racing_a_reload_get_no_session() {
         let _ = clients.wait_exit(Duration::from_secs(40));
     }
 }
+
+/// `disabled = true` turns an id off without deleting it: the reload ends its session (Close
+/// "revoked"), names it and the settings it applied, its key no longer gets in (listed,
+/// derived or shared); `disabled = false` lets it back.
+#[test]
+fn a_disabled_client_is_revoked_and_comes_back_when_enabled() {
+    let topo = Topo::pair("rldis");
+    let conf = topo.dir.path().join("srv.toml");
+    let key = "alice-key-0123456789";
+    server_toml(&conf, &[("alice", key, None)], "");
+    let mut server = common::start_server(&topo.server, 4443, &["-config", path_str(&conf)]);
+    let mut alice = client(topo.client(), 0, "alice", key);
+    up(&mut alice, topo.client());
+
+    let text = std::fs::read_to_string(&conf).unwrap();
+    let off = text.replace("linger = \"60s\"", "linger = \"30s\"") + "disabled = true\n";
+    std::fs::write(&conf, off).unwrap();
+    let line = reload_command(&topo.server, &mut server, 1);
+    assert!(line.contains("disabled: alice"), "{line}");
+    assert!(line.contains("sessions ended: alice"), "{line}");
+    assert!(line.contains("applied: linger 60s -> 30s"), "{line}");
+    alice.wait_log("the server revoked this id", UP);
+    refused(&server, "alice");
+    assert_eq!(connected(&server, "alice"), 1, "a disabled id got in again");
+
+    std::fs::write(&conf, text.replace("linger = \"60s\"", "linger = \"30s\"")).unwrap();
+    let line = reload_command(&topo.server, &mut server, 2);
+    assert!(line.contains("enabled again: alice"), "{line}");
+    wait_for(
+        Duration::from_secs(30),
+        "alice back after enabled again",
+        || connected(&server, "alice") >= 2,
+    );
+}

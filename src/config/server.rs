@@ -80,6 +80,7 @@ impl ServerConfig {
                 master,
                 clients,
                 allow_unlisted: cli.allow_unlisted,
+                disabled: Default::default(),
             },
             listen: SocketAddr::new(ip, cli.port),
             hint: cli.id.clone(),

@@ -99,6 +99,10 @@ struct FileClient {
     lans: Option<Vec<IpNet>>,
     #[serde(default, deserialize_with = "values::group")]
     group: Option<String>,
+    /// Turned off without being deleted: refused whatever key it brings; a reload ends its
+    /// session (Close "revoked").
+    #[serde(default)]
+    disabled: bool,
 }
 
 /// The command line with the config file folded in.
@@ -116,6 +120,9 @@ pub struct Loaded {
     pub secrets: Vec<PathBuf>,
     /// Warnings found before logging was set up: the caller logs them.
     pub warnings: Vec<String>,
+    /// The file's `[clients.ID]` with `disabled = true` (still listed: their addresses stay
+    /// theirs).
+    pub disabled: std::collections::BTreeSet<String>,
 }
 
 /// Parses the command line (either flag style) keeping what clap knows of where each value
@@ -150,6 +157,7 @@ pub fn apply(mut cli: Cli, m: &ArgMatches) -> Result<Loaded, String> {
             client_lines: HashMap::new(),
             secrets: Vec::new(),
             warnings: Vec::new(),
+            disabled: Default::default(),
         });
     };
     let text = Zeroizing::new(std::fs::read_to_string(&path).map_err(|e| {
@@ -277,6 +285,7 @@ pub fn apply(mut cli: Cli, m: &ArgMatches) -> Result<Loaded, String> {
     }
     let mut clients = HashMap::new();
     let mut client_lines = HashMap::new();
+    let mut disabled = std::collections::BTreeSet::new();
     for (id, c) in file.clients {
         let line = at(id.span());
         let id = id.into_inner();
@@ -320,6 +329,9 @@ pub fn apply(mut cli: Cli, m: &ArgMatches) -> Result<Loaded, String> {
             &key,
             &format!("the key of {id} in {}", path.display()),
         ));
+        if c.disabled {
+            disabled.insert(id.clone());
+        }
         clients.insert(
             id,
             Client {
@@ -338,6 +350,7 @@ pub fn apply(mut cli: Cli, m: &ArgMatches) -> Result<Loaded, String> {
         client_lines,
         secrets,
         warnings,
+        disabled,
     })
 }
 
@@ -359,7 +372,9 @@ fn instance_from_stem(path: &Path) -> Result<String, String> {
 impl Loaded {
     /// The server's checked configuration.
     pub fn server_config(&self) -> Result<ServerConfig, ConfigError> {
-        ServerConfig::from_cli_with(&self.cli, self.clients.clone())
+        let mut cfg = ServerConfig::from_cli_with(&self.cli, self.clients.clone())?;
+        cfg.keys.disabled = self.disabled.clone();
+        Ok(cfg)
     }
 
     /// The client's checked configuration (`-host` given).

@@ -51,7 +51,10 @@ impl std::fmt::Display for Summary {
             ("fixed address changed (at next connect)", &a.readdressed),
             ("group changed (device removed)", &a.regrouped),
             ("LAN routes changed", &a.lans),
+            ("disabled", &a.disabled),
+            ("enabled again", &a.enabled),
             ("sessions ended", &a.ended),
+            ("applied", &a.settings),
         ] {
             if !ids.is_empty() {
                 parts.push(format!("{what}: {}", ids.join(", ")));
@@ -61,7 +64,7 @@ impl std::fmt::Display for Summary {
             parts.push("isolation groups now enforced".into());
         }
         if parts.is_empty() {
-            parts.push("no credential changed".into());
+            parts.push("nothing changed".into());
         }
         if !self.needs_restart.is_empty() {
             parts.push(format!(

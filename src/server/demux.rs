@@ -279,7 +279,7 @@ impl Demux {
                     // does (RFC 4279 §2); the log tells the two apart.
                     let why = match (self.lookup)(&identity) {
                         None if !identity.is_empty() => {
-                            "its id is not listed (no key for it in -clients or the config's [clients])".to_string()
+                            "its id is not listed (no key for it in -clients or the config's [clients]) or is disabled".to_string()
                         }
                         _ => why.replace(", or its id is unknown", ""),
                     };

@@ -46,6 +46,11 @@ pub struct Applied {
     /// Isolation groups were turned on by this reload (the first `group=`): the nftables
     /// rules and sets now enforce them.
     pub groups_enforced: bool,
+    /// Ids this reload turned off (`disabled = true`) or on again.
+    pub disabled: Vec<String>,
+    pub enabled: Vec<String>,
+    /// Settings applied at once, as `name old -> new` (`linger`, `max_clients`, `dns`).
+    pub settings: Vec<String>,
 }
 
 impl Manager {
@@ -95,6 +100,24 @@ impl Manager {
             {
                 tracing::warn!("reload: client {id}: fixed address {a}: {e}; it applies once free");
             }
+        }
+        applied.disabled = new.disabled.difference(&old.disabled).cloned().collect();
+        applied.enabled = old.disabled.difference(&new.disabled).cloned().collect();
+        if self.cfg.linger != r.linger {
+            let (a, b) = (self.cfg.linger, r.linger);
+            applied.settings.push(format!("linger {a:?} -> {b:?}"));
+        }
+        if self.cfg.max_clients != r.max_clients {
+            let (a, b) = (self.cfg.max_clients, r.max_clients);
+            applied.settings.push(format!("max_clients {a} -> {b}"));
+        }
+        if self.cfg.dns != r.dns {
+            let show = |d: &[IpAddr]| {
+                let v: Vec<String> = d.iter().map(ToString::to_string).collect();
+                format!("[{}]", v.join(", "))
+            };
+            let (a, b) = (show(&self.cfg.dns), show(&r.dns));
+            applied.settings.push(format!("dns {a} -> {b}"));
         }
         *self.keys.write().unwrap_or_else(|e| e.into_inner()) = new.clone();
         self.cfg.linger = r.linger;
