@@ -1051,3 +1051,35 @@ fn a_bind_error_says_its_cause_once() {
     );
     assert_eq!(log.matches("os error 99").count(), 1, "{log}");
 }
+
+/// A client whose device the server cannot make is told why (Close "setup failed", in words),
+/// instead of waiting for an address message that never comes: a server with a `-name`
+/// without %d has one device name, which the first client holds.
+#[test]
+fn a_client_is_told_when_the_server_cannot_make_its_device() {
+    let topo = Topo::star("lcsetup", 2);
+    let key = "setup-key-0123456789";
+    let _server = start_server(&topo.server, DEFAULT_PORT, &["-key", key, "-name", "only0"]);
+    let first = Topo::server_ip(0);
+    let _a = start_client(
+        &topo.clients[0],
+        &["-host", &first, "-key", key, "-id", "a"],
+    );
+    let second = Topo::server_ip(1);
+    let mut b = topo.clients[1].spawn(
+        DTUN,
+        &["-host", &second, "-key", key, "-id", "b", "-once"],
+        &[],
+    );
+    let status = b
+        .wait_exit(Duration::from_secs(15))
+        .expect("b still running");
+    assert!(!status.success());
+    let log = b.log();
+    assert!(
+        log.contains("the server could not set up this client's tunnel (")
+            && log.contains("choose another -name"),
+        "{log}"
+    );
+    assert!(!log.contains("no address message"), "{log}");
+}

@@ -19,7 +19,17 @@ impl Manager {
                 self.refuse(id, addr, &est).await;
                 return Ok(());
             }
-            let dev = self.create_device(id, est.suite, addr).await?;
+            let dev = match self.create_device(id, est.suite, addr).await {
+                Ok(dev) => dev,
+                Err(e) => {
+                    // The client is told why (Close "setup failed", dtun clients only), not
+                    // left waiting for an address message that never comes.
+                    let why: String = e.to_string().chars().take(200).collect();
+                    self.turn_away(addr, &est, CloseReason::SetupFailed, &why)
+                        .await;
+                    return Err(e);
+                }
+            };
             self.devices.insert(id.to_string(), dev);
         } else {
             self.end_replaced(id, addr).await;
