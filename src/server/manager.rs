@@ -203,8 +203,9 @@ impl Manager {
             Event::Authenticated { addr, est } => {
                 // The key lookup refused invalid ids already; never merge or log raw bytes.
                 let Some(id) = crate::keys::valid_identity(&est.identity).map(String::from) else {
+                    let peer = crate::udp::plain(addr);
                     tracing::warn!(
-                        "client from {addr}: refused invalid id \"{}\"",
+                        "client from {peer}: refused invalid id \"{}\"",
                         est.identity.escape_ascii()
                     );
                     return;
@@ -216,7 +217,8 @@ impl Manager {
                     return;
                 }
                 if let Err(e) = self.start_session(&id, addr, *est).await {
-                    tracing::error!("client {id} from {addr}: cannot set up its tunnel: {e}");
+                    let peer = crate::udp::plain(addr);
+                    tracing::error!("client {id} from {peer}: cannot set up its tunnel: {e}");
                 }
             }
             Event::Peernet {

@@ -106,8 +106,9 @@ impl Manager {
             suite: est.suite,
             started: Instant::now(),
         });
+        let peer = crate::udp::plain(addr);
         tracing::info!(
-            "client {id} {LOG_CONNECTED} from {addr} on {} (local {} peer {}, {})",
+            "client {id} {LOG_CONNECTED} from {peer} on {} (local {} peer {}, {})",
             dev.tun.name,
             dev.pair.server,
             dev.pair.client,
@@ -121,8 +122,9 @@ impl Manager {
     async fn refuse(&mut self, id: &str, addr: SocketAddr, est: &Completed) {
         self.refusals.count += 1;
         if self.refusals.log.allow() {
+            let peer = crate::udp::plain(addr);
             tracing::warn!(
-                "client {id} from {addr} refused: {} devices, the -max-clients limit ({} refused so far; ids in -clients still get in)",
+                "client {id} from {peer} refused: {} devices, the -max-clients limit ({} refused so far; ids in -clients still get in)",
                 self.devices.len(),
                 self.refusals.count
             );
@@ -139,8 +141,9 @@ impl Manager {
             Some(_) => "its key changed",
             None => "its credentials were removed",
         };
+        let peer = crate::udp::plain(addr);
         tracing::warn!(
-            "client {id} from {addr} refused: its handshake completed with a key that is no longer its key ({now}, reload)"
+            "client {id} from {peer} refused: its handshake completed with a key that is no longer its key ({now}, reload)",
         );
         self.turn_away(addr, est, CloseReason::Revoked, "reload")
             .await;
@@ -188,6 +191,7 @@ impl Manager {
 
     /// Ends the id's session because a new one of the id came from `addr` (Close "replaced").
     pub(in crate::server) async fn end_replaced(&mut self, id: &str, addr: SocketAddr) {
+        let addr = crate::udp::plain(addr);
         let why = format!("replaced by a new session from {addr}");
         self.end_session_because(id, Some(CloseReason::Replaced), &addr.to_string(), &why)
             .await;
