@@ -251,7 +251,7 @@ impl Manager {
         dev.past.add(&crate::ops::status::Traffic::of(&s.counters));
         tracing::info!(
             "client {id} from {} disconnected: {why} ({})",
-            s.addr,
+            crate::udp::plain(s.addr),
             s.counters.summary()
         );
     }
