@@ -45,7 +45,7 @@ for f in examples/split-routing/*; do
 done
 
 echo "== cargo deb"
-deb=$(cargo deb --no-build --locked --quiet | tail -n 1)
+deb=$(cargo deb --no-build --no-strip --locked --quiet | tail -n 1)
 [[ -f $deb ]] || { echo "package.sh: cargo deb made no package (got: $deb)" >&2; exit 1; }
 
 echo "== dpkg-deb -c $deb"
