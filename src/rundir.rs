@@ -18,6 +18,13 @@
 //!   recovery happens only when the owner is gone. The holder writes who it is into the file,
 //!   for the message a second comer prints. Lock files stay (removing one would race a
 //!   newcomer locking the old inode).
+//! - **Who may lock.** `flock` needs only an open descriptor, a read-only one too, so a lock
+//!   file's mode decides who can take (squat) a lock: lock files are `0660` with the
+//!   directory's group (forced with fchown/fchmod after the open), and dtun opens them
+//!   read-write only, never falling back to read-only. So only root, the file's owner and the
+//!   directory's group (dtun's, in the package's layout) can hold one. An older lock file that
+//!   others may read or write (0644, from before) is made 0660 when it is ours or we are root,
+//!   and refused otherwise, with the command that fixes it.
 //! - **State files** are written to a fresh temporary name with `O_EXCL | O_NOFOLLOW` and
 //!   renamed into place, and read with `O_NOFOLLOW`, only when they are regular files owned by
 //!   dtun's own user: a symlink or a file planted by another user is never followed or
@@ -160,16 +167,20 @@ impl RunDir {
         take_lock(self.path(&format!("{name}.lock")), who)
     }
 
-    /// Takes the per-namespace lock `NAME` shared with other holders, waiting while someone
-    /// holds it exclusively: for state that several live dtuns use together and the last one
-    /// removes ([`Lock::last_holder`]). No holder's note is written. Blocks: call it off the
-    /// async runtime's threads.
+    /// Takes the per-namespace lock `NAME` shared with other holders, without waiting
+    /// ([`LockError::Held`] while someone holds it exclusively): for state that several live
+    /// dtuns use together and the last one removes ([`Lock::last_holder`]). No holder's note is
+    /// written.
     pub fn lock_shared(&self, name: &str) -> Result<Lock, LockError> {
         let path = self.path(&format!("{name}.lock"));
-        let (file, _) = open_lock_file(&path).map_err(|e| LockError::Io(path.clone(), e))?;
-        file.lock_shared()
-            .map_err(|e| LockError::Io(path.clone(), e))?;
-        Ok(Lock { file, path })
+        let mut file = open_lock_file(&path).map_err(|e| LockError::Io(path.clone(), e))?;
+        match file.try_lock_shared() {
+            Ok(()) => Ok(Lock { file, path }),
+            Err(TryLockError::WouldBlock) => Err(LockError::Held {
+                holder: holder_note(&mut file),
+            }),
+            Err(TryLockError::Error(e)) => Err(LockError::Io(path, e)),
+        }
     }
 
     /// Like [`RunDir::lock`], but waits up to `timeout` while another process holds it: for
@@ -254,56 +265,94 @@ fn tmp_name(path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Opens (or makes) a lock file: a regular file, never through a symlink; read-only when it is
-/// not ours to write (then `false`).
-fn open_lock_file(path: &Path) -> io::Result<(File, bool)> {
-    let open = |write: bool| {
-        OpenOptions::new()
-            .read(true)
-            .write(write)
-            .create(write)
-            .truncate(false)
-            .mode(0o644)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-            .open(path)
-    };
-    // A lock file another user of ours made (root's, for the service user) can still be
-    // locked through a read-only descriptor; then the holder's note is not written.
-    let (file, writable) = match open(true) {
-        Ok(f) => (f, true),
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => (open(false)?, false),
-        Err(e) => return Err(e),
-    };
-    if !file.metadata()?.file_type().is_file() {
+/// The mode of a lock file: root, its owner and the directory's group may lock it, nobody else
+/// may even open it (module header).
+const LOCK_MODE: u32 = 0o660;
+
+/// Opens (or makes) a lock file read-write (only a descriptor that can write may lock: module
+/// header): a regular file, never through a symlink, mode [`LOCK_MODE`] with the directory's
+/// group.
+fn open_lock_file(path: &Path) -> io::Result<File> {
+    open_lock_file_as(path, crate::sys::euid())
+}
+
+/// [`open_lock_file`] for a process of effective uid `euid`.
+fn open_lock_file_as(path: &Path, euid: u32) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(LOCK_MODE)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::PermissionDenied => io::Error::new(
+                e.kind(),
+                format!(
+                    "{e}: it is another user's lock file; as root, give it the group of its directory and mode 660 (chgrp GROUP {0}; chmod 660 {0}), or remove it while no dtun runs",
+                    path.display()
+                ),
+            ),
+            _ => e,
+        })?;
+    let meta = file.metadata()?;
+    if !meta.file_type().is_file() {
         return Err(io::Error::other("not a regular file"));
     }
-    Ok((file, writable))
+    let mode = meta.mode() & 0o7777;
+    if meta.uid() == euid || euid == 0 {
+        // Ours (or we are root): the directory's group, and exactly our mode (the umask took
+        // bits away from a new file; an old one may give too many).
+        let dir_gid = path
+            .parent()
+            .map(std::fs::metadata)
+            .transpose()?
+            .map(|m| m.gid());
+        if let Some(gid) = dir_gid
+            && gid != meta.gid()
+        {
+            // Not fatal: a group we are not in leaves the file to root and its owner.
+            let _ = std::os::unix::fs::fchown(&file, None, Some(gid));
+        }
+        if mode != LOCK_MODE {
+            file.set_permissions(std::fs::Permissions::from_mode(LOCK_MODE))?;
+        }
+    } else if mode & 0o007 != 0 {
+        return Err(io::Error::other(format!(
+            "others may open it (mode {mode:o}), so anyone could hold the lock; as root: chmod 660 {}",
+            path.display()
+        )));
+    }
+    Ok(file)
+}
+
+/// What the holder of a lock wrote about itself, for a second comer's message.
+fn holder_note(file: &mut File) -> String {
+    let mut holder = String::new();
+    let _ = Read::by_ref(file).take(256).read_to_string(&mut holder);
+    let holder = holder.trim();
+    if holder.is_empty() {
+        "another process".to_string()
+    } else {
+        holder.escape_debug().to_string()
+    }
 }
 
 fn take_lock(path: PathBuf, who: &str) -> Result<Lock, LockError> {
     let io_err = |e| LockError::Io(path.clone(), e);
-    let (mut file, writable) = open_lock_file(&path).map_err(io_err)?;
+    let mut file = open_lock_file(&path).map_err(io_err)?;
     match file.try_lock() {
         Ok(()) => {}
         Err(TryLockError::WouldBlock) => {
-            let mut holder = String::new();
-            let _ = Read::by_ref(&mut file)
-                .take(256)
-                .read_to_string(&mut holder);
-            let holder = holder.trim();
-            let holder = if holder.is_empty() {
-                "another process".to_string()
-            } else {
-                holder.escape_debug().to_string()
-            };
-            return Err(LockError::Held { holder });
+            return Err(LockError::Held {
+                holder: holder_note(&mut file),
+            });
         }
         Err(TryLockError::Error(e)) => return Err(io_err(e)),
     }
-    if writable {
-        file.set_len(0).map_err(io_err)?;
-        file.write_all(who.as_bytes()).map_err(io_err)?;
-    }
+    file.set_len(0).map_err(io_err)?;
+    file.write_all(who.as_bytes()).map_err(io_err)?;
     Ok(Lock { file, path })
 }
 
@@ -432,6 +481,86 @@ mod tests {
         assert_eq!(d.read_state(&state).unwrap().as_deref(), Some(&b"1"[..]));
         d.remove_state(&state).unwrap();
         assert_eq!(d.read_state(&state).unwrap(), None);
+        std::fs::remove_dir_all(&p).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod lock_file_tests {
+    //! Who may take a lock (the review's probes p1/p1b/p8): not a stranger with a read-only
+    //! descriptor.
+    use super::*;
+    use std::process::{Command, Stdio};
+
+    fn tempdir(tag: &str) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("dtun-lockfile-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        p
+    }
+
+    /// uid 4242 (no groups) tries to flock `path` exclusively through a read-only descriptor,
+    /// as `hold.py` did: "took" when it got the lock (then keeps it until killed), else why not.
+    fn stranger_tries(path: &Path) -> (std::process::Child, String) {
+        let script = r#"
+import fcntl, sys, time
+try:
+    f = open(sys.argv[1], "rb")
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+except OSError as e:
+    print("refused", e, flush=True); sys.exit(0)
+print("took", flush=True)
+time.sleep(30)
+"#;
+        let mut child = Command::new("setpriv")
+            .args(["--reuid", "4242", "--regid", "4242", "--clear-groups"])
+            .args(["/usr/bin/python3", "-c", script])
+            .arg(path)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("setpriv and python3");
+        let mut line = String::new();
+        let mut out = io::BufReader::new(child.stdout.take().unwrap());
+        io::BufRead::read_line(&mut out, &mut line).unwrap();
+        (child, line)
+    }
+
+    #[test]
+    fn a_stranger_cannot_take_a_lock_through_a_read_only_descriptor() {
+        let p = tempdir("stranger");
+        let d = RunDir::at(&p).unwrap();
+        drop(d.lock("dtun", "dtun pid 1, instance dtun").unwrap());
+        let path = d.path("dtun.lock");
+        let (mut child, said) = stranger_tries(&path);
+        let got = d.lock("dtun", "dtun pid 2, instance dtun");
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(said.starts_with("refused"), "uid 4242: {said}");
+        got.unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.mode() & 0o777, 0o660, "lock file mode");
+        assert_eq!(meta.gid(), std::fs::metadata(&p).unwrap().gid(), "the directory's group");
+        std::fs::remove_dir_all(&p).unwrap();
+    }
+
+    #[test]
+    fn an_old_world_readable_lock_file_is_tightened_or_refused() {
+        let p = tempdir("old");
+        let d = RunDir::at(&p).unwrap();
+        let path = d.path("routes.lock");
+        std::fs::write(&path, b"").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        // Ours (root's): made 0660.
+        drop(d.lock("routes", "x").unwrap());
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o660);
+        // Another user's, world-readable, and we are neither it nor root: refused, untouched.
+        std::os::unix::fs::chown(&path, Some(4242), None).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = open_lock_file_as(&path, 4343).unwrap_err().to_string();
+        assert!(e.contains("chmod 660"), "{e}");
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o644);
+        // Root tightens it.
+        open_lock_file_as(&path, 0).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o660);
         std::fs::remove_dir_all(&p).unwrap();
     }
 }
