@@ -331,3 +331,53 @@ fn without_a_name_the_one_running_or_all() {
     assert!(stdout(&o).is_empty(), "{o:?}");
     drop(edge);
 }
+
+/// The review's probe p3: with the package's layout (/run/dtun `root:GROUP 1770`), a member of
+/// the group (uid 4242) plants an instance's admin socket while no dtun runs. Root's `dtun
+/// status`, `dtun status -json`, `dtun reload` and the no-name listing do not believe it: the
+/// socket file is the planter's own, but only root, the system user dtun and the asking user
+/// are believed. Run in a private tmpfs over /run/dtun (`ip netns exec` gives the script a
+/// mount namespace of its own).
+#[test]
+fn a_group_member_cannot_impersonate_dtun_to_root() {
+    let dir = TestDir::new("ct7");
+    let ns = Netns::new("ct7", &dir);
+    let script = r#"
+set -e
+mkdir -p /run/dtun
+mount -t tmpfs -o mode=1770,gid=4242 ct7 /run/dtun
+N=$(stat -L -c %i /proc/self/ns/net)
+setpriv --reuid 4242 --regid 4242 --clear-groups /usr/bin/python3 -c '
+import os, socket, sys
+p = sys.argv[1]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.bind(p); os.chmod(p, 0o666); s.listen(8)
+while True:
+    c, _ = s.accept()
+    try:
+        req = c.recv(200)
+        c.sendall(b"reloaded: nothing changed\n" if req.startswith(b"reload") else b"server: imp (pid 1)\n")
+    except OSError:
+        pass
+    c.close()
+' /run/dtun/$N.imp.admin.sock &
+I=$!
+while [ ! -S /run/dtun/$N.imp.admin.sock ]; do sleep 0.05; done
+for args in "status imp" "status -json imp" "reload imp" "status" "reload"; do
+  echo "== $args"
+  "$0" $args 2>&1 && echo "exit 0" || echo "exit $?"
+done
+kill $I || true
+"#;
+    let o = ns.run("sh", &["-c", script, DTUN]);
+    let out = stdout(&o);
+    assert!(o.status.success(), "{o:?}");
+    assert_clean(&out);
+    for part in out.split("== ").skip(1) {
+        assert!(part.contains("exit 1"), "believed the planted socket: {part}");
+        assert!(!part.contains("server: imp") && !part.contains("reloaded"), "{part}");
+    }
+    assert!(
+        out.contains("is answered by uid 4242") && out.contains("not believing it"),
+        "{out}"
+    );
+}
