@@ -381,3 +381,34 @@ kill $I || true
         "{out}"
     );
 }
+
+/// The review's probe p7's second half: a subcommand whose stdout is closed (`dtun … | head
+/// -1` that stopped reading) ends quietly, without a panic or an error message.
+#[test]
+fn a_closed_stdout_ends_a_subcommand_quietly() {
+    let dir = TestDir::new("ct8");
+    let ns = Netns::new("ct8", &dir);
+    for args in [
+        &["genkey"][..],
+        &["man"],
+        &["completions", "bash"],
+        &["key", "derive", "-key", "master-secret-0123456789abcdef", "-id", "a"],
+    ] {
+        let mut child = std::process::Command::new("ip")
+            .args(["netns", "exec", ns.name(), DTUN])
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let o = child.wait_with_output().unwrap();
+        let err = stderr(&o);
+        assert!(
+            o.status.success() && err.is_empty(),
+            "dtun {args:?} with stdout closed: {:?}: {err}",
+            o.status
+        );
+    }
+}
