@@ -412,3 +412,54 @@ fn a_closed_stdout_ends_a_subcommand_quietly() {
         );
     }
 }
+
+/// The review's probes p1/p1b: uid 4242 waits on a running server's instance lock through a
+/// read-only descriptor (flock needs no more), the server is killed (`kill -9`, as a crash or
+/// a restart), and root starts it again. Before, the lock passed to uid 4242 and the restart
+/// was refused; now uid 4242 cannot open the lock file at all, and the restart runs. In a
+/// private tmpfs over /run/dtun (root:root 0755, as a root dtun makes it).
+#[test]
+fn a_stranger_cannot_squat_an_instance_lock() {
+    let dir = TestDir::new("ct9");
+    let ns = Netns::new("ct9", &dir);
+    let script = r#"
+mkdir -p /run/dtun
+mount -t tmpfs -o mode=0755 ct9 /run/dtun || exit 99
+N=$(stat -L -c %i /proc/self/ns/net)
+up() { i=0; while ! "$0" status sq9 >/dev/null 2>&1; do i=$((i+1)); [ $i -lt 200 ] || return 1; sleep 0.05; done; }
+"$0" -key "$1" -port 4809 -instance sq9 >/dev/null 2>&1 &
+S=$!
+up || { echo "first start: not up"; kill -9 $S; exit 1; }
+setpriv --reuid 4242 --regid 4242 --clear-groups /usr/bin/python3 -c '
+import fcntl, sys, time
+try:
+    f = open(sys.argv[1], "rb")
+except OSError as e:
+    print("squatter: cannot open:", e, flush=True); sys.exit(0)
+print("squatter: waiting", flush=True)
+fcntl.flock(f, fcntl.LOCK_EX)
+print("squatter: took the lock", flush=True)
+time.sleep(30)
+' /run/dtun/$N.sq9.lock > squat.log 2>&1 &
+Q=$!
+i=0; while [ ! -s squat.log ] && [ $i -lt 200 ]; do i=$((i+1)); sleep 0.05; done
+kill -9 $S; wait $S
+i=0; while grep -q waiting squat.log && ! grep -q took squat.log && [ $i -lt 100 ]; do i=$((i+1)); sleep 0.05; done
+cat squat.log
+"$0" -key "$1" -port 4809 -instance sq9 > restart.log 2>&1 &
+R=$!
+if up; then echo "restart: up"; else echo "restart: not up"; cat restart.log; fi
+kill $R $Q 2>/dev/null
+wait $R
+exit 0
+"#;
+    let o = ns.run(
+        "sh",
+        &["-c", &format!("cd {} && {script}", dir.path().display()), DTUN, KEY],
+    );
+    let out = stdout(&o);
+    assert!(o.status.success(), "{o:?}");
+    assert!(!out.contains("took the lock"), "uid 4242 took the lock: {out}");
+    assert!(out.contains("squatter: cannot open"), "{out}");
+    assert!(out.contains("restart: up"), "{out}");
+}
