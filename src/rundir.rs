@@ -538,7 +538,11 @@ time.sleep(30)
         got.unwrap();
         let meta = std::fs::metadata(&path).unwrap();
         assert_eq!(meta.mode() & 0o777, 0o660, "lock file mode");
-        assert_eq!(meta.gid(), std::fs::metadata(&p).unwrap().gid(), "the directory's group");
+        assert_eq!(
+            meta.gid(),
+            std::fs::metadata(&p).unwrap().gid(),
+            "the directory's group"
+        );
         std::fs::remove_dir_all(&p).unwrap();
     }
 

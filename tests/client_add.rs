@@ -219,10 +219,20 @@ fn ids_that_are_not_file_names_are_refused() {
         let (_, err) = text(&o);
         assert!(!o.status.success(), "{bad:?} accepted: {err}");
         assert!(err.contains("file name"), "{bad:?}: {err}");
-        assert_eq!(std::fs::read_to_string(&conf_path).unwrap(), saved, "{bad:?}");
+        assert_eq!(
+            std::fs::read_to_string(&conf_path).unwrap(),
+            saved,
+            "{bad:?}"
+        );
     }
-    assert!(!d.join("elsewhere/evil.key").exists(), "a key file outside clients/");
-    assert!(!d.join("clients/sub/x.key").exists(), "a key file in a subdirectory");
+    assert!(
+        !d.join("elsewhere/evil.key").exists(),
+        "a key file outside clients/"
+    );
+    assert!(
+        !d.join("clients/sub/x.key").exists(),
+        "a key file in a subdirectory"
+    );
     let o = add(&ns, &conf, "bob.laptop@home", &[]);
     assert!(o.status.success(), "{}", text(&o).1);
     assert!(d.join("clients/bob.laptop@home.key").exists());

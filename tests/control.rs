@@ -373,8 +373,14 @@ kill $I || true
     assert!(o.status.success(), "{o:?}");
     assert_clean(&out);
     for part in out.split("== ").skip(1) {
-        assert!(part.contains("exit 1"), "believed the planted socket: {part}");
-        assert!(!part.contains("server: imp") && !part.contains("reloaded"), "{part}");
+        assert!(
+            part.contains("exit 1"),
+            "believed the planted socket: {part}"
+        );
+        assert!(
+            !part.contains("server: imp") && !part.contains("reloaded"),
+            "{part}"
+        );
     }
     assert!(
         out.contains("is answered by uid 4242") && out.contains("not believing it"),
@@ -392,7 +398,14 @@ fn a_closed_stdout_ends_a_subcommand_quietly() {
         &["genkey"][..],
         &["man"],
         &["completions", "bash"],
-        &["key", "derive", "-key", "master-secret-0123456789abcdef", "-id", "a"],
+        &[
+            "key",
+            "derive",
+            "-key",
+            "master-secret-0123456789abcdef",
+            "-id",
+            "a",
+        ],
     ] {
         let mut child = std::process::Command::new("ip")
             .args(["netns", "exec", ns.name(), DTUN])
@@ -455,11 +468,19 @@ exit 0
 "#;
     let o = ns.run(
         "sh",
-        &["-c", &format!("cd {} && {script}", dir.path().display()), DTUN, KEY],
+        &[
+            "-c",
+            &format!("cd {} && {script}", dir.path().display()),
+            DTUN,
+            KEY,
+        ],
     );
     let out = stdout(&o);
     assert!(o.status.success(), "{o:?}");
-    assert!(!out.contains("took the lock"), "uid 4242 took the lock: {out}");
+    assert!(
+        !out.contains("took the lock"),
+        "uid 4242 took the lock: {out}"
+    );
     assert!(out.contains("squatter: cannot open"), "{out}");
     assert!(out.contains("restart: up"), "{out}");
 }

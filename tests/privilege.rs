@@ -373,7 +373,10 @@ fn only_root_and_dtuns_user_reload_a_unit_dtun() {
     // Root: uid 4242 is not the system user dtun here, so its answer is not believed...
     let o = ask(&[], "status");
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "root believed a uid that is not dtun's: {o:?}");
+    assert!(
+        !o.status.success(),
+        "root believed a uid that is not dtun's: {o:?}"
+    );
     assert!(err.contains("is answered by uid 4242"), "{err}");
     // ...and is once /etc/passwd (bind-mounted over, in this command's mount namespace) says
     // 4242 is dtun.
