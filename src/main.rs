@@ -35,8 +35,8 @@ fn main() {
     if loaded.cli.check {
         return exit_on(
             dtun::ops::check::check(&loaded)
-                .map(|ok| println!("{ok}"))
-                .map_err(|e| anyhow::anyhow!(e)),
+                .map_err(|e| anyhow::anyhow!(e))
+                .and_then(outln),
         );
     }
     dtun::supervise::install_panic_hook();
@@ -61,27 +61,60 @@ fn main() {
 
 fn exit_on(r: anyhow::Result<()>) {
     if let Err(e) = r {
+        // A reader that stopped reading (`dtun … | head -1`): nothing to say to anyone.
+        if e.downcast_ref::<StdoutClosed>().is_some() {
+            std::process::exit(0);
+        }
         eprintln!("dtun: {e:#}");
         std::process::exit(1);
     }
 }
 
+/// Standard output was closed under a subcommand (EPIPE): it ends quietly ([`exit_on`]). The
+/// process keeps SIGPIPE ignored (Rust's default, which the server's sockets rely on), so
+/// the write fails instead of killing us, and `print!` would panic: subcommands write with
+/// [`out`].
+#[derive(Debug, thiserror::Error)]
+#[error("standard output closed")]
+struct StdoutClosed;
+
+/// Writes `text` to standard output, flushed.
+fn out(text: impl AsRef<[u8]>) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(text.as_ref())
+        .and_then(|()| stdout.flush())
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::BrokenPipe => anyhow::Error::new(StdoutClosed),
+            _ => anyhow::Error::new(e).context("cannot write to standard output"),
+        })
+}
+
+/// [`out`] of a line.
+fn outln(text: impl std::fmt::Display) -> anyhow::Result<()> {
+    out(format!("{text}\n"))
+}
+
 /// Runs a subcommand (src/cli/commands.rs).
 fn run_command(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Genkey => {
-            println!("{}", dtun::keys::genkey()?);
-            Ok(())
-        }
+        Command::Genkey => outln(dtun::keys::genkey()?),
         Command::Key(KeyCommand::Derive(args)) => key_derive(&args),
         Command::Status(args) => status(&args),
         Command::Reload(args) => reload(&args),
         Command::Down => down(),
         Command::Client(ClientCommand::Add(args)) => client_add(&args),
         Command::Completions { shell } => {
-            dtun::ops::docs::completions(shell.into(), &mut std::io::stdout())
+            let mut text = Vec::new();
+            dtun::ops::docs::completions(shell.into(), &mut text)?;
+            out(text)
         }
-        Command::Man => dtun::ops::docs::man(&mut std::io::stdout()),
+        Command::Man => {
+            let mut text = Vec::new();
+            dtun::ops::docs::man(&mut text)?;
+            out(text)
+        }
     }
 }
 
@@ -99,8 +132,7 @@ fn key_derive(args: &DeriveArgs) -> anyhow::Result<()> {
         ),
     };
     dtun::config::check_master_key(&master, &source)?;
-    println!("{}", dtun::keys::derive(&master, args.id.as_bytes()));
-    Ok(())
+    outln(dtun::keys::derive(&master, args.id.as_bytes()))
 }
 
 /// `dtun client add NAME`: the client goes into the server's config file
@@ -136,12 +168,9 @@ fn client_add(args: &ClientAddArgs) -> anyhow::Result<()> {
             "dtun: the server was not reloaded ({e}); it reads the client at its next start or reload"
         ),
     }
-    print!("{}", added.client_toml);
+    out(&added.client_toml)?;
     if args.qr {
-        println!(
-            "{}",
-            dtun::ops::client_add::qr(&added.client_toml).map_err(|e| anyhow::anyhow!(e))?
-        );
+        outln(dtun::ops::client_add::qr(&added.client_toml).map_err(|e| anyhow::anyhow!(e))?)?;
     }
     Ok(())
 }
@@ -161,8 +190,7 @@ fn status(args: &StatusArgs) -> anyhow::Result<()> {
     };
     if names.len() < 2 {
         let name = names.first().map_or("dtun", String::as_str);
-        print!("{}", dtun::ops::control::query(name, request)?);
-        return Ok(());
+        return out(dtun::ops::control::query(name, request)?);
     }
     let (mut replies, mut failed) = (Vec::new(), 0);
     for name in &names {
@@ -176,9 +204,9 @@ fn status(args: &StatusArgs) -> anyhow::Result<()> {
     }
     if args.json {
         let items: Vec<&str> = replies.iter().map(|r| r.trim_end()).collect();
-        println!("[{}]", items.join(",\n"));
+        outln(format!("[{}]", items.join(",\n")))?;
     } else {
-        print!("{}", replies.join("\n"));
+        out(replies.join("\n"))?;
     }
     if failed > 0 {
         anyhow::bail!("{failed} of {} dtuns did not answer", names.len());
@@ -210,8 +238,7 @@ fn reload(args: &ReloadArgs) -> anyhow::Result<()> {
             }
         },
     };
-    print!("{}", dtun::ops::control::query(&instance, "reload")?);
-    Ok(())
+    out(dtun::ops::control::query(&instance, "reload")?)
 }
 
 /// `dtun down`: lifts the kill switch and the routes a killed client left in this network
@@ -227,8 +254,7 @@ fn down() -> anyhow::Result<()> {
         ),
         e => e.into(),
     })?;
-    println!("{done}");
-    Ok(())
+    outln(done)
 }
 
 fn init_logging(verbose: u8, format: dtun::cli::LogFormat) {

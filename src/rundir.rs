@@ -18,16 +18,26 @@
 //!   recovery happens only when the owner is gone. The holder writes who it is into the file,
 //!   for the message a second comer prints. Lock files stay (removing one would race a
 //!   newcomer locking the old inode).
+//! - **Who may lock.** `flock` needs only an open descriptor, a read-only one too, so a lock
+//!   file's mode decides who can take (squat) a lock: lock files are `0660` with the
+//!   directory's group (forced with fchown/fchmod after the open), and dtun opens them
+//!   read-write only, never falling back to read-only. So only root, the file's owner and the
+//!   directory's group (dtun's, in the package's layout) can hold one. An older lock file that
+//!   others may read or write (0644, from before) is made 0660 when it is ours or we are root,
+//!   and refused otherwise, with the command that fixes it.
 //! - **State files** are written to a fresh temporary name with `O_EXCL | O_NOFOLLOW` and
 //!   renamed into place, and read with `O_NOFOLLOW`, only when they are regular files owned by
 //!   dtun's own user: a symlink or a file planted by another user is never followed or
 //!   believed ([`RunDir::write_state`], [`RunDir::read_state`]).
 
-use std::fs::{File, OpenOptions, TryLockError};
+use std::fs::OpenOptions;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+
+mod lock;
+
+pub use lock::{Lock, LockError};
 
 /// Where dtun keeps its runtime files.
 pub const BASE: &str = "/run/dtun";
@@ -48,45 +58,11 @@ pub enum RunDirError {
     Netns(io::Error),
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum LockError {
-    /// A live process holds the lock; `holder` is what it wrote about itself.
-    #[error("{holder}")]
-    Held { holder: String },
-    #[error("cannot take the lock {0}: {1}")]
-    Io(PathBuf, io::Error),
-}
-
 /// The checked runtime directory, for this process's network namespace.
 #[derive(Debug, Clone)]
 pub struct RunDir {
     base: PathBuf,
     netns: u64,
-}
-
-/// An exclusive lock (or a shared one, [`RunDir::lock_shared`]), held until it is dropped (or
-/// the process dies).
-#[derive(Debug)]
-pub struct Lock {
-    file: File,
-    path: PathBuf,
-}
-
-impl Lock {
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// For a shared lock at its holder's exit: whether no other process holds it, found by
-    /// making it exclusive without waiting. When another does, the kernel may have dropped this
-    /// holder's share in the attempt (flock's conversion is not atomic): call it last.
-    pub fn last_holder(&self) -> io::Result<bool> {
-        match self.file.try_lock() {
-            Ok(()) => Ok(true),
-            Err(TryLockError::WouldBlock) => Ok(false),
-            Err(TryLockError::Error(e)) => Err(e),
-        }
-    }
 }
 
 impl RunDir {
@@ -153,45 +129,6 @@ impl RunDir {
         Ok(names)
     }
 
-    /// Takes the per-namespace lock `NAME` ([`RunDir::path`]`(NAME.lock)`) without waiting;
-    /// `who` (e.g. "dtun pid 1234, instance client") is written into it for a second comer's
-    /// message.
-    pub fn lock(&self, name: &str, who: &str) -> Result<Lock, LockError> {
-        take_lock(self.path(&format!("{name}.lock")), who)
-    }
-
-    /// Takes the per-namespace lock `NAME` shared with other holders, waiting while someone
-    /// holds it exclusively: for state that several live dtuns use together and the last one
-    /// removes ([`Lock::last_holder`]). No holder's note is written. Blocks: call it off the
-    /// async runtime's threads.
-    pub fn lock_shared(&self, name: &str) -> Result<Lock, LockError> {
-        let path = self.path(&format!("{name}.lock"));
-        let (file, _) = open_lock_file(&path).map_err(|e| LockError::Io(path.clone(), e))?;
-        file.lock_shared()
-            .map_err(|e| LockError::Io(path.clone(), e))?;
-        Ok(Lock { file, path })
-    }
-
-    /// Like [`RunDir::lock`], but waits up to `timeout` while another process holds it: for
-    /// short steps every dtun of the namespace takes in turn (deciding what IPv4 forwarding
-    /// was before any of them).
-    pub fn lock_wait(&self, name: &str, who: &str, timeout: Duration) -> Result<Lock, LockError> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            match self.lock(name, who) {
-                Err(LockError::Held { .. }) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                r => return r,
-            }
-        }
-    }
-
-    /// Takes the mount-namespace-wide lock `NAME` ([`RunDir::global`]`(NAME.lock)`).
-    pub fn lock_global(&self, name: &str, who: &str) -> Result<Lock, LockError> {
-        take_lock(self.global(&format!("{name}.lock")), who)
-    }
-
     /// Writes `data` to `path` (a path from [`RunDir::path`] or [`RunDir::global`]) atomically,
     /// mode 0600: a fresh temporary file (`O_CREAT | O_EXCL | O_NOFOLLOW`), synced, renamed over
     /// `path`. Nothing already at either name is followed or written through.
@@ -252,59 +189,6 @@ fn tmp_name(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(format!(".tmp{}.{n}", std::process::id()));
     PathBuf::from(name)
-}
-
-/// Opens (or makes) a lock file: a regular file, never through a symlink; read-only when it is
-/// not ours to write (then `false`).
-fn open_lock_file(path: &Path) -> io::Result<(File, bool)> {
-    let open = |write: bool| {
-        OpenOptions::new()
-            .read(true)
-            .write(write)
-            .create(write)
-            .truncate(false)
-            .mode(0o644)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-            .open(path)
-    };
-    // A lock file another user of ours made (root's, for the service user) can still be
-    // locked through a read-only descriptor; then the holder's note is not written.
-    let (file, writable) = match open(true) {
-        Ok(f) => (f, true),
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => (open(false)?, false),
-        Err(e) => return Err(e),
-    };
-    if !file.metadata()?.file_type().is_file() {
-        return Err(io::Error::other("not a regular file"));
-    }
-    Ok((file, writable))
-}
-
-fn take_lock(path: PathBuf, who: &str) -> Result<Lock, LockError> {
-    let io_err = |e| LockError::Io(path.clone(), e);
-    let (mut file, writable) = open_lock_file(&path).map_err(io_err)?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(TryLockError::WouldBlock) => {
-            let mut holder = String::new();
-            let _ = Read::by_ref(&mut file)
-                .take(256)
-                .read_to_string(&mut holder);
-            let holder = holder.trim();
-            let holder = if holder.is_empty() {
-                "another process".to_string()
-            } else {
-                holder.escape_debug().to_string()
-            };
-            return Err(LockError::Held { holder });
-        }
-        Err(TryLockError::Error(e)) => return Err(io_err(e)),
-    }
-    if writable {
-        file.set_len(0).map_err(io_err)?;
-        file.write_all(who.as_bytes()).map_err(io_err)?;
-    }
-    Ok(Lock { file, path })
 }
 
 /// The checks of the module header: a real directory, owned by root (or by `euid`), writable by

@@ -138,7 +138,7 @@ fn racing_adds_all_land_and_abuse_is_refused() {
     assert!(err.contains("already"), "{err}");
     unchanged("a second c3");
     // Names that would break out of the table.
-    for bad in ["x\"]\nnat = true\n[y", "a.b", "", "back\\slash"] {
+    for bad in ["x\"]\nnat = true\n[y", ".b", "", "back\\slash"] {
         let o = add(&ns, &conf, bad, &[]);
         assert!(!o.status.success(), "{bad:?} accepted");
         unchanged(bad);
@@ -195,5 +195,46 @@ fn with_a_master_secret_the_key_is_derived() {
         printed_key(&out),
         String::from_utf8_lossy(&derived.stdout).trim()
     );
+    check(&conf);
+}
+
+/// The review's probe p7: an id that is not a safe file name (`/` in it, a leading dot) is
+/// refused with a message, and no key file lands anywhere (before, `dtun client add
+/// /DIR/evil` wrote `/DIR/evil.key`); a dotted or `@` id, a safe file name, is added.
+#[test]
+fn ids_that_are_not_file_names_are_refused() {
+    let dir = TestDir::new("caname");
+    let ns = Netns::new("caname", &dir);
+    let d = dir.path();
+    let conf_path = d.join("srv.toml");
+    std::fs::write(&conf_path, SERVER).unwrap();
+    let conf = path_str(&conf_path).to_string();
+    std::fs::create_dir_all(d.join("elsewhere")).unwrap();
+    std::fs::create_dir_all(d.join("clients/sub")).unwrap();
+    let evil = d.join("elsewhere/evil");
+    let evil = path_str(&evil).to_string();
+    let saved = std::fs::read_to_string(&conf_path).unwrap();
+    for bad in [evil.as_str(), "sub/x", "..", ".hidden", "a b"] {
+        let o = add(&ns, &conf, bad, &[]);
+        let (_, err) = text(&o);
+        assert!(!o.status.success(), "{bad:?} accepted: {err}");
+        assert!(err.contains("file name"), "{bad:?}: {err}");
+        assert_eq!(
+            std::fs::read_to_string(&conf_path).unwrap(),
+            saved,
+            "{bad:?}"
+        );
+    }
+    assert!(
+        !d.join("elsewhere/evil.key").exists(),
+        "a key file outside clients/"
+    );
+    assert!(
+        !d.join("clients/sub/x.key").exists(),
+        "a key file in a subdirectory"
+    );
+    let o = add(&ns, &conf, "bob.laptop@home", &[]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    assert!(d.join("clients/bob.laptop@home.key").exists());
     check(&conf);
 }

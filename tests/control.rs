@@ -331,3 +331,156 @@ fn without_a_name_the_one_running_or_all() {
     assert!(stdout(&o).is_empty(), "{o:?}");
     drop(edge);
 }
+
+/// The review's probe p3: with the package's layout (/run/dtun `root:GROUP 1770`), a member of
+/// the group (uid 4242) plants an instance's admin socket while no dtun runs. Root's `dtun
+/// status`, `dtun status -json`, `dtun reload` and the no-name listing do not believe it: the
+/// socket file is the planter's own, but only root, the system user dtun and the asking user
+/// are believed. Run in a private tmpfs over /run/dtun (`ip netns exec` gives the script a
+/// mount namespace of its own).
+#[test]
+fn a_group_member_cannot_impersonate_dtun_to_root() {
+    let dir = TestDir::new("ct7");
+    let ns = Netns::new("ct7", &dir);
+    let script = r#"
+set -e
+mkdir -p /run/dtun
+mount -t tmpfs -o mode=1770,gid=4242 ct7 /run/dtun
+N=$(stat -L -c %i /proc/self/ns/net)
+setpriv --reuid 4242 --regid 4242 --clear-groups /usr/bin/python3 -c '
+import os, socket, sys
+p = sys.argv[1]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.bind(p); os.chmod(p, 0o666); s.listen(8)
+while True:
+    c, _ = s.accept()
+    try:
+        req = c.recv(200)
+        c.sendall(b"reloaded: nothing changed\n" if req.startswith(b"reload") else b"server: imp (pid 1)\n")
+    except OSError:
+        pass
+    c.close()
+' /run/dtun/$N.imp.admin.sock &
+I=$!
+while [ ! -S /run/dtun/$N.imp.admin.sock ]; do sleep 0.05; done
+for args in "status imp" "status -json imp" "reload imp" "status" "reload"; do
+  echo "== $args"
+  "$0" $args 2>&1 && echo "exit 0" || echo "exit $?"
+done
+kill $I || true
+"#;
+    let o = ns.run("sh", &["-c", script, DTUN]);
+    let out = stdout(&o);
+    assert!(o.status.success(), "{o:?}");
+    assert_clean(&out);
+    for part in out.split("== ").skip(1) {
+        assert!(
+            part.contains("exit 1"),
+            "believed the planted socket: {part}"
+        );
+        assert!(
+            !part.contains("server: imp") && !part.contains("reloaded"),
+            "{part}"
+        );
+    }
+    assert!(
+        out.contains("is answered by uid 4242") && out.contains("not believing it"),
+        "{out}"
+    );
+}
+
+/// The review's probe p7's second half: a subcommand whose stdout is closed (`dtun … | head
+/// -1` that stopped reading) ends quietly, without a panic or an error message.
+#[test]
+fn a_closed_stdout_ends_a_subcommand_quietly() {
+    let dir = TestDir::new("ct8");
+    let ns = Netns::new("ct8", &dir);
+    for args in [
+        &["genkey"][..],
+        &["man"],
+        &["completions", "bash"],
+        &[
+            "key",
+            "derive",
+            "-key",
+            "master-secret-0123456789abcdef",
+            "-id",
+            "a",
+        ],
+    ] {
+        let mut child = std::process::Command::new("ip")
+            .args(["netns", "exec", ns.name(), DTUN])
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let o = child.wait_with_output().unwrap();
+        let err = stderr(&o);
+        assert!(
+            o.status.success() && err.is_empty(),
+            "dtun {args:?} with stdout closed: {:?}: {err}",
+            o.status
+        );
+    }
+}
+
+/// The review's probes p1/p1b: uid 4242 waits on a running server's instance lock through a
+/// read-only descriptor (flock needs no more), the server is killed (`kill -9`, as a crash or
+/// a restart), and root starts it again. Before, the lock passed to uid 4242 and the restart
+/// was refused; now uid 4242 cannot open the lock file at all, and the restart runs. In a
+/// private tmpfs over /run/dtun (root:root 0755, as a root dtun makes it).
+#[test]
+fn a_stranger_cannot_squat_an_instance_lock() {
+    let dir = TestDir::new("ct9");
+    let ns = Netns::new("ct9", &dir);
+    let script = r#"
+mkdir -p /run/dtun
+mount -t tmpfs -o mode=0755 ct9 /run/dtun || exit 99
+N=$(stat -L -c %i /proc/self/ns/net)
+up() { i=0; while ! "$0" status sq9 >/dev/null 2>&1; do i=$((i+1)); [ $i -lt 200 ] || return 1; sleep 0.05; done; }
+"$0" -key "$1" -port 4809 -instance sq9 >/dev/null 2>&1 &
+S=$!
+up || { echo "first start: not up"; kill -9 $S; exit 1; }
+setpriv --reuid 4242 --regid 4242 --clear-groups /usr/bin/python3 -c '
+import fcntl, sys, time
+try:
+    f = open(sys.argv[1], "rb")
+except OSError as e:
+    print("squatter: cannot open:", e, flush=True); sys.exit(0)
+print("squatter: waiting", flush=True)
+fcntl.flock(f, fcntl.LOCK_EX)
+print("squatter: took the lock", flush=True)
+time.sleep(30)
+' /run/dtun/$N.sq9.lock > squat.log 2>&1 &
+Q=$!
+i=0; while [ ! -s squat.log ] && [ $i -lt 200 ]; do i=$((i+1)); sleep 0.05; done
+kill -9 $S; wait $S
+i=0; while grep -q waiting squat.log && ! grep -q took squat.log && [ $i -lt 100 ]; do i=$((i+1)); sleep 0.05; done
+cat squat.log
+"$0" -key "$1" -port 4809 -instance sq9 > restart.log 2>&1 &
+R=$!
+if up; then echo "restart: up"; else echo "restart: not up"; cat restart.log; fi
+kill $R $Q 2>/dev/null
+wait $R
+exit 0
+"#;
+    let o = ns.run(
+        "sh",
+        &[
+            "-c",
+            &format!("cd {} && {script}", dir.path().display()),
+            DTUN,
+            KEY,
+        ],
+    );
+    let out = stdout(&o);
+    assert!(o.status.success(), "{o:?}");
+    assert!(
+        !out.contains("took the lock"),
+        "uid 4242 took the lock: {out}"
+    );
+    assert!(out.contains("squatter: cannot open"), "{out}");
+    assert!(out.contains("restart: up"), "{out}");
+}

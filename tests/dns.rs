@@ -251,6 +251,76 @@ fn dns_left_by_kill_9_is_restored_on_next_start() {
     host.assert_unchanged();
 }
 
+/// The review's probe p8: after a `kill -9`, an unprivileged user (uid 4242) waits on the
+/// resolv.conf owner lock the dead client left, through a read-only descriptor (flock needs no
+/// more). Before, it got the lock, and the next client could neither restore nor set DNS (it
+/// went on with the LAN's resolver); now it cannot open the lock file, and the next client
+/// restores and sets DNS as after any `kill -9`.
+#[test]
+fn a_stranger_cannot_squat_the_resolv_conf_lock() {
+    use std::os::unix::fs::MetadataExt;
+    let host = HostResolv::snapshot();
+    let w = World::new();
+    let _server = w.server(&["-dns", INET_IP]);
+    let mut first = w.client(&["-accept-dns"]);
+    wait_for(Duration::from_secs(10), "DNS set", || w.is_ours());
+    let m = fs::metadata(w.etc.resolv()).unwrap();
+    let lock = format!("/run/dtun/resolv.conf.{}-{}.lock", m.dev(), m.ino());
+    let script = r#"
+import fcntl, sys, time
+try:
+    f = open(sys.argv[1], "rb")
+except OSError as e:
+    print("squatter: cannot open:", e, flush=True); sys.exit(0)
+print("squatter: waiting", flush=True)
+fcntl.flock(f, fcntl.LOCK_EX)
+print("squatter: took the lock", flush=True)
+time.sleep(60)
+"#;
+    let mut squatter = w.topo.client().spawn(
+        "setpriv",
+        &[
+            "--reuid",
+            "4242",
+            "--regid",
+            "4242",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+            script,
+            &lock,
+        ],
+        &[],
+    );
+    squatter.wait_log("squatter: ", Duration::from_secs(10));
+    first.signal("KILL");
+    first.wait_exit(Duration::from_secs(5)).expect("killed");
+    if squatter.log().contains("waiting") {
+        wait_for(Duration::from_secs(5), "the squatter's turn", || {
+            squatter.log().contains("took")
+        });
+    }
+    let mut second = w.client(&["-accept-dns"]);
+    w.route_inet_through_tunnel();
+    assert!(
+        !squatter.log().contains("took the lock"),
+        "uid 4242 holds dtun's lock: {}",
+        squatter.log()
+    );
+    assert_eq!(
+        lines_with(&second.log(), &["did not exit cleanly", "restoring"]),
+        1,
+        "{}",
+        second.log()
+    );
+    wait_for(Duration::from_secs(15), "getent after restart", || {
+        w.resolves()
+    });
+    second.stop(Duration::from_secs(5));
+    assert_eq!(w.etc.content(), ORIGINAL, "restored byte for byte");
+    host.assert_unchanged();
+}
+
 /// Without -accept-dns (and no -route all) a client never takes the server's DNS.
 #[test]
 fn pushed_dns_is_not_applied_without_accept_dns() {

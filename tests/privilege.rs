@@ -326,7 +326,8 @@ fn missing_capabilities_are_named_with_how_to_grant_them() {
 /// Finding 9 where it matters, dtun as the units run it (uid 4242, CAP_NET_ADMIN only): its
 /// admin socket is 4242's, mode 0600, so a uid-0 process without capabilities (a rootful
 /// container's root sharing the namespaces) can neither reload it nor read its status, while
-/// root and dtun's own user (its scripts) can.
+/// dtun's own user (its scripts) can, and root can when that uid is the system user `dtun`
+/// (root believes an answer only from uid 0, the user dtun of /etc/passwd, or itself).
 #[test]
 fn only_root_and_dtuns_user_reload_a_unit_dtun() {
     let topo = Topo::pair("svr");
@@ -369,8 +370,32 @@ fn only_root_and_dtuns_user_reload_a_unit_dtun() {
     );
     assert!(o.status.success(), "dtun's own user: {o:?}");
     server.wait_log("dtun reload", Duration::from_secs(5));
+    // Root: uid 4242 is not the system user dtun here, so its answer is not believed...
     let o = ask(&[], "status");
-    assert!(o.status.success(), "root: {o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success(),
+        "root believed a uid that is not dtun's: {o:?}"
+    );
+    assert!(err.contains("is answered by uid 4242"), "{err}");
+    // ...and is once /etc/passwd (bind-mounted over, in this command's mount namespace) says
+    // 4242 is dtun.
+    let passwd = s.dir().path().join("passwd");
+    let mut text = std::fs::read_to_string("/etc/passwd").unwrap();
+    text.push_str("dtun:x:4242:4242:dtun:/nonexistent:/usr/sbin/nologin\n");
+    std::fs::write(&passwd, text).unwrap();
+    let passwd = passwd.to_str().unwrap();
+    let o = s.run(
+        "sh",
+        &[
+            "-c",
+            "mount --bind \"$0\" /run/dtun && mount --bind \"$1\" /etc/passwd && exec \"$2\" status",
+            &rundir,
+            passwd,
+            DTUN,
+        ],
+    );
+    assert!(o.status.success(), "root, 4242 being dtun: {o:?}");
     server.signal("TERM");
     server.expect_success("unprivileged server", Duration::from_secs(15));
 }

@@ -149,7 +149,8 @@ impl ResolvFile {
             let lock = match run.lock_global(&stem, &who) {
                 Ok(l) => l,
                 Err(LockError::Held { holder }) => return Err(SetError::Owned(holder)),
-                // A lock file we may not create is opened read-only, and then not found.
+                // A lock file we may not open read-write (another user's, or a directory not
+                // ours to write): permission denied, as with NotFound on older dtuns.
                 Err(LockError::Io(p, e)) => {
                     let kind = match e.kind() {
                         io::ErrorKind::NotFound => io::ErrorKind::PermissionDenied,

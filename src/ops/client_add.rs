@@ -11,6 +11,8 @@
 //!   and replaces it by `rename` from a fresh file in the same directory, with the old
 //!   owner, group and mode: a reload (or a start) reading meanwhile sees the old or the new
 //!   file, never a half-written one;
+//! - the client's id must be a safe file name ([`is_file_name`]: no `/`, no leading dot), as
+//!   the key file is named after it;
 //! - the key file is created with `O_EXCL | O_NOFOLLOW`, mode 0640, the config's group (the
 //!   service's group reads keys), in `clients/` beside the config (made 0750 if missing);
 //!   nothing already there is overwritten or followed.
@@ -42,9 +44,9 @@ pub struct Added {
 /// Adds the client (see the module header). The caller reloads the running server.
 pub fn add(req: &AddRequest<'_>) -> Result<Added, String> {
     let name = req.name;
-    if crate::keys::valid_identity(name.as_bytes()).is_none() || name.contains(['"', '\\', '.']) {
+    if !is_file_name(name) || crate::keys::valid_identity(name.as_bytes()).is_none() {
         return Err(format!(
-            "client id {:?}: use 1 to 128 printable characters without quotes, backslashes or dots",
+            "client id {:?}: dtun client add names the key file clients/ID.key after it, so the id must be a safe file name: 1 to 128 letters, digits, '-', '_', '.' or '@', not starting with '.' (a client with another id goes into the config by hand)",
             name.escape_debug()
         ));
     }
@@ -121,6 +123,17 @@ pub fn add(req: &AddRequest<'_>) -> Result<Added, String> {
         key_file,
         addr,
     })
+}
+
+/// Whether `name` is safe as the stem of a file in `clients/`: ASCII letters, digits, '-', '_',
+/// '.' and '@' only (so never a '/', a quote or a control character), 1 to 128 of them, not
+/// starting with '.' (no `..`, no hidden file).
+fn is_file_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b))
 }
 
 /// The config as a start would read it (the instance named, so a temporary file's name does

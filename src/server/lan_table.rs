@@ -25,7 +25,7 @@ use ipnet::IpNet;
 
 use crate::netlink::{MAIN_TABLE, Netlink, NetlinkError};
 use crate::routes::{FWMARK, LAN_TABLE, PRIO_LANS};
-use crate::rundir::{Lock, RunDir};
+use crate::rundir::{Lock, LockError, RunDir};
 
 /// The per-namespace lock every server that routes LANs holds shared.
 const LOCK: &str = "lans";
@@ -137,26 +137,47 @@ impl LanTable {
     }
 }
 
-/// Our share of the lock `lans`, taken off the runtime's threads (it waits while a server at
-/// its exit holds it exclusively to remove the rule). `None`, with a warning, when it cannot be
-/// had: the rule is then never removed by us.
+/// Our share of the lock `lans`, or `None`, with a warning, when it cannot be had: the rule is
+/// then never removed by us (the safe side: a rule over an empty table is harmless).
 async fn take_share() -> Option<Lock> {
-    let taken = tokio::task::spawn_blocking(|| {
-        let dir = RunDir::open().map_err(|e| e.to_string())?;
-        dir.lock_shared(LOCK).map_err(|e| e.to_string())
-    })
-    .await;
-    match taken {
-        Ok(Ok(lock)) => Some(lock),
-        Ok(Err(e)) => {
+    match RunDir::open() {
+        Ok(dir) => take_share_in(dir).await,
+        Err(e) => {
             tracing::warn!("{e}: the LAN table's rule will be left in place at exit");
             None
         }
-        Err(e) => {
-            tracing::warn!(
-                "cannot take the LAN table's lock ({e}): its rule will be left in place at exit"
-            );
-            None
+    }
+}
+
+/// How often, and how far apart, [`take_share_in`] tries the lock.
+const SHARE_TRIES: u32 = 5;
+const SHARE_RETRY: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// [`take_share`] in `dir`. Never blocks the manager: each try is a non-blocking `flock`, and
+/// a few tries 20 ms apart (under 0.1 s, once in a server's life) cover the moment a server at
+/// its exit holds the lock exclusively to remove the rule. Anyone holding it longer (a process
+/// of the runtime directory's group: nobody else may open the file) only makes us keep the rule
+/// at exit.
+async fn take_share_in(dir: RunDir) -> Option<Lock> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match dir.lock_shared(LOCK) {
+            Ok(lock) => return Some(lock),
+            Err(LockError::Held { .. }) if tries < SHARE_TRIES => {
+                tokio::time::sleep(SHARE_RETRY).await;
+            }
+            Err(LockError::Held { holder }) => {
+                tracing::warn!(
+                    "the LAN table's lock {} is held by {holder}: going on without it, so the table's rule will be left in place at exit",
+                    dir.path(&format!("{LOCK}.lock")).display()
+                );
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!("{e}: the LAN table's rule will be left in place at exit");
+                return None;
+            }
         }
     }
 }
@@ -178,6 +199,29 @@ fn is_lan_rule(rule: &rtnetlink::packet_route::rule::RuleMessage) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The review's probe p2: someone holding `NETNS.lans.lock` exclusively does not stall the
+    /// manager (the caller of [`LanTable::add`]): the share is given up on at once, and the
+    /// rule then stays at exit.
+    #[tokio::test]
+    async fn a_held_lock_does_not_stall_the_manager() {
+        let p = std::env::temp_dir().join(format!("dtun-lans-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        let dir = RunDir::at(&p).unwrap();
+        let held = dir.lock(LOCK, "a squatter").unwrap();
+        let started = std::time::Instant::now();
+        let got = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            take_share_in(dir.clone()),
+        )
+        .await;
+        assert!(got.is_ok(), "the manager waited 5 s for the lock");
+        assert!(got.unwrap().is_none(), "a share beside an exclusive holder");
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        drop(held);
+        assert!(take_share_in(dir).await.is_some(), "free again: taken");
+        std::fs::remove_dir_all(&p).unwrap();
+    }
 
     /// Only "no policy routing here" falls back to the main table; anything else (a missing
     /// capability, say) is an error for the caller.

@@ -1,8 +1,14 @@
 //! The asking side of the control sockets (`dtun status`, `dtun reload`): find the instance's
 //! socket in this network namespace, check who answers, and never print its bytes raw.
+//!
+//! Who is believed: an answer from uid 0, from the system user `dtun` (its uid from
+//! /etc/passwd: the packaged units run dtun as that user), or from the asking user itself (a
+//! user asking its own dtun). Not "the socket file's owner": in the package's layout
+//! (/run/dtun `root:dtun 1770`) any member of the group may create a socket file there, and
+//! would own it.
 
 use std::io::{Read, Write};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -19,9 +25,9 @@ pub enum QueryError {
     #[error("dtun {0} refused to answer: {1} needs root or the user dtun runs as{2} (try sudo)")]
     Refused(String, &'static str, &'static str),
     #[error(
-        "{path} is answered by uid {uid}, neither root nor the file's owner (uid {owner}): not believing it"
+        "{path} is answered by uid {uid}, which is neither root, nor the system user dtun, nor you: not believing it (remove the file if no dtun of yours runs there)"
     )]
-    Impostor { path: String, uid: u32, owner: u32 },
+    Impostor { path: String, uid: u32 },
     #[error("dtun {0}: {1}")]
     Failed(String, String),
     #[error("cannot ask dtun {0} over {1}: {2}")]
@@ -65,7 +71,8 @@ pub fn running() -> Vec<String> {
         return Vec::new();
     };
     let alive = |path: &Path| match std::os::unix::net::UnixStream::connect(path) {
-        Ok(_) => Some(true),
+        // A socket someone else answers for is not a dtun.
+        Ok(s) => Some(crate::sys::peer_uid(&s).is_ok_and(|uid| believed(uid, &dtun_uid()))),
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => None,
         Err(_) => Some(false),
     };
@@ -150,8 +157,8 @@ pub fn query_in(dir: &RunDir, instance: &str, request: &str) -> Result<String, Q
     Ok(reply)
 }
 
-/// Connects to the socket file at `path`, answered by root or the file's owner only: Ok(Err)
-/// when the file's mode keeps us out.
+/// Connects to the socket file at `path`, answered by a uid we believe only ([`believed`]):
+/// Ok(Err) when the file's mode keeps us out.
 fn connect(
     instance: &str,
     path: &Path,
@@ -182,19 +189,51 @@ fn connect(
         Err(e) => return Err(io(e)),
     };
     let uid = crate::sys::peer_uid(&s).map_err(io)?;
-    if uid != 0 && uid != meta.uid() {
+    if !believed(uid, &dtun_uid()) {
         return Err(QueryError::Impostor {
             path: path.display().to_string(),
             uid,
-            owner: meta.uid(),
         });
     }
     Ok(Ok(s))
 }
 
+/// Whether an answer from `uid` is believed (module header): root, the system user dtun
+/// (`dtun`, its uid if it has one), or ourselves.
+fn believed(uid: u32, dtun: &Option<u32>) -> bool {
+    uid == 0 || uid == crate::sys::euid() || *dtun == Some(uid)
+}
+
+/// The uid of the system user `dtun`, from /etc/passwd (system users live there, not in a
+/// directory service); `None` when there is none.
+fn dtun_uid() -> Option<u32> {
+    passwd_uid(&std::fs::read_to_string("/etc/passwd").ok()?, "dtun")
+}
+
+/// The uid of `user` in the text of an /etc/passwd (`name:password:uid:…` lines).
+fn passwd_uid(passwd: &str, user: &str) -> Option<u32> {
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        (fields.next()? == user).then_some(())?;
+        fields.nth(1)?.trim().parse().ok()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_dtun_user_is_found_in_passwd() {
+        let passwd = "root:x:0:0:root:/root:/bin/sh\n+dtunx:x:5:5::/:/bin/false\n\ndtun:x:998:998:dtun:/nonexistent:/usr/sbin/nologin\n";
+        assert_eq!(passwd_uid(passwd, "dtun"), Some(998));
+        assert_eq!(passwd_uid(passwd, "root"), Some(0));
+        assert_eq!(passwd_uid(passwd, "dtu"), None);
+        assert_eq!(passwd_uid("dtun:x:notanumber:1::/:", "dtun"), None);
+        assert!(believed(0, &None) && believed(998, &Some(998)));
+        assert!(believed(crate::sys::euid(), &None));
+        assert!(!believed(4242, &Some(998)) || crate::sys::euid() == 4242);
+    }
 
     #[test]
     fn replies_cannot_drive_the_terminal() {
