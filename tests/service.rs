@@ -121,7 +121,7 @@ fn units_ask_for_the_documented_setup() {
             ),
             ("Restart", "on-failure"),
             ("PartOf", "dtun.target"),
-            ("WantedBy", "multi-user.target dtun.target"),
+            ("WantedBy", "multi-user.target"),
             ("DeviceAllow", "/dev/net/tun rw"),
         ] {
             assert_eq!(values(text, key), [want], "{key}= in\n{text}");
