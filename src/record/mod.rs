@@ -442,6 +442,12 @@ impl Opener {
         self.failed_opens
     }
 
+    /// Takes back `n` counted failures: a receive path that counts one per datagram (a
+    /// spoofer's cost) rather than one per record in it (`crate::pump::Inbox`).
+    pub fn forgive_failed_opens(&mut self, n: u64) {
+        self.failed_opens = self.failed_opens.saturating_sub(n);
+    }
+
     /// The key saw as many failed authentications as its integrity limit allows: the session
     /// must get fresh keys (between dtun peers; docs/PROTOCOL.md for an original peer).
     pub fn integrity_limit_reached(&self) -> bool {

@@ -491,5 +491,20 @@ pub(super) enum SessionError {
     Firewall(#[from] crate::nft::NftError),
 }
 
+impl SessionError {
+    /// What the client is told (Close "setup failed"): the kind of failure only. The server's
+    /// log has the whole error; its text may name other clients (a fixed address held by
+    /// another id) or say how many there are.
+    pub(super) fn for_the_client(&self) -> String {
+        match self {
+            SessionError::Pool(_) => "no tunnel address is free for this id".into(),
+            SessionError::Tun(_) => "its TUN device could not be made".into(),
+            SessionError::Netlink(_) => "its device could not be configured".into(),
+            SessionError::Send(..) => "sending failed".into(),
+            SessionError::Firewall(_) => "the firewall could not take its device".into(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

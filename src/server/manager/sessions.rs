@@ -24,7 +24,7 @@ impl Manager {
                 Err(e) => {
                     // The client is told why (Close "setup failed", dtun clients only), not
                     // left waiting for an address message that never comes.
-                    let why: String = e.to_string().chars().take(200).collect();
+                    let why = e.for_the_client();
                     self.turn_away(addr, &est, CloseReason::SetupFailed, &why)
                         .await;
                     return Err(e);
