@@ -443,17 +443,7 @@ up() { i=0; while ! "$0" status sq9 >/dev/null 2>&1; do i=$((i+1)); [ $i -lt 200
 "$0" -key "$1" -port 4809 -instance sq9 >/dev/null 2>&1 &
 S=$!
 up || { echo "first start: not up"; kill -9 $S; exit 1; }
-setpriv --reuid 4242 --regid 4242 --clear-groups /usr/bin/python3 -c '
-import fcntl, sys, time
-try:
-    f = open(sys.argv[1], "rb")
-except OSError as e:
-    print("squatter: cannot open:", e, flush=True); sys.exit(0)
-print("squatter: waiting", flush=True)
-fcntl.flock(f, fcntl.LOCK_EX)
-print("squatter: took the lock", flush=True)
-time.sleep(30)
-' /run/dtun/$N.sq9.lock > squat.log 2>&1 &
+setpriv --reuid 4242 --regid 4242 --clear-groups /usr/bin/python3 "$2" /run/dtun/$N.sq9.lock 30 > squat.log 2>&1 &
 Q=$!
 i=0; while [ ! -s squat.log ] && [ $i -lt 200 ]; do i=$((i+1)); sleep 0.05; done
 kill -9 $S; wait $S
@@ -473,6 +463,7 @@ exit 0
             &format!("cd {} && {script}", dir.path().display()),
             DTUN,
             KEY,
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tools/squat.py"),
         ],
     );
     let out = stdout(&o);

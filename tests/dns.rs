@@ -266,17 +266,6 @@ fn a_stranger_cannot_squat_the_resolv_conf_lock() {
     wait_for(Duration::from_secs(10), "DNS set", || w.is_ours());
     let m = fs::metadata(w.etc.resolv()).unwrap();
     let lock = format!("/run/dtun/resolv.conf.{}-{}.lock", m.dev(), m.ino());
-    let script = r#"
-import fcntl, sys, time
-try:
-    f = open(sys.argv[1], "rb")
-except OSError as e:
-    print("squatter: cannot open:", e, flush=True); sys.exit(0)
-print("squatter: waiting", flush=True)
-fcntl.flock(f, fcntl.LOCK_EX)
-print("squatter: took the lock", flush=True)
-time.sleep(60)
-"#;
     let mut squatter = w.topo.client().spawn(
         "setpriv",
         &[
@@ -286,9 +275,9 @@ time.sleep(60)
             "4242",
             "--clear-groups",
             "/usr/bin/python3",
-            "-c",
-            script,
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tools/squat.py"),
             &lock,
+            "60",
         ],
         &[],
     );
