@@ -223,20 +223,9 @@ fn pushed_dns_resolves_and_is_restored() {
     host.assert_unchanged();
 }
 
-/// `kill -9` leaves dtun's resolv.conf in place; the next start restores it first, sets it
-/// again once the tunnel is up, and restores it at its clean exit.
-#[test]
-fn dns_left_by_kill_9_is_restored_on_next_start() {
-    let host = HostResolv::snapshot();
-    let w = World::new();
-    let _server = w.server(&["-dns", INET_IP]);
-    let mut first = w.client(&["-accept-dns"]);
-    wait_for(Duration::from_secs(10), "DNS set", || w.is_ours());
-    first.signal("KILL");
-    first.wait_exit(Duration::from_secs(5)).expect("killed");
-    assert!(w.is_ours(), "kill -9 cannot restore");
-    let mut second = w.client(&["-accept-dns"]);
-    w.route_inet_through_tunnel();
+/// The client started after one that was killed: it restores what the dead one left (once),
+/// sets DNS again, and at its clean exit restores the original byte for byte.
+fn second_client_restores(w: &World, mut second: Proc, host: &HostResolv) {
     assert_eq!(
         lines_with(&second.log(), &["did not exit cleanly", "restoring"]),
         1,
@@ -249,6 +238,23 @@ fn dns_left_by_kill_9_is_restored_on_next_start() {
     second.stop(Duration::from_secs(5));
     assert_eq!(w.etc.content(), ORIGINAL, "restored byte for byte");
     host.assert_unchanged();
+}
+
+/// `kill -9` leaves dtun's resolv.conf in place; the next start restores it first, sets it
+/// again once the tunnel is up, and restores it at its clean exit.
+#[test]
+fn dns_left_by_kill_9_is_restored_on_next_start() {
+    let host = HostResolv::snapshot();
+    let w = World::new();
+    let _server = w.server(&["-dns", INET_IP]);
+    let mut first = w.client(&["-accept-dns"]);
+    wait_for(Duration::from_secs(10), "DNS set", || w.is_ours());
+    first.signal("KILL");
+    first.wait_exit(Duration::from_secs(5)).expect("killed");
+    assert!(w.is_ours(), "kill -9 cannot restore");
+    let second = w.client(&["-accept-dns"]);
+    w.route_inet_through_tunnel();
+    second_client_restores(&w, second, &host);
 }
 
 /// The review's probe p8: after a `kill -9`, an unprivileged user (uid 4242) waits on the
@@ -289,25 +295,14 @@ fn a_stranger_cannot_squat_the_resolv_conf_lock() {
             squatter.log().contains("took")
         });
     }
-    let mut second = w.client(&["-accept-dns"]);
+    let second = w.client(&["-accept-dns"]);
     w.route_inet_through_tunnel();
     assert!(
         !squatter.log().contains("took the lock"),
         "uid 4242 holds dtun's lock: {}",
         squatter.log()
     );
-    assert_eq!(
-        lines_with(&second.log(), &["did not exit cleanly", "restoring"]),
-        1,
-        "{}",
-        second.log()
-    );
-    wait_for(Duration::from_secs(15), "getent after restart", || {
-        w.resolves()
-    });
-    second.stop(Duration::from_secs(5));
-    assert_eq!(w.etc.content(), ORIGINAL, "restored byte for byte");
-    host.assert_unchanged();
+    second_client_restores(&w, second, &host);
 }
 
 /// Without -accept-dns (and no -route all) a client never takes the server's DNS.

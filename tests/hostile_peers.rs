@@ -173,12 +173,9 @@ fn an_authenticated_client_cannot_stop_the_server_with_a_bad_header() {
     assert!(!server.log().contains("panicked"), "{}", server.log());
 }
 
-/// The other direction: a server (OpenSSL with the key) sends the review's packet to a dtun
-/// client. The client keeps its session: an echo request sent after it is answered. Before
-/// the fix the client's loop panicked and the client exited.
-#[test]
-fn an_authenticated_server_cannot_stop_the_client_with_a_bad_header() {
-    let topo = Topo::pair("hAr");
+/// An OpenSSL `s_server` with the key in the server namespace of `topo` (a server that says
+/// whatever the test writes to its stdin) and a dtun client whose handshake with it is done.
+fn openssl_server_and_client(topo: &Topo) -> (Proc, Proc) {
     let mut args = openssl_psk("s_server");
     let port = PORT.to_string();
     args.extend(["-nocert", "-psk_hint", "dtun", "-accept", &port]);
@@ -203,6 +200,16 @@ fn an_authenticated_server_cannot_stop_the_client_with_a_bad_header() {
         assert_running(&mut client, "dtun client");
         String::from_utf8_lossy(&ossl.stdout_bytes()).contains("CIPHER is")
     });
+    (ossl, client)
+}
+
+/// The other direction: a server (OpenSSL with the key) sends the review's packet to a dtun
+/// client. The client keeps its session: an echo request sent after it is answered. Before
+/// the fix the client's loop panicked and the client exited.
+#[test]
+fn an_authenticated_server_cannot_stop_the_client_with_a_bad_header() {
+    let topo = Topo::pair("hAr");
+    let (mut ossl, mut client) = openssl_server_and_client(&topo);
     let (me, them) = (Ipv4Addr::new(10, 86, 0, 1), Ipv4Addr::new(10, 86, 0, 2));
     ossl.write_stdin(&[them.octets(), me.octets()].concat());
     client.wait_log(dtun::client::LOG_TUNNEL_UP, UP);
@@ -558,30 +565,7 @@ fn a_client_out_of_sequence_numbers_closes_and_reconnects() {
 #[test]
 fn a_hostile_server_cannot_take_a_host_of_the_clients_lan() {
     let topo = Topo::pair("hLan");
-    let mut args = openssl_psk("s_server");
-    let port = PORT.to_string();
-    args.extend(["-nocert", "-psk_hint", "dtun", "-accept", &port]);
-    let mut ossl = topo
-        .server
-        .command("openssl")
-        .args(&args)
-        .stdin_piped()
-        .stdout_apart()
-        .spawn();
-    wait_for(UP, "s_server listening", || {
-        assert_running(&mut ossl, "openssl s_server");
-        topo.server.udp_listening(PORT)
-    });
-    let mut client = topo.client().spawn(
-        DTUN,
-        &["-host", "172.31.250.1", "-port", &port, "-key", "foo", "-v"],
-        &[],
-    );
-    wait_for(UP, "handshake at s_server", || {
-        assert_running(&mut ossl, "openssl s_server");
-        assert_running(&mut client, "dtun client");
-        String::from_utf8_lossy(&ossl.stdout_bytes()).contains("CIPHER is")
-    });
+    let (mut ossl, mut client) = openssl_server_and_client(&topo);
     let (me, lan_host) = (Ipv4Addr::new(10, 86, 0, 2), Ipv4Addr::new(172, 31, 250, 53));
     ossl.write_stdin(&[me.octets(), lan_host.octets()].concat());
     wait_for(UP, "the client's verdict", || {
