@@ -10,12 +10,13 @@
 
 use std::net::Ipv4Addr;
 
-use dtun::authz::source_allowed;
-use dtun::consts::RECORD_HEADER_LEN;
-use dtun::mss;
-use dtun::proto::{AddressMessage, Control, Peernet};
-use dtun::pump::{Counters, accept_packet};
-use dtun::record::{DropReason, Opener, Suite, parse_header, record_at, records};
+use dtun_proto::authz::source_allowed;
+use dtun_proto::consts::RECORD_HEADER_LEN;
+use dtun_proto::inbound::Counters;
+use dtun_proto::inbound::accept_packet;
+use dtun_proto::mss;
+use dtun_proto::proto::{AddressMessage, Control, Peernet};
+use dtun_proto::record::{DropReason, Opener, Suite, parse_header, record_at, records};
 use ipnet::IpNet;
 
 /// Keys of the `record_open` target; the seeds in `corpus/record_open/seed-*` are sealed with
@@ -146,14 +147,14 @@ pub fn proto(data: &[u8]) {
         assert!(Control::is_control(data));
         // A Dns message holds 1 to MAX_DNS_SERVERS servers and is exactly its own bytes.
         if let Control::Dns(servers) = &c {
-            assert!((1..=dtun::proto::MAX_DNS_SERVERS).contains(&servers.len()));
+            assert!((1..=dtun_proto::proto::MAX_DNS_SERVERS).contains(&servers.len()));
             assert_eq!(c.to_bytes(), data);
         }
         // An Addr6 message is exactly its bytes, and its sanity check (which the client runs
         // before touching its TUN) never panics; what passes it is unicast and distinct.
         // A Lans message holds 1 to MAX_LANS networks without host bits: exactly its bytes.
         if let Control::Lans(lans) = &c {
-            assert!((1..=dtun::proto::MAX_LANS).contains(&lans.len()));
+            assert!((1..=dtun_proto::proto::MAX_LANS).contains(&lans.len()));
             assert!(lans.iter().all(|n| n.trunc() == *n));
             assert_eq!(c.to_bytes(), data);
         }
@@ -175,7 +176,7 @@ pub fn proto(data: &[u8]) {
 }
 
 /// What dtun does with an authenticated packet before the TUN, and with a TUN packet before
-/// sealing: `authz::source_allowed` reads its source address, `pump::accept_packet` its
+/// sealing: `authz::source_allowed` reads its source address, `inbound::accept_packet` its
 /// version, and `mss::clamp` its IPv4 or IPv6 and TCP headers. An allowed source is always a
 /// whole enough IPv4 or IPv6 header, an IP packet is what the pump accepts, and the clamp
 /// never panics, changes at most the MSS option and the checksum (4 bytes), and is idempotent.
@@ -246,8 +247,8 @@ pub fn client_hello(random: [u8; 32], cookie: &[u8], msg_seq: u16, rec_seq: u8) 
 /// and no state is kept for it; the table never exceeds its caps; a reply is never larger than
 /// our own flight.
 pub fn admission(data: &[u8]) -> usize {
-    use dtun::handshake::parse_client_hello;
-    use dtun::server::admission::{Admission, Outcome, is_session_record};
+    use dtun_proto::admission::{Admission, Outcome, is_session_record};
+    use dtun_proto::handshake::parse_client_hello;
     use std::net::SocketAddr;
     use std::time::{Duration, Instant};
 

@@ -49,11 +49,11 @@ if [[ ! -c /dev/net/tun ]]; then
     exit 1
 fi
 
-echo "== cargo fmt --check"
-cargo fmt --check
-echo "== cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets --quiet -- -D warnings
-echo "== cargo test --all-targets"
-cargo test --all-targets
+echo "== cargo fmt --all --check"
+cargo fmt --all --check
+echo "== cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+echo "== cargo test --workspace --all-targets"
+cargo test --workspace --all-targets
 echo "== scripts/package.sh (Debian package: cargo-deb, dpkg-deb -c, lintian)"
 scripts/package.sh

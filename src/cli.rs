@@ -123,17 +123,17 @@ pub struct Cli {
     #[arg(long = "key-file", value_name = "PATH")]
     pub key_file: Option<PathBuf>,
     /// UDP port
-    #[arg(long, default_value_t = crate::consts::DEFAULT_PORT)]
+    #[arg(long, default_value_t = dtun_proto::consts::DEFAULT_PORT)]
     pub port: u16,
     /// Server: listen on this IP only (default: every IPv4 and IPv6 address)
     #[arg(long)]
     pub listen: Option<IpAddr>,
     /// Client: PSK identity the server knows us by. Server: identity hint it sends
-    #[arg(long, default_value = crate::consts::DEFAULT_ID)]
+    #[arg(long, default_value = dtun_proto::consts::DEFAULT_ID)]
     pub id: String,
     /// Client: the LAN behind this client that the server should route to it, or `empty`;
     /// several CIDRs (both families) separated by commas go to a dtun server
-    #[arg(long, default_value = crate::consts::PEERNET_EMPTY)]
+    #[arg(long, default_value = dtun_proto::consts::PEERNET_EMPTY)]
     pub peernet: String,
     /// Script run once a tunnel is up, with TUN, PEER_IP and LOCAL_IP set, and LOCAL_IP6 and
     /// PEER_IP6 when it carries IPv6 (server: per device)
@@ -159,7 +159,7 @@ pub struct Cli {
     #[arg(long, value_parser = clap::value_parser!(u16).range(576..=1500))]
     pub mtu: Option<u16>,
     /// TUN device name; %d is replaced by the kernel with a free number
-    #[arg(long, default_value = crate::consts::DEFAULT_TUN_NAME)]
+    #[arg(long, default_value = dtun_proto::consts::DEFAULT_TUN_NAME)]
     pub name: String,
     /// Server: per-client credentials, one per line: `ID key=KEY [addr=IP] [addr6=IPV6] [lans=CIDR,...]`
     #[arg(long, value_name = "FILE")]
@@ -171,15 +171,15 @@ pub struct Cli {
     #[arg(long = "allow-unlisted")]
     pub allow_unlisted: bool,
     /// Server: tunnel address pool
-    #[arg(long, default_value = crate::consts::DEFAULT_POOL, value_parser = parse_pool)]
+    #[arg(long, default_value = dtun_proto::consts::DEFAULT_POOL, value_parser = parse_pool)]
     pub pool: Ipv4Net,
     /// Server: IPv6 tunnel addresses for dtun clients: a prefix (each id gets a pair derived
     /// from it), or `off`
-    #[arg(long, value_name = "PREFIX|off", default_value = crate::pool6::DEFAULT_POOL6)]
+    #[arg(long, value_name = "PREFIX|off", default_value = dtun_proto::pool6::DEFAULT_POOL6)]
     pub pool6: String,
     /// Server: at most this many devices (lingering ones included); beyond it, ids not listed
     /// in -clients are refused (listed ids always get in)
-    #[arg(long = "max-clients", value_name = "N", default_value_t = crate::consts::DEFAULT_MAX_CLIENTS)]
+    #[arg(long = "max-clients", value_name = "N", default_value_t = dtun_proto::consts::DEFAULT_MAX_CLIENTS)]
     pub max_clients: usize,
     /// Server: how long an id's device is kept after its session ended (e.g. 90s, 5m)
     #[arg(long, value_parser = parse_duration, default_value = "120s")]
@@ -215,7 +215,7 @@ pub struct Cli {
         long = "accept-pool",
         value_name = "CIDR[,CIDR...]",
         value_delimiter = ',',
-        value_parser = crate::cidr::parse
+        value_parser = dtun_proto::cidr::parse
     )]
     pub accept_pool: Vec<ipnet::IpNet>,
     /// Server: masquerade what clients send out of the server's other interfaces and turn on
@@ -254,9 +254,9 @@ pub struct Cli {
     pub check: bool,
 }
 
-/// Parses `-pool`: an IPv4 prefix, checked as every CIDR is (`crate::cidr`).
+/// Parses `-pool`: an IPv4 prefix, checked as every CIDR is (`dtun_proto::cidr`).
 pub fn parse_pool(s: &str) -> Result<Ipv4Net, String> {
-    match crate::cidr::parse_lan(s).and_then(|_| crate::cidr::parse(s))? {
+    match dtun_proto::cidr::parse_lan(s).and_then(|_| dtun_proto::cidr::parse(s))? {
         ipnet::IpNet::V4(net) => Ok(net),
         ipnet::IpNet::V6(_) => Err(format!(
             "{s:?} is IPv6: -pool is the IPv4 pool (IPv6 pairs come from -pool6)"

@@ -1,6 +1,6 @@
 //! The client's DTLS 1.2 handshake, done by the webrtc-rs `dtls` crate over datagrams that we
 //! route to it ourselves; afterwards only its key material is used (our `record` layer takes
-//! over). The server's side is our own (`crate::handshake`), so that admission under a flood
+//! over). The server's side is our own (`dtun_proto::handshake`), so that admission under a flood
 //! is ours from the first byte.
 //!
 //! The crate reads from a [`ChannelConn`]: the client loop pushes each datagram of the server
@@ -18,12 +18,12 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use webrtc_util::conn::Conn;
 
-use crate::consts::{
+use dtun_proto::consts::{
     CONTENT_CHANGE_CIPHER_SPEC, CONTENT_HANDSHAKE, FLIGHT_INTERVAL, HANDSHAKE_TIMEOUT,
     RECORD_HEADER_LEN,
 };
-use crate::kdf::{KeyBlock, RANDOM_LEN, key_block};
-use crate::record::{self, Suite};
+use dtun_proto::kdf::{KeyBlock, RANDOM_LEN, key_block};
+use dtun_proto::record::{self, Suite};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HandshakeError {
@@ -200,7 +200,7 @@ impl Conn for ChannelConn {
         match r {
             // Dropped locally (firewall, full queue): lost like any datagram; the crate's
             // retransmission deals with it.
-            Err(e) if crate::pump::is_lost_datagram(&e) => Ok(buf.len()),
+            Err(e) if dtun_linux::udp::is_lost_datagram(&e) => Ok(buf.len()),
             r => r.map_err(webrtc_util::Error::from),
         }
     }
@@ -302,7 +302,7 @@ async fn run_handshake(
     };
     let (local, remote) = (random(&kl.local_random)?, random(&kl.remote_random)?);
     let (client_random, server_random) = (local, remote);
-    if kl.master_secret.len() != crate::kdf::MASTER_SECRET_LEN {
+    if kl.master_secret.len() != dtun_proto::kdf::MASTER_SECRET_LEN {
         return Err(HandshakeError::KeyMaterial("master secret is not 48 bytes"));
     }
     let keys = key_block(&kl.master_secret, &client_random, &server_random);
@@ -318,7 +318,7 @@ async fn run_handshake(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::handshake::{ServerHandshake, parse_client_hello, tests::client_hello};
+    use dtun_proto::handshake::{ServerHandshake, parse_client_hello, testing::client_hello};
 
     /// A datagram with a ServerHello choosing `suite` (our server's flight).
     fn server_hello(suite: Suite) -> Vec<u8> {

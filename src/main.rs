@@ -99,7 +99,7 @@ fn outln(text: impl std::fmt::Display) -> anyhow::Result<()> {
 /// Runs a subcommand (src/cli/commands.rs).
 fn run_command(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Genkey => outln(dtun::keys::genkey()?),
+        Command::Genkey => outln(dtun_proto::keys::genkey()?),
         Command::Key(KeyCommand::Derive(args)) => key_derive(&args),
         Command::Status(args) => status(&args),
         Command::Reload(args) => reload(&args),
@@ -132,7 +132,7 @@ fn key_derive(args: &DeriveArgs) -> anyhow::Result<()> {
         ),
     };
     dtun::config::check_master_key(&master, &source)?;
-    outln(dtun::keys::derive(&master, args.id.as_bytes()))
+    outln(dtun_proto::keys::derive(&master, args.id.as_bytes()))
 }
 
 /// `dtun client add NAME`: the client goes into the server's config file
@@ -248,8 +248,8 @@ fn down() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let done = rt.block_on(dtun::routes::down()).map_err(|e| match e {
-        dtun::routes::RoutesError::Busy { holder } => anyhow::anyhow!(
+    let done = rt.block_on(dtun_linux::routes::down()).map_err(|e| match e {
+        dtun_linux::routes::RoutesError::Busy { holder } => anyhow::anyhow!(
             "a live dtun owns the routing of this network namespace ({holder}): stop it, and it removes its routes and kill switch itself"
         ),
         e => e.into(),
@@ -294,7 +294,7 @@ fn run(
         match loaded.cli.host.clone() {
             Some(host) => {
                 let cfg = loaded.client_config(&host)?;
-                dtun::ops::privilege::check()?;
+                dtun_linux::privilege::check()?;
                 let control = dtun::ops::control::bind(&cfg.instance)?;
                 dtun::ops::reload::client_sighup().context("cannot handle SIGHUP")?;
                 let board = std::sync::Arc::new(dtun::ops::ClientBoard::new(
@@ -317,7 +317,7 @@ fn run(
             }
             None => {
                 let cfg = loaded.server_config()?;
-                dtun::ops::privilege::check()?;
+                dtun_linux::privilege::check()?;
                 let control = dtun::ops::control::bind(&cfg.instance)?;
                 let (reload, reloads) = dtun::ops::reload::ReloadHandle::new(argv, &cfg);
                 dtun::ops::reload::on_sighup(reload.clone()).context("cannot handle SIGHUP")?;

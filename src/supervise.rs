@@ -111,7 +111,7 @@ pub fn fault_point(site: Site, packet: &[u8]) {
 /// with the test-only feature `fault-injection`, `DTUN_TEST_FIRST_SEQUENCE` if set, so a test
 /// can start a session near the end of the sequence space.
 ///
-/// [`FIRST_APP_SEQUENCE`]: crate::consts::FIRST_APP_SEQUENCE
+/// [`FIRST_APP_SEQUENCE`]: dtun_proto::consts::FIRST_APP_SEQUENCE
 pub fn first_app_sequence() -> u64 {
     #[cfg(feature = "fault-injection")]
     if let Some(seq) = std::env::var("DTUN_TEST_FIRST_SEQUENCE")
@@ -120,7 +120,7 @@ pub fn first_app_sequence() -> u64 {
     {
         return seq;
     }
-    crate::consts::FIRST_APP_SEQUENCE
+    dtun_proto::consts::FIRST_APP_SEQUENCE
 }
 
 /// Without the test-only feature: nothing.

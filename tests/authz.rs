@@ -322,7 +322,7 @@ fn a_later_clients_underlay_inside_an_earlier_lan_still_connects() {
         topo.server.ping_ok("10.77.5.1", 2),
         "mallory's LAN lost when the victim came"
     );
-    let rule = format!("lookup {}", dtun::routes::LAN_TABLE);
+    let rule = format!("lookup {}", dtun_linux::routes::LAN_TABLE);
     assert!(topo.server.ip(&["rule"]).contains(&rule));
     victim.stop(Duration::from_secs(5));
     mallory.stop(Duration::from_secs(5));

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
-use dtun::dns::{LOG_DNS_IGNORED, LOG_DNS_PUSHED, LOG_DNS_RESTORED, LOG_DNS_SET, MARKER};
+use dtun_linux::dns::{LOG_DNS_IGNORED, LOG_DNS_PUSHED, LOG_DNS_RESTORED, LOG_DNS_SET, MARKER};
 
 const KEY: &str = "dns-test-key";
 const INET_IP: &str = "203.0.113.10";
@@ -405,7 +405,7 @@ fn a_pushed_server_on_the_clients_lan_is_not_routed() {
     });
     let route = w.topo.client().ip(&["route", "get", "172.31.250.53"]);
     assert!(route.contains("dev eth0"), "{route}");
-    assert!(!client.log().contains(dtun::dns::LOG_DNS_ROUTED));
+    assert!(!client.log().contains(dtun_linux::dns::LOG_DNS_ROUTED));
 }
 
 /// Review finding 7 of issue 19: a second client in the same namespace (same resolv.conf)

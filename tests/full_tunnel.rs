@@ -34,7 +34,11 @@ fn route_all_sends_everything_through_the_tunnel() {
     );
     client.stop(Duration::from_secs(10));
     let log = client.log();
-    assert_eq!(lines_with(&log, &[dtun::routes::LOG_REMOVED]), 1, "{log}");
+    assert_eq!(
+        lines_with(&log, &[dtun_linux::routes::LOG_REMOVED]),
+        1,
+        "{log}"
+    );
     assert_eq!(net.leftovers(), "", "left behind");
     assert_eq!(net.client.ip(&["route"]), routes_before);
     assert_eq!(net.client.ip(&["rule"]), rules_before);
@@ -109,7 +113,7 @@ fn exclude_keeps_prefixes_on_the_old_path() {
         ]),
     );
     let tun = wait_tun(&net);
-    let (installed, install_ms) = millis(&client.log(), dtun::routes::LOG_INSTALLED);
+    let (installed, install_ms) = millis(&client.log(), dtun_linux::routes::LOG_INSTALLED);
     assert!(installed >= 10_001, "{installed} routes installed");
     let table = net.client.ip(&["route", "show", "table", TABLE]);
     assert!(
@@ -124,7 +128,7 @@ fn exclude_keeps_prefixes_on_the_old_path() {
     ping_through(&net, &tun, INET, true);
     assert_eq!(net.route_dev(LAN), "lan0");
     client.stop(Duration::from_secs(20));
-    let (removed, remove_ms) = millis(&client.log(), dtun::routes::LOG_REMOVED);
+    let (removed, remove_ms) = millis(&client.log(), dtun_linux::routes::LOG_REMOVED);
     println!(
         "10 000 excluded prefixes: installed {installed} routes in {install_ms} ms, removed {removed} routes and rules in {remove_ms} ms"
     );
@@ -158,7 +162,7 @@ fn route_all_blocks_ipv6_unless_told_otherwise() {
     let mut client = start_client(&net.client, &net.client_args(&["-route", "all"]));
     wait_tun(&net);
     assert_eq!(
-        lines_with(&client.log(), &[dtun::routes::LOG_IPV6_BLOCKED]),
+        lines_with(&client.log(), &[dtun_linux::routes::LOG_IPV6_BLOCKED]),
         1
     );
     let out = ping6();
@@ -184,7 +188,7 @@ fn route_all_blocks_ipv6_unless_told_otherwise() {
     wait_tun(&net);
     assert!(ping6().status.success(), "-allow-ipv6-leak");
     assert_eq!(
-        lines_with(&client.log(), &[dtun::routes::LOG_IPV6_BLOCKED]),
+        lines_with(&client.log(), &[dtun_linux::routes::LOG_IPV6_BLOCKED]),
         0
     );
     client.stop(Duration::from_secs(10));
@@ -385,7 +389,11 @@ fn routes_stay_across_a_reconnect_to_another_server_address() {
     assert!(table.contains("throw 10.77.0.2 "), "{table}");
     assert!(!table.contains("10.77.0.1"), "{table}");
     let log = client.log();
-    assert_eq!(lines_with(&log, &[dtun::routes::LOG_INSTALLED]), 1, "{log}");
+    assert_eq!(
+        lines_with(&log, &[dtun_linux::routes::LOG_INSTALLED]),
+        1,
+        "{log}"
+    );
     let rules = net.client.ip(&["rule"]);
     assert_eq!(lines_with(&rules, &["25717:"]), 1, "{rules}");
     client.stop(Duration::from_secs(10));

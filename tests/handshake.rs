@@ -1,4 +1,4 @@
-//! Our server handshake (`dtun::handshake`, `dtun::server::admission`) against the DTLS crate's
+//! Our server handshake (`dtun_proto::handshake`, `dtun_proto::admission`) against the DTLS crate's
 //! client (what a dtun client runs), over two UDP sockets on loopback: both suites complete
 //! with the same keys on both sides; a wrong key and an unknown identity fail alike, with the
 //! same alert on the wire (RFC 4279 §2: ids cannot be enumerated).
@@ -8,15 +8,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dtun::dtls::{self, ChannelConn, Role};
-use dtun::record::Suite;
-use dtun::server::admission::{Admission, Outcome};
+use dtun_proto::admission::{Admission, Outcome};
+use dtun_proto::record::Suite;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 /// What the server side saw: the keys of a completed handshake, or the failure and the bytes
 /// of the alert it sent.
 enum Seen {
-    Done(Box<dtun::handshake::Completed>),
+    Done(Box<dtun_proto::handshake::Completed>),
     Failed(String, Vec<u8>),
 }
 

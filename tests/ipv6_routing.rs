@@ -20,7 +20,7 @@ fn route_all_sends_ipv6_through_the_tunnel() {
     inet.ip(&["-6", "route", "add", "default", "via", "2001:db8:113::1"]);
     let _server = start_server(&topo.server, 443, &["-key", KEY]);
     let mut c = client(&topo, &["-route", "all"]);
-    c.wait_log(dtun::routes::LOG_IPV6_ROUTED, UP);
+    c.wait_log(dtun_linux::routes::LOG_IPV6_ROUTED, UP);
     let dev = only_tun(topo.client());
     let table = topo.client().ip(&["-6", "route", "show", "table", "25716"]);
     assert!(
@@ -58,7 +58,7 @@ fn nat66_forwarding_and_accept_ra_restored_even_after_kill_9() {
     assert_eq!(sysctl(&topo.server, "net.ipv6.conf.all.forwarding"), "1");
     assert_eq!(sysctl(&topo.server, "net.ipv6.conf.wan.accept_ra"), "2");
     let mut c = client(&topo, &["-route", "all"]);
-    c.wait_log(dtun::routes::LOG_IPV6_ROUTED, UP);
+    c.wait_log(dtun_linux::routes::LOG_IPV6_ROUTED, UP);
     wait_for(
         Duration::from_secs(10),
         "ping6 masqueraded to the inet host",
@@ -117,7 +117,7 @@ fn full_tunnel_over_an_ipv6_underlay_keeps_its_own_path() {
             "all",
         ],
     );
-    c.wait_log(dtun::routes::LOG_IPV6_ROUTED, UP);
+    c.wait_log(dtun_linux::routes::LOG_IPV6_ROUTED, UP);
     let dev = only_tun(topo.client());
     let (_, peer4) = wait_p2p(topo.client(), &dev);
     let (_, peer6) = wait_p2p6(topo.client(), &dev);

@@ -157,7 +157,7 @@ fn the_kill_switch_survives_kill_9_until_a_restart_or_dtun_down() {
     let pid = client.pid().to_string();
     let tun = wait_tun(&net);
     assert_eq!(
-        lines_with(&client.log(), &[dtun::routes::LOG_KILL_SWITCH_KEPT]),
+        lines_with(&client.log(), &[dtun_linux::routes::LOG_KILL_SWITCH_KEPT]),
         1,
         "{}",
         client.log()
@@ -176,7 +176,7 @@ fn the_kill_switch_survives_kill_9_until_a_restart_or_dtun_down() {
     let tun = wait_tun(&net);
     let log = client.log();
     assert_eq!(
-        lines_with(&log, &[dtun::routes::LOG_LAST_ADDRESS, SERVER]),
+        lines_with(&log, &[dtun_linux::routes::LOG_LAST_ADDRESS, SERVER]),
         1,
         "{log}"
     );

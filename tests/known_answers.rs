@@ -2,9 +2,9 @@
 //! 2.2.6 clients), captured on the wire: `tests/data/captures/` (see its README.md).
 //!
 //! Given only the key `foo`, each test rebuilds the handshake transcript from the capture,
-//! derives the keys with `dtun::kdf` (PSK premaster, RFC 7627 extended master secret, RFC 5246
+//! derives the keys with `dtun_proto::kdf` (PSK premaster, RFC 7627 extended master secret, RFC 5246
 //! key expansion), checks both Finished messages, opens every epoch-1 record with
-//! `dtun::record`, seals the plaintexts back into the captured bytes, and checks that tampered,
+//! `dtun_proto::record`, seals the plaintexts back into the captured bytes, and checks that tampered,
 //! replayed and wrong-key records are dropped.
 
 #[path = "kat/pcap.rs"]
@@ -13,15 +13,15 @@ mod pcap;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use dtun::consts::{
+use dtun_proto::consts::{
     CONTENT_APPLICATION_DATA, CONTENT_CHANGE_CIPHER_SPEC, CONTENT_HANDSHAKE, EXPLICIT_NONCE_LEN,
     PAYLOAD_OFFSET, RECORD_HEADER_LEN,
 };
-use dtun::kdf::{
+use dtun_proto::kdf::{
     KeyBlock, MASTER_SECRET_LEN, RANDOM_LEN, extended_master_secret, key_block, prf_sha256,
     psk_premaster,
 };
-use dtun::record::{DropReason, Opener, Sealer, Suite, parse_header, records, session_pair};
+use dtun_proto::record::{DropReason, Opener, Sealer, Suite, parse_header, records, session_pair};
 use ring::digest::{SHA256, digest};
 
 const KEY: &[u8] = b"foo";

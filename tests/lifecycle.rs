@@ -69,7 +69,7 @@ fn assert_server_ns_clean(server_ns: &Netns) {
 fn assert_no_lan_rule(server_ns: &Netns) {
     let rules = server_ns.ip(&["rule"]) + &server_ns.ip(&["-6", "rule"]);
     assert!(
-        !rules.contains(&format!("lookup {}", dtun::routes::LAN_TABLE)),
+        !rules.contains(&format!("lookup {}", dtun_linux::routes::LAN_TABLE)),
         "the LAN table's rule left in the server namespace:\n{rules}"
     );
 }

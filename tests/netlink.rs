@@ -1,4 +1,4 @@
-//! Drives `dtun::netlink` against the real kernel, each test inside a network namespace of its
+//! Drives `dtun_linux::netlink` against the real kernel, each test inside a network namespace of its
 //! own so the host's links, addresses and routes are never touched.
 //!
 //! ```text
@@ -16,7 +16,7 @@
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
 
-use dtun::netlink::Netlink;
+use dtun_linux::netlink::Netlink;
 use futures::TryStreamExt;
 use ipnet::IpNet;
 use nix::sched::{CloneFlags, unshare};
@@ -192,7 +192,7 @@ fn without_cap_net_admin_the_message_says_what_to_do() {
             err.to_string(),
             format!(
                 "failed to set MTU 1400 and bring up {name}: dtun needs CAP_NET_ADMIN: {}",
-                dtun::ops::privilege::GRANT_NET_ADMIN
+                dtun_linux::privilege::GRANT_NET_ADMIN
             )
         );
         let err = nl

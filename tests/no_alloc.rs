@@ -12,17 +12,18 @@
 //! Left out, because they are other crates' code: the TUN read and split (tun-rs
 //! `recv_multiple`) and the coalesced TUN write (tun-rs `send_multiple`). Needs root.
 
+use dtun_proto::inbound;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use dtun::consts::{CONTENT_APPLICATION_DATA, PAYLOAD_OFFSET};
-use dtun::kdf::KeyBlock;
-use dtun::pump::{self, Counters, Inbound, Inbox};
-use dtun::record::{Suite, session_pair};
-use dtun::tun::TunWriter;
-use dtun::udp::{Batcher, Receiver, Udp};
+use dtun_linux::tun::TunWriter;
+use dtun_linux::udp::{Batcher, Receiver, Udp};
+use dtun_proto::consts::{CONTENT_APPLICATION_DATA, PAYLOAD_OFFSET};
+use dtun_proto::inbound::{Counters, Inbound, Inbox};
+use dtun_proto::kdf::KeyBlock;
+use dtun_proto::record::{Suite, session_pair};
 use nix::sched::{CloneFlags, unshare};
 
 struct Counting;
@@ -100,7 +101,7 @@ async fn rounds(
     for _ in 0..batches {
         for (i, slot) in state.slots[..per_batch].iter_mut().enumerate() {
             fill_packet(&mut slot[PAYLOAD_OFFSET..], mtu, i);
-            dtun::mss::clamp(&mut slot[PAYLOAD_OFFSET..PAYLOAD_OFFSET + mtu], 1395, 1375);
+            dtun_proto::mss::clamp(&mut slot[PAYLOAD_OFFSET..PAYLOAD_OFFSET + mtu], 1395, 1375);
             state.sizes[i] = mtu;
         }
         state
@@ -129,8 +130,8 @@ async fn rounds(
                     got += 1;
                     if let Inbound::Data(r) = record {
                         let packet = &mut buf[r.clone()];
-                        if pump::accept_packet(&state.counters, packet) {
-                            dtun::mss::clamp(packet, 1395, 1375);
+                        if inbound::accept_packet(&state.counters, packet) {
+                            dtun_proto::mss::clamp(packet, 1395, 1375);
                             assert!(!state.writer.push(packet), "batch of 40 fills no writer");
                             delivered += 1;
                         }
@@ -149,8 +150,8 @@ struct State {
     sizes: Vec<usize>,
     records: Vec<usize>,
     inbox: Inbox,
-    sealer: dtun::record::Sealer,
-    opener: dtun::record::Opener,
+    sealer: dtun_proto::record::Sealer,
+    opener: dtun_proto::record::Opener,
     batcher: Batcher,
     rx: Receiver,
     writer: TunWriter,
@@ -167,7 +168,7 @@ fn the_data_path_allocates_nothing_per_packet() {
             .expect("runtime");
         rt.block_on(async {
             // lo comes up with its addresses once set up: a fresh namespace has it down.
-            let nl = dtun::netlink::Netlink::new().expect("netlink");
+            let nl = dtun_linux::netlink::Netlink::new().expect("netlink");
             let lo = nl.link_index("lo").await.expect("lo");
             nl.set_link_up(lo, 65536).await.expect("lo up");
             for suite in [Suite::Aes128Gcm, Suite::Aes128Ccm8] {

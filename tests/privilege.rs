@@ -230,7 +230,7 @@ fn unprivileged_server_and_client_with_only_cap_net_admin() {
     wait_for(UP, "the DNS warning", || {
         client
             .log()
-            .contains(dtun::ops::privilege::GRANT_RESOLV_CONF)
+            .contains(dtun_linux::privilege::GRANT_RESOLV_CONF)
     });
     let resolv = fs::read_to_string(_resolv.0.join("resolv.conf")).unwrap();
     assert_eq!(resolv, "nameserver 192.0.2.1\n");
@@ -263,7 +263,7 @@ fn missing_capabilities_are_named_with_how_to_grant_them() {
         "--ambient-caps=-all",
         "--bounding-set=-all",
     ];
-    let grant = dtun::ops::privilege::GRANT_NET_ADMIN;
+    let grant = dtun_linux::privilege::GRANT_NET_ADMIN;
     // Server and client without CAP_NET_ADMIN: refused at once, nothing bound or made.
     let (_, err) = run_as(s, &none, &["-key", KEY, "-port", "4750"]);
     assert!(
@@ -289,7 +289,7 @@ fn missing_capabilities_are_named_with_how_to_grant_them() {
     let (_, err) = run_as(s, AS_UNIT, &["-key", KEY, "-port", "443"]);
     assert!(
         err.contains("needs CAP_NET_BIND_SERVICE")
-            && err.contains(dtun::ops::privilege::GRANT_NET_BIND_SERVICE),
+            && err.contains(dtun_linux::privilege::GRANT_NET_BIND_SERVICE),
         "{err}"
     );
     // With it too, as dtun-server.service grants, it does.

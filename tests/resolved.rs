@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use dtun::dns::{BUS_NAME, LOG_DNS_RESTORED, LOG_DNS_SET, MARKER, ROUTE_ALL_DOMAIN};
+use dtun_linux::dns::{BUS_NAME, LOG_DNS_RESTORED, LOG_DNS_SET, MARKER, ROUTE_ALL_DOMAIN};
 use futures::StreamExt;
 
 const KEY: &str = "resolved-test-key-0123456789";

@@ -356,7 +356,7 @@ impl Notify {
     /// with no server says it is reconnecting only when its first handshake has timed out
     /// (HANDSHAKE_TIMEOUT, 20 s, as long as UP): so this waits for both.
     fn wait_prefix(&mut self, prefix: &str, p: &mut Proc) -> String {
-        let deadline = Instant::now() + dtun::consts::HANDSHAKE_TIMEOUT + UP;
+        let deadline = Instant::now() + dtun_proto::consts::HANDSHAKE_TIMEOUT + UP;
         loop {
             self.drain();
             if let Some(l) = self

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use common::ipv6::{KEY, LOG_IPV6_UP, wait_p2p6};
 use common::{Proc, Topo, UP, lines_with, only_tun, start_client, start_server, wait_for};
-use dtun::proto::{Addr6, AddressMessage, CONTROL_VERSION, Control, HelloFlags};
+use dtun_proto::proto::{Addr6, AddressMessage, CONTROL_VERSION, Control, HelloFlags};
 
 const RELAY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tools/relay.py");
 
@@ -104,7 +104,7 @@ fn a_lost_addr6_and_dns_are_asked_for_again() {
     c.wait_log(LOG_IPV6_UP, UP);
     let log = c.log();
     assert_eq!(
-        lines_with(&log, &[dtun::dns::LOG_DNS_IGNORED, "2001:db8::53"]),
+        lines_with(&log, &[dtun_linux::dns::LOG_DNS_IGNORED, "2001:db8::53"]),
         1,
         "the pushed DNS servers never came:\n{log}"
     );

@@ -122,7 +122,7 @@ fn server_status_shows_clients_and_a_lingering_device() {
         ])
     );
     assert_eq!(a["id"], "alpha");
-    assert_eq!(v["pool6"], dtun::pool6::DEFAULT_POOL6);
+    assert_eq!(v["pool6"], dtun_proto::pool6::DEFAULT_POOL6);
     let peer6 = a["peer_ip6"].as_str().expect("an IPv6 pair");
     assert!(peer6.starts_with("fd64:7475:6e00:"), "{a}");
     assert!(a["local_ip6"].is_string(), "{a}");

@@ -8,12 +8,12 @@ mod checks;
 use std::fs;
 use std::path::Path;
 
-use dtun::consts::{
+use dtun_proto::consts::{
     ALERT_CLOSE_NOTIFY, ALERT_LEVEL_WARNING, CONTENT_ALERT, CONTENT_APPLICATION_DATA,
     CONTENT_HANDSHAKE, FIRST_APP_SEQUENCE, PAYLOAD_OFFSET,
 };
-use dtun::proto::{AddressMessage, CloseReason, Control, Peernet};
-use dtun::record::Sealer;
+use dtun_proto::proto::{AddressMessage, CloseReason, Control, Peernet};
+use dtun_proto::record::Sealer;
 
 fn seal(s: &mut Sealer, content_type: u8, msg: &[u8]) -> Vec<u8> {
     let mut buf = vec![0u8; PAYLOAD_OFFSET + msg.len() + 64];
@@ -157,7 +157,7 @@ fn main() {
     .to_bytes();
     hello_ext.extend_from_slice(b"future");
     write(&proto, "hello-extended", &hello_ext);
-    let addr6 = Control::Addr6(dtun::proto::Addr6 {
+    let addr6 = Control::Addr6(dtun_proto::proto::Addr6 {
         prefix_len: 64,
         client: "fd64:7475:6e00::2".parse().expect("v6"),
         server: "fd64:7475:6e00::1".parse().expect("v6"),

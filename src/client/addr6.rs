@@ -3,7 +3,7 @@
 //! LOCAL_IP6 and PEER_IP6; a changed pair runs the down script first with the old values.
 
 use super::*;
-use crate::proto::Addr6;
+use dtun_proto::proto::Addr6;
 
 /// Log line when the tunnel gets its IPv6 pair.
 pub const LOG_IPV6_UP: &str = "tunnel IPv6 up";
@@ -19,8 +19,8 @@ pub(super) async fn apply(
     run_up: bool,
 ) -> Result<bool, ClientError> {
     let mut addr6 = addr6;
-    if addr6.is_some() && t.tun.mtu < crate::pool6::IPV6_MIN_MTU {
-        tracing::warn!("{}", crate::inet6::Inet6Error::Mtu(t.tun.mtu));
+    if addr6.is_some() && t.tun.mtu < dtun_proto::pool6::IPV6_MIN_MTU {
+        tracing::warn!("{}", dtun_linux::inet6::Inet6Error::Mtu(t.tun.mtu));
         addr6 = None;
     }
     if let Some(a) = addr6
@@ -42,8 +42,15 @@ pub(super) async fn apply(
         nl.flush_addresses6(t.tun.index).await?;
     }
     if let Some(a) = addr6 {
-        match crate::inet6::configure(nl, &t.tun.name, t.tun.index, t.tun.mtu, a.client, a.server)
-            .await
+        match dtun_linux::inet6::configure(
+            nl,
+            &t.tun.name,
+            t.tun.index,
+            t.tun.mtu,
+            a.client,
+            a.server,
+        )
+        .await
         {
             Ok(()) => {
                 tracing::info!(
@@ -54,7 +61,7 @@ pub(super) async fn apply(
                 );
                 t.addr6 = Some(a);
             }
-            Err(crate::inet6::Inet6Error::Netlink(e)) if e.is_permission_denied() => {
+            Err(dtun_linux::inet6::Inet6Error::Netlink(e)) if e.is_permission_denied() => {
                 return Err(e.into());
             }
             Err(e) => tracing::warn!("{e}"),

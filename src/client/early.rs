@@ -2,6 +2,7 @@
 //! the shapes a server's first record can have are kept, so spoofed ones cannot crowd it out.
 
 use super::*;
+use dtun_proto::inbound;
 
 /// Most early candidates kept (at most 45 bytes each).
 pub(super) const EARLY_CANDIDATES: usize = 64;
@@ -63,17 +64,17 @@ pub(super) fn could_be_first(datagram: &[u8]) -> bool {
     };
     let plain = [record::Suite::Aes128Ccm8, record::Suite::Aes128Gcm].map(|s| {
         h.body_len
-            .checked_sub(s.overhead() - crate::consts::RECORD_HEADER_LEN)
+            .checked_sub(s.overhead() - dtun_proto::consts::RECORD_HEADER_LEN)
     });
     let fits = |ok: &dyn Fn(usize) -> bool| plain.iter().flatten().any(|n| ok(*n));
     let shaped = match h.content_type {
         CONTENT_APPLICATION_DATA => fits(&|n| {
-            n == ADDRESS_MESSAGE_LEN || (3..=3 + crate::proto::MAX_CLOSE_DETAIL).contains(&n)
+            n == ADDRESS_MESSAGE_LEN || (3..=3 + dtun_proto::proto::MAX_CLOSE_DETAIL).contains(&n)
         }),
         CONTENT_ALERT => fits(&|n| n == 2),
         _ => false,
     };
-    shaped && h.epoch == 1 && datagram.len() == crate::consts::RECORD_HEADER_LEN + h.body_len
+    shaped && h.epoch == 1 && datagram.len() == dtun_proto::consts::RECORD_HEADER_LEN + h.body_len
 }
 
 /// Waits (up to the setup timeout) for the first application record and returns its plaintext.
@@ -118,12 +119,12 @@ pub(super) fn open_first(opener: &mut Opener, counters: &Counters, dg: &mut [u8]
         if ct != CONTENT_APPLICATION_DATA && ct != CONTENT_ALERT {
             continue;
         }
-        match pump::open(opener, counters, &mut dg[r.clone()]) {
+        match inbound::open(opener, counters, &mut dg[r.clone()]) {
             Inbound::Data(p) if ct == CONTENT_APPLICATION_DATA => {
                 return Some(First::Data(dg[r.start + p.start..r.start + p.end].to_vec()));
             }
             Inbound::Alert(_, 0) => {
-                return Some(First::Closed(crate::consts::CLOSE_NOTIFY_WORDS.into()));
+                return Some(First::Closed(dtun_proto::consts::CLOSE_NOTIFY_WORDS.into()));
             }
             Inbound::Alert(level, desc) => {
                 return Some(First::Closed(format!("alert {level}/{desc}")));

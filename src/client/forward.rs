@@ -2,6 +2,7 @@
 //! keepalive and the path MTU; outbound is `pump`'s task.
 
 use super::*;
+use dtun_proto::inbound;
 
 /// Forwards server → TUN (the other way is the outbound task) and keeps the session alive.
 /// Returns None on shutdown, else why the session ended; if the outbound task ended by itself,
@@ -17,7 +18,7 @@ pub(super) async fn forward(
     (out_task, ended): (&mut pump::OutboundTask, &mut Option<Sealer>),
     keepalive: Option<Duration>,
     mut path: PathMss,
-    dns: &crate::dns::Dns,
+    dns: &dtun_linux::dns::Dns,
     mut shutdown: Pin<&mut impl Future<Output = ()>>,
 ) -> Option<ClientError> {
     let mut rx = Receiver::default();
@@ -208,13 +209,13 @@ impl PathMss {
 
     /// The clamps for a path MTU of `path_mtu`.
     pub(super) fn for_path(&self, path_mtu: u32) -> (u16, u16) {
-        let path = crate::mss::mss_for_path(path_mtu, self.overhead);
+        let path = dtun_proto::mss::mss_for_path(path_mtu, self.overhead);
         (self.tun.0.min(path.0), self.tun.1.min(path.1))
     }
 
     /// Re-reads the path MTU of `sock` and updates the clamp, logging when it changes.
     pub(super) fn refresh(&mut self, sock: &UdpSocket) {
-        let path_mtu = match crate::sys::path_mtu(&socket2::SockRef::from(sock)) {
+        let path_mtu = match dtun_linux::sys::path_mtu(&socket2::SockRef::from(sock)) {
             Ok(m) if m >= MIN_PATH_MTU => m,
             Ok(_) => return,
             Err(e) => {
@@ -243,7 +244,7 @@ impl PathMss {
 
 impl Sink<'_> {
     pub(super) async fn push(&mut self, packet: &mut [u8]) {
-        crate::mss::clamp(packet, self.mss.0, self.mss.1);
+        dtun_proto::mss::clamp(packet, self.mss.0, self.mss.1);
         if self.writer.push(packet) {
             self.flush().await;
         }
@@ -263,7 +264,7 @@ pub(super) struct Session<'a, 's> {
     pub(super) sink: &'a mut Sink<'s>,
     pub(super) inbox: &'a mut Inbox,
     pub(super) out_tx: &'a mpsc::Sender<OutboundCmd>,
-    pub(super) dns: &'a crate::dns::Dns,
+    pub(super) dns: &'a dtun_linux::dns::Dns,
 }
 
 /// Handles one receive buffer of a live session (its datagrams, `stride` bytes each). Returns
@@ -294,7 +295,7 @@ pub(super) async fn inbound(
                     if let Some(end) = control_record(data, s.counters, s.out_tx, s.dns) {
                         return (true, Some(end));
                     }
-                } else if pump::accept_packet(s.counters, data) {
+                } else if inbound::accept_packet(s.counters, data) {
                     crate::supervise::fault_point(crate::supervise::Site::Client, data);
                     s.sink.push(data).await;
                 } else if log_limit.allow() {
@@ -305,7 +306,7 @@ pub(super) async fn inbound(
                 return (
                     true,
                     Some(ClientError::Closed(
-                        crate::consts::CLOSE_NOTIFY_WORDS.into(),
+                        dtun_proto::consts::CLOSE_NOTIFY_WORDS.into(),
                     )),
                 );
             }
@@ -329,19 +330,19 @@ pub(super) fn control_record(
     data: &[u8],
     counters: &Counters,
     out_tx: &mpsc::Sender<OutboundCmd>,
-    dns: &crate::dns::Dns,
+    dns: &dtun_linux::dns::Dns,
 ) -> Option<ClientError> {
     match Control::parse(data) {
         Ok(Control::Dns(servers)) => {
             // Unusable servers are refused (and logged) by the DNS state: counted drops.
             for _ in 0..dns.pushed(&servers) {
-                counters.count_drop(pump::Drop::Unexpected);
+                counters.count_drop(inbound::DropKind::Unexpected);
             }
             None
         }
         Ok(c) => on_control(c, out_tx),
         Err(_) => {
-            counters.count_drop(pump::Drop::Unexpected);
+            counters.count_drop(inbound::DropKind::Unexpected);
             None
         }
     }

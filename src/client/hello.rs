@@ -8,7 +8,8 @@
 //! sane server would is a counted drop, logged; the tunnel then carries IPv4 only.
 
 use super::*;
-use crate::proto::{Addr6, HelloFlags};
+use dtun_proto::inbound;
+use dtun_proto::proto::{Addr6, HelloFlags};
 use forward::Sink;
 
 /// How long a client that said Hello waits for a complete answer before going on with what
@@ -37,13 +38,13 @@ pub(super) enum Msg {
 
 /// Reads a control record that came while we wait: Addr6 is checked (a bad one is a counted
 /// drop, logged with the reason), Dns is taken as in the forwarding loop.
-pub(super) fn read(data: &[u8], counters: &Counters, dns: &crate::dns::Dns) -> Msg {
+pub(super) fn read(data: &[u8], counters: &Counters, dns: &dtun_linux::dns::Dns) -> Msg {
     match Control::parse(data) {
         Ok(Control::Hello { version, flags, .. }) => Msg::Answer { version, flags },
         Ok(Control::Addr6(a)) => match a.check() {
             Ok(()) => Msg::Addr6(Some(a)),
             Err(why) => {
-                counters.count_drop(pump::Drop::Unexpected);
+                counters.count_drop(inbound::DropKind::Unexpected);
                 tracing::warn!(
                     "the server's IPv6 addresses (local {} peer {} /{}) are unusable: {why}; the tunnel carries IPv4 only",
                     a.client,
@@ -55,13 +56,13 @@ pub(super) fn read(data: &[u8], counters: &Counters, dns: &crate::dns::Dns) -> M
         },
         Ok(Control::Dns(servers)) => {
             for _ in 0..dns.pushed(&servers) {
-                counters.count_drop(pump::Drop::Unexpected);
+                counters.count_drop(inbound::DropKind::Unexpected);
             }
             Msg::Dns
         }
         Ok(_) => Msg::Other,
         Err(_) => {
-            counters.count_drop(pump::Drop::Unexpected);
+            counters.count_drop(inbound::DropKind::Unexpected);
             if data.get(1) == Some(&6) {
                 tracing::warn!(
                     "the server's IPv6 address message is malformed ({} bytes); the tunnel carries IPv4 only",
@@ -172,7 +173,7 @@ pub(super) async fn exchange(
     sock: &UdpSocket,
     buf: &mut [u8],
     tun: &Tun,
-    dns: &crate::dns::Dns,
+    dns: &dtun_linux::dns::Dns,
     hello: &[u8],
     lans: &[u8],
 ) -> Result<Option<Option<Addr6>>, ClientError> {
@@ -241,18 +242,18 @@ pub(super) async fn exchange(
             if ct != CONTENT_APPLICATION_DATA && ct != CONTENT_ALERT {
                 continue;
             }
-            match pump::open(opener, counters, &mut buf[r.clone()]) {
+            match inbound::open(opener, counters, &mut buf[r.clone()]) {
                 Inbound::Data(p) if ct == CONTENT_APPLICATION_DATA => {
                     let data = &mut buf[r.start + p.start..r.start + p.end];
                     if Control::is_control(data) {
                         heard.take(read(data, counters, dns));
-                    } else if pump::accept_packet(counters, data) {
+                    } else if inbound::accept_packet(counters, data) {
                         sink.push(data).await;
                     }
                 }
                 Inbound::Alert(_, 0) => {
                     return Err(ClientError::Closed(
-                        crate::consts::CLOSE_NOTIFY_WORDS.into(),
+                        dtun_proto::consts::CLOSE_NOTIFY_WORDS.into(),
                     ));
                 }
                 Inbound::Alert(level, desc) => {
@@ -273,8 +274,8 @@ pub(super) async fn exchange(
 mod tests {
     use super::*;
 
-    fn no_dns() -> crate::dns::Dns {
-        crate::dns::Dns::with_paths(
+    fn no_dns() -> dtun_linux::dns::Dns {
+        dtun_linux::dns::Dns::with_paths(
             std::path::Path::new("/nonexistent/resolv.conf"),
             std::path::Path::new("/nonexistent/run"),
             vec![],
@@ -317,7 +318,10 @@ mod tests {
         for b in &bad {
             assert_eq!(read(b, &counters, &dns), Msg::Addr6(None), "{b:02x?}");
         }
-        assert_eq!(counters.drops(pump::Drop::Unexpected), bad.len() as u64);
+        assert_eq!(
+            counters.drops(inbound::DropKind::Unexpected),
+            bad.len() as u64
+        );
         assert_eq!(read(&bytes, &counters, &dns), Msg::Addr6(Some(good())));
         let hello = Control::Hello {
             version: CONTROL_VERSION,
@@ -330,7 +334,10 @@ mod tests {
         );
         assert_eq!(read(&[0, 5, 0], &counters, &dns), Msg::Dns);
         assert_eq!(read(&[0, 9], &counters, &dns), Msg::Other);
-        assert_eq!(counters.drops(pump::Drop::Unexpected), bad.len() as u64 + 2);
+        assert_eq!(
+            counters.drops(inbound::DropKind::Unexpected),
+            bad.len() as u64 + 2
+        );
     }
 
     /// What makes the exchange complete, and what the session gets, for each loss.

@@ -16,24 +16,26 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::config::{ClientConfig, ConfigError};
-use crate::consts::{
+use crate::dtls::{self, ChannelConn, HandshakeError, Role};
+use crate::ops::{ClientBoard, LiveSession};
+use crate::pump::{self, Link, OutboundCmd};
+use crate::supervise::{TaskEnded, first_app_sequence};
+use dtun_linux::hooks::{self, HookError, TunnelEnv};
+use dtun_linux::netlink::{Netlink, NetlinkError};
+use dtun_linux::rate_limit::RateLimit;
+use dtun_linux::routes::Routes;
+use dtun_linux::tun::{self, Tun, TunError, TunWriter};
+use dtun_linux::udp::{Receiver, Udp};
+use dtun_proto::consts::{
     ADDRESS_MESSAGE_LEN, BUF_LEN, CONTENT_ALERT, CONTENT_APPLICATION_DATA, FAILOVER_DELAY,
     HANDSHAKE_QUEUE, HANDSHAKE_REFUSALS, HANDSHAKE_TIMEOUT, KEEPALIVE_MISSES, MAX_BACKOFF,
     MIN_BACKOFF, REFUSED_GRACE, REPLACED_BACKOFF, SETUP_TIMEOUT,
 };
-use crate::dtls::{self, ChannelConn, HandshakeError, Role};
-use crate::hooks::{self, HookError, TunnelEnv};
-use crate::netlink::{Netlink, NetlinkError};
-use crate::ops::{ClientBoard, LiveSession};
-use crate::proto::{
+use dtun_proto::inbound::{Counters, Inbound, Inbox};
+use dtun_proto::proto::{
     AddressMessage, CONTROL_VERSION, CloseReason, Control, HINT_MARKER, ProtoError,
 };
-use crate::pump::{self, Counters, Inbound, Inbox, Link, OutboundCmd, RateLimit};
-use crate::record::{self, Opener, Sealer};
-use crate::routes::Routes;
-use crate::supervise::{TaskEnded, first_app_sequence};
-use crate::tun::{self, Tun, TunError, TunWriter};
-use crate::udp::{Receiver, Udp};
+use dtun_proto::record::{self, Opener, Sealer};
 
 /// Log line once forwarding starts (tests look for it).
 pub const LOG_TUNNEL_UP: &str = "tunnel up";
@@ -72,7 +74,7 @@ pub enum ClientError {
     #[error("cannot set up -route/-exclude: {0}; dtun removed what it had added of them")]
     Routes(NetlinkError),
     #[error(transparent)]
-    RoutesOwner(crate::routes::RoutesError),
+    RoutesOwner(dtun_linux::routes::RoutesError),
     #[error("{0}; the tunnel is closed")]
     Hook(#[from] HookError),
     #[error("sending to {0} failed: {1}")]
@@ -121,7 +123,7 @@ struct Tunnel {
     tun: Tun,
     addrs: AddressMessage,
     /// The IPv6 pair on the TUN (a dtun server's Addr6), if the tunnel carries IPv6.
-    addr6: Option<crate::proto::Addr6>,
+    addr6: Option<dtun_proto::proto::Addr6>,
 }
 
 impl Tunnel {
@@ -187,7 +189,7 @@ pub async fn run_with(
     let mut shutdown = std::pin::pin!(shutdown);
     let nl = Netlink::new()?;
     // DNS (src/dns.rs): restores what a killed dtun left; set once the tunnel is up.
-    let dns = crate::dns::Dns::new(&cfg, &nl).await;
+    let dns = dtun_linux::dns::Dns::new(&cfg.dns_policy(), &nl).await;
     {
         let board = Arc::clone(&board);
         dns.watch(Box::new(move |servers, via| board.dns(servers, via)));
@@ -203,7 +205,7 @@ pub async fn run_with(
     if cfg.routes.is_active() {
         let taken = Routes::take(nl.clone(), cfg.routes.clone(), &cfg.instance, &cfg.host).await;
         routes = Some(taken.map_err(|e| match e {
-            crate::routes::RoutesError::Netlink(e) => ClientError::Routes(e),
+            dtun_linux::routes::RoutesError::Netlink(e) => ClientError::Routes(e),
             e => ClientError::RoutesOwner(e),
         })?);
     }
@@ -309,9 +311,9 @@ mod tests {
     use super::early::*;
     use super::forward::*;
     use super::*;
-    use crate::consts::{FIRST_APP_SEQUENCE, PAYLOAD_OFFSET};
-    use crate::kdf::KeyBlock;
-    use crate::record::Suite;
+    use dtun_proto::consts::{FIRST_APP_SEQUENCE, PAYLOAD_OFFSET};
+    use dtun_proto::kdf::KeyBlock;
+    use dtun_proto::record::Suite;
 
     /// A datagram shaped like the server's address message under `suite` (application data,
     /// epoch 1, 8 bytes of plaintext) whose tag does not verify: what a spoofer sends.
@@ -392,7 +394,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let resolv = dir.join("resolv.conf");
         std::fs::write(&resolv, b"nameserver 192.0.2.1\n").unwrap();
-        let dns = crate::dns::Dns::with_paths(&resolv, &dir.join("run"), vec![], true);
+        let dns = dtun_linux::dns::Dns::with_paths(&resolv, &dir.join("run"), vec![], true);
         dns.tunnel_up("dtun0", 7);
         let (tx, _rx) = mpsc::channel(4);
         let counters = Counters::default();
@@ -406,12 +408,12 @@ mod tests {
         ] {
             assert!(control_record(garbage, &counters, &tx, &dns).is_none());
         }
-        assert_eq!(counters.drops(pump::Drop::Unexpected), 6);
+        assert_eq!(counters.drops(dtun_proto::inbound::DropKind::Unexpected), 6);
         assert!(counters.summary().contains("unexpected_type=6"));
         assert_eq!(std::fs::read(&resolv).unwrap(), b"nameserver 192.0.2.1\n");
         let good = Control::Dns(vec!["203.0.113.10".parse().unwrap()]).to_bytes();
         assert!(control_record(&good, &counters, &tx, &dns).is_none());
-        assert_eq!(counters.drops(pump::Drop::Unexpected), 6);
+        assert_eq!(counters.drops(dtun_proto::inbound::DropKind::Unexpected), 6);
         let now = std::fs::read_to_string(&resolv).unwrap();
         assert!(now.contains("nameserver 203.0.113.10"), "{now}");
         // Unusable servers in a well-formed record: one counted drop each, the rest kept.
@@ -422,7 +424,7 @@ mod tests {
         ])
         .to_bytes();
         assert!(control_record(&bad, &counters, &tx, &dns).is_none());
-        assert_eq!(counters.drops(pump::Drop::Unexpected), 8);
+        assert_eq!(counters.drops(dtun_proto::inbound::DropKind::Unexpected), 8);
         let now = std::fs::read_to_string(&resolv).unwrap();
         assert!(!now.contains("127.0.0.1") && !now.contains("fe80"), "{now}");
         assert!(now.contains("nameserver 203.0.113.10"), "{now}");

@@ -14,7 +14,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use super::{AddressMessage, ClientConfig, ClientError, Tunnel};
-use crate::netlink::{Netlink, NetlinkError};
+use dtun_linux::netlink::{Netlink, NetlinkError};
 
 /// What the pair is checked against: this host as it is, less our own TUN.
 #[derive(Debug, Default)]
@@ -61,7 +61,7 @@ fn resolvers(path: &std::path::Path) -> Vec<IpAddr> {
     let Ok(text) = std::fs::read_to_string(path) else {
         return vec![];
     };
-    if text.starts_with(crate::dns::MARKER) {
+    if text.starts_with(dtun_linux::dns::MARKER) {
         return vec![];
     }
     text.lines()
@@ -158,7 +158,7 @@ pub(super) async fn check_ipv4(
     let host = Host::read(
         nl,
         tunnel.map(|t| t.tun.index),
-        std::path::Path::new(crate::dns::RESOLV_CONF),
+        std::path::Path::new(dtun_linux::dns::RESOLV_CONF),
     )
     .await?;
     let warnings = judge(
@@ -180,12 +180,12 @@ pub(super) async fn take_ipv6(
     cfg: &ClientConfig,
     nl: &Netlink,
     t: &Tunnel,
-    a: &crate::proto::Addr6,
+    a: &dtun_proto::proto::Addr6,
 ) -> Result<bool, ClientError> {
     let host = Host::read(
         nl,
         Some(t.tun.index),
-        std::path::Path::new(crate::dns::RESOLV_CONF),
+        std::path::Path::new(dtun_linux::dns::RESOLV_CONF),
     )
     .await?;
     match judge(a.client.into(), a.server.into(), &host, &cfg.accept_pool) {
@@ -344,7 +344,7 @@ mod tests {
         assert_eq!(resolvers(&f), [ip("192.0.2.53"), ip("fe80::1")]);
         std::fs::write(
             &f,
-            format!("{}x\nnameserver 10.86.0.1\n", crate::dns::MARKER),
+            format!("{}x\nnameserver 10.86.0.1\n", dtun_linux::dns::MARKER),
         )
         .unwrap();
         assert!(resolvers(&f).is_empty());

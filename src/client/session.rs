@@ -20,7 +20,7 @@ pub(super) async fn session(
     nl: &Netlink,
     tunnel: &mut Option<Tunnel>,
     routes: &mut Option<Routes>,
-    dns: &crate::dns::Dns,
+    dns: &dtun_linux::dns::Dns,
     board: &ClientBoard,
     server_index: usize,
     mut shutdown: Pin<&mut impl Future<Output = ()>>,
@@ -34,7 +34,7 @@ pub(super) async fn session(
         Err(e) => match routes.as_ref().and_then(Routes::last_address) {
             Some(ip) => {
                 let s = SocketAddr::new(ip, cfg.port);
-                tracing::warn!("{e}; {} {s}", crate::routes::LOG_LAST_ADDRESS);
+                tracing::warn!("{e}; {} {s}", dtun_linux::routes::LOG_LAST_ADDRESS);
                 s
             }
             None => return lost(ClientError::Config(e)),
@@ -303,9 +303,9 @@ pub(super) async fn session(
         tracing::debug!("UDP GRO unavailable: {e}");
     }
     let outer = if crate::config::is_ipv4(server.ip()) {
-        crate::consts::UDP4_OVERHEAD
+        dtun_proto::consts::UDP4_OVERHEAD
     } else {
-        crate::consts::UDP6_OVERHEAD
+        dtun_proto::consts::UDP6_OVERHEAD
     };
     let path = PathMss::new(t.tun.mtu, outer + est.suite.overhead());
     let (out_tx, mut out_task) = pump::spawn_outbound(
@@ -380,7 +380,7 @@ pub(super) async fn session(
     }
 }
 
-/// A UDP socket connected to the server; with `-route` it carries [`crate::routes::FWMARK`],
+/// A UDP socket connected to the server; with `-route` it carries [`dtun_linux::routes::FWMARK`],
 /// so its datagrams skip dtun's routing table and keep the old path.
 async fn connect(server: SocketAddr, mark: bool) -> Result<UdpSocket, ClientError> {
     let local: SocketAddr = match server.ip() {
@@ -391,7 +391,7 @@ async fn connect(server: SocketAddr, mark: bool) -> Result<UdpSocket, ClientErro
         .await
         .map_err(|e| ClientError::Socket(server, e))?;
     if mark {
-        crate::sys::set_mark(&socket2::SockRef::from(&sock), crate::routes::FWMARK)
+        dtun_linux::sys::set_mark(&socket2::SockRef::from(&sock), dtun_linux::routes::FWMARK)
             .map_err(|e| ClientError::Socket(server, e))?;
     }
     sock.connect(server)

@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use super::hosts::{Endpoint, parse_hosts};
 use super::{Common, ConfigError, Key, TunSettings, dns_servers};
 use crate::cli::Cli;
-use crate::proto::Peernet;
+use dtun_proto::proto::Peernet;
 
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
@@ -27,10 +27,10 @@ pub struct ClientConfig {
     /// Exit at the first failure or end of session instead of reconnecting.
     pub once: bool,
     /// -route, -exclude, -allow-ipv6-leak, -kill-switch.
-    pub routes: crate::routes::RouteSpec,
+    pub routes: dtun_linux::routes::RouteSpec,
     /// `-dns`: our own DNS servers while the tunnel is up.
     pub dns: Vec<IpAddr>,
-    /// `-accept-dns`: take the servers the server pushes (see [`crate::dns::use_pushed_dns`]).
+    /// `-accept-dns`: take the servers the server pushes (see [`ClientConfig::dns_policy`]).
     pub accept_dns: bool,
     /// `-accept-pool`: the only prefixes the server's address pairs may come from (empty: any
     /// pair that passes the checks of src/client/pair.rs).
@@ -42,7 +42,7 @@ pub struct ClientConfig {
 
 impl ClientConfig {
     pub fn from_cli(cli: &Cli, host: &str) -> Result<Self, ConfigError> {
-        if crate::keys::valid_identity(cli.id.as_bytes()).is_none() {
+        if dtun_proto::keys::valid_identity(cli.id.as_bytes()).is_none() {
             return Err(ConfigError::Id);
         }
         Ok(ClientConfig {
@@ -56,7 +56,7 @@ impl ClientConfig {
             tun: TunSettings::from_cli(cli)?,
             common: Common::from_cli(cli)?,
             once: cli.once,
-            routes: crate::routes::RouteSpec::from_flags(
+            routes: dtun_linux::routes::RouteSpec::from_flags(
                 cli.route.as_deref(),
                 &cli.exclude,
                 cli.allow_ipv6_leak,
@@ -95,10 +95,10 @@ pub fn split_peernet(s: &str) -> Result<(Peernet, Vec<ipnet::IpNet>), ConfigErro
     // Host bits are cleared, as the original's Go does (`-peernet 192.168.1.1/24`).
     let one = |part: &str| -> Result<Peernet, ConfigError> {
         let part = part.trim();
-        if part == crate::consts::PEERNET_EMPTY {
+        if part == dtun_proto::consts::PEERNET_EMPTY {
             return Ok(Peernet::Empty);
         }
-        crate::cidr::parse_lan(part)
+        dtun_proto::cidr::parse_lan(part)
             .map(Peernet::Net)
             .map_err(ConfigError::Peernet)
     };
@@ -112,14 +112,32 @@ pub fn split_peernet(s: &str) -> Result<(Peernet, Vec<ipnet::IpNet>), ConfigErro
             _ => {}
         }
     }
-    if nets.len() > 1 + crate::proto::MAX_LANS {
+    if nets.len() > 1 + dtun_proto::proto::MAX_LANS {
         return Err(ConfigError::Peernet(format!(
             "{} CIDRs (at most {})",
             nets.len(),
-            1 + crate::proto::MAX_LANS
+            1 + dtun_proto::proto::MAX_LANS
         )));
     }
     let first = nets.iter().position(|n| n.addr().is_ipv4());
     let peernet = first.map_or(Peernet::Empty, |i| Peernet::Net(nets.remove(i)));
     Ok((peernet, nets))
+}
+
+impl ClientConfig {
+    /// Whether the client takes the DNS servers the server pushes (its own `-dns` wins anyway).
+    /// A split-routing client does not: only `-accept-dns` or `-route all`.
+    pub fn uses_pushed_dns(&self) -> bool {
+        self.accept_dns || self.routes.all
+    }
+
+    /// What the DNS plumbing needs to know of this configuration.
+    pub fn dns_policy(&self) -> dtun_linux::dns::DnsPolicy {
+        dtun_linux::dns::DnsPolicy {
+            own: self.dns.clone(),
+            accept_pushed: self.uses_pushed_dns(),
+            route_all: self.routes.all,
+            compat: self.common.compat,
+        }
+    }
 }

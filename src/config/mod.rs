@@ -11,8 +11,8 @@ use std::time::Duration;
 use zeroize::Zeroizing;
 
 use crate::cli::{Cipher, Cli};
-use crate::consts::{PATH_MTU, UDP4_OVERHEAD, UDP6_OVERHEAD};
-use crate::record::Suite;
+use dtun_proto::consts::{PATH_MTU, UDP4_OVERHEAD, UDP6_OVERHEAD};
+use dtun_proto::record::Suite;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -24,10 +24,10 @@ pub enum ConfigError {
         "the master key in {0} is empty or only whitespace, so every derived key would be one anyone can compute: put a secret in it (`dtun genkey > {0}`)"
     )]
     EmptyMasterKey(String),
-    #[error("cannot read key file {0}: {1}{hint}", hint = crate::ops::privilege::unreadable_hint(.1))]
+    #[error("cannot read key file {0}: {1}{hint}", hint = dtun_linux::privilege::unreadable_hint(.1))]
     KeyFile(PathBuf, std::io::Error),
     #[error(transparent)]
-    Pool6(crate::pool6::Pool6Error),
+    Pool6(dtun_proto::pool6::Pool6Error),
     #[error("bad -peernet: {0} (give `empty` or CIDRs separated by commas)")]
     Peernet(String),
     #[error("{0}")]
@@ -45,11 +45,11 @@ pub enum ConfigError {
     #[error("bad -id: the id must be 1 to 128 bytes of UTF-8 without control characters")]
     Id,
     #[error(transparent)]
-    Credentials(crate::keys::KeyError),
+    Credentials(dtun_proto::keys::KeyError),
     /// A bad -route, -exclude (or a line of its file), -allow-ipv6-leak.
     #[error("{0}")]
     Routes(String),
-    #[error("-dns takes at most {max} servers, got {0}: keep the first {max}", max = crate::proto::MAX_DNS_SERVERS)]
+    #[error("-dns takes at most {max} servers, got {0}: keep the first {max}", max = dtun_proto::proto::MAX_DNS_SERVERS)]
     TooManyDns(usize),
     #[error("{0}")]
     Instance(String),
@@ -61,7 +61,7 @@ pub enum ConfigError {
 
 /// The `-dns` list, checked.
 fn dns_servers(cli: &Cli) -> Result<Vec<IpAddr>, ConfigError> {
-    if cli.dns.len() > crate::proto::MAX_DNS_SERVERS {
+    if cli.dns.len() > dtun_proto::proto::MAX_DNS_SERVERS {
         return Err(ConfigError::TooManyDns(cli.dns.len()));
     }
     Ok(cli.dns.clone())
@@ -117,12 +117,12 @@ pub fn read_master_key(path: &std::path::Path) -> Result<Zeroizing<Vec<u8>>, Con
 }
 
 /// Refuses a master secret that is empty or whitespace only; warns under
-/// [`crate::keys::MIN_KEY_LEN`] bytes. `source` names where it came from.
+/// [`dtun_proto::keys::MIN_KEY_LEN`] bytes. `source` names where it came from.
 pub fn check_master_key(key: &[u8], source: &str) -> Result<(), ConfigError> {
     if key.trim_ascii().is_empty() {
         return Err(ConfigError::EmptyMasterKey(source.to_string()));
     }
-    crate::keys::warn_if_short(key, &format!("the master key in {source}"));
+    dtun_proto::keys::warn_if_short(key, &format!("the master key in {source}"));
     Ok(())
 }
 
@@ -217,7 +217,7 @@ pub use server::ServerConfig;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::Peernet;
+    use dtun_proto::proto::Peernet;
 
     #[test]
     fn default_mtus_follow_protocol_md() {
@@ -386,9 +386,9 @@ mod tests {
         };
         let c = cfg(&["-dns", "203.0.113.10,2001:db8::53", "-accept-dns"]).unwrap();
         assert_eq!(c.dns.len(), 2);
-        assert!(c.accept_dns && crate::dns::use_pushed_dns(&c));
+        assert!(c.accept_dns && c.uses_pushed_dns());
         let c = cfg(&[]).unwrap();
-        assert!(c.dns.is_empty() && !crate::dns::use_pushed_dns(&c));
+        assert!(c.dns.is_empty() && !c.uses_pushed_dns());
         let c = cfg(&["-accept-pool", "10.86.0.0/16,fd86::/64"]).unwrap();
         assert_eq!(
             c.accept_pool,
@@ -403,12 +403,8 @@ mod tests {
             .to_string();
         assert!(e.contains("did you mean 10.86.0.0/16"), "{e}");
         // A full tunnel takes the server's DNS; a split one does not.
-        assert!(crate::dns::use_pushed_dns(
-            &cfg(&["-route", "all"]).unwrap()
-        ));
-        assert!(!crate::dns::use_pushed_dns(
-            &cfg(&["-route", "10.20.0.0/16"]).unwrap()
-        ));
+        assert!(cfg(&["-route", "all"]).unwrap().uses_pushed_dns());
+        assert!(!cfg(&["-route", "10.20.0.0/16"]).unwrap().uses_pushed_dns());
         let nine = "1.1.1.1,1.1.1.2,1.1.1.3,1.1.1.4,1.1.1.5,1.1.1.6,1.1.1.7,1.1.1.8,1.1.1.9";
         let e = cfg(&["-dns", nine]).unwrap_err().to_string();
         assert!(e.contains("at most 8"), "{e}");

@@ -11,7 +11,7 @@ use crate::cli::Cli;
 
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
-    pub keys: crate::keys::KeyStore,
+    pub keys: dtun_proto::keys::KeyStore,
     pub listen: SocketAddr,
     /// Identity hint sent in ServerKeyExchange (the original sends its own -id).
     pub hint: String,
@@ -28,7 +28,7 @@ pub struct ServerConfig {
     /// `-instance`, else the `-config` file's stem, else `dtun`: names the nftables table.
     pub instance: String,
     /// `-nat` / `-client-to-client`: None when neither is given (no nftables table).
-    pub firewall: Option<crate::nft::Policy>,
+    pub firewall: Option<dtun_linux::nft::Policy>,
 }
 
 impl ServerConfig {
@@ -40,11 +40,11 @@ impl ServerConfig {
     /// those of `-clients`; an id in both is an error.
     pub fn from_cli_with(
         cli: &Cli,
-        file_clients: std::collections::HashMap<String, crate::keys::Client>,
+        file_clients: std::collections::HashMap<String, dtun_proto::keys::Client>,
     ) -> Result<Self, ConfigError> {
         let ip = cli.listen.unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED));
         let mut clients = match &cli.clients {
-            Some(p) => crate::keys::load_credentials(p).map_err(ConfigError::Credentials)?,
+            Some(p) => dtun_proto::keys::load_credentials(p).map_err(ConfigError::Credentials)?,
             None => Default::default(),
         };
         for (id, c) in file_clients {
@@ -70,12 +70,12 @@ impl ServerConfig {
             Err(e) => return Err(e),
         };
         if let Some(k) = &shared {
-            crate::keys::warn_if_short(k, "the key");
+            dtun_proto::keys::warn_if_short(k, "the key");
         }
         // Isolation groups (group= in the credentials file) need dtun's nftables table.
         let groups = clients.values().any(|c| c.group.is_some());
         Ok(ServerConfig {
-            keys: crate::keys::KeyStore {
+            keys: dtun_proto::keys::KeyStore {
                 shared,
                 master,
                 clients,
@@ -88,7 +88,7 @@ impl ServerConfig {
             pool6: if cli.compat {
                 None
             } else {
-                crate::pool6::parse_pool6(&cli.pool6).map_err(ConfigError::Pool6)?
+                dtun_proto::pool6::parse_pool6(&cli.pool6).map_err(ConfigError::Pool6)?
             },
             linger: cli.linger,
             max_clients: cli.max_clients,
@@ -97,9 +97,9 @@ impl ServerConfig {
             dns: dns_servers(cli)?,
             instance: cli.instance.clone(),
             firewall: {
-                crate::nft::check_instance(&cli.instance)
+                dtun_linux::nft::check_instance(&cli.instance)
                     .map_err(|e| ConfigError::Instance(e.to_string()))?;
-                let policy = crate::nft::Policy {
+                let policy = dtun_linux::nft::Policy {
                     nat: cli.nat,
                     client_to_client: cli.client_to_client.map(|c| c == crate::cli::OnOff::On),
                     groups,

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::status::{self, ClientView, Clock, SessionView, Traffic, TunnelView};
-use crate::pump::Counters;
-use crate::record::Suite;
+use dtun_proto::inbound::Counters;
+use dtun_proto::record::Suite;
 
 /// A client session that is up, as the board keeps it.
 pub struct LiveSession {
@@ -91,7 +91,7 @@ impl ClientBoard {
         self.with(|b| b.routes = (through, excluded));
     }
 
-    /// The DNS servers in place now, and how they were set (`crate::dns::Watcher`).
+    /// The DNS servers in place now, and how they were set (`dtun_linux::dns::Watcher`).
     pub fn dns(&self, servers: &[std::net::IpAddr], via: Option<&'static str>) {
         self.with(|b| b.dns = (servers.to_vec(), via));
     }

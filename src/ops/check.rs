@@ -86,7 +86,7 @@ pub fn pool_fits(cfg: &ServerConfig) -> Result<(), Invalid> {
         id: Some(id.to_string()),
         why,
     };
-    let mut pool = crate::pool::Pool::new(cfg.pool).map_err(|e| Invalid {
+    let mut pool = dtun_proto::pool::Pool::new(cfg.pool).map_err(|e| Invalid {
         id: None,
         why: e.to_string(),
     })?;

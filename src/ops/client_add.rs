@@ -44,14 +44,14 @@ pub struct Added {
 /// Adds the client (see the module header). The caller reloads the running server.
 pub fn add(req: &AddRequest<'_>) -> Result<Added, String> {
     let name = req.name;
-    if !is_file_name(name) || crate::keys::valid_identity(name.as_bytes()).is_none() {
+    if !is_file_name(name) || dtun_proto::keys::valid_identity(name.as_bytes()).is_none() {
         return Err(format!(
             "client id {:?}: dtun client add names the key file clients/ID.key after it, so the id must be a safe file name: 1 to 128 letters, digits, '-', '_', '.' or '@', not starting with '.' (a client with another id goes into the config by hand)",
             name.escape_debug()
         ));
     }
     if let Some(g) = req.group
-        && !crate::keys::valid_group(g)
+        && !dtun_proto::keys::valid_group(g)
     {
         return Err(format!(
             "group {g:?} must be 1 to 32 letters, digits, '-' or '_'"
@@ -73,7 +73,7 @@ pub fn add(req: &AddRequest<'_>) -> Result<Added, String> {
         ));
     }
     // The address: the one the pool gives this id, among the fixed ones already handed out.
-    let mut pool = crate::pool::Pool::new(cfg.pool).map_err(|e| e.to_string())?;
+    let mut pool = dtun_proto::pool::Pool::new(cfg.pool).map_err(|e| e.to_string())?;
     for (id, c) in &cfg.keys.clients {
         if let Some(a) = c.addr {
             pool.assign_fixed(id, a).map_err(|e| e.to_string())?;
@@ -90,9 +90,9 @@ pub fn add(req: &AddRequest<'_>) -> Result<Added, String> {
 
     // The key: derived from the master secret, or a new one in a key file.
     let (key, key_file) = match &cfg.keys.master {
-        Some(master) => (crate::keys::derive(master, name.as_bytes()), None),
+        Some(master) => (dtun_proto::keys::derive(master, name.as_bytes()), None),
         None => {
-            let key = crate::keys::genkey().map_err(|e| e.to_string())?;
+            let key = dtun_proto::keys::genkey().map_err(|e| e.to_string())?;
             let path = write_key_file(dir, name, &key, meta.gid())?;
             (key, Some(path))
         }
@@ -261,7 +261,7 @@ fn client_toml(
         None => t.push_str("host = \"SERVER\"   # the server's public name or address\n"),
     }
     let port = cfg.listen.port();
-    if port != crate::consts::DEFAULT_PORT && !host.is_some_and(|h| h.contains(':')) {
+    if port != dtun_proto::consts::DEFAULT_PORT && !host.is_some_and(|h| h.contains(':')) {
         t.push_str(&format!("port = {port}\n"));
     }
     t.push_str(&format!("id = {name:?}\nkey = {key:?}\n"));

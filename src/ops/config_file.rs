@@ -21,7 +21,7 @@ use zeroize::Zeroizing;
 use super::values;
 use crate::cli::{Cipher, Cli, LogFormat, OnOff, SecretArg};
 use crate::config::{ClientConfig, ConfigError, ServerConfig};
-use crate::keys::Client;
+use dtun_proto::keys::Client;
 
 /// The instance name when neither `-instance` nor `-config` gives one.
 pub const DEFAULT_INSTANCE: &str = "dtun";
@@ -161,7 +161,7 @@ pub fn apply(mut cli: Cli, m: &ArgMatches) -> Result<Loaded, String> {
         });
     };
     let text = Zeroizing::new(std::fs::read_to_string(&path).map_err(|e| {
-        let hint = match crate::ops::privilege::unreadable_hint(&e) {
+        let hint = match dtun_linux::privilege::unreadable_hint(&e) {
             "" => ": check the path given to -config",
             hint => hint,
         };
@@ -291,7 +291,7 @@ pub fn apply(mut cli: Cli, m: &ArgMatches) -> Result<Loaded, String> {
         let id = id.into_inner();
         client_lines.insert(id.clone(), line);
         let err = |why: String| format!("{} line {line}: [clients.{id}]: {why}", path.display());
-        if crate::keys::valid_identity(id.as_bytes()).is_none() {
+        if dtun_proto::keys::valid_identity(id.as_bytes()).is_none() {
             return Err(err(
                 "an id is 1 to 128 bytes of UTF-8 without control characters".into(),
             ));
@@ -315,7 +315,7 @@ pub fn apply(mut cli: Cli, m: &ArgMatches) -> Result<Loaded, String> {
             (None, None) => match &cli.master_key_file {
                 Some(master) => {
                     let m = crate::config::read_key_file(master).map_err(|e| err(e.to_string()))?;
-                    Zeroizing::new(crate::keys::derive(&m, id.as_bytes()).into_bytes())
+                    Zeroizing::new(dtun_proto::keys::derive(&m, id.as_bytes()).into_bytes())
                 }
                 None => {
                     return Err(err(
@@ -325,7 +325,7 @@ pub fn apply(mut cli: Cli, m: &ArgMatches) -> Result<Loaded, String> {
                 }
             },
         };
-        warnings.extend(crate::keys::short_key(
+        warnings.extend(dtun_proto::keys::short_key(
             &key,
             &format!("the key of {id} in {}", path.display()),
         ));
@@ -361,7 +361,7 @@ fn instance_from_stem(path: &Path) -> Result<String, String> {
         .and_then(|s| s.to_str())
         .unwrap_or_default()
         .to_string();
-    crate::nft::check_instance(&stem).map_err(|_| {
+    dtun_linux::nft::check_instance(&stem).map_err(|_| {
         format!(
             "the config file's name {stem:?} is not an instance name (1 to 32 letters, digits, '-' or '_'): rename the file, or set instance = \"NAME\" in it or -instance NAME"
         )

@@ -1,5 +1,5 @@
 //! The control sockets behind `dtun status` and `dtun reload`. Every running dtun holds the
-//! flock `INSTANCE` of its runtime directory ([`crate::rundir`]) and listens on two Unix
+//! flock `INSTANCE` of its runtime directory ([`dtun_linux::rundir`]) and listens on two Unix
 //! stream sockets there, per network namespace (`/run/dtun/NETNS.INSTANCE…`):
 //!
 //! - `NETNS.INSTANCE.sock`, mode 0660, group of `/run/dtun` (dtun's group when the package
@@ -23,7 +23,7 @@
 //! asking side (`query`) checks who answers.
 
 use crate::ops::reload::ReloadHandle;
-use crate::rundir::{Lock, LockError, RunDir, RunDirError};
+use dtun_linux::rundir::{Lock, LockError, RunDir, RunDirError};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -71,10 +71,10 @@ pub enum ControlError {
     Bind(PathBuf, std::io::Error),
 }
 
-/// Checks an instance name (the rule of `crate::nft::check_instance`, which a server's table
+/// Checks an instance name (the rule of `dtun_linux::nft::check_instance`, which a server's table
 /// name shares), with a message about the control socket.
 pub fn check_name(name: &str) -> Result<(), String> {
-    crate::nft::check_instance(name).map_err(|_| {
+    dtun_linux::nft::check_instance(name).map_err(|_| {
         format!(
             "-instance {name:?}: use 1 to 32 letters, digits, '-' or '_' (it names the control socket /run/dtun/NETNS.NAME.sock)"
         )
@@ -146,7 +146,7 @@ fn listen(path: &Path, mode: u32, group: Option<u32>) -> Result<UnixListener, Co
     // under the units dtun's own group already is that group (and chown is not in their
     // system call filter).
     if let Some(gid) = group
-        && crate::sys::euid() == 0
+        && dtun_linux::sys::euid() == 0
         && gid != 0
     {
         let _ = std::os::unix::fs::chown(path, None, Some(gid));
@@ -212,7 +212,7 @@ async fn serve_one(
     reload: Option<ReloadHandle>,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let own = crate::sys::euid();
+    let own = dtun_linux::sys::euid();
     loop {
         let stream = match listener.accept().await {
             Ok((s, _)) => s,

@@ -22,7 +22,6 @@ pub mod docs;
 pub mod metrics;
 pub mod notify;
 pub mod perms;
-pub mod privilege;
 pub mod reload;
 pub mod status;
 mod values;

@@ -42,11 +42,11 @@ fn secrets(l: &Loaded) -> Vec<(&'static str, PathBuf)> {
 pub fn check(l: &Loaded) -> Result<Vec<String>, String> {
     let mut warnings = Vec::new();
     for (what, p) in secrets(l) {
-        if let Some(w) = secret(what, &p, crate::sys::euid(), crate::sys::egid())? {
+        if let Some(w) = secret(what, &p, dtun_linux::sys::euid(), dtun_linux::sys::egid())? {
             warnings.push(w);
         }
     }
-    if crate::sys::euid() == 0 {
+    if dtun_linux::sys::euid() == 0 {
         for (flag, p) in [("-up", &l.cli.up), ("-down", &l.cli.down)] {
             if let Some(p) = p {
                 script(flag, p)?;
@@ -162,7 +162,7 @@ mod tests {
     fn secret_modes() {
         let dir = std::env::temp_dir().join(format!("dtun-perms-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let (uid, gid) = (crate::sys::euid(), crate::sys::egid());
+        let (uid, gid) = (dtun_linux::sys::euid(), dtun_linux::sys::egid());
         let ok = file(&dir, "ok", 0o600);
         assert_eq!(secret("k", &ok, uid, gid), Ok(None));
         let group = file(&dir, "group", 0o640);

@@ -2,16 +2,56 @@
 //! [`ReloadHandle::reload`]): the command line and its `-config` file are read again with
 //! `-clients` and `-master-key-file`; a configuration that fails to load or check keeps the
 //! running one. Credentials and `linger`, `max_clients`, `dns` apply at once (the server's half
-//! is `crate::server::Reconfigure`); any other changed setting is logged as needing a restart
+//! is the server manager's (`crate::server`), which takes a [`Reconfigure`]); any other changed setting is logged as needing a restart
 //! and ignored.
 
 use std::ffi::OsString;
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::config::ServerConfig;
-use crate::server::{Applied, Reconfigure};
+use dtun_proto::keys::KeyStore;
+
+/// What a reload hands the running server.
+pub struct Reconfigure {
+    pub keys: KeyStore,
+    pub linger: Duration,
+    pub max_clients: usize,
+    pub dns: Vec<IpAddr>,
+    /// What was done, once it is; or why nothing was (the running configuration stays).
+    pub done: oneshot::Sender<Result<Applied, String>>,
+}
+
+/// What a reload changed; ids sorted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Ids listed now and not before.
+    pub added: Vec<String>,
+    /// Ids listed before and not now.
+    pub removed: Vec<String>,
+    /// Listed ids whose key changed.
+    pub rekeyed: Vec<String>,
+    /// Listed ids whose fixed address (`addr`, `addr6`) changed (applies at their next connect).
+    pub readdressed: Vec<String>,
+    /// Ids whose isolation group changed while they had a device: the device goes (its TUN is
+    /// in the old group's set), the id gets a new one in its new group at its next connect.
+    pub regrouped: Vec<String>,
+    /// Ids whose session was ended (Close "revoked").
+    pub ended: Vec<String>,
+    /// Ids whose LAN routes a changed `lans=` changed, with what: `id (-NET +NET)`.
+    pub lans: Vec<String>,
+    /// Isolation groups were turned on by this reload (the first `group=`): the nftables
+    /// rules and sets now enforce them.
+    pub groups_enforced: bool,
+    /// Ids this reload turned off (`disabled = true`) or on again.
+    pub disabled: Vec<String>,
+    pub enabled: Vec<String>,
+    /// Settings applied at once, as `name old -> new` (`linger`, `max_clients`, `dns`).
+    pub settings: Vec<String>,
+}
 
 /// Log line of a reload that applied (tests look for it).
 pub const LOG_RELOADED: &str = "reloaded";
@@ -160,7 +200,7 @@ impl ReloadHandle {
 }
 
 /// `-nat` and `-client-to-client` of a firewall policy.
-fn flags(policy: &Option<crate::nft::Policy>) -> (bool, Option<bool>) {
+fn flags(policy: &Option<dtun_linux::nft::Policy>) -> (bool, Option<bool>) {
     policy.map_or((false, None), |p| (p.nat, p.client_to_client))
 }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::pump::{Counters, Drop};
+use dtun_proto::inbound::{Counters, DropKind};
 
 /// One reading of the clocks, so every time in a snapshot is relative to the same moment.
 #[derive(Clone, Copy)]
@@ -72,7 +72,7 @@ impl Traffic {
     /// All zero, with every drop reason present.
     pub fn zero() -> Traffic {
         Traffic {
-            drops: Drop::all().map(|d| (d.as_str(), 0)).collect(),
+            drops: DropKind::all().map(|d| (d.as_str(), 0)).collect(),
             ..Default::default()
         }
     }
@@ -85,7 +85,7 @@ impl Traffic {
             rx_packets: c.rx_packets.load(Relaxed),
             tx_bytes: c.tx_bytes.load(Relaxed),
             tx_packets: c.tx_packets.load(Relaxed),
-            drops: Drop::all().map(|d| (d.as_str(), c.drops(d))).collect(),
+            drops: DropKind::all().map(|d| (d.as_str(), c.drops(d))).collect(),
         }
     }
 
@@ -123,7 +123,7 @@ impl Keepalive {
             negotiated,
             period_seconds: if on { period.as_secs_f64() } else { 0.0 },
             dead_after_seconds: on
-                .then(|| (period * crate::consts::KEEPALIVE_MISSES).as_secs_f64()),
+                .then(|| (period * dtun_proto::consts::KEEPALIVE_MISSES).as_secs_f64()),
         }
     }
 }

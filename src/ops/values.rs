@@ -85,7 +85,7 @@ pub(super) fn peernet<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>,
 /// `pool6`: an IPv6 prefix or `"off"`.
 pub(super) fn pool6<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     let s = String::deserialize(d)?;
-    crate::pool6::parse_pool6(&s).map_err(D::Error::custom)?;
+    dtun_proto::pool6::parse_pool6(&s).map_err(D::Error::custom)?;
     Ok(Some(s))
 }
 
@@ -105,7 +105,7 @@ pub(super) fn route<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D
         Route::Many(v) => v.join(","),
     };
     if text.trim() != "all" {
-        crate::routes::parse_list(&text)
+        dtun_linux::routes::parse_list(&text)
             .map_err(|e| D::Error::custom(format!("{e} (give \"all\" or CIDRs)")))?;
     }
     Ok(Some(text))
@@ -116,7 +116,7 @@ pub(super) fn exclude<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Stri
     let v = Vec::<String>::deserialize(d)?;
     for e in &v {
         if !e.starts_with('@') {
-            crate::routes::parse_list(e).map_err(D::Error::custom)?;
+            dtun_linux::routes::parse_list(e).map_err(D::Error::custom)?;
         }
     }
     Ok(Some(v))
@@ -126,7 +126,7 @@ pub(super) fn exclude<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Stri
 pub(super) fn lans<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<IpNet>>, D::Error> {
     one_or_many(d)?
         .iter()
-        .map(|s| crate::cidr::parse_lan(s).map_err(D::Error::custom))
+        .map(|s| dtun_proto::cidr::parse_lan(s).map_err(D::Error::custom))
         .collect::<Result<Vec<_>, _>>()
         .map(Some)
 }
@@ -135,7 +135,7 @@ pub(super) fn lans<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<IpNet>>
 pub(super) fn cidrs<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<IpNet>>, D::Error> {
     one_or_many(d)?
         .iter()
-        .map(|s| crate::cidr::parse(s).map_err(D::Error::custom))
+        .map(|s| dtun_proto::cidr::parse(s).map_err(D::Error::custom))
         .collect::<Result<Vec<_>, _>>()
         .map(Some)
 }
@@ -169,7 +169,7 @@ pub(super) fn addresses<'de, D: Deserializer<'de>>(
 /// separated by commas or an array, tried in order; checked as `-host` is.
 pub(super) fn hosts<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     let joined = one_or_many(d)?.join(",");
-    crate::config::hosts::parse_hosts(&joined, crate::consts::DEFAULT_PORT)
+    crate::config::hosts::parse_hosts(&joined, dtun_proto::consts::DEFAULT_PORT)
         .map_err(|e| D::Error::custom(e.replacen("-host ", "", 1)))?;
     Ok(Some(joined))
 }
@@ -193,7 +193,7 @@ fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error>
 /// A client's `group`.
 pub(super) fn group<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     let s = String::deserialize(d)?;
-    if !crate::keys::valid_group(&s) {
+    if !dtun_proto::keys::valid_group(&s) {
         return Err(D::Error::custom(format!(
             "group {s:?} must be 1 to 32 letters, digits, '-' or '_'"
         )));
@@ -204,7 +204,7 @@ pub(super) fn group<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D
 /// `instance`: a valid instance name.
 pub(super) fn instance<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     let s = String::deserialize(d)?;
-    crate::nft::check_instance(&s).map_err(D::Error::custom)?;
+    dtun_linux::nft::check_instance(&s).map_err(D::Error::custom)?;
     Ok(Some(s))
 }
 

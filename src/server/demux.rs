@@ -13,16 +13,20 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 use tokio::sync::mpsc;
 
-use super::admission::{Admission, AdmissionCounters, Outcome, is_session_record as is_record};
 use super::manager::Event;
-use crate::authz;
-use crate::consts::FINAL_FLIGHT_RESEND;
 use crate::dtls::{self, KeyLookup};
-use crate::proto::{Control, Peernet};
-use crate::pump::{self, Counters, Inbound, Inbox, OutboundCmd, RateLimit};
-use crate::record::Opener;
-use crate::tun::TunBatch;
-use crate::udp::{Receiver, Udp};
+use crate::pump::OutboundCmd;
+use dtun_linux::rate_limit::RateLimit;
+use dtun_linux::tun::TunBatch;
+use dtun_linux::udp::{Receiver, Udp};
+use dtun_proto::admission::{
+    Admission, AdmissionCounters, Outcome, is_session_record as is_record,
+};
+use dtun_proto::authz;
+use dtun_proto::consts::FINAL_FLIGHT_RESEND;
+use dtun_proto::inbound::{Counters, Inbound, Inbox};
+use dtun_proto::proto::{Control, Peernet};
+use dtun_proto::record::Opener;
 
 mod records;
 
@@ -104,7 +108,7 @@ impl DemuxCounters {
     }
 
     /// Admission's totals, datagrams from unknown peers, session events dropped.
-    pub fn totals(&self) -> (super::admission::AdmissionTotals, u64, u64) {
+    pub fn totals(&self) -> (dtun_proto::admission::AdmissionTotals, u64, u64) {
         (
             self.admission.snapshot(),
             self.unknown_peer.load(Relaxed),
@@ -285,7 +289,7 @@ impl Demux {
                     };
                     tracing::warn!(
                         "handshake with {} (claimed id \"{}\") failed: {why}",
-                        crate::udp::plain(addr),
+                        dtun_linux::udp::plain(addr),
                         identity.escape_ascii()
                     );
                 }
@@ -326,7 +330,7 @@ impl Demux {
         }
         s.resent_at = Some(Instant::now());
         if let Err(e) = self.udp.sock.send_to(&s.final_flight, addr).await
-            && !pump::is_lost_datagram(&e)
+            && !dtun_linux::udp::is_lost_datagram(&e)
         {
             tracing::debug!("resending the last handshake flight to {addr}: {e}");
         }
@@ -338,7 +342,7 @@ impl Demux {
     /// Sends `bytes` (admission's reply, or a final flight) to `addr`.
     async fn send(udp: &Udp, log: &mut RateLimit, bytes: &[u8], addr: SocketAddr, what: &str) {
         if let Err(e) = udp.sock.send_to(bytes, addr).await
-            && !pump::is_lost_datagram(&e)
+            && !dtun_linux::udp::is_lost_datagram(&e)
             && log.allow()
         {
             tracing::debug!("sending {what} to {addr}: {e}");
@@ -354,7 +358,7 @@ impl Demux {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::consts::{CONTENT_ALERT, CONTENT_APPLICATION_DATA};
+    use dtun_proto::consts::{CONTENT_ALERT, CONTENT_APPLICATION_DATA};
 
     #[test]
     fn records_of_the_record_layer() {

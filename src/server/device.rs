@@ -9,13 +9,13 @@ use tokio::task::JoinHandle;
 
 use super::demux::DemuxCmd;
 use super::manager::{Manager, Session, SessionError};
-use crate::authz;
-use crate::hooks::{self, TunnelEnv};
-use crate::pool::Pair;
-use crate::pool6::Pair6;
-use crate::proto::Peernet;
-use crate::record;
-use crate::tun::{self, Tun};
+use dtun_linux::hooks::{self, TunnelEnv};
+use dtun_linux::tun::{self, Tun};
+use dtun_proto::authz;
+use dtun_proto::pool::Pair;
+use dtun_proto::pool6::Pair6;
+use dtun_proto::proto::Peernet;
+use dtun_proto::record;
 
 /// One id's device, with or without a session.
 pub(super) struct Device {
@@ -167,7 +167,8 @@ impl Manager {
             }
         };
         let configured =
-            crate::inet6::configure(&self.nl, name, index, mtu, pair6.server, pair6.client).await;
+            dtun_linux::inet6::configure(&self.nl, name, index, mtu, pair6.server, pair6.client)
+                .await;
         match configured {
             Ok(()) => Some(pair6),
             Err(e) => {

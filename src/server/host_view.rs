@@ -1,4 +1,4 @@
-//! What the server's LAN check (`device::set_lans`, `crate::authz`) needs to know of this host:
+//! What the server's LAN check (`device::set_lans`, `dtun_proto::authz`) needs to know of this host:
 //! its networks, its own addresses and its routes' gateways. Reading them takes full netlink
 //! dumps of every address and route (about 95 ms with 10 000 routes, debug build), and every
 //! peernet or Lans message of every session asks (up to 8 a second each), so the manager keeps
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 
-use crate::netlink::{Netlink, NetlinkError};
+use dtun_linux::netlink::{Netlink, NetlinkError};
 
 /// How long one reading of the host's networks, addresses and gateways is used.
 pub const HOST_VIEW_TTL: Duration = Duration::from_secs(1);
@@ -86,7 +86,7 @@ mod tests {
                 .unwrap();
             rt.block_on(async {
                 let nl = Netlink::new().unwrap();
-                let tun = crate::tun::create(&nl, "dthv%d", 1400).await.unwrap();
+                let tun = dtun_linux::tun::create(&nl, "dthv%d", 1400).await.unwrap();
                 nl.set_link_up(tun.index, 1400).await.unwrap();
                 for i in 0..10_000u32 {
                     let net: IpNet = format!("100.{}.{}.0/24", 64 + i / 256, i % 256)

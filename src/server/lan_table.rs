@@ -1,5 +1,5 @@
 //! Where a server routes its clients' LANs: its own routing table
-//! [`LAN_TABLE`](crate::routes::LAN_TABLE), which every packet but dtun's own datagrams consults
+//! [`LAN_TABLE`](dtun_linux::routes::LAN_TABLE), which every packet but dtun's own datagrams consults
 //! before the main table (as wg-quick keeps its tunnel's routes from its own socket):
 //!
 //! ```text
@@ -7,7 +7,7 @@
 //! table 25717: 192.168.1.0/24 via PEER dev dtunN, fd77::/64 dev dtunN, …  (accepted LANs)
 //! ```
 //!
-//! The server's socket carries the mark [`FWMARK`](crate::routes::FWMARK) (SO_MARK,
+//! The server's socket carries the mark [`FWMARK`](dtun_linux::routes::FWMARK) (SO_MARK,
 //! [`super::bind`]), so its handshake replies and records to a client always take the main
 //! table's path, even when that client's outer address lies inside a LAN another client
 //! announced earlier (before, such a client's datagrams went into the announcer's TUN: it
@@ -23,9 +23,9 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::netlink::{MAIN_TABLE, Netlink, NetlinkError};
-use crate::routes::{FWMARK, LAN_TABLE, PRIO_LANS};
-use crate::rundir::{Lock, LockError, RunDir};
+use dtun_linux::netlink::{MAIN_TABLE, Netlink, NetlinkError};
+use dtun_linux::routes::{FWMARK, LAN_TABLE, PRIO_LANS};
+use dtun_linux::rundir::{Lock, LockError, RunDir};
 
 /// The per-namespace lock every server that routes LANs holds shared.
 const LOCK: &str = "lans";

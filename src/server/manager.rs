@@ -15,18 +15,19 @@ use tokio::task::JoinHandle;
 use super::LOG_CONNECTED;
 use super::demux::{DemuxCmd, SessionRx};
 use crate::config::ServerConfig;
-use crate::consts::{CONTENT_APPLICATION_DATA, KEEPALIVE_MISSES, SETUP_TIMEOUT};
-use crate::handshake::Completed;
-use crate::netlink::{Netlink, NetlinkError};
-use crate::pool::{Pool, PoolError};
-use crate::proto::{
+use crate::pump::{self, Link, OutboundCmd, OutboundEnd};
+use crate::supervise::first_app_sequence;
+use dtun_linux::netlink::{Netlink, NetlinkError};
+use dtun_linux::tun::TunError;
+use dtun_linux::udp::Udp;
+use dtun_proto::consts::{CONTENT_APPLICATION_DATA, KEEPALIVE_MISSES, SETUP_TIMEOUT};
+use dtun_proto::handshake::Completed;
+use dtun_proto::inbound::Counters;
+use dtun_proto::pool::{Pool, PoolError};
+use dtun_proto::proto::{
     AddressMessage, CONTROL_VERSION, CloseReason, Control, HelloFlags, Peernet, ProtoError,
 };
-use crate::pump::{self, Counters, Link, OutboundCmd, OutboundEnd};
-use crate::record;
-use crate::supervise::first_app_sequence;
-use crate::tun::TunError;
-use crate::udp::Udp;
+use dtun_proto::record;
 
 use super::device::Device;
 
@@ -80,7 +81,7 @@ pub(super) struct Session {
     seen: u64,
     pub(super) alive_at: Instant,
     /// The key its handshake was completed with: a reload that changes the id's key ends it.
-    pub(super) key_id: crate::keys::KeyId,
+    pub(super) key_id: dtun_proto::keys::KeyId,
     /// The session's suite and when its handshake completed (for status).
     pub(super) suite: record::Suite,
     pub(super) started: Instant,
@@ -91,7 +92,7 @@ pub(super) struct Manager {
     pub(super) nl: Netlink,
     pub(super) udp: Udp,
     pub(super) pool: Pool,
-    pub(super) pool6: Option<crate::pool6::Pool6>,
+    pub(super) pool6: Option<dtun_proto::pool6::Pool6>,
     pub(super) cmd_tx: mpsc::UnboundedSender<DemuxCmd>,
     pub(super) devices: HashMap<String, Device>,
     pub(super) next_session: u64,
@@ -107,12 +108,12 @@ pub(super) struct Manager {
     pub(super) removed: crate::ops::status::Traffic,
     pub(super) status_rx: Option<mpsc::Receiver<crate::ops::ServerRequest>>,
     /// The key store the handshakes look keys up in; a reload replaces it (`reconfigure`).
-    pub(super) keys: Arc<std::sync::RwLock<crate::keys::KeyStore>>,
+    pub(super) keys: Arc<std::sync::RwLock<dtun_proto::keys::KeyStore>>,
     /// Ids whose fixed address a reload changed while they had a device: a new device at
     /// their next connect.
     pub(super) stale_addr: std::collections::HashSet<String>,
     /// The nftables table (`-nat`, `-client-to-client`, groups): its sets follow the devices.
-    pub(super) firewall: Option<crate::nft::Firewall>,
+    pub(super) firewall: Option<dtun_linux::nft::Firewall>,
     /// The table and rule of the clients' LAN routes.
     pub(super) lan_table: super::lan_table::LanTable,
     /// This host's networks, addresses and gateways for the LAN check, read at most once a
@@ -122,14 +123,14 @@ pub(super) struct Manager {
 
 /// Clients refused at the `-max-clients` limit: counted, and logged at most once a second.
 pub(super) struct Refusals {
-    log: pump::RateLimit,
+    log: dtun_linux::rate_limit::RateLimit,
     pub(super) count: u64,
 }
 
 impl Default for Refusals {
     fn default() -> Self {
         Refusals {
-            log: pump::RateLimit::new(1),
+            log: dtun_linux::rate_limit::RateLimit::new(1),
             count: 0,
         }
     }
@@ -202,8 +203,9 @@ impl Manager {
         match ev {
             Event::Authenticated { addr, est } => {
                 // The key lookup refused invalid ids already; never merge or log raw bytes.
-                let Some(id) = crate::keys::valid_identity(&est.identity).map(String::from) else {
-                    let peer = crate::udp::plain(addr);
+                let Some(id) = dtun_proto::keys::valid_identity(&est.identity).map(String::from)
+                else {
+                    let peer = dtun_linux::udp::plain(addr);
                     tracing::warn!(
                         "client from {peer}: refused invalid id \"{}\"",
                         est.identity.escape_ascii()
@@ -217,7 +219,7 @@ impl Manager {
                     return;
                 }
                 if let Err(e) = self.start_session(&id, addr, *est).await {
-                    let peer = crate::udp::plain(addr);
+                    let peer = dtun_linux::udp::plain(addr);
                     tracing::error!("client {id} from {peer}: cannot set up its tunnel: {e}");
                 }
             }
@@ -363,7 +365,7 @@ impl Manager {
             if first {
                 tracing::info!(
                     "client {id}: {} {}",
-                    crate::dns::LOG_DNS_PUSHED,
+                    dtun_linux::dns::LOG_DNS_PUSHED,
                     dns.iter()
                         .map(|s| s.to_string())
                         .collect::<Vec<_>>()
@@ -453,7 +455,7 @@ impl Manager {
             .devices
             .iter()
             .filter(|(_, d)| {
-                d.up_pending && now.duration_since(d.created) >= crate::consts::HELLO_GRACE
+                d.up_pending && now.duration_since(d.created) >= dtun_proto::consts::HELLO_GRACE
             })
             .map(|(id, _)| id.clone())
             .collect();
@@ -488,7 +490,7 @@ pub(super) enum SessionError {
     #[error("sending to {0} failed: {1}")]
     Send(SocketAddr, std::io::Error),
     #[error(transparent)]
-    Firewall(#[from] crate::nft::NftError),
+    Firewall(#[from] dtun_linux::nft::NftError),
 }
 
 impl SessionError {

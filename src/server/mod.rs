@@ -5,7 +5,7 @@
 //! - the **demultiplexer** (`demux`) owns the socket's read side and the address → session
 //!   table. It opens records of live sessions and writes their packets to the TUNs in
 //!   coalesced batches (data path), answers Pings, and hands every other datagram to
-//!   **admission** (`admission`, over the handshake in `crate::handshake`): stateless cookies,
+//!   **admission** (`admission`, over the handshake in `dtun_proto::handshake`): stateless cookies,
 //!   then a capped, budgeted handshake per proven peer;
 //! - the **manager** (`manager`, with `device`) owns the devices, the pool and the sessions'
 //!   lifecycles (control path): it turns a completed handshake into a session, installs
@@ -13,7 +13,7 @@
 //!   the demultiplexer through `DemuxCmd` messages and hears from it through events (a
 //!   bounded queue for sessions' events).
 //!
-//! With `-nat` or `-client-to-client`, the server also keeps its nftables table (`crate::nft`).
+//! With `-nat` or `-client-to-client`, the server also keeps its nftables table (`dtun_linux::nft`).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -25,14 +25,15 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use crate::config::ServerConfig;
-use crate::consts::EVENT_QUEUE;
 use crate::dtls::KeyLookup;
-use crate::netlink::{Netlink, NetlinkError};
-use crate::pool::{Pool, PoolError};
-use crate::proto::HINT_MARKER;
-use crate::pump::{Inbox, RateLimit};
-use crate::tun::TunBatch;
-use crate::udp::Udp;
+use dtun_linux::netlink::{Netlink, NetlinkError};
+use dtun_linux::rate_limit::RateLimit;
+use dtun_linux::tun::TunBatch;
+use dtun_linux::udp::Udp;
+use dtun_proto::consts::EVENT_QUEUE;
+use dtun_proto::inbound::Inbox;
+use dtun_proto::pool::{Pool, PoolError};
+use dtun_proto::proto::HINT_MARKER;
 
 /// Log line prefix of a new session (tests look for it).
 pub const LOG_CONNECTED: &str = "connected";
@@ -41,7 +42,7 @@ pub const LOG_CONNECTED: &str = "connected";
 pub enum ServerError {
     #[error(
         "UDP port {port} is already in use on {ip}{holder}: stop the other program or choose another -port",
-        holder = crate::udp::port_holder(*port).map(|h| format!(" by {h}")).unwrap_or_default()
+        holder = dtun_linux::udp::port_holder(*port).map(|h| format!(" by {h}")).unwrap_or_default()
     )]
     PortInUse { ip: IpAddr, port: u16 },
     // The I/O error is in the message, not a `source` (which `{:#}` would print again).
@@ -58,13 +59,13 @@ pub enum ServerError {
     #[error(transparent)]
     Pool(#[from] PoolError),
     #[error(transparent)]
-    Pool6(#[from] crate::pool6::Pool6Error),
+    Pool6(#[from] dtun_proto::pool6::Pool6Error),
     #[error(transparent)]
     TaskEnded(#[from] crate::supervise::TaskEnded),
     #[error(transparent)]
-    Firewall(#[from] crate::nft::NftError),
+    Firewall(#[from] dtun_linux::nft::NftError),
     #[error(transparent)]
-    Tun(#[from] crate::tun::TunError),
+    Tun(#[from] dtun_linux::tun::TunError),
 }
 
 /// Binds the server socket; dual-stack when the address is `[::]`.
@@ -79,7 +80,7 @@ pub fn bind(addr: SocketAddr) -> Result<UdpSocket, ServerError> {
             error: source,
             hint: format!(
                 ": dtun needs CAP_NET_BIND_SERVICE to bind a port below 1024: {}",
-                crate::ops::privilege::GRANT_NET_BIND_SERVICE
+                dtun_linux::privilege::GRANT_NET_BIND_SERVICE
             ),
         },
         std::io::ErrorKind::AddrNotAvailable => ServerError::Bind {
@@ -104,16 +105,16 @@ pub fn bind(addr: SocketAddr) -> Result<UdpSocket, ServerError> {
     let _ = s.set_send_buffer_size(4 << 20);
     s.set_nonblocking(true).map_err(map)?;
     // Our datagrams skip the clients' LAN table (src/server/lan_table.rs).
-    crate::sys::set_mark(&socket2::SockRef::from(&s), crate::routes::FWMARK).map_err(|source| {
-        ServerError::Bind {
+    dtun_linux::sys::set_mark(&socket2::SockRef::from(&s), dtun_linux::routes::FWMARK).map_err(
+        |source| ServerError::Bind {
             addr,
             error: source,
             hint: format!(
                 ": dtun needs CAP_NET_ADMIN to mark its socket (SO_MARK): {GRANT}",
-                GRANT = crate::ops::privilege::GRANT_NET_ADMIN
+                GRANT = dtun_linux::privilege::GRANT_NET_ADMIN
             ),
-        }
-    })?;
+        },
+    )?;
     s.bind(&addr.into()).map_err(map)?;
     UdpSocket::from_std(s.into()).map_err(map)
 }
@@ -139,7 +140,7 @@ pub async fn run_with(
 ) -> Result<(), ServerError> {
     let nl = Netlink::new()?;
     // Before anything says "listening": a server that cannot make devices fails now.
-    crate::tun::probe(&cfg.tun.name)?;
+    dtun_linux::tun::probe(&cfg.tun.name)?;
     if !cfg.tun.name.contains("%d") {
         tracing::warn!(
             "-name {} has no %d: one client at a time can have a device (use e.g. {}%d)",
@@ -156,7 +157,7 @@ pub async fn run_with(
             pool.assign_fixed(id, addr)?;
         }
     }
-    let mut pool6 = cfg.pool6.map(crate::pool6::Pool6::new).transpose()?;
+    let mut pool6 = cfg.pool6.map(dtun_proto::pool6::Pool6::new).transpose()?;
     let fixed6 = cfg
         .keys
         .clients
@@ -219,14 +220,19 @@ pub async fn run_with(
                 .collect();
             groups.sort();
             groups.dedup();
-            Some(crate::nft::Firewall::apply(&cfg.instance, policy, &groups)?)
+            Some(dtun_linux::nft::Firewall::apply(
+                &cfg.instance,
+                policy,
+                &groups,
+            )?)
         }
         None => None,
     };
     // IPv6 inside (-pool6) and forwarding: IPv6 forwarding too (src/nat6.rs).
     let nat6 = match (&firewall, cfg.firewall, cfg.pool6) {
         (Some(fw), Some(policy), Some(_)) if policy.needs_forwarding() => {
-            match crate::nat6::Ipv6Forwarding::apply(fw, &cfg.tun.name, policy, &cfg.instance) {
+            match dtun_linux::nat6::Ipv6Forwarding::apply(fw, &cfg.tun.name, policy, &cfg.instance)
+            {
                 Ok(n) => Some(n),
                 Err(e) => {
                     tracing::warn!("{e}: IPv6 from clients is not forwarded");
@@ -308,16 +314,15 @@ pub async fn run_with(
     }
 }
 
-pub mod admission;
 mod demux;
 mod device;
 mod host_view;
 mod lan_table;
-use admission::Admission;
 pub use demux::DemuxCounters;
 use demux::{Delivery, Demux};
+use dtun_proto::admission::Admission;
 mod manager;
 use manager::Manager;
 mod reconfigure;
 mod status;
-pub use reconfigure::{Applied, Reconfigure};
+use crate::ops::reload::Reconfigure;

@@ -7,51 +7,11 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
-
-use tokio::sync::oneshot;
 
 use super::manager::Manager;
-use crate::keys::KeyStore;
-use crate::proto::CloseReason;
-
-/// What a reload hands the running server.
-pub struct Reconfigure {
-    pub keys: KeyStore,
-    pub linger: Duration,
-    pub max_clients: usize,
-    pub dns: Vec<IpAddr>,
-    /// What was done, once it is; or why nothing was (the running configuration stays).
-    pub done: oneshot::Sender<Result<Applied, String>>,
-}
-
-/// What a reload changed; ids sorted.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Applied {
-    /// Ids listed now and not before.
-    pub added: Vec<String>,
-    /// Ids listed before and not now.
-    pub removed: Vec<String>,
-    /// Listed ids whose key changed.
-    pub rekeyed: Vec<String>,
-    /// Listed ids whose fixed address (`addr`, `addr6`) changed (applies at their next connect).
-    pub readdressed: Vec<String>,
-    /// Ids whose isolation group changed while they had a device: the device goes (its TUN is
-    /// in the old group's set), the id gets a new one in its new group at its next connect.
-    pub regrouped: Vec<String>,
-    /// Ids whose session was ended (Close "revoked").
-    pub ended: Vec<String>,
-    /// Ids whose LAN routes a changed `lans=` changed, with what: `id (-NET +NET)`.
-    pub lans: Vec<String>,
-    /// Isolation groups were turned on by this reload (the first `group=`): the nftables
-    /// rules and sets now enforce them.
-    pub groups_enforced: bool,
-    /// Ids this reload turned off (`disabled = true`) or on again.
-    pub disabled: Vec<String>,
-    pub enabled: Vec<String>,
-    /// Settings applied at once, as `name old -> new` (`linger`, `max_clients`, `dns`).
-    pub settings: Vec<String>,
-}
+use crate::ops::reload::{Applied, Reconfigure};
+use dtun_proto::keys::KeyStore;
+use dtun_proto::proto::CloseReason;
 
 impl Manager {
     pub(super) async fn reconfigure(&mut self, r: Reconfigure) {
@@ -77,7 +37,8 @@ impl Manager {
                 (Some(a), Some(b)) if a.key != b.key => applied.rekeyed.push(id.clone()),
                 _ => {}
             }
-            let fixed = |k: &crate::keys::KeyStore| k.clients.get(id).map(|c| (c.addr, c.addr6));
+            let fixed =
+                |k: &dtun_proto::keys::KeyStore| k.clients.get(id).map(|c| (c.addr, c.addr6));
             if fixed(&old).unwrap_or_default() != fixed(new).unwrap_or_default() {
                 if old.clients.contains_key(id) && new.clients.contains_key(id) {
                     applied.readdressed.push(id.clone());
@@ -227,8 +188,8 @@ impl Manager {
         groups.sort();
         groups.dedup();
         let policy = match self.cfg.firewall {
-            Some(p) => crate::nft::Policy { groups: true, ..p },
-            None => crate::nft::Policy {
+            Some(p) => dtun_linux::nft::Policy { groups: true, ..p },
+            None => dtun_linux::nft::Policy {
                 nat: false,
                 client_to_client: None,
                 groups: true,
@@ -239,7 +200,7 @@ impl Manager {
             .values()
             .map(|d| (d.tun.name.clone(), d.group.clone()))
             .collect();
-        let why = |e: crate::nft::NftError| {
+        let why = |e: dtun_linux::nft::NftError| {
             format!(
                 "isolation groups (group=) cannot be enforced: {e}; remove group= or restart the server"
             )
@@ -249,7 +210,7 @@ impl Manager {
             Some(_) if !policy.grouped() => {}
             Some(fw) => fw.enable_groups(&policy, &groups, &members).map_err(why)?,
             None => {
-                let mut fw = crate::nft::Firewall::apply(&self.cfg.instance, policy, &groups)
+                let mut fw = dtun_linux::nft::Firewall::apply(&self.cfg.instance, policy, &groups)
                     .map_err(why)?;
                 for (tun, group) in &members {
                     if let Err(e) = fw.add_tun(tun, group.as_deref()) {

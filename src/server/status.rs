@@ -8,7 +8,7 @@ use crate::ops::status::{
     AdmissionView, Clock, Keepalive, LingeringView, PeerView, ServerView, SessionView, Traffic,
 };
 
-use crate::udp::plain;
+use dtun_linux::udp::plain;
 
 impl Manager {
     pub(super) fn status_view(&self) -> ServerView {

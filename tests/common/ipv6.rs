@@ -15,7 +15,7 @@ pub const LOG_IPV6_UP: &str = dtun::client::LOG_IPV6_UP;
 /// The server's log line when it sends a client its IPv6 pair.
 pub const SERVER_IPV6: &str = "IPv6 inside, local";
 
-pub const DEFAULT_POOL6: &str = dtun::pool6::DEFAULT_POOL6;
+pub const DEFAULT_POOL6: &str = dtun_proto::pool6::DEFAULT_POOL6;
 
 /// The global point-to-point IPv6 address of `dev` as (local, peer), if it has one.
 pub fn p2p6(ns: &Netns, dev: &str) -> Option<(Ipv6Addr, Ipv6Addr)> {

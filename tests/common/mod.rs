@@ -269,10 +269,10 @@ impl Netns {
         self.ip(&["-6", "route"]) + &self.lan_routes("-6")
     }
 
-    /// The routes of a server's table of its clients' LANs (`dtun::routes::LAN_TABLE`), one
+    /// The routes of a server's table of its clients' LANs (`dtun_linux::routes::LAN_TABLE`), one
     /// family; the table exists only while it holds a route.
     fn lan_routes(&self, family: &str) -> String {
-        let table = format!(" table {} ", dtun::routes::LAN_TABLE);
+        let table = format!(" table {} ", dtun_linux::routes::LAN_TABLE);
         self.ip(&[family, "route", "show", "table", "all"])
             .lines()
             .filter(|l| l.contains(&table))

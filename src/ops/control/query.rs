@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::{ADMIN_SUFFIX, CONNECTION_TIMEOUT, REFUSED, STATUS_SUFFIX};
-use crate::rundir::{RunDir, RunDirError};
+use dtun_linux::rundir::{RunDir, RunDirError};
 
 /// Why `dtun status` got no answer.
 #[derive(Debug, thiserror::Error)]
@@ -72,7 +72,7 @@ pub fn running() -> Vec<String> {
     };
     let alive = |path: &Path| match std::os::unix::net::UnixStream::connect(path) {
         // A socket someone else answers for is not a dtun.
-        Ok(s) => Some(crate::sys::peer_uid(&s).is_ok_and(|uid| believed(uid, &dtun_uid()))),
+        Ok(s) => Some(dtun_linux::sys::peer_uid(&s).is_ok_and(|uid| believed(uid, &dtun_uid()))),
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => None,
         Err(_) => Some(false),
     };
@@ -188,7 +188,7 @@ fn connect(
         }
         Err(e) => return Err(io(e)),
     };
-    let uid = crate::sys::peer_uid(&s).map_err(io)?;
+    let uid = dtun_linux::sys::peer_uid(&s).map_err(io)?;
     if !believed(uid, &dtun_uid()) {
         return Err(QueryError::Impostor {
             path: path.display().to_string(),
@@ -201,7 +201,7 @@ fn connect(
 /// Whether an answer from `uid` is believed (module header): root, the system user dtun
 /// (`dtun`, its uid if it has one), or ourselves.
 fn believed(uid: u32, dtun: &Option<u32>) -> bool {
-    uid == 0 || uid == crate::sys::euid() || *dtun == Some(uid)
+    uid == 0 || uid == dtun_linux::sys::euid() || *dtun == Some(uid)
 }
 
 /// The uid of the system user `dtun`, from /etc/passwd (system users live there, not in a
@@ -231,8 +231,8 @@ mod tests {
         assert_eq!(passwd_uid(passwd, "dtu"), None);
         assert_eq!(passwd_uid("dtun:x:notanumber:1::/:", "dtun"), None);
         assert!(believed(0, &None) && believed(998, &Some(998)));
-        assert!(believed(crate::sys::euid(), &None));
-        assert!(!believed(4242, &Some(998)) || crate::sys::euid() == 4242);
+        assert!(believed(dtun_linux::sys::euid(), &None));
+        assert!(!believed(4242, &Some(998)) || dtun_linux::sys::euid() == 4242);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! drop.
 
 use super::*;
+use dtun_proto::inbound;
 
 /// Control messages (other than Pings) one session may pass to the manager at once: a client
 /// sends at most 8 Hellos and 8 Lans while it sets up (src/client/hello.rs), then a Close.
@@ -81,8 +82,8 @@ impl SessionControl<'_> {
                 }
             }
             Ok(msg) if state.spend(Instant::now()) => self.report(msg),
-            Ok(_) => self.counters.count_drop(pump::Drop::ControlFlood),
-            Err(_) => self.counters.count_drop(pump::Drop::Unexpected),
+            Ok(_) => self.counters.count_drop(inbound::DropKind::ControlFlood),
+            Err(_) => self.counters.count_drop(inbound::DropKind::Unexpected),
         }
     }
 
@@ -131,7 +132,7 @@ impl Demux {
                         // should be: that message was lost. Close, so the client starts over.
                         let lost = peernet.is_err()
                             && ((s.controls && Control::is_control(data))
-                                || pump::is_whole_ip_packet(data));
+                                || inbound::is_whole_ip_packet(data));
                         let ev = if lost {
                             Event::SetupLost {
                                 session_id: s.session_id,
@@ -152,8 +153,8 @@ impl Demux {
                             demux: dc,
                         };
                         sc.record(&buf[r.clone()], &mut s.control);
-                    } else if !pump::is_ip(&buf[r.clone()]) {
-                        s.counters.count_drop(pump::Drop::NotIp);
+                    } else if !inbound::is_ip(&buf[r.clone()]) {
+                        s.counters.count_drop(inbound::DropKind::NotIp);
                         if log_limit.allow() {
                             tracing::debug!("drop reason=not_ip from {addr}");
                         }
@@ -163,7 +164,7 @@ impl Demux {
                         s.tunnel_ip6,
                         &s.allowed,
                     ) {
-                        s.counters.count_drop(pump::Drop::ForgedSource);
+                        s.counters.count_drop(inbound::DropKind::ForgedSource);
                         if log_limit.allow() {
                             tracing::debug!("drop reason=forged_source from {addr}");
                         }
@@ -171,7 +172,7 @@ impl Demux {
                         s.counters.count_rx(r.len());
                         let packet = &mut buf[r.clone()];
                         crate::supervise::fault_point(crate::supervise::Site::Demux, packet);
-                        crate::mss::clamp(packet, s.mss.0, s.mss.1);
+                        dtun_proto::mss::clamp(packet, s.mss.0, s.mss.1);
                         tun_batch.push(&s.tun, packet).await;
                     }
                 }
@@ -196,7 +197,7 @@ impl Demux {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::consts::EVENT_QUEUE;
+    use dtun_proto::consts::EVENT_QUEUE;
 
     /// What a session's control records reach: its outbound queue, the manager's event queue
     /// and the counters (the receivers are returned apart, for the test to drain).
@@ -209,7 +210,7 @@ mod tests {
 
     impl Rig {
         fn new() -> (Rig, mpsc::Receiver<OutboundCmd>, mpsc::Receiver<Event>) {
-            let (out_tx, out_rx) = pump::outbound_channel();
+            let (out_tx, out_rx) = crate::pump::outbound_channel();
             let (events, ev_rx) = mpsc::channel(EVENT_QUEUE);
             let rig = Rig {
                 out_tx,
@@ -268,14 +269,14 @@ mod tests {
         for bad in [&[0u8, 9][..], &[0, 0xff, 1], &[0, 2, 0], &[0, 4]] {
             sc.record(bad, &mut state);
         }
-        assert_eq!(counters.drops(pump::Drop::Unexpected), 4);
+        assert_eq!(counters.drops(inbound::DropKind::Unexpected), 4);
         assert!(ev_rx.try_recv().is_err());
         sc.record(&[0, 4, 9, b'x'], &mut state);
         assert!(matches!(
             ev_rx.try_recv(),
             Ok(Event::Control {
                 msg: Control::Close {
-                    reason: crate::proto::CloseReason::Other(9),
+                    reason: dtun_proto::proto::CloseReason::Other(9),
                     ..
                 },
                 ..
@@ -294,7 +295,7 @@ mod tests {
         let (sc, counters, demux) = (rig.control(7), &rig.counters, &rig.demux);
         let mut state = ControlState::default();
         let hello = Control::Hello {
-            version: crate::proto::CONTROL_VERSION,
+            version: dtun_proto::proto::CONTROL_VERSION,
             keepalive_ms: 0,
             flags: Default::default(),
         }
@@ -306,14 +307,14 @@ mod tests {
         }
         sc.record(
             &Control::Close {
-                reason: crate::proto::CloseReason::Shutdown,
+                reason: dtun_proto::proto::CloseReason::Shutdown,
                 detail: String::new(),
             }
             .to_bytes(),
             &mut state,
         );
         assert_eq!(
-            counters.drops(pump::Drop::ControlFlood),
+            counters.drops(inbound::DropKind::ControlFlood),
             0,
             "an honest setup"
         );
@@ -326,7 +327,7 @@ mod tests {
         }
         assert_eq!(passed, CONTROL_BURST as usize);
         assert_eq!(
-            counters.drops(pump::Drop::ControlFlood),
+            counters.drops(inbound::DropKind::ControlFlood),
             10_000 + 17 - u64::from(CONTROL_BURST)
         );
         assert_eq!(demux.events_dropped.load(Relaxed), 0);

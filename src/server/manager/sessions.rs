@@ -106,7 +106,7 @@ impl Manager {
             suite: est.suite,
             started: Instant::now(),
         });
-        let peer = crate::udp::plain(addr);
+        let peer = dtun_linux::udp::plain(addr);
         tracing::info!(
             "client {id} {LOG_CONNECTED} from {peer} on {} (local {} peer {}, {})",
             dev.tun.name,
@@ -122,7 +122,7 @@ impl Manager {
     async fn refuse(&mut self, id: &str, addr: SocketAddr, est: &Completed) {
         self.refusals.count += 1;
         if self.refusals.log.allow() {
-            let peer = crate::udp::plain(addr);
+            let peer = dtun_linux::udp::plain(addr);
             tracing::warn!(
                 "client {id} from {peer} refused: {} devices, the -max-clients limit ({} refused so far; ids in -clients still get in)",
                 self.devices.len(),
@@ -141,7 +141,7 @@ impl Manager {
             Some(_) => "its key changed",
             None => "its credentials were removed",
         };
-        let peer = crate::udp::plain(addr);
+        let peer = dtun_linux::udp::plain(addr);
         tracing::warn!(
             "client {id} from {peer} refused: its handshake completed with a key that is no longer its key ({now}, reload)",
         );
@@ -191,7 +191,7 @@ impl Manager {
 
     /// Ends the id's session because a new one of the id came from `addr` (Close "replaced").
     pub(in crate::server) async fn end_replaced(&mut self, id: &str, addr: SocketAddr) {
-        let addr = crate::udp::plain(addr);
+        let addr = dtun_linux::udp::plain(addr);
         let why = format!("replaced by a new session from {addr}");
         self.end_session_because(id, Some(CloseReason::Replaced), &addr.to_string(), &why)
             .await;
@@ -251,7 +251,7 @@ impl Manager {
         dev.past.add(&crate::ops::status::Traffic::of(&s.counters));
         tracing::info!(
             "client {id} from {} disconnected: {why} ({})",
-            crate::udp::plain(s.addr),
+            dtun_linux::udp::plain(s.addr),
             s.counters.summary()
         );
     }

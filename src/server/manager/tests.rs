@@ -4,8 +4,8 @@
 //! exactly, every run.
 
 use super::*;
-use crate::keys::KeyStore;
-use crate::server::reconfigure::{Applied, Reconfigure};
+use crate::ops::reload::{Applied, Reconfigure};
+use dtun_proto::keys::KeyStore;
 use nix::sched::{CloneFlags, unshare};
 
 const OLD_KEY: &[u8] = b"old-key-0123456789";
@@ -86,7 +86,7 @@ async fn manager() -> (Manager, mpsc::UnboundedReceiver<DemuxCmd>) {
 fn completed(id: &str, key: &[u8]) -> Box<Completed> {
     Box::new(Completed {
         suite: record::Suite::Aes128Gcm,
-        keys: crate::kdf::KeyBlock {
+        keys: dtun_proto::kdf::KeyBlock {
             client_key: [1; 16],
             server_key: [2; 16],
             client_iv: [3; 4],
@@ -94,7 +94,7 @@ fn completed(id: &str, key: &[u8]) -> Box<Completed> {
         },
         identity: id.as_bytes().to_vec(),
         final_flight: vec![0; 8],
-        key_id: crate::keys::KeyId::of(key),
+        key_id: dtun_proto::keys::KeyId::of(key),
     })
 }
 
@@ -171,7 +171,7 @@ fn a_removed_key_ends_the_session_and_refuses_queued_completions() {
         let mut keys = store(OLD_KEY);
         keys.clients.insert(
             "other".into(),
-            crate::keys::parse_credentials("other key=other-key-0123456789")
+            dtun_proto::keys::parse_credentials("other key=other-key-0123456789")
                 .unwrap()
                 .remove("other")
                 .unwrap(),

@@ -9,7 +9,7 @@ use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressHeaderFlags};
 
 use crate::netlink::{Netlink, NetlinkError, raw_errno};
-use crate::pool6::IPV6_MIN_MTU;
+use dtun_proto::pool6::IPV6_MIN_MTU;
 
 /// Why a device cannot carry IPv6, for a warning; the tunnel then runs with IPv4 only.
 #[derive(Debug, thiserror::Error)]

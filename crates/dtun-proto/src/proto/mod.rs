@@ -8,6 +8,8 @@ use ipnet::IpNet;
 
 use crate::consts::{ADDRESS_MESSAGE_LEN, PEERNET_EMPTY};
 
+pub mod bodies;
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ProtoError {
     #[error("address message must be {ADDRESS_MESSAGE_LEN} bytes, got {0}")]
@@ -218,7 +220,7 @@ pub enum Control {
     Lans(Vec<ipnet::IpNet>),
 }
 
-pub use crate::proto6::{ADDR6_LEN, Addr6, MAX_LANS};
+pub use bodies::{ADDR6_LEN, Addr6, MAX_LANS};
 
 impl Control {
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -270,7 +272,7 @@ impl Control {
             }
             Control::Lans(lans) => {
                 b.push(7);
-                crate::proto6::encode_lans(lans, &mut b);
+                bodies::encode_lans(lans, &mut b);
             }
         }
         b
@@ -299,7 +301,7 @@ impl Control {
             }
             [CONTROL_MARKER, 5, count, body @ ..] => parse_dns(*count, body),
             [CONTROL_MARKER, 6, body @ ..] => Addr6::parse(body).map(Control::Addr6),
-            [CONTROL_MARKER, 7, body @ ..] => crate::proto6::parse_lans(body).map(Control::Lans),
+            [CONTROL_MARKER, 7, body @ ..] => bodies::parse_lans(body).map(Control::Lans),
             _ => Err(ProtoError::Control),
         }
     }

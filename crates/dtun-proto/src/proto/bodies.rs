@@ -1,4 +1,4 @@
-//! The bodies of dtun's IPv6-era control messages (see [`crate::proto::Control`]): Addr6
+//! The bodies of two control messages of dtun (see [`super::Control`]): Addr6
 //! (type 6, server → client: the client's IPv6 pair) and Lans (type 7, client → server: the
 //! LANs of `-peernet` beyond the one the original's peernet message carries).
 
@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use crate::proto::ProtoError;
+use super::ProtoError;
 
 /// Most LANs in one Lans message.
 pub const MAX_LANS: usize = 16;

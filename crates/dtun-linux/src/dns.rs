@@ -1,5 +1,5 @@
 //! The client's DNS while its tunnel is up: its own `-dns`, else the servers the server pushed
-//! (a [`crate::proto::Control::Dns`] message) when [`use_pushed_dns`] says so.
+//! (a [`dtun_proto::proto::Control::Dns`] message) when the client's [`DnsPolicy`] takes them.
 //!
 //! Two methods, chosen once at start and named in the log line that sets the servers:
 //!
@@ -26,8 +26,6 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-
-use crate::config::ClientConfig;
 
 mod file;
 mod resolved;
@@ -57,10 +55,18 @@ pub const LOG_DNS_IGNORED: &str = "DNS pushed by the server not applied";
 /// Server log line when it sends its `-dns` to a client.
 pub const LOG_DNS_PUSHED: &str = "pushing DNS";
 
-/// Whether the client takes the DNS servers the server pushes (its own `-dns` wins anyway).
-/// A split-routing client does not: only `-accept-dns` or `-route all`.
-pub fn use_pushed_dns(cfg: &ClientConfig) -> bool {
-    cfg.accept_dns || cfg.routes.all
+/// What the client's flags say about DNS (the client builds it from its configuration).
+#[derive(Clone, Debug, Default)]
+pub struct DnsPolicy {
+    /// The client's own `-dns`: set whatever the server pushes.
+    pub own: Vec<IpAddr>,
+    /// Whether the servers the server pushes are taken (`-accept-dns` or `-route all`; the
+    /// client's own `-dns` wins anyway).
+    pub accept_pushed: bool,
+    /// `-route all`: with systemd-resolved, the TUN also gets the routing domain `~.`.
+    pub route_all: bool,
+    /// `-compat`: the server is never asked for anything, so only `own` counts.
+    pub compat: bool,
 }
 
 /// The client's DNS state; every method is quick file I/O, called from the session's task.
@@ -99,7 +105,7 @@ struct State {
     /// How many times the servers were changed (tests count them).
     sets: u64,
     /// For the log lines about what the server pushed.
-    log_limit: crate::pump::RateLimit,
+    log_limit: crate::rate_limit::RateLimit,
     /// Told what is in place after every change (the client's status board).
     watcher: Option<Watcher>,
 }
@@ -109,19 +115,19 @@ struct State {
 pub type Watcher = Box<dyn Fn(&[IpAddr], Option<&'static str>) + Send>;
 
 impl Dns {
-    /// For the client of `cfg`: through systemd-resolved when it is on the system bus (asked
+    /// For a client with this policy: through systemd-resolved when it is on the system bus (asked
     /// only if this client may set DNS at all), else on the real /etc/resolv.conf. Either way
     /// restores what a dtun that did not exit cleanly left in /etc/resolv.conf.
-    pub async fn new(cfg: &ClientConfig, nl: &crate::netlink::Netlink) -> Dns {
+    pub async fn new(policy: &DnsPolicy, nl: &crate::netlink::Netlink) -> Dns {
         let dns = Dns::with_paths(
             Path::new(RESOLV_CONF),
             Path::new(BACKUP_DIR),
-            cfg.dns.clone(),
-            use_pushed_dns(cfg),
+            policy.own.clone(),
+            policy.accept_pushed,
         );
         // A -compat client is never pushed anything: only its own -dns counts.
-        let takes_pushed = cfg.dns.is_empty() && use_pushed_dns(cfg) && !cfg.common.compat;
-        let may_set = !cfg.dns.is_empty() || takes_pushed;
+        let takes_pushed = policy.own.is_empty() && policy.accept_pushed && !policy.compat;
+        let may_set = !policy.own.is_empty() || takes_pushed;
         if takes_pushed {
             dns.lock().routes = Some(via_tunnel::spawn(nl.clone()));
         }
@@ -131,7 +137,7 @@ impl Dns {
             );
             let mut st = dns.lock();
             st.resolved = Some(resolved::spawn(conn));
-            st.route_all = cfg.routes.all;
+            st.route_all = policy.route_all;
         }
         dns
     }
@@ -160,7 +166,7 @@ impl Dns {
             last_set: None,
             deferred: None,
             sets: 0,
-            log_limit: crate::pump::RateLimit::new(5),
+            log_limit: crate::rate_limit::RateLimit::new(5),
             watcher: None,
         };
         st.file.recover();
@@ -432,7 +438,7 @@ impl State {
                 "cannot set DNS {} from {from} in {resolv}: {e}; the tunnel stays up with the system's DNS{}",
                 join(servers),
                 if e.permission_denied() {
-                    format!(": {}", crate::ops::privilege::GRANT_RESOLV_CONF)
+                    format!(": {}", crate::privilege::GRANT_RESOLV_CONF)
                 } else {
                     String::new()
                 }

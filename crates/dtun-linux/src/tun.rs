@@ -21,7 +21,7 @@ const WRITE_CAPACITY: usize = 2 * HEADROOM + 65536;
 pub enum TunError {
     #[error(
         "dtun needs CAP_NET_ADMIN to create its TUN device {0}: {grant}",
-        grant = crate::ops::privilege::GRANT_NET_ADMIN
+        grant = crate::privilege::GRANT_NET_ADMIN
     )]
     Permission(String),
     #[error("/dev/net/tun is missing: load the tun module (modprobe tun)")]

@@ -80,7 +80,7 @@ impl RouteSpec {
     }
 
     /// What goes into the tunnel.
-    pub(crate) fn tunnel_routes(&self) -> Vec<IpNet> {
+    pub fn tunnel_routes(&self) -> Vec<IpNet> {
         if self.all {
             vec![
                 IpNet::new(Ipv4Addr::UNSPECIFIED.into(), 1).expect("valid /1"),
@@ -92,7 +92,7 @@ impl RouteSpec {
     }
 }
 
-pub use crate::cidr::{parse as parse_cidr, parse_list};
+pub use dtun_proto::cidr::{parse as parse_cidr, parse_list};
 
 /// An exclude file: one CIDR a line, `#` starts a comment, blank lines are skipped. A bad
 /// line's error names the file and the line.

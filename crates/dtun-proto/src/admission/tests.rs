@@ -1,5 +1,5 @@
 use super::*;
-use crate::handshake::tests::client_hello;
+use crate::handshake::testing::client_hello;
 
 const SUITES: [Suite; 2] = [Suite::Aes128Gcm, Suite::Aes128Ccm8];
 

@@ -66,8 +66,6 @@ pub const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// right after its peernet message) before running the device's up script without the IPv6
 /// pair, which only a dtun peer gets.
 pub const HELLO_GRACE: Duration = Duration::from_secs(2);
-/// How long the client's up script may run.
-pub const HOOK_TIMEOUT: Duration = Duration::from_secs(30);
 /// ICMP port unreachables for one handshake attempt, with nothing yet from the server, after
 /// which the client gives that attempt up and backs off: an operator with a wrong -host or
 /// -port hears so within seconds, not after HANDSHAKE_TIMEOUT. Only the attempt is lost (a

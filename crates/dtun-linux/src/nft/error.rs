@@ -18,7 +18,7 @@ pub enum NftError {
     InstanceInUse(String),
     #[error(
         "{what} needs CAP_NET_ADMIN to create the nftables table {table}: {grant}",
-        grant = crate::ops::privilege::GRANT_NET_ADMIN
+        grant = crate::privilege::GRANT_NET_ADMIN
     )]
     Permission { what: &'static str, table: String },
     #[error(

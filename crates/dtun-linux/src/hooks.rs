@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::consts::HOOK_TIMEOUT;
+/// How long the client's up script may run.
+pub const HOOK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What a script is told about the tunnel.
 #[derive(Clone, Debug)]

@@ -12,7 +12,7 @@ use rtnetlink::packet_route::route::RouteHeader;
 use rtnetlink::{Handle, LinkUnspec};
 
 /// What the user is told when the kernel refuses a change for lack of privilege.
-use crate::ops::privilege::GRANT_NET_ADMIN;
+use crate::privilege::GRANT_NET_ADMIN;
 
 /// The main routing table's number.
 pub const MAIN_TABLE: u32 = RouteHeader::RT_TABLE_MAIN as u32;

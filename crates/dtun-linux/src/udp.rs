@@ -13,8 +13,6 @@ use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
-use crate::pump::is_lost_datagram;
-
 /// Largest UDP payload of one GSO send over IPv4 (65535 less IP and UDP headers).
 const MAX_GSO_PAYLOAD: usize = 65507;
 /// Receive buffers per `recvmmsg`, each up to 64 KB of coalesced datagrams.
@@ -264,4 +262,16 @@ pub fn port_holder(port: u16) -> Option<String> {
         }
     }
     None
+}
+
+/// Send errors that mean "this datagram was dropped locally", not "the peer is gone".
+pub fn is_lost_datagram(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EPERM)
+            | Some(libc::ENOBUFS)
+            | Some(libc::EAGAIN)
+            | Some(libc::ENETUNREACH)
+            | Some(libc::EHOSTUNREACH)
+    )
 }

@@ -392,5 +392,7 @@ impl ServerHandshake {
     }
 }
 
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
 #[cfg(test)]
-pub(crate) mod tests;
+mod tests;
