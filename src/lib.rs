@@ -5,7 +5,6 @@
 pub mod cli;
 pub mod client;
 pub mod config;
-pub mod dtls;
 pub mod ops;
 pub mod pump;
 pub mod server;

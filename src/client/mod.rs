@@ -16,7 +16,6 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::config::{ClientConfig, ConfigError};
-use crate::dtls::{self, ChannelConn, HandshakeError, Role};
 use crate::ops::{ClientBoard, LiveSession};
 use crate::pump::{self, Link, OutboundCmd};
 use crate::supervise::{TaskEnded, first_app_sequence};
@@ -28,9 +27,10 @@ use dtun_linux::tun::{self, Tun, TunError, TunWriter};
 use dtun_linux::udp::{Receiver, Udp};
 use dtun_proto::consts::{
     ADDRESS_MESSAGE_LEN, BUF_LEN, CONTENT_ALERT, CONTENT_APPLICATION_DATA, FAILOVER_DELAY,
-    HANDSHAKE_QUEUE, HANDSHAKE_REFUSALS, HANDSHAKE_TIMEOUT, KEEPALIVE_MISSES, MAX_BACKOFF,
-    MIN_BACKOFF, REFUSED_GRACE, REPLACED_BACKOFF, SETUP_TIMEOUT,
+    HANDSHAKE_REFUSALS, HANDSHAKE_TIMEOUT, KEEPALIVE_MISSES, MAX_BACKOFF, MIN_BACKOFF,
+    REFUSED_GRACE, REPLACED_BACKOFF, SETUP_TIMEOUT,
 };
+use dtun_proto::handshake::{ClientHandshake, HandshakeError, Progress};
 use dtun_proto::inbound::{Counters, Inbound, Inbox};
 use dtun_proto::proto::{
     AddressMessage, CONTROL_VERSION, CloseReason, Control, HINT_MARKER, ProtoError,

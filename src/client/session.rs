@@ -58,21 +58,27 @@ pub(super) async fn session(
     };
     let mut buf = vec![0u8; BUF_LEN];
 
-    // 1. Handshake. Records that overtake the end of our handshake (the address message when
-    //    the server's last flight was lost, or a close_notify right after it) are kept for step 2.
-    let (hs_tx, hs_rx) = mpsc::channel(HANDSHAKE_QUEUE);
-    let conn = ChannelConn::new(hs_rx, Arc::clone(&sock), server, true);
-    let role = Role::Client {
-        identity: cfg.id.as_bytes().to_vec(),
-        key: cfg.key.0.to_vec(),
+    // 1. Handshake (dtun_proto::handshake::ClientHandshake, driven from here). Records that
+    //    overtake the end of our handshake (the address message when the server's last flight
+    //    was lost, or a close_notify right after it) are kept for step 2.
+    let rng = ring::rand::SystemRandom::new();
+    let hs = ClientHandshake::new(
+        cfg.id.as_bytes(),
+        &cfg.key.0,
+        &cfg.common.suites,
+        &rng,
+        std::time::Instant::now(),
+    );
+    let (mut hs, first) = match hs {
+        Ok(h) => h,
+        Err(e) => return lost(ClientError::Handshake(server, e, cfg.id.clone())),
     };
-    let hs = dtls::handshake(role, &cfg.common.suites, conn);
-    tokio::pin!(hs);
+    send_handshake(&sock, &first).await;
     let mut early = EarlyRecords::default();
     let (mut refusals, mut answered) = (0u32, false);
     let est = loop {
+        let timer = hs.next_timeout().map(Instant::from_std);
         tokio::select! {
-            r = &mut hs => break r,
             r = sock.recv(&mut buf) => match r {
                 Ok(n) => {
                     answered = true;
@@ -80,8 +86,13 @@ pub(super) async fn session(
                     // -max-clients limit sends close_notify right after Finished.
                     if could_be_first(&buf[..n]) {
                         early.push(&buf[..n]);
-                    } else {
-                        let _ = hs_tx.try_send(buf[..n].to_vec());
+                        continue;
+                    }
+                    match hs.datagram(std::time::Instant::now(), &buf[..n]) {
+                        Ok(Progress::Send(d)) => send_handshake(&sock, &d).await,
+                        Ok(Progress::Wait) => {}
+                        Ok(Progress::Established(e)) => break Ok(e),
+                        Err(f) => break Err(f),
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
@@ -92,29 +103,35 @@ pub(super) async fn session(
                 }
                 Err(e) => tracing::debug!("recv: {e}"),
             },
+            _ = tokio::time::sleep_until(timer.unwrap_or_else(|| Instant::now() + HANDSHAKE_TIMEOUT)) => {
+                match hs.timeout(std::time::Instant::now()) {
+                    Ok(Some(d)) => send_handshake(&sock, &d).await,
+                    Ok(None) => {}
+                    Err(f) => break Err(f),
+                }
+            }
             _ = shutdown.as_mut() => return End::Shutdown,
         }
     };
     let est = match est {
         Ok(est) => est,
         Err(f) => {
+            if let Some(alert) = &f.alert {
+                send_handshake(&sock, alert).await;
+            }
+            tracing::debug!(
+                "handshake with {server} failed ({} datagram parts ignored)",
+                hs.ignored()
+            );
             return lost(match f.error {
                 HandshakeError::Timeout(_) if refusals > 0 && !answered => {
                     ClientError::Refused(server)
                 }
                 HandshakeError::Timeout(d) if !answered => ClientError::NoAnswer(server, d),
-                HandshakeError::Failed(why) if why.contains("Alert is Fatal") => {
-                    ClientError::Handshake(
-                        server,
-                        HandshakeError::Failed("the server refused it with a fatal alert".into()),
-                        cfg.id.clone(),
-                    )
-                }
                 e => ClientError::Handshake(server, e, cfg.id.clone()),
             });
         }
     };
-    drop(hs_tx);
     let hint = String::from_utf8_lossy(&est.peer_identity).into_owned();
     let negotiated = !cfg.common.compat && hint.ends_with(HINT_MARKER);
     tracing::debug!(
@@ -162,7 +179,6 @@ pub(super) async fn session(
             return lost(ClientError::NoAddress(SETUP_TIMEOUT));
         }
     };
-    drop(est.conn);
     // The pair must not take a host of this client's own networks (src/client/pair.rs).
     if let Err(e) = pair::check_ipv4(cfg, nl, tunnel.as_ref(), addrs).await {
         let _ = link.send_close_notify(&mut sealer).await;
@@ -377,6 +393,16 @@ pub(super) async fn session(
             error,
             was_up: true,
         },
+    }
+}
+
+/// Sends a handshake datagram on the connected socket. A datagram dropped locally (firewall,
+/// full queue) is lost like any other: the handshake's retransmission deals with it.
+async fn send_handshake(sock: &UdpSocket, dg: &[u8]) {
+    if let Err(e) = sock.send(dg).await
+        && !dtun_linux::udp::is_lost_datagram(&e)
+    {
+        tracing::debug!("sending a handshake datagram: {e}");
     }
 }
 

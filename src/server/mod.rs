@@ -25,7 +25,6 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use crate::config::ServerConfig;
-use crate::dtls::KeyLookup;
 use dtun_linux::netlink::{Netlink, NetlinkError};
 use dtun_linux::rate_limit::RateLimit;
 use dtun_linux::tun::TunBatch;
@@ -34,6 +33,9 @@ use dtun_proto::consts::EVENT_QUEUE;
 use dtun_proto::inbound::Inbox;
 use dtun_proto::pool::{Pool, PoolError};
 use dtun_proto::proto::HINT_MARKER;
+
+/// Looks up the key for a client's PSK identity; None: unknown.
+pub type KeyLookup = Arc<dyn Fn(&[u8]) -> Option<Vec<u8>> + Send + Sync>;
 
 /// Log line prefix of a new session (tests look for it).
 pub const LOG_CONNECTED: &str = "connected";
