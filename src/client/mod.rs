@@ -282,6 +282,7 @@ pub async fn run_with(
 mod addr6;
 mod early;
 mod forward;
+mod handshake;
 mod hello;
 mod pair;
 mod session;

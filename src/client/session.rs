@@ -8,23 +8,20 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio::net::UdpSocket;
-use tokio::time::Instant;
 
 use dtun_linux::hooks;
 use dtun_linux::netlink::Netlink;
 use dtun_linux::routes::Routes;
 use dtun_linux::tun;
 use dtun_linux::udp::Udp;
-use dtun_proto::consts::{
-    BUF_LEN, CONTENT_APPLICATION_DATA, HANDSHAKE_REFUSALS, HANDSHAKE_TIMEOUT, SETUP_TIMEOUT,
-};
-use dtun_proto::handshake::{ClientHandshake, HandshakeError, Progress};
+use dtun_proto::consts::{BUF_LEN, CONTENT_APPLICATION_DATA, SETUP_TIMEOUT};
 use dtun_proto::inbound::Counters;
 use dtun_proto::proto::{AddressMessage, CONTROL_VERSION, CloseReason, Control, HINT_MARKER};
 use dtun_proto::record::{self, Sealer};
 
-use super::early::{EarlyRecords, First, could_be_first, first_data};
+use super::early::{First, first_data};
 use super::forward::{PathMss, forward};
+use super::handshake::handshake;
 use super::{ClientError, End, LOG_TUNNEL_UP, Tunnel};
 use crate::config::ClientConfig;
 use crate::ops::{ClientBoard, LiveSession};
@@ -85,79 +82,12 @@ pub(super) async fn session(
     };
     let mut buf = vec![0u8; BUF_LEN];
 
-    // 1. Handshake (dtun_proto::handshake::ClientHandshake, driven from here). Records that
-    //    overtake the end of our handshake (the address message when the server's last flight
-    //    was lost, or a close_notify right after it) are kept for step 2.
-    let rng = ring::rand::SystemRandom::new();
-    let hs = ClientHandshake::new(
-        cfg.id.as_bytes(),
-        &cfg.key.0,
-        &cfg.common.suites,
-        &rng,
-        std::time::Instant::now(),
-    );
-    let (mut hs, first) = match hs {
-        Ok(h) => h,
-        Err(e) => return lost(ClientError::Handshake(server, e, cfg.id.clone())),
-    };
-    send_handshake(&sock, &first).await;
-    let mut early = EarlyRecords::default();
-    let (mut refusals, mut answered) = (0u32, false);
-    let est = loop {
-        let timer = hs.next_timeout().map(Instant::from_std);
-        tokio::select! {
-            r = sock.recv(&mut buf) => match r {
-                Ok(n) => {
-                    answered = true;
-                    // The address message, or an encrypted alert: a server refusing us at its
-                    // -max-clients limit sends close_notify right after Finished.
-                    if could_be_first(&buf[..n]) {
-                        early.push(&buf[..n]);
-                        continue;
-                    }
-                    match hs.datagram(std::time::Instant::now(), &buf[..n]) {
-                        Ok(Progress::Send(d)) => send_handshake(&sock, &d).await,
-                        Ok(Progress::Wait) => {}
-                        Ok(Progress::Established(e)) => break Ok(e),
-                        Err(f) => break Err(f),
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                    refusals += 1;
-                    if refusals >= HANDSHAKE_REFUSALS && !answered {
-                        return lost(ClientError::Refused(server));
-                    }
-                }
-                Err(e) => tracing::debug!("recv: {e}"),
-            },
-            _ = tokio::time::sleep_until(timer.unwrap_or_else(|| Instant::now() + HANDSHAKE_TIMEOUT)) => {
-                match hs.timeout(std::time::Instant::now()) {
-                    Ok(Some(d)) => send_handshake(&sock, &d).await,
-                    Ok(None) => {}
-                    Err(f) => break Err(f),
-                }
-            }
-            _ = shutdown.as_mut() => return End::Shutdown,
-        }
-    };
-    let est = match est {
-        Ok(est) => est,
-        Err(f) => {
-            if let Some(alert) = &f.alert {
-                send_handshake(&sock, alert).await;
-            }
-            tracing::debug!(
-                "handshake with {server} failed ({} datagram parts ignored)",
-                hs.ignored()
-            );
-            return lost(match f.error {
-                HandshakeError::Timeout(_) if refusals > 0 && !answered => {
-                    ClientError::Refused(server)
-                }
-                HandshakeError::Timeout(d) if !answered => ClientError::NoAnswer(server, d),
-                e => ClientError::Handshake(server, e, cfg.id.clone()),
-            });
-        }
+    // 1. Handshake. Records that overtake the end of our handshake (the address message when
+    //    the server's last flight was lost, or a close_notify right after it) are kept for
+    //    step 2.
+    let (est, early) = match handshake(cfg, &sock, server, &mut buf, shutdown.as_mut()).await {
+        Ok(r) => r,
+        Err(end) => return end,
     };
     let hint = String::from_utf8_lossy(&est.peer_identity).into_owned();
     let negotiated = !cfg.common.compat && hint.ends_with(HINT_MARKER);
@@ -420,16 +350,6 @@ pub(super) async fn session(
             error,
             was_up: true,
         },
-    }
-}
-
-/// Sends a handshake datagram on the connected socket. A datagram dropped locally (firewall,
-/// full queue) is lost like any other: the handshake's retransmission deals with it.
-async fn send_handshake(sock: &UdpSocket, dg: &[u8]) {
-    if let Err(e) = sock.send(dg).await
-        && !dtun_linux::udp::is_lost_datagram(&e)
-    {
-        tracing::debug!("sending a handshake datagram: {e}");
     }
 }
 

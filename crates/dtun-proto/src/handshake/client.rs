@@ -26,27 +26,19 @@ use zeroize::Zeroizing;
 
 use super::finished::{Secrets, epoch_one, finished_message, open_finished, seal_finished};
 use super::wire::{
-    ALERT_DECRYPT_ERROR, ALERT_HANDSHAKE_FAILURE, ALERT_ILLEGAL_PARAMETER, CLIENT_HELLO,
-    CLIENT_KEY_EXCHANGE, EXT_EMS, EXT_RENEGOTIATION_INFO, EXT_SIGNATURE_ALGORITHMS,
-    HELLO_VERIFY_REQUEST, HS_HEADER, Message, SERVER_HELLO, SERVER_HELLO_DONE, SERVER_KEY_EXCHANGE,
-    ct_eq, extensions, messages, push_change_cipher_spec, push_handshake_record, push_message,
-    vec_at,
+    ALERT_DECRYPT_ERROR, HELLO_VERIFY_REQUEST, HS_HEADER, Message, SERVER_HELLO, SERVER_HELLO_DONE,
+    SERVER_KEY_EXCHANGE, alert_name, ct_eq, messages, push_change_cipher_spec,
+    push_handshake_record,
 };
 use crate::consts::{
-    CONTENT_ALERT, CONTENT_HANDSHAKE, DTLS12_VERSION, FINAL_FLIGHT_RESEND, FLIGHT_INTERVAL,
-    HANDSHAKE_TIMEOUT, PAYLOAD_OFFSET, RECORD_HEADER_LEN,
+    CONTENT_ALERT, CONTENT_HANDSHAKE, FINAL_FLIGHT_RESEND, FLIGHT_INTERVAL, HANDSHAKE_TIMEOUT,
+    PAYLOAD_OFFSET, RECORD_HEADER_LEN,
 };
 use crate::kdf::{KeyBlock, RANDOM_LEN};
 use crate::record::{self, Opener, Sealer, Suite};
-
-/// signature_algorithms as the crate offered them (RFC 5246 §7.4.1.4.1; unused by PSK suites,
-/// sent so that a server sees the ClientHello it always saw): ecdsa and rsa with SHA-256, -384
-/// and -512, ed25519.
-const SIGNATURE_ALGORITHMS: [u8; 14] = [
-    0x04, 0x03, 0x05, 0x03, 0x06, 0x03, 0x04, 0x01, 0x05, 0x01, 0x06, 0x01, 0x08, 0x07,
-];
-/// Longest cookie a HelloVerifyRequest may carry (RFC 6347 §4.2.1: `opaque cookie<0..2^8-1>`).
-const MAX_COOKIE: usize = 255;
+use messages::{
+    client_hello, client_key_exchange, hello_verify_cookie, key_exchange_hint, parse_server_hello,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HandshakeError {
@@ -57,24 +49,6 @@ pub enum HandshakeError {
     Alert(u8, u8),
     #[error("{0}")]
     Failed(String),
-}
-
-/// The names of the alerts a server sends during a handshake (RFC 5246 §7.2).
-fn alert_name(description: u8) -> &'static str {
-    match description {
-        0 => "close_notify",
-        10 => "unexpected_message",
-        20 => "bad_record_mac",
-        40 => "handshake_failure",
-        47 => "illegal_parameter",
-        50 => "decode_error",
-        51 => "decrypt_error",
-        70 => "protocol_version",
-        71 => "insufficient_security",
-        80 => "internal_error",
-        115 => "unknown_psk_identity",
-        _ => "unknown",
-    }
 }
 
 /// A completed client handshake.
@@ -301,13 +275,12 @@ impl ClientHandshake {
         match (&self.phase, m.typ) {
             (Phase::Hello, SERVER_HELLO) => self.server_hello(m),
             (Phase::ServerFlight { .. }, SERVER_KEY_EXCHANGE) => {
-                let mut at = 0;
-                match vec_at::<2>(m.body, &mut at) {
-                    Some(hint) if at == m.body.len() => {
+                match key_exchange_hint(m.body) {
+                    Some(hint) => {
                         self.peer_identity = hint.to_vec();
                         self.take(m);
                     }
-                    _ => self.ignored += 1,
+                    None => self.ignored += 1,
                 }
                 Ok(Next::Nothing)
             }
@@ -332,14 +305,9 @@ impl ClientHandshake {
     /// A HelloVerifyRequest: its cookie goes into our ClientHello. The same cookie again is
     /// the server repeating itself (our ClientHello was lost, or the first was duplicated).
     fn hello_verify_request(&mut self, m: &Message) -> Next {
-        // server_version(2) cookie<0..2^8-1>
-        let mut at = 2;
-        let cookie = match vec_at::<1>(m.body, &mut at) {
-            Some(c) if at == m.body.len() && !c.is_empty() && c.len() <= MAX_COOKIE => c,
-            _ => {
-                self.ignored += 1;
-                return Next::Nothing;
-            }
+        let Some(cookie) = hello_verify_cookie(m.body) else {
+            self.ignored += 1;
+            return Next::Nothing;
         };
         if cookie == self.cookie.as_slice() {
             return Next::Resend;
@@ -356,49 +324,14 @@ impl ClientHandshake {
 
     /// The ServerHello: the suite must be one we offered, with extended master secret.
     fn server_hello(&mut self, m: &Message) -> Result<Next, (HandshakeError, Option<u8>)> {
-        // server_version(2) random(32) session_id<0..32> cipher_suite(2) compression(1)
-        // extensions<0..2^16-1>
-        let b = m.body;
-        let parsed = (|| {
-            let version = b.get(..2)?;
-            let random: [u8; RANDOM_LEN] = b.get(2..34)?.try_into().ok()?;
-            let mut at = 34;
-            let sid = vec_at::<1>(b, &mut at)?;
-            let suite = u16::from_be_bytes(b.get(at..at + 2)?.try_into().ok()?);
-            let compression = *b.get(at + 2)?;
-            let ext = extensions(b, at + 3)?;
-            (sid.len() <= 32).then_some((version, random, suite, compression, ext))
-        })();
-        let Some((version, server_random, suite_id, compression, ext)) = parsed else {
+        let Some(sh) = parse_server_hello(m.body) else {
             self.ignored += 1;
             return Ok(Next::Nothing);
         };
-        let refuse = |why: String, alert| Err((HandshakeError::Failed(why), Some(alert)));
-        if version != DTLS12_VERSION {
-            return refuse(
-                format!("the server answered with version {version:02x?}, not DTLS 1.2"),
-                ALERT_ILLEGAL_PARAMETER,
-            );
-        }
-        let Some(suite) = Suite::from_id(suite_id).filter(|s| self.suites.contains(s)) else {
-            return refuse(
-                format!("the server chose cipher suite {suite_id:#06x}, which we did not offer"),
-                ALERT_ILLEGAL_PARAMETER,
-            );
-        };
-        if compression != 0 {
-            return refuse(
-                format!("the server chose compression method {compression}"),
-                ALERT_ILLEGAL_PARAMETER,
-            );
-        }
-        if !ext.iter().any(|(t, _)| *t == EXT_EMS) {
-            return refuse(
-                "the server does not use the extended master secret (RFC 7627), which we require"
-                    .into(),
-                ALERT_HANDSHAKE_FAILURE,
-            );
-        }
+        let suite = sh
+            .accept(&self.suites)
+            .map_err(|(why, alert)| (HandshakeError::Failed(why), Some(alert)))?;
+        let server_random = sh.random;
         // The transcript starts at the ClientHello the server answered: ours as it stands.
         self.transcript = self.client_hello_message();
         self.flight_start = m.seq;
@@ -419,12 +352,8 @@ impl ClientHandshake {
         else {
             return;
         };
-        let mut cke_body = Vec::with_capacity(2 + self.identity.len());
-        cke_body.extend_from_slice(&(self.identity.len() as u16).to_be_bytes());
-        cke_body.extend_from_slice(&self.identity);
-        let mut key_exchange = Vec::with_capacity(HS_HEADER + cke_body.len());
         let seq = self.hello_seq;
-        push_message(&mut key_exchange, CLIENT_KEY_EXCHANGE, seq + 1, &cke_body);
+        let key_exchange = client_key_exchange(&self.identity, seq + 1);
         self.transcript.extend_from_slice(&key_exchange);
         let secrets = Secrets::derive(&self.key, &self.transcript, &self.random, &server_random);
         let verify = secrets.verify_data(b"client finished", &self.transcript);
@@ -503,31 +432,7 @@ impl ClientHandshake {
 
     /// Our ClientHello message as it stands (with the cookie, once we have one).
     fn client_hello_message(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(96 + self.cookie.len() + 2 * self.suites.len());
-        b.extend_from_slice(&DTLS12_VERSION);
-        b.extend_from_slice(&self.random);
-        b.push(0); // no session id
-        b.push(self.cookie.len() as u8);
-        b.extend_from_slice(&self.cookie);
-        b.extend_from_slice(&((2 * self.suites.len()) as u16).to_be_bytes());
-        for s in &self.suites {
-            b.extend_from_slice(&s.id().to_be_bytes());
-        }
-        b.extend_from_slice(&[1, 0]); // null compression only
-        let mut ext = Vec::with_capacity(32);
-        ext.extend_from_slice(&EXT_SIGNATURE_ALGORITHMS.to_be_bytes());
-        ext.extend_from_slice(&(SIGNATURE_ALGORITHMS.len() as u16 + 2).to_be_bytes());
-        ext.extend_from_slice(&(SIGNATURE_ALGORITHMS.len() as u16).to_be_bytes());
-        ext.extend_from_slice(&SIGNATURE_ALGORITHMS);
-        ext.extend_from_slice(&EXT_RENEGOTIATION_INFO.to_be_bytes());
-        ext.extend_from_slice(&[0, 1, 0]);
-        ext.extend_from_slice(&EXT_EMS.to_be_bytes());
-        ext.extend_from_slice(&[0, 0]);
-        b.extend_from_slice(&(ext.len() as u16).to_be_bytes());
-        b.extend_from_slice(&ext);
-        let mut msg = Vec::with_capacity(HS_HEADER + b.len());
-        push_message(&mut msg, CLIENT_HELLO, self.hello_seq, &b);
-        msg
+        client_hello(&self.random, &self.cookie, &self.suites, self.hello_seq)
     }
 
     /// Our current flight as one datagram, with fresh record sequence numbers (RFC 6347
@@ -598,5 +503,6 @@ fn sealed_alert(sealer: &mut Sealer, description: u8) -> Option<Vec<u8>> {
     Some(rec[..n].to_vec())
 }
 
+mod messages;
 #[cfg(test)]
 mod tests;

@@ -18,9 +18,10 @@
 //!    → server: ChangeCipherSpec, Finished (4, epoch 1), kept for resending (see
 //!    `server::demux`).
 //!
-//! Files: [`wire`] frames messages and records for both sides, `finished` runs the key
+//! Files: `wire` frames messages and records for both sides, `finished` runs the key
 //! schedule and the Finished messages for both, `hello` is the server's first flight,
-//! `server` and `client` are the two state machines.
+//! `server` and `client` are the two state machines (`client::messages`: the messages the
+//! client builds and reads).
 
 mod client;
 mod finished;

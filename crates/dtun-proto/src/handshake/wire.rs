@@ -29,6 +29,24 @@ pub const ALERT_DECRYPT_ERROR: u8 = 51;
 pub const ALERT_UNEXPECTED_MESSAGE: u8 = 10;
 pub const ALERT_ILLEGAL_PARAMETER: u8 = 47;
 
+/// The names of the alerts a server sends during a handshake (RFC 5246 §7.2).
+pub(super) fn alert_name(description: u8) -> &'static str {
+    match description {
+        0 => "close_notify",
+        10 => "unexpected_message",
+        20 => "bad_record_mac",
+        40 => "handshake_failure",
+        47 => "illegal_parameter",
+        50 => "decode_error",
+        51 => "decrypt_error",
+        70 => "protocol_version",
+        71 => "insufficient_security",
+        80 => "internal_error",
+        115 => "unknown_psk_identity",
+        _ => "unknown",
+    }
+}
+
 pub(super) fn u24(b: &[u8]) -> usize {
     usize::from(b[0]) << 16 | usize::from(b[1]) << 8 | usize::from(b[2])
 }

@@ -10,6 +10,8 @@ use ring::rand::SystemRandom;
 
 use super::*;
 use crate::admission::{Admission, Outcome};
+use crate::consts::DTLS12_VERSION;
+use crate::handshake::wire::{ALERT_HANDSHAKE_FAILURE, ALERT_ILLEGAL_PARAMETER};
 use crate::handshake::{Completed, is_final_flight};
 
 const HINT: &[u8] = b"dtun;dtun-ctl=1";
