@@ -15,6 +15,14 @@
 //!
 //! With `-nat` or `-client-to-client`, the server also keeps its nftables table (`dtun_linux::nft`).
 
+mod demux;
+mod device;
+mod events;
+mod host_view;
+mod lan_table;
+mod manager;
+mod session;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -23,6 +31,12 @@ use std::time::Instant;
 
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
+
+use crate::ops::reload::Reconfigure;
+pub use demux::DemuxCounters;
+use demux::{Delivery, Demux};
+use dtun_proto::admission::Admission;
+use manager::Manager;
 
 use crate::config::ServerConfig;
 use crate::dtls::KeyLookup;
@@ -304,16 +318,3 @@ pub async fn run_with(
         None => Ok(()),
     }
 }
-
-mod demux;
-mod device;
-mod events;
-mod host_view;
-mod lan_table;
-mod session;
-pub use demux::DemuxCounters;
-use demux::{Delivery, Demux};
-use dtun_proto::admission::Admission;
-mod manager;
-use crate::ops::reload::Reconfigure;
-use manager::Manager;
