@@ -5,6 +5,14 @@
 //! Here: the reconnect loop, its errors and backoff; one session's setup and teardown is in
 //! `session`, its forwarding loop in `forward`.
 
+mod addr6;
+mod early;
+mod forward;
+mod handshake;
+mod hello;
+mod pair;
+mod session;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,6 +28,9 @@ use dtun_linux::tun::{Tun, TunError};
 use dtun_proto::consts::{FAILOVER_DELAY, MAX_BACKOFF, MIN_BACKOFF, REPLACED_BACKOFF};
 use dtun_proto::handshake::HandshakeError;
 use dtun_proto::proto::{AddressMessage, ProtoError};
+
+pub use addr6::LOG_IPV6_UP;
+use session::session;
 
 /// Log line once forwarding starts (tests look for it).
 pub const LOG_TUNNEL_UP: &str = "tunnel up";
@@ -278,16 +289,6 @@ pub async fn run_with(
     }
     result
 }
-
-mod addr6;
-mod early;
-mod forward;
-mod handshake;
-mod hello;
-mod pair;
-mod session;
-pub use addr6::LOG_IPV6_UP;
-use session::session;
 
 #[cfg(test)]
 mod tests {
