@@ -7,8 +7,6 @@
 //! missing, for at most [`HELLO_WAIT`]. An Addr6 that is malformed or assigns addresses no
 //! sane server would is a counted drop, logged; the tunnel then carries IPv4 only.
 
-use std::time::Duration;
-
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
 
@@ -19,21 +17,11 @@ use dtun_proto::inbound::{Counters, Inbound};
 use dtun_proto::proto::Control;
 use dtun_proto::proto::{Addr6, HelloFlags};
 use dtun_proto::record::{self, Opener, Sealer};
+use dtun_proto::session::{HELLO_RESEND, HELLO_WAIT, Heard, MAX_HELLOS};
 
 use super::ClientError;
 use super::forward::Sink;
 use crate::pump::{self, Link};
-
-/// How long a client that said Hello waits for a complete answer before going on with what
-/// it has (an older dtun server answers at once; losses cost at most this much once).
-pub(super) const HELLO_WAIT: Duration = Duration::from_secs(2);
-
-/// How long without a complete answer before saying Hello again.
-pub(super) const HELLO_RESEND: Duration = Duration::from_millis(400);
-
-/// Most Hellos in one exchange (an answer that shows a loss is asked again at once, so a
-/// server that keeps sending something broken gets no more than this).
-const MAX_HELLOS: u32 = 8;
 
 /// What one record from the server means while we wait for the Hello answer.
 #[derive(Debug, PartialEq, Eq)]
@@ -91,85 +79,13 @@ pub(super) fn read(data: &[u8], counters: &Counters, dns: &dtun_linux::dns::Dns)
     }
 }
 
-/// What came so far in one exchange.
-#[derive(Debug, Default)]
-pub(super) struct Heard {
-    answer: Option<(u8, HelloFlags)>,
-    answers: u32,
-    addr6: Option<Option<Addr6>>,
-    dns: bool,
-}
-
-impl Heard {
-    pub(super) fn take(&mut self, msg: Msg) {
-        match msg {
-            Msg::Answer { version, flags } => {
-                self.answer = Some((version, flags));
-                self.answers += 1;
-            }
-            Msg::Addr6(a) => self.addr6 = Some(a),
-            Msg::Dns => self.dns = true,
-            Msg::Other => {}
-        }
-    }
-
-    /// The answer's flags, when its version has them.
-    fn flags(&self) -> Option<HelloFlags> {
-        self.answer.filter(|(v, _)| *v >= 2).map(|(_, f)| f)
-    }
-
-    /// Whether the server still lacks our Lans, as far as we know.
-    pub(super) fn lans_missing(&self) -> bool {
-        match (self.answer, self.flags()) {
-            (Some(_), None) => false, // a version-1 server does not say: assume it has them
-            (_, Some(f)) => !f.has(HelloFlags::LANS_HEARD),
-            (None, None) => true,
-        }
-    }
-
-    /// Whether nothing we wait for is missing.
-    pub(super) fn complete(&self, sent_lans: bool) -> bool {
-        match (self.answer, self.flags()) {
-            (None, _) => false,
-            (Some(_), None) => true,
-            (Some(_), Some(f)) => {
-                (!f.has(HelloFlags::ADDR6_SENT) || self.addr6.is_some())
-                    && (!f.has(HelloFlags::DNS_SENT) || self.dns)
-                    && !(sent_lans && self.lans_missing())
-            }
-        }
-    }
-
-    /// The IPv6 pair for the session: `Some(pair or None)` once we know, `None` when we do
-    /// not (no answer, or an answer that says an Addr6 came that we never got): the TUN then
-    /// keeps the IPv6 it had.
-    pub(super) fn outcome(&self) -> Option<Option<Addr6>> {
-        match (self.addr6, self.answer, self.flags()) {
-            (Some(a), _, _) => Some(a),
-            (None, Some(_), Some(f)) if f.has(HelloFlags::ADDR6_SENT) => None,
-            (None, Some(_), _) => Some(None),
-            (None, None, _) => None,
-        }
-    }
-
-    /// What is still missing, for the log.
-    fn missing(&self, sent_lans: bool) -> String {
-        let mut m = vec![];
-        if self.answer.is_none() {
-            m.push("the Hello answer");
-        }
-        if let Some(f) = self.flags() {
-            if f.has(HelloFlags::ADDR6_SENT) && self.addr6.is_none() {
-                m.push("the IPv6 addresses");
-            }
-            if f.has(HelloFlags::DNS_SENT) && !self.dns {
-                m.push("the DNS servers");
-            }
-        }
-        if sent_lans && self.lans_missing() {
-            m.push("the server's receipt of our LANs");
-        }
-        m.join(", ")
+/// Takes one record's meaning into what was heard.
+pub(super) fn take(heard: &mut Heard, msg: Msg) {
+    match msg {
+        Msg::Answer { version, flags } => heard.answer(version, flags),
+        Msg::Addr6(a) => heard.addr6(a),
+        Msg::Dns => heard.dns(),
+        Msg::Other => {}
     }
 }
 
@@ -231,7 +147,7 @@ pub(super) async fn exchange(
         } else {
             deadline
         };
-        let answers = heard.answers;
+        let answers = heard.answers();
         let n = match tokio::time::timeout_at(wake, sock.recv(buf)).await {
             Err(_) if Instant::now() >= deadline => {
                 tracing::info!(
@@ -258,7 +174,7 @@ pub(super) async fn exchange(
                 Inbound::Data(p) if ct == CONTENT_APPLICATION_DATA => {
                     let data = &mut buf[r.start + p.start..r.start + p.end];
                     if Control::is_control(data) {
-                        heard.take(read(data, counters, dns));
+                        take(&mut heard, read(data, counters, dns));
                     } else if inbound::accept_packet(counters, data) {
                         sink.push(data).await;
                     }
@@ -276,7 +192,7 @@ pub(super) async fn exchange(
         }
         sink.flush().await;
         // A new answer that shows a loss: say Hello again at once.
-        if heard.answers > answers && !heard.complete(sent_lans) {
+        if heard.answers() > answers && !heard.complete(sent_lans) {
             resend_at = Instant::now();
         }
     }
@@ -363,40 +279,40 @@ mod tests {
         let mut h = Heard::default();
         assert!(!h.complete(false) && h.lans_missing() && h.outcome().is_none());
         // Only the Addr6 came (its answer was lost): the pair is known, the exchange is not done.
-        h.take(Msg::Addr6(Some(good())));
+        take(&mut h, Msg::Addr6(Some(good())));
         assert!(!h.complete(false));
         assert_eq!(h.outcome(), Some(Some(good())));
         // The Addr6 was lost: the answer says it came, so ask again; meanwhile keep the old pair.
         let mut h = Heard::default();
-        h.take(answer(2, A | D));
-        h.take(Msg::Dns);
+        take(&mut h, answer(2, A | D));
+        take(&mut h, Msg::Dns);
         assert!(!h.complete(false));
         assert_eq!(h.outcome(), None);
-        h.take(Msg::Addr6(Some(good())));
+        take(&mut h, Msg::Addr6(Some(good())));
         assert!(h.complete(false));
         assert_eq!(h.outcome(), Some(Some(good())));
         // The Dns was lost.
         let mut h = Heard::default();
-        h.take(answer(2, D));
+        take(&mut h, answer(2, D));
         assert!(!h.complete(false));
         assert_eq!(h.outcome(), Some(None), "no IPv6 from this server");
-        h.take(Msg::Dns);
+        take(&mut h, Msg::Dns);
         assert!(h.complete(false));
         // Our Lans were lost: the answer lacks LANS_HEARD; a later one has it.
         let mut h = Heard::default();
-        h.take(answer(2, 0));
+        take(&mut h, answer(2, 0));
         assert!(h.complete(false) && !h.complete(true) && h.lans_missing());
-        h.take(answer(2, L));
+        take(&mut h, answer(2, L));
         assert!(h.complete(true) && !h.lans_missing());
         // A version-1 server says nothing of what it sent: its answer completes the exchange.
         let mut h = Heard::default();
-        h.take(answer(1, 0));
+        take(&mut h, answer(1, 0));
         assert!(h.complete(true) && !h.lans_missing());
         assert_eq!(h.outcome(), Some(None));
         // An unusable Addr6 came: nothing to ask again, IPv4 only.
         let mut h = Heard::default();
-        h.take(Msg::Addr6(None));
-        h.take(answer(2, A));
+        take(&mut h, Msg::Addr6(None));
+        take(&mut h, answer(2, A));
         assert!(h.complete(false));
         assert_eq!(h.outcome(), Some(None));
     }

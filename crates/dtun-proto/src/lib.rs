@@ -31,3 +31,4 @@ pub mod pool;
 pub mod pool6;
 pub mod proto;
 pub mod record;
+pub mod session;
