@@ -17,7 +17,7 @@
 //! path's: `client::forward` and `pump` stay the data path). The Hello bookkeeping ([`Heard`])
 //! and its timers are already the client's (src/client/hello.rs uses them from here).
 //!
-//! [`pair::Pair`] runs it against our admission and server handshake and a scripted server
+//! `pair::Pair` (feature `test-util`) runs it against our admission and server handshake and a scripted server
 //! session over a simulated link (loss, duplication, reordering, latency, MTU) and clock.
 
 use std::net::IpAddr;
