@@ -191,6 +191,7 @@ fn ping_min_rtt_ms(text: &str) -> Option<f64> {
 #[test]
 fn spoofed_hellos_at_internet_rtt_cannot_lock_out_a_client() {
     let _serial = serial();
+    common::need_root!();
     let test_started = Instant::now();
     let topo = Topo::star("hCa", 2);
     let (attacker, relay_ns) = (&topo.clients[0], &topo.clients[1]);
@@ -390,6 +391,7 @@ fn spoofed_hellos_at_internet_rtt_cannot_lock_out_a_client() {
 #[test]
 fn stalled_proven_handshakes_from_one_prefix_cannot_fill_the_table() {
     let _serial = serial();
+    common::need_root!();
     let test_started = Instant::now();
     let topo = Topo::star("hCb", 2);
     let (attacker, newcomer_ns) = (&topo.clients[0], &topo.clients[1]);
@@ -496,6 +498,7 @@ fn stalled_proven_handshakes_from_one_prefix_cannot_fill_the_table() {
 #[test]
 fn fragment_junk_after_an_echoed_cookie_is_bounded() {
     let _serial = serial();
+    common::need_root!();
     let test_started = Instant::now();
     let topo = Topo::star("hCc", 3);
     let (attacker, bystander_ns, newcomer_ns) =
@@ -638,6 +641,7 @@ const V6_UP_WITHIN: Duration = Duration::from_secs(10);
 #[test]
 fn handshakes_from_one_ipv6_48_cannot_fill_the_table() {
     let _serial = serial();
+    common::need_root!();
     let test_started = Instant::now();
     let topo = Topo::star("hCd", 2);
     let (attacker, newcomer_ns) = (&topo.clients[0], &topo.clients[1]);
@@ -753,6 +757,7 @@ const NAT_UP_WITHIN: Duration = Duration::from_secs(10);
 #[test]
 fn fresh_handshakes_from_one_address_cannot_lock_out_its_neighbours() {
     let _serial = serial();
+    common::need_root!();
     let test_started = Instant::now();
     let topo = Topo::pair("hCe");
     let shared = topo.client();

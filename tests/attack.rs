@@ -161,6 +161,7 @@ fn assert_no_default_route(ns: &Netns) {
 
 #[test]
 fn hostile_input_leaves_bystander_and_server_standing() {
+    common::need_root!();
     let test_started = Instant::now();
     let topo = Topo::star("atk", 5);
     let ns = |i: usize| &topo.clients[i];

@@ -38,6 +38,7 @@ fn python_as(ns: &Netns, setpriv: &[&str], script: &str) -> common::Proc {
 /// root's `dtun status`/`dtun reload` from reaching it, and none of its bytes were printed.
 #[test]
 fn an_unprivileged_user_cannot_take_or_answer_for_an_instance() {
+    common::need_root!();
     let dir = TestDir::new("ct1");
     let ns = Netns::new("ct1", &dir);
     let script = r#"
@@ -119,6 +120,7 @@ threading.Event().wait()
 /// printed.
 #[test]
 fn an_answer_from_the_wrong_uid_is_not_believed() {
+    common::need_root!();
     let dir = TestDir::new("ct2");
     let ns = Netns::new("ct2", &dir);
     std::fs::create_dir_all("/run/dtun").unwrap();
@@ -157,6 +159,7 @@ while True:
 /// of 20. A peer the admin socket does not admit is closed at once, without a slot.
 #[test]
 fn idle_local_peers_leave_room_for_root() {
+    common::need_root!();
     use std::os::unix::fs::MetadataExt;
     let dir = TestDir::new("ct3");
     let ns = Netns::new("ct3", &dir);
@@ -245,6 +248,7 @@ print("reply:", s.recv(4096).decode().strip(), "after %.2f s" % (time.time() - t
 /// container sharing the network namespace) cannot reload, nor ask for status.
 #[test]
 fn root_without_capabilities_in_a_container_cannot_reload() {
+    common::need_root!();
     let dir = TestDir::new("ct4");
     let ns = Netns::new("ct4", &dir);
     let server = start_server(&ns, 4802, &["-key", KEY, "-port", "4802"]);
@@ -279,6 +283,7 @@ fn root_without_capabilities_in_a_container_cannot_reload() {
 /// left by a `kill -9` is not an instance.
 #[test]
 fn without_a_name_the_one_running_or_all() {
+    common::need_root!();
     let dir = TestDir::new("ct5");
     let ns = Netns::new("ct5", &dir);
     let mut dead = start_server(
@@ -340,6 +345,7 @@ fn without_a_name_the_one_running_or_all() {
 /// mount namespace of its own).
 #[test]
 fn a_group_member_cannot_impersonate_dtun_to_root() {
+    common::need_root!();
     let dir = TestDir::new("ct7");
     let ns = Netns::new("ct7", &dir);
     let script = r#"
@@ -392,6 +398,7 @@ kill $I || true
 /// -1` that stopped reading) ends quietly, without a panic or an error message.
 #[test]
 fn a_closed_stdout_ends_a_subcommand_quietly() {
+    common::need_root!();
     let dir = TestDir::new("ct8");
     let ns = Netns::new("ct8", &dir);
     for args in [
@@ -433,6 +440,7 @@ fn a_closed_stdout_ends_a_subcommand_quietly() {
 /// private tmpfs over /run/dtun (root:root 0755, as a root dtun makes it).
 #[test]
 fn a_stranger_cannot_squat_an_instance_lock() {
+    common::need_root!();
     let dir = TestDir::new("ct9");
     let ns = Netns::new("ct9", &dir);
     let script = r#"

@@ -82,6 +82,7 @@ fn wait_members(topo: &Topo, set: &str, want: &[String]) {
 
 #[test]
 fn groups_isolate_clients_and_the_sets_follow_the_devices() {
+    common::need_root!();
     let topo = Topo::star("grA", 3);
     let creds =
         format!("c0 key={KEY} group=red\nc1 key={KEY} group=red\nc2 key={KEY} group=blue\n");
@@ -155,6 +156,7 @@ fn groups_isolate_clients_and_the_sets_follow_the_devices() {
 /// apply and forwarding is left as the host has it; with off nothing passes.
 #[test]
 fn ungrouped_ids_are_a_group_and_off_overrides_groups() {
+    common::need_root!();
     let topo = Topo::star("grB", 3);
     let fwd = |v: &str| {
         let out = topo
@@ -207,6 +209,7 @@ fn ungrouped_ids_are_a_group_and_off_overrides_groups() {
 /// following the devices.
 #[test]
 fn nobody_else_can_change_the_table() {
+    common::need_root!();
     let topo = Topo::star("grC", 1);
     let creds = format!("c0 key={KEY} group=red\n");
     let mut srv = server(&topo, 4704, &creds, &["-client-to-client", "on"]);
@@ -241,6 +244,7 @@ fn nobody_else_can_change_the_table() {
 /// in red); c1 and c2 stay ungrouped, their devices untouched, and still reach each other.
 #[test]
 fn groups_added_by_a_reload_are_enforced() {
+    common::need_root!();
     let topo = Topo::star("grD", 3);
     let fwd = topo.server.sh("echo 1 > /proc/sys/net/ipv4/ip_forward");
     assert!(fwd.status.success(), "{fwd:?}");

@@ -111,6 +111,7 @@ fn openssl_psk(role: &str) -> Vec<&str> {
 #[test]
 fn an_authenticated_client_cannot_stop_the_server_with_a_bad_header() {
     let topo = Topo::star("hAm", 3);
+    common::need_root!();
     let port = PORT.to_string();
     let mut server = start_server(&topo.server, PORT, &["-key", "foo", "-port", &port, "-v"]);
     let bystander_args = |i: usize, id: &'static str| {
@@ -209,6 +210,7 @@ fn openssl_server_and_client(topo: &Topo) -> (Proc, Proc) {
 #[test]
 fn an_authenticated_server_cannot_stop_the_client_with_a_bad_header() {
     let topo = Topo::pair("hAr");
+    common::need_root!();
     let (mut ossl, mut client) = openssl_server_and_client(&topo);
     let (me, them) = (Ipv4Addr::new(10, 86, 0, 1), Ipv4Addr::new(10, 86, 0, 2));
     ossl.write_stdin(&[them.octets(), me.octets()].concat());
@@ -292,16 +294,19 @@ fn fault_ends_the_process(tag: &str, site: dtun::supervise::Site) {
 #[test]
 fn a_panic_in_the_demultiplexer_ends_the_server() {
     fault_ends_the_process("hAfd", dtun::supervise::Site::Demux);
+    common::need_root!();
 }
 
 #[test]
 fn a_panic_in_an_outbound_task_ends_the_server() {
     fault_ends_the_process("hAfo", dtun::supervise::Site::Outbound);
+    common::need_root!();
 }
 
 #[test]
 fn a_panic_in_the_client_loop_ends_the_client() {
     fault_ends_the_process("hAfc", dtun::supervise::Site::Client);
+    common::need_root!();
 }
 
 const ICMP_SPOOF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tools/icmp_spoof.py");
@@ -327,6 +332,7 @@ fn client_port(ns: &common::Netns, server: &str, port: u16) -> u16 {
 #[test]
 fn a_spoofed_port_unreachable_does_not_end_the_session() {
     let topo = Topo::pair("hAi");
+    common::need_root!();
     let port = PORT.to_string();
     let _server = start_server(&topo.server, PORT, &["-key", "foo", "-port", &port]);
     let mut client = start_client(
@@ -381,6 +387,7 @@ fn a_spoofed_port_unreachable_does_not_end_the_session() {
 #[test]
 fn a_dead_server_still_ends_the_session_within_a_keepalive_period() {
     let topo = Topo::pair("hAk");
+    common::need_root!();
     let port = PORT.to_string();
     let mut server = start_server(
         &topo.server,
@@ -544,16 +551,19 @@ fn exhaustion_closes_and_reconnects(tag: &str, server_side: bool, compat: bool) 
 #[test]
 fn a_server_out_of_sequence_numbers_closes_and_the_client_reconnects() {
     exhaustion_closes_and_reconnects("hAxs", true, false);
+    common::need_root!();
 }
 
 #[test]
 fn a_compat_server_out_of_sequence_numbers_ends_the_session_with_a_log_line() {
     exhaustion_closes_and_reconnects("hAxo", true, true);
+    common::need_root!();
 }
 
 #[test]
 fn a_client_out_of_sequence_numbers_closes_and_reconnects() {
     exhaustion_closes_and_reconnects("hAxc", false, false);
+    common::need_root!();
 }
 
 /// Review finding 4 of issue 19: a server (OpenSSL with the key, as an original would answer)
@@ -565,6 +575,7 @@ fn a_client_out_of_sequence_numbers_closes_and_reconnects() {
 #[test]
 fn a_hostile_server_cannot_take_a_host_of_the_clients_lan() {
     let topo = Topo::pair("hLan");
+    common::need_root!();
     let (mut ossl, mut client) = openssl_server_and_client(&topo);
     let (me, lan_host) = (Ipv4Addr::new(10, 86, 0, 2), Ipv4Addr::new(172, 31, 250, 53));
     ossl.write_stdin(&[me.octets(), lan_host.octets()].concat());
@@ -593,6 +604,7 @@ fn a_hostile_server_cannot_take_a_host_of_the_clients_lan() {
 #[test]
 fn a_pool_inside_a_broader_route_is_taken_with_a_warning() {
     let topo = Topo::pair("hWide");
+    common::need_root!();
     topo.client()
         .ip(&["route", "add", "10.0.0.0/8", "via", "172.31.250.1"]);
     let port = PORT.to_string();

@@ -25,6 +25,7 @@ const RACE: &str = concat!(
 
 #[test]
 fn forged_server_hellos_do_not_switch_the_suite() {
+    common::need_root!();
     let topo = Topo::pair("suite");
     let mut server = start_server(
         &topo.server,
