@@ -1,4 +1,4 @@
-//! AEAD usage limits end to end (issue 19, item 16): a key that reaches its confidentiality
+//! AEAD usage limits end to end: a key that reaches its confidentiality
 //! limit (records sealed) or its integrity limit (forged records that failed authentication)
 //! ends the session, which a dtun client renews with a new handshake; an original peer's
 //! session is not ended by forgeries. The limits are lowered by the test-only variable

@@ -397,12 +397,11 @@ fn public_prefixes_need_a_lans_entry() {
     );
 }
 
-/// A reload that changes an id's `lans=` applies to the LANs routed now (issue 19, finding
-/// 10): a LAN taken out of the list loses its route at once, one put back is routed again,
-/// and the reload's summary says which.
+/// A reload that changes an id's `lans=` applies to the LANs routed now: a LAN taken out of the
+/// list loses its route at once, one put back is routed again, and the reload's summary says which.
 #[test]
-    common::need_root!();
 fn a_reload_rechecks_the_routed_lans() {
+    common::need_root!();
     let topo = Topo::star("azrl", 1);
     let creds = topo.dir.file(
         "clients",

@@ -201,7 +201,7 @@ fn with_a_master_secret_the_key_is_derived() {
     check(&conf);
 }
 
-/// The review's probe p7: an id that is not a safe file name (`/` in it, a leading dot) is
+/// An id that is not a safe file name (`/` in it, a leading dot) is
 /// refused with a message, and no key file lands anywhere (before, `dtun client add
 /// /DIR/evil` wrote `/DIR/evil.key`); a dotted or `@` id, a safe file name, is added.
 #[test]

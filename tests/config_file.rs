@@ -367,7 +367,7 @@ fn chmod(p: &str, mode: u32) {
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
-/// One check of every secret and script, in `-check` (issue 19, item 15): a config file with
+/// One check of every secret and script, in `-check`: a config file with
 /// an inline key and a `[clients.ID] key_file` readable by everyone are warned about, naming
 /// `chmod 600 FILE` (before the fix these warnings were issued before logging was set up and
 /// lost); a secret writable by its group or others is refused; a script run as root that

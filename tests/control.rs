@@ -33,7 +33,7 @@ fn python_as(ns: &Netns, setpriv: &[&str], script: &str) -> common::Proc {
     ns.spawn("setpriv", &args, &[])
 }
 
-/// The squatter (finding 2): an unprivileged user who takes `@dtun/sq` and the nftables lock
+/// The squatter: an unprivileged user who takes `@dtun/sq` and the nftables lock
 /// name first, and tries the socket files, kept neither the real dtun from starting nor
 /// root's `dtun status`/`dtun reload` from reaching it, and none of its bytes were printed.
 #[test]
@@ -154,7 +154,7 @@ while True:
     );
 }
 
-/// Idle connections (finding 8): a local user floods the control socket with connections that
+/// Idle connections: a local user floods the control socket with connections that
 /// send nothing, as fast as they are closed; root's `dtun status` still answers 20 times out
 /// of 20. A peer the admin socket does not admit is closed at once, without a slot.
 #[test]
@@ -244,7 +244,7 @@ print("reply:", s.recv(4096).decode().strip(), "after %.2f s" % (time.time() - t
     server.wait_log("refused a peer with uid Some(4242)", Duration::from_secs(5));
 }
 
-/// Finding 9: a uid-0 process without capabilities in a mount namespace of its own (a rootful
+/// A uid-0 process without capabilities in a mount namespace of its own (a rootful
 /// container sharing the network namespace) cannot reload, nor ask for status.
 #[test]
 fn root_without_capabilities_in_a_container_cannot_reload() {
@@ -277,7 +277,7 @@ fn root_without_capabilities_in_a_container_cannot_reload() {
     assert!(ns.run(DTUN, &["reload"]).status.success());
 }
 
-/// Issue 20: without a name, `dtun status` and `dtun reload` act like `wg show`: the one
+/// Without a name, `dtun status` and `dtun reload` act like `wg show`: the one
 /// instance running in the namespace whatever its name; with several, status shows them all
 /// (`-json`: an array) and reload exits 2 naming them and the command to run. A socket file
 /// left by a `kill -9` is not an instance.
@@ -337,7 +337,7 @@ fn without_a_name_the_one_running_or_all() {
     drop(edge);
 }
 
-/// The review's probe p3: with the package's layout (/run/dtun `root:GROUP 1770`), a member of
+/// With the package's layout (/run/dtun `root:GROUP 1770`), a member of
 /// the group (uid 4242) plants an instance's admin socket while no dtun runs. Root's `dtun
 /// status`, `dtun status -json`, `dtun reload` and the no-name listing do not believe it: the
 /// socket file is the planter's own, but only root, the system user dtun and the asking user
@@ -394,7 +394,7 @@ kill $I || true
     );
 }
 
-/// The review's probe p7's second half: a subcommand whose stdout is closed (`dtun … | head
+/// A subcommand whose stdout is closed (`dtun … | head
 /// -1` that stopped reading) ends quietly, without a panic or an error message.
 #[test]
 fn a_closed_stdout_ends_a_subcommand_quietly() {
@@ -433,7 +433,7 @@ fn a_closed_stdout_ends_a_subcommand_quietly() {
     }
 }
 
-/// The review's probes p1/p1b: uid 4242 waits on a running server's instance lock through a
+/// A squatted instance lock: uid 4242 waits on a running server's instance lock through a
 /// read-only descriptor (flock needs no more), the server is killed (`kill -9`, as a crash or
 /// a restart), and root starts it again. Before, the lock passed to uid 4242 and the restart
 /// was refused; now uid 4242 cannot open the lock file at all, and the restart runs. In a

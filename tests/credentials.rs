@@ -159,7 +159,7 @@ fn max_clients_refuses_unlisted_newcomers() {
 }
 
 /// A world-readable config file holding a key gets its warning in the server's log at start
-/// (issue 19, item 15: before, it was issued before logging was set up and lost), and a key
+/// (before, it was issued before logging was set up and lost), and a key
 /// file others can write stops the start with what to do.
 #[test]
 fn secret_file_modes_reach_the_log_at_start() {

@@ -259,7 +259,7 @@ fn dns_left_by_kill_9_is_restored_on_next_start() {
     second_client_restores(&w, second, &host);
 }
 
-/// The review's probe p8: after a `kill -9`, an unprivileged user (uid 4242) waits on the
+/// A squatted resolv.conf lock: after a `kill -9`, an unprivileged user (uid 4242) waits on the
 /// resolv.conf owner lock the dead client left, through a read-only descriptor (flock needs no
 /// more). Before, it got the lock, and the next client could neither restore nor set DNS (it
 /// went on with the LAN's resolver); now it cannot open the lock file, and the next client
@@ -372,7 +372,7 @@ fn own_dns_applies_without_a_push() {
     host.assert_unchanged();
 }
 
-/// Review finding 13 of issue 19: a split-routing client that accepts the pushed servers
+/// A split-routing client that accepts the pushed servers
 /// sends its queries through the tunnel, not past it: a pushed server its routes do not send
 /// into the tunnel gets a host route on the TUN (here 203.0.113.10, which nothing else routes
 /// there), gone with the tunnel. Before, the queries went out of the client's own link
@@ -416,7 +416,7 @@ fn a_pushed_server_on_the_clients_lan_is_not_routed() {
     assert!(!client.log().contains(dtun_linux::dns::LOG_DNS_ROUTED));
 }
 
-/// Review finding 7 of issue 19: a second client in the same namespace (same resolv.conf)
+/// A second client in the same namespace (same resolv.conf)
 /// that also takes pushed DNS neither "recovers" the first one's backup at its start nor
 /// writes over its DNS: it keeps its tunnel, leaves the file alone and names the owner. Before
 /// the fix its start restored the original under the live first client.

@@ -279,7 +279,7 @@ fn two_clients_and_a_wrong_key() {
             "bad",
             "-id",
             "mallory",
-            // Without -once a client retries for ever (issue 4); here it must give up.
+            // Without -once a client retries for ever; here it must give up.
             "-once",
             "-up",
             path_str(&script),

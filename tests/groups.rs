@@ -238,10 +238,10 @@ fn nobody_else_can_change_the_table() {
     srv.stop(Duration::from_secs(10));
 }
 
-/// Groups a reload brings to a server that started without any `group=` (issue 19, finding
-/// 3): they are enforced at once, with no table at start (groups alone) and with a table made
-/// without groups (`-client-to-client on`). c0 moves into red (its device goes, it comes back
-/// in red); c1 and c2 stay ungrouped, their devices untouched, and still reach each other.
+/// Groups a reload brings to a server that started without any `group=` are enforced at once, with
+/// no table at start (groups alone) and with a table made without groups (`-client-to-client on`).
+/// c0 moves into red (its device goes, it comes back in red); c1 and c2 stay ungrouped, their
+/// devices untouched, and still reach each other.
 #[test]
 fn groups_added_by_a_reload_are_enforced() {
     common::need_root!();

@@ -104,7 +104,7 @@ fn unknown_ids_fail_like_known_ids_with_a_wrong_key() {
     server.stop(Duration::from_secs(5));
 }
 
-/// Failed handshakes are logged at most a few a second (review item 12): a burst of wrong-key
+/// Failed handshakes are logged at most a few a second: a burst of wrong-key
 /// clients must not flood the server's log.
 #[test]
 fn failed_handshake_warnings_are_rate_limited() {

@@ -1,4 +1,4 @@
-//! IPv6 inside the tunnel (issue 14), end to end: the real binary between network namespaces.
+//! IPv6 inside the tunnel, end to end: the real binary between network namespaces.
 //! A dtun server gives each dtun client an IPv6 pair from `-pool6` (Addr6 control message);
 //! original peers (`-compat` stands in) get nothing of it and carry IPv4 as before. Routing,
 //! forwarding and NAT66 are in `tests/ipv6_routing.rs`.

@@ -1,4 +1,4 @@
-//! IPv6 inside the tunnel (issue 14), routing and forwarding: `-route all` through the tunnel,
+//! IPv6 inside the tunnel, routing and forwarding: `-route all` through the tunnel,
 //! NAT66 and IPv6 forwarding on the server, client ↔ client over IPv6, a full tunnel over an
 //! IPv6 underlay. The real binary between network namespaces; helpers in `common/ipv6.rs`.
 //!

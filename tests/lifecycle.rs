@@ -1,4 +1,4 @@
-//! Lifecycle tests (issue 4): server restarts, a lossy underlay, many connect/disconnect
+//! Lifecycle tests: server restarts, a lossy underlay, many connect/disconnect
 //! cycles, SIGTERM on either side, the four pairings of original (`-compat`) and new peers, and
 //! two clients fighting over one id. Same harness and rules as `e2e.rs`: every test builds its
 //! own namespaces (topologies drawn in `common/mod.rs`) and nothing runs in the root namespace.

@@ -409,7 +409,7 @@ fn bad_instances_and_missing_capability_are_refused_cleanly() {
     client.stop(Duration::from_secs(5));
 }
 
-/// Issue 12's main case end to end, both halves together: a client with `-route all` and a
+/// A full tunnel with NAT end to end, both halves together: a client with `-route all` and a
 /// server with `-nat`. The inet host sees the server's address; the client still reaches the
 /// server's underlay address; each side leaves nothing behind when it exits.
 #[test]
@@ -459,7 +459,7 @@ fn route_all_and_nat_make_a_full_tunnel() {
     assert_eq!(net.forward(), "0", "ip_forward not restored");
 }
 
-/// Finding 6: a symbolic link planted where the IPv6 forwarding state file goes (under the name
+/// A symbolic link planted where the IPv6 forwarding state file goes (under the name
 /// of today and the one before) is never written through: the file it points at stays as it
 /// was while dtun runs `-nat` and after it exits.
 #[test]
@@ -497,10 +497,10 @@ fn a_planted_link_in_run_dtun_is_never_written_through() {
     assert_eq!(after, "precious\n", "written through a link on exit");
 }
 
-/// Finding 11, the devices: the sets hold interface indexes, which the kernel never hands out
-/// again, not names, which are free the moment a device goes. A device made later under the
-/// name of one of the server's TUNs (here after someone deleted it) is not in the sets, so
-/// it gets no NAT and passes none of the table's rules.
+/// A device that takes a TUN's name: the sets hold interface indexes, which the kernel never hands
+/// out again, not names, which are free the moment a device goes. A device made later under the
+/// name of one of the server's TUNs (here after someone deleted it) is not in the sets, so it gets
+/// no NAT and passes none of the table's rules.
 #[test]
 fn a_device_that_takes_a_tuns_name_is_not_ours() {
     common::need_root!();

@@ -372,12 +372,12 @@ echo started
 wait
 "#;
 
-/// The race of issue 19, finding 1, end to end: handshakes with racer's old key complete
-/// while the manager is busy (80 idle devices expiring at once), and the reload that changes
-/// racer's key comes then; old-key handshakes verified before the reload wait in the
-/// manager's queue. None may become a session after the reload. (The code before this fix
-/// let one through in about half the runs; each round here is one run: three rounds.) Needs
-/// `openssl` (s_client speaks DTLS 1.2 with a PSK).
+/// A handshake racing a reload that re-keys its id, end to end: handshakes with racer's old key
+/// complete while the manager is busy (80 idle devices expiring at once), and the reload that
+/// changes racer's key comes then; old-key handshakes verified before the reload wait in the
+/// manager's queue. None may become a session after the reload. (The code before this fix let one
+/// through in about half the runs; each round here is one run: three rounds.) Needs `openssl`
+/// (s_client speaks DTLS 1.2 with a PSK).
 #[test]
 fn old_key_handshakes_racing_a_reload_get_no_session() {
     common::need_root!();

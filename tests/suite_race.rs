@@ -1,4 +1,4 @@
-//! A forged ServerHello must not change the suite a session's records use (review item 7).
+//! A forged ServerHello must not change the suite a session's records use.
 //!
 //! `Topo::pair`: while a dtun client (offering AES-128-GCM first) connects, a tool in its
 //! namespace watches each of its ClientHellos and sends the server forged ServerHellos choosing
