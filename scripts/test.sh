@@ -86,14 +86,19 @@ for line in sys.stdin:
     chown 65534:65534 "$tmp"
     local as_nobody=(setpriv --reuid=65534 --regid=65534 --clear-groups
         env -u CI -u DTUN_TEST_ROOT_LOG HOME="$tmp" TMPDIR="$tmp")
+    local first=${binaries[0]#*$'\t'} who="uid 65534"
+    if ! "${as_nobody[@]}" test -x "$first"; then
+        # A checkout uid 65534 cannot reach (under a 0700 home): root without any capability
+        # instead, which the gate treats the same (it asks for CAP_NET_ADMIN and CAP_SYS_ADMIN)
+        # and which cannot make a namespace either.
+        as_nobody=(setpriv --inh-caps=-all --ambient-caps=-all --bounding-set=-all
+            env -u CI -u DTUN_TEST_ROOT_LOG HOME="$tmp" TMPDIR="$tmp")
+        who="root without capabilities"
+        echo "test.sh: uid 65534 cannot reach $first: running the tests as $who" >&2
+    fi
     for line in "${binaries[@]}"; do
         dir=${line%%$'\t'*}
         exe=${line#*$'\t'}
-        if ! "${as_nobody[@]}" test -x "$exe"; then
-            echo "test.sh: uid 65534 cannot run $exe (a directory on the way not searchable?)" >&2
-            rm -rf "$tmp"
-            return 1
-        fi
         if out=$(cd "$dir" && "${as_nobody[@]}" "$exe" 2>&1); then
             # Not anchored: with --test-threads=1 it follows libtest's "test NAME ... ".
             skips=$((skips + $(grep -c 'SKIPPED [^ ]*: needs root' <<<"$out" || true)))
@@ -105,11 +110,11 @@ for line in sys.stdin:
     done
     rm -rf "$tmp"
     if ((${#failed[@]})); then
-        echo "test.sh: as uid 65534 these failed: ${failed[*]}; a test that needs root must start" \
+        echo "test.sh: as $who these failed: ${failed[*]}; a test that needs root must start" \
             "with common::need_root!(), one that does not must pass without root" >&2
         return 1
     fi
-    echo "as uid 65534: $((passed - skips)) passed, $skips skipped (need root), 0 failed"
+    echo "as $who: $((passed - skips)) passed, $skips skipped (need root), 0 failed"
 }
 
 echo "== cargo fmt --all --check"
