@@ -305,3 +305,59 @@ pub fn admission(data: &[u8]) -> usize {
     }
     n
 }
+
+/// The client's handshake (`handshake::ClientHandshake`) against what a hostile or broken
+/// server sends: the first input byte picks the stage the handshake reached with our real
+/// server (0: ClientHello out, 1: ClientHello with the cookie out, 2: our last flight out), then
+/// the rest is a sequence of datagrams (each: a length byte pair, the bytes) for the client.
+///
+/// Must hold: no panic; nothing establishes without the server's real Finished; an answer is
+/// one datagram no larger than our own last flight; after a failure nothing more is sent.
+pub fn client_handshake(data: &[u8]) -> usize {
+    use dtun_proto::admission::{Admission, Outcome};
+    use dtun_proto::handshake::{ClientHandshake, Progress};
+    use std::net::SocketAddr;
+    use std::time::{Duration, Instant};
+
+    let Some((&stage, mut rest)) = data.split_first() else {
+        return 0;
+    };
+    let t0 = Instant::now();
+    let from: SocketAddr = "192.0.2.1:4000".parse().unwrap();
+    let suites = [Suite::Aes128Gcm, Suite::Aes128Ccm8];
+    let mut adm = Admission::new(suites.to_vec(), b"dtun;dtun-ctl=1".to_vec(), t0);
+    let rng = ring::rand::SystemRandom::new();
+    let (mut hs, mut out) = ClientHandshake::new(b"fuzz", b"key", &suites, &rng, t0).unwrap();
+    for _ in 0..stage % 3 {
+        let Outcome::Reply = adm.datagram(&out, from, t0, |_| b"key".to_vec()) else {
+            panic!("our server did not answer our client");
+        };
+        let reply = adm.reply.clone();
+        let Ok(Progress::Send(next)) = hs.datagram(t0, &reply) else {
+            panic!("our client did not answer our server");
+        };
+        out = next;
+    }
+    let largest = out.len().max(512);
+    let mut n = 0;
+    while rest.len() >= 2 {
+        let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
+        let dg = &rest[2..(2 + len).min(rest.len())];
+        rest = &rest[(2 + len).min(rest.len())..];
+        let now = t0 + Duration::from_millis(100 * n as u64);
+        n += 1;
+        match hs.datagram(now, dg) {
+            Ok(Progress::Send(d)) => assert!(d.len() <= largest, "answered {} bytes", d.len()),
+            Ok(Progress::Wait) => {}
+            Ok(Progress::Established(_)) => panic!("established without the server's Finished"),
+            Err(_) => {
+                assert!(
+                    hs.next_timeout().is_none(),
+                    "a failed handshake keeps a timer"
+                );
+                break;
+            }
+        }
+    }
+    n
+}

@@ -68,3 +68,12 @@ fn fuzz_corpus_admission() {
         .sum();
     assert!(fed > 0, "the admission corpus feeds no datagram");
 }
+
+#[test]
+fn fuzz_corpus_client_handshake() {
+    let fed: usize = replay("client_handshake", checks::client_handshake)
+        .iter()
+        .map(|(_, n)| *n)
+        .sum();
+    assert!(fed > 0, "the client_handshake corpus feeds no datagram");
+}
