@@ -1,5 +1,5 @@
 //! Setup messages lost on the way: a dtun client says Hello again until the server's Hello
-//! answer shows that nothing is missing (src/client/hello.rs), so a lost Addr6, Dns, Hello
+//! answer shows that nothing is missing (dtun_proto::session), so a lost Addr6, Dns, Hello
 //! answer or Lans no longer costs the session its IPv6, its DNS or its LANs. The loss is made
 //! by a UDP relay of the test's own (tests/tools/relay.py) in the client's namespace, which
 //! loses the first datagram of the lost message's exact size; the relay says what it lost, so

@@ -1,5 +1,5 @@
 //! IPv6 inside the tunnel, client side: the pair a dtun server told in its Hello exchange
-//! (src/client/hello.rs) goes on the TUN before the up script runs, and the script sees
+//! (dtun_proto::session) goes on the TUN before the up script runs, and the script sees
 //! LOCAL_IP6 and PEER_IP6; a changed pair runs the down script first with the old values.
 
 use dtun_linux::hooks;

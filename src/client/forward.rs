@@ -1,9 +1,11 @@
-//! The forwarding loop of a live session: inbound records to the TUN, control messages,
-//! keepalive and the path MTU; outbound is `pump`'s task.
+//! The forwarding loop of a live session: inbound records to the TUN in batches (the data
+//! path: `Inbox`, no per-packet allocation), control records, alerts and the timer to the
+//! session's state machine ([`ClientSession`]), whose records go out through the outbound
+//! task (`pump`), which holds the sealer; and the path MTU.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
@@ -13,185 +15,299 @@ use tokio::time::Instant;
 use dtun_linux::rate_limit::RateLimit;
 use dtun_linux::tun::{Tun, TunWriter};
 use dtun_linux::udp::{Receiver, Udp};
-use dtun_proto::consts::{
-    CONTENT_ALERT, CONTENT_APPLICATION_DATA, KEEPALIVE_MISSES, REFUSED_GRACE,
-};
+use dtun_proto::consts::{CONTENT_ALERT, CONTENT_APPLICATION_DATA};
 use dtun_proto::inbound;
 use dtun_proto::inbound::{Counters, Inbound, Inbox};
 use dtun_proto::proto::{CloseReason, Control};
 use dtun_proto::record::{Opener, Sealer};
+use dtun_proto::session::{ClientSession, Event, Step};
 
+use super::session::{end_error, take_dns};
 use super::{ClientError, LOG_MSS_CLAMPED, MIN_PATH_MTU, PATH_MTU_EVERY};
-use crate::pump::{self, OutboundCmd};
+use crate::pump::{self, Link, OutboundCmd};
 use crate::supervise::TaskEnded;
 
-/// Forwards server → TUN (the other way is the outbound task) and keeps the session alive.
-/// Returns None on shutdown, else why the session ended; if the outbound task ended by itself,
-/// its sealer is in `ended`.
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn forward(
-    tun: &Tun,
-    udp: &Udp,
-    server: SocketAddr,
-    opener: &mut Opener,
-    counters: &Counters,
-    out_tx: &mpsc::Sender<OutboundCmd>,
-    (out_task, ended): (&mut pump::OutboundTask, &mut Option<Sealer>),
-    keepalive: Option<Duration>,
-    mut path: PathMss,
-    dns: &dtun_linux::dns::Dns,
-    mut shutdown: Pin<&mut impl Future<Output = ()>>,
-) -> Option<ClientError> {
-    let mut rx = Receiver::default();
-    let mut inbox = Inbox::default();
-    let mut sink = Sink {
-        dev: &tun.dev,
-        writer: TunWriter::default(),
-        mss: path.clamp.get(),
-    };
-    let controls = keepalive.is_some();
-    let keepalive = keepalive.unwrap_or_default();
-    let mut log_limit = RateLimit::new(5);
-    let mut last_rx = Instant::now();
-    let mut last_ping = Instant::now();
-    let tick_every = if keepalive.is_zero() {
-        Duration::from_secs(3600)
-    } else {
-        keepalive / 4
-    };
-    let mut tick = tokio::time::interval(tick_every.max(Duration::from_millis(50)));
-    let mut pmtu_tick = tokio::time::interval(PATH_MTU_EVERY);
-    pmtu_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // An ICMP port unreachable is unauthenticated (anyone who guesses our port can send one):
-    // a hint, never proof. Ping at once; the session ends only if nothing authenticated comes
-    // within a keepalive period (REFUSED_GRACE when we cannot ping).
-    let grace = if controls && !keepalive.is_zero() {
-        keepalive
-    } else {
-        REFUSED_GRACE
-    };
-    let mut refused = Refused {
-        since: None,
-        timer: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
-        grace,
-        controls,
-    };
-    loop {
-        tokio::select! {
-            _ = shutdown.as_mut() => return None,
-            () = &mut refused.timer, if refused.since.is_some() => {
-                return Some(ClientError::Unreachable(server, grace));
-            }
-            // The outbound task ends by itself only when its sequence numbers run out.
-            r = &mut *out_task => {
-                return Some(match r {
-                    Ok((sealer, _)) => {
-                        *ended = Some(sealer);
-                        ClientError::Exhausted
-                    }
-                    Err(e) => TaskEnded::from_join("outbound task", Err::<(), _>(e)).into(),
-                });
-            }
-            _ = pmtu_tick.tick() => {
-                path.refresh(&udp.sock);
-                dns.tick();
-                if udp.take_refused() {
-                    refused.hint(server, out_tx, &mut last_ping, &mut log_limit);
+/// Records the session wants sealed: (content type, plaintext).
+type Records = Vec<(u8, Vec<u8>)>;
+
+/// A live session: its state machine, the data path's read key, the outbound task.
+pub(super) struct Live<'a> {
+    pub(super) tun: &'a Tun,
+    pub(super) udp: &'a Udp,
+    pub(super) link: &'a Link,
+    /// Our -id (for the error when another client takes it).
+    pub(super) id: &'a str,
+    pub(super) dns: &'a dtun_linux::dns::Dns,
+    pub(super) session: ClientSession,
+    pub(super) opener: Opener,
+    pub(super) counters: Arc<Counters>,
+    pub(super) out_tx: mpsc::Sender<OutboundCmd>,
+    pub(super) out_task: pump::OutboundTask,
+    pub(super) path: PathMss,
+}
+
+/// Where the session's records and events go while it is live.
+struct Out<'a> {
+    out_tx: &'a mpsc::Sender<OutboundCmd>,
+    dns: &'a dtun_linux::dns::Dns,
+    counters: &'a Counters,
+    link: &'a Link,
+    id: &'a str,
+}
+
+impl Out<'_> {
+    /// Does what a step says; returns the end of the session (why, and its farewell records)
+    /// if the step ended it.
+    fn route(&self, step: Step, log_limit: &mut RateLimit) -> Option<(ClientError, Records)> {
+        let mut end = None;
+        for e in step.events {
+            match e {
+                Event::Dns(servers) => take_dns(&servers, self.counters, self.dns),
+                Event::Checking(grace) if log_limit.allow() => {
+                    tracing::info!(
+                        "ICMP port unreachable from {}: checking that the server is still there (the session ends if nothing comes within {grace:?})",
+                        self.link.peer
+                    );
                 }
-            }
-            _ = tick.tick(), if !keepalive.is_zero() => {
-                if udp.take_refused() {
-                    refused.hint(server, out_tx, &mut last_ping, &mut log_limit);
-                }
-                let quiet = last_rx.elapsed();
-                if quiet >= keepalive * KEEPALIVE_MISSES {
-                    return Some(ClientError::Dead(server, quiet));
-                }
-                // One ping per period while quiet; four once a reply is overdue.
-                let every = if quiet >= keepalive + keepalive / 2 { keepalive / 4 } else { keepalive };
-                if quiet >= keepalive && last_ping.elapsed() >= every {
-                    last_ping = Instant::now();
-                    let _ = out_tx.try_send(OutboundCmd::Send(Control::Ping.to_bytes()));
-                }
-            }
-            r = rx.recv(udp) => {
-                let n = match r {
-                    Ok(n) => n,
-                    // ICMP port unreachable: the server may be gone, or someone spoofs it.
-                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                        refused.hint(server, out_tx, &mut last_ping, &mut log_limit);
-                        continue;
-                    }
-                    Err(e) => {
-                        if log_limit.allow() {
-                            tracing::debug!("recv from {server}: {e}");
-                        }
-                        continue;
-                    }
-                };
-                sink.mss = path.clamp.get();
-                for i in 0..n {
-                    let (_, stride, buf) = rx.buffer(i);
-                    let (authenticated, end) = inbound(
-                        &mut Session { opener, counters, sink: &mut sink, inbox: &mut inbox, out_tx, dns },
-                        buf,
-                        stride,
-                        &mut log_limit,
-                        controls,
-                    )
-                    .await;
-                    if authenticated {
-                        last_rx = Instant::now();
-                        refused.since = None;
-                    }
-                    if end.is_some() {
-                        sink.flush().await;
-                        return end;
-                    }
-                }
-                sink.flush().await;
+                Event::Closed(why) => end = Some(end_error(why, self.link.peer, self.id, true)),
+                _ => {}
             }
         }
+        if let Some(error) = end {
+            return Some((error, step.seal));
+        }
+        for (content, msg) in step.seal {
+            if content == CONTENT_APPLICATION_DATA {
+                let _ = self.out_tx.try_send(OutboundCmd::Send(msg));
+            }
+        }
+        None
     }
 }
 
-/// The state of an ICMP port unreachable the client is checking (see [`forward`]).
-pub(super) struct Refused {
-    /// When the first unanswered hint came.
-    pub(super) since: Option<Instant>,
-    /// Fires `grace` after `since`.
-    pub(super) timer: Pin<Box<tokio::time::Sleep>>,
-    pub(super) grace: Duration,
-    /// Control messages were negotiated: the client can ping.
-    pub(super) controls: bool,
+impl Live<'_> {
+    /// Forwards server → TUN (the other way is the outbound task) until the session ends,
+    /// then says farewell as the session asks. Returns None on shutdown, else why it ended.
+    pub(super) async fn forward(
+        &mut self,
+        mut shutdown: Pin<&mut impl Future<Output = ()>>,
+    ) -> Option<ClientError> {
+        let Live {
+            tun,
+            udp,
+            link,
+            id,
+            dns,
+            session,
+            opener,
+            counters,
+            out_tx,
+            out_task,
+            path,
+        } = self;
+        let (tun, udp, link, dns): (&Tun, &Udp, &Link, &dtun_linux::dns::Dns) =
+            (tun, udp, link, dns);
+        let out = Out {
+            out_tx,
+            dns,
+            counters,
+            link,
+            id,
+        };
+        let mut rx = Receiver::default();
+        let mut inbox = Inbox::default();
+        let mut sink = Sink {
+            dev: &tun.dev,
+            writer: TunWriter::default(),
+            mss: path.clamp.get(),
+        };
+        let controls = session.negotiated();
+        let mut log_limit = RateLimit::new(5);
+        // ICMP errors the batched socket noted: looked at every quarter keepalive period (and
+        // with the path MTU).
+        let keepalive = session.keepalive();
+        let tick_every = keepalive.map_or(Duration::from_secs(3600), |k| k / 4);
+        let mut tick = tokio::time::interval(tick_every.max(Duration::from_millis(50)));
+        let mut pmtu_tick = tokio::time::interval(PATH_MTU_EVERY);
+        pmtu_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The outbound task's sealer, if the task ended by itself (sequence numbers used up).
+        let mut ended: Option<Sealer> = None;
+        // The session's timer: one Sleep, moved only when the session's deadline moves (not
+        // made anew per receive batch).
+        let mut timer = Box::pin(tokio::time::sleep(Duration::from_secs(3600)));
+        let mut armed = None;
+        let (error, farewell) = loop {
+            let want = session.next_timeout();
+            if want != armed {
+                armed = want;
+                if let Some(t) = want {
+                    timer.as_mut().reset(Instant::from_std(t));
+                }
+            }
+            tokio::select! {
+                _ = shutdown.as_mut() => {
+                    break (None, session.close(now(), Some(CloseReason::Shutdown)).seal);
+                }
+                // The outbound task ends by itself only when its sequence numbers run out.
+                r = &mut *out_task => match r {
+                    Ok((sealer, _)) => {
+                        ended = Some(sealer);
+                        let step = session.close(now(), Some(CloseReason::Exhausted));
+                        break (Some(ClientError::Exhausted), step.seal);
+                    }
+                    Err(e) => {
+                        return Some(TaskEnded::from_join("outbound task", Err::<(), _>(e)).into());
+                    }
+                },
+                () = &mut timer, if armed.is_some() => {
+                    armed = None;
+                    if let Some((e, f)) = out.route(session.timeout(now()), &mut log_limit) {
+                        break (Some(e), f);
+                    }
+                }
+                _ = pmtu_tick.tick() => {
+                    path.refresh(&udp.sock);
+                    dns.tick();
+                    if udp.take_refused()
+                        && let Some((e, f)) = out.route(session.unreachable(now()), &mut log_limit)
+                    {
+                        break (Some(e), f);
+                    }
+                }
+                _ = tick.tick(), if keepalive.is_some() => {
+                    if udp.take_refused()
+                        && let Some((e, f)) = out.route(session.unreachable(now()), &mut log_limit)
+                    {
+                        break (Some(e), f);
+                    }
+                }
+                r = rx.recv(udp) => {
+                    let n = match r {
+                        Ok(n) => n,
+                        // ICMP port unreachable: the server may be gone, or someone spoofs it.
+                        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                            if let Some((e, f)) = out.route(session.unreachable(now()), &mut log_limit) {
+                                break (Some(e), f);
+                            }
+                            continue;
+                        }
+                        Err(e) => {
+                            if log_limit.allow() {
+                                tracing::debug!("recv from {}: {e}", link.peer);
+                            }
+                            continue;
+                        }
+                    };
+                    sink.mss = path.clamp.get();
+                    let mut end = None;
+                    for i in 0..n {
+                        let (_, stride, buf) = rx.buffer(i);
+                        let mut batch = Batch { session, opener, out: &out, sink: &mut sink, inbox: &mut inbox, log_limit: &mut log_limit };
+                        end = batch.inbound(buf, stride, controls).await;
+                        if end.is_some() {
+                            break;
+                        }
+                    }
+                    sink.flush().await;
+                    if let Some((e, f)) = end {
+                        break (Some(e), f);
+                    }
+                }
+            }
+        };
+        // The farewell: what the session said at its end (a Close, close_notify), through the
+        // outbound task, or from here if the task is gone (in the reserve it left).
+        if let Some(mut sealer) = ended {
+            for (content, msg) in &farewell {
+                let _ = link.send_record(&mut sealer, *content, msg).await;
+            }
+        } else {
+            let notify = farewell.iter().any(|(c, _)| *c == CONTENT_ALERT);
+            let farewell = farewell
+                .into_iter()
+                .find(|(c, _)| *c == CONTENT_APPLICATION_DATA)
+                .map(|(_, m)| m);
+            let _ = out_tx.send(OutboundCmd::Stop { notify, farewell }).await;
+            let _ = (&mut *out_task).await;
+        }
+        error
+    }
 }
 
-impl Refused {
-    /// An ICMP port unreachable arrived: ping at once and start the grace period, unless one
-    /// is already running.
-    pub(super) fn hint(
+/// `now` for the session (its clock is std's).
+fn now() -> std::time::Instant {
+    std::time::Instant::now()
+}
+
+/// One receive buffer of a live session.
+struct Batch<'a, 's> {
+    session: &'a mut ClientSession,
+    opener: &'a mut Opener,
+    out: &'a Out<'a>,
+    sink: &'a mut Sink<'s>,
+    inbox: &'a mut Inbox,
+    log_limit: &'a mut RateLimit,
+}
+
+impl Batch<'_, '_> {
+    /// Opens the records of one receive buffer (its datagrams, `stride` bytes each) in one
+    /// pass: packets go to the TUN, control records and alerts to the session. Returns the
+    /// end of the session if a record (or the read key's integrity limit) ended it.
+    async fn inbound(
         &mut self,
-        server: SocketAddr,
-        out_tx: &mpsc::Sender<OutboundCmd>,
-        last_ping: &mut Instant,
-        log_limit: &mut RateLimit,
-    ) {
-        if self.since.is_some() {
-            return;
+        buf: &mut [u8],
+        stride: usize,
+        controls: bool,
+    ) -> Option<(ClientError, Records)> {
+        // Other content types are late handshake retransmissions: the handshake is done with
+        // them.
+        let records = self
+            .inbox
+            .open(self.opener, self.out.counters, buf, stride, |ct| {
+                ct == CONTENT_APPLICATION_DATA || ct == CONTENT_ALERT
+            });
+        // The read key's integrity limit: a dtun server handshakes again; with an original the
+        // session goes on (docs/PROTOCOL.md, AEAD usage limits).
+        if controls && self.out.counters.integrity_limit_reached() {
+            let step = self.session.close(now(), Some(CloseReason::Exhausted));
+            return Some((ClientError::Exhausted, step.seal));
         }
-        let now = Instant::now();
-        self.since = Some(now);
-        self.timer.as_mut().reset(now + self.grace);
-        if self.controls {
-            *last_ping = now;
-            let _ = out_tx.try_send(OutboundCmd::Send(Control::Ping.to_bytes()));
+        let mut authenticated = false;
+        let mut end = None;
+        for record in records {
+            match record {
+                Inbound::Data(r) => {
+                    authenticated = true;
+                    let data = &mut buf[r.clone()];
+                    if controls && Control::is_control(data) {
+                        let step = self.session.control(now(), data);
+                        end = self.out.route(step, self.log_limit);
+                    } else if inbound::accept_packet(self.out.counters, data) {
+                        crate::supervise::fault_point(crate::supervise::Site::Client, data);
+                        self.sink.push(data).await;
+                    } else if self.log_limit.allow() {
+                        tracing::debug!("drop reason=not_ip");
+                    }
+                }
+                Inbound::Alert(level, desc) => {
+                    authenticated = true;
+                    let step = self.session.alert(now(), *level, *desc);
+                    end = self.out.route(step, self.log_limit);
+                }
+                Inbound::Dropped(d) => {
+                    if self.log_limit.allow() {
+                        tracing::debug!("drop reason={}", d.as_str());
+                    }
+                }
+            }
+            if end.is_some() {
+                break;
+            }
         }
-        if log_limit.allow() {
-            tracing::info!(
-                "ICMP port unreachable from {server}: checking that the server is still there (the session ends if nothing comes within {:?})",
-                self.grace
-            );
+        if authenticated {
+            self.session.heard(now());
         }
+        end
     }
 }
 
@@ -275,128 +391,5 @@ impl Sink<'_> {
         if let Err(e) = self.writer.flush(self.dev).await {
             tracing::debug!("writing to TUN failed: {e}");
         }
-    }
-}
-
-/// What a live session's inbound records act on.
-pub(super) struct Session<'a, 's> {
-    pub(super) opener: &'a mut Opener,
-    pub(super) counters: &'a Counters,
-    pub(super) sink: &'a mut Sink<'s>,
-    pub(super) inbox: &'a mut Inbox,
-    pub(super) out_tx: &'a mpsc::Sender<OutboundCmd>,
-    pub(super) dns: &'a dtun_linux::dns::Dns,
-}
-
-/// Handles one receive buffer of a live session (its datagrams, `stride` bytes each). Returns
-/// whether any record in it authenticated, and the end of the session if a record said so.
-pub(super) async fn inbound(
-    s: &mut Session<'_, '_>,
-    buf: &mut [u8],
-    stride: usize,
-    log_limit: &mut RateLimit,
-    controls: bool,
-) -> (bool, Option<ClientError>) {
-    let mut authenticated = false;
-    // Other content types are late handshake retransmissions: the handshake is done with them.
-    let records = s.inbox.open(s.opener, s.counters, buf, stride, |ct| {
-        ct == CONTENT_APPLICATION_DATA || ct == CONTENT_ALERT
-    });
-    // The read key's integrity limit: a dtun server handshakes again; with an original the
-    // session goes on (docs/PROTOCOL.md, AEAD usage limits).
-    if controls && s.counters.integrity_limit_reached() {
-        return (false, Some(ClientError::Exhausted));
-    }
-    for record in records {
-        match record {
-            Inbound::Data(r) => {
-                authenticated = true;
-                let data = &mut buf[r.clone()];
-                if controls && Control::is_control(data) {
-                    if let Some(end) = control_record(data, s.counters, s.out_tx, s.dns) {
-                        return (true, Some(end));
-                    }
-                } else if inbound::accept_packet(s.counters, data) {
-                    crate::supervise::fault_point(crate::supervise::Site::Client, data);
-                    s.sink.push(data).await;
-                } else if log_limit.allow() {
-                    tracing::debug!("drop reason=not_ip");
-                }
-            }
-            Inbound::Alert(_, 0) => {
-                return (
-                    true,
-                    Some(ClientError::Closed(
-                        dtun_proto::consts::CLOSE_NOTIFY_WORDS.into(),
-                    )),
-                );
-            }
-            Inbound::Alert(level, desc) => {
-                let why = format!("alert {level}/{desc}");
-                return (true, Some(ClientError::Closed(why)));
-            }
-            Inbound::Dropped(d) => {
-                if log_limit.allow() {
-                    tracing::debug!("drop reason={}", d.as_str());
-                }
-            }
-        }
-    }
-    (authenticated, None)
-}
-
-/// Parses and acts on a control record from the server: a malformed one is a counted drop
-/// (the session goes on). Returns the end of the session if the record says so.
-pub(super) fn control_record(
-    data: &[u8],
-    counters: &Counters,
-    out_tx: &mpsc::Sender<OutboundCmd>,
-    dns: &dtun_linux::dns::Dns,
-) -> Option<ClientError> {
-    match Control::parse(data) {
-        Ok(Control::Dns(servers)) => {
-            // Unusable servers are refused (and logged) by the DNS state: counted drops.
-            for _ in 0..dns.pushed(&servers) {
-                counters.count_drop(inbound::DropKind::Unexpected);
-            }
-            None
-        }
-        Ok(c) => on_control(c, out_tx),
-        Err(_) => {
-            counters.count_drop(inbound::DropKind::Unexpected);
-            None
-        }
-    }
-}
-
-/// Acts on a control message from the server; returns the end of the session if it is one.
-pub(super) fn on_control(msg: Control, out_tx: &mpsc::Sender<OutboundCmd>) -> Option<ClientError> {
-    match msg {
-        Control::Ping => {
-            let _ = out_tx.try_send(OutboundCmd::Send(Control::Pong.to_bytes()));
-            None
-        }
-        Control::Close {
-            reason: CloseReason::Replaced,
-            detail,
-        } => Some(ClientError::Replaced(
-            String::new(),
-            detail.escape_debug().to_string(),
-        )),
-        Control::Close {
-            reason: CloseReason::Revoked,
-            ..
-        } => {
-            tracing::warn!(
-                "the server revoked this id (Revoked: removed, or its key changed, at a reload): check -id and the key with the server's operator"
-            );
-            None
-        }
-        Control::Close { reason, detail } => Some(ClientError::Closed(if detail.is_empty() {
-            reason.words()
-        } else {
-            format!("{} ({})", reason.words(), detail.escape_debug())
-        })),
-        _ => None,
     }
 }

@@ -2,14 +2,12 @@
 //! announce the peernet, run the up script, then forward packets; when the session dies,
 //! reconnect with capped exponential backoff, keeping the TUN, its addresses and routes.
 //!
-//! Here: the reconnect loop, its errors and backoff; one session's setup and teardown is in
-//! `session`, its forwarding loop in `forward`.
+//! Here: the reconnect loop, its errors and backoff. One session's protocol is
+//! `dtun_proto::session::ClientSession` (no I/O); `session` drives it from the socket and a
+//! timer and does the setup's side effects, `forward` is its live loop.
 
 mod addr6;
-mod early;
 mod forward;
-mod handshake;
-mod hello;
 mod pair;
 mod session;
 
@@ -132,6 +130,16 @@ impl Tunnel {
     }
 }
 
+/// What every session of a run works with; the TUN and `-route` outlive sessions.
+struct Ctx<'a> {
+    cfg: &'a ClientConfig,
+    nl: &'a Netlink,
+    dns: &'a dtun_linux::dns::Dns,
+    board: &'a ClientBoard,
+    tunnel: &'a mut Option<Tunnel>,
+    routes: &'a mut Option<Routes>,
+}
+
 /// How a session ended.
 enum End {
     Shutdown,
@@ -211,17 +219,15 @@ pub async fn run_with(
     let mut current = 0usize;
     let result = loop {
         board.connecting();
-        let end = session(
-            &cfg,
-            &nl,
-            &mut tunnel,
-            &mut routes,
-            &dns,
-            &board,
-            current,
-            shutdown.as_mut(),
-        )
-        .await;
+        let mut ctx = Ctx {
+            cfg: &cfg,
+            nl: &nl,
+            dns: &dns,
+            board: &board,
+            tunnel: &mut tunnel,
+            routes: &mut routes,
+        };
+        let end = session(&mut ctx, current, shutdown.as_mut()).await;
         board.ended();
         match end {
             End::Shutdown => break Ok(()),
@@ -292,93 +298,17 @@ pub async fn run_with(
 
 #[cfg(test)]
 mod tests {
-    use super::early::*;
     use super::forward::*;
+    use super::session::take_dns;
     use super::*;
-    use std::net::Ipv4Addr;
 
-    use tokio::sync::mpsc;
+    use dtun_proto::inbound::{Counters, DropKind};
 
-    use dtun_proto::consts::{CONTENT_APPLICATION_DATA, FIRST_APP_SEQUENCE, PAYLOAD_OFFSET};
-    use dtun_proto::inbound::Counters;
-    use dtun_proto::kdf::KeyBlock;
-    use dtun_proto::proto::Control;
-    use dtun_proto::record::{self, Suite};
-
-    /// A datagram shaped like the server's address message under `suite` (application data,
-    /// epoch 1, 8 bytes of plaintext) whose tag does not verify: what a spoofer sends.
-    fn spoofed(suite: Suite, seq: u64) -> Vec<u8> {
-        let body = 8 + 8 + suite.tag_len();
-        let mut d = vec![CONTENT_APPLICATION_DATA, 0xfe, 0xfd, 0, 1];
-        d.extend_from_slice(&seq.to_be_bytes()[2..]);
-        d.extend_from_slice(&(body as u16).to_be_bytes());
-        d.extend((0..body).map(|i| (i as u8).wrapping_mul(37) ^ seq as u8));
-        d
-    }
-
-    /// Spoofed records that arrive before the server's real address message (during the
-    /// handshake) must not crowd it out of the early buffer: 2000 of other shapes, 62 of its
-    /// own shape and 2000 copies of one; the real one still opens once the keys are known.
-    /// Before the fix the buffer kept the first 4 datagrams of any kind.
+    /// The server's DNS servers reach the DNS state; unusable ones are one counted drop
+    /// each, the rest kept. (A malformed Dns record is a counted drop in the session:
+    /// dtun_proto::session's tests.)
     #[test]
-    fn spoofed_early_records_do_not_crowd_out_the_address_message() {
-        let kb = KeyBlock {
-            client_key: [1; 16],
-            server_key: [2; 16],
-            client_iv: [3; 4],
-            server_iv: [4; 4],
-        };
-        let msg = AddressMessage {
-            client: Ipv4Addr::new(10, 86, 0, 2),
-            server: Ipv4Addr::new(10, 86, 0, 1),
-        };
-        for suite in [Suite::Aes128Gcm, Suite::Aes128Ccm8] {
-            let (mut server, _) = record::session_pair(suite, &kb, false, 1, FIRST_APP_SEQUENCE);
-            let (_, opener) = record::session_pair(suite, &kb, true, 1, FIRST_APP_SEQUENCE);
-            let mut real = vec![0u8; PAYLOAD_OFFSET + 8 + suite.tag_len()];
-            real[PAYLOAD_OFFSET..PAYLOAD_OFFSET + 8].copy_from_slice(&msg.to_bytes());
-            let n = server.seal(CONTENT_APPLICATION_DATA, &mut real, 8).unwrap();
-            real.truncate(n);
-            // Spoofed records of every other shape, then of the address message's own shape
-            // (under both suites), then the real one.
-            let mut early = EarlyRecords::default();
-            for i in 0..2000u64 {
-                let mut junk = spoofed(suite, i);
-                match i % 4 {
-                    0 => junk.push(0),                  // another length
-                    1 => junk[4] = 2,                   // another epoch
-                    2 => junk[0] = 22,                  // a handshake record
-                    _ => junk.truncate(junk.len() - 1), // truncated
-                }
-                early.push(&junk);
-            }
-            for i in 0..EARLY_CANDIDATES as u64 / 2 - 1 {
-                early.push(&spoofed(Suite::Aes128Gcm, FIRST_APP_SEQUENCE + i));
-                early.push(&spoofed(Suite::Aes128Ccm8, FIRST_APP_SEQUENCE + i));
-            }
-            early.push(&real);
-            // The same spoofed record again and again takes one place at most.
-            for _ in 0..2000 {
-                early.push(&spoofed(suite, 7));
-            }
-            let mut opener = opener;
-            let counters = Counters::default();
-            let found = early
-                .kept
-                .into_iter()
-                .find_map(|mut dg| open_first(&mut opener, &counters, &mut dg));
-            let data = match found {
-                Some(First::Data(d)) => Some(d),
-                _ => None,
-            };
-            assert_eq!(data.as_deref(), Some(&msg.to_bytes()[..]), "{suite:?}");
-        }
-    }
-
-    /// A garbage Dns record is a counted drop that ends nothing and changes no DNS; a good one
-    /// reaches the DNS state.
-    #[test]
-    fn garbage_dns_record_is_a_counted_drop() {
+    fn unusable_dns_servers_are_counted_drops() {
         let dir = std::env::temp_dir().join(format!("dtun-client-dns-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -386,35 +316,18 @@ mod tests {
         std::fs::write(&resolv, b"nameserver 192.0.2.1\n").unwrap();
         let dns = dtun_linux::dns::Dns::with_paths(&resolv, &dir.join("run"), vec![], true);
         dns.tunnel_up("dtun0", 7);
-        let (tx, _rx) = mpsc::channel(4);
         let counters = Counters::default();
-        for garbage in [
-            &[0u8, 5][..],
-            &[0, 5, 0],
-            &[0, 5, 1, 4, 203, 0, 113],
-            &[0, 5, 1, 7, 203, 0, 113, 10],
-            &[0, 5, 1, 4, 203, 0, 113, 10, 0xff],
-            &[0, 5, 9, 4, 1, 1, 1, 1],
-        ] {
-            assert!(control_record(garbage, &counters, &tx, &dns).is_none());
-        }
-        assert_eq!(counters.drops(dtun_proto::inbound::DropKind::Unexpected), 6);
-        assert!(counters.summary().contains("unexpected_type=6"));
-        assert_eq!(std::fs::read(&resolv).unwrap(), b"nameserver 192.0.2.1\n");
-        let good = Control::Dns(vec!["203.0.113.10".parse().unwrap()]).to_bytes();
-        assert!(control_record(&good, &counters, &tx, &dns).is_none());
-        assert_eq!(counters.drops(dtun_proto::inbound::DropKind::Unexpected), 6);
+        take_dns(&["203.0.113.10".parse().unwrap()], &counters, &dns);
+        assert_eq!(counters.drops(DropKind::Unexpected), 0);
         let now = std::fs::read_to_string(&resolv).unwrap();
         assert!(now.contains("nameserver 203.0.113.10"), "{now}");
-        // Unusable servers in a well-formed record: one counted drop each, the rest kept.
-        let bad = Control::Dns(vec![
+        let bad = [
             "127.0.0.1".parse().unwrap(),
             "fe80::1".parse().unwrap(),
             "203.0.113.10".parse().unwrap(),
-        ])
-        .to_bytes();
-        assert!(control_record(&bad, &counters, &tx, &dns).is_none());
-        assert_eq!(counters.drops(dtun_proto::inbound::DropKind::Unexpected), 8);
+        ];
+        take_dns(&bad, &counters, &dns);
+        assert_eq!(counters.drops(DropKind::Unexpected), 2);
         let now = std::fs::read_to_string(&resolv).unwrap();
         assert!(!now.contains("127.0.0.1") && !now.contains("fe80"), "{now}");
         assert!(now.contains("nameserver 203.0.113.10"), "{now}");

@@ -1,6 +1,8 @@
-//! One session, from a fresh socket to its end: connect, handshake, the address message, the
-//! TUN (made once, readdressed if the server moved us), `-route`, the Hello and LAN messages,
-//! the up script, forwarding, and the farewell when it ends.
+//! One session, from a fresh socket to its end: the thin async loop around
+//! [`ClientSession`] (dtun_proto, no I/O), which holds the protocol (handshake, address
+//! message, Hello exchange, keepalive, close). Here: the socket, the timer, and the side
+//! effects its events ask for: the TUN (made once, readdressed if the server moved us),
+//! `-route`, IPv6, DNS, the up script, the status board; then forwarding (`forward`).
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -8,24 +10,25 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio::net::UdpSocket;
+use tokio::time::Instant;
 
 use dtun_linux::hooks;
-use dtun_linux::netlink::Netlink;
-use dtun_linux::routes::Routes;
 use dtun_linux::tun;
 use dtun_linux::udp::Udp;
-use dtun_proto::consts::{BUF_LEN, CONTENT_APPLICATION_DATA, SETUP_TIMEOUT};
-use dtun_proto::inbound::Counters;
-use dtun_proto::proto::{AddressMessage, CONTROL_VERSION, CloseReason, Control, HINT_MARKER};
-use dtun_proto::record::{self, Sealer};
+use dtun_proto::consts::{
+    BUF_LEN, CLOSE_NOTIFY_WORDS, HANDSHAKE_REFUSALS, HANDSHAKE_TIMEOUT, SETUP_TIMEOUT,
+};
+use dtun_proto::handshake::HandshakeError;
+use dtun_proto::inbound::{Counters, DropKind};
+use dtun_proto::proto::{Addr6, AddressMessage, CloseReason};
+use dtun_proto::record;
+use dtun_proto::session::{self as proto_session, ClientSession, Event, Step};
 
-use super::early::{First, first_data};
-use super::forward::{PathMss, forward};
-use super::handshake::handshake;
-use super::{ClientError, End, LOG_TUNNEL_UP, Tunnel};
+use super::forward::{Live, PathMss, Sink};
+use super::{ClientError, Ctx, End, LOG_TUNNEL_UP, Tunnel};
 use crate::config::ClientConfig;
-use crate::ops::{ClientBoard, LiveSession};
-use crate::pump::{self, Link, OutboundCmd};
+use crate::ops::LiveSession;
+use crate::pump::{self, Link};
 use crate::supervise::first_app_sequence;
 
 fn lost(error: ClientError) -> End {
@@ -36,147 +39,69 @@ fn lost(error: ClientError) -> End {
 }
 
 /// One session, from a fresh socket to its end, with server `server_index` of `-host`.
-// The parameters are the client's whole context; they become one session state machine when
-// the client's protocol logic moves into the sans-I/O core (the architecture issue).
-#[allow(clippy::too_many_arguments)]
 pub(super) async fn session(
-    cfg: &ClientConfig,
-    nl: &Netlink,
-    tunnel: &mut Option<Tunnel>,
-    routes: &mut Option<Routes>,
-    dns: &dtun_linux::dns::Dns,
-    board: &ClientBoard,
+    ctx: &mut Ctx<'_>,
     server_index: usize,
     mut shutdown: Pin<&mut impl Future<Output = ()>>,
 ) -> End {
-    let endpoint = &cfg.servers[server_index % cfg.servers.len()];
-    board.server(&endpoint.to_string(), None);
-    let server = match cfg.server_addr(server_index).await {
+    let cfg = ctx.cfg;
+    let server = match connect_to(ctx, server_index).await {
         Ok(s) => s,
-        // -kill-switch blocks name lookups while the tunnel is down: its note of the
-        // server's last address stands in.
-        Err(e) => match routes.as_ref().and_then(Routes::last_address) {
-            Some(ip) => {
-                let s = SocketAddr::new(ip, cfg.port);
-                tracing::warn!("{e}; {} {s}", dtun_linux::routes::LOG_LAST_ADDRESS);
-                s
-            }
-            None => return lost(ClientError::Config(e)),
-        },
+        Err(e) => return lost(e),
     };
-    board.server(&endpoint.to_string(), Some(server));
-    if let Some(r) = routes.as_mut()
-        && let Err(e) = r.set_server(server.ip()).await
-    {
-        return lost(ClientError::Routes(e));
-    }
-    let sock = match connect(server, routes.is_some()).await {
+    let sock = match connect(server, ctx.routes.is_some()).await {
         Ok(s) => Arc::new(s),
         Err(e) => return lost(e),
     };
-    // Batched UDP, but GRO only from step 4 on: the handshake and setup read datagram by
-    // datagram.
+    // Batched UDP, but GRO only once forwarding starts: the setup reads datagram by datagram.
     let udp = match Udp::new(Arc::clone(&sock)).and_then(|u| u.set_gro(false).map(|_| u)) {
         Ok(u) => u,
         Err(e) => return lost(ClientError::Socket(server, e)),
     };
-    let mut buf = vec![0u8; BUF_LEN];
-
-    // 1. Handshake. Records that overtake the end of our handshake (the address message when
-    //    the server's last flight was lost, or a close_notify right after it) are kept for
-    //    step 2.
-    let (est, early) = match handshake(cfg, &sock, server, &mut buf, shutdown.as_mut()).await {
-        Ok(r) => r,
-        Err(end) => return end,
-    };
-    let hint = String::from_utf8_lossy(&est.peer_identity).into_owned();
-    let negotiated = !cfg.common.compat && hint.ends_with(HINT_MARKER);
-    tracing::debug!(
-        "handshake with {server} done (server hint {hint:?}, control messages: {negotiated})"
-    );
-    let (mut sealer, mut opener) =
-        record::session_pair(est.suite, &est.keys, true, 1, first_app_sequence());
-    let counters = Arc::new(Counters::default());
     let link = Link {
         udp: udp.clone(),
         peer: server,
         connected: true,
     };
-
-    // 2. The address message.
-    let addrs = match first_data(&mut opener, &counters, &sock, &mut buf, early).await {
-        Some(First::Closed(why)) => {
-            return lost(ClientError::Closed(format!(
-                "{why} before the address message"
-            )));
-        }
-        Some(First::Data(msg)) => match AddressMessage::parse(&msg) {
-            Ok(a) => a,
-            // A full server says so where the address message would be (dtun peers only).
-            Err(e) => match Control::parse(&msg) {
-                Ok(Control::Close {
-                    reason: CloseReason::Refused,
-                    detail,
-                }) if negotiated => {
-                    return lost(ClientError::Full(detail.escape_debug().to_string()));
-                }
-                // Any other reason (the server could not set up our tunnel, say), in words.
-                Ok(Control::Close { reason, detail }) if negotiated => {
-                    return lost(ClientError::Closed(format!(
-                        "{} ({})",
-                        reason.words(),
-                        detail.escape_debug()
-                    )));
-                }
-                _ => return lost(ClientError::BadAddress(e)),
-            },
-        },
-        None => {
-            let _ = link.send_close_notify(&mut sealer).await;
-            return lost(ClientError::NoAddress(SETUP_TIMEOUT));
-        }
+    let rng = ring::rand::SystemRandom::new();
+    let (mut s, first) = match ClientSession::new(session_config(cfg), &rng, now()) {
+        Ok(r) => r,
+        Err(e) => return lost(ClientError::Handshake(server, e, cfg.id.clone())),
     };
-    // The pair must not take a host of this client's own networks (src/client/pair.rs).
-    if let Err(e) = super::pair::check_ipv4(cfg, nl, tunnel.as_ref(), addrs).await {
-        let _ = link.send_close_notify(&mut sealer).await;
-        return lost(e);
-    }
+    let mut w = Wire {
+        sock: &sock,
+        link: &link,
+        server,
+        buf: vec![0u8; BUF_LEN],
+        refusals: 0,
+        answered: false,
+        suite: None,
+    };
+    w.send_handshake(&first.send).await;
 
-    // 3. The TUN device: made once, kept across sessions; readdressed if the server moved us.
-    let run_up = match setup_tunnel(cfg, nl, tunnel, addrs, est.suite, server).await {
+    // 1. The handshake and the address message (or why there is none).
+    let addrs = match w.drive(&mut s, ctx.dns, None, shutdown.as_mut()).await {
+        Setup::Address(a) => a,
+        Setup::Shutdown => return End::Shutdown,
+        other => return lost(w.error(other, &cfg.id, false)),
+    };
+    let Some(suite) = w.suite else {
+        return lost(ClientError::NoAddress(SETUP_TIMEOUT));
+    };
+    // 2. The pair must not take a host of this client's own networks (src/client/pair.rs);
+    //    the TUN: made once, kept across sessions; readdressed if the server moved us; then
+    //    -route (before the up script, which may build on it).
+    let run_up = match tunnel_for(ctx, addrs, suite, server).await {
         Ok(run_up) => run_up,
         Err(e) => {
-            let _ = link.send_close_notify(&mut sealer).await;
+            w.abort(&mut s).await;
             return lost(e);
         }
     };
-    let Some(t) = tunnel.as_ref() else {
+    let Some(t) = ctx.tunnel.as_ref() else {
         return lost(ClientError::NoAddress(SETUP_TIMEOUT));
     };
-
-    // 4. -route (before the up script, which may build on it), our LAN, our hello (dtun
-    //    servers only), the up script, then forwarding.
-    if let Some(r) = routes.as_mut()
-        && let Err(e) = r.apply(t.tun.index).await
-    {
-        let _ = link.send_close_notify(&mut sealer).await;
-        return lost(ClientError::Routes(e));
-    }
-    let mut hello = vec![];
-    if negotiated {
-        let keepalive_ms = u32::try_from(cfg.common.keepalive.as_millis()).unwrap_or(u32::MAX);
-        hello = Control::Hello {
-            version: CONTROL_VERSION,
-            keepalive_ms,
-            flags: Default::default(),
-        }
-        .to_bytes();
-    }
-    // -peernet beyond the peernet message (several CIDRs): a dtun server only.
-    let mut lans = vec![];
-    if negotiated && !cfg.lans.is_empty() {
-        lans = Control::Lans(cfg.lans.clone()).to_bytes();
-    } else if !cfg.lans.is_empty() {
+    if !s.negotiated() && !cfg.lans.is_empty() {
         tracing::warn!(
             "the server is an original dtun (or -compat): only -peernet {} is announced, not {}",
             cfg.peernet.to_wire(),
@@ -187,67 +112,40 @@ pub(super) async fn session(
                 .join(",")
         );
     }
-    if let Err(e) = link
-        .send_record(
-            &mut sealer,
-            CONTENT_APPLICATION_DATA,
-            cfg.peernet.to_wire().as_bytes(),
-        )
-        .await
-    {
-        return lost(ClientError::Send(server, e));
-    }
-    // A dtun server tells its IPv6 pair and DNS before its Hello answer, which says whether
-    // they (and our Lans) got through: the exchange asks again for what was lost, so the up
-    // script sees the tunnel as it is. Without any answer the tunnel keeps the IPv6 it had.
-    let addr6 = if negotiated {
-        match super::hello::exchange(
-            &link,
-            &mut sealer,
-            &mut opener,
-            &counters,
-            &sock,
-            &mut buf,
-            &t.tun,
-            dns,
-            &hello,
-            &lans,
-        )
-        .await
-        {
-            Ok(a) => a,
-            Err(e) => return lost(e),
+
+    // 3. Our peernet message, then (dtun servers) our Lans and Hello: the server tells its
+    //    IPv6 pair and DNS before its Hello answer, which says whether they (and our Lans) got
+    //    through; the session asks again for what was lost, so the up script sees the tunnel
+    //    as it is. Without any answer the tunnel keeps the IPv6 it had. IP packets that come
+    //    meanwhile go to the TUN.
+    let mut sink = Sink {
+        dev: &t.tun.dev,
+        writer: dtun_linux::tun::TunWriter::default(),
+        mss: pump::mss_clamps(t.tun.mtu),
+    };
+    let ready = s.tunnel_ready(now());
+    let setup = match w.act(&s, ready, ctx.dns, Some(&mut sink)).await {
+        Some(r) => r,
+        None => {
+            w.drive(&mut s, ctx.dns, Some(&mut sink), shutdown.as_mut())
+                .await
         }
-    } else {
-        Some(None)
     };
-    let run_up = match (tunnel.as_mut(), addr6) {
-        (Some(t), Some(addr6)) => match super::addr6::apply(cfg, nl, t, addr6, run_up).await {
-            Ok(r) => r,
-            Err(e) => {
-                let _ = link.send_close_notify(&mut sealer).await;
-                return lost(e);
-            }
-        },
-        _ => run_up,
+    let addr6 = match setup {
+        Setup::Up(addr6) => addr6,
+        Setup::Shutdown => return End::Shutdown,
+        other => return lost(w.error(other, &cfg.id, true)),
     };
-    let Some(t) = tunnel.as_ref() else {
+
+    // 4. IPv6, -route for IPv6, the up script, DNS, then forwarding.
+    if let Err(e) = finish_setup(ctx, addr6, run_up).await {
+        w.abort(&mut s).await;
+        return lost(e);
+    }
+    let Some(t) = ctx.tunnel.as_ref() else {
         return lost(ClientError::NoAddress(SETUP_TIMEOUT));
     };
-    if let Some(r) = routes.as_mut()
-        && let Err(e) = r.set_ipv6(t.tun.index, t.addr6.is_some()).await
-    {
-        let _ = link.send_close_notify(&mut sealer).await;
-        return lost(ClientError::Routes(e));
-    }
-    if run_up
-        && let Some(up) = &cfg.common.up
-        && let Err(e) = hooks::run("up", up, &t.env()).await
-    {
-        let _ = link.send_close_notify(&mut sealer).await;
-        return lost(e.into());
-    }
-    dns.tunnel_up(&t.tun.name, t.tun.index);
+    ctx.dns.tunnel_up(&t.tun.name, t.tun.index);
     // (The IPv6 pair has its own line, LOG_IPV6_UP: scripts read the suite as the last field.)
     tracing::info!(
         "{LOG_TUNNEL_UP}: dev {} local {} peer {} mtu {}, server {server}, {}",
@@ -255,22 +153,22 @@ pub(super) async fn session(
         addrs.client,
         addrs.server,
         t.tun.mtu,
-        est.suite.name()
+        suite.name()
     );
     crate::ops::notify::ready(&format!(
         "tunnel up: dev {} local {} peer {}, server {server}",
         t.tun.name, addrs.client, addrs.server
     ));
-
-    board.up(LiveSession {
+    let counters = Arc::clone(s.counters());
+    ctx.board.up(LiveSession {
         counters: Arc::clone(&counters),
-        suite: est.suite,
+        suite,
         device: t.tun.name.clone(),
         local_ip: addrs.client,
         peer_ip: addrs.server,
         ip6: t.addr6.map(|a| (a.client, a.server)),
         started: std::time::Instant::now(),
-        keepalive: negotiated.then_some(cfg.common.keepalive),
+        keepalive: s.negotiated().then_some(cfg.common.keepalive),
     });
     if let Err(e) = udp.set_gro(true) {
         tracing::debug!("UDP GRO unavailable: {e}");
@@ -280,77 +178,326 @@ pub(super) async fn session(
     } else {
         dtun_proto::consts::UDP6_OVERHEAD
     };
-    let path = PathMss::new(t.tun.mtu, outer + est.suite.overhead());
-    let (out_tx, mut out_task) = pump::spawn_outbound(
+    let path = PathMss::new(t.tun.mtu, outer + suite.overhead());
+    let Some((sealer, opener)) = s.take_keys(now()) else {
+        return lost(ClientError::NoAddress(SETUP_TIMEOUT));
+    };
+    let (out_tx, out_task) = pump::spawn_outbound(
         Arc::clone(&t.tun.dev),
         path.clamp.clone(),
         link.clone(),
         sealer,
         Arc::clone(&counters),
     );
-    // The outbound task's sealer, if the task ended by itself (sequence numbers used up).
-    let mut ended: Option<Sealer> = None;
-    // Without negotiation (an original server, or -compat) no control message goes out or
-    // is understood, so no keepalive either.
-    let keepalive = negotiated.then_some(cfg.common.keepalive);
-    let error = forward(
-        &t.tun,
-        &udp,
-        server,
-        &mut opener,
-        &counters,
-        &out_tx,
-        (&mut out_task, &mut ended),
-        keepalive,
+    let mut live = Live {
+        tun: &t.tun,
+        udp: &udp,
+        link: &link,
+        id: &cfg.id,
+        dns: ctx.dns,
+        session: s,
+        opener,
+        counters: Arc::clone(&counters),
+        out_tx,
+        out_task,
         path,
-        dns,
-        shutdown,
-    )
-    .await;
-    let farewell = match &error {
-        None => Some(Control::Close {
-            reason: CloseReason::Shutdown,
-            detail: String::new(),
-        }),
-        Some(ClientError::Dead(..)) => Some(Control::Close {
-            reason: CloseReason::Timeout,
-            detail: String::new(),
-        }),
-        Some(ClientError::Exhausted) => Some(Control::Close {
-            reason: CloseReason::Exhausted,
-            detail: String::new(),
-        }),
-        _ => None,
     };
-    let notify = !matches!(
-        error,
-        Some(ClientError::Closed(_)) | Some(ClientError::Replaced(..))
-    );
-    let farewell = farewell.filter(|_| negotiated).map(|c| c.to_bytes());
-    if let Some(mut sealer) = ended {
-        // The task is gone: the farewell goes from here, in the reserve it left.
-        if let Some(msg) = farewell {
-            let _ = link
-                .send_record(&mut sealer, CONTENT_APPLICATION_DATA, &msg)
-                .await;
-        }
-        let _ = link.send_close_notify(&mut sealer).await;
-    } else if !matches!(error, Some(ClientError::Internal(_))) {
-        let _ = out_tx.send(OutboundCmd::Stop { notify, farewell }).await;
-        let _ = out_task.await;
-    }
+    let error = live.forward(shutdown).await;
     tracing::info!("session with {server} ended ({})", counters.summary());
     match error {
         None => End::Shutdown,
-        Some(ClientError::Replaced(_, by)) => End::Lost {
-            error: ClientError::Replaced(cfg.id.clone(), by),
-            was_up: true,
-        },
         Some(error) => End::Lost {
             error,
             was_up: true,
         },
     }
+}
+
+/// `now` for the session (its clock is std's).
+fn now() -> std::time::Instant {
+    std::time::Instant::now()
+}
+
+/// What the session needs of the client's configuration.
+fn session_config(cfg: &ClientConfig) -> proto_session::Config {
+    proto_session::Config {
+        identity: cfg.id.as_bytes().to_vec(),
+        key: zeroize::Zeroizing::new(cfg.key.0.to_vec()),
+        suites: cfg.common.suites.clone(),
+        peernet: cfg.peernet.to_wire(),
+        lans: cfg.lans.clone(),
+        keepalive: cfg.common.keepalive,
+        compat: cfg.common.compat,
+        first_sequence: first_app_sequence(),
+    }
+}
+
+/// Takes the server's DNS servers; unusable ones are refused (and logged) by the DNS state:
+/// counted drops.
+pub(super) fn take_dns(servers: &[IpAddr], counters: &Counters, dns: &dtun_linux::dns::Dns) {
+    for _ in 0..dns.pushed(servers) {
+        counters.count_drop(DropKind::Unexpected);
+    }
+}
+
+/// Where the setup stopped.
+enum Setup {
+    Address(AddressMessage),
+    Up(Option<Option<Addr6>>),
+    Ended(proto_session::End),
+    Refused,
+    Send(std::io::Error),
+    Shutdown,
+}
+
+/// The session's socket during the setup, datagram by datagram.
+struct Wire<'a> {
+    sock: &'a UdpSocket,
+    link: &'a Link,
+    server: SocketAddr,
+    buf: Vec<u8>,
+    /// ICMP port unreachables during the handshake, and whether anything came at all.
+    refusals: u32,
+    answered: bool,
+    suite: Option<record::Suite>,
+}
+
+impl Wire<'_> {
+    /// Feeds the session datagrams and its timer until its setup needs the caller: the
+    /// address message, the end of the Hello exchange, or its end. Shutdown is heard during
+    /// the handshake.
+    async fn drive(
+        &mut self,
+        s: &mut ClientSession,
+        dns: &dtun_linux::dns::Dns,
+        mut sink: Option<&mut Sink<'_>>,
+        mut shutdown: Pin<&mut impl Future<Output = ()>>,
+    ) -> Setup {
+        loop {
+            let handshaking = !s.is_established();
+            let timer = s
+                .next_timeout()
+                .map(Instant::from_std)
+                .unwrap_or_else(|| Instant::now() + HANDSHAKE_TIMEOUT);
+            let step = tokio::select! {
+                r = self.sock.recv(&mut self.buf) => match r {
+                    Ok(n) => {
+                        self.answered |= handshaking;
+                        s.datagram(now(), &self.buf[..n])
+                    }
+                    Err(e) if handshaking && e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                        self.refusals += 1;
+                        if self.refusals >= HANDSHAKE_REFUSALS && !self.answered {
+                            return Setup::Refused;
+                        }
+                        continue;
+                    }
+                    Err(e) => {
+                        if handshaking {
+                            tracing::debug!("recv: {e}");
+                        }
+                        continue;
+                    }
+                },
+                _ = tokio::time::sleep_until(timer) => s.timeout(now()),
+                _ = shutdown.as_mut(), if handshaking => return Setup::Shutdown,
+            };
+            if handshaking {
+                self.send_handshake(&step.send).await;
+                if let Some(r) = self.events(s, step.events, dns, sink.as_deref_mut()).await {
+                    return r;
+                }
+            } else if let Some(r) = self.act(s, step, dns, sink.as_deref_mut()).await {
+                return r;
+            }
+        }
+    }
+
+    /// Sends a step's datagrams, then acts on its events; returns where the setup stopped,
+    /// if it did.
+    async fn act(
+        &mut self,
+        s: &ClientSession,
+        step: Step,
+        dns: &dtun_linux::dns::Dns,
+        sink: Option<&mut Sink<'_>>,
+    ) -> Option<Setup> {
+        let mut failed = None;
+        for d in &step.send {
+            if let Err(e) = self.link.send(d).await {
+                failed = Some(e);
+                break;
+            }
+        }
+        // A session that ended says why (a farewell that did not go out changes nothing).
+        match (self.events(s, step.events, dns, sink).await, failed) {
+            (Some(Setup::Ended(end)), _) => Some(Setup::Ended(end)),
+            (_, Some(e)) => Some(Setup::Send(e)),
+            (stop, None) => stop,
+        }
+    }
+
+    async fn events(
+        &mut self,
+        s: &ClientSession,
+        events: Vec<Event>,
+        dns: &dtun_linux::dns::Dns,
+        mut sink: Option<&mut Sink<'_>>,
+    ) -> Option<Setup> {
+        let mut stop = None;
+        for e in events {
+            match e {
+                Event::Established {
+                    suite,
+                    hint,
+                    negotiated,
+                } => {
+                    let hint = String::from_utf8_lossy(&hint);
+                    tracing::debug!(
+                        "handshake with {} done (server hint {hint:?}, control messages: {negotiated})",
+                        self.server
+                    );
+                    self.suite = Some(suite);
+                }
+                Event::Address(a) => stop = Some(Setup::Address(a)),
+                Event::Up { addr6 } => stop = Some(Setup::Up(addr6)),
+                Event::Closed(end) => stop = Some(Setup::Ended(end)),
+                Event::Dns(servers) => take_dns(&servers, s.counters(), dns),
+                Event::Packet(mut p) => {
+                    if let Some(sink) = sink.as_deref_mut() {
+                        sink.push(&mut p).await;
+                    }
+                }
+                Event::Checking(_) => {}
+            }
+        }
+        if let Some(sink) = sink {
+            sink.flush().await;
+        }
+        stop
+    }
+
+    /// Sends handshake datagrams on the connected socket. A datagram dropped locally
+    /// (firewall, full queue) is lost like any other: the handshake's retransmission deals
+    /// with it.
+    async fn send_handshake(&self, datagrams: &[Vec<u8>]) {
+        for d in datagrams {
+            if let Err(e) = self.sock.send(d).await
+                && !dtun_linux::udp::is_lost_datagram(&e)
+            {
+                tracing::debug!("sending a handshake datagram: {e}");
+            }
+        }
+    }
+
+    /// The setup failed on our side: close_notify, nothing more.
+    async fn abort(&self, s: &mut ClientSession) {
+        for d in s.close(now(), None).send {
+            let _ = self.link.send(&d).await;
+        }
+    }
+
+    /// Why the setup ended, for the user; `addressed`: the address message had come.
+    fn error(&self, setup: Setup, id: &str, addressed: bool) -> ClientError {
+        let server = self.server;
+        match setup {
+            Setup::Refused => ClientError::Refused(server),
+            Setup::Send(e) => ClientError::Send(server, e),
+            Setup::Ended(proto_session::End::Handshake(e)) => match e {
+                HandshakeError::Timeout(_) if self.refusals > 0 && !self.answered => {
+                    ClientError::Refused(server)
+                }
+                HandshakeError::Timeout(d) if !self.answered => ClientError::NoAnswer(server, d),
+                e => ClientError::Handshake(server, e, id.to_string()),
+            },
+            Setup::Ended(end) => end_error(end, server, id, addressed),
+            // The session stops only at its end, the address message, and the setup's end.
+            Setup::Address(_) | Setup::Up(_) | Setup::Shutdown => {
+                ClientError::NoAddress(SETUP_TIMEOUT)
+            }
+        }
+    }
+}
+
+/// What the end of a session means for the user; `addressed`: the address message had come.
+pub(super) fn end_error(
+    end: proto_session::End,
+    server: SocketAddr,
+    id: &str,
+    addressed: bool,
+) -> ClientError {
+    use proto_session::End as E;
+    match end {
+        E::Handshake(e) => ClientError::Handshake(server, e, id.to_string()),
+        E::NoAddress => ClientError::NoAddress(SETUP_TIMEOUT),
+        E::BadAddress(e) => ClientError::BadAddress(e),
+        // A full server says so where the address message would be.
+        E::Closed {
+            reason: CloseReason::Refused,
+            detail,
+        } if !addressed => ClientError::Full(detail.escape_debug().to_string()),
+        // Any other reason (the server could not set up our tunnel, say), in words.
+        E::Closed { reason, detail } if !addressed => {
+            ClientError::Closed(format!("{} ({})", reason.words(), detail.escape_debug()))
+        }
+        E::Closed {
+            reason: CloseReason::Replaced,
+            detail,
+        } => ClientError::Replaced(id.to_string(), detail.escape_debug().to_string()),
+        E::Closed { reason, detail } => ClientError::Closed(if detail.is_empty() {
+            reason.words()
+        } else {
+            format!("{} ({})", reason.words(), detail.escape_debug())
+        }),
+        E::Alert(level, desc) => {
+            let why = if desc == 0 {
+                CLOSE_NOTIFY_WORDS.to_string()
+            } else {
+                format!("alert {level}/{desc}")
+            };
+            ClientError::Closed(if addressed {
+                why
+            } else {
+                format!("{why} before the address message")
+            })
+        }
+        E::Dead(quiet) => ClientError::Dead(server, quiet),
+        E::Unreachable(grace) => ClientError::Unreachable(server, grace),
+        E::Ours(Some(CloseReason::Exhausted)) => ClientError::Exhausted,
+        E::Ours(_) => ClientError::Closed("closed by this client".into()),
+    }
+}
+
+/// Resolves server `server_index` of `-host` (with `-kill-switch`, its last address stands in
+/// when names cannot be looked up) and tells `-route` about it.
+async fn connect_to(ctx: &mut Ctx<'_>, server_index: usize) -> Result<SocketAddr, ClientError> {
+    let cfg = ctx.cfg;
+    let endpoint = &cfg.servers[server_index % cfg.servers.len()];
+    ctx.board.server(&endpoint.to_string(), None);
+    let server = match cfg.server_addr(server_index).await {
+        Ok(s) => s,
+        // -kill-switch blocks name lookups while the tunnel is down: its note of the
+        // server's last address stands in.
+        Err(e) => match ctx
+            .routes
+            .as_ref()
+            .and_then(dtun_linux::routes::Routes::last_address)
+        {
+            Some(ip) => {
+                let s = SocketAddr::new(ip, cfg.port);
+                tracing::warn!("{e}; {} {s}", dtun_linux::routes::LOG_LAST_ADDRESS);
+                s
+            }
+            None => return Err(ClientError::Config(e)),
+        },
+    };
+    ctx.board.server(&endpoint.to_string(), Some(server));
+    if let Some(r) = ctx.routes.as_mut() {
+        r.set_server(server.ip())
+            .await
+            .map_err(ClientError::Routes)?;
+    }
+    Ok(server)
 }
 
 /// A UDP socket connected to the server; with `-route` it carries [`dtun_linux::routes::FWMARK`],
@@ -373,12 +520,54 @@ async fn connect(server: SocketAddr, mark: bool) -> Result<UdpSocket, ClientErro
     Ok(sock)
 }
 
+/// The address message's side effects: the pair checked against this host's networks, the
+/// TUN made or readdressed, `-route` applied. Returns whether the up script must run.
+async fn tunnel_for(
+    ctx: &mut Ctx<'_>,
+    addrs: AddressMessage,
+    suite: record::Suite,
+    server: SocketAddr,
+) -> Result<bool, ClientError> {
+    super::pair::check_ipv4(ctx.cfg, ctx.nl, ctx.tunnel.as_ref(), addrs).await?;
+    let run_up = setup_tunnel(ctx.cfg, ctx.nl, &mut *ctx.tunnel, addrs, suite, server).await?;
+    if let (Some(r), Some(t)) = (ctx.routes.as_mut(), ctx.tunnel.as_ref()) {
+        r.apply(t.tun.index).await.map_err(ClientError::Routes)?;
+    }
+    Ok(run_up)
+}
+
+/// The Hello exchange's outcome: the IPv6 pair on the TUN (`None`: keep what it has),
+/// `-route` for IPv6, then the up script if it must run.
+async fn finish_setup(
+    ctx: &mut Ctx<'_>,
+    addr6: Option<Option<Addr6>>,
+    run_up: bool,
+) -> Result<(), ClientError> {
+    let cfg = ctx.cfg;
+    let run_up = match (ctx.tunnel.as_mut(), addr6) {
+        (Some(t), Some(addr6)) => super::addr6::apply(cfg, ctx.nl, t, addr6, run_up).await?,
+        _ => run_up,
+    };
+    let Some(t) = ctx.tunnel.as_ref() else {
+        return Err(ClientError::NoAddress(SETUP_TIMEOUT));
+    };
+    if let Some(r) = ctx.routes.as_mut() {
+        r.set_ipv6(t.tun.index, t.addr6.is_some())
+            .await
+            .map_err(ClientError::Routes)?;
+    }
+    if run_up && let Some(up) = &cfg.common.up {
+        hooks::run("up", up, &t.env()).await?;
+    }
+    Ok(())
+}
+
 /// Makes the TUN on the first session; on a later one with other addresses runs the down
 /// script with the old values, readdresses, and asks for the up script. Returns whether the
 /// up script must run.
 async fn setup_tunnel(
     cfg: &ClientConfig,
-    nl: &Netlink,
+    nl: &dtun_linux::netlink::Netlink,
     tunnel: &mut Option<Tunnel>,
     addrs: AddressMessage,
     suite: record::Suite,

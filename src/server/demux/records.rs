@@ -21,7 +21,7 @@ use crate::pump::OutboundCmd;
 use crate::server::events::Event;
 
 /// Control messages (other than Pings) one session may pass to the manager at once: a client
-/// sends at most 8 Hellos and 8 Lans while it sets up (src/client/hello.rs), then a Close.
+/// sends at most 8 Hellos and 8 Lans while it sets up (dtun_proto::session), then a Close.
 const CONTROL_BURST: u32 = 32;
 /// ... and how many more each second after that.
 const CONTROL_PER_SECOND: u32 = 8;

@@ -316,7 +316,7 @@ impl Manager {
     }
 
     /// Answers a Hello (each one: a client says it again until its answer shows that nothing
-    /// was lost, src/client/hello.rs): the device's IPv6 pair and our -dns, then the answer,
+    /// was lost, dtun_proto::session): the device's IPv6 pair and our -dns, then the answer,
     /// whose flags say that those came and whether we have the client's Lans. A client that
     /// has the answer knows whether IPv6 comes before its up script runs.
     fn answer_hello(&mut self, id: &str) {

@@ -170,7 +170,7 @@ impl CloseReason {
 
 /// The flags byte of a version-2 Hello. The server's Hello answer says which setup messages
 /// it sent right before the answer and whether it heard the client's Lans, so a client that
-/// has the answer knows what was lost and says Hello again (src/client/hello.rs). Unknown bits
+/// has the answer knows what was lost and says Hello again (crate::session). Unknown bits
 /// are kept and ignored.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HelloFlags(pub u8);

@@ -1,5 +1,4 @@
-//! What came so far in one Hello exchange, and what is still missing (the bookkeeping of
-//! src/client/hello.rs, without its I/O).
+//! What came so far in one Hello exchange, and what is still missing.
 
 use crate::proto::{Addr6, HelloFlags};
 

@@ -1,45 +1,48 @@
-//! The client's session as a state machine without I/O (issue 21; started, not yet what the
-//! client runs, see below): the handshake ([`ClientHandshake`]), the address message, the peernet
-//! message and the Hello exchange, keepalive and dead-peer detection, and how a session ends.
-//! The caller feeds it datagrams and the time and does what each [`Step`] says: send its
-//! datagrams, act on its events (make the TUN, set the IPv6 pair and DNS, write packets).
+//! The client's session as a state machine without I/O (issue 21): the handshake
+//! ([`ClientHandshake`]), the address message, the peernet message and the Hello exchange,
+//! keepalive and dead-peer detection, the check after an ICMP port unreachable, and how a
+//! session ends. The caller (src/client/session.rs) feeds it datagrams, opened control
+//! records and the time, and does what each [`Step`] says: send its datagrams, act on its
+//! events (make the TUN, set the IPv6 pair and DNS, write packets).
 //!
-//! It follows what src/client does today (session.rs, hello.rs, forward.rs): the same
-//! timers (`SETUP_TIMEOUT`, [`HELLO_RESEND`], [`HELLO_WAIT`], [`MAX_HELLOS`], keepalive with
-//! `KEEPALIVE_MISSES`), the same messages in the same order. What it leaves to the caller:
-//! the checks of the address pair against the host's networks, the TUN, routes, scripts, DNS
-//! settings, ICMP hints, the data path's batching.
+//! The setup runs here datagram by datagram. Once it is up, the caller takes the keys
+//! ([`ClientSession::take_keys`]) for its data path (batched receive and `Inbox`, the
+//! outbound task's sealer) and feeds only control records, alerts, the fact that something
+//! authenticated came, and the timer; what the session then wants sent comes as plaintext
+//! records in [`Step::seal`], for the data path's sealer.
 //!
-//! Not yet as the client has it (so the client does not run this yet): early records are the
-//! first 64 candidates, not `client::early`'s reservoir sample; drops are one number, not the
-//! client's `Counters` by kind; an unusable Addr6 is dropped without the client's log line;
-//! data records are opened one at a time with a copy each (the setup's pace, not the data
-//! path's: `client::forward` and `pump` stay the data path). The Hello bookkeeping ([`Heard`])
-//! and its timers are already the client's (src/client/hello.rs uses them from here).
+//! What it leaves to the caller: the checks of the address pair against the host's
+//! networks, the TUN, routes, scripts, DNS settings, the path MTU, the data path.
 //!
-//! `pair::Pair` (feature `test-util`) runs it against our admission and server handshake and a scripted server
-//! session over a simulated link (loss, duplication, reordering, latency, MTU) and clock.
+//! `pair::Pair` (feature `test-util`) runs it against our admission and server handshake and
+//! a scripted server session over a simulated link (loss, duplication, reordering, latency,
+//! MTU) and clock.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ring::rand::SecureRandom;
 
 use crate::consts::{
     ALERT_CLOSE_NOTIFY, ALERT_LEVEL_WARNING, CONTENT_ALERT, CONTENT_APPLICATION_DATA,
-    FIRST_APP_SEQUENCE, KEEPALIVE_MISSES, PAYLOAD_OFFSET, SETUP_TIMEOUT,
+    HANDSHAKE_TIMEOUT, KEEPALIVE_MISSES, PAYLOAD_OFFSET, REFUSED_GRACE, SETUP_TIMEOUT,
 };
 use crate::handshake::{ClientHandshake, Established, Failure, HandshakeError, Progress};
+use crate::inbound::{self, Counters, DropKind, Inbound};
 use crate::proto::{
     Addr6, AddressMessage, CONTROL_VERSION, CloseReason, Control, HINT_MARKER, HelloFlags,
     ProtoError,
 };
 use crate::record::{self, Opener, Sealer, Suite};
 
+mod early;
 mod heard;
+mod hello;
 #[cfg(any(test, feature = "test-util"))]
 pub mod pair;
 
+pub use early::{EARLY_CANDIDATES, EarlyRecords, could_be_first};
 pub use heard::Heard;
 
 /// How long a client that said Hello waits for a complete answer before going on with what
@@ -54,7 +57,8 @@ pub const MAX_HELLOS: u32 = 8;
 #[derive(Clone, Debug)]
 pub struct Config {
     pub identity: Vec<u8>,
-    pub key: Vec<u8>,
+    /// The pre-shared key (wiped when dropped).
+    pub key: zeroize::Zeroizing<Vec<u8>>,
     pub suites: Vec<Suite>,
     /// The peernet message as the original sends it (`Peernet::to_wire`).
     pub peernet: String,
@@ -64,10 +68,13 @@ pub struct Config {
     pub keepalive: Duration,
     /// `-compat`: no control messages, even with a dtun server.
     pub compat: bool,
+    /// The first sequence number of our application records (`FIRST_APP_SEQUENCE`; a
+    /// test may start near the end of the sequence space).
+    pub first_sequence: u64,
 }
 
 /// What the caller acts on.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Event {
     /// The handshake is done; `negotiated`: the server is a dtun server (control messages).
     Established {
@@ -76,25 +83,28 @@ pub enum Event {
         negotiated: bool,
     },
     /// The server's address message: make or readdress the TUN, then call
-    /// [`ClientSession::tunnel_ready`].
+    /// [`ClientSession::tunnel_ready`] (or [`ClientSession::close`] if that failed).
     Address(AddressMessage),
-    /// The server's DNS servers (during the Hello exchange).
+    /// The server's DNS servers.
     Dns(Vec<IpAddr>),
     /// The setup is over: the IPv6 pair as far as known (`None`: unknown, keep what the TUN
     /// has; `Some(None)`: none).
     Up { addr6: Option<Option<Addr6>> },
-    /// An IP packet from the server, for the TUN.
+    /// An IP packet from the server, for the TUN (while the session has its keys).
     Packet(Vec<u8>),
+    /// An ICMP port unreachable started a check: the session ends unless something
+    /// authenticated comes within this.
+    Checking(Duration),
     /// The session ended; nothing more comes of it.
     Closed(End),
 }
 
 /// Why a session ended.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum End {
-    /// The handshake failed (its error in words) or timed out.
-    Handshake(String),
-    /// No address message within `SETUP_TIMEOUT`.
+    /// The handshake failed or timed out.
+    Handshake(HandshakeError),
+    /// No address message within the setup's time.
     NoAddress,
     BadAddress(ProtoError),
     /// The server closed it with a reason (Close), or refused it before the address message.
@@ -102,18 +112,23 @@ pub enum End {
         reason: CloseReason,
         detail: String,
     },
-    /// A bare close_notify, or another alert (level, description).
+    /// A close_notify (description 0) or another alert (level, description).
     Alert(u8, u8),
     /// Nothing authenticated from the server for `KEEPALIVE_MISSES` keepalive periods.
     Dead(Duration),
-    /// We closed it ([`ClientSession::close`]).
-    Ours(CloseReason),
+    /// An ICMP port unreachable came and nothing authenticated within this.
+    Unreachable(Duration),
+    /// We closed it ([`ClientSession::close`]), with this reason to a dtun server.
+    Ours(Option<CloseReason>),
 }
 
-/// What to do after a call: datagrams to send (in order), then events.
+/// What to do after a call: datagrams to send (in order), plaintext records for the data
+/// path to seal and send (once it holds the keys), then events.
 #[derive(Debug, Default)]
 pub struct Step {
     pub send: Vec<Vec<u8>>,
+    /// (content type, plaintext), in order; only after [`ClientSession::take_keys`].
+    pub seal: Vec<(u8, Vec<u8>)>,
     pub events: Vec<Event>,
 }
 
@@ -121,7 +136,7 @@ enum State {
     Handshake {
         hs: Box<ClientHandshake>,
         /// Application datagrams that overtook the end of the handshake.
-        early: Vec<Vec<u8>>,
+        early: EarlyRecords,
     },
     /// Waiting for the address message.
     Address {
@@ -143,16 +158,17 @@ enum State {
 pub struct ClientSession {
     cfg: Config,
     state: State,
+    /// Until the data path takes them.
     keys: Option<(Sealer, Opener)>,
+    /// The data path holds the keys: records to send go out in [`Step::seal`].
+    detached: bool,
     negotiated: bool,
     last_rx: Instant,
     last_ping: Instant,
-    /// Records that did not open or made no sense, counted.
-    dropped: u64,
+    /// When an unanswered ICMP port unreachable came.
+    refused_since: Option<Instant>,
+    counters: Arc<Counters>,
 }
-
-/// Most early datagrams kept (the client's `EARLY_CANDIDATES`).
-const EARLY: usize = 64;
 
 impl ClientSession {
     /// Starts a session: the first step sends the ClientHello.
@@ -162,30 +178,43 @@ impl ClientSession {
         now: Instant,
     ) -> Result<(ClientSession, Step), HandshakeError> {
         let (hs, first) = ClientHandshake::new(&cfg.identity, &cfg.key, &cfg.suites, rng, now)?;
+        let mut seed = [0u8; 8];
+        rng.fill(&mut seed)
+            .map_err(|_| HandshakeError::Failed("no randomness".into()))?;
         let s = ClientSession {
             cfg,
             state: State::Handshake {
                 hs: Box::new(hs),
-                early: Vec::new(),
+                early: EarlyRecords::new(u64::from_le_bytes(seed)),
             },
             keys: None,
+            detached: false,
             negotiated: false,
             last_rx: now,
             last_ping: now,
-            dropped: 0,
+            refused_since: None,
+            counters: Arc::new(Counters::default()),
         };
-        Ok((
-            s,
-            Step {
-                send: vec![first],
-                events: vec![],
-            },
-        ))
+        let step = Step {
+            send: vec![first],
+            ..Step::default()
+        };
+        Ok((s, step))
     }
 
-    /// Records dropped so far (not opening, malformed, unexpected).
-    pub fn dropped(&self) -> u64 {
-        self.dropped
+    /// The session's counters (records, drops by kind), shared with the data path.
+    pub fn counters(&self) -> &Arc<Counters> {
+        &self.counters
+    }
+
+    /// Whether the server is a dtun server and control messages are on.
+    pub fn negotiated(&self) -> bool {
+        self.negotiated
+    }
+
+    /// Whether the handshake is done.
+    pub fn is_established(&self) -> bool {
+        !matches!(self.state, State::Handshake { .. })
     }
 
     /// Whether the session ended.
@@ -209,23 +238,34 @@ impl ClientSession {
             } else {
                 *deadline
             }),
-            State::Up => self.keepalive().map(|k| {
-                let quiet_until = self.last_rx + k;
-                let dead_at = self.last_rx + k * KEEPALIVE_MISSES;
-                let ping_at = (self.last_ping + self.ping_every(self.last_rx, k)).max(quiet_until);
-                ping_at.min(dead_at)
-            }),
+            State::Up => {
+                let refused = self.refused_since.map(|t| t + self.grace());
+                let keepalive = self.keepalive().map(|k| {
+                    let (rx, ping) = (self.last_rx, self.last_ping);
+                    // The first moment one of `timeout`'s conditions holds: a ping once quiet
+                    // for a period and a period after the last; every quarter period once
+                    // quiet for one and a half; dead after KEEPALIVE_MISSES.
+                    let every_period = (rx + k).max(ping + k);
+                    let overdue = (rx + k + k / 2).max(ping + k / 4);
+                    every_period.min(overdue).min(rx + k * KEEPALIVE_MISSES)
+                });
+                match (refused, keepalive) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            }
         }
     }
 
-    fn keepalive(&self) -> Option<Duration> {
+    /// The keepalive period, when pings go out (control messages negotiated, not 0).
+    pub fn keepalive(&self) -> Option<Duration> {
         (self.negotiated && !self.cfg.keepalive.is_zero()).then_some(self.cfg.keepalive)
     }
 
-    /// One ping per period while quiet; four once a reply is overdue (forward.rs).
-    fn ping_every(&self, last_rx: Instant, k: Duration) -> Duration {
-        let overdue = self.last_ping >= last_rx + k + k / 2;
-        if overdue { k / 4 } else { k }
+    /// How long after an ICMP port unreachable something authenticated must come: a
+    /// keepalive period when we can ping, else [`REFUSED_GRACE`].
+    fn grace(&self) -> Duration {
+        self.keepalive().unwrap_or(REFUSED_GRACE)
     }
 
     /// The timer.
@@ -235,66 +275,80 @@ impl ClientSession {
             State::Handshake { hs, .. } => match hs.timeout(now) {
                 Ok(Some(d)) => step.send.push(d),
                 Ok(None) => {}
-                Err(f) => self.end(&mut step, End::Handshake(f.error.to_string())),
+                Err(f) => {
+                    let ignored = hs.ignored();
+                    self.failed(f, ignored, &mut step);
+                }
             },
             State::Address { deadline } if now >= *deadline => {
                 self.close_with(&mut step, None);
                 self.end(&mut step, End::NoAddress);
             }
             State::Hello { .. } => self.hello_timer(now, &mut step),
-            State::Up => {
-                if let Some(k) = self.keepalive() {
-                    let quiet = now.duration_since(self.last_rx);
-                    if quiet >= k * KEEPALIVE_MISSES {
-                        self.close_with(&mut step, Some(CloseReason::Timeout));
-                        self.end(&mut step, End::Dead(quiet));
-                    } else if quiet >= k
-                        && now.duration_since(self.last_ping) >= self.ping_every(self.last_rx, k)
-                    {
-                        self.last_ping = now;
-                        self.seal_into(
-                            &mut step,
-                            CONTENT_APPLICATION_DATA,
-                            &Control::Ping.to_bytes(),
-                        );
-                    }
-                }
-            }
+            State::Up => self.up_timer(now, &mut step),
             _ => {}
         }
         step
     }
 
-    /// One datagram from the server.
+    /// Keepalive, dead-peer detection and the ICMP check of a live session.
+    fn up_timer(&mut self, now: Instant, step: &mut Step) {
+        if let Some(since) = self.refused_since
+            && now >= since + self.grace()
+        {
+            let grace = self.grace();
+            self.close_with(step, None);
+            self.end(step, End::Unreachable(grace));
+            return;
+        }
+        let Some(k) = self.keepalive() else {
+            return;
+        };
+        let quiet = now.saturating_duration_since(self.last_rx);
+        if quiet >= k * KEEPALIVE_MISSES {
+            self.close_with(step, Some(CloseReason::Timeout));
+            self.end(step, End::Dead(quiet));
+            return;
+        }
+        // One ping per period while quiet; four once a reply is overdue.
+        let every = if quiet >= k + k / 2 { k / 4 } else { k };
+        if quiet >= k && now.saturating_duration_since(self.last_ping) >= every {
+            self.last_ping = now;
+            self.seal_into(step, CONTENT_APPLICATION_DATA, &Control::Ping.to_bytes());
+        }
+    }
+
+    /// One datagram from the server (while the session has its keys).
     pub fn datagram(&mut self, now: Instant, dg: &[u8]) -> Step {
         let mut step = Step::default();
         if let State::Handshake { hs, early } = &mut self.state {
-            if is_early_candidate(dg) {
-                if early.len() < EARLY && !early.iter().any(|e| e == dg) {
-                    early.push(dg.to_vec());
-                }
+            // The address message, or an encrypted alert: a server refusing us at its
+            // -max-clients limit sends close_notify right after Finished.
+            if could_be_first(dg) {
+                early.push(dg);
                 return step;
             }
             match hs.datagram(now, dg) {
                 Ok(Progress::Send(d)) => step.send.push(d),
                 Ok(Progress::Wait) => {}
                 Ok(Progress::Established(e)) => {
-                    let early = std::mem::take(early);
+                    let early = std::mem::replace(early, EarlyRecords::new(0));
                     self.established(now, *e, &mut step);
-                    for mut d in early {
+                    for mut d in early.kept {
+                        if !matches!(self.state, State::Address { .. }) {
+                            break;
+                        }
                         self.records(now, &mut d, &mut step);
                     }
                 }
                 Err(f) => {
-                    if let Some(a) = f.alert.clone() {
-                        step.send.push(a);
-                    }
-                    self.failed(f, &mut step);
+                    let ignored = hs.ignored();
+                    self.failed(f, ignored, &mut step);
                 }
             }
             return step;
         }
-        if matches!(self.state, State::Closed) {
+        if matches!(self.state, State::Closed | State::Tunnel) || self.keys.is_none() {
             return step;
         }
         let mut copy = dg.to_vec();
@@ -313,6 +367,7 @@ impl ClientSession {
         self.seal_into(&mut step, CONTENT_APPLICATION_DATA, peernet.as_bytes());
         if !self.negotiated {
             self.state = State::Up;
+            self.last_ping = now;
             step.events.push(Event::Up { addr6: Some(None) });
             return step;
         }
@@ -326,13 +381,74 @@ impl ClientSession {
         step
     }
 
-    /// Ends the session from our side: a Close with `reason` (dtun servers), then close_notify.
-    pub fn close(&mut self, _now: Instant, reason: CloseReason) -> Step {
+    /// Hands the keys to the data path once the session is up (the read and write keys);
+    /// from now on the session gets control records ([`Self::control`]), alerts
+    /// ([`Self::alert`]) and news of authenticated records ([`Self::heard`]), and what it
+    /// sends comes in [`Step::seal`]. Keepalive counts from `now`.
+    pub fn take_keys(&mut self, now: Instant) -> Option<(Sealer, Opener)> {
+        if !matches!(self.state, State::Up) {
+            return None;
+        }
+        let keys = self.keys.take()?;
+        self.detached = true;
+        self.last_rx = now;
+        self.last_ping = now;
+        Some(keys)
+    }
+
+    /// Something authenticated came from the server (the data path opened it).
+    pub fn heard(&mut self, now: Instant) {
+        self.last_rx = now;
+        self.refused_since = None;
+    }
+
+    /// An authenticated control record of a live session, opened by the data path.
+    pub fn control(&mut self, now: Instant, data: &[u8]) -> Step {
         let mut step = Step::default();
-        if matches!(self.state, State::Closed) {
+        if matches!(self.state, State::Up) {
+            self.up_control(now, data, &mut step);
+        }
+        step
+    }
+
+    /// An authenticated alert of a live session, opened by the data path.
+    pub fn alert(&mut self, _now: Instant, level: u8, desc: u8) -> Step {
+        let mut step = Step::default();
+        if !self.is_closed() {
+            self.end(&mut step, End::Alert(level, desc));
+        }
+        step
+    }
+
+    /// An ICMP port unreachable came (unauthenticated: anyone who guesses our port can send
+    /// one): a hint, never proof. Ping at once; the session ends only if nothing
+    /// authenticated comes within a keepalive period (`REFUSED_GRACE` when we cannot ping).
+    pub fn unreachable(&mut self, now: Instant) -> Step {
+        let mut step = Step::default();
+        if !matches!(self.state, State::Up) || self.refused_since.is_some() {
             return step;
         }
-        self.close_with(&mut step, Some(reason));
+        self.refused_since = Some(now);
+        if self.negotiated {
+            self.last_ping = now;
+            self.seal_into(
+                &mut step,
+                CONTENT_APPLICATION_DATA,
+                &Control::Ping.to_bytes(),
+            );
+        }
+        step.events.push(Event::Checking(self.grace()));
+        step
+    }
+
+    /// Ends the session from our side: a Close with `reason` (to dtun servers, when given),
+    /// then close_notify.
+    pub fn close(&mut self, _now: Instant, reason: Option<CloseReason>) -> Step {
+        let mut step = Step::default();
+        if self.is_closed() {
+            return step;
+        }
+        self.close_with(&mut step, reason);
         self.end(&mut step, End::Ours(reason));
         step
     }
@@ -345,11 +461,11 @@ impl ClientSession {
             &e.keys,
             true,
             1,
-            FIRST_APP_SEQUENCE,
+            self.cfg.first_sequence,
         ));
         self.last_rx = now;
         self.state = State::Address {
-            deadline: now + SETUP_TIMEOUT,
+            deadline: now + SETUP_TIMEOUT.max(HANDSHAKE_TIMEOUT),
         };
         step.events.push(Event::Established {
             suite: e.suite,
@@ -358,17 +474,24 @@ impl ClientSession {
         });
     }
 
-    fn failed(&mut self, f: Failure, step: &mut Step) {
-        self.end(step, End::Handshake(f.error.to_string()));
+    fn failed(&mut self, f: Failure, ignored: u64, step: &mut Step) {
+        if let Some(a) = f.alert {
+            step.send.push(a);
+        }
+        tracing::debug!("handshake failed ({ignored} datagram parts ignored)");
+        self.end(step, End::Handshake(f.error));
     }
 
-    /// The records of one datagram after the handshake.
+    /// The records of one datagram after the handshake (during the setup, or from a Pair).
     fn records(&mut self, now: Instant, dg: &mut [u8], step: &mut Step) {
+        let answers = match &self.state {
+            State::Hello { heard, .. } => Some(heard.answers()),
+            _ => None,
+        };
         let mut at = 0;
-        while at < dg.len() && !matches!(self.state, State::Closed) {
+        while at < dg.len() {
             let Ok(r) = record::record_at(dg, at) else {
-                self.dropped += 1;
-                return;
+                break;
             };
             at = r.end;
             let ct = dg[r.start];
@@ -378,93 +501,96 @@ impl ClientSession {
             let Some((_, opener)) = self.keys.as_mut() else {
                 return;
             };
-            let Ok((content, plain)) = opener.open(&mut dg[r.clone()]) else {
-                self.dropped += 1;
-                continue;
-            };
-            self.last_rx = now;
-            let data = dg[r.start + plain.start..r.start + plain.end].to_vec();
-            if content == CONTENT_ALERT {
-                let (level, desc) = match data[..] {
-                    [l, d] => (l, d),
-                    _ => {
-                        self.dropped += 1;
-                        continue;
+            match inbound::open(opener, &self.counters, &mut dg[r.clone()]) {
+                Inbound::Data(p) => {
+                    self.heard(now);
+                    let data = &dg[r.start + p.start..r.start + p.end];
+                    let setup = matches!(self.state, State::Address { .. });
+                    self.data(now, data, step);
+                    if setup {
+                        // The address message is the first record: what follows it in
+                        // the datagram is not read.
+                        return;
                     }
-                };
-                self.end(step, End::Alert(level, desc));
-                return;
+                }
+                Inbound::Alert(level, desc) => {
+                    self.heard(now);
+                    self.end(step, End::Alert(level, desc));
+                    return;
+                }
+                Inbound::Dropped(_) => {}
             }
-            self.data(now, data, step);
+        }
+        if let State::Hello {
+            heard, resend_at, ..
+        } = &mut self.state
+        {
+            // A new answer that shows a loss: say Hello again at once.
+            let sent_lans = !self.cfg.lans.is_empty();
+            if answers.is_some_and(|a| heard.answers() > a) && !heard.complete(sent_lans) {
+                *resend_at = now;
+            }
+            self.hello_timer(now, step);
         }
     }
 
-    /// One authenticated application record.
-    fn data(&mut self, now: Instant, data: Vec<u8>, step: &mut Step) {
-        if let State::Address { .. } = self.state {
-            match AddressMessage::parse(&data) {
+    /// One authenticated application record during the setup (or from a Pair).
+    fn data(&mut self, now: Instant, data: &[u8], step: &mut Step) {
+        match &mut self.state {
+            State::Address { .. } => match AddressMessage::parse(data) {
                 Ok(a) => {
                     self.state = State::Tunnel;
                     step.events.push(Event::Address(a));
                 }
-                Err(e) => match Control::parse(&data) {
+                // A full server says so where the address message would be (dtun peers only).
+                Err(e) => match Control::parse(data) {
                     Ok(Control::Close { reason, detail }) if self.negotiated => {
                         self.end(step, End::Closed { reason, detail });
                     }
-                    _ => {
-                        self.close_with(step, None);
-                        self.end(step, End::BadAddress(e));
-                    }
+                    _ => self.end(step, End::BadAddress(e)),
                 },
+            },
+            State::Hello { heard, .. } => {
+                if Control::is_control(data) {
+                    let msg = hello::read(data, &self.counters);
+                    hello::take(heard, &msg);
+                    if let hello::Msg::Dns(Some(servers)) = msg {
+                        step.events.push(Event::Dns(servers));
+                    }
+                } else if inbound::accept_packet(&self.counters, data) {
+                    step.events.push(Event::Packet(data.to_vec()));
+                }
             }
-            return;
-        }
-        if !Control::is_control(&data) {
-            if matches!(self.state, State::Hello { .. } | State::Up) && is_ip(&data) {
-                step.events.push(Event::Packet(data));
-            } else {
-                self.dropped += 1;
+            State::Up => {
+                if self.negotiated && Control::is_control(data) {
+                    self.up_control(now, data, step);
+                } else if inbound::accept_packet(&self.counters, data) {
+                    step.events.push(Event::Packet(data.to_vec()));
+                }
             }
-            return;
+            _ => {}
         }
-        if !self.negotiated {
-            self.dropped += 1;
-            return;
-        }
-        let msg = Control::parse(&data);
-        match msg {
-            Ok(Control::Close { reason, detail }) => self.end(step, End::Closed { reason, detail }),
+    }
+
+    /// A control message of a live session: a malformed one is a counted drop (the session
+    /// goes on).
+    fn up_control(&mut self, _now: Instant, data: &[u8], step: &mut Step) {
+        match Control::parse(data) {
+            Ok(Control::Dns(servers)) => step.events.push(Event::Dns(servers)),
             Ok(Control::Ping) => {
                 self.seal_into(step, CONTENT_APPLICATION_DATA, &Control::Pong.to_bytes())
             }
-            Ok(Control::Pong) => {}
-            Ok(Control::Dns(servers)) => {
-                if let State::Hello { heard, .. } = &mut self.state {
-                    heard.dns();
-                }
-                step.events.push(Event::Dns(servers));
+            Ok(Control::Close {
+                reason: CloseReason::Revoked,
+                ..
+            }) => {
+                tracing::warn!(
+                    "the server revoked this id (Revoked: removed, or its key changed, at a reload): check -id and the key with the server's operator"
+                );
             }
-            Ok(Control::Addr6(a)) => {
-                if let State::Hello { heard, .. } = &mut self.state {
-                    heard.addr6(a.check().ok().map(|()| a));
-                }
-            }
-            Ok(Control::Hello { version, flags, .. }) => {
-                if let State::Hello {
-                    heard, resend_at, ..
-                } = &mut self.state
-                {
-                    let sent_lans = !self.cfg.lans.is_empty();
-                    heard.answer(version, flags);
-                    if !heard.complete(sent_lans) {
-                        // An answer that shows a loss: say Hello again at once.
-                        *resend_at = now;
-                    }
-                }
-                self.hello_timer(now, step);
-            }
+            Ok(Control::Close { reason, detail }) => self.end(step, End::Closed { reason, detail }),
             Ok(_) => {}
-            Err(_) => self.dropped += 1,
+            Err(_) => self.counters.count_drop(DropKind::Unexpected),
         }
     }
 
@@ -481,7 +607,14 @@ impl ClientSession {
         else {
             return;
         };
-        if heard.complete(sent_lans) || now >= *deadline {
+        let complete = heard.complete(sent_lans);
+        if complete || now >= *deadline {
+            if !complete {
+                tracing::info!(
+                    "setup incomplete after {HELLO_WAIT:?} and {said} Hellos: missing {}; going on without it",
+                    heard.missing(sent_lans)
+                );
+            }
             let addr6 = heard.outcome();
             self.state = State::Up;
             self.last_ping = now;
@@ -490,6 +623,9 @@ impl ClientSession {
         }
         if now < *resend_at || *said >= MAX_HELLOS {
             return;
+        }
+        if *said > 0 {
+            tracing::debug!("saying Hello again: missing {}", heard.missing(sent_lans));
         }
         let lans = sent_lans && heard.lans_missing();
         *said += 1;
@@ -529,8 +665,13 @@ impl ClientSession {
         step.events.push(Event::Closed(end));
     }
 
-    /// Seals one record onto the step's datagrams (dropped if the keys are used up).
+    /// Seals one record onto the step's datagrams (dropped if the keys are used up), or
+    /// hands it to the data path once that holds the keys.
     fn seal_into(&mut self, step: &mut Step, content: u8, payload: &[u8]) {
+        if self.detached {
+            step.seal.push((content, payload.to_vec()));
+            return;
+        }
         let Some((sealer, _)) = self.keys.as_mut() else {
             return;
         };
@@ -541,21 +682,6 @@ impl ClientSession {
             step.send.push(rec);
         }
     }
-}
-
-/// An IPv4 or IPv6 packet (by its version nibble).
-fn is_ip(b: &[u8]) -> bool {
-    matches!(b.first().map(|v| v >> 4), Some(4 | 6))
-}
-
-/// A datagram of one epoch-1 application-data or alert record: it may be the address message
-/// (or a refusal) overtaking the server's last flight.
-fn is_early_candidate(dg: &[u8]) -> bool {
-    record::parse_header(dg).is_ok_and(|h| {
-        h.epoch == 1
-            && (h.content_type == CONTENT_APPLICATION_DATA || h.content_type == CONTENT_ALERT)
-            && dg.len() == crate::consts::RECORD_HEADER_LEN + h.body_len
-    })
 }
 
 #[cfg(test)]

@@ -76,6 +76,8 @@ pub struct ServerSaw {
     pub lans: bool,
     pub hellos: u32,
     pub pings: u32,
+    /// When each Ping came (from the start).
+    pub ping_times: Vec<Duration>,
     pub close: Option<CloseReason>,
     pub close_notify: bool,
 }
@@ -103,6 +105,11 @@ pub struct Pair {
     pub events: Vec<(Duration, Event)>,
     /// Datagrams the link dropped for their size.
     pub too_big: usize,
+    /// Once up, hand the keys to a data path as src/client/forward.rs does: it opens what
+    /// comes, gives the session control records, alerts and news of them, and seals what
+    /// the session asks for ([`super::Step::seal`]).
+    pub detach: bool,
+    data_path: Option<(Sealer, Opener)>,
 }
 
 impl Pair {
@@ -133,6 +140,8 @@ impl Pair {
             queue: vec![],
             events: vec![],
             too_big: 0,
+            detach: false,
+            data_path: None,
         };
         p.client_step(step);
         p
@@ -142,12 +151,13 @@ impl Pair {
     pub fn config() -> Config {
         Config {
             identity: b"laptop".to_vec(),
-            key: b"the key".to_vec(),
+            key: zeroize::Zeroizing::new(b"the key".to_vec()),
             suites: vec![Suite::Aes128Gcm, Suite::Aes128Ccm8],
             peernet: "192.168.7.0/24".into(),
             lans: vec![],
             keepalive: Duration::from_secs(10),
             compat: false,
+            first_sequence: FIRST_APP_SEQUENCE,
         }
     }
 
@@ -172,9 +182,20 @@ impl Pair {
         for d in step.send {
             self.send(Dir::ToServer, d);
         }
-        let mut ready = false;
+        for (content, payload) in step.seal {
+            let Some((sealer, _)) = self.data_path.as_mut() else {
+                continue;
+            };
+            let mut rec = vec![0u8; PAYLOAD_OFFSET + payload.len() + 16];
+            rec[PAYLOAD_OFFSET..PAYLOAD_OFFSET + payload.len()].copy_from_slice(&payload);
+            let n = sealer.seal(content, &mut rec, payload.len()).unwrap();
+            rec.truncate(n);
+            self.send(Dir::ToServer, rec);
+        }
+        let (mut ready, mut up) = (false, false);
         for e in step.events {
             ready |= matches!(e, Event::Address(_));
+            up |= matches!(e, Event::Up { .. });
             self.events.push((self.now - self.start, e));
         }
         if ready {
@@ -182,6 +203,61 @@ impl Pair {
             let step = self.client.tunnel_ready(self.now);
             self.client_step(step);
         }
+        if up && self.detach {
+            self.data_path = self.client.take_keys(self.now);
+            assert!(
+                self.data_path.is_some(),
+                "the keys go to the data path once up"
+            );
+        }
+    }
+
+    /// A datagram to a client whose data path holds the keys (src/client/forward.rs).
+    fn data_path(&mut self, mut dg: Vec<u8>) {
+        let mut at = 0;
+        let mut heard = false;
+        while at < dg.len() {
+            let Ok(r) = record::record_at(&dg, at) else {
+                break;
+            };
+            at = r.end;
+            let Some((_, opener)) = self.data_path.as_mut() else {
+                return;
+            };
+            let Ok((content, plain)) = opener.open(&mut dg[r.clone()]) else {
+                continue;
+            };
+            heard = true;
+            let data = dg[r.start + plain.start..r.start + plain.end].to_vec();
+            let step = if content == CONTENT_ALERT && data.len() == 2 {
+                self.client.alert(self.now, data[0], data[1])
+            } else if Control::is_control(&data) {
+                self.client.control(self.now, &data)
+            } else {
+                continue;
+            };
+            self.client_step(step);
+        }
+        if heard {
+            self.client.heard(self.now);
+        }
+    }
+
+    /// An ICMP port unreachable reaches the client (anyone could have sent it).
+    pub fn icmp_unreachable(&mut self) {
+        let step = self.client.unreachable(self.now);
+        self.client_step(step);
+    }
+
+    /// The client closes the session now with `reason`; what it says goes out.
+    pub fn close_now(&mut self, reason: CloseReason) {
+        let step = self.client.close(self.now, Some(reason));
+        self.client_step(step);
+    }
+
+    /// The server sends one record now (a Close, an alert, a garbage control message).
+    pub fn server_says(&mut self, content: u8, payload: &[u8]) {
+        self.server_send(content, payload);
     }
 
     /// Runs until the client's session ended or `until` (simulated time from the start).
@@ -204,6 +280,7 @@ impl Pair {
             if arrival.is_some_and(|a| a <= next) {
                 let (_, dir, dg) = self.queue.remove(0);
                 match dir {
+                    Dir::ToClient if self.data_path.is_some() => self.data_path(dg),
                     Dir::ToClient => {
                         let step = self.client.datagram(self.now, &dg);
                         self.client_step(step);
@@ -360,6 +437,8 @@ impl Pair {
                 }
                 Ok(Control::Ping) => {
                     self.server.saw.pings += 1;
+                    let t = self.now - self.start;
+                    self.server.saw.ping_times.push(t);
                     if self.server.script.pongs {
                         self.server_send(CONTENT_APPLICATION_DATA, &Control::Pong.to_bytes());
                     }
