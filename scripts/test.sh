@@ -62,20 +62,20 @@ if ((${#root_missing[@]})); then
     echo "test.sh: no ${root_missing[*]}: the tests that need root will skip" >&2
 fi
 
-# Runs every test binary of tests/ (already built) as uid 65534 without CI: each test must pass
+# Runs every test binary (tests/ and the unit tests of each crate, already built) as uid 65534 without CI: each test must pass
 # or skip. One that needs root but lacks `common::need_root!()` fails here on the first thing
 # only root may do (or on the gate check in the namespace fixtures). The binaries run from the
 # source tree, as cargo runs them; uid 65534 must be able to reach them.
 unprivileged_run() {
     local tmp line dir exe out passed=0 skips=0 failed=() binaries=()
-    # "PACKAGE_DIR<tab>EXECUTABLE" per integration test binary; each runs in its package's
+    # "PACKAGE_DIR<tab>EXECUTABLE" per test binary; each runs in its package's
     # directory, as cargo runs it.
     mapfile -t binaries < <(cargo test --workspace --tests --no-run --message-format=json \
         2>/dev/null | python3 -c '
 import json, os, sys
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["kind"] == ["test"] \
+    if m.get("reason") == "compiler-artifact" and m["profile"]["test"] \
             and m.get("executable"):
         print(os.path.dirname(m["manifest_path"]), m["executable"], sep="\t")')
     if ((${#binaries[@]} == 0)); then
@@ -88,12 +88,13 @@ for line in sys.stdin:
         env -u CI -u DTUN_TEST_ROOT_LOG HOME="$tmp" TMPDIR="$tmp")
     local first=${binaries[0]#*$'\t'} who="uid 65534"
     if ! "${as_nobody[@]}" test -x "$first"; then
-        # A checkout uid 65534 cannot reach (under a 0700 home): root without any capability
-        # instead, which the gate treats the same (it asks for CAP_NET_ADMIN and CAP_SYS_ADMIN)
-        # and which cannot make a namespace either.
-        as_nobody=(setpriv --inh-caps=-all --ambient-caps=-all --bounding-set=-all
+        # A checkout uid 65534 cannot reach (under a 0700 home): uid 65534 with the one
+        # capability to read and search any directory (CAP_DAC_READ_SEARCH), nothing else: the
+        # gate skips it like any user, and it cannot make a namespace either.
+        as_nobody=(setpriv --reuid=65534 --regid=65534 --clear-groups
+            --inh-caps=+dac_read_search --ambient-caps=+dac_read_search
             env -u CI -u DTUN_TEST_ROOT_LOG HOME="$tmp" TMPDIR="$tmp")
-        who="root without capabilities"
+        who="uid 65534 (with CAP_DAC_READ_SEARCH to reach the checkout)"
         echo "test.sh: uid 65534 cannot reach $first: running the tests as $who" >&2
     fi
     for line in "${binaries[@]}"; do
@@ -143,7 +144,7 @@ if ((ran + skipped == 0)); then
 fi
 
 if [[ $(id -u) -eq 0 ]]; then
-    echo "== the tests of tests/ as uid 65534: each passes or skips (need_root!() is not forgotten)"
+    echo "== every test binary as uid 65534: each test passes or skips (need_root!() is not forgotten)"
     unprivileged_run
     echo "== scripts/package.sh (Debian package: cargo-deb, dpkg-deb -c, lintian)"
     scripts/package.sh
