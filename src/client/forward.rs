@@ -22,7 +22,7 @@ use dtun_proto::proto::{CloseReason, Control};
 use dtun_proto::record::{Opener, Sealer};
 use dtun_proto::session::{ClientSession, Event, Step};
 
-use super::session::{end_error, take_dns};
+use super::wire::{end_error, now, take_dns};
 use super::{ClientError, LOG_MSS_CLAMPED, MIN_PATH_MTU, PATH_MTU_EVERY};
 use crate::pump::{self, Link, OutboundCmd};
 use crate::supervise::TaskEnded;
@@ -215,28 +215,33 @@ impl Live<'_> {
                 }
             }
         };
-        // The farewell: what the session said at its end (a Close, close_notify), through the
-        // outbound task, or from here if the task is gone (in the reserve it left).
-        if let Some(mut sealer) = ended {
-            for (content, msg) in &farewell {
-                let _ = link.send_record(&mut sealer, *content, msg).await;
-            }
-        } else {
-            let notify = farewell.iter().any(|(c, _)| *c == CONTENT_ALERT);
-            let farewell = farewell
-                .into_iter()
-                .find(|(c, _)| *c == CONTENT_APPLICATION_DATA)
-                .map(|(_, m)| m);
-            let _ = out_tx.send(OutboundCmd::Stop { notify, farewell }).await;
-            let _ = (&mut *out_task).await;
-        }
+        farewell_of(link, out_tx, out_task, ended, farewell).await;
         error
     }
 }
 
-/// `now` for the session (its clock is std's).
-fn now() -> std::time::Instant {
-    std::time::Instant::now()
+/// The farewell: what the session said at its end (a Close, close_notify), through the
+/// outbound task, or from here if the task is gone (`ended`: in the reserve it left).
+async fn farewell_of(
+    link: &Link,
+    out_tx: &mpsc::Sender<OutboundCmd>,
+    out_task: &mut pump::OutboundTask,
+    ended: Option<Sealer>,
+    farewell: Records,
+) {
+    if let Some(mut sealer) = ended {
+        for (content, msg) in &farewell {
+            let _ = link.send_record(&mut sealer, *content, msg).await;
+        }
+        return;
+    }
+    let notify = farewell.iter().any(|(c, _)| *c == CONTENT_ALERT);
+    let farewell = farewell
+        .into_iter()
+        .find(|(c, _)| *c == CONTENT_APPLICATION_DATA)
+        .map(|(_, m)| m);
+    let _ = out_tx.send(OutboundCmd::Stop { notify, farewell }).await;
+    let _ = out_task.await;
 }
 
 /// One receive buffer of a live session.

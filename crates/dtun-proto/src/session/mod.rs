@@ -26,21 +26,20 @@ use ring::rand::SecureRandom;
 
 use crate::consts::{
     ALERT_CLOSE_NOTIFY, ALERT_LEVEL_WARNING, CONTENT_ALERT, CONTENT_APPLICATION_DATA,
-    HANDSHAKE_TIMEOUT, KEEPALIVE_MISSES, PAYLOAD_OFFSET, REFUSED_GRACE, SETUP_TIMEOUT,
+    PAYLOAD_OFFSET,
 };
-use crate::handshake::{ClientHandshake, Established, Failure, HandshakeError, Progress};
-use crate::inbound::{self, Counters, DropKind, Inbound};
-use crate::proto::{
-    Addr6, AddressMessage, CONTROL_VERSION, CloseReason, Control, HINT_MARKER, HelloFlags,
-    ProtoError,
-};
-use crate::record::{self, Opener, Sealer, Suite};
+use crate::handshake::{ClientHandshake, HandshakeError, Progress};
+use crate::inbound::Counters;
+use crate::proto::{Addr6, AddressMessage, CloseReason, Control, ProtoError};
+use crate::record::{Opener, Sealer, Suite};
 
 mod early;
 mod heard;
 mod hello;
+mod live;
 #[cfg(any(test, feature = "test-util"))]
 pub mod pair;
+mod setup;
 
 pub use early::{EARLY_CANDIDATES, EarlyRecords, could_be_first};
 pub use heard::Heard;
@@ -238,34 +237,8 @@ impl ClientSession {
             } else {
                 *deadline
             }),
-            State::Up => {
-                let refused = self.refused_since.map(|t| t + self.grace());
-                let keepalive = self.keepalive().map(|k| {
-                    let (rx, ping) = (self.last_rx, self.last_ping);
-                    // The first moment one of `timeout`'s conditions holds: a ping once quiet
-                    // for a period and a period after the last; every quarter period once
-                    // quiet for one and a half; dead after KEEPALIVE_MISSES.
-                    let every_period = (rx + k).max(ping + k);
-                    let overdue = (rx + k + k / 2).max(ping + k / 4);
-                    every_period.min(overdue).min(rx + k * KEEPALIVE_MISSES)
-                });
-                match (refused, keepalive) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                }
-            }
+            State::Up => self.live_timeout(),
         }
-    }
-
-    /// The keepalive period, when pings go out (control messages negotiated, not 0).
-    pub fn keepalive(&self) -> Option<Duration> {
-        (self.negotiated && !self.cfg.keepalive.is_zero()).then_some(self.cfg.keepalive)
-    }
-
-    /// How long after an ICMP port unreachable something authenticated must come: a
-    /// keepalive period when we can ping, else [`REFUSED_GRACE`].
-    fn grace(&self) -> Duration {
-        self.keepalive().unwrap_or(REFUSED_GRACE)
     }
 
     /// The timer.
@@ -289,33 +262,6 @@ impl ClientSession {
             _ => {}
         }
         step
-    }
-
-    /// Keepalive, dead-peer detection and the ICMP check of a live session.
-    fn up_timer(&mut self, now: Instant, step: &mut Step) {
-        if let Some(since) = self.refused_since
-            && now >= since + self.grace()
-        {
-            let grace = self.grace();
-            self.close_with(step, None);
-            self.end(step, End::Unreachable(grace));
-            return;
-        }
-        let Some(k) = self.keepalive() else {
-            return;
-        };
-        let quiet = now.saturating_duration_since(self.last_rx);
-        if quiet >= k * KEEPALIVE_MISSES {
-            self.close_with(step, Some(CloseReason::Timeout));
-            self.end(step, End::Dead(quiet));
-            return;
-        }
-        // One ping per period while quiet; four once a reply is overdue.
-        let every = if quiet >= k + k / 2 { k / 4 } else { k };
-        if quiet >= k && now.saturating_duration_since(self.last_ping) >= every {
-            self.last_ping = now;
-            self.seal_into(step, CONTENT_APPLICATION_DATA, &Control::Ping.to_bytes());
-        }
     }
 
     /// One datagram from the server (while the session has its keys).
@@ -381,66 +327,6 @@ impl ClientSession {
         step
     }
 
-    /// Hands the keys to the data path once the session is up (the read and write keys);
-    /// from now on the session gets control records ([`Self::control`]), alerts
-    /// ([`Self::alert`]) and news of authenticated records ([`Self::heard`]), and what it
-    /// sends comes in [`Step::seal`]. Keepalive counts from `now`.
-    pub fn take_keys(&mut self, now: Instant) -> Option<(Sealer, Opener)> {
-        if !matches!(self.state, State::Up) {
-            return None;
-        }
-        let keys = self.keys.take()?;
-        self.detached = true;
-        self.last_rx = now;
-        self.last_ping = now;
-        Some(keys)
-    }
-
-    /// Something authenticated came from the server (the data path opened it).
-    pub fn heard(&mut self, now: Instant) {
-        self.last_rx = now;
-        self.refused_since = None;
-    }
-
-    /// An authenticated control record of a live session, opened by the data path.
-    pub fn control(&mut self, now: Instant, data: &[u8]) -> Step {
-        let mut step = Step::default();
-        if matches!(self.state, State::Up) {
-            self.up_control(now, data, &mut step);
-        }
-        step
-    }
-
-    /// An authenticated alert of a live session, opened by the data path.
-    pub fn alert(&mut self, _now: Instant, level: u8, desc: u8) -> Step {
-        let mut step = Step::default();
-        if !self.is_closed() {
-            self.end(&mut step, End::Alert(level, desc));
-        }
-        step
-    }
-
-    /// An ICMP port unreachable came (unauthenticated: anyone who guesses our port can send
-    /// one): a hint, never proof. Ping at once; the session ends only if nothing
-    /// authenticated comes within a keepalive period (`REFUSED_GRACE` when we cannot ping).
-    pub fn unreachable(&mut self, now: Instant) -> Step {
-        let mut step = Step::default();
-        if !matches!(self.state, State::Up) || self.refused_since.is_some() {
-            return step;
-        }
-        self.refused_since = Some(now);
-        if self.negotiated {
-            self.last_ping = now;
-            self.seal_into(
-                &mut step,
-                CONTENT_APPLICATION_DATA,
-                &Control::Ping.to_bytes(),
-            );
-        }
-        step.events.push(Event::Checking(self.grace()));
-        step
-    }
-
     /// Ends the session from our side: a Close with `reason` (to dtun servers, when given),
     /// then close_notify.
     pub fn close(&mut self, _now: Instant, reason: Option<CloseReason>) -> Step {
@@ -453,198 +339,8 @@ impl ClientSession {
         step
     }
 
-    fn established(&mut self, now: Instant, e: Established, step: &mut Step) {
-        let hint = e.peer_identity.clone();
-        self.negotiated = !self.cfg.compat && hint.ends_with(HINT_MARKER.as_bytes());
-        self.keys = Some(record::session_pair(
-            e.suite,
-            &e.keys,
-            true,
-            1,
-            self.cfg.first_sequence,
-        ));
-        self.last_rx = now;
-        self.state = State::Address {
-            deadline: now + SETUP_TIMEOUT.max(HANDSHAKE_TIMEOUT),
-        };
-        step.events.push(Event::Established {
-            suite: e.suite,
-            hint,
-            negotiated: self.negotiated,
-        });
-    }
-
-    fn failed(&mut self, f: Failure, ignored: u64, step: &mut Step) {
-        if let Some(a) = f.alert {
-            step.send.push(a);
-        }
-        tracing::debug!("handshake failed ({ignored} datagram parts ignored)");
-        self.end(step, End::Handshake(f.error));
-    }
-
-    /// The records of one datagram after the handshake (during the setup, or from a Pair).
-    fn records(&mut self, now: Instant, dg: &mut [u8], step: &mut Step) {
-        let answers = match &self.state {
-            State::Hello { heard, .. } => Some(heard.answers()),
-            _ => None,
-        };
-        let mut at = 0;
-        while at < dg.len() {
-            let Ok(r) = record::record_at(dg, at) else {
-                break;
-            };
-            at = r.end;
-            let ct = dg[r.start];
-            if ct != CONTENT_APPLICATION_DATA && ct != CONTENT_ALERT {
-                continue; // late handshake retransmissions
-            }
-            let Some((_, opener)) = self.keys.as_mut() else {
-                return;
-            };
-            match inbound::open(opener, &self.counters, &mut dg[r.clone()]) {
-                Inbound::Data(p) => {
-                    self.heard(now);
-                    let data = &dg[r.start + p.start..r.start + p.end];
-                    let setup = matches!(self.state, State::Address { .. });
-                    self.data(now, data, step);
-                    if setup {
-                        // The address message is the first record: what follows it in
-                        // the datagram is not read.
-                        return;
-                    }
-                }
-                Inbound::Alert(level, desc) => {
-                    self.heard(now);
-                    self.end(step, End::Alert(level, desc));
-                    return;
-                }
-                Inbound::Dropped(_) => {}
-            }
-        }
-        if let State::Hello {
-            heard, resend_at, ..
-        } = &mut self.state
-        {
-            // A new answer that shows a loss: say Hello again at once.
-            let sent_lans = !self.cfg.lans.is_empty();
-            if answers.is_some_and(|a| heard.answers() > a) && !heard.complete(sent_lans) {
-                *resend_at = now;
-            }
-            self.hello_timer(now, step);
-        }
-    }
-
-    /// One authenticated application record during the setup (or from a Pair).
-    fn data(&mut self, now: Instant, data: &[u8], step: &mut Step) {
-        match &mut self.state {
-            State::Address { .. } => match AddressMessage::parse(data) {
-                Ok(a) => {
-                    self.state = State::Tunnel;
-                    step.events.push(Event::Address(a));
-                }
-                // A full server says so where the address message would be (dtun peers only).
-                Err(e) => match Control::parse(data) {
-                    Ok(Control::Close { reason, detail }) if self.negotiated => {
-                        self.end(step, End::Closed { reason, detail });
-                    }
-                    _ => self.end(step, End::BadAddress(e)),
-                },
-            },
-            State::Hello { heard, .. } => {
-                if Control::is_control(data) {
-                    let msg = hello::read(data, &self.counters);
-                    hello::take(heard, &msg);
-                    if let hello::Msg::Dns(Some(servers)) = msg {
-                        step.events.push(Event::Dns(servers));
-                    }
-                } else if inbound::accept_packet(&self.counters, data) {
-                    step.events.push(Event::Packet(data.to_vec()));
-                }
-            }
-            State::Up => {
-                if self.negotiated && Control::is_control(data) {
-                    self.up_control(now, data, step);
-                } else if inbound::accept_packet(&self.counters, data) {
-                    step.events.push(Event::Packet(data.to_vec()));
-                }
-            }
-            _ => {}
-        }
-    }
-
-    /// A control message of a live session: a malformed one is a counted drop (the session
-    /// goes on).
-    fn up_control(&mut self, _now: Instant, data: &[u8], step: &mut Step) {
-        match Control::parse(data) {
-            Ok(Control::Dns(servers)) => step.events.push(Event::Dns(servers)),
-            Ok(Control::Ping) => {
-                self.seal_into(step, CONTENT_APPLICATION_DATA, &Control::Pong.to_bytes())
-            }
-            Ok(Control::Close {
-                reason: CloseReason::Revoked,
-                ..
-            }) => {
-                tracing::warn!(
-                    "the server revoked this id (Revoked: removed, or its key changed, at a reload): check -id and the key with the server's operator"
-                );
-            }
-            Ok(Control::Close { reason, detail }) => self.end(step, End::Closed { reason, detail }),
-            Ok(_) => {}
-            Err(_) => self.counters.count_drop(DropKind::Unexpected),
-        }
-    }
-
-    /// The Hello exchange's clock: done when nothing is missing or [`HELLO_WAIT`] passed;
-    /// otherwise Hello again every [`HELLO_RESEND`], at most [`MAX_HELLOS`] times.
-    fn hello_timer(&mut self, now: Instant, step: &mut Step) {
-        let sent_lans = !self.cfg.lans.is_empty();
-        let State::Hello {
-            heard,
-            said,
-            resend_at,
-            deadline,
-        } = &mut self.state
-        else {
-            return;
-        };
-        let complete = heard.complete(sent_lans);
-        if complete || now >= *deadline {
-            if !complete {
-                tracing::info!(
-                    "setup incomplete after {HELLO_WAIT:?} and {said} Hellos: missing {}; going on without it",
-                    heard.missing(sent_lans)
-                );
-            }
-            let addr6 = heard.outcome();
-            self.state = State::Up;
-            self.last_ping = now;
-            step.events.push(Event::Up { addr6 });
-            return;
-        }
-        if now < *resend_at || *said >= MAX_HELLOS {
-            return;
-        }
-        if *said > 0 {
-            tracing::debug!("saying Hello again: missing {}", heard.missing(sent_lans));
-        }
-        let lans = sent_lans && heard.lans_missing();
-        *said += 1;
-        *resend_at = now + HELLO_RESEND;
-        if lans {
-            let msg = Control::Lans(self.cfg.lans.clone()).to_bytes();
-            self.seal_into(step, CONTENT_APPLICATION_DATA, &msg);
-        }
-        let hello = Control::Hello {
-            version: CONTROL_VERSION,
-            keepalive_ms: u32::try_from(self.cfg.keepalive.as_millis()).unwrap_or(u32::MAX),
-            flags: HelloFlags::default(),
-        }
-        .to_bytes();
-        self.seal_into(step, CONTENT_APPLICATION_DATA, &hello);
-    }
-
     /// A Close with `reason` to a dtun server (when given), then close_notify.
-    fn close_with(&mut self, step: &mut Step, reason: Option<CloseReason>) {
+    pub(super) fn close_with(&mut self, step: &mut Step, reason: Option<CloseReason>) {
         if let Some(reason) = reason.filter(|_| self.negotiated) {
             let msg = Control::Close {
                 reason,
@@ -660,14 +356,14 @@ impl ClientSession {
         );
     }
 
-    fn end(&mut self, step: &mut Step, end: End) {
+    pub(super) fn end(&mut self, step: &mut Step, end: End) {
         self.state = State::Closed;
         step.events.push(Event::Closed(end));
     }
 
     /// Seals one record onto the step's datagrams (dropped if the keys are used up), or
     /// hands it to the data path once that holds the keys.
-    fn seal_into(&mut self, step: &mut Step, content: u8, payload: &[u8]) {
+    pub(super) fn seal_into(&mut self, step: &mut Step, content: u8, payload: &[u8]) {
         if self.detached {
             step.seal.push((content, payload.to_vec()));
             return;

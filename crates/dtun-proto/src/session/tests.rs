@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use super::pair::{Dir, Pair, ServerScript, clean, lose};
 use super::*;
+use crate::consts::SETUP_TIMEOUT;
+use crate::handshake::HandshakeError;
 use crate::inbound::DropKind;
 
 fn up(p: &Pair) -> Option<&Option<Option<Addr6>>> {
