@@ -918,3 +918,85 @@ known_answers!(
         EXT_EXTENDED_MASTER_SECRET
     ]
 );
+
+/// The original's server, as captured, drives our client's session state machine
+/// (`dtun_proto::session::ClientSession`, what `dtun -c` runs) once it has the session's keys
+/// (the handshake itself cannot be replayed: the server's flights answer pion's ClientHello,
+/// not ours): its address message (frame 7) is taken; its hint `dtun` means an original, so
+/// no control message and no Hello; our peernet record opens at the original's server as the
+/// original client's did (frame 8); every later record of the server's comes out as the same
+/// IP packet, nothing dropped.
+#[test]
+fn our_client_session_takes_the_original_servers_records() {
+    use dtun_proto::handshake::Established;
+    use dtun_proto::inbound::DropKind;
+    use dtun_proto::session::{ClientSession, Config, Event};
+    for name in ["pion-2.0.8-session.pcap", "pion-2.2.6-session.pcap"] {
+        let cap = load(name);
+        let s = derive(&cap, KEY);
+        let cfg = Config {
+            identity: CLIENT_IDENTITY.to_vec(),
+            key: zeroize::Zeroizing::new(KEY.to_vec()),
+            suites: vec![Suite::Aes128Ccm8],
+            peernet: String::from_utf8(PEERNET_MESSAGE.to_vec()).unwrap(),
+            lans: vec![],
+            keepalive: std::time::Duration::from_secs(10),
+            compat: false,
+            first_sequence: dtun_proto::consts::FIRST_APP_SEQUENCE,
+        };
+        let est = Established {
+            suite: Suite::Aes128Ccm8,
+            keys: s.kb.clone(),
+            peer_identity: s.psk_hint.clone(),
+        };
+        assert_eq!(s.psk_hint, SERVER_HINT);
+        let now = std::time::Instant::now();
+        let (mut c, step) = ClientSession::established_for_test(cfg, est, now);
+        assert!(
+            matches!(
+                &step.events[..],
+                [Event::Established {
+                    negotiated: false,
+                    ..
+                }]
+            ),
+            "{name}: {:?}",
+            step.events
+        );
+        let step = c.datagram(now, &cap.app_frame(7).bytes);
+        assert!(
+            matches!(&step.events[..], [Event::Address(a)] if a.to_bytes() == ADDRESS_MESSAGE),
+            "{name}: {:?}",
+            step.events
+        );
+        let step = c.tunnel_ready(now);
+        assert!(
+            matches!(&step.events[..], [Event::Up { addr6: Some(None) }]),
+            "{name}: {:?}",
+            step.events
+        );
+        assert_eq!(step.send.len(), 1, "{name}: the peernet message only");
+        let (ct, pt) = open(&mut server_opener(&s), &step.send[0]).unwrap();
+        assert_eq!((ct, &pt[..]), (CONTENT_APPLICATION_DATA, PEERNET_MESSAGE));
+        let mut packets = 0;
+        for (r, ct, pt) in decrypt_all(&cap, &s) {
+            if r.from_client || r.frame <= 7 || ct != CONTENT_APPLICATION_DATA {
+                continue;
+            }
+            let step = c.datagram(now, &r.bytes);
+            assert!(
+                matches!(&step.events[..], [Event::Packet(p)] if *p == pt),
+                "{name}: frame {}: {:?}",
+                r.frame,
+                step.events
+            );
+            assert!(step.send.is_empty(), "{name}: nothing back to an original");
+            packets += 1;
+        }
+        assert!(packets > 0, "{name}: the server sent packets");
+        for d in DropKind::all() {
+            assert_eq!(c.counters().drops(d), 0, "{name}: {}", d.as_str());
+        }
+        assert!(!c.is_closed());
+    }
+}

@@ -201,6 +201,30 @@ impl ClientSession {
         Ok((s, step))
     }
 
+    /// A session whose handshake ended with `est` (tests: a captured session's keys, whose
+    /// handshake cannot be replayed against our ClientHello).
+    #[cfg(any(test, feature = "test-util"))]
+    pub fn established_for_test(
+        cfg: Config,
+        est: crate::handshake::Established,
+        now: Instant,
+    ) -> (ClientSession, Step) {
+        let mut s = ClientSession {
+            cfg,
+            state: State::Closed,
+            keys: None,
+            detached: false,
+            negotiated: false,
+            last_rx: now,
+            last_ping: now,
+            refused_since: None,
+            counters: Arc::new(Counters::default()),
+        };
+        let mut step = Step::default();
+        s.established(now, est, &mut step);
+        (s, step)
+    }
+
     /// The session's counters (records, drops by kind), shared with the data path.
     pub fn counters(&self) -> &Arc<Counters> {
         &self.counters
