@@ -8,11 +8,11 @@ use dtun::supervise::TaskEnded;
 
 fn main() {
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let (mut cli, matches) = dtun::ops::config_file::parse_args(&argv).unwrap_or_else(|e| e.exit());
+    let (mut cli, matches) = dtun::config::file::parse_args(&argv).unwrap_or_else(|e| e.exit());
     if let Some(command) = cli.command.take() {
         return exit_on(run_command(command));
     }
-    let loaded = match dtun::ops::config_file::apply(cli, &matches) {
+    let loaded = match dtun::config::file::apply(cli, &matches) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("dtun: {e}");
@@ -182,7 +182,7 @@ fn status(args: &StatusArgs) -> anyhow::Result<()> {
     let request = if args.json { "status json" } else { "status" };
     let names = match &args.instance {
         Some(name) => {
-            dtun::ops::control::check_name(name)
+            dtun::config::check_name(name)
                 .map_err(|e| anyhow::anyhow!("{}", e.replacen("-instance", "dtun status", 1)))?;
             vec![name.clone()]
         }
@@ -220,7 +220,7 @@ fn status(args: &StatusArgs) -> anyhow::Result<()> {
 fn reload(args: &ReloadArgs) -> anyhow::Result<()> {
     let instance = match &args.instance {
         Some(name) => {
-            dtun::ops::control::check_name(name)
+            dtun::config::check_name(name)
                 .map_err(|e| anyhow::anyhow!("{}", e.replacen("-instance", "dtun reload", 1)))?;
             name.clone()
         }
@@ -282,10 +282,7 @@ fn init_logging(verbose: u8, format: dtun::cli::LogFormat) {
     }
 }
 
-fn run(
-    loaded: dtun::ops::config_file::Loaded,
-    argv: Vec<std::ffi::OsString>,
-) -> anyhow::Result<()> {
+fn run(loaded: dtun::config::file::Loaded, argv: Vec<std::ffi::OsString>) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -2,8 +2,12 @@
 //! (src/client/hello.rs) goes on the TUN before the up script runs, and the script sees
 //! LOCAL_IP6 and PEER_IP6; a changed pair runs the down script first with the old values.
 
-use super::*;
+use dtun_linux::hooks;
+use dtun_linux::netlink::Netlink;
 use dtun_proto::proto::Addr6;
+
+use super::{ClientError, Tunnel};
+use crate::config::ClientConfig;
 
 /// Log line when the tunnel gets its IPv6 pair.
 pub const LOG_IPV6_UP: &str = "tunnel IPv6 up";

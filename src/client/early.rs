@@ -1,8 +1,15 @@
 //! Records that arrive before the handshake returns, and the first record of a session: only
 //! the shapes a server's first record can have are kept, so spoofed ones cannot crowd it out.
 
-use super::*;
+use tokio::net::UdpSocket;
+use tokio::time::Instant;
+
+use dtun_proto::consts::{
+    ADDRESS_MESSAGE_LEN, CONTENT_ALERT, CONTENT_APPLICATION_DATA, HANDSHAKE_TIMEOUT, SETUP_TIMEOUT,
+};
 use dtun_proto::inbound;
+use dtun_proto::inbound::{Counters, Inbound};
+use dtun_proto::record::{self, Opener};
 
 /// Most early candidates kept (at most 45 bytes each).
 pub(super) const EARLY_CANDIDATES: usize = 64;

@@ -1,8 +1,29 @@
 //! The forwarding loop of a live session: inbound records to the TUN, control messages,
 //! keepalive and the path MTU; outbound is `pump`'s task.
 
-use super::*;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::Duration;
+
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use dtun_linux::rate_limit::RateLimit;
+use dtun_linux::tun::{Tun, TunWriter};
+use dtun_linux::udp::{Receiver, Udp};
+use dtun_proto::consts::{
+    CONTENT_ALERT, CONTENT_APPLICATION_DATA, KEEPALIVE_MISSES, REFUSED_GRACE,
+};
 use dtun_proto::inbound;
+use dtun_proto::inbound::{Counters, Inbound, Inbox};
+use dtun_proto::proto::{CloseReason, Control};
+use dtun_proto::record::{Opener, Sealer};
+
+use super::{ClientError, LOG_MSS_CLAMPED, MIN_PATH_MTU, PATH_MTU_EVERY};
+use crate::pump::{self, OutboundCmd};
+use crate::supervise::TaskEnded;
 
 /// Forwards server → TUN (the other way is the outbound task) and keeps the session alive.
 /// Returns None on shutdown, else why the session ended; if the outbound task ended by itself,

@@ -7,10 +7,22 @@
 //! missing, for at most [`HELLO_WAIT`]. An Addr6 that is malformed or assigns addresses no
 //! sane server would is a counted drop, logged; the tunnel then carries IPv4 only.
 
-use super::*;
+use std::time::Duration;
+
+use tokio::net::UdpSocket;
+use tokio::time::Instant;
+
+use dtun_linux::tun::{Tun, TunWriter};
+use dtun_proto::consts::{CONTENT_ALERT, CONTENT_APPLICATION_DATA};
 use dtun_proto::inbound;
+use dtun_proto::inbound::{Counters, Inbound};
+use dtun_proto::proto::Control;
 use dtun_proto::proto::{Addr6, HelloFlags};
-use forward::Sink;
+use dtun_proto::record::{self, Opener, Sealer};
+
+use super::ClientError;
+use super::forward::Sink;
+use crate::pump::{self, Link};
 
 /// How long a client that said Hello waits for a complete answer before going on with what
 /// it has (an older dtun server answers at once; losses cost at most this much once).
@@ -273,6 +285,7 @@ pub(super) async fn exchange(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dtun_proto::proto::CONTROL_VERSION;
 
     fn no_dns() -> dtun_linux::dns::Dns {
         dtun_linux::dns::Dns::with_paths(

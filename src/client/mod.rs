@@ -6,36 +6,20 @@
 //! `session`, its forwarding loop in `forward`.
 
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::pin::Pin;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
-use tokio::time::Instant;
-
 use crate::config::{ClientConfig, ConfigError};
-use crate::dtls::{self, ChannelConn, HandshakeError, Role};
-use crate::ops::{ClientBoard, LiveSession};
-use crate::pump::{self, Link, OutboundCmd};
-use crate::supervise::{TaskEnded, first_app_sequence};
+use crate::dtls::HandshakeError;
+use crate::ops::ClientBoard;
+use crate::supervise::TaskEnded;
 use dtun_linux::hooks::{self, HookError, TunnelEnv};
 use dtun_linux::netlink::{Netlink, NetlinkError};
-use dtun_linux::rate_limit::RateLimit;
 use dtun_linux::routes::Routes;
-use dtun_linux::tun::{self, Tun, TunError, TunWriter};
-use dtun_linux::udp::{Receiver, Udp};
-use dtun_proto::consts::{
-    ADDRESS_MESSAGE_LEN, BUF_LEN, CONTENT_ALERT, CONTENT_APPLICATION_DATA, FAILOVER_DELAY,
-    HANDSHAKE_QUEUE, HANDSHAKE_REFUSALS, HANDSHAKE_TIMEOUT, KEEPALIVE_MISSES, MAX_BACKOFF,
-    MIN_BACKOFF, REFUSED_GRACE, REPLACED_BACKOFF, SETUP_TIMEOUT,
-};
-use dtun_proto::inbound::{Counters, Inbound, Inbox};
-use dtun_proto::proto::{
-    AddressMessage, CONTROL_VERSION, CloseReason, Control, HINT_MARKER, ProtoError,
-};
-use dtun_proto::record::{self, Opener, Sealer};
+use dtun_linux::tun::{Tun, TunError};
+use dtun_proto::consts::{FAILOVER_DELAY, MAX_BACKOFF, MIN_BACKOFF, REPLACED_BACKOFF};
+use dtun_proto::proto::{AddressMessage, ProtoError};
 
 /// Log line once forwarding starts (tests look for it).
 pub const LOG_TUNNEL_UP: &str = "tunnel up";
@@ -302,8 +286,6 @@ mod hello;
 mod pair;
 mod session;
 pub use addr6::LOG_IPV6_UP;
-use early::{EarlyRecords, First, could_be_first, first_data};
-use forward::{PathMss, forward};
 use session::session;
 
 #[cfg(test)]
@@ -311,9 +293,15 @@ mod tests {
     use super::early::*;
     use super::forward::*;
     use super::*;
-    use dtun_proto::consts::{FIRST_APP_SEQUENCE, PAYLOAD_OFFSET};
+    use std::net::Ipv4Addr;
+
+    use tokio::sync::mpsc;
+
+    use dtun_proto::consts::{CONTENT_APPLICATION_DATA, FIRST_APP_SEQUENCE, PAYLOAD_OFFSET};
+    use dtun_proto::inbound::Counters;
     use dtun_proto::kdf::KeyBlock;
-    use dtun_proto::record::Suite;
+    use dtun_proto::proto::Control;
+    use dtun_proto::record::{self, Suite};
 
     /// A datagram shaped like the server's address message under `suite` (application data,
     /// epoch 1, 8 bytes of plaintext) whose tag does not verify: what a spoofer sends.

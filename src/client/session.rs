@@ -2,7 +2,34 @@
 //! TUN (made once, readdressed if the server moved us), `-route`, the Hello and LAN messages,
 //! the up script, forwarding, and the farewell when it ends.
 
-use super::*;
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use dtun_linux::hooks;
+use dtun_linux::netlink::Netlink;
+use dtun_linux::routes::Routes;
+use dtun_linux::tun;
+use dtun_linux::udp::Udp;
+use dtun_proto::consts::{
+    BUF_LEN, CONTENT_APPLICATION_DATA, HANDSHAKE_QUEUE, HANDSHAKE_REFUSALS, SETUP_TIMEOUT,
+};
+use dtun_proto::inbound::Counters;
+use dtun_proto::proto::{AddressMessage, CONTROL_VERSION, CloseReason, Control, HINT_MARKER};
+use dtun_proto::record::{self, Sealer};
+
+use super::early::{EarlyRecords, First, could_be_first, first_data};
+use super::forward::{PathMss, forward};
+use super::{ClientError, End, LOG_TUNNEL_UP, Tunnel};
+use crate::config::ClientConfig;
+use crate::dtls::{self, ChannelConn, HandshakeError, Role};
+use crate::ops::{ClientBoard, LiveSession};
+use crate::pump::{self, Link, OutboundCmd};
+use crate::supervise::first_app_sequence;
 
 fn lost(error: ClientError) -> End {
     End::Lost {
@@ -164,7 +191,7 @@ pub(super) async fn session(
     };
     drop(est.conn);
     // The pair must not take a host of this client's own networks (src/client/pair.rs).
-    if let Err(e) = pair::check_ipv4(cfg, nl, tunnel.as_ref(), addrs).await {
+    if let Err(e) = super::pair::check_ipv4(cfg, nl, tunnel.as_ref(), addrs).await {
         let _ = link.send_close_notify(&mut sealer).await;
         return lost(e);
     }
@@ -228,7 +255,7 @@ pub(super) async fn session(
     // they (and our Lans) got through: the exchange asks again for what was lost, so the up
     // script sees the tunnel as it is. Without any answer the tunnel keeps the IPv6 it had.
     let addr6 = if negotiated {
-        match hello::exchange(
+        match super::hello::exchange(
             &link,
             &mut sealer,
             &mut opener,
@@ -249,7 +276,7 @@ pub(super) async fn session(
         Some(None)
     };
     let run_up = match (tunnel.as_mut(), addr6) {
-        (Some(t), Some(addr6)) => match addr6::apply(cfg, nl, t, addr6, run_up).await {
+        (Some(t), Some(addr6)) => match super::addr6::apply(cfg, nl, t, addr6, run_up).await {
             Ok(r) => r,
             Err(e) => {
                 let _ = link.send_close_notify(&mut sealer).await;

@@ -35,7 +35,7 @@ pub struct ClientConfig {
     /// `-accept-pool`: the only prefixes the server's address pairs may come from (empty: any
     /// pair that passes the checks of src/client/pair.rs).
     pub accept_pool: Vec<ipnet::IpNet>,
-    /// `-instance`, else the `-config` file's stem, else `dtun` (see `ops::config_file`); names
+    /// `-instance`, else the `-config` file's stem, else `dtun` (see `config::file`); names
     /// the control socket `/run/dtun/NETNS.INSTANCE.sock` (`ops::control`).
     pub instance: String,
 }
@@ -67,7 +67,7 @@ impl ClientConfig {
             accept_dns: cli.accept_dns,
             accept_pool: cli.accept_pool.clone(),
             instance: {
-                crate::ops::control::check_name(&cli.instance).map_err(ConfigError::Instance)?;
+                crate::config::check_name(&cli.instance).map_err(ConfigError::Instance)?;
                 cli.instance.clone()
             },
         })

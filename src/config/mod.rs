@@ -209,10 +209,22 @@ impl Common {
 }
 
 mod client;
+pub mod file;
 pub mod hosts;
 mod server;
+mod values;
 pub use client::{ClientConfig, split_peernet};
 pub use server::ServerConfig;
+
+/// Checks an instance name (the rule of `dtun_linux::nft::check_instance`, which a server's table
+/// name shares), with a message about the control socket.
+pub fn check_name(name: &str) -> Result<(), String> {
+    dtun_linux::nft::check_instance(name).map_err(|_| {
+        format!(
+            "-instance {name:?}: use 1 to 32 letters, digits, '-' or '_' (it names the control socket /run/dtun/NETNS.NAME.sock)"
+        )
+    })
+}
 
 #[cfg(test)]
 mod tests {

@@ -4,8 +4,8 @@
 
 use std::path::Path;
 
-use super::config_file::Loaded;
 use crate::config::ServerConfig;
+use crate::config::file::Loaded;
 
 /// Checks the configuration; the one-line OK on success, else the error.
 pub fn check(l: &Loaded) -> Result<String, String> {

@@ -23,7 +23,7 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use super::config_file;
+use crate::config::file as config_file;
 
 /// What `dtun client add` was asked.
 pub struct AddRequest<'a> {
@@ -239,7 +239,7 @@ fn replace_checked(config: &Path, text: &str, old: &std::fs::Metadata) -> Result
     let cfg = loaded
         .server_config()
         .map_err(|e| cleanup(format!("the new config would not load: {e}")))?;
-    super::check::validate_server(&cfg)
+    crate::ops::check::validate_server(&cfg)
         .map_err(|e| cleanup(format!("the new config would not load: {e}")))?;
     std::fs::rename(&tmp, config)
         .map_err(|e| cleanup(format!("cannot replace {}: {e}", config.display())))?;

@@ -71,16 +71,6 @@ pub enum ControlError {
     Bind(PathBuf, std::io::Error),
 }
 
-/// Checks an instance name (the rule of `dtun_linux::nft::check_instance`, which a server's table
-/// name shares), with a message about the control socket.
-pub fn check_name(name: &str) -> Result<(), String> {
-    dtun_linux::nft::check_instance(name).map_err(|_| {
-        format!(
-            "-instance {name:?}: use 1 to 32 letters, digits, '-' or '_' (it names the control socket /run/dtun/NETNS.NAME.sock)"
-        )
-    })
-}
-
 /// The control sockets of a running instance, with the lock that makes the name ours. The
 /// socket files are removed when it is dropped, before the lock goes.
 pub struct Control {
@@ -106,7 +96,7 @@ pub fn bind(instance: &str) -> Result<Control, ControlError> {
 
 /// [`bind`] in the runtime directory `dir`.
 pub fn bind_in(dir: &RunDir, instance: &str) -> Result<Control, ControlError> {
-    check_name(instance).map_err(|e| ControlError::Lock(instance.to_string(), e))?;
+    crate::config::check_name(instance).map_err(|e| ControlError::Lock(instance.to_string(), e))?;
     let who = format!("dtun pid {}, instance {instance}", std::process::id());
     let lock = dir.lock(instance, &who).map_err(|e| match e {
         LockError::Held { holder } => ControlError::InUse(instance.to_string(), holder),
@@ -330,9 +320,9 @@ mod tests {
 
     #[test]
     fn names() {
-        assert!(check_name("office_2-b").is_ok());
+        assert!(crate::config::check_name("office_2-b").is_ok());
         for bad in ["", "a b", "../x", "a.b", &"x".repeat(33)] {
-            let e = check_name(bad).unwrap_err();
+            let e = crate::config::check_name(bad).unwrap_err();
             assert!(
                 e.contains("-instance") && e.contains("NETNS.NAME.sock"),
                 "{e}"

@@ -16,7 +16,6 @@
 mod board;
 pub mod check;
 pub mod client_add;
-pub mod config_file;
 pub mod control;
 pub mod docs;
 pub mod metrics;
@@ -24,7 +23,6 @@ pub mod notify;
 pub mod perms;
 pub mod reload;
 pub mod status;
-mod values;
 
 pub use board::{ClientBoard, LiveSession};
 

@@ -17,7 +17,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use super::config_file::Loaded;
+use crate::config::file::Loaded;
 
 /// The secret files of a configuration, with what each is.
 fn secrets(l: &Loaded) -> Vec<(&'static str, PathBuf)> {

@@ -169,9 +169,9 @@ impl ReloadHandle {
         // must not hold up a runtime worker.
         let args = self.inner.args.clone();
         let new = tokio::task::spawn_blocking(move || {
-            let loaded = super::config_file::load(&args)?;
+            let loaded = crate::config::file::load(&args)?;
             let new = loaded.server_config().map_err(|e| e.to_string())?;
-            super::check::pool_fits(&new).map_err(|e| e.to_string())?;
+            crate::ops::check::pool_fits(&new).map_err(|e| e.to_string())?;
             Ok::<_, String>(new)
         })
         .await

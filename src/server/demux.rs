@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 use tokio::sync::mpsc;
 
-use super::manager::Event;
+use super::events::Event;
 use crate::dtls::{self, KeyLookup};
 use crate::pump::OutboundCmd;
 use dtun_linux::rate_limit::RateLimit;
@@ -22,10 +22,8 @@ use dtun_linux::udp::{Receiver, Udp};
 use dtun_proto::admission::{
     Admission, AdmissionCounters, Outcome, is_session_record as is_record,
 };
-use dtun_proto::authz;
 use dtun_proto::consts::FINAL_FLIGHT_RESEND;
-use dtun_proto::inbound::{Counters, Inbound, Inbox};
-use dtun_proto::proto::{Control, Peernet};
+use dtun_proto::inbound::{Counters, Inbox};
 use dtun_proto::record::Opener;
 
 mod records;

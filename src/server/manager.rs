@@ -5,120 +5,64 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::LOG_CONNECTED;
-use super::demux::{DemuxCmd, SessionRx};
+use super::demux::DemuxCmd;
 use crate::config::ServerConfig;
-use crate::pump::{self, Link, OutboundCmd, OutboundEnd};
-use crate::supervise::first_app_sequence;
-use dtun_linux::netlink::{Netlink, NetlinkError};
-use dtun_linux::tun::TunError;
+use crate::pump::OutboundCmd;
+use dtun_linux::netlink::Netlink;
 use dtun_linux::udp::Udp;
-use dtun_proto::consts::{CONTENT_APPLICATION_DATA, KEEPALIVE_MISSES, SETUP_TIMEOUT};
-use dtun_proto::handshake::Completed;
-use dtun_proto::inbound::Counters;
-use dtun_proto::pool::{Pool, PoolError};
-use dtun_proto::proto::{
-    AddressMessage, CONTROL_VERSION, CloseReason, Control, HelloFlags, Peernet, ProtoError,
-};
-use dtun_proto::record;
+use dtun_proto::consts::{KEEPALIVE_MISSES, SETUP_TIMEOUT};
+use dtun_proto::pool::Pool;
+use dtun_proto::proto::{CONTROL_VERSION, CloseReason, Control, HelloFlags};
 
 use super::device::Device;
+use super::events::Event;
 
+mod devices;
+mod reconfigure;
 mod sessions;
+mod status;
 
 // ---------------------------------------------------------------------------------------------
 // Manager (control path side)
 
-/// Handshake tasks and the demultiplexer → manager.
-pub(super) enum Event {
-    Authenticated {
-        addr: SocketAddr,
-        est: Box<Completed>,
-    },
-    Peernet {
-        session_id: u64,
-        peernet: Result<Peernet, ProtoError>,
-    },
-    Closed {
-        session_id: u64,
-        level: u8,
-        desc: u8,
-    },
-    Control {
-        session_id: u64,
-        msg: Control,
-    },
-    /// The client's peernet message was lost (something else came first).
-    SetupLost {
-        session_id: u64,
-    },
-}
-
-pub(super) struct Session {
-    pub(super) session_id: u64,
-    pub(super) addr: SocketAddr,
-    out_tx: mpsc::Sender<OutboundCmd>,
-    out_task: pump::OutboundTask,
-    pub(super) counters: Arc<Counters>,
-    /// Deadline for the client's peernet message.
-    setup_deadline: Option<Instant>,
-    /// The client said Hello (or pinged): it is a dtun peer and may get control messages.
-    pub(super) negotiated: bool,
-    /// We answered a Hello (a later one is a client asking again: logged at debug only).
-    pub(super) answered: bool,
-    /// The client's Lans message came (the Hello answer says so).
-    pub(super) lans_heard: bool,
-    /// The client's keepalive period (zero: none); it pings, we answer.
-    pub(super) keepalive: Duration,
-    /// Authenticated records seen at the last check, and when that count last moved.
-    seen: u64,
-    pub(super) alive_at: Instant,
-    /// The key its handshake was completed with: a reload that changes the id's key ends it.
-    pub(super) key_id: dtun_proto::keys::KeyId,
-    /// The session's suite and when its handshake completed (for status).
-    pub(super) suite: record::Suite,
-    pub(super) started: Instant,
-}
-
 pub(super) struct Manager {
-    pub(super) cfg: ServerConfig,
-    pub(super) nl: Netlink,
-    pub(super) udp: Udp,
-    pub(super) pool: Pool,
-    pub(super) pool6: Option<dtun_proto::pool6::Pool6>,
-    pub(super) cmd_tx: mpsc::UnboundedSender<DemuxCmd>,
-    pub(super) devices: HashMap<String, Device>,
-    pub(super) next_session: u64,
-    pub(super) refusals: Refusals,
+    cfg: ServerConfig,
+    nl: Netlink,
+    udp: Udp,
+    pool: Pool,
+    pool6: Option<dtun_proto::pool6::Pool6>,
+    cmd_tx: mpsc::UnboundedSender<DemuxCmd>,
+    devices: HashMap<String, Device>,
+    next_session: u64,
+    refusals: Refusals,
     /// Down scripts (each after its device's up script) still running; awaited at shutdown.
-    pub(super) scripts: Vec<JoinHandle<()>>,
+    scripts: Vec<JoinHandle<()>>,
     /// A task the server needs ended (an outbound task panicked without the exiting panic
     /// hook): the manager stops and the server exits.
-    pub(super) fatal: Option<crate::supervise::TaskEnded>,
+    fatal: Option<crate::supervise::TaskEnded>,
     /// For status and metrics: the demultiplexer's counters, removed devices' traffic added
     /// up, and the requests for a snapshot (`crate::ops`).
-    pub(super) counters: Arc<super::DemuxCounters>,
-    pub(super) removed: crate::ops::status::Traffic,
-    pub(super) status_rx: Option<mpsc::Receiver<crate::ops::ServerRequest>>,
+    counters: Arc<super::DemuxCounters>,
+    removed: crate::ops::status::Traffic,
+    status_rx: Option<mpsc::Receiver<crate::ops::ServerRequest>>,
     /// The key store the handshakes look keys up in; a reload replaces it (`reconfigure`).
-    pub(super) keys: Arc<std::sync::RwLock<dtun_proto::keys::KeyStore>>,
+    keys: Arc<std::sync::RwLock<dtun_proto::keys::KeyStore>>,
     /// Ids whose fixed address a reload changed while they had a device: a new device at
     /// their next connect.
-    pub(super) stale_addr: std::collections::HashSet<String>,
+    stale_addr: std::collections::HashSet<String>,
     /// The nftables table (`-nat`, `-client-to-client`, groups): its sets follow the devices.
-    pub(super) firewall: Option<dtun_linux::nft::Firewall>,
+    firewall: Option<dtun_linux::nft::Firewall>,
     /// The table and rule of the clients' LAN routes.
-    pub(super) lan_table: super::lan_table::LanTable,
+    lan_table: super::lan_table::LanTable,
     /// This host's networks, addresses and gateways for the LAN check, read at most once a
     /// `HOST_VIEW_TTL`.
-    pub(super) host_view: super::host_view::HostViewCache,
+    host_view: super::host_view::HostViewCache,
 }
 
 /// Clients refused at the `-max-clients` limit: counted, and logged at most once a second.
@@ -136,7 +80,57 @@ impl Default for Refusals {
     }
 }
 
+/// What the server hands a new manager; the rest of its state starts empty.
+pub(super) struct Setup {
+    pub(super) cfg: ServerConfig,
+    pub(super) nl: Netlink,
+    pub(super) udp: Udp,
+    pub(super) pool: Pool,
+    pub(super) pool6: Option<dtun_proto::pool6::Pool6>,
+    pub(super) cmd_tx: mpsc::UnboundedSender<DemuxCmd>,
+    pub(super) counters: Arc<super::DemuxCounters>,
+    pub(super) status_rx: Option<mpsc::Receiver<crate::ops::ServerRequest>>,
+    pub(super) keys: Arc<std::sync::RwLock<dtun_proto::keys::KeyStore>>,
+    pub(super) firewall: Option<dtun_linux::nft::Firewall>,
+}
+
 impl Manager {
+    pub(super) fn new(s: Setup) -> Manager {
+        Manager {
+            cfg: s.cfg,
+            nl: s.nl,
+            udp: s.udp,
+            pool: s.pool,
+            pool6: s.pool6,
+            cmd_tx: s.cmd_tx,
+            devices: HashMap::new(),
+            next_session: 0,
+            refusals: Default::default(),
+            scripts: Vec::new(),
+            fatal: None,
+            counters: s.counters,
+            removed: crate::ops::status::Traffic::zero(),
+            status_rx: s.status_rx,
+            keys: s.keys,
+            stale_addr: Default::default(),
+            firewall: s.firewall,
+            lan_table: Default::default(),
+            host_view: Default::default(),
+        }
+    }
+
+    /// After [`Manager::run`]: removes the clients' LAN rule (when this was its last holder);
+    /// gives back whether a task the server needed ended, and the nftables table to remove.
+    pub(super) async fn finish(
+        mut self,
+    ) -> (
+        Option<crate::supervise::TaskEnded>,
+        Option<dtun_linux::nft::Firewall>,
+    ) {
+        self.lan_table.close(&self.nl).await;
+        (self.fatal.take(), self.firewall.take())
+    }
+
     pub(super) async fn run(
         &mut self,
         mut ev_rx: mpsc::UnboundedReceiver<Event>,
@@ -475,35 +469,6 @@ impl Manager {
             .collect();
         for id in expired {
             self.remove_device(&id).await;
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub(super) enum SessionError {
-    #[error(transparent)]
-    Pool(#[from] PoolError),
-    #[error(transparent)]
-    Tun(#[from] TunError),
-    #[error(transparent)]
-    Netlink(#[from] NetlinkError),
-    #[error("sending to {0} failed: {1}")]
-    Send(SocketAddr, std::io::Error),
-    #[error(transparent)]
-    Firewall(#[from] dtun_linux::nft::NftError),
-}
-
-impl SessionError {
-    /// What the client is told (Close "setup failed"): the kind of failure only. The server's
-    /// log has the whole error; its text may name other clients (a fixed address held by
-    /// another id) or say how many there are.
-    pub(super) fn for_the_client(&self) -> String {
-        match self {
-            SessionError::Pool(_) => "no tunnel address is free for this id".into(),
-            SessionError::Tun(_) => "its TUN device could not be made".into(),
-            SessionError::Netlink(_) => "its device could not be configured".into(),
-            SessionError::Send(..) => "sending failed".into(),
-            SessionError::Firewall(_) => "the firewall could not take its device".into(),
         }
     }
 }

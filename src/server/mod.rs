@@ -255,27 +255,18 @@ pub async fn run_with(
         "listening on {}",
         sock.local_addr().map(|a| a.to_string()).unwrap_or_default()
     ));
-    let mut mgr = Manager {
+    let mut mgr = Manager::new(manager::Setup {
         cfg,
         nl,
         udp,
         pool,
         pool6,
         cmd_tx,
-        devices: HashMap::new(),
-        next_session: 0,
-        refusals: Default::default(),
-        scripts: Vec::new(),
-        fatal: None,
         counters: Arc::clone(&demux_counters),
-        removed: crate::ops::status::Traffic::zero(),
         status_rx: status,
         keys,
-        stale_addr: Default::default(),
         firewall,
-        lan_table: Default::default(),
-        host_view: Default::default(),
-    };
+    });
     // The demultiplexer never ends while the manager runs: if it does (a panic when the hook
     // that exits is not installed), the manager shuts down as on a signal and run fails.
     let mut ended = None;
@@ -291,14 +282,14 @@ pub async fn run_with(
     };
     mgr.run(ev_rx, session_rx, reloads, stop).await;
     demux_task.abort();
-    mgr.lan_table.close(&mgr.nl).await;
-    if let Some(e) = mgr.fatal.take() {
+    let (fatal, firewall) = mgr.finish().await;
+    if let Some(e) = fatal {
         ended = Some(e);
     }
     if let Some(n) = nat6 {
         n.remove();
     }
-    if let Some(fw) = mgr.firewall.take() {
+    if let Some(fw) = firewall {
         if fw.failures() > 0 {
             tracing::warn!(
                 "{} updates of the nftables sets failed while the server ran",
@@ -316,13 +307,13 @@ pub async fn run_with(
 
 mod demux;
 mod device;
+mod events;
 mod host_view;
 mod lan_table;
+mod session;
 pub use demux::DemuxCounters;
 use demux::{Delivery, Demux};
 use dtun_proto::admission::Admission;
 mod manager;
-use manager::Manager;
-mod reconfigure;
-mod status;
 use crate::ops::reload::Reconfigure;
+use manager::Manager;

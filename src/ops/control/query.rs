@@ -57,7 +57,7 @@ pub fn list(dir: &RunDir) -> std::io::Result<Vec<String>> {
         .list(ADMIN_SUFFIX)?
         .into_iter()
         .filter_map(|n| n.strip_suffix(ADMIN_SUFFIX).map(str::to_string))
-        .filter(|n| super::check_name(n).is_ok())
+        .filter(|n| crate::config::check_name(n).is_ok())
         .collect())
 }
 

@@ -5,8 +5,20 @@
 //! events share); session events go to the manager on a bounded queue, a full one is a counted
 //! drop.
 
-use super::*;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+
+use dtun_proto::authz;
 use dtun_proto::inbound;
+use dtun_proto::inbound::{Counters, Inbound};
+use dtun_proto::proto::{Control, Peernet};
+
+use super::{Delivery, Demux, DemuxCounters, SessionRx};
+use crate::pump::OutboundCmd;
+use crate::server::events::Event;
 
 /// Control messages (other than Pings) one session may pass to the manager at once: a client
 /// sends at most 8 Hellos and 8 Lans while it sets up (src/client/hello.rs), then a Close.
@@ -198,6 +210,7 @@ impl Demux {
 mod tests {
     use super::*;
     use dtun_proto::consts::EVENT_QUEUE;
+    use std::time::Duration;
 
     /// What a session's control records reach: its outbound queue, the manager's event queue
     /// and the counters (the receivers are returned apart, for the test to drain).

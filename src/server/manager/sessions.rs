@@ -3,7 +3,22 @@
 //! new id turned away at `-max-clients`, and a session ended (farewell, close_notify, its
 //! traffic added to the device's totals).
 
-use super::*;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dtun_proto::consts::{CONTENT_APPLICATION_DATA, SETUP_TIMEOUT};
+use dtun_proto::handshake::Completed;
+use dtun_proto::inbound::Counters;
+use dtun_proto::proto::{AddressMessage, CloseReason, Control};
+use dtun_proto::record;
+
+use super::Manager;
+use crate::pump::{self, Link, OutboundCmd, OutboundEnd};
+use crate::server::LOG_CONNECTED;
+use crate::server::demux::{DemuxCmd, SessionRx};
+use crate::server::session::{Session, SessionError};
+use crate::supervise::first_app_sequence;
 
 impl Manager {
     pub(super) async fn start_session(

@@ -5,7 +5,9 @@
 
 use super::*;
 use crate::ops::reload::{Applied, Reconfigure};
+use dtun_proto::handshake::Completed;
 use dtun_proto::keys::KeyStore;
+use dtun_proto::record;
 use nix::sched::{CloneFlags, unshare};
 
 const OLD_KEY: &[u8] = b"old-key-0123456789";

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::manager::Manager;
+use super::Manager;
 use crate::ops::status::{
     AdmissionView, Clock, Keepalive, LingeringView, PeerView, ServerView, SessionView, Traffic,
 };

@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 
-use super::manager::Manager;
+use super::Manager;
 use crate::ops::reload::{Applied, Reconfigure};
 use dtun_proto::keys::KeyStore;
 use dtun_proto::proto::CloseReason;
