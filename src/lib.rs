@@ -1,5 +1,43 @@
 //! dtun: a point-to-point VPN over DTLS 1.2 with a pre-shared key, wire-compatible with the
 //! original Go dtun. The binary in `main.rs` only parses the command line and calls into here.
+//!
+//! # Layout
+//!
+//! Three crates, each depending only on the ones below it (the compiler keeps it so):
+//!
+//! ```text
+//!   dtun         roles and operations: client, server, ops, config, cli, the data path (pump)
+//!    │  │
+//!    │  └──────► dtun-linux   kernel plumbing: tun, udp, netlink, routes, nft, nat6, dns, hooks,
+//!    │              │          rundir, privilege, sys (the one module allowed `unsafe`)
+//!    ▼              ▼
+//!   dtun-proto   the protocol without I/O: record, ccm8, kdf, handshake, admission, inbound,
+//!                proto, mss, keys, authz, pool, pool6, cidr (no async runtime, no sockets;
+//!                `scripts/test.sh` holds its dependency tree against a deny list)
+//! ```
+//!
+//! This crate:
+//! - [`client`]: the reconnect loop and one session's life (`session`: setup, `hello`: the
+//!   Hello exchange, `forward`: the forwarding loop, `pair`: the checks of the addresses a
+//!   server gives);
+//! - [`server`]: `demux` (the socket's reader: handshakes to admission, records to sessions),
+//!   `manager` (sessions and devices, reloads, status; the only owner of that state), `events`
+//!   (what the tasks tell the manager), `device`, `session`, `lan_table`, `host_view`;
+//! - [`pump`]: the data path of a session, TUN ⇄ records (batches, GSO, no allocation per
+//!   packet);
+//! - [`dtls`]: the client's handshake through the webrtc-rs `dtls` crate;
+//! - [`config`] and [`cli`]: the command line, the `-config` file, the checked configuration of
+//!   each role;
+//! - [`ops`]: operating a running dtun: control sockets, `dtun status`/`reload`, metrics,
+//!   `-check`, `dtun client add`, systemd notification, man page and completions;
+//! - [`supervise`]: tasks that must not die alone.
+//!
+//! # Reading order
+//!
+//! A newcomer reads `docs/PROTOCOL.md` (the wire), then `dtun_proto::record` and
+//! `dtun_proto::handshake` (what a datagram becomes), then [`server`]'s module docs and
+//! `server::demux` (how a datagram finds its session), then [`pump`] (the fast path), then
+//! [`client`]. `docs/DESIGN.md` has the module table and the design decisions.
 #![deny(unsafe_code)]
 
 pub mod cli;

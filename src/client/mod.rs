@@ -5,6 +5,13 @@
 //! Here: the reconnect loop, its errors and backoff; one session's setup and teardown is in
 //! `session`, its forwarding loop in `forward`.
 
+mod addr6;
+mod early;
+mod forward;
+mod hello;
+mod pair;
+mod session;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,6 +27,9 @@ use dtun_linux::routes::Routes;
 use dtun_linux::tun::{Tun, TunError};
 use dtun_proto::consts::{FAILOVER_DELAY, MAX_BACKOFF, MIN_BACKOFF, REPLACED_BACKOFF};
 use dtun_proto::proto::{AddressMessage, ProtoError};
+
+pub use addr6::LOG_IPV6_UP;
+use session::session;
 
 /// Log line once forwarding starts (tests look for it).
 pub const LOG_TUNNEL_UP: &str = "tunnel up";
@@ -278,15 +288,6 @@ pub async fn run_with(
     }
     result
 }
-
-mod addr6;
-mod early;
-mod forward;
-mod hello;
-mod pair;
-mod session;
-pub use addr6::LOG_IPV6_UP;
-use session::session;
 
 #[cfg(test)]
 mod tests {

@@ -4,6 +4,12 @@
 //! Here: the errors, the key, what both roles share (TUN settings, scripts, suites); each
 //! role's own configuration is in `server` and `client`.
 
+mod client;
+pub mod file;
+pub mod hosts;
+mod server;
+mod values;
+
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -13,6 +19,9 @@ use zeroize::Zeroizing;
 use crate::cli::{Cipher, Cli};
 use dtun_proto::consts::{PATH_MTU, UDP4_OVERHEAD, UDP6_OVERHEAD};
 use dtun_proto::record::Suite;
+
+pub use client::{ClientConfig, split_peernet};
+pub use server::ServerConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -207,14 +216,6 @@ impl Common {
         })
     }
 }
-
-mod client;
-pub mod file;
-pub mod hosts;
-mod server;
-mod values;
-pub use client::{ClientConfig, split_peernet};
-pub use server::ServerConfig;
 
 /// Checks an instance name (the rule of `dtun_linux::nft::check_instance`, which a server's table
 /// name shares), with a message about the control socket.

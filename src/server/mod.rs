@@ -15,6 +15,14 @@
 //!
 //! With `-nat` or `-client-to-client`, the server also keeps its nftables table (`dtun_linux::nft`).
 
+mod demux;
+mod device;
+mod events;
+mod host_view;
+mod lan_table;
+mod manager;
+mod session;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -23,6 +31,12 @@ use std::time::Instant;
 
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
+
+use crate::ops::reload::Reconfigure;
+pub use demux::DemuxCounters;
+use demux::{Delivery, Demux};
+use dtun_proto::admission::Admission;
+use manager::Manager;
 
 use crate::config::ServerConfig;
 use crate::dtls::KeyLookup;
@@ -150,44 +164,14 @@ pub async fn run_with(
     }
     let sock = Arc::new(sock);
     let udp = Udp::new(Arc::clone(&sock)).map_err(ServerError::Udp)?;
-    let mut pool = Pool::new(cfg.pool)?;
-    // Fixed addresses are held from the start, so no other id's hash can take them.
-    for (id, c) in &cfg.keys.clients {
-        if let Some(addr) = c.addr {
-            pool.assign_fixed(id, addr)?;
-        }
-    }
-    let mut pool6 = cfg.pool6.map(dtun_proto::pool6::Pool6::new).transpose()?;
-    let fixed6 = cfg
-        .keys
-        .clients
-        .iter()
-        .filter_map(|(id, c)| Some((id, c.addr6?)));
-    for (id, addr6) in fixed6 {
-        match pool6.as_mut() {
-            Some(p) => {
-                p.assign_fixed(id, addr6)?;
-            }
-            None => tracing::warn!("client {id}: addr6={addr6} unused: -pool6 is off"),
-        }
-    }
+    let (pool, pool6) = pools(&cfg)?;
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
     let (session_tx, session_rx) = mpsc::channel(EVENT_QUEUE);
     // Shared with the manager, which swaps it on a reload.
     let keys = Arc::new(std::sync::RwLock::new(cfg.keys.clone()));
-    let lookup: KeyLookup = {
-        let keys = Arc::clone(&keys);
-        Arc::new(move |identity: &[u8]| {
-            let keys = keys.read().unwrap_or_else(|e| e.into_inner());
-            keys.key_for(identity)
-        })
-    };
-    let hint = if cfg.common.compat {
-        cfg.hint.as_bytes().to_vec()
-    } else {
-        format!("{}{HINT_MARKER}", cfg.hint).into_bytes()
-    };
+    let lookup = key_lookup(&keys);
+    let hint = identity_hint(&cfg);
     let admission = Admission::new(cfg.common.suites.clone(), hint, Instant::now());
     let demux_counters = Arc::new(DemuxCounters::new(Arc::clone(&admission.counters)));
     let demux = Demux {
@@ -210,38 +194,7 @@ pub async fn run_with(
         counters: Arc::clone(&demux_counters),
     };
     // Last of the fallible steps before the tasks start, so an error leaves nothing behind.
-    let firewall = match cfg.firewall {
-        Some(policy) => {
-            let mut groups: Vec<String> = cfg
-                .keys
-                .clients
-                .values()
-                .filter_map(|c| c.group.clone())
-                .collect();
-            groups.sort();
-            groups.dedup();
-            Some(dtun_linux::nft::Firewall::apply(
-                &cfg.instance,
-                policy,
-                &groups,
-            )?)
-        }
-        None => None,
-    };
-    // IPv6 inside (-pool6) and forwarding: IPv6 forwarding too (src/nat6.rs).
-    let nat6 = match (&firewall, cfg.firewall, cfg.pool6) {
-        (Some(fw), Some(policy), Some(_)) if policy.needs_forwarding() => {
-            match dtun_linux::nat6::Ipv6Forwarding::apply(fw, &cfg.tun.name, policy, &cfg.instance)
-            {
-                Ok(n) => Some(n),
-                Err(e) => {
-                    tracing::warn!("{e}: IPv6 from clients is not forwarded");
-                    None
-                }
-            }
-        }
-        _ => None,
-    };
+    let (firewall, nat6) = firewall(&cfg)?;
     let mut demux_task = tokio::spawn(demux.run());
     tracing::info!(
         "listening on {} (pool {}, pool6 {}, linger {:?})",
@@ -286,6 +239,109 @@ pub async fn run_with(
     if let Some(e) = fatal {
         ended = Some(e);
     }
+    remove_firewall(nat6, firewall);
+    tracing::info!("server totals: {}", demux_counters.summary());
+    match ended {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
+}
+
+/// The address pools, with every fixed address (`addr`, `addr6`) held from the start, so no
+/// other id's hash can take them.
+fn pools(cfg: &ServerConfig) -> Result<(Pool, Option<dtun_proto::pool6::Pool6>), ServerError> {
+    let mut pool = Pool::new(cfg.pool)?;
+    for (id, c) in &cfg.keys.clients {
+        if let Some(addr) = c.addr {
+            pool.assign_fixed(id, addr)?;
+        }
+    }
+    let mut pool6 = cfg.pool6.map(dtun_proto::pool6::Pool6::new).transpose()?;
+    let fixed6 = cfg
+        .keys
+        .clients
+        .iter()
+        .filter_map(|(id, c)| Some((id, c.addr6?)));
+    for (id, addr6) in fixed6 {
+        match pool6.as_mut() {
+            Some(p) => {
+                p.assign_fixed(id, addr6)?;
+            }
+            None => tracing::warn!("client {id}: addr6={addr6} unused: -pool6 is off"),
+        }
+    }
+    Ok((pool, pool6))
+}
+
+/// The handshakes' key lookup, reading the store a reload swaps.
+fn key_lookup(keys: &Arc<std::sync::RwLock<dtun_proto::keys::KeyStore>>) -> KeyLookup {
+    let keys = Arc::clone(keys);
+    Arc::new(move |identity: &[u8]| {
+        let keys = keys.read().unwrap_or_else(|e| e.into_inner());
+        keys.key_for(identity)
+    })
+}
+
+/// The PSK identity hint: with dtun's marker, unless `-compat` (the original's exactly).
+fn identity_hint(cfg: &ServerConfig) -> Vec<u8> {
+    if cfg.common.compat {
+        cfg.hint.as_bytes().to_vec()
+    } else {
+        format!("{}{HINT_MARKER}", cfg.hint).into_bytes()
+    }
+}
+
+/// The nftables table (`-nat`, `-client-to-client`, groups) and, with `-pool6`, IPv6
+/// forwarding (`dtun_linux::nat6`; its failure only costs IPv6 forwarding, with a warning).
+fn firewall(
+    cfg: &ServerConfig,
+) -> Result<
+    (
+        Option<dtun_linux::nft::Firewall>,
+        Option<dtun_linux::nat6::Ipv6Forwarding>,
+    ),
+    ServerError,
+> {
+    let firewall = match cfg.firewall {
+        Some(policy) => {
+            let mut groups: Vec<String> = cfg
+                .keys
+                .clients
+                .values()
+                .filter_map(|c| c.group.clone())
+                .collect();
+            groups.sort();
+            groups.dedup();
+            Some(dtun_linux::nft::Firewall::apply(
+                &cfg.instance,
+                policy,
+                &groups,
+            )?)
+        }
+        None => None,
+    };
+    let nat6 = match (&firewall, cfg.firewall, cfg.pool6) {
+        (Some(fw), Some(policy), Some(_)) if policy.needs_forwarding() => {
+            match dtun_linux::nat6::Ipv6Forwarding::apply(fw, &cfg.tun.name, policy, &cfg.instance)
+            {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    tracing::warn!("{e}: IPv6 from clients is not forwarded");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    Ok((firewall, nat6))
+}
+
+/// At the end: IPv6 forwarding's guard, then the table (the kernel would remove it with the
+/// process anyway: it is owned by our netlink socket).
+fn remove_firewall(
+    nat6: Option<dtun_linux::nat6::Ipv6Forwarding>,
+    firewall: Option<dtun_linux::nft::Firewall>,
+) {
     if let Some(n) = nat6 {
         n.remove();
     }
@@ -298,22 +354,4 @@ pub async fn run_with(
         }
         fw.remove();
     }
-    tracing::info!("server totals: {}", demux_counters.summary());
-    match ended {
-        Some(e) => Err(e.into()),
-        None => Ok(()),
-    }
 }
-
-mod demux;
-mod device;
-mod events;
-mod host_view;
-mod lan_table;
-mod session;
-pub use demux::DemuxCounters;
-use demux::{Delivery, Demux};
-use dtun_proto::admission::Admission;
-mod manager;
-use crate::ops::reload::Reconfigure;
-use manager::Manager;

@@ -2,6 +2,9 @@
 //! (never by running `ip`); every failure names the operation and the link it was aimed at.
 //! Links and addresses are here; routes and policy rules in `routes.rs`.
 
+mod host;
+mod routes;
+
 use std::net::{IpAddr, Ipv4Addr};
 
 use futures::TryStreamExt;
@@ -11,15 +14,13 @@ use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::packet_route::route::RouteHeader;
 use rtnetlink::{Handle, LinkUnspec};
 
+pub(crate) use routes::{route_destination, route_table};
+
 /// What the user is told when the kernel refuses a change for lack of privilege.
 use crate::privilege::GRANT_NET_ADMIN;
 
 /// The main routing table's number.
 pub const MAIN_TABLE: u32 = RouteHeader::RT_TABLE_MAIN as u32;
-
-mod host;
-mod routes;
-pub(crate) use routes::{route_destination, route_table};
 
 /// A failed netlink operation. The message says what was being done and to which link; the
 /// kernel's errno (if any) is reachable through [`NetlinkError::errno`] and the `is_*` helpers,

@@ -37,6 +37,11 @@
 //! - Routes are added and removed in pipelined batches of netlink requests (not one round trip
 //!   each, `batch.rs`): a national list of 10 000 prefixes takes well under a second.
 
+mod batch;
+mod kill_switch;
+mod owner;
+mod spec;
+
 use std::net::{IpAddr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
@@ -46,11 +51,6 @@ use rtnetlink::packet_route::route::{RouteMessage, RouteType};
 use rtnetlink::packet_route::rule::{RuleAttribute, RuleMessage};
 
 use crate::netlink::{Netlink, NetlinkError, route_table};
-
-mod batch;
-mod kill_switch;
-mod owner;
-mod spec;
 
 use batch::{add_batch, add_rules, del_batch, route_in};
 use kill_switch::KillSwitch;

@@ -19,6 +19,8 @@
 //! An unknown identity gets a dummy key derived from a per-process secret (RFC 4279 §2), so it
 //! fails at the Finished exactly like a known identity with a wrong key: same alert, same work.
 
+mod hello;
+
 use std::time::Instant;
 
 use ring::{digest, rand::SecureRandom};
@@ -30,7 +32,6 @@ use crate::consts::{
 use crate::kdf::{self, KeyBlock, RANDOM_LEN};
 use crate::record::{self, Opener, Sealer, Suite};
 
-mod hello;
 pub use hello::{
     COOKIE_LEN, COOKIE_ROTATION, ClientHello, Cookies, HVR_LEN, hello_verify_request,
     parse_client_hello,

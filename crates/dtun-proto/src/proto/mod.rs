@@ -2,13 +2,15 @@
 //! messages (the server's 8-byte address message, the client's peernet message) and dtun's own
 //! control messages, which only ever go to a peer that negotiated them (see [`Control`]).
 
+pub mod bodies;
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 
 use crate::consts::{ADDRESS_MESSAGE_LEN, PEERNET_EMPTY};
 
-pub mod bodies;
+pub use bodies::{ADDR6_LEN, Addr6, MAX_LANS};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ProtoError {
@@ -219,8 +221,6 @@ pub enum Control {
     /// original's peernet message carries (1 to [`MAX_LANS`], either family).
     Lans(Vec<ipnet::IpNet>),
 }
-
-pub use bodies::{ADDR6_LEN, Addr6, MAX_LANS};
 
 impl Control {
     pub fn to_bytes(&self) -> Vec<u8> {

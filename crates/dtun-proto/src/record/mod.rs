@@ -6,6 +6,10 @@
 //! Keys live in a [`Sealer`] / [`Opener`] pair built from the handshake's key block, so a rekey
 //! later is a new pair with the next epoch.
 
+mod header;
+pub mod limits;
+mod replay;
+
 use std::ops::Range;
 
 use crate::ccm8::{self, Ccm8, Job};
@@ -17,9 +21,6 @@ use ring::aead::{AES_128_GCM, Aad, LessSafeKey, Nonce, Tag, UnboundKey};
 
 use crate::kdf::KeyBlock;
 
-mod header;
-pub mod limits;
-mod replay;
 pub use header::{Header, parse_header, record_at, records};
 pub use limits::Limits;
 pub use replay::ReplayWindow;

@@ -4,6 +4,8 @@
 //! Here: the commands, the session table and the datagram loop; what one session's records
 //! do (data, peernet, alerts, Pings) is in `records`.
 
+mod records;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,8 +27,6 @@ use dtun_proto::admission::{
 use dtun_proto::consts::FINAL_FLIGHT_RESEND;
 use dtun_proto::inbound::{Counters, Inbox};
 use dtun_proto::record::Opener;
-
-mod records;
 
 // ---------------------------------------------------------------------------------------------
 // Demultiplexer (data path side)

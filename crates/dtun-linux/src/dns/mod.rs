@@ -22,14 +22,15 @@
 //! winning ([`Dns::tick`] applies one that had to wait). Pushed servers the host would route
 //! past the tunnel get a host route on the TUN (`via_tunnel`).
 
+mod file;
+mod resolved;
+mod via_tunnel;
+
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-mod file;
-mod resolved;
-mod via_tunnel;
 pub use resolved::{BUS_NAME, ROUTE_ALL_DOMAIN};
 pub use via_tunnel::LOG_DNS_ROUTED;
 

@@ -73,6 +73,11 @@
 //! other dtun table, puts back the recorded value. The dtuns of a namespace take these steps
 //! one at a time (the RunDir lock `forwarding`).
 
+mod error;
+mod forwarding;
+pub(crate) mod sets;
+mod socket;
+
 use std::path::Path;
 
 use rustables::error::QueryError;
@@ -81,10 +86,6 @@ use rustables::{
     Batch, Chain, ChainPolicy, ChainType, Hook, HookClass, MsgType, ProtocolFamily, Rule, Table,
 };
 
-mod error;
-mod forwarding;
-pub(crate) mod sets;
-mod socket;
 pub use error::NftError;
 use error::{classify, classify_errno};
 use forwarding::Decided;

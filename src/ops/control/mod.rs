@@ -22,6 +22,8 @@
 //! [`READ_TIMEOUT`], a whole connection within [`CONNECTION_TIMEOUT`], one task each. The
 //! asking side (`query`) checks who answers.
 
+mod query;
+
 use crate::ops::reload::ReloadHandle;
 use dtun_linux::rundir::{Lock, LockError, RunDir, RunDirError};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -35,7 +37,6 @@ use tokio::sync::Semaphore;
 
 use super::Source;
 
-mod query;
 pub use query::{QueryError, list, query, running, sanitize};
 
 /// Connections served at once on each socket; more are closed unanswered.

@@ -3,6 +3,11 @@
 //! Here: the manager's state, its event loop, control messages and timers; starting, refusing
 //! and ending a session is in `sessions`.
 
+mod devices;
+mod reconfigure;
+mod sessions;
+mod status;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
@@ -22,11 +27,6 @@ use dtun_proto::proto::{CONTROL_VERSION, CloseReason, Control, HelloFlags};
 
 use super::device::Device;
 use super::events::Event;
-
-mod devices;
-mod reconfigure;
-mod sessions;
-mod status;
 
 // ---------------------------------------------------------------------------------------------
 // Manager (control path side)

@@ -30,12 +30,12 @@
 //!   dtun's own user: a symlink or a file planted by another user is never followed or
 //!   believed ([`RunDir::write_state`], [`RunDir::read_state`]).
 
+mod lock;
+
 use std::fs::OpenOptions;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-
-mod lock;
 
 pub use lock::{Lock, LockError};
 

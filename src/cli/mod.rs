@@ -1,6 +1,8 @@
 //! The command line: the original's single-dash Go-style flags (`-key foo`, `-port=443`) and the
 //! usual `--key foo` alike. Parsing only; `config` turns the result into a checked configuration.
 
+mod commands;
+
 use std::ffi::OsString;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -10,7 +12,6 @@ use clap::{ArgAction, CommandFactory, Parser};
 use ipnet::Ipv4Net;
 use zeroize::Zeroizing;
 
-mod commands;
 pub use commands::{
     ClientAddArgs, ClientCommand, Command, CompletionShell, DeriveArgs, KeyCommand, ReloadArgs,
     StatusArgs,
