@@ -5,8 +5,12 @@
 #   scripts/bench.sh                          # every tunnel, iperf3 TCP 3 x 10 s + reverse + ping
 #   BENCH_ONLY=dtun scripts/bench.sh          # a subset (comma list; "dtun" = every dtun row)
 #   BENCH_TIME=5 scripts/bench.sh             # seconds per iperf3 run (default 10)
+#   DTUN_BASELINE=/path/to/old/dtun scripts/bench.sh   # adds the earlier binary's rows
 #
 # Rows (BENCH_ONLY names): dtun, dtun-ccm8, dtun-ipv6 (IPv6 inside, default cipher), openvpn, boringtun, boringtun-1t, wireguard-go.
+# With DTUN_BASELINE, each selected dtun row is measured a second time right after it with that
+# binary ("baseline ..." rows, same veth, same settings), and the table says this tree's
+# forward median over the baseline's for each (the new/old ratio).
 #
 #   ┌─ ns dtbenchA<pid> ─────────┐          ┌─ ns dtbenchB<pid> ─────────┐
 #   │ vb0 172.31.254.1/24        ├── veth ──┤ vb0 172.31.254.2/24        │
@@ -32,6 +36,7 @@ BENCH_TIME=${BENCH_TIME:-10}
 PINGS=${BENCH_PINGS:-200}
 BENCH_ONLY=${BENCH_ONLY:-}
 BENCH_TOOLS=${BENCH_TOOLS:-$HOME/.cache/dtun-bench}
+DTUN_BASELINE=${DTUN_BASELINE:-}
 export BENCH_TIME
 
 rows=(dtun dtun-ccm8 dtun-ipv6 openvpn boringtun boringtun-1t wireguard-go)
@@ -68,6 +73,16 @@ if [[ -n $BENCH_ONLY ]]; then
         done
         ((ok)) || die "BENCH_ONLY: unknown row '$item' (rows: ${rows[*]})"
     done
+fi
+
+# The earlier binary of DTUN_BASELINE, as an absolute path (the rows run it from elsewhere).
+baseline=""
+if [[ -n $DTUN_BASELINE ]]; then
+    baseline=$(realpath -e -- "$DTUN_BASELINE" 2>/dev/null) && [[ -f $baseline && -x $baseline ]] ||
+        die "DTUN_BASELINE=$DTUN_BASELINE: no executable file there (give the path of an earlier dtun binary, e.g. a copy of target/release/dtun)"
+    "$baseline" --version >/dev/null 2>&1 ||
+        die "DTUN_BASELINE=$DTUN_BASELINE: '$baseline --version' failed; is it a dtun binary?"
+    selected dtun || die "DTUN_BASELINE is set but BENCH_ONLY selects no dtun row"
 fi
 
 # ---------------------------------------------------------------- tools
@@ -132,6 +147,7 @@ tun_pids=()   # the current tunnel's processes (and its iperf3 server)
 wg_socks=()   # userspace WireGuard control sockets (a shared path, not per namespace)
 clk_tck=$(getconf CLK_TCK)
 cut -d' ' -f1-3 /proc/loadavg >"$res/loadavg"
+[[ -n $baseline ]] && echo "$baseline" >"$res/baseline"
 started=$SECONDS
 
 # stop PID...: SIGTERM, up to 5 s, then SIGKILL; only our own children.
@@ -326,20 +342,21 @@ tun_pids=()
 key="bench-key-$$-$RANDOM$RANDOM"
 dtun_port=4433
 
-# dtun_row KEY LABEL [ARGS...]: server in A, client in B, both with ARGS. With inner6=1 in
-# its environment the row measures IPv6 inside the tunnel (the pair from -pool6).
+# dtun_row KEY LABEL [ARGS...]: server in A, client in B, both with ARGS, both the binary
+# $dtun_bin. With inner6=1 in its environment the row measures IPv6 inside the tunnel (the pair
+# from -pool6).
 dtun_row() {
     local rowkey=$1 label=$2
     shift 2
     begin_row "$rowkey" "$label"
     local slog=$row_dir/server.log clog=$row_dir/client.log srv cli addrs peer suite
-    spawn "$ns_a" "$slog" "$bin" -key "$key" -port "$dtun_port" "$@"
+    spawn "$ns_a" "$slog" "$dtun_bin" -key "$key" -port "$dtun_port" "$@"
     srv=$last_pid
     wait_up 10 "$srv" udp_listening "$ns_a" "$dtun_port" || {
         fail_row "$(why $? "server not listening within 10 s")" "$slog"
         return
     }
-    spawn "$ns_b" "$clog" "$bin" -host "$ip_a" -port "$dtun_port" -key "$key" -id bench "$@"
+    spawn "$ns_b" "$clog" "$dtun_bin" -host "$ip_a" -port "$dtun_port" -key "$key" -id bench "$@"
     cli=$last_pid
     # The client's TUN has "inet LOCAL peer PEER/32" once the tunnel is up.
     wait_up 20 "$srv $cli" sh -c "ip -n $ns_b -o -4 addr show type tun | grep -q ' peer '" || {
@@ -366,21 +383,40 @@ dtun_row() {
     alive "$srv" && awk '/^VmRSS:/ { print $2 }' "/proc/$srv/status" >"$row_dir/rss_kb"
 }
 
-if selected dtun; then
-    dtun_row dtun "dtun default"
+# dtun_rows KEY LABEL [ARGS...]: the row with this tree's binary, then (DTUN_BASELINE) with the
+# earlier one, right after it: both see the same minutes of this machine.
+dtun_rows() {
+    local rowkey=$1 label=$2
+    shift 2
+    dtun_bin=$bin dtun_row "$rowkey" "$label" "$@"
     end_row
+    if [[ -n $baseline ]]; then
+        dtun_bin=$baseline dtun_row "baseline-$rowkey" "baseline $label" "$@"
+        end_row
+    fi
+}
+
+if selected dtun; then
+    dtun_rows dtun "dtun default"
 fi
 if selected dtun-ipv6; then
-    inner6=1 dtun_row dtun-ipv6 "dtun default, IPv6 inside"
-    end_row
+    inner6=1 dtun_rows dtun-ipv6 "dtun default, IPv6 inside"
 fi
-if selected dtun-ccm8; then
-    if "$bin" --help 2>&1 | grep -q -- '--cipher'; then
-        dtun_row dtun-ccm8 "dtun -cipher ccm8" -cipher ccm8
+# ccm8_row BIN KEY LABEL-PREFIX: the CCM_8 row of BIN (a binary older than -cipher spoke CCM_8
+# only).
+ccm8_row() {
+    if "$1" --help 2>&1 | grep -q -- '--cipher'; then
+        dtun_bin=$1 dtun_row "$2" "${3}dtun -cipher ccm8" -cipher ccm8
     else
-        dtun_row dtun-ccm8 "dtun (ccm8: default)"
+        dtun_bin=$1 dtun_row "$2" "${3}dtun (ccm8: default)"
     fi
     end_row
+}
+if selected dtun-ccm8; then
+    ccm8_row "$bin" dtun-ccm8 ""
+    if [[ -n $baseline ]]; then
+        ccm8_row "$baseline" baseline-dtun-ccm8 "baseline "
+    fi
 fi
 
 # ---------------------------------------------------------------- OpenVPN

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Runs every check CI runs, on a fresh Debian 12 machine as root: installs the tools the
-# end-to-end tests use (only those missing), then cargo fmt, clippy and the whole test suite.
+# end-to-end tests use (only those missing), then cargo fmt, the protocol crate's dependency
+# deny-list, clippy, the docs, the fuzz crate's clippy and the whole test suite.
 # The end-to-end tests make their own network namespaces, so they need root and /dev/net/tun:
-# without them they skip (tests/common/root.rs), and this script says how many ran and how many
-# skipped. With CI=true a skip is a failure. Then each test binary of tests/ runs again as uid
-# 65534, where every test must pass or skip: a test that needs root without saying so
-# (`common::need_root!()` as its first line) fails there. docs/TESTS.md has the details.
+# without them they skip (dtun-testgate), and this script says how many ran and how many
+# skipped. With CI=true a skip is a failure. Then every test binary runs again as uid 65534,
+# where every test must pass or skip: a test that needs root without saying so
+# (`need_root!()` as its first line) fails there. docs/TESTS.md has the details.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ci=false
@@ -118,12 +119,65 @@ for line in sys.stdin:
     echo "as $who: $((passed - skips)) passed, $skips skipped (need root), 0 failed"
 }
 
+# timed TITLE COMMAND...: runs COMMAND under a "== TITLE" line and says how long it took.
+timed() {
+    local title=$1 start=$SECONDS
+    shift
+    echo "== $title"
+    "$@"
+    echo "   ($((SECONDS - start)) s)"
+}
+
+# The protocol crate's rule (crates/dtun-proto/src/lib.rs): no async runtime, socket, TUN,
+# netlink, nftables, D-Bus, HTTP or DTLS stack in its normal dependency tree, nor the Linux
+# layer. Every crate of `cargo tree` is matched against these names (globs); one that matches
+# fails the run with the path that pulls it in.
+proto_deny=(tokio async-std smol async-io async-executor socket2 quinn-udp tun-rs rtnetlink
+    'netlink-*' nix rustables zbus hyper dtls dtun-linux)
+proto_layer() {
+    local tree name pat
+    local -a bad=()
+    tree=$(cargo tree --locked -p dtun-proto -e normal --prefix none) || return 1
+    while read -r name _; do
+        for pat in "${proto_deny[@]}"; do
+            # shellcheck disable=SC2053 # $pat is a glob on purpose
+            [[ $name == $pat ]] && bad+=("$name")
+        done
+    done <<<"$tree"
+    ((${#bad[@]})) || return 0
+    for name in $(printf '%s\n' "${bad[@]}" | sort -u); do
+        echo "test.sh: dtun-proto depends on $name, which the protocol crate must not use" \
+            "(no I/O there: put the code that needs it in dtun-linux or dtun). It comes in by:" >&2
+        cargo tree --locked -i "$name" -p dtun-proto -e normal >&2 || true
+    done
+    return 1
+}
+
+# fuzz/ is a workspace of its own (its own Cargo.lock), so the workspace's clippy never sees
+# it. Its targets are checked, not built: a check links nothing, so libFuzzer (C++) is not
+# compiled (CUSTOM_LIBFUZZER_PATH stands in for it) and nothing needs nightly; running the
+# fuzzers is fuzz/README.md's business. One target directory for both workspaces.
+fuzz_clippy() {
+    local target
+    target=$(realpath "${CARGO_TARGET_DIR:-target}")
+    (cd fuzz && CARGO_TARGET_DIR=$target CUSTOM_LIBFUZZER_PATH=$target/no-libfuzzer/libfuzzer.a \
+        cargo clippy --locked --all-targets --quiet -- -D warnings) || {
+        echo "test.sh: fuzz/ does not check cleanly; after a change to dtun-proto's" \
+            "dependencies run (cd fuzz && cargo update -p dtun-proto) and commit fuzz/Cargo.lock" >&2
+        return 1
+    }
+}
+
 echo "== cargo fmt --all --check"
 cargo fmt --all --check
+timed "dtun-proto's dependencies: none of ${proto_deny[*]}" proto_layer
 echo "== cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+timed "cargo doc --workspace --no-deps (RUSTDOCFLAGS=-D warnings)" \
+    env RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
+timed "fuzz/: cargo clippy --all-targets -- -D warnings (checked, not linked)" fuzz_clippy
 echo "== cargo test --workspace --all-targets"
-# Each test that needs root appends "ran NAME" or "skipped NAME" here (tests/common/root.rs).
+# Each test that needs root appends "ran NAME" or "skipped NAME" here (dtun-testgate).
 root_log=$(mktemp)
 trap 'rm -f "$root_log"' EXIT
 status=0
@@ -139,7 +193,7 @@ if $ci && ((skipped)); then
     exit 1
 fi
 if ((ran + skipped == 0)); then
-    echo "test.sh: no test reported through DTUN_TEST_ROOT_LOG; is tests/common/root.rs used?" >&2
+    echo "test.sh: no test reported through DTUN_TEST_ROOT_LOG; is the gate (crates/dtun-testgate) used?" >&2
     exit 1
 fi
 

@@ -13,10 +13,12 @@
 //!   4. one record, one datagram: runs of equal-sized records leave in one `sendmsg` (UDP GSO,
 //!      [`dtun_linux::udp::Batcher`]).
 //!
-//! Inbound flow (the socket's reader, server demultiplexer or client loop, uses [`Inbox`]):
+//! Inbound flow (the socket's reader, server demultiplexer or client loop, uses
+//! [`Inbox`](dtun_proto::inbound::Inbox)):
 //!   1. `recvmmsg` with UDP GRO brings buffers of same-sized datagrams from one source
 //!      ([`dtun_linux::udp::Receiver`]);
-//!   2. the records of a whole buffer are opened in place by the session's [`Opener`]
+//!   2. the records of a whole buffer are opened in place by the session's
+//!      [`Opener`](dtun_proto::record::Opener)
 //!      (`open_many`: replay window and tag per record, CCM_8 records in shared passes);
 //!   3. application data whose first nibble is 4 or 6 goes into a [`dtun_linux::tun::TunWriter`]
 //!      batch, written coalesced at the end of the receive batch; alerts go to the control

@@ -12,7 +12,7 @@ use dtun_proto::consts::{
     ALERT_CLOSE_NOTIFY, ALERT_LEVEL_WARNING, CONTENT_ALERT, CONTENT_APPLICATION_DATA,
     CONTENT_HANDSHAKE, FIRST_APP_SEQUENCE, PAYLOAD_OFFSET,
 };
-use dtun_proto::proto::{AddressMessage, CloseReason, Control, Peernet};
+use dtun_proto::proto::{AddressMessage, CloseReason, Control, HelloFlags, Peernet};
 use dtun_proto::record::Sealer;
 
 fn seal(s: &mut Sealer, content_type: u8, msg: &[u8]) -> Vec<u8> {
@@ -121,6 +121,7 @@ fn main() {
             Control::Hello {
                 version: 1,
                 keepalive_ms: 10_000,
+                flags: HelloFlags::default(),
             },
         ),
         ("ping", Control::Ping),
@@ -153,6 +154,7 @@ fn main() {
     let mut hello_ext = Control::Hello {
         version: 2,
         keepalive_ms: 1,
+        flags: HelloFlags(HelloFlags::ADDR6_SENT),
     }
     .to_bytes();
     hello_ext.extend_from_slice(b"future");

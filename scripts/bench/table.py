@@ -4,6 +4,10 @@
   table.py row DIR                 one line of progress for one row's directory
   table.py table RESULTS ELAPSED   the whole table (RESULTS holds veth/ and NN-key/ rows)
 
+RESULTS may hold `baseline`, the path of DTUN_BASELINE's binary, whose rows are keyed
+"baseline-KEY" after the row KEY of this tree's binary; the table then gives each pair's
+new/old forward median ratio.
+
 A row's directory holds: label, status ("ok" or "failed: why"), fwd1.json..fwd3.json and
 rev.json (iperf3 -J), ping.txt (ping output), cpu_ticks and clk_tck (utime+stime of both
 tunnel processes over the forward runs), and for dtun rss_kb (server VmRSS, one client).
@@ -91,6 +95,25 @@ def row_line(r):
     return s
 
 
+def baseline_ratios(rows):
+    """'LABEL: forward new/old R×, CPU-s/Gbit new/old C×' for each baseline row and its row."""
+    by_key = {r.key: r for r in rows}
+    out = []
+    for old in rows:
+        if not old.key.startswith("baseline-"):
+            continue
+        new = by_key.get(old.key[len("baseline-"):])
+        if new is None:
+            continue
+        name = new.label
+        if not (new.ok and old.ok):
+            out.append(f"{name}: – (a row failed)")
+            continue
+        out.append(f"{name}: forward {ratio(new.fwd, old.fwd)}, "
+                   f"CPU-s/Gbit {ratio(new.cpu_per_gbit, old.cpu_per_gbit)}")
+    return out
+
+
 def table(results, elapsed):
     bench_time = os.environ.get("BENCH_TIME", "10")
     rows = [Row(os.path.join(results, n)) for n in sorted(os.listdir(results))
@@ -135,6 +158,11 @@ def table(results, elapsed):
                    f"| {fmt(r.cpu_per_gbit, '.2f')} | {ratio(gcm_fwd, r.fwd)} "
                    f"| {ratio(ccm_fwd, r.fwd)} |")
     out.append("")
+    baseline = read(os.path.join(results, "baseline"))
+    if baseline:
+        out.append(f"New/old (this tree's dtun over DTUN_BASELINE `{baseline}`, the rows right "
+                   "after each other): " + "; ".join(baseline_ratios(rows) or ["no pair"]) + ".")
+        out.append("")
     notes = []
     load, load_end = read(os.path.join(results, "loadavg")), read(os.path.join(results, "loadavg_end"))
     if load:

@@ -109,6 +109,9 @@ pub struct Cli {
     pub command: Option<Command>,
     /// Server to connect to; selects client mode: host, host:port, [IPv6]:port or
     /// udp://host:port; several separated by commas are tried in order
+    // This text is clap's help, shown as written: "[IPv6]" is no link, and escaping it would
+    // show the backslashes.
+    #[allow(rustdoc::broken_intra_doc_links)]
     #[arg(long, value_name = "HOST[:PORT],...")]
     pub host: Option<String>,
     /// Pre-shared key (its bytes as written, never hex-decoded)

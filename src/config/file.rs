@@ -116,7 +116,7 @@ pub struct Loaded {
     /// The line of each `[clients.ID]` in it, for messages.
     pub client_lines: HashMap<String, usize>,
     /// Secret files read from the config file (itself when it holds keys, `[clients.ID]
-    /// key_file`s), for [`super::perms::check`].
+    /// key_file`s), for [`crate::ops::perms::check`].
     pub secrets: Vec<PathBuf>,
     /// Warnings found before logging was set up: the caller logs them.
     pub warnings: Vec<String>,

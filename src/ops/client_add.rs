@@ -11,7 +11,7 @@
 //!   and replaces it by `rename` from a fresh file in the same directory, with the old
 //!   owner, group and mode: a reload (or a start) reading meanwhile sees the old or the new
 //!   file, never a half-written one;
-//! - the client's id must be a safe file name ([`is_file_name`]: no `/`, no leading dot), as
+//! - the client's id must be a safe file name (`is_file_name`: no `/`, no leading dot), as
 //!   the key file is named after it;
 //! - the key file is created with `O_EXCL | O_NOFOLLOW`, mode 0640, the config's group (the
 //!   service's group reads keys), in `clients/` beside the config (made 0750 if missing);

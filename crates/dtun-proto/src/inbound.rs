@@ -97,7 +97,7 @@ impl Counters {
         self.drops[d.index()].load(Relaxed)
     }
 
-    /// Whether the read key reached its integrity limit ([`note_integrity_limit`]).
+    /// Whether the read key reached its integrity limit (set by `note_integrity_limit`).
     pub fn integrity_limit_reached(&self) -> bool {
         self.integrity_limit.load(Relaxed)
     }
