@@ -11,15 +11,17 @@
 //!    │  └──────► dtun-linux   kernel plumbing: tun, udp, netlink, routes, nft, nat6, dns, hooks,
 //!    │              │          rundir, privilege, sys (the one module allowed `unsafe`)
 //!    ▼              ▼
-//!   dtun-proto   the protocol without I/O: record, ccm8, kdf, handshake, admission, inbound,
+//!   dtun-proto   the protocol without I/O: record, ccm8, kdf, handshake (both roles),
+//!                session (the client's session as a state machine), admission, inbound,
 //!                proto, mss, keys, authz, pool, pool6, cidr (no async runtime, no sockets;
 //!                `scripts/test.sh` holds its dependency tree against a deny list)
 //! ```
 //!
 //! This crate:
-//! - [`client`]: the reconnect loop and one session's life (`session`: setup, `handshake`:
-//!   `dtun_proto`'s client handshake driven from the socket, `hello`: the Hello exchange, `forward`: the forwarding loop, `pair`: the checks of the addresses a
-//!   server gives);
+//! - [`client`]: the reconnect loop, and the thin loop around `dtun_proto::session`'s
+//!   `ClientSession` (`wire`: the socket and timer feeding the setup, `session`: what its
+//!   events do to the host: TUN, routes, IPv6, DNS, scripts; `forward`: the batched data
+//!   path while it is up; `pair`: the checks of the addresses a server gives);
 //! - [`server`]: `demux` (the socket's reader: handshakes to admission, records to sessions),
 //!   `manager` (sessions and devices, reloads, status; the only owner of that state), `events`
 //!   (what the tasks tell the manager), `device`, `session`, `lan_table`, `host_view`;
@@ -36,7 +38,7 @@
 //! A newcomer reads `docs/PROTOCOL.md` (the wire), then `dtun_proto::record` and
 //! `dtun_proto::handshake` (what a datagram becomes), then [`server`]'s module docs and
 //! `server::demux` (how a datagram finds its session), then [`pump`] (the fast path), then
-//! [`client`]. `docs/DESIGN.md` has the module table and the design decisions.
+//! `dtun_proto::session` (the client's protocol, with its in-memory tests) and [`client`]. `docs/DESIGN.md` has the module table and the design decisions.
 #![deny(unsafe_code)]
 
 pub mod cli;

@@ -73,7 +73,7 @@ mod tests {
 
     /// With 10 000 routes, eight LAN checks in a row (one session's Lans messages in a
     /// second) cost one reading, not eight; a reading older than the TTL is taken again and
-    /// sees a route added meanwhile. Prints the times (issue 19: "two full netlink dumps per
+    /// sees a route added meanwhile. Prints the times (the review found "two full netlink dumps per
     /// Lans message").
     #[test]
     fn eight_checks_in_a_second_cost_one_reading() {

@@ -1,4 +1,4 @@
-//! Benchmarks of the per-packet work in the protocol crate (issue 21): what every tunnelled
+//! Benchmarks of the per-packet work in the protocol crate: what every tunnelled
 //! packet costs in CPU before and after the sockets. Run with `cargo bench -p dtun-proto`
 //! (a filter narrows it: `cargo bench -p dtun-proto -- seal/gcm`); docs/PERFORMANCE.md has
 //! the numbers of the last run and how to read them.

@@ -7,11 +7,14 @@
 //! - [`consts`]: wire constants and protocol timers;
 //! - [`ccm8`], [`kdf`], [`record`]: AES-128-CCM_8, the TLS 1.2 PRF and key block, the DTLS 1.2
 //!   record layer (seal/open of batches, replay window, AEAD usage limits);
-//! - [`handshake`]: the DTLS 1.2 PSK handshake (RFC 6347, 4279, 7627);
+//! - [`handshake`]: the DTLS 1.2 PSK handshake of both roles (RFC 6347, 4279, 7627);
+//! - [`session`]: the client's session as a state machine (handshake, setup, Hello exchange,
+//!   keepalive, close), with `session::pair::Pair`, a simulated link and clock for tests;
 //! - [`admission`]: the server's admission of handshakes under a flood (cookies, per-source
 //!   budgets);
 //! - [`proto`]: dtun's messages inside the tunnel (the original's address message, the Hello
 //!   exchange, control messages);
+//! - [`inbound`]: a receive buffer's records opened in place, classified and counted;
 //! - [`mss`]: TCP MSS clamping of tunnelled packets;
 //! - [`keys`], [`authz`], [`pool`], [`pool6`], [`cidr`]: who may connect, what each may route,
 //!   and the address pairs each id gets.

@@ -121,7 +121,7 @@ fn installs(rx: &mut mpsc::UnboundedReceiver<DemuxCmd>) -> usize {
     n
 }
 
-/// The race of the review (issue 19, finding 1), replayed: the demultiplexer verified a
+/// The race of a revoked key, replayed: the demultiplexer verified a
 /// handshake under the old key and queued it; the manager takes the reload that changed the
 /// key first, then the queued completion. It must not become a session. A completion under the
 /// new key still does.

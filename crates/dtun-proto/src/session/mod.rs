@@ -1,4 +1,4 @@
-//! The client's session as a state machine without I/O (issue 21): the handshake
+//! The client's session as a state machine without I/O: the handshake
 //! ([`ClientHandshake`]), the address message, the peernet message and the Hello exchange,
 //! keepalive and dead-peer detection, the check after an ICMP port unreachable, and how a
 //! session ends. The caller (src/client/session.rs) feeds it datagrams, opened control
