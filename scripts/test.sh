@@ -2,9 +2,15 @@
 # Runs every check CI runs, on a fresh Debian 12 machine as root: installs the tools the
 # end-to-end tests use (only those missing), then cargo fmt, the protocol crate's dependency
 # deny-list, clippy, the docs, the fuzz crate's clippy and the whole test suite.
-# The end-to-end tests make their own network namespaces, so they need root and /dev/net/tun.
+# The end-to-end tests make their own network namespaces, so they need root and /dev/net/tun:
+# without them they skip (dtun-testgate), and this script says how many ran and how many
+# skipped. With CI=true a skip is a failure. Then every test binary runs again as uid 65534,
+# where every test must pass or skip: a test that needs root without saying so
+# (`need_root!()` as its first line) fails there. docs/TESTS.md has the details.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+ci=false
+[[ ${CI:-} == [Tt][Rr][Uu][Ee] ]] && ci=true
 
 # iproute2: ip netns/veth/ss; iputils-ping: ping; openssl: s_client/s_server interop tests;
 # python3: tests/tools/inject.py; iperf3 and nftables: throughput and firewall checks;
@@ -45,10 +51,73 @@ for tool in fmt clippy; do
         exit 1
     fi
 done
-if [[ ! -c /dev/net/tun ]]; then
-    echo "test.sh: /dev/net/tun missing; the end-to-end tests need TUN support" >&2
-    exit 1
+root_missing=()
+[[ $(id -u) -eq 0 ]] || root_missing+=("root")
+[[ -c /dev/net/tun ]] || root_missing+=("/dev/net/tun")
+if ((${#root_missing[@]})); then
+    if $ci; then
+        echo "test.sh: CI=true and no ${root_missing[*]}: the end-to-end tests need root and" \
+            "TUN support and may not skip under CI; run as root on a machine with /dev/net/tun" >&2
+        exit 1
+    fi
+    echo "test.sh: no ${root_missing[*]}: the tests that need root will skip" >&2
 fi
+
+# Runs every test binary (tests/ and the unit tests of each crate, already built) as uid 65534 without CI: each test must pass
+# or skip. One that needs root but lacks `common::need_root!()` fails here on the first thing
+# only root may do (or on the gate check in the namespace fixtures). The binaries run from the
+# source tree, as cargo runs them; uid 65534 must be able to reach them.
+unprivileged_run() {
+    local tmp line dir exe out passed=0 skips=0 failed=() binaries=()
+    # "PACKAGE_DIR<tab>EXECUTABLE" per test binary; each runs in its package's
+    # directory, as cargo runs it.
+    mapfile -t binaries < <(cargo test --workspace --tests --no-run --message-format=json \
+        2>/dev/null | python3 -c '
+import json, os, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["profile"]["test"] \
+            and m.get("executable"):
+        print(os.path.dirname(m["manifest_path"]), m["executable"], sep="\t")')
+    if ((${#binaries[@]} == 0)); then
+        echo "test.sh: no test binaries found for the uid-65534 run" >&2
+        return 1
+    fi
+    tmp=$(mktemp -d)
+    chown 65534:65534 "$tmp"
+    local as_nobody=(setpriv --reuid=65534 --regid=65534 --clear-groups
+        env -u CI -u DTUN_TEST_ROOT_LOG HOME="$tmp" TMPDIR="$tmp")
+    local first=${binaries[0]#*$'\t'} who="uid 65534"
+    if ! "${as_nobody[@]}" test -x "$first"; then
+        # A checkout uid 65534 cannot reach (under a 0700 home): uid 65534 with the one
+        # capability to read and search any directory (CAP_DAC_READ_SEARCH), nothing else: the
+        # gate skips it like any user, and it cannot make a namespace either.
+        as_nobody=(setpriv --reuid=65534 --regid=65534 --clear-groups
+            --inh-caps=+dac_read_search --ambient-caps=+dac_read_search
+            env -u CI -u DTUN_TEST_ROOT_LOG HOME="$tmp" TMPDIR="$tmp")
+        who="uid 65534 (with CAP_DAC_READ_SEARCH to reach the checkout)"
+        echo "test.sh: uid 65534 cannot reach $first: running the tests as $who" >&2
+    fi
+    for line in "${binaries[@]}"; do
+        dir=${line%%$'\t'*}
+        exe=${line#*$'\t'}
+        if out=$(cd "$dir" && "${as_nobody[@]}" "$exe" 2>&1); then
+            # Not anchored: with --test-threads=1 it follows libtest's "test NAME ... ".
+            skips=$((skips + $(grep -c 'SKIPPED [^ ]*: needs root' <<<"$out" || true)))
+            passed=$((passed + $(sed -n 's/^test result: ok\. \([0-9]*\) passed.*/\1/p' <<<"$out")))
+        else
+            printf '%s\n' "$out"
+            failed+=("$(basename "$exe")")
+        fi
+    done
+    rm -rf "$tmp"
+    if ((${#failed[@]})); then
+        echo "test.sh: as $who these failed: ${failed[*]}; a test that needs root must start" \
+            "with common::need_root!(), one that does not must pass without root" >&2
+        return 1
+    fi
+    echo "as $who: $((passed - skips)) passed, $skips skipped (need root), 0 failed"
+}
 
 # timed TITLE COMMAND...: runs COMMAND under a "== TITLE" line and says how long it took.
 timed() {
@@ -108,6 +177,31 @@ timed "cargo doc --workspace --no-deps (RUSTDOCFLAGS=-D warnings)" \
     env RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 timed "fuzz/: cargo clippy --all-targets -- -D warnings (checked, not linked)" fuzz_clippy
 echo "== cargo test --workspace --all-targets"
-cargo test --workspace --all-targets
-echo "== scripts/package.sh (Debian package: cargo-deb, dpkg-deb -c, lintian)"
-scripts/package.sh
+# Each test that needs root appends "ran NAME" or "skipped NAME" here (dtun-testgate).
+root_log=$(mktemp)
+trap 'rm -f "$root_log"' EXIT
+status=0
+DTUN_TEST_ROOT_LOG=$root_log cargo test --workspace --all-targets || status=$?
+ran=$(grep -c '^ran ' "$root_log" || true)
+skipped=$(grep -c '^skipped ' "$root_log" || true)
+echo "root tests run: $ran, skipped: $skipped"
+if ((status)); then
+    exit "$status"
+fi
+if $ci && ((skipped)); then
+    echo "test.sh: CI=true but $skipped tests that need root skipped" >&2
+    exit 1
+fi
+if ((ran + skipped == 0)); then
+    echo "test.sh: no test reported through DTUN_TEST_ROOT_LOG; is the gate (crates/dtun-testgate) used?" >&2
+    exit 1
+fi
+
+if [[ $(id -u) -eq 0 ]]; then
+    echo "== every test binary as uid 65534: each test passes or skips (need_root!() is not forgotten)"
+    unprivileged_run
+    echo "== scripts/package.sh (Debian package: cargo-deb, dpkg-deb -c, lintian)"
+    scripts/package.sh
+else
+    echo "test.sh: not root: left out the uid-65534 run and scripts/package.sh (needs root)" >&2
+fi

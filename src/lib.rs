@@ -17,15 +17,14 @@
 //! ```
 //!
 //! This crate:
-//! - [`client`]: the reconnect loop and one session's life (`session`: setup, `hello`: the
-//!   Hello exchange, `forward`: the forwarding loop, `pair`: the checks of the addresses a
+//! - [`client`]: the reconnect loop and one session's life (`session`: setup, `handshake`:
+//!   `dtun_proto`'s client handshake driven from the socket, `hello`: the Hello exchange, `forward`: the forwarding loop, `pair`: the checks of the addresses a
 //!   server gives);
 //! - [`server`]: `demux` (the socket's reader: handshakes to admission, records to sessions),
 //!   `manager` (sessions and devices, reloads, status; the only owner of that state), `events`
 //!   (what the tasks tell the manager), `device`, `session`, `lan_table`, `host_view`;
 //! - [`pump`]: the data path of a session, TUN ⇄ records (batches, GSO, no allocation per
 //!   packet);
-//! - [`dtls`]: the client's handshake through the webrtc-rs `dtls` crate;
 //! - [`config`] and [`cli`]: the command line, the `-config` file, the checked configuration of
 //!   each role;
 //! - [`ops`]: operating a running dtun: control sockets, `dtun status`/`reload`, metrics,
@@ -43,7 +42,6 @@
 pub mod cli;
 pub mod client;
 pub mod config;
-pub mod dtls;
 pub mod ops;
 pub mod pump;
 pub mod server;

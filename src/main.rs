@@ -263,7 +263,7 @@ fn init_logging(verbose: u8, format: dtun::cli::LogFormat) {
         1 => "debug",
         _ => "trace",
     };
-    // Our own lines at the chosen level; the DTLS crate's chatter only from -vv on.
+    // Our own lines at the chosen level; other crates' chatter only from -vv on.
     let default = if verbose >= 2 {
         level.to_string()
     } else {

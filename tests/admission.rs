@@ -1,8 +1,9 @@
-//! Handshake admission under attack, end to end against the real server (issue 11, items 2
-//! and 3). Five tests, each with a topology of its own, run one at a time (their floods would
-//! skew each other's figures).
+//! Handshake admission under attack, end to end against the real server: spoofed and proven
+//! ClientHello floods (the table of handshakes) and handshake junk (its memory and CPU). Five
+//! tests, each with a topology of its own, run one at a time (their floods would skew each other's
+//! figures).
 //!
-//! `spoofed_hellos_at_internet_rtt_cannot_lock_out_a_client` (item 3): 3 000 real ClientHellos
+//! `spoofed_hellos_at_internet_rtt_cannot_lock_out_a_client`: 3 000 real ClientHellos
 //! a second for 20 s from 4 096 spoofed IPv4 sources (a fresh address and port each). A
 //! newcomer 200 ms of round trip away (a delaying UDP relay, tests/tools/relay.py, since the
 //! kernel here has no netem) starts 2 s in and must have its tunnel up within 15 s and ping
@@ -20,7 +21,7 @@
 //!   ns newcomer 172.31.240.2 ┘   dtun client -host 172.31.240.1
 //! ```
 //!
-//! `stalled_proven_handshakes_from_one_prefix_cannot_fill_the_table` (item 3): 256 sockets on
+//! `stalled_proven_handshakes_from_one_prefix_cannot_fill_the_table`: 256 sockets on
 //! 64 addresses of one /24 (4 ports each) each try for 4 s to prove their address (ClientHello,
 //! then the ClientHello again with the server's cookie, again every second while refused) and
 //! stop there, holding a proven handshake that never finishes. A newcomer from another network
@@ -28,7 +29,7 @@
 //! but 16 of the 256 were evicted or refused (the old server took all 256, proven, and refused
 //! everyone else for its 20 s handshake timeout).
 //!
-//! `fragment_junk_after_an_echoed_cookie_is_bounded` (item 2): one proven handshake (a
+//! `fragment_junk_after_an_echoed_cookie_is_bounded`: one proven handshake (a
 //! ClientHello, then the ClientHello with the server's cookie), then 8 000 datagrams of 8 KiB
 //! at 1 000/s: epoch-1 handshake records (a Finished before any ClientKeyExchange) and, in the
 //! last 2 000, 116 zero-length handshake fragments each (12-byte headers, length and
@@ -190,6 +191,7 @@ fn ping_min_rtt_ms(text: &str) -> Option<f64> {
 
 #[test]
 fn spoofed_hellos_at_internet_rtt_cannot_lock_out_a_client() {
+    common::need_root!();
     let _serial = serial();
     let test_started = Instant::now();
     let topo = Topo::star("hCa", 2);
@@ -389,6 +391,7 @@ fn spoofed_hellos_at_internet_rtt_cannot_lock_out_a_client() {
 
 #[test]
 fn stalled_proven_handshakes_from_one_prefix_cannot_fill_the_table() {
+    common::need_root!();
     let _serial = serial();
     let test_started = Instant::now();
     let topo = Topo::star("hCb", 2);
@@ -495,6 +498,7 @@ fn stalled_proven_handshakes_from_one_prefix_cannot_fill_the_table() {
 
 #[test]
 fn fragment_junk_after_an_echoed_cookie_is_bounded() {
+    common::need_root!();
     let _serial = serial();
     let test_started = Instant::now();
     let topo = Topo::star("hCc", 3);
@@ -637,6 +641,7 @@ const V6_UP_WITHIN: Duration = Duration::from_secs(10);
 /// 10 s); b98edc3 makes the /48 holding the most slots give way.
 #[test]
 fn handshakes_from_one_ipv6_48_cannot_fill_the_table() {
+    common::need_root!();
     let _serial = serial();
     let test_started = Instant::now();
     let topo = Topo::star("hCd", 2);
@@ -752,6 +757,7 @@ const NAT_UP_WITHIN: Duration = Duration::from_secs(10);
 /// address or network makes room, so the neighbour's fresh handshake has a fair chance.
 #[test]
 fn fresh_handshakes_from_one_address_cannot_lock_out_its_neighbours() {
+    common::need_root!();
     let _serial = serial();
     let test_started = Instant::now();
     let topo = Topo::pair("hCe");

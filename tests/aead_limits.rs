@@ -1,4 +1,4 @@
-//! AEAD usage limits end to end (issue 19, item 16): a key that reaches its confidentiality
+//! AEAD usage limits end to end: a key that reaches its confidentiality
 //! limit (records sealed) or its integrity limit (forged records that failed authentication)
 //! ends the session, which a dtun client renews with a new handshake; an original peer's
 //! session is not ended by forgeries. The limits are lowered by the test-only variable
@@ -92,6 +92,7 @@ fn tunnels_up(client: &Proc) -> usize {
 /// Before the fix only the 2^48 sequence numbers were counted: the session went on.
 #[test]
 fn a_send_key_at_its_usage_limit_closes_and_the_client_reconnects() {
+    common::need_root!();
     // The 2^16-block reserve plus about 30 echo replies of 1 028 bytes (66 GCM blocks each).
     let limit = format!("{},1000000", (1u64 << 16) + 2000);
     let (topo, mut server, mut client, peer) = rig("lAs", &limit, false);
@@ -121,6 +122,7 @@ fn a_send_key_at_its_usage_limit_closes_and_the_client_reconnects() {
 /// client handshakes again. Before the fix failed authentications were only counted drops.
 #[test]
 fn forgeries_at_the_integrity_limit_make_a_dtun_pair_handshake_again() {
+    common::need_root!();
     let (topo, mut server, mut client, _) = rig("lAf", "100000000000,20", false);
     forge(&topo, 30);
     wait_for(Duration::from_secs(20), "a second `tunnel up`", || {
@@ -142,6 +144,7 @@ fn forgeries_at_the_integrity_limit_make_a_dtun_pair_handshake_again() {
 /// closing would only hand an off-path spoofer a way to cut originals off at will.
 #[test]
 fn forgeries_do_not_end_an_original_peers_session() {
+    common::need_root!();
     let (topo, mut server, mut client, peer) = rig("lAo", "100000000000,20", true);
     forge(&topo, 30);
     wait_for(Duration::from_secs(20), "the integrity warning", || {

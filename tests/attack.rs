@@ -1,6 +1,6 @@
 //! Hostile input against one real server.
 //!
-//! `hostile_input_leaves_bystander_and_server_standing` (issue 5): all at once while a
+//! `hostile_input_leaves_bystander_and_server_standing`: all at once while a
 //! bystander pings through its tunnel, 40 000 garbage datagrams, 200 replays of a real
 //! ClientHello from fresh source ports, 300 records (and 5 ClientHellos) forged from the
 //! bystander's own address and port, a wrong-key client claiming the bystander's id, and a
@@ -161,6 +161,7 @@ fn assert_no_default_route(ns: &Netns) {
 
 #[test]
 fn hostile_input_leaves_bystander_and_server_standing() {
+    common::need_root!();
     let test_started = Instant::now();
     let topo = Topo::star("atk", 5);
     let ns = |i: usize| &topo.clients[i];

@@ -35,6 +35,7 @@ fn victim_from_10_77_0_2(topo: &Topo) {
 /// LAN. A master-derived key (`dtun key derive`) works for an id not in the file.
 #[test]
 fn another_ids_key_cannot_take_the_id() {
+    common::need_root!();
     let topo = Topo::star("az1", 2);
     let master = topo.dir.file("master", b"server-secret-0123456789");
     let creds = topo.dir.file(
@@ -147,6 +148,7 @@ fn another_ids_key_cannot_take_the_id() {
 /// neither its tunnel address nor an accepted LAN are dropped and counted.
 #[test]
 fn default_route_refused_and_forged_sources_dropped() {
+    common::need_root!();
     let topo = Topo::star("az2", 1);
     let mut server = start_server(&topo.server, 443, &["-key", "shared-key-0123456789", "-v"]);
     let mut c = client(
@@ -192,6 +194,7 @@ fn default_route_refused_and_forged_sources_dropped() {
 /// covers it; the victim keeps pinging through its tunnel throughout.
 #[test]
 fn another_clients_underlay_is_never_routed() {
+    common::need_root!();
     let topo = Topo::star("hB2u", 2);
     let (attacker_ns, victim_ns) = (&topo.clients[0], &topo.clients[1]);
     // The victim talks to the server from 10.77.0.2; the server reaches it by default route.
@@ -287,6 +290,7 @@ fn another_clients_underlay_is_never_routed() {
 /// mallory's LAN. The rule is gone after the server exits.
 #[test]
 fn a_later_clients_underlay_inside_an_earlier_lan_still_connects() {
+    common::need_root!();
     let topo = Topo::star("hB2l", 2);
     let (mallory_ns, victim_ns) = (&topo.clients[0], &topo.clients[1]);
     victim_from_10_77_0_2(&topo);
@@ -338,6 +342,7 @@ fn a_later_clients_underlay_inside_an_earlier_lan_still_connects() {
 /// refused; a private LAN is still routed and reachable.
 #[test]
 fn public_prefixes_need_a_lans_entry() {
+    common::need_root!();
     let topo = Topo::star("hB2p", 5);
     let server = start_server(&topo.server, 443, &["-key", "shared-key-0123456789", "-v"]);
     let public = ["198.51.100.7/32", "2000::/3", "192.0.0.0/2", "128.0.0.0/1"];
@@ -392,11 +397,11 @@ fn public_prefixes_need_a_lans_entry() {
     );
 }
 
-/// A reload that changes an id's `lans=` applies to the LANs routed now (issue 19, finding
-/// 10): a LAN taken out of the list loses its route at once, one put back is routed again,
-/// and the reload's summary says which.
+/// A reload that changes an id's `lans=` applies to the LANs routed now: a LAN taken out of the
+/// list loses its route at once, one put back is routed again, and the reload's summary says which.
 #[test]
 fn a_reload_rechecks_the_routed_lans() {
+    common::need_root!();
     let topo = Topo::star("azrl", 1);
     let creds = topo.dir.file(
         "clients",

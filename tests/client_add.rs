@@ -44,6 +44,7 @@ fn printed_key(toml: &str) -> String {
 
 #[test]
 fn an_added_client_connects_after_the_reload() {
+    common::need_root!();
     let topo = Topo::pair("caup");
     let d = topo.dir.path();
     let conf = d.join("srv.toml");
@@ -95,6 +96,7 @@ fn an_added_client_connects_after_the_reload() {
 
 #[test]
 fn racing_adds_all_land_and_abuse_is_refused() {
+    common::need_root!();
     let dir = TestDir::new("carace");
     let ns = Netns::new("carace", &dir);
     let d = dir.path();
@@ -160,6 +162,7 @@ fn racing_adds_all_land_and_abuse_is_refused() {
 /// only, the printed key is `dtun key derive`'s, and the file still passes `-check`.
 #[test]
 fn with_a_master_secret_the_key_is_derived() {
+    common::need_root!();
     let dir = TestDir::new("camaster");
     let ns = Netns::new("camaster", &dir);
     let d = dir.path();
@@ -198,11 +201,12 @@ fn with_a_master_secret_the_key_is_derived() {
     check(&conf);
 }
 
-/// The review's probe p7: an id that is not a safe file name (`/` in it, a leading dot) is
+/// An id that is not a safe file name (`/` in it, a leading dot) is
 /// refused with a message, and no key file lands anywhere (before, `dtun client add
 /// /DIR/evil` wrote `/DIR/evil.key`); a dotted or `@` id, a safe file name, is added.
 #[test]
 fn ids_that_are_not_file_names_are_refused() {
+    common::need_root!();
     let dir = TestDir::new("caname");
     let ns = Netns::new("caname", &dir);
     let d = dir.path();

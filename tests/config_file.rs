@@ -233,6 +233,7 @@ fn flags_override_the_file_and_the_instance_comes_from_the_stem() {
 /// with the file's fixed address, and a SIGHUP to the client is ignored (logged), not fatal.
 #[test]
 fn server_and_client_from_config_files_only() {
+    common::need_root!();
     let topo = Topo::pair("cfe2e");
     let d = topo.dir.path();
     write(d, "laptop.key", "laptop-key-0123456789abcdef\n");
@@ -335,6 +336,7 @@ fn slips_get_the_right_form() {
 /// A config file the service's user cannot read: the message says how to make it readable.
 #[test]
 fn an_unreadable_config_says_how_to_fix_it() {
+    common::need_root!();
     let dir = TestDir::new("cfperm");
     let conf = write(dir.path(), "srv.toml", "key = \"shared-key-0123456789\"\n");
     use std::os::unix::fs::PermissionsExt;
@@ -365,7 +367,7 @@ fn chmod(p: &str, mode: u32) {
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
-/// One check of every secret and script, in `-check` (issue 19, item 15): a config file with
+/// One check of every secret and script, in `-check`: a config file with
 /// an inline key and a `[clients.ID] key_file` readable by everyone are warned about, naming
 /// `chmod 600 FILE` (before the fix these warnings were issued before logging was set up and
 /// lost); a secret writable by its group or others is refused; a script run as root that
@@ -373,6 +375,7 @@ fn chmod(p: &str, mode: u32) {
 /// is refused, each saying what to do.
 #[test]
 fn secrets_and_scripts_are_checked_with_what_to_do() {
+    common::need_root!();
     let dir = TestDir::new("cfperm");
     let d = dir.path();
     let laptop = write(d, "laptop.key", "laptop-key-0123456789abcdef\n");

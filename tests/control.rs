@@ -33,11 +33,12 @@ fn python_as(ns: &Netns, setpriv: &[&str], script: &str) -> common::Proc {
     ns.spawn("setpriv", &args, &[])
 }
 
-/// The squatter (finding 2): an unprivileged user who takes `@dtun/sq` and the nftables lock
+/// The squatter: an unprivileged user who takes `@dtun/sq` and the nftables lock
 /// name first, and tries the socket files, kept neither the real dtun from starting nor
 /// root's `dtun status`/`dtun reload` from reaching it, and none of its bytes were printed.
 #[test]
 fn an_unprivileged_user_cannot_take_or_answer_for_an_instance() {
+    common::need_root!();
     let dir = TestDir::new("ct1");
     let ns = Netns::new("ct1", &dir);
     let script = r#"
@@ -119,6 +120,7 @@ threading.Event().wait()
 /// printed.
 #[test]
 fn an_answer_from_the_wrong_uid_is_not_believed() {
+    common::need_root!();
     let dir = TestDir::new("ct2");
     let ns = Netns::new("ct2", &dir);
     std::fs::create_dir_all("/run/dtun").unwrap();
@@ -152,11 +154,12 @@ while True:
     );
 }
 
-/// Idle connections (finding 8): a local user floods the control socket with connections that
+/// Idle connections: a local user floods the control socket with connections that
 /// send nothing, as fast as they are closed; root's `dtun status` still answers 20 times out
 /// of 20. A peer the admin socket does not admit is closed at once, without a slot.
 #[test]
 fn idle_local_peers_leave_room_for_root() {
+    common::need_root!();
     use std::os::unix::fs::MetadataExt;
     let dir = TestDir::new("ct3");
     let ns = Netns::new("ct3", &dir);
@@ -241,10 +244,11 @@ print("reply:", s.recv(4096).decode().strip(), "after %.2f s" % (time.time() - t
     server.wait_log("refused a peer with uid Some(4242)", Duration::from_secs(5));
 }
 
-/// Finding 9: a uid-0 process without capabilities in a mount namespace of its own (a rootful
+/// A uid-0 process without capabilities in a mount namespace of its own (a rootful
 /// container sharing the network namespace) cannot reload, nor ask for status.
 #[test]
 fn root_without_capabilities_in_a_container_cannot_reload() {
+    common::need_root!();
     let dir = TestDir::new("ct4");
     let ns = Netns::new("ct4", &dir);
     let server = start_server(&ns, 4802, &["-key", KEY, "-port", "4802"]);
@@ -273,12 +277,13 @@ fn root_without_capabilities_in_a_container_cannot_reload() {
     assert!(ns.run(DTUN, &["reload"]).status.success());
 }
 
-/// Issue 20: without a name, `dtun status` and `dtun reload` act like `wg show`: the one
+/// Without a name, `dtun status` and `dtun reload` act like `wg show`: the one
 /// instance running in the namespace whatever its name; with several, status shows them all
 /// (`-json`: an array) and reload exits 2 naming them and the command to run. A socket file
 /// left by a `kill -9` is not an instance.
 #[test]
 fn without_a_name_the_one_running_or_all() {
+    common::need_root!();
     let dir = TestDir::new("ct5");
     let ns = Netns::new("ct5", &dir);
     let mut dead = start_server(
@@ -332,7 +337,7 @@ fn without_a_name_the_one_running_or_all() {
     drop(edge);
 }
 
-/// The review's probe p3: with the package's layout (/run/dtun `root:GROUP 1770`), a member of
+/// With the package's layout (/run/dtun `root:GROUP 1770`), a member of
 /// the group (uid 4242) plants an instance's admin socket while no dtun runs. Root's `dtun
 /// status`, `dtun status -json`, `dtun reload` and the no-name listing do not believe it: the
 /// socket file is the planter's own, but only root, the system user dtun and the asking user
@@ -340,6 +345,7 @@ fn without_a_name_the_one_running_or_all() {
 /// mount namespace of its own).
 #[test]
 fn a_group_member_cannot_impersonate_dtun_to_root() {
+    common::need_root!();
     let dir = TestDir::new("ct7");
     let ns = Netns::new("ct7", &dir);
     let script = r#"
@@ -388,10 +394,11 @@ kill $I || true
     );
 }
 
-/// The review's probe p7's second half: a subcommand whose stdout is closed (`dtun … | head
+/// A subcommand whose stdout is closed (`dtun … | head
 /// -1` that stopped reading) ends quietly, without a panic or an error message.
 #[test]
 fn a_closed_stdout_ends_a_subcommand_quietly() {
+    common::need_root!();
     let dir = TestDir::new("ct8");
     let ns = Netns::new("ct8", &dir);
     for args in [
@@ -426,13 +433,14 @@ fn a_closed_stdout_ends_a_subcommand_quietly() {
     }
 }
 
-/// The review's probes p1/p1b: uid 4242 waits on a running server's instance lock through a
+/// A squatted instance lock: uid 4242 waits on a running server's instance lock through a
 /// read-only descriptor (flock needs no more), the server is killed (`kill -9`, as a crash or
 /// a restart), and root starts it again. Before, the lock passed to uid 4242 and the restart
 /// was refused; now uid 4242 cannot open the lock file at all, and the restart runs. In a
 /// private tmpfs over /run/dtun (root:root 0755, as a root dtun makes it).
 #[test]
 fn a_stranger_cannot_squat_an_instance_lock() {
+    common::need_root!();
     let dir = TestDir::new("ct9");
     let ns = Netns::new("ct9", &dir);
     let script = r#"

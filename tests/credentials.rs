@@ -15,6 +15,7 @@ use std::time::Duration;
 /// with it, every unlisted id's key would be hex(HMAC-SHA256("", id)), which anyone can compute.
 #[test]
 fn empty_master_key_file_refused_at_startup() {
+    common::need_root!();
     let dir = TestDir::new("hB1m");
     let ns = Netns::new("hB1m", &dir);
     for (name, text) in [("empty", &b""[..]), ("blank", &b" \t\n"[..])] {
@@ -40,6 +41,7 @@ fn client(ns: &Netns, server_ip: &str, id: &str, key: &str, extra: &[&str]) -> P
 /// startup (the server's lookup refuses it too: `keys::tests::invalid_identities_get_no_key`).
 #[test]
 fn id_with_control_characters_refused() {
+    common::need_root!();
     let topo = Topo::pair("hB1i");
     let server = start_server(&topo.server, 443, &["-key", "shared-key-0123456789", "-v"]);
     let mut evil = client(
@@ -69,6 +71,7 @@ fn id_with_control_characters_refused() {
 /// on the server); an id listed in the credentials file still gets in; the first keeps working.
 #[test]
 fn max_clients_refuses_unlisted_newcomers() {
+    common::need_root!();
     let topo = Topo::star("hB1c", 3);
     let creds = topo
         .dir
@@ -156,10 +159,11 @@ fn max_clients_refuses_unlisted_newcomers() {
 }
 
 /// A world-readable config file holding a key gets its warning in the server's log at start
-/// (issue 19, item 15: before, it was issued before logging was set up and lost), and a key
+/// (before, it was issued before logging was set up and lost), and a key
 /// file others can write stops the start with what to do.
 #[test]
 fn secret_file_modes_reach_the_log_at_start() {
+    common::need_root!();
     use std::os::unix::fs::PermissionsExt;
     let dir = TestDir::new("hB1p");
     let ns = Netns::new("hB1p", &dir);

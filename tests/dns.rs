@@ -188,6 +188,7 @@ impl World {
 /// the tunnel while it is up; after the client exits its resolv.conf is back byte for byte.
 #[test]
 fn pushed_dns_resolves_and_is_restored() {
+    common::need_root!();
     let host = HostResolv::snapshot();
     let w = World::new();
     assert!(
@@ -244,6 +245,7 @@ fn second_client_restores(w: &World, mut second: Proc, host: &HostResolv) {
 /// again once the tunnel is up, and restores it at its clean exit.
 #[test]
 fn dns_left_by_kill_9_is_restored_on_next_start() {
+    common::need_root!();
     let host = HostResolv::snapshot();
     let w = World::new();
     let _server = w.server(&["-dns", INET_IP]);
@@ -257,13 +259,14 @@ fn dns_left_by_kill_9_is_restored_on_next_start() {
     second_client_restores(&w, second, &host);
 }
 
-/// The review's probe p8: after a `kill -9`, an unprivileged user (uid 4242) waits on the
+/// A squatted resolv.conf lock: after a `kill -9`, an unprivileged user (uid 4242) waits on the
 /// resolv.conf owner lock the dead client left, through a read-only descriptor (flock needs no
 /// more). Before, it got the lock, and the next client could neither restore nor set DNS (it
 /// went on with the LAN's resolver); now it cannot open the lock file, and the next client
 /// restores and sets DNS as after any `kill -9`.
 #[test]
 fn a_stranger_cannot_squat_the_resolv_conf_lock() {
+    common::need_root!();
     use std::os::unix::fs::MetadataExt;
     let host = HostResolv::snapshot();
     let w = World::new();
@@ -308,6 +311,7 @@ fn a_stranger_cannot_squat_the_resolv_conf_lock() {
 /// Without -accept-dns (and no -route all) a client never takes the server's DNS.
 #[test]
 fn pushed_dns_is_not_applied_without_accept_dns() {
+    common::need_root!();
     let host = HostResolv::snapshot();
     let w = World::new();
     let _server = w.server(&["-dns", INET_IP]);
@@ -326,6 +330,7 @@ fn pushed_dns_is_not_applied_without_accept_dns() {
 /// client of the same server then does get it.
 #[test]
 fn compat_client_gets_no_dns_record() {
+    common::need_root!();
     let host = HostResolv::snapshot();
     let w = World::new();
     let server = w.server(&["-dns", INET_IP]);
@@ -351,6 +356,7 @@ fn compat_client_gets_no_dns_record() {
 /// The client's own `-dns` applies with a server that pushes nothing, and is restored.
 #[test]
 fn own_dns_applies_without_a_push() {
+    common::need_root!();
     let host = HostResolv::snapshot();
     let w = World::new();
     let server = w.server(&[]);
@@ -366,13 +372,14 @@ fn own_dns_applies_without_a_push() {
     host.assert_unchanged();
 }
 
-/// Review finding 13 of issue 19: a split-routing client that accepts the pushed servers
+/// A split-routing client that accepts the pushed servers
 /// sends its queries through the tunnel, not past it: a pushed server its routes do not send
 /// into the tunnel gets a host route on the TUN (here 203.0.113.10, which nothing else routes
 /// there), gone with the tunnel. Before, the queries went out of the client's own link
 /// (here: nowhere) and nothing resolved.
 #[test]
 fn a_pushed_server_is_routed_through_the_tunnel() {
+    common::need_root!();
     let w = World::new();
     let _server = w.server(&["-dns", INET_IP]);
     let mut client = w.client(&["-accept-dns"]);
@@ -397,6 +404,7 @@ fn a_pushed_server_is_routed_through_the_tunnel() {
 /// resolver) gets no host route for it, only a warning.
 #[test]
 fn a_pushed_server_on_the_clients_lan_is_not_routed() {
+    common::need_root!();
     let w = World::new();
     let _server = w.server(&["-dns", "172.31.250.53"]);
     let client = w.client(&["-accept-dns"]);
@@ -408,12 +416,13 @@ fn a_pushed_server_on_the_clients_lan_is_not_routed() {
     assert!(!client.log().contains(dtun_linux::dns::LOG_DNS_ROUTED));
 }
 
-/// Review finding 7 of issue 19: a second client in the same namespace (same resolv.conf)
+/// A second client in the same namespace (same resolv.conf)
 /// that also takes pushed DNS neither "recovers" the first one's backup at its start nor
 /// writes over its DNS: it keeps its tunnel, leaves the file alone and names the owner. Before
 /// the fix its start restored the original under the live first client.
 #[test]
 fn a_second_client_leaves_a_live_ones_dns_alone() {
+    common::need_root!();
     let w = World::new();
     let _server = w.server(&["-dns", INET_IP]);
     let mut first = w.client(&["-accept-dns", "-name", "dtuna"]);

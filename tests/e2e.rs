@@ -62,6 +62,7 @@ fn wait_drop_reasons(server: &Proc, reasons: &[&str]) {
 /// DTUN_KEY does not leak into it, nor into the logs).
 #[test]
 fn ping_both_ways_and_up_script_env() {
+    common::need_root!();
     let topo = Topo::pair("p");
     let key = "e2e-Xq9-not-in-env";
     let mut server = start_server(&topo.server, DEFAULT_PORT, &["-key", key, "-v"]);
@@ -126,6 +127,7 @@ fn ping_both_ways_and_up_script_env() {
 /// the server removes the TUN and the route once `-linger` has passed (not before).
 #[test]
 fn peernet_route_then_linger_cleanup() {
+    common::need_root!();
     let topo = Topo::pair("l");
     let _server = start_server(
         &topo.server,
@@ -170,6 +172,7 @@ fn peernet_route_then_linger_cleanup() {
 /// one TUN for it, the same device (ifindex) with the same addresses, and ping works again.
 #[test]
 fn reconnect_same_id_reuses_tun() {
+    common::need_root!();
     let topo = Topo::pair("r");
     let _server = start_server(&topo.server, 4443, &["--key", "foo", "--port", "4443"]);
     let args = [
@@ -228,6 +231,7 @@ fn reconnect_same_id_reuses_tun() {
 /// handshake, gets no TUN, never runs its up script, and the good tunnels keep pinging.
 #[test]
 fn two_clients_and_a_wrong_key() {
+    common::need_root!();
     let topo = Topo::star("w", 3);
     let server = start_server(&topo.server, DEFAULT_PORT, &["-key", "good", "-v"]);
     let _alpha = start_client_env(
@@ -275,7 +279,7 @@ fn two_clients_and_a_wrong_key() {
             "bad",
             "-id",
             "mallory",
-            // Without -once a client retries for ever (issue 4); here it must give up.
+            // Without -once a client retries for ever; here it must give up.
             "-once",
             "-up",
             path_str(&script),
@@ -332,11 +336,13 @@ fn two_clients_and_a_wrong_key() {
 /// exactly those addresses.
 #[test]
 fn openssl_client_against_server_ccm8() {
+    common::need_root!();
     openssl_client_against_server("o", "PSK-AES128-CCM8", "aes-128-ccm8");
 }
 
 #[test]
 fn openssl_client_against_server_gcm() {
+    common::need_root!();
     openssl_client_against_server("og", "PSK-AES128-GCM-SHA256", "aes-128-gcm");
 }
 
@@ -392,11 +398,13 @@ fn openssl_client_against_server(tag: &str, ossl_cipher: &str, ours: &str) {
 /// address message typed into s_server, answers with its peernet and brings its TUN up.
 #[test]
 fn openssl_server_against_client_ccm8() {
+    common::need_root!();
     openssl_server_against_client("s", "PSK-AES128-CCM8", "aes-128-ccm8");
 }
 
 #[test]
 fn openssl_server_against_client_gcm() {
+    common::need_root!();
     openssl_server_against_client("sg", "PSK-AES128-GCM-SHA256", "aes-128-gcm");
 }
 
@@ -511,6 +519,7 @@ fn inject(ns: &Netns, s_tun: Ipv4Addr, modes: &str) {
 /// sequence number must not have moved the replay window.
 #[test]
 fn replayed_and_corrupted_records_are_dropped() {
+    common::need_root!();
     let (topo, server, _client, s_tun, c_tun) = verbose_tunnel("j");
     inject(topo.client(), s_tun, "replay,corrupt");
     wait_drop_reasons(&server, &["replay", "bad_tag"]);
@@ -526,6 +535,7 @@ fn replayed_and_corrupted_records_are_dropped() {
 /// session, are each dropped with their reason; the session goes on.
 #[test]
 fn malformed_records_are_dropped() {
+    common::need_root!();
     let (topo, server, _client, s_tun, c_tun) = verbose_tunnel("m");
     inject(
         topo.client(),
@@ -549,6 +559,7 @@ fn malformed_records_are_dropped() {
 /// `dtun status` names the active one. A `-host` the grammar does not take fails `-check`.
 #[test]
 fn several_hosts_fail_over_in_order() {
+    common::need_root!();
     let topo = Topo::pair("hosts");
     let key = "e2e-hosts-key-0123456789";
     let _server = start_server(&topo.server, DEFAULT_PORT, &["-key", key]);

@@ -15,6 +15,7 @@ use common::*;
 /// route is as it was. Fails without `-route all` (the inet host goes the old way).
 #[test]
 fn route_all_sends_everything_through_the_tunnel() {
+    common::need_root!();
     let net = Net::new("fRa");
     let _server = net.start_server();
     let routes_before = net.client.ip(&["route"]);
@@ -50,6 +51,7 @@ fn route_all_sends_everything_through_the_tunnel() {
 /// everything. Fails if dtun's datagrams stayed pinned to the old gateway.
 #[test]
 fn full_tunnel_survives_a_change_of_default_gateway() {
+    common::need_root!();
     let net = Net::new("fRg");
     let _server = net.start_server();
     let mut client = start_client(&net.client, &net.client_args(&["-route", "all"]));
@@ -93,6 +95,7 @@ fn full_tunnel_survives_a_change_of_default_gateway() {
 /// Fails without `-exclude` (198.51.100.10 would cross the tunnel).
 #[test]
 fn exclude_keeps_prefixes_on_the_old_path() {
+    common::need_root!();
     let net = Net::new("fRx");
     let _server = net.start_server();
     let mut list = String::from("# test list\n198.51.100.0/24  # the excluded network\n\n");
@@ -142,6 +145,7 @@ fn exclude_keeps_prefixes_on_the_old_path() {
 /// through. Fails without the block (the ping6 would leak past the tunnel).
 #[test]
 fn route_all_blocks_ipv6_unless_told_otherwise() {
+    common::need_root!();
     let net = Net::new("fR6");
     // A server that gives no IPv6 (with IPv6 inside, `-route all` sends IPv6 through the
     // tunnel: tests/ipv6.rs).
@@ -200,6 +204,7 @@ fn route_all_blocks_ipv6_unless_told_otherwise() {
 /// nor does a route the kernel refuses halfway through installing them.
 #[test]
 fn bad_route_input_is_refused_and_nothing_is_left() {
+    common::need_root!();
     let net = Net::new("fRb");
     let file = net
         .dir
@@ -256,6 +261,7 @@ fn bad_route_input_is_refused_and_nothing_is_left() {
 /// says so, and its own exit leaves nothing. Fails without the cleanup at start.
 #[test]
 fn routes_left_by_kill_9_are_cleaned_at_the_next_start() {
+    common::need_root!();
     let net = Net::new("fRk");
     let _server = net.start_server();
     let args = net.client_args(&["-route", "all", "-exclude", "198.51.100.0/24"]);
@@ -288,6 +294,7 @@ fn routes_left_by_kill_9_are_cleaned_at_the_next_start() {
 /// the server, all of it undone at exit. Fails without the scripts.
 #[test]
 fn example_split_scripts_with_a_compat_client() {
+    common::need_root!();
     let net = Net::new("fRe");
     let _server = net.start_server();
     // The server's name, for this namespace only.
@@ -352,6 +359,7 @@ fn example_split_scripts_with_a_compat_client() {
 /// new address were routed into the tunnel (the session could not come back).
 #[test]
 fn routes_stay_across_a_reconnect_to_another_server_address() {
+    common::need_root!();
     let net = Net::new("fRr");
     net.server.ip(&["addr", "add", "10.77.0.2/32", "dev", "lo"]);
     let hosts = Hosts::new(&net.client, "10.77.0.1 vpn.fr.test");
@@ -408,6 +416,7 @@ fn routes_stay_across_a_reconnect_to_another_server_address() {
 /// behind"), so the first's traffic went the old way while it said it was up.
 #[test]
 fn a_second_route_client_is_refused_and_the_first_keeps_its_routes() {
+    common::need_root!();
     let net = Net::new("fR2");
     let _server = net.start_server();
     let mut first = start_client(

@@ -82,6 +82,7 @@ fn wait_members(topo: &Topo, set: &str, want: &[String]) {
 
 #[test]
 fn groups_isolate_clients_and_the_sets_follow_the_devices() {
+    common::need_root!();
     let topo = Topo::star("grA", 3);
     let creds =
         format!("c0 key={KEY} group=red\nc1 key={KEY} group=red\nc2 key={KEY} group=blue\n");
@@ -155,6 +156,7 @@ fn groups_isolate_clients_and_the_sets_follow_the_devices() {
 /// apply and forwarding is left as the host has it; with off nothing passes.
 #[test]
 fn ungrouped_ids_are_a_group_and_off_overrides_groups() {
+    common::need_root!();
     let topo = Topo::star("grB", 3);
     let fwd = |v: &str| {
         let out = topo
@@ -207,6 +209,7 @@ fn ungrouped_ids_are_a_group_and_off_overrides_groups() {
 /// following the devices.
 #[test]
 fn nobody_else_can_change_the_table() {
+    common::need_root!();
     let topo = Topo::star("grC", 1);
     let creds = format!("c0 key={KEY} group=red\n");
     let mut srv = server(&topo, 4704, &creds, &["-client-to-client", "on"]);
@@ -235,12 +238,13 @@ fn nobody_else_can_change_the_table() {
     srv.stop(Duration::from_secs(10));
 }
 
-/// Groups a reload brings to a server that started without any `group=` (issue 19, finding
-/// 3): they are enforced at once, with no table at start (groups alone) and with a table made
-/// without groups (`-client-to-client on`). c0 moves into red (its device goes, it comes back
-/// in red); c1 and c2 stay ungrouped, their devices untouched, and still reach each other.
+/// Groups a reload brings to a server that started without any `group=` are enforced at once, with
+/// no table at start (groups alone) and with a table made without groups (`-client-to-client on`).
+/// c0 moves into red (its device goes, it comes back in red); c1 and c2 stay ungrouped, their
+/// devices untouched, and still reach each other.
 #[test]
 fn groups_added_by_a_reload_are_enforced() {
+    common::need_root!();
     let topo = Topo::star("grD", 3);
     let fwd = topo.server.sh("echo 1 > /proc/sys/net/ipv4/ip_forward");
     assert!(fwd.status.success(), "{fwd:?}");

@@ -1,5 +1,6 @@
 //! What an authenticated but hostile peer (or an off-path spoofer) can do to the other end,
-//! end to end: the review's findings of issue 11 that need a real tunnel. Needs root,
+//! end to end: bad inner headers, panics, spoofed ICMP, sequence exhaustion and hostile
+//! address pairs, each through a real tunnel. Needs root,
 //! /dev/net/tun, iproute2, iputils-ping, openssl and python3.
 //!
 //! The hostile peer is OpenSSL (`s_client` / `s_server` with the tunnel's key): it completes a
@@ -110,6 +111,7 @@ fn openssl_psk(role: &str) -> Vec<&str> {
 /// handshake stopped while the process stayed up.
 #[test]
 fn an_authenticated_client_cannot_stop_the_server_with_a_bad_header() {
+    common::need_root!();
     let topo = Topo::star("hAm", 3);
     let port = PORT.to_string();
     let mut server = start_server(&topo.server, PORT, &["-key", "foo", "-port", &port, "-v"]);
@@ -208,6 +210,7 @@ fn openssl_server_and_client(topo: &Topo) -> (Proc, Proc) {
 /// the fix the client's loop panicked and the client exited.
 #[test]
 fn an_authenticated_server_cannot_stop_the_client_with_a_bad_header() {
+    common::need_root!();
     let topo = Topo::pair("hAr");
     let (mut ossl, mut client) = openssl_server_and_client(&topo);
     let (me, them) = (Ipv4Addr::new(10, 86, 0, 1), Ipv4Addr::new(10, 86, 0, 2));
@@ -291,16 +294,19 @@ fn fault_ends_the_process(tag: &str, site: dtun::supervise::Site) {
 
 #[test]
 fn a_panic_in_the_demultiplexer_ends_the_server() {
+    common::need_root!();
     fault_ends_the_process("hAfd", dtun::supervise::Site::Demux);
 }
 
 #[test]
 fn a_panic_in_an_outbound_task_ends_the_server() {
+    common::need_root!();
     fault_ends_the_process("hAfo", dtun::supervise::Site::Outbound);
 }
 
 #[test]
 fn a_panic_in_the_client_loop_ends_the_client() {
+    common::need_root!();
     fault_ends_the_process("hAfc", dtun::supervise::Site::Client);
 }
 
@@ -326,6 +332,7 @@ fn client_port(ns: &common::Netns, server: &str, port: u16) -> u16 {
 /// the tunnel carries on without a reconnect. Before the fix the session ended at once.
 #[test]
 fn a_spoofed_port_unreachable_does_not_end_the_session() {
+    common::need_root!();
     let topo = Topo::pair("hAi");
     let port = PORT.to_string();
     let _server = start_server(&topo.server, PORT, &["-key", "foo", "-port", &port]);
@@ -380,6 +387,7 @@ fn a_spoofed_port_unreachable_does_not_end_the_session() {
 /// one keepalive period (2 s here), before the three missed keepalives (6 s) would.
 #[test]
 fn a_dead_server_still_ends_the_session_within_a_keepalive_period() {
+    common::need_root!();
     let topo = Topo::pair("hAk");
     let port = PORT.to_string();
     let mut server = start_server(
@@ -543,20 +551,23 @@ fn exhaustion_closes_and_reconnects(tag: &str, server_side: bool, compat: bool) 
 
 #[test]
 fn a_server_out_of_sequence_numbers_closes_and_the_client_reconnects() {
+    common::need_root!();
     exhaustion_closes_and_reconnects("hAxs", true, false);
 }
 
 #[test]
 fn a_compat_server_out_of_sequence_numbers_ends_the_session_with_a_log_line() {
+    common::need_root!();
     exhaustion_closes_and_reconnects("hAxo", true, true);
 }
 
 #[test]
 fn a_client_out_of_sequence_numbers_closes_and_reconnects() {
+    common::need_root!();
     exhaustion_closes_and_reconnects("hAxc", false, false);
 }
 
-/// Review finding 4 of issue 19: a server (OpenSSL with the key, as an original would answer)
+/// A server (OpenSSL with the key, as an original would answer)
 /// gives the client an address pair whose peer is a host of the client's own LAN
 /// (172.31.250.53, on the client's 172.31.250.0/24: say its resolver). Taking it would move
 /// that host's route into the TUN, to the server. The client refuses the pair, names the
@@ -564,6 +575,7 @@ fn a_client_out_of_sequence_numbers_closes_and_reconnects() {
 /// came up and `ip route get 172.31.250.53` went through the TUN.
 #[test]
 fn a_hostile_server_cannot_take_a_host_of_the_clients_lan() {
+    common::need_root!();
     let topo = Topo::pair("hLan");
     let (mut ossl, mut client) = openssl_server_and_client(&topo);
     let (me, lan_host) = (Ipv4Addr::new(10, 86, 0, 2), Ipv4Addr::new(172, 31, 250, 53));
@@ -592,6 +604,7 @@ fn a_hostile_server_cannot_take_a_host_of_the_clients_lan() {
 /// `-accept-pool` that covers it, the user has said so and there is no warning.
 #[test]
 fn a_pool_inside_a_broader_route_is_taken_with_a_warning() {
+    common::need_root!();
     let topo = Topo::pair("hWide");
     topo.client()
         .ip(&["route", "add", "10.0.0.0/8", "via", "172.31.250.1"]);

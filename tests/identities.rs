@@ -71,6 +71,7 @@ fn failure(topo: &Topo, id: &str) -> (String, Vec<String>, Duration) {
 
 #[test]
 fn unknown_ids_fail_like_known_ids_with_a_wrong_key() {
+    common::need_root!();
     let topo = Topo::pair("ids");
     let creds = topo
         .dir
@@ -103,10 +104,11 @@ fn unknown_ids_fail_like_known_ids_with_a_wrong_key() {
     server.stop(Duration::from_secs(5));
 }
 
-/// Failed handshakes are logged at most a few a second (review item 12): a burst of wrong-key
+/// Failed handshakes are logged at most a few a second: a burst of wrong-key
 /// clients must not flood the server's log.
 #[test]
 fn failed_handshake_warnings_are_rate_limited() {
+    common::need_root!();
     const CLIENTS: usize = 30;
     const PER_SECOND: usize = 5;
     let topo = Topo::pair("idrl");

@@ -1,4 +1,4 @@
-//! IPv6 inside the tunnel (issue 14), end to end: the real binary between network namespaces.
+//! IPv6 inside the tunnel, end to end: the real binary between network namespaces.
 //! A dtun server gives each dtun client an IPv6 pair from `-pool6` (Addr6 control message);
 //! original peers (`-compat` stands in) get nothing of it and carry IPv4 as before. Routing,
 //! forwarding and NAT66 are in `tests/ipv6_routing.rs`.
@@ -53,6 +53,7 @@ fn iperf6(server_ns: &Netns, client_ns: &Netns, server_addr: &str) -> (f64, f64)
 /// both sides' scripts see LOCAL_IP6 and PEER_IP6.
 #[test]
 fn ping6_iperf6_and_script_env() {
+    common::need_root!();
     let topo = Topo::pair("v6a");
     let (s_up, s_env) = env_dump(&topo.dir, "server-up");
     let (c_up, c_env) = env_dump(&topo.dir, "client-up");
@@ -113,6 +114,7 @@ fn ping6_iperf6_and_script_env() {
 /// LAN) is dropped and counted by the server; the tunnel goes on.
 #[test]
 fn forged_ipv6_source_is_dropped_and_counted() {
+    common::need_root!();
     let topo = Topo::pair("v6f");
     let mut server = start_server(&topo.server, 443, &["-key", KEY, "-v"]);
     let mut c = client(&topo, &[]);
@@ -144,6 +146,7 @@ fn forged_ipv6_source_is_dropped_and_counted() {
 /// dtun client none either. Scripts then see no LOCAL_IP6 / PEER_IP6 at all.
 #[test]
 fn compat_pairings_carry_ipv4_only() {
+    common::need_root!();
     // dtun server, -compat client.
     let topo = Topo::pair("v6c");
     let (s_up, s_env) = env_dump(&topo.dir, "server-up");
@@ -213,6 +216,7 @@ fn compat_pairings_carry_ipv4_only() {
 /// it in a `-pool6` of the operator's; `-pool6 off` gives none.
 #[test]
 fn reconnect_keeps_the_pair_and_addr6_fixes_it() {
+    common::need_root!();
     let topo = Topo::pair("v6r");
     let mut server = start_server(&topo.server, 443, &["-key", KEY]);
     let mut c = client(&topo, &["-keepalive", "1s"]);
@@ -273,6 +277,7 @@ fn reconnect_keeps_the_pair_and_addr6_fixes_it() {
 /// both families inside.
 #[test]
 fn ipv6_underlay_carries_both_families() {
+    common::need_root!();
     let topo = Topo::pair("v6u");
     ipv6_underlay(&topo);
     let _server = start_server(&topo.server, 443, &["-key", KEY]);
@@ -298,6 +303,7 @@ fn ipv6_underlay_carries_both_families() {
 /// answered from it).
 #[test]
 fn several_peernets_of_both_families_are_routed() {
+    common::need_root!();
     let topo = Topo::pair("v6L");
     topo.client()
         .ip(&["-6", "addr", "add", "fd77::1/64", "dev", "lo", "nodad"]);
@@ -325,6 +331,7 @@ fn several_peernets_of_both_families_are_routed() {
 /// (no pair, no Addr6) and on the client's (the Addr6 is not applied), and IPv4 goes on.
 #[test]
 fn below_1280_ipv6_is_off_with_a_warning() {
+    common::need_root!();
     let topo = Topo::pair("v6m");
     let mut server = start_server(&topo.server, 443, &["-key", KEY, "-mtu", "1200"]);
     let mut c = client(&topo, &[]);

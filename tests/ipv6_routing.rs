@@ -1,4 +1,4 @@
-//! IPv6 inside the tunnel (issue 14), routing and forwarding: `-route all` through the tunnel,
+//! IPv6 inside the tunnel, routing and forwarding: `-route all` through the tunnel,
 //! NAT66 and IPv6 forwarding on the server, client ↔ client over IPv6, a full tunnel over an
 //! IPv6 underlay. The real binary between network namespaces; helpers in `common/ipv6.rs`.
 //!
@@ -16,6 +16,7 @@ use common::{Topo, UP, lines_with, only_tun, start_client, start_server, wait_fo
 /// host behind the server (which routes back to the pool here; no NAT66 yet).
 #[test]
 fn route_all_sends_ipv6_through_the_tunnel() {
+    common::need_root!();
     let (topo, inet) = with_inet("v6R");
     inet.ip(&["-6", "route", "add", "default", "via", "2001:db8:113::1"]);
     let _server = start_server(&topo.server, 443, &["-key", KEY]);
@@ -45,6 +46,7 @@ fn route_all_sends_ipv6_through_the_tunnel() {
 /// of it back as it was on exit, also after a `kill -9` and a restart.
 #[test]
 fn nat66_forwarding_and_accept_ra_restored_even_after_kill_9() {
+    common::need_root!();
     let (topo, inet) = with_inet("v6N");
     // A host that forwards IPv4 (so the table's IPv4 catch-all drop is not there) but not
     // IPv6: only the IPv6 guard keeps the way in shut.
@@ -96,6 +98,7 @@ fn nat66_forwarding_and_accept_ra_restored_even_after_kill_9() {
 /// dtun's own datagrams keep their old path, and both families cross.
 #[test]
 fn full_tunnel_over_an_ipv6_underlay_keeps_its_own_path() {
+    common::need_root!();
     let topo = Topo::pair("v6U");
     ipv6_underlay(&topo);
     topo.server
@@ -140,6 +143,7 @@ fn full_tunnel_over_an_ipv6_underlay_keeps_its_own_path() {
 /// with `off` they do not.
 #[test]
 fn client_to_client_over_ipv6() {
+    common::need_root!();
     let topo = Topo::star("v6cc", 2);
     for (setting, works) in [("on", true), ("off", false)] {
         let mut server = start_server(

@@ -71,6 +71,7 @@ fn dtun_down(net: &Net) -> (bool, String) {
 /// the main table). This shows the counter sees such a leak.
 #[test]
 fn without_the_kill_switch_a_kill_9_leaks_ipv4() {
+    common::need_root!();
     let net = Net::new("ksL");
     let _server = net.start_server();
     count_leaks(&net);
@@ -95,6 +96,7 @@ fn without_the_kill_switch_a_kill_9_leaks_ipv4() {
 /// before: there was no `-kill-switch` (and without it the kill leaks, see above).
 #[test]
 fn the_kill_switch_survives_kill_9_until_a_restart_or_dtun_down() {
+    common::need_root!();
     let net = Net::new("ksK");
     let _server = net.start_server();
     let hosts = Hosts::new(&net.client, &format!("{SERVER} {NAME}"));

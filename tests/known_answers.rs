@@ -812,7 +812,7 @@ fn check_drops(cap: &Capture) {
     );
 }
 
-/// `dtls::server_hello_suite`, which tells us the suite the DTLS crate negotiated, finds
+/// `handshake::server_hello_suite`, which tells the tests the suite the DTLS crate negotiated, finds
 /// CCM_8 in the one datagram carrying the ServerHello and nothing in any other datagram.
 fn check_server_hello_sniff(cap: &Capture) {
     let mut frames: Vec<usize> = cap.records.iter().map(|r| r.frame).collect();
@@ -820,7 +820,7 @@ fn check_server_hello_sniff(cap: &Capture) {
     let mut found = Vec::new();
     for f in frames {
         let datagram: Vec<u8> = cap.frame(f).iter().flat_map(|r| r.bytes.clone()).collect();
-        if let Some(id) = dtun::dtls::server_hello_suite(&datagram) {
+        if let Some(id) = dtun_proto::handshake::server_hello_suite(&datagram) {
             found.push((f, id));
         }
     }

@@ -88,6 +88,7 @@ fn wait_lan(topo: &Topo, lan: &str, present: bool) {
 /// get` took the main table's path instead of a's TUN).
 #[test]
 fn the_lan_rule_stays_while_another_server_lives() {
+    common::need_root!();
     let topo = Topo::pair("lt");
     let mut a = server(&topo, "a", 4801, "10.86.0.0/16");
     let mut b = server(&topo, "b", 4802, "10.87.0.0/16");

@@ -1,4 +1,4 @@
-//! Lifecycle tests (issue 4): server restarts, a lossy underlay, many connect/disconnect
+//! Lifecycle tests: server restarts, a lossy underlay, many connect/disconnect
 //! cycles, SIGTERM on either side, the four pairings of original (`-compat`) and new peers, and
 //! two clients fighting over one id. Same harness and rules as `e2e.rs`: every test builds its
 //! own namespaces (topologies drawn in `common/mod.rs`) and nothing runs in the root namespace.
@@ -162,6 +162,7 @@ fn vm_rss_kib(pid: u32) -> u64 {
 /// and the up script did not run a second time.
 #[test]
 fn server_restart_client_comes_back() {
+    common::need_root!();
     let topo = Topo::pair("k");
     let server_args = ["-key", "foo", "-keepalive", "1s", "-v"];
     let mut server = start_server(&topo.server, DEFAULT_PORT, &server_args);
@@ -279,6 +280,7 @@ fn nft_dropped(ns: &Netns) -> u64 {
 /// at most 3 sessions for the setup, and no handshake or session given up over a lost datagram.
 #[test]
 fn lossy_underlay() {
+    common::need_root!();
     let topo = Topo::pair("y");
     let nft_ok = topo.client().run("nft", &["--version"]).status.success();
     assert!(
@@ -414,6 +416,7 @@ table inet t {
 /// of a peernet message: what made `lossy_underlay` fail about once in five runs.
 #[test]
 fn lost_final_flight_is_answered() {
+    common::need_root!();
     let topo = Topo::pair("f");
     let rules = topo.dir.file("final.nft", LOST_FINAL_FLIGHT_NFT.as_bytes());
     let out = topo.client().run("nft", &["-f", path_str(&rules)]);
@@ -533,6 +536,7 @@ fn wait_linger_cleanup(ns: &Netns, server: &Proc) {
 /// TUN and no route left, as many file descriptors as after one cycle, and a small RSS.
 #[test]
 fn connect_disconnect_cycles() {
+    common::need_root!();
     let cycles: usize = std::env::var("DTUN_TEST_CYCLES")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -604,6 +608,7 @@ fn connect_disconnect_cycles() {
 /// connected: it exits 0, removes every device and route, and runs its down script per device.
 #[test]
 fn sigterm_either_side_leaves_nothing() {
+    common::need_root!();
     let topo = Topo::star("t", 2);
     let dir = &topo.dir;
     let (s_up, s_down) = (hook_script(dir, "s-up"), hook_script(dir, "s-down"));
@@ -839,6 +844,7 @@ fn pairing(server_compat: bool, client_compat: bool) {
 /// client says whether control messages were negotiated, and none reaches a `-compat` peer.
 #[test]
 fn original_and_new_pairings() {
+    common::need_root!();
     std::thread::scope(|scope| {
         for server_compat in [false, true] {
             for client_compat in [false, true] {
@@ -852,6 +858,7 @@ fn original_and_new_pairings() {
 /// and backs off instead of taking it back (no flapping); the second keeps its tunnel.
 #[test]
 fn replaced_client_backs_off() {
+    common::need_root!();
     let topo = Topo::star("b", 2);
     let server = start_server(&topo.server, DEFAULT_PORT, &["-key", "foo", "-v"]);
     let args = |i: usize| {
@@ -907,6 +914,7 @@ fn replaced_client_backs_off() {
 /// client), or its port is held by another program (named, with its pid).
 #[test]
 fn a_server_that_cannot_work_fails_at_start() {
+    common::need_root!();
     let dir = TestDir::new("lcearly");
     let ns = Netns::new("early", &dir);
     ns.ip(&[
@@ -962,6 +970,7 @@ fn a_server_that_cannot_work_fails_at_start() {
 /// shippers.
 #[test]
 fn json_logs_are_one_object_a_line() {
+    common::need_root!();
     let dir = TestDir::new("lcjson");
     let ns = Netns::new("json", &dir);
     let mut server = start_server(
@@ -996,6 +1005,7 @@ fn json_logs_are_one_object_a_line() {
 /// close_notify, which the client names as such.
 #[test]
 fn a_client_says_in_words_why_the_server_ended_its_session() {
+    common::need_root!();
     let topo = Topo::star("lcwords", 2);
     let key = "words-key-0123456789";
     let mut server = start_server(&topo.server, DEFAULT_PORT, &["-key", key]);
@@ -1025,6 +1035,7 @@ fn a_client_says_in_words_why_the_server_ended_its_session() {
 /// An error says its cause once: `-listen` on an address the machine does not have.
 #[test]
 fn a_bind_error_says_its_cause_once() {
+    common::need_root!();
     let dir = TestDir::new("lclisten");
     let ns = Netns::new("listen", &dir);
     let mut server = ns.spawn(
@@ -1057,6 +1068,7 @@ fn a_bind_error_says_its_cause_once() {
 /// without %d has one device name, which the first client holds.
 #[test]
 fn a_client_is_told_when_the_server_cannot_make_its_device() {
+    common::need_root!();
     let topo = Topo::star("lcsetup", 2);
     let key = "setup-key-0123456789";
     let _server = start_server(&topo.server, DEFAULT_PORT, &["-key", key, "-name", "only0"]);

@@ -28,6 +28,7 @@ fn client(ns: &Netns, server_ip: &str, id: &str) -> Proc {
 /// script either).
 #[test]
 fn slow_server_up_script_does_not_stall_other_clients() {
+    common::need_root!();
     let topo = Topo::star("hB2s", 2);
     let marker = topo.dir.path().join("slow");
     let ran = topo.dir.path().join("ran");

@@ -147,6 +147,7 @@ fn reaches_inet(net: &Net, i: usize) -> String {
 
 #[test]
 fn nat_masquerades_restores_forwarding_and_survives_kill_9() {
+    common::need_root!();
     let net = Net::new("fNa", 1);
     // Forwarding off before dtun.
     net.set_forward(0);
@@ -243,6 +244,7 @@ fn nat_masquerades_restores_forwarding_and_survives_kill_9() {
 
 #[test]
 fn without_nat_the_inet_host_is_out_of_reach() {
+    common::need_root!();
     let net = Net::new("fNb", 1);
     net.set_forward(0);
     let mut server = net.start_server(4602, &[]);
@@ -260,6 +262,7 @@ fn without_nat_the_inet_host_is_out_of_reach() {
 
 #[test]
 fn client_to_client_on_and_off() {
+    common::need_root!();
     let net = Net::new("fNc", 2);
     net.set_forward(0);
     let mut server = net.start_server(4603, &["-client-to-client", "on"]);
@@ -303,6 +306,7 @@ fn client_to_client_on_and_off() {
 
 #[test]
 fn a_compat_client_gets_nat() {
+    common::need_root!();
     let net = Net::new("fNd", 1);
     net.set_forward(0);
     let mut server = net.start_server(4604, &["-nat"]);
@@ -315,6 +319,7 @@ fn a_compat_client_gets_nat() {
 
 #[test]
 fn bad_instances_and_missing_capability_are_refused_cleanly() {
+    common::need_root!();
     let net = Net::new("fNe", 1);
     net.set_forward(0);
     let s = net.server();
@@ -404,11 +409,12 @@ fn bad_instances_and_missing_capability_are_refused_cleanly() {
     client.stop(Duration::from_secs(5));
 }
 
-/// Issue 12's main case end to end, both halves together: a client with `-route all` and a
+/// A full tunnel with NAT end to end, both halves together: a client with `-route all` and a
 /// server with `-nat`. The inet host sees the server's address; the client still reaches the
 /// server's underlay address; each side leaves nothing behind when it exits.
 #[test]
 fn route_all_and_nat_make_a_full_tunnel() {
+    common::need_root!();
     let net = Net::new("fNf", 1);
     net.set_forward(0);
     let ns = &net.topo.clients[0];
@@ -453,11 +459,12 @@ fn route_all_and_nat_make_a_full_tunnel() {
     assert_eq!(net.forward(), "0", "ip_forward not restored");
 }
 
-/// Finding 6: a symbolic link planted where the IPv6 forwarding state file goes (under the name
+/// A symbolic link planted where the IPv6 forwarding state file goes (under the name
 /// of today and the one before) is never written through: the file it points at stays as it
 /// was while dtun runs `-nat` and after it exits.
 #[test]
 fn a_planted_link_in_run_dtun_is_never_written_through() {
+    common::need_root!();
     use std::os::unix::fs::MetadataExt;
     let dir = TestDir::new("fNs");
     let ns = Netns::new("fNs", &dir);
@@ -490,12 +497,13 @@ fn a_planted_link_in_run_dtun_is_never_written_through() {
     assert_eq!(after, "precious\n", "written through a link on exit");
 }
 
-/// Finding 11, the devices: the sets hold interface indexes, which the kernel never hands out
-/// again, not names, which are free the moment a device goes. A device made later under the
-/// name of one of the server's TUNs (here after someone deleted it) is not in the sets, so
-/// it gets no NAT and passes none of the table's rules.
+/// A device that takes a TUN's name: the sets hold interface indexes, which the kernel never hands
+/// out again, not names, which are free the moment a device goes. A device made later under the
+/// name of one of the server's TUNs (here after someone deleted it) is not in the sets, so it gets
+/// no NAT and passes none of the table's rules.
 #[test]
 fn a_device_that_takes_a_tuns_name_is_not_ours() {
+    common::need_root!();
     let net = Net::new("fNd", 1);
     let _server = net.start_server(4608, &["-nat", "-instance", "idx"]);
     let (_client, _) = net.start_client(0, 4608, &[]);

@@ -13,6 +13,8 @@
 //! and everything on it along, so a failing test leaves nothing behind. Needs root and
 //! /dev/net/tun.
 
+mod common;
+
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -28,6 +30,7 @@ where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = ()>,
 {
+    common::root::assert_gated();
     let thread = std::thread::spawn(move || {
         unshare(CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET) needs root");
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -79,6 +82,7 @@ fn net(s: &str) -> IpNet {
 
 #[test]
 fn every_operation_on_a_tun_device() {
+    common::need_root!();
     in_netns(|| async {
         let (_device, name, tun_index) = tun_device();
         let nl = Netlink::new().unwrap();
@@ -156,6 +160,7 @@ fn every_operation_on_a_tun_device() {
 
 #[test]
 fn missing_things_are_not_found_or_benign() {
+    common::need_root!();
     in_netns(|| async {
         let nl = Netlink::new().unwrap();
         let err = nl.link_index("nosuchdev0").await.unwrap_err();
@@ -174,6 +179,7 @@ fn missing_things_are_not_found_or_benign() {
 
 #[test]
 fn without_cap_net_admin_the_message_says_what_to_do() {
+    common::need_root!();
     in_netns(|| async {
         let (_device, name, index) = tun_device();
         // Capabilities are per thread: this drops CAP_NET_ADMIN for the test's thread only,

@@ -12,6 +12,8 @@
 //! Left out, because they are other crates' code: the TUN read and split (tun-rs
 //! `recv_multiple`) and the coalesced TUN write (tun-rs `send_multiple`). Needs root.
 
+mod common;
+
 use dtun_proto::inbound;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -160,6 +162,7 @@ struct State {
 
 #[test]
 fn the_data_path_allocates_nothing_per_packet() {
+    common::need_root!();
     let thread = std::thread::spawn(|| {
         unshare(CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET) needs root");
         let rt = tokio::runtime::Builder::new_current_thread()

@@ -72,6 +72,7 @@ fn field(text: &str, key: &str) -> Option<u32> {
 
 #[test]
 fn tcp_mss_follows_a_smaller_path_mtu() {
+    common::need_root!();
     let dir = TestDir::new("pmtu");
     let client = Netns::new("pmc", &dir);
     let router = Netns::new("pmr", &dir);

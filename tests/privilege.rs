@@ -121,6 +121,7 @@ impl Drop for NetnsResolv {
 
 #[test]
 fn unprivileged_server_and_client_with_only_cap_net_admin() {
+    common::need_root!();
     let topo = Topo::pair("svp");
     let (s, c) = (&topo.server, topo.client());
     let forward = || {
@@ -251,6 +252,7 @@ fn unprivileged_server_and_client_with_only_cap_net_admin() {
 
 #[test]
 fn missing_capabilities_are_named_with_how_to_grant_them() {
+    common::need_root!();
     let topo = Topo::pair("svm");
     let (s, c) = (&topo.server, topo.client());
     let none = [
@@ -323,13 +325,14 @@ fn missing_capabilities_are_named_with_how_to_grant_them() {
     );
 }
 
-/// Finding 9 where it matters, dtun as the units run it (uid 4242, CAP_NET_ADMIN only): its
+/// A root without capabilities against dtun as the units run it (uid 4242, CAP_NET_ADMIN only): its
 /// admin socket is 4242's, mode 0600, so a uid-0 process without capabilities (a rootful
-/// container's root sharing the namespaces) can neither reload it nor read its status, while
-/// dtun's own user (its scripts) can, and root can when that uid is the system user `dtun`
-/// (root believes an answer only from uid 0, the user dtun of /etc/passwd, or itself).
+/// container's root sharing the namespaces) can neither reload it nor read its status, while dtun's
+/// own user (its scripts) can, and root can when that uid is the system user `dtun` (root believes
+/// an answer only from uid 0, the user dtun of /etc/passwd, or itself).
 #[test]
 fn only_root_and_dtuns_user_reload_a_unit_dtun() {
+    common::need_root!();
     let topo = Topo::pair("svr");
     let s = &topo.server;
     let mut server = spawn_as(s, AS_UNIT, &["-key", KEY, "-port", "4741"]);

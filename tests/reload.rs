@@ -107,6 +107,7 @@ fn connected(server: &Proc, id: &str) -> usize {
 
 #[test]
 fn reload_while_a_bystander_pings() {
+    common::need_root!();
     let topo = Topo::star("cfrl", 4);
     let (c_by, c_victim, c_rekey, c_new) = (
         &topo.clients[0],
@@ -291,6 +292,7 @@ impl Notify {
 /// "reloading" until systemd's own timeout).
 #[test]
 fn a_reload_past_the_control_timeout_still_ends_with_ready() {
+    common::need_root!();
     let topo = Topo::pair("cfrs");
     let conf = topo.dir.path().join("srv.toml");
     server_toml(&conf, &[], "");
@@ -370,14 +372,15 @@ echo started
 wait
 "#;
 
-/// The race of issue 19, finding 1, end to end: handshakes with racer's old key complete
-/// while the manager is busy (80 idle devices expiring at once), and the reload that changes
-/// racer's key comes then; old-key handshakes verified before the reload wait in the
-/// manager's queue. None may become a session after the reload. (The code before this fix
-/// let one through in about half the runs; each round here is one run: three rounds.) Needs
-/// `openssl` (s_client speaks DTLS 1.2 with a PSK).
+/// A handshake racing a reload that re-keys its id, end to end: handshakes with racer's old key
+/// complete while the manager is busy (80 idle devices expiring at once), and the reload that
+/// changes racer's key comes then; old-key handshakes verified before the reload wait in the
+/// manager's queue. None may become a session after the reload. (The code before this fix let one
+/// through in about half the runs; each round here is one run: three rounds.) Needs `openssl`
+/// (s_client speaks DTLS 1.2 with a PSK).
 #[test]
 fn old_key_handshakes_racing_a_reload_get_no_session() {
+    common::need_root!();
     let topo = Topo::pair("cfrk");
     let creds = topo.dir.path().join("clients");
     let write = |racer_key: &str| {
@@ -446,6 +449,7 @@ fn old_key_handshakes_racing_a_reload_get_no_session() {
 /// derived or shared); `disabled = false` lets it back.
 #[test]
 fn a_disabled_client_is_revoked_and_comes_back_when_enabled() {
+    common::need_root!();
     let topo = Topo::pair("rldis");
     let conf = topo.dir.path().join("srv.toml");
     let key = "alice-key-0123456789";

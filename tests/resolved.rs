@@ -248,6 +248,7 @@ impl World {
 
 #[test]
 fn resolved_gets_per_link_dns_and_reverts_it_resolv_conf_untouched() {
+    common::need_root!();
     let w = World::new("grR", 4711);
     let bus = Bus::new(w.topo.client()).with_standin(None);
 
@@ -292,6 +293,7 @@ fn resolved_gets_per_link_dns_and_reverts_it_resolv_conf_untouched() {
 /// and resolv.conf is not touched either.
 #[test]
 fn a_failed_call_is_reverted_and_logged() {
+    common::need_root!();
     let w = World::new("grF", 4712);
     let bus = Bus::new(w.topo.client()).with_standin(Some("SetLinkDomains"));
     let (mut c, index) = w.client(&bus, &["-route", "all"]);
@@ -318,6 +320,7 @@ fn a_failed_call_is_reverted_and_logged() {
 /// The bus is there but nobody owns org.freedesktop.resolve1: resolv.conf in place, as before.
 #[test]
 fn without_resolved_on_the_bus_resolv_conf_is_rewritten() {
+    common::need_root!();
     let w = World::new("grN", 4713);
     let bus = Bus::new(w.topo.client());
     let (mut c, _) = w.client(&bus, &["-accept-dns"]);

@@ -154,6 +154,7 @@ fn check(unit: &str, trace: &Path) {
 
 #[test]
 fn the_units_sandbox_allows_what_dtun_and_its_scripts_do() {
+    common::need_root!();
     let topo = Topo::pair("svs");
     let (s, c) = (&topo.server, topo.client());
     let dir = topo.dir.path();

@@ -283,6 +283,7 @@ impl Notify {
 
 #[test]
 fn readiness_follows_listening_and_tunnel_up() {
+    common::need_root!();
     let topo = Topo::pair("svn");
     let (s, c) = (&topo.server, topo.client());
     let port = "4730";

@@ -95,6 +95,7 @@ fn ping6_then_stop(topo: &Topo, mut c: Proc, mut server: Proc) {
 /// so the client asks again at once and gets its IPv6 pair and the DNS servers.
 #[test]
 fn a_lost_addr6_and_dns_are_asked_for_again() {
+    common::need_root!();
     let dns_len = wire_len(&Control::Dns(vec!["2001:db8::53".parse().unwrap()]));
     let drops = [format!("down:{}", addr6_len()), format!("down:{dns_len}")];
     let (topo, mut relay) = lossy("slA", &drops);
@@ -117,6 +118,7 @@ fn a_lost_addr6_and_dns_are_asked_for_again() {
 /// message before it has the answer's size: the relay lets that one pass.)
 #[test]
 fn a_lost_hello_answer_is_asked_for_again() {
+    common::need_root!();
     let address = AddressMessage {
         client: "10.0.0.2".parse().unwrap(),
         server: "10.0.0.1".parse().unwrap(),
@@ -138,6 +140,7 @@ fn a_lost_hello_answer_is_asked_for_again() {
 /// client sends it again, and the server routes the LAN (a ping6 from the server reaches it).
 #[test]
 fn a_lost_lans_message_is_sent_again() {
+    common::need_root!();
     let lans = Control::Lans(vec!["fd77::/64".parse().unwrap()]);
     let drops = [format!("up:{}", wire_len(&lans))];
     let (topo, mut relay) = lossy("slL", &drops);

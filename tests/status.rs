@@ -22,6 +22,7 @@ const KEY: &str = "status-test-key-0123456789";
 /// are exactly the documented ones (docs/STATUS.md).
 #[test]
 fn server_status_shows_clients_and_a_lingering_device() {
+    common::need_root!();
     let topo = Topo::star("st1", 2);
     let server = start_server(
         &topo.server,
@@ -202,6 +203,7 @@ fn server_status_shows_clients_and_a_lingering_device() {
 /// A client's status while up, then (its server gone) while backing off with the last error.
 #[test]
 fn client_status_up_then_backing_off() {
+    common::need_root!();
     let topo = Topo::pair("st2");
     let mut server = start_server(&topo.server, 443, &["-key", KEY, "-keepalive", "1s"]);
     let mut client = start_client(
@@ -332,6 +334,7 @@ fn client_status_up_then_backing_off() {
 /// the -instance message; under another -instance it runs and answers by that name.
 #[test]
 fn missing_refused_and_duplicate_instances() {
+    common::need_root!();
     let dir = TestDir::new("st3");
     let ns = Netns::new("st3", &dir);
     let o = status(&ns, &[]);
@@ -394,6 +397,7 @@ fn missing_refused_and_duplicate_instances() {
 /// an unknown request neither block nor stop dtun: once they time out, status answers again.
 #[test]
 fn hostile_local_clients_cannot_block_the_socket() {
+    common::need_root!();
     let topo = Topo::pair("st4");
     let mut server = start_server(&topo.server, 443, &["-key", KEY]);
     let script = r#"
@@ -441,6 +445,7 @@ time.sleep(8)
 /// counters, and the client's own, move with traffic; other paths get 404.
 #[test]
 fn metrics_scrape_moves_with_traffic() {
+    common::need_root!();
     let topo = Topo::pair("st5");
     let _server = start_server(
         &topo.server,
@@ -514,6 +519,7 @@ fn metrics_scrape_moves_with_traffic() {
 /// another source still scrapes. Before the fix any address was served to anyone.
 #[test]
 fn metrics_off_loopback_needs_a_token_and_caps_each_source() {
+    common::need_root!();
     let topo = Topo::pair("st6");
     let ns = &topo.server;
     let open = ["-key", KEY, "-metrics", "0.0.0.0:9586"];

@@ -1,4 +1,4 @@
-//! A forged ServerHello must not change the suite a session's records use (review item 7).
+//! A forged ServerHello must not change the suite a session's records use.
 //!
 //! `Topo::pair`: while a dtun client (offering AES-128-GCM first) connects, a tool in its
 //! namespace watches each of its ClientHellos and sends the server forged ServerHellos choosing
@@ -25,6 +25,7 @@ const RACE: &str = concat!(
 
 #[test]
 fn forged_server_hellos_do_not_switch_the_suite() {
+    common::need_root!();
     let topo = Topo::pair("suite");
     let mut server = start_server(
         &topo.server,

@@ -15,9 +15,9 @@ use dtun_proto::record::{self, Opener};
 pub(super) const EARLY_CANDIDATES: usize = 64;
 
 /// Application-data datagrams that arrive before our handshake has ended: the address message
-/// overtakes the server's last flight when that is lost. They cannot be authenticated until
-/// the crate hands over the keys (it tells them only once the handshake is done), so they are
-/// kept as candidates and opened then; what a spoofer sends must not crowd out the real one:
+/// overtakes the server's last flight when that is lost. They are opened once the handshake
+/// is established (as when the `dtls` crate did the handshake and told the keys only then), so
+/// they are kept as candidates until then; what a spoofer sends must not crowd out the real one:
 /// - only a datagram of exactly one record shaped like the address message (application data,
 ///   epoch 1, 8 bytes of plaintext under CCM_8 or GCM) is a candidate;
 /// - a copy of a kept datagram takes no second place;
@@ -26,9 +26,9 @@ pub(super) const EARLY_CANDIDATES: usize = 64;
 ///   first few did), nor can one after it (keeping the last few would).
 ///
 /// A flood of well-shaped forgeries can still lower the real record's chance (to 64 in the
-/// number of candidates); then the setup times out and the client reconnects. Only keys known
-/// before the handshake returns (derived from the transcript as our Finished goes out) would
-/// let us keep nothing but verified records.
+/// number of candidates); then the setup times out and the client reconnects. Our own
+/// handshake knows the keys as its Finished goes out, so opening them then would keep nothing
+/// but verified records (not done yet: the setup's behaviour stays as it was).
 #[derive(Default)]
 pub(super) struct EarlyRecords {
     pub(super) kept: Vec<Vec<u8>>,

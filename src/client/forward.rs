@@ -298,7 +298,7 @@ pub(super) async fn inbound(
     controls: bool,
 ) -> (bool, Option<ClientError>) {
     let mut authenticated = false;
-    // Other content types are late handshake retransmissions: the crate is done with them.
+    // Other content types are late handshake retransmissions: the handshake is done with them.
     let records = s.inbox.open(s.opener, s.counters, buf, stride, |ct| {
         ct == CONTENT_APPLICATION_DATA || ct == CONTENT_ALERT
     });

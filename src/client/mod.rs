@@ -8,6 +8,7 @@
 mod addr6;
 mod early;
 mod forward;
+mod handshake;
 mod hello;
 mod pair;
 mod session;
@@ -18,7 +19,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{ClientConfig, ConfigError};
-use crate::dtls::HandshakeError;
 use crate::ops::ClientBoard;
 use crate::supervise::TaskEnded;
 use dtun_linux::hooks::{self, HookError, TunnelEnv};
@@ -26,6 +26,7 @@ use dtun_linux::netlink::{Netlink, NetlinkError};
 use dtun_linux::routes::Routes;
 use dtun_linux::tun::{Tun, TunError};
 use dtun_proto::consts::{FAILOVER_DELAY, MAX_BACKOFF, MIN_BACKOFF, REPLACED_BACKOFF};
+use dtun_proto::handshake::HandshakeError;
 use dtun_proto::proto::{AddressMessage, ProtoError};
 
 pub use addr6::LOG_IPV6_UP;

@@ -8,25 +8,22 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
 
 use dtun_linux::hooks;
 use dtun_linux::netlink::Netlink;
 use dtun_linux::routes::Routes;
 use dtun_linux::tun;
 use dtun_linux::udp::Udp;
-use dtun_proto::consts::{
-    BUF_LEN, CONTENT_APPLICATION_DATA, HANDSHAKE_QUEUE, HANDSHAKE_REFUSALS, SETUP_TIMEOUT,
-};
+use dtun_proto::consts::{BUF_LEN, CONTENT_APPLICATION_DATA, SETUP_TIMEOUT};
 use dtun_proto::inbound::Counters;
 use dtun_proto::proto::{AddressMessage, CONTROL_VERSION, CloseReason, Control, HINT_MARKER};
 use dtun_proto::record::{self, Sealer};
 
-use super::early::{EarlyRecords, First, could_be_first, first_data};
+use super::early::{First, first_data};
 use super::forward::{PathMss, forward};
+use super::handshake::handshake;
 use super::{ClientError, End, LOG_TUNNEL_UP, Tunnel};
 use crate::config::ClientConfig;
-use crate::dtls::{self, ChannelConn, HandshakeError, Role};
 use crate::ops::{ClientBoard, LiveSession};
 use crate::pump::{self, Link, OutboundCmd};
 use crate::supervise::first_app_sequence;
@@ -86,62 +83,12 @@ pub(super) async fn session(
     let mut buf = vec![0u8; BUF_LEN];
 
     // 1. Handshake. Records that overtake the end of our handshake (the address message when
-    //    the server's last flight was lost, or a close_notify right after it) are kept for step 2.
-    let (hs_tx, hs_rx) = mpsc::channel(HANDSHAKE_QUEUE);
-    let conn = ChannelConn::new(hs_rx, Arc::clone(&sock), server, true);
-    let role = Role::Client {
-        identity: cfg.id.as_bytes().to_vec(),
-        key: cfg.key.0.to_vec(),
+    //    the server's last flight was lost, or a close_notify right after it) are kept for
+    //    step 2.
+    let (est, early) = match handshake(cfg, &sock, server, &mut buf, shutdown.as_mut()).await {
+        Ok(r) => r,
+        Err(end) => return end,
     };
-    let hs = dtls::handshake(role, &cfg.common.suites, conn);
-    tokio::pin!(hs);
-    let mut early = EarlyRecords::default();
-    let (mut refusals, mut answered) = (0u32, false);
-    let est = loop {
-        tokio::select! {
-            r = &mut hs => break r,
-            r = sock.recv(&mut buf) => match r {
-                Ok(n) => {
-                    answered = true;
-                    // The address message, or an encrypted alert: a server refusing us at its
-                    // -max-clients limit sends close_notify right after Finished.
-                    if could_be_first(&buf[..n]) {
-                        early.push(&buf[..n]);
-                    } else {
-                        let _ = hs_tx.try_send(buf[..n].to_vec());
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                    refusals += 1;
-                    if refusals >= HANDSHAKE_REFUSALS && !answered {
-                        return lost(ClientError::Refused(server));
-                    }
-                }
-                Err(e) => tracing::debug!("recv: {e}"),
-            },
-            _ = shutdown.as_mut() => return End::Shutdown,
-        }
-    };
-    let est = match est {
-        Ok(est) => est,
-        Err(f) => {
-            return lost(match f.error {
-                HandshakeError::Timeout(_) if refusals > 0 && !answered => {
-                    ClientError::Refused(server)
-                }
-                HandshakeError::Timeout(d) if !answered => ClientError::NoAnswer(server, d),
-                HandshakeError::Failed(why) if why.contains("Alert is Fatal") => {
-                    ClientError::Handshake(
-                        server,
-                        HandshakeError::Failed("the server refused it with a fatal alert".into()),
-                        cfg.id.clone(),
-                    )
-                }
-                e => ClientError::Handshake(server, e, cfg.id.clone()),
-            });
-        }
-    };
-    drop(hs_tx);
     let hint = String::from_utf8_lossy(&est.peer_identity).into_owned();
     let negotiated = !cfg.common.compat && hint.ends_with(HINT_MARKER);
     tracing::debug!(
@@ -189,7 +136,6 @@ pub(super) async fn session(
             return lost(ClientError::NoAddress(SETUP_TIMEOUT));
         }
     };
-    drop(est.conn);
     // The pair must not take a host of this client's own networks (src/client/pair.rs).
     if let Err(e) = super::pair::check_ipv4(cfg, nl, tunnel.as_ref(), addrs).await {
         let _ = link.send_close_notify(&mut sealer).await;

@@ -160,38 +160,91 @@ pub fn apply(mut cli: Cli, m: &ArgMatches) -> Result<Loaded, String> {
             disabled: Default::default(),
         });
     };
-    let text = Zeroizing::new(std::fs::read_to_string(&path).map_err(|e| {
-        let hint = match dtun_linux::privilege::unreadable_hint(&e) {
-            "" => ": check the path given to -config",
-            hint => hint,
-        };
-        format!(
-            "cannot read config file {}: {e}{}",
-            path.display(),
-            hint.replace("FILE", &path.display().to_string())
-        )
-    })?);
-    let file: FileConfig = toml::from_str(&text).map_err(|e| values::describe(&path, &text, &e))?;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .to_path_buf();
-    let rel = |p: PathBuf| if p.is_relative() { dir.join(p) } else { p };
-    let at = |span: std::ops::Range<usize>| values::line_of(&text, span.start);
-
+    let text = read_text(&path)?;
+    let mut file: FileConfig =
+        toml::from_str(&text).map_err(|e| values::describe(&path, &text, &e))?;
+    let at = FileAt::new(&path, &text);
     let mut secrets = Vec::new();
-    let mut warnings = Vec::new();
     if file.key.is_some() || file.clients.values().any(|c| c.key.is_some()) {
         secrets.push(path.clone());
     }
+    let table = std::mem::take(&mut file.clients);
+    take_flags(&mut cli, file, &given, &at)?;
+    let mut loaded = Loaded {
+        cli,
+        clients: HashMap::new(),
+        file: None,
+        client_lines: HashMap::new(),
+        secrets,
+        warnings: Vec::new(),
+        disabled: Default::default(),
+    };
+    read_clients(table, &at, &mut loaded)?;
+    loaded.file = Some(path.clone());
+    Ok(loaded)
+}
+
+/// Where the file is and what it says, for relative paths and messages with line numbers.
+struct FileAt<'a> {
+    path: &'a Path,
+    text: &'a str,
+    dir: PathBuf,
+}
+
+impl<'a> FileAt<'a> {
+    fn new(path: &'a Path, text: &'a str) -> Self {
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        FileAt { path, text, dir }
+    }
+
+    /// A path in the file: relative to the file's directory.
+    fn rel(&self, p: PathBuf) -> PathBuf {
+        if p.is_relative() { self.dir.join(p) } else { p }
+    }
+
+    /// The line of a span of the file.
+    fn line(&self, span: std::ops::Range<usize>) -> usize {
+        values::line_of(self.text, span.start)
+    }
+}
+
+/// The file's text, or an error that says how to make it readable.
+fn read_text(path: &Path) -> Result<Zeroizing<String>, String> {
+    Ok(Zeroizing::new(std::fs::read_to_string(path).map_err(
+        |e| {
+            let hint = match dtun_linux::privilege::unreadable_hint(&e) {
+                "" => ": check the path given to -config",
+                hint => hint,
+            };
+            format!(
+                "cannot read config file {}: {e}{}",
+                path.display(),
+                hint.replace("FILE", &path.display().to_string())
+            )
+        },
+    )?))
+}
+
+/// The file's flags, each where the command line (or DTUN_KEY) did not give it.
+fn take_flags(
+    cli: &mut Cli,
+    file: FileConfig,
+    given: &dyn Fn(&str) -> bool,
+    at: &FileAt,
+) -> Result<(), String> {
+    let path = at.path;
+    let rel = |p: PathBuf| at.rel(p);
     // The key: -key, -key-file or DTUN_KEY on the command line replace the file's pair.
     if !given("key") && !given("key_file") {
         if let (Some(_), Some(kf)) = (&file.key, &file.key_file) {
             return Err(format!(
                 "{} line {}: key key_file: key and key_file are both set: keep one",
                 path.display(),
-                at(kf.span())
+                at.line(kf.span())
             ));
         }
         if let Some(k) = file.key {
@@ -280,16 +333,25 @@ pub fn apply(mut cli: Cli, m: &ArgMatches) -> Result<Loaded, String> {
     if !given("instance") {
         cli.instance = match file.instance {
             Some(i) => i,
-            None => instance_from_stem(&path)?,
+            None => instance_from_stem(path)?,
         };
     }
-    let mut clients = HashMap::new();
-    let mut client_lines = HashMap::new();
-    let mut disabled = std::collections::BTreeSet::new();
-    for (id, c) in file.clients {
-        let line = at(id.span());
+    Ok(())
+}
+
+/// The file's `[clients.ID]` tables: each id checked, its key read (or derived from the master
+/// secret), its line kept for messages.
+fn read_clients(
+    table: BTreeMap<Spanned<String>, FileClient>,
+    at: &FileAt,
+    loaded: &mut Loaded,
+) -> Result<(), String> {
+    let path = at.path;
+    let rel = |p: PathBuf| at.rel(p);
+    for (id, c) in table {
+        let line = at.line(id.span());
         let id = id.into_inner();
-        client_lines.insert(id.clone(), line);
+        loaded.client_lines.insert(id.clone(), line);
         let err = |why: String| format!("{} line {line}: [clients.{id}]: {why}", path.display());
         if dtun_proto::keys::valid_identity(id.as_bytes()).is_none() {
             return Err(err(
@@ -300,7 +362,7 @@ pub fn apply(mut cli: Cli, m: &ArgMatches) -> Result<Loaded, String> {
             (Some(k), None) => Zeroizing::new(k.as_bytes().to_vec()),
             (None, Some(kf)) => {
                 let kf = rel(kf);
-                secrets.push(kf.clone());
+                loaded.secrets.push(kf.clone());
                 let k = crate::config::read_key_file(&kf).map_err(|e| err(e.to_string()))?;
                 if k.is_empty() {
                     return Err(err(format!("key file {} is empty", kf.display())));
@@ -312,7 +374,7 @@ pub fn apply(mut cli: Cli, m: &ArgMatches) -> Result<Loaded, String> {
             }
             // A listed id of a server with a master secret: its key is derived, as an unlisted
             // id's would be (`dtun client add` lists ids this way, for their addresses).
-            (None, None) => match &cli.master_key_file {
+            (None, None) => match &loaded.cli.master_key_file {
                 Some(master) => {
                     let m = crate::config::read_key_file(master).map_err(|e| err(e.to_string()))?;
                     Zeroizing::new(dtun_proto::keys::derive(&m, id.as_bytes()).into_bytes())
@@ -325,14 +387,14 @@ pub fn apply(mut cli: Cli, m: &ArgMatches) -> Result<Loaded, String> {
                 }
             },
         };
-        warnings.extend(dtun_proto::keys::short_key(
+        loaded.warnings.extend(dtun_proto::keys::short_key(
             &key,
             &format!("the key of {id} in {}", path.display()),
         ));
         if c.disabled {
-            disabled.insert(id.clone());
+            loaded.disabled.insert(id.clone());
         }
-        clients.insert(
+        loaded.clients.insert(
             id,
             Client {
                 key,
@@ -343,15 +405,7 @@ pub fn apply(mut cli: Cli, m: &ArgMatches) -> Result<Loaded, String> {
             },
         );
     }
-    Ok(Loaded {
-        cli,
-        clients,
-        file: Some(path),
-        client_lines,
-        secrets,
-        warnings,
-        disabled,
-    })
+    Ok(())
 }
 
 /// `/etc/dtun/server.toml` → `server` (as `wg-quick@wg0`).

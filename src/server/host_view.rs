@@ -77,6 +77,7 @@ mod tests {
     /// Lans message").
     #[test]
     fn eight_checks_in_a_second_cost_one_reading() {
+        dtun_testgate::need_root!();
         std::thread::spawn(|| {
             // A network namespace of the thread's own: the host's routes are never touched.
             unshare(CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET) needs root");

@@ -39,7 +39,6 @@ use dtun_proto::admission::Admission;
 use manager::Manager;
 
 use crate::config::ServerConfig;
-use crate::dtls::KeyLookup;
 use dtun_linux::netlink::{Netlink, NetlinkError};
 use dtun_linux::rate_limit::RateLimit;
 use dtun_linux::tun::TunBatch;
@@ -48,6 +47,9 @@ use dtun_proto::consts::EVENT_QUEUE;
 use dtun_proto::inbound::Inbox;
 use dtun_proto::pool::{Pool, PoolError};
 use dtun_proto::proto::HINT_MARKER;
+
+/// Looks up the key for a client's PSK identity; None: unknown.
+pub type KeyLookup = Arc<dyn Fn(&[u8]) -> Option<Vec<u8>> + Send + Sync>;
 
 /// Log line prefix of a new session (tests look for it).
 pub const LOG_CONNECTED: &str = "connected";

@@ -26,14 +26,20 @@
 //!                 └───────────────────────┘
 //! ```
 //!
+//! Every test that builds namespaces starts with `common::need_root!()` (`root.rs`): without
+//! root and /dev/net/tun it skips, or fails under `CI=true`.
+//!
 //! Nothing here runs in, or sends to, the root namespace: the `ip` commands issued from the root
 //! namespace only create, configure (`ip -n`) and delete the test's own namespaces.
 #![allow(dead_code)]
 
 pub mod hostile;
 pub mod ipv6;
+pub mod root;
 pub mod routing;
 pub mod status;
+
+pub(crate) use root::need_root;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -143,6 +149,7 @@ pub struct Netns {
 impl Netns {
     /// Creates a namespace named `dt{tag}{pid%100000}n{counter}` with loopback up.
     pub fn new(tag: &str, dir: &Arc<TestDir>) -> Netns {
+        root::assert_gated();
         let name = format!("dt{tag}{}n{}", std::process::id() % 100_000, next_id());
         check("ip", &["netns", "add", &name]);
         let ns = Netns {

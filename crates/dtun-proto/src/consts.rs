@@ -36,7 +36,7 @@ pub const DEFAULT_ID: &str = "dtun";
 
 // ---- Chosen by dtun ----
 
-/// First sequence number our record layer sends in epoch 1. The DTLS crate sends its Finished
+/// First sequence number our record layer sends in epoch 1. The handshake sends its Finished
 /// (and any retransmission of it) in epoch 1 from 0 upwards with the same keys; starting far
 /// above keeps the two from ever sharing a sequence number, hence a nonce, and keeps a peer's
 /// replay window from rejecting our first records.
@@ -54,8 +54,8 @@ pub const DEFAULT_MAX_CLIENTS: usize = 1024;
 pub const DEFAULT_TUN_NAME: &str = "dtun%d";
 /// How long the server keeps an id's device after its session ended.
 pub const DEFAULT_LINGER: Duration = Duration::from_secs(120);
-/// The client abandons a handshake that has not completed by then. The crate retransmits a
-/// flight every second without backoff and a handshake takes 3 round trips, so 20 s leaves
+/// The client abandons a handshake that has not completed by then. It resends its flight
+/// every second without backoff ([`FLIGHT_INTERVAL`]) and a handshake takes 3 round trips, so 20 s leaves
 /// room on very lossy links. (The server keeps a proven handshake's state for at most
 /// `server::admission::HANDSHAKE_STATE_TIMEOUT`; a client that is still trying then starts
 /// over with a fresh ClientHello.)
@@ -85,10 +85,9 @@ pub const REPLACED_BACKOFF: Duration = Duration::from_secs(60);
 /// A client with several `-host` servers tries the next one this soon after a failed try (the
 /// backoff grows once per round of them all).
 pub const FAILOVER_DELAY: Duration = Duration::from_millis(200);
-/// DTLS retransmission interval of the handshake crate.
+/// Interval at which the client's handshake resends its last flight while it waits for the
+/// server's (fixed, no backoff: what the `dtls` crate, the client's handshake before, did).
 pub const FLIGHT_INTERVAL: Duration = Duration::from_secs(1);
-/// Datagrams queued towards the client's handshake before further ones are dropped.
-pub const HANDSHAKE_QUEUE: usize = 16;
 /// Session events (peernet, alerts, control messages) queued from the demultiplexer to the
 /// server's manager; past this they are counted drops (`events_dropped`), so a peer's flood
 /// never grows memory nor blocks the data path.
@@ -101,7 +100,8 @@ pub const UDP6_OVERHEAD: usize = 48;
 /// The path MTU we assume for the default tunnel MTU.
 pub const PATH_MTU: usize = 1500;
 
-/// Least time between two resends of the server's last handshake flight to one client.
+/// Least time between two resends of the server's last handshake flight to one client, and
+/// between two resends of the client's flight that a repeated server flight asks for.
 pub const FINAL_FLIGHT_RESEND: Duration = Duration::from_millis(250);
 
 /// How a client tells a bare close_notify (all an original server says when it stops or drops

@@ -1,8 +1,8 @@
 //! TLS 1.2 key derivation (RFC 5246 §5 PRF with HMAC-SHA256, RFC 4279 PSK premaster,
 //! RFC 7627 extended master secret, RFC 5246 §6.3 key expansion), as plain functions without I/O.
 //!
-//! The handshake itself is the DTLS crate's; these turn its master secret into the record keys
-//! of our own record layer, and let the known-answer tests redo the whole derivation from a key.
+//! Both sides of the handshake (`crate::handshake`) derive their secrets with these, and the
+//! known-answer tests redo the whole derivation from a key.
 
 use ring::hmac;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};

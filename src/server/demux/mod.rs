@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 use tokio::sync::mpsc;
 
+use super::KeyLookup;
 use super::events::Event;
-use crate::dtls::{self, KeyLookup};
 use crate::pump::OutboundCmd;
 use dtun_linux::rate_limit::RateLimit;
 use dtun_linux::tun::TunBatch;
@@ -319,7 +319,7 @@ impl Demux {
         // resend per FINAL_FLIGHT_RESEND: the client repeats its flight once a second at most,
         // and a spoofed trigger gains little.
         if s.final_flight.is_empty()
-            || !dtls::is_final_flight(dg)
+            || !dtun_proto::handshake::is_final_flight(dg)
             || s.resent_at
                 .is_some_and(|t| t.elapsed() < FINAL_FLIGHT_RESEND)
         {

@@ -29,6 +29,25 @@ impl Manager {
             groups_enforced,
             ..Default::default()
         };
+        self.compare_credentials(&old, new, &mut applied);
+        applied.disabled = new.disabled.difference(&old.disabled).cloned().collect();
+        applied.enabled = old.disabled.difference(&new.disabled).cloned().collect();
+        self.compare_settings(&r, &mut applied);
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = new.clone();
+        self.cfg.linger = r.linger;
+        self.cfg.max_clients = r.max_clients;
+        self.cfg.dns = r.dns.clone();
+        self.end_revoked(new, &mut applied).await;
+        self.regroup(new, &mut applied).await;
+        self.recheck_lans(&old, new, &mut applied).await;
+        applied.ended.sort();
+        applied.ended.dedup();
+        let _ = r.done.send(Ok(applied));
+    }
+
+    /// Which ids were added, removed, rekeyed or readdressed; a changed fixed address frees
+    /// the old one at once where no device holds it, and new fixed addresses are held.
+    fn compare_credentials(&mut self, old: &KeyStore, new: &KeyStore, applied: &mut Applied) {
         let ids: BTreeSet<&String> = old.clients.keys().chain(new.clients.keys()).collect();
         for id in ids {
             match (old.clients.get(id), new.clients.get(id)) {
@@ -39,7 +58,7 @@ impl Manager {
             }
             let fixed =
                 |k: &dtun_proto::keys::KeyStore| k.clients.get(id).map(|c| (c.addr, c.addr6));
-            if fixed(&old).unwrap_or_default() != fixed(new).unwrap_or_default() {
+            if fixed(old).unwrap_or_default() != fixed(new).unwrap_or_default() {
                 if old.clients.contains_key(id) && new.clients.contains_key(id) {
                     applied.readdressed.push(id.clone());
                 }
@@ -62,8 +81,10 @@ impl Manager {
                 tracing::warn!("reload: client {id}: fixed address {a}: {e}; it applies once free");
             }
         }
-        applied.disabled = new.disabled.difference(&old.disabled).cloned().collect();
-        applied.enabled = old.disabled.difference(&new.disabled).cloned().collect();
+    }
+
+    /// The settings a reload applies at once (`linger`, `max_clients`, `dns`), as `name old -> new`.
+    fn compare_settings(&self, r: &Reconfigure, applied: &mut Applied) {
         if self.cfg.linger != r.linger {
             let (a, b) = (self.cfg.linger, r.linger);
             applied.settings.push(format!("linger {a:?} -> {b:?}"));
@@ -80,13 +101,12 @@ impl Manager {
             let (a, b) = (show(&self.cfg.dns), show(&r.dns));
             applied.settings.push(format!("dns {a} -> {b}"));
         }
-        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = new.clone();
-        self.cfg.linger = r.linger;
-        self.cfg.max_clients = r.max_clients;
-        self.cfg.dns = r.dns;
-        // Every id with a device whose key is no longer the one its session was completed
-        // with (a removed or changed entry, or a changed -key / master key for unlisted ids),
-        // or whose key is gone.
+    }
+
+    /// Ends every session whose key is no longer the one it was completed with (a removed or
+    /// changed entry, or a changed -key / master key for unlisted ids), and removes the devices
+    /// of ids whose key is gone.
+    async fn end_revoked(&mut self, new: &KeyStore, applied: &mut Applied) {
         let revoked: Vec<(String, bool, bool)> = self
             .devices
             .iter()
@@ -111,8 +131,11 @@ impl Manager {
                 self.remove_device(&id).await;
             }
         }
-        // A device whose TUN sits in another group's set than the id's group now: the old group
-        // must not stay reachable, so the session ends and the device goes.
+    }
+
+    /// A device whose TUN sits in another group's set than the id's group now: the old group
+    /// must not stay reachable, so the session ends and the device goes.
+    async fn regroup(&mut self, new: &KeyStore, applied: &mut Applied) {
         let regrouped: Vec<String> = self
             .devices
             .iter()
@@ -129,14 +152,17 @@ impl Manager {
             self.remove_device(&id).await;
             applied.regrouped.push(id);
         }
-        // A changed lans= applies to the LANs routed now: each such id's LANs are checked
-        // again (what is no longer allowed goes, what now is comes).
+    }
+
+    /// A changed lans= applies to the LANs routed now: each such id's LANs are checked again
+    /// (what is no longer allowed goes, what now is comes).
+    async fn recheck_lans(&mut self, old: &KeyStore, new: &KeyStore, applied: &mut Applied) {
         let relisted: Vec<String> = self
             .devices
             .keys()
             .filter(|id| {
                 let lans = |k: &KeyStore| k.clients.get(*id).map(|c| c.lans.clone());
-                lans(&old) != lans(new)
+                lans(old) != lans(new)
             })
             .cloned()
             .collect();
@@ -166,9 +192,6 @@ impl Manager {
                 applied.lans.push(format!("{id} ({})", changes.join(" ")));
             }
         }
-        applied.ended.sort();
-        applied.ended.dedup();
-        let _ = r.done.send(Ok(applied));
     }
 
     /// Isolation groups in `new` on a server whose table does not enforce them yet (it

@@ -27,31 +27,8 @@ impl Manager {
         addr: SocketAddr,
         est: Completed,
     ) -> Result<(), SessionError> {
-        self.readdress_if_stale(id, addr).await;
-        if !self.devices.contains_key(id) {
-            if self.devices.len() >= self.cfg.max_clients && !self.cfg.keys.clients.contains_key(id)
-            {
-                self.refuse(id, addr, &est).await;
-                return Ok(());
-            }
-            let dev = match self.create_device(id, est.suite, addr).await {
-                Ok(dev) => dev,
-                Err(e) => {
-                    // The client is told why (Close "setup failed", dtun clients only), not
-                    // left waiting for an address message that never comes.
-                    let why = e.for_the_client();
-                    self.turn_away(addr, &est, CloseReason::SetupFailed, &why)
-                        .await;
-                    return Err(e);
-                }
-            };
-            self.devices.insert(id.to_string(), dev);
-        } else {
-            self.end_replaced(id, addr).await;
-            let mtu = self.cfg.tun.mtu_for(est.suite, addr);
-            if let Some(dev) = self.devices.get_mut(id) {
-                dev.tun.follow_mtu(&self.nl, mtu).await?;
-            }
+        if !self.device_for(id, addr, &est).await? {
+            return Ok(());
         }
         let Some(dev) = self.devices.get_mut(id) else {
             return Ok(());
@@ -130,6 +107,43 @@ impl Manager {
             est.suite.name()
         );
         Ok(())
+    }
+
+    /// The id's device for a new session from `addr`: its own (the session it had ends and
+    /// its MTU follows the new path) or a new one. `false`: refused at `-max-clients`, and told.
+    async fn device_for(
+        &mut self,
+        id: &str,
+        addr: SocketAddr,
+        est: &Completed,
+    ) -> Result<bool, SessionError> {
+        self.readdress_if_stale(id, addr).await;
+        if !self.devices.contains_key(id) {
+            if self.devices.len() >= self.cfg.max_clients && !self.cfg.keys.clients.contains_key(id)
+            {
+                self.refuse(id, addr, est).await;
+                return Ok(false);
+            }
+            let dev = match self.create_device(id, est.suite, addr).await {
+                Ok(dev) => dev,
+                Err(e) => {
+                    // The client is told why (Close "setup failed", dtun clients only), not
+                    // left waiting for an address message that never comes.
+                    let why = e.for_the_client();
+                    self.turn_away(addr, est, CloseReason::SetupFailed, &why)
+                        .await;
+                    return Err(e);
+                }
+            };
+            self.devices.insert(id.to_string(), dev);
+        } else {
+            self.end_replaced(id, addr).await;
+            let mtu = self.cfg.tun.mtu_for(est.suite, addr);
+            if let Some(dev) = self.devices.get_mut(id) {
+                dev.tun.follow_mtu(&self.nl, mtu).await?;
+            }
+        }
+        Ok(true)
     }
 
     /// Turns away a new id at the `-max-clients` limit, before it gets a device or runs a

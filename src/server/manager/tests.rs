@@ -127,6 +127,7 @@ fn installs(rx: &mut mpsc::UnboundedReceiver<DemuxCmd>) -> usize {
 /// new key still does.
 #[test]
 fn a_completion_under_a_key_a_reload_replaced_gets_no_session() {
+    dtun_testgate::need_root!();
     in_netns(|| async {
         let (mut m, mut rx) = manager().await;
         let peer = "127.0.0.1:9".parse().unwrap();
@@ -159,6 +160,7 @@ fn a_completion_under_a_key_a_reload_replaced_gets_no_session() {
 /// ends at the reload, and a completion of the same id queued under the old key is refused.
 #[test]
 fn a_removed_key_ends_the_session_and_refuses_queued_completions() {
+    dtun_testgate::need_root!();
     in_netns(|| async {
         let (mut m, mut rx) = manager().await;
         let peer = "127.0.0.1:9".parse().unwrap();

@@ -375,6 +375,7 @@ fn many_pushes_cost_one_rewrite_a_second() {
 /// /etc/resolv.conf → ../run/resolvconf/resolv.conf), and names what it refuses.
 #[test]
 fn the_walk_follows_roots_relative_links_and_names_a_planted_one() {
+    dtun_testgate::need_root!();
     let f = Files::new("walk");
     let run = f.dir.join("run2/resolvconf");
     fs::create_dir_all(&run).unwrap();

@@ -220,6 +220,7 @@ time.sleep(30)
 
     #[test]
     fn a_stranger_cannot_take_a_lock_through_a_read_only_descriptor() {
+        dtun_testgate::need_root!();
         let p = tempdir("stranger");
         let d = RunDir::at(&p).unwrap();
         drop(d.lock("dtun", "dtun pid 1, instance dtun").unwrap());
@@ -242,6 +243,7 @@ time.sleep(30)
 
     #[test]
     fn an_old_world_readable_lock_file_is_tightened_or_refused() {
+        dtun_testgate::need_root!();
         let p = tempdir("old");
         let d = RunDir::at(&p).unwrap();
         let path = d.path("routes.lock");

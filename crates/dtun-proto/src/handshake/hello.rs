@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use ring::{hmac, rand::SecureRandom};
 
-use super::{
+use super::wire::{
     CLIENT_HELLO, EXT_EMS, EXT_RENEGOTIATION_INFO, HELLO_VERIFY_REQUEST, HS_HEADER,
     SCSV_RENEGOTIATION, ct_eq, messages,
 };

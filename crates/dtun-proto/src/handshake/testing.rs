@@ -1,7 +1,7 @@
 //! Handshake messages as peers send them, for tests of this crate and of the crates above it
 //! (compiled only with `cfg(test)` or the feature `test-util`).
 
-use super::{CLIENT_HELLO, push_message, push_record_header};
+use super::wire::{CLIENT_HELLO, push_message, push_record_header};
 use crate::consts::{CONTENT_HANDSHAKE, DTLS12_VERSION};
 
 /// A DTLS 1.2 ClientHello datagram as pion and OpenSSL send it: one record, one message.

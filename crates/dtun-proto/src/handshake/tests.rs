@@ -1,6 +1,11 @@
-use super::testing::client_hello;
-use super::*;
 use std::net::SocketAddr;
+use std::time::Instant;
+
+use super::testing::client_hello;
+use super::wire::{CLIENT_KEY_EXCHANGE, HELLO_VERIFY_REQUEST, push_record_header};
+use super::*;
+use crate::consts::{CONTENT_HANDSHAKE, RECORD_HEADER_LEN};
+use crate::record::{self, Suite};
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()

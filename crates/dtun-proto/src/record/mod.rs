@@ -2,7 +2,8 @@
 //! in place, RFC 6347 sequence numbers and a 64-record replay window. Plain code, no I/O and
 //! no heap allocation per record.
 //!
-//! The DTLS crate does the handshake; from the first application record on, records are ours.
+//! The handshake (`crate::handshake`) seals only its Finished messages here; from the first
+//! application record on, every record goes through this layer.
 //! Keys live in a [`Sealer`] / [`Opener`] pair built from the handshake's key block, so a rekey
 //! later is a new pair with the next epoch.
 
