@@ -1,5 +1,5 @@
 use super::*;
-use crate::consts::CONTENT_APPLICATION_DATA;
+use crate::consts::{CONTENT_APPLICATION_DATA, EXHAUSTION_MARGIN, MAX_SEQUENCE, PAYLOAD_OFFSET};
 
 const SUITES: [Suite; 2] = [Suite::Aes128Ccm8, Suite::Aes128Gcm];
 
