@@ -505,4 +505,6 @@ fn sealed_alert(sealer: &mut Sealer, description: u8) -> Option<Vec<u8>> {
 
 mod messages;
 #[cfg(test)]
+mod review;
+#[cfg(test)]
 mod tests;
