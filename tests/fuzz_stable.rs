@@ -7,7 +7,6 @@
 //! a failing input is written to `target/fuzz_stable-crash` before the panic goes on.
 
 #[path = "../fuzz/checks.rs"]
-#[allow(dead_code)]
 mod checks;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
