@@ -31,8 +31,8 @@ use super::wire::{
     push_handshake_record,
 };
 use crate::consts::{
-    CONTENT_ALERT, CONTENT_HANDSHAKE, FINAL_FLIGHT_RESEND, FLIGHT_INTERVAL, HANDSHAKE_TIMEOUT,
-    PAYLOAD_OFFSET, RECORD_HEADER_LEN,
+    ALERT_LEVEL_WARNING, CONTENT_ALERT, CONTENT_HANDSHAKE, FINAL_FLIGHT_RESEND, FLIGHT_INTERVAL,
+    HANDSHAKE_TIMEOUT, PAYLOAD_OFFSET, RECORD_HEADER_LEN,
 };
 use crate::kdf::{KeyBlock, RANDOM_LEN};
 use crate::record::{self, Opener, Sealer, Suite};
@@ -86,6 +86,9 @@ enum Phase {
     ServerFlight {
         suite: Suite,
         server_random: [u8; RANDOM_LEN],
+        /// A flight has one ServerKeyExchange: later ones are ignored, so a hostile server
+        /// cannot grow the transcript for as long as the handshake may take.
+        hint_taken: bool,
     },
     /// Our last flight is out: the server's ChangeCipherSpec and Finished come next.
     Finished(Box<LastFlight>),
@@ -113,8 +116,14 @@ pub struct ClientHandshake {
     key: Zeroizing<Vec<u8>>,
     suites: Vec<Suite>,
     random: [u8; RANDOM_LEN],
-    /// The cookie of the last HelloVerifyRequest (empty before one).
+    /// The cookie in the ClientHello we last sent (empty before a HelloVerifyRequest): the
+    /// transcript starts at that ClientHello.
     cookie: Vec<u8>,
+    /// A different cookie that came after one was taken: it goes out with the next flight of
+    /// the timer, not at once, so a flood of HelloVerifyRequests costs at most one ClientHello
+    /// per FLIGHT_INTERVAL, and one spoofed cookie arriving just before the server's flight
+    /// does not change the ClientHello that flight answers.
+    pending_cookie: Option<Vec<u8>>,
     /// message_seq of our ClientHello: 0, then 1 once a HelloVerifyRequest came.
     hello_seq: u16,
     /// Handshake messages hashed so far, from the ClientHello the server answered.
@@ -161,6 +170,7 @@ impl ClientHandshake {
             suites: suites.to_vec(),
             random,
             cookie: Vec::new(),
+            pending_cookie: None,
             hello_seq: 0,
             transcript: Vec::new(),
             recv_seq: 0,
@@ -240,6 +250,9 @@ impl ClientHandshake {
                     }
                 }
                 (CONTENT_ALERT, 0) => match rec.get(RECORD_HEADER_LEN..) {
+                    // Only a fatal alert ends a handshake (RFC 5246 §7.2.2); an unauthenticated
+                    // warning from whoever guesses our port is a counted drop.
+                    Some(&[ALERT_LEVEL_WARNING, _]) => self.ignored += 1,
                     Some(&[level, description]) => {
                         return Err(
                             self.fail(HandshakeError::Alert(level, description), AlertOut::None)
@@ -274,11 +287,19 @@ impl ClientHandshake {
         }
         match (&self.phase, m.typ) {
             (Phase::Hello, SERVER_HELLO) => self.server_hello(m),
-            (Phase::ServerFlight { .. }, SERVER_KEY_EXCHANGE) => {
+            (
+                Phase::ServerFlight {
+                    hint_taken: false, ..
+                },
+                SERVER_KEY_EXCHANGE,
+            ) => {
                 match key_exchange_hint(m.body) {
                     Some(hint) => {
                         self.peer_identity = hint.to_vec();
                         self.take(m);
+                        if let Phase::ServerFlight { hint_taken, .. } = &mut self.phase {
+                            *hint_taken = true;
+                        }
                     }
                     None => self.ignored += 1,
                 }
@@ -310,7 +331,14 @@ impl ClientHandshake {
             return Next::Nothing;
         };
         if cookie == self.cookie.as_slice() {
+            // The cookie we sent, again: a cookie that differs was not the server's.
+            self.pending_cookie = None;
             return Next::Resend;
+        }
+        if !self.cookie.is_empty() {
+            self.ignored += 1;
+            self.pending_cookie = Some(cookie.to_vec());
+            return Next::Nothing;
         }
         self.cookie = cookie.to_vec();
         // RFC 6347 §4.2.2: the ClientHello answering a HelloVerifyRequest has message_seq 1,
@@ -339,6 +367,7 @@ impl ClientHandshake {
         self.phase = Phase::ServerFlight {
             suite,
             server_random,
+            hint_taken: false,
         };
         Ok(Next::Nothing)
     }
@@ -348,6 +377,7 @@ impl ClientHandshake {
         let Phase::ServerFlight {
             suite,
             server_random,
+            ..
         } = self.phase
         else {
             return;
@@ -439,6 +469,11 @@ impl ClientHandshake {
     /// §4.2.4); notes when it went out.
     fn flight(&mut self, now: Instant) -> Vec<u8> {
         self.sent_at = now;
+        if matches!(self.phase, Phase::Hello)
+            && let Some(cookie) = self.pending_cookie.take()
+        {
+            self.cookie = cookie;
+        }
         let mut out = Vec::with_capacity(256);
         if matches!(self.phase, Phase::Hello | Phase::ServerFlight { .. }) {
             let hello = self.client_hello_message();

@@ -1,5 +1,5 @@
-//! Outside review of the client handshake: what a hostile or spoofing server can make it do
-//! with handshake messages that parse and come in order (findings of the issue-21 review).
+//! The outside review of the client handshake: what a hostile or spoofing server can make it
+//! do with handshake messages that parse and come in order.
 
 use std::time::Instant;
 
