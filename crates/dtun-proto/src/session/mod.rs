@@ -180,12 +180,23 @@ impl ClientSession {
         let mut seed = [0u8; 8];
         rng.fill(&mut seed)
             .map_err(|_| HandshakeError::Failed("no randomness".into()))?;
-        let s = ClientSession {
+        let state = State::Handshake {
+            hs: Box::new(hs),
+            early: EarlyRecords::new(u64::from_le_bytes(seed)),
+        };
+        let s = ClientSession::in_state(cfg, state, now);
+        let step = Step {
+            send: vec![first],
+            ..Step::default()
+        };
+        Ok((s, step))
+    }
+
+    /// A session in `state` with nothing heard or sent yet.
+    fn in_state(cfg: Config, state: State, now: Instant) -> ClientSession {
+        ClientSession {
             cfg,
-            state: State::Handshake {
-                hs: Box::new(hs),
-                early: EarlyRecords::new(u64::from_le_bytes(seed)),
-            },
+            state,
             keys: None,
             detached: false,
             negotiated: false,
@@ -193,12 +204,7 @@ impl ClientSession {
             last_ping: now,
             refused_since: None,
             counters: Arc::new(Counters::default()),
-        };
-        let step = Step {
-            send: vec![first],
-            ..Step::default()
-        };
-        Ok((s, step))
+        }
     }
 
     /// A session whose handshake ended with `est` (tests: a captured session's keys, whose
@@ -209,17 +215,7 @@ impl ClientSession {
         est: crate::handshake::Established,
         now: Instant,
     ) -> (ClientSession, Step) {
-        let mut s = ClientSession {
-            cfg,
-            state: State::Closed,
-            keys: None,
-            detached: false,
-            negotiated: false,
-            last_rx: now,
-            last_ping: now,
-            refused_since: None,
-            counters: Arc::new(Counters::default()),
-        };
+        let mut s = ClientSession::in_state(cfg, State::Closed, now);
         let mut step = Step::default();
         s.established(now, est, &mut step);
         (s, step)
