@@ -132,6 +132,7 @@ pub fn check_peernet(
 /// Whether a packet from a client may carry its source address: the client's tunnel address
 /// (IPv4, or IPv6 when the tunnel has IPv6), an address in one of its accepted LANs, or an
 /// IPv6 link-local address (which never leaves the point-to-point link).
+#[inline]
 pub fn source_allowed(
     packet: &[u8],
     tunnel: Ipv4Addr,

@@ -79,11 +79,13 @@ pub struct Counters {
 }
 
 impl Counters {
+    #[inline]
     pub fn count_drop(&self, d: DropKind) {
         self.drops[d.index()].fetch_add(1, Relaxed);
     }
 
     /// Counts one packet delivered to the TUN.
+    #[inline]
     pub fn count_rx(&self, len: usize) {
         self.rx_packets.fetch_add(1, Relaxed);
         self.rx_bytes.fetch_add(len as u64, Relaxed);
@@ -247,12 +249,14 @@ impl Inbox {
 }
 
 /// Whether data starts like an IPv4 or IPv6 packet.
+#[inline]
 pub fn is_ip(packet: &[u8]) -> bool {
     matches!(packet.first().map(|b| b >> 4), Some(4) | Some(6))
 }
 
 /// Whether data is an IPv4 or IPv6 packet whose header length field matches its size (so a
 /// setup message, which is text, is never taken for one).
+#[inline]
 pub fn is_whole_ip_packet(p: &[u8]) -> bool {
     match p.first().map(|b| b >> 4) {
         Some(4) => p.len() >= 20 && usize::from(u16::from_be_bytes([p[2], p[3]])) == p.len(),
@@ -262,6 +266,7 @@ pub fn is_whole_ip_packet(p: &[u8]) -> bool {
 }
 
 /// Whether authenticated data is an IP packet the TUN will take; counts it either way.
+#[inline]
 pub fn accept_packet(counters: &Counters, packet: &[u8]) -> bool {
     if is_ip(packet) {
         counters.count_rx(packet.len());

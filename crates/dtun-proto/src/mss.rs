@@ -29,6 +29,7 @@ pub fn mss_for_path(path_mtu: u32, overhead: usize) -> (u16, u16) {
 /// family's value: `v4` for IPv4, `v6` for IPv6) and fixes the TCP checksum incrementally.
 /// Returns whether the packet was changed. Anything that is not a well-formed, unfragmented
 /// TCP SYN is left alone.
+#[inline]
 pub fn clamp(packet: &mut [u8], v4: u16, v6: u16) -> bool {
     let Some((tcp_range, max_mss)) = tcp_offset(packet, v4, v6) else {
         return false;
