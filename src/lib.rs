@@ -12,7 +12,7 @@
 //!    │              │          rundir, privilege, sys (the one module allowed `unsafe`)
 //!    ▼              ▼
 //!   dtun-proto   the protocol without I/O: record, ccm8, kdf, handshake (both roles),
-//!                session (the client's session as a state machine), admission, inbound,
+//!                session (both roles' sessions as state machines), admission, inbound,
 //!                proto, mss, keys, authz, pool, pool6, cidr (no async runtime, no sockets;
 //!                `scripts/test.sh` holds its dependency tree against a deny list)
 //! ```
@@ -38,7 +38,8 @@
 //! A newcomer reads `docs/PROTOCOL.md` (the wire), then `dtun_proto::record` and
 //! `dtun_proto::handshake` (what a datagram becomes), then [`server`]'s module docs and
 //! `server::demux` (how a datagram finds its session), then [`pump`] (the fast path), then
-//! `dtun_proto::session` (the client's protocol, with its in-memory tests) and [`client`]. `docs/DESIGN.md` has the module table and the design decisions.
+//! `dtun_proto::session` (the protocol of a session, both roles, with its in-memory tests) and
+//! [`client`]. `docs/DESIGN.md` has the module table and the design decisions.
 #![deny(unsafe_code)]
 
 pub mod cli;

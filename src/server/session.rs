@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::mpsc;
 
@@ -13,6 +13,7 @@ use dtun_linux::tun::TunError;
 use dtun_proto::inbound::Counters;
 use dtun_proto::pool::PoolError;
 use dtun_proto::record;
+use dtun_proto::session::server::ServerSession;
 
 pub(super) struct Session {
     pub(super) session_id: u64,
@@ -20,19 +21,11 @@ pub(super) struct Session {
     pub(super) out_tx: mpsc::Sender<OutboundCmd>,
     pub(super) out_task: pump::OutboundTask,
     pub(super) counters: Arc<Counters>,
-    /// Deadline for the client's peernet message.
-    pub(super) setup_deadline: Option<Instant>,
-    /// The client said Hello (or pinged): it is a dtun peer and may get control messages.
-    pub(super) negotiated: bool,
-    /// We answered a Hello (a later one is a client asking again: logged at debug only).
-    pub(super) answered: bool,
-    /// The client's Lans message came (the Hello answer says so).
-    pub(super) lans_heard: bool,
-    /// The client's keepalive period (zero: none); it pings, we answer.
-    pub(super) keepalive: Duration,
-    /// Authenticated records seen at the last check, and when that count last moved.
+    /// The session's control logic: setup deadline, Hello exchange, keepalive, endings.
+    pub(super) control: ServerSession,
+    /// Authenticated records seen at the last check (when it moves, the session heard from
+    /// its client).
     pub(super) seen: u64,
-    pub(super) alive_at: Instant,
     /// The key its handshake was completed with: a reload that changes the id's key ends it.
     pub(super) key_id: dtun_proto::keys::KeyId,
     /// The session's suite and when its handshake completed (for status).

@@ -8,8 +8,10 @@
 //! - [`ccm8`], [`kdf`], [`record`]: AES-128-CCM_8, the TLS 1.2 PRF and key block, the DTLS 1.2
 //!   record layer (seal/open of batches, replay window, AEAD usage limits);
 //! - [`handshake`]: the DTLS 1.2 PSK handshake of both roles (RFC 6347, 4279, 7627);
-//! - [`session`]: the client's session as a state machine (handshake, setup, Hello exchange,
-//!   keepalive, close), with `session::pair::Pair`, a simulated link and clock for tests;
+//! - [`session`]: the sessions of both roles as state machines: the client's (handshake,
+//!   setup, Hello exchange, keepalive, close) and the server's (`session::server`: the inlet
+//!   that meets every record, and the control logic: setup deadline, Hello answers, keepalive,
+//!   endings), with `session::pair::Pair` running both over a simulated link and clock;
 //! - [`admission`]: the server's admission of handshakes under a flood (cookies, per-source
 //!   budgets);
 //! - [`proto`]: dtun's messages inside the tunnel (the original's address message, the Hello

@@ -24,9 +24,9 @@ use dtun_linux::udp::{Receiver, Udp};
 use dtun_proto::admission::{
     Admission, AdmissionCounters, Outcome, is_session_record as is_record,
 };
-use dtun_proto::consts::FINAL_FLIGHT_RESEND;
 use dtun_proto::inbound::{Counters, Inbox};
 use dtun_proto::record::Opener;
+use dtun_proto::session::server::Inlet;
 
 // ---------------------------------------------------------------------------------------------
 // Demultiplexer (data path side)
@@ -62,26 +62,16 @@ pub(super) struct SessionRx {
     /// MSS clamps (IPv4, IPv6) for SYNs into this TUN.
     pub(super) mss: (u16, u16),
     pub(super) counters: Arc<Counters>,
-    /// The first application record is the peernet message, not a packet.
-    pub(super) awaiting_peernet: bool,
     /// The client's tunnel address and accepted LANs: the only inner sources it may use.
     pub(super) tunnel_ip: std::net::Ipv4Addr,
     /// The client's IPv6 tunnel address, when its device has one.
     pub(super) tunnel_ip6: Option<std::net::Ipv6Addr>,
     pub(super) allowed: Vec<IpNet>,
-    /// Control messages are understood (not -compat); else they are non-IP drops, which is
-    /// the closest we come to what the original does with them.
-    pub(super) controls: bool,
-    /// Our last handshake flight, resent whenever the client repeats its own: until the
-    /// client has it, it cannot finish. Emptied at the first authenticated record from the
-    /// peer, which proves the client finished.
-    pub(super) final_flight: Vec<u8>,
-    /// When `final_flight` was last resent.
-    pub(super) resent_at: Option<Instant>,
     /// The session's outbound task: Pings are answered here, not by the manager.
     pub(super) out_tx: mpsc::Sender<OutboundCmd>,
-    /// What the session's control records may still cost the manager.
-    pub(super) control: records::ControlState,
+    /// The session's half that meets every record: the peernet message, control records and
+    /// their budget, our final flight resent.
+    pub(super) inlet: Inlet,
 }
 
 /// What the demultiplexer saw that belongs to no session, for the shutdown summary.
@@ -315,19 +305,12 @@ impl Demux {
             self.drop_log(addr, "unknown_peer");
             return;
         };
-        // The client repeats its last flight, so ours was lost (RFC 6347 4.2.4). At most one
-        // resend per FINAL_FLIGHT_RESEND: the client repeats its flight once a second at most,
-        // and a spoofed trigger gains little.
-        if s.final_flight.is_empty()
-            || !dtun_proto::handshake::is_final_flight(dg)
-            || s.resent_at
-                .is_some_and(|t| t.elapsed() < FINAL_FLIGHT_RESEND)
-        {
+        // The client repeats its last flight, so ours was lost.
+        let Some(flight) = s.inlet.final_flight_again(Instant::now(), dg) else {
             self.drop_log(addr, "unexpected_handshake");
             return;
-        }
-        s.resent_at = Some(Instant::now());
-        if let Err(e) = self.udp.sock.send_to(&s.final_flight, addr).await
+        };
+        if let Err(e) = self.udp.sock.send_to(flight, addr).await
             && !dtun_linux::udp::is_lost_datagram(&e)
         {
             tracing::debug!("resending the last handshake flight to {addr}: {e}");

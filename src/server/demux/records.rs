@@ -1,9 +1,9 @@
-//! One session's records in the demultiplexer: data to its TUN (after the peernet message,
-//! the source check and the MSS clamp), the peernet message and alerts to the manager, control
-//! records (Pings answered here, so a ping flood never reaches the manager; the others within
-//! a per-session budget, so one client's flood of Hellos cannot fill the queue all sessions'
-//! events share); session events go to the manager on a bounded queue, a full one is a counted
-//! drop.
+//! One session's records in the demultiplexer, as its inlet (`dtun_proto::session::server`)
+//! sorts them: data to its TUN (after the source check and the MSS clamp), the peernet message
+//! and alerts to the manager, control records (Pings answered here, so a ping flood never
+//! reaches the manager; the others within a per-session budget, so one client's flood of
+//! Hellos cannot fill the queue all sessions' events share); session events go to the manager
+//! on a bounded queue, a full one is a counted drop.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -14,57 +14,12 @@ use tokio::sync::mpsc;
 use dtun_proto::authz;
 use dtun_proto::inbound;
 use dtun_proto::inbound::{Counters, Inbound};
-use dtun_proto::proto::{Control, Peernet};
+use dtun_proto::proto::Control;
+use dtun_proto::session::server::{ControlVerdict, Inlet, Record};
 
 use super::{Delivery, Demux, DemuxCounters, SessionRx};
 use crate::pump::OutboundCmd;
 use crate::server::events::Event;
-
-/// Control messages (other than Pings) one session may pass to the manager at once: a client
-/// sends at most 8 Hellos and 8 Lans while it sets up (dtun_proto::session), then a Close.
-const CONTROL_BURST: u32 = 32;
-/// ... and how many more each second after that.
-const CONTROL_PER_SECOND: u32 = 8;
-
-/// A session's state for its control records.
-#[derive(Debug)]
-pub(crate) struct ControlState {
-    /// A Ping was seen (the first one goes to the manager: the client is a dtun peer).
-    pinged: bool,
-    /// Control messages the session may still pass to the manager, and when that was last
-    /// topped up.
-    tokens: u32,
-    topped_up: Instant,
-}
-
-impl Default for ControlState {
-    fn default() -> ControlState {
-        ControlState {
-            pinged: false,
-            tokens: CONTROL_BURST,
-            topped_up: Instant::now(),
-        }
-    }
-}
-
-impl ControlState {
-    /// Takes one message's worth of the budget, if there is one.
-    fn spend(&mut self, now: Instant) -> bool {
-        let earned = now.saturating_duration_since(self.topped_up).as_millis()
-            * u128::from(CONTROL_PER_SECOND)
-            / 1000;
-        if earned > 0 {
-            let earned = u32::try_from(earned).unwrap_or(u32::MAX);
-            self.tokens = self.tokens.saturating_add(earned).min(CONTROL_BURST);
-            self.topped_up = now;
-        }
-        if self.tokens == 0 {
-            return false;
-        }
-        self.tokens -= 1;
-        true
-    }
-}
 
 /// What a session's control record may touch: its outbound queue (Pongs), its counters, and
 /// the manager's event queue.
@@ -77,25 +32,23 @@ struct SessionControl<'a> {
 }
 
 impl SessionControl<'_> {
-    /// One control record: a Ping is answered here, so a ping flood never reaches the manager
-    /// (only the first goes on: it makes the client a dtun peer); other messages go to the
-    /// manager within the session's budget, beyond it they are counted drops (control_flood);
-    /// malformed ones and unknown types are counted drops.
-    fn record(&self, data: &[u8], state: &mut ControlState) {
-        match Control::parse(data) {
-            Ok(Control::Ping) => {
+    /// One control record, as the session's inlet says: a Ping is answered here, so a ping
+    /// flood never reaches the manager (only the first goes on: it makes the client a dtun
+    /// peer); other messages go to the manager within the session's budget; the rest are
+    /// counted drops.
+    fn record(&self, data: &[u8], inlet: &mut Inlet) {
+        match inlet.control(Instant::now(), data) {
+            ControlVerdict::Pong { first } => {
                 // A full queue: the peer pings faster than we send; UDP would lose it too.
                 let _ = self
                     .out_tx
                     .try_send(OutboundCmd::Send(Control::Pong.to_bytes()));
-                if !state.pinged {
-                    state.pinged = true;
+                if first {
                     self.report(Control::Ping);
                 }
             }
-            Ok(msg) if state.spend(Instant::now()) => self.report(msg),
-            Ok(_) => self.counters.count_drop(inbound::DropKind::ControlFlood),
-            Err(_) => self.counters.count_drop(inbound::DropKind::Unexpected),
+            ControlVerdict::Pass(msg) => self.report(msg),
+            ControlVerdict::Drop(kind) => self.counters.count_drop(kind),
         }
     }
 
@@ -132,31 +85,21 @@ impl Demux {
         let (log_limit, tun_batch) = (&mut out.log_limit, &mut out.tun_batch);
         for record in records {
             match record {
-                Inbound::Data(r) => {
-                    if !s.final_flight.is_empty() {
-                        s.final_flight = Vec::new();
-                    }
-                    if s.awaiting_peernet {
-                        s.awaiting_peernet = false;
-                        let data = &buf[r.clone()];
-                        let peernet = Peernet::parse(data);
-                        // A control message or a whole IP packet where the peernet message
-                        // should be: that message was lost. Close, so the client starts over.
-                        let lost = peernet.is_err()
-                            && ((s.controls && Control::is_control(data))
-                                || inbound::is_whole_ip_packet(data));
-                        let ev = if lost {
-                            Event::SetupLost {
-                                session_id: s.session_id,
-                            }
-                        } else {
-                            Event::Peernet {
-                                session_id: s.session_id,
-                                peernet,
-                            }
+                Inbound::Data(r) => match s.inlet.record(&buf[r.clone()]) {
+                    Record::Peernet(peernet) => {
+                        let ev = Event::Peernet {
+                            session_id: s.session_id,
+                            peernet,
                         };
                         report(events, dc, ev);
-                    } else if s.controls && Control::is_control(&buf[r.clone()]) {
+                    }
+                    Record::SetupLost => {
+                        let ev = Event::SetupLost {
+                            session_id: s.session_id,
+                        };
+                        report(events, dc, ev);
+                    }
+                    Record::Control => {
                         let sc = SessionControl {
                             session_id: s.session_id,
                             out_tx: &s.out_tx,
@@ -164,30 +107,35 @@ impl Demux {
                             events,
                             demux: dc,
                         };
-                        sc.record(&buf[r.clone()], &mut s.control);
-                    } else if !inbound::is_ip(&buf[r.clone()]) {
+                        sc.record(&buf[r.clone()], &mut s.inlet);
+                    }
+                    Record::Packet if !inbound::is_ip(&buf[r.clone()]) => {
                         s.counters.count_drop(inbound::DropKind::NotIp);
                         if log_limit.allow() {
                             tracing::debug!("drop reason=not_ip from {addr}");
                         }
-                    } else if !authz::source_allowed(
-                        &buf[r.clone()],
-                        s.tunnel_ip,
-                        s.tunnel_ip6,
-                        &s.allowed,
-                    ) {
+                    }
+                    Record::Packet
+                        if !authz::source_allowed(
+                            &buf[r.clone()],
+                            s.tunnel_ip,
+                            s.tunnel_ip6,
+                            &s.allowed,
+                        ) =>
+                    {
                         s.counters.count_drop(inbound::DropKind::ForgedSource);
                         if log_limit.allow() {
                             tracing::debug!("drop reason=forged_source from {addr}");
                         }
-                    } else {
+                    }
+                    Record::Packet => {
                         s.counters.count_rx(r.len());
                         let packet = &mut buf[r.clone()];
                         crate::supervise::fault_point(crate::supervise::Site::Demux, packet);
                         dtun_proto::mss::clamp(packet, s.mss.0, s.mss.1);
                         tun_batch.push(&s.tun, packet).await;
                     }
-                }
+                },
                 Inbound::Alert(level, desc) => {
                     let ev = Event::Closed {
                         session_id: s.session_id,
@@ -210,7 +158,6 @@ impl Demux {
 mod tests {
     use super::*;
     use dtun_proto::consts::EVENT_QUEUE;
-    use std::time::Duration;
 
     /// What a session's control records reach: its outbound queue, the manager's event queue
     /// and the counters (the receivers are returned apart, for the test to drain).
@@ -252,12 +199,11 @@ mod tests {
     fn pings_answered_here_and_unknown_controls_counted() {
         let (rig, mut out_rx, mut ev_rx) = Rig::new();
         let (sc, counters, demux) = (rig.control(42), &rig.counters, &rig.demux);
-        let mut state = ControlState::default();
+        let mut state = Inlet::new(true, vec![], Instant::now());
         let ping = Control::Ping.to_bytes();
         for _ in 0..10_000 {
             sc.record(&ping, &mut state);
         }
-        assert!(state.pinged);
         assert!(matches!(
             ev_rx.try_recv(),
             Ok(Event::Control {
@@ -296,64 +242,6 @@ mod tests {
             })
         ));
         assert_eq!(demux.events_dropped.load(Relaxed), 0);
-    }
-
-    /// A flood of Hellos (or any control message but Ping) from one session passes its budget
-    /// to the manager and no more: the rest are counted drops, so it cannot fill the queue the
-    /// other sessions' events share. An honest setup (8 Hellos, 8 Lans, a Close) fits, and the
-    /// budget comes back with time.
-    #[test]
-    fn a_control_flood_is_cut_to_the_sessions_budget() {
-        let (rig, _out_rx, mut ev_rx) = Rig::new();
-        let (sc, counters, demux) = (rig.control(7), &rig.counters, &rig.demux);
-        let mut state = ControlState::default();
-        let hello = Control::Hello {
-            version: dtun_proto::proto::CONTROL_VERSION,
-            keepalive_ms: 0,
-            flags: Default::default(),
-        }
-        .to_bytes();
-        let lans = Control::Lans(vec!["fd77::/64".parse().unwrap()]).to_bytes();
-        for _ in 0..8 {
-            sc.record(&lans, &mut state);
-            sc.record(&hello, &mut state);
-        }
-        sc.record(
-            &Control::Close {
-                reason: dtun_proto::proto::CloseReason::Shutdown,
-                detail: String::new(),
-            }
-            .to_bytes(),
-            &mut state,
-        );
-        assert_eq!(
-            counters.drops(inbound::DropKind::ControlFlood),
-            0,
-            "an honest setup"
-        );
-        for _ in 0..10_000 {
-            sc.record(&hello, &mut state);
-        }
-        let mut passed = 0;
-        while ev_rx.try_recv().is_ok() {
-            passed += 1;
-        }
-        assert_eq!(passed, CONTROL_BURST as usize);
-        assert_eq!(
-            counters.drops(inbound::DropKind::ControlFlood),
-            10_000 + 17 - u64::from(CONTROL_BURST)
-        );
-        assert_eq!(demux.events_dropped.load(Relaxed), 0);
-        // A second later the session may speak again, a little.
-        state.topped_up -= Duration::from_secs(1);
-        for _ in 0..100 {
-            sc.record(&hello, &mut state);
-        }
-        let mut passed = 0;
-        while ev_rx.try_recv().is_ok() {
-            passed += 1;
-        }
-        assert_eq!(passed, CONTROL_PER_SECOND as usize);
     }
 
     /// A peer's flood of session events (alerts, control messages) neither grows the queue to

@@ -21,9 +21,11 @@ use crate::config::ServerConfig;
 use crate::pump::OutboundCmd;
 use dtun_linux::netlink::Netlink;
 use dtun_linux::udp::Udp;
-use dtun_proto::consts::{KEEPALIVE_MISSES, SETUP_TIMEOUT};
 use dtun_proto::pool::Pool;
-use dtun_proto::proto::{CONTROL_VERSION, CloseReason, Control, HelloFlags};
+use dtun_proto::proto::CloseReason;
+use dtun_proto::session::server::{
+    self as server_session, Event as SessionEvent, ServerSession, Step,
+};
 
 use super::device::Device;
 use super::events::Event;
@@ -116,6 +118,14 @@ impl Manager {
             firewall: s.firewall,
             lan_table: Default::default(),
             host_view: Default::default(),
+        }
+    }
+
+    /// The control logic's settings for a new session.
+    fn session_config(&self) -> server_session::Config {
+        server_session::Config {
+            keepalive: self.cfg.common.keepalive,
+            compat: self.cfg.common.compat,
         }
     }
 
@@ -220,52 +230,71 @@ impl Manager {
             Event::Peernet {
                 session_id,
                 peernet,
-            } => {
-                let Some(id) = self.id_of(session_id) else {
-                    return;
-                };
-                match peernet {
-                    Ok(p) => self.set_peernet(&id, p).await,
-                    Err(e) => {
-                        tracing::warn!("client {id}: {e}; the tunnel stays up without a route")
-                    }
-                }
-                if let Some(s) = self.devices.get_mut(&id).and_then(|d| d.session.as_mut()) {
-                    s.setup_deadline = None;
-                }
-            }
+            } => self.session_call(session_id, |s| s.peernet(peernet)).await,
             Event::Closed {
                 session_id,
                 level,
                 desc,
             } => {
-                let Some(id) = self.id_of(session_id) else {
-                    return;
-                };
-                let why = if desc == 0 {
-                    "close_notify".to_string()
-                } else {
-                    format!("alert {level}/{desc}")
-                };
-                self.end_session(&id, None, &format!("peer sent {why}"))
-                    .await;
+                self.session_call(session_id, |s| s.alert(level, desc))
+                    .await
             }
             Event::SetupLost { session_id } => {
-                let Some(id) = self.id_of(session_id) else {
-                    return;
-                };
-                self.end_session(
-                    &id,
-                    Some(CloseReason::Timeout),
-                    "its peernet message was lost",
-                )
-                .await;
+                self.session_call(session_id, ServerSession::setup_lost)
+                    .await
             }
             Event::Control { session_id, msg } => {
-                let Some(id) = self.id_of(session_id) else {
+                self.session_call(session_id, |s| s.control(msg)).await
+            }
+        }
+    }
+
+    /// Gives a session's control logic what its demultiplexer half reported, and does what
+    /// it says.
+    async fn session_call(&mut self, session_id: u64, f: impl FnOnce(&mut ServerSession) -> Step) {
+        let Some(id) = self.id_of(session_id) else {
+            return;
+        };
+        let Some(s) = self.devices.get_mut(&id).and_then(|d| d.session.as_mut()) else {
+            return;
+        };
+        let step = f(&mut s.control);
+        self.session_step(&id, step).await;
+    }
+
+    /// Does what a session's control logic says: its control messages go out (in order, on
+    /// the session's outbound queue), then its events.
+    async fn session_step(&mut self, id: &str, step: Step) {
+        if let Some(s) = self.devices.get(id).and_then(|d| d.session.as_ref()) {
+            for msg in step.send {
+                let _ = s.out_tx.try_send(OutboundCmd::Send(msg));
+            }
+        }
+        for event in step.events {
+            match event {
+                SessionEvent::Peernet(p) => self.set_peernet(id, p).await,
+                SessionEvent::BadPeernet(e) => {
+                    tracing::warn!("client {id}: {e}; the tunnel stays up without a route")
+                }
+                // Only a dtun client pings: a lost Hello must not leave it unanswered.
+                SessionEvent::DtunPeer => self.start_up_script(id),
+                SessionEvent::Hello { first, keepalive } => {
+                    tracing::debug!("client {id} is a dtun peer (keepalive {keepalive:?})");
+                    // Once a session (a Hello said again after a failure would log it again).
+                    if first {
+                        self.give_ipv6(id).await;
+                    }
+                    self.start_up_script(id);
+                    self.answer_hello(id, first);
+                }
+                SessionEvent::Lans(lans) => self.add_lans(id, lans).await,
+                SessionEvent::Closing { reason, detail } => {
+                    tracing::debug!("client {id} is closing: {reason:?} {detail:?}");
+                }
+                SessionEvent::Ended { reason, why } => {
+                    self.end_session(id, reason, &why).await;
                     return;
-                };
-                self.control(&id, msg).await;
+                }
             }
         }
     }
@@ -281,45 +310,10 @@ impl Manager {
             .map(|(id, _)| id.clone())
     }
 
-    /// Answers a dtun client's control message.
-    async fn control(&mut self, id: &str, msg: Control) {
-        let Some(s) = self.devices.get_mut(id).and_then(|d| d.session.as_mut()) else {
-            return;
-        };
-        match msg {
-            Control::Hello { keepalive_ms, .. } => {
-                s.keepalive = Duration::from_millis(u64::from(keepalive_ms));
-                tracing::debug!("client {id} is a dtun peer (keepalive {:?})", s.keepalive);
-                // Once a session (a Hello said again after a failure would log it again).
-                if !s.answered {
-                    self.give_ipv6(id).await;
-                }
-                self.start_up_script(id);
-                self.answer_hello(id);
-            }
-            // Only a dtun client pings: a lost Hello must not leave it unanswered. The
-            // demultiplexer answers every Ping and passes on only the first.
-            Control::Ping if !self.cfg.common.compat && !s.negotiated => {
-                s.negotiated = true;
-                s.keepalive = self.cfg.common.keepalive;
-                self.start_up_script(id);
-            }
-            Control::Close { reason, detail } => {
-                tracing::debug!("client {id} is closing: {reason:?} {detail:?}");
-            }
-            Control::Lans(lans) => {
-                s.lans_heard = true;
-                self.add_lans(id, lans).await;
-            }
-            _ => {}
-        }
-    }
-
     /// Answers a Hello (each one: a client says it again until its answer shows that nothing
-    /// was lost, dtun_proto::session): the device's IPv6 pair and our -dns, then the answer,
-    /// whose flags say that those came and whether we have the client's Lans. A client that
-    /// has the answer knows whether IPv6 comes before its up script runs.
-    fn answer_hello(&mut self, id: &str) {
+    /// was lost): the device's IPv6 pair and our -dns, then the answer, whose flags say that
+    /// those came and whether we have the client's Lans (`ServerSession::answer_hello`).
+    fn answer_hello(&mut self, id: &str, first: bool) {
         let addr6 = self
             .devices
             .get(id)
@@ -329,34 +323,17 @@ impl Manager {
         let Some(s) = self.devices.get_mut(id).and_then(|d| d.session.as_mut()) else {
             return;
         };
-        let first = !s.answered;
-        s.negotiated = true;
-        s.answered = true;
         let dns = &self.cfg.dns;
-        let flags = HelloFlags::default()
-            .with(HelloFlags::ADDR6_SENT, addr6.is_some())
-            .with(HelloFlags::DNS_SENT, !dns.is_empty())
-            .with(HelloFlags::LANS_HEARD, s.lans_heard);
-        let ours = u32::try_from(self.cfg.common.keepalive.as_millis()).unwrap_or(u32::MAX);
-        let answer = Control::Hello {
-            version: CONTROL_VERSION,
-            keepalive_ms: ours,
-            flags,
-        };
-        if let Some(a) = addr6 {
-            if first {
+        let step = s.control.answer_hello(addr6, dns);
+        if first {
+            if let Some(a) = addr6 {
                 tracing::info!(
                     "client {id}: IPv6 inside, local {} peer {}",
                     a.server,
                     a.client
                 );
             }
-            let _ = s
-                .out_tx
-                .try_send(OutboundCmd::Send(Control::Addr6(a).to_bytes()));
-        }
-        if !dns.is_empty() {
-            if first {
+            if !dns.is_empty() {
                 tracing::info!(
                     "client {id}: {} {}",
                     dtun_linux::dns::LOG_DNS_PUSHED,
@@ -366,14 +343,12 @@ impl Manager {
                         .join(",")
                 );
             }
-            let _ = s
-                .out_tx
-                .try_send(OutboundCmd::Send(Control::Dns(dns.clone()).to_bytes()));
+        } else {
+            tracing::debug!("client {id} said Hello again; answered");
         }
-        if !first {
-            tracing::debug!("client {id} said Hello again; answered with flags {flags:?}");
+        for msg in step.send {
+            let _ = s.out_tx.try_send(OutboundCmd::Send(msg));
         }
-        let _ = s.out_tx.try_send(OutboundCmd::Send(answer.to_bytes()));
     }
 
     async fn timers(&mut self) {
@@ -387,7 +362,7 @@ impl Manager {
             .filter(|(_, d)| {
                 d.session.as_ref().is_some_and(|s| {
                     s.out_task.is_finished()
-                        || (s.negotiated && s.counters.integrity_limit_reached())
+                        || (s.control.is_dtun_peer() && s.counters.integrity_limit_reached())
                 })
             })
             .map(|(id, _)| id.clone())
@@ -400,29 +375,9 @@ impl Manager {
             )
             .await;
         }
-        let late: Vec<String> = self
-            .devices
-            .iter()
-            .filter(|(_, d)| {
-                d.session
-                    .as_ref()
-                    .and_then(|s| s.setup_deadline)
-                    .is_some_and(|t| now >= t)
-            })
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in late {
-            self.end_session(
-                &id,
-                Some(CloseReason::Timeout),
-                &format!("no peernet message within {SETUP_TIMEOUT:?}"),
-            )
-            .await;
-        }
-        // Keepalive: a dtun client pings when quiet; no authenticated record for
-        // KEEPALIVE_MISSES of its periods means it is gone.
-        let check = !self.cfg.common.keepalive.is_zero();
-        let mut dead = Vec::new();
+        // The sessions' own timers (setup deadline, keepalive), after telling each whether
+        // its client was heard since the last tick.
+        let mut steps = Vec::new();
         for (id, d) in self.devices.iter_mut() {
             let Some(s) = d.session.as_mut() else {
                 continue;
@@ -430,19 +385,15 @@ impl Manager {
             let seen = s.counters.authenticated();
             if seen != s.seen {
                 s.seen = seen;
-                s.alive_at = now;
-            } else if check
-                && s.negotiated
-                && !s.keepalive.is_zero()
-                && now.duration_since(s.alive_at) >= s.keepalive * KEEPALIVE_MISSES
-            {
-                dead.push((id.clone(), now.duration_since(s.alive_at)));
+                s.control.heard(now);
+            }
+            let step = s.control.timeout(now);
+            if !step.events.is_empty() || !step.send.is_empty() {
+                steps.push((id.clone(), step));
             }
         }
-        for (id, quiet) in dead {
-            let why = format!("no keepalive for {:.1}s", quiet.as_secs_f64());
-            self.end_session(&id, Some(CloseReason::Timeout), &why)
-                .await;
+        for (id, step) in steps {
+            self.session_step(&id, step).await;
         }
         // Up scripts still waiting for a Hello that did not come (an original peer).
         let due: Vec<String> = self

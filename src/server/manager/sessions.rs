@@ -5,13 +5,14 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use dtun_proto::consts::{CONTENT_APPLICATION_DATA, SETUP_TIMEOUT};
+use dtun_proto::consts::CONTENT_APPLICATION_DATA;
 use dtun_proto::handshake::Completed;
 use dtun_proto::inbound::Counters;
 use dtun_proto::proto::{AddressMessage, CloseReason, Control};
 use dtun_proto::record;
+use dtun_proto::session::server::{Inlet, ServerSession};
 
 use super::Manager;
 use crate::pump::{self, Link, OutboundCmd, OutboundEnd};
@@ -30,6 +31,7 @@ impl Manager {
         if !self.device_for(id, addr, &est).await? {
             return Ok(());
         }
+        let control = ServerSession::new(self.session_config(), Instant::now());
         let Some(dev) = self.devices.get_mut(id) else {
             return Ok(());
         };
@@ -49,15 +51,11 @@ impl Manager {
                 tun: Arc::clone(&dev.tun.dev),
                 mss: pump::mss_clamps(dev.tun.mtu),
                 counters: Arc::clone(&counters),
-                awaiting_peernet: true,
                 tunnel_ip: dev.pair.client,
                 tunnel_ip6: dev.pair6.map(|p| p.client),
                 allowed: dev.routes.clone(),
-                controls: !self.cfg.common.compat,
-                final_flight: est.final_flight,
-                resent_at: None,
                 out_tx: out_tx.clone(),
-                control: Default::default(),
+                inlet: Inlet::new(!self.cfg.common.compat, est.final_flight, Instant::now()),
             },
         });
         let link = Link {
@@ -87,13 +85,8 @@ impl Manager {
             out_tx,
             out_task,
             counters,
-            setup_deadline: Some(Instant::now() + SETUP_TIMEOUT),
-            negotiated: false,
-            answered: false,
-            lans_heard: false,
-            keepalive: Duration::ZERO,
+            control,
             seen: 0,
-            alive_at: Instant::now(),
             key_id: est.key_id,
             suite: est.suite,
             started: Instant::now(),
@@ -236,18 +229,14 @@ impl Manager {
         let Some(dev) = self.devices.get_mut(id) else {
             return;
         };
-        let Some(s) = dev.session.take() else { return };
+        let Some(mut s) = dev.session.take() else {
+            return;
+        };
         let _ = self.cmd_tx.send(DemuxCmd::Remove {
             addr: s.addr,
             session_id: s.session_id,
         });
-        let farewell = reason.filter(|_| s.negotiated).map(|reason| {
-            Control::Close {
-                reason,
-                detail: detail.to_string(),
-            }
-            .to_bytes()
-        });
+        let farewell = reason.and_then(|reason| s.control.farewell(reason, detail));
         let stop = OutboundCmd::Stop {
             notify: reason.is_some(),
             farewell: farewell.clone(),

@@ -41,14 +41,14 @@ impl Manager {
                         started_age: clock.age(s.started),
                         last_handshake: clock.unix(s.started),
                         last_handshake_age: clock.age(s.started),
-                        last_authenticated: clock.unix(s.alive_at),
-                        last_authenticated_age: clock.age(s.alive_at),
+                        last_authenticated: clock.unix(s.control.alive_at()),
+                        last_authenticated_age: clock.age(s.control.alive_at()),
                         keepalive: Keepalive::new(
-                            s.negotiated,
+                            s.control.is_dtun_peer(),
                             if self.cfg.common.keepalive.is_zero() {
                                 Duration::ZERO
                             } else {
-                                s.keepalive
+                                s.control.keepalive()
                             },
                         ),
                     },

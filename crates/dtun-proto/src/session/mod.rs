@@ -14,9 +14,12 @@
 //! What it leaves to the caller: the checks of the address pair against the host's
 //! networks, the TUN, routes, scripts, DNS settings, the path MTU, the data path.
 //!
-//! `pair::Pair` (feature `test-util`) runs it against our admission and server handshake and
-//! a scripted server session over a simulated link (loss, duplication, reordering, latency,
-//! MTU) and clock.
+//! The server's side is [`server`]: an inlet for every record and the session's control
+//! logic, in two halves because the server runs its demultiplexer and its manager apart.
+//!
+//! `pair::Pair` (feature `test-util`) runs the client against our admission, server handshake
+//! and both halves of the server's session over a simulated link (loss, duplication,
+//! reordering, latency, MTU) and clock.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -39,6 +42,7 @@ mod hello;
 mod live;
 #[cfg(any(test, feature = "test-util"))]
 pub mod pair;
+pub mod server;
 mod setup;
 
 pub use early::{EARLY_CANDIDATES, EarlyRecords, could_be_first};

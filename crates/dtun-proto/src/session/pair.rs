@@ -1,24 +1,26 @@
 //! A client session and a server in memory (quinn's `Pair`): our [`ClientSession`] against our
-//! admission and server handshake and a scripted server session (the address message, the
-//! Hello answer with Addr6 and Dns, Pongs, a Close), over a simulated link (per-datagram fate:
-//! loss, duplication, delay hence reordering; latency; MTU) with a simulated clock. No
-//! sockets, no runtime, no root.
+//! admission, server handshake and server session ([`super::server`]: the inlet and the
+//! control logic, driven as the server's demultiplexer and manager drive them), over a
+//! simulated link (per-datagram fate: loss, duplication, delay hence reordering; latency; MTU)
+//! with a simulated clock. What the server's manager adds (a device, the address pair, the
+//! IPv6 pair and DNS servers, a refusal) comes from a [`ServerScript`]. No sockets, no
+//! runtime, no root.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use ring::rand::SystemRandom;
 
+use super::server::{self, ControlVerdict, Inlet, Record, ServerSession};
 use super::{ClientSession, Config, End, Event};
+use crate::admission::is_session_record;
 use crate::admission::{Admission, Outcome};
 use crate::consts::{
     ALERT_CLOSE_NOTIFY, ALERT_LEVEL_WARNING, CONTENT_ALERT, CONTENT_APPLICATION_DATA,
-    FINAL_FLIGHT_RESEND, FIRST_APP_SEQUENCE, PAYLOAD_OFFSET,
+    FIRST_APP_SEQUENCE, PAYLOAD_OFFSET,
 };
-use crate::handshake::is_final_flight;
-use crate::proto::{
-    Addr6, AddressMessage, CONTROL_VERSION, CloseReason, Control, HINT_MARKER, HelloFlags,
-};
+use crate::handshake::Completed;
+use crate::proto::{Addr6, AddressMessage, CloseReason, Control, HINT_MARKER};
 use crate::record::{self, Opener, Sealer, Suite};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,18 +33,18 @@ pub enum Dir {
 /// one delay per copy delivered on top of the latency; none: lost.
 pub type Fate = Box<dyn FnMut(Dir, usize, &[u8]) -> Vec<Duration>>;
 
-/// What the scripted server does.
+/// What the server's host side decides (the manager's part: keys, devices, pools, DNS).
 pub struct ServerScript {
     pub key: Vec<u8>,
     pub suites: Vec<Suite>,
-    /// A dtun server (control messages) or an original one.
+    /// A dtun server (control messages) or one that speaks as the original does (`-compat`).
     pub dtun: bool,
     pub address: AddressMessage,
     pub addr6: Option<Addr6>,
     pub dns: Vec<IpAddr>,
-    /// Instead of the address message: a Close with this reason.
+    /// Instead of the address message: a Close with this reason, then close_notify.
     pub refuse: Option<CloseReason>,
-    /// Answers Pings.
+    /// The Pongs the inlet asks for go out (false: they are lost).
     pub pongs: bool,
 }
 
@@ -80,16 +82,25 @@ pub struct ServerSaw {
     pub ping_times: Vec<Duration>,
     pub close: Option<CloseReason>,
     pub close_notify: bool,
+    /// Records the server took for packets.
+    pub packets: u32,
+    /// Control records it dropped (malformed, unknown, past the budget).
+    pub drops: u32,
+    /// How the server's session ended: what it told the client, and why.
+    pub ended: Option<(Option<CloseReason>, String)>,
 }
 
 struct Server {
     script: ServerScript,
     adm: Admission,
     keys: Option<(Sealer, Opener)>,
-    final_flight: Vec<u8>,
-    resent_at: Option<Instant>,
+    inlet: Option<Inlet>,
+    session: Option<ServerSession>,
     saw: ServerSaw,
 }
+
+/// The server's keepalive period (what its Hello answer says).
+pub const SERVER_KEEPALIVE: Duration = Duration::from_secs(10);
 
 pub struct Pair {
     pub now: Instant,
@@ -129,8 +140,8 @@ impl Pair {
                 script,
                 adm,
                 keys: None,
-                final_flight: vec![],
-                resent_at: None,
+                inlet: None,
+                session: None,
                 saw: ServerSaw::default(),
             },
             latency: Duration::from_millis(10),
@@ -257,6 +268,13 @@ impl Pair {
 
     /// The server sends one record now (a Close, an alert, a garbage control message).
     pub fn server_says(&mut self, content: u8, payload: &[u8]) {
+        // What the server's manager does when it ends a session for a reason of its own.
+        if content == CONTENT_APPLICATION_DATA
+            && let Ok(Control::Close { reason, detail }) = Control::parse(payload)
+            && let Some(s) = self.server.session.as_mut()
+        {
+            let _ = s.farewell(reason, &detail);
+        }
         self.server_send(content, payload);
     }
 
@@ -265,7 +283,11 @@ impl Pair {
         let end = self.start + until;
         loop {
             self.queue.sort_by_key(|(t, _, _)| *t);
-            let timer = self.client.next_timeout();
+            let server_timer = self.server.session.as_ref().and_then(|s| s.next_timeout());
+            let timer = match (self.client.next_timeout(), server_timer) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let arrival = self.queue.first().map(|(t, _, _)| *t);
             let next = match (timer, arrival) {
                 (Some(t), Some(a)) => t.min(a),
@@ -286,6 +308,11 @@ impl Pair {
                         self.client_step(step);
                     }
                     Dir::ToServer => self.server_datagram(dg),
+                }
+            } else if server_timer.is_some_and(|t| t <= next) {
+                let step = self.server.session.as_mut().map(|s| s.timeout(next));
+                if let Some(step) = step {
+                    self.server_step(step);
                 }
             } else {
                 let step = self.client.timeout(self.now);
@@ -319,7 +346,11 @@ impl Pair {
         })
     }
 
-    fn server_datagram(&mut self, dg: Vec<u8>) {
+    fn server_datagram(&mut self, mut dg: Vec<u8>) {
+        if self.server.keys.is_some() && is_session_record(&dg) {
+            self.server_records(&mut dg);
+            return;
+        }
         let from: SocketAddr = "192.0.2.7:40000".parse().unwrap();
         let key = self.server.script.key.clone();
         let now = self.now;
@@ -328,36 +359,59 @@ impl Pair {
                 let r = self.server.adm.reply.clone();
                 self.send(Dir::ToClient, r);
             }
-            Outcome::Completed(c) => {
-                self.server.saw.established = true;
-                self.server.final_flight = c.final_flight.clone();
-                self.send(Dir::ToClient, c.final_flight.clone());
-                self.server.keys = Some(record::session_pair(
-                    c.suite,
-                    &c.keys,
-                    false,
-                    1,
-                    FIRST_APP_SEQUENCE,
-                ));
-                let first = match self.server.script.refuse {
-                    Some(reason) => Control::Close {
-                        reason,
-                        detail: "full".into(),
-                    }
-                    .to_bytes(),
-                    None => self.server.script.address.to_bytes().to_vec(),
-                };
-                self.server_send(CONTENT_APPLICATION_DATA, &first);
-            }
+            Outcome::Completed(c) => self.server_start(*c),
             Outcome::Failed { alert, .. } => {
                 if alert {
                     let r = self.server.adm.reply.clone();
                     self.send(Dir::ToClient, r);
                 }
             }
-            Outcome::NotOurs => self.server_records(dg),
+            Outcome::NotOurs => {
+                let again = self
+                    .server
+                    .inlet
+                    .as_mut()
+                    .and_then(|i| i.final_flight_again(now, &dg))
+                    .map(<[u8]>::to_vec);
+                if let Some(flight) = again {
+                    self.send(Dir::ToClient, flight);
+                }
+            }
             Outcome::Quiet | Outcome::Refused => {}
         }
+    }
+
+    /// A completed handshake: the final flight, then the address message and a session (what
+    /// the server's manager does), or a Close and close_notify (turned away).
+    fn server_start(&mut self, c: Completed) {
+        self.server.saw.established = true;
+        self.send(Dir::ToClient, c.final_flight.clone());
+        self.server.keys = Some(record::session_pair(
+            c.suite,
+            &c.keys,
+            false,
+            1,
+            FIRST_APP_SEQUENCE,
+        ));
+        if let Some(reason) = self.server.script.refuse {
+            let close = Control::Close {
+                reason,
+                detail: "full".into(),
+            };
+            self.server_send(CONTENT_APPLICATION_DATA, &close.to_bytes());
+            self.server_send(CONTENT_ALERT, &[ALERT_LEVEL_WARNING, ALERT_CLOSE_NOTIFY]);
+            self.server.keys = None;
+            return;
+        }
+        let address = self.server.script.address.to_bytes();
+        self.server_send(CONTENT_APPLICATION_DATA, &address);
+        let dtun = self.server.script.dtun;
+        self.server.inlet = Some(Inlet::new(dtun, c.final_flight, self.now));
+        let cfg = server::Config {
+            keepalive: SERVER_KEEPALIVE,
+            compat: !dtun,
+        };
+        self.server.session = Some(ServerSession::new(cfg, self.now));
     }
 
     fn server_send(&mut self, content: u8, payload: &[u8]) {
@@ -371,79 +425,117 @@ impl Pair {
         self.send(Dir::ToClient, rec);
     }
 
-    /// A session's records at the server (what server::demux and the manager do with them).
-    fn server_records(&mut self, mut dg: Vec<u8>) {
-        if is_final_flight(&dg) {
-            if !self.server.final_flight.is_empty()
-                && self
-                    .server
-                    .resent_at
-                    .is_none_or(|t| self.now - t >= FINAL_FLIGHT_RESEND)
-            {
-                self.server.resent_at = Some(self.now);
-                let f = self.server.final_flight.clone();
-                self.send(Dir::ToClient, f);
-            }
-            return;
-        }
+    /// A session's records at the server, through its inlet (the demultiplexer's half) and
+    /// its session (the manager's half).
+    fn server_records(&mut self, dg: &mut [u8]) {
         let mut at = 0;
+        let mut heard = false;
         while at < dg.len() {
-            let Ok(r) = record::record_at(&dg, at) else {
-                return;
+            let Ok(r) = record::record_at(dg, at) else {
+                break;
             };
             at = r.end;
-            let Some((_, opener)) = self.server.keys.as_mut() else {
+            let (Some((_, opener)), Some(inlet), Some(session)) = (
+                self.server.keys.as_mut(),
+                self.server.inlet.as_mut(),
+                self.server.session.as_mut(),
+            ) else {
                 return;
             };
             let Ok((content, plain)) = opener.open(&mut dg[r.clone()]) else {
                 continue;
             };
-            let data = dg[r.start + plain.start..r.start + plain.end].to_vec();
-            if content == CONTENT_ALERT {
-                self.server.saw.close_notify |= data == [ALERT_LEVEL_WARNING, ALERT_CLOSE_NOTIFY];
-                continue;
-            }
-            if self.server.saw.peernet.is_none() {
-                self.server.saw.peernet = Some(String::from_utf8_lossy(&data).into_owned());
-                continue;
-            }
-            if !self.server.script.dtun {
-                continue;
-            }
-            match Control::parse(&data) {
-                Ok(Control::Lans(_)) => self.server.saw.lans = true,
-                Ok(Control::Hello { .. }) => {
-                    self.server.saw.hellos += 1;
-                    let mut flags = 0;
-                    if let Some(a) = self.server.script.addr6 {
-                        flags |= HelloFlags::ADDR6_SENT;
-                        self.server_send(CONTENT_APPLICATION_DATA, &Control::Addr6(a).to_bytes());
-                    }
-                    if !self.server.script.dns.is_empty() {
-                        flags |= HelloFlags::DNS_SENT;
-                        let d = Control::Dns(self.server.script.dns.clone()).to_bytes();
-                        self.server_send(CONTENT_APPLICATION_DATA, &d);
-                    }
-                    if self.server.saw.lans {
-                        flags |= HelloFlags::LANS_HEARD;
-                    }
-                    let answer = Control::Hello {
-                        version: CONTROL_VERSION,
-                        keepalive_ms: 10_000,
-                        flags: HelloFlags(flags),
-                    }
-                    .to_bytes();
-                    self.server_send(CONTENT_APPLICATION_DATA, &answer);
+            heard = true;
+            let data = &dg[r.start + plain.start..r.start + plain.end];
+            let saw = &mut self.server.saw;
+            let step = if content == CONTENT_ALERT {
+                saw.close_notify |= data == [ALERT_LEVEL_WARNING, ALERT_CLOSE_NOTIFY];
+                match data {
+                    [level, desc] => session.alert(*level, *desc),
+                    _ => continue,
                 }
-                Ok(Control::Ping) => {
-                    self.server.saw.pings += 1;
-                    let t = self.now - self.start;
-                    self.server.saw.ping_times.push(t);
-                    if self.server.script.pongs {
-                        self.server_send(CONTENT_APPLICATION_DATA, &Control::Pong.to_bytes());
+            } else {
+                match inlet.record(data) {
+                    Record::Peernet(p) => {
+                        saw.peernet = Some(String::from_utf8_lossy(data).into_owned());
+                        session.peernet(p)
                     }
+                    Record::SetupLost => session.setup_lost(),
+                    Record::Packet => {
+                        saw.packets += 1;
+                        continue;
+                    }
+                    Record::Control => match inlet.control(self.now, data) {
+                        ControlVerdict::Pong { first } => {
+                            saw.pings += 1;
+                            saw.ping_times.push(self.now - self.start);
+                            let pong = self.server.script.pongs;
+                            let step = if first {
+                                session.control(Control::Ping)
+                            } else {
+                                server::Step::default()
+                            };
+                            if pong {
+                                self.server_send(
+                                    CONTENT_APPLICATION_DATA,
+                                    &Control::Pong.to_bytes(),
+                                );
+                            }
+                            step
+                        }
+                        ControlVerdict::Pass(msg) => {
+                            match &msg {
+                                Control::Hello { .. } => saw.hellos += 1,
+                                Control::Lans(_) => saw.lans = true,
+                                Control::Close { reason, .. } => saw.close = Some(*reason),
+                                _ => {}
+                            }
+                            session.control(msg)
+                        }
+                        ControlVerdict::Drop(_) => {
+                            saw.drops += 1;
+                            continue;
+                        }
+                    },
                 }
-                Ok(Control::Close { reason, .. }) => self.server.saw.close = Some(reason),
+            };
+            self.server_step(step);
+        }
+        if heard && let Some(s) = self.server.session.as_mut() {
+            s.heard(self.now);
+        }
+    }
+
+    /// Does what the server session's step says (what the manager does with its events).
+    fn server_step(&mut self, step: server::Step) {
+        for msg in step.send {
+            self.server_send(CONTENT_APPLICATION_DATA, &msg);
+        }
+        for e in step.events {
+            match e {
+                server::Event::Hello { .. } => {
+                    let (addr6, dns) = (self.server.script.addr6, self.server.script.dns.clone());
+                    let Some(s) = self.server.session.as_mut() else {
+                        return;
+                    };
+                    let answer = s.answer_hello(addr6, &dns);
+                    self.server_step(answer);
+                }
+                server::Event::Ended { reason, why } => {
+                    let farewell = reason
+                        .and_then(|r| self.server.session.as_mut().and_then(|s| s.farewell(r, "")));
+                    if let Some(msg) = farewell {
+                        self.server_send(CONTENT_APPLICATION_DATA, &msg);
+                    }
+                    if reason.is_some() {
+                        self.server_send(CONTENT_ALERT, &[ALERT_LEVEL_WARNING, ALERT_CLOSE_NOTIFY]);
+                    }
+                    self.server.saw.ended = Some((reason, why));
+                    self.server.keys = None;
+                    self.server.inlet = None;
+                    self.server.session = None;
+                    return;
+                }
                 _ => {}
             }
         }

@@ -1,10 +1,11 @@
-//! The client session against a scripted server in memory ([`pair::Pair`]): setup, lost
-//! setup messages, keepalive and dead-peer detection, close reasons, an original server,
-//! loss, duplication and reordering in the handshake, a link whose MTU is too small.
+//! The client session against our server session in memory ([`pair::Pair`]): setup, lost
+//! setup messages, keepalive and dead-peer detection on both sides, the server's setup
+//! deadline, close reasons, an original (`-compat`) server, loss, duplication and reordering
+//! in the handshake, a link whose MTU is too small.
 
 use std::time::Duration;
 
-use super::pair::{Dir, Pair, ServerScript, clean, lose};
+use super::pair::{Dir, Fate, Pair, ServerScript, clean, lose};
 use super::*;
 use crate::consts::SETUP_TIMEOUT;
 use crate::handshake::HandshakeError;
@@ -109,11 +110,29 @@ fn without_any_answer_the_setup_goes_on_after_hello_wait() {
 
 #[test]
 fn a_lost_address_message_ends_the_setup_after_its_timeout() {
+    // The server's setup deadline comes first (its clock started half a round trip before
+    // the client's): it ends the session with close_notify (the client is no dtun peer yet).
     let mut p = Pair::new(
         Pair::config(),
         ServerScript::default(),
         lose(Dir::ToClient, 3),
     );
+    p.run(Duration::from_secs(30));
+    assert!(matches!(p.end(), Some(End::Alert(1, 0))), "{:?}", p.end());
+    assert!(
+        matches!(&p.saw().ended, Some((Some(CloseReason::Timeout), why)) if why.contains("no peernet")),
+        "{:?}",
+        p.saw().ended
+    );
+    // The server's word lost too: the client's own deadline.
+    let fate: Fate = Box::new(|d, i, _| {
+        if d == Dir::ToClient && (i == 3 || i == 4) {
+            vec![]
+        } else {
+            vec![Duration::ZERO]
+        }
+    });
+    let mut p = Pair::new(Pair::config(), ServerScript::default(), fate);
     p.run(Duration::from_secs(30));
     assert!(matches!(p.end(), Some(End::NoAddress)), "{:?}", p.end());
     let t = p.when(|e| matches!(e, Event::Closed(_))).unwrap();
@@ -121,7 +140,6 @@ fn a_lost_address_message_ends_the_setup_after_its_timeout() {
         t,
         Duration::from_millis(60) + SETUP_TIMEOUT.max(crate::consts::HANDSHAKE_TIMEOUT)
     );
-    assert!(p.saw().close_notify, "close_notify on the way out");
 }
 
 #[test]
@@ -424,7 +442,92 @@ fn the_farewell_reaches_the_server() {
         p.run(Duration::from_secs(2));
         assert_eq!(p.saw().close, Some(CloseReason::Shutdown));
         assert!(p.saw().close_notify);
+        assert!(
+            matches!(&p.saw().ended, Some((None, why)) if why == "peer sent close_notify"),
+            "{:?}",
+            p.saw().ended
+        );
     }
+}
+
+/// The server's side of keepalive: a dtun client that falls silent (its datagrams stop
+/// reaching the server) is gone after KEEPALIVE_MISSES of its periods without an
+/// authenticated record; the server says so (Close "timeout"), and the client hears why.
+#[test]
+fn the_server_declares_a_silent_client_dead_and_says_so() {
+    for detach in [false, true] {
+        let cut = std::rc::Rc::new(std::cell::Cell::new(false));
+        let c = cut.clone();
+        let fate: Fate = Box::new(move |d, _, _| {
+            if d == Dir::ToServer && c.get() {
+                vec![]
+            } else {
+                vec![Duration::ZERO]
+            }
+        });
+        let mut p = Pair::new(Pair::config(), ServerScript::default(), fate);
+        p.detach = detach;
+        p.run(Duration::from_secs(1));
+        assert!(up(&p).is_some(), "{:?}", p.client_events());
+        cut.set(true);
+        p.run(Duration::from_secs(60));
+        let Some((Some(CloseReason::Timeout), why)) = &p.saw().ended else {
+            panic!("{:?}", p.saw().ended)
+        };
+        assert!(why.starts_with("no keepalive for 30."), "{why}");
+        assert!(
+            matches!(
+                p.end(),
+                Some(End::Closed {
+                    reason: CloseReason::Timeout,
+                    ..
+                })
+            ),
+            "{:?}",
+            p.end()
+        );
+    }
+}
+
+/// A lost peernet message: the next record (the client's Lans or Hello) shows it, and the
+/// server ends the session at once so the client starts over; one that never sends anything
+/// after its handshake is given up at the setup deadline. Not yet a dtun peer either way:
+/// close_notify only.
+#[test]
+fn the_server_gives_up_on_a_lost_peernet_message() {
+    // ToServer: 0 ClientHello, 1 ClientHello with the cookie, 2 the client's last flight,
+    // 3 the peernet message.
+    let mut p = Pair::new(
+        Pair::config(),
+        ServerScript::default(),
+        lose(Dir::ToServer, 3),
+    );
+    p.run(Duration::from_secs(30));
+    let ended = p.saw().ended.clone();
+    assert!(
+        matches!(&ended, Some((Some(CloseReason::Timeout), why)) if why == "its peernet message was lost"),
+        "{ended:?}"
+    );
+    assert!(matches!(p.end(), Some(End::Alert(1, 0))), "{:?}", p.end());
+
+    let fate: Fate = Box::new(|d, i, _| {
+        if d == Dir::ToServer && i >= 3 {
+            vec![]
+        } else {
+            vec![Duration::ZERO]
+        }
+    });
+    let mut p = Pair::new(Pair::config(), ServerScript::default(), fate);
+    p.run(Duration::from_secs(30));
+    let ended = p.saw().ended.clone();
+    assert!(
+        matches!(&ended, Some((Some(CloseReason::Timeout), why)) if why == "no peernet message within 10s"),
+        "{ended:?}"
+    );
+    assert!(matches!(p.end(), Some(End::Alert(1, 0))), "{:?}", p.end());
+    let t = p.when(|e| matches!(e, Event::Closed(_))).unwrap();
+    // The server's clock started with the client's last flight in (50 ms); the alert takes 10 ms.
+    assert_eq!(t, Duration::from_millis(60) + SETUP_TIMEOUT);
 }
 
 #[test]
