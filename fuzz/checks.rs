@@ -137,6 +137,8 @@ pub fn records_split(data: &[u8]) {
 /// Every parser of setup and control records; whatever parses must survive a round trip
 /// through its own wire form.
 pub fn proto(data: &[u8]) {
+    let _ = dtun_proto::rekey::message::parse_init(data);
+    let _ = dtun_proto::rekey::message::parse_reply(data);
     if let Ok(m) = AddressMessage::parse(data) {
         assert_eq!(&m.to_bytes()[..], data);
     }
@@ -164,6 +166,16 @@ pub fn proto(data: &[u8]) {
                 assert!(
                     a.client != a.server && !a.client.is_multicast() && !a.server.is_unspecified()
                 );
+            }
+        }
+        // A rekey fragment is exactly its bytes, stays within its message, and reassembles
+        // into a whole one only when it covers all of it.
+        if let Control::Rekey(f) = &c {
+            assert_eq!(c.to_bytes(), data);
+            let mut r = dtun_proto::rekey::message::Reassembly::new(f.kind, f.epoch);
+            if let Some(m) = r.add(f) {
+                assert_eq!(m.len(), f.kind.message_len());
+                assert_eq!(f.offset, 0);
             }
         }
         let wire = c.to_bytes();

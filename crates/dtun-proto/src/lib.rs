@@ -12,6 +12,8 @@
 //!   setup, Hello exchange, keepalive, close) and the server's (`session::server`: the inlet
 //!   that meets every record, and the control logic: setup deadline, Hello answers, keepalive,
 //!   endings), with `session::pair::Pair` running both over a simulated link and clock;
+//! - [`rekey`]: forward secrecy between dtun peers: the hybrid X25519 + ML-KEM-768 exchange,
+//!   the chained key schedule of epochs, the rekey messages and their fragments;
 //! - [`admission`]: the server's admission of handshakes under a flood (cookies, per-source
 //!   budgets);
 //! - [`proto`]: dtun's messages inside the tunnel (the original's address message, the Hello
@@ -36,4 +38,5 @@ pub mod pool;
 pub mod pool6;
 pub mod proto;
 pub mod record;
+pub mod rekey;
 pub mod session;

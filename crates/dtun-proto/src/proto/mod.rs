@@ -220,6 +220,9 @@ pub enum Control {
     /// Client → server, right before its Hello: the LANs of `-peernet` beyond the one the
     /// original's peernet message carries (1 to [`MAX_LANS`], either family).
     Lans(Vec<ipnet::IpNet>),
+    /// Either way, between peers whose Hellos both offered rekeying: one fragment of a rekey
+    /// message (`crate::rekey::message`).
+    Rekey(crate::rekey::message::Fragment),
 }
 
 impl Control {
@@ -274,6 +277,7 @@ impl Control {
                 b.push(7);
                 bodies::encode_lans(lans, &mut b);
             }
+            Control::Rekey(f) => return f.to_bytes(),
         }
         b
     }
@@ -302,6 +306,11 @@ impl Control {
             [CONTROL_MARKER, 5, count, body @ ..] => parse_dns(*count, body),
             [CONTROL_MARKER, 6, body @ ..] => Addr6::parse(body).map(Control::Addr6),
             [CONTROL_MARKER, 7, body @ ..] => bodies::parse_lans(body).map(Control::Lans),
+            [CONTROL_MARKER, crate::rekey::message::REKEY_TYPE, body @ ..] => {
+                crate::rekey::message::Fragment::parse(body)
+                    .map(Control::Rekey)
+                    .map_err(|_| ProtoError::Control)
+            }
             _ => Err(ProtoError::Control),
         }
     }
