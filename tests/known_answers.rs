@@ -948,6 +948,11 @@ fn our_client_session_takes_the_original_servers_records() {
             suite: Suite::Aes128Ccm8,
             keys: s.kb.clone(),
             peer_identity: s.psk_hint.clone(),
+            epoch1: dtun_proto::rekey::EpochSecret::first(
+                &s.master,
+                &s.client_hello.random,
+                &s.server_hello.random,
+            ),
         };
         assert_eq!(s.psk_hint, SERVER_HINT);
         let now = std::time::Instant::now();

@@ -97,6 +97,7 @@ fn completed(id: &str, key: &[u8]) -> Box<Completed> {
         identity: id.as_bytes().to_vec(),
         final_flight: vec![0; 8],
         key_id: dtun_proto::keys::KeyId::of(key),
+        epoch1: dtun_proto::rekey::EpochSecret::from_bytes(1, [5; 32]),
     })
 }
 

@@ -20,6 +20,8 @@ pub(super) const FINISHED_RECORD_LEN: usize = PAYLOAD_OFFSET + FINISHED_LEN + 16
 pub(super) struct Secrets {
     pub(super) master: zeroize::Zeroizing<[u8; MASTER_SECRET_LEN]>,
     pub(super) keys: KeyBlock,
+    /// The first epoch's secret (the exporter a rekey chains from, `crate::rekey`).
+    pub(super) epoch1: crate::rekey::EpochSecret,
 }
 
 impl Secrets {
@@ -37,7 +39,12 @@ impl Secrets {
             session_hash.as_ref(),
         ));
         let keys = kdf::key_block(&*master, client_random, server_random);
-        Secrets { master, keys }
+        let epoch1 = crate::rekey::EpochSecret::first(&master, client_random, server_random);
+        Secrets {
+            master,
+            keys,
+            epoch1,
+        }
     }
 
     /// The verify_data of a Finished: `label` is "client finished" or "server finished",

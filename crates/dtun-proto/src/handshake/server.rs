@@ -35,6 +35,8 @@ pub struct Completed {
     /// The key it was completed with: a reload may have replaced it by the time the session
     /// would start (`server::manager`).
     pub key_id: crate::keys::KeyId,
+    /// The first epoch's secret, which a rekey chains from (`crate::rekey`).
+    pub epoch1: crate::rekey::EpochSecret,
 }
 
 /// What the demultiplexer should do after a datagram.
@@ -257,6 +259,7 @@ impl ServerHandshake {
             identity: identity.clone(),
             final_flight: out,
             key_id: crate::keys::KeyId::of(&psk),
+            epoch1: secrets.epoch1,
         }))
     }
 }

@@ -57,6 +57,8 @@ pub struct Established {
     pub keys: KeyBlock,
     /// The server's identity hint (empty without a ServerKeyExchange).
     pub peer_identity: Vec<u8>,
+    /// The first epoch's secret, which a rekey chains from (`crate::rekey`).
+    pub epoch1: crate::rekey::EpochSecret,
 }
 
 /// A failed handshake, with the identity hint the server sent, if any.
@@ -108,6 +110,8 @@ struct LastFlight {
     opener: Opener,
     /// The server's verify_data we expect.
     expect: [u8; 12],
+    /// The first epoch's secret, for [`Established`].
+    epoch1: crate::rekey::EpochSecret,
 }
 
 /// The client side of one handshake.
@@ -396,6 +400,7 @@ impl ClientHandshake {
         self.phase = Phase::Finished(Box::new(LastFlight {
             suite,
             keys: secrets.keys,
+            epoch1: secrets.epoch1,
             key_exchange,
             finished,
             sealer,
@@ -429,6 +434,7 @@ impl ClientHandshake {
             suite: last.suite,
             keys: last.keys.clone(),
             peer_identity: self.peer_identity.clone(),
+            epoch1: last.epoch1.clone(),
         });
         self.phase = Phase::Over;
         Ok(Some(done))

@@ -166,6 +166,8 @@ fn assert_agree(r: &Run, suite: Suite) {
     let c = r.server.as_ref().expect("the server completed");
     assert_eq!((est.suite, c.suite), (suite, suite));
     assert_eq!(est.keys, c.keys, "both sides derived the same keys");
+    assert_eq!(est.epoch1, c.epoch1, "and the same first epoch secret");
+    assert_eq!(est.epoch1.epoch(), 1);
     assert_eq!(est.peer_identity, HINT);
     assert_eq!(c.identity, b"laptop");
 }
