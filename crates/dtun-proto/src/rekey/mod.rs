@@ -17,9 +17,13 @@
 //!           "dtun server key" (16), "dtun client iv" (4), "dtun server iv" (4)
 //! ```
 //!
-//! Here: the exchange ([`hybrid`]), the schedule ([`schedule`]) and the messages with their
-//! fragments ([`message`]); the sessions of both roles run the exchange.
+//! Here: the key exchange ([`hybrid`]), the schedule ([`schedule`]), the messages with their
+//! fragments ([`message`]), and each role's side of an exchange ([`exchange`]: when to start,
+//! retries, the give-up, answering once per epoch), which the sessions of both roles run.
 
+pub mod exchange;
+#[cfg(test)]
+mod exchange_tests;
 pub mod hybrid;
 pub mod message;
 pub mod schedule;
@@ -41,4 +45,6 @@ pub enum RekeyError {
     EncapsulationKey,
     #[error("malformed rekey message")]
     Malformed,
+    #[error("a rekey message that belongs to no exchange in progress")]
+    Unexpected,
 }
