@@ -4,8 +4,9 @@
 //!
 //! The handshake (`crate::handshake`) seals only its Finished messages here; from the first
 //! application record on, every record goes through this layer.
-//! Keys live in a [`Sealer`] / [`Opener`] pair built from the handshake's key block, so a rekey
-//! later is a new pair with the next epoch.
+//! Keys live in a [`Sealer`] / [`Opener`] pair built from the handshake's key block; a rekey
+//! (`crate::rekey`) gives each the next epoch's keys ([`rekey_sealer`], [`rekey_opener`]), and
+//! the opener reads the previous epoch too until that is retired.
 
 mod header;
 pub mod limits;
@@ -175,6 +176,24 @@ pub fn session_pair(
             Sealer::new(suite, &kb.server_key, &kb.server_iv, epoch, first_seq),
             Opener::new(suite, &kb.client_key, &kb.client_iv, epoch),
         )
+    }
+}
+
+/// A rekey of one side's reading half: the peer's keys of the new epoch.
+pub fn rekey_opener(opener: &mut Opener, kb: &KeyBlock, is_client: bool, epoch: u16) {
+    if is_client {
+        opener.rekey(epoch, &kb.server_key, &kb.server_iv);
+    } else {
+        opener.rekey(epoch, &kb.client_key, &kb.client_iv);
+    }
+}
+
+/// A rekey of one side's sending half: its own keys of the new epoch.
+pub fn rekey_sealer(sealer: &mut Sealer, kb: &KeyBlock, is_client: bool, epoch: u16) {
+    if is_client {
+        sealer.rekey(epoch, &kb.client_key, &kb.client_iv);
+    } else {
+        sealer.rekey(epoch, &kb.server_key, &kb.server_iv);
     }
 }
 

@@ -1,6 +1,7 @@
-//! The receiving half of a session's record layer: one epoch's read key and replay window,
-//! records opened in place one at a time or a whole receive buffer at once, each a counted
-//! drop when it does not authenticate, and the integrity limit.
+//! The receiving half of a session's record layer: one epoch's read key and replay window (and,
+//! after a rekey, the previous epoch's for an overlap), records opened in place one at a time
+//! or a whole receive buffer at once, each a counted drop when it does not authenticate, and
+//! the integrity limit.
 
 use std::ops::Range;
 
@@ -21,6 +22,18 @@ pub struct Opener {
     /// authentication: the integrity limit counts these, not every bad datagram.
     failed_opens: u64,
     limits: Limits,
+    /// The previous epoch's opener after a rekey: its records still open until it is retired
+    /// ([`Opener::retire_previous`]) or the next rekey replaces it.
+    previous: Option<Box<Opener>>,
+}
+
+/// The epoch field of a record's header, if it has one.
+#[inline]
+fn epoch_of(record: &[u8]) -> Option<u16> {
+    match record {
+        [_, _, _, e0, e1, ..] => Some(u16::from_be_bytes([*e0, *e1])),
+        _ => None,
+    }
 }
 
 impl Opener {
@@ -33,7 +46,35 @@ impl Opener {
             window: ReplayWindow::default(),
             failed_opens: 0,
             limits: Limits::of(suite),
+            previous: None,
         }
+    }
+
+    /// A rekey: reads `epoch` with `key` and `salt` from now on, and the epoch it read until
+    /// now for an overlap (an older one is dropped).
+    pub fn rekey(&mut self, epoch: u16, key: &[u8; 16], salt: &[u8; 4]) {
+        let mut next = Opener::new(self.suite, key, salt, epoch);
+        next.limits = self.limits;
+        let mut old = std::mem::replace(self, next);
+        old.previous = None;
+        self.previous = Some(Box::new(old));
+    }
+
+    /// Ends the overlap: the previous epoch's records are drops from now on.
+    pub fn retire_previous(&mut self) {
+        self.previous = None;
+    }
+
+    /// The previous epoch still read, if any.
+    pub fn previous_epoch(&self) -> Option<u16> {
+        self.previous.as_ref().map(|p| p.epoch)
+    }
+
+    /// The opener for a record of the previous epoch, if it is one.
+    #[inline]
+    fn previous_for(&mut self, record: &[u8]) -> Option<&mut Opener> {
+        let p = self.previous.as_deref_mut()?;
+        (epoch_of(record) == Some(p.epoch)).then_some(p)
     }
 
     /// The same opener under other limits (tests).
@@ -68,6 +109,9 @@ impl Opener {
     /// and where its plaintext now lies inside `record`. The replay window moves only after the
     /// tag verified.
     pub fn open(&mut self, record: &mut [u8]) -> Result<(u8, Range<usize>), DropReason> {
+        if let Some(p) = self.previous_for(record) {
+            return p.open(record);
+        }
         let c = self.check(record)?;
         let tag_len = self.suite.tag_len();
         let (payload, tag) =
@@ -146,6 +190,20 @@ impl Opener {
             let (rec, after) = tail.split_at_mut(r.len());
             rest = after;
             base = r.end;
+            // A record of the previous epoch (around a rekey): alone, under its own key. The
+            // window of each epoch still moves in order (the passes of this epoch settle in
+            // order among themselves).
+            let epoch = epoch_of(rec);
+            if let Some(p) = self
+                .previous
+                .as_deref_mut()
+                .filter(|p| epoch == Some(p.epoch))
+            {
+                out[i] = p
+                    .open(rec)
+                    .map(|(ct, pl)| (ct, r.start + pl.start..r.start + pl.end));
+                continue;
+            }
             let c = match self.check(rec) {
                 Ok(c) => c,
                 Err(e) => {

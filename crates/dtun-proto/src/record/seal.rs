@@ -37,6 +37,20 @@ impl Sealer {
         }
     }
 
+    /// A rekey: seals with `key` and `salt` in `epoch` from now on, from sequence number 0
+    /// and with the usage limits counted afresh.
+    pub fn rekey(&mut self, epoch: u16, key: &[u8; 16], salt: &[u8; 4]) {
+        self.cipher = Cipher::new(self.suite, key);
+        self.salt = *salt;
+        self.epoch = epoch;
+        self.next_seq = 0;
+        self.sealed_blocks = 0;
+    }
+
+    pub fn epoch(&self) -> u16 {
+        self.epoch
+    }
+
     /// The same sealer under other limits (tests).
     #[cfg(any(test, feature = "test-util"))]
     pub fn with_limits(mut self, limits: Limits) -> Self {

@@ -317,3 +317,72 @@ fn an_opener_counts_only_failed_authentications() {
         assert!(o.integrity_limit_reached());
     }
 }
+
+/// A rekey: the sealer moves to the new epoch from sequence number 0; the opener reads the new
+/// epoch and, until retired, the previous one (its own replay window), in one record or a
+/// batch that mixes both; a third epoch drops the first.
+#[test]
+fn a_rekey_moves_both_halves_and_the_previous_epoch_overlaps() {
+    let next = KeyBlock {
+        client_key: [5; 16],
+        server_key: [6; 16],
+        client_iv: [7; 4],
+        server_iv: [8; 4],
+    };
+    for suite in SUITES {
+        let (mut s, mut o) = pair_of(suite);
+        let old: Vec<Vec<u8>> = (0..6).map(|i| seal(&mut s, &[i; 40])).collect();
+        rekey_sealer(&mut s, &next, true, 2);
+        assert_eq!(s.epoch(), 2);
+        let new: Vec<Vec<u8>> = (0..6).map(|i| seal(&mut s, &[10 + i; 40])).collect();
+        assert_eq!(&new[0][3..11], &[0, 2, 0, 0, 0, 0, 0, 0], "epoch 2 from 0");
+        // Not rekeyed yet: the new epoch is a drop.
+        assert_eq!(o.open(&mut new[0].clone()), Err(DropReason::BadEpoch));
+        rekey_opener(&mut o, &next, false, 2);
+        assert_eq!((o.epoch(), o.previous_epoch()), (2, Some(1)));
+        // One at a time, interleaved: both epochs open.
+        assert!(o.open(&mut old[0].clone()).is_ok(), "{suite:?}");
+        assert!(o.open(&mut new[0].clone()).is_ok(), "{suite:?}");
+        assert_eq!(o.open(&mut old[0].clone()), Err(DropReason::Replay));
+        // A batch that mixes them, a replay of each included.
+        let mut buf = Vec::new();
+        let mut ranges = Vec::new();
+        let order: [(bool, usize); 8] = [
+            (true, 1),
+            (false, 1),
+            (true, 2),
+            (false, 2),
+            (false, 3),
+            (true, 2),
+            (true, 3),
+            (false, 1),
+        ];
+        for (is_new, i) in order {
+            let rec = if is_new { &new[i] } else { &old[i] };
+            ranges.push(Ok(buf.len()..buf.len() + rec.len()));
+            buf.extend_from_slice(rec);
+        }
+        let mut out = vec![Err(DropReason::Oversized); ranges.len()];
+        o.open_many(&mut buf, &ranges, &mut out);
+        for (k, ((is_new, i), got)) in order.iter().zip(&out).enumerate() {
+            if k == 5 || k == 7 {
+                assert_eq!(got, &Err(DropReason::Replay), "{suite:?} {k}");
+                continue;
+            }
+            let (_, p) = got
+                .clone()
+                .unwrap_or_else(|e| panic!("{suite:?} {k}: {e:?}"));
+            let want = if *is_new { 10 + *i as u8 } else { *i as u8 };
+            assert!(buf[p].iter().all(|b| *b == want), "{suite:?} {k}");
+        }
+        // Retired: the old epoch is a drop; the new one goes on.
+        o.retire_previous();
+        assert_eq!(o.open(&mut old[4].clone()), Err(DropReason::BadEpoch));
+        assert!(o.open(&mut new[4].clone()).is_ok());
+        // A third epoch keeps only the second as previous.
+        rekey_opener(&mut o, &next, false, 3);
+        assert_eq!(o.previous_epoch(), Some(2));
+        assert!(o.open(&mut new[5].clone()).is_ok());
+        assert_eq!(o.open(&mut old[5].clone()), Err(DropReason::BadEpoch));
+    }
+}
