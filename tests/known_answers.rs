@@ -943,6 +943,7 @@ fn our_client_session_takes_the_original_servers_records() {
             keepalive: std::time::Duration::from_secs(10),
             compat: false,
             first_sequence: dtun_proto::consts::FIRST_APP_SEQUENCE,
+            rekey: None,
         };
         let est = Established {
             suite: Suite::Aes128Ccm8,

@@ -220,6 +220,8 @@ fn session_config(cfg: &ClientConfig) -> proto_session::Config {
         keepalive: cfg.common.keepalive,
         compat: cfg.common.compat,
         first_sequence: first_app_sequence(),
+        // Not offered yet: the data path cannot switch epochs yet (dtun_proto::rekey).
+        rekey: None,
     }
 }
 

@@ -164,6 +164,9 @@ impl Wire<'_> {
                     }
                 }
                 Event::Checking(_) => {}
+                // Only once the data path holds the keys (and this client offers no rekeying
+                // yet: Config::rekey is None).
+                Event::Rekeyed { .. } => {}
             }
         }
         if let Some(sink) = sink {

@@ -244,6 +244,38 @@ mod tests {
         assert_eq!(demux.events_dropped.load(Relaxed), 0);
     }
 
+    /// A flood of Hellos from one session reaches the manager as the session's budget and
+    /// no more: the rest are ControlFlood drops in the session's counters, and the queue all
+    /// sessions share never fills.
+    #[test]
+    fn a_hello_flood_is_cut_to_the_sessions_budget() {
+        let (rig, _out_rx, mut ev_rx) = Rig::new();
+        let (sc, counters, demux) = (rig.control(7), &rig.counters, &rig.demux);
+        let mut inlet = Inlet::new(true, vec![], Instant::now());
+        let hello = Control::Hello {
+            version: dtun_proto::proto::CONTROL_VERSION,
+            keepalive_ms: 0,
+            flags: Default::default(),
+        }
+        .to_bytes();
+        let budget = dtun_proto::session::server::CONTROL_BURST as usize;
+        for _ in 0..budget + 8 {
+            sc.record(&hello, &mut inlet);
+        }
+        let mut passed = 0;
+        while let Ok(ev) = ev_rx.try_recv() {
+            assert!(matches!(ev, Event::Control { session_id: 7, .. }));
+            passed += 1;
+        }
+        // A second may pass while the loop runs: one more token at most.
+        assert!((budget..=budget + 1).contains(&passed), "{passed}");
+        assert_eq!(
+            counters.drops(inbound::DropKind::ControlFlood) as usize,
+            budget + 8 - passed
+        );
+        assert_eq!(demux.events_dropped.load(Relaxed), 0);
+    }
+
     /// A peer's flood of session events (alerts, control messages) neither grows the queue to
     /// the manager past EVENT_QUEUE nor waits: the rest are counted drops, in the summary.
     #[test]

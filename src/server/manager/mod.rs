@@ -126,6 +126,8 @@ impl Manager {
         server_session::Config {
             keepalive: self.cfg.common.keepalive,
             compat: self.cfg.common.compat,
+            // Not offered yet: the data path cannot switch epochs yet (dtun_proto::rekey).
+            rekey: false,
         }
     }
 
@@ -291,6 +293,16 @@ impl Manager {
                 SessionEvent::Closing { reason, detail } => {
                     tracing::debug!("client {id} is closing: {reason:?} {detail:?}");
                 }
+                // This server offers no rekeying yet (`session_config`), so no exchange runs.
+                SessionEvent::NextKeys { epoch, .. } => {
+                    tracing::warn!("client {id}: keys for epoch {epoch} without rekeying on");
+                }
+                SessionEvent::Dropped => {
+                    if let Some(s) = self.devices.get(id).and_then(|d| d.session.as_ref()) {
+                        s.counters
+                            .count_drop(dtun_proto::inbound::DropKind::Unexpected);
+                    }
+                }
                 SessionEvent::Ended { reason, why } => {
                     self.end_session(id, reason, &why).await;
                     return;
@@ -344,7 +356,8 @@ impl Manager {
                 );
             }
         } else {
-            tracing::debug!("client {id} said Hello again; answered");
+            let flags = s.control.answer_flags();
+            tracing::debug!("client {id} said Hello again; answered with flags {flags:?}");
         }
         for msg in step.send {
             let _ = s.out_tx.try_send(OutboundCmd::Send(msg));

@@ -31,7 +31,9 @@ impl Manager {
         if !self.device_for(id, addr, &est).await? {
             return Ok(());
         }
-        let control = ServerSession::new(self.session_config(), Instant::now());
+        // One instant for the session's start, its setup deadline and its "last heard".
+        let now = Instant::now();
+        let control = ServerSession::new(self.session_config(), Some(est.epoch1.clone()), now);
         let Some(dev) = self.devices.get_mut(id) else {
             return Ok(());
         };
@@ -55,7 +57,7 @@ impl Manager {
                 tunnel_ip6: dev.pair6.map(|p| p.client),
                 allowed: dev.routes.clone(),
                 out_tx: out_tx.clone(),
-                inlet: Inlet::new(!self.cfg.common.compat, est.final_flight, Instant::now()),
+                inlet: Inlet::new(!self.cfg.common.compat, est.final_flight, now),
             },
         });
         let link = Link {
@@ -89,7 +91,7 @@ impl Manager {
             seen: 0,
             key_id: est.key_id,
             suite: est.suite,
-            started: Instant::now(),
+            started: now,
         });
         let peer = dtun_linux::udp::plain(addr);
         tracing::info!(

@@ -182,6 +182,8 @@ impl HelloFlags {
     pub const DNS_SENT: u8 = 2;
     /// The server has the client's Lans message (whether or not it routes every LAN).
     pub const LANS_HEARD: u8 = 4;
+    /// In either Hello: the sender rekeys (`crate::rekey`); both must say so.
+    pub const REKEY: u8 = 8;
 
     pub fn has(self, bit: u8) -> bool {
         self.0 & bit != 0

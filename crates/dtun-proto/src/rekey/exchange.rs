@@ -312,3 +312,20 @@ impl ServerRekey {
         })
     }
 }
+
+impl std::fmt::Debug for ServerRekey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ServerRekey {{ epoch: {}, .. }}", self.secret.epoch())
+    }
+}
+
+impl std::fmt::Debug for ClientRekey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let pending = self.pending.as_ref().map(|p| p.epoch);
+        write!(
+            f,
+            "ClientRekey {{ epoch: {}, pending: {pending:?}, .. }}",
+            self.secret.epoch()
+        )
+    }
+}

@@ -32,6 +32,11 @@ impl Heard {
         self.answers
     }
 
+    /// Whether the answer came and its flags have `bit`.
+    pub fn offers(&self, bit: u8) -> bool {
+        self.flags().is_some_and(|f| f.has(bit))
+    }
+
     /// The answer's flags, when its version has them.
     fn flags(&self) -> Option<HelloFlags> {
         self.answer.filter(|(v, _)| *v >= 2).map(|(_, f)| f)

@@ -25,10 +25,10 @@ impl ClientSession {
             let overdue = (rx + k + k / 2).max(ping + k / 4);
             every_period.min(overdue).min(rx + k * KEEPALIVE_MISSES)
         });
-        match (refused, keepalive) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [refused, keepalive, self.rekey_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// The keepalive period, when pings go out (control messages negotiated, not 0).
@@ -50,6 +50,10 @@ impl ClientSession {
             let grace = self.grace();
             self.close_with(step, None);
             self.end(step, End::Unreachable(grace));
+            return;
+        }
+        self.rekey_timer(now, step);
+        if self.is_closed() {
             return;
         }
         let Some(k) = self.keepalive() else {
@@ -88,6 +92,7 @@ impl ClientSession {
     pub fn heard(&mut self, now: Instant) {
         self.last_rx = now;
         self.refused_since = None;
+        self.traffic(now);
     }
 
     /// An authenticated control record of a live session, opened by the data path.
@@ -131,7 +136,7 @@ impl ClientSession {
 
     /// A control message of a live session: a malformed one is a counted drop (the session
     /// goes on).
-    pub(super) fn up_control(&mut self, _now: Instant, data: &[u8], step: &mut Step) {
+    pub(super) fn up_control(&mut self, now: Instant, data: &[u8], step: &mut Step) {
         match Control::parse(data) {
             Ok(Control::Dns(servers)) => step.events.push(Event::Dns(servers)),
             Ok(Control::Ping) => {
@@ -146,6 +151,7 @@ impl ClientSession {
                 );
             }
             Ok(Control::Close { reason, detail }) => self.end(step, End::Closed { reason, detail }),
+            Ok(Control::Rekey(f)) => self.rekey_fragment(now, &f, step),
             Ok(_) => {}
             Err(_) => self.counters.count_drop(DropKind::Unexpected),
         }

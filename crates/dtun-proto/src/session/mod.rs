@@ -42,11 +42,13 @@ mod hello;
 mod live;
 #[cfg(any(test, feature = "test-util"))]
 pub mod pair;
+mod rekeying;
 pub mod server;
 mod setup;
 
 pub use early::{EARLY_CANDIDATES, EarlyRecords, could_be_first};
 pub use heard::Heard;
+pub use rekeying::REKEY_GIVE_UP;
 
 /// How long a client that said Hello waits for a complete answer before going on with what
 /// it has.
@@ -74,6 +76,9 @@ pub struct Config {
     /// The first sequence number of our application records (`FIRST_APP_SEQUENCE`; a
     /// test may start near the end of the sequence space).
     pub first_sequence: u64,
+    /// Rekey every this much time that carried traffic (offered in our Hello; on when the
+    /// server offers it too); None: never.
+    pub rekey: Option<Duration>,
 }
 
 /// What the caller acts on.
@@ -98,6 +103,13 @@ pub enum Event {
     /// An ICMP port unreachable started a check: the session ends unless something
     /// authenticated comes within this.
     Checking(Duration),
+    /// A rekey completed (only once the data path holds the keys): seal with `keys`'
+    /// client half in `epoch` from now on, and read `epoch` with its server half (keeping
+    /// the previous epoch's read key until the next rekey).
+    Rekeyed {
+        epoch: u16,
+        keys: crate::kdf::KeyBlock,
+    },
     /// The session ended; nothing more comes of it.
     Closed(End),
 }
@@ -171,6 +183,12 @@ pub struct ClientSession {
     /// When an unanswered ICMP port unreachable came.
     refused_since: Option<Instant>,
     counters: Arc<Counters>,
+    /// The handshake's first epoch secret, until rekeying starts with it.
+    epoch1: Option<crate::rekey::EpochSecret>,
+    /// The rekey exchange, once both Hellos offered it.
+    rekey: Option<crate::rekey::exchange::ClientRekey>,
+    /// For the rekey exchanges' keys.
+    rng: ring::rand::SystemRandom,
 }
 
 impl ClientSession {
@@ -208,6 +226,9 @@ impl ClientSession {
             last_ping: now,
             refused_since: None,
             counters: Arc::new(Counters::default()),
+            epoch1: None,
+            rekey: None,
+            rng: ring::rand::SystemRandom::new(),
         }
     }
 
@@ -404,5 +425,7 @@ impl ClientSession {
     }
 }
 
+#[cfg(test)]
+mod rekey_tests;
 #[cfg(test)]
 mod tests;

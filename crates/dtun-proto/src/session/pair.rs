@@ -46,6 +46,8 @@ pub struct ServerScript {
     pub refuse: Option<CloseReason>,
     /// The Pongs the inlet asks for go out (false: they are lost).
     pub pongs: bool,
+    /// The server rekeys with a client that offers it.
+    pub rekey: bool,
 }
 
 impl Default for ServerScript {
@@ -66,6 +68,7 @@ impl Default for ServerScript {
             dns: vec!["10.86.0.1".parse().unwrap()],
             refuse: None,
             pongs: true,
+            rekey: true,
         }
     }
 }
@@ -88,6 +91,8 @@ pub struct ServerSaw {
     pub drops: u32,
     /// How the server's session ended: what it told the client, and why.
     pub ended: Option<(Option<CloseReason>, String)>,
+    /// Epochs the server switched its sending to (the client's first record of each came).
+    pub send_epochs: Vec<u16>,
 }
 
 struct Server {
@@ -97,6 +102,11 @@ struct Server {
     inlet: Option<Inlet>,
     session: Option<ServerSession>,
     saw: ServerSaw,
+    /// The next epoch's keys, to send with once the client's first record of it came.
+    pending_send: Option<(u16, crate::kdf::KeyBlock)>,
+    /// An ended session's read key: what the client still says (its close_notify) is seen,
+    /// as on the wire, though the real server has forgotten the session.
+    ended_opener: Option<Opener>,
 }
 
 /// The server's keepalive period (what its Hello answer says).
@@ -121,6 +131,13 @@ pub struct Pair {
     /// the session asks for ([`super::Step::seal`]).
     pub detach: bool,
     data_path: Option<(Sealer, Opener)>,
+    /// Traffic: the client's data path sends a packet this often once it holds the keys,
+    /// and the server echoes each back.
+    pub data_every: Option<Duration>,
+    next_data: Option<Instant>,
+    /// Packets the client sent, and echoes that came back.
+    pub data_sent: u64,
+    pub data_echoed: u64,
 }
 
 impl Pair {
@@ -142,6 +159,8 @@ impl Pair {
                 keys: None,
                 inlet: None,
                 session: None,
+                pending_send: None,
+                ended_opener: None,
                 saw: ServerSaw::default(),
             },
             latency: Duration::from_millis(10),
@@ -153,6 +172,10 @@ impl Pair {
             too_big: 0,
             detach: false,
             data_path: None,
+            data_every: None,
+            next_data: None,
+            data_sent: 0,
+            data_echoed: 0,
         };
         p.client_step(step);
         p
@@ -169,6 +192,7 @@ impl Pair {
             keepalive: Duration::from_secs(10),
             compat: false,
             first_sequence: FIRST_APP_SEQUENCE,
+            rekey: None,
         }
     }
 
@@ -207,6 +231,12 @@ impl Pair {
         for e in step.events {
             ready |= matches!(e, Event::Address(_));
             up |= matches!(e, Event::Up { .. });
+            if let (Event::Rekeyed { epoch, keys }, Some((sealer, opener))) =
+                (&e, self.data_path.as_mut())
+            {
+                record::rekey_sealer(sealer, keys, true, *epoch);
+                record::rekey_opener(opener, keys, true, *epoch);
+            }
             self.events.push((self.now - self.start, e));
         }
         if ready {
@@ -220,6 +250,7 @@ impl Pair {
                 self.data_path.is_some(),
                 "the keys go to the data path once up"
             );
+            self.next_data = self.data_every.map(|_| self.now);
         }
     }
 
@@ -245,6 +276,7 @@ impl Pair {
             } else if Control::is_control(&data) {
                 self.client.control(self.now, &data)
             } else {
+                self.data_echoed += 1;
                 continue;
             };
             self.client_step(step);
@@ -252,6 +284,27 @@ impl Pair {
         if heard {
             self.client.heard(self.now);
         }
+    }
+
+    /// The client's data path sends one packet (an IPv4 header and a counter).
+    fn send_data(&mut self) {
+        let (Some(every), Some((sealer, _))) = (self.data_every, self.data_path.as_mut()) else {
+            return;
+        };
+        self.next_data = Some(self.now + every);
+        let mut packet = [0u8; 28];
+        packet[0] = 0x45;
+        packet[3] = 28;
+        packet[20..28].copy_from_slice(&self.data_sent.to_be_bytes());
+        let mut rec = vec![0u8; PAYLOAD_OFFSET + packet.len() + 16];
+        rec[PAYLOAD_OFFSET..PAYLOAD_OFFSET + packet.len()].copy_from_slice(&packet);
+        let Ok(n) = sealer.seal(CONTENT_APPLICATION_DATA, &mut rec, packet.len()) else {
+            return;
+        };
+        rec.truncate(n);
+        self.data_sent += 1;
+        self.client.traffic(self.now);
+        self.send(Dir::ToServer, rec);
     }
 
     /// An ICMP port unreachable reaches the client (anyone could have sent it).
@@ -284,10 +337,11 @@ impl Pair {
         loop {
             self.queue.sort_by_key(|(t, _, _)| *t);
             let server_timer = self.server.session.as_ref().and_then(|s| s.next_timeout());
-            let timer = match (self.client.next_timeout(), server_timer) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let data_timer = self.next_data.filter(|_| self.data_path.is_some());
+            let timer = [self.client.next_timeout(), server_timer, data_timer]
+                .into_iter()
+                .flatten()
+                .min();
             let arrival = self.queue.first().map(|(t, _, _)| *t);
             let next = match (timer, arrival) {
                 (Some(t), Some(a)) => t.min(a),
@@ -309,6 +363,8 @@ impl Pair {
                     }
                     Dir::ToServer => self.server_datagram(dg),
                 }
+            } else if data_timer.is_some_and(|t| t <= next) {
+                self.send_data();
             } else if server_timer.is_some_and(|t| t <= next) {
                 let step = self.server.session.as_mut().map(|s| s.timeout(next));
                 if let Some(step) = step {
@@ -349,6 +405,20 @@ impl Pair {
     fn server_datagram(&mut self, mut dg: Vec<u8>) {
         if self.server.keys.is_some() && is_session_record(&dg) {
             self.server_records(&mut dg);
+            return;
+        }
+        if let Some(opener) = self.server.ended_opener.as_mut()
+            && is_session_record(&dg)
+        {
+            let mut at = 0;
+            while let Ok(r) = record::record_at(&dg, at) {
+                at = r.end;
+                if let Ok((CONTENT_ALERT, p)) = opener.open(&mut dg[r.clone()]) {
+                    let alert = &dg[r.start + p.start..r.start + p.end];
+                    self.server.saw.close_notify |=
+                        alert == [ALERT_LEVEL_WARNING, ALERT_CLOSE_NOTIFY];
+                }
+            }
             return;
         }
         let from: SocketAddr = "192.0.2.7:40000".parse().unwrap();
@@ -410,8 +480,9 @@ impl Pair {
         let cfg = server::Config {
             keepalive: SERVER_KEEPALIVE,
             compat: !dtun,
+            rekey: self.server.script.rekey,
         };
-        self.server.session = Some(ServerSession::new(cfg, self.now));
+        self.server.session = Some(ServerSession::new(cfg, Some(c.epoch1), self.now));
     }
 
     fn server_send(&mut self, content: u8, payload: &[u8]) {
@@ -435,17 +506,26 @@ impl Pair {
                 break;
             };
             at = r.end;
-            let (Some((_, opener)), Some(inlet), Some(session)) = (
-                self.server.keys.as_mut(),
-                self.server.inlet.as_mut(),
-                self.server.session.as_mut(),
-            ) else {
+            let Some((_, opener)) = self.server.keys.as_mut() else {
                 return;
             };
             let Ok((content, plain)) = opener.open(&mut dg[r.clone()]) else {
                 continue;
             };
             heard = true;
+            // The client's first record of the next epoch: it has the keys, send with them.
+            let epoch = u16::from_be_bytes([dg[r.start + 3], dg[r.start + 4]]);
+            if let Some((e, keys)) = self.server.pending_send.take_if(|(e, _)| *e == epoch)
+                && let Some((sealer, _)) = self.server.keys.as_mut()
+            {
+                record::rekey_sealer(sealer, &keys, false, e);
+                self.server.saw.send_epochs.push(e);
+            }
+            let (Some(inlet), Some(session)) =
+                (self.server.inlet.as_mut(), self.server.session.as_mut())
+            else {
+                return;
+            };
             let data = &dg[r.start + plain.start..r.start + plain.end];
             let saw = &mut self.server.saw;
             let step = if content == CONTENT_ALERT {
@@ -463,6 +543,8 @@ impl Pair {
                     Record::SetupLost => session.setup_lost(),
                     Record::Packet => {
                         saw.packets += 1;
+                        let echo = data.to_vec();
+                        self.server_send(CONTENT_APPLICATION_DATA, &echo);
                         continue;
                     }
                     Record::Control => match inlet.control(self.now, data) {
@@ -521,6 +603,13 @@ impl Pair {
                     let answer = s.answer_hello(addr6, &dns);
                     self.server_step(answer);
                 }
+                server::Event::NextKeys { epoch, keys } => {
+                    if let Some((_, opener)) = self.server.keys.as_mut() {
+                        record::rekey_opener(opener, &keys, false, epoch);
+                    }
+                    self.server.pending_send = Some((epoch, keys));
+                }
+                server::Event::Dropped => self.server.saw.drops += 1,
                 server::Event::Ended { reason, why } => {
                     let farewell = reason
                         .and_then(|r| self.server.session.as_mut().and_then(|s| s.farewell(r, "")));
@@ -531,7 +620,7 @@ impl Pair {
                         self.server_send(CONTENT_ALERT, &[ALERT_LEVEL_WARNING, ALERT_CLOSE_NOTIFY]);
                     }
                     self.server.saw.ended = Some((reason, why));
-                    self.server.keys = None;
+                    self.server.ended_opener = self.server.keys.take().map(|(_, o)| o);
                     self.server.inlet = None;
                     self.server.session = None;
                     return;

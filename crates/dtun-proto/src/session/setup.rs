@@ -15,6 +15,7 @@ use super::{ClientSession, End, Event, HELLO_RESEND, HELLO_WAIT, MAX_HELLOS, Sta
 impl ClientSession {
     pub(super) fn established(&mut self, now: Instant, e: Established, step: &mut Step) {
         let hint = e.peer_identity.clone();
+        self.epoch1 = Some(e.epoch1.clone());
         self.negotiated = !self.cfg.compat && hint.ends_with(HINT_MARKER.as_bytes());
         self.keys = Some(record::session_pair(
             e.suite,
@@ -154,7 +155,11 @@ impl ClientSession {
                 );
             }
             let addr6 = heard.outcome();
+            let rekey = heard.offers(HelloFlags::REKEY);
             self.state = State::Up;
+            if rekey {
+                self.start_rekeying();
+            }
             self.last_ping = now;
             step.events.push(Event::Up { addr6 });
             return;
@@ -175,7 +180,7 @@ impl ClientSession {
         let hello = Control::Hello {
             version: CONTROL_VERSION,
             keepalive_ms: u32::try_from(self.cfg.keepalive.as_millis()).unwrap_or(u32::MAX),
-            flags: HelloFlags::default(),
+            flags: HelloFlags::default().with(HelloFlags::REKEY, self.cfg.rekey.is_some()),
         }
         .to_bytes();
         self.seal_into(step, CONTENT_APPLICATION_DATA, &hello);

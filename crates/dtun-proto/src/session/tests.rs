@@ -140,6 +140,7 @@ fn a_lost_address_message_ends_the_setup_after_its_timeout() {
         t,
         Duration::from_millis(60) + SETUP_TIMEOUT.max(crate::consts::HANDSHAKE_TIMEOUT)
     );
+    assert!(p.saw().close_notify, "close_notify on the way out");
 }
 
 #[test]
@@ -214,6 +215,8 @@ fn an_original_server_gets_no_control_message() {
     assert_eq!(*up(&p).unwrap(), Some(None));
     assert_eq!(p.saw().hellos, 0);
     assert_eq!(p.saw().pings, 0, "no keepalive without negotiation");
+    // A -compat server takes control records for packets: none came.
+    assert_eq!(p.saw().packets, 0, "no control record at all");
     assert!(p.end().is_none());
 }
 
@@ -470,7 +473,16 @@ fn the_server_declares_a_silent_client_dead_and_says_so() {
         p.run(Duration::from_secs(1));
         assert!(up(&p).is_some(), "{:?}", p.client_events());
         cut.set(true);
+        // The client hears the server a second later (a Dns), so its own dead-peer deadline
+        // is a second after the server's.
+        p.run(Duration::from_secs(2));
+        p.now = p.start + Duration::from_secs(2);
+        let dns = Control::Dns(vec!["10.86.0.1".parse().unwrap()]).to_bytes();
+        p.server_says(CONTENT_APPLICATION_DATA, &dns);
+        let heard = p.now - p.start;
         p.run(Duration::from_secs(60));
+        let closed = p.when(|e| matches!(e, Event::Closed(_))).unwrap();
+        assert!(closed < heard + Duration::from_secs(30), "{closed:?}");
         let Some((Some(CloseReason::Timeout), why)) = &p.saw().ended else {
             panic!("{:?}", p.saw().ended)
         };

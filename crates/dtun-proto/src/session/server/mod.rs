@@ -20,7 +20,13 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 
 use crate::consts::{KEEPALIVE_MISSES, SETUP_TIMEOUT};
+use ring::rand::SystemRandom;
+
+use crate::kdf::KeyBlock;
 use crate::proto::{Addr6, CONTROL_VERSION, CloseReason, Control, HelloFlags, Peernet, ProtoError};
+use crate::rekey::EpochSecret;
+use crate::rekey::exchange::ServerRekey;
+use crate::rekey::message::Fragment;
 
 mod inlet;
 #[cfg(test)]
@@ -35,6 +41,8 @@ pub struct Config {
     pub keepalive: Duration,
     /// `-compat`: no control messages.
     pub compat: bool,
+    /// We rekey (`crate::rekey`) with a client whose Hello offers it too.
+    pub rekey: bool,
 }
 
 /// What the caller acts on.
@@ -52,6 +60,12 @@ pub enum Event {
     Hello { first: bool, keepalive: Duration },
     /// The client's LANs beyond its peernet message.
     Lans(Vec<IpNet>),
+    /// A rekey exchange gave the next epoch's keys: read `epoch` with the client half of
+    /// `keys` from now on (the previous epoch's key too, until the next rekey); seal with its
+    /// server half once a record of that epoch came from the client.
+    NextKeys { epoch: u16, keys: KeyBlock },
+    /// A rekey message that belongs to no exchange, or a bad one: a counted drop.
+    Dropped,
     /// The client says why it is closing (its close_notify follows).
     Closing { reason: CloseReason, detail: String },
     /// The session is over: tell the client `reason` (none: it closed, say nothing), then
@@ -95,12 +109,27 @@ pub struct ServerSession {
     /// When an authenticated record last came.
     alive_at: Instant,
     ended: bool,
+    /// The farewell was given (once).
+    farewell_said: bool,
+    /// The flags of our last Hello answer (for the log).
+    answer_flags: HelloFlags,
+    /// The handshake's first epoch secret, until rekeying starts with it.
+    epoch1: Option<EpochSecret>,
+    /// The rekey exchange, once the client's Hello offered it and we do.
+    rekey: Option<ServerRekey>,
+    rng: SystemRandom,
 }
 
 impl ServerSession {
-    /// A session whose handshake just completed (its address message is on the way).
-    pub fn new(cfg: Config, now: Instant) -> ServerSession {
+    /// A session whose handshake just completed (its address message is on the way);
+    /// `epoch1`: the handshake's first epoch secret, for rekeying.
+    pub fn new(cfg: Config, epoch1: Option<EpochSecret>, now: Instant) -> ServerSession {
         ServerSession {
+            epoch1,
+            rekey: None,
+            rng: SystemRandom::new(),
+            farewell_said: false,
+            answer_flags: HelloFlags::default(),
             cfg,
             setup_deadline: Some(now + SETUP_TIMEOUT),
             negotiated: false,
@@ -123,6 +152,11 @@ impl ServerSession {
         self.keepalive
     }
 
+    /// The flags of our last Hello answer.
+    pub fn answer_flags(&self) -> HelloFlags {
+        self.answer_flags
+    }
+
     /// When an authenticated record last came.
     pub fn alive_at(&self) -> Instant {
         self.alive_at
@@ -130,6 +164,9 @@ impl ServerSession {
 
     /// The peernet message's record ([`Record::Peernet`]).
     pub fn peernet(&mut self, peernet: Result<Peernet, ProtoError>) -> Step {
+        if self.ended {
+            return Step::default();
+        }
         self.setup_deadline = None;
         Step::event(match peernet {
             Ok(p) => Event::Peernet(p),
@@ -148,8 +185,18 @@ impl ServerSession {
             return Step::default();
         }
         match msg {
-            Control::Hello { keepalive_ms, .. } => {
+            Control::Hello {
+                keepalive_ms,
+                flags,
+                ..
+            } => {
                 self.keepalive = Duration::from_millis(u64::from(keepalive_ms));
+                if self.cfg.rekey
+                    && flags.has(HelloFlags::REKEY)
+                    && let Some(epoch1) = self.epoch1.take()
+                {
+                    self.rekey = Some(ServerRekey::new(epoch1));
+                }
                 Step::event(Event::Hello {
                     first: !self.answered,
                     keepalive: self.keepalive,
@@ -166,6 +213,7 @@ impl ServerSession {
                 self.lans_heard = true;
                 Step::event(Event::Lans(lans))
             }
+            Control::Rekey(f) => self.rekey_fragment(&f),
             _ => Step::default(),
         }
     }
@@ -183,7 +231,9 @@ impl ServerSession {
         let flags = HelloFlags::default()
             .with(HelloFlags::ADDR6_SENT, addr6.is_some())
             .with(HelloFlags::DNS_SENT, !dns.is_empty())
-            .with(HelloFlags::LANS_HEARD, self.lans_heard);
+            .with(HelloFlags::LANS_HEARD, self.lans_heard)
+            .with(HelloFlags::REKEY, self.rekey.is_some());
+        self.answer_flags = flags;
         let ours = u32::try_from(self.cfg.keepalive.as_millis()).unwrap_or(u32::MAX);
         let mut send = Vec::with_capacity(3);
         if let Some(a) = addr6 {
@@ -201,6 +251,38 @@ impl ServerSession {
         Step {
             send,
             events: vec![],
+        }
+    }
+
+    /// The newest epoch whose keys we have (1 until the first rekey).
+    pub fn epoch(&self) -> u16 {
+        self.rekey.as_ref().map_or(1, ServerRekey::epoch)
+    }
+
+    /// Whether this session rekeys (both Hellos offered it).
+    pub fn rekeys(&self) -> bool {
+        self.rekey.is_some()
+    }
+
+    /// A rekey fragment from the client: the Reply's fragments to send (under the keys we
+    /// send with now: the client reads them before it has the new ones), and the new keys.
+    fn rekey_fragment(&mut self, f: &Fragment) -> Step {
+        let Some(r) = self.rekey.as_mut() else {
+            return Step::event(Event::Dropped);
+        };
+        match r.fragment(f, &self.rng) {
+            Ok(out) => Step {
+                send: out.send,
+                events: out
+                    .next
+                    .map(|n| Event::NextKeys {
+                        epoch: n.epoch,
+                        keys: n.keys,
+                    })
+                    .into_iter()
+                    .collect(),
+            },
+            Err(_) => Step::event(Event::Dropped),
         }
     }
 
@@ -258,6 +340,9 @@ impl ServerSession {
     /// revoked): the Close to send before close_notify, for a dtun peer only.
     pub fn farewell(&mut self, reason: CloseReason, detail: &str) -> Option<Vec<u8>> {
         self.ended = true;
+        if std::mem::replace(&mut self.farewell_said, true) {
+            return None;
+        }
         self.negotiated.then(|| {
             Control::Close {
                 reason,

@@ -9,6 +9,7 @@ fn cfg() -> Config {
     Config {
         keepalive: Duration::from_secs(10),
         compat: false,
+        rekey: false,
     }
 }
 
@@ -137,12 +138,20 @@ fn the_final_flight_is_resent_until_a_record_comes() {
     // A ChangeCipherSpec record: what the client's last flight starts with.
     let client_flight = [20u8, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 1];
     assert!(crate::handshake::is_final_flight(&client_flight));
+    // A handshake record that is not the client's last flight (a ClientHello, epoch 0) is
+    // no reason to resend.
+    let hello = [22u8, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 2, 0, 1, 1];
+    assert!(!crate::handshake::is_final_flight(&hello));
+    assert_eq!(inlet.final_flight_again(now, &hello), None);
     assert_eq!(
         inlet.final_flight_again(now, &client_flight),
         Some(&b"flight"[..])
     );
-    assert_eq!(inlet.final_flight_again(now, &client_flight), None);
-    assert_eq!(inlet.final_flight_again(now, b"\x16junk"), None);
+    assert_eq!(
+        inlet.final_flight_again(now, &client_flight),
+        None,
+        "too soon"
+    );
     let later = now + crate::consts::FINAL_FLIGHT_RESEND;
     assert!(inlet.final_flight_again(later, &client_flight).is_some());
     let _ = inlet.record(b"empty");
@@ -155,7 +164,7 @@ fn the_final_flight_is_resent_until_a_record_comes() {
 #[test]
 fn a_hello_is_answered_with_what_came_and_flags_that_say_so() {
     let now = Instant::now();
-    let mut s = ServerSession::new(cfg(), now);
+    let mut s = ServerSession::new(cfg(), None, now);
     assert!(!s.is_dtun_peer());
     let step = s.control(hello(25_000));
     assert_eq!(
@@ -207,7 +216,7 @@ fn a_hello_is_answered_with_what_came_and_flags_that_say_so() {
 #[test]
 fn a_ping_without_a_hello_makes_a_dtun_peer() {
     let now = Instant::now();
-    let mut s = ServerSession::new(cfg(), now);
+    let mut s = ServerSession::new(cfg(), None, now);
     assert_eq!(s.control(Control::Ping).events, vec![Event::DtunPeer]);
     assert!(s.is_dtun_peer());
     assert_eq!(s.keepalive(), Duration::from_secs(10));
@@ -217,6 +226,7 @@ fn a_ping_without_a_hello_makes_a_dtun_peer() {
             compat: true,
             ..cfg()
         },
+        None,
         now,
     );
     assert!(compat.control(Control::Ping).events.is_empty());
@@ -228,7 +238,7 @@ fn a_ping_without_a_hello_makes_a_dtun_peer() {
 #[test]
 fn the_setup_deadline() {
     let now = Instant::now();
-    let mut s = ServerSession::new(cfg(), now);
+    let mut s = ServerSession::new(cfg(), None, now);
     assert_eq!(s.next_timeout(), Some(now + SETUP_TIMEOUT));
     assert!(s.timeout(now + SETUP_TIMEOUT / 2).events.is_empty());
     assert!(matches!(
@@ -238,7 +248,7 @@ fn the_setup_deadline() {
     assert!(s.is_ended() && s.next_timeout().is_none());
     assert!(s.timeout(now + SETUP_TIMEOUT * 2).events.is_empty(), "once");
 
-    let mut s = ServerSession::new(cfg(), now);
+    let mut s = ServerSession::new(cfg(), None, now);
     assert_eq!(
         s.peernet(Ok(Peernet::Empty)).events,
         vec![Event::Peernet(Peernet::Empty)]
@@ -246,7 +256,7 @@ fn the_setup_deadline() {
     assert_eq!(s.next_timeout(), None, "no keepalive yet, no deadline");
     assert!(s.timeout(now + SETUP_TIMEOUT * 3).events.is_empty());
 
-    let mut s = ServerSession::new(cfg(), now);
+    let mut s = ServerSession::new(cfg(), None, now);
     assert!(matches!(
         &s.setup_lost().events[..],
         [Event::Ended { reason: Some(CloseReason::Timeout), why }] if why.contains("lost")
@@ -258,7 +268,7 @@ fn the_setup_deadline() {
 #[test]
 fn dead_peer_detection() {
     let now = Instant::now();
-    let mut s = ServerSession::new(cfg(), now);
+    let mut s = ServerSession::new(cfg(), None, now);
     let _ = s.peernet(Ok(Peernet::Empty));
     let _ = s.control(hello(5_000));
     let _ = s.answer_hello(None, &[]);
@@ -278,7 +288,9 @@ fn dead_peer_detection() {
             Config {
                 keepalive: Duration::from_millis(ours),
                 compat: false,
+                rekey: false,
             },
+            None,
             now,
         );
         let _ = s.peernet(Ok(Peernet::Empty));
@@ -294,20 +306,20 @@ fn dead_peer_detection() {
 #[test]
 fn endings() {
     let now = Instant::now();
-    let mut s = ServerSession::new(cfg(), now);
+    let mut s = ServerSession::new(cfg(), None, now);
     assert!(matches!(
         &s.alert(1, 0).events[..],
         [Event::Ended { reason: None, why }] if why == "peer sent close_notify"
     ));
     assert!(s.alert(2, 80).events.is_empty(), "once");
-    let mut s = ServerSession::new(cfg(), now);
+    let mut s = ServerSession::new(cfg(), None, now);
     assert!(matches!(
         &s.alert(2, 80).events[..],
         [Event::Ended { reason: None, why }] if why == "peer sent alert 2/80"
     ));
-    let mut original = ServerSession::new(cfg(), now);
+    let mut original = ServerSession::new(cfg(), None, now);
     assert_eq!(original.farewell(CloseReason::Shutdown, ""), None);
-    let mut s = ServerSession::new(cfg(), now);
+    let mut s = ServerSession::new(cfg(), None, now);
     let _ = s.control(Control::Ping);
     let bye = s.farewell(CloseReason::Replaced, "192.0.2.9:5555").unwrap();
     assert!(matches!(
