@@ -129,6 +129,24 @@ pub enum OutboundEnd {
 /// records in the same sequence space, and why it ended.
 pub type OutboundTask = tokio::task::JoinHandle<(Sealer, OutboundEnd)>;
 
+/// A rekey's write keys for the outbound task: seal in `epoch` with our half of `keys` from
+/// the next batch on.
+pub struct SendKeys {
+    pub epoch: u16,
+    pub keys: dtun_proto::kdf::KeyBlock,
+    pub is_client: bool,
+}
+
+/// Where a session's owner puts the next write keys (a watch, not the command queue: a rekey
+/// must never be lost to a full queue, and only the newest keys matter).
+pub type KeysTx = tokio::sync::watch::Sender<Option<Arc<SendKeys>>>;
+pub type KeysRx = tokio::sync::watch::Receiver<Option<Arc<SendKeys>>>;
+
+/// A new keys channel for one outbound task.
+pub fn keys_channel() -> (KeysTx, KeysRx) {
+    tokio::sync::watch::channel(None)
+}
+
 /// Spawns the outbound task with its command channel: the sender and the task's handle.
 pub fn spawn_outbound(
     tun: Arc<AsyncDevice>,
@@ -136,9 +154,13 @@ pub fn spawn_outbound(
     link: Link,
     sealer: Sealer,
     counters: Arc<Counters>,
+    keys: KeysRx,
 ) -> (mpsc::Sender<OutboundCmd>, OutboundTask) {
     let (tx, rx) = outbound_channel();
-    (tx, spawn_outbound_on(rx, tun, mss, link, sealer, counters))
+    (
+        tx,
+        spawn_outbound_on(rx, tun, mss, link, sealer, counters, keys),
+    )
 }
 
 /// An outbound task's command channel, made before the task (the server hands the sender to
@@ -155,9 +177,10 @@ pub fn spawn_outbound_on(
     link: Link,
     sealer: Sealer,
     counters: Arc<Counters>,
+    keys: KeysRx,
 ) -> OutboundTask {
     let task = Outbound::new(tun, mss, link, counters);
-    tokio::spawn(task.run(sealer, rx))
+    tokio::spawn(task.run(sealer, rx, keys))
 }
 
 /// The outbound task's state: its buffers, allocated once.
@@ -199,9 +222,13 @@ impl Outbound {
         mut self,
         mut sealer: Sealer,
         mut ctl: mpsc::Receiver<OutboundCmd>,
+        mut keys: KeysRx,
     ) -> (Sealer, OutboundEnd) {
         let link = self.link.clone();
         loop {
+            if sealer.wants_rekey() {
+                self.counters.want_rekey();
+            }
             if sealer.nearly_exhausted() {
                 tracing::warn!(
                     "{} record sequence numbers and {} AES blocks of the key's usage limit left: \
@@ -213,6 +240,11 @@ impl Outbound {
             }
             tokio::select! {
                 biased;
+                Ok(()) = keys.changed() => {
+                    if let Some(k) = keys.borrow_and_update().clone() {
+                        dtun_proto::record::rekey_sealer(&mut sealer, &k.keys, k.is_client, k.epoch);
+                    }
+                }
                 cmd = ctl.recv() => match cmd {
                     Some(OutboundCmd::Send(msg)) => {
                         if let Err(e) = link.send_record(&mut sealer, CONTENT_APPLICATION_DATA, &msg).await {

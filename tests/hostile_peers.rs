@@ -498,6 +498,9 @@ fn exhaustion_closes_and_reconnects(tag: &str, server_side: bool, compat: bool) 
             "foo",
             "-keepalive",
             "1s",
+            // Without rekeying, which would give fresh keys instead (tests/rekey.rs).
+            "-rekey",
+            "0",
             "-v",
         ],
         c_env,

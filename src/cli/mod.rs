@@ -149,6 +149,10 @@ pub struct Cli {
     /// Keepalive period between dtun peers; 3 missed means the peer is dead; 0 turns it off
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub keepalive: Duration,
+    /// Fresh keys between dtun peers this often (time the session carried traffic), by a
+    /// hybrid X25519 + ML-KEM-768 exchange: forward secrecy, post-quantum; 0 turns it off
+    #[arg(long, value_parser = parse_rekey, default_value = "2m")]
+    pub rekey: Duration,
     /// Behave exactly as the original dtun on the wire: AES-128-CCM_8 only, no control messages
     #[arg(long)]
     pub compat: bool,
@@ -266,6 +270,17 @@ pub fn parse_pool(s: &str) -> Result<Ipv4Net, String> {
             "{s:?} is IPv6: -pool is the IPv4 pool (IPv6 pairs come from -pool6)"
         )),
     }
+}
+
+/// A `-rekey` period: 0 (off) or at least a second.
+pub fn parse_rekey(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if !d.is_zero() && d < Duration::from_secs(1) {
+        return Err(format!(
+            "-rekey {s}: use at least 1s (or 0 to turn rekeying off)"
+        ));
+    }
+    Ok(d)
 }
 
 /// Parses `1500ms`, `90s`, `5m`, `1h` or a bare number of seconds.

@@ -43,12 +43,15 @@ pub(super) struct Live<'a> {
     pub(super) counters: Arc<Counters>,
     pub(super) out_tx: mpsc::Sender<OutboundCmd>,
     pub(super) out_task: pump::OutboundTask,
+    /// The outbound task's next write keys (a rekey).
+    pub(super) keys_tx: pump::KeysTx,
     pub(super) path: PathMss,
 }
 
 /// Where the session's records and events go while it is live.
 struct Out<'a> {
     out_tx: &'a mpsc::Sender<OutboundCmd>,
+    keys_tx: &'a pump::KeysTx,
     dns: &'a dtun_linux::dns::Dns,
     counters: &'a Counters,
     link: &'a Link,
@@ -58,10 +61,27 @@ struct Out<'a> {
 impl Out<'_> {
     /// Does what a step says; returns the end of the session (why, and its farewell records)
     /// if the step ended it.
-    fn route(&self, step: Step, log_limit: &mut RateLimit) -> Option<(ClientError, Records)> {
+    fn route(
+        &self,
+        step: Step,
+        log_limit: &mut RateLimit,
+        opener: &mut Opener,
+    ) -> Option<(ClientError, Records)> {
         let mut end = None;
         for e in step.events {
             match e {
+                // A rekey: read the new epoch now (and the old one until the next rekey);
+                // the outbound task seals in it from its next batch.
+                Event::Rekeyed { epoch, keys } => {
+                    dtun_proto::record::rekey_opener(opener, &keys, true, epoch);
+                    let send = pump::SendKeys {
+                        epoch,
+                        keys,
+                        is_client: true,
+                    };
+                    let _ = self.keys_tx.send(Some(Arc::new(send)));
+                    tracing::debug!("rekeyed: epoch {epoch}");
+                }
                 Event::Dns(servers) => take_dns(&servers, self.counters, self.dns),
                 Event::Checking(grace) if log_limit.allow() => {
                     tracing::info!(
@@ -103,12 +123,14 @@ impl Live<'_> {
             counters,
             out_tx,
             out_task,
+            keys_tx,
             path,
         } = self;
         let (tun, udp, link, dns): (&Tun, &Udp, &Link, &dtun_linux::dns::Dns) =
             (tun, udp, link, dns);
         let out = Out {
             out_tx,
+            keys_tx,
             dns,
             counters,
             link,
@@ -136,7 +158,15 @@ impl Live<'_> {
         // made anew per receive batch).
         let mut timer = Box::pin(tokio::time::sleep(Duration::from_secs(3600)));
         let mut armed = None;
+        // Records sent at the last look: sending also counts as traffic for rekeying.
+        let mut sent = counters
+            .tx_packets
+            .load(std::sync::atomic::Ordering::Relaxed);
         let (error, farewell) = loop {
+            // The outbound task's key is three quarters through a usage limit.
+            if counters.take_rekey_wanted() {
+                session.rekey_soon();
+            }
             let want = session.next_timeout();
             if want != armed {
                 armed = want;
@@ -161,22 +191,27 @@ impl Live<'_> {
                 },
                 () = &mut timer, if armed.is_some() => {
                     armed = None;
-                    if let Some((e, f)) = out.route(session.timeout(now()), &mut log_limit) {
+                    if let Some((e, f)) = out.route(session.timeout(now()), &mut log_limit, opener) {
                         break (Some(e), f);
                     }
                 }
                 _ = pmtu_tick.tick() => {
                     path.refresh(&udp.sock);
                     dns.tick();
+                    let tx = counters.tx_packets.load(std::sync::atomic::Ordering::Relaxed);
+                    if tx != sent {
+                        sent = tx;
+                        session.traffic(now());
+                    }
                     if udp.take_refused()
-                        && let Some((e, f)) = out.route(session.unreachable(now()), &mut log_limit)
+                        && let Some((e, f)) = out.route(session.unreachable(now()), &mut log_limit, opener)
                     {
                         break (Some(e), f);
                     }
                 }
                 _ = tick.tick(), if keepalive.is_some() => {
                     if udp.take_refused()
-                        && let Some((e, f)) = out.route(session.unreachable(now()), &mut log_limit)
+                        && let Some((e, f)) = out.route(session.unreachable(now()), &mut log_limit, opener)
                     {
                         break (Some(e), f);
                     }
@@ -186,7 +221,7 @@ impl Live<'_> {
                         Ok(n) => n,
                         // ICMP port unreachable: the server may be gone, or someone spoofs it.
                         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                            if let Some((e, f)) = out.route(session.unreachable(now()), &mut log_limit) {
+                            if let Some((e, f)) = out.route(session.unreachable(now()), &mut log_limit, opener) {
                                 break (Some(e), f);
                             }
                             continue;
@@ -286,7 +321,7 @@ impl Batch<'_, '_> {
                     let data = &mut buf[r.clone()];
                     if controls && Control::is_control(data) {
                         let step = self.session.control(now(), data);
-                        end = self.out.route(step, self.log_limit);
+                        end = self.out.route(step, self.log_limit, self.opener);
                     } else if inbound::accept_packet(self.out.counters, data) {
                         crate::supervise::fault_point(crate::supervise::Site::Client, data);
                         self.sink.push(data).await;
@@ -297,7 +332,7 @@ impl Batch<'_, '_> {
                 Inbound::Alert(level, desc) => {
                     authenticated = true;
                     let step = self.session.alert(now(), *level, *desc);
-                    end = self.out.route(step, self.log_limit);
+                    end = self.out.route(step, self.log_limit, self.opener);
                 }
                 Inbound::Dropped(d) => {
                     if self.log_limit.allow() {

@@ -178,12 +178,14 @@ pub(super) async fn session(
     let Some((sealer, opener)) = s.take_keys(now()) else {
         return lost(ClientError::NoAddress(SETUP_TIMEOUT));
     };
+    let (keys_tx, keys_rx) = pump::keys_channel();
     let (out_tx, out_task) = pump::spawn_outbound(
         Arc::clone(&t.tun.dev),
         path.clamp.clone(),
         link.clone(),
         sealer,
         Arc::clone(&counters),
+        keys_rx,
     );
     let mut live = Live {
         tun: &t.tun,
@@ -196,6 +198,7 @@ pub(super) async fn session(
         counters: Arc::clone(&counters),
         out_tx,
         out_task,
+        keys_tx,
         path,
     };
     let error = live.forward(shutdown).await;
@@ -220,8 +223,7 @@ fn session_config(cfg: &ClientConfig) -> proto_session::Config {
         keepalive: cfg.common.keepalive,
         compat: cfg.common.compat,
         first_sequence: first_app_sequence(),
-        // Not offered yet: the data path cannot switch epochs yet (dtun_proto::rekey).
-        rekey: None,
+        rekey: cfg.common.rekey,
     }
 }
 

@@ -44,6 +44,8 @@ pub(super) struct FileConfig {
     down: Option<PathBuf>,
     #[serde(default, deserialize_with = "values::duration")]
     keepalive: Option<Duration>,
+    #[serde(default, deserialize_with = "values::duration")]
+    rekey: Option<Duration>,
     compat: Option<bool>,
     #[serde(default, deserialize_with = "values::choice")]
     cipher: Option<Cipher>,
@@ -266,6 +268,7 @@ fn take_flags(
         id,
         name,
         keepalive,
+        rekey,
         compat,
         cipher,
         once,

@@ -193,6 +193,8 @@ pub struct Common {
     pub down: Option<PathBuf>,
     /// Zero: no keepalive.
     pub keepalive: Duration,
+    /// Rekeying between dtun peers (`-rekey`; never with `-compat`).
+    pub rekey: Option<Duration>,
     /// Original protocol only: CCM_8, no hint marker, no control messages.
     pub compat: bool,
     /// Cipher suites offered, in order of preference.
@@ -211,6 +213,7 @@ impl Common {
             up: cli.up.clone(),
             down: cli.down.clone(),
             keepalive: cli.keepalive,
+            rekey: (!cli.rekey.is_zero() && !cli.compat).then_some(cli.rekey),
             compat: cli.compat,
             suites,
         })

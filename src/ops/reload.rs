@@ -217,6 +217,7 @@ fn needs_restart(old: &ServerConfig, new: &ServerConfig) -> Vec<&'static str> {
         ("up", oc.up != nc.up),
         ("down", oc.down != nc.down),
         ("keepalive", oc.keepalive != nc.keepalive),
+        ("rekey", oc.rekey != nc.rekey),
         ("compat", oc.compat != nc.compat),
         ("cipher", oc.suites != nc.suites),
         ("instance", old.instance != new.instance),

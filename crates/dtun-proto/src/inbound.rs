@@ -76,9 +76,22 @@ pub struct Counters {
     /// [`Opener::integrity_limit_reached`]): set once by whoever opens its records, read by
     /// whoever owns the session, which closes it if the peer is a dtun peer.
     integrity_limit: AtomicBool,
+    /// The session's write key is three quarters through a usage limit: a session that
+    /// rekeys should do so now (set by the sender, taken by whoever runs the session).
+    rekey_wanted: AtomicBool,
 }
 
 impl Counters {
+    /// The sender's key wants replacing soon ([`crate::record::Sealer::wants_rekey`]).
+    pub fn want_rekey(&self) {
+        self.rekey_wanted.store(true, Relaxed);
+    }
+
+    /// Whether a rekey was asked for since the last call.
+    pub fn take_rekey_wanted(&self) -> bool {
+        self.rekey_wanted.swap(false, Relaxed)
+    }
+
     #[inline]
     pub fn count_drop(&self, d: DropKind) {
         self.drops[d.index()].fetch_add(1, Relaxed);

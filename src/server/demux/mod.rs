@@ -36,7 +36,7 @@ pub(super) enum DemuxCmd {
     /// Start routing this peer's records to a new session.
     Install {
         addr: SocketAddr,
-        session: SessionRx,
+        session: Box<SessionRx>,
     },
     /// The LANs session `session_id` may now send from.
     Allow {
@@ -49,6 +49,14 @@ pub(super) enum DemuxCmd {
         addr: SocketAddr,
         session_id: u64,
         tunnel_ip6: std::net::Ipv6Addr,
+    },
+    /// A rekey of session `session_id` at `addr`: read `epoch` now, and send in it once a
+    /// record of it came from the client.
+    Rekey {
+        addr: SocketAddr,
+        session_id: u64,
+        epoch: u16,
+        keys: Box<dtun_proto::kdf::KeyBlock>,
     },
     /// Stop routing to session `session_id` at `addr`.
     Remove { addr: SocketAddr, session_id: u64 },
@@ -69,6 +77,10 @@ pub(super) struct SessionRx {
     pub(super) allowed: Vec<IpNet>,
     /// The session's outbound task: Pings are answered here, not by the manager.
     pub(super) out_tx: mpsc::Sender<OutboundCmd>,
+    /// The outbound task's next write keys, and the ones waiting for the client's first
+    /// record of their epoch (which proves it has them).
+    pub(super) keys_tx: crate::pump::KeysTx,
+    pub(super) pending_send: Option<Arc<crate::pump::SendKeys>>,
     /// The session's half that meets every record: the peernet message, control records and
     /// their budget, our final flight resent.
     pub(super) inlet: Inlet,
@@ -179,7 +191,7 @@ impl Demux {
     fn apply(&mut self, cmd: DemuxCmd) {
         match cmd {
             DemuxCmd::Install { addr, session } => {
-                self.sessions.insert(addr, session);
+                self.sessions.insert(addr, *session);
             }
             DemuxCmd::Allow {
                 addr,
@@ -201,6 +213,23 @@ impl Demux {
                     && s.session_id == session_id
                 {
                     s.tunnel_ip6 = Some(tunnel_ip6);
+                }
+            }
+            DemuxCmd::Rekey {
+                addr,
+                session_id,
+                epoch,
+                keys,
+            } => {
+                if let Some(s) = self.sessions.get_mut(&addr)
+                    && s.session_id == session_id
+                {
+                    dtun_proto::record::rekey_opener(&mut s.opener, &keys, false, epoch);
+                    s.pending_send = Some(Arc::new(crate::pump::SendKeys {
+                        epoch,
+                        keys: *keys,
+                        is_client: false,
+                    }));
                 }
             }
             DemuxCmd::Remove { addr, session_id } => {

@@ -151,6 +151,14 @@ impl Demux {
                 }
             }
         }
+        // After a rekey: the client's first record of the new epoch shows it has the keys;
+        // from now on we send in it too.
+        if let Some(next) = s
+            .pending_send
+            .take_if(|k| s.opener.epoch() == k.epoch && s.opener.has_opened())
+        {
+            let _ = s.keys_tx.send(Some(next));
+        }
     }
 }
 

@@ -126,8 +126,7 @@ impl Manager {
         server_session::Config {
             keepalive: self.cfg.common.keepalive,
             compat: self.cfg.common.compat,
-            // Not offered yet: the data path cannot switch epochs yet (dtun_proto::rekey).
-            rekey: false,
+            rekey: self.cfg.common.rekey.is_some(),
         }
     }
 
@@ -293,9 +292,18 @@ impl Manager {
                 SessionEvent::Closing { reason, detail } => {
                     tracing::debug!("client {id} is closing: {reason:?} {detail:?}");
                 }
-                // This server offers no rekeying yet (`session_config`), so no exchange runs.
-                SessionEvent::NextKeys { epoch, .. } => {
-                    tracing::warn!("client {id}: keys for epoch {epoch} without rekeying on");
+                // A rekey: the demultiplexer reads the new epoch now and moves the outbound
+                // task to it at the client's first record of it.
+                SessionEvent::NextKeys { epoch, keys } => {
+                    if let Some(s) = self.devices.get(id).and_then(|d| d.session.as_ref()) {
+                        let _ = self.cmd_tx.send(DemuxCmd::Rekey {
+                            addr: s.addr,
+                            session_id: s.session_id,
+                            epoch,
+                            keys: Box::new(keys),
+                        });
+                        tracing::debug!("client {id}: rekeyed, epoch {epoch}");
+                    }
                 }
                 SessionEvent::Dropped => {
                     if let Some(s) = self.devices.get(id).and_then(|d| d.session.as_ref()) {

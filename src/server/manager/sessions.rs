@@ -45,9 +45,10 @@ impl Manager {
         // The demultiplexer answers Pings through the outbound task's channel, which must
         // exist before the session can receive anything.
         let (out_tx, out_rx) = pump::outbound_channel();
+        let (keys_tx, keys_rx) = pump::keys_channel();
         let _ = self.cmd_tx.send(DemuxCmd::Install {
             addr,
-            session: SessionRx {
+            session: Box::new(SessionRx {
                 session_id,
                 opener,
                 tun: Arc::clone(&dev.tun.dev),
@@ -57,8 +58,10 @@ impl Manager {
                 tunnel_ip6: dev.pair6.map(|p| p.client),
                 allowed: dev.routes.clone(),
                 out_tx: out_tx.clone(),
+                keys_tx,
+                pending_send: None,
                 inlet: Inlet::new(!self.cfg.common.compat, est.final_flight, now),
-            },
+            }),
         });
         let link = Link {
             udp: self.udp.clone(),
@@ -79,6 +82,7 @@ impl Manager {
             link,
             sealer,
             Arc::clone(&counters),
+            keys_rx,
         );
         dev.idle_since = None;
         dev.session = Some(Session {

@@ -25,6 +25,8 @@ pub struct Opener {
     /// The previous epoch's opener after a rekey: its records still open until it is retired
     /// ([`Opener::retire_previous`]) or the next rekey replaces it.
     previous: Option<Box<Opener>>,
+    /// A record of this epoch opened.
+    opened: bool,
 }
 
 /// The epoch field of a record's header, if it has one.
@@ -47,6 +49,7 @@ impl Opener {
             failed_opens: 0,
             limits: Limits::of(suite),
             previous: None,
+            opened: false,
         }
     }
 
@@ -63,6 +66,12 @@ impl Opener {
     /// Ends the overlap: the previous epoch's records are drops from now on.
     pub fn retire_previous(&mut self) {
         self.previous = None;
+    }
+
+    /// Whether a record of the current epoch has opened (after a rekey: the peer has the
+    /// new keys).
+    pub fn has_opened(&self) -> bool {
+        self.opened
     }
 
     /// The previous epoch still read, if any.
@@ -143,6 +152,7 @@ impl Opener {
             return Err(DropReason::BadTag);
         }
         self.window.accept(c.seq);
+        self.opened = true;
         Ok((c.content_type, PAYLOAD_OFFSET..PAYLOAD_OFFSET + c.len))
     }
 
@@ -231,11 +241,15 @@ impl Opener {
             };
             n += 1;
             if n == ccm8::LANES {
-                self.failed_opens += open_pass(ccm, &mut self.window, &mut jobs, &pending, out);
+                let (failed, any) = open_pass(ccm, &mut self.window, &mut jobs, &pending, out);
+                self.failed_opens += failed;
+                self.opened |= any;
                 n = 0;
             }
         }
-        self.failed_opens += open_pass(ccm, &mut self.window, &mut jobs[..n], &pending[..n], out);
+        let (failed, any) = open_pass(ccm, &mut self.window, &mut jobs[..n], &pending[..n], out);
+        self.failed_opens += failed;
+        self.opened |= any;
     }
 
     /// The checks before decryption: header, epoch, lengths, replay window.
@@ -287,16 +301,18 @@ struct Pending {
 
 /// Opens one pass of records and settles each in order, as [`Opener::open`] would have one
 /// after the other: a sequence number still new (two copies of one record can share a pass)
-/// and a verified tag moves the window. Returns how many failed authentication.
+/// and a verified tag moves the window. Returns how many failed authentication, and whether
+/// any opened.
 fn open_pass(
     ccm: &Ccm8,
     window: &mut ReplayWindow,
     jobs: &mut [Job<'_>],
     pending: &[Pending],
     out: &mut [Result<(u8, Range<usize>), DropReason>],
-) -> u64 {
+) -> (u64, bool) {
     let verified = ccm.open(jobs);
     let mut failed = 0;
+    let mut any = false;
     for (j, p) in pending.iter().enumerate() {
         // The window first, as for one record: a copy of a record accepted earlier in the
         // pass is a replay, whatever its tag.
@@ -307,8 +323,9 @@ fn open_pass(
             Err(DropReason::BadTag)
         } else {
             window.accept(p.seq);
+            any = true;
             Ok((p.content_type, p.plaintext.0..p.plaintext.1))
         };
     }
-    failed
+    (failed, any)
 }

@@ -79,6 +79,13 @@ impl Sealer {
         self.remaining() <= EXHAUSTION_MARGIN || self.blocks_left() <= limits::SEALED_BLOCKS_RESERVE
     }
 
+    /// Three quarters of a usage limit (blocks, or sequence numbers past all but a reserve)
+    /// are spent: a session that rekeys should now, well before it must close.
+    pub fn wants_rekey(&self) -> bool {
+        self.blocks_left() <= self.limits.sealed_blocks / 4
+            || self.remaining() <= EXHAUSTION_MARGIN * 16
+    }
+
     /// Whether the key may seal `len` more bytes; the error says which limit is reached.
     #[inline]
     fn admit(&self, len: usize) -> Result<u64, SealError> {

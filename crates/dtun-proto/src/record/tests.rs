@@ -340,9 +340,16 @@ fn a_rekey_moves_both_halves_and_the_previous_epoch_overlaps() {
         assert_eq!(o.open(&mut new[0].clone()), Err(DropReason::BadEpoch));
         rekey_opener(&mut o, &next, false, 2);
         assert_eq!((o.epoch(), o.previous_epoch()), (2, Some(1)));
-        // One at a time, interleaved: both epochs open.
+        // One at a time, interleaved: both epochs open; only the new epoch's says the peer
+        // has the new keys.
+        assert!(!o.has_opened());
         assert!(o.open(&mut old[0].clone()).is_ok(), "{suite:?}");
+        assert!(
+            !o.has_opened(),
+            "{suite:?}: an old-epoch record proves nothing"
+        );
         assert!(o.open(&mut new[0].clone()).is_ok(), "{suite:?}");
+        assert!(o.has_opened());
         assert_eq!(o.open(&mut old[0].clone()), Err(DropReason::Replay));
         // A batch that mixes them, a replay of each included.
         let mut buf = Vec::new();
@@ -379,8 +386,10 @@ fn a_rekey_moves_both_halves_and_the_previous_epoch_overlaps() {
         o.retire_previous();
         assert_eq!(o.open(&mut old[4].clone()), Err(DropReason::BadEpoch));
         assert!(o.open(&mut new[4].clone()).is_ok());
-        // A third epoch keeps only the second as previous.
+        // A third epoch keeps only the second as previous; in a CCM_8 batch too, a record of
+        // the new epoch counts.
         rekey_opener(&mut o, &next, false, 3);
+        assert!(!o.has_opened());
         assert_eq!(o.previous_epoch(), Some(2));
         assert!(o.open(&mut new[5].clone()).is_ok());
         assert_eq!(o.open(&mut old[5].clone()), Err(DropReason::BadEpoch));
