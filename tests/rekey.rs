@@ -85,6 +85,14 @@ fn a_hundred_rekeys_lose_no_ping() {
         server_epoch >= epoch,
         "server at {server_epoch}, client at {epoch}"
     );
+    // Both sides' status says so.
+    let c = &common::status::json(topo.client(), None)["tunnel"]["session"]["rekey"];
+    let s = &common::status::json(&topo.server, None)["clients"][0]["session"]["rekey"];
+    for (side, r) in [("client", c), ("server", s)] {
+        assert_eq!(r["on"], true, "{side}: {r}");
+        assert_eq!(r["post_quantum"], true, "{side}: {r}");
+        assert!(r["epoch"].as_u64().unwrap() >= 101, "{side}: {r}");
+    }
 }
 
 /// Rules for `nft -f` dropping one UDP datagram in ten, each way, with counters.
@@ -155,6 +163,9 @@ fn a_peer_that_does_not_rekey_works_with_one_that_does() {
             "{}",
             server.log()
         );
+        let c = &common::status::json(topo.client(), None)["tunnel"]["session"]["rekey"];
+        assert_eq!(c["on"], false, "{c}");
+        assert_eq!(c["post_quantum"], false, "{c}");
     }
 }
 

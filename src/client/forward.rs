@@ -43,8 +43,9 @@ pub(super) struct Live<'a> {
     pub(super) counters: Arc<Counters>,
     pub(super) out_tx: mpsc::Sender<OutboundCmd>,
     pub(super) out_task: pump::OutboundTask,
-    /// The outbound task's next write keys (a rekey).
+    /// The outbound task's next write keys (a rekey), and what status shows of rekeying.
     pub(super) keys_tx: pump::KeysTx,
+    pub(super) rekey: Arc<crate::ops::RekeyCell>,
     pub(super) path: PathMss,
 }
 
@@ -52,6 +53,7 @@ pub(super) struct Live<'a> {
 struct Out<'a> {
     out_tx: &'a mpsc::Sender<OutboundCmd>,
     keys_tx: &'a pump::KeysTx,
+    rekey: &'a crate::ops::RekeyCell,
     dns: &'a dtun_linux::dns::Dns,
     counters: &'a Counters,
     link: &'a Link,
@@ -80,6 +82,7 @@ impl Out<'_> {
                         is_client: true,
                     };
                     let _ = self.keys_tx.send(Some(Arc::new(send)));
+                    self.rekey.rekeyed(epoch);
                     tracing::debug!("rekeyed: epoch {epoch}");
                 }
                 Event::Dns(servers) => take_dns(&servers, self.counters, self.dns),
@@ -124,6 +127,7 @@ impl Live<'_> {
             out_tx,
             out_task,
             keys_tx,
+            rekey,
             path,
         } = self;
         let (tun, udp, link, dns): (&Tun, &Udp, &Link, &dtun_linux::dns::Dns) =
@@ -131,6 +135,7 @@ impl Live<'_> {
         let out = Out {
             out_tx,
             keys_tx,
+            rekey,
             dns,
             counters,
             link,

@@ -156,6 +156,7 @@ pub(super) async fn session(
         t.tun.name, addrs.client, addrs.server
     ));
     let counters = Arc::clone(s.counters());
+    let rekey = Arc::new(crate::ops::RekeyCell::new(s.rekeys()));
     ctx.board.up(LiveSession {
         counters: Arc::clone(&counters),
         suite,
@@ -165,6 +166,7 @@ pub(super) async fn session(
         ip6: t.addr6.map(|a| (a.client, a.server)),
         started: std::time::Instant::now(),
         keepalive: s.negotiated().then_some(cfg.common.keepalive),
+        rekey: Arc::clone(&rekey),
     });
     if let Err(e) = udp.set_gro(true) {
         tracing::debug!("UDP GRO unavailable: {e}");
@@ -199,6 +201,7 @@ pub(super) async fn session(
         out_tx,
         out_task,
         keys_tx,
+        rekey,
         path,
     };
     let error = live.forward(shutdown).await;

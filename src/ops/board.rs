@@ -22,6 +22,35 @@ pub struct LiveSession {
     pub started: Instant,
     /// Negotiated (the server said Hello) and the period; None: not a dtun server, or -compat.
     pub keepalive: Option<Duration>,
+    /// Rekeying, as the session's loop keeps it.
+    pub rekey: Arc<RekeyCell>,
+}
+
+/// A live session's rekeying, for status: whether it is on, and the epoch and time of the
+/// last rekey (the client's forwarding loop writes it).
+#[derive(Default)]
+pub struct RekeyCell {
+    pub on: bool,
+    last: std::sync::Mutex<(u16, Option<Instant>)>,
+}
+
+impl RekeyCell {
+    pub fn new(on: bool) -> RekeyCell {
+        RekeyCell {
+            on,
+            last: std::sync::Mutex::new((1, None)),
+        }
+    }
+
+    pub fn rekeyed(&self, epoch: u16) {
+        if let Ok(mut l) = self.last.lock() {
+            *l = (epoch, Some(Instant::now()));
+        }
+    }
+
+    fn get(&self) -> (u16, Option<Instant>) {
+        self.last.lock().map(|l| *l).unwrap_or((1, None))
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -158,6 +187,8 @@ impl ClientBoard {
             let tunnel = b.session.as_ref().map(|s| {
                 let keepalive =
                     status::Keepalive::new(s.keepalive.is_some(), s.keepalive.unwrap_or_default());
+                let (epoch, rekeyed_at) = s.rekey.get();
+                let keys_since = rekeyed_at.unwrap_or(s.started);
                 TunnelView {
                     device: s.device.clone(),
                     local_ip: s.local_ip,
@@ -168,11 +199,12 @@ impl ClientBoard {
                         cipher: s.suite.name(),
                         started: clock.unix(s.started),
                         started_age: clock.age(s.started),
-                        last_handshake: clock.unix(s.started),
-                        last_handshake_age: clock.age(s.started),
+                        last_handshake: clock.unix(keys_since),
+                        last_handshake_age: clock.age(keys_since),
                         last_authenticated: clock.unix(b.seen.1),
                         last_authenticated_age: clock.age(b.seen.1),
                         keepalive,
+                        rekey: status::RekeyView::new(s.rekey.on, epoch),
                     },
                     traffic: Traffic::of(&s.counters),
                 }

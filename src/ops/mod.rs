@@ -24,7 +24,7 @@ pub mod perms;
 pub mod reload;
 pub mod status;
 
-pub use board::{ClientBoard, LiveSession};
+pub use board::{ClientBoard, LiveSession, RekeyCell};
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -128,6 +128,28 @@ impl Keepalive {
     }
 }
 
+/// Rekeying between the peers (`-rekey`).
+#[derive(Serialize, Clone, Debug)]
+pub struct RekeyView {
+    /// Both peers rekey (both Hellos offered it).
+    pub on: bool,
+    /// The epoch of the keys in use (1: the handshake's).
+    pub epoch: u16,
+    /// The keys in use come from a hybrid X25519 + ML-KEM-768 exchange: forward secret, also
+    /// against a quantum computer (the handshake's keys come from the PSK alone).
+    pub post_quantum: bool,
+}
+
+impl RekeyView {
+    pub fn new(on: bool, epoch: u16) -> RekeyView {
+        RekeyView {
+            on,
+            epoch,
+            post_quantum: epoch > 1,
+        }
+    }
+}
+
 /// A live session, as both roles show it.
 #[derive(Serialize, Clone, Debug)]
 pub struct SessionView {
@@ -135,12 +157,14 @@ pub struct SessionView {
     /// When this session began (its first handshake; rekeying does not move it).
     pub started: u64,
     pub started_age: u64,
+    /// When its keys last changed: the handshake, or the last rekey.
     pub last_handshake: u64,
     pub last_handshake_age: u64,
     /// The last record whose tag verified (data, control or alert), to within a second.
     pub last_authenticated: u64,
     pub last_authenticated_age: u64,
     pub keepalive: Keepalive,
+    pub rekey: RekeyView,
 }
 
 /// A client id with a live session, on the server.
@@ -393,6 +417,16 @@ fn session_lines(out: &mut String, s: &SessionView) {
         None => "off".to_string(),
     };
     line(out, "keepalive", &keepalive);
+    let r = &s.rekey;
+    let rekey = match (r.on, r.post_quantum) {
+        (false, _) => "off".to_string(),
+        (true, false) => "on, epoch 1 (the handshake's keys)".to_string(),
+        (true, true) => format!(
+            "on, epoch {} (X25519 + ML-KEM-768: post-quantum, forward secret)",
+            r.epoch
+        ),
+    };
+    line(out, "rekey", &rekey);
 }
 
 fn human_server(v: &ServerView) -> String {

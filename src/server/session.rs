@@ -31,6 +31,8 @@ pub(super) struct Session {
     /// The session's suite and when its handshake completed (for status).
     pub(super) suite: record::Suite,
     pub(super) started: Instant,
+    /// When its keys last changed by a rekey.
+    pub(super) rekeyed_at: Option<Instant>,
 }
 
 #[derive(Debug, thiserror::Error)]

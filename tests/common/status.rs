@@ -69,10 +69,12 @@ pub const SESSION: &[&str] = &[
     "last_authenticated_age",
     "last_handshake",
     "last_handshake_age",
+    "rekey",
     "started",
     "started_age",
 ];
 pub const KEEPALIVE: &[&str] = &["dead_after_seconds", "negotiated", "period_seconds"];
+pub const REKEY: &[&str] = &["epoch", "on", "post_quantum"];
 
 pub fn assert_traffic_shape(t: &Value) {
     assert_eq!(keys(t), set(TRAFFIC), "{t}");
@@ -82,6 +84,7 @@ pub fn assert_traffic_shape(t: &Value) {
 pub fn assert_session_shape(s: &Value) {
     assert_eq!(keys(s), set(SESSION), "{s}");
     assert_eq!(keys(&s["keepalive"]), set(KEEPALIVE), "{s}");
+    assert_eq!(keys(&s["rekey"]), set(REKEY), "{s}");
 }
 
 pub fn u(v: &Value) -> u64 {

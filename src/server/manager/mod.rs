@@ -295,7 +295,8 @@ impl Manager {
                 // A rekey: the demultiplexer reads the new epoch now and moves the outbound
                 // task to it at the client's first record of it.
                 SessionEvent::NextKeys { epoch, keys } => {
-                    if let Some(s) = self.devices.get(id).and_then(|d| d.session.as_ref()) {
+                    if let Some(s) = self.devices.get_mut(id).and_then(|d| d.session.as_mut()) {
+                        s.rekeyed_at = Some(Instant::now());
                         let _ = self.cmd_tx.send(DemuxCmd::Rekey {
                             addr: s.addr,
                             session_id: s.session_id,

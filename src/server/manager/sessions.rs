@@ -96,6 +96,7 @@ impl Manager {
             key_id: est.key_id,
             suite: est.suite,
             started: now,
+            rekeyed_at: None,
         });
         let peer = dtun_linux::udp::plain(addr);
         tracing::info!(

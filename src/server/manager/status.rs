@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use super::Manager;
 use crate::ops::status::{
-    AdmissionView, Clock, Keepalive, LingeringView, PeerView, ServerView, SessionView, Traffic,
+    AdmissionView, Clock, Keepalive, LingeringView, PeerView, RekeyView, ServerView, SessionView,
+    Traffic,
 };
 
 use dtun_linux::udp::plain;
@@ -39,8 +40,8 @@ impl Manager {
                         cipher: s.suite.name(),
                         started: clock.unix(s.started),
                         started_age: clock.age(s.started),
-                        last_handshake: clock.unix(s.started),
-                        last_handshake_age: clock.age(s.started),
+                        last_handshake: clock.unix(s.rekeyed_at.unwrap_or(s.started)),
+                        last_handshake_age: clock.age(s.rekeyed_at.unwrap_or(s.started)),
                         last_authenticated: clock.unix(s.control.alive_at()),
                         last_authenticated_age: clock.age(s.control.alive_at()),
                         keepalive: Keepalive::new(
@@ -51,6 +52,7 @@ impl Manager {
                                 s.control.keepalive()
                             },
                         ),
+                        rekey: RekeyView::new(s.control.rekeys(), s.control.epoch()),
                     },
                     traffic: t,
                 }),
