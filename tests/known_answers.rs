@@ -1006,3 +1006,134 @@ fn our_client_session_takes_the_original_servers_records() {
         assert!(!c.is_closed());
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Forward secrecy: a capture of our own session with rekeys, read by someone who has the PSK
+
+/// A session of our client and server in memory (`dtun_proto::session::pair`), rekeying every
+/// 2 s of traffic, captured datagram by datagram as a `Capture`; with the epochs and shared
+/// secrets of its rekeys (X25519, ML-KEM), which only the peers know.
+fn rekeyed_capture() -> (Capture, Vec<(u16, [u8; 32], [u8; 32])>) {
+    use dtun_proto::session::pair::{Dir, Pair, ServerScript, clean};
+    let mut cfg = Pair::config();
+    cfg.rekey = Some(std::time::Duration::from_secs(2));
+    let mut p = Pair::new(cfg, ServerScript::default(), clean());
+    p.detach = true;
+    p.data_every = Some(std::time::Duration::from_millis(100));
+    p.run(std::time::Duration::from_secs(7));
+    assert!(p.client.epoch() >= 3, "epoch {}", p.client.epoch());
+    let mut cap = Capture {
+        name: "in-memory rekeyed session",
+        records: vec![],
+    };
+    for (frame, (dir, dg)) in p.wire.iter().enumerate() {
+        for r in records(dg).flatten() {
+            cap.records.push(Record {
+                frame: frame + 1,
+                from_client: *dir == Dir::ToServer,
+                bytes: dg[r].to_vec(),
+            });
+        }
+    }
+    (cap, p.client.revealed_for_test())
+}
+
+/// Opens `r` under `keys` (GCM: what two dtun peers choose) in its epoch; its plaintext.
+fn open_gcm(keys: &KeyBlock, epoch: u16, r: &Record) -> Result<Vec<u8>, DropReason> {
+    let mut opener = session_pair(Suite::Aes128Gcm, keys, !r.from_client, epoch, 0).1;
+    let mut b = r.bytes.clone();
+    let (_, p) = opener.open(&mut b)?;
+    Ok(b[p].to_vec())
+}
+
+/// The Init and Reply of the rekey into `epoch`, put together from the capture's records of
+/// the epoch before (opened with `keys`).
+fn rekey_messages(cap: &Capture, keys: &KeyBlock, epoch: u16) -> (Vec<u8>, Vec<u8>) {
+    use dtun_proto::proto::Control;
+    use dtun_proto::rekey::message::{Kind, Reassembly};
+    let (mut init, mut reply) = (None, None);
+    let mut ri = Reassembly::new(Kind::Init, epoch);
+    let mut rr = Reassembly::new(Kind::Reply, epoch);
+    for r in cap.records.iter().filter(|r| r.epoch() == epoch - 1) {
+        let Ok(plain) = open_gcm(keys, epoch - 1, r) else {
+            continue;
+        };
+        if let Ok(Control::Rekey(f)) = Control::parse(&plain)
+            && f.epoch == epoch
+        {
+            match f.kind {
+                Kind::Init => init = ri.add(&f).or(init),
+                Kind::Reply => reply = rr.add(&f).or(reply),
+            }
+        }
+    }
+    (init.expect("the Init"), reply.expect("the Reply"))
+}
+
+/// How many of the capture's application records of `epoch` open under `keys`, of how many.
+fn opened(cap: &Capture, keys: &KeyBlock, epoch: u16) -> (usize, usize) {
+    let recs: Vec<&Record> = cap
+        .records
+        .iter()
+        .filter(|r| r.epoch() == epoch && r.content_type() == CONTENT_APPLICATION_DATA)
+        .collect();
+    let ok = recs
+        .iter()
+        .filter(|r| open_gcm(keys, epoch, r).is_ok())
+        .count();
+    (ok, recs.len())
+}
+
+/// The proof the issue asks for. Given only the PSK and the capture, every record before the
+/// first rekey opens (the handshake's keys come from the PSK and what the capture shows), and
+/// so do the rekey's own messages; not one record after it does, with the handshake's keys
+/// or with the next epoch's keys computed without the shared secrets. Given the X25519
+/// secret as well (X25519 broken), still none: the ML-KEM half protects; given the ML-KEM
+/// secret but not the X25519 one, none either. Given both, every record opens (so the
+/// harness can read what it says it cannot).
+#[test]
+fn a_leaked_psk_opens_only_what_came_before_the_first_rekey() {
+    use dtun_proto::rekey::EpochSecret;
+    use dtun_proto::rekey::hybrid::Shared;
+    let (cap, secrets) = rekeyed_capture();
+    let psk = b"the key"; // Pair's
+    let s = derive(&cap, psk);
+    let kb1 = s.kb.clone();
+    let (ok, all) = opened(&cap, &kb1, 1);
+    assert!(
+        all > 10 && ok == all,
+        "epoch 1: {ok}/{all} open with the PSK"
+    );
+    let s1 = EpochSecret::first(&s.master, &s.client_hello.random, &s.server_hello.random);
+    let (init, reply) = rekey_messages(&cap, &kb1, 2);
+    let (epoch, x25519, mlkem) = secrets[0];
+    assert_eq!(epoch, 2);
+    let keys2 = |x: [u8; 32], k: [u8; 32]| {
+        s1.next(
+            &Shared {
+                x25519: x,
+                mlkem: k,
+            },
+            &init,
+            &reply,
+        )
+        .unwrap()
+        .keys()
+    };
+    let (_, all2) = opened(&cap, &kb1, 2);
+    assert!(all2 > 10, "{all2} records in epoch 2");
+    for (what, keys) in [
+        ("the handshake's keys", kb1.clone()),
+        ("no shared secret", keys2([0; 32], [0; 32])),
+        ("the X25519 secret only", keys2(x25519, [0; 32])),
+        ("the ML-KEM secret only", keys2([0; 32], mlkem)),
+    ] {
+        let (ok, all) = opened(&cap, &keys, 2);
+        assert_eq!(ok, 0, "epoch 2 with {what}: {ok}/{all} opened");
+    }
+    let (ok, all) = opened(&cap, &keys2(x25519, mlkem), 2);
+    assert_eq!(ok, all, "epoch 2 with both secrets: {ok}/{all}");
+    // And later epochs stay closed to the PSK: epoch 3's records, with epoch 1's keys.
+    let (ok, all) = opened(&cap, &kb1, 3);
+    assert!(all > 0 && ok == 0, "epoch 3: {ok}/{all}");
+}

@@ -65,6 +65,10 @@ pub struct ClientRekey {
     soon: bool,
     pending: Option<Pending>,
     reassembly: Reassembly,
+    /// Tests only: each exchange's epoch and shared secrets (X25519, ML-KEM), for the proof
+    /// that a capture stays closed to whoever lacks one of them.
+    #[cfg(any(test, feature = "test-util"))]
+    pub revealed: Vec<(u16, [u8; 32], [u8; 32])>,
 }
 
 struct Pending {
@@ -90,6 +94,8 @@ impl ClientRekey {
             soon: false,
             pending: None,
             reassembly: Reassembly::new(Kind::Reply, next),
+            #[cfg(any(test, feature = "test-util"))]
+            revealed: Vec::new(),
         }
     }
 
@@ -204,6 +210,8 @@ impl ClientRekey {
         let p = self.pending.take().ok_or(RekeyError::Unexpected)?;
         // A bad share ends this exchange: the next one starts when due.
         let shared = p.initiator.finish(&share)?;
+        #[cfg(any(test, feature = "test-util"))]
+        self.revealed.push((epoch, shared.x25519, shared.mlkem));
         let next = self
             .secret
             .next(&shared, &p.init, &reply)

@@ -138,6 +138,8 @@ pub struct Pair {
     /// Packets the client sent, and echoes that came back.
     pub data_sent: u64,
     pub data_echoed: u64,
+    /// Every datagram put on the link, in order (a capture).
+    pub wire: Vec<(Dir, Vec<u8>)>,
 }
 
 impl Pair {
@@ -176,6 +178,7 @@ impl Pair {
             next_data: None,
             data_sent: 0,
             data_echoed: 0,
+            wire: vec![],
         };
         p.client_step(step);
         p
@@ -201,6 +204,7 @@ impl Pair {
     }
 
     fn send(&mut self, dir: Dir, dg: Vec<u8>) {
+        self.wire.push((dir, dg.clone()));
         let n = self.counts[dir as usize];
         self.counts[dir as usize] += 1;
         if dg.len() > self.mtu {

@@ -25,6 +25,15 @@ impl ClientSession {
         self.rekey.as_ref().map_or(1, ClientRekey::epoch)
     }
 
+    /// Tests only: each rekey's epoch and shared secrets (X25519, ML-KEM).
+    #[cfg(any(test, feature = "test-util"))]
+    pub fn revealed_for_test(&self) -> Vec<(u16, [u8; 32], [u8; 32])> {
+        self.rekey
+            .as_ref()
+            .map(|r| r.revealed.clone())
+            .unwrap_or_default()
+    }
+
     /// Whether this session rekeys (both Hellos offered it).
     pub fn rekeys(&self) -> bool {
         self.rekey.is_some()
