@@ -1013,7 +1013,10 @@ fn our_client_session_takes_the_original_servers_records() {
 /// A session of our client and server in memory (`dtun_proto::session::pair`), rekeying every
 /// 2 s of traffic, captured datagram by datagram as a `Capture`; with the epochs and shared
 /// secrets of its rekeys (X25519, ML-KEM), which only the peers know.
-fn rekeyed_capture() -> (Capture, Vec<(u16, [u8; 32], [u8; 32])>) {
+/// Each rekey's epoch and its shared secrets (X25519, ML-KEM).
+type Revealed = Vec<(u16, [u8; 32], [u8; 32])>;
+
+fn rekeyed_capture() -> (Capture, Revealed) {
     use dtun_proto::session::pair::{Dir, Pair, ServerScript, clean};
     let mut cfg = Pair::config();
     cfg.rekey = Some(std::time::Duration::from_secs(2));
