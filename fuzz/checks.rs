@@ -373,3 +373,61 @@ pub fn client_handshake(data: &[u8]) -> usize {
     }
     n
 }
+
+/// `rekey`: fuzzed control records into both sides of a rekey exchange, framed as u16 length +
+/// bytes and parsed as the real receivers parse them: a server at epoch 1 takes them as the
+/// client's, a client with an exchange for epoch 2 in flight as the server's.
+///
+/// Must hold: no panic; the server gives keys only for the epoch after its own, each time with
+/// a Reply to send, and never twice for one epoch; what either side answers is whole control
+/// messages of type 8 within the fragment size; nothing grows past one message per side.
+/// (An authenticated peer can end the client's exchange with a well-formed Reply of its own:
+/// the keys then differ and the session dies as with any hostile peer, so that is allowed.)
+pub fn rekey(data: &[u8]) -> usize {
+    use dtun_proto::proto::Control;
+    use dtun_proto::rekey::EpochSecret;
+    use dtun_proto::rekey::exchange::{ClientRekey, ServerRekey};
+    use dtun_proto::rekey::message::{FRAGMENT_HEADER, MAX_FRAGMENT, REKEY_TYPE};
+    use std::time::{Duration, Instant};
+
+    let rng = ring::rand::SystemRandom::new();
+    let t0 = Instant::now();
+    let s1 = EpochSecret::first(&[7; 48], &[1; 32], &[2; 32]);
+    let mut server = ServerRekey::new(s1.clone());
+    let mut client = ClientRekey::new(s1, Duration::from_secs(1), Duration::from_secs(30));
+    client.soon();
+    let Ok(first) = client.start(t0, &rng) else {
+        return 0;
+    };
+    assert_eq!(first.send.len(), 3, "an Init is three fragments");
+    let mut rest = data;
+    let mut n = 0;
+    let mut keyed = Vec::new();
+    while rest.len() >= 2 {
+        let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
+        let msg = &rest[2..(2 + len).min(rest.len())];
+        rest = &rest[(2 + len).min(rest.len())..];
+        n += 1;
+        let Ok(Control::Rekey(f)) = Control::parse(msg) else {
+            continue;
+        };
+        let before = server.epoch();
+        if let Ok(out) = server.fragment(&f, &rng) {
+            for m in &out.send {
+                assert!(m.len() <= FRAGMENT_HEADER + MAX_FRAGMENT && m[1] == REKEY_TYPE);
+                assert!(matches!(Control::parse(m), Ok(Control::Rekey(_))));
+            }
+            if let Some(next) = out.next {
+                assert_eq!(next.epoch, before + 1, "keys for another epoch");
+                assert!(!out.send.is_empty(), "keys without a Reply");
+                assert!(!keyed.contains(&next.epoch), "two exchanges for one epoch");
+                keyed.push(next.epoch);
+            }
+        }
+        let now = t0 + Duration::from_millis(10 * n as u64);
+        if let Ok(out) = client.fragment(now, &f) {
+            assert!(out.send.is_empty(), "the client answers no fragment");
+        }
+    }
+    n
+}

@@ -77,3 +77,9 @@ fn fuzz_corpus_client_handshake() {
         .sum();
     assert!(fed > 0, "the client_handshake corpus feeds no datagram");
 }
+
+#[test]
+fn fuzz_corpus_rekey() {
+    let fed: usize = replay("rekey", checks::rekey).iter().map(|(_, n)| *n).sum();
+    assert!(fed > 0, "the rekey corpus feeds no control record");
+}

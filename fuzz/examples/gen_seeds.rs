@@ -225,7 +225,44 @@ fn main() {
     write(&packet, "mss-v6-syn", &syn6);
     write(&packet, "mss-v6-payload-past-end", &syn6[..60]);
 
-    for target in ["record_open", "records", "proto", "packet"] {
+    // Rekey: a real Init's fragments (framed u16 length + bytes), in order, reversed, and
+    // twice (the server answers once, then repeats its Reply); a real Reply to another Init.
+    let rekey = root.join("rekey");
+    let rng = ring::rand::SystemRandom::new();
+    let init = dtun_proto::rekey::Initiator::new(&rng).expect("an initiator");
+    let init_msg = dtun_proto::rekey::message::init_message(2, init.share());
+    let frags = dtun_proto::rekey::message::fragments(
+        dtun_proto::rekey::message::Kind::Init,
+        2,
+        &init_msg,
+        dtun_proto::rekey::message::MAX_FRAGMENT,
+    );
+    let framed = |msgs: &mut dyn Iterator<Item = &Vec<u8>>| {
+        let mut b = Vec::new();
+        for m in msgs {
+            b.extend_from_slice(&(m.len() as u16).to_be_bytes());
+            b.extend_from_slice(m);
+        }
+        b
+    };
+    write(&rekey, "init", &framed(&mut frags.iter()));
+    write(&rekey, "init-reversed", &framed(&mut frags.iter().rev()));
+    write(
+        &rekey,
+        "init-twice",
+        &framed(&mut frags.iter().chain(frags.iter())),
+    );
+    let (reply_share, _) = dtun_proto::rekey::respond(init.share(), &rng).expect("a reply");
+    let reply_msg = dtun_proto::rekey::message::reply_message(2, &reply_share);
+    let reply = dtun_proto::rekey::message::fragments(
+        dtun_proto::rekey::message::Kind::Reply,
+        2,
+        &reply_msg,
+        200,
+    );
+    write(&rekey, "reply-small-fragments", &framed(&mut reply.iter()));
+
+    for target in ["record_open", "records", "proto", "packet", "rekey"] {
         drop_copies_of_seeds(&root.join(target));
     }
     println!("seeds written under {}", root.display());
