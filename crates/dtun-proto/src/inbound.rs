@@ -361,4 +361,65 @@ mod tests {
             assert_eq!(opener.failed_opens(), 3, "{suite:?}: one per datagram");
         }
     }
+
+    /// After a rekey the opener still reads the previous epoch: forgeries aimed at it count
+    /// towards the same integrity limit, and a datagram that mixes forgeries of both epochs
+    /// still counts once (the outside review's bypass: one forged previous-epoch record
+    /// ahead of 2 000 current ones left the current key's count at 0, and the previous
+    /// key's count was never checked).
+    #[test]
+    fn forgeries_against_the_previous_epoch_count_too() {
+        use crate::consts::{CONTENT_APPLICATION_DATA, PAYLOAD_OFFSET};
+        use crate::kdf::KeyBlock;
+        use crate::record::{Limits, Suite, rekey_opener, session_pair};
+        let kb = KeyBlock {
+            client_key: [1; 16],
+            server_key: [2; 16],
+            client_iv: [3; 4],
+            server_iv: [4; 4],
+        };
+        let forged = |epoch: u16| {
+            let (mut sealer, _) = session_pair(Suite::Aes128Ccm8, &kb, true, epoch, 7);
+            let mut rec = vec![0u8; 64];
+            let n = sealer.seal(CONTENT_APPLICATION_DATA, &mut rec, 0).unwrap();
+            rec.truncate(n);
+            rec[PAYLOAD_OFFSET] ^= 1;
+            rec
+        };
+        let (old, new) = (forged(1), forged(2));
+        let fresh = || {
+            let (_, o) = session_pair(Suite::Aes128Ccm8, &kb, false, 1, 0);
+            let mut o = o.with_limits(Limits {
+                failed_opens: 150,
+                ..Limits::of(Suite::Aes128Ccm8)
+            });
+            rekey_opener(&mut o, &kb, false, 2);
+            o
+        };
+        // 100 datagrams of one previous-epoch forgery and 200 current ones: 100 counted.
+        let mut opener = fresh();
+        let mut dg = old.clone();
+        for _ in 0..200 {
+            dg.extend_from_slice(&new);
+        }
+        let counters = Counters::default();
+        let mut inbox = Inbox::default();
+        for _ in 0..100 {
+            let mut buf = dg.clone();
+            let stride = buf.len();
+            inbox.open(&mut opener, &counters, &mut buf, stride, |_| true);
+        }
+        assert_eq!(opener.failed_opens(), 100);
+        assert!(!opener.integrity_limit_reached());
+        // Previous-epoch forgeries alone reach the limit.
+        let mut opener = fresh();
+        let counters = Counters::default();
+        for _ in 0..150 {
+            let mut buf = old.clone();
+            let stride = buf.len();
+            inbox.open(&mut opener, &counters, &mut buf, stride, |_| true);
+        }
+        assert!(opener.integrity_limit_reached());
+        assert!(counters.integrity_limit_reached());
+    }
 }

@@ -97,21 +97,30 @@ impl Opener {
         self.epoch
     }
 
-    /// Records that failed authentication under this key (after the cheap checks).
+    /// Records that failed authentication under this key and the previous epoch's it still
+    /// reads (after the cheap checks).
     pub fn failed_opens(&self) -> u64 {
-        self.failed_opens
+        self.failed_opens + self.previous.as_ref().map_or(0, |p| p.failed_opens)
     }
 
     /// Takes back `n` counted failures: a receive path that counts one per datagram (a
-    /// spoofer's cost) rather than one per record in it (`crate::pump::Inbox`).
+    /// spoofer's cost) rather than one per record in it (`crate::pump::Inbox`). Taken from
+    /// this epoch's count first, then the previous epoch's: whichever key a datagram's
+    /// forgeries tried, one of them counts.
     pub fn forgive_failed_opens(&mut self, n: u64) {
-        self.failed_opens = self.failed_opens.saturating_sub(n);
+        let here = n.min(self.failed_opens);
+        self.failed_opens -= here;
+        if let Some(p) = self.previous.as_deref_mut() {
+            p.failed_opens = p.failed_opens.saturating_sub(n - here);
+        }
     }
 
-    /// The key saw as many failed authentications as its integrity limit allows: the session
-    /// must get fresh keys (between dtun peers; docs/PROTOCOL.md for an original peer).
+    /// The keys saw as many failed authentications as the integrity limit allows, this
+    /// epoch's and the previous one's together (a forger must not get a second budget by
+    /// aiming at the key still read for the overlap): the session must get fresh keys
+    /// (between dtun peers; docs/PROTOCOL.md for an original peer).
     pub fn integrity_limit_reached(&self) -> bool {
-        self.failed_opens >= self.limits.failed_opens
+        self.failed_opens() >= self.limits.failed_opens
     }
 
     /// Opens one whole record (header included) in place. On success returns its content type
