@@ -85,6 +85,7 @@ impl Out<'_> {
                     self.rekey.rekeyed(epoch);
                     tracing::debug!("rekeyed: epoch {epoch}");
                 }
+                Event::RetirePrevious => opener.retire_previous(),
                 Event::Dns(servers) => take_dns(&servers, self.counters, self.dns),
                 Event::Checking(grace) if log_limit.allow() => {
                     tracing::info!(

@@ -166,7 +166,7 @@ impl Wire<'_> {
                 Event::Checking(_) => {}
                 // Only once the data path holds the keys (and this client offers no rekeying
                 // yet: Config::rekey is None).
-                Event::Rekeyed { .. } => {}
+                Event::Rekeyed { .. } | Event::RetirePrevious => {}
             }
         }
         if let Some(sink) = sink {

@@ -81,6 +81,8 @@ pub(super) struct SessionRx {
     /// record of their epoch (which proves it has them).
     pub(super) keys_tx: crate::pump::KeysTx,
     pub(super) pending_send: Option<Arc<crate::pump::SendKeys>>,
+    /// When the previous epoch's read key goes (`EPOCH_OVERLAP` after the switch).
+    pub(super) retire_at: Option<Instant>,
     /// The session's half that meets every record: the peernet message, control records and
     /// their budget, our final flight resent.
     pub(super) inlet: Inlet,
@@ -359,9 +361,16 @@ impl Demux {
         }
     }
 
-    /// Once a second: drops handshakes past their time and rotates the cookie secret.
+    /// Once a second: drops handshakes past their time, rotates the cookie secret, and ends
+    /// the overlaps of rekeys past their time.
     fn sweep(&mut self, now: Instant) {
         self.admission.sweep(now);
+        for s in self.sessions.values_mut() {
+            if s.retire_at.is_some_and(|t| now >= t) {
+                s.retire_at = None;
+                s.opener.retire_previous();
+            }
+        }
     }
 }
 

@@ -158,6 +158,7 @@ impl Demux {
             .take_if(|k| s.opener.epoch() == k.epoch && s.opener.has_opened())
         {
             let _ = s.keys_tx.send(Some(next));
+            s.retire_at = Some(Instant::now() + dtun_proto::rekey::exchange::EPOCH_OVERLAP);
         }
     }
 }

@@ -60,6 +60,7 @@ impl Manager {
                 out_tx: out_tx.clone(),
                 keys_tx,
                 pending_send: None,
+                retire_at: None,
                 inlet: Inlet::new(!self.cfg.common.compat, est.final_flight, now),
             }),
         });

@@ -26,6 +26,9 @@ pub const REKEY_INTERVAL: Duration = Duration::from_secs(120);
 pub const REKEY_RETRY: Duration = Duration::from_secs(1);
 /// A gap in traffic longer than this does not count towards an epoch's age.
 pub const IDLE_GAP: Duration = Duration::from_secs(10);
+/// How long after a rekey the previous epoch's read key is still used (records in flight
+/// at the switch), then dropped: a bounded window for it, for forward secrecy and forgers.
+pub const EPOCH_OVERLAP: Duration = Duration::from_secs(20);
 /// The last epoch a session rekeys into; past it the session handshakes again (the epoch
 /// field is 16 bits and must not wrap).
 pub const LAST_EPOCH: u16 = u16::MAX - 1;

@@ -110,6 +110,9 @@ pub enum Event {
         epoch: u16,
         keys: crate::kdf::KeyBlock,
     },
+    /// The overlap after a rekey is over: stop reading the previous epoch
+    /// (`Opener::retire_previous`; only once the data path holds the keys).
+    RetirePrevious,
     /// The session ended; nothing more comes of it.
     Closed(End),
 }
@@ -185,8 +188,10 @@ pub struct ClientSession {
     counters: Arc<Counters>,
     /// The handshake's first epoch secret, until rekeying starts with it.
     epoch1: Option<crate::rekey::EpochSecret>,
-    /// The rekey exchange, once both Hellos offered it.
+    /// The rekey exchange, once both sides rekey.
     rekey: Option<crate::rekey::exchange::ClientRekey>,
+    /// When the previous epoch's read key goes (after a rekey).
+    retire_at: Option<Instant>,
     /// For the rekey exchanges' keys.
     rng: ring::rand::SystemRandom,
 }
@@ -228,6 +233,7 @@ impl ClientSession {
             counters: Arc::new(Counters::default()),
             epoch1: None,
             rekey: None,
+            retire_at: None,
             rng: ring::rand::SystemRandom::new(),
         }
     }

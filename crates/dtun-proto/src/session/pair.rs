@@ -93,6 +93,8 @@ pub struct ServerSaw {
     pub ended: Option<(Option<CloseReason>, String)>,
     /// Epochs the server switched its sending to (the client's first record of each came).
     pub send_epochs: Vec<u16>,
+    /// Records of an epoch the server no longer (or not yet) reads.
+    pub bad_epoch: u32,
 }
 
 struct Server {
@@ -107,6 +109,8 @@ struct Server {
     /// An ended session's read key: what the client still says (its close_notify) is seen,
     /// as on the wire, though the real server has forgotten the session.
     ended_opener: Option<Opener>,
+    /// When the previous epoch's read key goes (as the demultiplexer's sweep does).
+    retire_at: Option<Instant>,
 }
 
 /// The server's keepalive period (what its Hello answer says).
@@ -163,6 +167,7 @@ impl Pair {
                 session: None,
                 pending_send: None,
                 ended_opener: None,
+                retire_at: None,
                 saw: ServerSaw::default(),
             },
             latency: Duration::from_millis(10),
@@ -241,6 +246,9 @@ impl Pair {
                 record::rekey_sealer(sealer, keys, true, *epoch);
                 record::rekey_opener(opener, keys, true, *epoch);
             }
+            if let (Event::RetirePrevious, Some((_, opener))) = (&e, self.data_path.as_mut()) {
+                opener.retire_previous();
+            }
             self.events.push((self.now - self.start, e));
         }
         if ready {
@@ -315,6 +323,11 @@ impl Pair {
     pub fn icmp_unreachable(&mut self) {
         let step = self.client.unreachable(self.now);
         self.client_step(step);
+    }
+
+    /// A datagram on the link now, past the fate (an attacker's, or a copy from the capture).
+    pub fn inject(&mut self, dir: Dir, dg: Vec<u8>) {
+        self.queue.push((self.now + self.latency, dir, dg));
     }
 
     /// The client closes the session now with `reason`; what it says goes out.
@@ -503,6 +516,12 @@ impl Pair {
     /// A session's records at the server, through its inlet (the demultiplexer's half) and
     /// its session (the manager's half).
     fn server_records(&mut self, dg: &mut [u8]) {
+        if self.server.retire_at.is_some_and(|t| self.now >= t)
+            && let Some((_, opener)) = self.server.keys.as_mut()
+        {
+            self.server.retire_at = None;
+            opener.retire_previous();
+        }
         let mut at = 0;
         let mut heard = false;
         while at < dg.len() {
@@ -513,8 +532,13 @@ impl Pair {
             let Some((_, opener)) = self.server.keys.as_mut() else {
                 return;
             };
-            let Ok((content, plain)) = opener.open(&mut dg[r.clone()]) else {
-                continue;
+            let (content, plain) = match opener.open(&mut dg[r.clone()]) {
+                Ok(o) => o,
+                Err(crate::record::DropReason::BadEpoch) => {
+                    self.server.saw.bad_epoch += 1;
+                    continue;
+                }
+                Err(_) => continue,
             };
             heard = true;
             // The client's first record of the next epoch: it has the keys, send with them.
@@ -524,6 +548,7 @@ impl Pair {
             {
                 record::rekey_sealer(sealer, &keys, false, e);
                 self.server.saw.send_epochs.push(e);
+                self.server.retire_at = Some(self.now + crate::rekey::exchange::EPOCH_OVERLAP);
             }
             let (Some(inlet), Some(session)) =
                 (self.server.inlet.as_mut(), self.server.session.as_mut())

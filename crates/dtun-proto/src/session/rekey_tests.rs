@@ -177,3 +177,44 @@ fn a_server_that_never_answers_a_rekey_is_given_up() {
     assert_eq!(p.client.epoch(), 1);
     assert_eq!(p.saw().close, Some(CloseReason::Timeout), "told why");
 }
+
+#[test]
+fn the_previous_epoch_is_read_only_for_the_overlap() {
+    use crate::rekey::exchange::EPOCH_OVERLAP;
+    for detach in [true, false] {
+        let mut cfg = Pair::config();
+        cfg.rekey = Some(Duration::from_secs(600));
+        let mut p = Pair::new(cfg, ServerScript::default(), clean());
+        p.detach = detach;
+        p.run(Duration::from_secs(1));
+        assert!(p.client.rekey_soon());
+        p.run(Duration::from_secs(60));
+        assert_eq!(p.client.epoch(), 2);
+        if detach {
+            let rekeyed = p.when(|e| matches!(e, Event::Rekeyed { .. })).unwrap();
+            let retired = p.when(|e| matches!(e, Event::RetirePrevious)).unwrap();
+            assert_eq!(retired - rekeyed, EPOCH_OVERLAP);
+        } else {
+            assert!(
+                p.when(|e| matches!(e, Event::RetirePrevious)).is_none(),
+                "the session's own keys: nothing to tell"
+            );
+        }
+        assert!(p.end().is_none(), "{:?}", p.end());
+        // The server, too: a record of epoch 1 (a copy from the capture, sent again) is a
+        // stale epoch after the overlap, not a replay inside it.
+        let old = p
+            .wire
+            .iter()
+            .rev()
+            .find(|(d, dg)| {
+                *d == Dir::ToServer && dg.len() > 13 && dg[0] == 23 && dg[3..5] == [0, 1]
+            })
+            .map(|(_, dg)| dg.clone())
+            .unwrap();
+        p.inject(Dir::ToServer, old);
+        let until = p.now - p.start + Duration::from_secs(1);
+        p.run(until);
+        assert_eq!(p.saw().bad_epoch, 1, "epoch 1 still read after the overlap");
+    }
+}

@@ -11,7 +11,7 @@ use crate::consts::{CONTENT_APPLICATION_DATA, KEEPALIVE_MISSES};
 use crate::inbound::DropKind;
 use crate::proto::CloseReason;
 use crate::record;
-use crate::rekey::exchange::{ClientOut, ClientRekey, NewEpoch};
+use crate::rekey::exchange::{ClientOut, ClientRekey, EPOCH_OVERLAP, NewEpoch};
 use crate::rekey::message::Fragment;
 
 use super::{ClientSession, End, Event, Step};
@@ -70,17 +70,30 @@ impl ClientSession {
         self.rekey = Some(ClientRekey::new(epoch1, interval, give_up));
     }
 
-    /// When the rekey timer is due: a retry, the give-up, or a rekey due now.
+    /// When the rekey timer is due: a retry, the give-up, a rekey due now, or the end of an
+    /// overlap.
     pub(super) fn rekey_timeout(&self) -> Option<Instant> {
         let r = self.rekey.as_ref()?;
         if r.due() {
             return Some(self.last_rx.min(self.last_ping));
         }
-        r.next_timeout()
+        [r.next_timeout(), self.retire_at]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// The rekey timer: start a due exchange, repeat the Init, or give up.
     pub(super) fn rekey_timer(&mut self, now: Instant, step: &mut Step) {
+        if self.retire_at.is_some_and(|t| now >= t) {
+            self.retire_at = None;
+            if let Some((_, opener)) = self.keys.as_mut() {
+                opener.retire_previous();
+            }
+            if self.detached {
+                step.events.push(Event::RetirePrevious);
+            }
+        }
         let Some(r) = self.rekey.as_mut() else {
             return;
         };
@@ -95,7 +108,7 @@ impl ClientSession {
         } else {
             r.timeout(now)
         };
-        self.rekey_out(out, step);
+        self.rekey_out(now, out, step);
     }
 
     /// A rekey fragment from the server.
@@ -105,12 +118,12 @@ impl ClientSession {
             return;
         };
         match r.fragment(now, f) {
-            Ok(out) => self.rekey_out(out, step),
+            Ok(out) => self.rekey_out(now, out, step),
             Err(_) => self.counters.count_drop(DropKind::Unexpected),
         }
     }
 
-    fn rekey_out(&mut self, out: ClientOut, step: &mut Step) {
+    fn rekey_out(&mut self, now: Instant, out: ClientOut, step: &mut Step) {
         for msg in &out.send {
             self.seal_into(step, CONTENT_APPLICATION_DATA, msg);
         }
@@ -125,6 +138,7 @@ impl ClientSession {
             return;
         }
         if let Some(new) = out.rekeyed {
+            self.retire_at = Some(now + EPOCH_OVERLAP);
             self.rekeyed(new, step);
         }
     }
