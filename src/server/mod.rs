@@ -46,7 +46,7 @@ use dtun_linux::udp::Udp;
 use dtun_proto::consts::EVENT_QUEUE;
 use dtun_proto::inbound::Inbox;
 use dtun_proto::pool::{Pool, PoolError};
-use dtun_proto::proto::HINT_MARKER;
+use dtun_proto::proto::{HINT_MARKER, HINT_REKEY};
 
 /// Looks up the key for a client's PSK identity; None: unknown.
 pub type KeyLookup = Arc<dyn Fn(&[u8]) -> Option<Vec<u8>> + Send + Sync>;
@@ -284,10 +284,13 @@ fn key_lookup(keys: &Arc<std::sync::RwLock<dtun_proto::keys::KeyStore>>) -> KeyL
     })
 }
 
-/// The PSK identity hint: with dtun's marker, unless `-compat` (the original's exactly).
+/// The PSK identity hint: with dtun's marker (after the rekey advertisement when we rekey),
+/// unless `-compat` (the original's exactly).
 fn identity_hint(cfg: &ServerConfig) -> Vec<u8> {
     if cfg.common.compat {
         cfg.hint.as_bytes().to_vec()
+    } else if cfg.common.rekey.is_some() {
+        format!("{}{HINT_REKEY}{HINT_MARKER}", cfg.hint).into_bytes()
     } else {
         format!("{}{HINT_MARKER}", cfg.hint).into_bytes()
     }

@@ -80,6 +80,7 @@ async fn manager() -> (Manager, mpsc::UnboundedReceiver<DemuxCmd>) {
         firewall: None,
         lan_table: Default::default(),
         host_view: Default::default(),
+        rekey_budget: dtun_linux::rate_limit::RateLimit::new(super::REKEY_INITS_PER_SECOND),
     };
     (m, cmd_rx)
 }

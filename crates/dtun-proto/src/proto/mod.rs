@@ -89,6 +89,11 @@ pub const CONTROL_MARKER: u8 = 0x00;
 /// [`Control::Hello`]; the original client only logs the hint. An original server never sends
 /// it, so a dtun client never sends it a control message.
 pub const HINT_MARKER: &str = ";dtun-ctl=1";
+/// Put right before [`HINT_MARKER`] by a server that rekeys (`crate::rekey`): the hint is part
+/// of the handshake's transcript, so nobody on the path can take it away, where dropping the
+/// Hello answers (whose REKEY flag says the same) could. A client that sees it rekeys; an
+/// older dtun client still finds the marker at the end, an original only logs the hint.
+pub const HINT_REKEY: &str = ";dtun-rekey=1";
 /// Version of the control protocol carried in Hello. Version 2 adds the flags byte, with which
 /// the server's Hello answer says what it sent before it and what it heard (see [`HelloFlags`]).
 pub const CONTROL_VERSION: u8 = 2;

@@ -192,6 +192,8 @@ pub struct ClientSession {
     rekey: Option<crate::rekey::exchange::ClientRekey>,
     /// When the previous epoch's read key goes (after a rekey).
     retire_at: Option<Instant>,
+    /// The server's hint says it rekeys (`proto::HINT_REKEY`).
+    server_rekeys: bool,
     /// For the rekey exchanges' keys.
     rng: ring::rand::SystemRandom,
 }
@@ -234,6 +236,7 @@ impl ClientSession {
             epoch1: None,
             rekey: None,
             retire_at: None,
+            server_rekeys: false,
             rng: ring::rand::SystemRandom::new(),
         }
     }

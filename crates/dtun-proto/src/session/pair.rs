@@ -20,7 +20,7 @@ use crate::consts::{
     FIRST_APP_SEQUENCE, PAYLOAD_OFFSET,
 };
 use crate::handshake::Completed;
-use crate::proto::{Addr6, AddressMessage, CloseReason, Control, HINT_MARKER};
+use crate::proto::{Addr6, AddressMessage, CloseReason, Control, HINT_MARKER, HINT_REKEY};
 use crate::record::{self, Opener, Sealer, Suite};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -151,6 +151,9 @@ impl Pair {
         let start = Instant::now();
         let mut hint = b"dtun".to_vec();
         if script.dtun {
+            if script.rekey {
+                hint.extend_from_slice(HINT_REKEY.as_bytes());
+            }
             hint.extend_from_slice(HINT_MARKER.as_bytes());
         }
         let adm = Admission::new(script.suites.clone(), hint, start);

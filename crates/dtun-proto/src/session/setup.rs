@@ -7,7 +7,7 @@ use std::time::Instant;
 use crate::consts::{CONTENT_ALERT, CONTENT_APPLICATION_DATA, HANDSHAKE_TIMEOUT, SETUP_TIMEOUT};
 use crate::handshake::{Established, Failure};
 use crate::inbound::{self, Inbound};
-use crate::proto::{AddressMessage, CONTROL_VERSION, Control, HINT_MARKER, HelloFlags};
+use crate::proto::{AddressMessage, CONTROL_VERSION, Control, HINT_MARKER, HINT_REKEY, HelloFlags};
 use crate::record;
 
 use super::{ClientSession, End, Event, HELLO_RESEND, HELLO_WAIT, MAX_HELLOS, State, Step, hello};
@@ -17,6 +17,8 @@ impl ClientSession {
         let hint = e.peer_identity.clone();
         self.epoch1 = Some(e.epoch1.clone());
         self.negotiated = !self.cfg.compat && hint.ends_with(HINT_MARKER.as_bytes());
+        let rekeys = format!("{HINT_REKEY}{HINT_MARKER}");
+        self.server_rekeys = self.negotiated && hint.ends_with(rekeys.as_bytes());
         self.keys = Some(record::session_pair(
             e.suite,
             &e.keys,
@@ -155,10 +157,16 @@ impl ClientSession {
                 );
             }
             let addr6 = heard.outcome();
-            let rekey = heard.offers(HelloFlags::REKEY);
+            // The hint (authenticated by the handshake) or the answer's flag: the server
+            // rekeys.
+            let rekey = self.server_rekeys || heard.offers(HelloFlags::REKEY);
             self.state = State::Up;
             if rekey {
                 self.start_rekeying();
+            } else if self.cfg.rekey.is_some() && self.negotiated {
+                tracing::warn!(
+                    "the server does not rekey (-rekey 0 there, or a dtun from before rekeying): this session keeps the handshake's keys, without forward secrecy"
+                );
             }
             self.last_ping = now;
             step.events.push(Event::Up { addr6 });

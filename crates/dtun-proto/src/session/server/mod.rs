@@ -41,7 +41,8 @@ pub struct Config {
     pub keepalive: Duration,
     /// `-compat`: no control messages.
     pub compat: bool,
-    /// We rekey (`crate::rekey`) with a client whose Hello offers it too.
+    /// We rekey (`crate::rekey`): the hint says so (`proto::HINT_REKEY`) and a client's
+    /// exchange is taken from the start of the session.
     pub rekey: bool,
 }
 
@@ -113,8 +114,6 @@ pub struct ServerSession {
     farewell_said: bool,
     /// The flags of our last Hello answer (for the log).
     answer_flags: HelloFlags,
-    /// The handshake's first epoch secret, until rekeying starts with it.
-    epoch1: Option<EpochSecret>,
     /// The rekey exchange, once the client's Hello offered it and we do.
     rekey: Option<ServerRekey>,
     rng: SystemRandom,
@@ -124,9 +123,13 @@ impl ServerSession {
     /// A session whose handshake just completed (its address message is on the way);
     /// `epoch1`: the handshake's first epoch secret, for rekeying.
     pub fn new(cfg: Config, epoch1: Option<EpochSecret>, now: Instant) -> ServerSession {
+        // A server that rekeys says so in its hint (`proto::HINT_REKEY`), so it takes a
+        // client's exchange from the start, whether or not a Hello came.
+        let rekey = epoch1
+            .filter(|_| cfg.rekey && !cfg.compat)
+            .map(ServerRekey::new);
         ServerSession {
-            epoch1,
-            rekey: None,
+            rekey,
             rng: SystemRandom::new(),
             farewell_said: false,
             answer_flags: HelloFlags::default(),
@@ -185,18 +188,8 @@ impl ServerSession {
             return Step::default();
         }
         match msg {
-            Control::Hello {
-                keepalive_ms,
-                flags,
-                ..
-            } => {
+            Control::Hello { keepalive_ms, .. } => {
                 self.keepalive = Duration::from_millis(u64::from(keepalive_ms));
-                if self.cfg.rekey
-                    && flags.has(HelloFlags::REKEY)
-                    && let Some(epoch1) = self.epoch1.take()
-                {
-                    self.rekey = Some(ServerRekey::new(epoch1));
-                }
                 Step::event(Event::Hello {
                     first: !self.answered,
                     keepalive: self.keepalive,
