@@ -306,6 +306,11 @@ impl ServerRekey {
             return Ok(ServerOut::default());
         };
         let (epoch, share) = parse_init(&init)?;
+        // The message names the epoch its fragments did (the fuzzer found an Init whose body
+        // named another: keys would have been announced for an epoch they are not).
+        if epoch != f.epoch {
+            return Err(RekeyError::Malformed);
+        }
         let (reply_share, shared) = respond(&share, rng)?;
         let reply = reply_message(epoch, &reply_share);
         let next = self

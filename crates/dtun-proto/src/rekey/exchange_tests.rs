@@ -276,3 +276,24 @@ fn small_fragments_for_a_small_path() {
     }
     assert_eq!(done.unwrap().epoch, 2);
 }
+
+/// An Init whose fragments say the next epoch but whose message names another is malformed:
+/// no keys, no Reply (found by the `rekey` fuzz target: keys were announced for epoch 0x0a0b
+/// while the schedule was at 2).
+#[test]
+fn an_init_naming_another_epoch_than_its_fragments_is_malformed() {
+    use super::hybrid::Initiator;
+    use super::message::{Kind, MAX_FRAGMENT, fragments, init_message};
+    let rng = SystemRandom::new();
+    let (_, mut s) = pair(Duration::from_secs(1));
+    let i = Initiator::new(&rng).unwrap();
+    let mut msg = init_message(2, i.share());
+    msg[..2].copy_from_slice(&0x0a0bu16.to_be_bytes());
+    let frags = fragments(Kind::Init, 2, &msg, MAX_FRAGMENT);
+    let mut last = Ok(ServerOut::default());
+    for f in &frags {
+        last = s.fragment(&frag(f), &rng);
+    }
+    assert_eq!(last.unwrap_err(), RekeyError::Malformed);
+    assert_eq!(s.epoch(), 1);
+}
