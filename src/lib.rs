@@ -21,7 +21,8 @@
 //! - [`client`]: the reconnect loop, and the thin loop around `dtun_proto::session`'s
 //!   `ClientSession` (`wire`: the socket and timer feeding the setup, `session`: what its
 //!   events do to the host: TUN, routes, IPv6, DNS, scripts; `forward`: the batched data
-//!   path while it is up; `pair`: the checks of the addresses a server gives);
+//!   path while it is up; `sink`: the TUN sink and MSS clamp both share; `pair`: the checks
+//!   of the addresses a server gives);
 //! - [`server`]: `demux` (the socket's reader: handshakes to admission, records to sessions),
 //!   `manager` (sessions and devices, reloads, status; the only owner of that state), `events`
 //!   (what the tasks tell the manager), `device`, `session`, `lan_table`, `host_view`;

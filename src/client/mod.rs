@@ -10,6 +10,7 @@ mod addr6;
 mod forward;
 mod pair;
 mod session;
+mod sink;
 mod wire;
 
 use std::future::Future;
@@ -299,7 +300,7 @@ pub async fn run_with(
 
 #[cfg(test)]
 mod tests {
-    use super::forward::*;
+    use super::sink::*;
     use super::wire::take_dns;
     use super::*;
 

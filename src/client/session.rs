@@ -19,7 +19,8 @@ use dtun_proto::proto::{Addr6, AddressMessage};
 use dtun_proto::record;
 use dtun_proto::session::{self as proto_session, ClientSession};
 
-use super::forward::{Live, PathMss, Sink};
+use super::forward::Live;
+use super::sink::{PathMss, Sink};
 use super::wire::{Setup, Wire, now};
 use super::{ClientError, Ctx, End, LOG_TUNNEL_UP, Tunnel};
 use crate::config::ClientConfig;

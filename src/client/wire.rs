@@ -19,7 +19,7 @@ use dtun_proto::record;
 use dtun_proto::session::{self as proto_session, ClientSession, Event, Step};
 
 use super::ClientError;
-use super::forward::Sink;
+use super::sink::Sink;
 use crate::pump::Link;
 
 /// `now` for the session (its clock is std's).

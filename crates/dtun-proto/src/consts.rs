@@ -107,3 +107,7 @@ pub const FINAL_FLIGHT_RESEND: Duration = Duration::from_millis(250);
 /// How a client tells a bare close_notify (all an original server says when it stops or drops
 /// a session; a dtun server says why first, in a Close).
 pub const CLOSE_NOTIFY_WORDS: &str = "close_notify (it shut down or dropped this session)";
+
+/// First byte of every control record. An IP packet starts with 0x4_ or 0x6_, so a control
+/// record can never be mistaken for one (and is never sent to a peer that did not negotiate).
+pub const CONTROL_MARKER: u8 = 0x00;

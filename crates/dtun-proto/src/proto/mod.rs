@@ -82,9 +82,7 @@ impl Peernet {
     }
 }
 
-/// First byte of every control record. An IP packet starts with 0x4_ or 0x6_, so a control
-/// record can never be mistaken for one (and is never sent to a peer that did not negotiate).
-pub const CONTROL_MARKER: u8 = 0x00;
+pub use crate::consts::CONTROL_MARKER;
 /// Marker appended to the server's PSK identity hint: a dtun client that sees it sends
 /// [`Control::Hello`]; the original client only logs the hint. An original server never sends
 /// it, so a dtun client never sends it a control message.

@@ -15,7 +15,7 @@
 
 use super::RekeyError;
 use super::hybrid::{CT_LEN, EK_LEN, InitShare, ReplyShare, X25519_LEN};
-use crate::proto::CONTROL_MARKER;
+use crate::consts::CONTROL_MARKER;
 
 /// The control message type of a rekey fragment.
 pub const REKEY_TYPE: u8 = 8;
