@@ -244,20 +244,6 @@ fn server_restart_client_comes_back() {
     eprintln!("client back {took:?} after the server was killed");
 }
 
-/// Rules for `nft -f` dropping one UDP datagram in ten, each way, with counters.
-const LOSSY_NFT: &str = "\
-table inet t {
-    chain in {
-        type filter hook input priority 0; policy accept;
-        meta l4proto udp numgen random mod 10 0 counter drop
-    }
-    chain out {
-        type filter hook output priority 0; policy accept;
-        meta l4proto udp numgen random mod 10 0 counter drop
-    }
-}
-";
-
 /// Packets dropped so far by the counters of `LOSSY_NFT` in `ns`.
 fn nft_dropped(ns: &Netns) -> u64 {
     let out = ns.run("nft", &["list", "table", "inet", "t"]);
@@ -288,7 +274,7 @@ fn lossy_underlay() {
         "`nft` (nftables) is needed to simulate loss: apt-get install nftables \
          (scripts/test.sh installs it)"
     );
-    let rules = topo.dir.file("lossy.nft", LOSSY_NFT.as_bytes());
+    let rules = topo.dir.file("lossy.nft", common::LOSSY_NFT.as_bytes());
     let out = topo.client().run("nft", &["-f", path_str(&rules)]);
     assert!(out.status.success(), "nft -f: {out:?}");
 

@@ -95,20 +95,6 @@ fn a_hundred_rekeys_lose_no_ping() {
     }
 }
 
-/// Rules for `nft -f` dropping one UDP datagram in ten, each way, with counters.
-const LOSSY_NFT: &str = "\
-table inet rekeyloss {
-    chain in {
-        type filter hook input priority 0; policy accept;
-        meta l4proto udp numgen random mod 10 0 counter drop
-    }
-    chain out {
-        type filter hook output priority 0; policy accept;
-        meta l4proto udp numgen random mod 10 0 counter drop
-    }
-}
-";
-
 #[test]
 fn a_hundred_rekeys_under_loss_keep_the_session() {
     common::need_root!();
@@ -120,7 +106,7 @@ fn a_hundred_rekeys_under_loss_keep_the_session() {
     );
     // The loss starts once the session is up (a lost setup message costs a reconnect by
     // design, tests/lifecycle.rs lossy_underlay).
-    let rules = topo.dir.file("lossy.nft", LOSSY_NFT.as_bytes());
+    let rules = topo.dir.file("lossy.nft", common::LOSSY_NFT.as_bytes());
     let out = topo.client().run("nft", &["-f", path_str(&rules)]);
     assert!(out.status.success(), "nft -f: {out:?}");
     let (tx, rx) = ping_until(topo.client(), &peer, Duration::from_secs(400), || {

@@ -880,3 +880,17 @@ pub fn vm_rss_kib(pid: u32) -> Option<u64> {
         .parse()
         .ok()
 }
+
+/// Rules for `nft -f` dropping one UDP datagram in ten, each way, with counters (table `inet t`).
+pub const LOSSY_NFT: &str = "\
+table inet t {
+    chain in {
+        type filter hook input priority 0; policy accept;
+        meta l4proto udp numgen random mod 10 0 counter drop
+    }
+    chain out {
+        type filter hook output priority 0; policy accept;
+        meta l4proto udp numgen random mod 10 0 counter drop
+    }
+}
+";

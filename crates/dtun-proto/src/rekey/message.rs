@@ -184,32 +184,32 @@ pub fn reply_message(epoch: u16, share: &ReplyShare) -> Vec<u8> {
 
 /// An Init message's epoch and shares.
 pub fn parse_init(m: &[u8]) -> Result<(u16, InitShare), RekeyError> {
-    if m.len() != INIT_LEN {
-        return Err(RekeyError::Malformed);
-    }
-    let (epoch, rest) = m.split_at(2);
-    let (x, ek) = rest.split_at(X25519_LEN);
-    let mut share = InitShare {
-        x25519: [0; X25519_LEN],
-        ek: Box::new([0; EK_LEN]),
-    };
-    share.x25519.copy_from_slice(x);
-    share.ek.copy_from_slice(ek);
-    Ok((u16::from_be_bytes([epoch[0], epoch[1]]), share))
+    let (epoch, x25519, ek) = split::<EK_LEN>(m)?;
+    Ok((epoch, InitShare { x25519, ek }))
 }
 
 /// A Reply message's epoch and shares.
 pub fn parse_reply(m: &[u8]) -> Result<(u16, ReplyShare), RekeyError> {
-    if m.len() != REPLY_LEN {
+    let (epoch, x25519, ct) = split::<CT_LEN>(m)?;
+    Ok((epoch, ReplyShare { x25519, ct }))
+}
+
+/// A message's epoch, X25519 share and the `N` bytes after it.
+type Parts<const N: usize> = (u16, [u8; X25519_LEN], Box<[u8; N]>);
+
+/// A message of exactly `2 + 32 + N` bytes, in its parts.
+fn split<const N: usize>(m: &[u8]) -> Result<Parts<N>, RekeyError> {
+    let [e0, e1, rest @ ..] = m else {
         return Err(RekeyError::Malformed);
-    }
-    let (epoch, rest) = m.split_at(2);
-    let (x, ct) = rest.split_at(X25519_LEN);
-    let mut share = ReplyShare {
-        x25519: [0; X25519_LEN],
-        ct: Box::new([0; CT_LEN]),
     };
-    share.x25519.copy_from_slice(x);
-    share.ct.copy_from_slice(ct);
-    Ok((u16::from_be_bytes([epoch[0], epoch[1]]), share))
+    let (x, tail) = rest
+        .split_at_checked(X25519_LEN)
+        .ok_or(RekeyError::Malformed)?;
+    let x25519: [u8; X25519_LEN] = x.try_into().map_err(|_| RekeyError::Malformed)?;
+    let tail: Box<[u8; N]> = tail
+        .to_vec()
+        .into_boxed_slice()
+        .try_into()
+        .map_err(|_| RekeyError::Malformed)?;
+    Ok((u16::from_be_bytes([*e0, *e1]), x25519, tail))
 }
