@@ -335,12 +335,7 @@ mod tests {
         use crate::consts::{CONTENT_APPLICATION_DATA, PAYLOAD_OFFSET};
         use crate::kdf::KeyBlock;
         use crate::record::{Suite, session_pair};
-        let kb = KeyBlock {
-            client_key: [1; 16],
-            server_key: [2; 16],
-            client_iv: [3; 4],
-            server_iv: [4; 4],
-        };
+        let kb = KeyBlock::for_test();
         for suite in [Suite::Aes128Ccm8, Suite::Aes128Gcm] {
             let (mut sealer, _) = session_pair(suite, &kb, true, 1, 7);
             let (_, mut opener) = session_pair(suite, &kb, false, 1, 0);
@@ -372,12 +367,7 @@ mod tests {
         use crate::consts::{CONTENT_APPLICATION_DATA, PAYLOAD_OFFSET};
         use crate::kdf::KeyBlock;
         use crate::record::{Limits, Suite, rekey_opener, session_pair};
-        let kb = KeyBlock {
-            client_key: [1; 16],
-            server_key: [2; 16],
-            client_iv: [3; 4],
-            server_iv: [4; 4],
-        };
+        let kb = KeyBlock::for_test();
         let forged = |epoch: u16| {
             let (mut sealer, _) = session_pair(Suite::Aes128Ccm8, &kb, true, epoch, 7);
             let mut rec = vec![0u8; 64];

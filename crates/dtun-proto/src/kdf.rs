@@ -64,6 +64,19 @@ pub struct KeyBlock {
     pub server_iv: [u8; 4],
 }
 
+#[cfg(test)]
+impl KeyBlock {
+    /// The fixed key block the unit tests seal and open with (1s, 2s, 3s and 4s).
+    pub(crate) fn for_test() -> KeyBlock {
+        KeyBlock {
+            client_key: [1; 16],
+            server_key: [2; 16],
+            client_iv: [3; 4],
+            server_iv: [4; 4],
+        }
+    }
+}
+
 impl std::fmt::Debug for KeyBlock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("KeyBlock { .. }")

@@ -4,12 +4,7 @@ use crate::consts::{CONTENT_APPLICATION_DATA, EXHAUSTION_MARGIN, MAX_SEQUENCE, P
 const SUITES: [Suite; 2] = [Suite::Aes128Ccm8, Suite::Aes128Gcm];
 
 fn pair_of(suite: Suite) -> (Sealer, Opener) {
-    let kb = KeyBlock {
-        client_key: [1; 16],
-        server_key: [2; 16],
-        client_iv: [3; 4],
-        server_iv: [4; 4],
-    };
+    let kb = KeyBlock::for_test();
     let (s, _) = session_pair(suite, &kb, true, 1, 7);
     let (_, o) = session_pair(suite, &kb, false, 1, 0);
     (s, o)
@@ -174,12 +169,7 @@ fn batches_match_single_records_and_drop_per_record() {
 /// reserve, and refuses once the space is gone, in one record and in a batch.
 #[test]
 fn a_sealer_near_the_end_of_the_sequence_space() {
-    let kb = KeyBlock {
-        client_key: [1; 16],
-        server_key: [2; 16],
-        client_iv: [3; 4],
-        server_iv: [4; 4],
-    };
+    let kb = KeyBlock::for_test();
     for suite in SUITES {
         let first = MAX_SEQUENCE + 1 - EXHAUSTION_MARGIN - 2;
         let (mut s, _) = session_pair(suite, &kb, true, 1, first);

@@ -114,12 +114,7 @@ mod tests {
     /// Before the fix the buffer kept the first 4 datagrams of any kind.
     #[test]
     fn spoofed_early_records_do_not_crowd_out_the_address_message() {
-        let kb = KeyBlock {
-            client_key: [1; 16],
-            server_key: [2; 16],
-            client_iv: [3; 4],
-            server_iv: [4; 4],
-        };
+        let kb = KeyBlock::for_test();
         let msg = AddressMessage {
             client: "10.86.0.2".parse().unwrap(),
             server: "10.86.0.1".parse().unwrap(),
