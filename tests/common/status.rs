@@ -51,7 +51,9 @@ pub fn set(names: &[&str]) -> BTreeSet<String> {
 
 pub const TRAFFIC: &[&str] = &["drops", "rx_bytes", "rx_packets", "tx_bytes", "tx_packets"];
 pub const DROPS: &[&str] = &[
+    "bad_cid",
     "bad_epoch",
+    "bad_inner",
     "bad_tag",
     "control_flood",
     "forged_source",

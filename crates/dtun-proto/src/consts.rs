@@ -17,6 +17,9 @@ pub const CONTENT_CHANGE_CIPHER_SPEC: u8 = 20;
 pub const CONTENT_ALERT: u8 = 21;
 pub const CONTENT_HANDSHAKE: u8 = 22;
 pub const CONTENT_APPLICATION_DATA: u8 = 23;
+/// RFC 9146 `tls12_cid`: the outer content type of a record that carries a connection ID (its
+/// real type is encrypted inside it). Only ever between dtun peers, only with AES-128-GCM.
+pub const CONTENT_TLS12_CID: u8 = 25;
 /// Alert description close_notify, sent at level warning (1).
 pub const ALERT_CLOSE_NOTIFY: u8 = 0;
 pub const ALERT_LEVEL_WARNING: u8 = 1;
@@ -35,6 +38,13 @@ pub const DEFAULT_PORT: u16 = 443;
 pub const DEFAULT_ID: &str = "dtun";
 
 // ---- Chosen by dtun ----
+
+/// Length of a connection ID (RFC 9146 lets a receiver pick 0 to 255 bytes; ours are 8).
+pub const CID_LEN: usize = 8;
+/// Header of a connection ID record: type(1) version(2) epoch(2) sequence(6) cid(8) length(2).
+pub const CID_RECORD_HEADER_LEN: usize = RECORD_HEADER_LEN + CID_LEN;
+/// Where a CID record's plaintext starts inside a record buffer (after the explicit nonce).
+pub const CID_PAYLOAD_OFFSET: usize = CID_RECORD_HEADER_LEN + EXPLICIT_NONCE_LEN;
 
 /// First sequence number our record layer sends in epoch 1. The handshake sends its Finished
 /// (and any retransmission of it) in epoch 1 from 0 upwards with the same keys; starting far

@@ -206,7 +206,10 @@ pub struct Inbox {
 impl Inbox {
     /// Opens, in order, the records of the datagrams in `buf` (`stride` bytes each, the last
     /// one maybe shorter) whose content type `keep` accepts, and classifies each like [`open`]
-    /// (drops counted). Data ranges index `buf`. A malformed record ends its datagram.
+    /// (drops counted). `keep` sees the outer type: a connection ID record's is
+    /// [`crate::consts::CONTENT_TLS12_CID`], its real type is classified once it opened. Data
+    /// ranges index `buf` (a CID record's: its content alone). A malformed record ends its
+    /// datagram.
     ///
     /// Failed authentications count against the key's integrity limit once per datagram, not
     /// once per record: a spoofer packing hundreds of minimal forged records into one
@@ -355,6 +358,64 @@ mod tests {
             assert_eq!(inbound.len(), 120, "{suite:?}");
             assert_eq!(opener.failed_opens(), 3, "{suite:?}: one per datagram");
         }
+    }
+
+    /// Connection ID records among plain ones in a receive buffer: each classified by its real
+    /// type, data ranges on the content alone, a CID record with another CID a counted drop.
+    #[test]
+    fn cid_records_in_an_inbox() {
+        use crate::consts::{ALERT_CLOSE_NOTIFY, ALERT_LEVEL_WARNING, CONTENT_APPLICATION_DATA};
+        use crate::kdf::KeyBlock;
+        use crate::record::{Sealer, Suite, session_pair};
+        let kb = KeyBlock::for_test();
+        let (mut sealer, _) = session_pair(Suite::Aes128Gcm, &kb, true, 1, 7);
+        let (_, mut opener) = session_pair(Suite::Aes128Gcm, &kb, false, 1, 0);
+        let seal = |s: &mut Sealer, cid: Option<[u8; 8]>, ct: u8, msg: &[u8]| {
+            assert!(s.set_cid(cid));
+            let off = s.payload_offset();
+            let mut b = vec![0u8; off + msg.len() + s.trailer_len()];
+            b[off..off + msg.len()].copy_from_slice(msg);
+            let n = s.seal(ct, &mut b, msg.len()).unwrap();
+            b.truncate(n);
+            b
+        };
+        let (cid, other) = ([9; 8], [8; 8]);
+        opener.set_cid(Some(cid));
+        let packet = [0x45, 1, 2, 3];
+        let close = [ALERT_LEVEL_WARNING, ALERT_CLOSE_NOTIFY];
+        let mut buf = [
+            seal(&mut sealer, None, CONTENT_APPLICATION_DATA, &packet),
+            seal(&mut sealer, Some(cid), CONTENT_APPLICATION_DATA, &packet),
+            seal(&mut sealer, Some(other), CONTENT_APPLICATION_DATA, &packet),
+            seal(&mut sealer, Some(cid), CONTENT_ALERT, &close),
+        ]
+        .concat();
+        let stride = buf.len();
+        let counters = Counters::default();
+        let mut inbox = Inbox::default();
+        let inbound = inbox.open(&mut opener, &counters, &mut buf, stride, |_| true);
+        let [Inbound::Data(a), Inbound::Data(b), dropped, alert] = inbound else {
+            panic!("{inbound:?}");
+        };
+        assert_eq!(
+            (&buf[a.clone()], &buf[b.clone()]),
+            (&packet[..], &packet[..])
+        );
+        assert_eq!(
+            *dropped,
+            Inbound::Dropped(DropKind::Record(DropReason::BadCid))
+        );
+        assert_eq!(
+            *alert,
+            Inbound::Alert(ALERT_LEVEL_WARNING, ALERT_CLOSE_NOTIFY)
+        );
+        assert_eq!(counters.drops(DropKind::Record(DropReason::BadCid)), 1);
+        assert_eq!(counters.authenticated(), 3);
+        assert!(
+            counters.summary().ends_with("drops bad_cid=1"),
+            "{}",
+            counters.summary()
+        );
     }
 
     /// After a rekey the opener still reads the previous epoch: forgeries aimed at it count

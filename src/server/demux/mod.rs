@@ -377,11 +377,12 @@ impl Demux {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dtun_proto::consts::{CONTENT_ALERT, CONTENT_APPLICATION_DATA};
+    use dtun_proto::consts::{CONTENT_ALERT, CONTENT_APPLICATION_DATA, CONTENT_TLS12_CID};
 
     #[test]
     fn records_of_the_record_layer() {
         assert!(is_record(&[CONTENT_APPLICATION_DATA, 0xfe, 0xfd, 0, 1]));
+        assert!(is_record(&[CONTENT_TLS12_CID, 0xfe, 0xfd, 0, 1]));
         assert!(is_record(&[CONTENT_ALERT, 0xfe, 0xfd, 0, 1]));
         assert!(!is_record(&[CONTENT_ALERT, 0xfe, 0xfd, 0, 0]));
         assert!(!is_record(&[22, 0xfe, 0xfd, 0, 0]));

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use ring::rand::SecureRandom;
 
-use crate::consts::{CONTENT_ALERT, CONTENT_APPLICATION_DATA};
+use crate::consts::{CONTENT_ALERT, CONTENT_APPLICATION_DATA, CONTENT_TLS12_CID};
 use crate::handshake::{
     self, COOKIE_LEN, ClientHello, Completed, Cookies, HVR_LEN, ServerHandshake, Step,
 };
@@ -127,10 +127,11 @@ pub struct Admission {
 }
 
 /// Whether a datagram belongs to a session rather than to admission: it starts with an
-/// application data record, or an alert past epoch 0 (epoch 0 alerts belong to a handshake).
+/// application data record, a connection ID record (RFC 9146, always encrypted), or an alert
+/// past epoch 0 (epoch 0 alerts belong to a handshake).
 pub fn is_session_record(dg: &[u8]) -> bool {
     match dg {
-        [CONTENT_APPLICATION_DATA, ..] => true,
+        [CONTENT_APPLICATION_DATA | CONTENT_TLS12_CID, ..] => true,
         [CONTENT_ALERT, _, _, e0, e1, ..] => u16::from_be_bytes([*e0, *e1]) > 0,
         _ => false,
     }

@@ -7,6 +7,10 @@
 //! Keys live in a [`Sealer`] / [`Opener`] pair built from the handshake's key block; a rekey
 //! (`crate::rekey`) gives each the next epoch's keys ([`rekey_sealer`], [`rekey_opener`]), and
 //! the opener reads the previous epoch too until that is retired.
+//!
+//! Besides the plain DTLS 1.2 record, AES-128-GCM sessions may use RFC 9146's connection ID
+//! record (content type 25): [`Sealer::set_cid`] seals in it, [`Opener::set_cid`] reads it
+//! (docs/PROTOCOL.md, "Connection ID records").
 
 mod header;
 pub mod limits;
@@ -15,16 +19,19 @@ mod replay;
 mod seal;
 
 use crate::ccm8::Ccm8;
-use crate::consts::{EXPLICIT_NONCE_LEN, RECORD_HEADER_LEN};
+use crate::consts::{CID_LEN, CONTENT_TLS12_CID, EXPLICIT_NONCE_LEN, RECORD_HEADER_LEN};
 use ring::aead::{AES_128_GCM, LessSafeKey, UnboundKey};
 
 use crate::kdf::KeyBlock;
 
-pub use header::{Header, parse_header, record_at, records};
+pub use header::{Header, parse_header, peek_cid, record_at, records};
 pub use limits::Limits;
 pub use open::Opener;
 pub use replay::ReplayWindow;
 pub use seal::Sealer;
+
+/// A connection ID (RFC 9146) as our records carry it: [`CID_LEN`] bytes.
+pub type Cid = [u8; CID_LEN];
 
 /// A negotiated cipher suite of the record layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,7 +77,8 @@ impl Suite {
         }
     }
 
-    /// Bytes a record adds to its plaintext: header, explicit nonce, tag.
+    /// Bytes a plain record adds to its plaintext: header, explicit nonce, tag (a CID record
+    /// adds `CID_LEN` + 1 more: its CID and the inner content type).
     pub fn overhead(self) -> usize {
         RECORD_HEADER_LEN + EXPLICIT_NONCE_LEN + self.tag_len()
     }
@@ -89,15 +97,23 @@ pub enum DropReason {
     Replay,
     /// Authentication failed.
     BadTag,
+    /// A connection ID record whose CID is not the one this opener reads (or an opener that
+    /// reads none: a session without CIDs, or any CCM_8 session).
+    BadCid,
+    /// An authenticated connection ID record whose inner plaintext holds no content type (all
+    /// zeros).
+    BadInner,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 5] = [
+    pub const ALL: [DropReason; 7] = [
         DropReason::Truncated,
         DropReason::Oversized,
         DropReason::BadEpoch,
         DropReason::Replay,
         DropReason::BadTag,
+        DropReason::BadCid,
+        DropReason::BadInner,
     ];
 
     /// Stable name for logs and counters.
@@ -108,6 +124,8 @@ impl DropReason {
             DropReason::BadEpoch => "bad_epoch",
             DropReason::Replay => "replay",
             DropReason::BadTag => "bad_tag",
+            DropReason::BadCid => "bad_cid",
+            DropReason::BadInner => "bad_inner",
         }
     }
 }
@@ -148,6 +166,23 @@ fn aad(epoch_seq: u64, content_type: u8, version: [u8; 2], len: usize) -> [u8; 1
     a[8] = content_type;
     a[9..11].copy_from_slice(&version);
     a[11..13].copy_from_slice(&(len as u16).to_be_bytes());
+    a
+}
+
+/// The 31-byte additional data of a CID record (RFC 9146 §5.3): seq_num_placeholder (8 ×
+/// 0xff) ‖ tls12_cid ‖ cid_length ‖ tls12_cid ‖ version ‖ epoch ‖ seq48 ‖ cid ‖ length of the
+/// DTLSInnerPlaintext (content, real type, padding). The version is the record's own, as in
+/// [`aad`].
+fn cid_aad(epoch_seq: u64, version: [u8; 2], cid: &Cid, inner_len: usize) -> [u8; 23 + CID_LEN] {
+    let mut a = [0u8; 23 + CID_LEN];
+    a[..8].fill(0xff);
+    a[8] = CONTENT_TLS12_CID;
+    a[9] = CID_LEN as u8;
+    a[10] = CONTENT_TLS12_CID;
+    a[11..13].copy_from_slice(&version);
+    a[13..21].copy_from_slice(&epoch_seq.to_be_bytes());
+    a[21..21 + CID_LEN].copy_from_slice(cid);
+    a[21 + CID_LEN..].copy_from_slice(&(inner_len as u16).to_be_bytes());
     a
 }
 
@@ -197,5 +232,7 @@ pub fn rekey_sealer(sealer: &mut Sealer, kb: &KeyBlock, is_client: bool, epoch: 
     }
 }
 
+#[cfg(test)]
+mod cid_tests;
 #[cfg(test)]
 mod tests;

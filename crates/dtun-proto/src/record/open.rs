@@ -1,15 +1,24 @@
 //! The receiving half of a session's record layer: one epoch's read key and replay window (and,
 //! after a rekey, the previous epoch's for an overlap), records opened in place one at a time
 //! or a whole receive buffer at once, each a counted drop when it does not authenticate, and
-//! the integrity limit.
+//! the integrity limit. Besides plain records it reads RFC 9146 connection ID records (AES-128-GCM
+//! only) that carry the CID it was given ([`Opener::set_cid`]).
 
 use std::ops::Range;
 
 use crate::ccm8::{self, Ccm8, Job};
-use crate::consts::{EXPLICIT_NONCE_LEN, MAX_RECORD_PLAINTEXT, PAYLOAD_OFFSET, RECORD_HEADER_LEN};
+use crate::consts::{
+    CID_PAYLOAD_OFFSET, CID_RECORD_HEADER_LEN, CONTENT_TLS12_CID, EXPLICIT_NONCE_LEN,
+    MAX_RECORD_PLAINTEXT, PAYLOAD_OFFSET, RECORD_HEADER_LEN,
+};
 use ring::aead::{Aad, Nonce, Tag};
 
-use super::{Cipher, DropReason, Limits, ReplayWindow, Suite, aad, nonce, parse_header};
+use super::header::{parse_cid, parse_plain};
+use super::{Cid, Cipher, DropReason, Limits, ReplayWindow, Suite, aad, cid_aad, nonce};
+
+/// What opening one record gives: its content type and where its plaintext lies, or why it was
+/// dropped.
+type Opened = Result<(u8, Range<usize>), DropReason>;
 
 /// Receives records: owns the read key and the replay window of one epoch.
 pub struct Opener {
@@ -27,6 +36,11 @@ pub struct Opener {
     previous: Option<Box<Opener>>,
     /// A record of this epoch opened.
     opened: bool,
+    /// Reads RFC 9146 CID records that carry this CID, besides plain records (GCM only).
+    cid: Option<Cid>,
+    /// epoch ‖ sequence number of the newest record that authenticated and was not a replay,
+    /// in this epoch or one before it (0 before any): it only ever grows.
+    newest: u64,
 }
 
 /// The epoch field of a record's header, if it has one.
@@ -50,7 +64,36 @@ impl Opener {
             limits: Limits::of(suite),
             previous: None,
             opened: false,
+            cid: None,
+            newest: 0,
         }
+    }
+
+    /// Reads RFC 9146 CID records that carry `cid` from now on, besides plain records; `None`:
+    /// plain records only. Every CID record with another CID is a drop ([`DropReason::BadCid`]).
+    /// Under CCM_8 it does nothing: CCM_8 has no CID records, and each is a `BadCid` drop. The
+    /// previous epoch's key takes the CID too, and a rekey keeps it.
+    pub fn set_cid(&mut self, cid: Option<Cid>) {
+        if self.suite != Suite::Aes128Gcm {
+            return;
+        }
+        self.cid = cid;
+        if let Some(p) = self.previous.as_deref_mut() {
+            p.cid = cid;
+        }
+    }
+
+    /// The CID that CID records must carry, if any.
+    pub fn cid(&self) -> Option<Cid> {
+        self.cid
+    }
+
+    /// epoch << 48 | sequence number of the newest record, of any epoch this opener read, that
+    /// authenticated and was not a replay (0 before any). Only such a record moves it, and only
+    /// upwards: an older record that arrives late opens without moving it. RFC 9146 §6's test
+    /// of a datagram from a new address is whether it moved this.
+    pub fn newest(&self) -> u64 {
+        self.newest
     }
 
     /// A rekey: reads `epoch` with `key` and `salt` from now on, and the epoch it read until
@@ -58,6 +101,8 @@ impl Opener {
     pub fn rekey(&mut self, epoch: u16, key: &[u8; 16], salt: &[u8; 4]) {
         let mut next = Opener::new(self.suite, key, salt, epoch);
         next.limits = self.limits;
+        next.cid = self.cid;
+        next.newest = self.newest;
         let mut old = std::mem::replace(self, next);
         old.previous = None;
         self.previous = Some(Box::new(old));
@@ -79,11 +124,19 @@ impl Opener {
         self.previous.as_ref().map(|p| p.epoch)
     }
 
-    /// The opener for a record of the previous epoch, if it is one.
+    /// Opens a record of the previous epoch under that epoch's key, if it is one (`None`: it
+    /// is not); what opens there moves [`Opener::newest`] here too.
     #[inline]
-    fn previous_for(&mut self, record: &[u8]) -> Option<&mut Opener> {
+    fn open_previous(&mut self, record: &mut [u8]) -> Option<Opened> {
         let p = self.previous.as_deref_mut()?;
-        (epoch_of(record) == Some(p.epoch)).then_some(p)
+        if epoch_of(record) != Some(p.epoch) {
+            return None;
+        }
+        let opened = p.open(record);
+        if opened.is_ok() {
+            self.newest = self.newest.max(p.newest);
+        }
+        Some(opened)
     }
 
     /// The same opener under other limits (tests).
@@ -124,11 +177,15 @@ impl Opener {
     }
 
     /// Opens one whole record (header included) in place. On success returns its content type
-    /// and where its plaintext now lies inside `record`. The replay window moves only after the
-    /// tag verified.
-    pub fn open(&mut self, record: &mut [u8]) -> Result<(u8, Range<usize>), DropReason> {
-        if let Some(p) = self.previous_for(record) {
-            return p.open(record);
+    /// and where its plaintext now lies inside `record`; for a CID record its real content type
+    /// and its content alone (the type and any padding after it stripped). The replay window
+    /// moves only after the tag verified.
+    pub fn open(&mut self, record: &mut [u8]) -> Opened {
+        if let Some(opened) = self.open_previous(record) {
+            return opened;
+        }
+        if record.first() == Some(&CONTENT_TLS12_CID) {
+            return self.open_cid(record);
         }
         let c = self.check(record)?;
         let tag_len = self.suite.tag_len();
@@ -162,19 +219,78 @@ impl Opener {
         }
         self.window.accept(c.seq);
         self.opened = true;
+        self.newest = self.newest.max((u64::from(self.epoch) << 48) | c.seq);
         Ok((c.content_type, PAYLOAD_OFFSET..PAYLOAD_OFFSET + c.len))
+    }
+
+    /// Opens a CID record of this epoch (RFC 9146 §4, §5.3): the cheap checks (the CID first,
+    /// then as for a plain record), the tag, then the DTLSInnerPlaintext's padding: the last
+    /// non-zero byte is the real content type. An authenticated record without one consumes
+    /// its sequence number but is a drop that moves nothing else.
+    fn open_cid(&mut self, record: &mut [u8]) -> Opened {
+        let h = parse_cid(record)?;
+        let (Some(cid), Cipher::Gcm(k)) = (self.cid.filter(|c| h.cid == Some(*c)), &self.cipher)
+        else {
+            return Err(DropReason::BadCid);
+        };
+        if h.epoch != self.epoch {
+            return Err(DropReason::BadEpoch);
+        }
+        let tag_len = self.suite.tag_len();
+        // At least the real content type: an empty DTLSInnerPlaintext is malformed.
+        let inner_len = match h.body_len.checked_sub(EXPLICIT_NONCE_LEN + tag_len) {
+            Some(0) | None => return Err(DropReason::Truncated),
+            Some(n) => n,
+        };
+        // RFC 9146 §5.3: length_of_DTLSInnerPlaintext MUST NOT exceed 2^14.
+        if inner_len > MAX_RECORD_PLAINTEXT {
+            return Err(DropReason::Oversized);
+        }
+        if !self.window.check(h.seq) {
+            return Err(DropReason::Replay);
+        }
+        let epoch_seq = (u64::from(h.epoch) << 48) | h.seq;
+        let nonce = nonce(
+            &self.salt,
+            &record[CID_RECORD_HEADER_LEN..CID_PAYLOAD_OFFSET],
+        );
+        let aad = cid_aad(epoch_seq, [record[1], record[2]], &cid, inner_len);
+        let (inner, tag) = record[CID_PAYLOAD_OFFSET..CID_PAYLOAD_OFFSET + inner_len + tag_len]
+            .split_at_mut(inner_len);
+        let tag: [u8; 16] = tag[..].try_into().map_err(|_| DropReason::Truncated)?;
+        let ok = k
+            .open_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                Tag::from(tag),
+                inner,
+                0..,
+            )
+            .is_ok();
+        if !ok {
+            self.failed_opens += 1;
+            return Err(DropReason::BadTag);
+        }
+        self.window.accept(h.seq);
+        let Some(end) = inner.iter().rposition(|b| *b != 0) else {
+            return Err(DropReason::BadInner);
+        };
+        let content_type = inner[end];
+        self.opened = true;
+        self.newest = self.newest.max(epoch_seq);
+        Ok((content_type, CID_PAYLOAD_OFFSET..CID_PAYLOAD_OFFSET + end))
     }
 
     /// Opens the records at `ranges` of `buf` in place and in order: `out[i]` gets record i's
     /// content type and where its plaintext lies in `buf`, or why it was dropped. The ranges
     /// ascend and do not overlap; an `Err` among them (a record that did not parse) passes
-    /// through. CCM_8 records are opened [`ccm8::LANES`] at a time; each record still moves
-    /// the replay window in order, after its own tag verified.
+    /// through. Plain and CID records may mix. CCM_8 records are opened [`ccm8::LANES`] at a
+    /// time; each record still moves the replay window in order, after its own tag verified.
     pub fn open_many(
         &mut self,
         buf: &mut [u8],
         ranges: &[Result<Range<usize>, DropReason>],
-        out: &mut [Result<(u8, Range<usize>), DropReason>],
+        out: &mut [Opened],
     ) {
         let Cipher::Ccm8(ccm) = &self.cipher else {
             for (r, o) in ranges.iter().zip(out.iter_mut()) {
@@ -193,6 +309,8 @@ impl Opener {
         let mut jobs: [Job; ccm8::LANES] = std::array::from_fn(|_| Job::default());
         let mut pending = [Pending::default(); ccm8::LANES];
         let mut n = 0;
+        // What the passes settled: failed authentications, the highest sequence number opened.
+        let mut settled = (0, None);
         let mut rest: &mut [u8] = buf;
         let mut base = 0;
         for (i, r) in ranges.iter().enumerate() {
@@ -211,16 +329,23 @@ impl Opener {
             base = r.end;
             // A record of the previous epoch (around a rekey): alone, under its own key. The
             // window of each epoch still moves in order (the passes of this epoch settle in
-            // order among themselves).
+            // order among themselves). A CID record (never one under CCM_8): its drop.
             let epoch = epoch_of(rec);
             if let Some(p) = self
                 .previous
                 .as_deref_mut()
                 .filter(|p| epoch == Some(p.epoch))
             {
-                out[i] = p
-                    .open(rec)
-                    .map(|(ct, pl)| (ct, r.start + pl.start..r.start + pl.end));
+                let opened = p.open(rec);
+                if opened.is_ok() {
+                    self.newest = self.newest.max(p.newest);
+                }
+                out[i] = opened.map(|(ct, pl)| (ct, r.start + pl.start..r.start + pl.end));
+                continue;
+            }
+            // A CID record: CCM_8 reads none (what `open_cid` says under CCM_8).
+            if rec.first() == Some(&CONTENT_TLS12_CID) {
+                out[i] = parse_cid(rec).and(Err(DropReason::BadCid));
                 continue;
             }
             let c = match self.check(rec) {
@@ -250,21 +375,23 @@ impl Opener {
             };
             n += 1;
             if n == ccm8::LANES {
-                let (failed, any) = open_pass(ccm, &mut self.window, &mut jobs, &pending, out);
-                self.failed_opens += failed;
-                self.opened |= any;
+                let (failed, top) = open_pass(ccm, &mut self.window, &mut jobs, &pending, out);
+                settled = (settled.0 + failed, settled.1.max(top));
                 n = 0;
             }
         }
-        let (failed, any) = open_pass(ccm, &mut self.window, &mut jobs[..n], &pending[..n], out);
-        self.failed_opens += failed;
-        self.opened |= any;
+        let (failed, top) = open_pass(ccm, &mut self.window, &mut jobs[..n], &pending[..n], out);
+        self.failed_opens += settled.0 + failed;
+        if let Some(seq) = settled.1.max(top) {
+            self.opened = true;
+            self.newest = self.newest.max((u64::from(self.epoch) << 48) | seq);
+        }
     }
 
-    /// The checks before decryption: header, epoch, lengths, replay window.
+    /// The checks before decryption of a plain record: header, epoch, lengths, replay window.
     fn check(&self, record: &[u8]) -> Result<Checked, DropReason> {
         let tag_len = self.suite.tag_len();
-        let header = parse_header(record)?;
+        let header = parse_plain(record)?;
         if header.epoch != self.epoch {
             return Err(DropReason::BadEpoch);
         }
@@ -310,18 +437,18 @@ struct Pending {
 
 /// Opens one pass of records and settles each in order, as [`Opener::open`] would have one
 /// after the other: a sequence number still new (two copies of one record can share a pass)
-/// and a verified tag moves the window. Returns how many failed authentication, and whether
-/// any opened.
+/// and a verified tag moves the window. Returns how many failed authentication, and the
+/// highest sequence number that opened, if any did.
 fn open_pass(
     ccm: &Ccm8,
     window: &mut ReplayWindow,
     jobs: &mut [Job<'_>],
     pending: &[Pending],
-    out: &mut [Result<(u8, Range<usize>), DropReason>],
-) -> (u64, bool) {
+    out: &mut [Opened],
+) -> (u64, Option<u64>) {
     let verified = ccm.open(jobs);
     let mut failed = 0;
-    let mut any = false;
+    let mut top = None;
     for (j, p) in pending.iter().enumerate() {
         // The window first, as for one record: a copy of a record accepted earlier in the
         // pass is a replay, whatever its tag.
@@ -332,9 +459,9 @@ fn open_pass(
             Err(DropReason::BadTag)
         } else {
             window.accept(p.seq);
-            any = true;
+            top = top.max(Some(p.seq));
             Ok((p.content_type, p.plaintext.0..p.plaintext.1))
         };
     }
-    (failed, any)
+    (failed, top)
 }
