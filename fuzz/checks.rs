@@ -168,6 +168,14 @@ pub fn proto(data: &[u8]) {
                 );
             }
         }
+        // Roaming's messages (a connection ID, a path token) are exactly their 10 bytes.
+        if matches!(
+            c,
+            Control::Cid(_) | Control::PathChallenge(_) | Control::PathResponse(_)
+        ) {
+            assert_eq!(data.len(), 10);
+            assert_eq!(c.to_bytes(), data);
+        }
         // A rekey fragment is exactly its bytes, stays within its message, and reassembles
         // into a whole one only when it covers all of it.
         if let Control::Rekey(f) = &c {

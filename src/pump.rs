@@ -36,14 +36,15 @@ use tun_rs::{AsyncDevice, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
 use dtun_linux::udp::{Batcher, Udp};
 use dtun_proto::consts::{
-    ALERT_CLOSE_NOTIFY, ALERT_LEVEL_WARNING, CONTENT_ALERT, CONTENT_APPLICATION_DATA,
+    ALERT_CLOSE_NOTIFY, ALERT_LEVEL_WARNING, CID_LEN, CONTENT_ALERT, CONTENT_APPLICATION_DATA,
     MAX_COMPAT_PLAINTEXT, PAYLOAD_OFFSET,
 };
 use dtun_proto::inbound::{Counters, DropKind};
 use dtun_proto::record::Sealer;
 
-/// One outbound slot: record header and nonce, a packet of at most 1500 bytes, the tag.
-const SLOT: usize = PAYLOAD_OFFSET + MAX_COMPAT_PLAINTEXT + 16;
+/// One outbound slot: record header (with a connection ID, RFC 9146) and nonce, a packet of at
+/// most 1500 bytes, the inner content type of a connection ID record, the tag.
+const SLOT: usize = PAYLOAD_OFFSET + CID_LEN + MAX_COMPAT_PLAINTEXT + 1 + 16;
 /// Slots per outbound task: two read batches, so a whole super-packet always fits after a read.
 const SLOTS: usize = 2 * IDEAL_BATCH_SIZE;
 
@@ -83,8 +84,9 @@ impl Link {
         content_type: u8,
         payload: &[u8],
     ) -> std::io::Result<()> {
-        let mut buf = vec![0u8; PAYLOAD_OFFSET + payload.len() + sealer.suite().tag_len()];
-        buf[PAYLOAD_OFFSET..PAYLOAD_OFFSET + payload.len()].copy_from_slice(payload);
+        let off = sealer.payload_offset();
+        let mut buf = vec![0u8; off + payload.len() + sealer.trailer_len()];
+        buf[off..off + payload.len()].copy_from_slice(payload);
         let n = sealer
             .seal(content_type, &mut buf, payload.len())
             .map_err(|e| std::io::Error::other(e.to_string()))?;
@@ -106,6 +108,9 @@ impl Link {
 pub enum OutboundCmd {
     /// Send this plaintext as one application record (a control message).
     Send(Vec<u8>),
+    /// Send this control message to another address than the peer's (a path challenge to
+    /// where a roaming client's records came from).
+    SendTo { to: SocketAddr, msg: Vec<u8> },
     /// Stop; send `farewell` (a control message) and close_notify first if `notify`.
     Stop {
         notify: bool,
@@ -135,6 +140,9 @@ pub struct SendKeys {
     pub epoch: u16,
     pub keys: dtun_proto::kdf::KeyBlock,
     pub is_client: bool,
+    /// Seal in the RFC 9146 format with this connection ID from this epoch on (the client's
+    /// records of a roaming session).
+    pub cid: Option<dtun_proto::record::Cid>,
 }
 
 /// Where a session's owner puts the next write keys (a watch, not the command queue: a rekey
@@ -147,6 +155,18 @@ pub fn keys_channel() -> (KeysTx, KeysRx) {
     tokio::sync::watch::channel(None)
 }
 
+/// Where a roaming session's records go from now on (the server moves it; a watch for the
+/// same reason as the keys).
+pub type PeerTx = tokio::sync::watch::Sender<SocketAddr>;
+pub type PeerRx = tokio::sync::watch::Receiver<SocketAddr>;
+
+/// What a session's owner changes in its outbound task besides commands: the next write
+/// keys, and (server) the peer's address after a move.
+pub struct Steer {
+    pub keys: KeysRx,
+    pub peer: Option<PeerRx>,
+}
+
 /// Spawns the outbound task with its command channel: the sender and the task's handle.
 pub fn spawn_outbound(
     tun: Arc<AsyncDevice>,
@@ -154,12 +174,12 @@ pub fn spawn_outbound(
     link: Link,
     sealer: Sealer,
     counters: Arc<Counters>,
-    keys: KeysRx,
+    steer: Steer,
 ) -> (mpsc::Sender<OutboundCmd>, OutboundTask) {
     let (tx, rx) = outbound_channel();
     (
         tx,
-        spawn_outbound_on(rx, tun, mss, link, sealer, counters, keys),
+        spawn_outbound_on(rx, tun, mss, link, sealer, counters, steer),
     )
 }
 
@@ -177,10 +197,10 @@ pub fn spawn_outbound_on(
     link: Link,
     sealer: Sealer,
     counters: Arc<Counters>,
-    keys: KeysRx,
+    steer: Steer,
 ) -> OutboundTask {
     let task = Outbound::new(tun, mss, link, counters);
-    tokio::spawn(task.run(sealer, rx, keys))
+    tokio::spawn(task.run(sealer, rx, steer))
 }
 
 /// The outbound task's state: its buffers, allocated once.
@@ -222,9 +242,10 @@ impl Outbound {
         mut self,
         mut sealer: Sealer,
         mut ctl: mpsc::Receiver<OutboundCmd>,
-        mut keys: KeysRx,
+        steer: Steer,
     ) -> (Sealer, OutboundEnd) {
-        let link = self.link.clone();
+        let Steer { mut keys, mut peer } = steer;
+        let mut link = self.link.clone();
         loop {
             if sealer.wants_rekey() {
                 self.counters.want_rekey();
@@ -243,12 +264,25 @@ impl Outbound {
                 Ok(()) = keys.changed() => {
                     if let Some(k) = keys.borrow_and_update().clone() {
                         dtun_proto::record::rekey_sealer(&mut sealer, &k.keys, k.is_client, k.epoch);
+                        if k.cid.is_some() {
+                            sealer.set_cid(k.cid);
+                        }
                     }
+                }
+                Ok(to) = moved(&mut peer) => {
+                    link.peer = to;
+                    self.link.peer = to;
                 }
                 cmd = ctl.recv() => match cmd {
                     Some(OutboundCmd::Send(msg)) => {
                         if let Err(e) = link.send_record(&mut sealer, CONTENT_APPLICATION_DATA, &msg).await {
                             tracing::debug!("control message not sent: {e}");
+                        }
+                    }
+                    Some(OutboundCmd::SendTo { to, msg }) => {
+                        let there = Link { peer: to, connected: false, ..link.clone() };
+                        if let Err(e) = there.send_record(&mut sealer, CONTENT_APPLICATION_DATA, &msg).await {
+                            tracing::debug!("control message to {to} not sent: {e}");
                         }
                     }
                     Some(OutboundCmd::Stop { notify: true, farewell }) => {
@@ -268,7 +302,7 @@ impl Outbound {
                     &mut self.raw,
                     &mut self.slots[..IDEAL_BATCH_SIZE],
                     &mut self.sizes[..IDEAL_BATCH_SIZE],
-                    PAYLOAD_OFFSET,
+                    sealer.payload_offset(),
                 ) => {
                     let first = match r {
                         Ok(n) => n,
@@ -281,7 +315,7 @@ impl Outbound {
                             continue;
                         }
                     };
-                    let n = self.drain(first);
+                    let n = self.drain(first, sealer.payload_offset());
                     if !self.seal_and_send(&mut sealer, n).await {
                         return (sealer, OutboundEnd::Exhausted);
                     }
@@ -291,13 +325,13 @@ impl Outbound {
     }
 
     /// Reads what the TUN already holds, without waiting, while a whole split still fits.
-    fn drain(&mut self, mut n: usize) -> usize {
+    fn drain(&mut self, mut n: usize, offset: usize) -> usize {
         while n + IDEAL_BATCH_SIZE <= SLOTS {
             match self.tun.try_recv_multiple(
                 &mut self.raw,
                 &mut self.slots[n..n + IDEAL_BATCH_SIZE],
                 &mut self.sizes[n..n + IDEAL_BATCH_SIZE],
-                PAYLOAD_OFFSET,
+                offset,
             ) {
                 Ok(k) => n += k,
                 Err(_) => break,
@@ -309,6 +343,7 @@ impl Outbound {
     /// Seals slots `..n` and sends them in GSO runs. False: the sequence space is exhausted.
     async fn seal_and_send(&mut self, sealer: &mut Sealer, n: usize) -> bool {
         let peer = self.link.peer;
+        let off = sealer.payload_offset();
         let (mss4, mss6) = self.mss.get();
         for i in 0..n {
             let len = self.sizes[i];
@@ -319,13 +354,9 @@ impl Outbound {
             }
             crate::supervise::fault_point(
                 crate::supervise::Site::Outbound,
-                &self.slots[i][PAYLOAD_OFFSET..PAYLOAD_OFFSET + len],
+                &self.slots[i][off..off + len],
             );
-            dtun_proto::mss::clamp(
-                &mut self.slots[i][PAYLOAD_OFFSET..PAYLOAD_OFFSET + len],
-                mss4,
-                mss6,
-            );
+            dtun_proto::mss::clamp(&mut self.slots[i][off..off + len], mss4, mss6);
         }
         let sealed = sealer.seal_many(
             CONTENT_APPLICATION_DATA,
@@ -352,6 +383,17 @@ impl Outbound {
             return false;
         }
         true
+    }
+}
+
+/// The next address a roaming session's records go to (never, without a watch).
+async fn moved(peer: &mut Option<PeerRx>) -> Result<SocketAddr, ()> {
+    match peer {
+        Some(rx) => match rx.changed().await {
+            Ok(()) => Ok(*rx.borrow_and_update()),
+            Err(_) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
     }
 }
 

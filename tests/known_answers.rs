@@ -944,6 +944,7 @@ fn our_client_session_takes_the_original_servers_records() {
             compat: false,
             first_sequence: dtun_proto::consts::FIRST_APP_SEQUENCE,
             rekey: None,
+            roam: false,
         };
         let est = Established {
             suite: Suite::Aes128Ccm8,

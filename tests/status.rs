@@ -186,7 +186,9 @@ fn server_status_shows_clients_and_a_lingering_device() {
         "client: alpha endpoint: 172.31.250.2:",
         "latest handshake:",
         "keepalive: every 1 s (dead after 3 s of silence)",
-        "rekey: on, epoch 1 (the handshake's keys)",
+        // A roaming session rekeys at once after setup.
+        "rekey: on, epoch 2 (X25519 + ML-KEM-768: post-quantum, forward secret)",
+        "roaming: on",
         "lingering: beta",
         "removed in:",
         "1 connected, 1 lingering",

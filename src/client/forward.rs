@@ -47,6 +47,8 @@ pub(super) struct Live<'a> {
     pub(super) keys_tx: pump::KeysTx,
     pub(super) rekey: Arc<crate::ops::RekeyCell>,
     pub(super) path: PathMss,
+    /// A roaming session's watch of our own address and routes.
+    pub(super) roam: Option<super::roam::Roam>,
 }
 
 /// Where the session's records and events go while it is live.
@@ -74,12 +76,13 @@ impl Out<'_> {
             match e {
                 // A rekey: read the new epoch now (and the old one until the next rekey);
                 // the outbound task seals in it from its next batch.
-                Event::Rekeyed { epoch, keys } => {
+                Event::Rekeyed { epoch, keys, cid } => {
                     dtun_proto::record::rekey_opener(opener, &keys, true, epoch);
                     let send = pump::SendKeys {
                         epoch,
                         keys,
                         is_client: true,
+                        cid,
                     };
                     let _ = self.keys_tx.send(Some(Arc::new(send)));
                     self.rekey.rekeyed(epoch);
@@ -130,6 +133,7 @@ impl Live<'_> {
             keys_tx,
             rekey,
             path,
+            roam,
         } = self;
         let (tun, udp, link, dns): (&Tun, &Udp, &Link, &dtun_linux::dns::Dns) =
             (tun, udp, link, dns);
@@ -201,6 +205,23 @@ impl Live<'_> {
                         break (Some(e), f);
                     }
                 }
+                () = roamed(roam) => {
+                    let Some(r) = roam.as_mut() else { continue };
+                    let tell = match r.follow(udp, std::time::Instant::now()).await {
+                        super::roam::Change::Nothing => false,
+                        super::roam::Change::Tell => true,
+                        super::roam::Change::Rebound(local) => {
+                            rekey.rebound();
+                            tracing::info!("our path to {} changed: rebound to {local}", link.peer);
+                            true
+                        }
+                    };
+                    if tell
+                        && let Some((e, f)) = out.route(session.path_changed(now()), &mut log_limit, opener)
+                    {
+                        break (Some(e), f);
+                    }
+                }
                 _ = pmtu_tick.tick() => {
                     path.refresh(&udp.sock);
                     dns.tick();
@@ -258,6 +279,14 @@ impl Live<'_> {
         };
         farewell_of(link, out_tx, out_task, ended, farewell).await;
         error
+    }
+}
+
+/// The next change of a roaming session's path (never, for one that does not roam).
+async fn roamed(roam: &mut Option<super::roam::Roam>) {
+    match roam {
+        Some(r) => r.changed().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -9,6 +9,7 @@
 mod addr6;
 mod forward;
 mod pair;
+mod roam;
 mod session;
 mod sink;
 mod wire;

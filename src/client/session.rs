@@ -157,7 +157,7 @@ pub(super) async fn session(
         t.tun.name, addrs.client, addrs.server
     ));
     let counters = Arc::clone(s.counters());
-    let rekey = Arc::new(crate::ops::RekeyCell::new(s.rekeys()));
+    let rekey = Arc::new(crate::ops::RekeyCell::new(s.rekeys(), s.roams()));
     ctx.board.up(LiveSession {
         counters: Arc::clone(&counters),
         suite,
@@ -188,8 +188,18 @@ pub(super) async fn session(
         link.clone(),
         sealer,
         Arc::clone(&counters),
-        keys_rx,
+        pump::Steer {
+            keys: keys_rx,
+            peer: None,
+        },
     );
+    // A roaming session follows our address: never onto the tunnel's own.
+    let roam = s.roams().then(|| {
+        let mark = ctx.routes.is_some().then_some(dtun_linux::routes::FWMARK);
+        let mut avoid = vec![IpAddr::V4(addrs.client)];
+        avoid.extend(t.addr6.map(|a| IpAddr::V6(a.client)));
+        super::roam::Roam::new(mark, avoid)
+    });
     let mut live = Live {
         tun: &t.tun,
         udp: &udp,
@@ -204,6 +214,7 @@ pub(super) async fn session(
         keys_tx,
         rekey,
         path,
+        roam,
     };
     let error = live.forward(shutdown).await;
     tracing::info!("session with {server} ended ({})", counters.summary());
@@ -228,6 +239,8 @@ fn session_config(cfg: &ClientConfig) -> proto_session::Config {
         compat: cfg.common.compat,
         first_sequence: first_app_sequence(),
         rekey: cfg.common.rekey,
+        // Roaming rides on rekeying's epochs; the session offers it only with AES-GCM.
+        roam: !cfg.common.compat,
     }
 }
 

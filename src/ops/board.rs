@@ -32,13 +32,30 @@ pub struct LiveSession {
 pub struct RekeyCell {
     pub on: bool,
     last: std::sync::Mutex<(u16, Option<Instant>)>,
+    /// The session roams, and how often the client re-bound its socket.
+    pub roam: bool,
+    rebinds: std::sync::atomic::AtomicU64,
 }
 
 impl RekeyCell {
-    pub fn new(on: bool) -> RekeyCell {
+    pub fn new(on: bool, roam: bool) -> RekeyCell {
         RekeyCell {
             on,
             last: std::sync::Mutex::new((1, None)),
+            roam,
+            rebinds: Default::default(),
+        }
+    }
+
+    pub fn rebound(&self) {
+        self.rebinds
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn roaming(&self) -> status::RoamingView {
+        status::RoamingView {
+            on: self.roam,
+            moves: self.rebinds.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 
@@ -205,6 +222,7 @@ impl ClientBoard {
                         last_authenticated_age: clock.age(b.seen.1),
                         keepalive,
                         rekey: status::RekeyView::new(s.rekey.on, epoch),
+                        roaming: s.rekey.roaming(),
                     },
                     traffic: Traffic::of(&s.counters),
                 }

@@ -165,6 +165,16 @@ pub struct SessionView {
     pub last_authenticated_age: u64,
     pub keepalive: Keepalive,
     pub rekey: RekeyView,
+    pub roaming: RoamingView,
+}
+
+/// Roaming (RFC 9146 connection IDs): the session follows its client to a new address.
+#[derive(Serialize, Clone, Debug)]
+pub struct RoamingView {
+    /// The client's records carry a connection ID: the session survives its address change.
+    pub on: bool,
+    /// How often it moved: the server counts moves to a new address, the client re-binds.
+    pub moves: u64,
 }
 
 /// A client id with a live session, on the server.
@@ -427,6 +437,13 @@ fn session_lines(out: &mut String, s: &SessionView) {
         ),
     };
     line(out, "rekey", &rekey);
+    let roaming = match (s.roaming.on, s.roaming.moves) {
+        (false, _) => "off".to_string(),
+        (true, 0) => "on".to_string(),
+        (true, 1) => "on, moved once".to_string(),
+        (true, n) => format!("on, moved {n} times"),
+    };
+    line(out, "roaming", &roaming);
 }
 
 fn human_server(v: &ServerView) -> String {

@@ -29,4 +29,13 @@ pub(super) enum Event {
     SetupLost {
         session_id: u64,
     },
+    /// A roaming client answered our path challenge from `to`: its session's records go
+    /// there now. `displaced`: a session that was at `to` (its client is gone from there),
+    /// which the demultiplexer no longer routes to.
+    Moved {
+        session_id: u64,
+        from: SocketAddr,
+        to: SocketAddr,
+        displaced: Option<u64>,
+    },
 }

@@ -33,6 +33,8 @@ pub(super) struct Session {
     pub(super) started: Instant,
     /// When its keys last changed by a rekey.
     pub(super) rekeyed_at: Option<Instant>,
+    /// How often it moved to a new address (roaming).
+    pub(super) moves: u64,
 }
 
 #[derive(Debug, thiserror::Error)]

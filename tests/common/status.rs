@@ -72,11 +72,13 @@ pub const SESSION: &[&str] = &[
     "last_handshake",
     "last_handshake_age",
     "rekey",
+    "roaming",
     "started",
     "started_age",
 ];
 pub const KEEPALIVE: &[&str] = &["dead_after_seconds", "negotiated", "period_seconds"];
 pub const REKEY: &[&str] = &["epoch", "on", "post_quantum"];
+pub const ROAMING: &[&str] = &["moves", "on"];
 
 pub fn assert_traffic_shape(t: &Value) {
     assert_eq!(keys(t), set(TRAFFIC), "{t}");
@@ -87,6 +89,7 @@ pub fn assert_session_shape(s: &Value) {
     assert_eq!(keys(s), set(SESSION), "{s}");
     assert_eq!(keys(&s["keepalive"]), set(KEEPALIVE), "{s}");
     assert_eq!(keys(&s["rekey"]), set(REKEY), "{s}");
+    assert_eq!(keys(&s["roaming"]), set(ROAMING), "{s}");
 }
 
 pub fn u(v: &Value) -> u64 {

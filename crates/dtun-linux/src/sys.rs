@@ -1,6 +1,6 @@
 //! The one place with `unsafe`: socket options that neither std, socket2 nor quinn-udp offer
 //! (SO_PEERCRED on a blocking socket among them), killpg(2) for the scripts' process groups,
-//! and if_nametoindex(3).
+//! if_nametoindex(3), and dissolving a UDP socket's association (connect to AF_UNSPEC).
 #![allow(unsafe_code)]
 
 use std::os::fd::AsRawFd;
@@ -34,6 +34,29 @@ pub fn set_udp_gro(sock: &socket2::SockRef<'_>, on: bool) -> std::io::Result<()>
 /// rules can match (`-route`: dtun's own datagrams skip its routing table). Needs CAP_NET_ADMIN.
 pub fn set_mark(sock: &socket2::SockRef<'_>, mark: u32) -> std::io::Result<()> {
     setsockopt_int(sock, libc::SOL_SOCKET, libc::SO_MARK, mark as libc::c_int)
+}
+
+/// Dissolves a connected UDP socket's association (connect(2) to an AF_UNSPEC address): a
+/// socket bound to no address and port of its own also forgets its source address and port,
+/// so the next connect picks both afresh, as the routes are now (the client re-binds after
+/// its address changed).
+pub fn disconnect(sock: &impl AsRawFd) -> std::io::Result<()> {
+    // SAFETY: an all-zero sockaddr with sa_family AF_UNSPEC is a valid argument of its size;
+    // the fd is a live socket borrowed for the call.
+    let r = unsafe {
+        let mut addr: libc::sockaddr = std::mem::zeroed();
+        addr.sa_family = libc::AF_UNSPEC as libc::sa_family_t;
+        libc::connect(
+            sock.as_raw_fd(),
+            &addr,
+            std::mem::size_of::<libc::sockaddr>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 fn setsockopt_int(

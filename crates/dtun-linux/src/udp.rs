@@ -13,6 +13,24 @@ use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
+/// The source address the kernel would pick now for a datagram to `peer` (with firewall
+/// mark `mark`): what a fresh socket connected to it gets. No packet is sent.
+pub async fn preferred_source(
+    peer: SocketAddr,
+    mark: Option<u32>,
+) -> std::io::Result<std::net::IpAddr> {
+    let any: SocketAddr = match peer {
+        SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let probe = UdpSocket::bind(any).await?;
+    if let Some(m) = mark {
+        crate::sys::set_mark(&socket2::SockRef::from(&probe), m)?;
+    }
+    probe.connect(peer).await?;
+    Ok(probe.local_addr()?.ip())
+}
+
 /// Largest UDP payload of one GSO send over IPv4 (65535 less IP and UDP headers).
 const MAX_GSO_PAYLOAD: usize = 65507;
 /// Receive buffers per `recvmmsg`, each up to 64 KB of coalesced datagrams.
@@ -54,6 +72,33 @@ impl Udp {
         if e.kind() == std::io::ErrorKind::ConnectionRefused {
             self.refused.store(true, Relaxed);
         }
+    }
+
+    /// Re-binds a connected socket (the client's) when the kernel would now send to its peer
+    /// from another source address than the socket's (ours went away, or another interface is
+    /// preferred): dissolves the association and connects again, which picks a new source
+    /// address and port. `mark`: the firewall mark the socket carries (`-route`), so the
+    /// question is asked of the same routes. Returns the new local address, or None when the
+    /// socket's is still the one to use, or the new one would be one of `avoid` (the tunnel's
+    /// own addresses: a route to the peer through the tunnel is no path).
+    pub async fn rebind_if_moved(
+        &self,
+        mark: Option<u32>,
+        avoid: &[std::net::IpAddr],
+    ) -> std::io::Result<Option<SocketAddr>> {
+        let peer = self.sock.peer_addr()?;
+        let local = self.sock.local_addr().ok();
+        let now = match preferred_source(peer, mark).await {
+            Ok(ip) => ip,
+            // No route to the peer right now: keep the socket until one appears.
+            Err(_) => return Ok(None),
+        };
+        if local.is_some_and(|l| l.ip() == now) || avoid.contains(&now) {
+            return Ok(None);
+        }
+        crate::sys::disconnect(&*self.sock)?;
+        self.sock.connect(peer).await?;
+        self.sock.local_addr().map(Some)
     }
 
     /// Whether a send saw ECONNREFUSED since the last call.

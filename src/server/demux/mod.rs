@@ -1,8 +1,11 @@
 //! The demultiplexer: owns the socket's read side and the address → session table (data path
 //! side). It opens the records of live sessions and writes their packets to the TUNs in
-//! coalesced batches, and hands every other datagram to handshake [`Admission`].
-//! Here: the commands, the session table and the datagram loop; what one session's records
-//! do (data, peernet, alerts, Pings) is in `records`.
+//! coalesced batches, and hands every other datagram to handshake [`Admission`]. A roaming
+//! session's records (RFC 9146 connection IDs) are also found by their connection ID when
+//! they come from a new address; the session moves there once the address answered a path
+//! challenge ([`Path`]).
+//! Here: the commands, the session tables and the datagram loop; what one session's records
+//! do (data, peernet, alerts, Pings, path responses) is in `records`.
 
 mod records;
 
@@ -25,8 +28,8 @@ use dtun_proto::admission::{
     Admission, AdmissionCounters, Outcome, is_session_record as is_record,
 };
 use dtun_proto::inbound::{Counters, Inbox};
-use dtun_proto::record::Opener;
-use dtun_proto::session::server::Inlet;
+use dtun_proto::record::{Cid, Opener};
+use dtun_proto::session::server::{Inlet, Path, Seen};
 
 // ---------------------------------------------------------------------------------------------
 // Demultiplexer (data path side)
@@ -39,27 +42,21 @@ pub(super) enum DemuxCmd {
         session: Box<SessionRx>,
     },
     /// The LANs session `session_id` may now send from.
-    Allow {
-        addr: SocketAddr,
-        session_id: u64,
-        nets: Vec<IpNet>,
-    },
+    Allow { session_id: u64, nets: Vec<IpNet> },
     /// The client's IPv6 tunnel address (its device got its pair at the client's Hello).
     Ipv6 {
-        addr: SocketAddr,
         session_id: u64,
         tunnel_ip6: std::net::Ipv6Addr,
     },
-    /// A rekey of session `session_id` at `addr`: read `epoch` now, and send in it once a
-    /// record of it came from the client.
+    /// A rekey of session `session_id`: read `epoch` now, and send in it once a record of it
+    /// came from the client.
     Rekey {
-        addr: SocketAddr,
         session_id: u64,
         epoch: u16,
         keys: Box<dtun_proto::kdf::KeyBlock>,
     },
-    /// Stop routing to session `session_id` at `addr`.
-    Remove { addr: SocketAddr, session_id: u64 },
+    /// Stop routing to session `session_id`.
+    Remove { session_id: u64 },
 }
 
 /// What the demultiplexer needs of a live session.
@@ -86,6 +83,11 @@ pub(super) struct SessionRx {
     /// The session's half that meets every record: the peernet message, control records and
     /// their budget, our final flight resent.
     pub(super) inlet: Inlet,
+    /// The connection ID its records may carry (a roaming session's), and where they go.
+    pub(super) cid: Option<Cid>,
+    pub(super) path: Path,
+    /// Tells the outbound task where the records go after a move.
+    pub(super) peer_tx: crate::pump::PeerTx,
 }
 
 /// What the demultiplexer saw that belongs to no session, for the shutdown summary.
@@ -151,6 +153,11 @@ pub(super) struct Demux {
     pub(super) udp: Udp,
     pub(super) out: Delivery,
     pub(super) sessions: HashMap<SocketAddr, SessionRx>,
+    /// Where each session is, and which session a connection ID belongs to.
+    pub(super) by_id: HashMap<u64, SocketAddr>,
+    pub(super) by_cid: HashMap<Cid, u64>,
+    /// For path challenges.
+    pub(super) rng: ring::rand::SystemRandom,
     pub(super) admission: Admission,
     pub(super) cmd_rx: mpsc::UnboundedReceiver<DemuxCmd>,
     pub(super) lookup: KeyLookup,
@@ -193,57 +200,135 @@ impl Demux {
     fn apply(&mut self, cmd: DemuxCmd) {
         match cmd {
             DemuxCmd::Install { addr, session } => {
+                if let Some(old) = self.sessions.remove(&addr) {
+                    self.forget(&old);
+                }
+                self.by_id.insert(session.session_id, addr);
+                if let Some(cid) = session.cid {
+                    self.by_cid.insert(cid, session.session_id);
+                }
                 self.sessions.insert(addr, *session);
             }
-            DemuxCmd::Allow {
-                addr,
-                session_id,
-                nets,
-            } => {
-                if let Some(s) = self.sessions.get_mut(&addr)
-                    && s.session_id == session_id
-                {
+            DemuxCmd::Allow { session_id, nets } => {
+                if let Some(s) = self.session_mut(session_id) {
                     s.allowed = nets;
                 }
             }
             DemuxCmd::Ipv6 {
-                addr,
                 session_id,
                 tunnel_ip6,
             } => {
-                if let Some(s) = self.sessions.get_mut(&addr)
-                    && s.session_id == session_id
-                {
+                if let Some(s) = self.session_mut(session_id) {
                     s.tunnel_ip6 = Some(tunnel_ip6);
                 }
             }
             DemuxCmd::Rekey {
-                addr,
                 session_id,
                 epoch,
                 keys,
             } => {
-                if let Some(s) = self.sessions.get_mut(&addr)
-                    && s.session_id == session_id
-                {
+                if let Some(s) = self.session_mut(session_id) {
                     dtun_proto::record::rekey_opener(&mut s.opener, &keys, false, epoch);
                     s.pending_send = Some(Arc::new(crate::pump::SendKeys {
                         epoch,
                         keys: *keys,
                         is_client: false,
+                        cid: None,
                     }));
                 }
             }
-            DemuxCmd::Remove { addr, session_id } => {
-                if self
-                    .sessions
-                    .get(&addr)
-                    .is_some_and(|s| s.session_id == session_id)
+            DemuxCmd::Remove { session_id } => {
+                if let Some(addr) = self.by_id.get(&session_id).copied()
+                    && let Some(s) = self.sessions.remove(&addr)
                 {
-                    self.sessions.remove(&addr);
+                    self.forget(&s);
                 }
             }
         }
+    }
+
+    /// The live session `session_id`.
+    fn session_mut(&mut self, session_id: u64) -> Option<&mut SessionRx> {
+        let addr = self.by_id.get(&session_id)?;
+        self.sessions
+            .get_mut(addr)
+            .filter(|s| s.session_id == session_id)
+    }
+
+    /// Drops a session's entries in the indexes (it left the address table).
+    fn forget(&mut self, s: &SessionRx) {
+        self.by_id.remove(&s.session_id);
+        if let Some(cid) = s.cid
+            && self.by_cid.get(&cid) == Some(&s.session_id)
+        {
+            self.by_cid.remove(&cid);
+        }
+    }
+
+    /// Records of a roaming session (found by their connection ID) from `from`, an address
+    /// that is not the session's: opened and delivered as any; when one was newer than all
+    /// before it, `from` gets a path challenge (RFC 9146 §6: it moves nothing yet).
+    async fn roaming_records(
+        &mut self,
+        session_id: u64,
+        buf: &mut [u8],
+        stride: usize,
+        from: SocketAddr,
+    ) {
+        let Some(at) = self.by_id.get(&session_id).copied() else {
+            return;
+        };
+        let Some(s) = self.sessions.get_mut(&at) else {
+            return;
+        };
+        let before = s.opener.newest();
+        let moved = Self::session_records(s, buf, stride, from, &mut self.out).await;
+        let newer = s.opener.newest() > before;
+        match s.path.records_from(Instant::now(), from, newer, &self.rng) {
+            Seen::Challenge(msg) => {
+                // A full queue loses this one; the client's next records bring another.
+                let _ = s
+                    .out_tx
+                    .try_send(crate::pump::OutboundCmd::SendTo { to: from, msg });
+                if self.out.log_limit.allow() {
+                    tracing::debug!(
+                        "session {session_id} at {at}: records from {from}: path challenge sent"
+                    );
+                }
+            }
+            Seen::Stale => {
+                if self.out.log_limit.allow() {
+                    tracing::debug!(
+                        "session {session_id} at {at}: records from {from} are not its newest: no move"
+                    );
+                }
+            }
+            Seen::Current | Seen::Waiting => {}
+        }
+        if let Some(to) = moved {
+            self.move_session(session_id, at, to);
+        }
+    }
+
+    /// Moves session `session_id` from `from` to `to` (its client answered the path challenge
+    /// from there): the tables, the outbound task, and the manager.
+    fn move_session(&mut self, session_id: u64, from: SocketAddr, to: SocketAddr) {
+        let Some(s) = self.sessions.remove(&from) else {
+            return;
+        };
+        let displaced = self.sessions.remove(&to).map(|other| {
+            self.forget(&other);
+            other.session_id
+        });
+        let _ = s.peer_tx.send(to);
+        self.by_id.insert(session_id, to);
+        self.sessions.insert(to, s);
+        let _ = self.out.ev_tx.send(Event::Moved {
+            session_id,
+            from,
+            to,
+            displaced,
+        });
     }
 
     fn drop_log(&mut self, addr: SocketAddr, reason: &str) {
@@ -258,7 +343,14 @@ impl Demux {
         if let Some(s) = self.sessions.get_mut(&addr)
             && buf.chunks(stride).all(is_record)
         {
-            Self::session_records(s, buf, stride, addr, &mut self.out).await;
+            // A path response comes from the address challenged, which is not the session's.
+            let _ = Self::session_records(s, buf, stride, addr, &mut self.out).await;
+            return;
+        }
+        if let Some(id) = dtun_proto::record::peek_cid(buf).and_then(|c| self.by_cid.get(&c))
+            && buf.chunks(stride).all(is_record)
+        {
+            self.roaming_records(*id, buf, stride, addr).await;
             return;
         }
         for dg in buf.chunks_mut(stride) {
@@ -274,7 +366,7 @@ impl Demux {
             && let Some(s) = self.sessions.get_mut(&addr)
         {
             let stride = dg.len();
-            Self::session_records(s, dg, stride, addr, &mut self.out).await;
+            let _ = Self::session_records(s, dg, stride, addr, &mut self.out).await;
             return;
         }
         let (lookup, dummy) = (&self.lookup, &self.dummy);

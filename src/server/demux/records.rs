@@ -15,7 +15,7 @@ use dtun_proto::authz;
 use dtun_proto::inbound;
 use dtun_proto::inbound::{Counters, Inbound};
 use dtun_proto::proto::Control;
-use dtun_proto::session::server::{ControlVerdict, Inlet, Record};
+use dtun_proto::session::server::{ControlVerdict, Inlet, Path, Record};
 
 use super::{Delivery, Demux, DemuxCounters, SessionRx};
 use crate::pump::OutboundCmd;
@@ -35,9 +35,16 @@ impl SessionControl<'_> {
     /// One control record, as the session's inlet says: a Ping is answered here, so a ping
     /// flood never reaches the manager (only the first goes on: it makes the client a dtun
     /// peer); other messages go to the manager within the session's budget; the rest are
-    /// counted drops.
-    fn record(&self, data: &[u8], inlet: &mut Inlet) {
-        match inlet.control(Instant::now(), data) {
+    /// counted drops; a path response from `from` may move the session there (returned).
+    fn record(
+        &self,
+        data: &[u8],
+        inlet: &mut Inlet,
+        path: &mut Path,
+        from: SocketAddr,
+    ) -> Option<SocketAddr> {
+        let now = Instant::now();
+        match inlet.control(now, data) {
             ControlVerdict::Pong { first } => {
                 // A full queue: the peer pings faster than we send; UDP would lose it too.
                 let _ = self
@@ -47,9 +54,11 @@ impl SessionControl<'_> {
                     self.report(Control::Ping);
                 }
             }
+            ControlVerdict::PathResponse(token) => return path.response(now, from, token),
             ControlVerdict::Pass(msg) => self.report(msg),
             ControlVerdict::Drop(kind) => self.counters.count_drop(kind),
         }
+        None
     }
 
     fn report(&self, msg: Control) {
@@ -70,14 +79,17 @@ fn report(events: &mpsc::Sender<Event>, counters: &DemuxCounters, ev: Event) {
 }
 
 impl Demux {
-    /// The records of a session's datagrams (`stride` bytes each), opened together.
+    /// The records of a session's datagrams (`stride` bytes each) from `addr`, opened
+    /// together. Returns where the session moves, if a path response from `addr` proved
+    /// the client is there now.
     pub(super) async fn session_records(
         s: &mut SessionRx,
         buf: &mut [u8],
         stride: usize,
         addr: SocketAddr,
         out: &mut Delivery,
-    ) {
+    ) -> Option<SocketAddr> {
+        let mut moved = None;
         let records = out
             .inbox
             .open(&mut s.opener, &s.counters, buf, stride, |_| true);
@@ -107,7 +119,11 @@ impl Demux {
                             events,
                             demux: dc,
                         };
-                        sc.record(&buf[r.clone()], &mut s.inlet);
+                        if let Some(to) =
+                            sc.record(&buf[r.clone()], &mut s.inlet, &mut s.path, addr)
+                        {
+                            moved = Some(to);
+                        }
                     }
                     Record::Packet if !inbound::is_ip(&buf[r.clone()]) => {
                         s.counters.count_drop(inbound::DropKind::NotIp);
@@ -160,6 +176,7 @@ impl Demux {
             let _ = s.keys_tx.send(Some(next));
             s.retire_at = Some(Instant::now() + dtun_proto::rekey::exchange::EPOCH_OVERLAP);
         }
+        moved
     }
 }
 
@@ -167,6 +184,13 @@ impl Demux {
 mod tests {
     use super::*;
     use dtun_proto::consts::EVENT_QUEUE;
+
+    /// One control record from the session's own address.
+    fn record(sc: &SessionControl<'_>, data: &[u8], inlet: &mut Inlet) {
+        let here: SocketAddr = "192.0.2.1:4000".parse().unwrap();
+        let moved = sc.record(data, inlet, &mut Path::new(here), here);
+        assert_eq!(moved, None);
+    }
 
     /// What a session's control records reach: its outbound queue, the manager's event queue
     /// and the counters (the receivers are returned apart, for the test to drain).
@@ -211,7 +235,7 @@ mod tests {
         let mut state = Inlet::new(true, vec![], Instant::now());
         let ping = Control::Ping.to_bytes();
         for _ in 0..10_000 {
-            sc.record(&ping, &mut state);
+            record(&sc, &ping, &mut state);
         }
         assert!(matches!(
             ev_rx.try_recv(),
@@ -231,15 +255,15 @@ mod tests {
         }
         assert!((1..=8).contains(&pongs), "{pongs} pongs queued");
         // The next Ping after the queue drained is answered again.
-        sc.record(&ping, &mut state);
+        record(&sc, &ping, &mut state);
         assert!(out_rx.try_recv().is_ok());
 
         for bad in [&[0u8, 9][..], &[0, 0xff, 1], &[0, 2, 0], &[0, 4]] {
-            sc.record(bad, &mut state);
+            record(&sc, bad, &mut state);
         }
         assert_eq!(counters.drops(inbound::DropKind::Unexpected), 4);
         assert!(ev_rx.try_recv().is_err());
-        sc.record(&[0, 4, 9, b'x'], &mut state);
+        record(&sc, &[0, 4, 9, b'x'], &mut state);
         assert!(matches!(
             ev_rx.try_recv(),
             Ok(Event::Control {
@@ -269,7 +293,7 @@ mod tests {
         .to_bytes();
         let budget = dtun_proto::session::server::CONTROL_BURST as usize;
         for _ in 0..budget + 8 {
-            sc.record(&hello, &mut inlet);
+            record(&sc, &hello, &mut inlet);
         }
         let mut passed = 0;
         while let Ok(ev) = ev_rx.try_recv() {

@@ -116,7 +116,6 @@ impl Manager {
         dev.pair6 = pair6;
         if let (Some(p), Some(s)) = (pair6, dev.session.as_ref()) {
             let _ = self.cmd_tx.send(DemuxCmd::Ipv6 {
-                addr: s.addr,
                 session_id: s.session_id,
                 tunnel_ip6: p.client,
             });
@@ -281,7 +280,6 @@ impl Manager {
         }
         if let Some(s) = &dev.session {
             let _ = self.cmd_tx.send(DemuxCmd::Allow {
-                addr: s.addr,
                 session_id: s.session_id,
                 nets: dev.routes.clone(),
             });

@@ -10,6 +10,7 @@ mod status;
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -137,6 +138,7 @@ impl Manager {
             keepalive: self.cfg.common.keepalive,
             compat: self.cfg.common.compat,
             rekey: self.cfg.common.rekey.is_some(),
+            cid: None,
         }
     }
 
@@ -267,6 +269,43 @@ impl Manager {
                 }
                 self.session_call(session_id, |s| s.control(msg)).await
             }
+            Event::Moved {
+                session_id,
+                from,
+                to,
+                displaced,
+            } => self.moved(session_id, from, to, displaced).await,
+        }
+    }
+
+    /// A roaming client answered our path challenge from a new address: its session lives
+    /// there now. A session the demultiplexer found at that address is over (its client
+    /// left it: the address is proven to be another's now).
+    async fn moved(
+        &mut self,
+        session_id: u64,
+        from: SocketAddr,
+        to: SocketAddr,
+        displaced: Option<u64>,
+    ) {
+        if let Some(id) = self.id_of(session_id)
+            && let Some(s) = self.devices.get_mut(&id).and_then(|d| d.session.as_mut())
+        {
+            s.addr = to;
+            s.moves += 1;
+            tracing::info!(
+                "client {id} moved from {} to {} (roaming)",
+                dtun_linux::udp::plain(from),
+                dtun_linux::udp::plain(to)
+            );
+        }
+        if let Some(other) = displaced.and_then(|d| self.id_of(d)) {
+            let why = format!(
+                "its address {} now belongs to another session",
+                dtun_linux::udp::plain(to)
+            );
+            self.end_session_because(&other, Some(CloseReason::Timeout), "", &why)
+                .await;
         }
     }
 
@@ -367,7 +406,6 @@ impl Manager {
         if let Some(s) = self.devices.get_mut(id).and_then(|d| d.session.as_mut()) {
             s.rekeyed_at = Some(Instant::now());
             let _ = self.cmd_tx.send(DemuxCmd::Rekey {
-                addr: s.addr,
                 session_id: s.session_id,
                 epoch,
                 keys: Box::new(keys),

@@ -12,7 +12,7 @@ use dtun_proto::handshake::Completed;
 use dtun_proto::inbound::Counters;
 use dtun_proto::proto::{AddressMessage, CloseReason, Control};
 use dtun_proto::record;
-use dtun_proto::session::server::{Inlet, ServerSession};
+use dtun_proto::session::server::{Inlet, Path, ServerSession};
 
 use super::Manager;
 use crate::pump::{self, Link, OutboundCmd, OutboundEnd};
@@ -33,19 +33,26 @@ impl Manager {
         }
         // One instant for the session's start, its setup deadline and its "last heard".
         let now = Instant::now();
-        let control = ServerSession::new(self.session_config(), Some(est.epoch1.clone()), now);
+        // A roaming session's connection ID (AES-GCM sessions of a server that rekeys): random,
+        // so it tells an on-path observer nothing but which records belong together.
+        let cid = self.new_cid(est.suite);
+        let mut cfg = self.session_config();
+        cfg.cid = cid;
+        let control = ServerSession::new(cfg, Some(est.epoch1.clone()), now);
         let Some(dev) = self.devices.get_mut(id) else {
             return Ok(());
         };
         self.next_session += 1;
         let session_id = self.next_session;
-        let (mut sealer, opener) =
+        let (mut sealer, mut opener) =
             record::session_pair(est.suite, &est.keys, false, 1, first_app_sequence());
+        opener.set_cid(cid);
         let counters = Arc::new(Counters::default());
         // The demultiplexer answers Pings through the outbound task's channel, which must
         // exist before the session can receive anything.
         let (out_tx, out_rx) = pump::outbound_channel();
         let (keys_tx, keys_rx) = pump::keys_channel();
+        let (peer_tx, peer_rx) = tokio::sync::watch::channel(addr);
         let _ = self.cmd_tx.send(DemuxCmd::Install {
             addr,
             session: Box::new(SessionRx {
@@ -62,6 +69,9 @@ impl Manager {
                 pending_send: None,
                 retire_at: None,
                 inlet: Inlet::new(!self.cfg.common.compat, est.final_flight, now),
+                cid,
+                path: Path::new(addr),
+                peer_tx,
             }),
         });
         let link = Link {
@@ -83,7 +93,10 @@ impl Manager {
             link,
             sealer,
             Arc::clone(&counters),
-            keys_rx,
+            pump::Steer {
+                keys: keys_rx,
+                peer: Some(peer_rx),
+            },
         );
         dev.idle_since = None;
         dev.session = Some(Session {
@@ -98,6 +111,7 @@ impl Manager {
             suite: est.suite,
             started: now,
             rekeyed_at: None,
+            moves: 0,
         });
         let peer = dtun_linux::udp::plain(addr);
         tracing::info!(
@@ -108,6 +122,32 @@ impl Manager {
             est.suite.name()
         );
         Ok(())
+    }
+
+    /// A new session's connection ID, when it may roam: an AES-GCM session (the connection
+    /// ID record format is GCM only) of a server that rekeys (the client takes the ID into
+    /// its next epoch), never with `-compat`. Unique among the live sessions.
+    fn new_cid(&self, suite: record::Suite) -> Option<record::Cid> {
+        use ring::rand::SecureRandom;
+        if suite != record::Suite::Aes128Gcm
+            || self.cfg.common.compat
+            || self.cfg.common.rekey.is_none()
+        {
+            return None;
+        }
+        let rng = ring::rand::SystemRandom::new();
+        loop {
+            let mut cid = [0u8; dtun_proto::consts::CID_LEN];
+            rng.fill(&mut cid).ok()?;
+            let taken = self
+                .devices
+                .values()
+                .filter_map(|d| d.session.as_ref())
+                .any(|s| s.control.cid() == Some(cid));
+            if !taken {
+                return Some(cid);
+            }
+        }
     }
 
     /// The id's device for a new session from `addr`: its own (the session it had ends and
@@ -241,7 +281,6 @@ impl Manager {
             return;
         };
         let _ = self.cmd_tx.send(DemuxCmd::Remove {
-            addr: s.addr,
             session_id: s.session_id,
         });
         let farewell = reason.and_then(|reason| s.control.farewell(reason, detail));

@@ -53,6 +53,10 @@ impl Manager {
                             },
                         ),
                         rekey: RekeyView::new(s.control.rekeys(), s.control.epoch()),
+                        roaming: crate::ops::status::RoamingView {
+                            on: s.control.roams(),
+                            moves: s.moves,
+                        },
                     },
                     traffic: t,
                 }),

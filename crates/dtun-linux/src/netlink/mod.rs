@@ -4,6 +4,7 @@
 
 mod host;
 mod routes;
+mod watch;
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -15,6 +16,7 @@ use rtnetlink::packet_route::route::RouteHeader;
 use rtnetlink::{Handle, LinkUnspec};
 
 pub(crate) use routes::{route_destination, route_table};
+pub use watch::PathEvents;
 
 /// What the user is told when the kernel refuses a change for lack of privilege.
 use crate::privilege::GRANT_NET_ADMIN;

@@ -187,6 +187,9 @@ impl HelloFlags {
     pub const LANS_HEARD: u8 = 4;
     /// In either Hello: the sender rekeys (`crate::rekey`); both must say so.
     pub const REKEY: u8 = 8;
+    /// In a client's Hello: it can roam (it sends records with a connection ID and answers
+    /// path challenges). In the answer: a [`Control::Cid`] came right before it.
+    pub const ROAM: u8 = 16;
 
     pub fn has(self, bit: u8) -> bool {
         self.0 & bit != 0
@@ -228,6 +231,15 @@ pub enum Control {
     /// Either way, between peers whose Hellos both offered rekeying: one fragment of a rekey
     /// message (`crate::rekey::message`).
     Rekey(crate::rekey::message::Fragment),
+    /// Server → client, right before a Hello answer with the ROAM flag: the connection ID
+    /// the client's records carry from its next epoch on (RFC 9146 format), by which the
+    /// server finds the session wherever it comes from.
+    Cid([u8; 8]),
+    /// Server → a client's new address, before the session moves there: answer with a
+    /// [`Control::PathResponse`] of the same token.
+    PathChallenge([u8; 8]),
+    /// Client → server: the answer to a [`Control::PathChallenge`].
+    PathResponse([u8; 8]),
 }
 
 impl Control {
@@ -283,6 +295,18 @@ impl Control {
                 bodies::encode_lans(lans, &mut b);
             }
             Control::Rekey(f) => return f.to_bytes(),
+            Control::Cid(cid) => {
+                b.push(9);
+                b.extend_from_slice(cid);
+            }
+            Control::PathChallenge(token) => {
+                b.push(10);
+                b.extend_from_slice(token);
+            }
+            Control::PathResponse(token) => {
+                b.push(11);
+                b.extend_from_slice(token);
+            }
         }
         b
     }
@@ -316,6 +340,9 @@ impl Control {
                     .map(Control::Rekey)
                     .map_err(|_| ProtoError::Control)
             }
+            [CONTROL_MARKER, 9, body @ ..] => eight(body).map(Control::Cid),
+            [CONTROL_MARKER, 10, body @ ..] => eight(body).map(Control::PathChallenge),
+            [CONTROL_MARKER, 11, body @ ..] => eight(body).map(Control::PathResponse),
             _ => Err(ProtoError::Control),
         }
     }
@@ -324,6 +351,11 @@ impl Control {
     pub fn is_control(b: &[u8]) -> bool {
         b.first() == Some(&CONTROL_MARKER)
     }
+}
+
+/// A body of exactly eight bytes (a connection ID or a path token).
+fn eight(body: &[u8]) -> Result<[u8; 8], ProtoError> {
+    body.try_into().map_err(|_| ProtoError::Control)
 }
 
 /// A Dns body after its count: exactly `count` (1 to [`MAX_DNS_SERVERS`]) entries of a family

@@ -71,6 +71,9 @@ fn control_round_trips_and_rejects_garbage() {
             "192.0.2.53".parse().unwrap(),
             "2001:db8::53".parse().unwrap(),
         ]),
+        Control::Cid([1, 2, 3, 4, 5, 6, 7, 8]),
+        Control::PathChallenge([9; 8]),
+        Control::PathResponse([0xff; 8]),
     ];
     for c in all {
         let b = c.to_bytes();
@@ -85,6 +88,9 @@ fn control_round_trips_and_rejects_garbage() {
         &[0, 1, 1, 0],
         &[0, 4],
         &[0x45, 2],
+        &[0, 9, 1, 2, 3, 4, 5, 6, 7],
+        &[0, 10, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+        &[0, 11],
     ] {
         assert_eq!(Control::parse(bad), Err(ProtoError::Control), "{bad:?}");
     }
@@ -168,7 +174,7 @@ fn close_with_unknown_reason_still_closes() {
 /// which both receivers count as a drop (pump::Drop::Unexpected) and otherwise ignore.
 #[test]
 fn unknown_control_types_are_errors() {
-    for t in [0u8, 8, 9, 0x7f, 0xff] {
+    for t in [0u8, 8, 12, 0x7f, 0xff] {
         assert_eq!(
             Control::parse(&[0, t]),
             Err(ProtoError::Control),

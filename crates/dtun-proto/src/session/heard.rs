@@ -8,6 +8,7 @@ pub struct Heard {
     answers: u32,
     addr6: Option<Option<Addr6>>,
     dns: bool,
+    cid: Option<[u8; 8]>,
 }
 
 impl Heard {
@@ -25,6 +26,16 @@ impl Heard {
     /// A Dns came.
     pub fn dns(&mut self) {
         self.dns = true;
+    }
+
+    /// A Cid came.
+    pub fn cid(&mut self, cid: [u8; 8]) {
+        self.cid = Some(cid);
+    }
+
+    /// The connection ID, when the answer offers roaming and the Cid came.
+    pub fn roaming(&self) -> Option<[u8; 8]> {
+        self.cid.filter(|_| self.offers(HelloFlags::ROAM))
     }
 
     /// Answers so far.
@@ -59,6 +70,7 @@ impl Heard {
             (Some(_), Some(f)) => {
                 (!f.has(HelloFlags::ADDR6_SENT) || self.addr6.is_some())
                     && (!f.has(HelloFlags::DNS_SENT) || self.dns)
+                    && (!f.has(HelloFlags::ROAM) || self.cid.is_some())
                     && !(sent_lans && self.lans_missing())
             }
         }
@@ -87,6 +99,9 @@ impl Heard {
             }
             if f.has(HelloFlags::DNS_SENT) && !self.dns {
                 m.push("the DNS servers");
+            }
+            if f.has(HelloFlags::ROAM) && self.cid.is_none() {
+                m.push("the connection ID");
             }
         }
         if sent_lans && self.lans_missing() {

@@ -21,6 +21,8 @@ pub(super) enum Msg {
     /// A Dns: its servers, or `None` if it was malformed (it came: asking again would not
     /// mend it).
     Dns(Option<Vec<IpAddr>>),
+    /// A Cid: the connection ID for roaming.
+    Cid([u8; 8]),
     /// Anything else (a counted drop if malformed).
     Other,
 }
@@ -43,6 +45,7 @@ pub(super) fn read(data: &[u8], counters: &Counters) -> Msg {
             }
         },
         Ok(Control::Dns(servers)) => Msg::Dns(Some(servers)),
+        Ok(Control::Cid(cid)) => Msg::Cid(cid),
         Ok(_) => Msg::Other,
         Err(_) => {
             counters.count_drop(DropKind::Unexpected);
@@ -67,6 +70,7 @@ pub(super) fn take(heard: &mut Heard, msg: &Msg) {
         Msg::Answer { version, flags } => heard.answer(*version, *flags),
         Msg::Addr6(a) => heard.addr6(*a),
         Msg::Dns(_) => heard.dns(),
+        Msg::Cid(cid) => heard.cid(*cid),
         Msg::Other => {}
     }
 }

@@ -152,6 +152,13 @@ impl ClientSession {
             }
             Ok(Control::Close { reason, detail }) => self.end(step, End::Closed { reason, detail }),
             Ok(Control::Rekey(f)) => self.rekey_fragment(now, &f, step),
+            // The server checks our new address before it moves the session there: the
+            // answer leaves from where we are now.
+            Ok(Control::PathChallenge(token)) if self.cid.is_some() => self.seal_into(
+                step,
+                CONTENT_APPLICATION_DATA,
+                &Control::PathResponse(token).to_bytes(),
+            ),
             Ok(_) => {}
             Err(_) => self.counters.count_drop(DropKind::Unexpected),
         }

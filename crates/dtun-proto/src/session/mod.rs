@@ -29,7 +29,6 @@ use ring::rand::SecureRandom;
 
 use crate::consts::{
     ALERT_CLOSE_NOTIFY, ALERT_LEVEL_WARNING, CONTENT_ALERT, CONTENT_APPLICATION_DATA,
-    PAYLOAD_OFFSET,
 };
 use crate::handshake::{ClientHandshake, HandshakeError, Progress};
 use crate::inbound::Counters;
@@ -79,6 +78,10 @@ pub struct Config {
     /// Rekey every this much time that carried traffic (offered in our Hello; on when the
     /// server offers it too); None: never.
     pub rekey: Option<Duration>,
+    /// Offer roaming in our Hello (an AES-GCM session only): with a server that gives us a
+    /// connection ID, our records carry it from the next epoch on (RFC 9146) and we answer
+    /// its path challenges, so the session survives a change of our address.
+    pub roam: bool,
 }
 
 /// What the caller acts on.
@@ -109,6 +112,8 @@ pub enum Event {
     Rekeyed {
         epoch: u16,
         keys: crate::kdf::KeyBlock,
+        /// Seal in the RFC 9146 format with this connection ID from this epoch on.
+        cid: Option<[u8; 8]>,
     },
     /// The overlap after a rekey is over: stop reading the previous epoch
     /// (`Opener::retire_previous`; only once the data path holds the keys).
@@ -194,6 +199,11 @@ pub struct ClientSession {
     retire_at: Option<Instant>,
     /// The server's hint says it rekeys (`proto::HINT_REKEY`).
     server_rekeys: bool,
+    /// The session's suite (after the handshake).
+    suite: Option<Suite>,
+    /// The connection ID the server gave us (roaming): our records carry it from the epoch
+    /// after the one it came in.
+    cid: Option<[u8; 8]>,
     /// For the rekey exchanges' keys.
     rng: ring::rand::SystemRandom,
 }
@@ -237,6 +247,8 @@ impl ClientSession {
             rekey: None,
             retire_at: None,
             server_rekeys: false,
+            suite: None,
+            cid: None,
             rng: ring::rand::SystemRandom::new(),
         }
     }
@@ -425,16 +437,30 @@ impl ClientSession {
         let Some((sealer, _)) = self.keys.as_mut() else {
             return;
         };
-        let mut rec = vec![0u8; PAYLOAD_OFFSET + payload.len() + 16];
-        rec[PAYLOAD_OFFSET..PAYLOAD_OFFSET + payload.len()].copy_from_slice(payload);
-        if let Ok(n) = sealer.seal(content, &mut rec, payload.len()) {
-            rec.truncate(n);
+        if let Ok(rec) = seal_record(sealer, content, payload) {
             step.send.push(rec);
         }
     }
 }
 
+/// One record of `content` around `payload` (control path: allocates), in the sealer's
+/// format (with its connection ID, if it has one).
+pub(crate) fn seal_record(
+    sealer: &mut Sealer,
+    content: u8,
+    payload: &[u8],
+) -> Result<Vec<u8>, crate::record::SealError> {
+    let off = sealer.payload_offset();
+    let mut rec = vec![0u8; off + payload.len() + sealer.trailer_len()];
+    rec[off..off + payload.len()].copy_from_slice(payload);
+    let n = sealer.seal(content, &mut rec, payload.len())?;
+    rec.truncate(n);
+    Ok(rec)
+}
+
 #[cfg(test)]
 mod rekey_tests;
+#[cfg(test)]
+mod roam_tests;
 #[cfg(test)]
 mod tests;

@@ -17,7 +17,7 @@ use crate::admission::is_session_record;
 use crate::admission::{Admission, Outcome};
 use crate::consts::{
     ALERT_CLOSE_NOTIFY, ALERT_LEVEL_WARNING, CONTENT_ALERT, CONTENT_APPLICATION_DATA,
-    FIRST_APP_SEQUENCE, PAYLOAD_OFFSET,
+    FIRST_APP_SEQUENCE,
 };
 use crate::handshake::Completed;
 use crate::proto::{Addr6, AddressMessage, CloseReason, Control, HINT_MARKER, HINT_REKEY};
@@ -48,6 +48,8 @@ pub struct ServerScript {
     pub pongs: bool,
     /// The server rekeys with a client that offers it.
     pub rekey: bool,
+    /// The session's connection ID (roaming, with a client that offers it).
+    pub cid: Option<[u8; 8]>,
 }
 
 impl Default for ServerScript {
@@ -69,6 +71,7 @@ impl Default for ServerScript {
             refuse: None,
             pongs: true,
             rekey: true,
+            cid: None,
         }
     }
 }
@@ -95,6 +98,12 @@ pub struct ServerSaw {
     pub send_epochs: Vec<u16>,
     /// Records of an epoch the server no longer (or not yet) reads.
     pub bad_epoch: u32,
+    /// Path responses that came (roaming).
+    pub path_responses: u32,
+    /// Records that carried the session's connection ID (RFC 9146 format), and the epoch of
+    /// the first.
+    pub cid_records: u32,
+    pub first_cid_epoch: Option<u16>,
 }
 
 struct Server {
@@ -204,6 +213,7 @@ impl Pair {
             compat: false,
             first_sequence: FIRST_APP_SEQUENCE,
             rekey: None,
+            roam: false,
         }
     }
 
@@ -233,21 +243,21 @@ impl Pair {
             let Some((sealer, _)) = self.data_path.as_mut() else {
                 continue;
             };
-            let mut rec = vec![0u8; PAYLOAD_OFFSET + payload.len() + 16];
-            rec[PAYLOAD_OFFSET..PAYLOAD_OFFSET + payload.len()].copy_from_slice(&payload);
-            let n = sealer.seal(content, &mut rec, payload.len()).unwrap();
-            rec.truncate(n);
+            let rec = super::seal_record(sealer, content, &payload).unwrap();
             self.send(Dir::ToServer, rec);
         }
         let (mut ready, mut up) = (false, false);
         for e in step.events {
             ready |= matches!(e, Event::Address(_));
             up |= matches!(e, Event::Up { .. });
-            if let (Event::Rekeyed { epoch, keys }, Some((sealer, opener))) =
+            if let (Event::Rekeyed { epoch, keys, cid }, Some((sealer, opener))) =
                 (&e, self.data_path.as_mut())
             {
                 record::rekey_sealer(sealer, keys, true, *epoch);
                 record::rekey_opener(opener, keys, true, *epoch);
+                if cid.is_some() {
+                    sealer.set_cid(*cid);
+                }
             }
             if let (Event::RetirePrevious, Some((_, opener))) = (&e, self.data_path.as_mut()) {
                 opener.retire_previous();
@@ -311,12 +321,9 @@ impl Pair {
         packet[0] = 0x45;
         packet[3] = 28;
         packet[20..28].copy_from_slice(&self.data_sent.to_be_bytes());
-        let mut rec = vec![0u8; PAYLOAD_OFFSET + packet.len() + 16];
-        rec[PAYLOAD_OFFSET..PAYLOAD_OFFSET + packet.len()].copy_from_slice(&packet);
-        let Ok(n) = sealer.seal(CONTENT_APPLICATION_DATA, &mut rec, packet.len()) else {
+        let Ok(rec) = super::seal_record(sealer, CONTENT_APPLICATION_DATA, &packet) else {
             return;
         };
-        rec.truncate(n);
         self.data_sent += 1;
         self.client.traffic(self.now);
         self.send(Dir::ToServer, rec);
@@ -501,7 +508,11 @@ impl Pair {
             keepalive: SERVER_KEEPALIVE,
             compat: !dtun,
             rekey: self.server.script.rekey,
+            cid: self.server.script.cid,
         };
+        if let Some((_, opener)) = self.server.keys.as_mut() {
+            opener.set_cid(self.server.script.cid);
+        }
         self.server.session = Some(ServerSession::new(cfg, Some(c.epoch1), self.now));
     }
 
@@ -509,10 +520,7 @@ impl Pair {
         let Some((sealer, _)) = self.server.keys.as_mut() else {
             return;
         };
-        let mut rec = vec![0u8; PAYLOAD_OFFSET + payload.len() + 16];
-        rec[PAYLOAD_OFFSET..PAYLOAD_OFFSET + payload.len()].copy_from_slice(payload);
-        let n = sealer.seal(content, &mut rec, payload.len()).unwrap();
-        rec.truncate(n);
+        let rec = super::seal_record(sealer, content, payload).unwrap();
         self.send(Dir::ToClient, rec);
     }
 
@@ -546,6 +554,10 @@ impl Pair {
             heard = true;
             // The client's first record of the next epoch: it has the keys, send with them.
             let epoch = u16::from_be_bytes([dg[r.start + 3], dg[r.start + 4]]);
+            if dg[r.start] == crate::consts::CONTENT_TLS12_CID {
+                self.server.saw.cid_records += 1;
+                self.server.saw.first_cid_epoch.get_or_insert(epoch);
+            }
             if let Some((e, keys)) = self.server.pending_send.take_if(|(e, _)| *e == epoch)
                 && let Some((sealer, _)) = self.server.keys.as_mut()
             {
@@ -596,6 +608,10 @@ impl Pair {
                                 );
                             }
                             step
+                        }
+                        ControlVerdict::PathResponse(_) => {
+                            saw.path_responses += 1;
+                            continue;
                         }
                         ControlVerdict::Pass(msg) => {
                             match &msg {

@@ -70,6 +70,47 @@ impl ClientSession {
         self.rekey = Some(ClientRekey::new(epoch1, interval, give_up));
     }
 
+    /// Whether our Hello offers roaming: configured, the session rekeys on our side, and its
+    /// suite is AES-GCM (the connection ID record format is GCM only).
+    pub(super) fn offers_roaming(&self) -> bool {
+        self.cfg.roam
+            && !self.cfg.compat
+            && self.cfg.rekey.is_some()
+            && self.suite == Some(crate::record::Suite::Aes128Gcm)
+    }
+
+    /// The Hello exchange gave us a connection ID (`cid`) and rekeying is on: rekey at once,
+    /// so the session roams (its next epoch carries the ID) and its traffic is forward
+    /// secret from its first seconds.
+    pub(super) fn start_roaming(&mut self, cid: Option<[u8; 8]>) {
+        if let (Some(cid), Some(r)) = (cid.filter(|_| self.offers_roaming()), self.rekey.as_mut()) {
+            self.cid = Some(cid);
+            r.soon();
+        }
+    }
+
+    /// Whether the session roams (our records carry the server's connection ID, from the
+    /// first rekey on).
+    pub fn roams(&self) -> bool {
+        self.cid.is_some()
+    }
+
+    /// Our path to the server changed (a new source address or port, a new route): tell the
+    /// server at once with a keepalive, so it challenges the new address and moves the session
+    /// without waiting for our next packet.
+    pub fn path_changed(&mut self, now: Instant) -> Step {
+        let mut step = Step::default();
+        if matches!(self.state, super::State::Up) && self.negotiated {
+            self.last_ping = now;
+            self.seal_into(
+                &mut step,
+                CONTENT_APPLICATION_DATA,
+                &crate::proto::Control::Ping.to_bytes(),
+            );
+        }
+        step
+    }
+
     /// When the rekey timer is due: a retry, the give-up, a rekey due now, or the end of an
     /// overlap.
     pub(super) fn rekey_timeout(&self) -> Option<Instant> {
@@ -153,11 +194,15 @@ impl ClientSession {
         if let Some((sealer, opener)) = self.keys.as_mut() {
             record::rekey_sealer(sealer, &new.keys, true, new.epoch);
             record::rekey_opener(opener, &new.keys, true, new.epoch);
+            if self.cid.is_some() {
+                sealer.set_cid(self.cid);
+            }
         }
         if self.detached {
             step.events.push(Event::Rekeyed {
                 epoch: new.epoch,
                 keys: new.keys,
+                cid: self.cid,
             });
         }
     }

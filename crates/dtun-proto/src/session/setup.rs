@@ -16,6 +16,7 @@ impl ClientSession {
     pub(super) fn established(&mut self, now: Instant, e: Established, step: &mut Step) {
         let hint = e.peer_identity.clone();
         self.epoch1 = Some(e.epoch1.clone());
+        self.suite = Some(e.suite);
         self.negotiated = !self.cfg.compat && hint.ends_with(HINT_MARKER.as_bytes());
         let rekeys = format!("{HINT_REKEY}{HINT_MARKER}");
         self.server_rekeys = self.negotiated && hint.ends_with(rekeys.as_bytes());
@@ -160,9 +161,11 @@ impl ClientSession {
             // The hint (authenticated by the handshake) or the answer's flag: the server
             // rekeys.
             let rekey = self.server_rekeys || heard.offers(HelloFlags::REKEY);
+            let cid = heard.roaming();
             self.state = State::Up;
             if rekey {
                 self.start_rekeying();
+                self.start_roaming(cid);
             } else if self.cfg.rekey.is_some() && self.negotiated {
                 tracing::warn!(
                     "the server does not rekey (-rekey 0 there, or a dtun from before rekeying): this session keeps the handshake's keys, without forward secrecy"
@@ -188,7 +191,9 @@ impl ClientSession {
         let hello = Control::Hello {
             version: CONTROL_VERSION,
             keepalive_ms: u32::try_from(self.cfg.keepalive.as_millis()).unwrap_or(u32::MAX),
-            flags: HelloFlags::default().with(HelloFlags::REKEY, self.cfg.rekey.is_some()),
+            flags: HelloFlags::default()
+                .with(HelloFlags::REKEY, self.cfg.rekey.is_some())
+                .with(HelloFlags::ROAM, self.offers_roaming()),
         }
         .to_bytes();
         self.seal_into(step, CONTENT_APPLICATION_DATA, &hello);

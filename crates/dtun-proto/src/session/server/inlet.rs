@@ -36,6 +36,9 @@ pub enum ControlVerdict {
     /// A Ping: answer it with a Pong now; `first`: the first of the session, which is news
     /// (the client is a dtun peer) for the session's other half.
     Pong { first: bool },
+    /// The answer to a path challenge: for the session's [`super::Path`], in the
+    /// demultiplexer.
+    PathResponse([u8; 8]),
     /// A message for the session's other half ([`super::ServerSession::control`]).
     Pass(Control),
     /// A counted drop: malformed, unknown, or past the session's budget.
@@ -113,6 +116,7 @@ impl Inlet {
                 self.pinged = true;
                 ControlVerdict::Pong { first }
             }
+            Ok(Control::PathResponse(token)) => ControlVerdict::PathResponse(token),
             Ok(msg) if self.spend(now) => ControlVerdict::Pass(msg),
             Ok(_) => ControlVerdict::Drop(DropKind::ControlFlood),
             Err(_) => ControlVerdict::Drop(DropKind::Unexpected),

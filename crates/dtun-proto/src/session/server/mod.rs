@@ -29,10 +29,12 @@ use crate::rekey::exchange::ServerRekey;
 use crate::rekey::message::Fragment;
 
 mod inlet;
+mod path;
 #[cfg(test)]
 mod tests;
 
 pub use inlet::{CONTROL_BURST, CONTROL_PER_SECOND, ControlVerdict, Inlet, Record};
+pub use path::{CHALLENGE_EVERY, CHALLENGE_LIFETIME, Path, Seen};
 
 /// What a server session needs to know.
 #[derive(Clone, Debug)]
@@ -44,6 +46,10 @@ pub struct Config {
     /// We rekey (`crate::rekey`): the hint says so (`proto::HINT_REKEY`) and a client's
     /// exchange is taken from the start of the session.
     pub rekey: bool,
+    /// The connection ID this session's records may carry (RFC 9146), given to a client whose
+    /// Hello says it roams, when the session rekeys (the client uses it from its next epoch):
+    /// None, the session does not roam (`-compat`, a CCM_8 session).
+    pub cid: Option<[u8; 8]>,
 }
 
 /// What the caller acts on.
@@ -116,6 +122,8 @@ pub struct ServerSession {
     answer_flags: HelloFlags,
     /// The rekey exchange, once the client's Hello offered it and we do.
     rekey: Option<ServerRekey>,
+    /// The client's Hello says it roams.
+    client_roams: bool,
     rng: SystemRandom,
 }
 
@@ -130,6 +138,7 @@ impl ServerSession {
             .map(ServerRekey::new);
         ServerSession {
             rekey,
+            client_roams: false,
             rng: SystemRandom::new(),
             farewell_said: false,
             answer_flags: HelloFlags::default(),
@@ -188,8 +197,13 @@ impl ServerSession {
             return Step::default();
         }
         match msg {
-            Control::Hello { keepalive_ms, .. } => {
+            Control::Hello {
+                keepalive_ms,
+                flags,
+                version,
+            } => {
                 self.keepalive = Duration::from_millis(u64::from(keepalive_ms));
+                self.client_roams = version >= 2 && flags.has(HelloFlags::ROAM);
                 Step::event(Event::Hello {
                     first: !self.answered,
                     keepalive: self.keepalive,
@@ -225,15 +239,19 @@ impl ServerSession {
             .with(HelloFlags::ADDR6_SENT, addr6.is_some())
             .with(HelloFlags::DNS_SENT, !dns.is_empty())
             .with(HelloFlags::LANS_HEARD, self.lans_heard)
-            .with(HelloFlags::REKEY, self.rekey.is_some());
+            .with(HelloFlags::REKEY, self.rekey.is_some())
+            .with(HelloFlags::ROAM, self.roams());
         self.answer_flags = flags;
         let ours = u32::try_from(self.cfg.keepalive.as_millis()).unwrap_or(u32::MAX);
-        let mut send = Vec::with_capacity(3);
+        let mut send = Vec::with_capacity(4);
         if let Some(a) = addr6 {
             send.push(Control::Addr6(a).to_bytes());
         }
         if !dns.is_empty() {
             send.push(Control::Dns(dns.to_vec()).to_bytes());
+        }
+        if let Some(cid) = self.cfg.cid.filter(|_| self.roams()) {
+            send.push(Control::Cid(cid).to_bytes());
         }
         let answer = Control::Hello {
             version: CONTROL_VERSION,
@@ -245,6 +263,17 @@ impl ServerSession {
             send,
             events: vec![],
         }
+    }
+
+    /// The connection ID this session's records may carry.
+    pub fn cid(&self) -> Option<[u8; 8]> {
+        self.cfg.cid
+    }
+
+    /// Whether the session roams: the client's Hello says it can, we rekey (the client
+    /// takes the connection ID into its next epoch) and have a connection ID for it.
+    pub fn roams(&self) -> bool {
+        self.client_roams && self.rekey.is_some() && self.cfg.cid.is_some() && !self.cfg.compat
     }
 
     /// The newest epoch whose keys we have (1 until the first rekey).

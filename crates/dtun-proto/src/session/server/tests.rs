@@ -10,6 +10,7 @@ fn cfg() -> Config {
         keepalive: Duration::from_secs(10),
         compat: false,
         rekey: false,
+        cid: None,
     }
 }
 
@@ -289,6 +290,7 @@ fn dead_peer_detection() {
                 keepalive: Duration::from_millis(ours),
                 compat: false,
                 rekey: false,
+                cid: None,
             },
             None,
             now,
