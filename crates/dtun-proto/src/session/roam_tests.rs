@@ -8,7 +8,6 @@
 use std::time::Duration;
 
 use super::pair::{Dir, Pair, ServerScript, clean};
-use super::*;
 use crate::consts::CONTENT_APPLICATION_DATA;
 use crate::proto::Control;
 
