@@ -26,6 +26,7 @@
 //!
 //! `compat_and_ccm8_sessions_do_not_roam`: `-cipher ccm8` and `-compat` sessions show
 //! roaming off (172.31.234.x and 172.31.235.x).
+
 //!
 //! Needs root, /dev/net/tun, iproute2, iputils-ping, procps (sysctl) and python3.
 //! Run one test: `cargo test --test roam -- --nocapture`.
@@ -129,17 +130,22 @@ fn wait_entry(server: &Netns, what: &str, limit: Duration, cond: impl Fn(&Value)
     }
 }
 
+/// Roaming is on and the first rekey done: the client's records carry the connection ID
+/// (from the epoch after the one it came in; until then a move is a reconnect).
 fn wait_roaming_on(server: &Netns) -> Value {
-    wait_entry(server, "roaming on for the AES-GCM session", UP, |e| {
-        roaming(e).0
-    })
+    wait_entry(
+        server,
+        "roaming on and epoch 2 for the AES-GCM session",
+        UP,
+        |e| roaming(e).0 && e["session"]["rekey"]["epoch"].as_u64() >= Some(2),
+    )
 }
 
-/// Pings `addr` once at a time (1 s for each reply) until one comes back; the time since
+/// Pings `addr` once at a time (200 ms for each reply) until one comes back; the time since
 /// `from` then, or None once [`MOVE_LIMIT`] has passed.
 fn first_reply(ns: &Netns, addr: &str, from: Instant) -> Option<Duration> {
     while from.elapsed() < MOVE_LIMIT {
-        let once = ["-n", "-q", "-c", "1", "-W", "1", addr];
+        let once = ["-n", "-q", "-c", "1", "-W", "0.2", addr];
         if ns.run("ping", &once).status.success() {
             return Some(from.elapsed());
         }

@@ -207,7 +207,7 @@ impl Live<'_> {
                 }
                 () = roamed(roam) => {
                     let Some(r) = roam.as_mut() else { continue };
-                    let tell = match r.follow(udp, std::time::Instant::now()).await {
+                    let tell = match r.follow(udp, link.peer, std::time::Instant::now()).await {
                         super::roam::Change::Nothing => false,
                         super::roam::Change::Tell => true,
                         super::roam::Change::Rebound(local) => {

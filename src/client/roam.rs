@@ -4,7 +4,7 @@
 //! the session then tells the server at once (a keepalive), so the server challenges the new
 //! address and moves the session there without waiting for our next packet.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use dtun_linux::netlink::PathEvents;
@@ -32,7 +32,7 @@ pub(super) enum Change {
     /// Tell the server (a keepalive from where we are).
     Tell,
     /// The socket now sends from here; tell the server.
-    Rebound(std::net::SocketAddr),
+    Rebound(SocketAddr),
 }
 
 impl Roam {
@@ -70,8 +70,8 @@ impl Roam {
 
     /// After a burst: re-binds `udp` if the kernel would send from another address now, and
     /// says whether to tell the server.
-    pub(super) async fn follow(&mut self, udp: &Udp, now: Instant) -> Change {
-        match udp.rebind_if_moved(self.mark, &self.avoid).await {
+    pub(super) async fn follow(&mut self, udp: &Udp, server: SocketAddr, now: Instant) -> Change {
+        match udp.rebind_if_moved(server, self.mark, &self.avoid).await {
             Ok(Some(local)) => {
                 self.pinged = Some(now);
                 return Change::Rebound(local);

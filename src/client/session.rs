@@ -177,7 +177,13 @@ pub(super) async fn session(
     } else {
         dtun_proto::consts::UDP6_OVERHEAD
     };
-    let path = PathMss::new(t.tun.mtu, outer + suite.overhead());
+    // A roaming session's records carry the connection ID and the inner type too.
+    let cid_extra = if s.roams() {
+        crate::config::CID_RECORD_EXTRA
+    } else {
+        0
+    };
+    let path = PathMss::new(t.tun.mtu, outer + suite.overhead() + cid_extra);
     let Some((sealer, opener)) = s.take_keys(now()) else {
         return lost(ClientError::NoAddress(SETUP_TIMEOUT));
     };
@@ -350,7 +356,7 @@ async fn setup_tunnel(
     server: SocketAddr,
 ) -> Result<bool, ClientError> {
     if let Some(t) = tunnel {
-        t.tun.follow_mtu(nl, cfg.tun.mtu_for(suite, server)).await?;
+        t.tun.follow_mtu(nl, cfg.mtu_for(suite, server)).await?;
     }
     match tunnel {
         Some(t) if t.addrs == addrs => Ok(false),
@@ -373,7 +379,7 @@ async fn setup_tunnel(
             Ok(true)
         }
         None => {
-            let tun = tun::create(nl, &cfg.tun.name, cfg.tun.mtu_for(suite, server)).await?;
+            let tun = tun::create(nl, &cfg.tun.name, cfg.mtu_for(suite, server)).await?;
             nl.add_p2p_address(tun.index, addrs.client, addrs.server)
                 .await?;
             *tunnel = Some(Tunnel {

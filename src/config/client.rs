@@ -41,6 +41,20 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
+    /// Whether a session of `suite` sends connection ID records (RFC 9146) once the server
+    /// agrees to roam: AES-GCM, rekeying on, not `-compat` (what `ClientSession` offers).
+    pub fn sends_cid(&self, suite: dtun_proto::record::Suite) -> bool {
+        suite == dtun_proto::record::Suite::Aes128Gcm
+            && !self.common.compat
+            && self.common.rekey.is_some()
+    }
+
+    /// The TUN's MTU for a session of `suite` with `server` ([`TunSettings::client_mtu_for`]).
+    pub fn mtu_for(&self, suite: dtun_proto::record::Suite, server: SocketAddr) -> u32 {
+        self.tun
+            .client_mtu_for(suite, server, self.sends_cid(suite))
+    }
+
     pub fn from_cli(cli: &Cli, host: &str) -> Result<Self, ConfigError> {
         if dtun_proto::keys::valid_identity(cli.id.as_bytes()).is_none() {
             return Err(ConfigError::Id);

@@ -166,7 +166,21 @@ impl TunSettings {
             .map(u32::from)
             .unwrap_or_else(|| default_mtu(suite, peer))
     }
+
+    /// The MTU of a client that sends connection ID records (`cid`: it offers roaming, whose
+    /// records are [`CID_RECORD_EXTRA`] bytes longer): without `-mtu`, that much less, so a
+    /// full-size packet still fits one unfragmented datagram.
+    pub fn client_mtu_for(&self, suite: Suite, peer: SocketAddr, cid: bool) -> u32 {
+        match self.mtu {
+            Some(m) => u32::from(m),
+            None if cid => default_mtu(suite, peer) - CID_RECORD_EXTRA as u32,
+            None => default_mtu(suite, peer),
+        }
+    }
 }
+
+/// What a connection ID record (RFC 9146) adds to a plain one: the CID and the inner type.
+pub const CID_RECORD_EXTRA: usize = dtun_proto::consts::CID_LEN + 1;
 
 /// 1500 less outer IP/UDP less the record overhead (PROTOCOL.md "Decisions").
 pub fn default_mtu(suite: Suite, peer: SocketAddr) -> u32 {
@@ -245,6 +259,19 @@ mod tests {
         assert_eq!(default_mtu(Suite::Aes128Ccm8, v6), 1423);
         assert_eq!(default_mtu(Suite::Aes128Gcm, v4), 1435);
         assert_eq!(default_mtu(Suite::Aes128Gcm, v6), 1415);
+        // A client that sends connection ID records: 9 bytes less, -mtu as given.
+        let t = TunSettings {
+            name: "dtun%d".into(),
+            mtu: None,
+        };
+        assert_eq!(t.client_mtu_for(Suite::Aes128Gcm, v4, true), 1426);
+        assert_eq!(t.client_mtu_for(Suite::Aes128Gcm, v6, true), 1406);
+        assert_eq!(t.client_mtu_for(Suite::Aes128Gcm, v4, false), 1435);
+        let fixed = TunSettings {
+            mtu: Some(1400),
+            ..t
+        };
+        assert_eq!(fixed.client_mtu_for(Suite::Aes128Gcm, v4, true), 1400);
     }
 
     #[test]

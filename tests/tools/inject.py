@@ -18,7 +18,14 @@ Modes, each one datagram, sent in the order given:
   bad_epoch     the first record with epoch + 1 and a fresh sequence number.
   oversized     a record whose body is larger than TLS allows (16 KiB plaintext + 25), sent as
                 hand-made IP fragments.
-  unknown_peer  the datagram verbatim from another source port, where no session exists.
+  unknown_peer  from another source port, where no session exists: the datagram verbatim, or,
+                when it is a connection ID record (by which the server would find the session
+                wherever it comes from), a plain application-data record of the same epoch,
+                sequence number and body.
+
+A captured record may be a plain application-data record (type 23) or, from a client that
+roams, a connection ID record (RFC 9146, type 25, whose header holds an 8-byte CID before the
+length); the modes alter either in the same places (docs/PROTOCOL.md).
 
 Python standard library only.
 """
@@ -34,7 +41,9 @@ ETH_P_ALL = 0x0003
 ETH_P_IP = 0x0800
 PACKET_OUTGOING = 4
 CONTENT_APPLICATION_DATA = 0x17
+CONTENT_TLS12_CID = 0x19
 RECORD_HEADER_LEN = 13
+CID_LEN = 8
 MAX_SEQ = (1 << 48) - 1
 # Far enough ahead of the real sequence numbers that they never reach it during a test.
 SEQ_JUMP = 1_000_000
@@ -106,7 +115,10 @@ def capture(iface, dport, timeout):
         udp = ip[ihl:total]
         sport, dp = struct.unpack("!HH", udp[:4])
         payload = udp[8:]
-        if dp != dport or len(payload) < RECORD_HEADER_LEN or payload[0] != CONTENT_APPLICATION_DATA:
+        if dp != dport or len(payload) < header_len(payload) or payload[0] not in (
+            CONTENT_APPLICATION_DATA,
+            CONTENT_TLS12_CID,
+        ):
             continue
         sock.close()
         return socket.inet_ntoa(ip[12:16]), socket.inet_ntoa(ip[16:20]), sport, dp, bytes(payload)
@@ -114,9 +126,24 @@ def capture(iface, dport, timeout):
     return None
 
 
+def header_len(record):
+    """13 bytes, or 21 for a connection ID record (the CID before the length field)."""
+    return RECORD_HEADER_LEN + (CID_LEN if record[:1] == bytes([CONTENT_TLS12_CID]) else 0)
+
+
 def first_record(datagram):
-    length = struct.unpack("!H", datagram[11:13])[0]
-    return bytearray(datagram[: RECORD_HEADER_LEN + length])
+    h = header_len(datagram)
+    length = struct.unpack("!H", datagram[h - 2 : h])[0]
+    return bytearray(datagram[: h + length])
+
+
+def plain(record):
+    """A connection ID record as a plain application-data record (same epoch, sequence
+    number and body); a plain one as it is."""
+    h = header_len(record)
+    if h == RECORD_HEADER_LEN:
+        return bytes(record)
+    return bytes([CONTENT_APPLICATION_DATA]) + bytes(record[1:11]) + bytes(record[h - 2 :])
 
 
 def seq_of(record):
@@ -133,17 +160,18 @@ def altered(mode, datagram):
     if mode == "replay":
         return datagram, 0
     if mode == "unknown_peer":
-        return datagram, 1
+        return plain(first_record(datagram)), 1
     rec = first_record(datagram)
-    body_len = len(rec) - RECORD_HEADER_LEN
+    h = header_len(rec)
+    body_len = len(rec) - h
     if mode == "corrupt":
         rec = with_seq(rec, seq_of(rec) + SEQ_JUMP)
         # First ciphertext byte after the explicit nonce (or the last byte if the body is short).
-        at = RECORD_HEADER_LEN + 8 if body_len > 8 else len(rec) - 1
+        at = h + 8 if body_len > 8 else len(rec) - 1
         rec[at] ^= 0x01
         return bytes(rec), 0
     if mode == "truncated":
-        return bytes(rec[: RECORD_HEADER_LEN + body_len // 2]), 0
+        return bytes(rec[: h + body_len // 2]), 0
     if mode == "bad_epoch":
         epoch = int.from_bytes(rec[3:5], "big")
         rec[3:5] = ((epoch + 1) & 0xFFFF).to_bytes(2, "big")
@@ -151,7 +179,7 @@ def altered(mode, datagram):
         return bytes(rec), 0
     if mode == "oversized":
         rec = with_seq(rec, seq_of(rec) + SEQ_JUMP + 2)
-        head = rec[:11] + struct.pack("!H", OVERSIZED_BODY)
+        head = rec[: h - 2] + struct.pack("!H", OVERSIZED_BODY)
         return bytes(head) + os.urandom(OVERSIZED_BODY), 0
     raise SystemExit(f"unknown mode {mode}")
 

@@ -74,20 +74,23 @@ impl Udp {
         }
     }
 
-    /// Re-binds a connected socket (the client's) when the kernel would now send to its peer
-    /// from another source address than the socket's (ours went away, or another interface is
-    /// preferred): dissolves the association and connects again, which picks a new source
-    /// address and port. `mark`: the firewall mark the socket carries (`-route`), so the
-    /// question is asked of the same routes. Returns the new local address, or None when the
-    /// socket's is still the one to use, or the new one would be one of `avoid` (the tunnel's
-    /// own addresses: a route to the peer through the tunnel is no path).
+    /// Re-binds the socket connected to `peer` (the client's) when the kernel would now send
+    /// there from another source address than the socket's (ours went away, or another
+    /// interface is preferred): dissolves the association and connects again, which picks a
+    /// new source address and port. `mark`: the firewall mark the socket carries (`-route`),
+    /// so the question is asked of the same routes. Returns the new local address, or None
+    /// when the socket's is still the one to use, or the new one would be one of `avoid` (the
+    /// tunnel's own addresses: a route to the peer through the tunnel is no path). A socket
+    /// left unconnected by a failed connect (no route at that instant) is connected again by
+    /// the next call.
     pub async fn rebind_if_moved(
         &self,
+        peer: SocketAddr,
         mark: Option<u32>,
         avoid: &[std::net::IpAddr],
     ) -> std::io::Result<Option<SocketAddr>> {
-        let peer = self.sock.peer_addr()?;
-        let local = self.sock.local_addr().ok();
+        let connected = self.sock.peer_addr().is_ok_and(|p| p == peer);
+        let local = self.sock.local_addr().ok().filter(|_| connected);
         let now = match preferred_source(peer, mark).await {
             Ok(ip) => ip,
             // No route to the peer right now: keep the socket until one appears.

@@ -281,6 +281,25 @@ impl Demux {
         let Some(s) = self.sessions.get_mut(&at) else {
             return;
         };
+        // From the address the last move left: the client's own copy of a record the copier
+        // raced to where the session is now? Then back it goes, and nothing else here counts.
+        if s.path.previous() == Some(from)
+            && buf.chunks_mut(stride).any(|dg| s.opener.authentic_copy(dg))
+            && let Some(back) = s.path.copied(Instant::now(), from)
+        {
+            if self.out.log_limit.allow() {
+                tracing::warn!(
+                    "session {session_id}: a copy of its records came from {from} after it moved to {at}: \
+                     someone on the path raced them there; moved back, {at} barred"
+                );
+            }
+            self.move_session(session_id, at, back);
+            // The rest of the buffer is the session's, at its own address again.
+            if let Some(s) = self.sessions.get_mut(&back) {
+                let _ = Self::session_records(s, buf, stride, back, &mut self.out).await;
+            }
+            return;
+        }
         let before = s.opener.newest();
         let moved = Self::session_records(s, buf, stride, from, &mut self.out).await;
         let newer = s.opener.newest() > before;
@@ -343,6 +362,16 @@ impl Demux {
         if let Some(s) = self.sessions.get_mut(&addr)
             && buf.chunks(stride).all(is_record)
         {
+            // Another session's connection ID from here: its client roamed to where a session
+            // it left behind still sits (a NAT gave it that one's old port).
+            if let Some(id) = dtun_proto::record::peek_cid(buf)
+                .filter(|c| s.cid != Some(*c))
+                .and_then(|c| self.by_cid.get(&c))
+                .copied()
+            {
+                self.roaming_records(id, buf, stride, addr).await;
+                return;
+            }
             // A path response comes from the address challenged, which is not the session's.
             let _ = Self::session_records(s, buf, stride, addr, &mut self.out).await;
             return;

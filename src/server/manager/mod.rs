@@ -304,8 +304,8 @@ impl Manager {
                 "its address {} now belongs to another session",
                 dtun_linux::udp::plain(to)
             );
-            self.end_session_because(&other, Some(CloseReason::Timeout), "", &why)
-                .await;
+            // Nothing said: its address is another client's now.
+            self.end_session_because(&other, None, "", &why).await;
         }
     }
 

@@ -14,7 +14,9 @@ use crate::consts::{
 use ring::aead::{Aad, Nonce, Tag};
 
 use super::header::{parse_cid, parse_plain};
-use super::{Cid, Cipher, DropReason, Limits, ReplayWindow, Suite, aad, cid_aad, nonce};
+use super::{
+    Cid, Cipher, DropReason, Limits, ReplayWindow, Suite, aad, cid_aad, nonce, parse_header,
+};
 
 /// What opening one record gives: its content type and where its plaintext lies, or why it was
 /// dropped.
@@ -174,6 +176,34 @@ impl Opener {
     /// (between dtun peers; docs/PROTOCOL.md for an original peer).
     pub fn integrity_limit_reached(&self) -> bool {
         self.failed_opens() >= self.limits.failed_opens
+    }
+
+    /// Whether `record` is an authentic copy of a record this opener already accepted: its
+    /// (epoch, sequence number) is held by that epoch's replay window and its tag verifies
+    /// (decrypted in place; the caller drops it). Nothing else moves: the windows, `newest`
+    /// and `has_opened` stay as they were; a failed tag counts towards the integrity limit as
+    /// any. A roaming session's server asks this of a record from the address it last left
+    /// (a copier raced the client's records to another one, docs/PROTOCOL.md "Roaming").
+    pub fn authentic_copy(&mut self, record: &mut [u8]) -> bool {
+        let (Ok(h), Some(epoch)) = (parse_header(record), epoch_of(record)) else {
+            return false;
+        };
+        let target = if epoch == self.epoch {
+            &mut *self
+        } else {
+            match self.previous.as_deref_mut() {
+                Some(p) if p.epoch == epoch => p,
+                _ => return false,
+            }
+        };
+        if !target.window.holds(h.seq) {
+            return false;
+        }
+        let (window, newest, opened) = (target.window.clone(), target.newest, target.opened);
+        target.window = ReplayWindow::default();
+        let ok = target.open(record).is_ok();
+        (target.window, target.newest, target.opened) = (window, newest, opened);
+        ok
     }
 
     /// Opens one whole record (header included) in place. On success returns its content type

@@ -25,6 +25,15 @@ impl ReplayWindow {
         back < 64 && self.bits & (1 << back) == 0
     }
 
+    /// Whether `seq` was accepted and is still inside the window (a replay the window can
+    /// vouch for, not one merely left behind).
+    pub fn holds(&self, seq: u64) -> bool {
+        self.seen
+            && seq <= self.top
+            && self.top - seq < 64
+            && self.bits & (1 << (self.top - seq)) != 0
+    }
+
     /// Records `seq` as received; call only after its record authenticated.
     pub fn accept(&mut self, seq: u64) {
         if !self.seen {

@@ -34,7 +34,9 @@ mod path;
 mod tests;
 
 pub use inlet::{CONTROL_BURST, CONTROL_PER_SECOND, ControlVerdict, Inlet, Record};
-pub use path::{CHALLENGE_EVERY, CHALLENGE_LIFETIME, Path, Seen};
+pub use path::{
+    BARRED_FOR, CHALLENGE_EVERY, CHALLENGE_LIFETIME, COPY_HOLD, PROBE_HOLD, Path, Seen,
+};
 
 /// What a server session needs to know.
 #[derive(Clone, Debug)]
