@@ -11,12 +11,17 @@
 use std::net::Ipv4Addr;
 
 use dtun_proto::authz::source_allowed;
-use dtun_proto::consts::RECORD_HEADER_LEN;
+use dtun_proto::consts::{
+    CID_PAYLOAD_OFFSET, CID_RECORD_HEADER_LEN, CONTENT_TLS12_CID, MAX_RECORD_PLAINTEXT,
+    RECORD_HEADER_LEN,
+};
 use dtun_proto::inbound::Counters;
 use dtun_proto::inbound::accept_packet;
 use dtun_proto::mss;
 use dtun_proto::proto::{AddressMessage, Control, Peernet};
-use dtun_proto::record::{DropReason, Opener, Suite, parse_header, record_at, records};
+use dtun_proto::record::{
+    Cid, DropReason, Opener, Sealer, Suite, parse_header, peek_cid, record_at, records,
+};
 use ipnet::IpNet;
 
 /// Keys of the `record_open` target; the seeds in `corpus/record_open/seed-*` are sealed with
@@ -25,6 +30,15 @@ pub const SUITE: Suite = Suite::Aes128Ccm8;
 pub const KEY: [u8; 16] = *b"dtun-fuzz-key-01";
 pub const SALT: [u8; 4] = *b"salt";
 pub const EPOCH: u16 = 1;
+
+/// Keys of the `cid` target (AES-128-GCM): its opener reads epoch 2 with `CID_KEY2` and, for
+/// the overlap after a rekey, epoch 1 with `CID_KEY1`, both with CID records carrying `CID`.
+/// The seeds in `corpus/cid/seed-*` are sealed with them.
+pub const CID_KEY1: [u8; 16] = *b"dtun-fuzz-cid-e1";
+pub const CID_KEY2: [u8; 16] = *b"dtun-fuzz-cid-e2";
+pub const CID_SALT1: [u8; 4] = *b"cid1";
+pub const CID_SALT2: [u8; 4] = *b"cid2";
+pub const CID: Cid = *b"fuzz-cid";
 
 /// The client of the `packet` target: its tunnel address and the LANs it may send from.
 pub const TUNNEL: Ipv4Addr = Ipv4Addr::new(10, 86, 0, 2);
@@ -50,8 +64,14 @@ pub fn record_open(data: &[u8]) -> usize {
 }
 
 fn batch_agrees(data: &[u8]) {
+    agrees(data, || Opener::new(SUITE, &KEY, &SALT, EPOCH));
+}
+
+/// `Opener::open_many` over the records of `data` gives what `Opener::open` gives one by one,
+/// with an opener from `make` each.
+fn agrees(data: &[u8], make: impl Fn() -> Opener) {
     let ranges: Vec<_> = records(data).collect();
-    let mut one = Opener::new(SUITE, &KEY, &SALT, EPOCH);
+    let mut one = make();
     let mut serial = data.to_vec();
     let expected: Vec<_> = ranges
         .iter()
@@ -62,7 +82,7 @@ fn batch_agrees(data: &[u8]) {
             Err(e) => Err(*e),
         })
         .collect();
-    let mut many = Opener::new(SUITE, &KEY, &SALT, EPOCH);
+    let mut many = make();
     let mut batched = data.to_vec();
     let mut got = vec![Err(DropReason::Truncated); ranges.len()];
     many.open_many(&mut batched, &ranges, &mut got);
@@ -91,12 +111,148 @@ fn open_one(opener: &mut Opener, record: &[u8]) -> bool {
     }
 }
 
+/// The opener of the `cid` target: epoch 2, epoch 1 still read, CID records with `CID`.
+pub fn cid_opener() -> Opener {
+    let mut o = Opener::new(Suite::Aes128Gcm, &CID_KEY1, &CID_SALT1, 1);
+    o.set_cid(Some(CID));
+    o.rekey(2, &CID_KEY2, &CID_SALT2);
+    o
+}
+
+/// A sealer of the `cid` target's keys: epoch 1 or 2, CID records (`cid`) or plain ones.
+pub fn cid_sealer(epoch: u16, first_seq: u64, cid: Option<Cid>) -> Sealer {
+    let (key, salt) = match epoch {
+        1 => (&CID_KEY1, &CID_SALT1),
+        _ => (&CID_KEY2, &CID_SALT2),
+    };
+    let mut s = Sealer::new(Suite::Aes128Gcm, key, salt, epoch, first_seq);
+    assert!(s.set_cid(cid), "GCM takes a CID");
+    s
+}
+
+/// `cid`: connection ID records (RFC 9146). The input as a datagram: `records_split`, and
+/// `peek_cid` agrees with `parse_header`; then the whole input and each record it holds through
+/// one opener with a CID (`cid_opener`), and `open_many` agrees with `open`. An opened CID
+/// record's content lies after its header and explicit nonce; `newest` moves only when a
+/// record opens, and then to the larger of itself and that record's epoch and sequence number.
+/// Then the input as plaintext: sealed as CID records (one record, and a batch of up to four
+/// pieces) it must open back to itself. Returns how many fuzzed records opened.
+pub fn cid(data: &[u8]) -> usize {
+    records_split(data);
+    let first = data.first().copied();
+    match peek_cid(data) {
+        Some(c) => {
+            assert!(first == Some(CONTENT_TLS12_CID) && data.len() >= CID_RECORD_HEADER_LEN);
+            assert_eq!(c[..], data[11..19]);
+        }
+        None => assert!(first != Some(CONTENT_TLS12_CID) || data.len() < CID_RECORD_HEADER_LEN),
+    }
+    if let Ok(h) = parse_header(data) {
+        assert_eq!(h.cid, peek_cid(data), "header {h:?}");
+        let want = if h.cid.is_some() {
+            CID_RECORD_HEADER_LEN
+        } else {
+            RECORD_HEADER_LEN
+        };
+        assert_eq!(h.header_len, want);
+    }
+    let mut opener = cid_opener();
+    let mut opened = usize::from(open_cid_one(&mut opener, data));
+    for r in records(data).flatten() {
+        opened += usize::from(open_cid_one(&mut opener, &data[r]));
+    }
+    agrees(data, cid_opener);
+    cid_round_trip(data);
+    opened
+}
+
+fn open_cid_one(opener: &mut Opener, record: &[u8]) -> bool {
+    let before = opener.newest();
+    let mut buf = record.to_vec();
+    let Ok((content_type, plain)) = opener.open(&mut buf) else {
+        assert_eq!(opener.newest(), before, "newest moved on a drop");
+        return false;
+    };
+    assert!(
+        plain.start <= plain.end && plain.end <= buf.len(),
+        "{plain:?}"
+    );
+    let h = parse_header(record).expect("an opened record parses");
+    if h.cid.is_some() {
+        assert_eq!(h.cid, Some(CID));
+        assert_eq!(plain.start, CID_PAYLOAD_OFFSET);
+        assert_ne!(content_type, 0, "a CID record's real type is never 0");
+        assert!(plain.len() < h.body_len, "the type is not content");
+    } else {
+        assert_eq!(content_type, record[0]);
+    }
+    // The newest of what opened so far: this record, or an earlier one.
+    let this = (u64::from(h.epoch) << 48) | h.seq;
+    assert_eq!(opener.newest(), before.max(this), "newest");
+    true
+}
+
+/// The input as plaintext (at most 2^14 - 1 bytes, the type takes one), its first byte as
+/// content type (0 means 23): sealed as one CID record and as a batch of pieces (cut where the
+/// input's second byte says), each must open to exactly itself; a second time, a replay.
+fn cid_round_trip(data: &[u8]) {
+    let msg = &data[..data.len().min(MAX_RECORD_PLAINTEXT - 1)];
+    let ct = match msg.first() {
+        Some(&t) if t != 0 => t,
+        _ => 23,
+    };
+    let seq = u64::from(msg.get(2).copied().unwrap_or(0)) << 8;
+    let mut s = cid_sealer(2, seq, Some(CID));
+    let mut o = cid_opener();
+    let off = s.payload_offset();
+    let mut buf = vec![0u8; off + msg.len() + s.trailer_len()];
+    buf[off..off + msg.len()].copy_from_slice(msg);
+    let n = s.seal(ct, &mut buf, msg.len()).expect("a CID record fits");
+    assert_eq!(n, buf.len());
+    assert_eq!(peek_cid(&buf), Some(CID));
+    let copy = buf.clone();
+    let (got_ct, p) = o.open(&mut buf).expect("our own CID record opens");
+    assert_eq!((got_ct, &buf[p]), (ct, msg), "round trip");
+    assert_eq!(o.newest(), (2 << 48) | seq);
+    assert_eq!(o.open(&mut copy.clone()), Err(DropReason::Replay));
+    // A batch of up to four pieces, sealed by seal_many into slots and opened by open_many
+    // from one datagram.
+    let cut = usize::from(msg.get(1).copied().unwrap_or(0)).max(1);
+    let pieces: Vec<&[u8]> = msg.chunks(cut).take(4).collect();
+    let mut slots: Vec<Vec<u8>> = pieces
+        .iter()
+        .map(|p| {
+            let mut b = vec![0u8; off + p.len() + s.trailer_len()];
+            b[off..off + p.len()].copy_from_slice(p);
+            b
+        })
+        .collect();
+    let sizes: Vec<usize> = pieces.iter().map(|p| p.len()).collect();
+    let mut lens = vec![0; pieces.len()];
+    s.seal_many(ct, &mut slots, &sizes, &mut lens)
+        .expect("sealed");
+    let mut dg: Vec<u8> = slots
+        .iter()
+        .zip(&lens)
+        .flat_map(|(b, &n)| b[..n].to_vec())
+        .collect();
+    let ranges: Vec<_> = records(&dg).collect();
+    assert_eq!(ranges.len(), pieces.len());
+    let mut out = vec![Err(DropReason::Truncated); ranges.len()];
+    o.open_many(&mut dg, &ranges, &mut out);
+    for (o, piece) in out.into_iter().zip(&pieces) {
+        let (got_ct, p) = o.expect("our own batch opens");
+        assert_eq!((got_ct, &dg[p]), (ct, *piece));
+    }
+}
+
 /// `parse_header`, `records` and `record_at` over a whole datagram: every range lies inside it,
 /// ranges follow each other from 0, an error ends the iteration, `record_at` agrees at each
 /// record start and answers at any offset, even past the end.
 pub fn records_split(data: &[u8]) {
     if let Ok(h) = parse_header(data) {
-        assert!(RECORD_HEADER_LEN + h.body_len <= data.len(), "header {h:?}");
+        assert!(h.header_len + h.body_len <= data.len(), "header {h:?}");
+        assert!(h.header_len >= RECORD_HEADER_LEN, "header {h:?}");
         assert!(h.seq < 1 << 48, "header {h:?}");
     }
     let mut at = 0;

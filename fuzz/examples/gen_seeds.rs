@@ -1,6 +1,7 @@
 //! Writes the hand-made seeds of every target into `corpus/<target>/seed-*`:
 //! `cargo run --example gen_seeds` from `fuzz/`. For `record_open` these are records sealed
-//! with the target's own keys, the only way the fuzzer ever gets past the tag check.
+//! with the target's own keys, the only way the fuzzer ever gets past the tag check; likewise
+//! the `cid` target's connection ID records.
 
 #[path = "../checks.rs"]
 mod checks;
@@ -10,14 +11,15 @@ use std::path::Path;
 
 use dtun_proto::consts::{
     ALERT_CLOSE_NOTIFY, ALERT_LEVEL_WARNING, CONTENT_ALERT, CONTENT_APPLICATION_DATA,
-    CONTENT_HANDSHAKE, FIRST_APP_SEQUENCE, PAYLOAD_OFFSET,
+    CONTENT_HANDSHAKE, FIRST_APP_SEQUENCE,
 };
 use dtun_proto::proto::{AddressMessage, CloseReason, Control, HelloFlags, Peernet};
 use dtun_proto::record::Sealer;
 
 fn seal(s: &mut Sealer, content_type: u8, msg: &[u8]) -> Vec<u8> {
-    let mut buf = vec![0u8; PAYLOAD_OFFSET + msg.len() + 64];
-    buf[PAYLOAD_OFFSET..PAYLOAD_OFFSET + msg.len()].copy_from_slice(msg);
+    let off = s.payload_offset();
+    let mut buf = vec![0u8; off + msg.len() + 64];
+    buf[off..off + msg.len()].copy_from_slice(msg);
     let n = s.seal(content_type, &mut buf, msg.len()).expect("seal");
     buf.truncate(n);
     buf
@@ -99,6 +101,64 @@ fn main() {
     }
     write(&root.join("records"), "header-only", &r100[..13]);
     write(&root.join("records"), "short", &r100[..10]);
+
+    // Connection ID records sealed with the `cid` target's keys: epoch 2 (current) and epoch 1
+    // (the previous one, still read), a plain record among them, a padded record (type
+    // 0 around a hand-made inner plaintext), one without a type, another CID, a replay.
+    let cid_root = root.join("cid");
+    let mut c2 = checks::cid_sealer(2, 50, Some(checks::CID));
+    let cid_ping = seal(&mut c2, CONTENT_APPLICATION_DATA, &ipv4_ping());
+    let cid_alert = seal(
+        &mut c2,
+        CONTENT_ALERT,
+        &[ALERT_LEVEL_WARNING, ALERT_CLOSE_NOTIFY],
+    );
+    let cid_empty = seal(&mut c2, CONTENT_APPLICATION_DATA, &[]);
+    let cid_big = seal(&mut c2, CONTENT_APPLICATION_DATA, &[0x60; 1400]);
+    let cid_padded = seal(&mut c2, 0, b"\x45padded\x17\0\0\0\0");
+    let cid_no_type = seal(&mut c2, 0, &[0; 16]);
+    let mut c1 = checks::cid_sealer(1, 9, Some(checks::CID));
+    let cid_old = seal(&mut c1, CONTENT_APPLICATION_DATA, b"\x45old epoch");
+    let mut p2 = checks::cid_sealer(2, 80, None);
+    let plain_new = seal(&mut p2, CONTENT_APPLICATION_DATA, b"\x45plain");
+    let mixed = [
+        plain_new.clone(),
+        cid_ping.clone(),
+        cid_old.clone(),
+        cid_alert.clone(),
+    ]
+    .concat();
+    let cid_twice = [cid_ping.clone(), cid_ping.clone()].concat();
+    let mut other = checks::cid_sealer(2, 90, Some(*b"other-ci"));
+    let cid_other = seal(&mut other, CONTENT_APPLICATION_DATA, b"\x45other");
+    let mut cid_bad_tag = cid_ping.clone();
+    *cid_bad_tag.last_mut().unwrap() ^= 1;
+    let cid_seeds: [(&str, &[u8]); 13] = [
+        ("sealed-cid-ping", &cid_ping),
+        ("sealed-cid-alert", &cid_alert),
+        ("sealed-cid-empty", &cid_empty),
+        ("sealed-cid-big", &cid_big),
+        ("sealed-cid-padded", &cid_padded),
+        ("sealed-cid-previous-epoch", &cid_old),
+        ("sealed-mixed", &mixed),
+        ("sealed-cid-twice", &cid_twice),
+        ("broken-cid-no-type", &cid_no_type),
+        ("broken-cid-other", &cid_other),
+        ("broken-cid-bad-tag", &cid_bad_tag),
+        ("broken-cid-header-only", &cid_ping[..21]),
+        ("broken-cid-short", &cid_ping[..20]),
+    ];
+    for (name, bytes) in cid_seeds {
+        // Only the sealed ones get the fuzzer past the tag: they must open.
+        let opened = checks::cid(bytes);
+        assert_eq!(
+            opened > 0,
+            name.starts_with("sealed-"),
+            "{name}: {opened} opened"
+        );
+        write(&cid_root, name, bytes);
+    }
+    write(&root.join("records"), "cid-mixed", &mixed);
 
     // Setup and control messages.
     let proto = root.join("proto");
@@ -262,7 +322,7 @@ fn main() {
     );
     write(&rekey, "reply-small-fragments", &framed(&mut reply.iter()));
 
-    for target in ["record_open", "records", "proto", "packet", "rekey"] {
+    for target in ["record_open", "records", "proto", "packet", "rekey", "cid"] {
         drop_copies_of_seeds(&root.join(target));
     }
     println!("seeds written under {}", root.display());
