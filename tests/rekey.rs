@@ -3,7 +3,7 @@
 //! a session keeps going through a hundred under 10 % loss each way (nftables), and a peer
 //! that does not rekey (`-rekey 0`: a dtun that speaks Hello version 2 without the REKEY
 //! flag, as the release before this one did) works with one that does, both ways, without a
-//! single rekey.
+//! single rekey (and without roaming, which rides on rekeying's epochs).
 //!
 //!   ns server 172.31.250.1 ── veth ── ns client 172.31.250.2
 //!
@@ -149,9 +149,13 @@ fn a_peer_that_does_not_rekey_works_with_one_that_does() {
             "{}",
             server.log()
         );
-        let c = &common::status::json(topo.client(), None)["tunnel"]["session"]["rekey"];
-        assert_eq!(c["on"], false, "{c}");
-        assert_eq!(c["post_quantum"], false, "{c}");
+        let c = &common::status::json(topo.client(), None)["tunnel"]["session"];
+        assert_eq!(c["rekey"]["on"], false, "{c}");
+        assert_eq!(c["rekey"]["post_quantum"], false, "{c}");
+        // Roaming rides on rekeying's epochs: neither side roams, nobody sends CID records.
+        assert_eq!(c["roaming"]["on"], false, "{c}");
+        let s = &common::status::json(&topo.server, None)["clients"][0]["session"];
+        assert_eq!(s["roaming"]["on"], false, "{s}");
     }
 }
 
