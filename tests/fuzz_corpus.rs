@@ -83,3 +83,10 @@ fn fuzz_corpus_rekey() {
     let fed: usize = replay("rekey", checks::rekey).iter().map(|(_, n)| *n).sum();
     assert!(fed > 0, "the rekey corpus feeds no control record");
 }
+
+#[test]
+fn fuzz_corpus_cid() {
+    // Some seeds are the fuzz target's own sealed CID records: they open.
+    let opened: usize = replay("cid", checks::cid).iter().map(|(_, n)| *n).sum();
+    assert!(opened > 0, "no record of the cid corpus opens");
+}
