@@ -281,29 +281,35 @@ impl Demux {
         let Some(s) = self.sessions.get_mut(&at) else {
             return;
         };
-        // From the address the last move left: the client's own copy of a record the copier
-        // raced to where the session is now? Then back it goes, and nothing else here counts.
-        if s.path.previous() == Some(from)
-            && buf.chunks_mut(stride).any(|dg| s.opener.authentic_copy(dg))
-            && let Some(back) = s.path.copied(Instant::now(), from)
-        {
-            if self.out.log_limit.allow() {
-                tracing::warn!(
-                    "session {session_id}: a copy of its records came from {from} after it moved to {at}: \
-                     someone on the path raced them there; moved back, {at} barred"
-                );
+        // The client's own copy of a record a copier raced to where the session is now?
+        // (Dropped as a replay by the opening; looked at first, one datagram at a time.)
+        let now = Instant::now();
+        for dg in buf.chunks_mut(stride) {
+            match s.path.copy_check(now, from, &mut s.opener, dg, &self.rng) {
+                Seen::Moved(back) => {
+                    let _ = s.path.take_caught();
+                    self.caught_copier(session_id, at, back);
+                    self.move_session(session_id, at, back);
+                    // The rest of the buffer is the session's, at its own address again.
+                    if let Some(s) = self.sessions.get_mut(&back) {
+                        let _ = Self::session_records(s, buf, stride, back, &mut self.out).await;
+                    }
+                    return;
+                }
+                Seen::Challenge(msg) => {
+                    // A full queue loses this one; the client's next copies bring another.
+                    let _ = s
+                        .out_tx
+                        .try_send(crate::pump::OutboundCmd::SendTo { to: from, msg });
+                    break;
+                }
+                Seen::Current | Seen::Stale | Seen::Waiting => {}
             }
-            self.move_session(session_id, at, back);
-            // The rest of the buffer is the session's, at its own address again.
-            if let Some(s) = self.sessions.get_mut(&back) {
-                let _ = Self::session_records(s, buf, stride, back, &mut self.out).await;
-            }
-            return;
         }
         let before = s.opener.newest();
         let moved = Self::session_records(s, buf, stride, from, &mut self.out).await;
         let newer = s.opener.newest() > before;
-        match s.path.records_from(Instant::now(), from, newer, &self.rng) {
+        match s.path.records_from(now, from, newer, &self.rng) {
             Seen::Challenge(msg) => {
                 // A full queue loses this one; the client's next records bring another.
                 let _ = s
@@ -322,10 +328,23 @@ impl Demux {
                     );
                 }
             }
-            Seen::Current | Seen::Waiting => {}
+            Seen::Current | Seen::Waiting | Seen::Moved(_) => {}
         }
         if let Some(to) = moved {
+            if s.path.take_caught() {
+                self.caught_copier(session_id, at, to);
+            }
             self.move_session(session_id, at, to);
+        }
+    }
+
+    /// The log line of a session won back from a copier.
+    fn caught_copier(&mut self, session_id: u64, at: SocketAddr, back: SocketAddr) {
+        if self.out.log_limit.allow() {
+            tracing::warn!(
+                "session {session_id}: the client's own copies of records came from {back} while \
+                 the session was at {at}: someone on the path raced them there; moved back, {at} barred"
+            );
         }
     }
 

@@ -35,13 +35,14 @@ impl SessionControl<'_> {
     /// One control record, as the session's inlet says: a Ping is answered here, so a ping
     /// flood never reaches the manager (only the first goes on: it makes the client a dtun
     /// peer); other messages go to the manager within the session's budget; the rest are
-    /// counted drops; a path response from `from` may move the session there (returned).
+    /// counted drops; a path response from `from` may move the session there (returned;
+    /// `newest`: the session's newest record, this one or after it).
     fn record(
         &self,
         data: &[u8],
         inlet: &mut Inlet,
         path: &mut Path,
-        from: SocketAddr,
+        (from, newest): (SocketAddr, u64),
     ) -> Option<SocketAddr> {
         let now = Instant::now();
         match inlet.control(now, data) {
@@ -54,7 +55,9 @@ impl SessionControl<'_> {
                     self.report(Control::Ping);
                 }
             }
-            ControlVerdict::PathResponse(token) => return path.response(now, from, token),
+            ControlVerdict::PathResponse(token) => {
+                return path.response(now, from, token, newest);
+            }
             ControlVerdict::Pass(msg) => self.report(msg),
             ControlVerdict::Drop(kind) => self.counters.count_drop(kind),
         }
@@ -93,6 +96,7 @@ impl Demux {
         let records = out
             .inbox
             .open(&mut s.opener, &s.counters, buf, stride, |_| true);
+        let newest = s.opener.newest();
         let (events, dc) = (&out.events, &*out.counters);
         let (log_limit, tun_batch) = (&mut out.log_limit, &mut out.tun_batch);
         for record in records {
@@ -120,7 +124,7 @@ impl Demux {
                             demux: dc,
                         };
                         if let Some(to) =
-                            sc.record(&buf[r.clone()], &mut s.inlet, &mut s.path, addr)
+                            sc.record(&buf[r.clone()], &mut s.inlet, &mut s.path, (addr, newest))
                         {
                             moved = Some(to);
                         }
@@ -188,7 +192,7 @@ mod tests {
     /// One control record from the session's own address.
     fn record(sc: &SessionControl<'_>, data: &[u8], inlet: &mut Inlet) {
         let here: SocketAddr = "192.0.2.1:4000".parse().unwrap();
-        let moved = sc.record(data, inlet, &mut Path::new(here), here);
+        let moved = sc.record(data, inlet, &mut Path::new(here), (here, 0));
         assert_eq!(moved, None);
     }
 

@@ -489,7 +489,7 @@ fn a_cid_sealer_counts_the_inner_plaintext() {
     assert_eq!(n, buf.len() - 1);
 }
 
-/// `authentic_copy`: true only for a record the window already holds and whose tag verifies
+/// `authentic_copy`: the opened copy only for a record the window already holds and whose tag verifies
 /// (in either format, in the previous epoch too), and it moves nothing: the original still
 /// counts as a replay, the next record still opens, `newest` stays; a forged copy counts as a
 /// failed authentication.
@@ -499,14 +499,21 @@ fn an_authentic_copy_is_told_from_a_forged_one_and_moves_nothing() {
     let first = seal(&mut s, b"first");
     let mut copy = first.clone();
     let mut fresh = seal(&mut s, b"fresh");
-    assert!(!o.authentic_copy(&mut fresh.clone()), "not accepted yet");
+    assert!(
+        o.authentic_copy(&mut fresh.clone()).is_none(),
+        "not accepted yet"
+    );
     o.open(&mut first.clone()).unwrap();
     let newest = o.newest();
     let mut forged = first.clone();
     *forged.last_mut().unwrap() ^= 1;
-    assert!(!o.authentic_copy(&mut forged));
+    assert!(o.authentic_copy(&mut forged).is_none());
     assert_eq!(o.failed_opens(), 1);
-    assert!(o.authentic_copy(&mut copy));
+    let (ct, range) = o.authentic_copy(&mut copy).unwrap();
+    assert_eq!(
+        (ct, &copy[range]),
+        (CONTENT_APPLICATION_DATA, &b"first"[..])
+    );
     assert_eq!(o.newest(), newest);
     assert_eq!(o.open(&mut first.clone()), Err(DropReason::Replay));
     assert!(o.open(&mut fresh).is_ok());
@@ -514,15 +521,15 @@ fn an_authentic_copy_is_told_from_a_forged_one_and_moves_nothing() {
     let (mut plain_s, _) = session_pair(Suite::Aes128Gcm, &KeyBlock::for_test(), true, 1, 100);
     let plain = seal(&mut plain_s, b"plain");
     o.open(&mut plain.clone()).unwrap();
-    assert!(o.authentic_copy(&mut plain.clone()));
+    assert!(o.authentic_copy(&mut plain.clone()).is_some());
     let kb = KeyBlock::for_test();
     rekey_opener(&mut o, &kb, false, 2);
     assert!(
-        o.authentic_copy(&mut plain.clone()),
+        o.authentic_copy(&mut plain.clone()).is_some(),
         "the previous epoch's window"
     );
     assert!(
-        !o.authentic_copy(&mut seal(&mut s, b"never")),
+        o.authentic_copy(&mut seal(&mut s, b"never")).is_none(),
         "never accepted"
     );
 }

@@ -179,31 +179,33 @@ impl Opener {
     }
 
     /// Whether `record` is an authentic copy of a record this opener already accepted: its
-    /// (epoch, sequence number) is held by that epoch's replay window and its tag verifies
-    /// (decrypted in place; the caller drops it). Nothing else moves: the windows, `newest`
-    /// and `has_opened` stay as they were; a failed tag counts towards the integrity limit as
-    /// any. A roaming session's server asks this of a record from the address it last left
-    /// (a copier raced the client's records to another one, docs/PROTOCOL.md "Roaming").
-    pub fn authentic_copy(&mut self, record: &mut [u8]) -> bool {
+    /// (epoch, sequence number) is held by that epoch's replay window and its tag verifies.
+    /// It is opened in place, and, like [`Opener::open`], its content type and plaintext are
+    /// returned (the caller may read them, never deliver them). Nothing else moves: the
+    /// windows, `newest` and `has_opened` stay as they were; a failed tag counts towards the
+    /// integrity limit as any. A roaming session's server asks this of a record from an
+    /// address that is not the session's (a copier raced the client's records to another
+    /// one, docs/PROTOCOL.md "Roaming").
+    pub fn authentic_copy(&mut self, record: &mut [u8]) -> Option<(u8, Range<usize>)> {
         let (Ok(h), Some(epoch)) = (parse_header(record), epoch_of(record)) else {
-            return false;
+            return None;
         };
         let target = if epoch == self.epoch {
             &mut *self
         } else {
             match self.previous.as_deref_mut() {
                 Some(p) if p.epoch == epoch => p,
-                _ => return false,
+                _ => return None,
             }
         };
         if !target.window.holds(h.seq) {
-            return false;
+            return None;
         }
         let (window, newest, opened) = (target.window.clone(), target.newest, target.opened);
         target.window = ReplayWindow::default();
-        let ok = target.open(record).is_ok();
+        let copy = target.open(record).ok();
         (target.window, target.newest, target.opened) = (window, newest, opened);
-        ok
+        copy
     }
 
     /// Opens one whole record (header included) in place. On success returns its content type

@@ -31,6 +31,8 @@ use crate::rekey::message::Fragment;
 mod inlet;
 mod path;
 #[cfg(test)]
+mod roam_rereview_tests;
+#[cfg(test)]
 mod tests;
 
 pub use inlet::{CONTROL_BURST, CONTROL_PER_SECOND, ControlVerdict, Inlet, Record};
