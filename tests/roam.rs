@@ -35,6 +35,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::roam::{endpoint, entry, first_reply, plain, roaming, wait_entry, wait_roaming};
 use common::{Netns, Proc, TestDir, Topo, UP, assert_running, lines_with, only_tun, veth};
 use common::{start_client, start_server, wait_p2p};
 use serde_json::Value;
@@ -84,79 +85,8 @@ fn tunnel_peer(ns: &Netns) -> String {
     wait_p2p(ns, &dev).1.to_string()
 }
 
-/// The server's status entry for client `id`.
-fn entry(server: &Netns, id: &str) -> Value {
-    let j = common::status::json(server, None);
-    j["clients"]
-        .as_array()
-        .and_then(|a| a.iter().find(|c| c["id"] == id))
-        .cloned()
-        .unwrap_or_else(|| panic!("no client {id} in the server's status:\n{j:#}"))
-}
-
-fn endpoint(e: &Value) -> String {
-    e["endpoint"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no endpoint string in the server's status entry:\n{e:#}"))
-        .to_string()
-}
-
-/// `session.roaming` as (on, moves).
-fn roaming(e: &Value) -> (bool, u64) {
-    let r = &e["session"]["roaming"];
-    match (r["on"].as_bool(), r["moves"].as_u64()) {
-        (Some(on), Some(moves)) => (on, moves),
-        _ => panic!("no session.roaming {{on, moves}} in the server's status entry:\n{e:#}"),
-    }
-}
-
 fn drops(e: &Value, reason: &str) -> u64 {
     common::status::u(&e["traffic"]["drops"][reason])
-}
-
-/// Polls the server's status entry for [`ID`] until `cond` holds; panics with the last one.
-fn wait_entry(server: &Netns, what: &str, limit: Duration, cond: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + limit;
-    loop {
-        let e = entry(server, ID);
-        if cond(&e) {
-            return e;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}; the server's status entry:\n{e:#}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Roaming is on and the first rekey done: the client's records carry the connection ID
-/// (from the epoch after the one it came in; until then a move is a reconnect).
-fn wait_roaming_on(server: &Netns) -> Value {
-    wait_entry(
-        server,
-        "roaming on and epoch 2 for the AES-GCM session",
-        UP,
-        |e| roaming(e).0 && e["session"]["rekey"]["epoch"].as_u64() >= Some(2),
-    )
-}
-
-/// Pings `addr` once at a time (200 ms for each reply) until one comes back; the time since
-/// `from` then, or None once [`MOVE_LIMIT`] has passed.
-fn first_reply(ns: &Netns, addr: &str, from: Instant) -> Option<Duration> {
-    while from.elapsed() < MOVE_LIMIT {
-        let once = ["-n", "-q", "-c", "1", "-W", "0.2", addr];
-        if ns.run("ping", &once).status.success() {
-            return Some(from.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
-}
-
-/// The log with IPv4-mapped socket addresses (`[::ffff:a.b.c.d]:p`) written `a.b.c.d:p`.
-fn plain(log: &str) -> String {
-    log.replace("[::ffff:", "").replace("]:", ":")
 }
 
 /// Move `k`, begun at `t0`, from endpoint `from` to `to` (`ip:port`, or `ip:` for any port):
@@ -171,10 +101,10 @@ fn follow_move(
     t0: Instant,
 ) -> (Duration, String) {
     let what = format!("move {k} ({from} -> {to})");
-    let took = first_reply(client, peer, t0)
+    let took = first_reply(client, peer, t0, MOVE_LIMIT)
         .unwrap_or_else(|| panic!("{what}: no ping came back within {MOVE_LIMIT:?}"));
     let want = format!("{what}: the endpoint and roaming.moves >= {k}");
-    let e = wait_entry(server_ns, &want, MOVE_LIMIT, |e| {
+    let e = wait_entry(server_ns, ID, &want, MOVE_LIMIT, |e| {
         let at = endpoint(e);
         (at == to || (to.ends_with(':') && at.starts_with(to))) && roaming(e).1 >= k
     });
@@ -351,7 +281,7 @@ impl Relayed {
     /// Roaming on, the client's records carry the connection ID (the relay captured it);
     /// returns the server's status entry.
     fn roaming_with_cid(&mut self) -> Value {
-        let e = wait_roaming_on(&self.topo.server);
+        let e = wait_roaming(&self.topo.server, ID);
         let deadline = Instant::now() + UP;
         while !self.relay.p.log().contains("captured cid=") {
             assert!(
@@ -395,7 +325,7 @@ fn roams_when_the_client_readdresses() {
     let server = start_server(&topo.server, 443, &["-key", KEY, "-v"]);
     let client = start_client(ns, &client_args("172.31.230.1", ID, &[]));
     let peer = tunnel_peer(ns);
-    let mut from = endpoint(&wait_roaming_on(&topo.server));
+    let mut from = endpoint(&wait_roaming(&topo.server, ID));
     let mut old = "172.31.230.2".to_string();
     assert!(from.starts_with(&format!("{old}:")), "endpoint {from}");
     let mut times = Vec::new();
@@ -449,6 +379,7 @@ fn a_spoofed_cid_from_another_address_moves_nothing() {
     // The session's connection ID led them to the session, whose keys refuse them.
     wait_entry(
         &r.topo.server,
+        ID,
         &format!("20 more bad_tag drops after {line:?}"),
         UP,
         |e| drops(e, "bad_tag") >= bad_tag + 20,
@@ -470,6 +401,7 @@ fn replayed_and_older_records_from_a_new_address_move_nothing() {
     assert_cid_record(&line);
     wait_entry(
         &r.topo.server,
+        ID,
         &format!("a replay drop after {line:?}"),
         UP,
         |e| drops(e, "replay") > replays,

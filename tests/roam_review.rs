@@ -30,6 +30,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use common::roam::{endpoint, entry, first_reply, roaming, wait_entry, wait_roaming};
 use common::{Netns, Proc, TestDir, Topo, UP, assert_running, lines_with, only_tun, veth};
 use common::{start_client, start_server, wait_p2p};
 use dtun_proto::proto::Control;
@@ -57,78 +58,6 @@ const CHALLENGE_LEN: usize = 13 + 8 + 10 + 16;
 
 // ---------------------------------------------------------------------------------------------
 // Status and logs
-
-/// The server's status entry for client `id`.
-fn entry(server: &Netns, id: &str) -> Value {
-    let j = common::status::json(server, None);
-    j["clients"]
-        .as_array()
-        .and_then(|a| a.iter().find(|c| c["id"] == id))
-        .cloned()
-        .unwrap_or_else(|| panic!("no client {id} in the server's status:\n{j:#}"))
-}
-
-fn endpoint(e: &Value) -> String {
-    e["endpoint"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no endpoint string in the server's status entry:\n{e:#}"))
-        .to_string()
-}
-
-/// `session.roaming` as (on, moves).
-fn roaming(e: &Value) -> (bool, u64) {
-    let r = &e["session"]["roaming"];
-    match (r["on"].as_bool(), r["moves"].as_u64()) {
-        (Some(on), Some(moves)) => (on, moves),
-        _ => panic!("no session.roaming {{on, moves}} in the server's status entry:\n{e:#}"),
-    }
-}
-
-fn epoch(e: &Value) -> u64 {
-    common::status::u(&e["session"]["rekey"]["epoch"])
-}
-
-/// Polls the server's status entry for `id` until `cond` holds; panics with the last one.
-fn wait_entry(
-    server: &Netns,
-    id: &str,
-    what: &str,
-    limit: Duration,
-    cond: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = Instant::now() + limit;
-    loop {
-        let e = entry(server, id);
-        if cond(&e) {
-            return e;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}; the server's status entry:\n{e:#}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Roaming on, and the client already sealing in the epoch that carries the connection ID.
-fn wait_roaming(server: &Netns, id: &str) -> Value {
-    wait_entry(server, id, "roaming on, epoch 2 or later", UP, |e| {
-        roaming(e).0 && epoch(e) >= 2
-    })
-}
-
-/// Pings `addr` once at a time (1 s for each reply) until one comes back; the time since
-/// `from` then, or None once [`MOVE_LIMIT`] has passed.
-fn first_reply(ns: &Netns, addr: &str, from: Instant) -> Option<Duration> {
-    while from.elapsed() < MOVE_LIMIT {
-        let once = ["-n", "-q", "-c", "1", "-W", "1", addr];
-        if ns.run("ping", &once).status.success() {
-            return Some(from.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
-}
 
 /// A counter of the `Ip:` rows of /proc/net/snmp in `ns` (`FragCreates`, `ReasmReqds`, ...).
 fn ip_counter(ns: &Netns, name: &str) -> u64 {
@@ -410,7 +339,7 @@ fn a_copier_that_hands_on_the_challenge_loses_the_session_at_once() {
     r.relay.run("mirror v off", "mirror");
     r.relay.run("pass v 0", "pass");
     let t0 = Instant::now();
-    let back = first_reply(r.ns(0), &r.peers[0], t0);
+    let back = first_reply(r.ns(0), &r.peers[0], t0, MOVE_LIMIT);
     let after = r.entry(0);
     eprintln!(
         "copier {copier}: taken={taken} (moves {}), pings while taken {pings_while_taken:?}, \
@@ -922,7 +851,7 @@ fn a_route_all_client_follows_its_address_never_onto_the_tunnel() {
     }
     ns.ip(&["route", "del", "172.31.242.1/32", "dev", &dev]);
     assert!(
-        first_reply(ns, &peer, Instant::now()).is_some(),
+        first_reply(ns, &peer, Instant::now(), MOVE_LIMIT).is_some(),
         "no ping after the route through the tunnel went"
     );
     let e = entry(&topo.server, "all");
@@ -933,7 +862,7 @@ fn a_route_all_client_follows_its_address_never_onto_the_tunnel() {
     ns.ip(&["addr", "del", "172.31.242.2/24", "dev", "eth0"]);
     let t0 = Instant::now();
     assert!(
-        first_reply(ns, &peer, t0).is_some(),
+        first_reply(ns, &peer, t0, MOVE_LIMIT).is_some(),
         "no ping after the new address"
     );
     let e = wait_entry(&topo.server, "all", "the move", MOVE_LIMIT, |e| {
@@ -1119,7 +1048,7 @@ fn a_move_into_another_clients_lan_works_like_a_connection_from_there() {
         moved_to,
     ]);
     assert!(
-        first_reply(v, &peer, Instant::now()).is_some(),
+        first_reply(v, &peer, Instant::now(), MOVE_LIMIT).is_some(),
         "no ping after the victim's new address"
     );
     let e = wait_entry(&topo.server, "victim", "the move", MOVE_LIMIT, |e| {
@@ -1156,7 +1085,7 @@ fn a_move_into_another_clients_lan_works_like_a_connection_from_there() {
         "dtun's own datagrams to the victim's new address would go into mallory's tunnel: {marked}"
     );
     assert!(
-        first_reply(v, &peer, Instant::now()).is_some(),
+        first_reply(v, &peer, Instant::now(), MOVE_LIMIT).is_some(),
         "the victim's session stopped after the move into mallory's LAN"
     );
 }

@@ -205,9 +205,9 @@ impl Live<'_> {
                         break (Some(e), f);
                     }
                 }
-                () = roamed(roam) => {
+                event = roamed(roam) => {
                     let Some(r) = roam.as_mut() else { continue };
-                    let tell = match r.follow(udp, link.peer, std::time::Instant::now()).await {
+                    let tell = match r.follow(udp, link.peer, event, std::time::Instant::now()).await {
                         super::roam::Change::Nothing => false,
                         super::roam::Change::Tell => true,
                         super::roam::Change::Rebound(local) => {
@@ -282,8 +282,9 @@ impl Live<'_> {
     }
 }
 
-/// The next change of a roaming session's path (never, for one that does not roam).
-async fn roamed(roam: &mut Option<super::roam::Roam>) {
+/// The next change of a roaming session's path, or time to look at it (never, for one that
+/// does not roam): whether an event came.
+async fn roamed(roam: &mut Option<super::roam::Roam>) -> bool {
     match roam {
         Some(r) => r.changed().await,
         None => std::future::pending().await,

@@ -13,6 +13,11 @@ use dtun_linux::udp::Udp;
 /// At most one keepalive per this much time for events that did not move the socket (route
 /// churn on a busy host, the client's own routes at setup).
 const QUIET_PING_EVERY: Duration = Duration::from_secs(2);
+/// The path is looked at this often without events too (a lost event, a re-bind that failed
+/// for a moment): a socket connect, no packet.
+const LOOK_EVERY: Duration = Duration::from_secs(5);
+/// ... and this soon after a re-bind failed.
+const RETRY_AFTER: Duration = Duration::from_millis(500);
 
 /// What the session watches of its path.
 pub(super) struct Roam {
@@ -23,6 +28,8 @@ pub(super) struct Roam {
     /// tunnel is a misconfiguration, not a new path).
     avoid: Vec<IpAddr>,
     pinged: Option<Instant>,
+    /// When to look again without an event.
+    look_at: tokio::time::Instant,
 }
 
 /// What a path change came to.
@@ -51,37 +58,59 @@ impl Roam {
             mark,
             avoid,
             pinged: None,
+            look_at: tokio::time::Instant::now() + LOOK_EVERY,
         }
     }
 
-    /// Waits for the next burst of address, route or link events (forever, without a
-    /// subscription).
-    pub(super) async fn changed(&mut self) {
+    /// Waits for the next burst of address, route or link events (true), or the time to
+    /// look again without one (false).
+    pub(super) async fn changed(&mut self) -> bool {
+        let look = tokio::time::sleep_until(self.look_at);
         match self.events.as_mut() {
-            Some(e) => {
-                if !e.changed().await {
-                    self.events = None;
-                    std::future::pending::<()>().await;
+            Some(e) => tokio::select! {
+                more = e.changed() => {
+                    if !more {
+                        self.events = None;
+                    }
+                    more
                 }
+                () = look => false,
+            },
+            None => {
+                look.await;
+                false
             }
-            None => std::future::pending().await,
         }
     }
 
-    /// After a burst: re-binds `udp` if the kernel would send from another address now, and
-    /// says whether to tell the server.
-    pub(super) async fn follow(&mut self, udp: &Udp, server: SocketAddr, now: Instant) -> Change {
+    /// After a burst of events (`event`) or a look without one: re-binds `udp` if the kernel
+    /// would send from another address now, and says whether to tell the server (a look that
+    /// moved nothing tells it nothing).
+    pub(super) async fn follow(
+        &mut self,
+        udp: &Udp,
+        server: SocketAddr,
+        event: bool,
+        now: Instant,
+    ) -> Change {
+        self.look_at = tokio::time::Instant::now() + LOOK_EVERY;
         match udp.rebind_if_moved(server, self.mark, &self.avoid).await {
             Ok(Some(local)) => {
                 self.pinged = Some(now);
                 return Change::Rebound(local);
             }
             Ok(None) => {}
-            Err(e) => tracing::warn!("roaming: re-binding the socket to the server failed: {e}"),
+            Err(e) => {
+                self.look_at = tokio::time::Instant::now() + RETRY_AFTER;
+                tracing::warn!(
+                    "roaming: re-binding the socket to the server failed: {e}; trying again"
+                );
+            }
         }
-        if self
-            .pinged
-            .is_some_and(|t| now.saturating_duration_since(t) < QUIET_PING_EVERY)
+        if !event
+            || self
+                .pinged
+                .is_some_and(|t| now.saturating_duration_since(t) < QUIET_PING_EVERY)
         {
             return Change::Nothing;
         }

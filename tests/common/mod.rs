@@ -35,6 +35,7 @@
 
 pub mod hostile;
 pub mod ipv6;
+pub mod roam;
 pub mod root;
 pub mod routing;
 pub mod status;
