@@ -32,11 +32,13 @@ if [[ ! -x $DTUN ]]; then
 fi
 
 pids=()
+log=$(mktemp -d)
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
     wait 2>/dev/null
     ip netns del "$S" 2>/dev/null
     ip netns del "$C" 2>/dev/null
+    rm -rf "$log"
 }
 trap cleanup EXIT
 
@@ -52,7 +54,6 @@ ip -n "$C" addr add 172.31.197.2/24 dev veth0
 ip -n "$C" link set veth0 up
 ip -n "$C" link set lo up
 
-log=$(mktemp -d)
 ip netns exec "$S" "$DTUN" -key "$KEY" -instance bench-roam >"$log/server" 2>&1 &
 pids+=($!)
 ip netns exec "$C" "$DTUN" -host 172.31.197.1 -key "$KEY" -id roamer -instance bench-roam \

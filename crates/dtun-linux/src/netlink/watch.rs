@@ -23,6 +23,10 @@ pub struct PathEvents {
         rtnetlink::sys::SocketAddr,
     )>,
     task: tokio::task::JoinHandle<()>,
+    /// A burst began at this instant and is settling (kept here, so a `changed` dropped
+    /// halfway, as in a `select!`, loses nothing).
+    pending: Option<tokio::time::Instant>,
+    closed: bool,
 }
 
 impl PathEvents {
@@ -36,20 +40,37 @@ impl PathEvents {
             .bind(&rtnetlink::sys::SocketAddr::new(0, GROUPS))
             .map_err(NetlinkError::Socket)?;
         let task = tokio::spawn(connection);
-        Ok(PathEvents { messages, task })
+        Ok(PathEvents {
+            messages,
+            task,
+            pending: None,
+            closed: false,
+        })
     }
 
-    /// Waits for the next burst of events. False: the subscription ended (never again).
+    /// Waits for the next burst of events, [`SETTLE`] after its first. False: the subscription
+    /// ended (never again). Cancel-safe: a call dropped before it returns (another branch of
+    /// a `select!` won) loses no event; the next call goes on with the burst.
     pub async fn changed(&mut self) -> bool {
-        if self.messages.next().await.is_none() {
-            return false;
-        }
-        let settle = tokio::time::sleep(SETTLE);
-        tokio::pin!(settle);
         loop {
+            if self.closed {
+                return false;
+            }
+            let Some(since) = self.pending else {
+                match self.messages.next().await {
+                    Some(_) => self.pending = Some(tokio::time::Instant::now()),
+                    None => self.closed = true,
+                }
+                continue;
+            };
             tokio::select! {
-                () = &mut settle => return true,
+                () = tokio::time::sleep_until(since + SETTLE) => {
+                    self.pending = None;
+                    return true;
+                }
                 m = self.messages.next() => if m.is_none() {
+                    self.closed = true;
+                    self.pending = None;
                     return true;
                 },
             }
