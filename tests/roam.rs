@@ -35,8 +35,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::roam::{endpoint, entry, first_reply, plain, roaming, wait_entry, wait_roaming};
-use common::{Netns, Proc, TestDir, Topo, UP, assert_running, lines_with, only_tun, veth};
+use common::roam::{Relay, endpoint, entry, first_reply, plain, roaming, wait_entry, wait_roaming};
+use common::{Netns, Proc, TestDir, Topo, UP, lines_with, only_tun, veth};
 use common::{start_client, start_server, wait_p2p};
 use serde_json::Value;
 
@@ -147,50 +147,7 @@ fn assert_one_session(server: &Proc, client: &Proc) {
     assert_eq!(again, 0, "the client reconnected {again} times");
 }
 
-/// The relay's process and the number of commands it was given.
-struct Relay {
-    p: Proc,
-    sent: usize,
-}
-
 impl Relay {
-    /// Sends a command; returns its number, which starts the relay's answer (`#K ...`).
-    fn send(&mut self, cmd: &str) -> usize {
-        self.p.write_stdin(format!("{cmd}\n").as_bytes());
-        self.sent += 1;
-        self.sent
-    }
-
-    fn line(&self, k: usize, word: &str) -> Option<String> {
-        let want = format!("#{k} {word}");
-        self.p
-            .log()
-            .lines()
-            .find(|l| l.starts_with(&want))
-            .map(str::to_string)
-    }
-
-    /// Waits for the relay's line `#K WORD ...`; panics when it refused or did not say so.
-    fn expect(&mut self, k: usize, word: &str, limit: Duration) -> String {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(l) = self.line(k, word) {
-                return l;
-            }
-            for other in ["refused", "unknown command"] {
-                if let Some(l) = self.line(k, other) {
-                    panic!("roam_relay.py did not do command #{k}: {l}");
-                }
-            }
-            assert_running(&mut self.p, "roam_relay.py");
-            assert!(
-                Instant::now() < deadline,
-                "timed out after {limit:?} waiting for roam_relay.py to say \"#{k} {word}\""
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
     /// Nothing came back from the server to the ports the relay sent copies and forgeries
     /// from (a path challenge there would mean the server took them for a move).
     fn assert_no_side_replies(&self) {
@@ -270,7 +227,7 @@ fn relayed(tag: &str) -> Relayed {
     Relayed {
         client,
         server,
-        relay: Relay { p, sent: 0 },
+        relay: Relay::new(p, "roam_relay.py"),
         peer,
         port,
         topo,

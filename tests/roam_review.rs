@@ -30,7 +30,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::roam::{endpoint, entry, first_reply, roaming, wait_entry, wait_roaming};
+use common::roam::{Relay, endpoint, entry, first_reply, roaming, wait_entry, wait_roaming};
 use common::{Netns, Proc, TestDir, Topo, UP, assert_running, lines_with, only_tun, veth};
 use common::{start_client, start_server, wait_p2p};
 use dtun_proto::proto::Control;
@@ -83,50 +83,7 @@ fn udp_out(ns: &Netns) -> u64 {
 // ---------------------------------------------------------------------------------------------
 // The relay
 
-/// The relay's process and the number of commands it was given.
-struct Relay {
-    p: Proc,
-    sent: usize,
-}
-
 impl Relay {
-    /// Sends a command; returns its number, which starts the relay's answer (`#K ...`).
-    fn send(&mut self, cmd: &str) -> usize {
-        self.p.write_stdin(format!("{cmd}\n").as_bytes());
-        self.sent += 1;
-        self.sent
-    }
-
-    fn line(&self, k: usize, word: &str) -> Option<String> {
-        let want = format!("#{k} {word}");
-        self.p
-            .log()
-            .lines()
-            .find(|l| l.starts_with(&want))
-            .map(str::to_string)
-    }
-
-    /// Waits for the relay's line `#K WORD ...`; panics when it refused or did not say so.
-    fn expect(&mut self, k: usize, word: &str, limit: Duration) -> String {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(l) = self.line(k, word) {
-                return l;
-            }
-            for other in ["refused", "unknown command"] {
-                if let Some(l) = self.line(k, other) {
-                    panic!("roam_review_relay.py did not do command #{k}: {l}");
-                }
-            }
-            assert_running(&mut self.p, "roam_review_relay.py");
-            assert!(
-                Instant::now() < deadline,
-                "timed out after {limit:?} waiting for roam_review_relay.py to say \"#{k} {word}\""
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
     /// Sends a command and waits for its answer.
     fn run(&mut self, cmd: &str, word: &str) -> String {
         let k = self.send(cmd);
@@ -241,7 +198,7 @@ fn relayed(tag: &str, who: &[Who], server_extra: &[&str]) -> Relayed {
     Relayed {
         clients: procs,
         server,
-        relay: Relay { p, sent: 0 },
+        relay: Relay::new(p, "roam_review_relay.py"),
         who: who.to_vec(),
         peers,
         topo,

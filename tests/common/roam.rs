@@ -1,12 +1,13 @@
-//! What the roaming tests (tests/roam.rs, tests/roam_review.rs) read of a server: a client's
-//! status entry, its endpoint, roaming and epoch, waiting for one of them, and pings until
-//! one comes back.
+//! What the roaming tests (tests/roam.rs, tests/roam_review.rs) read of a server (a client's
+//! status entry, its endpoint, roaming and epoch, waiting for one of them, pings until one
+//! comes back) and how they talk to their relays (one command a line on stdin, each answered
+//! `#K WORD ...`).
 
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{Netns, UP};
+use super::{Netns, Proc, UP, assert_running};
 
 /// The server's status entry for client `id`.
 pub fn entry(server: &Netns, id: &str) -> Value {
@@ -84,4 +85,56 @@ pub fn first_reply(ns: &Netns, addr: &str, from: Instant, limit: Duration) -> Op
 /// The log with IPv4-mapped socket addresses (`[::ffff:a.b.c.d]:p`) written `a.b.c.d:p`.
 pub fn plain(log: &str) -> String {
     log.replace("[::ffff:", "").replace("]:", ":")
+}
+
+/// A relay of the test's own (tests/tools/roam_relay.py, roam_review_relay.py): its process,
+/// its name for messages, and the number of commands it was given.
+pub struct Relay {
+    pub p: Proc,
+    pub name: &'static str,
+    pub sent: usize,
+}
+
+impl Relay {
+    pub fn new(p: Proc, name: &'static str) -> Relay {
+        Relay { p, name, sent: 0 }
+    }
+
+    /// Sends a command; returns its number, which starts the relay's answer (`#K ...`).
+    pub fn send(&mut self, cmd: &str) -> usize {
+        self.p.write_stdin(format!("{cmd}\n").as_bytes());
+        self.sent += 1;
+        self.sent
+    }
+
+    pub fn line(&self, k: usize, word: &str) -> Option<String> {
+        let want = format!("#{k} {word}");
+        self.p
+            .log()
+            .lines()
+            .find(|l| l.starts_with(&want))
+            .map(str::to_string)
+    }
+
+    /// Waits for the relay's line `#K WORD ...`; panics when it refused or did not say so.
+    pub fn expect(&mut self, k: usize, word: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(l) = self.line(k, word) {
+                return l;
+            }
+            for other in ["refused", "unknown command"] {
+                if let Some(l) = self.line(k, other) {
+                    panic!("{} did not do command #{k}: {l}", self.name);
+                }
+            }
+            assert_running(&mut self.p, self.name);
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {limit:?} waiting for {} to say \"#{k} {word}\"",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
