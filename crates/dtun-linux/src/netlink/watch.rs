@@ -48,7 +48,7 @@ impl PathEvents {
         })
     }
 
-    /// Waits for the next burst of events, [`SETTLE`] after its first. False: the subscription
+    /// Waits for the next burst of events, 50 ms (`SETTLE`) after its first. False: the subscription
     /// ended (never again). Cancel-safe: a call dropped before it returns (another branch of
     /// a `select!` won) loses no event; the next call goes on with the burst.
     pub async fn changed(&mut self) -> bool {
