@@ -178,6 +178,33 @@ fn a_server_that_never_answers_a_rekey_is_given_up() {
     assert_eq!(p.saw().close, Some(CloseReason::Timeout), "told why");
 }
 
+/// With a short keepalive (2 s: three periods are 6 s), an exchange still gets REKEY_GIVE_UP
+/// (30 s) before the session is given up: a lossy path's lost fragments are not a dead peer
+/// (tests/rekey.rs once lost a session under 10 % loss this way).
+#[test]
+fn a_short_keepalive_still_gives_a_rekey_thirty_seconds() {
+    let fate: Fate = Box::new(|d, _, b| {
+        if d == Dir::ToServer && b.len() > 400 {
+            vec![]
+        } else {
+            vec![Duration::ZERO]
+        }
+    });
+    let mut cfg = Pair::config();
+    cfg.rekey = Some(Duration::from_secs(2));
+    cfg.keepalive = Duration::from_secs(2);
+    let mut p = Pair::new(cfg, ServerScript::default(), fate);
+    p.detach = true;
+    p.data_every = Some(Duration::from_millis(100));
+    p.run(Duration::from_secs(20));
+    assert!(p.end().is_none(), "given up within 20 s: {:?}", p.end());
+    p.run(Duration::from_secs(120));
+    let Some(End::Dead(after)) = p.end() else {
+        panic!("{:?}", p.end())
+    };
+    assert_eq!(*after, REKEY_GIVE_UP);
+}
+
 #[test]
 fn the_previous_epoch_is_read_only_for_the_overlap() {
     use crate::rekey::exchange::EPOCH_OVERLAP;

@@ -16,7 +16,9 @@ use crate::rekey::message::Fragment;
 
 use super::{ClientSession, End, Event, Step};
 
-/// How long an exchange may go unanswered when the session has no keepalive.
+/// How long an exchange may go unanswered at least (three keepalive periods when that is
+/// longer; this without keepalive): a short keepalive must not turn a lossy path's few lost
+/// Init or Reply fragments into a lost session.
 pub const REKEY_GIVE_UP: Duration = Duration::from_secs(30);
 
 impl ClientSession {
@@ -64,10 +66,7 @@ impl ClientSession {
         let (Some(interval), Some(epoch1)) = (self.cfg.rekey, self.epoch1.take()) else {
             return;
         };
-        let give_up = self
-            .keepalive()
-            .map_or(REKEY_GIVE_UP, |k| k * KEEPALIVE_MISSES);
-        self.rekey = Some(ClientRekey::new(epoch1, interval, give_up));
+        self.rekey = Some(ClientRekey::new(epoch1, interval, self.give_up()));
     }
 
     /// Whether our Hello offers roaming: configured, the session rekeys on our side, and its
@@ -184,9 +183,11 @@ impl ClientSession {
         }
     }
 
+    /// How long an exchange may go unanswered: three keepalive periods, at least
+    /// [`REKEY_GIVE_UP`].
     fn give_up(&self) -> Duration {
         self.keepalive()
-            .map_or(REKEY_GIVE_UP, |k| k * KEEPALIVE_MISSES)
+            .map_or(REKEY_GIVE_UP, |k| (k * KEEPALIVE_MISSES).max(REKEY_GIVE_UP))
     }
 
     /// The next epoch's keys: ours, or the data path's.
