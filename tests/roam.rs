@@ -50,29 +50,6 @@ const MEDIAN_LIMIT: Duration = Duration::from_secs(5);
 const MOVED: &str = "moved from ";
 const REBOUND: &str = "rebound";
 
-/// A server namespace and one client namespace per entry of `nets`: client `i` is
-/// 172.31.N.2/24 on its eth0, the server 172.31.N.1/24 on its eth`i`.
-fn pair(tag: &str, nets: &[u8]) -> Topo {
-    let dir = TestDir::new(tag);
-    let server = Netns::new(&format!("{tag}s"), &dir);
-    let mut topo = Topo {
-        server,
-        clients: Vec::new(),
-        dir,
-    };
-    for (i, net) in nets.iter().enumerate() {
-        let c = Netns::new(&format!("{tag}c"), &topo.dir);
-        let (eth, s, a) = (
-            format!("eth{i}"),
-            format!("172.31.{net}.1/24"),
-            format!("172.31.{net}.2/24"),
-        );
-        veth(&topo.server, &eth, &s, &c, "eth0", &a);
-        topo.clients.push(c);
-    }
-    topo
-}
-
 fn client_args<'a>(host: &'a str, id: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec!["-host", host, "-key", KEY, "-id", id, "-v"];
     args.extend_from_slice(extra);
@@ -270,7 +247,7 @@ impl Relayed {
 #[test]
 fn roams_when_the_client_readdresses() {
     common::need_root!();
-    let topo = pair("rmA", &[230]);
+    let topo = Topo::on_nets("rmA", &[230]);
     let ns = topo.client();
     // The new address takes over when the old one goes (without this the kernel deletes the
     // secondary addresses of a subnet with its primary one).
@@ -394,7 +371,7 @@ fn replayed_and_older_records_from_a_new_address_move_nothing() {
 #[test]
 fn compat_and_ccm8_sessions_do_not_roam() {
     common::need_root!();
-    let topo = pair("rmC", &[234, 235]);
+    let topo = Topo::on_nets("rmC", &[234, 235]);
     let _server = start_server(&topo.server, 443, &["-key", KEY, "-v"]);
     let mut clients = Vec::new();
     let flavours: [(&str, &[&str]); 2] = [("ccm8", &["-cipher", "ccm8"]), ("compat", &["-compat"])];

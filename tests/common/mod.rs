@@ -370,6 +370,14 @@ impl Topo {
     /// 172.31.(250+i).2/24 and sees the server as 172.31.(250+i).1.
     pub fn star(tag: &str, n: usize) -> Topo {
         assert!((1..=5).contains(&n), "star supports 1 to 5 clients");
+        let nets: Vec<u8> = (0..n).map(|i| 250 + i as u8).collect();
+        Topo::on_nets(tag, &nets)
+    }
+
+    /// One server namespace and a client namespace per entry of `nets`: client `i` is
+    /// 172.31.N.2/24 on its eth0, the server 172.31.N.1/24 on its eth`i` (a test's own
+    /// subnets, so tests that share none can run side by side in one kernel's view).
+    pub fn on_nets(tag: &str, nets: &[u8]) -> Topo {
         let dir = TestDir::new(tag);
         let server = Netns::new(&format!("{tag}s"), &dir);
         let mut topo = Topo {
@@ -377,18 +385,17 @@ impl Topo {
             clients: Vec::new(),
             dir,
         };
-        for i in 0..n {
+        for (i, net) in nets.iter().enumerate() {
             let client = Netns::new(&format!("{tag}c"), &topo.dir);
-            topo.clients.push(client);
-            let client = &topo.clients[i];
             veth(
                 &topo.server,
                 &format!("eth{i}"),
-                &format!("{}/24", Topo::server_ip(i)),
-                client,
+                &format!("172.31.{net}.1/24"),
+                &client,
                 "eth0",
-                &format!("{}/24", Topo::client_ip(i)),
+                &format!("172.31.{net}.2/24"),
             );
+            topo.clients.push(client);
         }
         topo
     }
